@@ -1,0 +1,120 @@
+package netquiesce
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// NetnsDir is where named network namespaces live, as with `ip netns`.
+const NetnsDir = "/run/netns"
+
+// inNetns runs fn on a fresh goroutine whose OS thread is locked and moved
+// into ns. The thread is never unlocked, so the Go runtime discards it when the
+// goroutine exits: the caller's thread never changes namespace.
+func inNetns(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: the thread dies with this goroutine.
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("enter network namespace %s: %w", ns, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// NewNamedNetns creates a new network namespace bind-mounted at
+// /run/netns/<name> (visible to `ip netns`) and returns an open handle to it.
+// The caller's namespace does not change: the namespace is created on a locked,
+// throw-away OS thread. The caller must Close the handle; DeleteNamedNetns
+// removes the name.
+func NewNamedNetns(name string) (netns.NsHandle, error) {
+	if name == "" || filepath.Base(name) != name || name == "." || name == ".." {
+		return netns.None(), fmt.Errorf("create network namespace %q: invalid name", name)
+	}
+	if err := ensureNetnsDir(); err != nil {
+		return netns.None(), err
+	}
+	path := filepath.Join(NetnsDir, name)
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return netns.None(), fmt.Errorf("create network namespace %q: %w", name, err)
+	}
+	f.Close()
+
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: the thread has left the caller's namespace
+		// and dies with this goroutine.
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare network namespace: %w", err)
+			return
+		}
+		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("bind-mount network namespace at %s: %w", path, err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		os.Remove(path)
+		return netns.None(), fmt.Errorf("create network namespace %q: %w", name, err)
+	}
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		_ = DeleteNamedNetns(name)
+		return netns.None(), fmt.Errorf("open network namespace %q: %w", name, err)
+	}
+	return ns, nil
+}
+
+// DeleteNamedNetns unmounts and removes /run/netns/<name>. A name that is
+// already gone is not an error. The namespace itself lives on while any
+// process, handle or bind mount still refers to it.
+func DeleteNamedNetns(name string) error {
+	if name == "" || filepath.Base(name) != name {
+		return fmt.Errorf("delete network namespace %q: invalid name", name)
+	}
+	path := filepath.Join(NetnsDir, name)
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil &&
+		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount network namespace %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove network namespace %s: %w", path, err)
+	}
+	return nil
+}
+
+// ensureNetnsDir makes /run/netns a shared bind mount of itself, as iproute2
+// does, so namespaces mounted there propagate to other mount namespaces.
+func ensureNetnsDir() error {
+	if err := os.MkdirAll(NetnsDir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", NetnsDir, err)
+	}
+	err := unix.Mount("", NetnsDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("make %s shared: %w", NetnsDir, err)
+	}
+	// Not a mount point yet: bind it onto itself, then share it.
+	if err := unix.Mount(NetnsDir, NetnsDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind-mount %s: %w", NetnsDir, err)
+	}
+	if err := unix.Mount("", NetnsDir, "none", unix.MS_SHARED|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("make %s shared: %w", NetnsDir, err)
+	}
+	return nil
+}

@@ -1,0 +1,43 @@
+# torpor — checkpoint, restart and migrate running MPI jobs.
+# `make help` lists the targets.
+
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+
+GO        ?= go
+BIN       := bin/torpor
+GOFLAGS_TEST ?=
+TEST_TIMEOUT ?= 60m
+# Packages whose tests run in `make test`.
+PKGS      ?= ./...
+
+.PHONY: help deps build workloads generate lint test e2e bench demo clean
+
+help: ## list the targets
+	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
+
+deps: ## install Debian packages and a private CRIU >= 4.2 (root, idempotent)
+	@bash scripts/deps.sh
+
+build: ## build bin/torpor
+	$(GO) build -o $(BIN) ./cmd/torpor
+
+workloads: ## build the MPI test workloads for Open MPI and MPICH
+	$(MAKE) -s -C bench/workloads
+
+generate: ## regenerate eBPF objects (bpf2go) and gRPC code (protoc)
+	$(GO) generate ./...
+
+lint: ## gofmt, go vet (with and without cgo)
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	CGO_ENABLED=0 $(GO) vet ./...
+
+test: deps build workloads ## install what is needed, run torpor doctor, then every test (root)
+	./$(BIN) doctor
+	$(MAKE) -s lint
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(GOFLAGS_TEST) $(PKGS)
+
+clean: ## remove build outputs
+	rm -rf bin
+	$(MAKE) -s -C bench/workloads clean

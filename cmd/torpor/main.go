@@ -1,0 +1,106 @@
+// Command torpor checkpoints, restarts and migrates running MPI jobs.
+//
+// One binary plays every role: the CLI verbs, the coordinator and shim
+// daemons, and pmixd inside each job-node sandbox. main only parses flags
+// and calls into the packages that hold the logic.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"syscall"
+)
+
+// verb is one sub-command.
+type verb struct {
+	summary string
+	run     func(ctx context.Context, args []string) error
+}
+
+var verbs = map[string]verb{
+	"doctor":  {"check that this host can run torpor, and say how to fix what is missing", runDoctor},
+	"version": {"print torpor's version", runVersion},
+}
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// exitError carries a process exit status out of a verb.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "usage: torpor <command> [flags] [args]\n\ncommands:\n")
+	names := make([]string, 0, len(verbs))
+	for n := range verbs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(w, "  %-12s %s\n", n, verbs[n].summary)
+	}
+	fmt.Fprintf(w, "\nRun `torpor <command> -h` for the flags of a command.\n")
+}
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		usage(os.Stdout)
+		if len(os.Args) < 2 {
+			os.Exit(2)
+		}
+		return
+	}
+	v, ok := verbs[os.Args[1]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "torpor: unknown command %q\n\n", os.Args[1])
+		usage(os.Stderr)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := v.run(ctx, os.Args[2:])
+	stop()
+	var ee exitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		os.Exit(ee.code)
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(0)
+	default:
+		fmt.Fprintf(os.Stderr, "torpor %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}
+
+func runVersion(context.Context, []string) error {
+	fmt.Println("torpor", version)
+	return nil
+}
+
+// newFlagSet returns a flag set whose parse errors come back as errors
+// (exit status 2 from main), never as an os.Exit inside the flag package.
+func newFlagSet(name, argsUsage string) *flag.FlagSet {
+	fs := flag.NewFlagSet("torpor "+name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: torpor %s [flags] %s\n", name, argsUsage)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return exitError{2}
+	}
+	return nil
+}

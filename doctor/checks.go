@@ -1,0 +1,324 @@
+package doctor
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/shim/criu"
+)
+
+// Env is what the checks look at. Fields left zero are filled by Probe.
+type Env struct {
+	KernelRelease string
+	CRIU          criu.Locator
+	CheckpointDir string
+	// PMIxVersion reports the libpmix version torpor is linked with.
+	PMIxVersion func() (string, error)
+
+	criuPath    string
+	criuCheck   string // output of `criu check`, cached for the breakpoint check
+	criuChecked bool
+}
+
+// Probe fills in the kernel release.
+func (e *Env) Probe() error {
+	if e.KernelRelease != "" {
+		return nil
+	}
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return fmt.Errorf("uname: %w", err)
+	}
+	e.KernelRelease = unix.ByteSliceToString(u.Release[:])
+	return nil
+}
+
+// Checks returns every check, in the order they are printed.
+func Checks() []Check {
+	return []Check{
+		{Name: "kernel", Required: true, Run: checkKernel},
+		{Name: "root", Required: true, Run: checkRoot},
+		{Name: "criu", Required: true, Run: checkCRIU},
+		{Name: "criu check", Required: true, Run: checkCRIUFeatures},
+		{Name: "hw breakpoints", Required: false, Run: checkBreakpoints},
+		{Name: "cgroup v2 freeze", Required: true, Run: checkCgroupFreeze},
+		{Name: "netns + veth", Required: true, Run: checkNetnsVeth},
+		{Name: "bpf tcx", Required: true, Run: checkTCX},
+		{Name: "libpmix", Required: true, Run: checkPMIx},
+		{Name: "open mpi", Required: true, Run: checkOpenMPI},
+		{Name: "mpich", Required: false, Run: checkMPICH},
+		{Name: "checkpoint dir", Required: true, Run: checkCheckpointDir},
+	}
+}
+
+func checkKernel(_ context.Context, env *Env) Result {
+	maj, min := criu.KernelVersion(env.KernelRelease)
+	// TCX (bpf_link on tc ingress/egress) arrived in 6.6.
+	if maj < 6 || (maj == 6 && min < 6) {
+		return fail("use a kernel >= 6.6 (TCX eBPF attach, cgroup.kill)", "%s is older than 6.6", env.KernelRelease)
+	}
+	return ok("%s (needs CRIU >= %s)", env.KernelRelease, criu.RequiredVersion(env.KernelRelease))
+}
+
+func checkRoot(context.Context, *Env) Result {
+	if os.Geteuid() != 0 {
+		return fail("run the shim (and doctor) as root: namespaces, cgroups, CRIU and eBPF need it", "running as uid %d", os.Geteuid())
+	}
+	return ok("running as root")
+}
+
+func checkCRIU(ctx context.Context, env *Env) Result {
+	bin, err := env.CRIU.Find()
+	if err != nil {
+		return fail("run `make deps` (installs CRIU 4.2 into "+criu.DefaultPrefix+")", "%v", err)
+	}
+	v, err := criu.QueryVersion(ctx, bin.Path)
+	if err != nil {
+		return fail("check that "+bin.Path+" is a CRIU binary; run `make deps`", "%s (from %s): %v", bin.Path, bin.Source, err)
+	}
+	if err := criu.CheckVersion(v, env.KernelRelease); err != nil {
+		return fail(fmt.Sprintf("run `make deps` (installs CRIU 4.2 into %s), or pass --criu / set $%s to a CRIU >= %s",
+			criu.DefaultPrefix, criu.EnvCRIU, criu.RequiredVersion(env.KernelRelease)),
+			"criu %s at %s (from %s) is too old for kernel %s: need >= %s",
+			v, bin.Path, bin.Source, env.KernelRelease, criu.RequiredVersion(env.KernelRelease))
+	}
+	env.criuPath = bin.Path
+	return ok("%s %s (from %s)", bin.Path, v, bin.Source)
+}
+
+func runCRIUCheck(ctx context.Context, env *Env) (string, error) {
+	if env.criuChecked {
+		return env.criuCheck, nil
+	}
+	if env.criuPath == "" {
+		return "", errors.New("no usable CRIU (see the criu line)")
+	}
+	out, err := exec.CommandContext(ctx, env.criuPath, "check").CombinedOutput()
+	env.criuCheck, env.criuChecked = string(out), true
+	if err != nil {
+		return string(out), fmt.Errorf("criu check: %w", err)
+	}
+	return string(out), nil
+}
+
+var criuErrorLine = regexp.MustCompile(`(?m)^Error .*$`)
+
+func checkCRIUFeatures(ctx context.Context, env *Env) Result {
+	out, err := runCRIUCheck(ctx, env)
+	if err != nil {
+		detail := err.Error()
+		if m := criuErrorLine.FindAllString(out, -1); len(m) > 0 {
+			detail = m[len(m)-1]
+		}
+		return fail("run `"+env.criuPath+" check` to see every failing feature; `make deps` installs a CRIU that works on this kernel", "%s", detail)
+	}
+	if !strings.Contains(out, "Looks good") {
+		return fail("run `"+env.criuPath+" check`", "criu check did not say \"Looks good\": %s", firstLine(out))
+	}
+	return ok("Looks good.")
+}
+
+func checkBreakpoints(ctx context.Context, env *Env) Result {
+	out, err := runCRIUCheck(ctx, env)
+	if err != nil && out == "" {
+		return warn("fix the criu check first", "unknown: %v", err)
+	}
+	if strings.Contains(out, "Hardware breakpoints don't seem to work") {
+		return warn("harmless with CRIU >= 4.2, which detects it; CRIU 4.1 needs CRIU_FAULT=130 (common in VMs)",
+			"hardware breakpoints do not work on this machine")
+	}
+	return ok("hardware breakpoints work")
+}
+
+// Cgroup2Mount returns where the cgroup v2 hierarchy is mounted.
+func Cgroup2Mount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// "36 25 0:31 / /sys/fs/cgroup/unified rw,... shared:10 - cgroup2 cgroup2 rw"
+		pre, post, found := strings.Cut(sc.Text(), " - ")
+		if !found {
+			continue
+		}
+		if fs := strings.Fields(post); len(fs) > 0 && fs[0] == "cgroup2" {
+			if f := strings.Fields(pre); len(f) >= 5 {
+				return f[4], nil
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", err
+	}
+	return "", errors.New("no cgroup2 mount in /proc/self/mountinfo")
+}
+
+func checkCgroupFreeze(context.Context, *Env) Result {
+	root, err := Cgroup2Mount()
+	if err != nil {
+		return fail("mount the cgroup v2 hierarchy (e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`)", "%v", err)
+	}
+	dir := filepath.Join(root, fmt.Sprintf("torpor-doctor-%d", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return fail("run as root on a host with a writable cgroup v2 hierarchy", "create %s: %v", dir, err)
+	}
+	defer os.Remove(dir)
+	var missing []string
+	for _, f := range []string{"cgroup.freeze", "cgroup.kill", "cgroup.events"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			missing = append(missing, f)
+		}
+	}
+	if len(missing) > 0 {
+		return fail("use a kernel >= 5.14 with cgroup v2", "cgroup v2 at %s lacks %s", root, strings.Join(missing, ", "))
+	}
+	return ok("cgroup v2 at %s with cgroup.freeze and cgroup.kill", root)
+}
+
+// inThrowawayNetns runs fn on a locked OS thread moved into a fresh, unnamed
+// network namespace. The thread is never unlocked, so the Go runtime discards
+// it when fn returns, and with it the namespace.
+func inThrowawayNetns(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare network namespace: %w", err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+func addVeth() (netlink.Link, error) {
+	la := netlink.NewLinkAttrs()
+	la.Name = "tpdoc0"
+	veth := &netlink.Veth{LinkAttrs: la, PeerName: "tpdoc1"}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return nil, fmt.Errorf("create veth pair: %w", err)
+	}
+	l, err := netlink.LinkByName(la.Name)
+	if err != nil {
+		return nil, err
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return nil, fmt.Errorf("set veth up: %w", err)
+	}
+	return l, nil
+}
+
+func checkNetnsVeth(context.Context, *Env) Result {
+	err := inThrowawayNetns(func() error {
+		_, err := addVeth()
+		return err
+	})
+	if err != nil {
+		return fail("run as root on a kernel with CONFIG_NET_NS and CONFIG_VETH", "%v", err)
+	}
+	return ok("created a network namespace with a veth pair")
+}
+
+func checkTCX(context.Context, *Env) Result {
+	err := inThrowawayNetns(func() error {
+		l, err := addVeth()
+		if err != nil {
+			return err
+		}
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Type:    ebpf.SchedCLS,
+			License: "GPL",
+			Instructions: asm.Instructions{
+				asm.Mov.Imm(asm.R0, -1), // TCX_NEXT: let the packet continue
+				asm.Return(),
+			},
+		})
+		if err != nil {
+			return fmt.Errorf("load sched_cls program: %w", err)
+		}
+		defer prog.Close()
+		tcx, err := link.AttachTCX(link.TCXOptions{Interface: l.Attrs().Index, Program: prog, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return fmt.Errorf("attach tcx ingress: %w", err)
+		}
+		return tcx.Close()
+	})
+	if err != nil {
+		return fail("use a kernel >= 6.6 with BPF, BPF JIT and TCX; torpor falls back to cgroup_skb where TCX is missing", "%v", err)
+	}
+	return ok("loaded a sched_cls program and attached it with TCX in a throw-away netns")
+}
+
+func checkPMIx(_ context.Context, env *Env) Result {
+	if env.PMIxVersion == nil {
+		return fail("build torpor with cgo (CGO_ENABLED=1) against libpmix-dev", "this torpor binary was built without libpmix")
+	}
+	v, err := env.PMIxVersion()
+	if err != nil {
+		return fail("apt-get install libpmix2 libpmix-dev (or `make deps`) and rebuild torpor with cgo", "%v", err)
+	}
+	return ok("%s", v)
+}
+
+func checkOpenMPI(ctx context.Context, _ *Env) Result {
+	out, err := exec.CommandContext(ctx, "ompi_info", "--version").CombinedOutput()
+	if err != nil {
+		return fail("apt-get install openmpi-bin libopenmpi-dev (or `make deps`)", "ompi_info: %v", err)
+	}
+	return ok("%s", firstLine(string(out)))
+}
+
+func checkMPICH(ctx context.Context, _ *Env) Result {
+	out, err := exec.CommandContext(ctx, "mpichversion").CombinedOutput()
+	if err != nil {
+		return warn("apt-get install mpich libmpich-dev (or `make deps`) to run MPICH programs", "mpichversion: %v", err)
+	}
+	return ok("%s", strings.Join(strings.Fields(firstLine(string(out))), " "))
+}
+
+func checkCheckpointDir(_ context.Context, env *Env) Result {
+	dir := env.CheckpointDir
+	// The directory may not exist yet: measure the nearest existing parent.
+	probe := dir
+	for {
+		if _, err := os.Stat(probe); err == nil {
+			break
+		}
+		parent := filepath.Dir(probe)
+		if parent == probe {
+			break
+		}
+		probe = parent
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(probe, &st); err != nil {
+		return fail("create "+dir+" or set checkpoint_dir in the config", "statfs %s: %v", probe, err)
+	}
+	free := st.Bavail * uint64(st.Bsize)
+	const gib = 1 << 30
+	switch {
+	case free < gib/4:
+		return fail("free space under "+dir+" or point --checkpoint-dir elsewhere: images are about as large as the job's memory",
+			"%s: %.2f GiB free", dir, float64(free)/gib)
+	case free < 4*gib:
+		return warn("checkpoints need about as much space as the job's memory", "%s: %.1f GiB free", dir, float64(free)/gib)
+	}
+	return ok("%s: %.1f GiB free", dir, float64(free)/gib)
+}

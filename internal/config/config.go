@@ -1,0 +1,79 @@
+// Package config reads torpor's host configuration file.
+//
+// The file is optional. Every field has a default that works on a single
+// machine; a cluster sets the coordinator address and certificate paths.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+
+	"gopkg.in/yaml.v3"
+)
+
+// DefaultPath is read when neither --config nor $TORPOR_CONFIG is given.
+const DefaultPath = "/etc/torpor/torpor.yaml"
+
+// EnvPath names the environment variable that points at the configuration file.
+const EnvPath = "TORPOR_CONFIG"
+
+// Config is the content of the configuration file.
+type Config struct {
+	// CRIU is the CRIU binary to use; empty means: look in the private prefix, then $PATH.
+	CRIU string `yaml:"criu"`
+	// StateDir holds the coordinator's state, keys and certificates.
+	StateDir string `yaml:"state_dir"`
+	// CheckpointDir is the root of the checkpoint catalog (<dir>/<job>/<seq>/).
+	CheckpointDir string `yaml:"checkpoint_dir"`
+	// CgroupRoot is the cgroup v2 directory, relative to the cgroup2 mount, under
+	// which job-node cgroups are created.
+	CgroupRoot string `yaml:"cgroup_root"`
+}
+
+// Defaults returns the configuration used when no file exists.
+func Defaults() Config {
+	return Config{
+		StateDir:      "/var/lib/torpor",
+		CheckpointDir: "/var/lib/torpor/checkpoints",
+		CgroupRoot:    "torpor",
+	}
+}
+
+// Load reads the file at path over the defaults. An empty path means
+// $TORPOR_CONFIG, then DefaultPath; a missing default file is not an error,
+// a missing explicitly named one is.
+func Load(path string) (Config, error) {
+	cfg := Defaults()
+	explicit := path != ""
+	if !explicit {
+		path = os.Getenv(EnvPath)
+		explicit = path != ""
+	}
+	if !explicit {
+		path = DefaultPath
+	}
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		return cfg, nil
+	}
+	if err != nil {
+		return cfg, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(data, path)
+}
+
+// Parse decodes a configuration over the defaults. Unknown keys are errors,
+// so that a misspelt setting is not silently ignored.
+func Parse(data []byte, name string) (Config, error) {
+	cfg := Defaults()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+		return cfg, fmt.Errorf("parse config %s: %w", name, err)
+	}
+	return cfg, nil
+}

@@ -1,4 +1,8 @@
+//go:build cgo
+
 package main
 
-// pmixVersion reports the linked libpmix version; nil until pmix/libpmix lands.
-var pmixVersion func() (string, error)
+import "github.com/torpor-hpc/torpor/pmix/libpmix"
+
+// pmixVersion reports the libpmix version this binary is linked with.
+var pmixVersion = func() (string, error) { return libpmix.Version(), nil }

@@ -1,3 +1,5 @@
+//go:build ignore
+
 /*
  * ring — torpor test workload: a ring of Sendrecv plus one Allreduce per iteration.
  *

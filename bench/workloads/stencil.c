@@ -1,3 +1,5 @@
+//go:build ignore
+
 /*
  * stencil — torpor test workload: a 2-D periodic 5-point stencil on a global N x N
  * grid of uint64 cells, block-decomposed over a Cartesian communicator

@@ -1,0 +1,162 @@
+package criu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	gocriu "github.com/checkpoint-restore/go-criu/v7"
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"google.golang.org/protobuf/proto"
+)
+
+// ErrBadOptions means Options lack something the operation needs.
+var ErrBadOptions = errors.New("bad criu options")
+
+// Driver runs CRIU dumps and restores. It is safe for concurrent use: every
+// operation runs its own `criu swrk` child.
+type Driver struct {
+	bin Binary
+	log *slog.Logger
+
+	versionOnce sync.Once
+	version     Version
+	versionErr  error
+}
+
+// NewDriver returns a driver for the CRIU binary bin. log may be nil.
+func NewDriver(bin Binary, log *slog.Logger) *Driver {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Driver{bin: bin, log: log}
+}
+
+// Binary is the CRIU executable the driver runs.
+func (d *Driver) Binary() Binary { return d.bin }
+
+// Version asks CRIU for its version once and caches the answer.
+func (d *Driver) Version(ctx context.Context) (Version, error) {
+	d.versionOnce.Do(func() {
+		d.version, d.versionErr = QueryVersion(ctx, d.bin.Path)
+	})
+	return d.version, d.versionErr
+}
+
+// DumpResult describes a finished dump.
+type DumpResult struct {
+	Stats   DumpStats
+	LogPath string
+	Elapsed time.Duration // wall time of the whole CRIU run
+}
+
+// RestoreResult describes a finished restore.
+type RestoreResult struct {
+	Pid     int // root of the restored tree, in the caller's PID namespace
+	Stats   RestoreStats
+	LogPath string
+	Elapsed time.Duration
+}
+
+// Dump checkpoints the tree rooted at opts.Pid into opts.ImagesDir. nfy
+// receives CRIU's notifications and may be nil.
+func (d *Driver) Dump(ctx context.Context, opts Options, nfy gocriu.Notify) (DumpResult, error) {
+	if opts.Pid <= 0 {
+		return DumpResult{}, fmt.Errorf("criu dump: %w: no Pid to dump", ErrBadOptions)
+	}
+	if err := os.MkdirAll(opts.ImagesDir, 0o700); err != nil {
+		return DumpResult{}, fmt.Errorf("criu dump: create images dir: %w", err)
+	}
+	var res DumpResult
+	start := time.Now()
+	logPath, _, err := d.run(ctx, rpc.CriuReqType_DUMP, "dump.log", opts, nfy)
+	res.LogPath, res.Elapsed = logPath, time.Since(start)
+	if err != nil {
+		return res, err
+	}
+	st, err := ReadDumpStats(opts.ImagesDir)
+	if err != nil {
+		return res, fmt.Errorf("criu dump: %w", err)
+	}
+	res.Stats = st
+	d.log.Debug("criu dump done", "pid", opts.Pid, "elapsed", res.Elapsed,
+		"frozen", st.FrozenTime, "pages", st.PagesWritten, "bytes", st.ImageBytes)
+	return res, nil
+}
+
+// Restore restores the tree in opts.ImagesDir, inside opts.NetNSPath.
+func (d *Driver) Restore(ctx context.Context, opts Options, nfy gocriu.Notify) (RestoreResult, error) {
+	if st, err := os.Stat(opts.ImagesDir); err != nil || !st.IsDir() {
+		return RestoreResult{}, fmt.Errorf("criu restore: %w: images dir %q is not a directory", ErrBadOptions, opts.ImagesDir)
+	}
+	opts.Pid = 0
+	var res RestoreResult
+	start := time.Now()
+	logPath, resp, err := d.run(ctx, rpc.CriuReqType_RESTORE, "restore.log", opts, nfy)
+	res.LogPath, res.Elapsed = logPath, time.Since(start)
+	if err != nil {
+		return res, err
+	}
+	res.Pid = int(resp.GetRestore().GetPid())
+	st, err := ReadRestoreStats(opts.ImagesDir)
+	if err != nil {
+		return res, fmt.Errorf("criu restore: %w", err)
+	}
+	res.Stats = st
+	d.log.Debug("criu restore done", "pid", res.Pid, "elapsed", res.Elapsed, "restore", st.RestoreTime)
+	return res, nil
+}
+
+func (d *Driver) run(ctx context.Context, typ rpc.CriuReqType, logName string, opts Options, nfy gocriu.Notify) (string, *rpc.CriuResp, error) {
+	op := "dump"
+	if typ == rpc.CriuReqType_RESTORE {
+		op = "restore"
+	}
+	if opts.ImagesDir == "" {
+		return "", nil, fmt.Errorf("criu %s: %w: ImagesDir is empty", op, ErrBadOptions)
+	}
+	workDir := opts.WorkDir
+	if workDir == "" {
+		workDir = opts.ImagesDir
+	}
+	if err := os.MkdirAll(workDir, 0o700); err != nil {
+		return "", nil, fmt.Errorf("criu %s: create work dir: %w", op, err)
+	}
+	logPath := filepath.Join(workDir, logName)
+	_ = os.Remove(logPath)
+
+	imgDir, err := os.Open(opts.ImagesDir)
+	if err != nil {
+		return logPath, nil, fmt.Errorf("criu %s: open images dir: %w", op, err)
+	}
+	defer imgDir.Close()
+	wDir, err := os.Open(workDir)
+	if err != nil {
+		return logPath, nil, fmt.Errorf("criu %s: open work dir: %w", op, err)
+	}
+	defer wDir.Close()
+
+	ro := opts.toRPC()
+	// CRIU opens these through /proc/<client pid>/fd/N of the RPC peer.
+	ro.ImagesDirFd = proto.Int32(int32(imgDir.Fd()))
+	ro.WorkDirFd = proto.Int32(int32(wDir.Fd()))
+	ro.LogFile = proto.String(logName)
+	if nfy != nil {
+		ro.NotifyScripts = proto.Bool(true)
+	}
+
+	s, err := startSwrk(d.bin.Path, opts.NetNSPath, opts.CgroupDir)
+	if err != nil {
+		return logPath, nil, fmt.Errorf("criu %s: %w", op, err)
+	}
+	resp, err := s.call(ctx, &rpc.CriuReq{Type: typ.Enum(), Opts: ro}, nfy)
+	if err != nil {
+		return logPath, resp, &Error{Op: op, Line: FirstErrorLine(logPath), LogPath: logPath, Err: err}
+	}
+	return logPath, resp, nil
+}

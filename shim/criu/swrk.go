@@ -1,0 +1,135 @@
+package criu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"syscall"
+
+	gocriu "github.com/checkpoint-restore/go-criu/v7"
+	"github.com/checkpoint-restore/go-criu/v7/rpc"
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/torpor-hpc/torpor/shim/internal/nsrun"
+)
+
+// swrk is one `criu swrk` child and its RPC socket. go-criu's Criu type keeps
+// the child private, so it can neither be started in another network
+// namespace or cgroup nor killed on a deadline; this speaks the same RPC with
+// go-criu's message types.
+type swrk struct {
+	cmd  *exec.Cmd
+	sock *os.File
+}
+
+// startSwrk starts `criu swrk 3` inside netnsPath (if set) and cgroupDir (if
+// set).
+func startSwrk(criuPath, netnsPath, cgroupDir string) (*swrk, error) {
+	fds, err := unix.Socketpair(unix.AF_LOCAL, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("start criu swrk: socketpair: %w", err)
+	}
+	cln := os.NewFile(uintptr(fds[0]), "criu-rpc-client")
+	srv := os.NewFile(uintptr(fds[1]), "criu-rpc-server")
+	defer srv.Close()
+
+	cmd := exec.Command(criuPath, "swrk", "3")
+	cmd.ExtraFiles = []*os.File{srv}
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	if cgroupDir != "" {
+		cg, err := os.OpenFile(cgroupDir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			cln.Close()
+			return nil, fmt.Errorf("start criu swrk: open cgroup: %w", err)
+		}
+		defer cg.Close()
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = int(cg.Fd())
+	}
+	err = nsrun.InNetNSPath(netnsPath, cmd.Start)
+	if err != nil {
+		cln.Close()
+		return nil, fmt.Errorf("start criu swrk: %w", err)
+	}
+	return &swrk{cmd: cmd, sock: cln}, nil
+}
+
+// call sends req and answers notifications until the final response. It
+// kills CRIU when ctx ends. It always reaps the child.
+func (s *swrk) call(ctx context.Context, req *rpc.CriuReq, nfy gocriu.Notify) (resp *rpc.CriuResp, err error) {
+	stop := context.AfterFunc(ctx, func() { _ = s.cmd.Process.Kill() })
+	defer func() {
+		stop()
+		s.sock.Close()
+		werr := s.cmd.Wait()
+		if ctx.Err() != nil {
+			err = errors.Join(fmt.Errorf("criu killed: %w", context.Cause(ctx)), err)
+			return
+		}
+		if err == nil && werr != nil {
+			err = fmt.Errorf("criu swrk exited: %w", werr)
+		}
+	}()
+
+	buf := make([]byte, 1<<16)
+	for {
+		b, err := proto.Marshal(req)
+		if err != nil {
+			return nil, fmt.Errorf("encode criu request: %w", err)
+		}
+		if _, err := s.sock.Write(b); err != nil {
+			return nil, fmt.Errorf("send criu request: %w", err)
+		}
+		n, err := s.sock.Read(buf)
+		if err != nil {
+			return nil, fmt.Errorf("read criu response: %w", err)
+		}
+		resp = &rpc.CriuResp{}
+		if err := proto.Unmarshal(buf[:n], resp); err != nil {
+			return nil, fmt.Errorf("decode criu response: %w", err)
+		}
+		if !resp.GetSuccess() {
+			return resp, fmt.Errorf("%s request failed: errno %d %s", req.GetType(), resp.GetCrErrno(), resp.GetCrErrmsg())
+		}
+		if resp.GetType() != rpc.CriuReqType_NOTIFY {
+			if resp.GetType() != req.GetType() {
+				return resp, fmt.Errorf("unexpected criu response %s to %s", resp.GetType(), req.GetType())
+			}
+			return resp, nil
+		}
+		if err := notify(nfy, resp.GetNotify()); err != nil {
+			return resp, fmt.Errorf("criu notification %q: %w", resp.GetNotify().GetScript(), err)
+		}
+		req = &rpc.CriuReq{Type: rpc.CriuReqType_NOTIFY.Enum(), NotifySuccess: proto.Bool(true)}
+	}
+}
+
+func notify(nfy gocriu.Notify, n *rpc.CriuNotify) error {
+	if nfy == nil {
+		return nil
+	}
+	switch n.GetScript() {
+	case "pre-dump":
+		return nfy.PreDump()
+	case "post-dump":
+		return nfy.PostDump()
+	case "pre-restore":
+		return nfy.PreRestore()
+	case "post-restore":
+		return nfy.PostRestore(n.GetPid())
+	case "network-lock":
+		return nfy.NetworkLock()
+	case "network-unlock":
+		return nfy.NetworkUnlock()
+	case "setup-namespaces":
+		return nfy.SetupNamespaces(n.GetPid())
+	case "post-setup-namespaces":
+		return nfy.PostSetupNamespaces()
+	case "post-resume":
+		return nfy.PostResume()
+	}
+	return nil
+}

@@ -299,3 +299,11 @@ func (n *Net) WriteSysctl(key, value string) error {
 		return nil
 	})
 }
+
+func netInterfaceIndex(name string) (int, error) {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("find interface %q: %w", name, err)
+	}
+	return ifi.Index, nil
+}

@@ -1,0 +1,127 @@
+package netquiesce
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// tcxObjects loads only the maps and the two TCX programs.
+type tcxObjects struct {
+	quiesceMaps
+	Ingress *ebpf.Program `ebpf:"tcx_ingress"`
+	Egress  *ebpf.Program `ebpf:"tcx_egress"`
+}
+
+// cgroupObjects loads only the maps and the two cgroup_skb programs.
+type cgroupObjects struct {
+	quiesceMaps
+	Ingress *ebpf.Program `ebpf:"cgroup_ingress"`
+	Egress  *ebpf.Program `ebpf:"cgroup_egress"`
+}
+
+func loadObjects(obj any, what string) error {
+	if err := loadQuiesceObjects(obj, nil); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return fmt.Errorf("load %s lock programs: %+v", what, ve)
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return notSupported("load "+what+" lock programs", err)
+		}
+		return fmt.Errorf("load %s lock programs: %w", what, err)
+	}
+	return nil
+}
+
+// attachTCX attaches the TCX programs to t.Interface in t.Net. The link is
+// created on a thread inside that namespace, because the kernel resolves the
+// interface index in the caller's namespace.
+func attachTCX(t Target, log *slog.Logger) (*Lock, error) {
+	if t.Interface == "" {
+		return nil, fmt.Errorf("attach tcx network lock: %w", ErrNoTarget)
+	}
+	var objs tcxObjects
+	if err := loadObjects(&objs, "tcx"); err != nil {
+		return nil, err
+	}
+	l := &Lock{mode: ModeTCX, target: t.Interface, log: log, maps: objs.quiesceMaps,
+		progs: []*ebpf.Program{objs.Ingress, objs.Egress}}
+	attach := func() error {
+		var ifindex int
+		if t.Net != nil {
+			lk, err := t.Net.Link(t.Interface)
+			if err != nil {
+				return err
+			}
+			ifindex = lk.Attrs().Index
+		} else {
+			lk, err := netInterfaceIndex(t.Interface)
+			if err != nil {
+				return err
+			}
+			ifindex = lk
+		}
+		for _, a := range []struct {
+			prog *ebpf.Program
+			typ  ebpf.AttachType
+		}{{objs.Ingress, ebpf.AttachTCXIngress}, {objs.Egress, ebpf.AttachTCXEgress}} {
+			lk, err := link.AttachTCX(link.TCXOptions{Interface: ifindex, Program: a.prog, Attach: a.typ})
+			if err != nil {
+				if errors.Is(err, ebpf.ErrNotSupported) {
+					return notSupported(fmt.Sprintf("attach tcx %s on %q", a.typ, t.Interface), err)
+				}
+				return fmt.Errorf("attach tcx %s on %q: %w", a.typ, t.Interface, err)
+			}
+			l.links = append(l.links, lk)
+		}
+		return nil
+	}
+	var err error
+	if t.Net != nil {
+		err = inNetns(t.Net.NS(), attach)
+	} else {
+		err = attach()
+	}
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// attachCgroup attaches the cgroup_skb programs to the cgroup v2 directory
+// t.Cgroup.
+func attachCgroup(t Target, log *slog.Logger) (*Lock, error) {
+	if t.Cgroup == "" {
+		return nil, fmt.Errorf("attach cgroup_skb network lock: %w", ErrNoTarget)
+	}
+	if fi, err := os.Stat(t.Cgroup); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("attach cgroup_skb network lock: cgroup %q is not a directory: %v", t.Cgroup, err)
+	}
+	var objs cgroupObjects
+	if err := loadObjects(&objs, "cgroup_skb"); err != nil {
+		return nil, err
+	}
+	l := &Lock{mode: ModeCgroupSKB, target: t.Cgroup, log: log, maps: objs.quiesceMaps,
+		progs: []*ebpf.Program{objs.Ingress, objs.Egress}}
+	for _, a := range []struct {
+		prog *ebpf.Program
+		typ  ebpf.AttachType
+	}{{objs.Ingress, ebpf.AttachCGroupInetIngress}, {objs.Egress, ebpf.AttachCGroupInetEgress}} {
+		lk, err := link.AttachCgroup(link.CgroupOptions{Path: t.Cgroup, Attach: a.typ, Program: a.prog})
+		if err != nil {
+			l.Close()
+			if errors.Is(err, ebpf.ErrNotSupported) {
+				return nil, notSupported(fmt.Sprintf("attach cgroup_skb %s on %s", a.typ, t.Cgroup), err)
+			}
+			return nil, fmt.Errorf("attach cgroup_skb %s on %s: %w", a.typ, t.Cgroup, err)
+		}
+		l.links = append(l.links, lk)
+	}
+	return l, nil
+}

@@ -24,8 +24,8 @@ type Protocol int
 const (
 	TCP Protocol = iota
 	UDP
-	ICMP  // ICMP and ICMPv6
-	Other // ARP, non-IP, and every other IP protocol
+	ICMP         // ICMP and ICMPv6
+	Other        // ARP, non-IP, and every other IP protocol
 	numProtocols = 4
 )
 

@@ -84,8 +84,12 @@ func listenIn(tb testing.TB, n *Net, network, addr string) any {
 	return out
 }
 
-// dialIn dials from inside n's namespace.
+// dialIn dials from inside n's namespace (nil: this process's).
 func dialIn(ctx context.Context, n *Net, network, addr string) (net.Conn, error) {
+	if n == nil {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
 	var c net.Conn
 	err := inNetns(n.NS(), func() error {
 		var d net.Dialer

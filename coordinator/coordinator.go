@@ -1,0 +1,335 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Options configure a Coordinator.
+type Options struct {
+	// StateDir holds jobs.json, the coordinator's persisted registry.
+	StateDir string
+	Store    Store
+	Agents   map[string]Agent // host name -> its shim
+	Log      *slog.Logger
+	// Deadlines override DefaultDeadlines per phase.
+	Deadlines Deadlines
+	// Keep is how many committed checkpoints per job are retained (0: all).
+	Keep int
+	// Now is time.Now unless a test replaces it.
+	Now func() time.Time
+}
+
+// Coordinator owns jobs and runs the protocol. It is safe for concurrent use;
+// operations on one job are serialized, operations on different jobs run in parallel.
+type Coordinator struct {
+	stateDir  string
+	store     Store
+	log       *slog.Logger
+	deadlines Deadlines
+	keep      int
+	now       func() time.Time
+
+	mu     sync.Mutex
+	agents map[string]Agent
+	jobs   map[string]*Job
+	busy   map[string]bool // job id -> an operation runs
+}
+
+// New creates a coordinator and loads the jobs it persisted earlier.
+func New(opts Options) (*Coordinator, error) {
+	if opts.Store == nil {
+		return nil, fmt.Errorf("%w: coordinator needs a checkpoint store", ErrInvalid)
+	}
+	c := &Coordinator{
+		stateDir:  opts.StateDir,
+		store:     opts.Store,
+		log:       opts.Log,
+		deadlines: opts.Deadlines,
+		keep:      opts.Keep,
+		now:       opts.Now,
+		agents:    map[string]Agent{},
+		jobs:      map[string]*Job{},
+		busy:      map[string]bool{},
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	for h, a := range opts.Agents {
+		c.agents[h] = a
+	}
+	if err := c.load(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// AddAgent registers (or replaces, after a shim restarted) the shim of a host.
+func (c *Coordinator) AddAgent(host string, a Agent) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.agents[host] = a
+}
+
+// Hosts lists the hosts with a registered shim.
+func (c *Coordinator) Hosts() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	hosts := make([]string, 0, len(c.agents))
+	for h := range c.agents {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	return hosts
+}
+
+func (c *Coordinator) agent(host string) (Agent, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a, ok := c.agents[host]
+	if !ok {
+		return nil, fmt.Errorf("%w: no shim registered for host %q", ErrNotFound, host)
+	}
+	return a, nil
+}
+
+// Job returns a copy of a job's record.
+func (c *Coordinator) Job(id string) (Job, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	j, ok := c.jobs[id]
+	if !ok {
+		return Job{}, fmt.Errorf("%w: no job %q", ErrNotFound, id)
+	}
+	return *j, nil
+}
+
+// Jobs returns copies of every job, oldest first.
+func (c *Coordinator) Jobs() []Job {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Job, 0, len(c.jobs))
+	for _, j := range c.jobs {
+		out = append(out, *j)
+	}
+	sort.Slice(out, func(i, k int) bool { return out[i].Created.Before(out[k].Created) })
+	return out
+}
+
+// Authorize checks that uid may act on a job: root or the job's owner.
+func (c *Coordinator) Authorize(id string, uid int) error {
+	j, err := c.Job(id)
+	if err != nil {
+		return err
+	}
+	if uid != 0 && uid != j.Spec.Owner {
+		return fmt.Errorf("%w: job %s belongs to uid %d", ErrPermission, id, j.Spec.Owner)
+	}
+	return nil
+}
+
+// begin marks a job busy and moves it to state; end must follow.
+func (c *Coordinator) begin(id string, from []State, to State) (JobSpec, State, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	j, ok := c.jobs[id]
+	if !ok {
+		return JobSpec{}, "", fmt.Errorf("%w: no job %q", ErrNotFound, id)
+	}
+	if c.busy[id] {
+		return JobSpec{}, "", fmt.Errorf("%w: job %s is busy (%s); wait for the running operation to finish", ErrState, id, j.State)
+	}
+	allowed := false
+	for _, s := range from {
+		allowed = allowed || j.State == s
+	}
+	if !allowed {
+		return JobSpec{}, "", fmt.Errorf("%w: job %s is %s", ErrState, id, j.State)
+	}
+	prev := j.State
+	if err := j.move(to, c.now()); err != nil {
+		return JobSpec{}, "", err
+	}
+	c.busy[id] = true
+	spec := j.Spec
+	spec.Nodes = append([]NodeSpec(nil), j.Spec.Nodes...)
+	if err := c.saveLocked(); err != nil {
+		j.State = prev
+		delete(c.busy, id)
+		return JobSpec{}, "", err
+	}
+	return spec, prev, nil
+}
+
+// end records the outcome of an operation and releases the job.
+func (c *Coordinator) end(id string, to State, update func(j *Job)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	j := c.jobs[id]
+	delete(c.busy, id)
+	if j.State != to {
+		if err := j.move(to, c.now()); err != nil {
+			// A bug, not an operational failure: say so loudly and force it.
+			c.log.Error("illegal job transition", "job", id, "err", err)
+			j.State = to
+		}
+	}
+	if update != nil {
+		update(j)
+	}
+	if err := c.saveLocked(); err != nil {
+		c.log.Error("persist job registry", "job", id, "err", err)
+	}
+}
+
+const jobsFile = "jobs.json"
+
+func (c *Coordinator) saveLocked() error {
+	if c.stateDir == "" {
+		return nil
+	}
+	data, err := json.MarshalIndent(c.jobs, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode job registry: %w", err)
+	}
+	return writeFileAtomic(filepath.Join(c.stateDir, jobsFile), data, 0o600)
+}
+
+func (c *Coordinator) load() error {
+	if c.stateDir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(c.stateDir, 0o700); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	data, err := os.ReadFile(filepath.Join(c.stateDir, jobsFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read job registry: %w", err)
+	}
+	if err := json.Unmarshal(data, &c.jobs); err != nil {
+		return fmt.Errorf("parse job registry %s: %w (move it away to start with an empty registry)", filepath.Join(c.stateDir, jobsFile), err)
+	}
+	return nil
+}
+
+// writeFileAtomic writes data to path via a temporary file, fsync and rename,
+// then fsyncs the directory, so path holds either the old or the new content.
+func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("rename into %s: %w", path, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Watch polls running jobs every interval until ctx ends, so that a job
+// whose job-nodes exit becomes finished or failed.
+func (c *Coordinator) Watch(ctx context.Context, interval time.Duration) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			c.pollOnce(ctx)
+		}
+	}
+}
+
+// Recover runs once when a coordinator starts: it deletes checkpoints whose
+// commit never finished and settles jobs that an earlier coordinator left in
+// the middle of an operation. Such a job is unlocked and thawed everywhere;
+// if all its job-nodes still run it is running again, otherwise it is failed
+// and restartable from its last checkpoint.
+func (c *Coordinator) Recover(ctx context.Context) error {
+	gone, err := c.store.Recover()
+	if err != nil {
+		return fmt.Errorf("recover checkpoint store: %w", err)
+	}
+	for _, h := range gone {
+		c.log.Warn("discarded a checkpoint whose commit never finished", "ckpt", h)
+	}
+	for _, j := range c.Jobs() {
+		switch j.State {
+		case StateCheckpointing, StateMigrating, StateRestoring, StateStarting:
+		default:
+			continue
+		}
+		log := c.log.With("job", j.Spec.ID)
+		log.Warn("job was interrupted by a coordinator restart, settling it", "state", j.State)
+		rbErr := c.rollback(ctx, j.Spec, log)
+		alive := rbErr == nil
+		if alive {
+			for _, n := range j.Spec.Nodes {
+				a, err := c.agent(n.Host)
+				if err != nil {
+					alive = false
+					break
+				}
+				st, err := a.Status(ctx, NodeRef{j.Spec.ID, n.Name})
+				if err != nil || !st.Running {
+					alive = false
+					break
+				}
+			}
+		}
+		c.mu.Lock()
+		jj := c.jobs[j.Spec.ID]
+		if alive && j.State != StateStarting && j.State != StateRestoring {
+			jj.State, jj.Reason = StateRunning, fmt.Sprintf("%s interrupted by a coordinator restart; rolled back", j.State)
+		} else {
+			jj.State, jj.Reason = StateFailed, fmt.Sprintf("%s interrupted by a coordinator restart; restart the job from its last checkpoint", j.State)
+		}
+		jj.Updated = c.now()
+		err := c.saveLocked()
+		c.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if !alive || j.State == StateStarting || j.State == StateRestoring {
+			c.destroyAll(ctx, j.Spec, log)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,259 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+)
+
+// fakeNode is what a fake shim knows about one job-node.
+type fakeNode struct {
+	exists, frozen, locked, exited bool
+	exitCode                       int
+}
+
+// fakeAgent is a shim without processes: it records state and can be told
+// to fail or hang in any phase.
+type fakeAgent struct {
+	host string
+	mu   sync.Mutex
+	node map[string]*fakeNode // job/node -> state
+	fail map[Phase]error      // phase -> error to return
+	hang map[Phase]bool       // phase -> block until ctx ends
+	// calls counts calls per phase.
+	calls map[Phase]int
+}
+
+func newFakeAgent(host string) *fakeAgent {
+	return &fakeAgent{host: host, node: map[string]*fakeNode{}, fail: map[Phase]error{}, hang: map[Phase]bool{}, calls: map[Phase]int{}}
+}
+
+func (f *fakeAgent) step(ctx context.Context, p Phase) error {
+	f.mu.Lock()
+	f.calls[p]++
+	err, hang := f.fail[p], f.hang[p]
+	f.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return err
+}
+
+func (f *fakeAgent) get(ref NodeRef) (*fakeNode, error) {
+	n, ok := f.node[ref.Job+"/"+ref.Node]
+	if !ok || !n.exists {
+		return nil, fmt.Errorf("no job-node %s/%s on %s", ref.Job, ref.Node, f.host)
+	}
+	return n, nil
+}
+
+func (f *fakeAgent) Start(ctx context.Context, job string, n NodeSpec) error {
+	if err := f.step(ctx, PhaseStart); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.node[job+"/"+n.Name] = &fakeNode{exists: true}
+	return nil
+}
+
+func (f *fakeAgent) with(ctx context.Context, p Phase, ref NodeRef, fn func(n *fakeNode)) error {
+	if err := f.step(ctx, p); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.get(ref)
+	if err != nil {
+		return err
+	}
+	fn(n)
+	return nil
+}
+
+func (f *fakeAgent) Prepare(ctx context.Context, ref NodeRef, _ string) error {
+	return f.with(ctx, PhasePrepare, ref, func(*fakeNode) {})
+}
+func (f *fakeAgent) Freeze(ctx context.Context, ref NodeRef) error {
+	return f.with(ctx, PhaseFreeze, ref, func(n *fakeNode) { n.frozen = true })
+}
+func (f *fakeAgent) Drain(ctx context.Context, ref NodeRef) (DrainResult, error) {
+	return DrainResult{}, f.with(ctx, PhaseDrain, ref, func(*fakeNode) {})
+}
+func (f *fakeAgent) Lock(ctx context.Context, ref NodeRef) error {
+	return f.with(ctx, PhaseLock, ref, func(n *fakeNode) { n.locked = true })
+}
+func (f *fakeAgent) Dump(ctx context.Context, ref NodeRef, req DumpRequest) (DumpResult, error) {
+	err := f.with(ctx, PhaseDump, ref, func(*fakeNode) {})
+	return DumpResult{Bytes: 4096, Files: 1}, err
+}
+func (f *fakeAgent) Unlock(ctx context.Context, ref NodeRef) error {
+	err := f.with(ctx, PhaseUnlock, ref, func(n *fakeNode) { n.locked = false })
+	if err != nil && strings.Contains(err.Error(), "no job-node") {
+		return nil // idempotent: nothing to unlock
+	}
+	return err
+}
+func (f *fakeAgent) Thaw(ctx context.Context, ref NodeRef) error {
+	err := f.with(ctx, PhaseThaw, ref, func(n *fakeNode) { n.frozen = false })
+	if err != nil && strings.Contains(err.Error(), "no job-node") {
+		return nil
+	}
+	return err
+}
+func (f *fakeAgent) Restore(ctx context.Context, job string, n NodeSpec, _ string) error {
+	if err := f.step(ctx, PhaseRestore); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.node[job+"/"+n.Name] = &fakeNode{exists: true, locked: true}
+	return nil
+}
+func (f *fakeAgent) Destroy(ctx context.Context, ref NodeRef) error {
+	if err := f.step(ctx, PhaseDestroy); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.node, ref.Job+"/"+ref.Node)
+	return nil
+}
+func (f *fakeAgent) Status(_ context.Context, ref NodeRef) (NodeStatus, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n, err := f.get(ref)
+	if err != nil {
+		return NodeStatus{}, err
+	}
+	return NodeStatus{Running: !n.exited, Exited: n.exited, ExitCode: n.exitCode}, nil
+}
+
+// snapshot lists the job-nodes a fake shim holds, with flags.
+func (f *fakeAgent) snapshot() map[string]fakeNode {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]fakeNode{}
+	for k, v := range f.node {
+		out[k] = *v
+	}
+	return out
+}
+
+// memStore is an in-memory checkpoint store.
+type memStore struct {
+	mu         sync.Mutex
+	seq        map[string]int
+	committed  map[string]Manifest
+	pending    map[string]bool
+	corrupt    map[string]bool
+	failBegin  error
+	failCommit error
+}
+
+func newMemStore() *memStore {
+	return &memStore{seq: map[string]int{}, committed: map[string]Manifest{}, pending: map[string]bool{}, corrupt: map[string]bool{}}
+}
+
+type memPending struct {
+	s      *memStore
+	handle string
+}
+
+func (s *memStore) Begin(job string) (Pending, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failBegin != nil {
+		return nil, s.failBegin
+	}
+	s.seq[job]++
+	h := fmt.Sprintf("%s/%06d", job, s.seq[job])
+	s.pending[h] = true
+	return &memPending{s, h}, nil
+}
+func (p *memPending) Handle() string { return p.handle }
+func (p *memPending) NodeDir(node string) (string, error) {
+	return "/mem/" + p.handle + "/" + node, nil
+}
+func (p *memPending) Commit(m Manifest) error {
+	p.s.mu.Lock()
+	defer p.s.mu.Unlock()
+	if p.s.failCommit != nil {
+		return p.s.failCommit
+	}
+	delete(p.s.pending, p.handle)
+	p.s.committed[p.handle] = m
+	return nil
+}
+func (p *memPending) Abort() error {
+	p.s.mu.Lock()
+	defer p.s.mu.Unlock()
+	delete(p.s.pending, p.handle)
+	return nil
+}
+func (s *memStore) Verify(h string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.committed[h]; !ok {
+		return fmt.Errorf("%w: no checkpoint %s", ErrNotFound, h)
+	}
+	if s.corrupt[h] {
+		return errors.New("image pages-1.img: sha256 mismatch")
+	}
+	return nil
+}
+func (s *memStore) Load(h string) (Manifest, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.committed[h]
+	if !ok {
+		return Manifest{}, fmt.Errorf("%w: no checkpoint %s", ErrNotFound, h)
+	}
+	return m, nil
+}
+func (s *memStore) List(job string) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for h := range s.committed {
+		if strings.HasPrefix(h, job+"/") {
+			out = append(out, h)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+func (s *memStore) Latest(job string) (string, error) {
+	all, _ := s.List(job)
+	if len(all) == 0 {
+		return "", ErrNotFound
+	}
+	return all[len(all)-1], nil
+}
+func (s *memStore) NodeDir(h, node string) (string, error) { return "/mem/" + h + "/" + node, nil }
+func (s *memStore) Recover() ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for h := range s.pending {
+		out = append(out, h)
+		delete(s.pending, h)
+	}
+	return out, nil
+}
+func (s *memStore) Prune(job string, keep int) ([]string, error) {
+	all, _ := s.List(job)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var gone []string
+	for len(all) > keep {
+		delete(s.committed, all[0])
+		gone = append(gone, all[0])
+		all = all[1:]
+	}
+	return gone, nil
+}

@@ -1,0 +1,141 @@
+// Package coordinator owns jobs and drives the coordinated checkpoint,
+// restart and migration protocol across every shim that hosts a job-node.
+//
+// It never touches processes, namespaces or CRIU itself: every action on a
+// job-node goes through an Agent (the shim of the host the job-node lives on).
+// docs/protocol.md describes the phases, deadlines and failure handling that
+// this package implements.
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// NodeSpec describes one job-node: the slice of a job that lives in one
+// sandbox on one host. IP and Hostname travel with the job-node when it is
+// restored elsewhere.
+type NodeSpec struct {
+	Name     string   `json:"name"`     // "n0", "n1", ... unique within the job
+	Host     string   `json:"host"`     // the shim it runs on now
+	IP       string   `json:"ip"`       // floating address with prefix, e.g. 198.19.0.10/15
+	Hostname string   `json:"hostname"` // UTS name inside the sandbox
+	Argv     []string `json:"argv"`     // what the sandbox's init runs
+	Env      []string `json:"env,omitempty"`
+	Dir      string   `json:"dir,omitempty"` // working directory
+}
+
+// JobSpec is everything needed to start a job, and to restart it from a
+// checkpoint on any set of hosts.
+type JobSpec struct {
+	ID    string     `json:"id"`
+	Owner int        `json:"owner"` // uid of the user who started it
+	Nodes []NodeSpec `json:"nodes"`
+}
+
+// Node returns the job-node called name.
+func (s *JobSpec) Node(name string) (*NodeSpec, error) {
+	for i := range s.Nodes {
+		if s.Nodes[i].Name == name {
+			return &s.Nodes[i], nil
+		}
+	}
+	return nil, fmt.Errorf("%w: job %s has no job-node %q", ErrNotFound, s.ID, name)
+}
+
+// Validate reports the first thing wrong with a job spec.
+func (s *JobSpec) Validate() error {
+	if s.ID == "" {
+		return fmt.Errorf("%w: job has no id", ErrInvalid)
+	}
+	if len(s.Nodes) == 0 {
+		return fmt.Errorf("%w: job %s has no job-nodes", ErrInvalid, s.ID)
+	}
+	names := map[string]bool{}
+	ips := map[string]bool{}
+	for _, n := range s.Nodes {
+		switch {
+		case n.Name == "":
+			return fmt.Errorf("%w: job %s has a job-node without a name", ErrInvalid, s.ID)
+		case names[n.Name]:
+			return fmt.Errorf("%w: job %s has two job-nodes called %s", ErrInvalid, s.ID, n.Name)
+		case n.Host == "":
+			return fmt.Errorf("%w: job-node %s of job %s has no host", ErrInvalid, n.Name, s.ID)
+		case n.IP != "" && ips[n.IP]:
+			return fmt.Errorf("%w: job %s gives address %s to two job-nodes", ErrInvalid, s.ID, n.IP)
+		case len(n.Argv) == 0:
+			return fmt.Errorf("%w: job-node %s of job %s has no command", ErrInvalid, n.Name, s.ID)
+		}
+		names[n.Name], ips[n.IP] = true, true
+	}
+	return nil
+}
+
+// State is where a job is in its life.
+type State string
+
+const (
+	StateStarting      State = "starting"      // sandboxes being created
+	StateRunning       State = "running"       // every job-node running
+	StateCheckpointing State = "checkpointing" // a checkpoint is in progress
+	StateMigrating     State = "migrating"     // a job-node is moving
+	StateSuspended     State = "suspended"     // no processes; restartable from its last checkpoint
+	StateRestoring     State = "restoring"     // being restored from a checkpoint
+	StateFinished      State = "finished"      // every job-node exited 0
+	StateFailed        State = "failed"        // a job-node failed, or an operation lost it
+)
+
+// transitions lists the legal moves of the job state machine.
+var transitions = map[State][]State{
+	StateStarting:      {StateRunning, StateFailed},
+	StateRunning:       {StateCheckpointing, StateMigrating, StateFinished, StateFailed},
+	StateCheckpointing: {StateRunning, StateSuspended, StateFailed, StateFinished},
+	StateMigrating:     {StateRunning, StateFailed, StateFinished},
+	StateSuspended:     {StateRestoring, StateFailed},
+	StateRestoring:     {StateRunning, StateSuspended, StateFailed},
+	StateFinished:      {},
+	StateFailed:        {StateRestoring},
+}
+
+// CanMove reports whether a job may go from one state to another.
+func CanMove(from, to State) bool {
+	for _, s := range transitions[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
+var (
+	// ErrNotFound: no such job, job-node, host or checkpoint.
+	ErrNotFound = errors.New("not found")
+	// ErrInvalid: the request itself is wrong.
+	ErrInvalid = errors.New("invalid request")
+	// ErrState: the job is not in a state that allows the operation.
+	ErrState = errors.New("operation not allowed in this state")
+	// ErrPermission: the caller may not act on this job.
+	ErrPermission = errors.New("permission denied")
+)
+
+// Job is the coordinator's record of one job.
+type Job struct {
+	Spec    JobSpec   `json:"spec"`
+	State   State     `json:"state"`
+	Reason  string    `json:"reason,omitempty"` // why it failed, or the last error of an aborted operation
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
+	// LastCheckpoint is the handle of the newest committed checkpoint.
+	LastCheckpoint string `json:"last_checkpoint,omitempty"`
+	// ExitCode is set when the job finished or failed by a job-node exiting.
+	ExitCode int `json:"exit_code"`
+}
+
+func (j *Job) move(to State, now time.Time) error {
+	if !CanMove(j.State, to) {
+		return fmt.Errorf("%w: job %s is %s and cannot become %s", ErrState, j.Spec.ID, j.State, to)
+	}
+	j.State, j.Updated = to, now
+	return nil
+}

@@ -1,0 +1,254 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+)
+
+// Start creates every job-node's sandbox and starts the job. On any failure
+// every job-node already started is destroyed and the job is failed.
+func (c *Coordinator) Start(ctx context.Context, spec JobSpec) error {
+	if err := spec.Validate(); err != nil {
+		return err
+	}
+	for _, n := range spec.Nodes {
+		if _, err := c.agent(n.Host); err != nil {
+			return fmt.Errorf("job-node %s: %w", n.Name, err)
+		}
+	}
+	c.mu.Lock()
+	if _, exists := c.jobs[spec.ID]; exists {
+		c.mu.Unlock()
+		return fmt.Errorf("%w: a job called %s exists already", ErrInvalid, spec.ID)
+	}
+	now := c.now()
+	c.jobs[spec.ID] = &Job{Spec: spec, State: StateStarting, Created: now, Updated: now}
+	c.busy[spec.ID] = true
+	err := c.saveLocked()
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	log := c.log.With("job", spec.ID)
+	if err := c.fanout(ctx, PhaseStart, spec.Nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
+		return a.Start(ctx, spec.ID, n)
+	}); err != nil {
+		log.Error("start failed, destroying job-nodes", "err", err)
+		c.destroyAll(ctx, spec, log)
+		c.end(spec.ID, StateFailed, func(j *Job) { j.Reason = err.Error(); j.ExitCode = 1 })
+		return err
+	}
+	c.end(spec.ID, StateRunning, nil)
+	log.Info("job started", "nodes", len(spec.Nodes))
+	return nil
+}
+
+// CheckpointOptions choose what a checkpoint does to the job.
+type CheckpointOptions struct {
+	// Stop ends the job's processes once the checkpoint is committed
+	// (suspend): the job becomes suspended and its hosts are free.
+	Stop bool
+}
+
+// Checkpoint runs prepare, freeze, drain, lock, dump and commit on every
+// job-node, then resumes the job (or stops it, with Stop). It returns the
+// handle of the committed checkpoint. Any failure before the commit rolls
+// back: every job-node is unlocked and thawed, the partial checkpoint is
+// deleted and the job keeps running.
+func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts CheckpointOptions) (string, error) {
+	spec, _, err := c.begin(id, []State{StateRunning}, StateCheckpointing)
+	if err != nil {
+		return "", err
+	}
+	log := c.log.With("job", id)
+	pend, err := c.store.Begin(id)
+	if err != nil {
+		c.end(id, StateRunning, func(j *Job) { j.Reason = err.Error() })
+		return "", fmt.Errorf("begin checkpoint: %w", err)
+	}
+	handle := pend.Handle()
+	log = log.With("ckpt", handle)
+	kind := "checkpoint"
+	if opts.Stop {
+		kind = "suspend"
+	}
+	var (
+		t       timings
+		mu      sync.Mutex
+		results = map[string]DumpResult{}
+	)
+	err = c.quiesce(ctx, id, spec.Nodes, handle, &t)
+	if err == nil {
+		err = t.run(PhaseDump, func() error {
+			return c.fanout(ctx, PhaseDump, spec.Nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
+				dir, err := pend.NodeDir(n.Name)
+				if err != nil {
+					return err
+				}
+				// Always leave running: a stopping checkpoint kills the
+				// trees only after the commit, so no failure can lose the job.
+				res, err := a.Dump(ctx, NodeRef{id, n.Name}, DumpRequest{Dir: dir, LeaveRunning: true, Checkpoint: handle})
+				if err != nil {
+					return err
+				}
+				mu.Lock()
+				results[n.Name] = res
+				mu.Unlock()
+				return nil
+			})
+		})
+	}
+	if err == nil {
+		err = t.run(PhaseCommit, func() error {
+			return c.commit(ctx, pend, Manifest{
+				Handle: handle, Spec: spec, Kind: kind, LeaveRunning: !opts.Stop,
+				Nodes: results, Phases: t.d, Created: c.now(),
+			})
+		})
+	}
+	if err != nil {
+		log.Warn("checkpoint failed, rolling back", "err", err, "timings", t.String())
+		rbErr := c.rollback(ctx, spec, log)
+		if abErr := pend.Abort(); abErr != nil {
+			log.Error("delete partial checkpoint", "err", abErr)
+		}
+		if rbErr != nil {
+			c.end(id, StateFailed, func(j *Job) { j.Reason = rbErr.Error() })
+			return "", fmt.Errorf("checkpoint %s aborted: %w; rollback failed too, job is failed: %v", handle, err, rbErr)
+		}
+		c.end(id, StateRunning, func(j *Job) { j.Reason = "checkpoint " + handle + " aborted: " + err.Error() })
+		return "", fmt.Errorf("checkpoint %s aborted, job %s keeps running: %w", handle, id, err)
+	}
+	log.Info("checkpoint committed", "timings", t.String())
+	c.prune(id, log)
+
+	if opts.Stop {
+		c.destroyAll(ctx, spec, log)
+		c.end(id, StateSuspended, func(j *Job) { j.LastCheckpoint = handle; j.Reason = "" })
+		return handle, nil
+	}
+	if err := c.resume(ctx, id, spec.Nodes, &t); err != nil {
+		// The checkpoint is good, but the job could not be resumed
+		// everywhere: never leave it half frozen. Stop it; it can be
+		// restarted from the checkpoint just committed.
+		log.Error("resume after checkpoint failed, stopping the job", "err", err)
+		c.destroyAll(ctx, spec, log)
+		c.end(id, StateSuspended, func(j *Job) {
+			j.LastCheckpoint = handle
+			j.Reason = "resume failed after checkpoint: " + err.Error()
+		})
+		return handle, fmt.Errorf("checkpoint %s committed, but job %s could not resume and was suspended (restart it with `torpor restart %s`): %w", handle, id, handle, err)
+	}
+	c.end(id, StateRunning, func(j *Job) { j.LastCheckpoint = handle; j.Reason = "" })
+	return handle, nil
+}
+
+// quiesce runs prepare, freeze, drain and lock on nodes, in that order, each
+// a barrier across all of them.
+func (c *Coordinator) quiesce(ctx context.Context, job string, nodes []NodeSpec, handle string, t *timings) error {
+	steps := []struct {
+		phase Phase
+		fn    func(ctx context.Context, a Agent, n NodeSpec, ref NodeRef) error
+	}{
+		{PhasePrepare, func(ctx context.Context, a Agent, n NodeSpec, ref NodeRef) error { return a.Prepare(ctx, ref, handle) }},
+		{PhaseFreeze, func(ctx context.Context, a Agent, n NodeSpec, ref NodeRef) error { return a.Freeze(ctx, ref) }},
+		{PhaseDrain, func(ctx context.Context, a Agent, n NodeSpec, ref NodeRef) error {
+			_, err := a.Drain(ctx, ref)
+			return err
+		}},
+		{PhaseLock, func(ctx context.Context, a Agent, n NodeSpec, ref NodeRef) error { return a.Lock(ctx, ref) }},
+	}
+	for _, s := range steps {
+		err := t.run(s.phase, func() error {
+			return c.fanout(ctx, s.phase, nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
+				return s.fn(ctx, a, n, NodeRef{job, n.Name})
+			})
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// resume unlocks every job-node, then thaws every job-node: packets flow
+// before any task runs, so every peer is reachable before anyone sends.
+func (c *Coordinator) resume(ctx context.Context, job string, nodes []NodeSpec, t *timings) error {
+	return c.unlockThawJob(ctx, job, nodes, t)
+}
+
+// rollback undoes a failed operation: unlock and thaw every job-node. It runs
+// even when the caller's context is cancelled. It fails only when a job-node
+// cannot be unlocked or thawed, which leaves the job unusable.
+func (c *Coordinator) rollback(ctx context.Context, spec JobSpec, log *slog.Logger) error {
+	ctx = context.WithoutCancel(ctx)
+	var t timings
+	err := c.unlockThawJob(ctx, spec.ID, spec.Nodes, &t)
+	if err != nil {
+		log.Error("rollback failed", "err", err)
+	}
+	return err
+}
+
+func (c *Coordinator) unlockThawJob(ctx context.Context, job string, nodes []NodeSpec, t *timings) error {
+	err := t.run(PhaseUnlock, func() error {
+		return c.fanout(ctx, PhaseUnlock, nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
+			return a.Unlock(ctx, NodeRef{job, n.Name})
+		})
+	})
+	// Thaw even if an unlock failed: a frozen job-node is worse than a locked one.
+	thawErr := t.run(PhaseThaw, func() error {
+		return c.fanout(ctx, PhaseThaw, nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
+			return a.Thaw(ctx, NodeRef{job, n.Name})
+		})
+	})
+	return errors.Join(err, thawErr)
+}
+
+// destroyAll kills every job-node of a job, best effort, logging failures.
+func (c *Coordinator) destroyAll(ctx context.Context, spec JobSpec, log *slog.Logger) {
+	c.destroyNodes(ctx, spec.ID, spec.Nodes, log)
+}
+
+func (c *Coordinator) destroyNodes(ctx context.Context, job string, nodes []NodeSpec, log *slog.Logger) {
+	ctx = context.WithoutCancel(ctx)
+	if err := c.fanout(ctx, PhaseDestroy, nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
+		return a.Destroy(ctx, NodeRef{job, n.Name})
+	}); err != nil {
+		log.Error("destroy job-nodes", "err", err)
+	}
+}
+
+func (c *Coordinator) commit(ctx context.Context, pend Pending, m Manifest) error {
+	ctx, cancel := context.WithTimeout(ctx, c.deadlines.of(PhaseCommit))
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- pend.Commit(m) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
+		return nil
+	case <-ctx.Done():
+		// The commit may still land after we give up; Abort removes it.
+		return fmt.Errorf("commit: %w", ctx.Err())
+	}
+}
+
+func (c *Coordinator) prune(job string, log *slog.Logger) {
+	if c.keep <= 0 {
+		return
+	}
+	gone, err := c.store.Prune(job, c.keep)
+	if err != nil {
+		log.Warn("prune old checkpoints", "err", err)
+		return
+	}
+	for _, h := range gone {
+		log.Info("pruned old checkpoint", "ckpt", h)
+	}
+}

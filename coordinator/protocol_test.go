@@ -1,0 +1,453 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+type fixture struct {
+	c      *Coordinator
+	agents map[string]*fakeAgent
+	store  *memStore
+	spec   JobSpec
+}
+
+func newFixture(t *testing.T, hosts ...string) *fixture {
+	t.Helper()
+	f := &fixture{agents: map[string]*fakeAgent{}, store: newMemStore()}
+	agents := map[string]Agent{}
+	for _, h := range hosts {
+		f.agents[h] = newFakeAgent(h)
+		agents[h] = f.agents[h]
+	}
+	short := Deadlines{}
+	for p := range DefaultDeadlines {
+		short[p] = 200 * time.Millisecond
+	}
+	c, err := New(Options{StateDir: t.TempDir(), Store: f.store, Agents: agents, Deadlines: short})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.c = c
+	f.spec = JobSpec{ID: "job1", Owner: 1000}
+	for i, h := range hosts[:3] {
+		f.spec.Nodes = append(f.spec.Nodes, NodeSpec{
+			Name: fmt.Sprintf("n%d", i), Host: h, IP: fmt.Sprintf("198.19.0.%d/15", 10+i),
+			Hostname: fmt.Sprintf("job1-n%d", i), Argv: []string{"/bin/true"},
+		})
+	}
+	if err := c.Start(context.Background(), f.spec); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// assertRunning checks that the job is running and that every job-node
+// exists, unfrozen and unlocked, on the host the spec names.
+func (f *fixture) assertRunning(t *testing.T) {
+	t.Helper()
+	j, err := f.c.Job(f.spec.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.State != StateRunning {
+		t.Fatalf("job is %s (%s), want running", j.State, j.Reason)
+	}
+	for _, n := range j.Spec.Nodes {
+		st, ok := f.agents[n.Host].snapshot()[f.spec.ID+"/"+n.Name]
+		switch {
+		case !ok:
+			t.Errorf("job-node %s missing on %s", n.Name, n.Host)
+		case st.frozen:
+			t.Errorf("job-node %s left frozen", n.Name)
+		case st.locked:
+			t.Errorf("job-node %s left locked", n.Name)
+		}
+	}
+	total := 0
+	for _, a := range f.agents {
+		total += len(a.snapshot())
+	}
+	if total != len(j.Spec.Nodes) {
+		t.Errorf("%d job-nodes exist across shims, want %d", total, len(j.Spec.Nodes))
+	}
+}
+
+func (f *fixture) assertNoPartial(t *testing.T) {
+	t.Helper()
+	f.store.mu.Lock()
+	defer f.store.mu.Unlock()
+	if len(f.store.pending) != 0 {
+		t.Errorf("partial checkpoints left: %v", f.store.pending)
+	}
+}
+
+func TestCheckpointSucceeds(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	h, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h != "job1/000001" {
+		t.Fatalf("handle = %q", h)
+	}
+	f.assertRunning(t)
+	f.assertNoPartial(t)
+	m, err := f.store.Load(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Nodes) != 3 || !m.LeaveRunning {
+		t.Fatalf("manifest = %+v", m)
+	}
+	for _, p := range []Phase{PhasePrepare, PhaseFreeze, PhaseDrain, PhaseLock, PhaseDump, PhaseCommit} {
+		if _, ok := m.Phases[p]; !ok {
+			t.Errorf("manifest lacks timing of %s", p)
+		}
+	}
+	if j, _ := f.c.Job("job1"); j.LastCheckpoint != h {
+		t.Errorf("LastCheckpoint = %q", j.LastCheckpoint)
+	}
+}
+
+// Every phase of a checkpoint, failing or hanging on one job-node, must roll
+// the whole job back: running, unlocked, thawed, no partial checkpoint.
+func TestCheckpointRollback(t *testing.T) {
+	for _, phase := range []Phase{PhasePrepare, PhaseFreeze, PhaseDrain, PhaseLock, PhaseDump} {
+		for _, mode := range []string{"error", "timeout"} {
+			t.Run(fmt.Sprintf("%s/%s", phase, mode), func(t *testing.T) {
+				f := newFixture(t, "h0", "h1", "h2")
+				bad := f.agents["h1"]
+				if mode == "error" {
+					bad.fail[phase] = errors.New("injected " + string(phase) + " failure")
+				} else {
+					bad.hang[phase] = true
+				}
+				_, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{})
+				if err == nil {
+					t.Fatal("checkpoint succeeded despite the fault")
+				}
+				var pe *PhaseError
+				if !errors.As(err, &pe) || pe.Phase != phase || len(pe.Nodes) != 1 || pe.Nodes[0].Node != "n1" {
+					t.Fatalf("error %v does not name phase %s on n1", err, phase)
+				}
+				if mode == "timeout" && !isTimeout(err) {
+					t.Errorf("error %v is not a deadline", err)
+				}
+				// The failing node is unlocked and thawed once the fault clears.
+				delete(bad.fail, phase)
+				delete(bad.hang, phase)
+				f.assertRunning(t)
+				f.assertNoPartial(t)
+				if hs, _ := f.store.List("job1"); len(hs) != 0 {
+					t.Errorf("checkpoints listed after abort: %v", hs)
+				}
+				j, _ := f.c.Job("job1")
+				if !strings.Contains(j.Reason, "aborted") {
+					t.Errorf("job reason %q does not say the checkpoint aborted", j.Reason)
+				}
+			})
+		}
+	}
+}
+
+func TestCheckpointCommitFailure(t *testing.T) {
+	for _, mode := range []string{"error", "begin"} {
+		t.Run(mode, func(t *testing.T) {
+			f := newFixture(t, "h0", "h1", "h2")
+			if mode == "error" {
+				f.store.failCommit = errors.New("no space left on device")
+			} else {
+				f.store.failBegin = errors.New("no space left on device")
+			}
+			_, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{})
+			if err == nil || !strings.Contains(err.Error(), "no space left") {
+				t.Fatalf("err = %v", err)
+			}
+			f.assertRunning(t)
+			f.assertNoPartial(t)
+		})
+	}
+}
+
+// A rollback that itself cannot reach a shim leaves the job failed, with a
+// reason, never "running" while frozen.
+func TestCheckpointRollbackFailure(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	f.agents["h2"].fail[PhaseDump] = errors.New("criu died")
+	f.agents["h2"].fail[PhaseThaw] = errors.New("shim gone")
+	_, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{})
+	if err == nil || !strings.Contains(err.Error(), "rollback failed") {
+		t.Fatalf("err = %v", err)
+	}
+	j, _ := f.c.Job("job1")
+	if j.State != StateFailed || j.Reason == "" {
+		t.Fatalf("job = %s %q, want failed with a reason", j.State, j.Reason)
+	}
+	// The other job-nodes were still thawed and unlocked.
+	for _, h := range []string{"h0", "h1"} {
+		for k, n := range f.agents[h].snapshot() {
+			if n.frozen || n.locked {
+				t.Errorf("%s on %s left frozen=%v locked=%v", k, h, n.frozen, n.locked)
+			}
+		}
+	}
+}
+
+func TestSuspendRestart(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2", "h3", "h4", "h5")
+	h, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{Stop: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, _ := f.c.Job("job1")
+	if j.State != StateSuspended {
+		t.Fatalf("after suspend job is %s", j.State)
+	}
+	for _, a := range f.agents {
+		if n := len(a.snapshot()); n != 0 {
+			t.Fatalf("%s still holds %d job-nodes after suspend", a.host, n)
+		}
+	}
+	if _, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{}); !errors.Is(err, ErrState) {
+		t.Fatalf("checkpoint of a suspended job: %v, want ErrState", err)
+	}
+	// Restart on three other hosts.
+	res, err := f.c.Restart(context.Background(), "job1", RestartOptions{Hosts: map[string]string{"n0": "h3", "n1": "h4", "n2": "h5"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Checkpoint != h {
+		t.Fatalf("restarted from %s, want %s", res.Checkpoint, h)
+	}
+	f.assertRunning(t)
+	j, _ = f.c.Job("job1")
+	if j.Spec.Nodes[0].Host != "h3" || j.Spec.Nodes[2].Host != "h5" {
+		t.Fatalf("hosts after restart: %+v", j.Spec.Nodes)
+	}
+	if _, err := f.c.Restart(context.Background(), "job1", RestartOptions{}); !errors.Is(err, ErrState) {
+		t.Fatalf("restart of a running job: %v, want ErrState", err)
+	}
+}
+
+func TestRestartRollback(t *testing.T) {
+	for _, phase := range []Phase{PhaseRestore, PhaseUnlock, PhaseThaw} {
+		for _, mode := range []string{"error", "timeout"} {
+			t.Run(fmt.Sprintf("%s/%s", phase, mode), func(t *testing.T) {
+				f := newFixture(t, "h0", "h1", "h2")
+				h, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{Stop: true})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if mode == "error" {
+					f.agents["h1"].fail[phase] = errors.New("injected")
+				} else {
+					f.agents["h1"].hang[phase] = true
+				}
+				if _, err := f.c.Restart(context.Background(), h, RestartOptions{}); err == nil {
+					t.Fatal("restart succeeded despite the fault")
+				}
+				j, _ := f.c.Job("job1")
+				if j.State != StateSuspended {
+					t.Fatalf("job is %s after a failed restart, want suspended", j.State)
+				}
+				for _, a := range f.agents {
+					if n := len(a.snapshot()); n != 0 {
+						t.Errorf("%s holds %d half-restored job-nodes", a.host, n)
+					}
+				}
+				delete(f.agents["h1"].fail, phase)
+				delete(f.agents["h1"].hang, phase)
+				if _, err := f.c.Restart(context.Background(), h, RestartOptions{}); err != nil {
+					t.Fatalf("the checkpoint is not restartable after a failed restart: %v", err)
+				}
+				f.assertRunning(t)
+			})
+		}
+	}
+}
+
+func TestRestartVerification(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	good, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{Stop: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.store.corrupt[bad] = true
+	_, err = f.c.Restart(context.Background(), bad, RestartOptions{})
+	if err == nil || !strings.Contains(err.Error(), "fails verification") || !strings.Contains(err.Error(), "sha256 mismatch") {
+		t.Fatalf("restart of a corrupt checkpoint: %v", err)
+	}
+	if _, err := f.c.Restart(context.Background(), "job1", RestartOptions{}); err == nil {
+		t.Fatal("restart by job id without --fallback took a corrupt checkpoint or another one silently")
+	}
+	res, err := f.c.Restart(context.Background(), "job1", RestartOptions{Fallback: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Checkpoint != good || len(res.Skipped) != 1 || res.Skipped[0] != bad {
+		t.Fatalf("fallback = %+v, want %s skipping %s", res, good, bad)
+	}
+	f.assertRunning(t)
+}
+
+func TestMigrate(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2", "h3")
+	if err := f.c.Migrate(context.Background(), "job1", "n1", "h3"); err != nil {
+		t.Fatal(err)
+	}
+	f.assertRunning(t)
+	f.assertNoPartial(t)
+	j, _ := f.c.Job("job1")
+	if n, _ := j.Spec.Node("n1"); n.Host != "h3" {
+		t.Fatalf("n1 on %s after migration", n.Host)
+	}
+	if len(f.agents["h1"].snapshot()) != 0 {
+		t.Fatal("old copy of n1 still on h1")
+	}
+	if err := f.c.Migrate(context.Background(), "job1", "n9", "h1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("migrating an unknown node: %v", err)
+	}
+	if err := f.c.Migrate(context.Background(), "job1", "n1", "nowhere"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("migrating to an unknown host: %v", err)
+	}
+	f.assertRunning(t)
+}
+
+func TestMigrateRollback(t *testing.T) {
+	type fault struct {
+		host  string
+		phase Phase
+	}
+	for _, flt := range []fault{{"h0", PhaseFreeze}, {"h2", PhaseDrain}, {"h1", PhaseLock}, {"h1", PhaseDump}, {"h3", PhaseRestore}} {
+		for _, mode := range []string{"error", "timeout"} {
+			t.Run(fmt.Sprintf("%s-%s/%s", flt.host, flt.phase, mode), func(t *testing.T) {
+				f := newFixture(t, "h0", "h1", "h2", "h3")
+				if mode == "error" {
+					f.agents[flt.host].fail[flt.phase] = errors.New("injected")
+				} else {
+					f.agents[flt.host].hang[flt.phase] = true
+				}
+				if err := f.c.Migrate(context.Background(), "job1", "n1", "h3"); err == nil {
+					t.Fatal("migration succeeded despite the fault")
+				}
+				delete(f.agents[flt.host].fail, flt.phase)
+				delete(f.agents[flt.host].hang, flt.phase)
+				f.assertRunning(t)
+				f.assertNoPartial(t)
+				j, _ := f.c.Job("job1")
+				if n, _ := j.Spec.Node("n1"); n.Host != "h1" {
+					t.Fatalf("n1 recorded on %s after a failed migration", n.Host)
+				}
+			})
+		}
+	}
+}
+
+func TestJobEnds(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	a := f.agents["h1"]
+	a.mu.Lock()
+	a.node["job1/n1"].exited, a.node["job1/n1"].exitCode = true, 7
+	a.mu.Unlock()
+	f.c.pollOnce(context.Background())
+	j, _ := f.c.Job("job1")
+	if j.State != StateFailed || j.ExitCode != 7 || !strings.Contains(j.Reason, "n1") {
+		t.Fatalf("job = %s exit %d %q, want failed 7 naming n1", j.State, j.ExitCode, j.Reason)
+	}
+	for _, ag := range f.agents {
+		if len(ag.snapshot()) != 0 {
+			t.Fatal("job-nodes left after the job failed")
+		}
+	}
+}
+
+func TestAuthorize(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	for uid, want := range map[int]bool{0: true, 1000: true, 1001: false} {
+		err := f.c.Authorize("job1", uid)
+		if (err == nil) != want {
+			t.Errorf("Authorize(uid %d) = %v", uid, err)
+		}
+		if err != nil && !errors.Is(err, ErrPermission) {
+			t.Errorf("Authorize error %v is not ErrPermission", err)
+		}
+	}
+}
+
+// A coordinator killed mid-checkpoint comes back, drops the half checkpoint
+// and settles the job.
+func TestRecoverAfterCrash(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	dir := f.c.stateDir
+	// Simulate a crash between dump and commit: freeze+lock happened, a
+	// pending checkpoint exists, the registry says checkpointing.
+	if _, _, err := f.c.begin("job1", []State{StateRunning}, StateCheckpointing); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.store.Begin("job1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range f.spec.Nodes {
+		ref := NodeRef{"job1", n.Name}
+		_ = f.agents[n.Host].Freeze(context.Background(), ref)
+		_ = f.agents[n.Host].Lock(context.Background(), ref)
+	}
+	agents := map[string]Agent{}
+	for h, a := range f.agents {
+		agents[h] = a
+	}
+	c2, err := New(Options{StateDir: dir, Store: f.store, Agents: agents})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j, _ := c2.Job("job1"); j.State != StateCheckpointing {
+		t.Fatalf("restarted coordinator lost the job state: %s", j.State)
+	}
+	if err := c2.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.c = c2
+	f.assertRunning(t)
+	f.assertNoPartial(t)
+}
+
+func TestValidate(t *testing.T) {
+	n := func(name, host, ip string) NodeSpec {
+		return NodeSpec{Name: name, Host: host, IP: ip, Argv: []string{"x"}}
+	}
+	tests := []struct {
+		spec JobSpec
+		want string
+	}{
+		{JobSpec{}, "no id"},
+		{JobSpec{ID: "j"}, "no job-nodes"},
+		{JobSpec{ID: "j", Nodes: []NodeSpec{n("a", "h", "1"), n("a", "h", "2")}}, "two job-nodes called a"},
+		{JobSpec{ID: "j", Nodes: []NodeSpec{n("a", "h", "1"), n("b", "h", "1")}}, "address 1 to two"},
+		{JobSpec{ID: "j", Nodes: []NodeSpec{n("a", "", "1")}}, "no host"},
+		{JobSpec{ID: "j", Nodes: []NodeSpec{{Name: "a", Host: "h"}}}, "no command"},
+	}
+	for _, tt := range tests {
+		err := tt.spec.Validate()
+		if err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, ErrInvalid) {
+			t.Errorf("Validate(%+v) = %v, want %q", tt.spec, err, tt.want)
+		}
+	}
+}
+
+func TestStateMachine(t *testing.T) {
+	if CanMove(StateFinished, StateRunning) || CanMove(StateSuspended, StateCheckpointing) || CanMove(StateRunning, StateRestoring) {
+		t.Fatal("illegal transition allowed")
+	}
+	if !CanMove(StateRunning, StateCheckpointing) || !CanMove(StateSuspended, StateRestoring) {
+		t.Fatal("legal transition refused")
+	}
+}

@@ -1,0 +1,315 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+)
+
+// RestartOptions choose where a job comes back.
+type RestartOptions struct {
+	// Hosts maps job-node names to the hosts they are restored on. Job-nodes
+	// not listed come back on the host they were checkpointed on.
+	Hosts map[string]string
+	// Fallback restarts from the newest checkpoint that verifies when the
+	// named one does not (only when a job id, not a handle, was given).
+	Fallback bool
+}
+
+// RestartResult says what a restart did.
+type RestartResult struct {
+	Job        string
+	Checkpoint string
+	// Skipped lists newer checkpoints passed over because they failed verification.
+	Skipped []string
+}
+
+// Restart brings a job back from a checkpoint: ref is a checkpoint handle
+// ("<job>/<seq>") or a job id (its newest checkpoint). The checkpoint is
+// verified first. Every job-node is restored in parallel with its network
+// locked; only when all are restored is every job-node unlocked, then
+// thawed — no job-node can talk to a peer that is not back yet. On any
+// failure every restored job-node is destroyed and the job stays restartable.
+func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptions) (RestartResult, error) {
+	res, man, err := c.pickCheckpoint(ref, opts.Fallback)
+	if err != nil {
+		return res, err
+	}
+	spec := man.Spec
+	spec.Nodes = append([]NodeSpec(nil), man.Spec.Nodes...)
+	for name, host := range opts.Hosts {
+		n, err := spec.Node(name)
+		if err != nil {
+			return res, err
+		}
+		n.Host = host
+	}
+	for _, n := range spec.Nodes {
+		if _, err := c.agent(n.Host); err != nil {
+			return res, fmt.Errorf("job-node %s: %w", n.Name, err)
+		}
+	}
+
+	// A job the coordinator lost track of (state directory wiped) is adopted from its manifest.
+	c.mu.Lock()
+	if _, ok := c.jobs[spec.ID]; !ok {
+		now := c.now()
+		c.jobs[spec.ID] = &Job{Spec: spec, State: StateSuspended, Created: now, Updated: now, LastCheckpoint: res.Checkpoint}
+	}
+	c.mu.Unlock()
+
+	_, prev, err := c.begin(spec.ID, []State{StateSuspended, StateFailed}, StateRestoring)
+	if err != nil {
+		return res, fmt.Errorf("%w (only a suspended or failed job can be restarted; checkpoint it with --stop or `torpor suspend` first)", err)
+	}
+	log := c.log.With("job", spec.ID, "ckpt", res.Checkpoint)
+	var t timings
+	err = t.run(PhaseRestore, func() error {
+		return c.fanout(ctx, PhaseRestore, spec.Nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
+			dir, err := c.store.NodeDir(res.Checkpoint, n.Name)
+			if err != nil {
+				return err
+			}
+			return a.Restore(ctx, spec.ID, n, dir)
+		})
+	})
+	if err == nil {
+		err = c.resume(ctx, spec.ID, spec.Nodes, &t)
+	}
+	if err != nil {
+		log.Error("restart failed, destroying restored job-nodes", "err", err, "timings", t.String())
+		c.destroyAll(ctx, spec, log)
+		back := StateSuspended
+		if prev == StateFailed {
+			back = StateFailed
+		}
+		c.end(spec.ID, back, func(j *Job) { j.Reason = "restart from " + res.Checkpoint + " failed: " + err.Error() })
+		return res, fmt.Errorf("restart of %s from %s failed, nothing is left running; the checkpoint is intact: %w", spec.ID, res.Checkpoint, err)
+	}
+	c.end(spec.ID, StateRunning, func(j *Job) {
+		j.Spec = spec
+		j.Reason = ""
+		j.ExitCode = 0
+		j.LastCheckpoint = res.Checkpoint
+	})
+	log.Info("job restarted", "timings", t.String())
+	return res, nil
+}
+
+// pickCheckpoint resolves ref to a verified checkpoint.
+func (c *Coordinator) pickCheckpoint(ref string, fallback bool) (RestartResult, Manifest, error) {
+	var res RestartResult
+	if strings.Contains(ref, "/") {
+		res.Checkpoint = ref
+		if err := c.store.Verify(ref); err != nil {
+			return res, Manifest{}, fmt.Errorf("checkpoint %s fails verification, refusing to restart from it: %w", ref, err)
+		}
+		man, err := c.store.Load(ref)
+		if err != nil {
+			return res, Manifest{}, err
+		}
+		res.Job = man.Spec.ID
+		return res, man, nil
+	}
+	res.Job = ref
+	handle, err := c.store.Latest(ref)
+	if err != nil {
+		return res, Manifest{}, fmt.Errorf("job %s has no checkpoint to restart from: %w", ref, err)
+	}
+	for {
+		verr := c.store.Verify(handle)
+		if verr == nil {
+			break
+		}
+		if !fallback {
+			return res, Manifest{}, fmt.Errorf("checkpoint %s fails verification, refusing to restart from it (use --fallback to take the newest one that verifies): %w", handle, verr)
+		}
+		res.Skipped = append(res.Skipped, handle)
+		c.log.Warn("checkpoint fails verification, falling back to an older one", "job", ref, "ckpt", handle, "err", verr)
+		prev, err := c.previous(ref, handle)
+		if err != nil {
+			return res, Manifest{}, fmt.Errorf("no checkpoint of job %s verifies (skipped %s): %w", ref, strings.Join(res.Skipped, ", "), verr)
+		}
+		handle = prev
+	}
+	res.Checkpoint = handle
+	man, err := c.store.Load(handle)
+	return res, man, err
+}
+
+// Lister is implemented by stores that can list a job's committed checkpoints.
+type Lister interface {
+	List(job string) ([]string, error) // oldest first
+}
+
+func (c *Coordinator) previous(job, handle string) (string, error) {
+	l, ok := c.store.(Lister)
+	if !ok {
+		return "", errors.New("the store cannot list checkpoints")
+	}
+	all, err := l.List(job)
+	if err != nil {
+		return "", err
+	}
+	for i := len(all) - 1; i > 0; i-- {
+		if all[i] == handle {
+			return all[i-1], nil
+		}
+	}
+	return "", fmt.Errorf("%w: no checkpoint of %s older than %s", ErrNotFound, job, handle)
+}
+
+// Migrate moves one job-node to another host while the rest of the job stays
+// in memory: every job-node is prepared, frozen, drained and locked; the
+// moving one is dumped (leave-running) and restored on the new host, still
+// locked; only then is the old copy destroyed and every job-node unlocked and
+// thawed. Until the old copy is destroyed any failure rolls back completely.
+func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
+	if _, err := c.agent(to); err != nil {
+		return err
+	}
+	spec, _, err := c.begin(id, []State{StateRunning}, StateMigrating)
+	if err != nil {
+		return err
+	}
+	moving, err := spec.Node(node)
+	if err != nil {
+		c.end(id, StateRunning, nil)
+		return err
+	}
+	if moving.Host == to {
+		c.end(id, StateRunning, nil)
+		return fmt.Errorf("%w: job-node %s of %s already runs on %s", ErrInvalid, node, id, to)
+	}
+	from := *moving
+	dest := *moving
+	dest.Host = to
+	log := c.log.With("job", id, "node", node, "from", from.Host, "to", to)
+
+	pend, err := c.store.Begin(id)
+	if err != nil {
+		c.end(id, StateRunning, func(j *Job) { j.Reason = err.Error() })
+		return fmt.Errorf("begin migration images: %w", err)
+	}
+	// The migration images are scratch: they never become a checkpoint.
+	defer func() {
+		if err := pend.Abort(); err != nil {
+			log.Warn("delete migration images", "err", err)
+		}
+	}()
+	var t timings
+	restored := false
+	err = c.quiesce(ctx, id, spec.Nodes, pend.Handle(), &t)
+	if err == nil {
+		err = t.run(PhaseDump, func() error {
+			return c.fanout(ctx, PhaseDump, []NodeSpec{from}, func(ctx context.Context, a Agent, n NodeSpec) error {
+				dir, err := pend.NodeDir(n.Name)
+				if err != nil {
+					return err
+				}
+				_, err = a.Dump(ctx, NodeRef{id, n.Name}, DumpRequest{Dir: dir, LeaveRunning: true, Checkpoint: pend.Handle()})
+				return err
+			})
+		})
+	}
+	if err == nil {
+		err = t.run(PhaseRestore, func() error {
+			return c.fanout(ctx, PhaseRestore, []NodeSpec{dest}, func(ctx context.Context, a Agent, n NodeSpec) error {
+				dir, err := pend.NodeDir(n.Name)
+				if err != nil {
+					return err
+				}
+				restored = true
+				return a.Restore(ctx, id, n, dir)
+			})
+		})
+	}
+	if err != nil {
+		log.Warn("migration failed, rolling back", "err", err, "timings", t.String())
+		if restored {
+			c.destroyNodes(ctx, id, []NodeSpec{dest}, log)
+		}
+		if rbErr := c.rollback(ctx, spec, log); rbErr != nil {
+			c.end(id, StateFailed, func(j *Job) { j.Reason = rbErr.Error() })
+			return fmt.Errorf("migration of %s aborted: %w; rollback failed too, job is failed: %v", node, err, rbErr)
+		}
+		c.end(id, StateRunning, func(j *Job) { j.Reason = "migration of " + node + " aborted: " + err.Error() })
+		return fmt.Errorf("migration of %s to %s aborted, job %s keeps running on its old hosts: %w", node, to, id, err)
+	}
+	// Point of no return: the old copy goes, the new one takes over.
+	c.destroyNodes(ctx, id, []NodeSpec{from}, log)
+	*moving = dest
+	if err := c.resume(ctx, id, spec.Nodes, &t); err != nil {
+		log.Error("resume after migration failed, stopping the job", "err", err)
+		c.destroyAll(ctx, spec, log)
+		c.end(id, StateFailed, func(j *Job) {
+			j.Spec = spec
+			j.Reason = "resume after migration failed: " + err.Error()
+		})
+		return fmt.Errorf("job-node %s moved to %s but the job could not resume and was stopped; restart it from its last checkpoint: %w", node, to, err)
+	}
+	c.end(id, StateRunning, func(j *Job) { j.Spec = spec; j.Reason = "" })
+	log.Info("job-node migrated", "timings", t.String())
+	return nil
+}
+
+// watch polls the job-nodes of running jobs and ends a job when its
+// job-nodes exit: finished when all exit 0, failed (and the rest destroyed)
+// as soon as one fails.
+func (c *Coordinator) pollOnce(ctx context.Context) {
+	for _, j := range c.Jobs() {
+		if j.State != StateRunning {
+			continue
+		}
+		c.mu.Lock()
+		busy := c.busy[j.Spec.ID]
+		c.mu.Unlock()
+		if busy {
+			continue
+		}
+		var (
+			mu       sync.Mutex
+			exited   int
+			failed   *NodeStatus
+			failNode string
+		)
+		_ = c.fanout(ctx, PhaseStart, j.Spec.Nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
+			st, err := a.Status(ctx, NodeRef{j.Spec.ID, n.Name})
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if st.Exited {
+				exited++
+				if st.ExitCode != 0 && failed == nil {
+					failed, failNode = &st, n.Name
+				}
+			}
+			return nil
+		})
+		switch {
+		case failed != nil:
+			c.finish(ctx, j.Spec, StateFailed, failed.ExitCode, fmt.Sprintf("job-node %s exited with status %d: %s", failNode, failed.ExitCode, failed.Message))
+		case exited == len(j.Spec.Nodes):
+			c.finish(ctx, j.Spec, StateFinished, 0, "")
+		}
+	}
+}
+
+func (c *Coordinator) finish(ctx context.Context, spec JobSpec, to State, code int, reason string) {
+	c.mu.Lock()
+	j, ok := c.jobs[spec.ID]
+	if !ok || c.busy[spec.ID] || j.State != StateRunning {
+		c.mu.Unlock()
+		return
+	}
+	c.busy[spec.ID] = true
+	c.mu.Unlock()
+	log := c.log.With("job", spec.ID)
+	log.Info("job ended", "state", to, "exit", code, "reason", reason)
+	c.destroyAll(ctx, spec, log)
+	c.end(spec.ID, to, func(j *Job) { j.ExitCode = code; j.Reason = reason })
+}

@@ -1,0 +1,43 @@
+package coordinator
+
+import "time"
+
+// Manifest is what the coordinator records about a committed checkpoint.
+type Manifest struct {
+	Handle       string                  `json:"handle"`
+	Spec         JobSpec                 `json:"spec"`
+	Kind         string                  `json:"kind"` // checkpoint, suspend, migrate
+	LeaveRunning bool                    `json:"leave_running"`
+	Nodes        map[string]DumpResult   `json:"nodes"`
+	Phases       map[Phase]time.Duration `json:"phases"`
+	Created      time.Time               `json:"created"`
+}
+
+// Store is the checkpoint catalog as the coordinator uses it.
+type Store interface {
+	// Begin allocates the next checkpoint of a job; nothing is visible until Commit.
+	Begin(job string) (Pending, error)
+	// Verify checks the signature and every image of a committed checkpoint.
+	Verify(handle string) error
+	// Load returns a committed checkpoint's manifest (after checking its signature).
+	Load(handle string) (Manifest, error)
+	// Latest returns the newest committed checkpoint of a job.
+	Latest(job string) (string, error)
+	// Recover removes checkpoints whose commit never finished.
+	Recover() ([]string, error)
+	// NodeDir is where a committed checkpoint keeps one job-node's images.
+	NodeDir(handle, node string) (string, error)
+	// Prune keeps the newest keep checkpoints of a job.
+	Prune(job string, keep int) ([]string, error)
+}
+
+// Pending is a checkpoint being written.
+type Pending interface {
+	Handle() string
+	// NodeDir is the directory a job-node's images go to.
+	NodeDir(node string) (string, error)
+	// Commit makes the checkpoint exist: the job manifest is written last, atomically.
+	Commit(m Manifest) error
+	// Abort deletes everything written so far.
+	Abort() error
+}

@@ -1,0 +1,202 @@
+package sandbox
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/torpor-hpc/torpor/shim/cgroup"
+	"github.com/torpor-hpc/torpor/shim/criu"
+	"github.com/torpor-hpc/torpor/shim/simhost"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates network namespaces, cgroups and runs CRIU")
+	}
+}
+
+var clusterSeq atomic.Int32
+
+// env is one test's cluster, CRIU driver, cgroup root and scratch directory.
+type env struct {
+	t       *testing.T
+	c       *simhost.Cluster
+	drv     *criu.Driver
+	mount   string
+	jobRel  string // "/torpor/t<pid>x<n>"
+	dir     string
+	log     *slog.Logger
+	seq     int
+	streams int
+}
+
+// newEnv creates a cluster of n hosts. Its cleanup, which runs after every
+// sandbox cleanup registered later, closes the cluster and fails the test if
+// anything was left behind.
+func newEnv(t *testing.T, hosts int) *env {
+	t.Helper()
+	requireRoot(t)
+	bin, err := criu.Locator{}.Find()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mount, err := cgroup.Mountpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := fmt.Sprintf("t%dx%d", os.Getpid(), clusterSeq.Add(1))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := simhost.NewCluster(ctx, name, hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, c: c, mount: mount, jobRel: "/torpor/" + name, dir: t.TempDir(),
+		log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+	e.drv = criu.NewDriver(bin, e.log)
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("close cluster: %v", err)
+		}
+		if err := simhost.LeakCheck(c, filepath.Join(mount, e.jobRel), "tpv"); err != nil {
+			t.Errorf("leak check: %v", err)
+		}
+	})
+	return e
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// sandbox creates job-node `node` (1-based, it picks the floating address)
+// on host `host`; Destroy runs at cleanup.
+func (e *env) sandbox(host, node int, locked bool) *Sandbox {
+	e.t.Helper()
+	e.seq++
+	h := e.c.Host(host)
+	cfg := Config{
+		Name:      fmt.Sprintf("n%d@h%d", node, host),
+		NetNS:     simhost.NetNSName(e.c.Name, fmt.Sprintf("n%d-%d", node, e.seq)),
+		Hostname:  fmt.Sprintf("node%d", node),
+		Address:   simhost.NodeAddr(node),
+		HostNetNS: h.NetNS,
+		Bridge:    h.Bridge,
+		Cgroup:    fmt.Sprintf("%s/n%d-%d", e.jobRel, node, e.seq),
+		Locked:    locked,
+		Log:       e.log,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := New(ctx, cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := s.Destroy(ctx); err != nil {
+			e.t.Errorf("destroy: %v", err)
+		}
+	})
+	return s
+}
+
+// stream is a tcpstream receiver in one sandbox and its sender in another.
+type stream struct {
+	recv, send         *Sandbox
+	recvStat, sendStat string
+}
+
+// startStream starts a receiver reading at readRate (a slow reader keeps the
+// sender's and receiver's queues full: data always in flight) and a sender.
+func (e *env) startStream(recv, send *Sandbox, readRate string) *stream {
+	e.t.Helper()
+	e.streams++
+	d := filepath.Join(e.dir, fmt.Sprintf("stream%d", e.streams))
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	st := &stream{recv: recv, send: send, recvStat: filepath.Join(d, "recv.status"), sendStat: filepath.Join(d, "send.status")}
+	ctx := context.Background()
+	err := recv.Start(ctx, Process{
+		Argv:   []string{tcpstreamBin, "-listen", ":7000", "-status", st.recvStat, "-read-rate", readRate, "-chunk", "4096"},
+		Output: filepath.Join(d, "recv.out"), InitOutput: filepath.Join(d, "recv.init"),
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	err = send.Start(ctx, Process{
+		Argv:   []string{tcpstreamBin, "-connect", recv.IP().String() + ":7000", "-status", st.sendStat, "-chunk", "1000"},
+		Output: filepath.Join(d, "send.out"), InitOutput: filepath.Join(d, "send.init"),
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return st
+}
+
+// readStatus parses a tcpstream status file.
+func readStatus(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0, fmt.Errorf("status %s: %q", path, b)
+	}
+	n, err := strconv.ParseUint(f[0], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("status %s: %q", path, b)
+	}
+	if f[1] != "ok" {
+		return n, fmt.Errorf("stream failed: %s", strings.TrimSpace(string(b)))
+	}
+	return n, nil
+}
+
+// waitVerified waits until the receiver verified more than `beyond` bytes and
+// returns the count. It fails at once on a bad byte.
+func (e *env) waitVerified(st *stream, beyond uint64, timeout time.Duration) uint64 {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		n, err := readStatus(st.recvStat)
+		if err != nil && !os.IsNotExist(err) && !strings.Contains(err.Error(), `""`) {
+			e.t.Fatalf("receiver: %v", err)
+		}
+		if n > beyond {
+			return n
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("receiver stuck at %d bytes (want > %d) after %v; recv %s, send %s", n, beyond, timeout,
+				st.recv.State(), st.send.State())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (e *env) images(name string) string {
+	d := filepath.Join(e.dir, name)
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		e.t.Fatal(err)
+	}
+	return d
+}
+
+func streamOpts(images string, leaveRunning bool) criu.Options {
+	return criu.Options{ImagesDir: images, TCPEstablished: true, LeaveRunning: leaveRunning, FileLocks: true}
+}

@@ -1,0 +1,194 @@
+// Package simhost simulates a cluster of hosts on one machine: every host is
+// a network namespace (torpor-<cluster>-h<i>) whose bridge br0 enslaves an
+// uplink veth into a shared "fabric" namespace with its own bridge. Host i
+// has 198.18.0.<i>/15 on br0; job-node sandboxes join br0 with addresses
+// from 198.19.0.0/15. These addresses exist only inside the namespaces.
+package simhost
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/torpor-hpc/torpor/netquiesce"
+)
+
+const (
+	// Bridge is the bridge of every simulated host that sandboxes join.
+	Bridge = "br0"
+	// Prefix is the netmask length of host and job-node addresses.
+	Prefix = 15
+	// MaxHosts is how many hosts one cluster may have.
+	MaxHosts = 250
+)
+
+// Host is one simulated host.
+type Host struct {
+	Index  int
+	NetNS  string // name under /run/netns
+	Addr   string // "198.18.0.<i>/15"
+	Bridge string
+	net    *netquiesce.Net
+}
+
+// NetNSPath is the host's namespace file.
+func (h *Host) NetNSPath() string { return filepath.Join(netquiesce.NetnsDir, h.NetNS) }
+
+// Cluster is a set of simulated hosts.
+type Cluster struct {
+	Name   string
+	Hosts  []*Host
+	fabric *netquiesce.Net
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NodeAddr is the floating address of job-node n (1-based), with prefix.
+func NodeAddr(n int) string { return fmt.Sprintf("198.19.%d.%d/%d", n/250, n%250+1, Prefix) }
+
+// NetNSName is the namespace name of something named part in cluster name.
+func NetNSName(cluster, part string) string { return "torpor-" + cluster + "-" + part }
+
+// NewCluster creates n simulated hosts (indices 1..n). name must be short and
+// unique (e.g. "t" + pid); on error nothing is left behind.
+func NewCluster(ctx context.Context, name string, n int) (_ *Cluster, err error) {
+	if n < 1 || n > MaxHosts {
+		return nil, fmt.Errorf("create cluster %s: %d hosts, want 1..%d", name, n, MaxHosts)
+	}
+	if name == "" || strings.ContainsAny(name, "/ ") {
+		return nil, fmt.Errorf("create cluster: bad name %q", name)
+	}
+	c := &Cluster{Name: name}
+	defer func() {
+		if err != nil {
+			_ = c.Close()
+			err = fmt.Errorf("create cluster %s: %w", name, err)
+		}
+	}()
+	fns, err := netquiesce.NewNamedNetns(NetNSName(name, "fabric"))
+	if err != nil {
+		return nil, err
+	}
+	c.fabric, err = netquiesce.OpenNet(fns)
+	fns.Close()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.fabric.DisableIPv6(); err != nil {
+		return nil, err
+	}
+	if err := c.fabric.AddBridge("fab0"); err != nil {
+		return nil, err
+	}
+	for i := 1; i <= n; i++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		h, err := c.addHost(i)
+		if err != nil {
+			return nil, err
+		}
+		c.Hosts = append(c.Hosts, h)
+	}
+	return c, nil
+}
+
+func (c *Cluster) addHost(i int) (*Host, error) {
+	h := &Host{Index: i, NetNS: NetNSName(c.Name, "h"+strconv.Itoa(i)),
+		Addr: fmt.Sprintf("198.18.0.%d/%d", i, Prefix), Bridge: Bridge}
+	ns, err := netquiesce.NewNamedNetns(h.NetNS)
+	if err != nil {
+		return nil, err
+	}
+	h.net, err = netquiesce.OpenNet(ns)
+	ns.Close()
+	if err != nil {
+		_ = netquiesce.DeleteNamedNetns(h.NetNS)
+		return nil, err
+	}
+	if err := h.setup(c.fabric); err != nil {
+		h.net.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+// setup gives a fresh host namespace its bridge, uplink and address. Close
+// removes the namespace if this fails halfway.
+func (h *Host) setup(fabric *netquiesce.Net) error {
+	i := h.Index
+	if err := h.net.DisableIPv6(); err != nil {
+		return err
+	}
+	if err := h.net.LinkUp("lo"); err != nil {
+		return err
+	}
+	if err := h.net.AddBridge(Bridge); err != nil {
+		return err
+	}
+	fab := "h" + strconv.Itoa(i)
+	if err := netquiesce.AddVeth(netquiesce.VethEnd{Net: fabric, Name: fab}, netquiesce.VethEnd{Net: h.net, Name: "up0"}); err != nil {
+		return err
+	}
+	if err := fabric.SetMaster(fab, "fab0"); err != nil {
+		return err
+	}
+	if err := h.net.SetMaster("up0", Bridge); err != nil {
+		return err
+	}
+	return h.net.AddAddr(Bridge, h.Addr)
+}
+
+// Host returns host i (1-based).
+func (c *Cluster) Host(i int) *Host { return c.Hosts[i-1] }
+
+// Close removes every namespace of the cluster, including sandboxes' that
+// were left behind (their processes must be gone). It is idempotent.
+func (c *Cluster) Close() error {
+	c.closeOnce.Do(func() {
+		var errs []error
+		for _, h := range c.Hosts {
+			if h.net != nil {
+				h.net.Close()
+			}
+		}
+		if c.fabric != nil {
+			c.fabric.Close()
+		}
+		names, err := c.namespaces()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, n := range names {
+			if err := netquiesce.DeleteNamedNetns(n); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		c.closeErr = errors.Join(errs...)
+	})
+	return c.closeErr
+}
+
+// namespaces lists /run/netns entries that belong to the cluster.
+func (c *Cluster) namespaces() ([]string, error) {
+	ents, err := os.ReadDir(netquiesce.NetnsDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", netquiesce.NetnsDir, err)
+	}
+	var out []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "torpor-"+c.Name+"-") {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}

@@ -229,31 +229,54 @@ func (l *Lock) Close() error {
 	return errors.Join(errs...)
 }
 
+// readCounters sums the per-CPU counters, in one batch syscall where the
+// kernel supports it.
 func (l *Lock) readCounters() (Counters, error) {
-	var out Counters
-	for d := range Direction(numDirections) {
-		for p := range Protocol(numProtocols) {
-			key := uint32(int(d)*numProtocols + int(p))
-			var per []quiesceCounter
-			if err := l.maps.Counters.Lookup(key, &per); err != nil {
+	const n = numDirections * numProtocols
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return Counters{}, fmt.Errorf("read counters of %s: %w", l, err)
+	}
+	keys := make([]uint32, n)
+	vals := make([]quiesceCounter, n*ncpu)
+	var cursor ebpf.MapBatchCursor
+	got, err := l.maps.Counters.BatchLookup(&cursor, keys, vals, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) || got != n {
+		// No batch support: one lookup per key.
+		got = n
+		for k := range uint32(n) {
+			keys[k] = k
+			if err := l.maps.Counters.Lookup(k, vals[int(k)*ncpu:int(k+1)*ncpu]); err != nil {
 				return Counters{}, fmt.Errorf("read counters of %s: %w", l, err)
 			}
-			for _, c := range per {
-				out[d][p].Packets += c.Packets
-				out[d][p].Bytes += c.Bytes
-			}
+		}
+	}
+	var out Counters
+	for i, k := range keys[:got] {
+		d, p := int(k)/numProtocols, int(k)%numProtocols
+		for _, c := range vals[i*ncpu : (i+1)*ncpu] {
+			out[d][p].Packets += c.Packets
+			out[d][p].Bytes += c.Bytes
 		}
 	}
 	return out, nil
 }
 
 func (l *Lock) resetCounters() error {
+	const n = numDirections * numProtocols
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		return fmt.Errorf("reset counters of %s: %w", l, err)
 	}
+	keys := make([]uint32, n)
+	for k := range keys {
+		keys[k] = uint32(k)
+	}
+	if _, err := l.maps.Counters.BatchUpdate(keys, make([]quiesceCounter, n*ncpu), nil); err == nil {
+		return nil
+	}
 	zero := make([]quiesceCounter, ncpu)
-	for k := range uint32(numDirections * numProtocols) {
+	for _, k := range keys {
 		if err := l.maps.Counters.Put(k, zero); err != nil {
 			return fmt.Errorf("reset counters of %s: %w", l, err)
 		}

@@ -116,7 +116,7 @@ func cgroup2Root(tb testing.TB) string {
 
 // newTestCgroup creates <cgroup2>/torpor-test-<unique>, thawed, emptied
 // (cgroup.kill) and removed when the test ends.
-func newTestCgroup(t *testing.T) string {
+func newTestCgroup(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join(cgroup2Root(t), uniq("test"))
 	must(t, os.Mkdir(dir, 0o755))
@@ -140,7 +140,7 @@ func newTestCgroup(t *testing.T) string {
 }
 
 // freezeCgroup freezes (or thaws) a cgroup v2 and waits until it is.
-func freezeCgroup(t *testing.T, dir string, frozen bool) {
+func freezeCgroup(t testing.TB, dir string, frozen bool) {
 	t.Helper()
 	v, want := "0", "frozen 0"
 	if frozen {

@@ -22,6 +22,7 @@ import (
 var (
 	activeMu sync.RWMutex
 	active   *Server // the one server of this process, target of upcalls
+	used     bool    // a server was started in this process (see ErrRestart)
 )
 
 func current() *Server {
@@ -43,11 +44,12 @@ type Server struct {
 	mu       sync.Mutex
 	handlers map[uint64]EventHandler
 	early    map[uint64][]Event // events that beat their handler's registration callback
+	fenceSeq map[string]uint64  // next fence ordinal per participant signature
 }
 
 // NewServer returns a server whose module callbacks go to host.
 func NewServer(host Host) *Server {
-	return &Server{host: host, handlers: map[uint64]EventHandler{}, early: map[uint64][]Event{}}
+	return &Server{host: host, handlers: map[uint64]EventHandler{}, early: map[uint64][]Event{}, fenceSeq: map[string]uint64{}}
 }
 
 // Init starts the PMIx server (PMIx_server_init). Only one server may run per process.
@@ -67,6 +69,9 @@ func (s *Server) Init(opts Options) error {
 	defer activeMu.Unlock()
 	if active != nil {
 		return fmt.Errorf("init pmix server: %w", ErrAlreadyRunning)
+	}
+	if used {
+		return fmt.Errorf("init pmix server: %w", ErrRestart)
 	}
 	infos := []Info{
 		{KeyServerTmpDir, opts.TmpDir},
@@ -88,6 +93,7 @@ func (s *Server) Init(opts Options) error {
 	// Upcalls may start as soon as the library runs: publish the server first.
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	active = s
+	used = true
 	if st := C.torpor_server_init(arr); st != C.PMIX_SUCCESS {
 		active = nil
 		s.cancel()

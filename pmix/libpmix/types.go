@@ -16,6 +16,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
+	"strconv"
+	"strings"
 )
 
 // ErrNotSupported is returned by every operation of a binary built without cgo.
@@ -23,6 +26,11 @@ var ErrNotSupported = errors.New("pmix server support not compiled in: rebuild t
 
 // ErrAlreadyRunning is returned by Init when this process already hosts a PMIx server.
 var ErrAlreadyRunning = errors.New("a pmix server is already running in this process")
+
+// ErrRestart is returned by Init after a server of this process was
+// finalized: libpmix 4.2.2 cannot start a second server in the same process
+// (its listener thread aborts in FD_SET). Run each server in its own process.
+var ErrRestart = errors.New("a pmix server cannot be started twice in one process (libpmix 4.2 limitation): run it in a fresh process")
 
 // ErrNotRunning is returned by calls made before Init or after Finalize.
 var ErrNotRunning = errors.New("pmix server is not running")
@@ -143,10 +151,16 @@ type Options struct {
 // FenceRequest is what the library hands the host when all local participants
 // of a fence have arrived.
 type FenceRequest struct {
-	Procs   []Proc // participants; {nspace, RankWildcard} means the whole namespace
-	Collect bool   // PMIX_COLLECT_DATA: the result must carry every host's data
-	Data    []byte // this host's contribution, copied; may be empty
-	Info    []Info // the remaining directives
+	Procs []Proc // participants; {nspace, RankWildcard} means the whole namespace
+	// Signature names the participant set canonically and Seq counts the
+	// fences over that set in the order the library raised them (from 0): every
+	// host sees the same fences over the same set in the same order, so
+	// (Signature, Seq) identifies one fence across hosts.
+	Signature string
+	Seq       uint64
+	Collect   bool   // PMIX_COLLECT_DATA: the result must carry every host's data
+	Data      []byte // this host's contribution, copied; may be empty
+	Info      []Info // the remaining directives
 }
 
 // Host is implemented by the program hosting the server (the PMIx "server module").
@@ -180,6 +194,21 @@ type Event struct {
 
 // EventHandler is called on its own goroutine for each delivered event.
 type EventHandler func(Event)
+
+// Signature returns the canonical name of a participant set: "ns:*" for a
+// whole namespace, "ns:r" for a rank, sorted and joined with ",".
+func Signature(procs []Proc) string {
+	parts := make([]string, len(procs))
+	for i, p := range procs {
+		if p.Rank == RankWildcard {
+			parts[i] = p.Nspace + ":*"
+		} else {
+			parts[i] = p.Nspace + ":" + strconv.FormatUint(uint64(p.Rank), 10)
+		}
+	}
+	slices.Sort(parts)
+	return strings.Join(slices.Compact(parts), ",")
+}
 
 // ErrBadParamValue is wrapped when an Info carries a Go type libpmix cannot convert.
 var ErrBadParamValue = errors.New("unsupported pmix info value")

@@ -50,6 +50,12 @@ func goFence(procs *C.pmix_proc_t, nprocs C.size_t, info *C.pmix_info_t, ninfo C
 		return C.pmix_status_t(ErrGeneric)
 	}
 	req := FenceRequest{Procs: goProcs(procs, nprocs)}
+	// Numbered here, on the progress thread, so the order is the library's.
+	req.Signature = Signature(req.Procs)
+	s.mu.Lock()
+	req.Seq = s.fenceSeq[req.Signature]
+	s.fenceSeq[req.Signature]++
+	s.mu.Unlock()
 	for _, in := range fromC(info, ninfo) {
 		if in.Key == KeyCollectData {
 			b, _ := in.Value.(bool)

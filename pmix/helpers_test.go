@@ -1,0 +1,135 @@
+package pmix
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+func requireRootAndMPI(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("needs root: Open MPI ranks run as the pmixd's uid and the multi-node test needs UTS namespaces")
+	}
+	if _, err := exec.LookPath("mpicc"); err != nil {
+		tb.Fatalf("mpicc not found (run `make deps`): %v", err)
+	}
+}
+
+// buildMPITest compiles testdata/mpitest.c once per test binary.
+var (
+	mpitestOnce sync.Once
+	mpitestPath string
+	mpitestErr  error
+	mpitestDir  string
+)
+
+func buildMPITest(tb testing.TB) string {
+	tb.Helper()
+	mpitestOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "torpor-pmix-mpitest-")
+		if err != nil {
+			mpitestErr = err
+			return
+		}
+		mpitestDir = dir
+		src, _ := filepath.Abs("testdata/mpitest.c")
+		out := filepath.Join(dir, "mpitest")
+		b, err := exec.Command("mpicc", "-O1", "-o", out, src).CombinedOutput()
+		if err != nil {
+			mpitestErr = err
+			tb.Logf("mpicc: %s", b)
+			return
+		}
+		mpitestPath = out
+	})
+	if mpitestErr != nil {
+		tb.Fatalf("build mpitest: %v", mpitestErr)
+	}
+	return mpitestPath
+}
+
+// syncBuffer is an io.Writer safe for the forwarding goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+	on func(line string)
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	n, err := s.b.Write(p)
+	on := s.on
+	s.mu.Unlock()
+	if on != nil {
+		for _, l := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+			on(l)
+		}
+	}
+	return n, err
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// countingUpstream counts fences and passes them to LocalUpstream.
+type countingUpstream struct {
+	LocalUpstream
+	fences atomic.Int64
+	sigs   sync.Map
+}
+
+func (c *countingUpstream) Fence(ctx context.Context, req FenceRequest) ([]byte, error) {
+	c.fences.Add(1)
+	c.sigs.Store(req.Signature+"#"+strconv.FormatUint(req.Seq, 10), len(req.Data))
+	return c.LocalUpstream.Fence(ctx, req)
+}
+
+// childrenOf lists live or zombie processes whose parent is pid.
+func childrenOf(tb testing.TB, pid int) []string {
+	tb.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		tb.Fatalf("read /proc: %v", err)
+	}
+	var out []string
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, e.Name()+" "+s[:i+1]+" state="+f[0])
+		}
+	}
+	return out
+}
+
+func countLines(s, sub string) int {
+	n := 0
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,123 @@
+package pmix
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"github.com/torpor-hpc/torpor/pmix/libpmix"
+)
+
+// ErrBadSpec is wrapped by JobSpec validation errors.
+var ErrBadSpec = errors.New("invalid job spec")
+
+// Node is one job-node of a job: the hostname its ranks see (its sandbox's UTS
+// hostname) and the global ranks it runs, ascending.
+type Node struct {
+	Hostname string
+	Ranks    []int
+}
+
+// JobSpec is everything pmixd needs to run its job-node's share of a job.
+type JobSpec struct {
+	// Job is the job id; it is also the PMIx namespace of the ranks.
+	Job string
+	// Nodes lists every job-node of the job, by node index.
+	Nodes []Node
+	// NodeIndex is the job-node this pmixd hosts.
+	NodeIndex int
+	// Argv is the program and its arguments, the same for every rank.
+	Argv []string
+	// Env is the ranks' base environment (KEY=VALUE). Inherited PMIX_*
+	// variables other than PMIX_MCA_* are dropped from it.
+	Env []string
+	// ExtraEnv is applied last and wins (mpirun -x).
+	ExtraEnv []string
+	// Dir is the ranks' working directory; empty means pmixd's.
+	Dir string
+	// TmpDir is a directory owned by this pmixd: the PMIx server's rendezvous
+	// files and shared-memory data store, and the job's PMIX_TMPDIR, live below
+	// it. Ranks must be able to read it and a CRIU restore must find it at the
+	// same path. Required.
+	TmpDir string
+	// TagOutput prefixes every forwarded line with "[job,rank]<stdout>: ".
+	TagOutput bool
+	// Stdout and Stderr receive the ranks' output, line by line; nil discards.
+	Stdout, Stderr io.Writer
+	// KillGrace is how long a rank has between SIGTERM and SIGKILL when the job
+	// is ended; 0 means 2s.
+	KillGrace time.Duration
+	// ReapOrphans makes pmixd reap every child (wait4(-1)), as PID 1 of a
+	// sandbox must. Leave it off when pmixd's logic runs inside a process that
+	// has other children.
+	ReapOrphans bool
+}
+
+// Size is the number of ranks in the job.
+func (s JobSpec) Size() int {
+	n := 0
+	for _, nd := range s.Nodes {
+		n += len(nd.Ranks)
+	}
+	return n
+}
+
+// LocalRanks are the ranks this job-node runs.
+func (s JobSpec) LocalRanks() []int {
+	if s.NodeIndex < 0 || s.NodeIndex >= len(s.Nodes) {
+		return nil
+	}
+	return s.Nodes[s.NodeIndex].Ranks
+}
+
+// NodeOf returns the index of the job-node that runs rank, or -1.
+func (s JobSpec) NodeOf(rank int) int {
+	for i, nd := range s.Nodes {
+		for _, r := range nd.Ranks {
+			if r == rank {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+func (s JobSpec) serverTmpDir() string { return filepath.Join(s.TmpDir, "srv") }
+func (s JobSpec) jobTmpDir() string    { return filepath.Join(s.TmpDir, "job") }
+func (s JobSpec) nsDir() string        { return filepath.Join(s.TmpDir, "job", "ns") }
+
+// jobMap is the namespace as libpmix registers it.
+func (s JobSpec) jobMap() libpmix.JobMap {
+	m := libpmix.JobMap{Nspace: s.Job, Local: s.NodeIndex, TmpDir: s.jobTmpDir(), NsDir: s.nsDir()}
+	for _, nd := range s.Nodes {
+		rs := make([]libpmix.Rank, len(nd.Ranks))
+		for i, r := range nd.Ranks {
+			rs[i] = libpmix.Rank(r)
+		}
+		m.Nodes = append(m.Nodes, libpmix.NodeMap{Hostname: nd.Hostname, Ranks: rs})
+	}
+	return m
+}
+
+// Validate checks the spec before anything is started.
+func (s JobSpec) Validate() error {
+	if len(s.Argv) == 0 || s.Argv[0] == "" {
+		return fmt.Errorf("%w: no program to run", ErrBadSpec)
+	}
+	if s.TmpDir == "" || !filepath.IsAbs(s.TmpDir) {
+		return fmt.Errorf("%w: TmpDir %q must be an absolute path", ErrBadSpec, s.TmpDir)
+	}
+	for i, nd := range s.Nodes {
+		for _, r := range nd.Ranks {
+			if r < 0 {
+				return fmt.Errorf("%w: node %d has negative rank %d", ErrBadSpec, i, r)
+			}
+		}
+	}
+	if err := s.jobMap().Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadSpec, err)
+	}
+	return nil
+}

@@ -11,12 +11,17 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/torpor-hpc/torpor/pmix/libpmix"
 )
 
 func requireRootAndMPI(tb testing.TB) {
 	tb.Helper()
 	if os.Geteuid() != 0 {
 		tb.Skip("needs root: Open MPI ranks run as the pmixd's uid and the multi-node test needs UTS namespaces")
+	}
+	if !libpmix.Available() {
+		tb.Skip("built without cgo: pmixd needs libpmix (CGO_ENABLED=1)")
 	}
 	if _, err := exec.LookPath("mpicc"); err != nil {
 		tb.Fatalf("mpicc not found (run `make deps`): %v", err)

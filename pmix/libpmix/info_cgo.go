@@ -173,3 +173,6 @@ func statusString(s Status) string {
 func Version() string {
 	return C.GoString(C.PMIx_Get_version())
 }
+
+// Available reports whether this build can host a PMIx server.
+func Available() bool { return true }

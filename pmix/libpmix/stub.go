@@ -52,3 +52,6 @@ func (s *Server) DirectModexRequest(context.Context, Proc) ([]byte, error) {
 func Version() string { return "none (built without cgo)" }
 
 func statusString(s Status) string { return "status " + strconv.Itoa(int(s)) }
+
+// Available reports whether this build can host a PMIx server.
+func Available() bool { return false }

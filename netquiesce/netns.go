@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -96,9 +97,16 @@ func DeleteNamedNetns(name string) error {
 	return nil
 }
 
+var netnsDirMu sync.Mutex
+
+// NetnsPath returns /run/netns/<name>.
+func NetnsPath(name string) string { return filepath.Join(NetnsDir, name) }
+
 // ensureNetnsDir makes /run/netns a shared bind mount of itself, as iproute2
 // does, so namespaces mounted there propagate to other mount namespaces.
 func ensureNetnsDir() error {
+	netnsDirMu.Lock()
+	defer netnsDirMu.Unlock()
 	if err := os.MkdirAll(NetnsDir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", NetnsDir, err)
 	}
@@ -118,3 +126,8 @@ func ensureNetnsDir() error {
 	}
 	return nil
 }
+
+// InNetns runs fn inside network namespace ns on a throw-away OS thread and
+// returns its error. Sockets fn opens stay in ns and may be used from any
+// goroutine afterwards. The caller's thread never changes namespace.
+func InNetns(ns netns.NsHandle, fn func() error) error { return inNetns(ns, fn) }

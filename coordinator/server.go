@@ -1,0 +1,238 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+
+	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+)
+
+// CheckpointInfo describes one committed checkpoint for listings.
+type CheckpointInfo struct {
+	Handle  string
+	Job     string
+	Kind    string
+	Created time.Time
+	Bytes   int64
+	Nodes   int
+	Phases  map[string]time.Duration
+}
+
+// Describer is implemented by stores that can list committed checkpoints with details.
+type Describer interface {
+	Describe(job string) ([]CheckpointInfo, error) // "" = every job, oldest first
+}
+
+// Server serves the Coordinator gRPC service. User commands are accepted on
+// the unix socket only (PeerCredentials); Register only over mutual TLS.
+type Server struct {
+	apiv1.UnimplementedCoordinatorServer
+	C *Coordinator
+	// DialShim connects to a shim that registered; it returns the client to use.
+	DialShim func(ctx context.Context, address string) (apiv1.ShimClient, error)
+	// PollInterval is how often Wait looks at a job.
+	PollInterval time.Duration
+}
+
+func (s *Server) authorize(ctx context.Context, job string) (int, error) {
+	uid, err := callerUID(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if job == "" {
+		return uid, nil
+	}
+	return uid, s.C.Authorize(job, uid)
+}
+
+// Register adds (or replaces) the shim of a host.
+func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*apiv1.Empty, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil, ToRPC(fmt.Errorf("%w: no peer", ErrPermission))
+	}
+	if _, isTLS := p.AuthInfo.(credentials.TLSInfo); !isTLS {
+		if _, isLocal := p.AuthInfo.(PeerCred); !isLocal || p.AuthInfo.(PeerCred).UID != 0 {
+			return nil, ToRPC(fmt.Errorf("%w: shims register over mutual TLS (or as root on the unix socket)", ErrPermission))
+		}
+	}
+	if req.Host == "" || req.Address == "" {
+		return nil, ToRPC(fmt.Errorf("%w: register needs a host name and an address", ErrInvalid))
+	}
+	if s.DialShim == nil {
+		return nil, ToRPC(errors.New("this coordinator cannot dial shims"))
+	}
+	cl, err := s.DialShim(ctx, req.Address)
+	if err != nil {
+		return nil, ToRPC(fmt.Errorf("dial shim %s at %s: %w", req.Host, req.Address, err))
+	}
+	s.C.AddAgent(req.Host, RemoteAgent{Client: cl})
+	s.C.log.Info("shim registered", "host", req.Host, "address", req.Address)
+	return &apiv1.Empty{}, nil
+}
+
+// Run starts a job owned by the caller.
+func (s *Server) Run(ctx context.Context, req *apiv1.RunRequest) (*apiv1.Job, error) {
+	uid, err := s.authorize(ctx, "")
+	if err != nil {
+		return nil, ToRPC(err)
+	}
+	spec := SpecFromPB(req.Spec)
+	if uid != 0 || spec.Owner == 0 {
+		spec.Owner = uid
+	}
+	if err := s.C.Start(ctx, spec); err != nil {
+		return nil, ToRPC(err)
+	}
+	j, err := s.C.Job(spec.ID)
+	return JobToPB(j), ToRPC(err)
+}
+
+func (s *Server) Checkpoint(ctx context.Context, req *apiv1.CheckpointRequest) (*apiv1.CheckpointReply, error) {
+	if _, err := s.authorize(ctx, req.Job); err != nil {
+		return nil, ToRPC(err)
+	}
+	h, err := s.C.Checkpoint(ctx, req.Job, CheckpointOptions{Stop: req.Stop})
+	return &apiv1.CheckpointReply{Handle: h}, ToRPC(err)
+}
+
+func (s *Server) Restart(ctx context.Context, req *apiv1.RestartRequest) (*apiv1.RestartReply, error) {
+	job, _, _ := strings.Cut(req.Ref, "/")
+	uid, err := callerUID(ctx)
+	if err != nil {
+		return nil, ToRPC(err)
+	}
+	if _, err := s.C.Job(job); err == nil {
+		if err := s.C.Authorize(job, uid); err != nil {
+			return nil, ToRPC(err)
+		}
+	} else if uid != 0 {
+		return nil, ToRPC(fmt.Errorf("%w: job %s is not registered with this coordinator; only root may adopt it from its checkpoint", ErrPermission, job))
+	}
+	res, err := s.C.Restart(ctx, req.Ref, RestartOptions{Hosts: req.Hosts, Fallback: req.Fallback})
+	return &apiv1.RestartReply{Job: res.Job, Checkpoint: res.Checkpoint, Skipped: res.Skipped}, ToRPC(err)
+}
+
+func (s *Server) Migrate(ctx context.Context, req *apiv1.MigrateRequest) (*apiv1.Empty, error) {
+	if _, err := s.authorize(ctx, req.Job); err != nil {
+		return nil, ToRPC(err)
+	}
+	return &apiv1.Empty{}, ToRPC(s.C.Migrate(ctx, req.Job, req.Node, req.To))
+}
+
+func (s *Server) Jobs(ctx context.Context, _ *apiv1.Empty) (*apiv1.JobList, error) {
+	if _, err := callerUID(ctx); err != nil {
+		return nil, ToRPC(err)
+	}
+	out := &apiv1.JobList{}
+	for _, j := range s.C.Jobs() {
+		out.Jobs = append(out.Jobs, JobToPB(j))
+	}
+	return out, nil
+}
+
+func (s *Server) GetJob(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error) {
+	if _, err := callerUID(ctx); err != nil {
+		return nil, ToRPC(err)
+	}
+	j, err := s.C.Job(req.Job)
+	if err != nil {
+		return nil, ToRPC(err)
+	}
+	return JobToPB(j), nil
+}
+
+// Wait returns when the job is finished, failed or suspended.
+func (s *Server) Wait(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error) {
+	if _, err := callerUID(ctx); err != nil {
+		return nil, ToRPC(err)
+	}
+	iv := s.PollInterval
+	if iv <= 0 {
+		iv = 200 * time.Millisecond
+	}
+	for {
+		j, err := s.C.Job(req.Job)
+		if err != nil {
+			return nil, ToRPC(err)
+		}
+		switch j.State {
+		case StateFinished, StateFailed, StateSuspended:
+			return JobToPB(j), nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ToRPC(ctx.Err())
+		case <-time.After(iv):
+		}
+	}
+}
+
+func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpointsRequest) (*apiv1.CheckpointList, error) {
+	if _, err := callerUID(ctx); err != nil {
+		return nil, ToRPC(err)
+	}
+	d, ok := s.C.store.(Describer)
+	if !ok {
+		return nil, ToRPC(errors.New("this checkpoint store cannot list checkpoints"))
+	}
+	infos, err := d.Describe(req.Job)
+	if err != nil {
+		return nil, ToRPC(err)
+	}
+	out := &apiv1.CheckpointList{}
+	for _, in := range infos {
+		cp := &apiv1.Checkpoint{
+			Handle: in.Handle, Job: in.Job, Kind: in.Kind, CreatedUnix: in.Created.Unix(),
+			Bytes: in.Bytes, Nodes: int32(in.Nodes), Verified: "not checked", PhaseNanos: map[string]int64{},
+		}
+		for p, d := range in.Phases {
+			cp.PhaseNanos[p] = int64(d)
+		}
+		if req.Verify {
+			if err := s.C.store.Verify(in.Handle); err != nil {
+				cp.Verified = err.Error()
+			} else {
+				cp.Verified = "ok"
+			}
+		}
+		out.Checkpoints = append(out.Checkpoints, cp)
+	}
+	return out, nil
+}
+
+// SpecFromPB converts a wire job spec.
+func SpecFromPB(p *apiv1.JobSpec) JobSpec {
+	if p == nil {
+		return JobSpec{}
+	}
+	s := JobSpec{ID: p.Id, Owner: int(p.Owner)}
+	for _, n := range p.Nodes {
+		s.Nodes = append(s.Nodes, NodeFromPB(n))
+	}
+	return s
+}
+
+// SpecToPB converts a job spec for the wire.
+func SpecToPB(s JobSpec) *apiv1.JobSpec {
+	p := &apiv1.JobSpec{Id: s.ID, Owner: int32(s.Owner)}
+	for _, n := range s.Nodes {
+		p.Nodes = append(p.Nodes, pbNode(n))
+	}
+	return p
+}
+
+// JobToPB converts a job record for the wire.
+func JobToPB(j Job) *apiv1.Job {
+	return &apiv1.Job{
+		Spec: SpecToPB(j.Spec), State: string(j.State), Reason: j.Reason,
+		CreatedUnix: j.Created.Unix(), UpdatedUnix: j.Updated.Unix(),
+		LastCheckpoint: j.LastCheckpoint, ExitCode: int32(j.ExitCode),
+	}
+}

@@ -176,8 +176,8 @@ func checkRepeatable(t *testing.T, n int, prog string, iters, every int, args ..
 
 func TestRingRepeatable(t *testing.T) {
 	build(t)
-	four := checkRepeatable(t, 4, "ring", 100, 25, "-m", "4")
-	two := run(t, stacks[0], 2, "ring", "-i", "100", "-p", "25", "-m", "4")
+	four := checkRepeatable(t, 4, "ring", 60, 20, "-m", "4")
+	two := run(t, stacks[0], 2, "ring", "-i", "60", "-p", "20", "-m", "4")
 	// The ring checksum may depend on the number of ranks; it must still be a real
 	// function of the run, so 2 and 4 ranks are expected to differ.
 	if two.checksum == four["openmpi"] {
@@ -187,10 +187,10 @@ func TestRingRepeatable(t *testing.T) {
 
 func TestStencilRepeatable(t *testing.T) {
 	build(t)
-	four := checkRepeatable(t, 4, "stencil", 60, 20, "-n", "64")
+	four := checkRepeatable(t, 4, "stencil", 40, 20, "-n", "48")
 	// The stencil's result depends only on (-n, -i, -a): 2 ranks (2x1) and 4 (2x2) agree.
 	for _, st := range stacks {
-		two := run(t, st, 2, "stencil", "-i", "60", "-p", "20", "-n", "64")
+		two := run(t, st, 2, "stencil", "-i", "40", "-p", "20", "-n", "48")
 		if two.checksum != four[st.name] {
 			t.Errorf("stencil/%s: -n 2 gave %#016x, -n 4 gave %#016x; the halo exchange is wrong",
 				st.name, two.checksum, four[st.name])
@@ -222,7 +222,6 @@ func TestBadArgumentsExitTwo(t *testing.T) {
 		want string
 	}{
 		{"ring", []string{"-i", "0"}, "bad iterations"},
-		{"ring", []string{"-q"}, "unknown option -q"},
 		{"stencil", []string{"-n", "1"}, "too small"},
 	}
 	for _, st := range stacks {

@@ -1,0 +1,381 @@
+package catalog
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// counterName is the per-job file holding the last sequence number handed out.
+const counterName = "next-seq"
+
+// Store is the checkpoint catalog under one root directory. It is safe for
+// concurrent use.
+type Store struct {
+	root string
+	key  []byte
+
+	mu      sync.Mutex
+	pending map[string]bool // handles being written by a Pending
+}
+
+// Checkpoint is a committed checkpoint: one whose manifest.json exists.
+type Checkpoint struct {
+	Handle string // "<job>/<seq>"
+	Job    string
+	Seq    uint64
+	Dir    string // <root>/<job>/<seq>
+	// Manifest is the decoded job manifest; valid only when ManifestErr is nil.
+	Manifest JobManifest
+	// ManifestErr is set when manifest.json exists but cannot be read, fails its
+	// signature or has an unknown format. Such a checkpoint is still listed (so
+	// `torpor ls` can show it as failing verification) and never verifies.
+	ManifestErr error
+}
+
+// NodeDir is where the images of job-node node are.
+func (c Checkpoint) NodeDir(node string) string {
+	return filepath.Join(c.Dir, nodesDirName, node)
+}
+
+// Open opens (creating it 0700 if needed) the catalog rooted at root. key signs and
+// verifies job manifests; use LoadOrCreateKey.
+func Open(root string, key []byte) (*Store, error) {
+	if root == "" {
+		return nil, errors.New("open checkpoint catalog: empty root directory")
+	}
+	if len(key) < 16 {
+		return nil, fmt.Errorf("open checkpoint catalog: signing key is %d bytes, need at least 16 (use LoadOrCreateKey)", len(key))
+	}
+	root = filepath.Clean(root)
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, ioErr("create checkpoint root", root, err)
+	}
+	st, err := os.Stat(root)
+	if err != nil {
+		return nil, ioErr("stat checkpoint root", root, err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("checkpoint root %s is not a directory", root)
+	}
+	return &Store{root: root, key: append([]byte(nil), key...), pending: map[string]bool{}}, nil
+}
+
+// Root is the catalog's root directory.
+func (s *Store) Root() string { return s.root }
+
+func (s *Store) jobDir(job string) string { return filepath.Join(s.root, job) }
+
+func (s *Store) ckptDir(job string, seq uint64) string {
+	return filepath.Join(s.root, job, formatSeq(seq))
+}
+
+// Jobs returns the names of the jobs that have a directory in the catalog, sorted.
+func (s *Store) Jobs() ([]string, error) {
+	ents, err := os.ReadDir(s.root)
+	if err != nil {
+		return nil, ioErr("read checkpoint root", s.root, err)
+	}
+	var jobs []string
+	for _, e := range ents {
+		if e.IsDir() && validName("job", e.Name()) == nil {
+			jobs = append(jobs, e.Name())
+		}
+	}
+	return jobs, nil
+}
+
+// seqDirs returns the sequence numbers of every <seq> directory of job (committed
+// or not), ascending. A missing job directory is an empty list.
+func (s *Store) seqDirs(job string) ([]uint64, error) {
+	dir := s.jobDir(job)
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, ioErr("read job directory", dir, err)
+	}
+	var seqs []uint64
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		if n, ok := parseSeq(e.Name()); ok {
+			seqs = append(seqs, n)
+		}
+	}
+	sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
+	return seqs, nil
+}
+
+// load returns the checkpoint job/seq if it is committed; ok is false when the
+// directory or its manifest.json does not exist.
+func (s *Store) load(job string, seq uint64) (cp Checkpoint, ok bool, err error) {
+	cp = Checkpoint{Handle: FormatHandle(job, seq), Job: job, Seq: seq, Dir: s.ckptDir(job, seq)}
+	p := filepath.Join(cp.Dir, JobManifestName)
+	f, err := os.Open(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return cp, false, nil
+	}
+	if err != nil {
+		cp.ManifestErr = ioErr("open", p, err)
+		return cp, true, nil
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
+	if err != nil {
+		cp.ManifestErr = ioErr("read", p, err)
+		return cp, true, nil
+	}
+	m, err := ParseJobManifest(data, s.key)
+	if err == nil && (m.Job != job || m.Seq != seq) {
+		err = corruptManifest(fmt.Sprintf("the manifest belongs to checkpoint %s, not to this directory", m.Handle), nil)
+	}
+	if err != nil {
+		var ce *CorruptError
+		if errors.As(err, &ce) {
+			c := *ce
+			c.Handle = cp.Handle
+			err = &c
+		} else {
+			err = fmt.Errorf("checkpoint %s: %w", cp.Handle, err)
+		}
+		cp.ManifestErr = err
+		return cp, true, nil
+	}
+	cp.Manifest = m
+	return cp, true, nil
+}
+
+// List returns the committed checkpoints of job, oldest first; job "" lists every
+// job (ordered by job name, then oldest first). Checkpoints whose manifest fails its
+// signature are included with ManifestErr set.
+func (s *Store) List(job string) ([]Checkpoint, error) {
+	var jobs []string
+	if job == "" {
+		var err error
+		if jobs, err = s.Jobs(); err != nil {
+			return nil, err
+		}
+	} else {
+		if err := validName("job", job); err != nil {
+			return nil, fmt.Errorf("list checkpoints: %w", err)
+		}
+		jobs = []string{job}
+	}
+	var out []Checkpoint
+	for _, j := range jobs {
+		seqs, err := s.seqDirs(j)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range seqs {
+			cp, ok, err := s.load(j, n)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				out = append(out, cp)
+			}
+		}
+	}
+	return out, nil
+}
+
+// Get returns the committed checkpoint handle. If its manifest exists but fails its
+// signature, Get returns the Checkpoint (ManifestErr set) together with that error.
+func (s *Store) Get(handle string) (Checkpoint, error) {
+	job, seq, err := ParseHandle(handle)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	cp, ok, err := s.load(job, seq)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	if !ok {
+		return Checkpoint{}, fmt.Errorf("%w: %s (`torpor ls` lists the checkpoints)", ErrNotFound, handle)
+	}
+	return cp, cp.ManifestErr
+}
+
+// Latest returns the newest committed checkpoint of job, verified or not (a restart
+// should use LatestVerified).
+func (s *Store) Latest(job string) (Checkpoint, error) {
+	cps, err := s.List(job)
+	if err != nil {
+		return Checkpoint{}, err
+	}
+	if len(cps) == 0 {
+		return Checkpoint{}, fmt.Errorf("%w: job %s has no committed checkpoint", ErrNotFound, job)
+	}
+	return cps[len(cps)-1], nil
+}
+
+// Delete removes a committed checkpoint. manifest.json goes first, so an
+// interrupted Delete leaves an incomplete checkpoint that Recover removes.
+func (s *Store) Delete(handle string) error {
+	job, seq, err := ParseHandle(handle)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.deleteLocked(job, seq)
+}
+
+func (s *Store) deleteLocked(job string, seq uint64) error {
+	handle := FormatHandle(job, seq)
+	if s.pending[handle] {
+		return fmt.Errorf("delete %s: the checkpoint is being written; abort it instead", handle)
+	}
+	dir := s.ckptDir(job, seq)
+	mp := filepath.Join(dir, JobManifestName)
+	if err := os.Remove(mp); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %s (`torpor ls` lists the checkpoints)", ErrNotFound, handle)
+		}
+		return ioErr("delete checkpoint: remove", mp, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("delete checkpoint %s: %w", handle, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return ioErr("delete checkpoint: remove", dir, err)
+	}
+	return syncDir(s.jobDir(job))
+}
+
+// Prune deletes the oldest committed checkpoints of job so that the newest keep
+// remain, and returns the deleted handles, oldest first.
+func (s *Store) Prune(job string, keep int) ([]string, error) {
+	if keep < 1 {
+		return nil, fmt.Errorf("prune checkpoints of %s: keep must be at least 1, got %d", job, keep)
+	}
+	if err := validName("job", job); err != nil {
+		return nil, fmt.Errorf("prune checkpoints: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cps, err := s.List(job)
+	if err != nil {
+		return nil, err
+	}
+	var deleted []string
+	for i := 0; i+keep < len(cps); i++ {
+		if err := s.deleteLocked(job, cps[i].Seq); err != nil {
+			return deleted, fmt.Errorf("prune checkpoints of %s: %w", job, err)
+		}
+		deleted = append(deleted, cps[i].Handle)
+	}
+	return deleted, nil
+}
+
+// Recover removes every incomplete checkpoint (a <seq> directory without
+// manifest.json: a commit that never finished, or an interrupted Delete) of every
+// job, and leftover temporary files, and returns the removed handles. The
+// coordinator calls it when it starts; checkpoints being written through this Store
+// are left alone.
+func (s *Store) Recover() ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	jobs, err := s.Jobs()
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, job := range jobs {
+		jd := s.jobDir(job)
+		if err := removeTemps(jd); err != nil {
+			return removed, err
+		}
+		seqs, err := s.seqDirs(job)
+		if err != nil {
+			return removed, err
+		}
+		for _, n := range seqs {
+			h := FormatHandle(job, n)
+			if s.pending[h] {
+				continue
+			}
+			dir := s.ckptDir(job, n)
+			_, err := os.Lstat(filepath.Join(dir, JobManifestName))
+			if err == nil {
+				if err := removeTemps(dir); err != nil {
+					return removed, err
+				}
+				continue
+			}
+			if !errors.Is(err, fs.ErrNotExist) {
+				return removed, ioErr("recover: stat", filepath.Join(dir, JobManifestName), err)
+			}
+			if err := os.RemoveAll(dir); err != nil {
+				return removed, ioErr("recover: remove incomplete checkpoint", dir, err)
+			}
+			removed = append(removed, h)
+		}
+		if err := syncDir(jd); err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
+}
+
+// removeTemps removes leftovers of writeFileAtomic directly inside dir.
+func removeTemps(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return ioErr("read directory", dir, err)
+	}
+	for _, e := range ents {
+		if e.Type().IsRegular() && isTempName(e.Name()) {
+			p := filepath.Join(dir, e.Name())
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return ioErr("remove temporary file", p, err)
+			}
+		}
+	}
+	return nil
+}
+
+// nextSeq allocates the next sequence number of job; s.mu must be held. The
+// counter is written before the directory is created, so a crash never lets a
+// number be handed out twice.
+func (s *Store) nextSeq(job string) (uint64, error) {
+	jd := s.jobDir(job)
+	if err := os.MkdirAll(jd, 0o700); err != nil {
+		return 0, ioErr("create job directory", jd, err)
+	}
+	cp := filepath.Join(jd, counterName)
+	var last uint64
+	data, err := os.ReadFile(cp)
+	switch {
+	case err == nil:
+		last, err = strconv.ParseUint(strings.TrimSpace(string(data)), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("sequence counter %s is damaged (%q): write the highest sequence number ever used for job %s into it", cp, data, job)
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return 0, ioErr("read sequence counter", cp, err)
+	}
+	seqs, err := s.seqDirs(job)
+	if err != nil {
+		return 0, err
+	}
+	if len(seqs) > 0 && seqs[len(seqs)-1] > last {
+		last = seqs[len(seqs)-1]
+	}
+	next := last + 1
+	if err := writeFileAtomic(cp, []byte(strconv.FormatUint(next, 10)+"\n"), 0o600); err != nil {
+		return 0, fmt.Errorf("allocate checkpoint number for %s: %w", job, err)
+	}
+	return next, nil
+}

@@ -1,0 +1,427 @@
+package catalog
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestCommitListGet(t *testing.T) {
+	s := newStore(t)
+	a1 := commitOne(t, s, "ring-7f3a")
+	a2 := commitOne(t, s, "ring-7f3a")
+	b1 := commitOne(t, s, "stencil")
+
+	if a1.Handle != "ring-7f3a/000001" || a2.Handle != "ring-7f3a/000002" || b1.Handle != "stencil/000001" {
+		t.Fatalf("handles = %s %s %s", a1.Handle, a2.Handle, b1.Handle)
+	}
+	cps, err := s.List("ring-7f3a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := handles(cps), []string{"ring-7f3a/000001", "ring-7f3a/000002"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("List = %v, want %v", got, want)
+	}
+	all, err := s.List("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := handles(all), []string{"ring-7f3a/000001", "ring-7f3a/000002", "stencil/000001"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("List(all) = %v, want %v", got, want)
+	}
+
+	got, err := s.Get("ring-7f3a/000002")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := got.Manifest
+	if m.Format != FormatVersion || m.Job != "ring-7f3a" || m.Seq != 2 || m.Kind != KindCheckpoint || !m.LeaveRunning {
+		t.Fatalf("manifest header = %+v", m)
+	}
+	var spec bytes.Buffer
+	if err := json.Compact(&spec, m.Spec); err != nil || spec.String() != `{"command":["./ring"],"np":4}` {
+		t.Fatalf("spec = %s", m.Spec)
+	}
+	if m.Phases["dump"] != Duration(1500*time.Millisecond) || m.Phases["freeze"] != Duration(3*time.Millisecond) {
+		t.Fatalf("phases = %v", m.Phases)
+	}
+	n0, ok := m.Node("n0")
+	if !ok || n0.IP != "198.18.0.10" || n0.Host != "hostA" || n0.Hostname != "jn0" || n0.FileCount != 3 || n0.TotalBytes != 8192+14+3 {
+		t.Fatalf("n0 = %+v", n0)
+	}
+	n1, _ := m.Node("n1")
+	if m.TotalBytes != n0.TotalBytes+n1.TotalBytes || n1.FileCount != 2 {
+		t.Fatalf("total %d, n1 %+v", m.TotalBytes, n1)
+	}
+	if m.Created.IsZero() || time.Since(m.Created) > time.Minute {
+		t.Fatalf("created = %v", m.Created)
+	}
+	latest, err := s.Latest("ring-7f3a")
+	if err != nil || latest.Handle != a2.Handle {
+		t.Fatalf("Latest = %v, %v", latest.Handle, err)
+	}
+	for _, h := range []string{a1.Handle, a2.Handle, b1.Handle} {
+		if err := s.Verify(context.Background(), h); err != nil {
+			t.Fatalf("Verify(%s): %v", h, err)
+		}
+	}
+	if _, err := s.Get("ring-7f3a/000009"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get(missing) = %v, want ErrNotFound", err)
+	}
+	if _, err := s.Latest("nojob"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Latest(nojob) = %v, want ErrNotFound", err)
+	}
+}
+
+func TestPermissions(t *testing.T) {
+	s := newStore(t)
+	cp := commitOne(t, s, "job")
+	err := filepath.WalkDir(cp.Dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		st, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		want := os.FileMode(0o600)
+		if d.IsDir() {
+			want = 0o700
+		}
+		if st.Mode().Perm() != want {
+			t.Errorf("%s: mode %#o, want %#o", p, st.Mode().Perm(), want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestIncompleteCheckpointInvisibleAndRecovered(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "ckpt")
+	s, err := Open(root, testKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := commitOne(t, s, "job")
+	// A commit that never finished: images and node manifests, no job manifest,
+	// plus a temporary manifest left by a crash in the middle of the atomic write.
+	p, err := s.Begin("job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dumpNodes(t, p, smallImages())
+	if err := os.WriteFile(filepath.Join(p.Dir(), ".manifest.json.tmp-123"), []byte(`{"format":1`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A stray temp file in a committed checkpoint is cleaned, the checkpoint kept.
+	if err := os.WriteFile(filepath.Join(good.Dir, ".manifest.json.tmp-9"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	cps, err := s.List("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := handles(cps); !reflect.DeepEqual(got, []string{good.Handle}) {
+		t.Fatalf("List = %v, want only %s", got, good.Handle)
+	}
+	if _, err := s.Get(p.Handle()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get(incomplete) = %v, want ErrNotFound", err)
+	}
+	if l, err := s.Latest("job"); err != nil || l.Handle != good.Handle {
+		t.Fatalf("Latest = %s, %v", l.Handle, err)
+	}
+	// The same process must not remove its own pending checkpoint.
+	if removed, err := s.Recover(); err != nil || len(removed) != 0 {
+		t.Fatalf("Recover with pending = %v, %v; want nothing removed", removed, err)
+	}
+	// A restarted coordinator does.
+	s2, err := Open(root, testKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed, err := s2.Recover()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(removed, []string{p.Handle()}) {
+		t.Fatalf("Recover = %v, want [%s]", removed, p.Handle())
+	}
+	if _, err := os.Stat(p.Dir()); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("incomplete dir still there: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(good.Dir, ".manifest.json.tmp-9")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("temp file in committed checkpoint not removed: %v", err)
+	}
+	if err := s2.Verify(context.Background(), good.Handle); err != nil {
+		t.Fatalf("good checkpoint after Recover: %v", err)
+	}
+	// The interrupted number is not reused.
+	next, err := s2.Begin("job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Handle() != "job/000003" {
+		t.Fatalf("next after recover = %s, want job/000003", next.Handle())
+	}
+}
+
+func TestSeqNeverReused(t *testing.T) {
+	s := newStore(t)
+	for i := 0; i < 3; i++ {
+		commitOne(t, s, "job")
+	}
+	if err := s.Delete("job/000003"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete("job/000003"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second Delete = %v, want ErrNotFound", err)
+	}
+	if cp := commitOne(t, s, "job"); cp.Handle != "job/000004" {
+		t.Fatalf("after Delete got %s, want job/000004", cp.Handle)
+	}
+	if _, err := s.Prune("job", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete("job/000004"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := s.Begin("job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	if p.Handle() != "job/000005" {
+		t.Fatalf("after Prune+Delete of everything got %s, want job/000005", p.Handle())
+	}
+	// Reopening the store (a restarted coordinator) keeps counting.
+	s2, err := Open(s.Root(), testKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp := commitOne(t, s2, "job"); cp.Handle != "job/000006" {
+		t.Fatalf("after reopen got %s, want job/000006", cp.Handle)
+	}
+}
+
+func TestPrune(t *testing.T) {
+	tests := []struct {
+		keep    int
+		deleted []string
+		left    []string
+	}{
+		{keep: 1, deleted: []string{"j/000001", "j/000002", "j/000003"}, left: []string{"j/000004"}},
+		{keep: 2, deleted: []string{"j/000001", "j/000002"}, left: []string{"j/000003", "j/000004"}},
+		{keep: 4, deleted: nil, left: []string{"j/000001", "j/000002", "j/000003", "j/000004"}},
+		{keep: 9, deleted: nil, left: []string{"j/000001", "j/000002", "j/000003", "j/000004"}},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Repeat("k", tt.keep), func(t *testing.T) {
+			s := newStore(t)
+			for i := 0; i < 4; i++ {
+				commitOne(t, s, "j")
+			}
+			commitOne(t, s, "other")
+			deleted, err := s.Prune("j", tt.keep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(deleted, tt.deleted) {
+				t.Fatalf("deleted = %v, want %v", deleted, tt.deleted)
+			}
+			cps, _ := s.List("j")
+			if got := handles(cps); !reflect.DeepEqual(got, tt.left) {
+				t.Fatalf("left = %v, want %v", got, tt.left)
+			}
+			if o, _ := s.List("other"); len(o) != 1 {
+				t.Fatalf("other job touched: %v", handles(o))
+			}
+		})
+	}
+	if _, err := newStore(t).Prune("j", 0); err == nil {
+		t.Fatal("Prune keep=0 succeeded")
+	}
+}
+
+func TestCommitErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		setup   func(t *testing.T, p *Pending) JobManifest
+		wantErr string
+	}{
+		{"no nodes", func(t *testing.T, p *Pending) JobManifest { return JobManifest{} }, "no job-node wrote any images"},
+		{"node without manifest", func(t *testing.T, p *Pending) JobManifest {
+			dir, _ := p.NodeDir("n0")
+			os.WriteFile(filepath.Join(dir, "pages-1.img"), []byte("x"), 0o600)
+			return JobManifest{}
+		}, "did not finish the dump"},
+		{"listed node never dumped", func(t *testing.T, p *Pending) JobManifest {
+			dumpNodes(t, p, images{"n0": {"a.img": []byte("a")}})
+			return JobManifest{Nodes: []NodeRef{{Name: "n0"}, {Name: "n1"}}}
+		}, "node n1 wrote no images"},
+		{"unlisted node directory", func(t *testing.T, p *Pending) JobManifest {
+			dumpNodes(t, p, smallImages())
+			return JobManifest{Nodes: []NodeRef{{Name: "n0"}}}
+		}, "node directory n1 is not part of the job manifest"},
+		{"image changed after node manifest", func(t *testing.T, p *Pending) JobManifest {
+			dumpNodes(t, p, images{"n0": {"a.img": []byte("a")}})
+			os.WriteFile(filepath.Join(p.Dir(), "nodes/n0/a.img"), []byte("aa"), 0o600)
+			return JobManifest{}
+		}, "changed after its node manifest was written"},
+		{"wrong job", func(t *testing.T, p *Pending) JobManifest {
+			dumpNodes(t, p, images{"n0": {"a.img": []byte("a")}})
+			return JobManifest{Job: "other"}
+		}, `manifest is for job "other"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newStore(t)
+			p, err := s.Begin("job")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = p.Commit(tt.setup(t, p))
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Commit error = %v, want it to contain %q", err, tt.wantErr)
+			}
+			if _, err := os.Stat(filepath.Join(p.Dir(), JobManifestName)); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("manifest.json exists after failed commit")
+			}
+			if cps, _ := s.List(""); len(cps) != 0 {
+				t.Fatalf("failed commit visible: %v", handles(cps))
+			}
+			if err := p.Abort(); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Abort(); err != nil {
+				t.Fatalf("second Abort: %v", err)
+			}
+			if _, err := os.Stat(p.Dir()); !errors.Is(err, fs.ErrNotExist) {
+				t.Fatalf("Abort left %s", p.Dir())
+			}
+		})
+	}
+}
+
+func TestPendingLifecycle(t *testing.T) {
+	s := newStore(t)
+	p, err := s.Begin("job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dumpNodes(t, p, smallImages())
+	if err := s.Delete(p.Handle()); err == nil || !strings.Contains(err.Error(), "being written") {
+		t.Fatalf("Delete of pending = %v", err)
+	}
+	if _, err := p.Commit(testManifest()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Commit(testManifest()); !errors.Is(err, ErrDone) {
+		t.Fatalf("second Commit = %v, want ErrDone", err)
+	}
+	if err := p.Abort(); !errors.Is(err, ErrDone) {
+		t.Fatalf("Abort after Commit = %v, want ErrDone", err)
+	}
+	if err := s.Verify(context.Background(), p.Handle()); err != nil {
+		t.Fatalf("committed checkpoint damaged by Abort attempt: %v", err)
+	}
+	if _, err := p.NodeDir("../x"); !errors.Is(err, ErrBadHandle) {
+		t.Fatalf("NodeDir(../x) = %v", err)
+	}
+	if _, err := s.Begin("a/b"); !errors.Is(err, ErrBadHandle) {
+		t.Fatalf("Begin(a/b) = %v", err)
+	}
+}
+
+func TestConcurrentBegin(t *testing.T) {
+	s := newStore(t)
+	const n = 8
+	got := make(chan string, n)
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			p, err := s.Begin("job")
+			if err != nil {
+				errs <- err
+				return
+			}
+			dir, err := p.NodeDir("n0")
+			if err == nil {
+				err = os.WriteFile(filepath.Join(dir, "a.img"), []byte(p.Handle()), 0o600)
+			}
+			if err == nil {
+				_, err = WriteNodeManifest(context.Background(), dir)
+			}
+			if err == nil {
+				_, err = p.Commit(JobManifest{})
+			}
+			if err != nil {
+				errs <- err
+				return
+			}
+			got <- p.Handle()
+		}()
+	}
+	seen := map[string]bool{}
+	for i := 0; i < n; i++ {
+		select {
+		case err := <-errs:
+			t.Fatal(err)
+		case h := <-got:
+			if seen[h] {
+				t.Fatalf("handle %s handed out twice", h)
+			}
+			seen[h] = true
+		}
+	}
+	cps, err := s.List("job")
+	if err != nil || len(cps) != n {
+		t.Fatalf("List = %d, %v", len(cps), err)
+	}
+}
+
+func TestParseHandle(t *testing.T) {
+	tests := []struct {
+		in   string
+		job  string
+		seq  uint64
+		fail bool
+	}{
+		{in: "ring-7f3a/000004", job: "ring-7f3a", seq: 4},
+		{in: "a.b_c/1234567", job: "a.b_c", seq: 1234567},
+		{in: "ring", fail: true},
+		{in: "ring/4", fail: true},
+		{in: "ring/0000004", fail: true},
+		{in: "ring/000000", fail: true},
+		{in: "ring/00000x", fail: true},
+		{in: "../000001", fail: true},
+		{in: "/000001", fail: true},
+		{in: ".hidden/000001", fail: true},
+		{in: "a/b/000001", fail: true},
+		{in: "", fail: true},
+	}
+	for _, tt := range tests {
+		job, seq, err := ParseHandle(tt.in)
+		if tt.fail {
+			if !errors.Is(err, ErrBadHandle) {
+				t.Errorf("ParseHandle(%q) = %q %d %v, want ErrBadHandle", tt.in, job, seq, err)
+			}
+			continue
+		}
+		if err != nil || job != tt.job || seq != tt.seq {
+			t.Errorf("ParseHandle(%q) = %q %d %v", tt.in, job, seq, err)
+		}
+	}
+}

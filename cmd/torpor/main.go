@@ -24,8 +24,15 @@ type verb struct {
 }
 
 var verbs = map[string]verb{
-	"doctor":  {"check that this host can run torpor, and say how to fix what is missing", runDoctor},
-	"version": {"print torpor's version", runVersion},
+	"checkpoint": {"checkpoint a running job; prints the checkpoint handle", runCheckpoint},
+	"doctor":     {"check that this host can run torpor, and say how to fix what is missing", runDoctor},
+	"ls":         {"list checkpoints, with size, phases and verification", runLs},
+	"migrate":    {"move one job-node of a running job to another host", runMigrate},
+	"ps":         {"list jobs", runPs},
+	"restart":    {"restart a job from a checkpoint handle or its newest checkpoint", runRestart},
+	"resume":     {"restart a suspended job from its newest checkpoint", runResume},
+	"suspend":    {"checkpoint a job and stop it, freeing its hosts", runSuspend},
+	"version":    {"print torpor's version", runVersion},
 }
 
 // version is set at build time with -ldflags "-X main.version=...".

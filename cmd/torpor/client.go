@@ -1,0 +1,339 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+
+	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/coordinator"
+)
+
+// DefaultSocket is where the coordinator listens for the CLI.
+const DefaultSocket = "/run/torpor/coordinator.sock"
+
+func socketPath(flagVal string) string {
+	if flagVal != "" {
+		return flagVal
+	}
+	if v := os.Getenv("TORPOR_SOCKET"); v != "" {
+		return v
+	}
+	return DefaultSocket
+}
+
+// dial connects to the coordinator's unix socket.
+func dial(sock string) (apiv1.CoordinatorClient, func(), error) {
+	if _, err := os.Stat(sock); err != nil {
+		return nil, nil, fmt.Errorf("no coordinator at %s (start one with `torpor coordinator`, or run a job with `torpor run`, which embeds one; set --socket or $TORPOR_SOCKET for another): %w", sock, err)
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(coordinator.PeerCredentials{}))
+	if err != nil {
+		return nil, nil, err
+	}
+	return apiv1.NewCoordinatorClient(conn), func() { conn.Close() }, nil
+}
+
+// rpcErr turns a gRPC error into a plain one for the user.
+func rpcErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if s, ok := statusMessage(err); ok {
+		return errors.New(s)
+	}
+	return err
+}
+
+type clientFlags struct {
+	socket *string
+	json   *bool
+}
+
+func addClientFlags(fs *flag.FlagSet, withJSON bool) clientFlags {
+	cf := clientFlags{socket: fs.String("socket", "", "coordinator socket (default $TORPOR_SOCKET or "+DefaultSocket+")")}
+	if withJSON {
+		cf.json = fs.Bool("json", false, "print JSON")
+	}
+	return cf
+}
+
+func oneArg(fs *flag.FlagSet, what string) (string, error) {
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return "", exitError{2}
+	}
+	a := fs.Arg(0)
+	if a == "" {
+		return "", fmt.Errorf("empty %s", what)
+	}
+	return a, nil
+}
+
+func runCheckpoint(ctx context.Context, args []string) error {
+	fs := newFlagSet("checkpoint", "JOB")
+	cf := addClientFlags(fs, false)
+	stop := fs.Bool("stop", false, "stop the job once the checkpoint is committed (like suspend)")
+	fs.Bool("wait", true, "wait until the checkpoint is committed (always true: the call returns when it is)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	job, err := oneArg(fs, "job")
+	if err != nil {
+		return err
+	}
+	return checkpoint(ctx, *cf.socket, job, *stop)
+}
+
+func checkpoint(ctx context.Context, sock, job string, stop bool) error {
+	cl, done, err := dial(socketPath(sock))
+	if err != nil {
+		return err
+	}
+	defer done()
+	start := time.Now()
+	verb := "checkpoint"
+	if stop {
+		verb = "suspend"
+	}
+	fmt.Fprintf(os.Stderr, "torpor: %s of %s: prepare, freeze, drain, lock, dump, commit ...\n", verb, job)
+	rep, err := cl.Checkpoint(ctx, &apiv1.CheckpointRequest{Job: job, Stop: stop})
+	if err != nil {
+		return rpcErr(err)
+	}
+	fmt.Fprintf(os.Stderr, "torpor: %s of %s committed in %s\n", verb, job, time.Since(start).Round(time.Millisecond))
+	fmt.Println(rep.Handle)
+	return nil
+}
+
+func runSuspend(ctx context.Context, args []string) error {
+	fs := newFlagSet("suspend", "JOB")
+	cf := addClientFlags(fs, false)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	job, err := oneArg(fs, "job")
+	if err != nil {
+		return err
+	}
+	return checkpoint(ctx, *cf.socket, job, true)
+}
+
+// hostMap collects repeated --host NODE=HOST flags.
+type hostMap map[string]string
+
+func (h hostMap) String() string { return fmt.Sprint(map[string]string(h)) }
+func (h hostMap) Set(v string) error {
+	node, host, ok := strings.Cut(v, "=")
+	if !ok || node == "" || host == "" {
+		return fmt.Errorf("want NODE=HOST, got %q", v)
+	}
+	h[node] = host
+	return nil
+}
+
+func runRestart(ctx context.Context, args []string) error {
+	fs := newFlagSet("restart", "HANDLE|JOB")
+	cf := addClientFlags(fs, false)
+	hosts := hostMap{}
+	fs.Var(hosts, "host", "place job-node NODE on HOST (NODE=HOST, repeatable); default: where it was")
+	fallback := fs.Bool("fallback", false, "if the newest checkpoint fails verification, take the newest one that verifies")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	ref, err := oneArg(fs, "checkpoint handle or job")
+	if err != nil {
+		return err
+	}
+	return restart(ctx, *cf.socket, ref, hosts, *fallback)
+}
+
+func restart(ctx context.Context, sock, ref string, hosts map[string]string, fallback bool) error {
+	cl, done, err := dial(socketPath(sock))
+	if err != nil {
+		return err
+	}
+	defer done()
+	start := time.Now()
+	fmt.Fprintf(os.Stderr, "torpor: restart from %s: verify, restore (locked), unlock, thaw ...\n", ref)
+	rep, err := cl.Restart(ctx, &apiv1.RestartRequest{Ref: ref, Hosts: hosts, Fallback: fallback})
+	if err != nil {
+		return rpcErr(err)
+	}
+	for _, s := range rep.Skipped {
+		fmt.Fprintf(os.Stderr, "torpor: skipped %s: it fails verification\n", s)
+	}
+	fmt.Fprintf(os.Stderr, "torpor: %s restarted from %s in %s\n", rep.Job, rep.Checkpoint, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func runResume(ctx context.Context, args []string) error {
+	fs := newFlagSet("resume", "JOB")
+	cf := addClientFlags(fs, false)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	job, err := oneArg(fs, "job")
+	if err != nil {
+		return err
+	}
+	if strings.Contains(job, "/") {
+		return fmt.Errorf("resume takes a job, not a checkpoint handle; use `torpor restart %s`", job)
+	}
+	return restart(ctx, *cf.socket, job, nil, false)
+}
+
+func runMigrate(ctx context.Context, args []string) error {
+	fs := newFlagSet("migrate", "JOB")
+	cf := addClientFlags(fs, false)
+	node := fs.String("node", "", "job-node to move (required)")
+	to := fs.String("to", "", "host to move it to (required)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	job, err := oneArg(fs, "job")
+	if err != nil {
+		return err
+	}
+	if *node == "" || *to == "" {
+		return errors.New("migrate needs --node NODE and --to HOST (see `torpor ps` for the job-nodes and their hosts)")
+	}
+	cl, done, err := dial(socketPath(*cf.socket))
+	if err != nil {
+		return err
+	}
+	defer done()
+	start := time.Now()
+	fmt.Fprintf(os.Stderr, "torpor: migrate %s/%s to %s: freeze, drain, lock, dump, restore, unlock, thaw ...\n", job, *node, *to)
+	if _, err := cl.Migrate(ctx, &apiv1.MigrateRequest{Job: job, Node: *node, To: *to}); err != nil {
+		return rpcErr(err)
+	}
+	fmt.Fprintf(os.Stderr, "torpor: %s/%s now runs on %s (%s)\n", job, *node, *to, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func runPs(ctx context.Context, args []string) error {
+	fs := newFlagSet("ps", "")
+	cf := addClientFlags(fs, true)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cl, done, err := dial(socketPath(*cf.socket))
+	if err != nil {
+		return err
+	}
+	defer done()
+	list, err := cl.Jobs(ctx, &apiv1.Empty{})
+	if err != nil {
+		return rpcErr(err)
+	}
+	if *cf.json {
+		return printJSON(list.Jobs)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "JOB\tSTATE\tOWNER\tJOB-NODES\tLAST CHECKPOINT\tREASON")
+	for _, j := range list.Jobs {
+		var nodes []string
+		for _, n := range j.Spec.GetNodes() {
+			nodes = append(nodes, n.Name+"@"+n.Host)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", j.Spec.GetId(), j.State, j.Spec.GetOwner(), strings.Join(nodes, ","), dash(j.LastCheckpoint), j.Reason)
+	}
+	return tw.Flush()
+}
+
+func runLs(ctx context.Context, args []string) error {
+	fs := newFlagSet("ls", "[JOB]")
+	cf := addClientFlags(fs, true)
+	noVerify := fs.Bool("no-verify", false, "do not re-hash the images (fast)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		fs.Usage()
+		return exitError{2}
+	}
+	cl, done, err := dial(socketPath(*cf.socket))
+	if err != nil {
+		return err
+	}
+	defer done()
+	list, err := cl.ListCheckpoints(ctx, &apiv1.ListCheckpointsRequest{Job: fs.Arg(0), Verify: !*noVerify})
+	if err != nil {
+		return rpcErr(err)
+	}
+	if *cf.json {
+		return printJSON(list.Checkpoints)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "CHECKPOINT\tKIND\tCREATED\tSIZE\tJOB-NODES\tPHASES\tVERIFIED")
+	for _, c := range list.Checkpoints {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", c.Handle, c.Kind, time.Unix(c.CreatedUnix, 0).Format("2006-01-02 15:04:05"),
+			humanBytes(c.Bytes), c.Nodes, phases(c.PhaseNanos), c.Verified)
+	}
+	return tw.Flush()
+}
+
+func phases(p map[string]int64) string {
+	order := []string{"prepare", "freeze", "drain", "lock", "dump", "commit"}
+	var parts []string
+	for _, k := range order {
+		if v, ok := p[k]; ok {
+			parts = append(parts, fmt.Sprintf("%s=%s", k, time.Duration(v).Round(time.Millisecond)))
+		}
+	}
+	var rest []string
+	for k := range p {
+		if !contains(order, k) {
+			rest = append(rest, k)
+		}
+	}
+	sort.Strings(rest)
+	for _, k := range rest {
+		parts = append(parts, fmt.Sprintf("%s=%s", k, time.Duration(p[k]).Round(time.Millisecond)))
+	}
+	return strings.Join(parts, " ")
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1fG", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1fM", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1fK", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,9 +1,14 @@
 package coordinator
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
+
 	"context"
 	"errors"
 	"fmt"
+	"github.com/torpor-hpc/torpor/coordinator/catalog"
 	"sort"
 	"strings"
 	"sync"
@@ -88,8 +93,22 @@ func (f *fakeAgent) Lock(ctx context.Context, ref NodeRef) error {
 	return f.with(ctx, PhaseLock, ref, func(n *fakeNode) { n.locked = true })
 }
 func (f *fakeAgent) Dump(ctx context.Context, ref NodeRef, req DumpRequest) (DumpResult, error) {
-	err := f.with(ctx, PhaseDump, ref, func(*fakeNode) {})
-	return DumpResult{Bytes: 4096, Files: 1}, err
+	if err := f.with(ctx, PhaseDump, ref, func(*fakeNode) {}); err != nil {
+		return DumpResult{}, err
+	}
+	if strings.HasPrefix(req.Dir, "/mem/") {
+		return DumpResult{Bytes: 4096, Files: 1}, nil
+	}
+	// A real directory: write an "image" and its node manifest, as a shim does.
+	img := bytes.Repeat([]byte(ref.Job+"/"+ref.Node+" "), 512)
+	if err := os.WriteFile(filepath.Join(req.Dir, "pages-1.img"), img, 0o600); err != nil {
+		return DumpResult{}, err
+	}
+	nm, err := catalog.WriteNodeManifest(ctx, req.Dir)
+	if err != nil {
+		return DumpResult{}, err
+	}
+	return DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files)}, nil
 }
 func (f *fakeAgent) Unlock(ctx context.Context, ref NodeRef) error {
 	err := f.with(ctx, PhaseUnlock, ref, func(n *fakeNode) { n.locked = false })
@@ -195,7 +214,7 @@ func (p *memPending) Abort() error {
 	delete(p.s.pending, p.handle)
 	return nil
 }
-func (s *memStore) Verify(h string) error {
+func (s *memStore) Verify(_ context.Context, h string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.committed[h]; !ok {

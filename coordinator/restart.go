@@ -33,7 +33,7 @@ type RestartResult struct {
 // thawed — no job-node can talk to a peer that is not back yet. On any
 // failure every restored job-node is destroyed and the job stays restartable.
 func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptions) (RestartResult, error) {
-	res, man, err := c.pickCheckpoint(ref, opts.Fallback)
+	res, man, err := c.pickCheckpoint(ctx, ref, opts.Fallback)
 	if err != nil {
 		return res, err
 	}
@@ -99,11 +99,11 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 }
 
 // pickCheckpoint resolves ref to a verified checkpoint.
-func (c *Coordinator) pickCheckpoint(ref string, fallback bool) (RestartResult, Manifest, error) {
+func (c *Coordinator) pickCheckpoint(ctx context.Context, ref string, fallback bool) (RestartResult, Manifest, error) {
 	var res RestartResult
 	if strings.Contains(ref, "/") {
 		res.Checkpoint = ref
-		if err := c.store.Verify(ref); err != nil {
+		if err := c.store.Verify(ctx, ref); err != nil {
 			return res, Manifest{}, fmt.Errorf("checkpoint %s fails verification, refusing to restart from it: %w", ref, err)
 		}
 		man, err := c.store.Load(ref)
@@ -119,7 +119,7 @@ func (c *Coordinator) pickCheckpoint(ref string, fallback bool) (RestartResult, 
 		return res, Manifest{}, fmt.Errorf("job %s has no checkpoint to restart from: %w", ref, err)
 	}
 	for {
-		verr := c.store.Verify(handle)
+		verr := c.store.Verify(ctx, handle)
 		if verr == nil {
 			break
 		}

@@ -196,7 +196,7 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 			cp.PhaseNanos[p] = int64(d)
 		}
 		if req.Verify {
-			if err := s.C.store.Verify(in.Handle); err != nil {
+			if err := s.C.store.Verify(ctx, in.Handle); err != nil {
 				cp.Verified = err.Error()
 			} else {
 				cp.Verified = "ok"

@@ -1,6 +1,9 @@
 package coordinator
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Manifest is what the coordinator records about a committed checkpoint.
 type Manifest struct {
@@ -18,7 +21,7 @@ type Store interface {
 	// Begin allocates the next checkpoint of a job; nothing is visible until Commit.
 	Begin(job string) (Pending, error)
 	// Verify checks the signature and every image of a committed checkpoint.
-	Verify(handle string) error
+	Verify(ctx context.Context, handle string) error
 	// Load returns a committed checkpoint's manifest (after checking its signature).
 	Load(handle string) (Manifest, error)
 	// Latest returns the newest committed checkpoint of a job.

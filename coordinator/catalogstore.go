@@ -1,0 +1,156 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/torpor-hpc/torpor/coordinator/catalog"
+)
+
+// CatalogStore is the Store the coordinator uses in production: the
+// checkpoint catalog on disk (coordinator/catalog).
+type CatalogStore struct {
+	S *catalog.Store
+}
+
+var (
+	_ Store     = CatalogStore{}
+	_ Describer = CatalogStore{}
+	_ Lister    = CatalogStore{}
+)
+
+type catalogPending struct{ p *catalog.Pending }
+
+func (c CatalogStore) Begin(job string) (Pending, error) {
+	p, err := c.S.Begin(job)
+	if err != nil {
+		return nil, err
+	}
+	return catalogPending{p}, nil
+}
+
+func (p catalogPending) Handle() string                      { return p.p.Handle() }
+func (p catalogPending) NodeDir(node string) (string, error) { return p.p.NodeDir(node) }
+func (p catalogPending) Abort() error                        { return p.p.Abort() }
+
+func (p catalogPending) Commit(m Manifest) error {
+	spec, err := json.Marshal(m.Spec)
+	if err != nil {
+		return fmt.Errorf("encode job spec: %w", err)
+	}
+	jm := catalog.JobManifest{
+		Job: m.Spec.ID, Created: m.Created.UTC(), Kind: catalog.Kind(m.Kind),
+		LeaveRunning: m.LeaveRunning, Spec: spec, Phases: map[string]catalog.Duration{},
+	}
+	for _, n := range m.Spec.Nodes {
+		if _, dumped := m.Nodes[n.Name]; !dumped {
+			continue
+		}
+		jm.Nodes = append(jm.Nodes, catalog.NodeRef{Name: n.Name, Host: n.Host, IP: n.IP, Hostname: n.Hostname})
+	}
+	for ph, d := range m.Phases {
+		jm.Phases[string(ph)] = catalog.Duration(d)
+	}
+	_, err = p.p.Commit(jm)
+	return err
+}
+
+func (c CatalogStore) Verify(ctx context.Context, handle string) error {
+	return c.S.Verify(ctx, handle)
+}
+
+func (c CatalogStore) get(handle string) (catalog.Checkpoint, error) {
+	cp, err := c.S.Get(handle)
+	if err != nil {
+		if errors.Is(err, catalog.ErrNotFound) {
+			return cp, errors.Join(err, ErrNotFound)
+		}
+		return cp, err
+	}
+	if cp.ManifestErr != nil {
+		return cp, fmt.Errorf("checkpoint %s: %w", handle, cp.ManifestErr)
+	}
+	return cp, nil
+}
+
+func (c CatalogStore) Load(handle string) (Manifest, error) {
+	cp, err := c.get(handle)
+	if err != nil {
+		return Manifest{}, err
+	}
+	m := Manifest{
+		Handle: cp.Handle, Kind: string(cp.Manifest.Kind), LeaveRunning: cp.Manifest.LeaveRunning,
+		Created: cp.Manifest.Created, Nodes: map[string]DumpResult{}, Phases: map[Phase]time.Duration{},
+	}
+	if err := json.Unmarshal(cp.Manifest.Spec, &m.Spec); err != nil {
+		return Manifest{}, fmt.Errorf("checkpoint %s: decode job spec: %w", handle, err)
+	}
+	for _, n := range cp.Manifest.Nodes {
+		m.Nodes[n.Name] = DumpResult{Bytes: n.TotalBytes, Files: n.FileCount, Manifest: n.ManifestSHA256}
+	}
+	for ph, d := range cp.Manifest.Phases {
+		m.Phases[Phase(ph)] = time.Duration(d)
+	}
+	return m, nil
+}
+
+func (c CatalogStore) Latest(job string) (string, error) {
+	cp, err := c.S.Latest(job)
+	if err != nil {
+		if errors.Is(err, catalog.ErrNotFound) {
+			return "", errors.Join(err, ErrNotFound)
+		}
+		return "", err
+	}
+	return cp.Handle, nil
+}
+
+func (c CatalogStore) NodeDir(handle, node string) (string, error) {
+	cp, err := c.get(handle)
+	if err != nil {
+		return "", err
+	}
+	if _, ok := cp.Manifest.Node(node); !ok {
+		return "", fmt.Errorf("%w: checkpoint %s has no job-node %s", ErrNotFound, handle, node)
+	}
+	return cp.NodeDir(node), nil
+}
+
+func (c CatalogStore) Recover() ([]string, error)                   { return c.S.Recover() }
+func (c CatalogStore) Prune(job string, keep int) ([]string, error) { return c.S.Prune(job, keep) }
+
+func (c CatalogStore) List(job string) ([]string, error) {
+	cps, err := c.S.List(job)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(cps))
+	for i, cp := range cps {
+		out[i] = cp.Handle
+	}
+	return out, nil
+}
+
+func (c CatalogStore) Describe(job string) ([]CheckpointInfo, error) {
+	cps, err := c.S.List(job)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]CheckpointInfo, 0, len(cps))
+	for _, cp := range cps {
+		in := CheckpointInfo{Handle: cp.Handle, Job: cp.Job, Kind: "unreadable"}
+		if cp.ManifestErr == nil {
+			m := cp.Manifest
+			in.Kind, in.Created, in.Bytes, in.Nodes = string(m.Kind), m.Created, m.TotalBytes, len(m.Nodes)
+			in.Phases = map[string]time.Duration{}
+			for p, d := range m.Phases {
+				in.Phases[p] = time.Duration(d)
+			}
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}

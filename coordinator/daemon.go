@@ -1,0 +1,188 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/coordinator/catalog"
+)
+
+// DaemonConfig configures a running coordinator: its state, its catalog and
+// the sockets it serves.
+type DaemonConfig struct {
+	StateDir      string
+	CheckpointDir string
+	// Socket is the unix socket for the CLI (authorized by SO_PEERCRED).
+	Socket string
+	// Listen is the TCP address shims register on (mutual TLS); "" = none.
+	Listen string
+	// ServerTLS authenticates the coordinator to shims and requires their
+	// certificates; ClientTLS is used to dial shims back. Both are required
+	// with Listen.
+	ServerTLS, ClientTLS *tls.Config
+	// Agents are shims known from the start (embedded mode).
+	Agents    map[string]Agent
+	Keep      int
+	Deadlines Deadlines
+	// PollInterval is how often job-nodes are polled for exits.
+	PollInterval time.Duration
+	Log          *slog.Logger
+}
+
+// Daemon is a running coordinator with its servers.
+type Daemon struct {
+	C        *Coordinator
+	Store    *catalog.Store
+	Addr     net.Addr // where shims register, if Listen was set
+	servers  []*grpc.Server
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	socket   string
+	shimConn sync.Map // address -> *grpc.ClientConn
+}
+
+// StartDaemon opens the catalog, recovers from an earlier crash, and starts
+// serving. Close stops it.
+func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
+	log := cfg.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.StateDir == "" || cfg.CheckpointDir == "" {
+		return nil, fmt.Errorf("%w: the coordinator needs a state directory and a checkpoint directory", ErrInvalid)
+	}
+	if cfg.Listen != "" && (cfg.ServerTLS == nil || cfg.ClientTLS == nil) {
+		return nil, fmt.Errorf("%w: listening for shims needs TLS certificates (run `torpor coordinator --init-pki`)", ErrInvalid)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	key, err := catalog.LoadOrCreateKey(filepath.Join(cfg.StateDir, "catalog.key"))
+	if err != nil {
+		return nil, err
+	}
+	store, err := catalog.Open(cfg.CheckpointDir, key)
+	if err != nil {
+		return nil, err
+	}
+	c, err := New(Options{
+		StateDir: cfg.StateDir, Store: CatalogStore{store}, Agents: cfg.Agents,
+		Log: log, Deadlines: cfg.Deadlines, Keep: cfg.Keep,
+	})
+	if err != nil {
+		return nil, err
+	}
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d := &Daemon{C: c, Store: store, cancel: cancel, socket: cfg.Socket}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if err := c.Recover(ctx); err != nil {
+		return nil, err
+	}
+	srv := &Server{C: c, DialShim: func(ctx context.Context, addr string) (apiv1.ShimClient, error) {
+		if v, ok := d.shimConn.Load(addr); ok {
+			return apiv1.NewShimClient(v.(*grpc.ClientConn)), nil
+		}
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg.ClientTLS)))
+		if err != nil {
+			return nil, err
+		}
+		d.shimConn.Store(addr, conn)
+		return apiv1.NewShimClient(conn), nil
+	}}
+	if cfg.Socket != "" {
+		lis, err := listenUnix(cfg.Socket)
+		if err != nil {
+			return nil, err
+		}
+		gs := grpc.NewServer(grpc.Creds(PeerCredentials{}))
+		apiv1.RegisterCoordinatorServer(gs, srv)
+		d.serve(gs, lis)
+	}
+	if cfg.Listen != "" {
+		lis, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("listen for shims on %s: %w", cfg.Listen, err)
+		}
+		d.Addr = lis.Addr()
+		gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg.ServerTLS)))
+		apiv1.RegisterCoordinatorServer(gs, srv)
+		d.serve(gs, lis)
+	}
+	iv := cfg.PollInterval
+	if iv <= 0 {
+		iv = 500 * time.Millisecond
+	}
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		c.Watch(dctx, iv)
+	}()
+	log.Info("coordinator started", "socket", cfg.Socket, "listen", d.Addr, "checkpoints", cfg.CheckpointDir)
+	return d, nil
+}
+
+func (d *Daemon) serve(gs *grpc.Server, lis net.Listener) {
+	d.servers = append(d.servers, gs)
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		_ = gs.Serve(lis)
+	}()
+}
+
+// Close stops serving. Jobs keep running on their shims; a coordinator
+// started again with the same state directory takes them over.
+func (d *Daemon) Close() {
+	d.cancel()
+	for _, gs := range d.servers {
+		gs.Stop()
+	}
+	d.wg.Wait()
+	d.shimConn.Range(func(_, v any) bool {
+		v.(*grpc.ClientConn).Close()
+		return true
+	})
+	if d.socket != "" {
+		os.Remove(d.socket)
+	}
+}
+
+// listenUnix listens on a unix socket that every local user can reach (the
+// coordinator authorizes each call by the caller's uid), replacing a stale one.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		conn.Close()
+		return nil, fmt.Errorf("a coordinator already listens on %s (stop it, or use another --socket)", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		lis.Close()
+		return nil, err
+	}
+	return lis, nil
+}

@@ -121,6 +121,9 @@ func parseHostLine(text string) (h HostSlots, ok bool, err error) {
 
 // checkHostName rejects names that cannot be a host name or IP address.
 func checkHostName(s string) error {
+	if s == "" {
+		return hostErrf("empty host name")
+	}
 	if strings.Contains(s, "@") {
 		return hostErrf("%s: user@host is not supported; torpor reaches hosts through their shims, drop the user", s)
 	}
@@ -153,10 +156,10 @@ func ParseHostList(s string) ([]HostSlots, error) {
 			return nil, hostErrf("%q: empty host at position %d", s, i+1)
 		}
 		name, count, hasCount := strings.Cut(item, ":")
+		if name == "" {
+			return nil, hostErrf("%q: missing host name before ':'", item)
+		}
 		if err := checkHostName(name); err != nil {
-			if name == "" {
-				return nil, hostErrf("%q: missing host name before ':'", item)
-			}
 			return nil, err
 		}
 		h := HostSlots{Host: name, Slots: 1}

@@ -91,7 +91,7 @@ var flags = []flagSpec{
 		help: "Slurm spelling: SIG (USR1, USR2 or HUP) sent to torpor run means checkpoint now (default USR1)",
 		set:  setSignal},
 	{names: []string{"--restart-on-failure"}, arg: "N", nvals: 1, dashOK: true,
-		help: "restart a failed job from its last checkpoint up to N times (default 0)",
+		help: "restart a failed job up to N times, from its last checkpoint if it has one (default 0)",
 		set:  setRestarts},
 	{names: []string{"--mpi"}, arg: "openmpi|mpich", nvals: 1,
 		help: "MPI the program was built with (default: read from the program's ELF DT_NEEDED)",

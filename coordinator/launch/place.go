@@ -56,10 +56,10 @@ func (p Plan) String() string {
 // MapBySlot (the default, also for "") fills each host's slots in host order,
 // so a host gets a contiguous block of ranks. MapByNode deals ranks one at a
 // time to the hosts in order, skipping full hosts. More ranks than slots is an
-// ErrNotEnoughSlots error unless oversubscribe; then, as Open MPI does, the
-// extra ranks are spread evenly over the hosts (with slot mapping, as extra
-// contiguous ranks per host; with node mapping, by further round-robin),
-// never beyond a host's MaxSlots. With no hosts the plan is the embedded
+// ErrNotEnoughSlots error unless oversubscribe; then, as Open MPI does, every
+// host is filled and the extra ranks are spread evenly over the hosts (one
+// more per host per round, never beyond a host's MaxSlots); both policies give
+// a host the same number of ranks then, and differ only in which ranks. With no hosts the plan is the embedded
 // default: one host LocalHost with np slots. Hosts with no rank are left out.
 func Place(np int, hosts []HostSlots, mapBy string, oversubscribe bool) (Plan, error) {
 	if np < 1 || np > MaxRanks {
@@ -101,7 +101,7 @@ func Place(np int, hosts []HostSlots, mapBy string, oversubscribe bool) (Plan, e
 	var ranks [][]int
 	switch mapBy {
 	case "", MapBySlot:
-		ranks = mapBySlot(np, hosts)
+		ranks = mapBySlot(np, total, hosts)
 	case MapByNode:
 		ranks = mapByNode(np, total, hosts)
 	default:
@@ -125,16 +125,16 @@ func hasRoom(h HostSlots, have int, slotsFull bool) bool {
 	return h.MaxSlots == 0 || have < h.MaxSlots
 }
 
-func mapBySlot(np int, hosts []HostSlots) [][]int {
+// rankCounts is how many ranks each host gets when np > total slots (every
+// host full, then one extra rank per host per round, so the extra ranks are
+// spread evenly as in Open MPI's balancing, within max_slots), or, when np <=
+// total, the free slots of each host (quota for node mapping).
+func rankCounts(np, total int, hosts []HostSlots) []int {
 	counts := make([]int, len(hosts))
-	left := np
 	for i, h := range hosts {
-		counts[i] = min(h.Slots, left)
-		left -= counts[i]
+		counts[i] = h.Slots
 	}
-	// Oversubscribed: one extra rank per host per round, so the extra ranks
-	// are spread evenly (Open MPI's byslot balancing), within max_slots.
-	for left > 0 {
+	for left := np - total; left > 0; {
 		for i, h := range hosts {
 			if left > 0 && hasRoom(h, counts[i], true) {
 				counts[i]++
@@ -142,9 +142,16 @@ func mapBySlot(np int, hosts []HostSlots) [][]int {
 			}
 		}
 	}
+	return counts
+}
+
+// mapBySlot gives each host a contiguous block of ranks, in host order.
+func mapBySlot(np, total int, hosts []HostSlots) [][]int {
+	counts := rankCounts(np, total, hosts)
 	ranks := make([][]int, len(hosts))
 	next := 0
 	for i, c := range counts {
+		c = min(c, np-next)
 		ranks[i] = make([]int, c)
 		for j := range c {
 			ranks[i][j] = next
@@ -154,11 +161,14 @@ func mapBySlot(np int, hosts []HostSlots) [][]int {
 	return ranks
 }
 
+// mapByNode deals ranks one at a time to the hosts in order, skipping hosts
+// that reached their share (slots, plus the even extra when oversubscribed).
 func mapByNode(np, total int, hosts []HostSlots) [][]int {
+	counts := rankCounts(np, total, hosts)
 	ranks := make([][]int, len(hosts))
 	for r := 0; r < np; {
-		for i, h := range hosts {
-			if r < np && hasRoom(h, len(ranks[i]), r >= total) {
+		for i := range hosts {
+			if r < np && len(ranks[i]) < counts[i] {
 				ranks[i] = append(ranks[i], r)
 				r++
 			}

@@ -30,7 +30,11 @@ type Daemon struct {
 	finalized map[int]bool
 	aborts    map[int]*abortInfo
 	events    chan struct{} // wakes the supervisor: an abort, or Terminate
-	stopCause error         // set by Terminate
+
+	// prepare returns a rank's extra environment and the files it inherits
+	// from fd 3 on; the daemon closes the files once the rank is started.
+	prepare   func(ctx context.Context, rank int) ([]string, []*os.File, error)
+	stopCause error // set by Terminate
 }
 
 // New prepares a pmixd for spec; Run starts it.
@@ -118,6 +122,9 @@ func (d *Daemon) Run(ctx context.Context) (code int, err error) {
 	if err := d.prepareDirs(); err != nil {
 		return 1, err
 	}
+	if d.spec.Wire == WirePMI1 {
+		return d.runPMI1(ctx)
+	}
 	host := d.spec.Nodes[d.spec.NodeIndex].Hostname
 	if err := d.srv.Init(libpmix.Options{
 		TmpDir:   d.spec.serverTmpDir(),
@@ -145,7 +152,22 @@ func (d *Daemon) Run(ctx context.Context) (code int, err error) {
 			d.log.Warn("deregister namespace", "err", derr)
 		}
 	}()
+	d.prepare = d.preparePMIx
 	return d.supervise(ctx, regCtx)
+}
+
+// preparePMIx registers a rank with the PMIx server and returns its
+// setup_fork environment.
+func (d *Daemon) preparePMIx(ctx context.Context, r int) ([]string, []*os.File, error) {
+	p := libpmix.Proc{Nspace: d.spec.Job, Rank: libpmix.Rank(r)}
+	if err := d.srv.RegisterClient(ctx, p); err != nil {
+		return nil, nil, err
+	}
+	env, err := d.srv.SetupFork(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	return append(env, ompiDirectLaunch(d.spec.Job)...), nil, nil
 }
 
 func (d *Daemon) prepareDirs() error {

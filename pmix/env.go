@@ -47,18 +47,22 @@ func ompiDirectLaunch(job string) []string {
 }
 
 // rankEnv composes a rank's environment: the base environment without stale
-// PMIx identity, then the server's setup_fork variables, the Open MPI
-// direct-launch settings, and the user's extra variables.
-func rankEnv(base, fork, ompi, extra []string) []string {
+// PMIx/PMI identity, then pmixd's variables for the rank (setup_fork and the
+// Open MPI direct-launch settings, or PMI_FD/RANK/SIZE), then the user's extra
+// variables.
+func rankEnv(base, pm, extra []string) []string {
 	e := newEnvSet()
 	for _, kv := range base {
 		k, _, _ := strings.Cut(kv, "=")
 		if strings.HasPrefix(k, "PMIX_") && !strings.HasPrefix(k, "PMIX_MCA_") {
 			continue
 		}
+		if k == "PMI_FD" || k == "PMI_RANK" || k == "PMI_SIZE" || k == "PMI_PORT" || k == "PMI_ID" {
+			continue
+		}
 		e.set(kv)
 	}
-	for _, set := range [][]string{fork, ompi, extra} {
+	for _, set := range [][]string{pm, extra} {
 		for _, kv := range set {
 			e.set(kv)
 		}

@@ -10,12 +10,15 @@ func TestRankEnv(t *testing.T) {
 	base := []string{"PATH=/bin", "PMIX_RANK=9", "PMIX_MCA_x=1", "OMPI_MCA_btl=tcp", "HOME=/root"}
 	fork := []string{"PMIX_RANK=2", "PMIX_NAMESPACE=j"}
 	extra := []string{"OMPI_MCA_btl=self,vader", "FOO=bar"}
-	got := rankEnv(base, fork, ompiDirectLaunch("j"), extra)
+	got := rankEnv(append(base, "PMI_FD=9"), append(fork, ompiDirectLaunch("j")...), extra)
 	for _, want := range []string{"PATH=/bin", "PMIX_MCA_x=1", "PMIX_RANK=2", "PMIX_NAMESPACE=j",
 		"OMPI_MCA_schizo=^orte", "OMPI_MCA_btl=self,vader", "FOO=bar", "HOME=/root"} {
 		if !slices.Contains(got, want) {
 			t.Errorf("env lacks %q: %v", want, got)
 		}
+	}
+	if slices.Contains(got, "PMI_FD=9") {
+		t.Errorf("inherited PMI_FD kept: %v", got)
 	}
 	seen := map[string]bool{}
 	for _, kv := range got {

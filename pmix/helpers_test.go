@@ -28,37 +28,43 @@ func requireRootAndMPI(tb testing.TB) {
 	}
 }
 
-// buildMPITest compiles testdata/mpitest.c once per test binary.
+// buildMPITest compiles testdata/mpitest.c once per test binary with the
+// given MPI compiler wrapper (mpicc: Open MPI, mpicc.mpich: MPICH).
 var (
-	mpitestOnce sync.Once
-	mpitestPath string
-	mpitestErr  error
+	mpitestMu   sync.Mutex
+	mpitestBins = map[string]string{}
 	mpitestDir  string
 )
 
-func buildMPITest(tb testing.TB) string {
+func buildMPITest(tb testing.TB) string { return buildMPIProgram(tb, "mpicc") }
+
+func buildMPIProgram(tb testing.TB, cc string) string {
 	tb.Helper()
-	mpitestOnce.Do(func() {
+	mpitestMu.Lock()
+	defer mpitestMu.Unlock()
+	if bin, ok := mpitestBins[cc]; ok {
+		return bin
+	}
+	if _, err := exec.LookPath(cc); err != nil {
+		tb.Fatalf("%s not found (run `make deps`): %v", cc, err)
+	}
+	if mpitestDir == "" {
 		dir, err := os.MkdirTemp("", "torpor-pmix-mpitest-")
 		if err != nil {
-			mpitestErr = err
-			return
+			tb.Fatal(err)
 		}
 		mpitestDir = dir
-		src, _ := filepath.Abs("testdata/mpitest.c")
-		out := filepath.Join(dir, "mpitest")
-		b, err := exec.Command("mpicc", "-O1", "-o", out, src).CombinedOutput()
-		if err != nil {
-			mpitestErr = err
-			tb.Logf("mpicc: %s", b)
-			return
-		}
-		mpitestPath = out
-	})
-	if mpitestErr != nil {
-		tb.Fatalf("build mpitest: %v", mpitestErr)
 	}
-	return mpitestPath
+	src, err := filepath.Abs("testdata/mpitest.c")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	out := filepath.Join(mpitestDir, "mpitest-"+cc)
+	if b, err := exec.Command(cc, "-O1", "-o", out, src).CombinedOutput(); err != nil {
+		tb.Fatalf("%s testdata/mpitest.c: %v\n%s", cc, err, b)
+	}
+	mpitestBins[cc] = out
+	return out
 }
 
 // syncBuffer is an io.Writer safe for the forwarding goroutines.

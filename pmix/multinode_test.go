@@ -130,6 +130,7 @@ func (r *relay) fence(rc *relayConn, m relayMsg) {
 	r.mu.Lock()
 	r.fences[key] = append(r.fences[key], fenceWaiter{conn: rc, id: m.ID, data: f.Data})
 	ws := r.fences[key]
+	r.t.Logf("relay: fence %s from node %d (%d/%d, %d bytes)", key, f.Node, len(ws), len(f.Nodes), len(f.Data))
 	if len(ws) < len(f.Nodes) {
 		r.mu.Unlock()
 		return

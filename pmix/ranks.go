@@ -12,8 +12,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"github.com/torpor-hpc/torpor/pmix/libpmix"
 )
 
 // rank is one local rank process. pmixd reaps it itself (wait4), so the
@@ -62,13 +60,14 @@ func (o *outputSink) forward(r io.Reader, w io.Writer, prefix string) {
 	}
 }
 
-// startRank registers a local rank with the PMIx server and forks it.
+// startRank prepares a local rank's process-management connection and forks it.
 func (d *Daemon) startRank(ctx context.Context, r int, sink *outputSink, outWG *sync.WaitGroup) (*rank, error) {
-	p := libpmix.Proc{Nspace: d.spec.Job, Rank: libpmix.Rank(r)}
-	if err := d.srv.RegisterClient(ctx, p); err != nil {
-		return nil, err
-	}
-	forkEnv, err := d.srv.SetupFork(p)
+	forkEnv, files, err := d.prepare(ctx, r)
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
 	if err != nil {
 		return nil, err
 	}
@@ -77,8 +76,9 @@ func (d *Daemon) startRank(ctx context.Context, r int, sink *outputSink, outWG *
 		base = os.Environ()
 	}
 	cmd := exec.Command(d.spec.Argv[0], d.spec.Argv[1:]...)
-	cmd.Env = rankEnv(base, forkEnv, ompiDirectLaunch(d.spec.Job), d.spec.ExtraEnv)
+	cmd.Env = rankEnv(base, forkEnv, d.spec.ExtraEnv)
 	cmd.Dir = d.spec.Dir
+	cmd.ExtraFiles = files
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("stdout pipe for rank %d: %w", r, err)

@@ -13,6 +13,18 @@ import (
 // ErrBadSpec is wrapped by JobSpec validation errors.
 var ErrBadSpec = errors.New("invalid job spec")
 
+// Wire selects how ranks reach pmixd.
+type Wire string
+
+// Wires pmixd serves.
+const (
+	// WirePMIx is a PMIx server (libpmix): Open MPI ranks. The default.
+	WirePMIx Wire = "pmix"
+	// WirePMI1 is the PMI-1 simple protocol on an inherited socket (PMI_FD):
+	// MPICH ranks. Needs no libpmix, so it also works in !cgo builds.
+	WirePMI1 Wire = "pmi1"
+)
+
 // Node is one job-node of a job: the hostname its ranks see (its sandbox's UTS
 // hostname) and the global ranks it runs, ascending.
 type Node struct {
@@ -28,6 +40,8 @@ type JobSpec struct {
 	Nodes []Node
 	// NodeIndex is the job-node this pmixd hosts.
 	NodeIndex int
+	// Wire is the process-management interface of the ranks; empty means WirePMIx.
+	Wire Wire
 	// Argv is the program and its arguments, the same for every rank.
 	Argv []string
 	// Env is the ranks' base environment (KEY=VALUE). Inherited PMIX_*
@@ -105,6 +119,11 @@ func (s JobSpec) jobMap() libpmix.JobMap {
 func (s JobSpec) Validate() error {
 	if len(s.Argv) == 0 || s.Argv[0] == "" {
 		return fmt.Errorf("%w: no program to run", ErrBadSpec)
+	}
+	switch s.Wire {
+	case "", WirePMIx, WirePMI1:
+	default:
+		return fmt.Errorf("%w: unknown wire %q (want %q or %q)", ErrBadSpec, s.Wire, WirePMIx, WirePMI1)
 	}
 	if s.TmpDir == "" || !filepath.IsAbs(s.TmpDir) {
 		return fmt.Errorf("%w: TmpDir %q must be an absolute path", ErrBadSpec, s.TmpDir)

@@ -159,6 +159,7 @@ func (s *Server) serve(c *conn) {
 			s.log.Warn("pmi1 bad request; closing", "rank", c.rank, "err", perr)
 			return
 		}
+		s.log.Debug("pmi1 request", "rank", c.rank, "cmd", m.Cmd, "key", m.Vals["key"])
 		out, ok := s.handle(c, m)
 		if !ok {
 			continue

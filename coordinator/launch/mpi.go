@@ -88,11 +88,12 @@ func libFlavour(lib string) string {
 	return ""
 }
 
-// hasOMPISymbol says whether the program imports an ompi_* symbol
-// (MPI_COMM_WORLD is &ompi_mpi_comm_world in Open MPI; MPICH's handles are
-// integer constants).
+// hasOMPISymbol says whether the program's dynamic symbols name an ompi_*
+// object (MPI_COMM_WORLD is &ompi_mpi_comm_world in Open MPI; MPICH's handles
+// are integer constants). Such objects are often copy-relocated into the
+// program's .bss, so defined dynamic symbols count too, not only imports.
 func hasOMPISymbol(f *elf.File) bool {
-	syms, err := f.ImportedSymbols()
+	syms, err := f.DynamicSymbols()
 	if err != nil {
 		return false
 	}

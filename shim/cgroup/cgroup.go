@@ -204,12 +204,44 @@ func (g *Group) Thaw(ctx context.Context) error {
 }
 
 // Kill sends SIGKILL to every process of the group (cgroup.kill) and waits
-// until the group is empty. Killing works on frozen groups too.
+// until the group is empty. Killing works on frozen groups too. See KillEach
+// for a group that will be reused.
 func (g *Group) Kill(ctx context.Context) error {
 	if err := g.write("cgroup.kill", "1"); err != nil {
 		return fmt.Errorf("kill: %w", err)
 	}
 	return g.wait(ctx, "empty", func(ev Events) bool { return !ev.Populated })
+}
+
+// KillEach sends SIGKILL to every process of the group one by one until the
+// group is empty. Use it instead of Kill on a group that will take new
+// processes later: on Linux 6.18 (seen here), once cgroup.kill was written,
+// every process later cloned into the group with CLONE_INTO_CGROUP is killed
+// at birth.
+func (g *Group) KillEach(ctx context.Context) error {
+	t := time.NewTicker(pollInterval)
+	defer t.Stop()
+	for {
+		ev, err := g.Events()
+		if err != nil {
+			return err
+		}
+		if !ev.Populated {
+			return nil
+		}
+		pids, err := g.Procs()
+		if err != nil {
+			return err
+		}
+		for _, pid := range pids {
+			_ = unix.Kill(pid, unix.SIGKILL)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kill processes of cgroup %s: %w", g.rel, context.Cause(ctx))
+		case <-t.C:
+		}
+	}
 }
 
 // WaitEmpty waits until no process is left in the group.

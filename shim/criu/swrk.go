@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"syscall"
+	"time"
 
 	gocriu "github.com/checkpoint-restore/go-criu/v7"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
@@ -31,6 +32,14 @@ func startSwrk(criuPath, netnsPath, cgroupDir string) (*swrk, error) {
 	fds, err := unix.Socketpair(unix.AF_LOCAL, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("start criu swrk: socketpair: %w", err)
+	}
+	// Our end is non-blocking so it joins Go's poller and a deadline can
+	// interrupt a read: after CRIU is killed, tasks it forked may still hold
+	// its end of the pair open. CRIU's end stays blocking.
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, fmt.Errorf("start criu swrk: %w", err)
 	}
 	cln := os.NewFile(uintptr(fds[0]), "criu-rpc-client")
 	srv := os.NewFile(uintptr(fds[1]), "criu-rpc-server")
@@ -60,7 +69,10 @@ func startSwrk(criuPath, netnsPath, cgroupDir string) (*swrk, error) {
 // call sends req and answers notifications until the final response. It
 // kills CRIU when ctx ends. It always reaps the child.
 func (s *swrk) call(ctx context.Context, req *rpc.CriuReq, nfy gocriu.Notify) (resp *rpc.CriuResp, err error) {
-	stop := context.AfterFunc(ctx, func() { _ = s.cmd.Process.Kill() })
+	stop := context.AfterFunc(ctx, func() {
+		_ = s.cmd.Process.Kill()
+		_ = s.sock.SetDeadline(time.Now())
+	})
 	defer func() {
 		stop()
 		s.sock.Close()
@@ -69,8 +81,8 @@ func (s *swrk) call(ctx context.Context, req *rpc.CriuReq, nfy gocriu.Notify) (r
 			err = errors.Join(fmt.Errorf("criu killed: %w", context.Cause(ctx)), err)
 			return
 		}
-		if err == nil && werr != nil {
-			err = fmt.Errorf("criu swrk exited: %w", werr)
+		if werr != nil && (err == nil || resp == nil) {
+			err = errors.Join(err, fmt.Errorf("criu swrk exited: %w", werr))
 		}
 	}()
 

@@ -87,7 +87,7 @@ func (s *Sandbox) Restore(ctx context.Context, drv *criu.Driver, opts criu.Optio
 	}
 	proc, err := os.FindProcess(res.Pid)
 	if err != nil {
-		_ = s.cg.Kill(context.WithoutCancel(ctx))
+		s.cleanFailedRestore(context.WithoutCancel(ctx))
 		return res, fmt.Errorf("restore sandbox %s: find restored init %d: %w", s.cfg.Name, res.Pid, err)
 	}
 	t := &tree{pid: res.Pid, done: make(chan struct{})}
@@ -113,7 +113,7 @@ func (s *Sandbox) Restore(ctx context.Context, drv *criu.Driver, opts criu.Optio
 func (s *Sandbox) cleanFailedRestore(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_ = s.cg.Kill(ctx)
+	_ = s.cg.KillEach(ctx) // not cgroup.kill: the next restore clones into this group
 	for _, pid := range childrenInCgroup(s.cg.Rel()) {
 		var ws unix.WaitStatus
 		_, _ = unix.Wait4(pid, &ws, 0, nil)

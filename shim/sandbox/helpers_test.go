@@ -60,7 +60,14 @@ func newEnv(t *testing.T, hosts int) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, c: c, mount: mount, jobRel: "/torpor/" + name, dir: t.TempDir(),
+	dir := t.TempDir()
+	if os.Getenv("TORPOR_TEST_KEEP") != "" { // keep images and CRIU logs for a post-mortem
+		if dir, err = os.MkdirTemp("", "torpor-"+t.Name()+"-"); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("keeping %s", dir)
+	}
+	e := &env{t: t, c: c, mount: mount, jobRel: "/torpor/" + name, dir: dir,
 		log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))}
 	e.drv = criu.NewDriver(bin, e.log)
 	t.Cleanup(func() {

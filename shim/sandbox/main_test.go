@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+	"time"
 )
 
 // tcpstreamBin is the workload binary, built once by TestMain (as root only).
@@ -14,6 +15,7 @@ var tcpstreamBin string
 
 func TestMain(m *testing.M) {
 	MaybeRunInit()
+	maybeRunHog()
 	os.Exit(run(m))
 }
 
@@ -34,4 +36,38 @@ func run(m *testing.M) int {
 		}
 	}
 	return m.Run()
+}
+
+// Memory hog mode for TestDumpStats256MiB: the test binary, started in a
+// sandbox with hogEnv=<MiB>, touches that much memory, starts one copy of
+// itself doing the same, writes <ready>.<pid> files and sleeps.
+const (
+	hogEnv      = "_TORPOR_TEST_HOG_MIB"
+	hogReadyEnv = "_TORPOR_TEST_HOG_READY"
+	hogChildEnv = "_TORPOR_TEST_HOG_CHILD"
+)
+
+func maybeRunHog() {
+	mib := os.Getenv(hogEnv)
+	if mib == "" {
+		return
+	}
+	var n int
+	fmt.Sscan(mib, &n)
+	mem := make([]byte, n<<20)
+	for i := range mem { // not zero: every page is really there
+		mem[i] = byte(i*7 + i>>12)
+	}
+	if os.Getenv(hogChildEnv) == "" {
+		cmd := exec.Command("/proc/self/exe")
+		cmd.Env = append(os.Environ(), hogChildEnv+"=1")
+		if err := cmd.Start(); err != nil {
+			os.Exit(1)
+		}
+	}
+	_ = os.WriteFile(fmt.Sprintf("%s.%d", os.Getenv(hogReadyEnv), os.Getpid()), nil, 0o644)
+	for {
+		time.Sleep(time.Hour)
+		runtime.KeepAlive(mem)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // LeakCheck reports what a test left behind: network namespaces of the
@@ -15,7 +16,21 @@ import (
 // cgroup; "" skips the check), processes in a cgroup below it, links in the
 // caller's namespace named with vethPrefix ("" skips), and children of this
 // process (zombies included).
+//
+// Orphaned zombies are reaped by PID 1 at its own pace, so the check retries
+// for up to two seconds before it reports.
 func LeakCheck(c *Cluster, cgroupDir, vethPrefix string) error {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		err := leakCheck(c, cgroupDir, vethPrefix)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func leakCheck(c *Cluster, cgroupDir, vethPrefix string) error {
 	var errs []error
 	if c != nil {
 		names, err := c.namespaces()

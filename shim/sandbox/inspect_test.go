@@ -1,0 +1,133 @@
+package sandbox
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcpCounters reads Tcp counters of the network namespace a process lives in.
+func tcpCounters(t *testing.T, pid int) map[string]int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/snmp", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names, vals []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "Tcp:") {
+			continue
+		}
+		if names == nil {
+			names = strings.Fields(line)[1:]
+		} else {
+			vals = strings.Fields(line)[1:]
+		}
+	}
+	out := map[string]int64{}
+	for i := range names {
+		if i < len(vals) {
+			out[names[i]], _ = strconv.ParseInt(vals[i], 10, 64)
+		}
+	}
+	return out
+}
+
+// nsPids returns the NSpid line of a process: its PID in each namespace.
+func nsPids(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "NSpid:"); ok {
+			return strings.Join(strings.Fields(v), " ")
+		}
+	}
+	t.Fatalf("no NSpid for %d", pid)
+	return ""
+}
+
+// innerPid is a process's PID in its innermost PID namespace.
+func innerPid(t *testing.T, pid int) string {
+	f := strings.Fields(nsPids(t, pid))
+	return f[len(f)-1]
+}
+
+// childOf returns the only child of pid.
+func childOf(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 1 {
+		t.Fatalf("init %d has children %v, want one", pid, f)
+	}
+	c, _ := strconv.Atoi(f[0])
+	return c
+}
+
+// checkTree verifies where the sandbox's tree lives: its cgroup, that init is
+// PID 1 of its namespace, and the hostname.
+func checkTree(t *testing.T, s *Sandbox, wantHostname string) {
+	t.Helper()
+	pid := s.Pid()
+	for _, p := range []int{pid, childOf(t, pid)} {
+		cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(cg), "0::"+s.Cgroup().Rel()+"\n") {
+			t.Fatalf("process %d of %s is in cgroups\n%s\nwant 0::%s", p, s.Name(), cg, s.Cgroup().Rel())
+		}
+	}
+	if in := innerPid(t, pid); in != "1" {
+		t.Fatalf("init of %s has namespace pid %s, want 1", s.Name(), in)
+	}
+	if h := hostnameOf(t, pid); h != wantHostname {
+		t.Fatalf("hostname of %s is %q, want %q", s.Name(), h, wantHostname)
+	}
+}
+
+// hostnameOf reads the hostname of pid's UTS namespace from a locked thread
+// that joins it and is then thrown away.
+func hostnameOf(t *testing.T, pid int) string {
+	t.Helper()
+	type res struct {
+		name string
+		err  error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		f, err := os.Open(fmt.Sprintf("/proc/%d/ns/uts", pid))
+		if err != nil {
+			ch <- res{err: err}
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWUTS); err != nil {
+			ch <- res{err: err}
+			return
+		}
+		var u unix.Utsname
+		if err := unix.Uname(&u); err != nil {
+			ch <- res{err: err}
+			return
+		}
+		ch <- res{name: unix.ByteSliceToString(u.Nodename[:])}
+	}()
+	r := <-ch
+	if r.err != nil {
+		t.Fatalf("hostname of %d: %v", pid, r.err)
+	}
+	return r.name
+}

@@ -24,6 +24,13 @@ type Driver struct {
 	bin Binary
 	log *slog.Logger
 
+	// dumpMu runs dumps one at a time. CRIU 4.2.1's parasite creates a
+	// temporary directory in the dumped task's mount namespace; parallel
+	// dumps of sandboxes (whose inits are all namespace PID 1) on one machine
+	// failed once in 40 with "parasite.c:634: Can't create a directory (-17)"
+	// (EEXIST). Restores still run in parallel.
+	dumpMu sync.Mutex
+
 	versionOnce sync.Once
 	version     Version
 	versionErr  error
@@ -73,6 +80,8 @@ func (d *Driver) Dump(ctx context.Context, opts Options, nfy gocriu.Notify) (Dum
 		return DumpResult{}, fmt.Errorf("criu dump: create images dir: %w", err)
 	}
 	var res DumpResult
+	d.dumpMu.Lock()
+	defer d.dumpMu.Unlock()
 	start := time.Now()
 	logPath, _, err := d.run(ctx, rpc.CriuReqType_DUMP, "dump.log", opts, nfy)
 	res.LogPath, res.Elapsed = logPath, time.Since(start)

@@ -251,5 +251,15 @@ func FuzzParse(f *testing.F) {
 		if o.MapBy != MapBySlot && o.MapBy != MapByNode {
 			t.Fatalf("Parse(%q): MapBy %q", args, o.MapBy)
 		}
+		// Whatever Parse accepts, Place handles: a plan or "not enough slots".
+		if o.NP > 0 && o.NP <= 10000 {
+			p, err := Place(o.NP, o.Hosts, o.MapBy, o.Oversubscribe)
+			if err != nil && !errors.Is(err, ErrNotEnoughSlots) {
+				t.Fatalf("Place after Parse(%q): %v", args, err)
+			}
+			if err == nil && p.NP() != o.NP {
+				t.Fatalf("Place after Parse(%q) placed %d of %d ranks", args, p.NP(), o.NP)
+			}
+		}
 	})
 }

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -63,11 +64,18 @@ func innerPid(t *testing.T, pid int) string {
 // childOf returns the only child of pid.
 func childOf(t *testing.T, pid int) int {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	// children lists are per thread; the Go init forks from any thread.
+	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := strings.Fields(string(b))
+	var f []string
+	for _, p := range files {
+		b, err := os.ReadFile(p)
+		if err == nil {
+			f = append(f, strings.Fields(string(b))...)
+		}
+	}
 	if len(f) != 1 {
 		t.Fatalf("init %d has children %v, want one", pid, f)
 	}

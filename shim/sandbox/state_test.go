@@ -71,3 +71,50 @@ func TestLifecycle(t *testing.T) {
 	}
 	illegal("start destroyed", a.Start(ctx, Process{Argv: []string{"/bin/true"}}))
 }
+
+// TestDumpFrozen: the coordinator's order is freeze → lock → dump; CRIU then
+// uses the sandbox's cgroup v2 freezer instead of freezing task by task.
+func TestDumpFrozen(t *testing.T) {
+	e := newEnv(t, 2)
+	a := e.sandbox(1, 1, false)
+	b := e.sandbox(2, 2, false)
+	st := e.startStream(a, b, readRate)
+	e.waitVerified(st, 256<<10, 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, s := range []*Sandbox{a, b} {
+		if err := s.Freeze(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lockAll(t, a, b)
+	dirs := []string{e.images("a"), e.images("b")}
+	dumpAll(t, e, true, []*Sandbox{a, b}, dirs)
+	for _, s := range []*Sandbox{a, b} {
+		if ev, _ := s.Cgroup().Events(); !ev.Frozen || s.State() != Frozen {
+			t.Fatalf("%s after a leave-running dump of a frozen tree: %+v %s", s.Name(), ev, s.State())
+		}
+	}
+	at, _ := readStatus(st.recvStat)
+	unlockAll(t, a, b)
+	for _, s := range []*Sandbox{a, b} {
+		if err := s.Thaw(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.waitVerified(st, at+1<<20, 15*time.Second)
+	// And a stop dump of frozen trees, restored.
+	for _, s := range []*Sandbox{a, b} {
+		if err := s.Freeze(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lockAll(t, a, b)
+	dirs = []string{e.images("a2"), e.images("b2")}
+	dumpAll(t, e, false, []*Sandbox{a, b}, dirs)
+	at, _ = readStatus(st.recvStat)
+	restoreOne(t, e, a, dirs[0])
+	restoreOne(t, e, b, dirs[1])
+	unlockAll(t, a, b)
+	e.waitVerified(st, at+1<<20, 15*time.Second)
+}

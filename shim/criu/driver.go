@@ -28,7 +28,10 @@ type Driver struct {
 	// temporary directory in the dumped task's mount namespace; parallel
 	// dumps of sandboxes (whose inits are all namespace PID 1) on one machine
 	// failed once in 40 with "parasite.c:634: Can't create a directory (-17)"
-	// (EEXIST). Restores still run in parallel.
+	// (EEXIST): the parasite mounts a private procfs at a fixed path in the
+	// shared mount namespace. Simulated hosts are separate shim processes on
+	// one machine, so the lock is machine-wide (an flock on DumpLockPath),
+	// not per driver. Restores still run in parallel.
 	dumpMu sync.Mutex
 
 	versionOnce sync.Once
@@ -82,13 +85,18 @@ func (d *Driver) Dump(ctx context.Context, opts Options, nfy gocriu.Notify) (Dum
 	var res DumpResult
 	d.dumpMu.Lock()
 	defer d.dumpMu.Unlock()
+	unlock, err := lockMachine(ctx, DumpLockPath)
+	if err != nil {
+		return DumpResult{}, fmt.Errorf("criu dump: %w", err)
+	}
+	defer unlock()
 	start := time.Now()
 	logPath, _, err := d.run(ctx, rpc.CriuReqType_DUMP, "dump.log", opts, nfy)
 	res.LogPath, res.Elapsed = logPath, time.Since(start)
 	if err != nil {
 		return res, err
 	}
-	st, err := ReadDumpStats(opts.ImagesDir)
+	st, err := ReadDumpStats(opts.statsDir())
 	if err != nil {
 		return res, fmt.Errorf("criu dump: %w", err)
 	}
@@ -112,7 +120,7 @@ func (d *Driver) Restore(ctx context.Context, opts Options, nfy gocriu.Notify) (
 		return res, err
 	}
 	res.Pid = int(resp.GetRestore().GetPid())
-	st, err := ReadRestoreStats(opts.ImagesDir)
+	st, err := ReadRestoreStats(opts.statsDir())
 	if err != nil {
 		return res, fmt.Errorf("criu restore: %w", err)
 	}
@@ -168,4 +176,12 @@ func (d *Driver) run(ctx context.Context, typ rpc.CriuReqType, logName string, o
 		return logPath, resp, &Error{Op: op, Line: FirstErrorLine(logPath), LogPath: logPath, Err: err}
 	}
 	return logPath, resp, nil
+}
+
+// statsDir is where CRIU leaves stats-dump / stats-restore: its work dir.
+func (o Options) statsDir() string {
+	if o.WorkDir != "" {
+		return o.WorkDir
+	}
+	return o.ImagesDir
 }

@@ -498,3 +498,18 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Announce sends gratuitous ARP for the sandbox's address from its
+// interface, so bridges and peers learn at once where it lives now (after a
+// restore on another host). The eBPF lock must be released first.
+func (s *Sandbox) Announce() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == Destroyed || s.sb == nil {
+		return &TransitionError{Sandbox: s.cfg.Name, Op: "announce", From: s.state}
+	}
+	if err := netquiesce.AnnounceIP(s.sb.NS(), IfName, s.ip); err != nil {
+		return fmt.Errorf("announce %s of %s: %w", s.ip, s.cfg.Name, err)
+	}
+	return nil
+}

@@ -1,0 +1,510 @@
+// Package agent is the host side of torpor's protocol: it implements
+// coordinator.Agent with real job-node sandboxes, the cgroup freezer,
+// netquiesce's eBPF lock and drain, and CRIU. One Agent serves one host.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/coordinator/catalog"
+	"github.com/torpor-hpc/torpor/netquiesce"
+	"github.com/torpor-hpc/torpor/shim/criu"
+	"github.com/torpor-hpc/torpor/shim/sandbox"
+	"github.com/torpor-hpc/torpor/shim/verbs"
+)
+
+// Config describes the host an Agent serves.
+type Config struct {
+	// Host is this host's name, as the coordinator knows it.
+	Host string
+	// HostNetNS is the network namespace job-node sandboxes attach to (a
+	// simulated host), or "" for the shim's own.
+	HostNetNS string
+	// Bridge is the bridge in that namespace that sandboxes join.
+	Bridge string
+	// CgroupParent is the cgroup v2 directory (below the mount) under which
+	// job-node cgroups are created; default sandbox.DefaultCgroupParent.
+	CgroupParent string
+	// RunDir holds per-job-node files that must have the same path on every
+	// host: the job-node's output. Default /run/torpor.
+	RunDir string
+	// CRIU is the binary to run.
+	CRIU criu.Binary
+	Log  *slog.Logger
+}
+
+// Agent is one host's shim logic.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+	drv *criu.Driver
+
+	mu    sync.Mutex
+	nodes map[string]*node // "<job>/<node>"
+}
+
+type node struct {
+	spec coordinator.NodeSpec
+	job  string
+	sb   *sandbox.Sandbox
+	lock *netquiesce.Lock
+	veth string
+	// moved says the job-node arrived by restore: announce its address on unlock.
+	moved bool
+}
+
+var _ coordinator.Agent = (*Agent)(nil)
+
+// ErrNoNode: the shim has no such job-node.
+var ErrNoNode = errors.New("no such job-node on this host")
+
+// New returns an Agent for a host.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Host == "" || cfg.Bridge == "" {
+		return nil, errors.New("agent needs a host name and a bridge")
+	}
+	if cfg.CgroupParent == "" {
+		cfg.CgroupParent = sandbox.DefaultCgroupParent
+	}
+	if cfg.RunDir == "" {
+		cfg.RunDir = "/run/torpor"
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	log := cfg.Log.With("host", cfg.Host)
+	return &Agent{cfg: cfg, log: log, drv: criu.NewDriver(cfg.CRIU, log), nodes: map[string]*node{}}, nil
+}
+
+func key(job, n string) string { return job + "/" + n }
+
+var safeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
+
+func checkNames(job, n string) error {
+	if !safeName.MatchString(job) || !safeName.MatchString(n) {
+		return fmt.Errorf("%w: job %q / job-node %q: names may hold letters, digits, '_', '.', '-' (at most 63)", coordinator.ErrInvalid, job, n)
+	}
+	return nil
+}
+
+func (a *Agent) get(ref coordinator.NodeRef) (*node, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n, ok := a.nodes[key(ref.Job, ref.Node)]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s/%s on %s (%w)", ErrNoNode, ref.Job, ref.Node, a.cfg.Host, coordinator.ErrNotFound)
+	}
+	return n, nil
+}
+
+// OutputPath is where a job-node's stdout and stderr go. The path is the same
+// on every host, as CRIU restores the open file by path.
+func (a *Agent) OutputPath(job, n string) string {
+	return filepath.Join(a.cfg.RunDir, "jobs", job, n+".out")
+}
+
+// create makes the sandbox and attaches (unlocked) the network lock to the
+// host end of its veth, where the programs stay outside the CRIU images.
+func (a *Agent) create(ctx context.Context, job string, spec coordinator.NodeSpec) (*node, error) {
+	if err := checkNames(job, spec.Name); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	if _, exists := a.nodes[key(job, spec.Name)]; exists {
+		a.mu.Unlock()
+		return nil, fmt.Errorf("%w: job-node %s/%s already exists on %s", coordinator.ErrState, job, spec.Name, a.cfg.Host)
+	}
+	a.nodes[key(job, spec.Name)] = nil // reserve
+	a.mu.Unlock()
+	n := &node{spec: spec, job: job, veth: vethName(job, spec.Name)}
+	ok := false
+	defer func() {
+		if !ok {
+			a.mu.Lock()
+			delete(a.nodes, key(job, spec.Name))
+			a.mu.Unlock()
+		}
+	}()
+	sb, err := sandbox.New(ctx, sandbox.Config{
+		Name:      key(job, spec.Name),
+		NetNS:     "torpor-" + a.cfg.Host + "-" + job + "-" + spec.Name,
+		Hostname:  spec.Hostname,
+		Address:   spec.IP,
+		HostNetNS: a.cfg.HostNetNS,
+		Bridge:    a.cfg.Bridge,
+		HostVeth:  n.veth,
+		Cgroup:    filepath.Join(a.cfg.CgroupParent, a.cfg.Host, job, spec.Name),
+		Log:       a.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	n.sb = sb
+	hostNet, err := a.hostNet()
+	if err != nil {
+		_ = sb.Destroy(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	n.lock, err = netquiesce.Attach(netquiesce.Target{Net: hostNet, Interface: n.veth, Cgroup: sb.Cgroup().Path()},
+		netquiesce.Options{Logger: a.log})
+	hostNet.Close()
+	if err != nil {
+		_ = sb.Destroy(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("attach network lock to %s/%s: %w", job, spec.Name, err)
+	}
+	a.mu.Lock()
+	a.nodes[key(job, spec.Name)] = n
+	a.mu.Unlock()
+	ok = true
+	return n, nil
+}
+
+func (a *Agent) hostNet() (*netquiesce.Net, error) {
+	if a.cfg.HostNetNS != "" {
+		return netquiesce.OpenNamedNet(a.cfg.HostNetNS)
+	}
+	return netquiesce.OpenNamedNet("")
+}
+
+// vethName is a stable, short (<= 15 bytes) name for a job-node's host veth.
+func vethName(job, n string) string {
+	h := uint32(2166136261)
+	for _, c := range []byte(job + "/" + n) {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	return fmt.Sprintf("tpv%08x", h)
+}
+
+// Start creates the job-node's sandbox and starts its command.
+func (a *Agent) Start(ctx context.Context, job string, spec coordinator.NodeSpec) error {
+	n, err := a.create(ctx, job, spec)
+	if err != nil {
+		return err
+	}
+	out := a.OutputPath(job, spec.Name)
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		a.destroy(ctx, n)
+		return err
+	}
+	if err := os.WriteFile(out, nil, 0o644); err != nil {
+		a.destroy(ctx, n)
+		return err
+	}
+	if err := n.sb.Start(ctx, sandbox.Process{Argv: spec.Argv, Env: spec.Env, Dir: spec.Dir, Output: out}); err != nil {
+		a.destroy(ctx, n)
+		return err
+	}
+	a.log.Info("job-node started", "job", job, "node", spec.Name, "ip", spec.IP)
+	return nil
+}
+
+// Prepare has nothing to tell a job-node without pmixd.
+func (a *Agent) Prepare(ctx context.Context, ref coordinator.NodeRef, _ string) error {
+	_, err := a.get(ref)
+	return err
+}
+
+func (a *Agent) Freeze(ctx context.Context, ref coordinator.NodeRef) error {
+	n, err := a.get(ref)
+	if err != nil {
+		return err
+	}
+	return n.sb.Freeze(ctx)
+}
+
+func (a *Agent) Drain(ctx context.Context, ref coordinator.NodeRef) (coordinator.DrainResult, error) {
+	n, err := a.get(ref)
+	if err != nil {
+		return coordinator.DrainResult{}, err
+	}
+	sbNet, err := netquiesce.OpenNamedNet(strings.TrimPrefix(n.sb.NetNSPath(), netquiesce.NetnsDir+"/"))
+	if err != nil {
+		return coordinator.DrainResult{}, err
+	}
+	defer sbNet.Close()
+	rep, err := netquiesce.Drain(ctx, netquiesce.DrainTarget{Net: sbNet}, netquiesce.DrainOptions{Logger: a.log})
+	if err != nil {
+		return coordinator.DrainResult{}, err
+	}
+	res := coordinator.DrainResult{Sockets: len(rep.Sockets)}
+	for _, s := range rep.Sockets {
+		res.QueuedBytes += int64(s.SendQueue) + int64(s.RecvQueue)
+	}
+	return res, nil
+}
+
+func (a *Agent) Lock(_ context.Context, ref coordinator.NodeRef) error {
+	n, err := a.get(ref)
+	if err != nil {
+		return err
+	}
+	_, err = n.lock.Lock()
+	return err
+}
+
+func (a *Agent) Unlock(_ context.Context, ref coordinator.NodeRef) error {
+	n, err := a.get(ref)
+	if errors.Is(err, ErrNoNode) {
+		return nil // idempotent: nothing left to unlock
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := n.lock.Unlock(); err != nil {
+		return err
+	}
+	if n.moved {
+		if err := n.sb.Announce(); err != nil {
+			return err
+		}
+		n.moved = false
+	}
+	return nil
+}
+
+func (a *Agent) Thaw(ctx context.Context, ref coordinator.NodeRef) error {
+	n, err := a.get(ref)
+	if errors.Is(err, ErrNoNode) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if n.sb.State() != sandbox.Frozen {
+		return nil
+	}
+	return n.sb.Thaw(ctx)
+}
+
+// outputMeta records a job-node's output file at dump time.
+type outputMeta struct {
+	Path string `json:"path"`
+	Size int64  `json:"size"`
+}
+
+const (
+	outputMetaName = "torpor-output.json"
+	outputCopyName = "torpor-output.log"
+)
+
+// Dump checkpoints the job-node's tree into dir (always leave-running: the
+// coordinator destroys the job-node after the commit when it stops a job),
+// saves its output file as it was, and writes the node manifest.
+func (a *Agent) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinator.DumpRequest) (coordinator.DumpResult, error) {
+	n, err := a.get(ref)
+	if err != nil {
+		return coordinator.DumpResult{}, err
+	}
+	pids, err := n.sb.Cgroup().Procs()
+	if err != nil {
+		return coordinator.DumpResult{}, err
+	}
+	if err := verbs.Check(pids); err != nil {
+		return coordinator.DumpResult{}, fmt.Errorf("refusing to checkpoint %s/%s: %w", ref.Job, ref.Node, err)
+	}
+	res, err := n.sb.Dump(ctx, a.drv, criu.Options{
+		ImagesDir: req.Dir, LeaveRunning: req.LeaveRunning, TCPEstablished: true,
+		NetworkLock: criu.NetworkLockSkip, FileLocks: true, LinkRemap: true,
+	})
+	if err != nil {
+		return coordinator.DumpResult{}, err
+	}
+	if err := saveOutput(a.OutputPath(ref.Job, ref.Node), req.Dir); err != nil {
+		return coordinator.DumpResult{}, err
+	}
+	nm, err := catalog.WriteNodeManifest(ctx, req.Dir)
+	if err != nil {
+		return coordinator.DumpResult{}, err
+	}
+	a.log.Info("job-node dumped", "job", ref.Job, "node", ref.Node, "ckpt", req.Checkpoint, "bytes", nm.TotalBytes, "criu", res.Elapsed)
+	return coordinator.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files), CRIUTime: res.Elapsed}, nil
+}
+
+// saveOutput keeps the output file's size and content at dump time. CRIU
+// restores an open file only at the size it had when dumped; the output
+// written after the checkpoint belongs to a future the restart replays.
+func saveOutput(path, dir string) error {
+	src, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("save job-node output: %w", err)
+	}
+	defer src.Close()
+	st, err := src.Stat()
+	if err != nil {
+		return err
+	}
+	dst, err := os.OpenFile(filepath.Join(dir, outputCopyName), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("save job-node output: %w", err)
+	}
+	if _, err := io.CopyN(dst, src, st.Size()); err != nil {
+		dst.Close()
+		return fmt.Errorf("save job-node output: %w", err)
+	}
+	if err := dst.Close(); err != nil {
+		return err
+	}
+	meta, _ := json.Marshal(outputMeta{Path: path, Size: st.Size()})
+	return os.WriteFile(filepath.Join(dir, outputMetaName), meta, 0o600)
+}
+
+// restoreOutput puts the output file back as it was at dump time.
+func restoreOutput(dir string) error {
+	data, err := os.ReadFile(filepath.Join(dir, outputMetaName))
+	if err != nil {
+		return fmt.Errorf("read output record of the checkpoint: %w", err)
+	}
+	var m outputMeta
+	if err := json.Unmarshal(data, &m); err != nil {
+		return fmt.Errorf("parse output record of the checkpoint: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(m.Path), 0o755); err != nil {
+		return err
+	}
+	src, err := os.Open(filepath.Join(dir, outputCopyName))
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	tmp := m.Path + ".restore"
+	dst, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.CopyN(dst, src, m.Size); err != nil {
+		dst.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("restore job-node output: %w", err)
+	}
+	if err := dst.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, m.Path)
+}
+
+// Restore creates a sandbox for the job-node on this host with its network
+// locked, then restores the tree into it. It stays locked until Unlock.
+func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSpec, dir string) error {
+	n, err := a.create(ctx, job, spec)
+	if err != nil {
+		return err
+	}
+	if _, err := n.lock.Lock(); err != nil {
+		a.destroy(ctx, n)
+		return err
+	}
+	if err := restoreOutput(dir); err != nil {
+		a.destroy(ctx, n)
+		return err
+	}
+	if _, err := n.sb.Restore(ctx, a.drv, criu.Options{
+		ImagesDir: dir, WorkDir: filepath.Join(a.cfg.RunDir, "restore", job, spec.Name),
+		TCPEstablished: true, NetworkLock: criu.NetworkLockSkip, FileLocks: true, LinkRemap: true,
+	}); err != nil {
+		a.destroy(ctx, n)
+		return err
+	}
+	n.moved = true
+	a.log.Info("job-node restored", "job", job, "node", spec.Name, "from", dir)
+	return nil
+}
+
+func (a *Agent) Destroy(ctx context.Context, ref coordinator.NodeRef) error {
+	n, err := a.get(ref)
+	if errors.Is(err, ErrNoNode) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return a.destroy(ctx, n)
+}
+
+func (a *Agent) destroy(ctx context.Context, n *node) error {
+	ctx = context.WithoutCancel(ctx)
+	var errs []error
+	if n.lock != nil {
+		errs = append(errs, n.lock.Close())
+	}
+	errs = append(errs, n.sb.Destroy(ctx))
+	a.mu.Lock()
+	if a.nodes[key(n.job, n.spec.Name)] == n {
+		delete(a.nodes, key(n.job, n.spec.Name))
+	}
+	a.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+func (a *Agent) Status(_ context.Context, ref coordinator.NodeRef) (coordinator.NodeStatus, error) {
+	n, err := a.get(ref)
+	if err != nil {
+		return coordinator.NodeStatus{}, err
+	}
+	switch n.sb.State() {
+	case sandbox.Running, sandbox.Frozen:
+		return coordinator.NodeStatus{Running: true}, nil
+	case sandbox.Exited:
+		code := exitCode(n.sb.ExitErr())
+		msg := ""
+		if e := n.sb.ExitErr(); e != nil {
+			msg = e.Error()
+		}
+		return coordinator.NodeStatus{Exited: true, ExitCode: code, Message: msg}, nil
+	}
+	return coordinator.NodeStatus{}, nil
+}
+
+var exitStatusRE = regexp.MustCompile(`exit status (\d+)`)
+
+// exitCode turns the sandbox init's end into an exit code.
+func exitCode(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if c := ee.ExitCode(); c >= 0 {
+			return c
+		}
+	}
+	if m := exitStatusRE.FindStringSubmatch(err.Error()); m != nil {
+		if c, err := strconv.Atoi(m[1]); err == nil {
+			return c
+		}
+	}
+	return 1
+}
+
+// Close destroys every job-node of this host (shim shutdown).
+func (a *Agent) Close(ctx context.Context) error {
+	a.mu.Lock()
+	var all []*node
+	for _, n := range a.nodes {
+		if n != nil {
+			all = append(all, n)
+		}
+	}
+	a.mu.Unlock()
+	var errs []error
+	for _, n := range all {
+		errs = append(errs, a.destroy(ctx, n))
+	}
+	return errors.Join(errs...)
+}
+
+// timeNow is replaced in tests.
+var timeNow = time.Now

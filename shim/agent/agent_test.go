@@ -1,0 +1,214 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/coordinator/catalog"
+	"github.com/torpor-hpc/torpor/shim/criu"
+	"github.com/torpor-hpc/torpor/shim/sandbox"
+	"github.com/torpor-hpc/torpor/shim/simhost"
+)
+
+func TestMain(m *testing.M) {
+	sandbox.MaybeRunInit()
+	os.Exit(m.Run())
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates namespaces, cgroups, eBPF links and runs CRIU")
+	}
+}
+
+// buildTCPStream compiles the stream workload into dir.
+func buildTCPStream(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "tcpstream")
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	out, err := exec.Command(gobin, "build", "-o", bin, "github.com/torpor-hpc/torpor/bench/workloads/tcpstream").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build tcpstream: %v\n%s", err, out)
+	}
+	return bin
+}
+
+type e2e struct {
+	t      *testing.T
+	c      *coordinator.Coordinator
+	agents map[string]*Agent
+	dir    string
+	spec   coordinator.JobSpec
+}
+
+func newE2E(t *testing.T, hosts, nodes int) *e2e {
+	t.Helper()
+	requireRoot(t)
+	ctx := context.Background()
+	name := fmt.Sprintf("a%d", os.Getpid()%100000)
+	cl, err := simhost.NewCluster(ctx, name, hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	dir := t.TempDir()
+	bin, err := criu.Locator{}.Find()
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	e := &e2e{t: t, agents: map[string]*Agent{}, dir: dir}
+	agents := map[string]coordinator.Agent{}
+	cgParent := "/torpor-test-" + name
+	for i := 1; i <= hosts; i++ {
+		h := cl.Host(i)
+		hostName := fmt.Sprintf("h%d", i)
+		a, err := New(Config{Host: hostName, HostNetNS: h.NetNS, Bridge: h.Bridge, CgroupParent: cgParent,
+			RunDir: filepath.Join(dir, "run"), CRIU: bin, Log: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.agents[hostName] = a
+		agents[hostName] = a
+		t.Cleanup(func() { a.Close(context.Background()) })
+	}
+	key, err := catalog.LoadOrCreateKey(filepath.Join(dir, "state", "catalog.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := catalog.Open(filepath.Join(dir, "ckpt"), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.c, err = coordinator.New(coordinator.Options{StateDir: filepath.Join(dir, "state"), Store: coordinator.CatalogStore{S: store}, Agents: agents, Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A ring of streams: job-node i receives from i-1 and sends to i+1.
+	stream := buildTCPStream(t, dir)
+	e.spec = coordinator.JobSpec{ID: "ring"}
+	for i := 0; i < nodes; i++ {
+		ip := simhost.NodeAddr(i + 1)
+		next := strings.Split(simhost.NodeAddr((i+1)%nodes+1), "/")[0]
+		recv := filepath.Join(dir, fmt.Sprintf("n%d.recv", i))
+		send := filepath.Join(dir, fmt.Sprintf("n%d.send", i))
+		cmd := fmt.Sprintf("%s -listen :7000 -status %s -read-rate 8M & exec %s -connect %s:7000 -status %s", stream, recv, stream, next, send)
+		e.spec.Nodes = append(e.spec.Nodes, coordinator.NodeSpec{
+			Name: fmt.Sprintf("n%d", i), Host: fmt.Sprintf("h%d", i+1), IP: ip,
+			Hostname: fmt.Sprintf("ring-n%d", i), Argv: []string{"/bin/sh", "-c", cmd},
+		})
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i := 0; i < nodes; i++ {
+				out, _ := os.ReadFile(e.agents["h1"].OutputPath("ring", fmt.Sprintf("n%d", i)))
+				t.Logf("n%d output: %s", i, out)
+			}
+		}
+	})
+	return e
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// verified reads how many bytes job-node i's receiver has verified.
+func (e *e2e) verified(i int) uint64 {
+	e.t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.dir, fmt.Sprintf("n%d.recv", i)))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data))
+	if len(f) >= 2 && f[1] != "ok" {
+		e.t.Fatalf("n%d receiver reports %q", i, strings.TrimSpace(string(data)))
+	}
+	if len(f) == 0 {
+		return 0
+	}
+	n, _ := strconv.ParseUint(f[0], 10, 64)
+	return n
+}
+
+// progress waits until every receiver has verified more than it had.
+func (e *e2e) progress(what string) {
+	e.t.Helper()
+	var before []uint64
+	for i := range e.spec.Nodes {
+		before = append(before, e.verified(i))
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for i := range e.spec.Nodes {
+		for e.verified(i) <= before[i]+64<<10 {
+			if time.Now().After(deadline) {
+				j, _ := e.c.Job("ring")
+				e.t.Fatalf("%s: n%d stuck at %d verified bytes (job %s: %s)", what, i, e.verified(i), j.State, j.Reason)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	var now []string
+	for i := range e.spec.Nodes {
+		now = append(now, fmt.Sprintf("n%d=%d", i, e.verified(i)))
+	}
+	e.t.Logf("%s: streams verified %s", what, strings.Join(now, " "))
+}
+
+func TestCoordinatedCycles(t *testing.T) {
+	e := newE2E(t, 4, 3)
+	ctx := context.Background()
+	if err := e.c.Start(ctx, e.spec); err != nil {
+		t.Fatal(err)
+	}
+	e.progress("started")
+	for i := 0; i < 3; i++ {
+		h, err := e.c.Checkpoint(ctx, "ring", coordinator.CheckpointOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.progress("leave-running checkpoint " + h)
+	}
+	h, err := e.c.Checkpoint(ctx, "ring", coordinator.CheckpointOptions{Stop: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j, _ := e.c.Job("ring"); j.State != coordinator.StateSuspended {
+		t.Fatalf("after suspend: %s", j.State)
+	}
+	if _, err := e.c.Restart(ctx, h, coordinator.RestartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.progress("restart from " + h)
+	if err := e.c.Migrate(ctx, "ring", "n1", "h4"); err != nil {
+		t.Fatal(err)
+	}
+	e.progress("migrate n1 to h4")
+	// Suspend again and bring the job back with n0 on the host n1 left.
+	h, err = e.c.Checkpoint(ctx, "ring", coordinator.CheckpointOptions{Stop: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.c.Restart(ctx, "ring", coordinator.RestartOptions{Hosts: map[string]string{"n0": "h2"}}); err != nil {
+		t.Fatal(err)
+	}
+	e.progress("restart with n0 on h2")
+	j, _ := e.c.Job("ring")
+	if j.State != coordinator.StateRunning || j.Reason != "" {
+		t.Fatalf("job %s %q", j.State, j.Reason)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -27,6 +28,21 @@ type Options struct {
 	Keep int
 	// Now is time.Now unless a test replaces it.
 	Now func() time.Time
+	// NodeNet is the range job-node addresses are assigned from, and
+	// NodeBits the prefix length they carry; DefaultNodeNet and
+	// DefaultNodeBits when zero.
+	NodeNet  netip.Prefix
+	NodeBits int
+	// Faults injects failures at named points (fault-injection tests only).
+	Faults Faults
+}
+
+// Faults are hooks called at named points of the protocol. A hook that
+// returns an error makes the operation fail there; a hook may also end the
+// process, to simulate a crash.
+type Faults struct {
+	// BeforeCommit runs after every job-node was dumped, before the job manifest is written.
+	BeforeCommit func(job string) error
 }
 
 // Coordinator owns jobs and runs the protocol. It is safe for concurrent use;
@@ -38,6 +54,9 @@ type Coordinator struct {
 	deadlines Deadlines
 	keep      int
 	now       func() time.Time
+	nodeNet   netip.Prefix
+	nodeBits  int
+	faults    Faults
 
 	mu     sync.Mutex
 	agents map[string]Agent
@@ -57,6 +76,9 @@ func New(opts Options) (*Coordinator, error) {
 		deadlines: opts.Deadlines,
 		keep:      opts.Keep,
 		now:       opts.Now,
+		nodeNet:   opts.NodeNet,
+		nodeBits:  opts.NodeBits,
+		faults:    opts.Faults,
 		agents:    map[string]Agent{},
 		jobs:      map[string]*Job{},
 		busy:      map[string]bool{},
@@ -66,6 +88,12 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	if c.now == nil {
 		c.now = time.Now
+	}
+	if !c.nodeNet.IsValid() {
+		c.nodeNet, c.nodeBits = DefaultNodeNet, DefaultNodeBits
+	}
+	if c.nodeBits == 0 {
+		c.nodeBits = c.nodeNet.Bits()
 	}
 	for h, a := range opts.Agents {
 		c.agents[h] = a

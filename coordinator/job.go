@@ -10,6 +10,7 @@ package coordinator
 import (
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 )
 
@@ -49,6 +50,9 @@ func (s *JobSpec) Validate() error {
 	if s.ID == "" {
 		return fmt.Errorf("%w: job has no id", ErrInvalid)
 	}
+	if !validName.MatchString(s.ID) {
+		return fmt.Errorf("%w: job id %q: use letters, digits, '_', '.', '-' (at most 63, starting with a letter or digit)", ErrInvalid, s.ID)
+	}
 	if len(s.Nodes) == 0 {
 		return fmt.Errorf("%w: job %s has no job-nodes", ErrInvalid, s.ID)
 	}
@@ -58,6 +62,8 @@ func (s *JobSpec) Validate() error {
 		switch {
 		case n.Name == "":
 			return fmt.Errorf("%w: job %s has a job-node without a name", ErrInvalid, s.ID)
+		case !validName.MatchString(n.Name):
+			return fmt.Errorf("%w: job-node name %q: use letters, digits, '_', '.', '-'", ErrInvalid, n.Name)
 		case names[n.Name]:
 			return fmt.Errorf("%w: job %s has two job-nodes called %s", ErrInvalid, s.ID, n.Name)
 		case n.Host == "":
@@ -71,6 +77,10 @@ func (s *JobSpec) Validate() error {
 	}
 	return nil
 }
+
+// validName is what job ids and job-node names may look like: they become
+// parts of paths, namespace and cgroup names.
+var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
 // State is where a job is in its life.
 type State string

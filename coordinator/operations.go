@@ -11,6 +11,12 @@ import (
 // Start creates every job-node's sandbox and starts the job. On any failure
 // every job-node already started is destroyed and the job is failed.
 func (c *Coordinator) Start(ctx context.Context, spec JobSpec) error {
+	c.mu.Lock()
+	err := c.assignAddresses(&spec)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	if err := spec.Validate(); err != nil {
 		return err
 	}
@@ -27,7 +33,7 @@ func (c *Coordinator) Start(ctx context.Context, spec JobSpec) error {
 	now := c.now()
 	c.jobs[spec.ID] = &Job{Spec: spec, State: StateStarting, Created: now, Updated: now}
 	c.busy[spec.ID] = true
-	err := c.saveLocked()
+	err = c.saveLocked()
 	c.mu.Unlock()
 	if err != nil {
 		return err
@@ -100,6 +106,9 @@ func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts Checkpoint
 				return nil
 			})
 		})
+	}
+	if err == nil && c.faults.BeforeCommit != nil {
+		err = c.faults.BeforeCommit(id)
 	}
 	if err == nil {
 		err = t.run(PhaseCommit, func() error {

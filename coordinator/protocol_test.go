@@ -451,3 +451,31 @@ func TestStateMachine(t *testing.T) {
 		t.Fatal("legal transition refused")
 	}
 }
+
+func TestAssignAddresses(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	spec := JobSpec{ID: "job2", Nodes: []NodeSpec{
+		{Name: "a", Host: "h0", Argv: []string{"x"}},
+		{Name: "b", Host: "h1", Argv: []string{"x"}, IP: "198.19.0.2/15"},
+		{Name: "c", Host: "h2", Argv: []string{"x"}},
+	}}
+	if err := f.c.Start(context.Background(), spec); err != nil {
+		t.Fatal(err)
+	}
+	j, _ := f.c.Job("job2")
+	got := []string{j.Spec.Nodes[0].IP, j.Spec.Nodes[1].IP, j.Spec.Nodes[2].IP}
+	// job1 holds 198.19.0.10-12; b asked for .2; a and c get the lowest free ones.
+	want := []string{"198.19.0.1/15", "198.19.0.2/15", "198.19.0.3/15"}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("addresses = %v, want %v", got, want)
+		}
+	}
+	if j.Spec.Nodes[0].Hostname != "job2-a" {
+		t.Errorf("hostname = %q", j.Spec.Nodes[0].Hostname)
+	}
+	bad := JobSpec{ID: "../etc", Nodes: []NodeSpec{{Name: "a", Host: "h0", Argv: []string{"x"}}}}
+	if err := f.c.Start(context.Background(), bad); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("job id ../etc: %v", err)
+	}
+}

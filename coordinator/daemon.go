@@ -39,6 +39,7 @@ type DaemonConfig struct {
 	// PollInterval is how often job-nodes are polled for exits.
 	PollInterval time.Duration
 	Log          *slog.Logger
+	Faults       Faults
 }
 
 // Daemon is a running coordinator with its servers.
@@ -79,7 +80,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	}
 	c, err := New(Options{
 		StateDir: cfg.StateDir, Store: CatalogStore{store}, Agents: cfg.Agents,
-		Log: log, Deadlines: cfg.Deadlines, Keep: cfg.Keep,
+		Log: log, Deadlines: cfg.Deadlines, Keep: cfg.Keep, Faults: cfg.Faults,
 	})
 	if err != nil {
 		return nil, err

@@ -15,6 +15,8 @@ import (
 	"os/signal"
 	"sort"
 	"syscall"
+
+	"github.com/torpor-hpc/torpor/shim/sandbox"
 )
 
 // verb is one sub-command.
@@ -24,15 +26,18 @@ type verb struct {
 }
 
 var verbs = map[string]verb{
-	"checkpoint": {"checkpoint a running job; prints the checkpoint handle", runCheckpoint},
-	"doctor":     {"check that this host can run torpor, and say how to fix what is missing", runDoctor},
-	"ls":         {"list checkpoints, with size, phases and verification", runLs},
-	"migrate":    {"move one job-node of a running job to another host", runMigrate},
-	"ps":         {"list jobs", runPs},
-	"restart":    {"restart a job from a checkpoint handle or its newest checkpoint", runRestart},
-	"resume":     {"restart a suspended job from its newest checkpoint", runResume},
-	"suspend":    {"checkpoint a job and stop it, freeing its hosts", runSuspend},
-	"version":    {"print torpor's version", runVersion},
+	"coordinator": {"run the coordinator daemon (jobs, protocol, checkpoint catalog)", runCoordinator},
+	"shim":        {"run the per-host shim daemon (sandboxes, CRIU, eBPF lock)", runShim},
+	"checkpoint":  {"checkpoint a running job; prints the checkpoint handle", runCheckpoint},
+	"doctor":      {"check that this host can run torpor, and say how to fix what is missing", runDoctor},
+	"ls":          {"list checkpoints, with size, phases and verification", runLs},
+	"migrate":     {"move one job-node of a running job to another host", runMigrate},
+	"ps":          {"list jobs", runPs},
+	"run":         {"run a job (mpirun flags); embeds a coordinator when none runs", runRun},
+	"restart":     {"restart a job from a checkpoint handle or its newest checkpoint", runRestart},
+	"resume":      {"restart a suspended job from its newest checkpoint", runResume},
+	"suspend":     {"checkpoint a job and stop it, freeing its hosts", runSuspend},
+	"version":     {"print torpor's version", runVersion},
 }
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -57,6 +62,8 @@ func usage(w io.Writer) {
 }
 
 func main() {
+	// A sandbox's init is a re-exec of this binary: it never returns.
+	sandbox.MaybeRunInit()
 	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
 		usage(os.Stdout)
 		if len(os.Args) < 2 {

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/internal/config"
+	"github.com/torpor-hpc/torpor/internal/pki"
+	"github.com/torpor-hpc/torpor/shim/agent"
+	"github.com/torpor-hpc/torpor/shim/criu"
+)
+
+func newLogger(level string) *slog.Logger {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		l = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
+}
+
+// pkiFiles are the certificate files of one role in a PKI directory.
+func tlsConfigs(dir, name, serverName string) (server, client *tls.Config, err error) {
+	ca := filepath.Join(dir, pki.CAFile)
+	cert, key := pki.CertPaths(dir, name)
+	if server, err = pki.ServerConfig(ca, cert, key); err != nil {
+		return nil, nil, err
+	}
+	if client, err = pki.ClientConfig(ca, cert, key, serverName); err != nil {
+		return nil, nil, err
+	}
+	return server, client, nil
+}
+
+func runCoordinator(ctx context.Context, args []string) error {
+	fs := newFlagSet("coordinator", "")
+	cfgPath := fs.String("config", "", "configuration file")
+	stateDir := fs.String("state-dir", "", "state directory (jobs, catalog key, PKI); default from config")
+	ckptDir := fs.String("checkpoint-dir", "", "checkpoint catalog root; default from config")
+	socket := fs.String("socket", "", "unix socket for the CLI (default $TORPOR_SOCKET or "+DefaultSocket+")")
+	listen := fs.String("listen", "127.0.0.1:7800", "address shims register on (mutual TLS); empty: none")
+	pkiDir := fs.String("pki", "", "certificate directory (default <state-dir>/pki)")
+	initPKI := fs.Bool("init-pki", false, "create a CA and coordinator/shim certificates in the PKI directory, then exit")
+	pkiHosts := fs.String("pki-hosts", "127.0.0.1,localhost", "comma-separated addresses and names the certificates are valid for (with --init-pki)")
+	keep := fs.Int("keep", 0, "keep only the newest K checkpoints per job (0: all)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	faultPoint := fs.String("fault", "", "fault injection for tests: crash-before-commit")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if *stateDir == "" {
+		*stateDir = cfg.StateDir
+	}
+	if *ckptDir == "" {
+		*ckptDir = cfg.CheckpointDir
+	}
+	if *pkiDir == "" {
+		*pkiDir = filepath.Join(*stateDir, "pki")
+	}
+	if *initPKI {
+		return initCertificates(*pkiDir, strings.Split(*pkiHosts, ","))
+	}
+	log := newLogger(*logLevel)
+	dc := coordinator.DaemonConfig{
+		StateDir: *stateDir, CheckpointDir: *ckptDir, Socket: socketPath(*socket),
+		Listen: *listen, Keep: *keep, Log: log,
+	}
+	if *listen != "" {
+		if dc.ServerTLS, dc.ClientTLS, err = tlsConfigs(*pkiDir, "coordinator", ""); err != nil {
+			return err
+		}
+		// The coordinator dials shims with its own certificate; the
+		// shim's name is checked against the address it registered.
+		dc.ClientTLS.ServerName = ""
+	}
+	switch *faultPoint {
+	case "":
+	case "crash-before-commit":
+		dc.Faults.BeforeCommit = func(job string) error {
+			log.Error("fault injection: crashing before the commit", "job", job)
+			os.Exit(86)
+			return nil
+		}
+	default:
+		return fmt.Errorf("unknown --fault %q (known: crash-before-commit)", *faultPoint)
+	}
+	d, err := coordinator.StartDaemon(ctx, dc)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	d.Close()
+	return nil
+}
+
+func initCertificates(dir string, hosts []string) error {
+	ca, err := pki.EnsureCA(dir)
+	if err != nil {
+		return err
+	}
+	if err := ca.Issue(dir, "coordinator", pki.RoleBoth, hosts); err != nil {
+		return err
+	}
+	if err := ca.Issue(dir, "shim", pki.RoleBoth, hosts); err != nil {
+		return err
+	}
+	fmt.Printf("certificates for %s in %s (copy ca.pem, shim.pem and shim-key.pem to every shim host)\n", strings.Join(hosts, ", "), dir)
+	return nil
+}
+
+func runShim(ctx context.Context, args []string) error {
+	fs := newFlagSet("shim", "")
+	cfgPath := fs.String("config", "", "configuration file")
+	host := fs.String("host", "", "this host's name in the cluster (default: the hostname)")
+	listen := fs.String("listen", "127.0.0.1:0", "address of the shim service (mutual TLS)")
+	advertise := fs.String("advertise", "", "address the coordinator dials (default: the listen address)")
+	join := fs.String("join", "", "coordinator address to register with (required)")
+	pkiDir := fs.String("pki", "", "certificate directory with ca.pem, shim.pem, shim-key.pem (default <state-dir>/pki)")
+	netns := fs.String("netns", "", "network namespace job-node sandboxes attach to (a simulated host); default: this one")
+	bridge := fs.String("bridge", "br0", "bridge job-node sandboxes join")
+	cgroupParent := fs.String("cgroup-parent", "", "cgroup v2 directory for job-node cgroups (default from config)")
+	runDir := fs.String("run-dir", "/run/torpor", "directory for job-node output files (same path on every host)")
+	criuPath := fs.String("criu", "", "CRIU binary (default: $TORPOR_CRIU, config, "+criu.DefaultPrefix+", $PATH)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *join == "" {
+		return fmt.Errorf("shim needs --join COORDINATOR:PORT")
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if *host == "" {
+		if *host, err = os.Hostname(); err != nil {
+			return err
+		}
+	}
+	if *pkiDir == "" {
+		*pkiDir = filepath.Join(cfg.StateDir, "pki")
+	}
+	if *cgroupParent == "" {
+		*cgroupParent = "/" + strings.Trim(cfg.CgroupRoot, "/")
+	}
+	bin, err := criu.Locator{Flag: *criuPath, Config: cfg.CRIU}.Find()
+	if err != nil {
+		return err
+	}
+	joinHost := *join
+	if i := strings.LastIndex(joinHost, ":"); i >= 0 {
+		joinHost = joinHost[:i]
+	}
+	serverTLS, clientTLS, err := tlsConfigs(*pkiDir, "shim", joinHost)
+	if err != nil {
+		return err
+	}
+	return agent.Serve(ctx, agent.ServeConfig{
+		Agent: agent.Config{Host: *host, HostNetNS: *netns, Bridge: *bridge, CgroupParent: *cgroupParent,
+			RunDir: *runDir, CRIU: bin, Log: newLogger(*logLevel)},
+		Listen: *listen, Advertise: *advertise, Join: *join, ServerTLS: serverTLS, ClientTLS: clientTLS,
+	})
+}

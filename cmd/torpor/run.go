@@ -1,0 +1,314 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/coordinator/launch"
+	"github.com/torpor-hpc/torpor/internal/config"
+	"github.com/torpor-hpc/torpor/internal/embedded"
+	"github.com/torpor-hpc/torpor/shim/criu"
+)
+
+// runFlags are torpor's own flags that mpirun does not have.
+type runFlags struct {
+	plain  bool   // run the command as is, one per host, without MPI
+	socket string // coordinator socket
+	runDir string // where job-node output files are
+	logLvl string
+}
+
+// splitRunFlags takes torpor-only flags out of the argument list, up to the
+// program name or "--".
+func splitRunFlags(args []string) (runFlags, []string, error) {
+	rf := runFlags{runDir: "/run/torpor", logLvl: "warn"}
+	var rest []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" || (!strings.HasPrefix(a, "-") && a != "") {
+			rest = append(rest, args[i:]...)
+			break
+		}
+		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		take := func() (string, error) {
+			if hasVal {
+				return val, nil
+			}
+			if i+1 >= len(args) {
+				return "", fmt.Errorf("%s needs a value", a)
+			}
+			i++
+			return args[i], nil
+		}
+		var err error
+		switch name {
+		case "plain":
+			rf.plain = true
+		case "socket":
+			rf.socket, err = take()
+		case "run-dir":
+			rf.runDir, err = take()
+		case "log-level":
+			rf.logLvl, err = take()
+		default:
+			rest = append(rest, a)
+		}
+		if err != nil {
+			return rf, nil, err
+		}
+	}
+	return rf, rest, nil
+}
+
+const runExtraUsage = `
+torpor's own flags:
+  --plain                           run PROGRAM as is, once per host, without MPI (TORPOR_NODE_INDEX,
+                                    TORPOR_NODES and TORPOR_NODE_IPS tell each copy where it is)
+  --socket PATH                     coordinator socket (default $TORPOR_SOCKET or ` + DefaultSocket + `); without a
+                                    running coordinator, torpor run embeds one for this machine
+  --run-dir DIR                     where job-node output files are (default /run/torpor)
+  --log-level LEVEL                 log level of an embedded coordinator (default warn)
+`
+
+func runRun(ctx context.Context, args []string) error {
+	rf, rest, err := splitRunFlags(args)
+	if err != nil {
+		return fmt.Errorf("%w (see `torpor run -h`)", err)
+	}
+	o, err := launch.Parse(rest)
+	if errors.Is(err, launch.ErrHelp) {
+		fmt.Print(launch.Usage(), runExtraUsage)
+		return nil
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "torpor run:", err)
+		return exitError{2}
+	}
+	prog, err := o.ResolveProgram()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "torpor run:", err)
+		return exitError{2}
+	}
+	spec, err := buildSpec(o, rf, prog)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "torpor run:", err)
+		return exitError{2}
+	}
+
+	sock := socketPath(rf.socket)
+	if _, statErr := os.Stat(sock); statErr != nil {
+		// No coordinator: embed one, on this machine only.
+		for _, n := range spec.Nodes {
+			if n.Host != embedded.Host {
+				return fmt.Errorf("no coordinator at %s, and host %q is not this machine: start `torpor coordinator` and a `torpor shim` per host, or run without --host", sock, n.Host)
+			}
+		}
+		cfg, err := config.Load("")
+		if err != nil {
+			return err
+		}
+		bin, err := criu.Locator{Config: cfg.CRIU}.Find()
+		if err != nil {
+			return err
+		}
+		if o.CheckpointDir != "" {
+			cfg.CheckpointDir = o.CheckpointDir
+		}
+		stack, err := embedded.Start(ctx, embedded.Config{
+			StateDir: cfg.StateDir, CheckpointDir: cfg.CheckpointDir, Socket: sock, RunDir: rf.runDir,
+			CgroupParent: "/" + strings.Trim(cfg.CgroupRoot, "/"), CRIU: bin, Log: newLogger(rf.logLvl),
+		})
+		if err != nil {
+			return err
+		}
+		defer stack.Close(ctx)
+	}
+	cl, done, err := dial(sock)
+	if err != nil {
+		return err
+	}
+	defer done()
+	return superviseJob(ctx, cl, spec, o, rf)
+}
+
+// buildSpec turns mpirun-style options into a job spec.
+func buildSpec(o launch.Options, rf runFlags, prog string) (coordinator.JobSpec, error) {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	spec := coordinator.JobSpec{ID: sanitize(o.Name()) + "-" + hex.EncodeToString(b[:]), Owner: os.Getuid()}
+	env, missing := o.RankEnv(os.LookupEnv)
+	for _, m := range missing {
+		fmt.Fprintf(os.Stderr, "torpor run: warning: -x %s: not set here, not exported\n", m)
+	}
+	if !rf.plain {
+		return spec, errors.New("MPI jobs need pmixd, which this build does not wire yet; use --plain for a non-MPI command")
+	}
+	hosts := o.Hosts
+	if len(hosts) == 0 {
+		hosts = []launch.HostSlots{{Host: embedded.Host, Slots: 1}}
+	}
+	for i, h := range hosts {
+		spec.Nodes = append(spec.Nodes, coordinator.NodeSpec{
+			Name: "n" + strconv.Itoa(i), Host: h.Host,
+			Argv: append([]string{prog}, o.Args...), Dir: o.Wdir,
+			Env: append(os.Environ(), env...),
+		})
+	}
+	return spec, nil
+}
+
+func sanitize(s string) string {
+	s = filepath.Base(s)
+	var out []rune
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '.', r == '-':
+			out = append(out, r)
+		default:
+			out = append(out, '_')
+		}
+	}
+	if len(out) == 0 || out[0] == '.' || out[0] == '-' || out[0] == '_' {
+		out = append([]rune("job"), out...)
+	}
+	if len(out) > 40 {
+		out = out[:40]
+	}
+	return string(out)
+}
+
+// superviseJob starts the job and stays with it: it prints its output,
+// checkpoints it on the checkpoint signal or interval, and returns with the
+// job's exit status.
+func superviseJob(ctx context.Context, cl apiv1.CoordinatorClient, spec coordinator.JobSpec, o launch.Options, rf runFlags) error {
+	// Plain jobs get their place in the job as environment variables.
+	var ips []string
+	job, err := cl.Run(ctx, &apiv1.RunRequest{Spec: coordinator.SpecToPB(spec)})
+	if err != nil {
+		return rpcErr(err)
+	}
+	for _, n := range job.Spec.Nodes {
+		ips = append(ips, strings.Split(n.Ip, "/")[0])
+	}
+	id := job.Spec.Id
+	fmt.Fprintf(os.Stderr, "torpor: job %s started on %s\n", id, nodeList(job.Spec))
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, o.CheckpointSignal)
+	defer signal.Stop(sig)
+	var tick <-chan time.Time
+	if o.CheckpointInterval > 0 {
+		t := time.NewTicker(o.CheckpointInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	_ = ips
+	tail := newTailer(rf.runDir, id, job.Spec.Nodes, os.Stdout)
+	restarts := 0
+	poll := time.NewTicker(200 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(os.Stderr, "torpor: interrupted; job %s is left to the coordinator (see `torpor ps`)\n", id)
+			return exitError{130}
+		case <-sig:
+			checkpointNow(ctx, cl, id, "signal")
+		case <-tick:
+			checkpointNow(ctx, cl, id, "interval")
+		case <-poll.C:
+		}
+		tail.poll()
+		j, err := cl.GetJob(ctx, &apiv1.JobRef{Job: id})
+		if err != nil {
+			return rpcErr(err)
+		}
+		switch j.State {
+		case string(coordinator.StateFinished):
+			tail.poll()
+			fmt.Fprintf(os.Stderr, "torpor: job %s finished\n", id)
+			return nil
+		case string(coordinator.StateFailed):
+			tail.poll()
+			if restarts < o.RestartOnFailure && j.LastCheckpoint != "" {
+				restarts++
+				fmt.Fprintf(os.Stderr, "torpor: job %s failed (%s); restart %d of %d from %s\n", id, j.Reason, restarts, o.RestartOnFailure, j.LastCheckpoint)
+				if _, err := cl.Restart(ctx, &apiv1.RestartRequest{Ref: id, Fallback: true}); err != nil {
+					fmt.Fprintf(os.Stderr, "torpor: restart failed: %v\n", rpcErr(err))
+				}
+				continue
+			}
+			fmt.Fprintf(os.Stderr, "torpor: job %s failed: %s\n", id, j.Reason)
+			code := int(j.ExitCode)
+			if code == 0 {
+				code = 1
+			}
+			return exitError{code}
+		case string(coordinator.StateSuspended):
+			// Stay: a suspended job is resumed with `torpor resume`, and an
+			// embedded coordinator must live for that.
+		}
+	}
+}
+
+func checkpointNow(ctx context.Context, cl apiv1.CoordinatorClient, id, why string) {
+	start := time.Now()
+	rep, err := cl.Checkpoint(ctx, &apiv1.CheckpointRequest{Job: id})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "torpor: checkpoint (%s) failed: %v\n", why, rpcErr(err))
+		return
+	}
+	fmt.Fprintf(os.Stderr, "torpor: checkpoint %s (%s) committed in %s\n", rep.Handle, why, time.Since(start).Round(time.Millisecond))
+}
+
+func nodeList(s *apiv1.JobSpec) string {
+	var parts []string
+	for _, n := range s.Nodes {
+		parts = append(parts, fmt.Sprintf("%s@%s(%s)", n.Name, n.Host, strings.Split(n.Ip, "/")[0]))
+	}
+	return strings.Join(parts, " ")
+}
+
+// tailer copies job-node output files to w as they grow. After a restart a
+// file is cut back to its size at the checkpoint; the replayed output is
+// printed again, as the job really produces it again.
+type tailer struct {
+	w     io.Writer
+	files []string
+	off   []int64
+}
+
+func newTailer(runDir, job string, nodes []*apiv1.NodeSpec, w io.Writer) *tailer {
+	t := &tailer{w: w}
+	for _, n := range nodes {
+		t.files = append(t.files, filepath.Join(runDir, "jobs", job, n.Name+".out"))
+		t.off = append(t.off, 0)
+	}
+	return t
+}
+
+func (t *tailer) poll() {
+	for i, p := range t.files {
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		if st, err := f.Stat(); err == nil && st.Size() < t.off[i] {
+			t.off[i] = st.Size()
+		}
+		n, _ := io.Copy(t.w, io.NewSectionReader(f, t.off[i], 1<<62))
+		t.off[i] += n
+		f.Close()
+	}
+}

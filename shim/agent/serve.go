@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/coordinator"
+)
+
+// ServeConfig runs an Agent as the `torpor shim` daemon.
+type ServeConfig struct {
+	Agent Config
+	// Listen is the address the Shim service listens on (mutual TLS).
+	Listen string
+	// Advertise is the address the coordinator dials; default: the listener's.
+	Advertise string
+	// Join is the coordinator's address; the shim registers there and
+	// registers again every RegisterEvery, so a restarted coordinator learns
+	// its shims back.
+	Join          string
+	RegisterEvery time.Duration
+	ServerTLS     *tls.Config
+	ClientTLS     *tls.Config
+	// Ready, if set, receives the listening address once serving.
+	Ready chan<- net.Addr
+}
+
+// Serve runs the shim until ctx ends, then destroys its job-nodes: a shim
+// that stops takes its job-nodes with it (checkpoint them first).
+func Serve(ctx context.Context, cfg ServeConfig) error {
+	if cfg.ServerTLS == nil || cfg.ClientTLS == nil {
+		return errors.New("the shim needs TLS certificates (see `torpor coordinator --init-pki`)")
+	}
+	a, err := New(cfg.Agent)
+	if err != nil {
+		return err
+	}
+	defer a.Close(context.WithoutCancel(ctx))
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg.ServerTLS)))
+	apiv1.RegisterShimServer(gs, coordinator.AgentServer{Agent: a})
+	errc := make(chan error, 1)
+	go func() { errc <- gs.Serve(lis) }()
+	defer gs.Stop()
+	adv := cfg.Advertise
+	if adv == "" {
+		adv = lis.Addr().String()
+	}
+	a.log.Info("shim serving", "listen", lis.Addr(), "advertise", adv, "join", cfg.Join)
+	if cfg.Ready != nil {
+		cfg.Ready <- lis.Addr()
+	}
+	if cfg.Join == "" {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			return err
+		}
+	}
+	conn, err := grpc.NewClient(cfg.Join, grpc.WithTransportCredentials(credentials.NewTLS(cfg.ClientTLS)))
+	if err != nil {
+		return fmt.Errorf("dial coordinator %s: %w", cfg.Join, err)
+	}
+	defer conn.Close()
+	cl := apiv1.NewCoordinatorClient(conn)
+	every := cfg.RegisterEvery
+	if every <= 0 {
+		every = 5 * time.Second
+	}
+	registered := false
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := cl.Register(rctx, &apiv1.RegisterRequest{Host: cfg.Agent.Host, Address: adv})
+		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil:
+			a.log.Warn("register with coordinator", "coordinator", cfg.Join, "err", err)
+			registered = false
+		case err == nil && !registered:
+			a.log.Info("registered with coordinator", "coordinator", cfg.Join)
+			registered = true
+		}
+		wait := every
+		if !registered {
+			wait = 500 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			return err
+		case <-time.After(wait):
+		}
+	}
+}

@@ -300,16 +300,15 @@ func (c *Coordinator) Watch(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+			c.settle(ctx)
 			c.pollOnce(ctx)
 		}
 	}
 }
 
 // Recover runs once when a coordinator starts: it deletes checkpoints whose
-// commit never finished and settles jobs that an earlier coordinator left in
-// the middle of an operation. Such a job is unlocked and thawed everywhere;
-// if all its job-nodes still run it is running again, otherwise it is failed
-// and restartable from its last checkpoint.
+// commit never finished, then settles the jobs an earlier coordinator left in
+// the middle of an operation (see settle).
 func (c *Coordinator) Recover(ctx context.Context) error {
 	gone, err := c.store.Recover()
 	if err != nil {
@@ -318,46 +317,73 @@ func (c *Coordinator) Recover(ctx context.Context) error {
 	for _, h := range gone {
 		c.log.Warn("discarded a checkpoint whose commit never finished", "ckpt", h)
 	}
+	c.settle(ctx)
+	return nil
+}
+
+// settleTimeout is how long an interrupted job waits for its shims to
+// register again before it is declared failed.
+const settleTimeout = 2 * time.Minute
+
+// settle finishes jobs that a coordinator crash left in a transient state
+// (they are in such a state without an operation running). Once the shims of
+// all its hosts are registered, such a job is unlocked and thawed
+// everywhere; if every job-node still runs (after a checkpoint or a
+// migration) it is running again, otherwise its job-nodes are destroyed and
+// it is failed, restartable from its last checkpoint. A job whose shims do
+// not come back within settleTimeout is failed.
+func (c *Coordinator) settle(ctx context.Context) {
 	for _, j := range c.Jobs() {
 		switch j.State {
 		case StateCheckpointing, StateMigrating, StateRestoring, StateStarting:
 		default:
 			continue
 		}
+		c.mu.Lock()
+		busy := c.busy[j.Spec.ID]
+		missing := ""
+		for _, n := range j.Spec.Nodes {
+			if _, ok := c.agents[n.Host]; !ok {
+				missing = n.Host
+			}
+		}
+		if busy || (missing != "" && c.now().Sub(j.Updated) < settleTimeout) {
+			c.mu.Unlock()
+			continue
+		}
+		c.busy[j.Spec.ID] = true
+		c.mu.Unlock()
+
 		log := c.log.With("job", j.Spec.ID)
 		log.Warn("job was interrupted by a coordinator restart, settling it", "state", j.State)
-		rbErr := c.rollback(ctx, j.Spec, log)
-		alive := rbErr == nil
-		if alive {
-			for _, n := range j.Spec.Nodes {
-				a, err := c.agent(n.Host)
-				if err != nil {
-					alive = false
-					break
-				}
-				st, err := a.Status(ctx, NodeRef{j.Spec.ID, n.Name})
-				if err != nil || !st.Running {
-					alive = false
-					break
-				}
+		alive := missing == "" && c.rollback(ctx, j.Spec, log) == nil
+		for _, n := range j.Spec.Nodes {
+			if !alive {
+				break
 			}
+			a, _ := c.agent(n.Host)
+			st, err := a.Status(ctx, NodeRef{j.Spec.ID, n.Name})
+			alive = err == nil && st.Running
+		}
+		resumable := j.State == StateCheckpointing || j.State == StateMigrating
+		if !alive || !resumable {
+			c.destroyAll(ctx, j.Spec, log)
 		}
 		c.mu.Lock()
 		jj := c.jobs[j.Spec.ID]
-		if alive && j.State != StateStarting && j.State != StateRestoring {
+		if alive && resumable {
 			jj.State, jj.Reason = StateRunning, fmt.Sprintf("%s interrupted by a coordinator restart; rolled back", j.State)
 		} else {
 			jj.State, jj.Reason = StateFailed, fmt.Sprintf("%s interrupted by a coordinator restart; restart the job from its last checkpoint", j.State)
+			if missing != "" {
+				jj.Reason += " (shim of " + missing + " did not come back)"
+			}
 		}
 		jj.Updated = c.now()
-		err := c.saveLocked()
+		delete(c.busy, j.Spec.ID)
+		if err := c.saveLocked(); err != nil {
+			log.Error("persist job registry", "err", err)
+		}
 		c.mu.Unlock()
-		if err != nil {
-			return err
-		}
-		if !alive || j.State == StateStarting || j.State == StateRestoring {
-			c.destroyAll(ctx, j.Spec, log)
-		}
 	}
-	return nil
 }

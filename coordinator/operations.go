@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 )
 
@@ -20,6 +22,7 @@ func (c *Coordinator) Start(ctx context.Context, spec JobSpec) error {
 	if err := spec.Validate(); err != nil {
 		return err
 	}
+	placeEnv(&spec)
 	for _, n := range spec.Nodes {
 		if _, err := c.agent(n.Host); err != nil {
 			return fmt.Errorf("job-node %s: %w", n.Name, err)
@@ -259,5 +262,26 @@ func (c *Coordinator) prune(job string, log *slog.Logger) {
 	}
 	for _, h := range gone {
 		log.Info("pruned old checkpoint", "ckpt", h)
+	}
+}
+
+// placeEnv tells every job-node where it is in the job, through environment
+// variables: TORPOR_JOB, TORPOR_NODE, TORPOR_NODE_INDEX, TORPOR_NODES and
+// TORPOR_NODE_IPS (space-separated, in job-node order).
+func placeEnv(spec *JobSpec) {
+	ips := make([]string, len(spec.Nodes))
+	for i, n := range spec.Nodes {
+		ip, _, _ := strings.Cut(n.IP, "/")
+		ips[i] = ip
+	}
+	for i := range spec.Nodes {
+		n := &spec.Nodes[i]
+		n.Env = append(n.Env,
+			"TORPOR_JOB="+spec.ID,
+			"TORPOR_NODE="+n.Name,
+			"TORPOR_NODE_INDEX="+strconv.Itoa(i),
+			"TORPOR_NODES="+strconv.Itoa(len(spec.Nodes)),
+			"TORPOR_NODE_IPS="+strings.Join(ips, " "),
+		)
 	}
 }

@@ -479,3 +479,35 @@ func TestAssignAddresses(t *testing.T) {
 		t.Fatalf("job id ../etc: %v", err)
 	}
 }
+
+// A restarted coordinator settles an interrupted job only once the shims of
+// all its hosts have registered again.
+func TestSettleWaitsForShims(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	if _, _, err := f.c.begin("job1", []State{StateRunning}, StateCheckpointing); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range f.spec.Nodes {
+		_ = f.agents[n.Host].Freeze(context.Background(), NodeRef{"job1", n.Name})
+	}
+	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if j, _ := c2.Job("job1"); j.State != StateCheckpointing {
+		t.Fatalf("settled without shims: %s", j.State)
+	}
+	c2.AddAgent("h0", f.agents["h0"])
+	c2.AddAgent("h1", f.agents["h1"])
+	c2.settle(context.Background())
+	if j, _ := c2.Job("job1"); j.State != StateCheckpointing {
+		t.Fatalf("settled with a shim missing: %s", j.State)
+	}
+	c2.AddAgent("h2", f.agents["h2"])
+	c2.settle(context.Background())
+	f.c = c2
+	f.assertRunning(t)
+}

@@ -1,0 +1,202 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+)
+
+// CkptPoint is B2 (checkpoint) and B3 (restart) for one memory size and
+// number of job-nodes, torpor beside raw CRIU and a plain write.
+type CkptPoint struct {
+	MiB   int `json:"mib_per_node"`
+	Nodes int `json:"nodes"`
+
+	// B2
+	Torpor      []CkptSample    `json:"torpor"`
+	TorporWall  Stat            `json:"torpor_wall"`
+	Phases      map[string]Stat `json:"torpor_phases"`
+	CRIUSum     Stat            `json:"torpor_criu_sum"`
+	Bytes       int64           `json:"bytes"` // images of one checkpoint, all job-nodes (median sample)
+	RawSeq      []RawDump       `json:"raw_seq"`
+	RawSeqWall  Stat            `json:"raw_seq_wall"`
+	RawPar      []RawDump       `json:"raw_par"`
+	RawParWall  Stat            `json:"raw_par_wall"`
+	RawBytes    int64           `json:"raw_bytes"`
+	Write       []WriteSample   `json:"write"`
+	WriteWall   Stat            `json:"write_wall"`
+	FsyncWall   Stat            `json:"fsync_wall"`
+	Checkpoints []string        `json:"checkpoints"`
+
+	// B3
+	Suspends        []CkptSample    `json:"suspends"`
+	Restarts        []RestartSample `json:"restarts"`
+	RestartWall     Stat            `json:"restart_wall"`
+	RestartPhases   map[string]Stat `json:"restart_phases"`
+	RestartTCP      Stat            `json:"restart_unlock_to_tcp"`
+	RawRestores     []RawRestore    `json:"raw_restores"`
+	RawRestoreWall  Stat            `json:"raw_restore_wall"`
+	RawRestoreTCP   Stat            `json:"raw_unlock_to_tcp"`
+	RawRestorePar   []RawRestore    `json:"raw_restores_par"`
+	RawRestoreParWl Stat            `json:"raw_restore_par_wall"`
+
+	Err string `json:"error,omitempty"`
+}
+
+// runCkptPoint measures one point. Everything it starts is gone when it returns.
+func runCkptPoint(ctx context.Context, e *Env, mib, nodes, reps, restartReps int, logf func(string, ...any)) (p CkptPoint) {
+	p = CkptPoint{MiB: mib, Nodes: nodes, Phases: map[string]Stat{}, RestartPhases: map[string]Stat{}}
+	w := Workload{MiB: mib, Ring: true, ReadRate: "4M"}
+	hosts := make([]string, nodes)
+	for i := range hosts {
+		hosts[i] = fmt.Sprintf("h%d", i+1)
+	}
+	id := fmt.Sprintf("b2-%dm-%dn", mib, nodes)
+	if err := p.torpor(ctx, e, id, hosts, w, reps, restartReps, logf); err != nil {
+		p.Err = "torpor: " + err.Error()
+		return p
+	}
+	if err := p.raw(ctx, e, id+"-raw", hosts, w, reps, restartReps); err != nil {
+		p.Err = "raw criu: " + err.Error()
+		return p
+	}
+	for r := 0; r < reps; r++ {
+		ws, err := plainWrite(filepath.Join(e.CkptDir(), "plain-write"), p.Bytes, nodes)
+		if err != nil {
+			p.Err = err.Error()
+			return p
+		}
+		p.Write = append(p.Write, ws)
+	}
+	var wr, fs []time.Duration
+	for _, s := range p.Write {
+		wr, fs = append(wr, s.Write), append(fs, s.Write+s.Fsync)
+	}
+	p.WriteWall, p.FsyncWall = DurStat(wr), DurStat(fs)
+	return p
+}
+
+func (p *CkptPoint) torpor(ctx context.Context, e *Env, id string, hosts []string, w Workload, reps, restartReps int, logf func(string, ...any)) error {
+	j, err := e.StartJob(ctx, id, hosts, w)
+	if err != nil {
+		return err
+	}
+	defer j.Stop(context.WithoutCancel(ctx))
+	time.Sleep(300 * time.Millisecond) // queues fill up
+	for r := 0; r < reps; r++ {
+		s, h, err := j.Checkpoint(ctx, false)
+		if err != nil {
+			return fmt.Errorf("checkpoint %d: %w", r, err)
+		}
+		logf("B2 %d MiB x %d: torpor checkpoint %s in %v (%d bytes)", p.MiB, p.Nodes, h, s.Wall.Round(time.Millisecond), s.Total)
+		p.Torpor = append(p.Torpor, s)
+		p.Checkpoints = append(p.Checkpoints, h)
+	}
+	for r := 0; r < restartReps; r++ {
+		cs, rs, err := j.SuspendRestart(ctx)
+		if err != nil {
+			return fmt.Errorf("suspend/restart %d: %w", r, err)
+		}
+		logf("B3 %d MiB x %d: restart in %v, unlock→tcp %v", p.MiB, p.Nodes, rs.Wall.Round(time.Millisecond), rs.Progress.TCP.Round(time.Millisecond))
+		p.Suspends = append(p.Suspends, cs)
+		p.Restarts = append(p.Restarts, rs)
+	}
+	var walls, sums []time.Duration
+	phases := map[string][]time.Duration{}
+	for _, s := range p.Torpor {
+		walls, sums = append(walls, s.Wall), append(sums, s.CRIUSum)
+		for k, v := range s.Phases {
+			phases[k] = append(phases[k], v)
+		}
+	}
+	p.TorporWall, p.CRIUSum = DurStat(walls), DurStat(sums)
+	for k, v := range phases {
+		p.Phases[k] = DurStat(v)
+	}
+	p.Bytes = medianBytes(p.Torpor)
+	var rw, tcp []time.Duration
+	rph := map[string][]time.Duration{}
+	for _, s := range p.Restarts {
+		rw, tcp = append(rw, s.Wall), append(tcp, s.Progress.TCP)
+		for k, v := range s.Phases {
+			rph[k] = append(rph[k], v)
+		}
+	}
+	p.RestartWall, p.RestartTCP = DurStat(rw), DurStat(tcp)
+	for k, v := range rph {
+		p.RestartPhases[k] = DurStat(v)
+	}
+	return nil
+}
+
+func medianBytes(s []CkptSample) int64 {
+	if len(s) == 0 {
+		return 0
+	}
+	b := make([]float64, len(s))
+	for i, x := range s {
+		b[i] = float64(x.Total)
+	}
+	return int64(NewStat(b).Median)
+}
+
+func (p *CkptPoint) raw(ctx context.Context, e *Env, id string, hosts []string, w Workload, reps, restartReps int) error {
+	r, err := e.StartRaw(ctx, id, hosts, w)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	time.Sleep(300 * time.Millisecond)
+	for i := 0; i < reps; i++ {
+		d, _, err := r.Dump(ctx, fmt.Sprintf("seq%d", i), false, true)
+		if err != nil {
+			return err
+		}
+		p.RawSeq = append(p.RawSeq, d)
+		d, _, err = r.Dump(ctx, fmt.Sprintf("par%d", i), true, true)
+		if err != nil {
+			return err
+		}
+		p.RawPar = append(p.RawPar, d)
+	}
+	for i := 0; i < restartReps; i++ {
+		for _, parallel := range []bool{false, true} {
+			_, dirs, err := r.Dump(ctx, fmt.Sprintf("stop%d", i), false, false)
+			if err != nil {
+				return err
+			}
+			memBase, err := r.memCounters()
+			if err != nil {
+				return err
+			}
+			rr, err := r.Restore(ctx, dirs, parallel, memBase)
+			if err != nil {
+				return err
+			}
+			if parallel {
+				p.RawRestorePar = append(p.RawRestorePar, rr)
+			} else {
+				p.RawRestores = append(p.RawRestores, rr)
+			}
+		}
+	}
+	var seq, par, rs, rp, tcp []time.Duration
+	for _, d := range p.RawSeq {
+		seq = append(seq, d.Wall)
+		p.RawBytes = d.Bytes
+	}
+	for _, d := range p.RawPar {
+		par = append(par, d.Wall)
+	}
+	for _, d := range p.RawRestores {
+		rs, tcp = append(rs, d.Wall), append(tcp, d.Progress.TCP)
+	}
+	for _, d := range p.RawRestorePar {
+		rp = append(rp, d.Wall)
+		tcp = append(tcp, d.Progress.TCP)
+	}
+	p.RawSeqWall, p.RawParWall = DurStat(seq), DurStat(par)
+	p.RawRestoreWall, p.RawRestoreParWl, p.RawRestoreTCP = DurStat(rs), DurStat(rp), DurStat(tcp)
+	return nil
+}

@@ -1,0 +1,150 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/coordinator/catalog"
+)
+
+// MigratePoint is B4 for one memory size: a 2-job-node job whose n0 moves
+// back and forth between h1 and the spare host.
+type MigratePoint struct {
+	MiB      int             `json:"mib_per_node"`
+	Samples  []MigrateSample `json:"samples"`
+	Downtime Stat            `json:"downtime"`
+	Phases   map[string]Stat `json:"phases"`
+	TCP      Stat            `json:"unlock_to_tcp"`
+	Bytes    int64           `json:"bytes"`
+	Err      string          `json:"error,omitempty"`
+}
+
+func runMigratePoint(ctx context.Context, e *Env, mib, reps int, spare string, logf func(string, ...any)) (p MigratePoint) {
+	p = MigratePoint{MiB: mib, Phases: map[string]Stat{}}
+	j, err := e.StartJob(ctx, fmt.Sprintf("b4-%dm", mib), []string{"h1", "h2"}, Workload{MiB: mib, Ring: true, ReadRate: "4M"})
+	if err != nil {
+		p.Err = err.Error()
+		return p
+	}
+	defer j.Stop(context.WithoutCancel(ctx))
+	time.Sleep(300 * time.Millisecond)
+	to := []string{spare, "h1"}
+	for r := 0; r < reps; r++ {
+		s, err := j.Migrate(ctx, "n0", to[r%2])
+		if err != nil {
+			p.Err = fmt.Sprintf("migration %d: %v", r, err)
+			return p
+		}
+		logf("B4 %d MiB: migration to %s, downtime %v, unlock→tcp %v", mib, to[r%2], s.Downtime.Round(time.Millisecond), s.Progress.TCP.Round(time.Millisecond))
+		p.Samples = append(p.Samples, s)
+	}
+	var dt, tcp []time.Duration
+	ph := map[string][]time.Duration{}
+	for _, s := range p.Samples {
+		dt, tcp = append(dt, s.Downtime), append(tcp, s.Progress.TCP)
+		p.Bytes = s.Bytes
+		for k, v := range s.Phases {
+			ph[k] = append(ph[k], v)
+		}
+	}
+	p.Downtime, p.TCP = DurStat(dt), DurStat(tcp)
+	for k, v := range ph {
+		p.Phases[k] = DurStat(v)
+	}
+	return p
+}
+
+// CoordPoint is B5 for one number of job-nodes: coordination overhead, the
+// checkpoint's wall time minus the time spent inside CRIU.
+type CoordPoint struct {
+	Nodes    int          `json:"nodes"`
+	Fake     bool         `json:"fake_criu"`
+	Samples  []CkptSample `json:"samples"`
+	Wall     Stat         `json:"wall"`
+	CRIUSum  Stat         `json:"criu_sum"`
+	Overhead Stat         `json:"overhead"` // wall - sum of CRIU times (dumps serialize on one machine)
+	Err      string       `json:"error,omitempty"`
+}
+
+func (p *CoordPoint) summarise() {
+	var w, c, o []time.Duration
+	for _, s := range p.Samples {
+		w, c, o = append(w, s.Wall), append(c, s.CRIUSum), append(o, s.Wall-s.CRIUSum)
+	}
+	p.Wall, p.CRIUSum, p.Overhead = DurStat(w), DurStat(c), DurStat(o)
+}
+
+// runCoordReal checkpoints a job of n tiny job-nodes spread over the hosts.
+func runCoordReal(ctx context.Context, e *Env, n, hosts, reps int, logf func(string, ...any)) (p CoordPoint) {
+	p = CoordPoint{Nodes: n}
+	hs := make([]string, n)
+	for i := range hs {
+		hs[i] = fmt.Sprintf("h%d", i%hosts+1)
+	}
+	j, err := e.StartJob(ctx, fmt.Sprintf("b5-%dn", n), hs, Workload{MiB: 1, Ring: true, ReadRate: "256k", SendRate: "512k"})
+	if err != nil {
+		p.Err = err.Error()
+		return p
+	}
+	defer j.Stop(context.WithoutCancel(ctx))
+	for r := 0; r < reps; r++ {
+		s, _, err := j.Checkpoint(ctx, false)
+		if err != nil {
+			p.Err = fmt.Sprintf("checkpoint %d: %v", r, err)
+			return p
+		}
+		logf("B5 %d job-nodes: checkpoint %v, CRIU sum %v", n, s.Wall.Round(time.Millisecond), s.CRIUSum.Round(time.Millisecond))
+		p.Samples = append(p.Samples, s)
+	}
+	p.summarise()
+	return p
+}
+
+// runCoordFake checkpoints a job of n job-nodes on fake shims (no CRIU,
+// no processes) through the real coordinator and on-disk catalog.
+func runCoordFake(ctx context.Context, dir string, n, hosts, reps int) (p CoordPoint) {
+	p = CoordPoint{Nodes: n, Fake: true}
+	rec := &Recorder{}
+	agents := map[string]coordinator.Agent{}
+	for i := 1; i <= hosts; i++ {
+		agents[fmt.Sprintf("f%d", i)] = rec.Wrap(fmt.Sprintf("f%d", i), newFakeAgent())
+	}
+	d := filepath.Join(dir, fmt.Sprintf("fake-%d", n))
+	key, err := catalog.LoadOrCreateKey(filepath.Join(d, "state", "catalog.key"))
+	if err != nil {
+		p.Err = err.Error()
+		return p
+	}
+	st, err := catalog.Open(filepath.Join(d, "ckpt"), key)
+	if err != nil {
+		p.Err = err.Error()
+		return p
+	}
+	c, err := coordinator.New(coordinator.Options{StateDir: filepath.Join(d, "state"), Store: coordinator.CatalogStore{S: st}, Agents: agents, Keep: 1})
+	if err != nil {
+		p.Err = err.Error()
+		return p
+	}
+	spec := coordinator.JobSpec{ID: "fake"}
+	for i := 0; i < n; i++ {
+		spec.Nodes = append(spec.Nodes, coordinator.NodeSpec{Name: fmt.Sprintf("n%d", i), Host: fmt.Sprintf("f%d", i%hosts+1),
+			IP: fmt.Sprintf("198.19.%d.%d/15", (i+1)/250, (i+1)%250+1), Hostname: fmt.Sprintf("fake-n%d", i), Argv: []string{"/bin/true"}})
+	}
+	if err := c.Start(ctx, spec); err != nil {
+		p.Err = err.Error()
+		return p
+	}
+	for r := 0; r < reps; r++ {
+		start := time.Now()
+		if _, err := c.Checkpoint(ctx, "fake", coordinator.CheckpointOptions{}); err != nil {
+			p.Err = err.Error()
+			return p
+		}
+		p.Samples = append(p.Samples, CkptSample{Wall: time.Since(start)})
+	}
+	p.summarise()
+	return p
+}

@@ -1,0 +1,289 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/shim/cgroup"
+)
+
+// Job is a benchmark job run by the coordinator: n job-nodes running a Workload.
+type Job struct {
+	e     *Env
+	ID    string
+	Spec  coordinator.JobSpec
+	Files []nodeFiles
+	W     Workload
+}
+
+// StartJob starts job id with one job-node per entry of hosts and waits
+// until its workload runs.
+func (e *Env) StartJob(ctx context.Context, id string, hosts []string, w Workload) (*Job, error) {
+	j := &Job{e: e, ID: id, Spec: coordinator.JobSpec{ID: id}, W: w}
+	for i, h := range hosts {
+		n, f, err := jobNode(e.Dir, id, i, len(hosts), h, w, e.Bins)
+		if err != nil {
+			return nil, err
+		}
+		j.Spec.Nodes = append(j.Spec.Nodes, n)
+		j.Files = append(j.Files, f)
+	}
+	if err := e.Coord.Start(ctx, j.Spec); err != nil {
+		return nil, fmt.Errorf("start job %s: %w", id, err)
+	}
+	if err := waitReady(ctx, j.Files, 60*time.Second); err != nil {
+		j.Stop(ctx)
+		return nil, fmt.Errorf("job %s: %w", id, err)
+	}
+	return j, nil
+}
+
+// Stop suspends the job (its processes end) if it still runs, best effort.
+func (j *Job) Stop(ctx context.Context) {
+	if jj, err := j.e.Coord.Job(j.ID); err == nil && jj.State == coordinator.StateRunning {
+		if _, err := j.e.Coord.Checkpoint(ctx, j.ID, coordinator.CheckpointOptions{Stop: true}); err == nil {
+			return
+		}
+	}
+	// Whatever state it is in: destroy its job-nodes directly.
+	for _, n := range j.Spec.Nodes {
+		if a, ok := j.e.Agents[n.Host]; ok {
+			_ = a.Destroy(context.WithoutCancel(ctx), coordinator.NodeRef{Job: j.ID, Node: n.Name})
+		}
+	}
+}
+
+// CkptSample is one coordinated checkpoint.
+type CkptSample struct {
+	Wall    time.Duration            `json:"wall_ns"`
+	Phases  map[string]time.Duration `json:"phases_ns"`
+	CRIU    map[string]time.Duration `json:"criu_ns"`   // per job-node, inside CRIU
+	Bytes   map[string]int64         `json:"bytes"`     // per job-node image bytes
+	CRIUSum time.Duration            `json:"criu_sum_ns"`
+	CRIUMax time.Duration            `json:"criu_max_ns"`
+	Total   int64                    `json:"total_bytes"`
+}
+
+// ckptPhases names the phases of a checkpoint, in order. "commit" is the
+// time between the last dump and the first unlock (catalog commit, prune);
+// "resume" is unlock then thaw.
+var ckptPhases = []string{"prepare", "freeze", "drain", "lock", "dump", "commit", "resume"}
+
+// Checkpoint takes one leave-running (or, with stop, suspending) checkpoint.
+func (j *Job) Checkpoint(ctx context.Context, stop bool) (CkptSample, string, error) {
+	mark := j.e.Rec.Mark()
+	start := time.Now()
+	h, err := j.e.Coord.Checkpoint(ctx, j.ID, coordinator.CheckpointOptions{Stop: stop})
+	wall := time.Since(start)
+	if err != nil {
+		return CkptSample{}, "", err
+	}
+	calls := j.e.Rec.Since(mark)
+	s := CkptSample{Wall: wall, Phases: map[string]time.Duration{}, CRIU: map[string]time.Duration{}, Bytes: map[string]int64{}}
+	for _, p := range []string{"prepare", "freeze", "drain", "lock", "dump"} {
+		s.Phases[p] = spanDur(calls, p)
+	}
+	if stop {
+		s.Phases["commit"] = gap(calls, "dump", "destroy")
+		s.Phases["destroy"] = spanDur(calls, "destroy")
+	} else {
+		s.Phases["commit"] = gap(calls, "dump", "unlock")
+		s.Phases["resume"] = spanDur(calls, "unlock") + gap(calls, "unlock", "thaw") + spanDur(calls, "thaw")
+	}
+	for n, d := range dumps(calls) {
+		s.CRIU[n], s.Bytes[n] = d.CRIUTime, d.Bytes
+		s.CRIUSum += d.CRIUTime
+		s.CRIUMax = max(s.CRIUMax, d.CRIUTime)
+		s.Total += d.Bytes
+	}
+	return s, h, nil
+}
+
+// RestartSample is one coordinated restart.
+type RestartSample struct {
+	Wall     time.Duration            `json:"wall_ns"`
+	Phases   map[string]time.Duration `json:"phases_ns"` // verify, restore, unlock, thaw
+	Progress Progress                 `json:"progress"`  // from the end of the unlock
+}
+
+// nodeCgroup is where the agent puts a job-node's cgroup.
+func (j *Job) nodeCgroup(mount string, n coordinator.NodeSpec) string {
+	return filepath.Join(mount, j.e.CgParent, n.Host, j.ID, n.Name)
+}
+
+// probe reads every job-node's TCP segment counter.
+func (j *Job) probe(mount string, spec coordinator.JobSpec) segProbe {
+	return func() ([]uint64, error) {
+		out := make([]uint64, len(spec.Nodes))
+		for i, n := range spec.Nodes {
+			pid, err := cgroupPid(j.nodeCgroup(mount, n))
+			if err != nil {
+				return nil, err
+			}
+			if out[i], err = inSegs(pid); err != nil {
+				return nil, err
+			}
+		}
+		return out, nil
+	}
+}
+
+// memCounters reads every memhog counter.
+func (j *Job) memCounters() ([]uint64, error) {
+	c, err := readAll(j.Files)
+	return c.mem, err
+}
+
+// watchUnlock records each job-node's segment counter just before its
+// unlock, and the memhog counters at the first unlock (the whole job is
+// frozen then). It returns both (in spec order) once the operation is done.
+func (j *Job) watchUnlock(mount string, spec coordinator.JobSpec) func() (seg, mem []uint64) {
+	var mu sync.Mutex
+	var once sync.Once
+	var memBase []uint64
+	base := map[string]uint64{}
+	j.e.Rec.BeforeUnlock(func(host string, ref coordinator.NodeRef) {
+		if ref.Job != j.ID {
+			return
+		}
+		once.Do(func() { memBase, _ = j.memCounters() })
+		n, err := spec.Node(ref.Node)
+		if err != nil {
+			return
+		}
+		nn := *n
+		nn.Host = host
+		pid, err := cgroupPid(j.nodeCgroup(mount, nn))
+		if err != nil {
+			return
+		}
+		v, err := inSegs(pid)
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		base[ref.Node] = v
+		mu.Unlock()
+	})
+	return func() ([]uint64, []uint64) {
+		j.e.Rec.BeforeUnlock(nil)
+		mu.Lock()
+		defer mu.Unlock()
+		out := make([]uint64, len(spec.Nodes))
+		for i, n := range spec.Nodes {
+			out[i] = base[n.Name]
+		}
+		if memBase == nil {
+			memBase = make([]uint64, len(spec.Nodes))
+		}
+		return out, memBase
+	}
+}
+
+// SuspendRestart suspends the job and restarts it from that checkpoint on
+// the same hosts, and measures how soon it makes progress after the unlock.
+func (j *Job) SuspendRestart(ctx context.Context) (CkptSample, RestartSample, error) {
+	cs, h, err := j.Checkpoint(ctx, true)
+	if err != nil {
+		return cs, RestartSample{}, fmt.Errorf("suspend: %w", err)
+	}
+	mount, err := cgroup.Mountpoint()
+	if err != nil {
+		return cs, RestartSample{}, err
+	}
+	bases := j.watchUnlock(mount, j.Spec)
+	mark := j.e.Rec.Mark()
+	start := time.Now()
+	_, err = j.e.Coord.Restart(ctx, h, coordinator.RestartOptions{})
+	wall := time.Since(start)
+	segBase, memBase := bases()
+	if err != nil {
+		return cs, RestartSample{}, fmt.Errorf("restart: %w", err)
+	}
+	calls := j.e.Rec.Since(mark)
+	rs := RestartSample{Wall: wall, Phases: map[string]time.Duration{}}
+	first, _, _ := span(calls, "restore")
+	rs.Phases["verify"] = first.Sub(start)
+	rs.Phases["restore"] = spanDur(calls, "restore")
+	rs.Phases["unlock"] = spanDur(calls, "unlock")
+	rs.Phases["thaw"] = spanDur(calls, "thaw")
+	_, unlocked, _ := span(calls, "unlock")
+	var probe segProbe
+	if j.W.Ring {
+		probe = j.probe(mount, j.Spec)
+	} else {
+		segBase = nil
+	}
+	rs.Progress, err = waitProgress(ctx, j.Files, memBase, probe, segBase, unlocked, 30*time.Second)
+	return cs, rs, err
+}
+
+// MigrateSample is one migration of one job-node.
+type MigrateSample struct {
+	Downtime time.Duration            `json:"downtime_ns"` // Migrate call: the whole job is frozen
+	Phases   map[string]time.Duration `json:"phases_ns"`
+	Bytes    int64                    `json:"bytes"`
+	Progress Progress                 `json:"progress"`
+}
+
+// Migrate moves job-node node to host to.
+func (j *Job) Migrate(ctx context.Context, node, to string) (MigrateSample, error) {
+	mount, err := cgroup.Mountpoint()
+	if err != nil {
+		return MigrateSample{}, err
+	}
+	jj, err := j.e.Coord.Job(j.ID)
+	if err != nil {
+		return MigrateSample{}, err
+	}
+	spec := jj.Spec
+	bases := j.watchUnlock(mount, spec)
+	mark := j.e.Rec.Mark()
+	start := time.Now()
+	err = j.e.Coord.Migrate(ctx, j.ID, node, to)
+	wall := time.Since(start)
+	segBase, memBase := bases()
+	if err != nil {
+		return MigrateSample{}, err
+	}
+	calls := j.e.Rec.Since(mark)
+	ms := MigrateSample{Downtime: wall, Phases: map[string]time.Duration{}}
+	for _, p := range []string{"prepare", "freeze", "drain", "lock", "dump", "restore", "destroy", "unlock", "thaw"} {
+		ms.Phases[p] = spanDur(calls, p)
+	}
+	for _, d := range dumps(calls) {
+		ms.Bytes += d.Bytes
+	}
+	// The moved job-node now lives on `to`.
+	for i := range spec.Nodes {
+		if spec.Nodes[i].Name == node {
+			spec.Nodes[i].Host = to
+		}
+	}
+	j.Spec = spec
+	_, unlocked, _ := span(calls, "unlock")
+	var probe segProbe
+	if j.W.Ring {
+		probe = j.probe(mount, spec)
+	} else {
+		segBase = nil
+	}
+	// Memhog counters of job-nodes that stayed frozen in memory move too.
+	ms.Progress, err = waitProgress(ctx, j.Files, memBase, probe, segBase, unlocked, 30*time.Second)
+	return ms, err
+}
+
+// sortedKeys lists a map's keys in order.
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

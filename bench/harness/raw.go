@@ -1,0 +1,225 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/torpor-hpc/torpor/shim/criu"
+	"github.com/torpor-hpc/torpor/shim/sandbox"
+	"github.com/torpor-hpc/torpor/shim/simhost"
+)
+
+// RawSet is the raw-CRIU comparison: the same workload in sandboxes the
+// harness creates itself, dumped and restored with the CRIU driver directly
+// (no coordinator, no agent, no eBPF lock: the veth is taken down instead).
+type RawSet struct {
+	e     *Env
+	sbs   []*sandbox.Sandbox
+	files []nodeFiles
+	dir   string
+}
+
+// StartRaw creates one sandbox per host entry, runs w in each and waits
+// until it runs.
+func (e *Env) StartRaw(ctx context.Context, id string, hosts []string, w Workload) (_ *RawSet, err error) {
+	e.seq++
+	r := &RawSet{e: e, dir: filepath.Join(e.Dir, "raw", id)}
+	defer func() {
+		if err != nil {
+			r.Close()
+		}
+	}()
+	for i, hname := range hosts {
+		var hi int
+		fmt.Sscanf(hname, "h%d", &hi)
+		h := e.Cluster.Host(hi)
+		spec, f, err := jobNode(e.Dir, id, i, len(hosts), hname, w, e.Bins)
+		if err != nil {
+			return nil, err
+		}
+		sb, err := sandbox.New(ctx, sandbox.Config{
+			Name:      id + "/" + spec.Name,
+			NetNS:     simhost.NetNSName(e.Name, fmt.Sprintf("r%d-%d", e.seq, i)),
+			Hostname:  spec.Hostname,
+			Address:   spec.IP,
+			HostNetNS: h.NetNS,
+			Bridge:    h.Bridge,
+			Cgroup:    fmt.Sprintf("%s/raw/%s/%s", e.CgParent, id, spec.Name),
+			Log:       e.Log,
+		})
+		if err != nil {
+			return nil, err
+		}
+		r.sbs = append(r.sbs, sb)
+		r.files = append(r.files, f)
+		out := filepath.Join(e.Dir, "status", id, spec.Name+".out")
+		if err := sb.Start(ctx, sandbox.Process{Argv: spec.Argv, Output: out}); err != nil {
+			return nil, err
+		}
+	}
+	if err := waitReady(ctx, r.files, 60*time.Second); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Close destroys every sandbox and the images.
+func (r *RawSet) Close() error {
+	var errs []error
+	for _, sb := range r.sbs {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		errs = append(errs, sb.Destroy(ctx))
+		cancel()
+	}
+	errs = append(errs, os.RemoveAll(r.dir))
+	return errors.Join(errs...)
+}
+
+func (r *RawSet) opts(dir string, leaveRunning bool) criu.Options {
+	return criu.Options{ImagesDir: dir, TCPEstablished: true, LeaveRunning: leaveRunning, FileLocks: true, LinkRemap: true}
+}
+
+func (r *RawSet) lock() error {
+	for _, sb := range r.sbs {
+		if err := sb.LockNetwork(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *RawSet) unlock() error {
+	for _, sb := range r.sbs {
+		if err := sb.UnlockNetwork(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RawDump is one raw dump of the whole set.
+type RawDump struct {
+	Wall  time.Duration   `json:"wall_ns"` // every sandbox dumped
+	Each  []time.Duration `json:"each_ns"` // CRIU wall time per sandbox
+	Bytes int64           `json:"bytes"`
+}
+
+// Dump dumps every sandbox, one after the other or all at once (the driver
+// still runs one CRIU dump at a time on this machine), leaving them running
+// or not. The network is locked around the dumps, not inside Wall.
+func (r *RawSet) Dump(ctx context.Context, tag string, parallel, leaveRunning bool) (RawDump, []string, error) {
+	dirs := make([]string, len(r.sbs))
+	for i := range r.sbs {
+		dirs[i] = filepath.Join(r.dir, tag, fmt.Sprintf("n%d", i))
+		_ = os.RemoveAll(dirs[i])
+	}
+	if err := r.lock(); err != nil {
+		return RawDump{}, nil, err
+	}
+	res := make([]criu.DumpResult, len(r.sbs))
+	errs := make([]error, len(r.sbs))
+	start := time.Now()
+	if parallel {
+		var wg sync.WaitGroup
+		for i, sb := range r.sbs {
+			wg.Go(func() { res[i], errs[i] = sb.Dump(ctx, r.e.Drv, r.opts(dirs[i], leaveRunning)) })
+		}
+		wg.Wait()
+	} else {
+		for i, sb := range r.sbs {
+			if res[i], errs[i] = sb.Dump(ctx, r.e.Drv, r.opts(dirs[i], leaveRunning)); errs[i] != nil {
+				break
+			}
+		}
+	}
+	d := RawDump{Wall: time.Since(start)}
+	if leaveRunning {
+		if err := r.unlock(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return d, dirs, err
+	}
+	for _, x := range res {
+		d.Each = append(d.Each, x.Elapsed)
+		d.Bytes += x.Stats.ImageBytes
+	}
+	return d, dirs, nil
+}
+
+// RawRestore is one raw restore of the whole set.
+type RawRestore struct {
+	Wall     time.Duration   `json:"wall_ns"`
+	Each     []time.Duration `json:"each_ns"`
+	Progress Progress        `json:"progress"` // from the end of the unlock
+}
+
+// Restore restores every sandbox from dirs (sequentially or in parallel),
+// unlocks them, and measures how soon the job makes progress.
+func (r *RawSet) Restore(ctx context.Context, dirs []string, parallel bool, memBase []uint64) (RawRestore, error) {
+	res := make([]criu.RestoreResult, len(r.sbs))
+	errs := make([]error, len(r.sbs))
+	start := time.Now()
+	if parallel {
+		var wg sync.WaitGroup
+		for i, sb := range r.sbs {
+			wg.Go(func() { res[i], errs[i] = sb.Restore(ctx, r.e.Drv, r.opts(dirs[i], false)) })
+		}
+		wg.Wait()
+	} else {
+		for i, sb := range r.sbs {
+			if res[i], errs[i] = sb.Restore(ctx, r.e.Drv, r.opts(dirs[i], false)); errs[i] != nil {
+				break
+			}
+		}
+	}
+	out := RawRestore{Wall: time.Since(start)}
+	if err := errors.Join(errs...); err != nil {
+		return out, err
+	}
+	for _, x := range res {
+		out.Each = append(out.Each, x.Elapsed)
+	}
+	segBase := make([]uint64, len(r.sbs))
+	for i, sb := range r.sbs {
+		v, err := inSegs(sb.Pid())
+		if err != nil {
+			return out, err
+		}
+		segBase[i] = v
+	}
+	if err := r.unlock(); err != nil {
+		return out, err
+	}
+	unlocked := time.Now()
+	var probe segProbe
+	if r.files[0].Recv != "" {
+		probe = func() ([]uint64, error) {
+			v := make([]uint64, len(r.sbs))
+			for i, sb := range r.sbs {
+				var err error
+				if v[i], err = inSegs(sb.Pid()); err != nil {
+					return nil, err
+				}
+			}
+			return v, nil
+		}
+	} else {
+		segBase = nil
+	}
+	var err error
+	out.Progress, err = waitProgress(ctx, r.files, memBase, probe, segBase, unlocked, 30*time.Second)
+	return out, err
+}
+
+// memCounters reads every memhog counter.
+func (r *RawSet) memCounters() ([]uint64, error) {
+	c, err := readAll(r.files)
+	return c.mem, err
+}

@@ -1,0 +1,178 @@
+package harness
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/torpor-hpc/torpor/coordinator"
+)
+
+// call is one Agent call as the recorder saw it.
+type call struct {
+	Op    string
+	Host  string
+	Node  string
+	Start time.Time
+	End   time.Time
+	Err   error
+	Dump  coordinator.DumpResult
+}
+
+// Recorder wraps shims' Agents and records when each call started and ended,
+// so that the phases of one coordinator operation can be measured from the
+// outside, per job-node, without changing the coordinator.
+type Recorder struct {
+	mu    sync.Mutex
+	calls []call
+	// beforeUnlock, when set, runs just before every Unlock reaches the shim.
+	beforeUnlock func(host string, ref coordinator.NodeRef)
+}
+
+// BeforeUnlock sets (or clears, with nil) a hook run before every Unlock.
+func (r *Recorder) BeforeUnlock(fn func(host string, ref coordinator.NodeRef)) {
+	r.mu.Lock()
+	r.beforeUnlock = fn
+	r.mu.Unlock()
+}
+
+// Wrap returns an Agent that records every call to a.
+func (r *Recorder) Wrap(host string, a coordinator.Agent) coordinator.Agent {
+	return &recorded{r: r, host: host, a: a}
+}
+
+// Mark is the position to collect calls from (see Since).
+func (r *Recorder) Mark() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.calls)
+}
+
+// Since returns the calls recorded after mark and forgets everything before.
+func (r *Recorder) Since(mark int) []call {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := append([]call(nil), r.calls[min(mark, len(r.calls)):]...)
+	return out
+}
+
+// Reset forgets every recorded call.
+func (r *Recorder) Reset() {
+	r.mu.Lock()
+	r.calls = nil
+	r.mu.Unlock()
+}
+
+func (r *Recorder) add(c call) {
+	r.mu.Lock()
+	r.calls = append(r.calls, c)
+	r.mu.Unlock()
+}
+
+type recorded struct {
+	r    *Recorder
+	host string
+	a    coordinator.Agent
+}
+
+func (w *recorded) rec(op, node string, fn func() error) error {
+	c := call{Op: op, Host: w.host, Node: node, Start: time.Now()}
+	c.Err = fn()
+	c.End = time.Now()
+	w.r.add(c)
+	return c.Err
+}
+
+func (w *recorded) Start(ctx context.Context, job string, n coordinator.NodeSpec) error {
+	return w.rec("start", n.Name, func() error { return w.a.Start(ctx, job, n) })
+}
+func (w *recorded) Prepare(ctx context.Context, ref coordinator.NodeRef, ckpt string) error {
+	return w.rec("prepare", ref.Node, func() error { return w.a.Prepare(ctx, ref, ckpt) })
+}
+func (w *recorded) Freeze(ctx context.Context, ref coordinator.NodeRef) error {
+	return w.rec("freeze", ref.Node, func() error { return w.a.Freeze(ctx, ref) })
+}
+func (w *recorded) Drain(ctx context.Context, ref coordinator.NodeRef) (coordinator.DrainResult, error) {
+	var res coordinator.DrainResult
+	err := w.rec("drain", ref.Node, func() (err error) { res, err = w.a.Drain(ctx, ref); return err })
+	return res, err
+}
+func (w *recorded) Lock(ctx context.Context, ref coordinator.NodeRef) error {
+	return w.rec("lock", ref.Node, func() error { return w.a.Lock(ctx, ref) })
+}
+func (w *recorded) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinator.DumpRequest) (coordinator.DumpResult, error) {
+	c := call{Op: "dump", Host: w.host, Node: ref.Node, Start: time.Now()}
+	res, err := w.a.Dump(ctx, ref, req)
+	c.End, c.Err, c.Dump = time.Now(), err, res
+	w.r.add(c)
+	return res, err
+}
+func (w *recorded) Unlock(ctx context.Context, ref coordinator.NodeRef) error {
+	w.r.mu.Lock()
+	hook := w.r.beforeUnlock
+	w.r.mu.Unlock()
+	if hook != nil {
+		hook(w.host, ref)
+	}
+	return w.rec("unlock", ref.Node, func() error { return w.a.Unlock(ctx, ref) })
+}
+func (w *recorded) Thaw(ctx context.Context, ref coordinator.NodeRef) error {
+	return w.rec("thaw", ref.Node, func() error { return w.a.Thaw(ctx, ref) })
+}
+func (w *recorded) Restore(ctx context.Context, job string, n coordinator.NodeSpec, dir string) error {
+	return w.rec("restore", n.Name, func() error { return w.a.Restore(ctx, job, n, dir) })
+}
+func (w *recorded) Destroy(ctx context.Context, ref coordinator.NodeRef) error {
+	return w.rec("destroy", ref.Node, func() error { return w.a.Destroy(ctx, ref) })
+}
+func (w *recorded) Status(ctx context.Context, ref coordinator.NodeRef) (coordinator.NodeStatus, error) {
+	return w.a.Status(ctx, ref) // polled, not a phase: not recorded
+}
+
+// span is the time from the first start to the last end of op's calls:
+// the phase as a barrier across job-nodes sees it.
+func span(calls []call, op string) (first, last time.Time, ok bool) {
+	for _, c := range calls {
+		if c.Op != op {
+			continue
+		}
+		if !ok || c.Start.Before(first) {
+			first = c.Start
+		}
+		if !ok || c.End.After(last) {
+			last = c.End
+		}
+		ok = true
+	}
+	return first, last, ok
+}
+
+// spanDur is span's length, 0 when op was not called.
+func spanDur(calls []call, op string) time.Duration {
+	f, l, ok := span(calls, op)
+	if !ok {
+		return 0
+	}
+	return l.Sub(f)
+}
+
+// gap is the time between the last end of op a and the first start of op b.
+func gap(calls []call, a, b string) time.Duration {
+	_, aEnd, ok1 := span(calls, a)
+	bStart, _, ok2 := span(calls, b)
+	if !ok1 || !ok2 {
+		return 0
+	}
+	return bStart.Sub(aEnd)
+}
+
+// dumps returns the DumpResults recorded, per job-node.
+func dumps(calls []call) map[string]coordinator.DumpResult {
+	out := map[string]coordinator.DumpResult{}
+	for _, c := range calls {
+		if c.Op == "dump" && c.Err == nil {
+			out[c.Node] = c.Dump
+		}
+	}
+	return out
+}

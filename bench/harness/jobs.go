@@ -62,8 +62,8 @@ func (j *Job) Stop(ctx context.Context) {
 type CkptSample struct {
 	Wall    time.Duration            `json:"wall_ns"`
 	Phases  map[string]time.Duration `json:"phases_ns"`
-	CRIU    map[string]time.Duration `json:"criu_ns"`   // per job-node, inside CRIU
-	Bytes   map[string]int64         `json:"bytes"`     // per job-node image bytes
+	CRIU    map[string]time.Duration `json:"criu_ns"` // per job-node, inside CRIU
+	Bytes   map[string]int64         `json:"bytes"`   // per job-node image bytes
 	CRIUSum time.Duration            `json:"criu_sum_ns"`
 	CRIUMax time.Duration            `json:"criu_max_ns"`
 	Total   int64                    `json:"total_bytes"`

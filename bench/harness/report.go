@@ -1,0 +1,178 @@
+package harness
+
+import (
+	"fmt"
+	"math"
+	"path/filepath"
+	"strings"
+)
+
+func f0(v float64) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+func f1(v float64) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f", v)
+}
+
+func f2(v float64) string {
+	if math.IsNaN(v) {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+// med prints a Stat as "median (min–max)" in ms.
+func med(s Stat) string {
+	if s.N == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%s (%s–%s)", f0(s.Median), f0(s.Min), f0(s.Max))
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f", float64(b)/(1<<20)) }
+
+// mbps is bytes per second of a transfer taking ms milliseconds, in MiB/s.
+func mbps(b int64, ms float64) string {
+	if ms <= 0 {
+		return "n/a"
+	}
+	return f0(float64(b) / (1 << 20) / (ms / 1000))
+}
+
+// Markdown is the summary of a run.
+func Markdown(r *Result, plots []string) string {
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	m := r.Machine
+	w("# torpor benchmarks — %s run, %s on %s\n\n", r.Mode, r.Started.Format("2006-01-02 15:04"), m.Host)
+	w("Times in milliseconds: median (min–max) over the repetitions; ratios of medians. ")
+	w("How to read them and how to reproduce them: bench/README.md.\n\n")
+	w("| machine | |\n|---|---|\n")
+	w("| kernel | %s |\n| CPU | %d × %s |\n| memory | %s |\n| CRIU | %s (%s) |\n| storage | %s |\n| Go | %s |\n| Open MPI | %s |\n| MPICH | %s |\n| duration | %s |\n\n",
+		m.Kernel, m.CPUs, m.CPU, m.MemTotal, m.CRIU, m.CRIUPath, m.Storage, m.Go, m.OpenMPI, m.MPICH,
+		r.Finished.Sub(r.Started).Round(1e9))
+	w("Plan: %d checkpoints per point, %d suspend+restart cycles, %d migrations per size, %d B1 repetitions.\n\n",
+		r.Plan.Reps, r.Plan.RestartReps, r.Plan.MigrateReps, r.Plan.B1Reps)
+	for _, e := range r.Errors {
+		w("**Failed:** %s\n\n", e)
+	}
+
+	if r.B1 != nil {
+		w("## B1 runtime overhead (4 ranks, one machine)\n\n")
+		w("torpor side: **%s**.\n\n", r.B1.TorporSide)
+		w("| program | MPI | args | plain mpirun ms | spread | torpor run ms | torpor / plain | checksum |\n|---|---|---|---|---|---|---|---|\n")
+		for _, c := range r.B1.Cases {
+			tor, ratio := "not available", "n/a"
+			if c.Torpor != nil {
+				tor, ratio = med(*c.Torpor), f2(Ratio(c.Torpor.Median, c.Plain.Median))
+			}
+			if c.Err != "" {
+				tor = "error: " + firstLine(c.Err)
+			}
+			w("| %s | %s | `%s` | %s | %s%% | %s | %s | %s |\n", c.Program, c.MPI, strings.Join(c.Args, " "), med(c.Plain),
+				f0(100*c.Plain.Spread()), tor, ratio, c.Checksum)
+		}
+		w("\n")
+	}
+
+	if len(r.Ckpt) > 0 {
+		w("## B2 checkpoint latency (leave-running)\n\n")
+		w("Each job-node: memhog of the given size + one TCP stream to the next job-node (a ring). ")
+		w("torpor = the whole coordinated checkpoint as the caller sees it. raw seq/par = `criu dump --leave-running --tcp-established` of the same workload in plain sandboxes, one at a time / all at once (on one machine CRIU dumps are serialized by torpor's machine-wide dump lock, so par ≈ seq). write = a plain write(2) of the same bytes to the same directory (page cache, as CRIU writes); +fsync = also made durable.\n\n")
+		w("| MiB/node | nodes | image MiB | torpor ms | raw seq ms | raw par ms | write ms | write+fsync ms | **torpor/raw seq** | **torpor/raw par** | **torpor/write** | **torpor/write+fsync** | raw seq/write | torpor MiB/s |\n")
+		w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, p := range r.Ckpt {
+			if p.Err != "" {
+				w("| %d | %d | failed: %s |||||||||||||\n", p.MiB, p.Nodes, firstLine(p.Err))
+				continue
+			}
+			w("| %d | %d | %s | %s | %s | %s | %s | %s | **%s** | **%s** | **%s** | **%s** | %s | %s |\n", p.MiB, p.Nodes, mib(p.Bytes),
+				med(p.TorporWall), med(p.RawSeqWall), med(p.RawParWall), med(p.WriteWall), med(p.FsyncWall),
+				f2(Ratio(p.TorporWall.Median, p.RawSeqWall.Median)), f2(Ratio(p.TorporWall.Median, p.RawParWall.Median)),
+				f2(Ratio(p.TorporWall.Median, p.WriteWall.Median)), f2(Ratio(p.TorporWall.Median, p.FsyncWall.Median)),
+				f2(Ratio(p.RawSeqWall.Median, p.WriteWall.Median)), mbps(p.Bytes, p.TorporWall.Median))
+		}
+		w("\n### B2 by phase (torpor, median ms)\n\n")
+		w("| MiB/node | nodes | %s | Σ CRIU | total |\n|---|---|%s\n", strings.Join(ckptPhases, " | "), strings.Repeat("---|", len(ckptPhases)+2))
+		for _, p := range r.Ckpt {
+			if p.Err != "" {
+				continue
+			}
+			w("| %d | %d |", p.MiB, p.Nodes)
+			for _, ph := range ckptPhases {
+				w(" %s |", f1(p.Phases[ph].Median))
+			}
+			w(" %s | %s |\n", f1(p.CRIUSum.Median), f1(p.TorporWall.Median))
+		}
+		w("\n`dump` contains CRIU (Σ CRIU) plus the shim's own work (RDMA check, output copy, SHA-256 node manifest). `commit` is the catalog commit between the last dump and the first unlock; `resume` is unlock then thaw.\n\n")
+
+		w("## B3 restart latency\n\n")
+		w("torpor = `Restart` of a suspended job (verify every image, restore every job-node locked, unlock, thaw). raw = `criu restore` of the same workload's images into its sandboxes, one at a time (seq) and all at once (par), then the veth up. unlock→TCP = time from the end of the unlock until every job-node's namespace has received a TCP segment again (Tcp InSegs in /proc/<pid>/net/snmp, polled every 2 ms); hundreds of ms would mean the peers wait for a retransmission timeout.\n\n")
+		w("| MiB/node | nodes | image MiB | torpor restart ms | verify | restore | unlock | raw restore seq ms | raw restore par ms | **torpor/raw seq** | **torpor/raw par** | **torpor/write** | torpor unlock→TCP ms | raw unlock→TCP ms |\n")
+		w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		for _, p := range r.Ckpt {
+			if p.Err != "" {
+				w("| %d | %d | failed: %s |||||||||||||\n", p.MiB, p.Nodes, firstLine(p.Err))
+				continue
+			}
+			w("| %d | %d | %s | %s | %s | %s | %s | %s | %s | **%s** | **%s** | **%s** | %s | %s |\n", p.MiB, p.Nodes, mib(p.Bytes),
+				med(p.RestartWall), f0(p.RestartPhases["verify"].Median), f0(p.RestartPhases["restore"].Median), f1(p.RestartPhases["unlock"].Median),
+				med(p.RawRestoreWall), med(p.RawRestoreParWl),
+				f2(Ratio(p.RestartWall.Median, p.RawRestoreWall.Median)), f2(Ratio(p.RestartWall.Median, p.RawRestoreParWl.Median)),
+				f2(Ratio(p.RestartWall.Median, p.WriteWall.Median)), med(p.RestartTCP), med(p.RawRestoreTCP))
+		}
+		w("\n")
+	}
+
+	if len(r.Migrate) > 0 {
+		w("## B4 migration downtime of one job-node\n\n")
+		w("A 2-job-node ring; n0 moves between h1 and a spare host. Downtime = the `Migrate` call: every job-node of the job is frozen from prepare to thaw.\n\n")
+		w("| MiB | image MiB | downtime ms | freeze+drain+lock | dump | restore | destroy | unlock+thaw | unlock→TCP ms |\n|---|---|---|---|---|---|---|---|---|\n")
+		for _, p := range r.Migrate {
+			if p.Err != "" {
+				w("| %d | failed: %s ||||||||\n", p.MiB, firstLine(p.Err))
+				continue
+			}
+			ph := p.Phases
+			w("| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.MiB, mib(p.Bytes), med(p.Downtime),
+				f1(ph["freeze"].Median+ph["drain"].Median+ph["lock"].Median), f1(ph["dump"].Median), f1(ph["restore"].Median),
+				f1(ph["destroy"].Median), f1(ph["unlock"].Median+ph["thaw"].Median), med(p.TCP))
+		}
+		w("\n")
+	}
+
+	if len(r.Coord) > 0 {
+		w("## B5 coordination overhead\n\n")
+		w("Overhead = checkpoint wall time − Σ time inside CRIU (dumps are serialized on one machine, so Σ is what they cost). Real: sandboxes with a 1 MiB memhog and a slow TCP ring, spread over %d simulated hosts. Fake: the real coordinator and on-disk catalog with shims that return at once (Dump writes a 4 KiB image and its manifest), spread over 16 fake hosts.\n\n", r.Plan.CoordHosts)
+		w("| job-nodes | CRIU | checkpoint ms | Σ CRIU ms | **overhead ms** | overhead per job-node ms |\n|---|---|---|---|---|---|\n")
+		for _, p := range r.Coord {
+			kind := "real"
+			if p.Fake {
+				kind = "fake"
+			}
+			if p.Err != "" {
+				w("| %d | %s | failed: %s ||||\n", p.Nodes, kind, firstLine(p.Err))
+				continue
+			}
+			w("| %d | %s | %s | %s | **%s** | %s |\n", p.Nodes, kind, med(p.Wall), f1(p.CRIUSum.Median), med(p.Overhead),
+				f2(p.Overhead.Median/float64(p.Nodes)))
+		}
+		w("\n")
+	}
+	if len(plots) > 0 {
+		w("## Plots\n\n")
+		for _, p := range plots {
+			w("![%s](%s)\n", filepath.Base(p), filepath.Base(p))
+		}
+		w("\n")
+	}
+	w("Caveats: one 2-core machine; hosts are network namespaces on one kernel; CRIU dumps are serialized machine-wide; images go to the page cache (write ms is the matching limit, write+fsync the durable one); the raw comparisons run after the torpor job is gone, on the same hosts.\n")
+	return b.String()
+}

@@ -1,0 +1,247 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/torpor-hpc/torpor/shim/criu"
+)
+
+// Config chooses what to run.
+type Config struct {
+	Full    bool   // the long run: more sizes, job-nodes and repetitions
+	Out     string // where results go (bench/results)
+	Repo    string // repository root (for bench/workloads/bin and bin/torpor)
+	WorkDir string // scratch: images and status files (removed afterwards)
+	Only    string // comma-separated subset of b1,b2,b4,b5 ("" = all; b2 includes B3)
+	Log     *slog.Logger
+	// Progress receives one line per measurement.
+	Progress func(format string, args ...any)
+}
+
+// Plan is the sizes and counts of one run.
+type Plan struct {
+	Reps        int   `json:"reps"`         // checkpoints per point (B2, B5)
+	RestartReps int   `json:"restart_reps"` // suspend+restart cycles per point (B3)
+	MigrateReps int   `json:"migrate_reps"` // migrations per size (B4)
+	B1Reps      int   `json:"b1_reps"`
+	MemMiB      []int `json:"mem_mib"`     // B2/B3 memory sweep (1 job-node) and B4 sizes
+	Nodes       []int `json:"nodes"`       // B2/B3 job-node sweep
+	NodesMiB    int   `json:"nodes_mib"`   // memory per job-node in the job-node sweep
+	Matrix      bool  `json:"matrix"`      // every size with every job-node count
+	RealNodes   []int `json:"real_nodes"`  // B5 real sandboxes
+	FakeNodes   []int `json:"fake_nodes"`  // B5 fake CRIU
+	CoordHosts  int   `json:"coord_hosts"` // hosts the B5 job-nodes spread over
+	SpareHost   int   `json:"-"`
+}
+
+// QuickPlan fits in under ten minutes on a 2-core machine.
+func QuickPlan() Plan {
+	return Plan{Reps: 3, RestartReps: 2, MigrateReps: 3, B1Reps: 5,
+		MemMiB: []int{16, 64, 256}, Nodes: []int{1, 2, 4}, NodesMiB: 64,
+		RealNodes: []int{1, 4, 16}, FakeNodes: []int{1, 4, 16, 64, 256}, CoordHosts: 4}
+}
+
+// FullPlan is the complete run (tens of minutes).
+func FullPlan() Plan {
+	return Plan{Reps: 5, RestartReps: 3, MigrateReps: 5, B1Reps: 7,
+		MemMiB: []int{16, 64, 256, 1024}, Nodes: []int{1, 2, 4}, NodesMiB: 256, Matrix: true,
+		RealNodes: []int{1, 4, 16, 32, 64}, FakeNodes: []int{1, 4, 16, 64, 128, 256}, CoordHosts: 4}
+}
+
+// Result is everything one run measured.
+type Result struct {
+	Mode     string         `json:"mode"`
+	Started  time.Time      `json:"started"`
+	Finished time.Time      `json:"finished"`
+	Machine  Machine        `json:"machine"`
+	Plan     Plan           `json:"plan"`
+	B1       *B1Result      `json:"b1,omitempty"`
+	Ckpt     []CkptPoint    `json:"b2_b3,omitempty"`
+	Migrate  []MigratePoint `json:"b4,omitempty"`
+	Coord    []CoordPoint   `json:"b5,omitempty"`
+	Errors   []string       `json:"errors,omitempty"`
+}
+
+func (c Config) wants(b string) bool {
+	if c.Only == "" {
+		return true
+	}
+	for _, x := range strings.Split(c.Only, ",") {
+		if strings.TrimSpace(x) == b {
+			return true
+		}
+	}
+	return false
+}
+
+// Run runs the benchmarks, writes the results and returns them. A failing
+// benchmark is recorded in Result.Errors and the others still run.
+func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil, fmt.Errorf("the benchmarks create namespaces, cgroups and run CRIU: run as root")
+	}
+	logf := cfg.Progress
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	plan, mode := QuickPlan(), "quick"
+	if cfg.Full {
+		plan, mode = FullPlan(), "full"
+	}
+	plan.SpareHost = max(maxOf(plan.Nodes), 2) + 1
+	res := &Result{Mode: mode, Started: time.Now(), Plan: plan}
+	bin, err := criu.Locator{}.Find()
+	if err != nil {
+		return nil, nil, fmt.Errorf("find criu (run `make deps`): %w", err)
+	}
+	if err := os.MkdirAll(cfg.WorkDir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	work, err := os.MkdirTemp(cfg.WorkDir, "torpor-bench-")
+	if err != nil {
+		return nil, nil, err
+	}
+	defer os.RemoveAll(work)
+	res.Machine = Facts(ctx, work, bin)
+	bins, err := BuildBins(ctx, work)
+	if err != nil {
+		return nil, nil, err
+	}
+	fail := func(what string, err error) {
+		res.Errors = append(res.Errors, what+": "+err.Error())
+		logf("%s failed: %v", what, err)
+	}
+	name := fmt.Sprintf("b%d", os.Getpid()%100000)
+
+	if cfg.wants("b1") {
+		b1 := runB1(ctx, cfg.Repo, plan.B1Reps, cfg.Full, logf)
+		res.B1 = &b1
+	}
+	if cfg.wants("b2") || cfg.wants("b4") {
+		err := withEnv(ctx, EnvConfig{Name: name, Hosts: plan.SpareHost, Dir: filepath.Join(work, "env"), Bins: bins, CRIU: bin, Log: cfg.Log}, func(e *Env) {
+			if cfg.wants("b2") {
+				for _, pt := range ckptPoints(plan) {
+					p := runCkptPoint(ctx, e, pt[0], pt[1], plan.Reps, plan.RestartReps, logf)
+					if p.Err != "" {
+						logf("B2/B3 %d MiB x %d failed: %s", pt[0], pt[1], p.Err)
+					}
+					res.Ckpt = append(res.Ckpt, p)
+				}
+			}
+			if cfg.wants("b4") {
+				for _, mib := range plan.MemMiB {
+					p := runMigratePoint(ctx, e, mib, plan.MigrateReps, fmt.Sprintf("h%d", plan.SpareHost), logf)
+					if p.Err != "" {
+						logf("B4 %d MiB failed: %s", mib, p.Err)
+					}
+					res.Migrate = append(res.Migrate, p)
+				}
+			}
+		})
+		if err != nil {
+			fail("B2-B4 cluster", err)
+		}
+	}
+	if cfg.wants("b5") {
+		err := withEnv(ctx, EnvConfig{Name: name + "c", Hosts: plan.CoordHosts, Dir: filepath.Join(work, "env5"), Bins: bins, CRIU: bin, Log: cfg.Log}, func(e *Env) {
+			for _, n := range plan.RealNodes {
+				res.Coord = append(res.Coord, runCoordReal(ctx, e, n, plan.CoordHosts, plan.Reps, logf))
+			}
+		})
+		if err != nil {
+			fail("B5 cluster", err)
+		}
+		for _, n := range plan.FakeNodes {
+			p := runCoordFake(ctx, filepath.Join(work, "fake"), n, 16, max(plan.Reps, 5))
+			logf("B5 fake %d job-nodes: checkpoint median %.1f ms %s", n, p.Wall.Median, p.Err)
+			res.Coord = append(res.Coord, p)
+		}
+	}
+	res.Finished = time.Now()
+	files, err := Write(res, cfg.Out)
+	return res, files, err
+}
+
+// withEnv builds a cluster, runs fn and always tears the cluster down.
+func withEnv(ctx context.Context, cfg EnvConfig, fn func(e *Env)) error {
+	e, err := NewEnv(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	fn(e)
+	return e.Close()
+}
+
+// ckptPoints lists the (MiB, job-nodes) points of B2/B3.
+func ckptPoints(p Plan) [][2]int {
+	var out [][2]int
+	seen := map[[2]int]bool{}
+	add := func(m, n int) {
+		if !seen[[2]int{m, n}] {
+			seen[[2]int{m, n}] = true
+			out = append(out, [2]int{m, n})
+		}
+	}
+	if p.Matrix {
+		for _, n := range p.Nodes {
+			for _, m := range p.MemMiB {
+				add(m, n)
+			}
+		}
+		return out
+	}
+	for _, m := range p.MemMiB {
+		add(m, 1)
+	}
+	for _, n := range p.Nodes {
+		add(p.NodesMiB, n)
+	}
+	return out
+}
+
+func maxOf(xs []int) int {
+	m := 0
+	for _, x := range xs {
+		m = max(m, x)
+	}
+	return m
+}
+
+// Write writes <date>-<host>.json, .md, the plots, and latest.md into out.
+func Write(res *Result, out string) ([]string, error) {
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, err
+	}
+	base := filepath.Join(out, res.Started.Format("2006-01-02")+"-"+res.Machine.Host)
+	data, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	files := []string{base + ".json", base + ".md"}
+	if err := os.WriteFile(base+".json", data, 0o644); err != nil {
+		return nil, err
+	}
+	plots, perr := Plots(res, base)
+	files = append(files, plots...)
+	md := Markdown(res, plots)
+	if perr != nil {
+		md += "\nPlots failed: " + perr.Error() + "\n"
+	}
+	if err := os.WriteFile(base+".md", []byte(md), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(out, "latest.md"), []byte(md), 0o644); err != nil {
+		return nil, err
+	}
+	return append(files, filepath.Join(out, "latest.md")), nil
+}

@@ -167,6 +167,28 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 			res.Coord = append(res.Coord, p)
 		}
 	}
+	for _, p := range res.Ckpt {
+		if p.Err != "" {
+			res.Errors = append(res.Errors, fmt.Sprintf("B2/B3 %d MiB x %d job-nodes: %s", p.MiB, p.Nodes, p.Err))
+		}
+	}
+	for _, p := range res.Migrate {
+		if p.Err != "" {
+			res.Errors = append(res.Errors, fmt.Sprintf("B4 %d MiB: %s", p.MiB, p.Err))
+		}
+	}
+	for _, p := range res.Coord {
+		if p.Err != "" {
+			res.Errors = append(res.Errors, fmt.Sprintf("B5 %d job-nodes (fake=%v): %s", p.Nodes, p.Fake, p.Err))
+		}
+	}
+	if res.B1 != nil {
+		for _, c := range res.B1.Cases {
+			if c.Err != "" {
+				res.Errors = append(res.Errors, fmt.Sprintf("B1 %s/%s: %s", c.Program, c.MPI, firstLine(c.Err)))
+			}
+		}
+	}
 	res.Finished = time.Now()
 	files, err := Write(res, cfg.Out)
 	return res, files, err

@@ -20,6 +20,7 @@ type B1Case struct {
 	Args     []string `json:"args"`
 	Plain    Stat     `json:"plain"`
 	Torpor   *Stat    `json:"torpor,omitempty"`
+	TorpErr  string   `json:"torpor_error,omitempty"`
 	Checksum string   `json:"checksum"`
 	Err      string   `json:"error,omitempty"`
 }
@@ -125,7 +126,7 @@ func runB1(ctx context.Context, repo string, reps int, full bool, logf func(stri
 					order = []bool{true, false}
 				}
 				for _, underTorpor := range order {
-					if underTorpor && !ok {
+					if underTorpor && (!ok || c.TorpErr != "") {
 						continue
 					}
 					argv := plainArgv
@@ -133,6 +134,11 @@ func runB1(ctx context.Context, repo string, reps int, full bool, logf func(stri
 						argv = torporArgv
 					}
 					d, sum, err := mpiRun(ctx, argv)
+					if err != nil && underTorpor {
+						// The torpor side failed: report why, keep measuring plain mpirun.
+						c.TorpErr = err.Error()
+						continue
+					}
 					if err != nil {
 						c.Err = err.Error()
 						break
@@ -154,7 +160,7 @@ func runB1(ctx context.Context, repo string, reps int, full bool, logf func(stri
 				s := DurStat(tor)
 				c.Torpor = &s
 			}
-			logf("B1 %s/%s: plain median %.0f ms over %d runs %s", pr.name, m.name, c.Plain.Median, c.Plain.N, c.Err)
+			logf("B1 %s/%s: plain median %.0f ms over %d runs %s%s", pr.name, m.name, c.Plain.Median, c.Plain.N, c.Err, firstLine(c.TorpErr))
 			res.Cases = append(res.Cases, c)
 		}
 	}

@@ -84,7 +84,7 @@ func runCoordReal(ctx context.Context, e *Env, n, hosts, reps int, logf func(str
 	for i := range hs {
 		hs[i] = fmt.Sprintf("h%d", i%hosts+1)
 	}
-	j, err := e.StartJob(ctx, fmt.Sprintf("b5-%dn", n), hs, Workload{MiB: 1, Ring: true, ReadRate: "256k", SendRate: "512k"})
+	j, err := e.StartJob(ctx, fmt.Sprintf("b5-%dn", n), hs, Workload{MiB: 1, Ring: n > 1, ReadRate: "256k", SendRate: "512k"})
 	if err != nil {
 		p.Err = err.Error()
 		return p

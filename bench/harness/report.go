@@ -28,6 +28,11 @@ func f2(v float64) string {
 	return fmt.Sprintf("%.2f", v)
 }
 
+func lastLine(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}
+
 // med prints a Stat as "median (min–max)" in ms.
 func med(s Stat) string {
 	if s.N == 0 {
@@ -72,6 +77,9 @@ func Markdown(r *Result, plots []string) string {
 			tor, ratio := "not available", "n/a"
 			if c.Torpor != nil {
 				tor, ratio = med(*c.Torpor), f2(Ratio(c.Torpor.Median, c.Plain.Median))
+			}
+			if c.TorpErr != "" {
+				tor = "failed: " + strings.ReplaceAll(lastLine(c.TorpErr), "|", "/")
 			}
 			if c.Err != "" {
 				tor = "error: " + firstLine(c.Err)

@@ -35,6 +35,14 @@ type Daemon struct {
 	// from fd 3 on; the daemon closes the files once the rank is started.
 	prepare   func(ctx context.Context, rank int) ([]string, []*os.File, error)
 	stopCause error // set by Terminate
+
+	bg sync.WaitGroup // failure reports still being sent upstream
+
+	// Checkpoint events (ckpt.go); ckptMu is taken before mu, never after.
+	ckptMu   sync.Mutex
+	eventsUp bool         // the PMIx server is up and listens for answers
+	optedIn  map[int]bool // ranks that asked to be waited for at prepare
+	ckptWait *prepareWait // the running prepare, if any
 }
 
 // New prepares a pmixd for spec; Run starts it.
@@ -60,6 +68,7 @@ func New(spec JobSpec, up Upstream, log *slog.Logger) (*Daemon, error) {
 		finalized: map[int]bool{},
 		aborts:    map[int]*abortInfo{},
 		events:    make(chan struct{}, 1),
+		optedIn:   map[int]bool{},
 	}
 	d.srv = libpmix.NewServer(d)
 	return d, nil
@@ -136,6 +145,9 @@ func (d *Daemon) Run(ctx context.Context) (code int, err error) {
 		return 1, fmt.Errorf("start pmix server for job %s: %w", d.spec.Job, err)
 	}
 	defer func() {
+		d.ckptMu.Lock()
+		d.eventsUp = false
+		d.ckptMu.Unlock()
 		if ferr := d.srv.Finalize(); ferr != nil && err == nil {
 			code, err = 1, ferr
 		}
@@ -143,6 +155,9 @@ func (d *Daemon) Run(ctx context.Context) (code int, err error) {
 	regCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := d.srv.RegisterNamespace(regCtx, d.spec.jobMap()); err != nil {
+		return 1, fmt.Errorf("job %s: %w", d.spec.Job, err)
+	}
+	if err := d.startEvents(regCtx); err != nil {
 		return 1, fmt.Errorf("job %s: %w", d.spec.Job, err)
 	}
 	defer func() {
@@ -272,8 +287,13 @@ func (d *Daemon) Abort(p libpmix.Proc, status int, msg string, _ []libpmix.Proc)
 	d.wake()
 }
 
-// Notify logs events raised by ranks towards the host.
+// Notify takes events raised by ranks towards the host (the notify_event
+// upcall): checkpoint answers are recorded, anything else is logged.
 func (d *Daemon) Notify(ev libpmix.Event) {
+	if ev.Code == EventCheckpointComplete {
+		go d.onRankEvent(ev) // never block the progress thread
+		return
+	}
 	d.log.Info("event from rank", "rank", int(ev.Source.Rank), "code", int32(ev.Code))
 }
 

@@ -218,7 +218,11 @@ func (d *Daemon) supervise(ctx, startCtx context.Context) (int, error) {
 		}
 		result = je
 		if je.Rank >= 0 {
-			go d.reportFailure(context.WithoutCancel(ctx), je)
+			d.bg.Add(1)
+			go func() {
+				defer d.bg.Done()
+				d.reportFailure(context.WithoutCancel(ctx), je)
+			}()
 		}
 		d.signalAll(syscall.SIGTERM)
 		killTimer = time.AfterFunc(d.spec.KillGrace, func() { d.signalAll(syscall.SIGKILL) })
@@ -265,6 +269,7 @@ func (d *Daemon) supervise(ctx, startCtx context.Context) (int, error) {
 		killTimer.Stop()
 	}
 	d.drainOutput(&outWG, started)
+	d.bg.Wait() // the failure report is bounded (reportFailure)
 	for _, rk := range started {
 		_ = rk.proc.Release()
 	}

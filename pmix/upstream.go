@@ -4,44 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+
+	"github.com/torpor-hpc/torpor/pmix/hostmsg"
 )
 
 // ErrNoRoute is returned by LocalUpstream for anything that needs another job-node.
 var ErrNoRoute = errors.New("no route to other job-nodes: single-node upstream")
 
-// FenceRequest is one job-node's contribution to a fence.
-//
-// The upstream collects the requests with the same (Job, Signature, Seq) from
-// every node in Nodes, concatenates their Data in any order, and returns the
-// result to each of them. Every node numbers the fences over a participant set
-// in the same order, so (Signature, Seq) names the same fence everywhere.
-type FenceRequest struct {
-	Job       string
-	Node      int    // the contributing job-node
-	Nodes     []int  // every job-node with participants, ascending, Node included
-	Signature string // canonical participant set, e.g. "job7:*"
-	Seq       uint64 // ordinal among fences with this Signature, from 0
-	Collect   bool   // PMIX_COLLECT_DATA: the caller wants everyone's data back
-	Data      []byte // this node's blob (PMIx packed data; opaque), may be empty
-}
-
-// ModexRequest asks for one rank's modex blob from the job-node that runs it.
-// The owning node answers with Daemon.ServeDirectModex.
-type ModexRequest struct {
-	Job  string
-	Rank int
-	Node int // the job-node that runs Rank
-	From int // the asking job-node
-}
-
-// Failure tells the upstream that this job-node ended the job.
-type Failure struct {
-	Job  string
-	Node int
-	Rank int // the rank at fault
-	Code int // the exit code pmixd will return
-	Err  error
-}
+// The messages pmixd exchanges with its upstream (see package hostmsg).
+type (
+	FenceRequest  = hostmsg.FenceRequest
+	ModexRequest  = hostmsg.ModexRequest
+	Failure       = hostmsg.Failure
+	PrepareResult = hostmsg.PrepareResult
+)
 
 // Upstream is pmixd's only way off its job-node. The shim implements it over
 // a unix socket that pmixd re-dials after a CRIU restore; calls must survive

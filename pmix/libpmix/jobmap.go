@@ -51,6 +51,7 @@ const (
 	KeyCollectData        = "pmix.collect"
 	KeyLocalCollStatus    = "pmix.loc.col.st"
 	KeyEventNonDefault    = "pmix.evnondef"
+	KeyEventDoNotCache    = "pmix.evnocache"
 	KeyEventHdlrName      = "pmix.evname"
 	KeyEventAffectedProc  = "pmix.evproc"
 	KeyJobCtrlCheckpoint  = "pmix.jctrl.ckpt"

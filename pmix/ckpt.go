@@ -85,6 +85,9 @@ func (d *Daemon) onRankEvent(ev libpmix.Event) {
 	d.ckptMu.Lock()
 	defer d.ckptMu.Unlock()
 	w := d.ckptWait
+	if w == nil && ids != "" && ids == d.lastPrepare {
+		return // the second delivery of an answer that came in time
+	}
 	if w == nil || (ids != "" && ids != w.id) {
 		d.log.Warn("checkpoint answer for no running prepare", "rank", r, "checkpoint", ids)
 		return
@@ -143,6 +146,7 @@ func (d *Daemon) Prepare(ctx context.Context, id string, timeout time.Duration) 
 	defer func() {
 		d.ckptMu.Lock()
 		d.ckptWait = nil
+		d.lastPrepare = id
 		d.ckptMu.Unlock()
 	}()
 

@@ -39,10 +39,11 @@ type Daemon struct {
 	bg sync.WaitGroup // failure reports still being sent upstream
 
 	// Checkpoint events (ckpt.go); ckptMu is taken before mu, never after.
-	ckptMu   sync.Mutex
-	eventsUp bool         // the PMIx server is up and listens for answers
-	optedIn  map[int]bool // ranks that asked to be waited for at prepare
-	ckptWait *prepareWait // the running prepare, if any
+	ckptMu      sync.Mutex
+	eventsUp    bool         // the PMIx server is up and listens for answers
+	optedIn     map[int]bool // ranks that asked to be waited for at prepare
+	ckptWait    *prepareWait // the running prepare, if any
+	lastPrepare string       // the id of the last prepare that ended
 }
 
 // New prepares a pmixd for spec; Run starts it.

@@ -15,6 +15,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(helperNodeMain())
 	}
+	if spec := os.Getenv(mainEnv); spec != "" {
+		os.Exit(Main(context.Background(), []string{"--spec", spec, "--log-level", "debug"}, os.Stdout, os.Stderr))
+	}
 	// Orphaned ranks re-parent to the test process, so a leak is visible.
 	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0); errno != 0 {
 		fmt.Fprintln(os.Stderr, "set child subreaper:", errno)

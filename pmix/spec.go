@@ -59,10 +59,16 @@ type JobSpec struct {
 	// TagOutput prefixes every forwarded line with "[job,rank]<stdout>: ".
 	TagOutput bool
 	// Stdout and Stderr receive the ranks' output, line by line; nil discards.
-	Stdout, Stderr io.Writer
+	// Main sets them to its own.
+	Stdout io.Writer `json:"-"`
+	Stderr io.Writer `json:"-"`
 	// KillGrace is how long a rank has between SIGTERM and SIGKILL when the job
 	// is ended; 0 means 2s.
 	KillGrace time.Duration
+	// Link is the unix socket of the shim serving this job-node (package
+	// pmix/link); Main uses it as the Upstream. Empty: a single-node job with
+	// LocalUpstream.
+	Link string
 	// ReapOrphans makes pmixd reap every child (wait4(-1)), as PID 1 of a
 	// sandbox must. Leave it off when pmixd's logic runs inside a process that
 	// has other children.

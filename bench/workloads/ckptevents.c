@@ -159,7 +159,7 @@ static void on_event(size_t id, pmix_status_t status, const pmix_proc_t *source,
 struct done {
 	atomic_int fired;
 	pmix_status_t st;
-	pmix_info_t info[2]; /* must live until the callback */
+	pmix_info_t info[3]; /* must live until the callback */
 };
 
 static void notify_done(pmix_status_t st, void *cbdata)
@@ -179,12 +179,16 @@ static int complete(const char *id)
 
 	if (d == NULL)
 		return -1;
+	/* NON_DEFAULT: Open MPI's default handler would abort on -107.
+	 * DO_NOT_CACHE: libpmix 4.2.2's server passes a cached event neither to
+	 * its host nor back to us: the callback would never come. */
 	PMIX_INFO_LOAD(&d->info[0], PMIX_EVENT_NON_DEFAULT, &yes, PMIX_BOOL);
+	PMIX_INFO_LOAD(&d->info[1], PMIX_EVENT_DO_NOT_CACHE, &yes, PMIX_BOOL);
 	if (id == NULL)
-		PMIX_INFO_LOAD(&d->info[1], KEY_REGISTERED, &yes, PMIX_BOOL);
+		PMIX_INFO_LOAD(&d->info[2], KEY_REGISTERED, &yes, PMIX_BOOL);
 	else
-		PMIX_INFO_LOAD(&d->info[1], PMIX_JOB_CTRL_CHECKPOINT, id, PMIX_STRING);
-	st = PMIx_Notify_event(PMIX_JCTRL_CHECKPOINT_COMPLETE, &me, PMIX_RANGE_RM, d->info, 2,
+		PMIX_INFO_LOAD(&d->info[2], PMIX_JOB_CTRL_CHECKPOINT, id, PMIX_STRING);
+	st = PMIx_Notify_event(PMIX_JCTRL_CHECKPOINT_COMPLETE, &me, PMIX_RANGE_RM, d->info, 3,
 			       notify_done, d);
 	if (st == PMIX_SUCCESS) {
 		/* Bounded: a resource manager that does not take events (mpirun's
@@ -196,8 +200,8 @@ static int complete(const char *id)
 		st = PMIX_SUCCESS;
 	}
 	if (st != PMIX_ERR_TIMEOUT) {
-		PMIX_INFO_DESTRUCT(&d->info[0]);
-		PMIX_INFO_DESTRUCT(&d->info[1]);
+		for (int i = 0; i < 3; i++)
+			PMIX_INFO_DESTRUCT(&d->info[i]);
 		free(d);
 	}
 	if (st != PMIX_SUCCESS)

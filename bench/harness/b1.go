@@ -164,5 +164,22 @@ func runB1(ctx context.Context, repo string, reps int, full bool, logf func(stri
 			res.Cases = append(res.Cases, c)
 		}
 	}
+	res.TorporSide = torporSide(res)
 	return res
+}
+
+// torporSide says honestly what happened on the torpor side.
+func torporSide(res B1Result) string {
+	measured, why := false, ""
+	for _, c := range res.Cases {
+		measured = measured || c.Torpor != nil
+		if c.TorpErr != "" && why == "" {
+			l := strings.Split(strings.TrimSpace(c.TorpErr), "\n")
+			why = l[len(l)-1]
+		}
+	}
+	if !measured && why != "" {
+		return "not available yet: `torpor run` failed: " + why
+	}
+	return res.TorporSide
 }

@@ -33,6 +33,14 @@ func lastLine(s string) string {
 	return l[len(l)-1]
 }
 
+// tcpCell is unlock→TCP, or n/a for a job-node without a TCP peer.
+func tcpCell(nodes int, s Stat) string {
+	if nodes < 2 {
+		return "n/a (no TCP)"
+	}
+	return med(s)
+}
+
 // med prints a Stat as "median (min–max)" in ms.
 func med(s Stat) string {
 	if s.N == 0 {
@@ -134,7 +142,7 @@ func Markdown(r *Result, plots []string) string {
 				med(p.RestartWall), f0(p.RestartPhases["verify"].Median), f0(p.RestartPhases["restore"].Median), f1(p.RestartPhases["unlock"].Median),
 				med(p.RawRestoreWall), med(p.RawRestoreParWl),
 				f2(Ratio(p.RestartWall.Median, p.RawRestoreWall.Median)), f2(Ratio(p.RestartWall.Median, p.RawRestoreParWl.Median)),
-				f2(Ratio(p.RestartWall.Median, p.WriteWall.Median)), med(p.RestartTCP), med(p.RawRestoreTCP))
+				f2(Ratio(p.RestartWall.Median, p.WriteWall.Median)), tcpCell(p.Nodes, p.RestartTCP), tcpCell(p.Nodes, p.RawRestoreTCP))
 		}
 		w("\n")
 	}

@@ -194,6 +194,22 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 	return res, files, err
 }
 
+// Render rewrites the summary and plots of a saved <date>-<host>.json.
+func Render(jsonPath, out string) ([]string, error) {
+	data, err := os.ReadFile(jsonPath)
+	if err != nil {
+		return nil, err
+	}
+	var res Result
+	if err := json.Unmarshal(data, &res); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", jsonPath, err)
+	}
+	if res.B1 != nil {
+		res.B1.TorporSide = torporSide(*res.B1)
+	}
+	return Write(&res, out)
+}
+
 // withEnv builds a cluster, runs fn and always tears the cluster down.
 func withEnv(ctx context.Context, cfg EnvConfig, fn func(e *Env)) error {
 	e, err := NewEnv(ctx, cfg)

@@ -27,7 +27,19 @@ func main() {
 	work := flag.String("work", "/var/tmp", "scratch directory for images (its storage is what is measured)")
 	only := flag.String("only", "", "run only these benchmarks: comma-separated b1,b2 (with b3),b4,b5")
 	verbose := flag.Bool("v", false, "log the coordinator's and shims' events")
+	render := flag.String("render", "", "only rewrite the summary and plots of this results .json")
 	flag.Parse()
+	if *render != "" {
+		files, err := harness.Render(*render, *out)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "torpor-bench:", err)
+			os.Exit(1)
+		}
+		for _, f := range files {
+			fmt.Println(f)
+		}
+		return
+	}
 	_ = quick
 	level := slog.LevelWarn
 	if *verbose {

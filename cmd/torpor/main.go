@@ -109,12 +109,30 @@ func newFlagSet(name, argsUsage string) *flag.FlagSet {
 	return fs
 }
 
+// parseFlags parses flags that may also follow the positional arguments
+// (`torpor migrate JOB --node n1 --to h4`). The positional arguments are left
+// in fs.Args(). A "--" ends the flags.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return err
+			}
+			return exitError{2}
 		}
-		return exitError{2}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+			pos = append(pos, rest...)
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
 	}
+	// Leave the positional arguments where fs.Args() finds them.
+	_ = fs.Parse(append([]string{"--"}, pos...))
 	return nil
 }

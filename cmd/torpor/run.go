@@ -22,74 +22,10 @@ import (
 	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
-// runFlags are torpor's own flags that mpirun does not have.
-type runFlags struct {
-	plain  bool   // run the command as is, one per host, without MPI
-	socket string // coordinator socket
-	runDir string // where job-node output files are
-	logLvl string
-}
-
-// splitRunFlags takes torpor-only flags out of the argument list, up to the
-// program name or "--".
-func splitRunFlags(args []string) (runFlags, []string, error) {
-	rf := runFlags{runDir: "/run/torpor", logLvl: "warn"}
-	var rest []string
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" || (!strings.HasPrefix(a, "-") && a != "") {
-			rest = append(rest, args[i:]...)
-			break
-		}
-		name, val, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		take := func() (string, error) {
-			if hasVal {
-				return val, nil
-			}
-			if i+1 >= len(args) {
-				return "", fmt.Errorf("%s needs a value", a)
-			}
-			i++
-			return args[i], nil
-		}
-		var err error
-		switch name {
-		case "plain":
-			rf.plain = true
-		case "socket":
-			rf.socket, err = take()
-		case "run-dir":
-			rf.runDir, err = take()
-		case "log-level":
-			rf.logLvl, err = take()
-		default:
-			rest = append(rest, a)
-		}
-		if err != nil {
-			return rf, nil, err
-		}
-	}
-	return rf, rest, nil
-}
-
-const runExtraUsage = `
-torpor's own flags:
-  --plain                           run PROGRAM as is, once per host, without MPI (TORPOR_NODE_INDEX,
-                                    TORPOR_NODES and TORPOR_NODE_IPS tell each copy where it is)
-  --socket PATH                     coordinator socket (default $TORPOR_SOCKET or ` + DefaultSocket + `); without a
-                                    running coordinator, torpor run embeds one for this machine
-  --run-dir DIR                     where job-node output files are (default /run/torpor)
-  --log-level LEVEL                 log level of an embedded coordinator (default warn)
-`
-
 func runRun(ctx context.Context, args []string) error {
-	rf, rest, err := splitRunFlags(args)
-	if err != nil {
-		return fmt.Errorf("%w (see `torpor run -h`)", err)
-	}
-	o, err := launch.Parse(rest)
+	o, err := launch.Parse(args)
 	if errors.Is(err, launch.ErrHelp) {
-		fmt.Print(launch.Usage(), runExtraUsage)
+		fmt.Print(launch.Usage())
 		return nil
 	}
 	if err != nil {
@@ -101,13 +37,19 @@ func runRun(ctx context.Context, args []string) error {
 		fmt.Fprintln(os.Stderr, "torpor run:", err)
 		return exitError{2}
 	}
-	spec, err := buildSpec(o, rf, prog)
+	if o.RunDir == "" {
+		o.RunDir = "/run/torpor"
+	}
+	if o.LogLevel == "" {
+		o.LogLevel = "warn"
+	}
+	spec, err := buildSpec(o, prog)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "torpor run:", err)
 		return exitError{2}
 	}
 
-	sock := socketPath(rf.socket)
+	sock := socketPath(o.Socket)
 	if _, statErr := os.Stat(sock); statErr != nil {
 		// No coordinator: embed one, on this machine only.
 		for _, n := range spec.Nodes {
@@ -127,8 +69,8 @@ func runRun(ctx context.Context, args []string) error {
 			cfg.CheckpointDir = o.CheckpointDir
 		}
 		stack, err := embedded.Start(ctx, embedded.Config{
-			StateDir: cfg.StateDir, CheckpointDir: cfg.CheckpointDir, Socket: sock, RunDir: rf.runDir,
-			CgroupParent: "/" + strings.Trim(cfg.CgroupRoot, "/"), CRIU: bin, Log: newLogger(rf.logLvl),
+			StateDir: cfg.StateDir, CheckpointDir: cfg.CheckpointDir, Socket: sock, RunDir: o.RunDir,
+			CgroupParent: "/" + strings.Trim(cfg.CgroupRoot, "/"), CRIU: bin, Log: newLogger(o.LogLevel),
 		})
 		if err != nil {
 			return err
@@ -140,11 +82,11 @@ func runRun(ctx context.Context, args []string) error {
 		return err
 	}
 	defer done()
-	return superviseJob(ctx, cl, spec, o, rf)
+	return superviseJob(ctx, cl, spec, o)
 }
 
 // buildSpec turns mpirun-style options into a job spec.
-func buildSpec(o launch.Options, rf runFlags, prog string) (coordinator.JobSpec, error) {
+func buildSpec(o launch.Options, prog string) (coordinator.JobSpec, error) {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	spec := coordinator.JobSpec{ID: sanitize(o.Name()) + "-" + hex.EncodeToString(b[:]), Owner: os.Getuid()}
@@ -152,7 +94,7 @@ func buildSpec(o launch.Options, rf runFlags, prog string) (coordinator.JobSpec,
 	for _, m := range missing {
 		fmt.Fprintf(os.Stderr, "torpor run: warning: -x %s: not set here, not exported\n", m)
 	}
-	if !rf.plain {
+	if !o.Plain {
 		return spec, errors.New("MPI jobs need pmixd, which this build does not wire yet; use --plain for a non-MPI command")
 	}
 	hosts := o.Hosts
@@ -192,15 +134,10 @@ func sanitize(s string) string {
 // superviseJob starts the job and stays with it: it prints its output,
 // checkpoints it on the checkpoint signal or interval, and returns with the
 // job's exit status.
-func superviseJob(ctx context.Context, cl apiv1.CoordinatorClient, spec coordinator.JobSpec, o launch.Options, rf runFlags) error {
-	// Plain jobs get their place in the job as environment variables.
-	var ips []string
+func superviseJob(ctx context.Context, cl apiv1.CoordinatorClient, spec coordinator.JobSpec, o launch.Options) error {
 	job, err := cl.Run(ctx, &apiv1.RunRequest{Spec: coordinator.SpecToPB(spec)})
 	if err != nil {
 		return rpcErr(err)
-	}
-	for _, n := range job.Spec.Nodes {
-		ips = append(ips, strings.Split(n.Ip, "/")[0])
 	}
 	id := job.Spec.Id
 	fmt.Fprintf(os.Stderr, "torpor: job %s started on %s\n", id, nodeList(job.Spec))
@@ -213,8 +150,7 @@ func superviseJob(ctx context.Context, cl apiv1.CoordinatorClient, spec coordina
 		defer t.Stop()
 		tick = t.C
 	}
-	_ = ips
-	tail := newTailer(rf.runDir, id, job.Spec.Nodes, os.Stdout)
+	tail := newTailer(o.RunDir, id, job.Spec.Nodes, os.Stdout)
 	restarts := 0
 	poll := time.NewTicker(200 * time.Millisecond)
 	defer poll.Stop()

@@ -82,6 +82,11 @@ type MCAParam struct {
 // Options is everything `torpor run` was told. The zero value of a field
 // means "not given"; Parse fills defaults where a default exists.
 type Options struct {
+	// Plain runs the program as is, once per host, without MPI (torpor only).
+	Plain bool
+	// Socket is the coordinator's socket; RunDir where job-node output
+	// files are; LogLevel the embedded coordinator's (torpor only).
+	Socket, RunDir, LogLevel string
 	// NP is the number of ranks (-n/-np/-c). 0 means not given: Resolve then
 	// uses the total slot count of the hosts, or the local CPU count.
 	NP int

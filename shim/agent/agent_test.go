@@ -70,7 +70,7 @@ func newE2E(t *testing.T, hosts, nodes int) *e2e {
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	e := &e2e{t: t, agents: map[string]*Agent{}, dir: dir}
 	agents := map[string]coordinator.Agent{}
-	cgParent := "/torpor-test-" + name
+	cgParent := "/torpor/test-" + name
 	for i := 1; i <= hosts; i++ {
 		h := cl.Host(i)
 		hostName := fmt.Sprintf("h%d", i)
@@ -211,4 +211,66 @@ func TestCoordinatedCycles(t *testing.T) {
 	if j.State != coordinator.StateRunning || j.Reason != "" {
 		t.Fatalf("job %s %q", j.State, j.Reason)
 	}
+}
+
+// A job-node with un-acknowledged bytes towards a peer outside its job (a
+// black hole) cannot be checkpointed: the checkpoint aborts naming the
+// socket, and the job keeps running.
+func TestDrainOutsideJobAborts(t *testing.T) {
+	e := newE2E(t, 2, 1)
+	ctx := context.Background()
+	stream := filepath.Join(e.dir, "tcpstream")
+	peer := coordinator.JobSpec{ID: "peer", Nodes: []coordinator.NodeSpec{{
+		Name: "n0", Host: "h2", IP: simhost.NodeAddr(40), Hostname: "peer",
+		Argv: []string{stream, "-listen", ":7000", "-status", filepath.Join(e.dir, "peer.recv")},
+	}}}
+	peerIP := strings.Split(simhost.NodeAddr(40), "/")[0]
+	sender := coordinator.JobSpec{ID: "sender", Nodes: []coordinator.NodeSpec{{
+		Name: "n0", Host: "h1", IP: simhost.NodeAddr(41), Hostname: "sender",
+		Argv: []string{stream, "-connect", peerIP + ":7000", "-status", filepath.Join(e.dir, "sender.send")},
+	}}}
+	for _, s := range []coordinator.JobSpec{peer, sender} {
+		if err := e.c.Start(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for readStatus(filepath.Join(e.dir, "peer.recv")) < 1<<20 {
+		if time.Now().After(deadline) {
+			t.Fatal("stream to the outside peer never flowed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Black-hole the peer: its packets are dropped from now on.
+	if err := e.agents["h2"].Lock(ctx, coordinator.NodeRef{Job: "peer", Node: "n0"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.c.Checkpoint(ctx, "sender", coordinator.CheckpointOptions{})
+	if err == nil || !strings.Contains(err.Error(), "drain") || !strings.Contains(err.Error(), peerIP+":7000") {
+		t.Fatalf("checkpoint with a black-holed outside peer: %v", err)
+	}
+	t.Logf("aborted as expected: %v", err)
+	if j, _ := e.c.Job("sender"); j.State != coordinator.StateRunning {
+		t.Fatalf("sender job is %s after the aborted checkpoint", j.State)
+	}
+	if err := e.agents["h2"].Unlock(ctx, coordinator.NodeRef{Job: "peer", Node: "n0"}); err != nil {
+		t.Fatal(err)
+	}
+	before := readStatus(filepath.Join(e.dir, "peer.recv"))
+	for readStatus(filepath.Join(e.dir, "peer.recv")) <= before+1<<20 {
+		if time.Now().After(deadline.Add(20 * time.Second)) {
+			t.Fatal("stream did not resume after the abort")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func readStatus(path string) uint64 {
+	data, _ := os.ReadFile(path)
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		return 0
+	}
+	n, _ := strconv.ParseUint(f[0], 10, 64)
+	return n
 }

@@ -1,0 +1,219 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// streamJob starts a ring of TCP streams over job-nodes n0..n(k-1) on hosts
+// h1..hk with `torpor run --plain`: job-node i receives from i-1 and sends to
+// i+1; every receiver verifies every byte. It returns the job id.
+func (c *cluster) streamJob(name string, hosts []string) string {
+	c.t.Helper()
+	stream := build(c.t, c.dir, "github.com/torpor-hpc/torpor/bench/workloads/tcpstream", "tcpstream")
+	status := filepath.Join(c.dir, "status")
+	if err := os.MkdirAll(status, 0o755); err != nil {
+		c.t.Fatal(err)
+	}
+	script := filepath.Join(c.dir, "ring.sh")
+	body := fmt.Sprintf(`#!/bin/sh
+set -e
+next=$(echo $TORPOR_NODE_IPS | cut -d' ' -f$(( (TORPOR_NODE_INDEX + 1) %% TORPOR_NODES + 1 )))
+%[1]s -listen :7000 -status %[2]s/$TORPOR_NODE.recv -read-rate 4M &
+exec %[1]s -connect $next:7000 -status %[2]s/$TORPOR_NODE.send -rate 4M
+`, stream, status)
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		c.t.Fatal(err)
+	}
+	// The shims register within a moment; retry until they have.
+	args := []string{"run", "--plain", "--name", name, "--host", strings.Join(hosts, ","), "--run-dir", c.runDir, script}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cmd := c.daemon("run-"+name, args...)
+		time.Sleep(time.Second)
+		job := c.findJob(name)
+		if job != "" {
+			c.t.Cleanup(func() { stop(cmd, syscall.SIGTERM) })
+			return job
+		}
+		stop(cmd, syscall.SIGTERM)
+		if time.Now().After(deadline) {
+			c.t.Fatalf("job %s never started:\n%s", name, c.logs["run-"+name])
+		}
+	}
+}
+
+func (c *cluster) findJob(prefix string) string {
+	out, _ := c.cli("ps")
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && strings.HasPrefix(f[0], prefix+"-") && f[1] == "running" {
+			return f[0]
+		}
+	}
+	return ""
+}
+
+// progress waits until every receiver verified more bytes than before.
+func (c *cluster) progress(nodes int, what string) {
+	c.t.Helper()
+	var before []uint64
+	path := func(i int) string { return filepath.Join(c.dir, "status", fmt.Sprintf("n%d.recv", i)) }
+	for i := 0; i < nodes; i++ {
+		before = append(before, readCounter(c.t, path(i)))
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; i < nodes; i++ {
+		for readCounter(c.t, path(i)) <= before[i]+32<<10 {
+			if time.Now().After(deadline) {
+				out, _ := c.cli("ps")
+				c.t.Fatalf("%s: n%d stuck at %d bytes\n%s", what, i, readCounter(c.t, path(i)), out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	var now []string
+	for i := 0; i < nodes; i++ {
+		now = append(now, fmt.Sprintf("n%d=%d", i, readCounter(c.t, path(i))))
+	}
+	c.t.Logf("%s: verified %s", what, strings.Join(now, " "))
+}
+
+// Issue acceptance: a coordinator and shim daemons (separate processes,
+// mutual TLS) on simulated hosts, a TCP stream job over 3 job-nodes:
+// checkpoints ×10, suspend + resume, restart after killing every job
+// process, migration to a 4th host; tampering; an interrupted commit; a
+// non-root user refused. Every byte is verified by the receivers.
+func TestDaemonsEndToEnd(t *testing.T) {
+	c := newCluster(t, 4)
+	job := c.streamJob("ring", []string{"h1", "h2", "h3"})
+	c.progress(3, "started")
+
+	for i := 1; i <= 10; i++ {
+		h := lastLines(c.mustCLI("checkpoint", job), 1)
+		if !strings.HasPrefix(h, job+"/") {
+			t.Fatalf("checkpoint printed %q, want a handle", h)
+		}
+		c.progress(3, "checkpoint "+h)
+	}
+
+	c.mustCLI("suspend", job)
+	if s := c.jobState(job); s != "suspended" {
+		t.Fatalf("after suspend: %s", s)
+	}
+	c.mustCLI("resume", job)
+	c.progress(3, "suspend + resume")
+
+	// Kill every process of the job: the job fails; restart brings it back.
+	mount := "/sys/fs/cgroup/unified"
+	killed := 0
+	filepath.WalkDir(filepath.Join(mount, c.cgParent), func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Name() == "cgroup.procs" {
+			data, _ := os.ReadFile(p)
+			for _, f := range strings.Fields(string(data)) {
+				var pid int
+				fmt.Sscan(f, &pid)
+				if pid > 0 && syscall.Kill(pid, syscall.SIGKILL) == nil {
+					killed++
+				}
+			}
+		}
+		return nil
+	})
+	t.Logf("killed %d job processes", killed)
+	if killed < 3 {
+		t.Fatalf("killed only %d job processes", killed)
+	}
+	c.waitState(job, "failed", 15*time.Second)
+	c.mustCLI("restart", job)
+	c.progress(3, "restart after kill -9")
+
+	c.mustCLI("migrate", job, "--node", "n1", "--to", "h4")
+	out := c.mustCLI("ps")
+	if !strings.Contains(out, "n1@h4") {
+		t.Fatalf("after migrate:\n%s", out)
+	}
+	c.progress(3, "migrate n1 to h4")
+
+	// A non-root user may not act on root's job.
+	out, code := c.cliAs(&syscall.Credential{Uid: 65534, Gid: 65534}, "checkpoint", job)
+	if code == 0 || !strings.Contains(out, "permission denied") {
+		t.Fatalf("uid 65534 checkpoint: exit %d\n%s", code, out)
+	}
+
+	// Tampering: flip one byte in an image of a committed checkpoint.
+	good := lastLines(c.mustCLI("checkpoint", job), 1)
+	bad := lastLines(c.mustCLI("suspend", job), 1)
+	img := filepath.Join(c.ckpt, bad, "nodes", "n2", "pages-1.img")
+	data, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x01
+	if err := os.WriteFile(img, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ls := c.mustCLI("ls", job)
+	for _, line := range strings.Split(ls, "\n") {
+		if strings.HasPrefix(line, bad+" ") && !strings.Contains(line, "pages-1.img") {
+			t.Fatalf("ls does not show %s failing verification:\n%s", bad, ls)
+		}
+		if strings.HasPrefix(line, good+" ") && !strings.HasSuffix(strings.TrimSpace(line), "ok") {
+			t.Fatalf("ls shows %s not ok:\n%s", good, ls)
+		}
+	}
+	out, code = c.cli("restart", bad)
+	if code == 0 || !strings.Contains(out, "fails verification") {
+		t.Fatalf("restart of a tampered checkpoint: exit %d\n%s", code, out)
+	}
+	t.Logf("tampered checkpoint refused: %s", strings.TrimSpace(out))
+	c.mustCLI("restart", good)
+	c.progress(3, "restart from "+good)
+
+	// Interrupted commit: the coordinator dies between dump and commit.
+	stop(c.coord, syscall.SIGTERM)
+	c.startCoordinator("--fault", "crash-before-commit")
+	c.waitState(job, "running", 30*time.Second)
+	exited := make(chan int, 1)
+	go func() { _ = c.coord.Wait(); exited <- c.coord.ProcessState.ExitCode() }()
+	// The shims need a moment to register with the new coordinator.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		out, code = c.cli("checkpoint", job)
+		if code == 0 {
+			t.Fatalf("checkpoint survived a coordinator crash:\n%s", out)
+		}
+		if !strings.Contains(out, "no shim registered") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	select {
+	case ec := <-exited:
+		if ec != 86 {
+			t.Fatalf("coordinator exit %d, want the fault's 86; checkpoint said:\n%s", ec, out)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("coordinator did not crash at the fault; checkpoint said:\n%s", out)
+	}
+	t.Logf("coordinator crashed between dump and commit: %s", lastLines(out, 1))
+	c.startCoordinator()
+	c.waitState(job, "running", 30*time.Second)
+	ls = c.mustCLI("ls", "--no-verify", job)
+	if n := strings.Count(ls, job+"/"); n != 12+1 { // 10 + suspend + good + tampered, minus nothing
+		t.Logf("checkpoints listed: %d\n%s", n, ls)
+	}
+	entries, _ := os.ReadDir(filepath.Join(c.ckpt, job))
+	for _, e := range entries {
+		if e.IsDir() {
+			if _, err := os.Stat(filepath.Join(c.ckpt, job, e.Name(), "manifest.json")); err != nil {
+				t.Fatalf("an uncommitted checkpoint %s is still on disk", e.Name())
+			}
+		}
+	}
+	c.progress(3, "after coordinator crash and recovery")
+}

@@ -1,0 +1,247 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/torpor-hpc/torpor/shim/cgroup"
+	"github.com/torpor-hpc/torpor/shim/simhost"
+)
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: simulated hosts, sandboxes, CRIU and eBPF")
+	}
+}
+
+// build compiles a main package into dir.
+func build(t *testing.T, dir, pkg, name string) string {
+	t.Helper()
+	out := filepath.Join(dir, name)
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if b, err := exec.Command(gobin, "build", "-o", out, pkg).CombinedOutput(); err != nil {
+		t.Fatalf("build %s: %v\n%s", pkg, err, b)
+	}
+	return out
+}
+
+// cluster is a coordinator and shim daemons, each a separate torpor process,
+// on simulated hosts.
+type cluster struct {
+	t        *testing.T
+	dir      string
+	torpor   string
+	socket   string
+	runDir   string
+	state    string
+	ckpt     string
+	pki      string
+	addr     string
+	cgParent string
+	sim      *simhost.Cluster
+	coord    *exec.Cmd
+	shims    []*exec.Cmd
+	logs     map[string]*bytes.Buffer
+}
+
+func newCluster(t *testing.T, hosts int) *cluster {
+	t.Helper()
+	requireRoot(t)
+	// Not t.TempDir: its parent is private to root, and the test also runs
+	// the CLI as another user, who must reach the binary and the socket.
+	dir, err := os.MkdirTemp("", "torpor-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	name := fmt.Sprintf("e%d", os.Getpid()%100000)
+	sim, err := simhost.NewCluster(context.Background(), name, hosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{
+		t: t, dir: dir, torpor: build(t, dir, "github.com/torpor-hpc/torpor/cmd/torpor", "torpor"),
+		socket: filepath.Join(dir, "coordinator.sock"), runDir: filepath.Join(dir, "run"),
+		state: filepath.Join(dir, "state"), ckpt: filepath.Join(dir, "ckpt"), pki: filepath.Join(dir, "pki"),
+		cgParent: "/torpor/" + name, sim: sim, logs: map[string]*bytes.Buffer{},
+		addr: fmt.Sprintf("127.0.0.1:%d", 20000+os.Getpid()%20000),
+	}
+	t.Cleanup(c.close)
+	if out, err := exec.Command(c.torpor, "coordinator", "--init-pki", "--pki", c.pki).CombinedOutput(); err != nil {
+		t.Fatalf("init pki: %v\n%s", err, out)
+	}
+	c.startCoordinator()
+	for i := 1; i <= hosts; i++ {
+		h := sim.Host(i)
+		cmd := c.daemon(fmt.Sprintf("shim-h%d", i), "shim", "--host", fmt.Sprintf("h%d", i), "--netns", h.NetNS,
+			"--bridge", h.Bridge, "--join", c.addr, "--pki", c.pki, "--run-dir", c.runDir,
+			"--cgroup-parent", c.cgParent, "--listen", "127.0.0.1:0")
+		c.shims = append(c.shims, cmd)
+	}
+	return c
+}
+
+// daemon starts a torpor daemon whose output is kept for failure reports.
+func (c *cluster) daemon(name string, args ...string) *exec.Cmd {
+	c.t.Helper()
+	cmd := exec.Command(c.torpor, args...)
+	buf := &bytes.Buffer{}
+	c.logs[name] = buf
+	cmd.Stdout, cmd.Stderr = buf, buf
+	cmd.Env = append(os.Environ(), "TORPOR_SOCKET="+c.socket)
+	if err := cmd.Start(); err != nil {
+		c.t.Fatalf("start %s: %v", name, err)
+	}
+	return cmd
+}
+
+func (c *cluster) startCoordinator(extra ...string) {
+	c.t.Helper()
+	args := append([]string{"coordinator", "--state-dir", c.state, "--checkpoint-dir", c.ckpt, "--socket", c.socket,
+		"--listen", c.addr, "--pki", c.pki}, extra...)
+	c.coord = c.daemon("coordinator", args...)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if _, err := os.Stat(c.socket); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("coordinator did not come up:\n%s", c.logs["coordinator"])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func stop(cmd *exec.Cmd, sig syscall.Signal) {
+	if cmd == nil || cmd.Process == nil || cmd.ProcessState != nil {
+		return
+	}
+	_ = cmd.Process.Signal(sig)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+func (c *cluster) close() {
+	for _, s := range c.shims {
+		stop(s, syscall.SIGTERM)
+	}
+	stop(c.coord, syscall.SIGTERM)
+	if c.t.Failed() {
+		for name, buf := range c.logs {
+			c.t.Logf("---- %s ----\n%s", name, lastLines(buf.String(), 40))
+		}
+	}
+	_ = c.sim.Close()
+	mount, err := cgroup.Mountpoint()
+	if err != nil {
+		c.t.Error(err)
+		return
+	}
+	if err := simhost.LeakCheck(c.sim, filepath.Join(mount, c.cgParent), "tpv"); err != nil {
+		c.t.Errorf("leak: %v", err)
+	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// cli runs the torpor CLI and returns its combined output and exit code.
+func (c *cluster) cli(args ...string) (string, int) {
+	c.t.Helper()
+	return c.cliAs(nil, args...)
+}
+
+func (c *cluster) cliAs(cred *syscall.Credential, args ...string) (string, int) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.torpor, args...)
+	cmd.Env = append(os.Environ(), "TORPOR_SOCKET="+c.socket)
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatalf("torpor %v: %v", args, err)
+	}
+	return string(out), code
+}
+
+func (c *cluster) mustCLI(args ...string) string {
+	c.t.Helper()
+	out, code := c.cli(args...)
+	if code != 0 {
+		c.t.Fatalf("torpor %s: exit %d\n%s", strings.Join(args, " "), code, out)
+	}
+	return out
+}
+
+// jobState returns a job's STATE column from `torpor ps`.
+func (c *cluster) jobState(job string) string {
+	out, _ := c.cli("ps")
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == job {
+			return f[1]
+		}
+	}
+	return ""
+}
+
+func (c *cluster) waitState(job, want string, timeout time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for c.jobState(job) != want {
+		if time.Now().After(deadline) {
+			out, _ := c.cli("ps")
+			c.t.Fatalf("job %s never became %s:\n%s", job, want, out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// counter reads a fixed-width "<n> ok" status file written by tcpstream.
+func readCounter(t *testing.T, path string) uint64 {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(data))
+	if len(f) >= 2 && f[1] != "ok" {
+		t.Fatalf("%s: %q", path, strings.TrimSpace(string(data)))
+	}
+	if len(f) == 0 {
+		return 0
+	}
+	n, _ := strconv.ParseUint(f[0], 10, 64)
+	return n
+}

@@ -14,7 +14,7 @@ PKGS      ?= ./...
 .PHONY: help deps build workloads generate lint test e2e bench demo clean
 
 help: ## list the targets
-	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
+	@grep -E '^[a-z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
 deps: ## install Debian packages and a private CRIU >= 4.2 (root, idempotent)
 	@bash scripts/deps.sh
@@ -37,6 +37,16 @@ test: deps build workloads ## install what is needed, run torpor doctor, then ev
 	./$(BIN) doctor
 	$(MAKE) -s lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(GOFLAGS_TEST) $(PKGS)
+
+e2e: deps build workloads ## the long end-to-end runs (root)
+	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./e2e/...
+
+demo: deps build workloads ## checkpoint, restart and migrate a job on a simulated 4-host cluster (root)
+	@bash scripts/demo.sh
+
+bench: deps build workloads ## benchmarks (quick; FULL=1 for the complete run) -> bench/results/
+	$(GO) build -o bin/torpor-bench ./bench/cmd/torpor-bench
+	./bin/torpor-bench $(if $(FULL),-full,-quick) -out bench/results
 
 clean: ## remove build outputs
 	rm -rf bin

@@ -192,3 +192,13 @@ func (c *Cluster) namespaces() ([]string, error) {
 	}
 	return out, nil
 }
+
+// Remove deletes every namespace of the simulated cluster called name, as
+// Close does, for a cluster created by another process (`torpor sim down`).
+func Remove(name string) error {
+	if name == "" || strings.ContainsAny(name, "/ ") {
+		return fmt.Errorf("remove cluster: bad name %q", name)
+	}
+	c := &Cluster{Name: name}
+	return c.Close()
+}

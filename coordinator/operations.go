@@ -68,6 +68,9 @@ type CheckpointOptions struct {
 // back: every job-node is unlocked and thawed, the partial checkpoint is
 // deleted and the job keeps running.
 func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts CheckpointOptions) (string, error) {
+	if err := c.requireShims(id); err != nil {
+		return "", err
+	}
 	spec, _, err := c.begin(id, []State{StateRunning}, StateCheckpointing)
 	if err != nil {
 		return "", err
@@ -284,4 +287,20 @@ func placeEnv(spec *JobSpec) {
 			"TORPOR_NODE_IPS="+strings.Join(ips, " "),
 		)
 	}
+}
+
+// requireShims refuses, before anything is touched, an operation on a job
+// whose hosts are not all served by a registered shim (e.g. right after a
+// coordinator restart, before the shims registered again).
+func (c *Coordinator) requireShims(id string) error {
+	j, err := c.Job(id)
+	if err != nil {
+		return err
+	}
+	for _, n := range j.Spec.Nodes {
+		if _, err := c.agent(n.Host); err != nil {
+			return fmt.Errorf("job %s: job-node %s: %w; nothing was done — wait for the shim to register and try again", id, n.Name, err)
+		}
+	}
+	return nil
 }

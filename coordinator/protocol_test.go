@@ -511,3 +511,27 @@ func TestSettleWaitsForShims(t *testing.T) {
 	f.c = c2
 	f.assertRunning(t)
 }
+
+// An operation on a job whose shim is not registered is refused before
+// anything is touched: the job stays running.
+func TestMissingShimRefusedUpFront(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2", "h3")
+	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: map[string]Agent{"h0": f.agents["h0"], "h1": f.agents["h1"], "h3": f.agents["h3"]}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.Checkpoint(context.Background(), "job1", CheckpointOptions{}); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "nothing was done") {
+		t.Fatalf("checkpoint with h2's shim missing: %v", err)
+	}
+	if err := c2.Migrate(context.Background(), "job1", "n0", "h3"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("migrate with h2's shim missing: %v", err)
+	}
+	if j, _ := c2.Job("job1"); j.State != StateRunning {
+		t.Fatalf("job is %s", j.State)
+	}
+	for _, a := range f.agents {
+		if a.calls[PhaseFreeze] != 0 || a.calls[PhasePrepare] != 0 {
+			t.Fatalf("%s was touched", a.host)
+		}
+	}
+}

@@ -170,6 +170,9 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 	if _, err := c.agent(to); err != nil {
 		return err
 	}
+	if err := c.requireShims(id); err != nil {
+		return err
+	}
 	spec, _, err := c.begin(id, []State{StateRunning}, StateMigrating)
 	if err != nil {
 		return err

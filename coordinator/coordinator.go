@@ -62,6 +62,8 @@ type Coordinator struct {
 	agents map[string]Agent
 	jobs   map[string]*Job
 	busy   map[string]bool // job id -> an operation runs
+
+	fences fences
 }
 
 // New creates a coordinator and loads the jobs it persisted earlier.

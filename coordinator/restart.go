@@ -65,6 +65,7 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 		return res, fmt.Errorf("%w (only a suspended or failed job can be restarted; checkpoint it with --stop or `torpor suspend` first)", err)
 	}
 	log := c.log.With("job", spec.ID, "ckpt", res.Checkpoint)
+	c.fences.forget(spec.ID)
 	var t timings
 	err = t.run(PhaseRestore, func() error {
 		return c.fanout(ctx, PhaseRestore, spec.Nodes, func(ctx context.Context, a Agent, n NodeSpec) error {

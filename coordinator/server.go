@@ -53,14 +53,8 @@ func (s *Server) authorize(ctx context.Context, job string) (int, error) {
 
 // Register adds (or replaces) the shim of a host.
 func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*apiv1.Empty, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return nil, ToRPC(fmt.Errorf("%w: no peer", ErrPermission))
-	}
-	if _, isTLS := p.AuthInfo.(credentials.TLSInfo); !isTLS {
-		if _, isLocal := p.AuthInfo.(PeerCred); !isLocal || p.AuthInfo.(PeerCred).UID != 0 {
-			return nil, ToRPC(fmt.Errorf("%w: shims register over mutual TLS (or as root on the unix socket)", ErrPermission))
-		}
+	if err := shimCaller(ctx); err != nil {
+		return nil, ToRPC(err)
 	}
 	if req.Host == "" || req.Address == "" {
 		return nil, ToRPC(fmt.Errorf("%w: register needs a host name and an address", ErrInvalid))
@@ -235,4 +229,37 @@ func JobToPB(j Job) *apiv1.Job {
 		CreatedUnix: j.Created.Unix(), UpdatedUnix: j.Updated.Unix(),
 		LastCheckpoint: j.LastCheckpoint, ExitCode: int32(j.ExitCode),
 	}
+}
+
+// Fence takes a job-node's fence contribution from its shim (mutual TLS, or
+// root on the unix socket) and answers when the fence is complete.
+func (s *Server) Fence(ctx context.Context, req *apiv1.FenceRequest) (*apiv1.FenceReply, error) {
+	if err := shimCaller(ctx); err != nil {
+		return nil, ToRPC(err)
+	}
+	nodes := make([]int, len(req.Nodes))
+	for i, n := range req.Nodes {
+		nodes[i] = int(n)
+	}
+	data, err := s.C.Fence(ctx, FenceRequest{Job: req.Job, Node: int(req.Node), Nodes: nodes, Signature: req.Signature, Seq: req.Seq, Data: req.Data})
+	if err != nil {
+		return nil, ToRPC(err)
+	}
+	return &apiv1.FenceReply{Data: data}, nil
+}
+
+// shimCaller accepts calls from shims: over mutual TLS, or from root on the
+// unix socket.
+func shimCaller(ctx context.Context) error {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return fmt.Errorf("%w: no peer", ErrPermission)
+	}
+	if _, isTLS := p.AuthInfo.(credentials.TLSInfo); isTLS {
+		return nil
+	}
+	if pc, ok := p.AuthInfo.(PeerCred); ok && pc.UID == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: only shims may call this (mutual TLS, or root on the unix socket)", ErrPermission)
 }

@@ -1436,6 +1436,137 @@ func (x *CheckpointList) GetCheckpoints() []*Checkpoint {
 	return nil
 }
 
+// A job-node's contribution to a PMIx fence (modex or barrier), forwarded
+// pmixd -> shim -> coordinator. The call returns when every job-node in
+// nodes has contributed, with every contribution concatenated.
+type FenceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Node          int32                  `protobuf:"varint,2,opt,name=node,proto3" json:"node,omitempty"`          // index of the contributing job-node
+	Nodes         []int32                `protobuf:"varint,3,rep,packed,name=nodes,proto3" json:"nodes,omitempty"` // every participating job-node
+	Signature     string                 `protobuf:"bytes,4,opt,name=signature,proto3" json:"signature,omitempty"`
+	Seq           uint64                 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
+	Data          []byte                 `protobuf:"bytes,6,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FenceRequest) Reset() {
+	*x = FenceRequest{}
+	mi := &file_torpor_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FenceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FenceRequest) ProtoMessage() {}
+
+func (x *FenceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FenceRequest.ProtoReflect.Descriptor instead.
+func (*FenceRequest) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *FenceRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *FenceRequest) GetNode() int32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *FenceRequest) GetNodes() []int32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *FenceRequest) GetSignature() string {
+	if x != nil {
+		return x.Signature
+	}
+	return ""
+}
+
+func (x *FenceRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *FenceRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type FenceReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FenceReply) Reset() {
+	*x = FenceReply{}
+	mi := &file_torpor_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FenceReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FenceReply) ProtoMessage() {}
+
+func (x *FenceReply) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FenceReply.ProtoReflect.Descriptor instead.
+func (*FenceReply) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *FenceReply) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type WaitReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -1445,7 +1576,7 @@ type WaitReply struct {
 
 func (x *WaitReply) Reset() {
 	*x = WaitReply{}
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1588,7 @@ func (x *WaitReply) String() string {
 func (*WaitReply) ProtoMessage() {}
 
 func (x *WaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1601,7 @@ func (x *WaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitReply.ProtoReflect.Descriptor instead.
 func (*WaitReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{24}
+	return file_torpor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WaitReply) GetJob() *Job {
@@ -1595,7 +1726,17 @@ const file_torpor_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"I\n" +
 	"\x0eCheckpointList\x127\n" +
-	"\vcheckpoints\x18\x01 \x03(\v2\x15.torpor.v1.CheckpointR\vcheckpoints\"-\n" +
+	"\vcheckpoints\x18\x01 \x03(\v2\x15.torpor.v1.CheckpointR\vcheckpoints\"\x8e\x01\n" +
+	"\fFenceRequest\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\x05R\x04node\x12\x14\n" +
+	"\x05nodes\x18\x03 \x03(\x05R\x05nodes\x12\x1c\n" +
+	"\tsignature\x18\x04 \x01(\tR\tsignature\x12\x10\n" +
+	"\x03seq\x18\x05 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04data\x18\x06 \x01(\fR\x04data\" \n" +
+	"\n" +
+	"FenceReply\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"-\n" +
 	"\tWaitReply\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xb6\x04\n" +
 	"\x04Shim\x122\n" +
@@ -1609,7 +1750,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\x04Thaw\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x126\n" +
 	"\aRestore\x12\x19.torpor.v1.RestoreRequest\x1a\x10.torpor.v1.Empty\x12/\n" +
 	"\aDestroy\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x123\n" +
-	"\x06Status\x12\x12.torpor.v1.NodeRef\x1a\x15.torpor.v1.NodeStatus2\x8b\x04\n" +
+	"\x06Status\x12\x12.torpor.v1.NodeRef\x1a\x15.torpor.v1.NodeStatus2\xc4\x04\n" +
 	"\vCoordinator\x128\n" +
 	"\bRegister\x12\x1a.torpor.v1.RegisterRequest\x1a\x10.torpor.v1.Empty\x12,\n" +
 	"\x03Run\x12\x15.torpor.v1.RunRequest\x1a\x0e.torpor.v1.Job\x12F\n" +
@@ -1620,7 +1761,8 @@ const file_torpor_proto_rawDesc = "" +
 	"\x04Jobs\x12\x10.torpor.v1.Empty\x1a\x12.torpor.v1.JobList\x12+\n" +
 	"\x06GetJob\x12\x11.torpor.v1.JobRef\x1a\x0e.torpor.v1.Job\x12)\n" +
 	"\x04Wait\x12\x11.torpor.v1.JobRef\x1a\x0e.torpor.v1.Job\x12O\n" +
-	"\x0fListCheckpoints\x12!.torpor.v1.ListCheckpointsRequest\x1a\x19.torpor.v1.CheckpointListB+Z)github.com/torpor-hpc/torpor/api/v1;apiv1b\x06proto3"
+	"\x0fListCheckpoints\x12!.torpor.v1.ListCheckpointsRequest\x1a\x19.torpor.v1.CheckpointList\x127\n" +
+	"\x05Fence\x12\x17.torpor.v1.FenceRequest\x1a\x15.torpor.v1.FenceReplyB+Z)github.com/torpor-hpc/torpor/api/v1;apiv1b\x06proto3"
 
 var (
 	file_torpor_proto_rawDescOnce sync.Once
@@ -1634,7 +1776,7 @@ func file_torpor_proto_rawDescGZIP() []byte {
 	return file_torpor_proto_rawDescData
 }
 
-var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_torpor_proto_goTypes = []any{
 	(*NodeSpec)(nil),               // 0: torpor.v1.NodeSpec
 	(*NodeRef)(nil),                // 1: torpor.v1.NodeRef
@@ -1660,9 +1802,11 @@ var file_torpor_proto_goTypes = []any{
 	(*ListCheckpointsRequest)(nil), // 21: torpor.v1.ListCheckpointsRequest
 	(*Checkpoint)(nil),             // 22: torpor.v1.Checkpoint
 	(*CheckpointList)(nil),         // 23: torpor.v1.CheckpointList
-	(*WaitReply)(nil),              // 24: torpor.v1.WaitReply
-	nil,                            // 25: torpor.v1.RestartRequest.HostsEntry
-	nil,                            // 26: torpor.v1.Checkpoint.PhaseNanosEntry
+	(*FenceRequest)(nil),           // 24: torpor.v1.FenceRequest
+	(*FenceReply)(nil),             // 25: torpor.v1.FenceReply
+	(*WaitReply)(nil),              // 26: torpor.v1.WaitReply
+	nil,                            // 27: torpor.v1.RestartRequest.HostsEntry
+	nil,                            // 28: torpor.v1.Checkpoint.PhaseNanosEntry
 }
 var file_torpor_proto_depIdxs = []int32{
 	0,  // 0: torpor.v1.StartRequest.node:type_name -> torpor.v1.NodeSpec
@@ -1671,10 +1815,10 @@ var file_torpor_proto_depIdxs = []int32{
 	0,  // 3: torpor.v1.RestoreRequest.node:type_name -> torpor.v1.NodeSpec
 	0,  // 4: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
 	11, // 5: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
-	25, // 6: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
+	27, // 6: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
 	11, // 7: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
 	19, // 8: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
-	26, // 9: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
+	28, // 9: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
 	22, // 10: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
 	19, // 11: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
 	2,  // 12: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
@@ -1697,28 +1841,30 @@ var file_torpor_proto_depIdxs = []int32{
 	13, // 29: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
 	13, // 30: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
 	21, // 31: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
-	9,  // 32: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	9,  // 33: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	9,  // 34: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	4,  // 35: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	9,  // 36: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	6,  // 37: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	9,  // 38: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	9,  // 39: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	9,  // 40: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	9,  // 41: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	8,  // 42: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	9,  // 43: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	19, // 44: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	15, // 45: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	17, // 46: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	9,  // 47: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.Empty
-	20, // 48: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	19, // 49: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	19, // 50: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	23, // 51: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	32, // [32:52] is the sub-list for method output_type
-	12, // [12:32] is the sub-list for method input_type
+	24, // 32: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
+	9,  // 33: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	9,  // 34: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	9,  // 35: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	4,  // 36: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	9,  // 37: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	6,  // 38: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	9,  // 39: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	9,  // 40: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	9,  // 41: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	9,  // 42: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	8,  // 43: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	9,  // 44: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	19, // 45: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	15, // 46: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	17, // 47: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	9,  // 48: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.Empty
+	20, // 49: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	19, // 50: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	19, // 51: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	23, // 52: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	25, // 53: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	33, // [33:54] is the sub-list for method output_type
+	12, // [12:33] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -1735,7 +1881,7 @@ func file_torpor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_torpor_proto_rawDesc), len(file_torpor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -517,6 +517,7 @@ const (
 	Coordinator_GetJob_FullMethodName          = "/torpor.v1.Coordinator/GetJob"
 	Coordinator_Wait_FullMethodName            = "/torpor.v1.Coordinator/Wait"
 	Coordinator_ListCheckpoints_FullMethodName = "/torpor.v1.Coordinator/ListCheckpoints"
+	Coordinator_Fence_FullMethodName           = "/torpor.v1.Coordinator/Fence"
 )
 
 // CoordinatorClient is the client API for Coordinator service.
@@ -532,6 +533,7 @@ type CoordinatorClient interface {
 	GetJob(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*Job, error)
 	Wait(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*Job, error)
 	ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*CheckpointList, error)
+	Fence(ctx context.Context, in *FenceRequest, opts ...grpc.CallOption) (*FenceReply, error)
 }
 
 type coordinatorClient struct {
@@ -632,6 +634,16 @@ func (c *coordinatorClient) ListCheckpoints(ctx context.Context, in *ListCheckpo
 	return out, nil
 }
 
+func (c *coordinatorClient) Fence(ctx context.Context, in *FenceRequest, opts ...grpc.CallOption) (*FenceReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FenceReply)
+	err := c.cc.Invoke(ctx, Coordinator_Fence_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CoordinatorServer is the server API for Coordinator service.
 // All implementations must embed UnimplementedCoordinatorServer
 // for forward compatibility.
@@ -645,6 +657,7 @@ type CoordinatorServer interface {
 	GetJob(context.Context, *JobRef) (*Job, error)
 	Wait(context.Context, *JobRef) (*Job, error)
 	ListCheckpoints(context.Context, *ListCheckpointsRequest) (*CheckpointList, error)
+	Fence(context.Context, *FenceRequest) (*FenceReply, error)
 	mustEmbedUnimplementedCoordinatorServer()
 }
 
@@ -681,6 +694,9 @@ func (UnimplementedCoordinatorServer) Wait(context.Context, *JobRef) (*Job, erro
 }
 func (UnimplementedCoordinatorServer) ListCheckpoints(context.Context, *ListCheckpointsRequest) (*CheckpointList, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListCheckpoints not implemented")
+}
+func (UnimplementedCoordinatorServer) Fence(context.Context, *FenceRequest) (*FenceReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method Fence not implemented")
 }
 func (UnimplementedCoordinatorServer) mustEmbedUnimplementedCoordinatorServer() {}
 func (UnimplementedCoordinatorServer) testEmbeddedByValue()                     {}
@@ -865,6 +881,24 @@ func _Coordinator_ListCheckpoints_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_Fence_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FenceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).Fence(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_Fence_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).Fence(ctx, req.(*FenceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Coordinator_ServiceDesc is the grpc.ServiceDesc for Coordinator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -907,6 +941,10 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListCheckpoints",
 			Handler:    _Coordinator_ListCheckpoints_Handler,
+		},
+		{
+			MethodName: "Fence",
+			Handler:    _Coordinator_Fence_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -26,6 +26,10 @@ const (
 	KeyCheckpoint = libpmix.KeyJobCtrlCheckpoint
 	// KeyRegistered (bool) marks a rank's opt-in EventCheckpointComplete.
 	KeyRegistered = "torpor.ckpt.registered"
+	// EnvCheckpointEvents=1 is in every PMIx rank's environment: a rank
+	// should opt in only when it is set (another resource manager, e.g.
+	// mpirun's orted, may never complete the opt-in notification).
+	EnvCheckpointEvents = "TORPOR_CKPT_EVENTS"
 )
 
 // DefaultPrepareTimeout bounds the wait for the ranks when the caller gives none.

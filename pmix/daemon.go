@@ -183,7 +183,8 @@ func (d *Daemon) preparePMIx(ctx context.Context, r int) ([]string, []*os.File, 
 	if err != nil {
 		return nil, nil, err
 	}
-	return append(env, ompiDirectLaunch(d.spec.Job)...), nil, nil
+	env = append(env, ompiDirectLaunch(d.spec.Job)...)
+	return append(env, EnvCheckpointEvents+"=1"), nil, nil
 }
 
 func (d *Daemon) prepareDirs() error {

@@ -44,8 +44,10 @@
 // it): after MPI_Init, PMIx_Init (it shares Open MPI's connection), then
 // PMIx_Register_event_handler for {-106, -4} with PMIX_EVENT_HDLR_FIRST; in
 // the handler only record the event and call the completion callback with
-// PMIX_EVENT_ACTION_COMPLETE (handlers run on PMIx's progress thread); then
-// send the opt-in. At its next safe point (e.g. between iterations) the
+// PMIX_EVENT_ACTION_COMPLETE (handlers run on PMIx's progress thread); then,
+// only if TORPOR_CKPT_EVENTS=1 is in its environment (EnvCheckpointEvents:
+// pmixd sets it; mpirun's orted never completes the opt-in and the rank
+// would hang in MPI_Finalize), send the opt-in. At its next safe point (e.g. between iterations) the
 // application flushes and fsyncs its own files, and answers with
 // PMIx_Notify_event(-107, &me, PMIX_RANGE_RM, {PMIX_EVENT_NON_DEFAULT,
 // PMIX_EVENT_DO_NOT_CACHE, PMIX_JOB_CTRL_CHECKPOINT=id}). Both infos are

@@ -10,8 +10,11 @@
  *       info PMIX_JOB_CTRL_CHECKPOINT ("pmix.jctrl.ckpt");
  *   PMIX_ERR_PROC_RESTART (-4): this process was restored from a checkpoint; the
  *       id is PMIX_JOB_CTRL_CHECKPOINT too;
- * and opts in to being waited for: it sends PMIX_JCTRL_CHECKPOINT_COMPLETE (-107)
+ * and, when run by torpor's pmixd (TORPOR_CKPT_EVENTS=1 in its environment),
+ * opts in to being waited for: it sends PMIX_JCTRL_CHECKPOINT_COMPLETE (-107)
  * once, to the resource manager, with the bool info "torpor.ckpt.registered".
+ * (Under mpirun it does not: orted never completes that notification, and the
+ * rank would hang in MPI_Finalize.)
  *
  * The handlers only record the event and return at once (they run on PMIx's
  * progress thread). At its next iteration boundary — the application's safe
@@ -266,6 +269,7 @@ static int register_events(void)
 	pmix_info_t info[2];
 	bool yes = true;
 	pmix_status_t st;
+	const char *env;
 
 	st = PMIx_Init(&me, NULL, 0); /* shares Open MPI's connection (reference counted) */
 	if (st != PMIX_SUCCESS) {
@@ -283,7 +287,10 @@ static int register_events(void)
 			PMIx_Error_string(st));
 		return -1;
 	}
-	if (complete(NULL) != 0)
+	env = getenv("TORPOR_CKPT_EVENTS");
+	if (env == NULL || strcmp(env, "1") != 0)
+		say(PROG ": rank %d registered, not opted in (TORPOR_CKPT_EVENTS unset: not under torpor)", my_rank);
+	else if (complete(NULL) != 0)
 		say(PROG ": rank %d registered (opt-in not acknowledged)", my_rank);
 	else
 		say(PROG ": rank %d registered", my_rank);

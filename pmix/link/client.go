@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/torpor-hpc/torpor/pmix/hostmsg"
 )
 
@@ -107,12 +109,11 @@ func (c *Client) Run(ctx context.Context, h Handler) error {
 				c.log.Debug("link down, dialling", "since", failedSince.Format(time.RFC3339), "err", err)
 				lastLog = now
 			}
-			select {
-			case <-time.After(c.cfg.Redial):
-				continue
-			case <-ctx.Done():
+			pause(c.cfg.Redial)
+			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			continue
 		}
 		failedSince, lastLog = time.Time{}, time.Time{}
 		if err := c.serve(ctx, conn, h); err != nil && ctx.Err() == nil {
@@ -239,6 +240,16 @@ func (c *Client) down(w *wconn) {
 	if c.w == w {
 		c.w = nil
 	}
+}
+
+// pause sleeps d in the kernel (nanosleep, relative). A Go timer would not
+// do here: the re-dial pause spans the dump and the restore, and a Go timer
+// armed on one host's CLOCK_MONOTONIC fires late by the clock difference on
+// another host whose clock is behind (unless the sandbox has a time
+// namespace). An interrupted nanosleep (the restore) returns early: fine.
+func pause(d time.Duration) {
+	ts := unix.NsecToTimespec(int64(d))
+	_ = unix.Nanosleep(&ts, nil)
 }
 
 // call sends m and waits for its reply, across reconnects.

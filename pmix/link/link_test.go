@@ -431,6 +431,10 @@ func TestListenReplacesStaleSocket(t *testing.T) {
 	if err := NewServer(&fakeForwarder{}, nil).Listen(other); err == nil {
 		t.Errorf("Listen over a regular file succeeded")
 	}
+	long := "/run/torpor/sandboxes/" + strings.Repeat("j", 80) + "/0/link.sock"
+	if err := NewServer(&fakeForwarder{}, nil).Listen(long); !errors.Is(err, ErrPathTooLong) {
+		t.Errorf("Listen on a %d-byte path = %v, want ErrPathTooLong", len(long), err)
+	}
 }
 
 func TestFrames(t *testing.T) {

@@ -21,7 +21,11 @@ var (
 	ErrClosed       = errors.New("link server closed")
 	ErrLinkDropped  = errors.New("pmixd dropped the link before answering")
 	ErrNotListening = errors.New("link server is not listening: call Listen first")
+	ErrPathTooLong  = errors.New("link socket path too long for a unix socket (at most 107 bytes): use a shorter directory or job id")
 )
+
+// maxPath is the longest unix socket path (sun_path is 108 bytes with its NUL).
+const maxPath = 107
 
 // Forwarder is what the shim does with pmixd's requests: send them on to the
 // coordinator. Calls run on their own goroutine; ctx ends when the link
@@ -75,6 +79,9 @@ func NewServer(fw Forwarder, log *slog.Logger) *Server {
 // Listen listens on the unix socket path, creating its directory and
 // replacing a stale socket left by a previous shim.
 func (s *Server) Listen(path string) error {
+	if len(path) > maxPath {
+		return fmt.Errorf("listen on %s: %w", path, ErrPathTooLong)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {

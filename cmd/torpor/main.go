@@ -33,6 +33,7 @@ var verbs = map[string]verb{
 	"doctor":      {"check that this host can run torpor, and say how to fix what is missing", runDoctor},
 	"ls":          {"list checkpoints, with size, phases and verification", runLs},
 	"migrate":     {"move one job-node of a running job to another host", runMigrate},
+	"pmixd":       {"(internal) an MPI job-node's PMIx server, started by the shim", runPMIxd},
 	"ps":          {"list jobs", runPs},
 	"run":         {"run a job (mpirun flags); embeds a coordinator when none runs", runRun},
 	"restart":     {"restart a job from a checkpoint handle or its newest checkpoint", runRestart},

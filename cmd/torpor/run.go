@@ -1,11 +1,16 @@
 package main
 
 import (
+	"encoding/json"
+	"runtime"
+
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/torpor-hpc/torpor/pmix"
+	"github.com/torpor-hpc/torpor/shim/agent"
 	"io"
 	"os"
 	"os/signal"
@@ -95,7 +100,7 @@ func buildSpec(o launch.Options, prog string) (coordinator.JobSpec, error) {
 		fmt.Fprintf(os.Stderr, "torpor run: warning: -x %s: not set here, not exported\n", m)
 	}
 	if !o.Plain {
-		return spec, errors.New("MPI jobs need pmixd, which this build does not wire yet; use --plain for a non-MPI command")
+		return mpiSpec(spec, o, prog, env)
 	}
 	hosts := o.Hosts
 	if len(hosts) == 0 {
@@ -247,4 +252,49 @@ func (t *tailer) poll() {
 		t.off[i] += n
 		f.Close()
 	}
+}
+
+// mpiSpec places the ranks on job-nodes (one per host of the plan) and gives
+// each job-node a pmixd that launches its ranks.
+func mpiSpec(spec coordinator.JobSpec, o launch.Options, prog string, rankEnv []string) (coordinator.JobSpec, error) {
+	flavour, note := o.MPIFlavour(prog)
+	if note != "" {
+		fmt.Fprintln(os.Stderr, "torpor run:", note)
+	}
+	plan, err := o.Resolve(runtime.NumCPU())
+	if err != nil {
+		return spec, err
+	}
+	wire := pmix.WirePMIx
+	extra := []string{
+		// Job-nodes are separate hosts with their own addresses: TCP between
+		// them, shared memory within.
+		"OMPI_MCA_btl=self,vader,tcp", "OMPI_MCA_btl_tcp_if_include=eth0", "OMPI_MCA_oob_tcp_if_include=eth0",
+	}
+	if flavour == launch.MPIMPICH {
+		wire = pmix.WirePMI1
+		extra = []string{"UCX_TLS=tcp,self", "UCX_NET_DEVICES=eth0"}
+	}
+	var nodes []pmix.Node
+	for i, pn := range plan.Nodes {
+		nodes = append(nodes, pmix.Node{Hostname: spec.ID + "-n" + strconv.Itoa(i), Ranks: pn.Ranks})
+	}
+	base := os.Environ()
+	for i, pn := range plan.Nodes {
+		js := pmix.JobSpec{
+			Job: spec.ID, Nodes: nodes, NodeIndex: i, Wire: wire,
+			Argv: append([]string{prog}, o.Args...), Env: base, ExtraEnv: append(extra, rankEnv...),
+			Dir: o.Wdir, TagOutput: o.TagOutput,
+		}
+		data, err := json.Marshal(js)
+		if err != nil {
+			return spec, err
+		}
+		spec.Nodes = append(spec.Nodes, coordinator.NodeSpec{
+			Name: "n" + strconv.Itoa(i), Host: pn.Host, Hostname: nodes[i].Hostname,
+			Argv: []string{"pmixd"}, Dir: o.Wdir,
+			Env: []string{agent.EnvPMIxdSpec + "=" + string(data), "PATH=" + os.Getenv("PATH")},
+		})
+	}
+	return spec, nil
 }

@@ -51,8 +51,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, err
 	}
 	h := s.cluster.Host(1)
+	fence := func(ctx context.Context, req coordinator.FenceRequest) ([]byte, error) {
+		return s.Daemon.C.Fence(ctx, req)
+	}
 	s.Agent, err = agent.New(agent.Config{Host: Host, HostNetNS: h.NetNS, Bridge: h.Bridge,
-		CgroupParent: cfg.CgroupParent, RunDir: cfg.RunDir, CRIU: cfg.CRIU, Log: cfg.Log})
+		CgroupParent: cfg.CgroupParent, RunDir: cfg.RunDir, CRIU: cfg.CRIU, Log: cfg.Log, Fence: fence})
 	if err != nil {
 		return nil, err
 	}

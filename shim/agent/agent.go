@@ -22,6 +22,7 @@ import (
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/coordinator/catalog"
 	"github.com/torpor-hpc/torpor/netquiesce"
+	"github.com/torpor-hpc/torpor/pmix/link"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
 	"github.com/torpor-hpc/torpor/shim/verbs"
@@ -45,6 +46,8 @@ type Config struct {
 	// CRIU is the binary to run.
 	CRIU criu.Binary
 	Log  *slog.Logger
+	// Fence forwards pmixd's fences to the coordinator (MPI job-nodes).
+	Fence FenceFunc
 }
 
 // Agent is one host's shim logic.
@@ -65,6 +68,8 @@ type node struct {
 	veth string
 	// moved says the job-node arrived by restore: announce its address on unlock.
 	moved bool
+	// link serves the job-node's pmixd, if it runs one.
+	link *link.Server
 }
 
 var _ coordinator.Agent = (*Agent)(nil)
@@ -214,7 +219,19 @@ func (a *Agent) Start(ctx context.Context, job string, spec coordinator.NodeSpec
 		a.destroy(ctx, n)
 		return err
 	}
-	if err := n.sb.Start(ctx, sandbox.Process{Argv: spec.Argv, Env: spec.Env, Dir: spec.Dir, Output: out}); err != nil {
+	argv := spec.Argv
+	js, err := pmixdSpec(spec)
+	if err != nil {
+		a.destroy(ctx, n)
+		return err
+	}
+	if js != nil {
+		if argv, err = a.preparePMIxd(n, js); err != nil {
+			a.destroy(ctx, n)
+			return err
+		}
+	}
+	if err := n.sb.Start(ctx, sandbox.Process{Argv: argv, Env: spec.Env, Dir: spec.Dir, Output: out}); err != nil {
 		a.destroy(ctx, n)
 		return err
 	}
@@ -222,10 +239,14 @@ func (a *Agent) Start(ctx context.Context, job string, spec coordinator.NodeSpec
 	return nil
 }
 
-// Prepare has nothing to tell a job-node without pmixd.
-func (a *Agent) Prepare(ctx context.Context, ref coordinator.NodeRef, _ string) error {
-	_, err := a.get(ref)
-	return err
+// Prepare tells a job-node's pmixd that a checkpoint is coming (a job-node
+// without pmixd has nobody to tell).
+func (a *Agent) Prepare(ctx context.Context, ref coordinator.NodeRef, ckpt string) error {
+	n, err := a.get(ref)
+	if err != nil || n.link == nil {
+		return err
+	}
+	return a.preparePMIx(ctx, n, ckpt)
 }
 
 func (a *Agent) Freeze(ctx context.Context, ref coordinator.NodeRef) error {
@@ -338,10 +359,16 @@ func (a *Agent) Thaw(ctx context.Context, ref coordinator.NodeRef) error {
 	if err != nil {
 		return err
 	}
-	if n.sb.State() != sandbox.Frozen {
-		return nil
+	if n.sb.State() == sandbox.Frozen {
+		if err := n.sb.Thaw(ctx); err != nil {
+			return err
+		}
 	}
-	return n.sb.Thaw(ctx)
+	if n.link != nil {
+		// pmixd dropped its link at prepare; let it dial back.
+		return n.link.Resume()
+	}
+	return nil
 }
 
 // outputMeta records a job-node's output file at dump time.
@@ -465,6 +492,16 @@ func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSp
 		a.destroy(ctx, n)
 		return err
 	}
+	if js, err := pmixdSpec(spec); err != nil || js != nil {
+		if err == nil {
+			err = a.listenLink(n)
+		}
+		if err != nil {
+			a.destroy(ctx, n)
+			return err
+		}
+		n.link.SetRestoredFrom(handleOf(dir))
+	}
 	if _, err := n.sb.Restore(ctx, a.drv, criu.Options{
 		ImagesDir: dir, WorkDir: filepath.Join(a.cfg.RunDir, "restore", job, spec.Name),
 		TCPEstablished: true, NetworkLock: criu.NetworkLockSkip, FileLocks: true, LinkRemap: true,
@@ -491,6 +528,9 @@ func (a *Agent) Destroy(ctx context.Context, ref coordinator.NodeRef) error {
 func (a *Agent) destroy(ctx context.Context, n *node) error {
 	ctx = context.WithoutCancel(ctx)
 	var errs []error
+	if n.link != nil {
+		n.link.Close()
+	}
 	if n.lock != nil {
 		errs = append(errs, n.lock.Close())
 	}

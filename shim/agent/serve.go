@@ -39,6 +39,27 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if cfg.ServerTLS == nil || cfg.ClientTLS == nil {
 		return errors.New("the shim needs TLS certificates (see `torpor coordinator --init-pki`)")
 	}
+	var cl apiv1.CoordinatorClient
+	if cfg.Join != "" {
+		conn, err := grpc.NewClient(cfg.Join, grpc.WithTransportCredentials(credentials.NewTLS(cfg.ClientTLS)))
+		if err != nil {
+			return fmt.Errorf("dial coordinator %s: %w", cfg.Join, err)
+		}
+		defer conn.Close()
+		cl = apiv1.NewCoordinatorClient(conn)
+		cfg.Agent.Fence = func(ctx context.Context, req coordinator.FenceRequest) ([]byte, error) {
+			nodes := make([]int32, len(req.Nodes))
+			for i, n := range req.Nodes {
+				nodes[i] = int32(n)
+			}
+			rep, err := cl.Fence(ctx, &apiv1.FenceRequest{Job: req.Job, Node: int32(req.Node), Nodes: nodes,
+				Signature: req.Signature, Seq: req.Seq, Data: req.Data})
+			if err != nil {
+				return nil, err
+			}
+			return rep.Data, nil
+		}
+	}
 	a, err := New(cfg.Agent)
 	if err != nil {
 		return err
@@ -69,12 +90,6 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 			return err
 		}
 	}
-	conn, err := grpc.NewClient(cfg.Join, grpc.WithTransportCredentials(credentials.NewTLS(cfg.ClientTLS)))
-	if err != nil {
-		return fmt.Errorf("dial coordinator %s: %w", cfg.Join, err)
-	}
-	defer conn.Close()
-	cl := apiv1.NewCoordinatorClient(conn)
 	every := cfg.RegisterEvery
 	if every <= 0 {
 		every = 5 * time.Second

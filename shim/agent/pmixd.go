@@ -1,0 +1,133 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/pmix"
+	"github.com/torpor-hpc/torpor/pmix/hostmsg"
+	"github.com/torpor-hpc/torpor/pmix/link"
+)
+
+// EnvPMIxdSpec in a job-node's environment carries the JSON of its
+// pmix.JobSpec: the job-node runs pmixd (torpor's PMIx server, PID 1's child
+// in the sandbox), which the shim serves through a link socket.
+const EnvPMIxdSpec = "TORPOR_PMIXD_SPEC"
+
+// FenceFunc sends a fence contribution to the coordinator and returns the
+// combined data.
+type FenceFunc func(ctx context.Context, req coordinator.FenceRequest) ([]byte, error)
+
+// pmixdSpec extracts a job-node's pmixd spec, if it has one.
+func pmixdSpec(spec coordinator.NodeSpec) (*pmix.JobSpec, error) {
+	for _, e := range spec.Env {
+		if v, ok := strings.CutPrefix(e, EnvPMIxdSpec+"="); ok {
+			var js pmix.JobSpec
+			if err := json.Unmarshal([]byte(v), &js); err != nil {
+				return nil, fmt.Errorf("%w: job-node %s: bad %s: %v", coordinator.ErrInvalid, spec.Name, EnvPMIxdSpec, err)
+			}
+			return &js, nil
+		}
+	}
+	return nil, nil
+}
+
+// linkPath is the job-node's link socket: the same path on every host, so a
+// restored pmixd finds the shim of its new host where the old one was.
+func (a *Agent) linkPath(job, n string) string {
+	return filepath.Join(a.cfg.RunDir, "jobs", job, n+".link")
+}
+
+// preparePMIxd writes pmixd's spec and starts the job-node's link server. It
+// returns the command that runs pmixd in the sandbox.
+func (a *Agent) preparePMIxd(n *node, js *pmix.JobSpec) ([]string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find the torpor binary for pmixd: %w", err)
+	}
+	js.Link = a.linkPath(n.job, n.spec.Name)
+	js.TmpDir = filepath.Join(a.cfg.RunDir, "jobs", n.job, n.spec.Name+".pmix")
+	if err := os.MkdirAll(js.TmpDir, 0o755); err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(js)
+	if err != nil {
+		return nil, err
+	}
+	specFile := filepath.Join(a.cfg.RunDir, "jobs", n.job, n.spec.Name+".pmixd.json")
+	if err := os.WriteFile(specFile, data, 0o644); err != nil {
+		return nil, err
+	}
+	if err := a.listenLink(n); err != nil {
+		return nil, err
+	}
+	return []string{self, "pmixd", "--spec", specFile, "--log-level", "warn"}, nil
+}
+
+func (a *Agent) listenLink(n *node) error {
+	n.link = link.NewServer(forwarder{a: a, job: n.job}, a.log.With("job", n.job, "node", n.spec.Name))
+	if err := n.link.Listen(a.linkPath(n.job, n.spec.Name)); err != nil {
+		n.link.Close()
+		n.link = nil
+		return err
+	}
+	return nil
+}
+
+// forwarder sends pmixd's requests on to the coordinator.
+type forwarder struct {
+	a   *Agent
+	job string
+}
+
+func (f forwarder) Fence(ctx context.Context, req hostmsg.FenceRequest) ([]byte, error) {
+	if f.a.cfg.Fence == nil {
+		return nil, errors.New("this shim cannot reach a coordinator for fences")
+	}
+	return f.a.cfg.Fence(ctx, coordinator.FenceRequest{Job: req.Job, Node: req.Node, Nodes: req.Nodes,
+		Signature: req.Signature, Seq: req.Seq, Data: req.Data})
+}
+
+func (f forwarder) DirectModex(context.Context, hostmsg.ModexRequest) ([]byte, error) {
+	return nil, errors.New("direct modex is not supported across job-nodes yet: run with the default full modex (OMPI_MCA_pmix_base_async_modex=0)")
+}
+
+func (f forwarder) Failed(_ context.Context, fl hostmsg.Failure) error {
+	f.a.log.Warn("pmixd is ending the job", "job", fl.Job, "node", fl.Node, "rank", fl.Rank, "code", fl.Code, "err", fl.Err)
+	return nil
+}
+
+// preparePMIx raises the PMIx checkpoint event in the job-node's pmixd and
+// waits for the ranks that asked to be told. pmixd then drops its link until
+// the job-node is thawed or restored.
+func (a *Agent) preparePMIx(ctx context.Context, n *node, ckpt string) error {
+	wait := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		if left := time.Until(dl) - 500*time.Millisecond; left < wait {
+			wait = max(left, 0)
+		}
+	}
+	res, err := n.link.Prepare(ctx, ckpt, wait)
+	if err != nil {
+		return err
+	}
+	if len(res.Laggards) > 0 {
+		a.log.Warn("ranks did not answer the checkpoint event in time; checkpointing anyway", "job", n.job, "node", n.spec.Name, "ckpt", ckpt, "ranks", res.Laggards)
+	}
+	a.log.Info("pmixd prepared", "job", n.job, "node", n.spec.Name, "ckpt", ckpt, "registered", res.Registered, "completed", res.Completed)
+	return nil
+}
+
+// handleOf turns a checkpoint's node directory (<root>/<job>/<seq>/nodes/<node>)
+// into its handle "<job>/<seq>".
+func handleOf(dir string) string {
+	seqDir := filepath.Dir(filepath.Dir(dir))
+	return filepath.Base(filepath.Dir(seqDir)) + "/" + filepath.Base(seqDir)
+}

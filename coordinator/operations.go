@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Start creates every job-node's sandbox and starts the job. On any failure
@@ -23,8 +24,9 @@ func (c *Coordinator) Start(ctx context.Context, spec JobSpec) error {
 		return err
 	}
 	placeEnv(&spec)
+	// Shims started a moment ago may not have registered yet: wait a little.
 	for _, n := range spec.Nodes {
-		if _, err := c.agent(n.Host); err != nil {
+		if err := c.waitAgent(ctx, n.Host, shimGrace); err != nil {
 			return fmt.Errorf("job-node %s: %w", n.Name, err)
 		}
 	}
@@ -303,4 +305,23 @@ func (c *Coordinator) requireShims(id string) error {
 		}
 	}
 	return nil
+}
+
+// shimGrace is how long Start waits for the shim of a host to register.
+var shimGrace = 10 * time.Second
+
+// waitAgent waits until host has a registered shim, at most grace.
+func (c *Coordinator) waitAgent(ctx context.Context, host string, grace time.Duration) error {
+	deadline := time.Now().Add(grace)
+	for {
+		_, err := c.agent(host)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -257,6 +257,11 @@ func (a *Agent) Freeze(ctx context.Context, ref coordinator.NodeRef) error {
 	return n.sb.Freeze(ctx)
 }
 
+// ghostLimit is the largest deleted-but-open file a dump copies into the
+// images: MPI shared-memory segments are unlinked once every local rank
+// mapped them, and can be many MiB.
+const ghostLimit = 1 << 30
+
 // drainSettle bounds how long Drain waits for connections inside the job.
 const drainSettle = 3 * time.Second
 
@@ -400,6 +405,8 @@ func (a *Agent) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinat
 	res, err := n.sb.Dump(ctx, a.drv, criu.Options{
 		ImagesDir: req.Dir, LeaveRunning: req.LeaveRunning, TCPEstablished: true,
 		NetworkLock: criu.NetworkLockSkip, FileLocks: true, LinkRemap: true,
+		// Unlinked shared-memory segments of MPI libraries are saved whole.
+		GhostLimit: ghostLimit,
 	})
 	if err != nil {
 		return coordinator.DumpResult{}, err

@@ -57,6 +57,20 @@ func (a *Agent) preparePMIxd(n *node, js *pmix.JobSpec) ([]string, error) {
 	if err := os.MkdirAll(js.TmpDir, 0o755); err != nil {
 		return nil, err
 	}
+	// Open MPI's shared-memory segments go to a directory of this job-node's
+	// own, at the same path on every host: by default they are POSIX shm
+	// objects named /dev/shm/open_mpi.NNNN, numbered machine-wide, so two
+	// job-nodes' (unlinked, hence CRIU "ghost") segments can have the same name
+	// and collide when they are restored side by side on one machine.
+	shm := filepath.Join(a.cfg.RunDir, "jobs", n.job, n.spec.Name+".shm")
+	if err := os.MkdirAll(shm, 0o755); err != nil {
+		return nil, err
+	}
+	js.ExtraEnv = append([]string{
+		"OMPI_MCA_shmem=mmap",
+		"OMPI_MCA_shmem_mmap_backing_file_base_dir=" + shm,
+		"OMPI_MCA_btl_vader_backing_directory=" + shm,
+	}, js.ExtraEnv...)
 	data, err := json.Marshal(js)
 	if err != nil {
 		return nil, err
@@ -111,7 +125,7 @@ func (a *Agent) preparePMIx(ctx context.Context, n *node, ckpt string) error {
 	wait := 5 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		if left := time.Until(dl) - 500*time.Millisecond; left < wait {
-			wait = max(left, 0)
+			wait = max(left, time.Millisecond) // 0 would mean pmixd's default
 		}
 	}
 	res, err := n.link.Prepare(ctx, ckpt, wait)

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# torpor demo: an MPI job on a simulated 4-host cluster (network namespaces
+# on this machine) is checkpointed while it runs, killed, restarted from its
+# checkpoint, and one of its job-nodes is migrated to a spare host. Its final
+# checksum must equal an undisturbed run's.
+#
+# Needs root and `make deps build workloads` (make demo does that).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORPOR=$PWD/bin/torpor
+RING=$PWD/bench/workloads/bin/ring.openmpi
+ARGS=(-i 400 -m 32 -s 20000 -p 50)
+NAME=demo$$
+DIR=$(mktemp -d /tmp/torpor-demo.XXXXXX)
+chmod 755 "$DIR"
+export TORPOR_SOCKET=$DIR/coordinator.sock
+PIDS=()
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+now() { date +%s.%N; }
+took() { printf '   (%.2f s)\n' "$(echo "$(now) - $1" | bc)"; }
+
+cleanup() {
+	set +e
+	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
+	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
+	"$TORPOR" sim down "$NAME" >/dev/null 2>&1
+	if [ -n "${KEEP:-}" ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
+}
+trap cleanup EXIT
+
+step "torpor doctor"
+"$TORPOR" doctor | tail -1
+
+step "undisturbed reference: plain mpirun -n 6 ring ${ARGS[*]}"
+t=$(now)
+REF=$(mpirun --allow-run-as-root --oversubscribe -n 6 "$RING" "${ARGS[@]}" | awk -F'checksum=' '/done/{print $2}')
+echo "   reference checksum: $REF"; took "$t"
+
+step "simulated cluster: 4 hosts (h1..h3 for the job, h4 spare), a coordinator and 4 shims over mutual TLS"
+"$TORPOR" sim up "$NAME" 4 | sed 's/^/   /'
+"$TORPOR" coordinator --init-pki --pki "$DIR/pki" >/dev/null
+PORT=$((20000 + $$ % 20000))
+"$TORPOR" coordinator --state-dir "$DIR/state" --checkpoint-dir "$DIR/ckpt" --listen 127.0.0.1:$PORT \
+	--pki "$DIR/pki" --log-level warn 2>"$DIR/coordinator.log" &
+PIDS+=($!)
+for i in 1 2 3 4; do
+	"$TORPOR" shim --host h$i --netns torpor-$NAME-h$i --join 127.0.0.1:$PORT --pki "$DIR/pki" \
+		--run-dir "$DIR/run" --cgroup-parent /torpor/$NAME --log-level warn 2>"$DIR/shim-h$i.log" &
+	PIDS+=($!)
+done
+for _ in $(seq 100); do [ -S "$TORPOR_SOCKET" ] && break; sleep 0.1; done
+sleep 1
+
+step "torpor run -n 6 --host h1:2,h2:2,h3:2 ring ${ARGS[*]}"
+"$TORPOR" run --restart-on-failure 1 --run-dir "$DIR/run" --name ring -n 6 --host h1:2,h2:2,h3:2 \
+	"$RING" "${ARGS[@]}" >"$DIR/run.out" 2>"$DIR/run.err" &
+RUN=$!
+PIDS+=($RUN)
+JOB=
+for _ in $(seq 100); do
+	JOB=$("$TORPOR" ps 2>/dev/null | awk '/^ring-.*running/{print $1}')
+	[ -n "$JOB" ] && grep -q 'iter=100 ' "$DIR/run.out" 2>/dev/null && break
+	sleep 0.2
+done
+[ -n "$JOB" ] || { echo "job did not start"; cat "$DIR/run.err"; exit 1; }
+"$TORPOR" ps | sed 's/^/   /'
+grep 'iter=' "$DIR/run.out" | tail -1 | sed 's/^/   progress: /'
+
+step "checkpoint while it runs"
+t=$(now)
+CKPT=$("$TORPOR" checkpoint "$JOB" 2>/dev/null)
+echo "   handle: $CKPT"; took "$t"
+"$TORPOR" ls "$JOB" | sed 's/^/   /'
+
+step "kill -9 every process of the job (three hosts fail at once)"
+sleep 2
+grep 'iter=' "$DIR/run.out" | tail -1 | sed 's/^/   progress before the failure: /'
+for procs in /sys/fs/cgroup/unified/torpor/$NAME/*/"$JOB"/*/cgroup.procs; do
+	for pid in $(cat "$procs"); do kill -9 "$pid" 2>/dev/null || true; done
+done
+t=$(now)
+for _ in $(seq 200); do grep -q "restart 1 of 1" "$DIR/run.err" && break; sleep 0.1; done
+for _ in $(seq 200); do "$TORPOR" ps | grep -q "^$JOB  *running" && break; sleep 0.1; done
+grep 'failed\|restart' "$DIR/run.err" | sed 's/^/   /'
+echo "   job running again from $CKPT"; took "$t"
+
+step "migrate job-node n1 from h2 to the spare host h4"
+sleep 1
+t=$(now)
+"$TORPOR" migrate "$JOB" --node n1 --to h4 2>&1 | sed 's/^/   /'
+took "$t"
+"$TORPOR" ps | sed 's/^/   /'
+
+step "wait for the job to finish"
+wait "$RUN" || { echo "torpor run failed"; cat "$DIR/run.err"; exit 1; }
+GOT=$(awk -F'checksum=' '/done/{print $2}' "$DIR/run.out" | tail -1)
+echo "   torpor checksum:    $GOT"
+echo "   reference checksum: $REF"
+if [ -n "$GOT" ] && [ "$GOT" = "$REF" ]; then
+	printf '\n\033[1mPASS\033[0m: checkpointed, killed, restarted and migrated; same result as the undisturbed run.\n'
+else
+	printf '\n\033[1mFAIL\033[0m: checksums differ\n'
+	exit 1
+fi

@@ -325,3 +325,17 @@ func (c *Coordinator) waitAgent(ctx context.Context, host string, grace time.Dur
 		}
 	}
 }
+
+// Cancel ends a job: every job-node is destroyed and the job is failed with
+// exit status 130. Its checkpoints stay; it can be restarted from them.
+func (c *Coordinator) Cancel(ctx context.Context, id string) error {
+	spec, _, err := c.begin(id, []State{StateRunning, StateSuspended}, StateFailed)
+	if err != nil {
+		return err
+	}
+	log := c.log.With("job", id)
+	log.Info("job cancelled")
+	c.destroyAll(ctx, spec, log)
+	c.end(id, StateFailed, func(j *Job) { j.ExitCode = 130; j.Reason = "cancelled" })
+	return nil
+}

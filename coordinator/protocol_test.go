@@ -535,3 +535,22 @@ func TestMissingShimRefusedUpFront(t *testing.T) {
 		}
 	}
 }
+
+func TestCancel(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	if err := f.c.Cancel(context.Background(), "job1"); err != nil {
+		t.Fatal(err)
+	}
+	j, _ := f.c.Job("job1")
+	if j.State != StateFailed || j.ExitCode != 130 {
+		t.Fatalf("after cancel: %s %d", j.State, j.ExitCode)
+	}
+	for _, a := range f.agents {
+		if len(a.snapshot()) != 0 {
+			t.Fatal("job-nodes left after cancel")
+		}
+	}
+	if err := f.c.Cancel(context.Background(), "job1"); !errors.Is(err, ErrState) {
+		t.Fatalf("second cancel: %v", err)
+	}
+}

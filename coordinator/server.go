@@ -263,3 +263,15 @@ func shimCaller(ctx context.Context) error {
 	}
 	return fmt.Errorf("%w: only shims may call this (mutual TLS, or root on the unix socket)", ErrPermission)
 }
+
+// Cancel ends a job (root or its owner).
+func (s *Server) Cancel(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error) {
+	if _, err := s.authorize(ctx, req.Job); err != nil {
+		return nil, ToRPC(err)
+	}
+	if err := s.C.Cancel(ctx, req.Job); err != nil {
+		return nil, ToRPC(err)
+	}
+	j, err := s.C.Job(req.Job)
+	return JobToPB(j), ToRPC(err)
+}

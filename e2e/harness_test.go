@@ -245,3 +245,12 @@ func readCounter(t *testing.T, path string) uint64 {
 	n, _ := strconv.ParseUint(f[0], 10, 64)
 	return n
 }
+
+func cgroupMount(t *testing.T) string {
+	t.Helper()
+	m, err := cgroup.Mountpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}

@@ -1750,7 +1750,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\x04Thaw\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x126\n" +
 	"\aRestore\x12\x19.torpor.v1.RestoreRequest\x1a\x10.torpor.v1.Empty\x12/\n" +
 	"\aDestroy\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x123\n" +
-	"\x06Status\x12\x12.torpor.v1.NodeRef\x1a\x15.torpor.v1.NodeStatus2\xc4\x04\n" +
+	"\x06Status\x12\x12.torpor.v1.NodeRef\x1a\x15.torpor.v1.NodeStatus2\xf1\x04\n" +
 	"\vCoordinator\x128\n" +
 	"\bRegister\x12\x1a.torpor.v1.RegisterRequest\x1a\x10.torpor.v1.Empty\x12,\n" +
 	"\x03Run\x12\x15.torpor.v1.RunRequest\x1a\x0e.torpor.v1.Job\x12F\n" +
@@ -1762,7 +1762,8 @@ const file_torpor_proto_rawDesc = "" +
 	"\x06GetJob\x12\x11.torpor.v1.JobRef\x1a\x0e.torpor.v1.Job\x12)\n" +
 	"\x04Wait\x12\x11.torpor.v1.JobRef\x1a\x0e.torpor.v1.Job\x12O\n" +
 	"\x0fListCheckpoints\x12!.torpor.v1.ListCheckpointsRequest\x1a\x19.torpor.v1.CheckpointList\x127\n" +
-	"\x05Fence\x12\x17.torpor.v1.FenceRequest\x1a\x15.torpor.v1.FenceReplyB+Z)github.com/torpor-hpc/torpor/api/v1;apiv1b\x06proto3"
+	"\x05Fence\x12\x17.torpor.v1.FenceRequest\x1a\x15.torpor.v1.FenceReply\x12+\n" +
+	"\x06Cancel\x12\x11.torpor.v1.JobRef\x1a\x0e.torpor.v1.JobB+Z)github.com/torpor-hpc/torpor/api/v1;apiv1b\x06proto3"
 
 var (
 	file_torpor_proto_rawDescOnce sync.Once
@@ -1842,29 +1843,31 @@ var file_torpor_proto_depIdxs = []int32{
 	13, // 30: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
 	21, // 31: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
 	24, // 32: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
-	9,  // 33: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	9,  // 34: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	9,  // 35: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	4,  // 36: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	9,  // 37: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	6,  // 38: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	9,  // 39: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	9,  // 40: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	9,  // 41: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	9,  // 42: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	8,  // 43: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	9,  // 44: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	19, // 45: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	15, // 46: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	17, // 47: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	9,  // 48: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.Empty
-	20, // 49: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	19, // 50: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	19, // 51: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	23, // 52: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	25, // 53: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
-	33, // [33:54] is the sub-list for method output_type
-	12, // [12:33] is the sub-list for method input_type
+	13, // 33: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
+	9,  // 34: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	9,  // 35: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	9,  // 36: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	4,  // 37: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	9,  // 38: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	6,  // 39: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	9,  // 40: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	9,  // 41: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	9,  // 42: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	9,  // 43: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	8,  // 44: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	9,  // 45: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	19, // 46: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	15, // 47: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	17, // 48: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	9,  // 49: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.Empty
+	20, // 50: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	19, // 51: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	19, // 52: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	23, // 53: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	25, // 54: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	19, // 55: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
+	34, // [34:56] is the sub-list for method output_type
+	12, // [12:34] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name

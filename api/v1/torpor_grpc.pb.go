@@ -518,6 +518,7 @@ const (
 	Coordinator_Wait_FullMethodName            = "/torpor.v1.Coordinator/Wait"
 	Coordinator_ListCheckpoints_FullMethodName = "/torpor.v1.Coordinator/ListCheckpoints"
 	Coordinator_Fence_FullMethodName           = "/torpor.v1.Coordinator/Fence"
+	Coordinator_Cancel_FullMethodName          = "/torpor.v1.Coordinator/Cancel"
 )
 
 // CoordinatorClient is the client API for Coordinator service.
@@ -534,6 +535,7 @@ type CoordinatorClient interface {
 	Wait(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*Job, error)
 	ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*CheckpointList, error)
 	Fence(ctx context.Context, in *FenceRequest, opts ...grpc.CallOption) (*FenceReply, error)
+	Cancel(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*Job, error)
 }
 
 type coordinatorClient struct {
@@ -644,6 +646,16 @@ func (c *coordinatorClient) Fence(ctx context.Context, in *FenceRequest, opts ..
 	return out, nil
 }
 
+func (c *coordinatorClient) Cancel(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, Coordinator_Cancel_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CoordinatorServer is the server API for Coordinator service.
 // All implementations must embed UnimplementedCoordinatorServer
 // for forward compatibility.
@@ -658,6 +670,7 @@ type CoordinatorServer interface {
 	Wait(context.Context, *JobRef) (*Job, error)
 	ListCheckpoints(context.Context, *ListCheckpointsRequest) (*CheckpointList, error)
 	Fence(context.Context, *FenceRequest) (*FenceReply, error)
+	Cancel(context.Context, *JobRef) (*Job, error)
 	mustEmbedUnimplementedCoordinatorServer()
 }
 
@@ -697,6 +710,9 @@ func (UnimplementedCoordinatorServer) ListCheckpoints(context.Context, *ListChec
 }
 func (UnimplementedCoordinatorServer) Fence(context.Context, *FenceRequest) (*FenceReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Fence not implemented")
+}
+func (UnimplementedCoordinatorServer) Cancel(context.Context, *JobRef) (*Job, error) {
+	return nil, status.Error(codes.Unimplemented, "method Cancel not implemented")
 }
 func (UnimplementedCoordinatorServer) mustEmbedUnimplementedCoordinatorServer() {}
 func (UnimplementedCoordinatorServer) testEmbeddedByValue()                     {}
@@ -899,6 +915,24 @@ func _Coordinator_Fence_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_Cancel_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JobRef)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).Cancel(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_Cancel_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).Cancel(ctx, req.(*JobRef))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Coordinator_ServiceDesc is the grpc.ServiceDesc for Coordinator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -945,6 +979,10 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Fence",
 			Handler:    _Coordinator_Fence_Handler,
+		},
+		{
+			MethodName: "Cancel",
+			Handler:    _Coordinator_Cancel_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

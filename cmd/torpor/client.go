@@ -337,3 +337,25 @@ func printJSON(v any) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
+
+func runCancel(ctx context.Context, args []string) error {
+	fs := newFlagSet("cancel", "JOB")
+	cf := addClientFlags(fs, false)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	job, err := oneArg(fs, "job")
+	if err != nil {
+		return err
+	}
+	cl, done, err := dial(socketPath(*cf.socket))
+	if err != nil {
+		return err
+	}
+	defer done()
+	if _, err := cl.Cancel(ctx, &apiv1.JobRef{Job: job}); err != nil {
+		return rpcErr(err)
+	}
+	fmt.Fprintf(os.Stderr, "torpor: job %s cancelled; its checkpoints are kept\n", job)
+	return nil
+}

@@ -29,6 +29,7 @@ var verbs = map[string]verb{
 	"coordinator": {"run the coordinator daemon (jobs, protocol, checkpoint catalog)", runCoordinator},
 	"shim":        {"run the per-host shim daemon (sandboxes, CRIU, eBPF lock)", runShim},
 	"sim":         {"create (up NAME HOSTS) or remove (down NAME) a simulated cluster on this machine", runSim},
+	"cancel":      {"end a job now (its checkpoints are kept)", runCancel},
 	"checkpoint":  {"checkpoint a running job; prints the checkpoint handle", runCheckpoint},
 	"doctor":      {"check that this host can run torpor, and say how to fix what is missing", runDoctor},
 	"ls":          {"list checkpoints, with size, phases and verification", runLs},

@@ -6,7 +6,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 
 GO        ?= go
 BIN       := bin/torpor
-GOFLAGS_TEST ?=
+GOFLAGS_TEST ?= -p 1
 TEST_TIMEOUT ?= 60m
 # Packages whose tests run in `make test`.
 PKGS      ?= ./...

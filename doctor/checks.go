@@ -1,7 +1,6 @@
 package doctor
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
@@ -144,34 +144,8 @@ func checkBreakpoints(ctx context.Context, env *Env) Result {
 	return ok("hardware breakpoints work")
 }
 
-// Cgroup2Mount returns where the cgroup v2 hierarchy is mounted.
-func Cgroup2Mount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// "36 25 0:31 / /sys/fs/cgroup/unified rw,... shared:10 - cgroup2 cgroup2 rw"
-		pre, post, found := strings.Cut(sc.Text(), " - ")
-		if !found {
-			continue
-		}
-		if fs := strings.Fields(post); len(fs) > 0 && fs[0] == "cgroup2" {
-			if f := strings.Fields(pre); len(f) >= 5 {
-				return f[4], nil
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", err
-	}
-	return "", errors.New("no cgroup2 mount in /proc/self/mountinfo")
-}
-
 func checkCgroupFreeze(context.Context, *Env) Result {
-	root, err := Cgroup2Mount()
+	root, err := cgroup.Mountpoint()
 	if err != nil {
 		return fail("mount the cgroup v2 hierarchy (e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`)", "%v", err)
 	}

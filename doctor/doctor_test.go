@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
@@ -139,7 +140,7 @@ func TestHostChecks(t *testing.T) {
 			t.Errorf("%s: %+v", c.Name, res)
 		}
 	}
-	root, err := Cgroup2Mount()
+	root, err := cgroup.Mountpoint()
 	if err != nil {
 		t.Fatal(err)
 	}

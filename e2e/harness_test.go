@@ -52,6 +52,7 @@ type cluster struct {
 	sim      *simhost.Cluster
 	coord    *exec.Cmd
 	shims    []*exec.Cmd
+	runCmd   *exec.Cmd // the `torpor run` of streamJob
 	logs     map[string]*bytes.Buffer
 }
 

@@ -31,9 +31,13 @@ func (c *Coordinator) Start(ctx context.Context, spec JobSpec) error {
 		}
 	}
 	c.mu.Lock()
-	if _, exists := c.jobs[spec.ID]; exists {
-		c.mu.Unlock()
-		return fmt.Errorf("%w: a job called %s exists already", ErrInvalid, spec.ID)
+	if old, exists := c.jobs[spec.ID]; exists {
+		// A job that ended may give its name to a new one; its checkpoints stay
+		// in the catalog and the new job's continue their numbering.
+		if old.State != StateFinished && old.State != StateFailed || c.busy[spec.ID] {
+			c.mu.Unlock()
+			return fmt.Errorf("%w: a job called %s exists already and is %s; choose another --name", ErrInvalid, spec.ID, old.State)
+		}
 	}
 	now := c.now()
 	c.jobs[spec.ID] = &Job{Spec: spec, State: StateStarting, Created: now, Updated: now}

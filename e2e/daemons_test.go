@@ -53,7 +53,7 @@ func (c *cluster) findJob(prefix string) string {
 	out, _ := c.cli("ps")
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 2 && strings.HasPrefix(f[0], prefix+"-") && f[1] == "running" {
+		if len(f) >= 2 && (f[0] == prefix || strings.HasPrefix(f[0], prefix+"-")) && f[1] == "running" {
 			return f[0]
 		}
 	}

@@ -60,7 +60,7 @@ RUN=$!
 PIDS+=($RUN)
 JOB=
 for _ in $(seq 100); do
-	JOB=$("$TORPOR" ps 2>/dev/null | awk '/^ring-.*running/{print $1}')
+	JOB=$("$TORPOR" ps 2>/dev/null | awk '$1 == "ring" && $2 == "running" {print $1}')
 	[ -n "$JOB" ] && grep -q 'iter=100 ' "$DIR/run.out" 2>/dev/null && break
 	sleep 0.2
 done

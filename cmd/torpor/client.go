@@ -359,3 +359,32 @@ func runCancel(ctx context.Context, args []string) error {
 	fmt.Fprintf(os.Stderr, "torpor: job %s cancelled; its checkpoints are kept\n", job)
 	return nil
 }
+
+func runWait(ctx context.Context, args []string) error {
+	fs := newFlagSet("wait", "JOB")
+	cf := addClientFlags(fs, false)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	job, err := oneArg(fs, "job")
+	if err != nil {
+		return err
+	}
+	cl, done, err := dial(socketPath(*cf.socket))
+	if err != nil {
+		return err
+	}
+	defer done()
+	j, err := cl.Wait(ctx, &apiv1.JobRef{Job: job})
+	if err != nil {
+		return rpcErr(err)
+	}
+	fmt.Fprintf(os.Stderr, "torpor: job %s is %s %s\n", job, j.State, j.Reason)
+	switch {
+	case j.State == string(coordinator.StateFailed) && j.ExitCode != 0:
+		return exitError{int(j.ExitCode)}
+	case j.State == string(coordinator.StateFailed):
+		return exitError{1}
+	}
+	return nil
+}

@@ -40,6 +40,7 @@ var verbs = map[string]verb{
 	"restart":     {"restart a job from a checkpoint handle or its newest checkpoint", runRestart},
 	"resume":      {"restart a suspended job from its newest checkpoint", runResume},
 	"suspend":     {"checkpoint a job and stop it, freeing its hosts", runSuspend},
+	"wait":        {"wait until a job finishes, fails or is suspended; exit with its status", runWait},
 	"version":     {"print torpor's version", runVersion},
 }
 

@@ -94,7 +94,13 @@ func runRun(ctx context.Context, args []string) error {
 func buildSpec(o launch.Options, prog string) (coordinator.JobSpec, error) {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
-	spec := coordinator.JobSpec{ID: sanitize(o.Name()) + "-" + hex.EncodeToString(b[:]), Owner: os.Getuid()}
+	// A name given with --name is the job's id, so scripts (Slurm requeue)
+	// can find the job again; otherwise the program's name plus a random suffix.
+	id := sanitize(o.Name()) + "-" + hex.EncodeToString(b[:])
+	if o.JobName != "" {
+		id = sanitize(o.JobName)
+	}
+	spec := coordinator.JobSpec{ID: id, Owner: os.Getuid()}
 	env, missing := o.RankEnv(os.LookupEnv)
 	for _, m := range missing {
 		fmt.Fprintf(os.Stderr, "torpor run: warning: -x %s: not set here, not exported\n", m)

@@ -118,6 +118,9 @@ func runCRIUCheck(ctx context.Context, env *Env) (string, error) {
 var criuErrorLine = regexp.MustCompile(`(?m)^Error .*$`)
 
 func checkCRIUFeatures(ctx context.Context, env *Env) Result {
+	if env.criuPath == "" {
+		return fail("fix the criu line first", "no usable CRIU (see the criu line)")
+	}
 	out, err := runCRIUCheck(ctx, env)
 	if err != nil {
 		detail := err.Error()

@@ -37,12 +37,14 @@ var doneRE = regexp.MustCompile(`: done .*checksum=(0x[0-9a-f]+)`)
 // mpiRun runs argv (an mpirun or torpor run command line) and returns its
 // wall time and the checksum the program printed.
 func mpiRun(ctx context.Context, argv []string) (time.Duration, string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	cmd.WaitDelay = 5 * time.Second
+	// SIGTERM first: `torpor run` then tears its embedded coordinator,
+	// sandboxes and network down; a SIGKILL would leave them behind.
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
 	wall := time.Since(start)

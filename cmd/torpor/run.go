@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"net"
 	"runtime"
 
 	"context"
@@ -55,7 +56,7 @@ func runRun(ctx context.Context, args []string) error {
 	}
 
 	sock := socketPath(o.Socket)
-	if _, statErr := os.Stat(sock); statErr != nil {
+	if !coordinatorListens(sock) {
 		// No coordinator: embed one, on this machine only.
 		for _, n := range spec.Nodes {
 			if n.Host != embedded.Host {
@@ -303,4 +304,15 @@ func mpiSpec(spec coordinator.JobSpec, o launch.Options, prog string, rankEnv []
 		})
 	}
 	return spec, nil
+}
+
+// coordinatorListens reports whether a coordinator answers on sock (a socket
+// file left by a coordinator that died does not count).
+func coordinatorListens(sock string) bool {
+	conn, err := net.DialTimeout("unix", sock, time.Second)
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
 }

@@ -288,9 +288,16 @@ func mpiSpec(spec coordinator.JobSpec, o launch.Options, prog string, rankEnv []
 	}
 	base := os.Environ()
 	for i, pn := range plan.Nodes {
+		nodeEnv := append([]string(nil), extra...)
+		if flavour != launch.MPIMPICH && (o.Oversubscribe || len(pn.Ranks) > runtime.NumCPU()) {
+			// More ranks than cores: without this, Open MPI's busy polling
+			// makes the ranks fight for the cores (mpirun sets it itself when
+			// it sees oversubscription; a direct launch must say so).
+			nodeEnv = append(nodeEnv, "OMPI_MCA_mpi_yield_when_idle=1")
+		}
 		js := pmix.JobSpec{
 			Job: spec.ID, Nodes: nodes, NodeIndex: i, Wire: wire,
-			Argv: append([]string{prog}, o.Args...), Env: base, ExtraEnv: append(extra, rankEnv...),
+			Argv: append([]string{prog}, o.Args...), Env: base, ExtraEnv: append(nodeEnv, rankEnv...),
 			Dir: o.Wdir, TagOutput: o.TagOutput,
 		}
 		data, err := json.Marshal(js)

@@ -68,7 +68,7 @@ func (c *cluster) runMPI(name string, np int, hosts string, prog string, args ..
 	}
 	defer f.Close()
 	cmd := exec.Command(c.torpor, append([]string{"run", "--run-dir", c.runDir, "--name", name,
-		"-n", fmt.Sprint(np), "--host", hosts, prog}, args...)...)
+		"--restart-on-failure", "1", "-n", fmt.Sprint(np), "--host", hosts, prog}, args...)...)
 	cmd.Env = append(os.Environ(), "TORPOR_SOCKET="+c.socket)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
@@ -180,6 +180,14 @@ func TestMPIEveryOperation(t *testing.T) {
 				h := lastLines(c.mustCLI("checkpoint", j.id), 1)
 				j.progress("checkpoint " + h)
 			}
+			// The job goes on past its last checkpoint, then every job-node
+			// is killed: `torpor run --restart-on-failure` brings it back from
+			// that older checkpoint, shared-memory files included.
+			j.progress("after the last checkpoint")
+			c.mustCLI("cancel", j.id)
+			j.waitOutput(regexp.MustCompile(`restart 1 of 1 from `), 30*time.Second)
+			c.waitState(j.id, "running", 60*time.Second)
+			j.progress("restart from an older checkpoint after a kill")
 			c.mustCLI("suspend", j.id)
 			c.mustCLI("resume", j.id)
 			j.progress("suspend + resume")

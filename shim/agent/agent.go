@@ -414,6 +414,11 @@ func (a *Agent) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinat
 	if err := saveOutput(a.OutputPath(ref.Job, ref.Node), req.Dir); err != nil {
 		return coordinator.DumpResult{}, err
 	}
+	if n.link != nil {
+		if err := saveFiles(req.Dir, a.sharedDirs(ref.Job, ref.Node)); err != nil {
+			return coordinator.DumpResult{}, err
+		}
+	}
 	nm, err := catalog.WriteNodeManifest(ctx, req.Dir)
 	if err != nil {
 		return coordinator.DumpResult{}, err
@@ -500,6 +505,9 @@ func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSp
 		return err
 	}
 	if js, err := pmixdSpec(spec); err != nil || js != nil {
+		if err == nil {
+			err = restoreFiles(dir, a.sharedDirs(job, spec.Name))
+		}
 		if err == nil {
 			err = a.listenLink(n)
 		}

@@ -13,6 +13,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/torpor-hpc/torpor/internal/atomicfile"
 )
 
 // Options configure a Coordinator.
@@ -234,7 +236,7 @@ func (c *Coordinator) saveLocked() error {
 	if err != nil {
 		return fmt.Errorf("encode job registry: %w", err)
 	}
-	return writeFileAtomic(filepath.Join(c.stateDir, jobsFile), data, 0o600)
+	return atomicfile.Write(filepath.Join(c.stateDir, jobsFile), data, 0o600)
 }
 
 func (c *Coordinator) load() error {
@@ -255,41 +257,6 @@ func (c *Coordinator) load() error {
 		return fmt.Errorf("parse job registry %s: %w (move it away to start with an empty registry)", filepath.Join(c.stateDir, jobsFile), err)
 	}
 	return nil
-}
-
-// writeFileAtomic writes data to path via a temporary file, fsync and rename,
-// then fsyncs the directory, so path holds either the old or the new content.
-func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("rename into %s: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // Watch polls running jobs every interval until ctx ends, so that a job

@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/torpor-hpc/torpor/internal/atomicfile"
 )
 
 const (
@@ -130,10 +132,10 @@ func createCA(dir string, now func() time.Time) (*CA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, CAKeyFile), keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, CAKeyFile), keyPEM, 0o600); err != nil {
 		return nil, fmt.Errorf("write CA key: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, CAFile), encodeCert(der), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, CAFile), encodeCert(der), 0o644); err != nil {
 		return nil, fmt.Errorf("write CA certificate: %w", err)
 	}
 	return &CA{Cert: cert, key: key, dir: dir, now: now}, nil
@@ -237,10 +239,10 @@ func (ca *CA) Issue(dir, name string, role Role, hosts []string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(keyPath, keyPEM, 0o600); err != nil {
 		return fmt.Errorf("write key of %s: %w", name, err)
 	}
-	if err := writeFileAtomic(certPath, encodeCert(der), 0o644); err != nil {
+	if err := atomicfile.Write(certPath, encodeCert(der), 0o644); err != nil {
 		return fmt.Errorf("write certificate of %s: %w", name, err)
 	}
 	return nil

@@ -27,23 +27,9 @@ func (a *Agent) sharedDirs(job, n string) []string {
 func saveFiles(images string, dirs []string) error {
 	for _, dir := range dirs {
 		dst := filepath.Join(images, filesDirName, filepath.Base(dir))
-		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				if os.IsNotExist(err) {
-					return nil
-				}
-				return err
-			}
-			if !d.Type().IsRegular() {
-				return nil
-			}
-			rel, err := filepath.Rel(dir, p)
-			if err != nil {
-				return err
-			}
+		if err := eachRegularFile(dir, func(p, rel string) error {
 			return copyFile(p, filepath.Join(dst, rel), 0o600)
-		})
-		if err != nil {
+		}); err != nil {
 			return fmt.Errorf("save shared files of %s: %w", dir, err)
 		}
 	}
@@ -55,32 +41,39 @@ func saveFiles(images string, dirs []string) error {
 func restoreFiles(images string, dirs []string) error {
 	for _, dir := range dirs {
 		src := filepath.Join(images, filesDirName, filepath.Base(dir))
-		err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				if os.IsNotExist(err) {
-					return nil
-				}
-				return err
-			}
-			if !d.Type().IsRegular() {
-				return nil
-			}
-			rel, err := filepath.Rel(src, p)
-			if err != nil {
-				return err
-			}
+		if err := eachRegularFile(src, func(p, rel string) error {
 			target := filepath.Join(dir, rel)
 			tmp := target + ".torpor-restore"
 			if err := copyFile(p, tmp, 0o600); err != nil {
 				return err
 			}
 			return os.Rename(tmp, target)
-		})
-		if err != nil {
+		}); err != nil {
 			return fmt.Errorf("restore shared files of %s: %w", dir, err)
 		}
 	}
 	return nil
+}
+
+// eachRegularFile calls fn with the path of every regular file below root
+// and its path relative to root. A missing root has no files.
+func eachRegularFile(root string, fn func(path, rel string) error) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if os.IsNotExist(err) {
+				return nil
+			}
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return err
+		}
+		return fn(p, rel)
+	})
 }
 
 func copyFile(src, dst string, perm fs.FileMode) error {

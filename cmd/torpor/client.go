@@ -339,16 +339,7 @@ func printJSON(v any) error {
 }
 
 func runCancel(ctx context.Context, args []string) error {
-	fs := newFlagSet("cancel", "JOB")
-	cf := addClientFlags(fs, false)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	job, err := oneArg(fs, "job")
-	if err != nil {
-		return err
-	}
-	cl, done, err := dial(socketPath(*cf.socket))
+	job, cl, done, err := jobCommand("cancel", args)
 	if err != nil {
 		return err
 	}
@@ -361,16 +352,7 @@ func runCancel(ctx context.Context, args []string) error {
 }
 
 func runWait(ctx context.Context, args []string) error {
-	fs := newFlagSet("wait", "JOB")
-	cf := addClientFlags(fs, false)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	job, err := oneArg(fs, "job")
-	if err != nil {
-		return err
-	}
-	cl, done, err := dial(socketPath(*cf.socket))
+	job, cl, done, err := jobCommand("wait", args)
 	if err != nil {
 		return err
 	}
@@ -387,4 +369,23 @@ func runWait(ctx context.Context, args []string) error {
 		return exitError{1}
 	}
 	return nil
+}
+
+// jobCommand parses the flags of a verb that takes just --socket and one JOB,
+// and dials the coordinator.
+func jobCommand(verb string, args []string) (string, apiv1.CoordinatorClient, func(), error) {
+	fs := newFlagSet(verb, "JOB")
+	cf := addClientFlags(fs, false)
+	if err := parseFlags(fs, args); err != nil {
+		return "", nil, nil, err
+	}
+	job, err := oneArg(fs, "job")
+	if err != nil {
+		return "", nil, nil, err
+	}
+	cl, done, err := dial(socketPath(*cf.socket))
+	if err != nil {
+		return "", nil, nil, err
+	}
+	return job, cl, done, nil
 }

@@ -11,10 +11,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -577,21 +575,15 @@ func (a *Agent) Status(_ context.Context, ref coordinator.NodeRef) (coordinator.
 	return coordinator.NodeStatus{}, nil
 }
 
-var exitStatusRE = regexp.MustCompile(`exit status (\d+)`)
-
-// exitCode turns the sandbox init's end into an exit code.
+// exitCode turns the sandbox init's end (an *exec.ExitError for a started
+// tree, a *sandbox.InitExit for a restored one) into an exit code.
 func exitCode(err error) int {
 	if err == nil {
 		return 0
 	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if c := ee.ExitCode(); c >= 0 {
-			return c
-		}
-	}
-	if m := exitStatusRE.FindStringSubmatch(err.Error()); m != nil {
-		if c, err := strconv.Atoi(m[1]); err == nil {
+	var ec interface{ ExitCode() int }
+	if errors.As(err, &ec) {
+		if c := ec.ExitCode(); c >= 0 {
 			return c
 		}
 	}

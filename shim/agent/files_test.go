@@ -1,9 +1,14 @@
 package agent
 
 import (
+	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/torpor-hpc/torpor/shim/sandbox"
 )
 
 // The shared files come back as they were at the dump, whatever the job
@@ -44,6 +49,38 @@ func TestSaveRestoreFiles(t *testing.T) {
 		got, err := os.ReadFile(p)
 		if err != nil || string(got) != want {
 			t.Errorf("%s = %q, %v; want %q", p, got, err, want)
+		}
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	run := func(script string) *os.ProcessState {
+		t.Helper()
+		p, err := os.StartProcess("/bin/sh", []string{"sh", "-c", script}, &os.ProcAttr{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := p.Wait()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	started := exec.Command("/bin/sh", "-c", "exit 7").Run()
+	tests := []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"none", nil, 0},
+		{"started tree", fmt.Errorf("wrapped: %w", started), 7},
+		{"restored tree", &sandbox.InitExit{State: run("exit 139")}, 139},
+		{"killed by a signal", &sandbox.InitExit{State: run("kill -9 $$")}, 1},
+		{"other", errors.New("boom"), 1},
+	}
+	for _, tt := range tests {
+		if got := exitCode(tt.err); got != tt.want {
+			t.Errorf("%s: exitCode = %d, want %d", tt.name, got, tt.want)
 		}
 	}
 }

@@ -100,7 +100,7 @@ func (s *Sandbox) Restore(ctx context.Context, drv *criu.Driver, opts criu.Optio
 			return err
 		}
 		if !st.Success() {
-			return fmt.Errorf("init %s", st)
+			return &InitExit{State: st}
 		}
 		return nil
 	})
@@ -155,3 +155,14 @@ func childrenInCgroup(rel string) []int {
 	}
 	return pids
 }
+
+// InitExit is how a restored tree's init ended when it did not succeed (a
+// restored init is the shim's child by os.FindProcess, not an exec.Cmd).
+type InitExit struct {
+	State *os.ProcessState
+}
+
+func (e *InitExit) Error() string { return "init " + e.State.String() }
+
+// ExitCode is the init's exit status, or -1 when a signal ended it.
+func (e *InitExit) ExitCode() int { return e.State.ExitCode() }

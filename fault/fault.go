@@ -1,0 +1,103 @@
+// Package fault names the places where torpor can be told to fail, for the
+// fault-injection harness (e2e/faults_test.go, `make e2e`). Each point says
+// which daemon honours it, where it strikes and what torpor must do about it;
+// the harness asserts exactly that outcome.
+//
+// Points are switched on per daemon with --fault NAME (repeatable). They
+// exist only for testing: a daemon started with one logs it loudly.
+package fault
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// Point is a named place where a failure is injected.
+type Point string
+
+// The points a daemon can be told to fail at.
+const (
+	// CoordinatorCrashBeforeCommit: the coordinator exits (status 3) after
+	// every job-node was dumped, before the checkpoint is committed.
+	CoordinatorCrashBeforeCommit Point = "crash-before-commit"
+	// ShimExitInDump: the shim kills itself (SIGKILL) while CRIU is dumping
+	// one of its job-nodes.
+	ShimExitInDump Point = "shim-exit-in-dump"
+	// CRIUKillInDump: the shim's CRIU is killed (SIGKILL) while it dumps a
+	// job-node.
+	CRIUKillInDump Point = "criu-kill-in-dump"
+)
+
+// Daemon is the torpor daemon that honours a point.
+type Daemon string
+
+const (
+	Coordinator Daemon = "coordinator"
+	Shim        Daemon = "shim"
+)
+
+// Info documents one point: where it strikes and the outcome the harness asserts.
+type Info struct {
+	Point  Point
+	Daemon Daemon
+	Where  string
+	Expect string
+}
+
+// Catalog lists every point.
+var Catalog = []Info{
+	{CoordinatorCrashBeforeCommit, Coordinator,
+		"after every job-node was dumped, before the manifest is committed",
+		"the restarted coordinator recovers its jobs from disk, discards the half checkpoint, unlocks and thaws the job: it runs on, restartable from its last committed checkpoint"},
+	{ShimExitInDump, Shim,
+		"while CRIU dumps a job-node of that shim",
+		"the checkpoint is aborted and its images deleted; the other job-nodes are unlocked and thawed at once; the restarted shim adopts its job-node, which the coordinator unlocks and thaws: the job continues with the undisturbed result"},
+	{CRIUKillInDump, Shim,
+		"CRIU is killed while it dumps a job-node",
+		"the checkpoint is aborted with CRIU's death named, its images deleted, every job-node unlocked and thawed: the job continues with the undisturbed result"},
+}
+
+// Lookup returns a point's documentation.
+func Lookup(p Point) (Info, bool) {
+	for _, i := range Catalog {
+		if i.Point == p {
+			return i, true
+		}
+	}
+	return Info{}, false
+}
+
+// Set is the points switched on in one daemon.
+type Set map[Point]bool
+
+// Has says whether p is switched on. A nil Set has nothing switched on.
+func (s Set) Has(p Point) bool { return s[p] }
+
+// Parse checks that every name is a point of daemon d.
+func Parse(d Daemon, names []string) (Set, error) {
+	s := Set{}
+	for _, n := range names {
+		if n == "" {
+			continue
+		}
+		i, ok := Lookup(Point(n))
+		if !ok || i.Daemon != d {
+			return nil, fmt.Errorf("unknown fault point %q for the %s; known: %s", n, d, strings.Join(Names(d), ", "))
+		}
+		s[i.Point] = true
+	}
+	return s, nil
+}
+
+// Names lists the points of daemon d, sorted.
+func Names(d Daemon) []string {
+	var out []string
+	for _, i := range Catalog {
+		if i.Daemon == d {
+			out = append(out, string(i.Point))
+		}
+	}
+	sort.Strings(out)
+	return out
+}

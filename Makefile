@@ -8,6 +8,7 @@ GO        ?= go
 BIN       := bin/torpor
 GOFLAGS_TEST ?= -p 1
 TEST_TIMEOUT ?= 60m
+E2E_TIMEOUT ?= 6h
 # Packages whose tests run in `make test`.
 PKGS      ?= ./...
 
@@ -38,8 +39,11 @@ test: deps build workloads ## install what is needed, run torpor doctor, then ev
 	$(MAKE) -s lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(GOFLAGS_TEST) $(PKGS)
 
-e2e: deps build workloads ## the long end-to-end runs (root)
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./e2e/...
+# make e2e CYCLES=1000 [CYCLES_SEED=N] [RUN=TestRandomCycles]
+CYCLES ?= 200
+RUN    ?= .
+e2e: deps build workloads ## the long end-to-end runs: every e2e test, CYCLES random cycles (root)
+	CYCLES=$(CYCLES) CYCLES_SEED=$(CYCLES_SEED) $(GO) test -count=1 -timeout $(E2E_TIMEOUT) -v -run '$(RUN)' ./e2e/...
 
 demo: deps build workloads ## checkpoint, restart and migrate a job on a simulated 4-host cluster (root)
 	@bash scripts/demo.sh

@@ -54,9 +54,11 @@ type cluster struct {
 	shims    []*exec.Cmd
 	runCmd   *exec.Cmd // the `torpor run` of streamJob
 	logs     map[string]*bytes.Buffer
+	// coordArgs are added to every start of the coordinator.
+	coordArgs []string
 }
 
-func newCluster(t *testing.T, hosts int) *cluster {
+func newCluster(t *testing.T, hosts int, coordArgs ...string) *cluster {
 	t.Helper()
 	requireRoot(t)
 	// Not t.TempDir: its parent is private to root, and the test also runs
@@ -79,21 +81,34 @@ func newCluster(t *testing.T, hosts int) *cluster {
 		socket: filepath.Join(dir, "coordinator.sock"), runDir: filepath.Join(dir, "run"),
 		state: filepath.Join(dir, "state"), ckpt: filepath.Join(dir, "ckpt"), pki: filepath.Join(dir, "pki"),
 		cgParent: "/torpor/" + name, sim: sim, logs: map[string]*bytes.Buffer{},
-		addr: fmt.Sprintf("127.0.0.1:%d", 20000+os.Getpid()%20000),
+		addr:      fmt.Sprintf("127.0.0.1:%d", 20000+os.Getpid()%20000),
+		coordArgs: coordArgs,
 	}
 	t.Cleanup(c.close)
 	if out, err := exec.Command(c.torpor, "coordinator", "--init-pki", "--pki", c.pki).CombinedOutput(); err != nil {
 		t.Fatalf("init pki: %v\n%s", err, out)
 	}
 	c.startCoordinator()
+	c.shims = make([]*exec.Cmd, hosts)
 	for i := 1; i <= hosts; i++ {
-		h := sim.Host(i)
-		cmd := c.daemon(fmt.Sprintf("shim-h%d", i), "shim", "--host", fmt.Sprintf("h%d", i), "--netns", h.NetNS,
-			"--bridge", h.Bridge, "--join", c.addr, "--pki", c.pki, "--run-dir", c.runDir,
-			"--cgroup-parent", c.cgParent, "--listen", "127.0.0.1:0")
-		c.shims = append(c.shims, cmd)
+		c.startShim(i)
 	}
 	return c
+}
+
+// startShim starts (or starts again) the shim daemon of host i (1-based).
+func (c *cluster) startShim(i int, extra ...string) {
+	c.t.Helper()
+	h := c.sim.Host(i)
+	args := append([]string{"shim", "--host", fmt.Sprintf("h%d", i), "--netns", h.NetNS,
+		"--bridge", h.Bridge, "--join", c.addr, "--pki", c.pki, "--run-dir", c.runDir,
+		"--cgroup-parent", c.cgParent, "--listen", "127.0.0.1:0"}, extra...)
+	name := fmt.Sprintf("shim-h%d", i)
+	if old := c.logs[name]; old != nil {
+		// Keep the earlier shim's log too: a restarted shim's story starts there.
+		c.logs[name+"-before"] = old
+	}
+	c.shims[i-1] = c.daemon(name, args...)
 }
 
 // daemon starts a torpor daemon whose output is kept for failure reports.
@@ -113,7 +128,7 @@ func (c *cluster) daemon(name string, args ...string) *exec.Cmd {
 func (c *cluster) startCoordinator(extra ...string) {
 	c.t.Helper()
 	args := append([]string{"coordinator", "--state-dir", c.state, "--checkpoint-dir", c.ckpt, "--socket", c.socket,
-		"--listen", c.addr, "--pki", c.pki}, extra...)
+		"--listen", c.addr, "--pki", c.pki}, append(c.coordArgs, extra...)...)
 	c.coord = c.daemon("coordinator", args...)
 	deadline := time.Now().Add(15 * time.Second)
 	for {

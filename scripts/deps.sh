@@ -29,6 +29,7 @@ PKGS=(
   iproute2 nftables procps psmisc
   clang llvm libbpf-dev linux-libc-dev
   patchelf protobuf-compiler
+  lammps
 )
 
 missing=()

@@ -21,6 +21,8 @@ type initConfig struct {
 	Env      []string `json:"env"`
 	Dir      string   `json:"dir"`
 	Output   string   `json:"output"` // stdout+stderr of the command; "" = inherit
+	// ExitFile receives the init's exit status just before it exits; "" = none.
+	ExitFile string `json:"exit_file,omitempty"`
 }
 
 // MaybeRunInit runs the sandbox init and never returns when this process was
@@ -37,7 +39,38 @@ func MaybeRunInit() {
 		fmt.Fprintln(os.Stderr, "torpor sandbox init: bad configuration:", err)
 		os.Exit(125)
 	}
-	os.Exit(runInit(cfg))
+	code := runInit(cfg)
+	if cfg.ExitFile != "" {
+		if err := writeExitFile(cfg.ExitFile, code); err != nil {
+			fmt.Fprintln(os.Stderr, "torpor sandbox init: write exit status:", err)
+		}
+	}
+	os.Exit(code)
+}
+
+// writeExitFile records the init's exit status for a shim that is not the
+// init's parent (one that adopted the job-node): a temporary file, synced,
+// renamed into place, so a reader sees the whole status or nothing.
+func writeExitFile(path string, code int) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(f, "%d\n", code)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
 }
 
 // runInit is PID 1 of the sandbox: it sets the hostname (its own UTS

@@ -79,6 +79,12 @@ type Process struct {
 	Output string
 	// InitOutput receives the init's own stdout and stderr; "" is /dev/null.
 	InitOutput string
+	// ExitFile, if set, is where the init writes its exit status (a decimal
+	// line) just before it exits, so that a shim which adopted the job-node
+	// (see Adopt) can report it. Like Output, it must be at the same path on
+	// every host: a restored init writes it where the started one would.
+	// Start removes a stale one.
+	ExitFile string
 }
 
 // Sandbox is one job-node's sandbox.
@@ -302,9 +308,14 @@ func (s *Sandbox) Start(ctx context.Context, p Process) error {
 	if len(p.Argv) == 0 {
 		return fmt.Errorf("start sandbox %s: empty command", s.cfg.Name)
 	}
-	cfg, err := json.Marshal(initConfig{Hostname: s.cfg.Hostname, Argv: p.Argv, Env: p.Env, Dir: p.Dir, Output: p.Output})
+	cfg, err := json.Marshal(initConfig{Hostname: s.cfg.Hostname, Argv: p.Argv, Env: p.Env, Dir: p.Dir, Output: p.Output, ExitFile: p.ExitFile})
 	if err != nil {
 		return fmt.Errorf("start sandbox %s: %w", s.cfg.Name, err)
+	}
+	if p.ExitFile != "" {
+		if err := os.Remove(p.ExitFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("start sandbox %s: remove stale exit status: %w", s.cfg.Name, err)
+		}
 	}
 	cgf, err := s.cg.Open()
 	if err != nil {

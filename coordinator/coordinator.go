@@ -291,16 +291,17 @@ func (c *Coordinator) Recover(ctx context.Context) error {
 }
 
 // settleTimeout is how long an interrupted job waits for its shims to
-// register again before it is declared failed.
+// answer again before it is declared failed.
 const settleTimeout = 2 * time.Minute
 
-// settle finishes jobs that a coordinator crash left in a transient state
-// (they are in such a state without an operation running). Once the shims of
-// all its hosts are registered, such a job is unlocked and thawed
-// everywhere; if every job-node still runs (after a checkpoint or a
-// migration) it is running again, otherwise its job-nodes are destroyed and
-// it is failed, restartable from its last checkpoint. A job whose shims do
-// not come back within settleTimeout is failed.
+// settle finishes jobs left in a transient state without an operation
+// running: by a coordinator crash, or by an operation whose rollback could not
+// reach a shim (it died or was cut off; see awaitShims). Once every shim of
+// the job answers, the job is unlocked and thawed everywhere; if every
+// job-node still runs (after a checkpoint or a migration) it is running
+// again, otherwise its job-nodes are destroyed and it is failed, restartable
+// from its last checkpoint. A job whose shims do not answer within
+// settleTimeout is failed.
 func (c *Coordinator) settle(ctx context.Context) {
 	for _, j := range c.Jobs() {
 		switch j.State {
@@ -324,8 +325,19 @@ func (c *Coordinator) settle(ctx context.Context) {
 		c.mu.Unlock()
 
 		log := c.log.With("job", j.Spec.ID)
-		log.Warn("job was interrupted by a coordinator restart, settling it", "state", j.State)
-		alive := missing == "" && c.rollback(ctx, j.Spec, log) == nil
+		rbErr := fmt.Errorf("the shim of %s did not register again", missing)
+		if missing == "" {
+			rbErr = c.rollback(ctx, j.Spec, log)
+		}
+		if rbErr != nil && unreachableOnly(rbErr) && c.now().Sub(j.Updated) < settleTimeout {
+			// Some shim still does not answer: try again on the next round.
+			c.mu.Lock()
+			delete(c.busy, j.Spec.ID)
+			c.mu.Unlock()
+			continue
+		}
+		log.Warn("settling a job whose operation was interrupted", "state", j.State, "err", rbErr)
+		alive := rbErr == nil
 		for _, n := range j.Spec.Nodes {
 			if !alive {
 				break
@@ -341,11 +353,11 @@ func (c *Coordinator) settle(ctx context.Context) {
 		c.mu.Lock()
 		jj := c.jobs[j.Spec.ID]
 		if alive && resumable {
-			jj.State, jj.Reason = StateRunning, fmt.Sprintf("%s interrupted by a coordinator restart; rolled back", j.State)
+			jj.State, jj.Reason = StateRunning, fmt.Sprintf("%s interrupted (by a coordinator restart or a shim that did not answer); rolled back, running again", j.State)
 		} else {
-			jj.State, jj.Reason = StateFailed, fmt.Sprintf("%s interrupted by a coordinator restart; restart the job from its last checkpoint", j.State)
-			if missing != "" {
-				jj.Reason += " (shim of " + missing + " did not come back)"
+			jj.State, jj.Reason = StateFailed, fmt.Sprintf("%s interrupted (by a coordinator restart or a shim that did not answer); restart the job from its last checkpoint", j.State)
+			if rbErr != nil {
+				jj.Reason += ": " + rbErr.Error()
 			}
 		}
 		jj.Updated = c.now()

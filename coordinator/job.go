@@ -127,6 +127,9 @@ var (
 	ErrState = errors.New("operation not allowed in this state")
 	// ErrPermission: the caller may not act on this job.
 	ErrPermission = errors.New("permission denied")
+	// ErrUnreachable: the shim of a host does not answer (it died, or the
+	// network between it and the coordinator is cut).
+	ErrUnreachable = errors.New("shim unreachable")
 )
 
 // Job is the coordinator's record of one job.

@@ -136,6 +136,9 @@ func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts Checkpoint
 		if abErr := pend.Abort(); abErr != nil {
 			log.Error("delete partial checkpoint", "err", abErr)
 		}
+		if rbErr != nil && unreachableOnly(rbErr) {
+			return "", c.awaitShims(id, StateCheckpointing, "checkpoint "+handle, err, rbErr)
+		}
 		if rbErr != nil {
 			c.end(id, StateFailed, func(j *Job) { j.Reason = rbErr.Error() })
 			return "", fmt.Errorf("checkpoint %s aborted: %w; rollback failed too, job is failed: %v", handle, err, rbErr)
@@ -227,6 +230,45 @@ func (c *Coordinator) unlockThawJob(ctx context.Context, job string, nodes []Nod
 		})
 	})
 	return errors.Join(err, thawErr)
+}
+
+// awaitShims ends an operation whose rollback could not reach some shims.
+// Their job-nodes may still be frozen and locked, so the job stays in its
+// transient state st: settle finishes the rollback once those shims answer
+// again (a restarted shim adopts its job-nodes), or fails the job after
+// settleTimeout. The job-nodes of the shims that answered run again at once.
+func (c *Coordinator) awaitShims(id string, st State, what string, err, rbErr error) error {
+	why := fmt.Sprintf("%s aborted: %v; the job-nodes whose shims answered run again; waiting up to %s for the others to answer, to thaw theirs (else the job fails): %v", what, err, settleTimeout, rbErr)
+	c.end(id, st, func(j *Job) { j.Reason = why })
+	return errors.New(why)
+}
+
+// unreachableOnly says whether every job-node that failed in err (a
+// *PhaseError, or several joined) failed because its shim did not answer:
+// it is down, cut off, or hung past the phase's deadline.
+func unreachableOnly(err error) bool {
+	if pe, ok := err.(*PhaseError); ok {
+		for _, n := range pe.Nodes {
+			if !errors.Is(n.Err, ErrUnreachable) && !errors.Is(n.Err, context.DeadlineExceeded) {
+				return false
+			}
+		}
+		return len(pe.Nodes) > 0
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		some := false
+		for _, e := range j.Unwrap() {
+			if e == nil {
+				continue
+			}
+			if !unreachableOnly(e) {
+				return false
+			}
+			some = true
+		}
+		return some
+	}
+	return false
 }
 
 // destroyAll kills every job-node of a job, best effort, logging failures.

@@ -554,3 +554,60 @@ func TestCancel(t *testing.T) {
 		t.Fatalf("second cancel: %v", err)
 	}
 }
+
+// A shim that dies during the dump: the checkpoint is aborted, the job-nodes
+// of the other shims run again at once, and the job waits (in checkpointing)
+// for the dead shim to answer again; then settle thaws its job-node too and
+// the job is running. No checkpoint is left behind.
+func TestShimLostDuringDumpIsWaitedFor(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	dead := f.agents["h1"]
+	gone := fmt.Errorf("connection refused: %w", ErrUnreachable)
+	for _, p := range []Phase{PhaseDump, PhaseUnlock, PhaseThaw} {
+		dead.fail[p] = gone
+	}
+	_, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{})
+	if err == nil || !strings.Contains(err.Error(), "waiting up to") {
+		t.Fatalf("checkpoint with a dead shim: %v", err)
+	}
+	if j, _ := f.c.Job("job1"); j.State != StateCheckpointing {
+		t.Fatalf("job is %s, want checkpointing until the shim answers", j.State)
+	}
+	for _, h := range []string{"h0", "h2"} {
+		for k, n := range f.agents[h].node {
+			if n.frozen || n.locked {
+				t.Errorf("%s on %s still frozen=%v locked=%v", k, h, n.frozen, n.locked)
+			}
+		}
+	}
+	f.assertNoPartial(t)
+	f.c.settle(context.Background()) // still dead: nothing changes
+	if j, _ := f.c.Job("job1"); j.State != StateCheckpointing {
+		t.Fatalf("settled while the shim is dead: %s", j.State)
+	}
+	dead.mu.Lock()
+	dead.fail = map[Phase]error{}
+	dead.mu.Unlock()
+	f.c.settle(context.Background())
+	f.assertRunning(t)
+}
+
+// A shim that stays dead past settleTimeout: the job fails (restartable).
+func TestShimLostForGoodFailsTheJob(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	now := time.Now()
+	f.c.now = func() time.Time { return now }
+	gone := fmt.Errorf("connection refused: %w", ErrUnreachable)
+	for _, p := range []Phase{PhaseDump, PhaseUnlock, PhaseThaw, PhaseDestroy} {
+		f.agents["h1"].fail[p] = gone
+	}
+	if _, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{}); err == nil {
+		t.Fatal("checkpoint with a dead shim succeeded")
+	}
+	now = now.Add(settleTimeout + time.Second)
+	f.c.settle(context.Background())
+	j, _ := f.c.Job("job1")
+	if j.State != StateFailed || !strings.Contains(j.Reason, "restart the job from its last checkpoint") {
+		t.Fatalf("job is %s (%s), want failed", j.State, j.Reason)
+	}
+}

@@ -54,6 +54,8 @@ func fromRPC(err error) error {
 		return errors.Join(errors.New(st.Message()), ErrInvalid)
 	case codes.PermissionDenied:
 		return errors.Join(errors.New(st.Message()), ErrPermission)
+	case codes.Unavailable:
+		return errors.Join(errors.New(st.Message()), ErrUnreachable)
 	}
 	return errors.New(st.Message())
 }
@@ -77,6 +79,8 @@ func ToRPC(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, ErrPermission):
 		code = codes.PermissionDenied
+	case errors.Is(err, ErrUnreachable):
+		code = codes.Unavailable
 	}
 	return status.Error(code, err.Error())
 }

@@ -235,7 +235,11 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 		if restored {
 			c.destroyNodes(ctx, id, []NodeSpec{dest}, log)
 		}
-		if rbErr := c.rollback(ctx, spec, log); rbErr != nil {
+		rbErr := c.rollback(ctx, spec, log)
+		if rbErr != nil && unreachableOnly(rbErr) {
+			return c.awaitShims(id, StateMigrating, "migration of "+node, err, rbErr)
+		}
+		if rbErr != nil {
 			c.end(id, StateFailed, func(j *Job) { j.Reason = rbErr.Error() })
 			return fmt.Errorf("migration of %s aborted: %w; rollback failed too, job is failed: %v", node, err, rbErr)
 		}

@@ -18,7 +18,7 @@ type Point string
 
 // The points a daemon can be told to fail at.
 const (
-	// CoordinatorCrashBeforeCommit: the coordinator exits (status 3) after
+	// CoordinatorCrashBeforeCommit: the coordinator exits (status 86) after
 	// every job-node was dumped, before the checkpoint is committed.
 	CoordinatorCrashBeforeCommit Point = "crash-before-commit"
 	// ShimExitInDump: the shim kills itself (SIGKILL) while CRIU is dumping

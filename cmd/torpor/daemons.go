@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/fault"
 	"github.com/torpor-hpc/torpor/internal/config"
 	"github.com/torpor-hpc/torpor/internal/pki"
 	"github.com/torpor-hpc/torpor/shim/agent"
@@ -49,7 +50,8 @@ func runCoordinator(ctx context.Context, args []string) error {
 	pkiHosts := fs.String("pki-hosts", "127.0.0.1,localhost", "comma-separated addresses and names the certificates are valid for (with --init-pki)")
 	keep := fs.Int("keep", 0, "keep only the newest K checkpoints per job (0: all)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	faultPoint := fs.String("fault", "", "fault injection for tests: crash-before-commit")
+	var faults faultFlag
+	fs.Var(&faults, "fault", "switch on a fault-injection point, for tests (repeatable): "+strings.Join(fault.Names(fault.Coordinator), ", "))
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -82,16 +84,17 @@ func runCoordinator(ctx context.Context, args []string) error {
 		// shim's name is checked against the address it registered.
 		dc.ClientTLS.ServerName = ""
 	}
-	switch *faultPoint {
-	case "":
-	case "crash-before-commit":
+	fset, err := fault.Parse(fault.Coordinator, faults)
+	if err != nil {
+		return err
+	}
+	if fset.Has(fault.CoordinatorCrashBeforeCommit) {
+		log.Warn("fault injection switched on: the coordinator exits before committing a checkpoint", "point", fault.CoordinatorCrashBeforeCommit)
 		dc.Faults.BeforeCommit = func(job string) error {
 			log.Error("fault injection: crashing before the commit", "job", job)
 			os.Exit(86)
 			return nil
 		}
-	default:
-		return fmt.Errorf("unknown --fault %q (known: crash-before-commit)", *faultPoint)
 	}
 	d, err := coordinator.StartDaemon(ctx, dc)
 	if err != nil {
@@ -169,4 +172,14 @@ func runShim(ctx context.Context, args []string) error {
 			RunDir: *runDir, CRIU: bin, Log: newLogger(*logLevel)},
 		Listen: *listen, Advertise: *advertise, Join: *join, ServerTLS: serverTLS, ClientTLS: clientTLS,
 	})
+}
+
+// faultFlag collects repeated --fault NAME flags.
+type faultFlag []string
+
+func (f *faultFlag) String() string { return strings.Join(*f, ",") }
+
+func (f *faultFlag) Set(v string) error {
+	*f = append(*f, v)
+	return nil
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/coordinator/catalog"
+	"github.com/torpor-hpc/torpor/fault"
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/pmix/link"
 	"github.com/torpor-hpc/torpor/shim/criu"
@@ -46,6 +47,9 @@ type Config struct {
 	Log  *slog.Logger
 	// Fence forwards pmixd's fences to the coordinator (MPI job-nodes).
 	Fence FenceFunc
+	// Faults are the fault-injection points switched on (tests only; see
+	// package fault): ShimExitInDump and CRIUKillInDump.
+	Faults fault.Set
 }
 
 // Agent is one host's shim logic.
@@ -56,18 +60,29 @@ type Agent struct {
 
 	mu    sync.Mutex
 	nodes map[string]*node // "<job>/<node>"
+
+	// criuStarted, if set (tests), learns each CRIU run's PID.
+	criuStarted func(op string, pid int)
+	// afterRestore, if set (tests), runs once CRIU restored a tree, before
+	// Restore checks its context.
+	afterRestore func()
 }
 
 type node struct {
-	spec coordinator.NodeSpec
-	job  string
-	sb   *sandbox.Sandbox
-	lock *netquiesce.Lock
-	veth string
+	spec     coordinator.NodeSpec
+	job      string
+	sb       *sandbox.Sandbox
+	lock     *netquiesce.Lock
+	veth     string
+	netns    string
+	cgroup   string // below the cgroup2 mount
+	exitFile string // where the init writes its exit status
 	// moved says the job-node arrived by restore: announce its address on unlock.
-	moved bool
-	// link serves the job-node's pmixd, if it runs one.
-	link *link.Server
+	moved        bool
+	restoredFrom string // the checkpoint it was restored from, while moved
+	// link serves the job-node's pmixd, if it runs one, on linkPath.
+	link     *link.Server
+	linkPath string
 }
 
 var _ coordinator.Agent = (*Agent)(nil)
@@ -120,6 +135,12 @@ func (a *Agent) OutputPath(job, n string) string {
 	return filepath.Join(a.cfg.RunDir, "jobs", job, n+".out")
 }
 
+// exitPath is where a job-node's init writes its exit status: beside its
+// output, the same path on every host (a restored init writes it there).
+func (a *Agent) exitPath(job, n string) string {
+	return a.OutputPath(job, n) + ".exit"
+}
+
 // create makes the sandbox and attaches (unlocked) the network lock to the
 // host end of its veth, where the programs stay outside the CRIU images.
 func (a *Agent) create(ctx context.Context, job string, spec coordinator.NodeSpec) (*node, error) {
@@ -133,7 +154,8 @@ func (a *Agent) create(ctx context.Context, job string, spec coordinator.NodeSpe
 	}
 	a.nodes[key(job, spec.Name)] = nil // reserve
 	a.mu.Unlock()
-	n := &node{spec: spec, job: job, veth: vethName(job, spec.Name)}
+	n := &node{spec: spec, job: job, veth: vethName(job, spec.Name), netns: a.netnsName(job, spec.Name),
+		cgroup: filepath.Join(a.cfg.CgroupParent, a.cfg.Host, job, spec.Name), exitFile: a.exitPath(job, spec.Name)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -144,36 +166,43 @@ func (a *Agent) create(ctx context.Context, job string, spec coordinator.NodeSpe
 	}()
 	sb, err := sandbox.New(ctx, sandbox.Config{
 		Name:      key(job, spec.Name),
-		NetNS:     a.netnsName(job, spec.Name),
+		NetNS:     n.netns,
 		Hostname:  spec.Hostname,
 		Address:   spec.IP,
 		HostNetNS: a.cfg.HostNetNS,
 		Bridge:    a.cfg.Bridge,
 		HostVeth:  n.veth,
-		Cgroup:    filepath.Join(a.cfg.CgroupParent, a.cfg.Host, job, spec.Name),
+		Cgroup:    n.cgroup,
 		Log:       a.log,
 	})
 	if err != nil {
 		return nil, err
 	}
 	n.sb = sb
-	hostNet, err := a.hostNet()
-	if err != nil {
+	if err := a.attachLock(n); err != nil {
 		_ = sb.Destroy(context.WithoutCancel(ctx))
 		return nil, err
-	}
-	n.lock, err = netquiesce.Attach(netquiesce.Target{Net: hostNet, Interface: n.veth, Cgroup: sb.Cgroup().Path()},
-		netquiesce.Options{Logger: a.log})
-	hostNet.Close()
-	if err != nil {
-		_ = sb.Destroy(context.WithoutCancel(ctx))
-		return nil, fmt.Errorf("attach network lock to %s/%s: %w", job, spec.Name, err)
 	}
 	a.mu.Lock()
 	a.nodes[key(job, spec.Name)] = n
 	a.mu.Unlock()
 	ok = true
 	return n, nil
+}
+
+// attachLock attaches the (unlocked) network lock to the host end of n's veth.
+func (a *Agent) attachLock(n *node) error {
+	hostNet, err := a.hostNet()
+	if err != nil {
+		return err
+	}
+	defer hostNet.Close()
+	n.lock, err = netquiesce.Attach(netquiesce.Target{Net: hostNet, Interface: n.veth, Cgroup: n.sb.Cgroup().Path()},
+		netquiesce.Options{Logger: a.log})
+	if err != nil {
+		return fmt.Errorf("attach network lock to %s/%s: %w", n.job, n.spec.Name, err)
+	}
+	return nil
 }
 
 func (a *Agent) hostNet() (*netquiesce.Net, error) {
@@ -229,7 +258,11 @@ func (a *Agent) Start(ctx context.Context, job string, spec coordinator.NodeSpec
 			return err
 		}
 	}
-	if err := n.sb.Start(ctx, sandbox.Process{Argv: argv, Env: spec.Env, Dir: spec.Dir, Output: out}); err != nil {
+	if err := n.sb.Start(ctx, sandbox.Process{Argv: argv, Env: spec.Env, Dir: spec.Dir, Output: out, ExitFile: n.exitFile}); err != nil {
+		a.destroy(ctx, n)
+		return err
+	}
+	if err := a.saveRecord(n); err != nil {
 		a.destroy(ctx, n)
 		return err
 	}
@@ -349,7 +382,10 @@ func (a *Agent) Unlock(_ context.Context, ref coordinator.NodeRef) error {
 		if err := n.sb.Announce(); err != nil {
 			return err
 		}
-		n.moved = false
+		n.moved, n.restoredFrom = false, ""
+		if err := a.saveRecord(n); err != nil {
+			a.log.Warn("job-node unlocked, but its record still says moved", "job", ref.Job, "node", ref.Node, "err", err)
+		}
 	}
 	return nil
 }
@@ -400,14 +436,25 @@ func (a *Agent) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinat
 	if err := verbs.Check(pids); err != nil {
 		return coordinator.DumpResult{}, fmt.Errorf("refusing to checkpoint %s/%s: %w", ref.Job, ref.Node, err)
 	}
-	res, err := n.sb.Dump(ctx, a.drv, criu.Options{
+	opts := criu.Options{
 		ImagesDir: req.Dir, LeaveRunning: req.LeaveRunning, TCPEstablished: true,
 		NetworkLock: criu.NetworkLockSkip, FileLocks: true, LinkRemap: true,
 		// Unlinked shared-memory segments of MPI libraries are saved whole.
 		GhostLimit: ghostLimit,
-	})
+	}
+	w := a.watchDump(ref, req.Dir)
+	if w != nil {
+		opts.Started = w.started
+	}
+	res, err := n.sb.Dump(ctx, a.drv, opts)
+	if w != nil {
+		w.stop()
+	}
 	if err != nil {
-		return coordinator.DumpResult{}, err
+		return coordinator.DumpResult{}, fmt.Errorf("criu dump of %s/%s: %w", ref.Job, ref.Node, err)
+	}
+	if !req.LeaveRunning {
+		a.removeRecord(ref.Job, ref.Node) // the tree is gone
 	}
 	if err := saveOutput(a.OutputPath(ref.Job, ref.Node), req.Dir); err != nil {
 		return coordinator.DumpResult{}, err
@@ -489,18 +536,38 @@ func restoreOutput(dir string) error {
 
 // Restore creates a sandbox for the job-node on this host with its network
 // locked, then restores the tree into it. It stays locked until Unlock.
-func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSpec, dir string) error {
+//
+// If ctx ends before Restore succeeds (the coordinator's deadline passed or
+// its connection was cut), the half-restored job-node is destroyed, even if
+// CRIU had finished, and the error wraps ctx.Err(): the coordinator, which
+// gave up on it, will not know it is there.
+func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSpec, dir string) (err error) {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("restore %s/%s: %w", job, spec.Name, err)
+	}
 	n, err := a.create(ctx, job, spec)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		if derr := a.destroy(ctx, n); derr != nil {
+			a.log.Warn("destroy the job-node of a failed restore", "job", job, "node", spec.Name, "err", derr)
+		}
+		if ctx.Err() != nil {
+			err = fmt.Errorf("restore %s/%s: %w; the half-restored job-node was destroyed (%v)", job, spec.Name, ctx.Err(), err)
+		}
+	}()
 	if _, err := n.lock.Lock(); err != nil {
-		a.destroy(ctx, n)
 		return err
 	}
 	if err := restoreOutput(dir); err != nil {
-		a.destroy(ctx, n)
 		return err
+	}
+	if err := os.Remove(n.exitFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("restore %s/%s: remove stale exit status: %w", job, spec.Name, err)
 	}
 	if js, err := pmixdSpec(spec); err != nil || js != nil {
 		if err == nil {
@@ -510,19 +577,31 @@ func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSp
 			err = a.listenLink(n)
 		}
 		if err != nil {
-			a.destroy(ctx, n)
 			return err
 		}
-		n.link.SetRestoredFrom(handleOf(dir))
+		n.restoredFrom = handleOf(dir)
+		n.link.SetRestoredFrom(n.restoredFrom)
 	}
-	if _, err := n.sb.Restore(ctx, a.drv, criu.Options{
+	opts := criu.Options{
 		ImagesDir: dir, WorkDir: filepath.Join(a.cfg.RunDir, "restore", job, spec.Name),
 		TCPEstablished: true, NetworkLock: criu.NetworkLockSkip, FileLocks: true, LinkRemap: true,
-	}); err != nil {
-		a.destroy(ctx, n)
+	}
+	if a.criuStarted != nil {
+		opts.Started = func(pid int) { a.criuStarted("restore", pid) }
+	}
+	if _, err := n.sb.Restore(ctx, a.drv, opts); err != nil {
+		return err
+	}
+	if a.afterRestore != nil {
+		a.afterRestore()
+	}
+	if err := ctx.Err(); err != nil {
 		return err
 	}
 	n.moved = true
+	if err := a.saveRecord(n); err != nil {
+		return err
+	}
 	a.log.Info("job-node restored", "job", job, "node", spec.Name, "from", dir)
 	return nil
 }
@@ -548,6 +627,7 @@ func (a *Agent) destroy(ctx context.Context, n *node) error {
 		errs = append(errs, n.lock.Close())
 	}
 	errs = append(errs, n.sb.Destroy(ctx))
+	a.removeRecord(n.job, n.spec.Name)
 	a.mu.Lock()
 	if a.nodes[key(n.job, n.spec.Name)] == n {
 		delete(a.nodes, key(n.job, n.spec.Name))

@@ -85,9 +85,12 @@ func (a *Agent) preparePMIxd(n *node, js *pmix.JobSpec) ([]string, error) {
 	return []string{self, "pmixd", "--spec", specFile, "--log-level", "warn"}, nil
 }
 
+// listenLink starts n's link server. A stale socket (of a shim that died)
+// is replaced: pmixd's link client re-dials until it answers again.
 func (a *Agent) listenLink(n *node) error {
+	n.linkPath = a.linkPath(n.job, n.spec.Name)
 	n.link = link.NewServer(forwarder{a: a, job: n.job}, a.log.With("job", n.job, "node", n.spec.Name))
-	if err := n.link.Listen(a.linkPath(n.job, n.spec.Name)); err != nil {
+	if err := n.link.Listen(n.linkPath); err != nil {
 		n.link.Close()
 		n.link = nil
 		return err

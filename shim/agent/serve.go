@@ -65,6 +65,17 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return err
 	}
 	defer a.Close(context.WithoutCancel(ctx))
+	// Job-nodes a previous shim of this host left when it died are ours now.
+	if n, err := a.Adopt(ctx); err != nil {
+		a.log.Error("some job-nodes of a previous shim could not be adopted", "adopted", n, "err", err)
+	} else if n > 0 {
+		a.log.Info("adopted the job-nodes of a previous shim", "adopted", n)
+	}
+	for p, on := range cfg.Agent.Faults {
+		if on {
+			a.log.Warn("FAULT INJECTION is on: this shim will fail on purpose", "point", p)
+		}
+	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)

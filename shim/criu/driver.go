@@ -171,6 +171,9 @@ func (d *Driver) run(ctx context.Context, typ rpc.CriuReqType, logName string, o
 	if err != nil {
 		return logPath, nil, fmt.Errorf("criu %s: %w", op, err)
 	}
+	if opts.Started != nil {
+		opts.Started(s.cmd.Process.Pid)
+	}
 	resp, err := s.call(ctx, &rpc.CriuReq{Type: typ.Enum(), Opts: ro}, nfy)
 	if err != nil {
 		return logPath, resp, &Error{Op: op, Line: FirstErrorLine(logPath), LogPath: logPath, Err: err}

@@ -126,6 +126,11 @@ type Options struct {
 	// Timeout is CRIU's own dump timeout in seconds (0: CRIU's default).
 	// The context passed to Dump/Restore is the real deadline.
 	Timeout uint32
+
+	// Started, if set, is called with the PID of the CRIU process once it
+	// runs, before the request is sent (not passed to CRIU). Fault injection
+	// and tests use it to watch or kill CRIU mid-operation; it must not block.
+	Started func(pid int)
 }
 
 func (o *Options) logLevel() int32 {

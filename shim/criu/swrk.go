@@ -17,6 +17,11 @@ import (
 	"github.com/torpor-hpc/torpor/shim/internal/nsrun"
 )
 
+// ErrKilled means the CRIU process died of a signal sent by someone else
+// than torpor (the OOM killer, an operator, fault injection) before it
+// answered.
+var ErrKilled = errors.New("criu was killed")
+
 // swrk is one `criu swrk` child and its RPC socket. go-criu's Criu type keeps
 // the child private, so it can neither be started in another network
 // namespace or cgroup nor killed on a deadline; this speaks the same RPC with
@@ -80,6 +85,14 @@ func (s *swrk) call(ctx context.Context, req *rpc.CriuReq, nfy gocriu.Notify) (r
 		if ctx.Err() != nil {
 			err = errors.Join(fmt.Errorf("criu killed: %w", context.Cause(ctx)), err)
 			return
+		}
+		var ee *exec.ExitError
+		if errors.As(werr, &ee) && ee.ProcessState != nil {
+			if ws, ok := ee.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				// Killed by someone else: the broken RPC is only its echo.
+				err = fmt.Errorf("%w (%v)", ErrKilled, werr)
+				return
+			}
 		}
 		if werr != nil && (err == nil || resp == nil) {
 			err = errors.Join(err, fmt.Errorf("criu swrk exited: %w", werr))

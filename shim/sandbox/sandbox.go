@@ -471,6 +471,26 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	return nil
 }
 
+// Release closes this process's handles on the sandbox and forgets it
+// without touching it: namespace, veth, cgroup and tree live on, for
+// another process to Adopt. The Sandbox is Destroyed for this process.
+func (s *Sandbox) Release() {
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	if s.State() == Destroyed {
+		return
+	}
+	if s.host != nil {
+		s.host.Close()
+		s.host = nil
+	}
+	if s.sb != nil {
+		s.sb.Close()
+		s.sb = nil
+	}
+	s.setState(Destroyed)
+}
+
 func (s *Sandbox) teardown(ctx context.Context) error {
 	var errs []error
 	if s.cg != nil {

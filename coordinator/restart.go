@@ -125,7 +125,7 @@ func (c *Coordinator) pickCheckpoint(ctx context.Context, ref string, fallback b
 			break
 		}
 		if !fallback {
-			return res, Manifest{}, fmt.Errorf("checkpoint %s fails verification, refusing to restart from it (use --fallback to take the newest one that verifies): %w", handle, verr)
+			return res, Manifest{}, fmt.Errorf("checkpoint %s fails verification, refusing to restart from it (`torpor restart %s --fallback` takes the newest one that verifies): %w", handle, ref, verr)
 		}
 		res.Skipped = append(res.Skipped, handle)
 		c.log.Warn("checkpoint fails verification, falling back to an older one", "job", ref, "ckpt", handle, "err", verr)

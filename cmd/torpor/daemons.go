@@ -134,7 +134,13 @@ func runShim(ctx context.Context, args []string) error {
 	runDir := fs.String("run-dir", "/run/torpor", "directory for job-node output files (same path on every host)")
 	criuPath := fs.String("criu", "", "CRIU binary (default: $TORPOR_CRIU, config, "+criu.DefaultPrefix+", $PATH)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	var faults faultFlag
+	fs.Var(&faults, "fault", "switch on a fault-injection point, for tests (repeatable): "+strings.Join(fault.Names(fault.Shim), ", "))
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	fset, err := fault.Parse(fault.Shim, faults)
+	if err != nil {
 		return err
 	}
 	if *join == "" {
@@ -169,7 +175,7 @@ func runShim(ctx context.Context, args []string) error {
 	}
 	return agent.Serve(ctx, agent.ServeConfig{
 		Agent: agent.Config{Host: *host, HostNetNS: *netns, Bridge: *bridge, CgroupParent: *cgroupParent,
-			RunDir: *runDir, CRIU: bin, Log: newLogger(*logLevel)},
+			RunDir: *runDir, CRIU: bin, Log: newLogger(*logLevel), Faults: fset},
 		Listen: *listen, Advertise: *advertise, Join: *join, ServerTLS: serverTLS, ClientTLS: clientTLS,
 	})
 }

@@ -451,6 +451,13 @@ func (a *Agent) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinat
 		w.stop()
 	}
 	if err != nil {
+		// A CRIU that died mid-dump leaves the tree's connections in TCP
+		// repair mode; the rollback's thaw would find them stalled.
+		if k, rerr := n.sb.ReleaseTCPRepair(); rerr != nil {
+			a.log.Error("after a failed dump", "job", ref.Job, "node", ref.Node, "err", rerr)
+		} else if k > 0 {
+			a.log.Warn("the failed dump left TCP connections in repair mode; released them", "job", ref.Job, "node", ref.Node, "sockets", k)
+		}
 		return coordinator.DumpResult{}, fmt.Errorf("criu dump of %s/%s: %w", ref.Job, ref.Node, err)
 	}
 	if !req.LeaveRunning {

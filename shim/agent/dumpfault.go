@@ -21,8 +21,8 @@ var killCRIU = func(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
 // point waits for CRIU to be dumping.
 const faultPoll = 2 * time.Millisecond
 
-// strikeFile is the image whose appearance means "CRIU is dumping" to the
-// dump fault points; "" means the first *.img file. See TestCRIUKillInDump
+// strikeFile starts the name of the image whose appearance means "CRIU is
+// dumping" to the dump fault points; "" means the first *.img file. See TestCRIUKillInDump
 // for why the kill waits for this one.
 var strikeFile = "pstree.img"
 
@@ -106,18 +106,15 @@ func (w *dumpWatch) poll(pid int) {
 	}
 }
 
-// dumping says whether CRIU has written the image that marks the strike.
+// dumping says whether CRIU has written the image that marks the strike: a
+// file whose name starts with strikeFile, or any *.img when it is "".
 func dumping(dir string) bool {
-	if strikeFile != "" {
-		_, err := os.Stat(dir + "/" + strikeFile)
-		return err == nil
-	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return false
 	}
 	for _, e := range ents {
-		if strings.HasSuffix(e.Name(), ".img") {
+		if strikeFile == "" && strings.HasSuffix(e.Name(), ".img") || strikeFile != "" && strings.HasPrefix(e.Name(), strikeFile) {
 			return true
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -145,13 +146,27 @@ func TestShimExitInDump(t *testing.T) {
 // TestCRIUKillInDump: with fault.CRIUKillInDump the dumping CRIU is killed;
 // Dump fails naming CRIU's death and its log, and the coordinator's rollback
 // (unlock, thaw) brings the tree back running, every time.
+//
+// An experiment can move the kill: TORPOR_TEST_STRIKE_FILE=<image name> (""
+// for the first *.img) and TORPOR_TEST_KILL_TRIES=N; the test then counts the
+// trees that survived instead of requiring all of them to.
 func TestCRIUKillInDump(t *testing.T) {
-	const tries = 5
+	tries := 5
+	if v := os.Getenv("TORPOR_TEST_KILL_TRIES"); v != "" {
+		tries, _ = strconv.Atoi(v)
+	}
+	experiment := false
+	if v, ok := os.LookupEnv("TORPOR_TEST_STRIKE_FILE"); ok {
+		old := strikeFile
+		t.Cleanup(func() { strikeFile = old })
+		strikeFile, experiment = v, true
+	}
 	h := newOneHost(t)
 	ctx := context.Background()
 	ref := coordinator.NodeRef{Job: "job", Node: "n0"}
 	a := h.agent(func(c *Config) { c.Faults = fault.Set{fault.CRIUKillInDump: true} })
-	mustOK(t, "start", a.Start(ctx, "job", tickerSpec("n0", 1, filepath.Join(t.TempDir(), "stop"))))
+	spec := tickerSpec("n0", 1, filepath.Join(t.TempDir(), "stop"))
+	mustOK(t, "start", a.Start(ctx, "job", spec))
 	waitTicks(t, a, "job", "n0", 2)
 	survived := 0
 	for i := 0; i < tries; i++ {
@@ -164,12 +179,26 @@ func TestCRIUKillInDump(t *testing.T) {
 		if i == 0 {
 			t.Logf("dump error: %v", err)
 		}
+		if experiment {
+			var ce *criu.Error
+			if errors.As(err, &ce) {
+				t.Logf("try %d: CRIU's last words: %s", i, lastLines(ce.LogPath, 3))
+			}
+		}
 		mustOK(t, "unlock", a.Unlock(ctx, ref))
 		mustOK(t, "thaw", a.Thaw(ctx, ref))
+		time.Sleep(300 * time.Millisecond) // a task the parasite was left in dies once thawed
 		st, err := a.Status(ctx, ref)
 		mustOK(t, "status", err)
 		if !st.Running {
-			t.Fatalf("try %d: the tree died when CRIU was killed: %+v", i, st)
+			if !experiment {
+				t.Fatalf("try %d: the tree died when CRIU was killed: %+v", i, st)
+			}
+			t.Logf("try %d: the tree died: %+v", i, st)
+			mustOK(t, "destroy", a.Destroy(ctx, ref))
+			mustOK(t, "start", a.Start(ctx, "job", spec))
+			waitTicks(t, a, "job", "n0", 2)
+			continue
 		}
 		waitTicks(t, a, "job", "n0", ticks(a.OutputPath("job", "n0"))+2)
 		if s := a.nodes[key("job", "n0")].sb.State(); s != sandbox.Running {
@@ -177,6 +206,16 @@ func TestCRIUKillInDump(t *testing.T) {
 		}
 		survived++
 	}
-	t.Logf("CRIU killed mid-dump %d times (at %s): the tree survived %d", tries, strikeFile, survived)
+	t.Logf("CRIU killed mid-dump %d times (once %q was written): the tree survived %d", tries, strikeFile, survived)
 	mustOK(t, "destroy", a.Destroy(ctx, ref))
+}
+
+// lastLines returns the last n lines of a file, joined with " | ".
+func lastLines(path string, n int) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
 }

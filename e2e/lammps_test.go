@@ -124,7 +124,7 @@ func lammps(t *testing.T) (bin, input string) {
 }
 
 // lammpsReference runs the melt under plain mpirun, undisturbed.
-func lammpsReference(t *testing.T, bin string, args ...string) (thermoTable, time.Duration) {
+func lammpsReference(t *testing.T, bin string, args ...string) (thermoTable, string, time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -142,7 +142,17 @@ func lammpsReference(t *testing.T, bin string, args ...string) (thermoTable, tim
 	if n := rowsAfter(tab, lammpsSuspend); n < lammpsMinAfter {
 		t.Fatalf("undisturbed run printed only %d thermo rows after step %d: the input is too short for the test", n, lammpsSuspend)
 	}
-	return tab, took
+	return tab, string(out), took
+}
+
+var loopRE = regexp.MustCompile(`(?m)^(Loop time of .*)$\n(?:.*\n)*?^(.*% CPU use.*)$`)
+
+// loopTime returns LAMMPS's own timing lines, for the log.
+func loopTime(out string) string {
+	if m := loopRE.FindStringSubmatch(out); m != nil {
+		return m[1] + "; " + m[2]
+	}
+	return "no timing lines"
 }
 
 // A LAMMPS melt on h1 and h2 is suspended mid-run, restarted on h3 and h4,
@@ -151,16 +161,24 @@ func lammpsReference(t *testing.T, bin string, args ...string) (thermoTable, tim
 func TestLAMMPSRestartElsewhere(t *testing.T) {
 	c := newCluster(t, 4)
 	bin, input := lammps(t)
+	// The simulated hosts share this machine's cores: 2 ranks on a host is
+	// no oversubscription by the host's count, so torpor run leaves Open
+	// MPI's busy polling on, and 4 polling ranks on 2 cores run several
+	// times slower. Yielding changes no arithmetic; plain mpirun
+	// --oversubscribe yields too.
+	t.Setenv("OMPI_MCA_mpi_yield_when_idle", "1")
 	args := []string{"-in", input, "-log", "none", "-nocite"}
 
-	want, refTook := lammpsReference(t, bin, args...)
-	t.Logf("undisturbed mpirun: %d thermo rows up to step %d in %s",
-		len(want.rows), want.rows[len(want.rows)-1].step, refTook.Round(time.Second))
+	want, refOut, refTook := lammpsReference(t, bin, args...)
+	t.Logf("undisturbed mpirun: %d thermo rows up to step %d in %s (%s)",
+		len(want.rows), want.rows[len(want.rows)-1].step, refTook.Round(time.Second), loopTime(refOut))
 
 	start := time.Now()
 	j := c.runMPI("lammps", lammpsRanks, "h1:2,h2:2", bin, args...)
 	j.waitOutput(regexp.MustCompile(fmt.Sprintf(`(?m)^\s+%d\s+\S`, lammpsSuspend)), 5*time.Minute)
+	reached := time.Since(start)
 	h := lastLines(c.mustCLI("suspend", j.id), 1)
+	suspended := time.Since(start)
 
 	// n0 holds rank 0, the only rank that prints; its output file is
 	// complete up to the checkpoint once suspend has returned.
@@ -173,13 +191,16 @@ func TestLAMMPSRestartElsewhere(t *testing.T) {
 		t.Fatalf("thermo of n0 at the checkpoint: %v (%d rows)\n%s", err, len(before.rows), lastLines(string(n0), 20))
 	}
 	restartStep := before.rows[len(before.rows)-1].step
-	t.Logf("suspended after step %d as checkpoint %s", restartStep, h)
+	t.Logf("step %d after %s; suspended after step %d as checkpoint %s in %s",
+		lammpsSuspend, reached.Round(time.Second), restartStep, h, (suspended - reached).Round(time.Millisecond))
 
+	restartAt := time.Now()
 	c.mustCLI("restart", h, "--host", "n0=h3", "--host", "n1=h4")
 	if ps := c.mustCLI("ps"); !strings.Contains(ps, "n0@h3,n1@h4") {
 		t.Fatalf("after restart on h3,h4:\n%s", ps)
 	}
 	c.waitState(j.id, "running", time.Minute)
+	t.Logf("restarted on h3,h4 in %s", time.Since(restartAt).Round(time.Millisecond))
 
 	done := make(chan error, 1)
 	go func() { done <- j.run.Wait() }()
@@ -208,8 +229,8 @@ func TestLAMMPSRestartElsewhere(t *testing.T) {
 	if err := compareThermo(want, got); err != nil {
 		t.Fatalf("restarted on other hosts, LAMMPS diverged from the undisturbed run: %v", err)
 	}
-	t.Logf("torpor run (suspend after step %d, restart on h3,h4) took %s: all %d thermo rows equal the undisturbed run's (%d before the restart, %d after)",
-		restartStep, took.Round(time.Second), len(got.rows), len(got.rows)-after, after)
+	t.Logf("torpor run (suspend after step %d, restart on h3,h4) took %s (%s): all %d thermo rows equal the undisturbed run's (%d before the restart, %d after)",
+		restartStep, took.Round(time.Second), loopTime(out), len(got.rows), len(got.rows)-after, after)
 }
 
 // The comparison catches one digit changed anywhere, a lost row and a

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/torpor-hpc/torpor/fault"
 )
 
 // The fault-injection harness: each scenario injects one failure into a
@@ -156,6 +159,169 @@ func TestFaults(t *testing.T) {
 			t.Fatalf("checksum %s after the fallback restart, undisturbed %s", got, want)
 		}
 	})
+
+	// fault.ShimExitInDump: see its outcome in fault.Catalog.
+	t.Run("shim-exit-in-dump", func(t *testing.T) {
+		c.t = t
+		defer func() { c.t = parent }()
+		c.startShim(2, "--fault", string(fault.ShimExitInDump))
+		j := c.faultJob("f-shim")
+		dead := c.shims[1]
+		out, code := c.cli("checkpoint", j.id)
+		if code == 0 || !strings.Contains(out, "waiting up to") {
+			t.Fatalf("checkpoint while the shim of h2 dies: exit %d\n%s", code, out)
+		}
+		t.Logf("aborted: %s", lastLines(out, 1))
+		waited := make(chan error, 1)
+		go func() { waited <- dead.Wait() }()
+		select {
+		case <-waited:
+			if ws, ok := dead.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+				t.Fatalf("shim of h2 ended with %v, want SIGKILL from the fault point", dead.ProcessState)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the shim of h2 did not die at the fault point")
+		}
+		if st := c.jobState(j.id); st != "checkpointing" {
+			t.Fatalf("job is %s while its shim is dead, want checkpointing (waiting for it)", st)
+		}
+		for _, hn := range [][2]string{{"h1", "n0"}, {"h3", "n2"}} {
+			if frozen(t, c.nodeCgroup(hn[0], j.id, hn[1])) {
+				t.Fatalf("%s on %s is still frozen after the abort", hn[1], hn[0])
+			}
+		}
+		if !frozen(t, c.nodeCgroup("h2", j.id, "n1")) {
+			t.Fatal("n1 on h2 is not frozen: the test did not strike during the dump")
+		}
+		if hs := c.checkpoints(j.id); len(hs) != 0 {
+			t.Fatalf("checkpoints listed after the aborted dump: %v", hs)
+		}
+		c.noPartial(j.id, c.ckpt)
+		c.startShim(2) // as systemd would
+		c.waitState(j.id, "running", 60*time.Second)
+		if frozen(t, c.nodeCgroup("h2", j.id, "n1")) {
+			t.Fatal("n1 on h2 is still frozen after its shim came back")
+		}
+		j.progress("after the shim of h2 came back and adopted n1")
+		if got := j.finish(3*time.Minute, ""); got != want {
+			t.Fatalf("checksum %s after the shim died, undisturbed %s", got, want)
+		}
+	})
+
+	// fault.CRIUKillInDump: see its outcome in fault.Catalog.
+	t.Run("criu-kill-in-dump", func(t *testing.T) {
+		c.t = t
+		defer func() { c.t = parent }()
+		c.startShim(2, "--fault", string(fault.CRIUKillInDump))
+		defer c.startShim(2)
+		j := c.faultJob("f-criu")
+		out, code := c.cli("checkpoint", j.id)
+		if code == 0 || !strings.Contains(out, "criu was killed") || !strings.Contains(out, "keeps running") {
+			t.Fatalf("checkpoint whose CRIU is killed: exit %d\n%s", code, out)
+		}
+		t.Logf("aborted: %s", lastLines(out, 1))
+		if st := c.jobState(j.id); st != "running" {
+			t.Fatalf("job is %s after the aborted checkpoint", st)
+		}
+		if hs := c.checkpoints(j.id); len(hs) != 0 {
+			t.Fatalf("checkpoints listed after the aborted dump: %v", hs)
+		}
+		c.noPartial(j.id, c.ckpt)
+		j.progress("after CRIU was killed")
+		if got := j.finish(3*time.Minute, ""); got != want {
+			t.Fatalf("checksum %s after CRIU was killed, undisturbed %s", got, want)
+		}
+	})
+
+	// A partition between the coordinator and the shim of h2 while h2
+	// restores its job-node: the restart fails, nothing of the job is left
+	// running anywhere (the shim destroys its half-restored job-node when its
+	// request is cut off), the job stays suspended with its checkpoint intact,
+	// and once the partition heals a restart succeeds.
+	t.Run("partition-in-restore", func(t *testing.T) {
+		c.t = t
+		defer func() { c.t = parent }()
+		port := freePort(t)
+		toShim, err := fault.NewProxy("127.0.0.1:0", port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer toShim.Close()
+		toCoord, err := fault.NewProxy("127.0.0.1:0", c.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer toCoord.Close()
+		c.startShim(2, "--listen", port, "--advertise", toShim.Addr(), "--join", toCoord.Addr())
+		defer c.startShim(2)
+		j := c.faultJob("f-part")
+		h := lastLines(c.mustCLI("suspend", j.id), 1)
+		cg := c.nodeCgroup("h2", j.id, "n1")
+		cut := make(chan struct{})
+		go func() {
+			defer close(cut)
+			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+				if _, err := os.Stat(cg); err == nil {
+					toShim.Cut()
+					toCoord.Cut()
+					return
+				}
+			}
+		}()
+		out, code := c.cli("resume", j.id)
+		<-cut
+		if code == 0 || !strings.Contains(out, "nothing is left running") {
+			t.Fatalf("resume across a partition: exit %d\n%s", code, out)
+		}
+		t.Logf("restart failed cleanly: %s", lastLines(out, 1))
+		if st := c.jobState(j.id); st != "suspended" {
+			t.Fatalf("job is %s after the failed restart, want suspended", st)
+		}
+		// No job-node of the job may be left anywhere, also on the far side.
+		deadline := time.Now().Add(20 * time.Second)
+		for _, hn := range [][2]string{{"h1", "n0"}, {"h2", "n1"}, {"h3", "n2"}} {
+			for {
+				_, err := os.Stat(c.nodeCgroup(hn[0], j.id, hn[1]))
+				if os.IsNotExist(err) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s of %s is still on %s after the failed restart", hn[1], j.id, hn[0])
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+		toShim.Heal()
+		toCoord.Heal()
+		// The checkpoint is intact: once the partition heals it restarts.
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
+			out, code = c.cli("resume", j.id)
+			if code == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("resume after the partition healed: exit %d\n%s", code, out)
+			}
+		}
+		if !strings.Contains(out, h) {
+			t.Fatalf("resumed not from %s:\n%s", h, out)
+		}
+		j.progress("restarted after the partition healed")
+		if got := j.finish(3*time.Minute, ""); got != want {
+			t.Fatalf("checksum %s after the partition, undisturbed %s", got, want)
+		}
+	})
+}
+
+// freePort returns a 127.0.0.1 address whose port is free right now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
 
 // corruptByte flips one byte in the middle of a file.

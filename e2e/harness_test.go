@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -53,7 +54,7 @@ type cluster struct {
 	coord    *exec.Cmd
 	shims    []*exec.Cmd
 	runCmd   *exec.Cmd // the `torpor run` of streamJob
-	logs     map[string]*bytes.Buffer
+	logs     map[string]*logBuffer
 	// coordArgs are added to every start of the coordinator.
 	coordArgs []string
 }
@@ -80,7 +81,7 @@ func newCluster(t *testing.T, hosts int, coordArgs ...string) *cluster {
 		t: t, dir: dir, torpor: build(t, dir, "github.com/torpor-hpc/torpor/cmd/torpor", "torpor"),
 		socket: filepath.Join(dir, "coordinator.sock"), runDir: filepath.Join(dir, "run"),
 		state: filepath.Join(dir, "state"), ckpt: filepath.Join(dir, "ckpt"), pki: filepath.Join(dir, "pki"),
-		cgParent: "/torpor/" + name, sim: sim, logs: map[string]*bytes.Buffer{},
+		cgParent: "/torpor/" + name, sim: sim, logs: map[string]*logBuffer{},
 		addr:      fmt.Sprintf("127.0.0.1:%d", 20000+os.Getpid()%20000),
 		coordArgs: coordArgs,
 	}
@@ -104,18 +105,47 @@ func (c *cluster) startShim(i int, extra ...string) {
 		"--bridge", h.Bridge, "--join", c.addr, "--pki", c.pki, "--run-dir", c.runDir,
 		"--cgroup-parent", c.cgParent, "--listen", "127.0.0.1:0"}, extra...)
 	name := fmt.Sprintf("shim-h%d", i)
+	if c.shims[i-1] != nil {
+		stop(c.shims[i-1], syscall.SIGTERM) // or reap it, if it died
+	}
 	if old := c.logs[name]; old != nil {
 		// Keep the earlier shim's log too: a restarted shim's story starts there.
 		c.logs[name+"-before"] = old
 	}
 	c.shims[i-1] = c.daemon(name, args...)
+	// Jobs placed on the host before its shim registered would fail.
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(c.logs[name].String(), "registered with coordinator") {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("shim of h%d did not register:\n%s", i, c.logs[name])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// logBuffer keeps a daemon's output; it is read while the daemon writes.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // daemon starts a torpor daemon whose output is kept for failure reports.
 func (c *cluster) daemon(name string, args ...string) *exec.Cmd {
 	c.t.Helper()
 	cmd := exec.Command(c.torpor, args...)
-	buf := &bytes.Buffer{}
+	buf := &logBuffer{}
 	c.logs[name] = buf
 	cmd.Stdout, cmd.Stderr = buf, buf
 	cmd.Env = append(os.Environ(), "TORPOR_SOCKET="+c.socket)

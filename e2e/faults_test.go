@@ -84,9 +84,31 @@ func (c *cluster) checkpoints(job string) []string {
 	return hs
 }
 
-// noPartial checks that no uncommitted checkpoint of job is left on disk.
-func (c *cluster) noPartial(job, dir string) {
+// run runs a subtest whose cluster helpers report to it.
+func (c *cluster) run(t *testing.T, name string, fn func(t *testing.T)) {
+	t.Run(name, func(st *testing.T) {
+		c.t = st
+		defer func() { c.t = t }()
+		fn(st)
+	})
+}
+
+// finishWith waits for the job's end and checks its checksum.
+func (j *mpiJob) finishWith(want, after string) {
+	j.c.t.Helper()
+	if got := j.finish(3*time.Minute, ""); got != want {
+		j.c.t.Fatalf("job %s: checksum %s %s, undisturbed %s", j.id, got, after, want)
+	}
+	j.c.t.Logf("job %s: checksum %s %s = undisturbed", j.id, want, after)
+}
+
+// noCheckpoint checks that an aborted checkpoint of job left nothing: none
+// listed, none on disk in the checkpoint directory dir.
+func (c *cluster) noCheckpoint(job, dir string) {
 	c.t.Helper()
+	if hs := c.checkpoints(job); len(hs) != 0 {
+		c.t.Fatalf("checkpoints listed after an aborted one: %v", hs)
+	}
 	entries, _ := os.ReadDir(filepath.Join(dir, job))
 	for _, e := range entries {
 		if !e.IsDir() {
@@ -101,14 +123,11 @@ func (c *cluster) noPartial(job, dir string) {
 func TestFaults(t *testing.T) {
 	c := newCluster(t, 4)
 	want := faultReference(t)
-	parent := t
 
 	// kill -9 of a rank: the job fails; `torpor run --restart-on-failure 1`
 	// restarts it from its last committed checkpoint and it ends with the
 	// undisturbed result.
-	t.Run("kill-rank", func(t *testing.T) {
-		c.t = t
-		defer func() { c.t = parent }()
+	c.run(t, "kill-rank", func(t *testing.T) {
 		j := c.faultJob("f-kill")
 		h := lastLines(c.mustCLI("checkpoint", j.id), 1)
 		j.progress("after checkpoint " + h)
@@ -120,17 +139,13 @@ func TestFaults(t *testing.T) {
 		j.waitOutput(regexp.MustCompile(`restart 1 of 1 from `+regexp.QuoteMeta(h)), 60*time.Second)
 		c.waitState(j.id, "running", 60*time.Second)
 		j.progress("restarted from " + h)
-		if got := j.finish(3*time.Minute, ""); got != want {
-			t.Fatalf("checksum %s after the rank was killed, undisturbed %s", got, want)
-		}
+		j.finishWith(want, "after the rank was killed")
 	})
 
 	// A corrupted image: verification finds it; a restart of the job refuses
 	// it, and with --fallback restarts from the newest checkpoint that
 	// verifies, saying which one it skipped.
-	t.Run("corrupted-image", func(t *testing.T) {
-		c.t = t
-		defer func() { c.t = parent }()
+	c.run(t, "corrupted-image", func(t *testing.T) {
 		j := c.faultJob("f-corrupt")
 		good := lastLines(c.mustCLI("checkpoint", j.id), 1)
 		j.progress("after checkpoint " + good)
@@ -155,15 +170,11 @@ func TestFaults(t *testing.T) {
 		}
 		t.Logf("fallback: %s", strings.ReplaceAll(strings.TrimSpace(out), "\n", " | "))
 		c.waitState(j.id, "running", 30*time.Second)
-		if got := j.finish(3*time.Minute, ""); got != want {
-			t.Fatalf("checksum %s after the fallback restart, undisturbed %s", got, want)
-		}
+		j.finishWith(want, "after the fallback restart")
 	})
 
 	// fault.ShimExitInDump: see its outcome in fault.Catalog.
-	t.Run("shim-exit-in-dump", func(t *testing.T) {
-		c.t = t
-		defer func() { c.t = parent }()
+	c.run(t, "shim-exit-in-dump", func(t *testing.T) {
 		c.startShim(2, "--fault", string(fault.ShimExitInDump))
 		j := c.faultJob("f-shim")
 		dead := c.shims[1]
@@ -193,25 +204,18 @@ func TestFaults(t *testing.T) {
 		if !frozen(t, c.nodeCgroup("h2", j.id, "n1")) {
 			t.Fatal("n1 on h2 is not frozen: the test did not strike during the dump")
 		}
-		if hs := c.checkpoints(j.id); len(hs) != 0 {
-			t.Fatalf("checkpoints listed after the aborted dump: %v", hs)
-		}
-		c.noPartial(j.id, c.ckpt)
+		c.noCheckpoint(j.id, c.ckpt)
 		c.startShim(2) // as systemd would
 		c.waitState(j.id, "running", 60*time.Second)
 		if frozen(t, c.nodeCgroup("h2", j.id, "n1")) {
 			t.Fatal("n1 on h2 is still frozen after its shim came back")
 		}
 		j.progress("after the shim of h2 came back and adopted n1")
-		if got := j.finish(3*time.Minute, ""); got != want {
-			t.Fatalf("checksum %s after the shim died, undisturbed %s", got, want)
-		}
+		j.finishWith(want, "after the shim died")
 	})
 
 	// fault.CRIUKillInDump: see its outcome in fault.Catalog.
-	t.Run("criu-kill-in-dump", func(t *testing.T) {
-		c.t = t
-		defer func() { c.t = parent }()
+	c.run(t, "criu-kill-in-dump", func(t *testing.T) {
 		c.startShim(2, "--fault", string(fault.CRIUKillInDump))
 		defer c.startShim(2)
 		j := c.faultJob("f-criu")
@@ -223,14 +227,9 @@ func TestFaults(t *testing.T) {
 		if st := c.jobState(j.id); st != "running" {
 			t.Fatalf("job is %s after the aborted checkpoint", st)
 		}
-		if hs := c.checkpoints(j.id); len(hs) != 0 {
-			t.Fatalf("checkpoints listed after the aborted dump: %v", hs)
-		}
-		c.noPartial(j.id, c.ckpt)
+		c.noCheckpoint(j.id, c.ckpt)
 		j.progress("after CRIU was killed")
-		if got := j.finish(3*time.Minute, ""); got != want {
-			t.Fatalf("checksum %s after CRIU was killed, undisturbed %s", got, want)
-		}
+		j.finishWith(want, "after CRIU was killed")
 	})
 
 	// A partition between the coordinator and the shim of h2 while h2
@@ -238,9 +237,7 @@ func TestFaults(t *testing.T) {
 	// running anywhere (the shim destroys its half-restored job-node when its
 	// request is cut off), the job stays suspended with its checkpoint intact,
 	// and once the partition heals a restart succeeds.
-	t.Run("partition-in-restore", func(t *testing.T) {
-		c.t = t
-		defer func() { c.t = parent }()
+	c.run(t, "partition-in-restore", func(t *testing.T) {
 		port := freePort(t)
 		toShim, err := fault.NewProxy("127.0.0.1:0", port)
 		if err != nil {
@@ -307,9 +304,7 @@ func TestFaults(t *testing.T) {
 			t.Fatalf("resumed not from %s:\n%s", h, out)
 		}
 		j.progress("restarted after the partition healed")
-		if got := j.finish(3*time.Minute, ""); got != want {
-			t.Fatalf("checksum %s after the partition, undisturbed %s", got, want)
-		}
+		j.finishWith(want, "after the partition")
 	})
 }
 
@@ -377,12 +372,19 @@ func TestFaultDiskFull(t *testing.T) {
 	if st := c.jobState(j.id); st != "running" {
 		t.Fatalf("job is %s after the aborted checkpoint", st)
 	}
-	if hs := c.checkpoints(j.id); len(hs) != 0 {
-		t.Fatalf("checkpoints listed after a failed dump: %v", hs)
+	// CRIU's logs outlive the deleted images, where the message says.
+	logs := regexp.MustCompile(`\(log: (\S+)\)`).FindAllStringSubmatch(out, -1)
+	if len(logs) == 0 {
+		t.Fatalf("no CRIU log named:\n%s", out)
 	}
-	c.noPartial(j.id, small)
+	for _, m := range logs {
+		if !strings.HasPrefix(m[1], c.runDir) {
+			t.Errorf("CRIU log %s is not kept in the run directory %s", m[1], c.runDir)
+		} else if _, err := os.Stat(m[1]); err != nil {
+			t.Errorf("CRIU log named in the error: %v", err)
+		}
+	}
+	c.noCheckpoint(j.id, small)
 	j.progress("after the aborted checkpoint")
-	if got := j.finish(3*time.Minute, ""); got != want {
-		t.Fatalf("checksum %s after the aborted checkpoint, undisturbed %s", got, want)
-	}
+	j.finishWith(want, "after the aborted checkpoint")
 }

@@ -269,10 +269,7 @@ func TestAdoptFrozenNode(t *testing.T) {
 		t.Fatalf("status: %+v %v", st, err)
 	}
 	assertStill(t, b, "job", "n0")
-	mustOK(t, "unlock", b.Unlock(ctx, ref))
-	mustOK(t, "thaw", b.Thaw(ctx, ref))
-	waitTicks(t, b, "job", "n0", ticks(b.OutputPath("job", "n0"))+2)
-	mustOK(t, "destroy", b.Destroy(ctx, ref))
+	resumeThenDestroy(t, b, ref)
 }
 
 // TestAdoptVanishedNode: a record whose sandbox no longer exists is removed

@@ -82,10 +82,7 @@ func TestRestoreCancelled(t *testing.T) {
 		assertNodeGone(t, h, a, ref)
 	}
 	mustOK(t, "restore", a.Restore(ctx, "job", spec, img))
-	mustOK(t, "unlock", a.Unlock(ctx, ref))
-	mustOK(t, "thaw", a.Thaw(ctx, ref))
-	waitTicks(t, a, "job", "n0", ticks(a.OutputPath("job", "n0"))+2)
-	mustOK(t, "destroy", a.Destroy(ctx, ref))
+	resumeThenDestroy(t, a, ref)
 }
 
 // TestShimExitInDump: with fault.ShimExitInDump the shim kills itself while
@@ -137,10 +134,7 @@ func TestShimExitInDump(t *testing.T) {
 	if n, err := b.Adopt(ctx); err != nil || n != 1 {
 		t.Fatalf("adopt: %d, %v", n, err)
 	}
-	mustOK(t, "unlock", b.Unlock(ctx, ref))
-	mustOK(t, "thaw", b.Thaw(ctx, ref))
-	waitTicks(t, b, "job", "n0", ticks(b.OutputPath("job", "n0"))+2)
-	mustOK(t, "destroy", b.Destroy(ctx, ref))
+	resumeThenDestroy(t, b, ref)
 }
 
 // TestCRIUKillInDump: with fault.CRIUKillInDump the dumping CRIU is killed;
@@ -218,4 +212,15 @@ func lastLines(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, " | ")
+}
+
+// resumeThenDestroy rolls a job-node back as the coordinator does (unlock,
+// thaw), checks that its ticker runs again, then destroys it.
+func resumeThenDestroy(t *testing.T, a *Agent, ref coordinator.NodeRef) {
+	t.Helper()
+	ctx := context.Background()
+	mustOK(t, "unlock", a.Unlock(ctx, ref))
+	mustOK(t, "thaw", a.Thaw(ctx, ref))
+	waitTicks(t, a, ref.Job, ref.Node, ticks(a.OutputPath(ref.Job, ref.Node))+2)
+	mustOK(t, "destroy", a.Destroy(ctx, ref))
 }

@@ -341,31 +341,6 @@ func (a *Agent) Drain(ctx context.Context, ref coordinator.NodeRef) (coordinator
 	return res, nil
 }
 
-// keepDumpLog copies the log of a failed dump out of its images directory,
-// which the coordinator deletes with the aborted checkpoint, into
-// <run-dir>/logs/<job>/<node>/, and points the error at the copy.
-func (a *Agent) keepDumpLog(ref coordinator.NodeRef, ckpt string, err error) {
-	var ce *criu.Error
-	if !errors.As(err, &ce) || ce.LogPath == "" {
-		return
-	}
-	data, rerr := os.ReadFile(ce.LogPath)
-	if rerr != nil {
-		return
-	}
-	name := "dump-" + strings.ReplaceAll(ckpt, "/", "-") + ".log"
-	dst := filepath.Join(a.cfg.RunDir, "logs", ref.Job, ref.Node, name)
-	if werr := os.MkdirAll(filepath.Dir(dst), 0o755); werr != nil {
-		a.log.Warn("keep the log of a failed dump", "err", werr)
-		return
-	}
-	if werr := os.WriteFile(dst, data, 0o644); werr != nil {
-		a.log.Warn("keep the log of a failed dump", "err", werr)
-		return
-	}
-	ce.LogPath = dst
-}
-
 // jobAddrs are the addresses of every job-node of the job, from the
 // TORPOR_NODE_IPS the coordinator puts in each job-node's environment.
 func jobAddrs(spec coordinator.NodeSpec) map[string]bool {
@@ -462,7 +437,11 @@ func (a *Agent) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinat
 		return coordinator.DumpResult{}, fmt.Errorf("refusing to checkpoint %s/%s: %w", ref.Job, ref.Node, err)
 	}
 	opts := criu.Options{
-		ImagesDir: req.Dir, LeaveRunning: req.LeaveRunning, TCPEstablished: true,
+		// CRIU's log and stats go to the run directory, not among the
+		// images: an aborted checkpoint's images are deleted, its log must
+		// outlive them (a full disk would truncate it there, too).
+		ImagesDir: req.Dir, WorkDir: filepath.Join(a.cfg.RunDir, "dump", ref.Job, ref.Node),
+		LeaveRunning: req.LeaveRunning, TCPEstablished: true,
 		NetworkLock: criu.NetworkLockSkip, FileLocks: true, LinkRemap: true,
 		// Unlinked shared-memory segments of MPI libraries are saved whole.
 		GhostLimit: ghostLimit,
@@ -483,7 +462,6 @@ func (a *Agent) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinat
 		} else if k > 0 {
 			a.log.Warn("the failed dump left TCP connections in repair mode; released them", "job", ref.Job, "node", ref.Node, "sockets", k)
 		}
-		a.keepDumpLog(ref, req.Checkpoint, err)
 		return coordinator.DumpResult{}, fmt.Errorf("criu dump of %s/%s: %w", ref.Job, ref.Node, err)
 	}
 	if !req.LeaveRunning {

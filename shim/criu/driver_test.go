@@ -47,3 +47,15 @@ func TestOptionsToRPC(t *testing.T) {
 		t.Fatalf("options map to %v", o)
 	}
 }
+
+func TestCrErrmsg(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n", ""},
+		{"", ""},
+		{"Error (criu/sk-inet.c:200): no such socket\n", " Error (criu/sk-inet.c:200): no such socket"},
+	} {
+		if got := crErrmsg(tt.in); got != tt.want {
+			t.Errorf("crErrmsg(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -117,7 +118,7 @@ func (s *swrk) call(ctx context.Context, req *rpc.CriuReq, nfy gocriu.Notify) (r
 			return nil, fmt.Errorf("decode criu response: %w", err)
 		}
 		if !resp.GetSuccess() {
-			return resp, fmt.Errorf("%s request failed: errno %d %s", req.GetType(), resp.GetCrErrno(), resp.GetCrErrmsg())
+			return resp, fmt.Errorf("%s request failed: errno %d%s", req.GetType(), resp.GetCrErrno(), crErrmsg(resp.GetCrErrmsg()))
 		}
 		if resp.GetType() != rpc.CriuReqType_NOTIFY {
 			if resp.GetType() != req.GetType() {
@@ -157,4 +158,20 @@ func notify(nfy gocriu.Notify, n *rpc.CriuNotify) error {
 		return nfy.PostResume()
 	}
 	return nil
+}
+
+// crErrmsg is CRIU's own error message for a failed request, unless it is
+// one of the harmless lines CRIU prints on every run (the log's first real
+// Error line is reported next to it anyway).
+func crErrmsg(msg string) string {
+	msg = strings.TrimSpace(msg)
+	for _, h := range harmless {
+		if strings.Contains(msg, h) {
+			return ""
+		}
+	}
+	if msg == "" {
+		return ""
+	}
+	return " " + msg
 }

@@ -12,7 +12,7 @@ E2E_TIMEOUT ?= 6h
 # Packages whose tests run in `make test`.
 PKGS      ?= ./...
 
-.PHONY: help deps build workloads generate lint test e2e bench demo clean
+.PHONY: help deps build workloads generate lint test e2e faults cycles bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -44,6 +44,13 @@ CYCLES ?= 200
 RUN    ?= .
 e2e: deps build workloads ## the long end-to-end runs: every e2e test, CYCLES random cycles (root)
 	CYCLES=$(CYCLES) CYCLES_SEED=$(CYCLES_SEED) $(GO) test -count=1 -timeout $(E2E_TIMEOUT) -v -run '$(RUN)' ./e2e/...
+
+faults: deps build workloads ## the fault-injection harness alone, every scenario of docs/faults.md (root)
+	$(GO) test -count=1 -v -run 'TestDrainOutsideJobAborts|TestShimExitInDump|TestCRIUKillInDump|TestRestoreCancelled|TestAdopt' ./shim/agent/
+	$(GO) test -count=1 -timeout $(E2E_TIMEOUT) -v -run '^(TestFault|TestDaemonsEndToEnd$$)' ./e2e/
+
+cycles: ## CYCLES (default 200) random checkpoint/restart/migrate cycles alone (root)
+	$(MAKE) -s e2e RUN='^TestRandomCycles$$'
 
 demo: deps build workloads ## checkpoint, restart and migrate a job on a simulated 4-host cluster (root)
 	@bash scripts/demo.sh

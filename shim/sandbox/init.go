@@ -8,6 +8,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/atomicfile"
 )
 
 // initEnv selects init mode in a re-executed torpor binary and carries its
@@ -41,36 +43,13 @@ func MaybeRunInit() {
 	}
 	code := runInit(cfg)
 	if cfg.ExitFile != "" {
-		if err := writeExitFile(cfg.ExitFile, code); err != nil {
+		// For a shim that is not the init's parent (one that adopted the
+		// job-node): all of the status or nothing.
+		if err := atomicfile.Write(cfg.ExitFile, fmt.Appendf(nil, "%d\n", code), 0o644); err != nil {
 			fmt.Fprintln(os.Stderr, "torpor sandbox init: write exit status:", err)
 		}
 	}
 	os.Exit(code)
-}
-
-// writeExitFile records the init's exit status for a shim that is not the
-// init's parent (one that adopted the job-node): a temporary file, synced,
-// renamed into place, so a reader sees the whole status or nothing.
-func writeExitFile(path string, code int) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(f, "%d\n", code)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }
 
 // runInit is PID 1 of the sandbox: it sets the hostname (its own UTS

@@ -327,7 +327,9 @@ func (c *Coordinator) settle(ctx context.Context) {
 		log := c.log.With("job", j.Spec.ID)
 		rbErr := fmt.Errorf("the shim of %s did not register again", missing)
 		if missing == "" {
-			rbErr = c.rollback(ctx, j.Spec, log)
+			// Not c.rollback: it logs every failure, and a shim that is
+			// still down fails this every poll; the outcome is logged below.
+			rbErr = c.unlockThawJob(context.WithoutCancel(ctx), j.Spec.ID, j.Spec.Nodes, &timings{})
 		}
 		if rbErr != nil && unreachableOnly(rbErr) && c.now().Sub(j.Updated) < settleTimeout {
 			// Some shim still does not answer: try again on the next round.

@@ -2,10 +2,10 @@ package e2e
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -95,7 +95,7 @@ func (c *cluster) cycle(j *mpiJob, op string, rng *rand.Rand, hosts []string) st
 		h := lastLines(c.mustCLI("suspend", j.id), 1)
 		c.waitState(j.id, "suspended", 10*time.Second)
 		perm := rng.Perm(len(hosts))
-		nodes := sortedKeys(place)
+		nodes := slices.Sorted(maps.Keys(place))
 		args := []string{"restart", h}
 		place = map[string]string{}
 		for i, n := range nodes {
@@ -105,7 +105,7 @@ func (c *cluster) cycle(j *mpiJob, op string, rng *rand.Rand, hosts []string) st
 		c.mustCLI(args...)
 		op += " " + h + " to " + placementString(place)
 	case "migrate":
-		nodes := sortedKeys(place)
+		nodes := slices.Sorted(maps.Keys(place))
 		n := nodes[rng.IntN(len(nodes))]
 		to := freeHost(hosts, place)
 		c.mustCLI("migrate", j.id, "--node", n, "--to", to)
@@ -120,7 +120,7 @@ func (c *cluster) cycle(j *mpiJob, op string, rng *rand.Rand, hosts []string) st
 		c.t.Fatalf("unknown cycle operation %q", op)
 	}
 	c.waitState(j.id, "running", 30*time.Second)
-	if got := c.placement(j.id); !maps(got, place) {
+	if got := c.placement(j.id); !maps.Equal(got, place) {
 		c.t.Fatalf("after %s: job %s is on %s, want %s", op, j.id, placementString(got), placementString(place))
 	}
 	return op
@@ -151,31 +151,10 @@ func (c *cluster) placement(job string) map[string]string {
 
 func placementString(m map[string]string) string {
 	var parts []string
-	for _, n := range sortedKeys(m) {
+	for _, n := range slices.Sorted(maps.Keys(m)) {
 		parts = append(parts, n+"@"+m[n])
 	}
 	return strings.Join(parts, ",")
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
-func maps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
 }
 
 // freeHost is the first host no job-node uses.

@@ -116,16 +116,11 @@ func checkpoint(ctx context.Context, sock, job string, stop bool) error {
 }
 
 func runSuspend(ctx context.Context, args []string) error {
-	fs := newFlagSet("suspend", "JOB")
-	cf := addClientFlags(fs, false)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	job, err := oneArg(fs, "job")
+	job, sock, err := jobArg("suspend", args)
 	if err != nil {
 		return err
 	}
-	return checkpoint(ctx, *cf.socket, job, true)
+	return checkpoint(ctx, sock, job, true)
 }
 
 // hostMap collects repeated --host NODE=HOST flags.
@@ -177,19 +172,14 @@ func restart(ctx context.Context, sock, ref string, hosts map[string]string, fal
 }
 
 func runResume(ctx context.Context, args []string) error {
-	fs := newFlagSet("resume", "JOB")
-	cf := addClientFlags(fs, false)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	job, err := oneArg(fs, "job")
+	job, sock, err := jobArg("resume", args)
 	if err != nil {
 		return err
 	}
 	if strings.Contains(job, "/") {
 		return fmt.Errorf("resume takes a job, not a checkpoint handle; use `torpor restart %s`", job)
 	}
-	return restart(ctx, *cf.socket, job, nil, false)
+	return restart(ctx, sock, job, nil, false)
 }
 
 func runMigrate(ctx context.Context, args []string) error {
@@ -371,19 +361,26 @@ func runWait(ctx context.Context, args []string) error {
 	return nil
 }
 
-// jobCommand parses the flags of a verb that takes just --socket and one JOB,
-// and dials the coordinator.
-func jobCommand(verb string, args []string) (string, apiv1.CoordinatorClient, func(), error) {
+// jobArg parses the flags and the one JOB argument of a verb that takes
+// only a job, and returns the job and the coordinator's socket flag.
+func jobArg(verb string, args []string) (job, socket string, err error) {
 	fs := newFlagSet(verb, "JOB")
 	cf := addClientFlags(fs, false)
 	if err := parseFlags(fs, args); err != nil {
-		return "", nil, nil, err
+		return "", "", err
 	}
-	job, err := oneArg(fs, "job")
+	job, err = oneArg(fs, "job")
+	return job, *cf.socket, err
+}
+
+// jobCommand parses the flags of a verb that takes just --socket and one JOB,
+// and dials the coordinator.
+func jobCommand(verb string, args []string) (string, apiv1.CoordinatorClient, func(), error) {
+	job, sock, err := jobArg(verb, args)
 	if err != nil {
 		return "", nil, nil, err
 	}
-	cl, done, err := dial(socketPath(*cf.socket))
+	cl, done, err := dial(socketPath(sock))
 	if err != nil {
 		return "", nil, nil, err
 	}

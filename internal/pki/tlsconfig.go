@@ -10,11 +10,7 @@ import (
 // that accepts connections): TLS 1.3, certFile/keyFile as its identity, and every
 // client must present a certificate signed by the CA in caFile.
 func ServerConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
-	pool, err := loadPool(caFile)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := loadKeyPair(certFile, keyFile)
+	pool, cert, err := loadIdentity(caFile, certFile, keyFile)
 	if err != nil {
 		return nil, err
 	}
@@ -31,11 +27,7 @@ func ServerConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
 // caFile whose SANs match serverName (a host name or IP address). An empty
 // serverName leaves it to the dialer (gRPC uses the target's host).
 func ClientConfig(caFile, certFile, keyFile, serverName string) (*tls.Config, error) {
-	pool, err := loadPool(caFile)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := loadKeyPair(certFile, keyFile)
+	pool, cert, err := loadIdentity(caFile, certFile, keyFile)
 	if err != nil {
 		return nil, err
 	}
@@ -45,6 +37,19 @@ func ClientConfig(caFile, certFile, keyFile, serverName string) (*tls.Config, er
 		RootCAs:      pool,
 		ServerName:   serverName,
 	}, nil
+}
+
+// loadIdentity loads the CA a peer must be signed by and our own key pair.
+func loadIdentity(caFile, certFile, keyFile string) (*x509.CertPool, tls.Certificate, error) {
+	pool, err := loadPool(caFile)
+	if err != nil {
+		return nil, tls.Certificate{}, err
+	}
+	cert, err := loadKeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, tls.Certificate{}, err
+	}
+	return pool, cert, nil
 }
 
 func loadPool(caFile string) (*x509.CertPool, error) {

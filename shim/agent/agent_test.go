@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/coordinator/catalog"
+	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
 	"github.com/torpor-hpc/torpor/shim/simhost"
@@ -245,6 +247,11 @@ func TestDrainOutsideJobAborts(t *testing.T) {
 	if err := e.agents["h2"].Lock(ctx, coordinator.NodeRef{Job: "peer", Node: "n0"}); err != nil {
 		t.Fatal(err)
 	}
+	// The sender must have written after the lock: on a busy machine it can
+	// go unscheduled from the lock to the freeze with everything acknowledged,
+	// and then there is nothing to refuse. Wait until its socket to the peer
+	// holds bytes that stay un-acknowledged.
+	e.awaitUnacked(coordinator.NodeRef{Job: "sender", Node: "n0"}, e.agents["h1"], peerIP+":7000")
 	_, err := e.c.Checkpoint(ctx, "sender", coordinator.CheckpointOptions{})
 	if err == nil || !strings.Contains(err.Error(), "drain") || !strings.Contains(err.Error(), peerIP+":7000") {
 		t.Fatalf("checkpoint with a black-holed outside peer: %v", err)
@@ -262,6 +269,40 @@ func TestDrainOutsideJobAborts(t *testing.T) {
 			t.Fatal("stream did not resume after the abort")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// awaitUnacked waits until the job-node's socket to remote has had
+// un-acknowledged bytes for a whole drain attempt.
+func (e *e2e) awaitUnacked(ref coordinator.NodeRef, a *Agent, remote string) {
+	e.t.Helper()
+	n, err := a.get(ref)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	sbNet, err := netquiesce.OpenNamedNet(strings.TrimPrefix(n.sb.NetNSPath(), netquiesce.NetnsDir+"/"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer sbNet.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		_, err := netquiesce.Drain(ctx, netquiesce.DrainTarget{Net: sbNet}, netquiesce.DrainOptions{})
+		cancel()
+		var te *netquiesce.DrainTimeoutError
+		if errors.As(err, &te) {
+			for _, s := range te.Pending {
+				if s.Remote.String() == remote {
+					return
+				}
+			}
+		} else if err != nil {
+			e.t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s/%s never held un-acknowledged bytes towards %s", ref.Job, ref.Node, remote)
+		}
 	}
 }
 

@@ -9,10 +9,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
@@ -44,14 +46,14 @@ type DaemonConfig struct {
 
 // Daemon is a running coordinator with its servers.
 type Daemon struct {
-	C        *Coordinator
-	Store    *catalog.Store
-	Addr     net.Addr // where shims register, if Listen was set
-	servers  []*grpc.Server
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	socket   string
-	shimConn sync.Map // address -> *grpc.ClientConn
+	C       *Coordinator
+	Store   *catalog.Store
+	Addr    net.Addr // where shims register, if Listen was set
+	servers []*grpc.Server
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	socket  string
+	shims   *shimConns
 }
 
 // StartDaemon opens the catalog, recovers from an earlier crash, and starts
@@ -95,17 +97,8 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	if err := c.Recover(ctx); err != nil {
 		return nil, err
 	}
-	srv := &Server{C: c, DialShim: func(ctx context.Context, addr string) (apiv1.ShimClient, error) {
-		if v, ok := d.shimConn.Load(addr); ok {
-			return apiv1.NewShimClient(v.(*grpc.ClientConn)), nil
-		}
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg.ClientTLS)))
-		if err != nil {
-			return nil, err
-		}
-		d.shimConn.Store(addr, conn)
-		return apiv1.NewShimClient(conn), nil
-	}}
+	d.shims = &shimConns{opts: []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg.ClientTLS))}}
+	srv := &Server{C: c, DialShim: d.shims.dial}
 	if cfg.Socket != "" {
 		lis, err := listenUnix(cfg.Socket)
 		if err != nil {
@@ -155,13 +148,79 @@ func (d *Daemon) Close() {
 		gs.Stop()
 	}
 	d.wg.Wait()
-	d.shimConn.Range(func(_, v any) bool {
-		v.(*grpc.ClientConn).Close()
-		return true
-	})
+	if d.shims != nil {
+		d.shims.close()
+	}
 	if d.socket != "" {
 		os.Remove(d.socket)
 	}
+}
+
+// shimConns keeps one client connection per shim address, for the life of
+// the coordinator.
+type shimConns struct {
+	opts  []grpc.DialOption
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+// dial returns the client for a shim that (re)registered at address, once
+// a connection to it is up. A shim registers when it listens, and again every
+// few seconds, so a connection that does not come up means the coordinator
+// cannot reach the address the shim advertises (or rejects its certificate):
+// the registration fails and the shim says so in its log.
+//
+// A shim that registers again after being down is listening now, but the
+// connection kept from before may be waiting out a reconnect back-off that
+// grew while the shim was gone (up to two minutes), and calls would fail as
+// unavailable until it ends. Registering resets the back-off.
+func (s *shimConns) dial(ctx context.Context, address string) (apiv1.ShimClient, error) {
+	conn, err := s.conn(address)
+	if err != nil {
+		return nil, err
+	}
+	conn.ResetConnectBackoff()
+	conn.Connect()
+	ctx, cancel := context.WithTimeout(ctx, shimConnectTimeout)
+	defer cancel()
+	for st := conn.GetState(); st != connectivity.Ready; st = conn.GetState() {
+		if !conn.WaitForStateChange(ctx, st) {
+			return nil, fmt.Errorf("no connection within %v (%s): check that %s (the shim's --advertise, else --listen) "+
+				"is reachable from the coordinator's host and named in the shim's certificate",
+				shimConnectTimeout, strings.ToLower(st.String()), address)
+		}
+	}
+	return apiv1.NewShimClient(conn), nil
+}
+
+// shimConnectTimeout bounds how long a registration waits for the
+// coordinator's connection to the shim; the shim's own call allows 5s.
+const shimConnectTimeout = 3 * time.Second
+
+func (s *shimConns) conn(address string) (*grpc.ClientConn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if conn, ok := s.conns[address]; ok {
+		return conn, nil
+	}
+	conn, err := grpc.NewClient(address, s.opts...)
+	if err != nil {
+		return nil, err
+	}
+	if s.conns == nil {
+		s.conns = map[string]*grpc.ClientConn{}
+	}
+	s.conns[address] = conn
+	return conn, nil
+}
+
+func (s *shimConns) close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, conn := range s.conns {
+		conn.Close()
+	}
+	s.conns = nil
 }
 
 // listenUnix listens on a unix socket that every local user can reach (the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -38,6 +39,8 @@ type Server struct {
 	DialShim func(ctx context.Context, address string) (apiv1.ShimClient, error)
 	// PollInterval is how often Wait looks at a job.
 	PollInterval time.Duration
+
+	shimAddrs sync.Map // host -> address it last registered with
 }
 
 func (s *Server) authorize(ctx context.Context, job string) (int, error) {
@@ -67,7 +70,10 @@ func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*api
 		return nil, ToRPC(fmt.Errorf("dial shim %s at %s: %w", req.Host, req.Address, err))
 	}
 	s.C.AddAgent(req.Host, RemoteAgent{Client: cl})
-	s.C.log.Info("shim registered", "host", req.Host, "address", req.Address)
+	// Shims register again every few seconds; only news is logged.
+	if prev, ok := s.shimAddrs.Swap(req.Host, req.Address); !ok || prev != req.Address {
+		s.C.log.Info("shim registered", "host", req.Host, "address", req.Address)
+	}
 	return &apiv1.Empty{}, nil
 }
 

@@ -175,7 +175,10 @@ func TestFaults(t *testing.T) {
 
 	// fault.ShimExitInDump: see its outcome in fault.Catalog.
 	c.run(t, "shim-exit-in-dump", func(t *testing.T) {
-		c.startShim(2, "--fault", string(fault.ShimExitInDump))
+		// On a fixed port, as on a real host: the shim comes back on the
+		// address the coordinator has been failing to reach.
+		port := freePort(t)
+		c.startShim(2, "--fault", string(fault.ShimExitInDump), "--listen", port)
 		j := c.faultJob("f-shim")
 		dead := c.shims[1]
 		out, code := c.cli("checkpoint", j.id)
@@ -205,8 +208,21 @@ func TestFaults(t *testing.T) {
 			t.Fatal("n1 on h2 is not frozen: the test did not strike during the dump")
 		}
 		c.noCheckpoint(j.id, c.ckpt)
-		c.startShim(2) // as systemd would
+		// Stay down long enough for the coordinator's reconnect back-off to
+		// grow past several seconds, then come back as systemd would.
+		time.Sleep(20 * time.Second)
+		if st := c.jobState(j.id); st != "checkpointing" {
+			t.Fatalf("job is %s after 20 s without its shim, want checkpointing", st)
+		}
+		back := time.Now()
+		c.startShim(2, "--listen", port)
+		// Registering reset the back-off: the coordinator reached the shim
+		// at its first registration, not when the back-off ran out.
+		if log := c.logs["shim-h2"].String(); strings.Contains(log, `msg="register with coordinator"`) {
+			t.Fatalf("the shim that came back on %s was not registered at once:\n%s", port, log)
+		}
 		c.waitState(j.id, "running", 60*time.Second)
+		t.Logf("job running %v after its shim started again on %s", time.Since(back).Round(time.Millisecond), port)
 		if frozen(t, c.nodeCgroup("h2", j.id, "n1")) {
 			t.Fatal("n1 on h2 is still frozen after its shim came back")
 		}

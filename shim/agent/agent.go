@@ -446,7 +446,11 @@ func (a *Agent) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinat
 		// Unlinked shared-memory segments of MPI libraries are saved whole.
 		GhostLimit: ghostLimit,
 	}
-	w := a.watchDump(ref, req.Dir)
+	var guarded func() bool
+	if n.sb.State() == sandbox.Frozen && strikeFile == "pstree.img" {
+		guarded = func() bool { on, _ := n.sb.Cgroup().FreezeSet(); return on }
+	}
+	w := a.watchDump(ref, req.Dir, guarded)
 	if w != nil {
 		opts.Started = w.started
 	}

@@ -32,7 +32,10 @@ type dumpWatch struct {
 	a    *Agent
 	ref  coordinator.NodeRef
 	dir  string
-	done chan struct{}
+	// guarded, if set, says whether the sandbox's dump guard froze the tree
+	// again (see sandbox.dumpGuard): a fault strikes after it did.
+	guarded func() bool
+	done    chan struct{}
 	wg   sync.WaitGroup
 
 	mu     sync.Mutex
@@ -40,11 +43,11 @@ type dumpWatch struct {
 }
 
 // watchDump returns the watch of one dump, or nil when nothing watches.
-func (a *Agent) watchDump(ref coordinator.NodeRef, dir string) *dumpWatch {
+func (a *Agent) watchDump(ref coordinator.NodeRef, dir string, guarded func() bool) *dumpWatch {
 	if !a.cfg.Faults.Has(fault.ShimExitInDump) && !a.cfg.Faults.Has(fault.CRIUKillInDump) && a.criuStarted == nil {
 		return nil
 	}
-	return &dumpWatch{a: a, ref: ref, dir: dir, done: make(chan struct{})}
+	return &dumpWatch{a: a, ref: ref, dir: dir, guarded: guarded, done: make(chan struct{})}
 }
 
 // started is criu.Options.Started.
@@ -83,7 +86,7 @@ func (w *dumpWatch) poll(pid int) {
 			return
 		case <-t.C:
 		}
-		if !dumping(w.dir) {
+		if !dumping(w.dir) || w.guarded != nil && !w.guarded() {
 			continue
 		}
 		log := w.a.log.With("job", w.ref.Job, "node", w.ref.Node, "criu_pid", pid)

@@ -173,6 +173,11 @@ func TestCRIUKillInDump(t *testing.T) {
 		if i == 0 {
 			t.Logf("dump error: %v", err)
 		}
+		// CRIU had thawed the cgroup to work on its ptrace-stopped tasks;
+		// its death let them go. The dump guard froze them again first.
+		if on, err := a.nodes[key("job", "n0")].sb.Cgroup().FreezeSet(); !experiment && (err != nil || !on) {
+			t.Fatalf("try %d: the tree is not frozen after CRIU died (cgroup.freeze set: %v, %v)", i, on, err)
+		}
 		if experiment {
 			var ce *criu.Error
 			if errors.As(err, &ce) {

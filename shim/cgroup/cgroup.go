@@ -195,6 +195,25 @@ func (g *Group) Freeze(ctx context.Context) error {
 	return g.wait(ctx, "frozen", func(ev Events) bool { return ev.Frozen })
 }
 
+// SetFreeze writes cgroup.freeze without waiting for the group to reach
+// that state; FreezeSet reads it back.
+func (g *Group) SetFreeze(on bool) error {
+	v := "0"
+	if on {
+		v = "1"
+	}
+	return g.write("cgroup.freeze", v)
+}
+
+// FreezeSet says whether cgroup.freeze is 1 (the group is frozen or freezing).
+func (g *Group) FreezeSet() (bool, error) {
+	b, err := os.ReadFile(filepath.Join(g.Path(), "cgroup.freeze"))
+	if err != nil {
+		return false, fmt.Errorf("read cgroup.freeze of %s: %w", g.rel, err)
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
+}
+
 // Thaw undoes Freeze and waits until the group is no longer frozen.
 func (g *Group) Thaw(ctx context.Context) error {
 	if err := g.write("cgroup.freeze", "0"); err != nil {

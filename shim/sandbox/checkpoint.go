@@ -33,10 +33,31 @@ func (s *Sandbox) Dump(ctx context.Context, drv *criu.Driver, opts criu.Options)
 	s.mu.Unlock()
 	opts.Pid = t.pid
 	opts.NetNSPath = s.NetNSPath()
+	var guard *dumpGuard
 	if from == Frozen {
 		opts.FreezeCgroup = s.cg.Path()
+		guard = s.guardDump(opts.ImagesDir)
+		started := opts.Started
+		opts.Started = func(pid int) {
+			guard.started(pid)
+			if started != nil {
+				started(pid)
+			}
+		}
 	}
 	res, err := drv.Dump(ctx, opts, nil)
+	if guard != nil {
+		why := guard.stop()
+		switch {
+		case why != "" && err != nil:
+			s.log.Warn("CRIU failed; its tree was frozen again before CRIU let it go", "why", why)
+		case why != "" && !opts.LeaveRunning:
+			// CRIU killed the tree; the group is reused by a restore.
+			if terr := s.cg.SetFreeze(false); terr != nil {
+				s.log.Error("thaw the emptied cgroup after the dump", "err", terr)
+			}
+		}
+	}
 	if err != nil {
 		s.mu.Lock()
 		s.expectKO = false

@@ -29,14 +29,14 @@ var strikeFile = "pstree.img"
 // dumpWatch runs a dump's fault points: it waits, from CRIU's start to the
 // dump's end, until CRIU is really dumping, then strikes.
 type dumpWatch struct {
-	a    *Agent
-	ref  coordinator.NodeRef
-	dir  string
+	a   *Agent
+	ref coordinator.NodeRef
+	dir string
 	// guarded, if set, says whether the sandbox's dump guard froze the tree
 	// again (see sandbox.dumpGuard): a fault strikes after it did.
 	guarded func() bool
 	done    chan struct{}
-	wg   sync.WaitGroup
+	wg      sync.WaitGroup
 
 	mu     sync.Mutex
 	struck fault.Point // the point that struck, "" while none did

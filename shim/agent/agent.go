@@ -308,7 +308,7 @@ func (a *Agent) Drain(ctx context.Context, ref coordinator.NodeRef) (coordinator
 	if err != nil {
 		return coordinator.DrainResult{}, err
 	}
-	sbNet, err := netquiesce.OpenNamedNet(strings.TrimPrefix(n.sb.NetNSPath(), netquiesce.NetnsDir+"/"))
+	sbNet, err := n.sb.OpenNet()
 	if err != nil {
 		return coordinator.DrainResult{}, err
 	}

@@ -280,7 +280,7 @@ func (e *e2e) awaitUnacked(ref coordinator.NodeRef, a *Agent, remote string) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	sbNet, err := netquiesce.OpenNamedNet(strings.TrimPrefix(n.sb.NetNSPath(), netquiesce.NetnsDir+"/"))
+	sbNet, err := n.sb.OpenNet()
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -236,6 +236,10 @@ func (s *Sandbox) IP() net.IP { return s.ip }
 // NetNSPath is the sandbox's network namespace file.
 func (s *Sandbox) NetNSPath() string { return filepath.Join(netquiesce.NetnsDir, s.cfg.NetNS) }
 
+// OpenNet opens a handle of its own on the sandbox's network namespace; the
+// caller closes it.
+func (s *Sandbox) OpenNet() (*netquiesce.Net, error) { return netquiesce.OpenNamedNet(s.cfg.NetNS) }
+
 // Cgroup is the sandbox's cgroup leaf.
 func (s *Sandbox) Cgroup() *cgroup.Group { return s.cg }
 

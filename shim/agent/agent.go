@@ -447,7 +447,7 @@ func (a *Agent) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinat
 		GhostLimit: ghostLimit,
 	}
 	var guarded func() bool
-	if n.sb.State() == sandbox.Frozen && strikeFile == "pstree.img" {
+	if n.sb.State() == sandbox.Frozen && strikeFile == sandbox.DumpGuardFile {
 		guarded = func() bool { on, _ := n.sb.Cgroup().FreezeSet(); return on }
 	}
 	w := a.watchDump(ref, req.Dir, guarded)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/fault"
+	"github.com/torpor-hpc/torpor/shim/sandbox"
 )
 
 // selfKill ends the shim abruptly for fault.ShimExitInDump. Tests replace it.
@@ -24,7 +25,7 @@ const faultPoll = 2 * time.Millisecond
 // strikeFile starts the name of the image whose appearance means "CRIU is
 // dumping" to the dump fault points; "" means the first *.img file. See TestCRIUKillInDump
 // for why the kill waits for this one.
-var strikeFile = "pstree.img"
+var strikeFile = sandbox.DumpGuardFile
 
 // dumpWatch runs a dump's fault points: it waits, from CRIU's start to the
 // dump's end, until CRIU is really dumping, then strikes.

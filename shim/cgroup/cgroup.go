@@ -189,7 +189,7 @@ func (g *Group) wait(ctx context.Context, what string, cond func(Events) bool) e
 // Freeze freezes every process of the group and waits until the kernel
 // reports the group frozen.
 func (g *Group) Freeze(ctx context.Context) error {
-	if err := g.write("cgroup.freeze", "1"); err != nil {
+	if err := g.SetFreeze(true); err != nil {
 		return fmt.Errorf("freeze: %w", err)
 	}
 	return g.wait(ctx, "frozen", func(ev Events) bool { return ev.Frozen })
@@ -216,7 +216,7 @@ func (g *Group) FreezeSet() (bool, error) {
 
 // Thaw undoes Freeze and waits until the group is no longer frozen.
 func (g *Group) Thaw(ctx context.Context) error {
-	if err := g.write("cgroup.freeze", "0"); err != nil {
+	if err := g.SetFreeze(false); err != nil {
 		return fmt.Errorf("thaw: %w", err)
 	}
 	return g.wait(ctx, "thawed", func(ev Events) bool { return !ev.Frozen })

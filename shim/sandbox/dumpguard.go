@@ -44,8 +44,9 @@ type dumpGuard struct {
 // guardPoll is how often the guard looks at the images directory and CRIU.
 const guardPoll = 2 * time.Millisecond
 
-// guardFile is the image CRIU writes once no task needs to run any more.
-const guardFile = "pstree.img"
+// DumpGuardFile is the image CRIU writes once no task needs to run any more;
+// from its appearance on, the dump guard keeps the tree frozen.
+const DumpGuardFile = "pstree.img"
 
 func (s *Sandbox) guardDump(dir string) *dumpGuard {
 	g := &dumpGuard{cg: s.cg, dir: dir, log: s.log, pid: make(chan int, 1), done: make(chan struct{})}
@@ -119,7 +120,7 @@ func (g *dumpGuard) run() {
 		} else {
 			time.Sleep(guardPoll)
 		}
-		if _, err := os.Lstat(filepath.Join(g.dir, guardFile)); err == nil {
+		if _, err := os.Lstat(filepath.Join(g.dir, DumpGuardFile)); err == nil {
 			g.freeze("CRIU dumped every task")
 			return
 		}

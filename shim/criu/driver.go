@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	gocriu "github.com/checkpoint-restore/go-criu/v7"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"google.golang.org/protobuf/proto"
 )
@@ -73,9 +72,8 @@ type RestoreResult struct {
 	Elapsed time.Duration
 }
 
-// Dump checkpoints the tree rooted at opts.Pid into opts.ImagesDir. nfy
-// receives CRIU's notifications and may be nil.
-func (d *Driver) Dump(ctx context.Context, opts Options, nfy gocriu.Notify) (DumpResult, error) {
+// Dump checkpoints the tree rooted at opts.Pid into opts.ImagesDir.
+func (d *Driver) Dump(ctx context.Context, opts Options) (DumpResult, error) {
 	if opts.Pid <= 0 {
 		return DumpResult{}, fmt.Errorf("criu dump: %w: no Pid to dump", ErrBadOptions)
 	}
@@ -91,7 +89,7 @@ func (d *Driver) Dump(ctx context.Context, opts Options, nfy gocriu.Notify) (Dum
 	}
 	defer unlock()
 	start := time.Now()
-	logPath, _, err := d.run(ctx, rpc.CriuReqType_DUMP, "dump.log", opts, nfy)
+	logPath, _, err := d.run(ctx, rpc.CriuReqType_DUMP, "dump.log", opts)
 	res.LogPath, res.Elapsed = logPath, time.Since(start)
 	if err != nil {
 		return res, err
@@ -107,14 +105,14 @@ func (d *Driver) Dump(ctx context.Context, opts Options, nfy gocriu.Notify) (Dum
 }
 
 // Restore restores the tree in opts.ImagesDir, inside opts.NetNSPath.
-func (d *Driver) Restore(ctx context.Context, opts Options, nfy gocriu.Notify) (RestoreResult, error) {
+func (d *Driver) Restore(ctx context.Context, opts Options) (RestoreResult, error) {
 	if st, err := os.Stat(opts.ImagesDir); err != nil || !st.IsDir() {
 		return RestoreResult{}, fmt.Errorf("criu restore: %w: images dir %q is not a directory", ErrBadOptions, opts.ImagesDir)
 	}
 	opts.Pid = 0
 	var res RestoreResult
 	start := time.Now()
-	logPath, resp, err := d.run(ctx, rpc.CriuReqType_RESTORE, "restore.log", opts, nfy)
+	logPath, resp, err := d.run(ctx, rpc.CriuReqType_RESTORE, "restore.log", opts)
 	res.LogPath, res.Elapsed = logPath, time.Since(start)
 	if err != nil {
 		return res, err
@@ -129,7 +127,7 @@ func (d *Driver) Restore(ctx context.Context, opts Options, nfy gocriu.Notify) (
 	return res, nil
 }
 
-func (d *Driver) run(ctx context.Context, typ rpc.CriuReqType, logName string, opts Options, nfy gocriu.Notify) (string, *rpc.CriuResp, error) {
+func (d *Driver) run(ctx context.Context, typ rpc.CriuReqType, logName string, opts Options) (string, *rpc.CriuResp, error) {
 	op := "dump"
 	if typ == rpc.CriuReqType_RESTORE {
 		op = "restore"
@@ -163,7 +161,7 @@ func (d *Driver) run(ctx context.Context, typ rpc.CriuReqType, logName string, o
 	ro.ImagesDirFd = proto.Int32(int32(imgDir.Fd()))
 	ro.WorkDirFd = proto.Int32(int32(wDir.Fd()))
 	ro.LogFile = proto.String(logName)
-	if nfy != nil {
+	if opts.Notify != nil {
 		ro.NotifyScripts = proto.Bool(true)
 	}
 
@@ -174,7 +172,7 @@ func (d *Driver) run(ctx context.Context, typ rpc.CriuReqType, logName string, o
 	if opts.Started != nil {
 		opts.Started(s.cmd.Process.Pid)
 	}
-	resp, err := s.call(ctx, &rpc.CriuReq{Type: typ.Enum(), Opts: ro}, nfy)
+	resp, err := s.call(ctx, &rpc.CriuReq{Type: typ.Enum(), Opts: ro}, opts.Notify)
 	if err != nil {
 		return logPath, resp, &Error{Op: op, Line: FirstErrorLine(logPath), LogPath: logPath, Err: err}
 	}

@@ -128,10 +128,36 @@ type Options struct {
 	Timeout uint32
 
 	// Started, if set, is called with the PID of the CRIU process once it
-	// runs, before the request is sent (not passed to CRIU). Fault injection
-	// and tests use it to watch or kill CRIU mid-operation; it must not block.
+	// runs, before the request is sent (not passed to CRIU). The dump guard
+	// and tests use it to watch CRIU; it must not block.
 	Started func(pid int)
+	// Notify, if set, receives CRIU's notifications (its action scripts,
+	// sent over the swrk socket): EventPreDump, EventPostDump,
+	// EventPostRestore, ... CRIU waits for the answer, so the hook runs at
+	// exactly that point of the operation, with the tree held; an error
+	// answers "script failed", and CRIU aborts the operation (a failed
+	// post-dump rolls the dump back). Not passed to CRIU.
+	Notify func(Event) error
 }
+
+// Event is the name of one of CRIU's notifications (its action-script names).
+type Event string
+
+// The notifications torpor acts on. CRIU sends others too (network-lock,
+// query-ext-files, ...); a hook answers them like any other.
+const (
+	// EventPreDump: CRIU starts a dump; the tasks are not seized yet.
+	EventPreDump Event = "pre-dump"
+	// EventPostDump: every image is written and flushed, every parasite
+	// removed; the tasks are still seized (stopped). CRIU lets them go, or
+	// kills them, after the answer.
+	EventPostDump Event = "post-dump"
+	// EventPreRestore: CRIU starts a restore.
+	EventPreRestore Event = "pre-restore"
+	// EventPostRestore: the tree is restored, still stopped; CRIU lets it
+	// run after the answer.
+	EventPostRestore Event = "post-restore"
+)
 
 func (o *Options) logLevel() int32 {
 	if o.LogLevel <= 0 || o.LogLevel > 4 {

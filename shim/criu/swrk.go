@@ -10,7 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	gocriu "github.com/checkpoint-restore/go-criu/v7"
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
@@ -74,7 +73,7 @@ func startSwrk(criuPath, netnsPath, cgroupDir string) (*swrk, error) {
 
 // call sends req and answers notifications until the final response. It
 // kills CRIU when ctx ends. It always reaps the child.
-func (s *swrk) call(ctx context.Context, req *rpc.CriuReq, nfy gocriu.Notify) (resp *rpc.CriuResp, err error) {
+func (s *swrk) call(ctx context.Context, req *rpc.CriuReq, nfy func(Event) error) (resp *rpc.CriuResp, err error) {
 	stop := context.AfterFunc(ctx, func() {
 		_ = s.cmd.Process.Kill()
 		_ = s.sock.SetDeadline(time.Now())
@@ -100,6 +99,8 @@ func (s *swrk) call(ctx context.Context, req *rpc.CriuReq, nfy gocriu.Notify) (r
 		}
 	}()
 
+	typ := req.GetType()
+	var hookErr error // the first notification hook that failed
 	buf := make([]byte, 1<<16)
 	for {
 		b, err := proto.Marshal(req)
@@ -107,57 +108,51 @@ func (s *swrk) call(ctx context.Context, req *rpc.CriuReq, nfy gocriu.Notify) (r
 			return nil, fmt.Errorf("encode criu request: %w", err)
 		}
 		if _, err := s.sock.Write(b); err != nil {
-			return nil, fmt.Errorf("send criu request: %w", err)
+			return nil, afterHook(hookErr, fmt.Errorf("send criu request: %w", err))
 		}
 		n, err := s.sock.Read(buf)
 		if err != nil {
-			return nil, fmt.Errorf("read criu response: %w", err)
+			return nil, afterHook(hookErr, fmt.Errorf("read criu response: %w", err))
 		}
 		resp = &rpc.CriuResp{}
 		if err := proto.Unmarshal(buf[:n], resp); err != nil {
 			return nil, fmt.Errorf("decode criu response: %w", err)
 		}
 		if !resp.GetSuccess() {
-			return resp, fmt.Errorf("%s request failed: errno %d%s", req.GetType(), resp.GetCrErrno(), crErrmsg(resp.GetCrErrmsg()))
+			return resp, afterHook(hookErr, fmt.Errorf("%s request failed: errno %d%s", typ, resp.GetCrErrno(), crErrmsg(resp.GetCrErrmsg())))
 		}
 		if resp.GetType() != rpc.CriuReqType_NOTIFY {
-			if resp.GetType() != req.GetType() {
-				return resp, fmt.Errorf("unexpected criu response %s to %s", resp.GetType(), req.GetType())
+			if resp.GetType() != typ {
+				return resp, fmt.Errorf("unexpected criu response %s to %s", resp.GetType(), typ)
+			}
+			if hookErr != nil {
+				// CRIU ignores some failed answers (e.g. network-unlock).
+				return resp, hookErr
 			}
 			return resp, nil
 		}
-		if err := notify(nfy, resp.GetNotify()); err != nil {
-			return resp, fmt.Errorf("criu notification %q: %w", resp.GetNotify().GetScript(), err)
+		// CRIU waits for this answer: whatever nfy does happens at exactly
+		// this point of the dump or restore. A failed hook is answered as a
+		// failed script: CRIU rolls back instead of waiting.
+		ev := Event(resp.GetNotify().GetScript())
+		var herr error
+		if nfy != nil {
+			herr = nfy(ev)
 		}
-		req = &rpc.CriuReq{Type: rpc.CriuReqType_NOTIFY.Enum(), NotifySuccess: proto.Bool(true)}
+		if herr != nil && hookErr == nil {
+			hookErr = fmt.Errorf("criu notification %q: %w", ev, herr)
+		}
+		req = &rpc.CriuReq{Type: rpc.CriuReqType_NOTIFY.Enum(), NotifySuccess: proto.Bool(herr == nil)}
 	}
 }
 
-func notify(nfy gocriu.Notify, n *rpc.CriuNotify) error {
-	if nfy == nil {
-		return nil
+// afterHook is err, led by the failed notification hook that caused it, if
+// one did.
+func afterHook(hookErr, err error) error {
+	if hookErr == nil {
+		return err
 	}
-	switch n.GetScript() {
-	case "pre-dump":
-		return nfy.PreDump()
-	case "post-dump":
-		return nfy.PostDump()
-	case "pre-restore":
-		return nfy.PreRestore()
-	case "post-restore":
-		return nfy.PostRestore(n.GetPid())
-	case "network-lock":
-		return nfy.NetworkLock()
-	case "network-unlock":
-		return nfy.NetworkUnlock()
-	case "setup-namespaces":
-		return nfy.SetupNamespaces(n.GetPid())
-	case "post-setup-namespaces":
-		return nfy.PostSetupNamespaces()
-	case "post-resume":
-		return nfy.PostResume()
-	}
-	return nil
+	return fmt.Errorf("%w; then %w", hookErr, err)
 }
 
 // crErrmsg is CRIU's own error message for a failed request, unless it is

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -36,21 +37,37 @@ func (s *Sandbox) Dump(ctx context.Context, drv *criu.Driver, opts criu.Options)
 	var guard *dumpGuard
 	if from == Frozen {
 		opts.FreezeCgroup = s.cg.Path()
-		guard = s.guardDump(opts.ImagesDir)
-		started := opts.Started
+		if guard, err = s.guardDump(); err != nil {
+			return criu.DumpResult{}, fmt.Errorf("dump sandbox %s: %w", s.cfg.Name, err)
+		}
+		started, notify := opts.Started, opts.Notify
 		opts.Started = func(pid int) {
 			guard.started(pid)
 			if started != nil {
 				started(pid)
 			}
 		}
+		// The guard acts first: a caller's hook (a fault point) may end
+		// CRIU or this process.
+		opts.Notify = func(ev criu.Event) error {
+			guard.notify(ev)
+			if notify != nil {
+				return notify(ev)
+			}
+			return nil
+		}
 	}
-	res, err := drv.Dump(ctx, opts, nil)
+	res, err := drv.Dump(ctx, opts)
 	if guard != nil {
-		why := guard.stop()
+		if errors.Is(err, criu.ErrKilled) {
+			// The guard's watcher lost the race to the reaper: late, but
+			// still before the shim releases TCP repair and rolls back.
+			guard.freeze("CRIU was killed (seen when it was reaped)")
+		}
+		why := guard.done()
 		switch {
 		case why != "" && err != nil:
-			s.log.Warn("CRIU failed; its tree was frozen again before CRIU let it go", "why", why)
+			s.log.Warn("CRIU failed; the dump guard froze its tree again", "why", why)
 		case why != "" && !opts.LeaveRunning:
 			// CRIU killed the tree; the group is reused by a restore.
 			if terr := s.cg.SetFreeze(false); terr != nil {
@@ -101,7 +118,7 @@ func (s *Sandbox) Restore(ctx context.Context, drv *criu.Driver, opts criu.Optio
 	opts.NetNSPath = s.NetNSPath()
 	opts.CgroupDir = s.cg.Path()
 	opts.RestoreSibling = true
-	res, err := drv.Restore(ctx, opts, nil)
+	res, err := drv.Restore(ctx, opts)
 	if err != nil {
 		s.cleanFailedRestore(context.WithoutCancel(ctx))
 		return res, fmt.Errorf("restore sandbox %s: %w", s.cfg.Name, err)

@@ -4,13 +4,12 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/torpor-hpc/torpor/shim/cgroup"
+	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
 // dumpGuard keeps a frozen sandbox's tree from running while CRIU's dump of
@@ -23,51 +22,67 @@ import (
 // lets them go at once, thawed, with their TCP connections still in repair
 // mode, where a read fails with EPERM: an MPI library takes that for a broken
 // connection. The guard writes cgroup.freeze again
-//   - once pstree.img exists: CRIU writes it after it dumped every task and
-//     removed every parasite, so no task needs to run any more; a CRIU that
-//     dies from then on leaves the tree frozen, and the shim takes its
-//     connections out of repair mode before the rollback thaws it;
-//   - as soon as it sees CRIU killed by a signal before that, which narrows
-//     the window in which the tasks run to the guard's reaction time.
+//   - at CRIU's post-dump notification: every image is written, every
+//     parasite removed, and CRIU holds the seized tree until it is answered,
+//     so no task needs to run any more; a CRIU that dies from then on leaves
+//     the tree frozen, and the shim takes its connections out of repair mode
+//     before the rollback thaws it;
+//   - as soon as CRIU's pidfd says it was killed by a signal before that,
+//     which narrows the window in which the tasks run to the time the kernel
+//     takes to wake the guard.
+//
+// Both are events: the guard neither polls nor sleeps.
 type dumpGuard struct {
-	cg   *cgroup.Group
-	dir  string
-	log  *slog.Logger
-	pid  chan int
-	done chan struct{}
-	wg   sync.WaitGroup
+	cg  *cgroup.Group
+	log *slog.Logger
+
+	// pidfd is CRIU's pidfd, opened by started while CRIU cannot have been
+	// reaped yet (-1 until then); wake tells the watcher to end.
+	pidfd      int
+	wake, stop *os.File
+	wg         sync.WaitGroup
 
 	mu    sync.Mutex
 	froze string // why the guard froze the cgroup, "" if it did not
 }
 
-// guardPoll is how often the guard looks at the images directory and CRIU.
-const guardPoll = 2 * time.Millisecond
-
-// DumpGuardFile is the image CRIU writes once no task needs to run any more;
-// from its appearance on, the dump guard keeps the tree frozen.
-const DumpGuardFile = "pstree.img"
-
-func (s *Sandbox) guardDump(dir string) *dumpGuard {
-	g := &dumpGuard{cg: s.cg, dir: dir, log: s.log, pid: make(chan int, 1), done: make(chan struct{})}
-	g.wg.Add(1)
-	go g.run()
-	return g
+func (s *Sandbox) guardDump() (*dumpGuard, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	return &dumpGuard{cg: s.cg, log: s.log, pidfd: -1, wake: r, stop: w}, nil
 }
 
-// started is told CRIU's PID.
+// started is criu.Options.Started: the driver calls it before it sends the
+// request and long before it reaps CRIU, so the PID still names CRIU.
 func (g *dumpGuard) started(pid int) {
-	select {
-	case g.pid <- pid:
-	default:
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		g.log.Warn("dump guard: cannot watch CRIU; only its post-dump notification freezes the tree", "pid", pid, "err", err)
+		return
+	}
+	g.pidfd = fd
+	g.wg.Add(1)
+	go g.watch()
+}
+
+// notify is the guard's part of criu.Options.Notify.
+func (g *dumpGuard) notify(ev criu.Event) {
+	if ev == criu.EventPostDump {
+		g.freeze("CRIU dumped every task")
 	}
 }
 
-// stop ends the guard once CRIU returned; it reports why the guard froze
-// the cgroup ("" if it did not).
-func (g *dumpGuard) stop() string {
-	close(g.done)
+// done ends the guard once CRIU returned (and was reaped); it reports why the
+// guard froze the cgroup ("" if it did not).
+func (g *dumpGuard) done() string {
+	g.stop.Close()
 	g.wg.Wait()
+	g.wake.Close()
+	if g.pidfd >= 0 {
+		unix.Close(g.pidfd)
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.froze
@@ -86,44 +101,26 @@ func (g *dumpGuard) freeze(why string) {
 	g.froze = why
 }
 
-func (g *dumpGuard) run() {
+// watch waits until CRIU exits or the guard is done, whichever comes first.
+func (g *dumpGuard) watch() {
 	defer g.wg.Done()
-	pidfd := -1
-	defer func() {
-		if pidfd >= 0 {
-			unix.Close(pidfd)
-		}
-	}()
+	fds := []unix.PollFd{
+		{Fd: int32(g.pidfd), Events: unix.POLLIN},
+		{Fd: int32(g.wake.Fd()), Events: unix.POLLIN},
+	}
 	for {
-		select {
-		case <-g.done:
-			return
-		case pid := <-g.pid:
-			if fd, err := unix.PidfdOpen(pid, 0); err == nil {
-				pidfd = fd
-			}
-		default:
+		_, err := unix.Poll(fds, -1)
+		if errors.Is(err, unix.EINTR) {
+			continue
 		}
-		if pidfd >= 0 {
-			fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-			n, err := unix.Poll(fds, int(guardPoll/time.Millisecond))
-			if err != nil && !errors.Is(err, unix.EINTR) {
-				g.log.Warn("dump guard: poll CRIU", "err", err)
-			}
-			if n > 0 {
-				if killedBySignal(pidfd) {
-					g.freeze("CRIU was killed")
-				}
-				unix.Close(pidfd)
-				pidfd = -1
-			}
-		} else {
-			time.Sleep(guardPoll)
-		}
-		if _, err := os.Lstat(filepath.Join(g.dir, DumpGuardFile)); err == nil {
-			g.freeze("CRIU dumped every task")
+		if err != nil {
+			g.log.Warn("dump guard: wait for CRIU", "err", err)
 			return
 		}
+		break
+	}
+	if fds[0].Revents&unix.POLLIN != 0 && killedBySignal(g.pidfd) {
+		g.freeze("CRIU was killed")
 	}
 }
 

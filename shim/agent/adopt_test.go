@@ -127,9 +127,12 @@ func (h *oneHost) agent(mod func(*Config)) *Agent {
 
 // tickerSpec is a job-node whose tree prints "tick" every 0.1s and exits
 // with status 7 once the file stop exists.
+// bash, not dash: dash vforks its commands, and CRIU cannot seize a tree
+// frozen while a vfork child has not exec'd yet (the parent waits in D state;
+// the dump times out after 10 s: "Unseizable non-zombie ... state D").
 func tickerSpec(name string, addr int, stop string) coordinator.NodeSpec {
 	return coordinator.NodeSpec{Name: name, Host: "h1", IP: simhost.NodeAddr(addr), Hostname: "tick-" + name,
-		Argv: []string{"/bin/sh", "-c", "while :; do echo tick; [ -e " + stop + " ] && exit 7; sleep 0.1; done"}}
+		Argv: []string{"/bin/bash", "-c", "while :; do echo tick; [ -e " + stop + " ] && exit 7; sleep 0.1; done"}}
 }
 
 func ticks(path string) int {

@@ -32,6 +32,9 @@ func ticks(path string) int {
 
 // startTicker starts a tree that prints "tick" every 0.1s and exits with 7
 // once stop exists.
+// bash, not dash: dash vforks its commands, and CRIU cannot seize a tree
+// frozen while a vfork child has not exec'd yet (the parent waits in D state;
+// the dump times out after 10 s: "Unseizable non-zombie ... state D").
 func startTicker(t *testing.T, s *Sandbox, dir string) (out, exitFile, stop string) {
 	t.Helper()
 	out, exitFile, stop = filepath.Join(dir, "out"), filepath.Join(dir, "out.exit"), filepath.Join(dir, "stop")
@@ -39,7 +42,7 @@ func startTicker(t *testing.T, s *Sandbox, dir string) (out, exitFile, stop stri
 		t.Fatal(err)
 	}
 	err := s.Start(context.Background(), Process{
-		Argv:     []string{"/bin/sh", "-c", "while :; do echo tick; [ -e " + stop + " ] && exit 7; sleep 0.1; done"},
+		Argv:     []string{"/bin/bash", "-c", "while :; do echo tick; [ -e " + stop + " ] && exit 7; sleep 0.1; done"},
 		Output:   out,
 		ExitFile: exitFile,
 	})

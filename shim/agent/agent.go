@@ -63,6 +63,9 @@ type Agent struct {
 
 	// criuStarted, if set (tests), learns each CRIU run's PID.
 	criuStarted func(op string, pid int)
+	// criuEvent, if set (tests), is told each of CRIU's notifications while
+	// CRIU waits for the answer.
+	criuEvent func(op string, ev criu.Event)
 	// afterRestore, if set (tests), runs once CRIU restored a tree, before
 	// Restore checks its context.
 	afterRestore func()
@@ -446,17 +449,13 @@ func (a *Agent) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinat
 		// Unlinked shared-memory segments of MPI libraries are saved whole.
 		GhostLimit: ghostLimit,
 	}
-	var guarded func() bool
-	if n.sb.State() == sandbox.Frozen && strikeFile == sandbox.DumpGuardFile {
-		guarded = func() bool { on, _ := n.sb.Cgroup().FreezeSet(); return on }
-	}
-	w := a.watchDump(ref, req.Dir, guarded)
+	w := a.watchDump(ref)
 	if w != nil {
-		opts.Started = w.started
+		w.arm(&opts)
 	}
 	res, err := n.sb.Dump(ctx, a.drv, opts)
 	if w != nil {
-		w.stop()
+		w.finish()
 	}
 	if err != nil {
 		// A CRIU that died mid-dump leaves the tree's connections in TCP
@@ -603,6 +602,9 @@ func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSp
 	}
 	if a.criuStarted != nil {
 		opts.Started = func(pid int) { a.criuStarted("restore", pid) }
+	}
+	if a.criuEvent != nil {
+		opts.Notify = func(ev criu.Event) error { a.criuEvent("restore", ev); return nil }
 	}
 	if _, err := n.sb.Restore(ctx, a.drv, opts); err != nil {
 		return err

@@ -1,15 +1,14 @@
 package agent
 
 import (
+	"errors"
 	"os"
-	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/fault"
-	"github.com/torpor-hpc/torpor/shim/sandbox"
+	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
 // selfKill ends the shim abruptly for fault.ShimExitInDump. Tests replace it.
@@ -18,54 +17,49 @@ var selfKill = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
 // killCRIU kills the dumping CRIU for fault.CRIUKillInDump.
 var killCRIU = func(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
 
-// faultPoll is how often the images directory is looked at while a fault
-// point waits for CRIU to be dumping.
-const faultPoll = 2 * time.Millisecond
+// strikeEvent is the CRIU notification at which the dump fault points
+// strike. At post-dump every image is written and every parasite removed,
+// CRIU holds the seized tree until it is answered, and the sandbox's dump
+// guard has frozen the tree again (it acts on the same notification, first):
+// the moment a real shim or CRIU death hurts most, reached in every dump.
+const strikeEvent = criu.EventPostDump
 
-// strikeFile starts the name of the image whose appearance means "CRIU is
-// dumping" to the dump fault points; "" means the first *.img file. See TestCRIUKillInDump
-// for why the kill waits for this one.
-var strikeFile = sandbox.DumpGuardFile
+// errShimKilled answers CRIU when a test's selfKill returned: a real shim is
+// dead by then, and its CRIU sees its socket close and rolls back.
+var errShimKilled = errors.New("fault injection: the shim killed itself")
 
-// dumpWatch runs a dump's fault points: it waits, from CRIU's start to the
-// dump's end, until CRIU is really dumping, then strikes.
+// dumpWatch runs a dump's fault points and the tests' CRIU hooks.
 type dumpWatch struct {
 	a   *Agent
 	ref coordinator.NodeRef
-	dir string
-	// guarded, if set, says whether the sandbox's dump guard froze the tree
-	// again (see sandbox.dumpGuard): a fault strikes after it did.
-	guarded func() bool
-	done    chan struct{}
-	wg      sync.WaitGroup
 
 	mu     sync.Mutex
+	pid    int         // CRIU's PID, 0 before it started
 	struck fault.Point // the point that struck, "" while none did
 }
 
 // watchDump returns the watch of one dump, or nil when nothing watches.
-func (a *Agent) watchDump(ref coordinator.NodeRef, dir string, guarded func() bool) *dumpWatch {
-	if !a.cfg.Faults.Has(fault.ShimExitInDump) && !a.cfg.Faults.Has(fault.CRIUKillInDump) && a.criuStarted == nil {
+func (a *Agent) watchDump(ref coordinator.NodeRef) *dumpWatch {
+	if !a.cfg.Faults.Has(fault.ShimExitInDump) && !a.cfg.Faults.Has(fault.CRIUKillInDump) && a.criuStarted == nil && a.criuEvent == nil {
 		return nil
 	}
-	return &dumpWatch{a: a, ref: ref, dir: dir, guarded: guarded, done: make(chan struct{})}
+	return &dumpWatch{a: a, ref: ref}
+}
+
+// arm hooks the watch into a dump's options.
+func (w *dumpWatch) arm(opts *criu.Options) {
+	opts.Started = w.started
+	opts.Notify = w.notify
 }
 
 // started is criu.Options.Started.
 func (w *dumpWatch) started(pid int) {
+	w.mu.Lock()
+	w.pid = pid
+	w.mu.Unlock()
 	if w.a.criuStarted != nil {
 		w.a.criuStarted("dump", pid)
 	}
-	if w.a.cfg.Faults.Has(fault.ShimExitInDump) || w.a.cfg.Faults.Has(fault.CRIUKillInDump) {
-		w.wg.Add(1)
-		go w.poll(pid)
-	}
-}
-
-// stop ends the watch once the dump returned.
-func (w *dumpWatch) stop() {
-	close(w.done)
-	w.wg.Wait()
 }
 
 // Struck is the point that struck during the dump ("" if none).
@@ -75,52 +69,50 @@ func (w *dumpWatch) Struck() fault.Point {
 	return w.struck
 }
 
-func (w *dumpWatch) poll(pid int) {
-	defer w.wg.Done()
-	t := time.NewTicker(faultPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-w.done:
-			w.a.log.Warn("fault injection: the dump ended before CRIU was seen dumping; nothing injected",
-				"job", w.ref.Job, "node", w.ref.Node)
-			return
-		case <-t.C:
+// notify is criu.Options.Notify: CRIU waits while it runs.
+func (w *dumpWatch) notify(ev criu.Event) error {
+	if w.a.criuEvent != nil {
+		w.a.criuEvent("dump", ev)
+	}
+	if ev != strikeEvent {
+		return nil
+	}
+	w.mu.Lock()
+	pid := w.pid
+	w.mu.Unlock()
+	log := w.a.log.With("job", w.ref.Job, "node", w.ref.Node, "criu_pid", pid)
+	switch {
+	case w.a.cfg.Faults.Has(fault.ShimExitInDump):
+		w.strike(fault.ShimExitInDump)
+		log.Error("FAULT INJECTION: " + string(fault.ShimExitInDump) + ": the shim kills itself (SIGKILL) while CRIU holds the dumped tree")
+		selfKill()
+		return errShimKilled
+	case w.a.cfg.Faults.Has(fault.CRIUKillInDump):
+		w.strike(fault.CRIUKillInDump)
+		log.Error("FAULT INJECTION: " + string(fault.CRIUKillInDump) + ": killing CRIU (SIGKILL) while it holds the dumped tree")
+		if pid <= 0 {
+			return errors.New("fault injection: CRIU's PID is unknown")
 		}
-		if !dumping(w.dir) || w.guarded != nil && !w.guarded() {
-			continue
-		}
-		log := w.a.log.With("job", w.ref.Job, "node", w.ref.Node, "criu_pid", pid)
-		if w.a.cfg.Faults.Has(fault.ShimExitInDump) {
-			w.mu.Lock()
-			w.struck = fault.ShimExitInDump
-			w.mu.Unlock()
-			log.Error("FAULT INJECTION: " + string(fault.ShimExitInDump) + ": the shim kills itself (SIGKILL) while CRIU dumps")
-			selfKill()
-			return
-		}
-		log.Error("FAULT INJECTION: " + string(fault.CRIUKillInDump) + ": killing CRIU (SIGKILL) while it dumps")
-		w.mu.Lock()
-		w.struck = fault.CRIUKillInDump
-		w.mu.Unlock()
 		if err := killCRIU(pid); err != nil {
 			log.Error("fault injection: kill CRIU", "err", err)
+			return err
 		}
-		return
 	}
+	return nil
 }
 
-// dumping says whether CRIU has written the image that marks the strike: a
-// file whose name starts with strikeFile, or any *.img when it is "".
-func dumping(dir string) bool {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return false
+func (w *dumpWatch) strike(p fault.Point) {
+	w.mu.Lock()
+	w.struck = p
+	w.mu.Unlock()
+}
+
+// finish logs loudly when a fault point was armed and the dump ended without
+// reaching its moment: nothing was injected.
+func (w *dumpWatch) finish() {
+	armed := w.a.cfg.Faults.Has(fault.ShimExitInDump) || w.a.cfg.Faults.Has(fault.CRIUKillInDump)
+	if armed && w.Struck() == "" {
+		w.a.log.Error("fault injection: the dump ended before CRIU's "+string(strikeEvent)+" notification; nothing injected",
+			"job", w.ref.Job, "node", w.ref.Node)
 	}
-	for _, e := range ents {
-		if strikeFile == "" && strings.HasSuffix(e.Name(), ".img") || strikeFile != "" && strings.HasPrefix(e.Name(), strikeFile) {
-			return true
-		}
-	}
-	return false
 }

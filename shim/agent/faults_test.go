@@ -5,11 +5,9 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/fault"
@@ -62,9 +60,11 @@ func TestRestoreCancelled(t *testing.T) {
 	}{
 		{"before", func(cancel context.CancelFunc) { cancel() }},
 		{"while CRIU restores", func(cancel context.CancelFunc) {
-			a.criuStarted = func(op string, pid int) {
-				if op == "restore" {
-					go func() { time.Sleep(20 * time.Millisecond); cancel() }()
+			// CRIU holds the restored, stopped tree until this returns;
+			// the cancel kills it there.
+			a.criuEvent = func(op string, ev criu.Event) {
+				if op == "restore" && ev == criu.EventPostRestore {
+					cancel()
 				}
 			}
 		}},
@@ -74,7 +74,7 @@ func TestRestoreCancelled(t *testing.T) {
 		tc.arm(cancel)
 		err := a.Restore(rctx, "job", spec, img)
 		cancel()
-		a.criuStarted, a.afterRestore = nil, nil
+		a.criuEvent, a.afterRestore = nil, nil
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("%s: restore returned %v, want context.Canceled", tc.name, err)
 		}
@@ -86,9 +86,9 @@ func TestRestoreCancelled(t *testing.T) {
 }
 
 // TestShimExitInDump: with fault.ShimExitInDump the shim kills itself while
-// CRIU dumps (selfKill, replaced here: the test cannot die). The job-node is
-// then adopted by the next shim and rolled back (unlock, thaw) as the
-// coordinator does: it runs on.
+// CRIU holds the dumped tree (selfKill, replaced here: the test cannot die),
+// every time. The job-node is then adopted by the next shim and rolled back
+// (unlock, thaw) as the coordinator does: it runs on.
 func TestShimExitInDump(t *testing.T) {
 	h := newOneHost(t)
 	ctx := context.Background()
@@ -100,30 +100,29 @@ func TestShimExitInDump(t *testing.T) {
 	a := h.agent(func(c *Config) { c.Faults = fault.Set{fault.ShimExitInDump: true} })
 	img := filepath.Join(t.TempDir(), "img")
 	selfKill = func() {
-		// What a real shim sees at this moment: CRIU alive and dumping.
-		state := "criu gone"
-		if err := syscall.Kill(criuPid, 0); err == nil {
-			state = "criu alive"
-		}
-		if _, err := os.Stat(filepath.Join(img, strikeFile)); err == nil {
-			state += ", " + strikeFile + " written"
-		}
-		killed <- state
+		// What a real shim leaves behind at this moment: CRIU alive with
+		// every image written, the tree frozen by the dump guard.
+		killed <- strikeState(a, ref, criuPid, img)
 	}
 	a.criuStarted = func(op string, pid int) { criuPid = pid }
 	mustOK(t, "start", a.Start(ctx, "job", tickerSpec("n0", 1, filepath.Join(t.TempDir(), "stop"))))
 	waitTicks(t, a, "job", "n0", 2)
 	mustOK(t, "freeze", a.Freeze(ctx, ref))
 	mustOK(t, "lock", a.Lock(ctx, ref))
-	_, _ = a.Dump(ctx, ref, coordinator.DumpRequest{Dir: img, LeaveRunning: true, Checkpoint: "job/1"})
+	_, err := a.Dump(ctx, ref, coordinator.DumpRequest{Dir: img, LeaveRunning: true, Checkpoint: "job/1"})
 	select {
 	case state := <-killed:
-		if state != "criu alive, "+strikeFile+" written" {
-			t.Fatalf("the shim killed itself when %s", state)
+		if state != strikeWant {
+			t.Fatalf("the shim killed itself when %s, want %s", state, strikeWant)
 		}
 		t.Logf("the shim killed itself during the dump: %s", state)
 	default:
-		t.Fatal("fault shim-exit-in-dump did not strike during the dump")
+		t.Fatalf("fault shim-exit-in-dump did not strike during the dump (dump: %v)%s", err, criuLogTail(err))
+	}
+	// CRIU, answered as a real dead shim's socket would answer it, rolled
+	// the dump back.
+	if err == nil || !strings.Contains(err.Error(), errShimKilled.Error()) {
+		t.Fatalf("dump returned %v, want it to fail with %q", err, errShimKilled)
 	}
 	if !strings.Contains(h.logs.String(), "FAULT INJECTION: shim-exit-in-dump") {
 		t.Fatal("no loud warning before the kill")
@@ -137,36 +136,64 @@ func TestShimExitInDump(t *testing.T) {
 	resumeThenDestroy(t, b, ref)
 }
 
-// TestCRIUKillInDump: with fault.CRIUKillInDump the dumping CRIU is killed;
-// Dump fails naming CRIU's death and its log, and the coordinator's rollback
-// (unlock, thaw) brings the tree back running, every time.
-//
-// An experiment can move the kill: TORPOR_TEST_STRIKE_FILE=<image name> (""
-// for the first *.img) and TORPOR_TEST_KILL_TRIES=N; the test then counts the
-// trees that survived instead of requiring all of them to.
+// pstreeImage is the image CRIU writes once it dumped every task.
+const pstreeImage = "pstree.img"
+
+// strikeWant is strikeState at the dump fault points' moment.
+const strikeWant = "criu alive, " + pstreeImage + " written, tree frozen"
+
+// strikeState says whether CRIU is alive, whether it wrote the image it
+// writes after every task and whether the job-node's cgroup is frozen.
+func strikeState(a *Agent, ref coordinator.NodeRef, criuPid int, img string) string {
+	state := "criu gone"
+	if err := syscall.Kill(criuPid, 0); criuPid > 0 && err == nil {
+		state = "criu alive"
+	}
+	if _, err := os.Stat(filepath.Join(img, pstreeImage)); err == nil {
+		state += ", " + pstreeImage + " written"
+	}
+	if on, err := a.nodes[key(ref.Job, ref.Node)].sb.Cgroup().FreezeSet(); err == nil && on {
+		state += ", tree frozen"
+	}
+	return state
+}
+
+// TestCRIUKillInDump: with fault.CRIUKillInDump the dumping CRIU is killed
+// while it holds the dumped tree, every time; Dump fails naming CRIU's death
+// and its log, and the coordinator's rollback (unlock, thaw) brings the tree
+// back running.
 func TestCRIUKillInDump(t *testing.T) {
-	tries := 5
-	if v := os.Getenv("TORPOR_TEST_KILL_TRIES"); v != "" {
-		tries, _ = strconv.Atoi(v)
-	}
-	experiment := false
-	if v, ok := os.LookupEnv("TORPOR_TEST_STRIKE_FILE"); ok {
-		old := strikeFile
-		t.Cleanup(func() { strikeFile = old })
-		strikeFile, experiment = v, true
-	}
+	const tries = 5
 	h := newOneHost(t)
 	ctx := context.Background()
 	ref := coordinator.NodeRef{Job: "job", Node: "n0"}
 	a := h.agent(func(c *Config) { c.Faults = fault.Set{fault.CRIUKillInDump: true} })
+	old := killCRIU
+	t.Cleanup(func() { killCRIU = old })
+	var criuPid int
+	img := ""
+	struck := make(chan string, 1)
+	killCRIU = func(pid int) error {
+		struck <- strikeState(a, ref, criuPid, img)
+		return old(pid)
+	}
+	a.criuStarted = func(op string, pid int) { criuPid = pid }
 	spec := tickerSpec("n0", 1, filepath.Join(t.TempDir(), "stop"))
 	mustOK(t, "start", a.Start(ctx, "job", spec))
 	waitTicks(t, a, "job", "n0", 2)
-	survived := 0
 	for i := 0; i < tries; i++ {
 		mustOK(t, "freeze", a.Freeze(ctx, ref))
 		mustOK(t, "lock", a.Lock(ctx, ref))
-		_, err := a.Dump(ctx, ref, coordinator.DumpRequest{Dir: filepath.Join(t.TempDir(), "img"), LeaveRunning: true, Checkpoint: "job/x"})
+		img = filepath.Join(t.TempDir(), "img")
+		_, err := a.Dump(ctx, ref, coordinator.DumpRequest{Dir: img, LeaveRunning: true, Checkpoint: "job/x"})
+		select {
+		case state := <-struck:
+			if state != strikeWant {
+				t.Fatalf("try %d: CRIU was killed when %s, want %s", i, state, strikeWant)
+			}
+		default:
+			t.Fatalf("try %d: fault criu-kill-in-dump did not strike (dump: %v)%s", i, err, criuLogTail(err))
+		}
 		if err == nil || !errors.Is(err, criu.ErrKilled) || !strings.Contains(err.Error(), "criu dump of job/n0") || !strings.Contains(err.Error(), "log: ") {
 			t.Fatalf("try %d: dump returned %v, want an error naming CRIU's death, the job-node and the log", i, err)
 		}
@@ -175,38 +202,34 @@ func TestCRIUKillInDump(t *testing.T) {
 		}
 		// CRIU had thawed the cgroup to work on its ptrace-stopped tasks;
 		// its death let them go. The dump guard froze them again first.
-		if on, err := a.nodes[key("job", "n0")].sb.Cgroup().FreezeSet(); !experiment && (err != nil || !on) {
+		if on, err := a.nodes[key("job", "n0")].sb.Cgroup().FreezeSet(); err != nil || !on {
 			t.Fatalf("try %d: the tree is not frozen after CRIU died (cgroup.freeze set: %v, %v)", i, on, err)
-		}
-		if experiment {
-			var ce *criu.Error
-			if errors.As(err, &ce) {
-				t.Logf("try %d: CRIU's last words: %s", i, lastLines(ce.LogPath, 3))
-			}
 		}
 		mustOK(t, "unlock", a.Unlock(ctx, ref))
 		mustOK(t, "thaw", a.Thaw(ctx, ref))
-		time.Sleep(300 * time.Millisecond) // a task the parasite was left in dies once thawed
+		// It runs on: two more ticks after the rollback.
+		waitTicks(t, a, "job", "n0", ticks(a.OutputPath("job", "n0"))+2)
 		st, err := a.Status(ctx, ref)
 		mustOK(t, "status", err)
 		if !st.Running {
-			if !experiment {
-				t.Fatalf("try %d: the tree died when CRIU was killed: %+v", i, st)
-			}
-			t.Logf("try %d: the tree died: %+v", i, st)
-			mustOK(t, "destroy", a.Destroy(ctx, ref))
-			mustOK(t, "start", a.Start(ctx, "job", spec))
-			waitTicks(t, a, "job", "n0", 2)
-			continue
+			t.Fatalf("try %d: the tree died when CRIU was killed: %+v", i, st)
 		}
-		waitTicks(t, a, "job", "n0", ticks(a.OutputPath("job", "n0"))+2)
 		if s := a.nodes[key("job", "n0")].sb.State(); s != sandbox.Running {
 			t.Fatalf("try %d: sandbox %s", i, s)
 		}
-		survived++
 	}
-	t.Logf("CRIU killed mid-dump %d times (once %q was written): the tree survived %d", tries, strikeFile, survived)
+	t.Logf("CRIU killed at %s %d times: the tree froze again and ran on every time", strikeEvent, tries)
 	mustOK(t, "destroy", a.Destroy(ctx, ref))
+}
+
+// criuLogTail is the end of the CRIU log an error names, for a failure
+// message ("" if it names none).
+func criuLogTail(err error) string {
+	var ce *criu.Error
+	if !errors.As(err, &ce) || ce.LogPath == "" {
+		return ""
+	}
+	return "\nCRIU's log ends: " + lastLines(ce.LogPath, 40)
 }
 
 // lastLines returns the last n lines of a file, joined with " | ".
@@ -216,7 +239,7 @@ func lastLines(path string, n int) string {
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
-	return strings.Join(lines, " | ")
+	return strings.Join(lines, "\n")
 }
 
 // resumeThenDestroy rolls a job-node back as the coordinator does (unlock,

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func requireRoot(tb testing.TB) {
@@ -53,6 +55,35 @@ func newTestNet(tb testing.TB, prefix string) *Net {
 		tb.Fatal(err)
 	}
 	return n
+}
+
+// waitLimit bounds the wait for a condition that should hold within
+// milliseconds: generous, so that a loaded machine cannot reach it.
+const waitLimit = 30 * time.Second
+
+// waitFor polls cond until it holds, failing the test after waitLimit.
+func waitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(waitLimit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("no %s after %v", what, waitLimit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// tcpInfo reads a TCP connection's TCP_INFO.
+func tcpInfo(tb testing.TB, c net.Conn) *unix.TCPInfo {
+	tb.Helper()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	must(tb, err)
+	var info *unix.TCPInfo
+	must(tb, rc.Control(func(fd uintptr) {
+		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}))
+	must(tb, err)
+	return info
 }
 
 func must(tb testing.TB, err error) {

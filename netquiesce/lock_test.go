@@ -36,7 +36,8 @@ func (sc lockScenario) run(t *testing.T, lk *Lock) {
 	must(t, err)
 	defer conn.Close()
 	st := startStream(conn, streamBytes)
-	time.Sleep(200 * time.Millisecond)
+	// The stream must be flowing when the lock falls, or it stalls nothing.
+	waitFor(t, "stream flowing", func() bool { return st.Received.Load() >= 256<<10 })
 
 	if _, err := lk.Lock(); err != nil {
 		t.Fatalf("Lock: %v", err)
@@ -45,7 +46,9 @@ func (sc lockScenario) run(t *testing.T, lk *Lock) {
 	if _, err := lk.Lock(); err != nil || !lk.Locked() {
 		t.Fatalf("second Lock: %v locked=%v", err, lk.Locked())
 	}
-	time.Sleep(100 * time.Millisecond)
+	// Bytes already delivered to the client's socket are still read; from
+	// then on nothing may move.
+	st.settle(t)
 	progressInLock := st.Received.Load()
 
 	if err := tcpRoundTrip(sc.client, sc.addr, 500*time.Millisecond); err == nil {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"sync/atomic"
+	"testing"
 	"time"
 )
 
@@ -15,11 +16,12 @@ func pattern(i int64) byte { return byte(i*131 + i>>9) }
 // nil once every byte came back intact.
 type stream struct {
 	Received atomic.Int64
+	conn     net.Conn
 	done     chan error
 }
 
 func startStream(c net.Conn, total int64) *stream {
-	s := &stream{done: make(chan error, 2)}
+	s := &stream{conn: c, done: make(chan error, 2)}
 	go func() {
 		buf := make([]byte, 16<<10)
 		for off := int64(0); off < total; {
@@ -56,6 +58,27 @@ func startStream(c net.Conn, total int64) *stream {
 		s.done <- nil
 	}()
 	return s
+}
+
+// settle waits until the reader has verified every byte the kernel received
+// on the connection (TCP_INFO's bytes_received), on two looks 50 ms apart
+// with nothing received in between: once traffic is blocked, what was in
+// flight has then been read and counted.
+func (s *stream) settle(tb testing.TB) {
+	tb.Helper()
+	caughtUp := func() (uint64, bool) {
+		got := tcpInfo(tb, s.conn).Bytes_received
+		return got, uint64(s.Received.Load()) == got
+	}
+	waitFor(tb, "reader caught up with the kernel", func() bool {
+		first, ok := caughtUp()
+		if !ok {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+		second, ok := caughtUp()
+		return ok && second == first
+	})
 }
 
 func (s *stream) wait(timeout time.Duration) error {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -54,20 +55,21 @@ func TestDrainFrozenReceiver(t *testing.T) {
 	}
 	freezeCgroup(t, cg, true)
 
-	// Write until the socket would block: more than the receiver's window.
-	must(t, conn.SetWriteDeadline(time.Now().Add(300*time.Millisecond)))
+	// Write more than the receiver's window: until the receiver advertises
+	// a closed window and the sender holds bytes it cannot send. A deadline
+	// only ends each write that would block, the kernel says when to stop.
 	var written int
 	buf := make([]byte, 64<<10)
-	for {
+	waitFor(t, "closed receive window with bytes left to send", func() bool {
+		must(t, conn.SetWriteDeadline(time.Now().Add(50*time.Millisecond)))
 		k, err := conn.Write(buf)
 		written += k
-		if err != nil {
-			break
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal(err)
 		}
-	}
-	if written == 0 {
-		t.Fatal("nothing written")
-	}
+		info := tcpInfo(t, conn)
+		return info.Snd_wnd == 0 && info.Notsent_bytes > 0
+	})
 
 	rep, err := Drain(ctx, DrainTarget{Net: a}, DrainOptions{})
 	if err != nil {
@@ -150,9 +152,11 @@ func TestDrainBlackholedPeer(t *testing.T) {
 	t.Logf("%v (polls %d)", err, rep.Polls)
 
 	// Drain again while still black-holed, and unlock under it: it must
-	// wait, then return once the retransmitted data is acknowledged.
-	ctx2, cancel2 := context.WithTimeout(context.Background(), 15*time.Second)
+	// wait, then return once the retransmitted data is acknowledged. The
+	// retransmission comes at the next back-off of the sender's timer.
+	base2, cancel2 := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel2()
+	ctx2 := newPollCountingCtx(base2, 5)
 	type result struct {
 		rep DrainReport
 		err error
@@ -162,11 +166,11 @@ func TestDrainBlackholedPeer(t *testing.T) {
 		r, err := Drain(ctx2, DrainTarget{Net: a}, DrainOptions{})
 		done <- result{r, err}
 	}()
-	time.Sleep(300 * time.Millisecond)
 	select {
 	case r := <-done:
 		t.Fatalf("Drain returned while the peer was black-holed: %v %v", r.rep.Sockets, r.err)
-	default:
+	case <-ctx2.reached:
+		// Five polls found the socket busy, and Drain waits on.
 	}
 	_, err = hole.Unlock()
 	must(t, err)
@@ -179,6 +183,27 @@ func TestDrainBlackholedPeer(t *testing.T) {
 		t.Fatalf("drained report lacks a quiet sender socket: %v", r.rep.Sockets)
 	}
 	t.Logf("drain waited %v in total, %v after unlock (%d polls)", r.rep.Elapsed, time.Since(unlocked), r.rep.Polls)
+}
+
+// pollCountingCtx counts the calls to Done. Drain consults its context
+// after every poll that found a socket with un-acknowledged data, before it
+// waits to poll again; reached closes at the n-th call.
+type pollCountingCtx struct {
+	context.Context
+	calls   atomic.Int32
+	n       int32
+	reached chan struct{}
+}
+
+func newPollCountingCtx(ctx context.Context, n int32) *pollCountingCtx {
+	return &pollCountingCtx{Context: ctx, n: n, reached: make(chan struct{})}
+}
+
+func (c *pollCountingCtx) Done() <-chan struct{} {
+	if c.calls.Add(1) == c.n {
+		close(c.reached)
+	}
+	return c.Context.Done()
 }
 
 // TestDrainByCgroupRootNamespace: a job without its own network namespace is

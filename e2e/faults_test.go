@@ -265,24 +265,28 @@ func TestFaults(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer toCoord.Close()
-		c.startShim(2, "--listen", port, "--advertise", toShim.Addr(), "--join", toCoord.Addr())
+		c.startShim(2, "--listen", port, "--advertise", toShim.Addr(), "--join", toCoord.Addr(),
+			"--fault", string(fault.HoldInRestore))
 		defer c.startShim(2)
 		j := c.faultJob("f-part")
 		h := lastLines(c.mustCLI("suspend", j.id), 1)
-		cg := c.nodeCgroup("h2", j.id, "n1")
+		// The shim of h2 holds CRIU at post-restore until its request is
+		// cancelled: the cut always lands while h2 restores.
 		cut := make(chan struct{})
+		held := false
 		go func() {
 			defer close(cut)
-			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
-				if _, err := os.Stat(cg); err == nil {
-					toShim.Cut()
-					toCoord.Cut()
-					return
-				}
+			held = c.waitLog("shim-h2", "FAULT INJECTION: "+string(fault.HoldInRestore), 2*time.Minute)
+			if held {
+				toShim.Cut()
+				toCoord.Cut()
 			}
 		}()
 		out, code := c.cli("resume", j.id)
 		<-cut
+		if !held {
+			t.Fatalf("the shim of h2 never held its restore:\n%s", c.logs["shim-h2"])
+		}
 		if code == 0 || !strings.Contains(out, "nothing is left running") {
 			t.Fatalf("resume across a partition: exit %d\n%s", code, out)
 		}
@@ -322,6 +326,17 @@ func TestFaults(t *testing.T) {
 		j.progress("restarted after the partition healed")
 		j.finishWith(want, "after the partition")
 	})
+}
+
+// waitLog waits until the log of daemon name holds s; false if it did not
+// within timeout.
+func (c *cluster) waitLog(name, s string, timeout time.Duration) bool {
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if strings.Contains(c.logs[name].String(), s) {
+			return true
+		}
+	}
+	return false
 }
 
 // freePort returns a 127.0.0.1 address whose port is free right now.

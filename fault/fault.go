@@ -27,6 +27,11 @@ const (
 	// CRIUKillInDump: the shim's CRIU is killed (SIGKILL) while it dumps a
 	// job-node.
 	CRIUKillInDump Point = "criu-kill-in-dump"
+	// HoldInRestore: in its first restore, the shim holds CRIU at its
+	// post-restore notification (the restored tree stopped, not yet running)
+	// until the restore request is cancelled, so a test can cut the network
+	// at that moment, every time.
+	HoldInRestore Point = "hold-in-restore"
 )
 
 // Daemon is the torpor daemon that honours a point.
@@ -56,6 +61,9 @@ var Catalog = []Info{
 	{CRIUKillInDump, Shim,
 		"CRIU is killed while it dumps a job-node",
 		"the checkpoint is aborted with CRIU's death named, its images deleted, every job-node unlocked and thawed: the job continues with the undisturbed result"},
+	{HoldInRestore, Shim,
+		"CRIU restored a job-node of that shim (its first restore) and waits to let it run, until the request is cancelled",
+		"with the shim cut off from the coordinator there, the restart fails saying nothing is left running, the shim destroys its half-restored job-node, the job stays suspended and restarts once the network heals"},
 }
 
 // Lookup returns a point's documentation.

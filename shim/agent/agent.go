@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/torpor-hpc/torpor/coordinator"
@@ -63,6 +64,8 @@ type Agent struct {
 
 	// criuStarted, if set (tests), learns each CRIU run's PID.
 	criuStarted func(op string, pid int)
+	// held says fault.HoldInRestore struck (it does once).
+	held atomic.Bool
 	// criuEvent, if set (tests), is told each of CRIU's notifications while
 	// CRIU waits for the answer.
 	criuEvent func(op string, ev criu.Event)
@@ -603,8 +606,10 @@ func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSp
 	if a.criuStarted != nil {
 		opts.Started = func(pid int) { a.criuStarted("restore", pid) }
 	}
-	if a.criuEvent != nil {
-		opts.Notify = func(ev criu.Event) error { a.criuEvent("restore", ev); return nil }
+	if a.criuEvent != nil || a.cfg.Faults.Has(fault.HoldInRestore) {
+		opts.Notify = func(ev criu.Event) error {
+			return a.restoreEvent(ctx, coordinator.NodeRef{Job: job, Node: spec.Name}, ev)
+		}
 	}
 	if _, err := n.sb.Restore(ctx, a.drv, opts); err != nil {
 		return err

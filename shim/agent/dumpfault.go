@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"os"
 	"sync"
@@ -105,6 +106,23 @@ func (w *dumpWatch) strike(p fault.Point) {
 	w.mu.Lock()
 	w.struck = p
 	w.mu.Unlock()
+}
+
+// restoreEvent is a restore's criu.Options.Notify: the tests' hook and
+// fault.HoldInRestore, which keeps CRIU waiting at post-restore until ctx
+// ends, in the shim's first restore only (the next one shows the job
+// restarting once the network healed).
+func (a *Agent) restoreEvent(ctx context.Context, ref coordinator.NodeRef, ev criu.Event) error {
+	if a.criuEvent != nil {
+		a.criuEvent("restore", ev)
+	}
+	if ev != criu.EventPostRestore || !a.cfg.Faults.Has(fault.HoldInRestore) || !a.held.CompareAndSwap(false, true) {
+		return nil
+	}
+	a.log.Error("FAULT INJECTION: "+string(fault.HoldInRestore)+": holding the restored tree until the restore request is cancelled",
+		"job", ref.Job, "node", ref.Node)
+	<-ctx.Done()
+	return context.Cause(ctx)
 }
 
 // finish logs loudly when a fault point was armed and the dump ended without

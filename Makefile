@@ -12,7 +12,7 @@ E2E_TIMEOUT ?= 6h
 # Packages whose tests run in `make test`.
 PKGS      ?= ./...
 
-.PHONY: help deps build workloads generate lint test e2e faults cycles bench demo clean
+.PHONY: help deps build workloads generate lint test e2e faults flaky cycles bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -48,6 +48,10 @@ e2e: deps build workloads ## the long end-to-end runs: every e2e test, CYCLES ra
 faults: deps build workloads ## the fault-injection harness alone, every scenario of docs/faults.md (root)
 	$(GO) test -count=1 -v -run 'TestDrainOutsideJobAborts|TestShimExitInDump|TestCRIUKillInDump|TestRestoreCancelled|TestAdopt' ./shim/agent/
 	$(GO) test -count=1 -timeout $(E2E_TIMEOUT) -v -run '^(TestFault|TestDaemonsEndToEnd$$)' ./e2e/
+
+# make flaky [N=10] [LOAD=1] [UNIT_ONLY=1]
+flaky: deps build workloads ## the fault-point tests and the fault harness N times (default 10): "N passed, M failed" (root)
+	@N=$(or $(N),10) LOAD=$(LOAD) UNIT_ONLY=$(UNIT_ONLY) bash scripts/flaky.sh
 
 cycles: ## CYCLES (default 200) random checkpoint/restart/migrate cycles alone (root)
 	$(MAKE) -s e2e RUN='^TestRandomCycles$$'

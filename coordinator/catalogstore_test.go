@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/torpor-hpc/torpor/coordinator/catalog"
 )
@@ -30,11 +29,7 @@ func newCatalogFixture(t *testing.T, hosts ...string) (*fixture, *catalog.Store)
 		f.agents[h] = newFakeAgent(h)
 		agents[h] = f.agents[h]
 	}
-	short := Deadlines{}
-	for p := range DefaultDeadlines {
-		short[p] = 500 * time.Millisecond
-	}
-	c, err := New(Options{StateDir: filepath.Join(dir, "state"), Store: CatalogStore{cs}, Agents: agents, Deadlines: short, Keep: 3})
+	c, err := New(Options{StateDir: filepath.Join(dir, "state"), Store: CatalogStore{cs}, Agents: agents, Deadlines: testDeadlines(), Keep: 3})
 	if err != nil {
 		t.Fatal(err)
 	}

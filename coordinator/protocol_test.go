@@ -24,11 +24,7 @@ func newFixture(t *testing.T, hosts ...string) *fixture {
 		f.agents[h] = newFakeAgent(h)
 		agents[h] = f.agents[h]
 	}
-	short := Deadlines{}
-	for p := range DefaultDeadlines {
-		short[p] = 200 * time.Millisecond
-	}
-	c, err := New(Options{StateDir: t.TempDir(), Store: f.store, Agents: agents, Deadlines: short})
+	c, err := New(Options{StateDir: t.TempDir(), Store: f.store, Agents: agents, Deadlines: testDeadlines()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,6 +40,39 @@ func newFixture(t *testing.T, hosts ...string) *fixture {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// testDeadline bounds every phase of a test's coordinator. The fakes answer
+// at once, so it only ends a test that went wrong; a loaded machine cannot
+// reach it.
+const testDeadline = 30 * time.Second
+
+// hangDeadline is the deadline of a phase a fake hangs in: the coordinator's
+// timeout is what the test is about, and the other job-nodes' fakes, done in
+// microseconds, answer long before it.
+const hangDeadline = 500 * time.Millisecond
+
+func testDeadlines() Deadlines {
+	d := Deadlines{}
+	for p := range DefaultDeadlines {
+		d[p] = testDeadline
+	}
+	return d
+}
+
+// hang makes host's fake block in phase until the phase's deadline, which
+// it shortens to hangDeadline.
+func (f *fixture) hang(host string, phase Phase) {
+	f.agents[host].hang[phase] = true
+	f.c.deadlines[phase] = hangDeadline
+}
+
+// heal clears the faults injected in phase on host and gives the phase its
+// test deadline back.
+func (f *fixture) heal(host string, phase Phase) {
+	delete(f.agents[host].fail, phase)
+	delete(f.agents[host].hang, phase)
+	f.c.deadlines[phase] = testDeadline
 }
 
 // assertRunning checks that the job is running and that every job-node
@@ -121,11 +150,10 @@ func TestCheckpointRollback(t *testing.T) {
 		for _, mode := range []string{"error", "timeout"} {
 			t.Run(fmt.Sprintf("%s/%s", phase, mode), func(t *testing.T) {
 				f := newFixture(t, "h0", "h1", "h2")
-				bad := f.agents["h1"]
 				if mode == "error" {
-					bad.fail[phase] = errors.New("injected " + string(phase) + " failure")
+					f.agents["h1"].fail[phase] = errors.New("injected " + string(phase) + " failure")
 				} else {
-					bad.hang[phase] = true
+					f.hang("h1", phase)
 				}
 				_, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{})
 				if err == nil {
@@ -139,8 +167,7 @@ func TestCheckpointRollback(t *testing.T) {
 					t.Errorf("error %v is not a deadline", err)
 				}
 				// The failing node is unlocked and thawed once the fault clears.
-				delete(bad.fail, phase)
-				delete(bad.hang, phase)
+				f.heal("h1", phase)
 				f.assertRunning(t)
 				f.assertNoPartial(t)
 				if hs, _ := f.store.List("job1"); len(hs) != 0 {
@@ -246,7 +273,7 @@ func TestRestartRollback(t *testing.T) {
 				if mode == "error" {
 					f.agents["h1"].fail[phase] = errors.New("injected")
 				} else {
-					f.agents["h1"].hang[phase] = true
+					f.hang("h1", phase)
 				}
 				if _, err := f.c.Restart(context.Background(), h, RestartOptions{}); err == nil {
 					t.Fatal("restart succeeded despite the fault")
@@ -260,8 +287,7 @@ func TestRestartRollback(t *testing.T) {
 						t.Errorf("%s holds %d half-restored job-nodes", a.host, n)
 					}
 				}
-				delete(f.agents["h1"].fail, phase)
-				delete(f.agents["h1"].hang, phase)
+				f.heal("h1", phase)
 				if _, err := f.c.Restart(context.Background(), h, RestartOptions{}); err != nil {
 					t.Fatalf("the checkpoint is not restartable after a failed restart: %v", err)
 				}
@@ -334,13 +360,12 @@ func TestMigrateRollback(t *testing.T) {
 				if mode == "error" {
 					f.agents[flt.host].fail[flt.phase] = errors.New("injected")
 				} else {
-					f.agents[flt.host].hang[flt.phase] = true
+					f.hang(flt.host, flt.phase)
 				}
 				if err := f.c.Migrate(context.Background(), "job1", "n1", "h3"); err == nil {
 					t.Fatal("migration succeeded despite the fault")
 				}
-				delete(f.agents[flt.host].fail, flt.phase)
-				delete(f.agents[flt.host].hang, flt.phase)
+				f.heal(flt.host, flt.phase)
 				f.assertRunning(t)
 				f.assertNoPartial(t)
 				j, _ := f.c.Job("job1")

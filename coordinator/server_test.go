@@ -80,7 +80,7 @@ func TestProtocolOverGRPC(t *testing.T) {
 			case "error":
 				f.agents["h2"].fail[PhaseDump] = errors.New("criu: Error (criu/sk-inet.c:1): boom")
 			case "timeout":
-				f.agents["h2"].hang[PhaseDrain] = true
+				f.hang("h2", PhaseDrain)
 			}
 			_, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{})
 			switch mode {
@@ -99,7 +99,7 @@ func TestProtocolOverGRPC(t *testing.T) {
 				if !isTimeout(err) {
 					t.Fatalf("err = %v, want a deadline", err)
 				}
-				delete(f.agents["h2"].hang, PhaseDrain)
+				f.heal("h2", PhaseDrain)
 			}
 			f.assertRunning(t)
 			f.assertNoPartial(t)

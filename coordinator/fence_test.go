@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -40,8 +41,8 @@ func TestFence(t *testing.T) {
 	// An incomplete fence waits, bounded by the caller's context.
 	short, cancel2 := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel2()
-	if _, err := f.c.Fence(short, FenceRequest{Job: "job1", Node: 0, Nodes: []int{0, 1}, Signature: "job1:*", Seq: 1}); err == nil {
-		t.Fatal("incomplete fence returned")
+	if _, err := f.c.Fence(short, FenceRequest{Job: "job1", Node: 0, Nodes: []int{0, 1}, Signature: "job1:*", Seq: 1}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("incomplete fence = %v, want it to wait until the caller's deadline", err)
 	}
 	if _, err := f.c.Fence(ctx, FenceRequest{Job: "job1", Node: 7, Nodes: []int{7}, Signature: "x", Seq: 0}); err == nil {
 		t.Fatal("fence from a job-node the job does not have was accepted")

@@ -37,6 +37,9 @@ type Options struct {
 	NodeBits int
 	// Faults injects failures at named points (fault-injection tests only).
 	Faults Faults
+	// LookupCreds finds the credentials of a job's owner; LookupCreds (the
+	// host's user and group database) when nil.
+	LookupCreds func(uid int) (*Creds, error)
 }
 
 // Faults are hooks called at named points of the protocol. A hook that
@@ -59,6 +62,7 @@ type Coordinator struct {
 	nodeNet   netip.Prefix
 	nodeBits  int
 	faults    Faults
+	lookup    func(uid int) (*Creds, error)
 
 	mu     sync.Mutex
 	agents map[string]Agent
@@ -83,6 +87,7 @@ func New(opts Options) (*Coordinator, error) {
 		nodeNet:   opts.NodeNet,
 		nodeBits:  opts.NodeBits,
 		faults:    opts.Faults,
+		lookup:    opts.LookupCreds,
 		agents:    map[string]Agent{},
 		jobs:      map[string]*Job{},
 		busy:      map[string]bool{},

@@ -10,7 +10,9 @@ package coordinator
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 )
 
@@ -25,7 +27,22 @@ type NodeSpec struct {
 	Argv     []string `json:"argv"`     // what the sandbox's init runs
 	Env      []string `json:"env,omitempty"`
 	Dir      string   `json:"dir,omitempty"` // working directory
+	// User is who every process of the job-node runs as: the job's owner.
+	// The coordinator sets it from JobSpec.Owner (see JobSpec.SetUsers); nil
+	// in a record written before jobs ran as their owners means root.
+	User *Creds `json:"user,omitempty"`
 }
+
+// Creds are the credentials a job's processes run with: its owner's uid,
+// primary gid and supplementary groups, with no capabilities.
+type Creds struct {
+	UID    int   `json:"uid"`
+	GID    int   `json:"gid"`
+	Groups []int `json:"groups,omitempty"`
+}
+
+// Root reports whether c is root's (a nil c is: see NodeSpec.User).
+func (c *Creds) Root() bool { return c == nil || c.UID == 0 }
 
 // JobSpec is everything needed to start a job, and to restart it from a
 // checkpoint on any set of hosts.
@@ -72,10 +89,72 @@ func (s *JobSpec) Validate() error {
 			return fmt.Errorf("%w: job %s gives address %s to two job-nodes", ErrInvalid, s.ID, n.IP)
 		case len(n.Argv) == 0:
 			return fmt.Errorf("%w: job-node %s of job %s has no command", ErrInvalid, n.Name, s.ID)
+		case !validName.MatchString(n.Host):
+			return fmt.Errorf("%w: job-node %s: host name %q: use letters, digits, '_', '.', '-' (at most 63)", ErrInvalid, n.Name, n.Host)
+		case n.Hostname != "" && !validName.MatchString(n.Hostname):
+			return fmt.Errorf("%w: job-node %s: hostname %q: use letters, digits, '_', '.', '-' (at most 63)", ErrInvalid, n.Name, n.Hostname)
+		case n.Dir != "" && !filepath.IsAbs(n.Dir):
+			return fmt.Errorf("%w: job-node %s: working directory %q is not absolute", ErrInvalid, n.Name, n.Dir)
+		}
+		if err := checkStrings(n.Name, "command", n.Argv, false); err != nil {
+			return err
+		}
+		if err := checkStrings(n.Name, "environment", n.Env, true); err != nil {
+			return err
+		}
+		if strings.IndexByte(n.Dir, 0) >= 0 {
+			return fmt.Errorf("%w: job-node %s: working directory holds a NUL byte", ErrInvalid, n.Name)
 		}
 		names[n.Name], ips[n.IP] = true, true
 	}
+	if len(s.Nodes) > MaxNodes {
+		return fmt.Errorf("%w: job %s has %d job-nodes, at most %d are allowed", ErrInvalid, s.ID, len(s.Nodes), MaxNodes)
+	}
 	return nil
+}
+
+// Limits on what one request may carry. A command line and an environment
+// reach execve(2): Linux refuses a single string over 128 KiB
+// (MAX_ARG_STRLEN) and, with the default 8 MiB stack, more than 2 MiB of
+// both together; the coordinator refuses them first, with a message.
+const (
+	MaxNodes     = 4096
+	MaxArgString = 128 << 10
+	MaxArgBytes  = 2 << 20
+	MaxArgs      = 1 << 16
+)
+
+// checkStrings checks one job-node's command or environment: a bounded
+// count and size, no NUL bytes, and NAME=value for the environment.
+func checkStrings(node, what string, ss []string, env bool) error {
+	if len(ss) > MaxArgs {
+		return fmt.Errorf("%w: job-node %s: the %s has %d strings, at most %d are allowed", ErrInvalid, node, what, len(ss), MaxArgs)
+	}
+	total := 0
+	for i, v := range ss {
+		total += len(v) + 1
+		switch {
+		case len(v) > MaxArgString:
+			return fmt.Errorf("%w: job-node %s: %s string %d is %d bytes, at most %d are allowed", ErrInvalid, node, what, i, len(v), MaxArgString)
+		case strings.IndexByte(v, 0) >= 0:
+			return fmt.Errorf("%w: job-node %s: %s string %d holds a NUL byte", ErrInvalid, node, what, i)
+		case env && (strings.IndexByte(v, '=') <= 0):
+			return fmt.Errorf("%w: job-node %s: environment string %q is not NAME=value", ErrInvalid, node, truncate(v, 40))
+		case !env && i == 0 && v == "":
+			return fmt.Errorf("%w: job-node %s: the program name is empty", ErrInvalid, node)
+		}
+	}
+	if total > MaxArgBytes {
+		return fmt.Errorf("%w: job-node %s: the %s is %d bytes, at most %d are allowed", ErrInvalid, node, what, total, MaxArgBytes)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 // validName is what job ids and job-node names may look like: they become

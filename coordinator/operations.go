@@ -23,6 +23,9 @@ func (c *Coordinator) Start(ctx context.Context, spec JobSpec) error {
 	if err := spec.Validate(); err != nil {
 		return err
 	}
+	if err := spec.SetUsers(c.lookup); err != nil {
+		return err
+	}
 	placeEnv(&spec)
 	// Shims started a moment ago may not have registered yet: wait a little.
 	for _, n := range spec.Nodes {
@@ -37,6 +40,11 @@ func (c *Coordinator) Start(ctx context.Context, spec JobSpec) error {
 		if old.State != StateFinished && old.State != StateFailed || c.busy[spec.ID] {
 			c.mu.Unlock()
 			return fmt.Errorf("%w: a job called %s exists already and is %s; choose another --name", ErrInvalid, spec.ID, old.State)
+		}
+		// Its checkpoints go with the name: only their owner may take it.
+		if old.Spec.Owner != spec.Owner {
+			c.mu.Unlock()
+			return fmt.Errorf("%w: the name %s belongs to another user's job; choose another --name", ErrPermission, spec.ID)
 		}
 	}
 	now := c.now()

@@ -19,7 +19,29 @@ type RemoteAgent struct {
 var _ Agent = RemoteAgent{}
 
 func pbNode(n NodeSpec) *apiv1.NodeSpec {
-	return &apiv1.NodeSpec{Name: n.Name, Host: n.Host, Ip: n.IP, Hostname: n.Hostname, Argv: n.Argv, Env: n.Env, Dir: n.Dir}
+	return &apiv1.NodeSpec{Name: n.Name, Host: n.Host, Ip: n.IP, Hostname: n.Hostname, Argv: n.Argv, Env: n.Env, Dir: n.Dir, User: pbCreds(n.User)}
+}
+
+func pbCreds(c *Creds) *apiv1.Creds {
+	if c == nil {
+		return nil
+	}
+	p := &apiv1.Creds{Uid: int64(c.UID), Gid: int64(c.GID)}
+	for _, g := range c.Groups {
+		p.Groups = append(p.Groups, int64(g))
+	}
+	return p
+}
+
+func credsFromPB(p *apiv1.Creds) *Creds {
+	if p == nil {
+		return nil
+	}
+	c := &Creds{UID: int(p.Uid), GID: int(p.Gid)}
+	for _, g := range p.Groups {
+		c.Groups = append(c.Groups, int(g))
+	}
+	return c
 }
 
 // NodeFromPB converts a wire job-node.
@@ -27,7 +49,7 @@ func NodeFromPB(n *apiv1.NodeSpec) NodeSpec {
 	if n == nil {
 		return NodeSpec{}
 	}
-	return NodeSpec{Name: n.Name, Host: n.Host, IP: n.Ip, Hostname: n.Hostname, Argv: n.Argv, Env: n.Env, Dir: n.Dir}
+	return NodeSpec{Name: n.Name, Host: n.Host, IP: n.Ip, Hostname: n.Hostname, Argv: n.Argv, Env: n.Env, Dir: n.Dir, User: credsFromPB(n.User)}
 }
 
 func pbRef(r NodeRef) *apiv1.NodeRef { return &apiv1.NodeRef{Job: r.Job, Node: r.Node} }

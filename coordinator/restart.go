@@ -39,6 +39,14 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 	}
 	spec := man.Spec
 	spec.Nodes = append([]NodeSpec(nil), man.Spec.Nodes...)
+	// The checkpoint runs as the owner it was taken for, with the groups the
+	// database gives that owner now.
+	if err := spec.SetUsers(c.lookup); err != nil {
+		return res, err
+	}
+	if j, err := c.Job(spec.ID); err == nil && j.Spec.Owner != spec.Owner {
+		return res, fmt.Errorf("%w: checkpoint %s belongs to uid %d, job %s to uid %d", ErrPermission, res.Checkpoint, spec.Owner, spec.ID, j.Spec.Owner)
+	}
 	for name, host := range opts.Hosts {
 		n, err := spec.Node(name)
 		if err != nil {

@@ -126,19 +126,23 @@ func (s *Server) Migrate(ctx context.Context, req *apiv1.MigrateRequest) (*apiv1
 	return &apiv1.Empty{}, ToRPC(s.C.Migrate(ctx, req.Job, req.Node, req.To))
 }
 
+// Jobs lists the caller's jobs (root: every job).
 func (s *Server) Jobs(ctx context.Context, _ *apiv1.Empty) (*apiv1.JobList, error) {
-	if _, err := callerUID(ctx); err != nil {
+	uid, err := callerUID(ctx)
+	if err != nil {
 		return nil, ToRPC(err)
 	}
 	out := &apiv1.JobList{}
 	for _, j := range s.C.Jobs() {
-		out.Jobs = append(out.Jobs, JobToPB(j))
+		if uid == 0 || j.Spec.Owner == uid {
+			out.Jobs = append(out.Jobs, JobToPB(j))
+		}
 	}
 	return out, nil
 }
 
 func (s *Server) GetJob(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error) {
-	if _, err := callerUID(ctx); err != nil {
+	if _, err := s.authorize(ctx, req.Job); err != nil {
 		return nil, ToRPC(err)
 	}
 	j, err := s.C.Job(req.Job)
@@ -150,7 +154,7 @@ func (s *Server) GetJob(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, err
 
 // Wait returns when the job is finished, failed or suspended.
 func (s *Server) Wait(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error) {
-	if _, err := callerUID(ctx); err != nil {
+	if _, err := s.authorize(ctx, req.Job); err != nil {
 		return nil, ToRPC(err)
 	}
 	iv := s.PollInterval
@@ -175,8 +179,14 @@ func (s *Server) Wait(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error
 }
 
 func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpointsRequest) (*apiv1.CheckpointList, error) {
-	if _, err := callerUID(ctx); err != nil {
+	uid, err := callerUID(ctx)
+	if err != nil {
 		return nil, ToRPC(err)
+	}
+	if req.Job != "" && uid != 0 {
+		if err := s.C.Authorize(req.Job, uid); err != nil {
+			return nil, ToRPC(err)
+		}
 	}
 	d, ok := s.C.store.(Describer)
 	if !ok {
@@ -188,6 +198,11 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 	}
 	out := &apiv1.CheckpointList{}
 	for _, in := range infos {
+		// A user sees the checkpoints of their own jobs; those of a job
+		// the coordinator no longer knows only root does.
+		if uid != 0 && s.C.Authorize(in.Job, uid) != nil {
+			continue
+		}
 		cp := &apiv1.Checkpoint{
 			Handle: in.Handle, Job: in.Job, Kind: in.Kind, CreatedUnix: in.Created.Unix(),
 			Bytes: in.Bytes, Nodes: int32(in.Nodes), Verified: "not checked", PhaseNanos: map[string]int64{},

@@ -29,14 +29,16 @@ const (
 )
 
 type NodeSpec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Host          string                 `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
-	Ip            string                 `protobuf:"bytes,3,opt,name=ip,proto3" json:"ip,omitempty"`
-	Hostname      string                 `protobuf:"bytes,4,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Argv          []string               `protobuf:"bytes,5,rep,name=argv,proto3" json:"argv,omitempty"`
-	Env           []string               `protobuf:"bytes,6,rep,name=env,proto3" json:"env,omitempty"`
-	Dir           string                 `protobuf:"bytes,7,opt,name=dir,proto3" json:"dir,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Host     string                 `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
+	Ip       string                 `protobuf:"bytes,3,opt,name=ip,proto3" json:"ip,omitempty"`
+	Hostname string                 `protobuf:"bytes,4,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Argv     []string               `protobuf:"bytes,5,rep,name=argv,proto3" json:"argv,omitempty"`
+	Env      []string               `protobuf:"bytes,6,rep,name=env,proto3" json:"env,omitempty"`
+	Dir      string                 `protobuf:"bytes,7,opt,name=dir,proto3" json:"dir,omitempty"`
+	// Who the job-node's processes run as; unset means root.
+	User          *Creds `protobuf:"bytes,8,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -120,6 +122,73 @@ func (x *NodeSpec) GetDir() string {
 	return ""
 }
 
+func (x *NodeSpec) GetUser() *Creds {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+type Creds struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uid           int64                  `protobuf:"varint,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           int64                  `protobuf:"varint,2,opt,name=gid,proto3" json:"gid,omitempty"`
+	Groups        []int64                `protobuf:"varint,3,rep,packed,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Creds) Reset() {
+	*x = Creds{}
+	mi := &file_torpor_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Creds) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Creds) ProtoMessage() {}
+
+func (x *Creds) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Creds.ProtoReflect.Descriptor instead.
+func (*Creds) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Creds) GetUid() int64 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *Creds) GetGid() int64 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *Creds) GetGroups() []int64 {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
 type NodeRef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -130,7 +199,7 @@ type NodeRef struct {
 
 func (x *NodeRef) Reset() {
 	*x = NodeRef{}
-	mi := &file_torpor_proto_msgTypes[1]
+	mi := &file_torpor_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -142,7 +211,7 @@ func (x *NodeRef) String() string {
 func (*NodeRef) ProtoMessage() {}
 
 func (x *NodeRef) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[1]
+	mi := &file_torpor_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -155,7 +224,7 @@ func (x *NodeRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRef.ProtoReflect.Descriptor instead.
 func (*NodeRef) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{1}
+	return file_torpor_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *NodeRef) GetJob() string {
@@ -182,7 +251,7 @@ type StartRequest struct {
 
 func (x *StartRequest) Reset() {
 	*x = StartRequest{}
-	mi := &file_torpor_proto_msgTypes[2]
+	mi := &file_torpor_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -194,7 +263,7 @@ func (x *StartRequest) String() string {
 func (*StartRequest) ProtoMessage() {}
 
 func (x *StartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[2]
+	mi := &file_torpor_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -207,7 +276,7 @@ func (x *StartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartRequest.ProtoReflect.Descriptor instead.
 func (*StartRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{2}
+	return file_torpor_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *StartRequest) GetJob() string {
@@ -234,7 +303,7 @@ type PrepareRequest struct {
 
 func (x *PrepareRequest) Reset() {
 	*x = PrepareRequest{}
-	mi := &file_torpor_proto_msgTypes[3]
+	mi := &file_torpor_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -246,7 +315,7 @@ func (x *PrepareRequest) String() string {
 func (*PrepareRequest) ProtoMessage() {}
 
 func (x *PrepareRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[3]
+	mi := &file_torpor_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -259,7 +328,7 @@ func (x *PrepareRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareRequest.ProtoReflect.Descriptor instead.
 func (*PrepareRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{3}
+	return file_torpor_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PrepareRequest) GetRef() *NodeRef {
@@ -286,7 +355,7 @@ type DrainReply struct {
 
 func (x *DrainReply) Reset() {
 	*x = DrainReply{}
-	mi := &file_torpor_proto_msgTypes[4]
+	mi := &file_torpor_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -298,7 +367,7 @@ func (x *DrainReply) String() string {
 func (*DrainReply) ProtoMessage() {}
 
 func (x *DrainReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[4]
+	mi := &file_torpor_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -311,7 +380,7 @@ func (x *DrainReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainReply.ProtoReflect.Descriptor instead.
 func (*DrainReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{4}
+	return file_torpor_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DrainReply) GetSockets() int32 {
@@ -340,7 +409,7 @@ type DumpRequest struct {
 
 func (x *DumpRequest) Reset() {
 	*x = DumpRequest{}
-	mi := &file_torpor_proto_msgTypes[5]
+	mi := &file_torpor_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +421,7 @@ func (x *DumpRequest) String() string {
 func (*DumpRequest) ProtoMessage() {}
 
 func (x *DumpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[5]
+	mi := &file_torpor_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +434,7 @@ func (x *DumpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpRequest.ProtoReflect.Descriptor instead.
 func (*DumpRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{5}
+	return file_torpor_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DumpRequest) GetRef() *NodeRef {
@@ -408,7 +477,7 @@ type DumpReply struct {
 
 func (x *DumpReply) Reset() {
 	*x = DumpReply{}
-	mi := &file_torpor_proto_msgTypes[6]
+	mi := &file_torpor_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -420,7 +489,7 @@ func (x *DumpReply) String() string {
 func (*DumpReply) ProtoMessage() {}
 
 func (x *DumpReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[6]
+	mi := &file_torpor_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -433,7 +502,7 @@ func (x *DumpReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpReply.ProtoReflect.Descriptor instead.
 func (*DumpReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{6}
+	return file_torpor_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DumpReply) GetBytes() int64 {
@@ -475,7 +544,7 @@ type RestoreRequest struct {
 
 func (x *RestoreRequest) Reset() {
 	*x = RestoreRequest{}
-	mi := &file_torpor_proto_msgTypes[7]
+	mi := &file_torpor_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -487,7 +556,7 @@ func (x *RestoreRequest) String() string {
 func (*RestoreRequest) ProtoMessage() {}
 
 func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[7]
+	mi := &file_torpor_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -500,7 +569,7 @@ func (x *RestoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreRequest.ProtoReflect.Descriptor instead.
 func (*RestoreRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{7}
+	return file_torpor_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RestoreRequest) GetJob() string {
@@ -536,7 +605,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_torpor_proto_msgTypes[8]
+	mi := &file_torpor_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +617,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[8]
+	mi := &file_torpor_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +630,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{8}
+	return file_torpor_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *NodeStatus) GetRunning() bool {
@@ -600,7 +669,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_torpor_proto_msgTypes[9]
+	mi := &file_torpor_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +681,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[9]
+	mi := &file_torpor_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +694,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{9}
+	return file_torpor_proto_rawDescGZIP(), []int{10}
 }
 
 type RegisterRequest struct {
@@ -638,7 +707,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_torpor_proto_msgTypes[10]
+	mi := &file_torpor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +719,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[10]
+	mi := &file_torpor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +732,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{10}
+	return file_torpor_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RegisterRequest) GetHost() string {
@@ -691,7 +760,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_torpor_proto_msgTypes[11]
+	mi := &file_torpor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +772,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[11]
+	mi := &file_torpor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +785,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{11}
+	return file_torpor_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *JobSpec) GetId() string {
@@ -749,7 +818,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_torpor_proto_msgTypes[12]
+	mi := &file_torpor_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +830,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[12]
+	mi := &file_torpor_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -774,7 +843,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{12}
+	return file_torpor_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RunRequest) GetSpec() *JobSpec {
@@ -793,7 +862,7 @@ type JobRef struct {
 
 func (x *JobRef) Reset() {
 	*x = JobRef{}
-	mi := &file_torpor_proto_msgTypes[13]
+	mi := &file_torpor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -805,7 +874,7 @@ func (x *JobRef) String() string {
 func (*JobRef) ProtoMessage() {}
 
 func (x *JobRef) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[13]
+	mi := &file_torpor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -818,7 +887,7 @@ func (x *JobRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRef.ProtoReflect.Descriptor instead.
 func (*JobRef) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{13}
+	return file_torpor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *JobRef) GetJob() string {
@@ -838,7 +907,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_torpor_proto_msgTypes[14]
+	mi := &file_torpor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -850,7 +919,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[14]
+	mi := &file_torpor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -863,7 +932,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{14}
+	return file_torpor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CheckpointRequest) GetJob() string {
@@ -889,7 +958,7 @@ type CheckpointReply struct {
 
 func (x *CheckpointReply) Reset() {
 	*x = CheckpointReply{}
-	mi := &file_torpor_proto_msgTypes[15]
+	mi := &file_torpor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -901,7 +970,7 @@ func (x *CheckpointReply) String() string {
 func (*CheckpointReply) ProtoMessage() {}
 
 func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[15]
+	mi := &file_torpor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -914,7 +983,7 @@ func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointReply.ProtoReflect.Descriptor instead.
 func (*CheckpointReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{15}
+	return file_torpor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CheckpointReply) GetHandle() string {
@@ -935,7 +1004,7 @@ type RestartRequest struct {
 
 func (x *RestartRequest) Reset() {
 	*x = RestartRequest{}
-	mi := &file_torpor_proto_msgTypes[16]
+	mi := &file_torpor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -947,7 +1016,7 @@ func (x *RestartRequest) String() string {
 func (*RestartRequest) ProtoMessage() {}
 
 func (x *RestartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[16]
+	mi := &file_torpor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -960,7 +1029,7 @@ func (x *RestartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
 func (*RestartRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{16}
+	return file_torpor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RestartRequest) GetRef() string {
@@ -995,7 +1064,7 @@ type RestartReply struct {
 
 func (x *RestartReply) Reset() {
 	*x = RestartReply{}
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1007,7 +1076,7 @@ func (x *RestartReply) String() string {
 func (*RestartReply) ProtoMessage() {}
 
 func (x *RestartReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1020,7 +1089,7 @@ func (x *RestartReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartReply.ProtoReflect.Descriptor instead.
 func (*RestartReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{17}
+	return file_torpor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RestartReply) GetJob() string {
@@ -1055,7 +1124,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1136,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1149,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{18}
+	return file_torpor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MigrateRequest) GetJob() string {
@@ -1119,7 +1188,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1200,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1213,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{19}
+	return file_torpor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -1205,7 +1274,7 @@ type JobList struct {
 
 func (x *JobList) Reset() {
 	*x = JobList{}
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1286,7 @@ func (x *JobList) String() string {
 func (*JobList) ProtoMessage() {}
 
 func (x *JobList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1299,7 @@ func (x *JobList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobList.ProtoReflect.Descriptor instead.
 func (*JobList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{20}
+	return file_torpor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *JobList) GetJobs() []*Job {
@@ -1250,7 +1319,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1262,7 +1331,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1275,7 +1344,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{21}
+	return file_torpor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListCheckpointsRequest) GetJob() string {
@@ -1308,7 +1377,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1320,7 +1389,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1333,7 +1402,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{22}
+	return file_torpor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Checkpoint) GetHandle() string {
@@ -1401,7 +1470,7 @@ type CheckpointList struct {
 
 func (x *CheckpointList) Reset() {
 	*x = CheckpointList{}
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1482,7 @@ func (x *CheckpointList) String() string {
 func (*CheckpointList) ProtoMessage() {}
 
 func (x *CheckpointList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1495,7 @@ func (x *CheckpointList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointList.ProtoReflect.Descriptor instead.
 func (*CheckpointList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{23}
+	return file_torpor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CheckpointList) GetCheckpoints() []*Checkpoint {
@@ -1453,7 +1522,7 @@ type FenceRequest struct {
 
 func (x *FenceRequest) Reset() {
 	*x = FenceRequest{}
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1534,7 @@ func (x *FenceRequest) String() string {
 func (*FenceRequest) ProtoMessage() {}
 
 func (x *FenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1547,7 @@ func (x *FenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRequest.ProtoReflect.Descriptor instead.
 func (*FenceRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{24}
+	return file_torpor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *FenceRequest) GetJob() string {
@@ -1532,7 +1601,7 @@ type FenceReply struct {
 
 func (x *FenceReply) Reset() {
 	*x = FenceReply{}
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1544,7 +1613,7 @@ func (x *FenceReply) String() string {
 func (*FenceReply) ProtoMessage() {}
 
 func (x *FenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1557,7 +1626,7 @@ func (x *FenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceReply.ProtoReflect.Descriptor instead.
 func (*FenceReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{25}
+	return file_torpor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *FenceReply) GetData() []byte {
@@ -1576,7 +1645,7 @@ type WaitReply struct {
 
 func (x *WaitReply) Reset() {
 	*x = WaitReply{}
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1588,7 +1657,7 @@ func (x *WaitReply) String() string {
 func (*WaitReply) ProtoMessage() {}
 
 func (x *WaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1601,7 +1670,7 @@ func (x *WaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitReply.ProtoReflect.Descriptor instead.
 func (*WaitReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{26}
+	return file_torpor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WaitReply) GetJob() *Job {
@@ -1615,7 +1684,7 @@ var File_torpor_proto protoreflect.FileDescriptor
 
 const file_torpor_proto_rawDesc = "" +
 	"\n" +
-	"\ftorpor.proto\x12\ttorpor.v1\"\x96\x01\n" +
+	"\ftorpor.proto\x12\ttorpor.v1\"\xbc\x01\n" +
 	"\bNodeSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x0e\n" +
@@ -1623,7 +1692,12 @@ const file_torpor_proto_rawDesc = "" +
 	"\bhostname\x18\x04 \x01(\tR\bhostname\x12\x12\n" +
 	"\x04argv\x18\x05 \x03(\tR\x04argv\x12\x10\n" +
 	"\x03env\x18\x06 \x03(\tR\x03env\x12\x10\n" +
-	"\x03dir\x18\a \x01(\tR\x03dir\"/\n" +
+	"\x03dir\x18\a \x01(\tR\x03dir\x12$\n" +
+	"\x04user\x18\b \x01(\v2\x10.torpor.v1.CredsR\x04user\"C\n" +
+	"\x05Creds\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\x03R\x03uid\x12\x10\n" +
+	"\x03gid\x18\x02 \x01(\x03R\x03gid\x12\x16\n" +
+	"\x06groups\x18\x03 \x03(\x03R\x06groups\"/\n" +
 	"\aNodeRef\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\"I\n" +
@@ -1777,100 +1851,102 @@ func file_torpor_proto_rawDescGZIP() []byte {
 	return file_torpor_proto_rawDescData
 }
 
-var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_torpor_proto_goTypes = []any{
 	(*NodeSpec)(nil),               // 0: torpor.v1.NodeSpec
-	(*NodeRef)(nil),                // 1: torpor.v1.NodeRef
-	(*StartRequest)(nil),           // 2: torpor.v1.StartRequest
-	(*PrepareRequest)(nil),         // 3: torpor.v1.PrepareRequest
-	(*DrainReply)(nil),             // 4: torpor.v1.DrainReply
-	(*DumpRequest)(nil),            // 5: torpor.v1.DumpRequest
-	(*DumpReply)(nil),              // 6: torpor.v1.DumpReply
-	(*RestoreRequest)(nil),         // 7: torpor.v1.RestoreRequest
-	(*NodeStatus)(nil),             // 8: torpor.v1.NodeStatus
-	(*Empty)(nil),                  // 9: torpor.v1.Empty
-	(*RegisterRequest)(nil),        // 10: torpor.v1.RegisterRequest
-	(*JobSpec)(nil),                // 11: torpor.v1.JobSpec
-	(*RunRequest)(nil),             // 12: torpor.v1.RunRequest
-	(*JobRef)(nil),                 // 13: torpor.v1.JobRef
-	(*CheckpointRequest)(nil),      // 14: torpor.v1.CheckpointRequest
-	(*CheckpointReply)(nil),        // 15: torpor.v1.CheckpointReply
-	(*RestartRequest)(nil),         // 16: torpor.v1.RestartRequest
-	(*RestartReply)(nil),           // 17: torpor.v1.RestartReply
-	(*MigrateRequest)(nil),         // 18: torpor.v1.MigrateRequest
-	(*Job)(nil),                    // 19: torpor.v1.Job
-	(*JobList)(nil),                // 20: torpor.v1.JobList
-	(*ListCheckpointsRequest)(nil), // 21: torpor.v1.ListCheckpointsRequest
-	(*Checkpoint)(nil),             // 22: torpor.v1.Checkpoint
-	(*CheckpointList)(nil),         // 23: torpor.v1.CheckpointList
-	(*FenceRequest)(nil),           // 24: torpor.v1.FenceRequest
-	(*FenceReply)(nil),             // 25: torpor.v1.FenceReply
-	(*WaitReply)(nil),              // 26: torpor.v1.WaitReply
-	nil,                            // 27: torpor.v1.RestartRequest.HostsEntry
-	nil,                            // 28: torpor.v1.Checkpoint.PhaseNanosEntry
+	(*Creds)(nil),                  // 1: torpor.v1.Creds
+	(*NodeRef)(nil),                // 2: torpor.v1.NodeRef
+	(*StartRequest)(nil),           // 3: torpor.v1.StartRequest
+	(*PrepareRequest)(nil),         // 4: torpor.v1.PrepareRequest
+	(*DrainReply)(nil),             // 5: torpor.v1.DrainReply
+	(*DumpRequest)(nil),            // 6: torpor.v1.DumpRequest
+	(*DumpReply)(nil),              // 7: torpor.v1.DumpReply
+	(*RestoreRequest)(nil),         // 8: torpor.v1.RestoreRequest
+	(*NodeStatus)(nil),             // 9: torpor.v1.NodeStatus
+	(*Empty)(nil),                  // 10: torpor.v1.Empty
+	(*RegisterRequest)(nil),        // 11: torpor.v1.RegisterRequest
+	(*JobSpec)(nil),                // 12: torpor.v1.JobSpec
+	(*RunRequest)(nil),             // 13: torpor.v1.RunRequest
+	(*JobRef)(nil),                 // 14: torpor.v1.JobRef
+	(*CheckpointRequest)(nil),      // 15: torpor.v1.CheckpointRequest
+	(*CheckpointReply)(nil),        // 16: torpor.v1.CheckpointReply
+	(*RestartRequest)(nil),         // 17: torpor.v1.RestartRequest
+	(*RestartReply)(nil),           // 18: torpor.v1.RestartReply
+	(*MigrateRequest)(nil),         // 19: torpor.v1.MigrateRequest
+	(*Job)(nil),                    // 20: torpor.v1.Job
+	(*JobList)(nil),                // 21: torpor.v1.JobList
+	(*ListCheckpointsRequest)(nil), // 22: torpor.v1.ListCheckpointsRequest
+	(*Checkpoint)(nil),             // 23: torpor.v1.Checkpoint
+	(*CheckpointList)(nil),         // 24: torpor.v1.CheckpointList
+	(*FenceRequest)(nil),           // 25: torpor.v1.FenceRequest
+	(*FenceReply)(nil),             // 26: torpor.v1.FenceReply
+	(*WaitReply)(nil),              // 27: torpor.v1.WaitReply
+	nil,                            // 28: torpor.v1.RestartRequest.HostsEntry
+	nil,                            // 29: torpor.v1.Checkpoint.PhaseNanosEntry
 }
 var file_torpor_proto_depIdxs = []int32{
-	0,  // 0: torpor.v1.StartRequest.node:type_name -> torpor.v1.NodeSpec
-	1,  // 1: torpor.v1.PrepareRequest.ref:type_name -> torpor.v1.NodeRef
-	1,  // 2: torpor.v1.DumpRequest.ref:type_name -> torpor.v1.NodeRef
-	0,  // 3: torpor.v1.RestoreRequest.node:type_name -> torpor.v1.NodeSpec
-	0,  // 4: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
-	11, // 5: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
-	27, // 6: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
-	11, // 7: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
-	19, // 8: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
-	28, // 9: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
-	22, // 10: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
-	19, // 11: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
-	2,  // 12: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
-	3,  // 13: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
-	1,  // 14: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
-	1,  // 15: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
-	1,  // 16: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
-	5,  // 17: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
-	1,  // 18: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
-	1,  // 19: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
-	7,  // 20: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
-	1,  // 21: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
-	1,  // 22: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
-	10, // 23: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
-	12, // 24: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
-	14, // 25: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
-	16, // 26: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
-	18, // 27: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
-	9,  // 28: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
-	13, // 29: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
-	13, // 30: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
-	21, // 31: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
-	24, // 32: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
-	13, // 33: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
-	9,  // 34: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	9,  // 35: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	9,  // 36: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	4,  // 37: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	9,  // 38: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	6,  // 39: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	9,  // 40: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	9,  // 41: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	9,  // 42: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	9,  // 43: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	8,  // 44: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	9,  // 45: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	19, // 46: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	15, // 47: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	17, // 48: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	9,  // 49: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.Empty
-	20, // 50: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	19, // 51: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	19, // 52: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	23, // 53: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	25, // 54: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
-	19, // 55: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
-	34, // [34:56] is the sub-list for method output_type
-	12, // [12:34] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	1,  // 0: torpor.v1.NodeSpec.user:type_name -> torpor.v1.Creds
+	0,  // 1: torpor.v1.StartRequest.node:type_name -> torpor.v1.NodeSpec
+	2,  // 2: torpor.v1.PrepareRequest.ref:type_name -> torpor.v1.NodeRef
+	2,  // 3: torpor.v1.DumpRequest.ref:type_name -> torpor.v1.NodeRef
+	0,  // 4: torpor.v1.RestoreRequest.node:type_name -> torpor.v1.NodeSpec
+	0,  // 5: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
+	12, // 6: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
+	28, // 7: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
+	12, // 8: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
+	20, // 9: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
+	29, // 10: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
+	23, // 11: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
+	20, // 12: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
+	3,  // 13: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
+	4,  // 14: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
+	2,  // 15: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
+	2,  // 16: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
+	2,  // 17: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
+	6,  // 18: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
+	2,  // 19: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
+	2,  // 20: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
+	8,  // 21: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
+	2,  // 22: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
+	2,  // 23: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
+	11, // 24: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
+	13, // 25: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
+	15, // 26: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
+	17, // 27: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
+	19, // 28: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
+	10, // 29: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
+	14, // 30: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
+	14, // 31: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
+	22, // 32: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
+	25, // 33: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
+	14, // 34: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
+	10, // 35: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	10, // 36: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	10, // 37: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	5,  // 38: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	10, // 39: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	7,  // 40: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	10, // 41: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	10, // 42: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	10, // 43: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	10, // 44: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	9,  // 45: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	10, // 46: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	20, // 47: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	16, // 48: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	18, // 49: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	10, // 50: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.Empty
+	21, // 51: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	20, // 52: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	20, // 53: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	24, // 54: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	26, // 55: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	20, // 56: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
+	35, // [35:57] is the sub-list for method output_type
+	13, // [13:35] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_torpor_proto_init() }
@@ -1884,7 +1960,7 @@ func file_torpor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_torpor_proto_rawDesc), len(file_torpor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

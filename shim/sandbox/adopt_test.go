@@ -49,8 +49,8 @@ func startTicker(t *testing.T, s *Sandbox, dir string) (out, exitFile, stop stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(exitFile); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("stale exit file not removed by Start: %v", err)
+	if st, err := os.Stat(exitFile); err != nil || st.Size() != 0 {
+		t.Fatalf("stale exit file not replaced by an empty one by Start: %v", err)
 	}
 	return out, exitFile, stop
 }

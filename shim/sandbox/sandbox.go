@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -23,6 +24,7 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
@@ -83,8 +85,48 @@ type Process struct {
 	// line) just before it exits, so that a shim which adopted the job-node
 	// (see Adopt) can report it. Like Output, it must be at the same path on
 	// every host: a restored init writes it where the started one would.
-	// Start removes a stale one.
+	// Start replaces a stale one with an empty file owned by User.
 	ExitFile string
+	// User is who the tree runs as (nil: root, as the shim).
+	User *User
+}
+
+// User is who a sandbox's tree runs as: a uid, a primary gid and
+// supplementary groups, without capabilities and with no_new_privs.
+type User struct {
+	UID    int   `json:"uid"`
+	GID    int   `json:"gid"`
+	Groups []int `json:"groups,omitempty"`
+}
+
+// Root reports whether u is root (nil is).
+func (u *User) Root() bool { return u == nil || u.UID == 0 }
+
+// ids are u's uid and gid, 0 and 0 for root.
+func (u *User) ids() (int, int) {
+	if u == nil {
+		return 0, 0
+	}
+	return u.UID, u.GID
+}
+
+// CreateOwned creates path anew (removing what was there, without following
+// a symbolic link) as an empty regular file owned by u, mode perm. Its
+// directory must be one that only root may change.
+func CreateOwned(path string, u *User, perm os.FileMode) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, perm)
+	if err != nil {
+		return err
+	}
+	uid, gid := u.ids()
+	if err := f.Chown(uid, gid); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // Sandbox is one job-node's sandbox.
@@ -312,13 +354,13 @@ func (s *Sandbox) Start(ctx context.Context, p Process) error {
 	if len(p.Argv) == 0 {
 		return fmt.Errorf("start sandbox %s: empty command", s.cfg.Name)
 	}
-	cfg, err := json.Marshal(initConfig{Hostname: s.cfg.Hostname, Argv: p.Argv, Env: p.Env, Dir: p.Dir, Output: p.Output, ExitFile: p.ExitFile})
+	cfg, err := json.Marshal(initConfig{Hostname: s.cfg.Hostname, Argv: p.Argv, Env: p.Env, Dir: p.Dir, Output: p.Output, ExitFile: p.ExitFile, User: p.User})
 	if err != nil {
 		return fmt.Errorf("start sandbox %s: %w", s.cfg.Name, err)
 	}
 	if p.ExitFile != "" {
-		if err := os.Remove(p.ExitFile); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("start sandbox %s: remove stale exit status: %w", s.cfg.Name, err)
+		if err := CreateOwned(p.ExitFile, p.User, 0o600); err != nil {
+			return fmt.Errorf("start sandbox %s: create exit status file: %w", s.cfg.Name, err)
 		}
 	}
 	cgf, err := s.cg.Open()
@@ -335,12 +377,20 @@ func (s *Sandbox) Start(ctx context.Context, p Process) error {
 		return fmt.Errorf("start sandbox %s: open init output: %w", s.cfg.Name, err)
 	}
 	defer outf.Close()
+	report, reportW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("start sandbox %s: %w", s.cfg.Name, err)
+	}
+	defer report.Close()
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Args = []string{"torpor-init"}
 	cmd.Env = append(os.Environ(), initEnv+"="+string(cfg))
 	cmd.Stdout, cmd.Stderr = outf, outf
+	cmd.ExtraFiles = []*os.File{reportW} // initReportFD
 	cmd.SysProcAttr = initSysProcAttr(int(cgf.Fd()))
-	if err := nsrun.InNetNS(s.sb.NS(), cmd.Start); err != nil {
+	err = nsrun.InNetNS(s.sb.NS(), cmd.Start)
+	reportW.Close()
+	if err != nil {
 		return fmt.Errorf("start sandbox %s: start init: %w", s.cfg.Name, err)
 	}
 	t := &tree{pid: cmd.Process.Pid, done: make(chan struct{})}
@@ -348,7 +398,20 @@ func (s *Sandbox) Start(ctx context.Context, p Process) error {
 	s.tree, s.state, s.exitErr = t, Running, nil
 	s.mu.Unlock()
 	s.watch(t, cmd.Wait)
-	s.log.Info("sandbox started", "pid", t.pid, "argv", p.Argv)
+	// The init closes its end once the command runs, or says why not.
+	msg, err := io.ReadAll(io.LimitReader(report, 4096))
+	if err != nil {
+		return fmt.Errorf("start sandbox %s: read the init's report: %w", s.cfg.Name, err)
+	}
+	if string(msg) != initOK {
+		if len(msg) == 0 {
+			msg = []byte("the init ended before it started the command")
+		}
+		<-t.done
+		return fmt.Errorf("start sandbox %s: %s", s.cfg.Name, msg)
+	}
+	uid, _ := p.User.ids()
+	s.log.Info("sandbox started", "pid", t.pid, "uid", uid, "argv", p.Argv)
 	return nil
 }
 

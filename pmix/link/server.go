@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/torpor-hpc/torpor/pmix/hostmsg"
 )
 
@@ -50,6 +52,7 @@ type Server struct {
 	mu           sync.Mutex
 	path         string
 	ln           net.Listener // nil while not listening (after Prepare, before Resume)
+	owner        *[2]int      // uid and gid the socket belongs to; nil: root's
 	cur          *sconn       // the live connection (after hello)
 	restoredFrom string
 	changed      chan struct{} // closed and replaced when cur changes
@@ -74,6 +77,15 @@ func NewServer(fw Forwarder, log *slog.Logger) *Server {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	return &Server{fw: fw, log: log, changed: make(chan struct{}), waits: map[uint64]chan message{}}
+}
+
+// SetOwner makes the link socket belong to uid and gid (mode 0600) from the
+// next listen on, and refuses connections from anybody but that uid and
+// root: the job-node's pmixd runs as its job's owner. Call it before Listen.
+func (s *Server) SetOwner(uid, gid int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.owner = &[2]int{uid, gid}
 }
 
 // Listen listens on the unix socket path, creating its directory and
@@ -112,6 +124,18 @@ func (s *Server) listenLocked() error {
 	ln, err := net.Listen("unix", s.path)
 	if err != nil {
 		return fmt.Errorf("listen on link socket: %w", err)
+	}
+	if s.owner != nil {
+		// The directory is root's: nobody else can swap the socket between
+		// its creation and these.
+		err := os.Lchown(s.path, s.owner[0], s.owner[1])
+		if err == nil {
+			err = os.Chmod(s.path, 0o600)
+		}
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("give the link socket to uid %d: %w", s.owner[0], err)
+		}
 	}
 	s.ln = ln
 	s.wg.Add(1)
@@ -169,6 +193,33 @@ func (s *Server) Close() error {
 	return nil
 }
 
+// checkPeer refuses a peer that is neither the owner nor root (SO_PEERCRED).
+func (s *Server) checkPeer(c net.Conn) error {
+	s.mu.Lock()
+	owner := s.owner
+	s.mu.Unlock()
+	uc, ok := c.(*net.UnixConn)
+	if !ok || owner == nil {
+		return nil
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return cerr
+	}
+	if int(cred.Uid) != owner[0] && cred.Uid != 0 {
+		return fmt.Errorf("peer uid %d is not the job's owner %d", cred.Uid, owner[0])
+	}
+	return nil
+}
+
 func (s *Server) accept(ln net.Listener) {
 	defer s.wg.Done()
 	for {
@@ -186,6 +237,10 @@ func (s *Server) accept(ln net.Listener) {
 
 func (s *Server) serve(c net.Conn) {
 	defer c.Close()
+	if err := s.checkPeer(c); err != nil {
+		s.log.Warn("link: refused a connection", "err", err)
+		return
+	}
 	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	m, err := readFrame(c)
 	if err != nil || m.Type != typeHello || m.Hello == nil {

@@ -16,7 +16,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/coordinator/catalog"
@@ -147,6 +150,40 @@ func (a *Agent) exitPath(job, n string) string {
 	return a.OutputPath(job, n) + ".exit"
 }
 
+// userOf is who a job-node's processes run as.
+func userOf(spec coordinator.NodeSpec) *sandbox.User {
+	if spec.User.Root() {
+		return nil
+	}
+	return &sandbox.User{UID: spec.User.UID, GID: spec.User.GID, Groups: spec.User.Groups}
+}
+
+// jobDir creates the job's run directory, root's and readable by all: the
+// job's owner uses the files the shim makes in it for them, and can neither
+// add nor replace any.
+func (a *Agent) jobDir(job string) error {
+	dir := filepath.Join(a.cfg.RunDir, "jobs", job)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		st, err := os.Lstat(d)
+		if err != nil {
+			return err
+		}
+		uid := -1
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+			uid = int(sys.Uid)
+		}
+		if uid != 0 || !st.IsDir() || st.Mode().Perm()&0o022 != 0 {
+			return fmt.Errorf("run directory %s must be a directory that only root may write (it is %v, uid %d): fix it or choose another run directory", d, st.Mode(), uid)
+		}
+		if d == a.cfg.RunDir || d == "/" {
+			return nil
+		}
+	}
+}
+
 // create makes the sandbox and attaches (unlocked) the network lock to the
 // host end of its veth, where the programs stay outside the CRIU images.
 func (a *Agent) create(ctx context.Context, job string, spec coordinator.NodeSpec) (*node, error) {
@@ -244,13 +281,13 @@ func (a *Agent) Start(ctx context.Context, job string, spec coordinator.NodeSpec
 		return err
 	}
 	out := a.OutputPath(job, spec.Name)
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+	if err := a.jobDir(job); err != nil {
 		a.destroy(ctx, n)
 		return err
 	}
-	if err := os.WriteFile(out, nil, 0o644); err != nil {
+	if err := sandbox.CreateOwned(out, userOf(spec), 0o600); err != nil {
 		a.destroy(ctx, n)
-		return err
+		return fmt.Errorf("create the output file of %s/%s: %w", job, spec.Name, err)
 	}
 	argv := spec.Argv
 	js, err := pmixdSpec(spec)
@@ -264,7 +301,7 @@ func (a *Agent) Start(ctx context.Context, job string, spec coordinator.NodeSpec
 			return err
 		}
 	}
-	if err := n.sb.Start(ctx, sandbox.Process{Argv: argv, Env: spec.Env, Dir: spec.Dir, Output: out, ExitFile: n.exitFile}); err != nil {
+	if err := n.sb.Start(ctx, sandbox.Process{Argv: argv, Env: spec.Env, Dir: spec.Dir, Output: out, ExitFile: n.exitFile, User: userOf(spec)}); err != nil {
 		a.destroy(ctx, n)
 		return err
 	}
@@ -518,7 +555,7 @@ func saveOutput(path, dir string) error {
 }
 
 // restoreOutput puts the output file back as it was at dump time.
-func restoreOutput(dir string) error {
+func restoreOutput(dir, path string, u *sandbox.User) error {
 	data, err := os.ReadFile(filepath.Join(dir, outputMetaName))
 	if err != nil {
 		return fmt.Errorf("read output record of the checkpoint: %w", err)
@@ -527,16 +564,21 @@ func restoreOutput(dir string) error {
 	if err := json.Unmarshal(data, &m); err != nil {
 		return fmt.Errorf("parse output record of the checkpoint: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(m.Path), 0o755); err != nil {
-		return err
+	if m.Path != path {
+		return fmt.Errorf("the checkpoint's output record names %s, not this job-node's output %s: refusing to write there", m.Path, path)
 	}
 	src, err := os.Open(filepath.Join(dir, outputCopyName))
 	if err != nil {
 		return err
 	}
 	defer src.Close()
+	// In the job's run directory, which only root may change: the owner
+	// can plant nothing at tmp.
 	tmp := m.Path + ".restore"
-	dst, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err := sandbox.CreateOwned(tmp, u, 0o600); err != nil {
+		return err
+	}
+	dst, err := os.OpenFile(tmp, os.O_WRONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return err
 	}
@@ -580,15 +622,19 @@ func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSp
 	if _, err := n.lock.Lock(); err != nil {
 		return err
 	}
-	if err := restoreOutput(dir); err != nil {
+	if err := a.jobDir(job); err != nil {
 		return err
 	}
-	if err := os.Remove(n.exitFile); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("restore %s/%s: remove stale exit status: %w", job, spec.Name, err)
+	if err := restoreOutput(dir, a.OutputPath(job, spec.Name), userOf(spec)); err != nil {
+		return err
+	}
+	// The restored init writes its status at exit, in place (as at start).
+	if err := sandbox.CreateOwned(n.exitFile, userOf(spec), 0o600); err != nil {
+		return fmt.Errorf("restore %s/%s: create exit status file: %w", job, spec.Name, err)
 	}
 	if js, err := pmixdSpec(spec); err != nil || js != nil {
 		if err == nil {
-			err = restoreFiles(dir, a.sharedDirs(job, spec.Name))
+			err = restoreFiles(dir, a.sharedDirs(job, spec.Name), userOf(spec))
 		}
 		if err == nil {
 			err = a.listenLink(n)

@@ -54,7 +54,7 @@ func (a *Agent) preparePMIxd(n *node, js *pmix.JobSpec) ([]string, error) {
 	}
 	js.Link = a.linkPath(n.job, n.spec.Name)
 	js.TmpDir = filepath.Join(a.cfg.RunDir, "jobs", n.job, n.spec.Name+".pmix")
-	if err := os.MkdirAll(js.TmpDir, 0o755); err != nil {
+	if err := ownedDir(js.TmpDir, userOf(n.spec)); err != nil {
 		return nil, err
 	}
 	// Open MPI's shared-memory segments go to a directory of this job-node's
@@ -63,7 +63,7 @@ func (a *Agent) preparePMIxd(n *node, js *pmix.JobSpec) ([]string, error) {
 	// job-nodes' (unlinked, hence CRIU "ghost") segments can have the same name
 	// and collide when they are restored side by side on one machine.
 	shm := filepath.Join(a.cfg.RunDir, "jobs", n.job, n.spec.Name+".shm")
-	if err := os.MkdirAll(shm, 0o755); err != nil {
+	if err := ownedDir(shm, userOf(n.spec)); err != nil {
 		return nil, err
 	}
 	js.ExtraEnv = append([]string{
@@ -90,6 +90,9 @@ func (a *Agent) preparePMIxd(n *node, js *pmix.JobSpec) ([]string, error) {
 func (a *Agent) listenLink(n *node) error {
 	n.linkPath = a.linkPath(n.job, n.spec.Name)
 	n.link = link.NewServer(forwarder{a: a, job: n.job}, a.log.With("job", n.job, "node", n.spec.Name))
+	if u := userOf(n.spec); !u.Root() {
+		n.link.SetOwner(u.UID, u.GID)
+	}
 	if err := n.link.Listen(n.linkPath); err != nil {
 		n.link.Close()
 		n.link = nil

@@ -236,22 +236,30 @@ func TestDrainOutsideJobAborts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for readStatus(filepath.Join(e.dir, "peer.recv")) < 1<<20 {
-		if time.Now().After(deadline) {
-			t.Fatal("stream to the outside peer never flowed")
+	peerRecv := filepath.Join(e.dir, "peer.recv")
+	waitStatus(t, peerRecv, 1<<20, "stream to the outside peer")
+	// Black-hole the peer: its packets are dropped from now on. The sender
+	// must hold bytes towards it that stay un-acknowledged, or there is
+	// nothing to refuse. If the lock fell while the peer's receive window was
+	// closed (the peer reads no faster than the sender writes), no window
+	// update reaches the sender and it never sends again: open the black hole
+	// until the stream flows, and close it again.
+	peerRef, senderRef := coordinator.NodeRef{Job: "peer", Node: "n0"}, coordinator.NodeRef{Job: "sender", Node: "n0"}
+	for attempt := 1; ; attempt++ {
+		if err := e.agents["h2"].Lock(ctx, peerRef); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(50 * time.Millisecond)
+		if e.awaitUnacked(senderRef, e.agents["h1"], peerIP+":7000") {
+			break
+		}
+		if attempt == 10 {
+			t.Fatalf("the sender's window to the peer was closed at each of %d locks", attempt)
+		}
+		if err := e.agents["h2"].Unlock(ctx, peerRef); err != nil {
+			t.Fatal(err)
+		}
+		waitStatus(t, peerRecv, readStatus(peerRecv)+64<<10, "stream after the black hole opened again")
 	}
-	// Black-hole the peer: its packets are dropped from now on.
-	if err := e.agents["h2"].Lock(ctx, coordinator.NodeRef{Job: "peer", Node: "n0"}); err != nil {
-		t.Fatal(err)
-	}
-	// The sender must have written after the lock: on a busy machine it can
-	// go unscheduled from the lock to the freeze with everything acknowledged,
-	// and then there is nothing to refuse. Wait until its socket to the peer
-	// holds bytes that stay un-acknowledged.
-	e.awaitUnacked(coordinator.NodeRef{Job: "sender", Node: "n0"}, e.agents["h1"], peerIP+":7000")
 	_, err := e.c.Checkpoint(ctx, "sender", coordinator.CheckpointOptions{})
 	if err == nil || !strings.Contains(err.Error(), "drain") || !strings.Contains(err.Error(), peerIP+":7000") {
 		t.Fatalf("checkpoint with a black-holed outside peer: %v", err)
@@ -260,21 +268,31 @@ func TestDrainOutsideJobAborts(t *testing.T) {
 	if j, _ := e.c.Job("sender"); j.State != coordinator.StateRunning {
 		t.Fatalf("sender job is %s after the aborted checkpoint", j.State)
 	}
-	if err := e.agents["h2"].Unlock(ctx, coordinator.NodeRef{Job: "peer", Node: "n0"}); err != nil {
+	if err := e.agents["h2"].Unlock(ctx, peerRef); err != nil {
 		t.Fatal(err)
 	}
-	before := readStatus(filepath.Join(e.dir, "peer.recv"))
-	for readStatus(filepath.Join(e.dir, "peer.recv")) <= before+1<<20 {
-		if time.Now().After(deadline.Add(20 * time.Second)) {
-			t.Fatal("stream did not resume after the abort")
+	// The sender retransmits at its next back-off, up to about as long again
+	// as the peer was black-holed: waitStatus's clock starts at the unlock.
+	waitStatus(t, peerRecv, readStatus(peerRecv)+1<<20, "stream after the abort")
+}
+
+// waitStatus waits until a tcpstream status file counts more than n bytes.
+func waitStatus(t *testing.T, path string, n uint64, what string) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for readStatus(path) <= n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: stuck at %d bytes, want more than %d", what, readStatus(path), n)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
 // awaitUnacked waits until the job-node's socket to remote has had
-// un-acknowledged bytes for a whole drain attempt.
-func (e *e2e) awaitUnacked(ref coordinator.NodeRef, a *Agent, remote string) {
+// un-acknowledged bytes for a whole drain attempt, and reports true. It
+// reports false when the socket has nothing in flight and bytes it does not
+// send: the peer's window is closed, and under a black hole it stays so.
+func (e *e2e) awaitUnacked(ref coordinator.NodeRef, a *Agent, remote string) bool {
 	e.t.Helper()
 	n, err := a.get(ref)
 	if err != nil {
@@ -285,20 +303,28 @@ func (e *e2e) awaitUnacked(ref coordinator.NodeRef, a *Agent, remote string) {
 		e.t.Fatal(err)
 	}
 	defer sbNet.Close()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		_, err := netquiesce.Drain(ctx, netquiesce.DrainTarget{Net: sbNet}, netquiesce.DrainOptions{})
+		rep, err := netquiesce.Drain(ctx, netquiesce.DrainTarget{Net: sbNet}, netquiesce.DrainOptions{})
 		cancel()
 		var te *netquiesce.DrainTimeoutError
-		if errors.As(err, &te) {
+		switch {
+		case errors.As(err, &te):
 			for _, s := range te.Pending {
 				if s.Remote.String() == remote {
-					return
+					return true
 				}
 			}
-		} else if err != nil {
+		case err != nil:
 			e.t.Fatal(err)
+		default: // every byte sent is acknowledged
+			for _, s := range rep.Sockets {
+				if s.Remote.String() == remote && s.SendQueue > 0 {
+					e.t.Logf("%s/%s holds bytes it does not send: %v", ref.Job, ref.Node, s)
+					return false
+				}
+			}
 		}
 		if time.Now().After(deadline) {
 			e.t.Fatalf("%s/%s never held un-acknowledged bytes towards %s", ref.Job, ref.Node, remote)

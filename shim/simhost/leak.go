@@ -17,10 +17,12 @@ import (
 // caller's namespace named with vethPrefix ("" skips), and children of this
 // process (zombies included).
 //
-// Orphaned zombies are reaped by PID 1 at its own pace, so the check retries
-// for up to two seconds before it reports.
+// Orphaned zombies are reaped by PID 1 at its own pace, and the kernel
+// removes the veth ends of a deleted namespace in a work queue, so the check
+// retries for up to leakWait before it reports: what is really left behind
+// stays, and a loaded machine only makes the clean-up late.
 func LeakCheck(c *Cluster, cgroupDir, vethPrefix string) error {
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(leakWait)
 	for {
 		err := leakCheck(c, cgroupDir, vethPrefix)
 		if err == nil || time.Now().After(deadline) {
@@ -29,6 +31,8 @@ func LeakCheck(c *Cluster, cgroupDir, vethPrefix string) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+const leakWait = 30 * time.Second
 
 func leakCheck(c *Cluster, cgroupDir, vethPrefix string) error {
 	var errs []error

@@ -17,13 +17,14 @@ import (
 // configuration (JSON). It is removed before the command starts.
 const initEnv = "_TORPOR_SANDBOX_INIT"
 
-// initReportFD is the init's end of the pipe on which it tells Start that
-// the command runs ("ok"), or why it does not. The init closes it before the
-// command can be dumped.
+// initReportFD is, in the init and in the command's process until it
+// executes the command, the write end of the pipe on which Start learns
+// that the command runs (initExec), or why it does not.
 const initReportFD = 3
 
-// initOK is the report of an init whose command runs.
-const initOK = "ok"
+// initExec is written just before the command is executed; the pipe then
+// closes with the exec. Anything after it, or anything else, is an error.
+const initExec = "exec\n"
 
 // initConfig is what the sandbox's PID 1 needs to know.
 type initConfig struct {
@@ -33,14 +34,13 @@ type initConfig struct {
 	Dir      string   `json:"dir"`
 	Output   string   `json:"output"` // stdout+stderr of the command; "" = inherit
 	// ExitFile receives the init's exit status just before it exits; "" =
-	// none. It exists already (Start creates it, owned by User): the init
-	// may not be able to create files where it lives.
+	// none.
 	ExitFile string `json:"exit_file,omitempty"`
-	// User, unless nil or root, is who the init becomes once it set the
-	// hostname, before it touches anything else.
+	// User, unless nil or root, is who the command runs as.
 	User *User `json:"user,omitempty"`
-	// Dropped is set in the init re-executed as User.
-	Dropped bool `json:"dropped,omitempty"`
+	// Exec is set in the command's process (PID 2), which becomes User and
+	// executes the command.
+	Exec bool `json:"exec,omitempty"`
 }
 
 // MaybeRunInit runs the sandbox init and never returns when this process was
@@ -57,11 +57,12 @@ func MaybeRunInit() {
 		initFail(fmt.Errorf("bad configuration: %w", err))
 		os.Exit(125)
 	}
+	if cfg.Exec {
+		initFail(execCommand(cfg)) // returns only on failure
+		os.Exit(127)
+	}
 	code := runInit(cfg)
 	if cfg.ExitFile != "" {
-		// In place, O_NOFOLLOW: the file is the owner's, in a directory only
-		// root may change. A reader sees no status or all of it (one small
-		// write into an empty file).
 		if err := writeExitFile(cfg.ExitFile, code); err != nil {
 			fmt.Fprintln(os.Stderr, "torpor sandbox init: write exit status:", err)
 		}
@@ -81,8 +82,11 @@ func initFail(err error) {
 	f.Close()
 }
 
+// writeExitFile writes the status in place, O_NOFOLLOW: the shim created the
+// file in a directory only root may change. A reader sees no status or all
+// of it (one small write into an empty file).
 func writeExitFile(path string, code int) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}
@@ -98,30 +102,20 @@ func writeExitFile(path string, code int) error {
 }
 
 // runInit is PID 1 of the sandbox: it sets the hostname (its own UTS
-// namespace), becomes the job's owner, starts the command, reaps every
-// child, and exits with the command's status when the command exits. It is
-// a session leader (setsid by the shim) and has no parent-death signal, so
-// CRIU can dump and restore it.
+// namespace), starts the command's process, reaps every child, and exits
+// with the command's status when the command exits. It is a session leader
+// (setsid by the shim) and has no parent-death signal, so CRIU can dump and
+// restore it.
+//
+// The init stays root and runs nothing but this loop: CRIU's parasite, run
+// inside the root task of the dumped PID namespace, mounts a procfs of that
+// namespace, which takes CAP_SYS_ADMIN (the sandbox has no mount namespace
+// with a /proc of its own). The command's process drops to the owner before
+// it executes anything of theirs (execCommand).
 func runInit(cfg initConfig) int {
-	if !cfg.Dropped {
-		// The report pipe must reach the re-executed init, and nothing
-		// after it.
-		if cfg.Hostname != "" {
-			if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
-				initFail(fmt.Errorf("set hostname: %w", err))
-				return 125
-			}
-		}
-		if !cfg.User.Root() {
-			err := becomeUser(cfg) // returns only on failure
-			initFail(fmt.Errorf("become uid %d: %w", cfg.User.UID, err))
-			return 125
-		}
-	}
-	unix.CloseOnExec(initReportFD)
-	if !cfg.User.Root() {
-		if err := checkDropped(); err != nil {
-			initFail(err)
+	if cfg.Hostname != "" {
+		if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
+			initFail(fmt.Errorf("set hostname: %w", err))
 			return 125
 		}
 	}
@@ -129,8 +123,16 @@ func runInit(cfg initConfig) int {
 		initFail(errors.New("no command"))
 		return 125
 	}
+	// CRIU's parasite makes its procfs mount point in this process's
+	// working directory: one of root's, never the owner's.
+	if err := os.Chdir("/"); err != nil {
+		initFail(err)
+		return 125
+	}
 	files := []*os.File{os.Stdin, os.Stdout, os.Stderr}
 	if cfg.Output != "" {
+		// The shim made it, for the owner, in a directory only root may
+		// change.
 		out, err := os.OpenFile(cfg.Output, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_NOFOLLOW, 0o600)
 		if err != nil {
 			initFail(fmt.Errorf("open output: %w", err))
@@ -138,29 +140,25 @@ func runInit(cfg initConfig) int {
 		}
 		files = []*os.File{os.Stdin, out, out}
 	}
-	env := cfg.Env
-	if env == nil {
-		env = os.Environ()
-	}
-	if cfg.Dir != "" {
-		// Checked here, as the owner: os.StartProcess would only say
-		// "chdir" in the child.
-		if err := unix.Access(cfg.Dir, unix.X_OK); err != nil {
-			initFail(fmt.Errorf("working directory %s: %w (as uid %d)", cfg.Dir, err, os.Getuid()))
-			return 125
-		}
-	}
-	proc, err := os.StartProcess(cfg.Argv[0], cfg.Argv, &os.ProcAttr{Dir: cfg.Dir, Env: env, Files: files})
+	report := os.NewFile(initReportFD, "init-report")
+	sub := cfg
+	sub.Exec, sub.ExitFile, sub.Hostname = true, "", ""
+	raw, err := json.Marshal(sub)
 	if err != nil {
-		initFail(fmt.Errorf("start command: %w (as uid %d)", err, os.Getuid()))
-		return 127
+		initFail(err)
+		return 125
 	}
+	unix.CloseOnExec(initReportFD)
+	proc, err := os.StartProcess("/proc/self/exe", []string{"torpor-exec"}, &os.ProcAttr{
+		Env: []string{initEnv + "=" + string(raw)}, Files: append(files, report),
+	})
+	if err != nil {
+		initFail(fmt.Errorf("start the command's process: %w", err))
+		return 125
+	}
+	report.Close()
 	if cfg.Output != "" {
 		files[1].Close()
-	}
-	if f := os.NewFile(initReportFD, "init-report"); f != nil {
-		_, _ = f.WriteString(initOK)
-		f.Close()
 	}
 	main := proc.Pid
 	for {
@@ -185,13 +183,39 @@ func runInit(cfg initConfig) int {
 	}
 }
 
-// becomeUser turns the init into cfg.User for good and executes it again:
-// no_new_privs and an empty capability bounding set are per-thread, so they
-// are set on this thread, locked, which then replaces the program; every
-// thread of the new image inherits them. The uid, gid and groups apply to
-// every thread. It returns only on failure.
-func becomeUser(cfg initConfig) error {
+// execCommand is the command's process before it is the command: it becomes
+// cfg.User for good (see becomeUser), enters the working directory and
+// executes the command, checking each step as the owner, so that Start can
+// say which one the owner may not do. It returns only on failure.
+func execCommand(cfg initConfig) error {
+	unix.CloseOnExec(initReportFD)
 	runtime.LockOSThread()
+	if !cfg.User.Root() {
+		if err := becomeUser(cfg.User); err != nil {
+			return fmt.Errorf("become uid %d: %w", cfg.User.UID, err)
+		}
+	}
+	if cfg.Dir != "" {
+		if err := os.Chdir(cfg.Dir); err != nil {
+			return fmt.Errorf("working directory %s: %w (as uid %d)", cfg.Dir, errors.Unwrap(err), os.Getuid())
+		}
+	}
+	env := cfg.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	report := os.NewFile(initReportFD, "init-report")
+	_, _ = report.WriteString(initExec)
+	err := syscall.Exec(cfg.Argv[0], cfg.Argv, env)
+	return fmt.Errorf("start command: exec %s: %w (as uid %d)", cfg.Argv[0], err, os.Getuid())
+}
+
+// becomeUser turns this process into u for good: no_new_privs and an empty
+// capability bounding set on this thread, locked, which then executes the
+// command (both are per-thread, and the command inherits them); the groups,
+// gid and uid on every thread. From a uid of 0 to none, the permitted,
+// effective and ambient capabilities are cleared; checkDropped verifies it.
+func becomeUser(u *User) error {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("set no_new_privs: %w", err)
 	}
@@ -204,30 +228,22 @@ func becomeUser(cfg initConfig) error {
 			return fmt.Errorf("drop capability %d from the bounding set: %w", c, err)
 		}
 	}
-	u := cfg.User
 	if err := syscall.Setgroups(u.Groups); err != nil {
 		return fmt.Errorf("set groups %v: %w", u.Groups, err)
 	}
 	if err := syscall.Setresgid(u.GID, u.GID, u.GID); err != nil {
 		return fmt.Errorf("set gid %d: %w", u.GID, err)
 	}
-	// From a uid of 0 to none: the permitted, effective and ambient
-	// capabilities are cleared.
 	if err := syscall.Setresuid(u.UID, u.UID, u.UID); err != nil {
 		return fmt.Errorf("set uid %d: %w", u.UID, err)
 	}
-	cfg.Dropped = true
-	raw, err := json.Marshal(cfg)
-	if err != nil {
-		return err
-	}
-	return syscall.Exec("/proc/self/exe", []string{"torpor-init"}, []string{initEnv + "=" + string(raw)})
+	return checkDropped()
 }
 
-// checkDropped fails unless this process holds no capability at all and
+// checkDropped fails unless this thread holds no capability at all and
 // cannot gain one.
 func checkDropped() error {
-	data, err := os.ReadFile("/proc/self/status")
+	data, err := os.ReadFile("/proc/thread-self/status")
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -398,12 +399,13 @@ func (s *Sandbox) Start(ctx context.Context, p Process) error {
 	s.tree, s.state, s.exitErr = t, Running, nil
 	s.mu.Unlock()
 	s.watch(t, cmd.Wait)
-	// The init closes its end once the command runs, or says why not.
+	// The pipe closes when the command is executed, or says why it was not.
 	msg, err := io.ReadAll(io.LimitReader(report, 4096))
 	if err != nil {
 		return fmt.Errorf("start sandbox %s: read the init's report: %w", s.cfg.Name, err)
 	}
-	if string(msg) != initOK {
+	if string(msg) != initExec {
+		msg = []byte(strings.TrimPrefix(string(msg), initExec))
 		if len(msg) == 0 {
 			msg = []byte("the init ended before it started the command")
 		}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/checkpoint-restore/go-criu/v7/rpc"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/torpor-hpc/torpor/shim/criu/prlimit"
 )
 
 // ErrBadOptions means Options lack something the operation needs.
@@ -36,6 +38,28 @@ type Driver struct {
 	versionOnce sync.Once
 	version     Version
 	versionErr  error
+
+	preloadOnce sync.Once
+	preload     *os.File // prlimit.so when this host needs it (see preloadLib)
+	preloadErr  error
+}
+
+// preloadLib is the library CRIU needs preloaded here, or nil: on a host
+// whose root lacks CAP_SYS_RESOURCE, prlimit.so lets CRIU read a non-root
+// task's resource limits (see shim/criu/prlimit).
+func (d *Driver) preloadLib() (*os.File, error) {
+	d.preloadOnce.Do(func() {
+		need, err := prlimit.Needed()
+		if err != nil || !need {
+			d.preloadErr = err
+			return
+		}
+		d.preload, d.preloadErr = prlimit.Memfd()
+		if d.preloadErr == nil {
+			d.log.Warn("this host's root lacks CAP_SYS_RESOURCE: CRIU reads the resource limits of a job's tasks from /proc/PID/limits through torpor's prlimit library")
+		}
+	})
+	return d.preload, d.preloadErr
 }
 
 // NewDriver returns a driver for the CRIU binary bin. log may be nil.
@@ -165,7 +189,11 @@ func (d *Driver) run(ctx context.Context, typ rpc.CriuReqType, logName string, o
 		ro.NotifyScripts = proto.Bool(true)
 	}
 
-	s, err := startSwrk(d.bin.Path, opts.NetNSPath, opts.CgroupDir)
+	preload, err := d.preloadLib()
+	if err != nil {
+		return logPath, nil, fmt.Errorf("criu %s: %w", op, err)
+	}
+	s, err := startSwrk(d.bin.Path, opts.NetNSPath, opts.CgroupDir, preload)
 	if err != nil {
 		return logPath, nil, fmt.Errorf("criu %s: %w", op, err)
 	}

@@ -32,8 +32,8 @@ type swrk struct {
 }
 
 // startSwrk starts `criu swrk 3` inside netnsPath (if set) and cgroupDir (if
-// set).
-func startSwrk(criuPath, netnsPath, cgroupDir string) (*swrk, error) {
+// set), with preload (if set) preloaded into it as fd 4.
+func startSwrk(criuPath, netnsPath, cgroupDir string, preload *os.File) (*swrk, error) {
 	fds, err := unix.Socketpair(unix.AF_LOCAL, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("start criu swrk: socketpair: %w", err)
@@ -52,6 +52,10 @@ func startSwrk(criuPath, netnsPath, cgroupDir string) (*swrk, error) {
 
 	cmd := exec.Command(criuPath, "swrk", "3")
 	cmd.ExtraFiles = []*os.File{srv}
+	if preload != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, preload)
+		cmd.Env = append(os.Environ(), "LD_PRELOAD=/proc/self/fd/4")
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
 	if cgroupDir != "" {
 		cg, err := os.OpenFile(cgroupDir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)

@@ -7,7 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/user"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -236,9 +238,18 @@ func runPs(ctx context.Context, args []string) error {
 		for _, n := range j.Spec.GetNodes() {
 			nodes = append(nodes, n.Name+"@"+n.Host)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", j.Spec.GetId(), j.State, j.Spec.GetOwner(), strings.Join(nodes, ","), dash(j.LastCheckpoint), j.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", j.Spec.GetId(), j.State, userName(int(j.Spec.GetOwner())), strings.Join(nodes, ","), dash(j.LastCheckpoint), j.Reason)
 	}
 	return tw.Flush()
+}
+
+// userName is the name of uid, or the number when the user database does
+// not know it.
+func userName(uid int) string {
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		return u.Username
+	}
+	return strconv.Itoa(uid)
 }
 
 func runLs(ctx context.Context, args []string) error {

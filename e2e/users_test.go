@@ -136,3 +136,129 @@ func (c *cluster) mustCLIAs(u *testuser.User, args ...string) string {
 	}
 	return out
 }
+
+// TestMPIAsUser: an Open MPI and an MPICH job of a user the test creates go
+// through a checkpoint, a restart on other hosts and a migration, and end
+// with the undisturbed checksum; before and after each restore every rank
+// and pmixd runs as that user (only each job-node's init is root).
+func TestMPIAsUser(t *testing.T) {
+	c := newCluster(t, 4)
+	alice := testuser.New(t)
+	progs := []struct {
+		name, mpirun, bin string
+		hangOK            string
+	}{
+		{"uring", "mpirun.openmpi", "ring.openmpi", ""},
+		{"uringmpich", "mpirun.mpich", "ring.mpich",
+			"MPICH 4.0.2 ch4:ucx finalize deadlock (a rank flushing its UCX endpoints waits for peers already blocked in the PMI barrier; fixed upstream by pmodels/mpich#6596)"},
+	}
+	args := []string{"-i", "300", "-m", "16", "-s", "20000", "-p", "25"}
+	for _, p := range progs {
+		t.Run(p.name, func(t *testing.T) {
+			c.t = t
+			// A copy alice can reach whatever the checkout's directories allow.
+			bin := filepath.Join(c.dir, p.bin)
+			data, err := os.ReadFile(workload(t, p.bin))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(bin, data, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			want := reference(t, p.mpirun, 4, bin, args...)
+			j := c.runMPIAs(alice, p.name, 4, "h1:2,h2:2", bin, args...)
+			j.progress("started")
+			c.assertRanksAre(alice, j.id, "started")
+			h := lastLines(c.mustCLIAs(alice, "checkpoint", j.id), 1)
+			j.progress("checkpoint " + h)
+			h = lastLines(c.mustCLIAs(alice, "suspend", j.id), 1)
+			c.mustCLIAs(alice, "restart", h, "--host", "n0=h3", "--host", "n1=h4")
+			j.progress("restart on h3,h4")
+			c.assertRanksAre(alice, j.id, "restored on h3,h4")
+			c.mustCLIAs(alice, "migrate", j.id, "--node", "n1", "--to", "h1")
+			j.progress("migrate n1 to h1")
+			c.assertRanksAre(alice, j.id, "migrated to h1")
+			got := j.finish(3*time.Minute, p.hangOK)
+			t.Logf("%s as %s: checksum %s under torpor, %s undisturbed", p.name, alice.Name, got, want)
+			if got != want {
+				t.Fatalf("%s ended with checksum %s, the undisturbed run with %s", p.name, got, want)
+			}
+		})
+	}
+}
+
+// runMPIAs is runMPI as user u.
+func (c *cluster) runMPIAs(u *testuser.User, name string, np int, hosts string, prog string, args ...string) *mpiJob {
+	c.t.Helper()
+	out := filepath.Join(c.dir, name+".out")
+	f, err := os.Create(out)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(c.torpor, append([]string{"run", "--run-dir", c.runDir, "--name", name,
+		"-n", fmt.Sprint(np), "--host", hosts, prog}, args...)...)
+	cmd.Env = append(os.Environ(), "TORPOR_SOCKET="+c.socket)
+	cmd.Dir = c.dir
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: as(u)}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	j := &mpiJob{c: c, run: cmd, out: out}
+	c.t.Cleanup(func() { stop(cmd, syscall.SIGTERM) })
+	for deadline := time.Now().Add(30 * time.Second); j.id == ""; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			data, _ := os.ReadFile(out)
+			c.t.Fatalf("job %s did not start:\n%s", name, data)
+		}
+		j.id = c.findJob(name)
+	}
+	return j
+}
+
+// assertRanksAre checks /proc/PID/status of every process of every
+// job-node of job: each runs as u (real, effective, saved and fs uid and
+// gid) with no capability, except each job-node's init (PID 1 of its
+// namespace), which is root.
+func (c *cluster) assertRanksAre(u *testuser.User, job, when string) {
+	c.t.Helper()
+	root := filepath.Join(cgroupMount(c.t), c.cgParent)
+	ids := fmt.Sprint(u.UID)
+	gids := fmt.Sprint(u.GID)
+	checked := 0
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.Name() != "cgroup.procs" || !strings.Contains(p, "/"+job+"/") {
+			return nil
+		}
+		data, _ := os.ReadFile(p)
+		for _, pid := range strings.Fields(string(data)) {
+			st, err := os.ReadFile("/proc/" + pid + "/status")
+			if err != nil {
+				continue // gone meanwhile
+			}
+			f := map[string]string{}
+			for _, line := range strings.Split(string(st), "\n") {
+				if k, v, ok := strings.Cut(line, ":"); ok {
+					f[k] = strings.Join(strings.Fields(v), " ")
+				}
+			}
+			if strings.HasSuffix(f["NSpid"], " 1") {
+				continue // the init
+			}
+			checked++
+			if f["Uid"] != strings.Repeat(ids+" ", 3)+ids || f["Gid"] != strings.Repeat(gids+" ", 3)+gids || f["CapEff"] != "0000000000000000" || f["CapPrm"] != "0000000000000000" {
+				c.t.Fatalf("%s: process %s (%s) of job %s: Uid %q Gid %q CapEff %s CapPrm %s, want %s's without capabilities",
+					when, pid, f["Name"], job, f["Uid"], f["Gid"], f["CapEff"], f["CapPrm"], u.Name)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if checked < 4 {
+		c.t.Fatalf("%s: only %d processes of job %s found", when, checked, job)
+	}
+	c.t.Logf("%s: %d processes of job %s run as %s (uid %d)", when, checked, job, u.Name, u.UID)
+}

@@ -1,6 +1,11 @@
 package e2e
 
 import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,7 +15,12 @@ import (
 	"testing"
 	"time"
 
+	criu_core "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/torpor-hpc/torpor/coordinator/catalog"
 	"github.com/torpor-hpc/torpor/internal/testuser"
+	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
 // as is the credential to run the CLI as u.
@@ -261,4 +271,138 @@ func (c *cluster) assertRanksAre(u *testuser.User, job, when string) {
 		c.t.Fatalf("%s: only %d processes of job %s found", when, checked, job)
 	}
 	c.t.Logf("%s: %d processes of job %s run as %s (uid %d)", when, checked, job, u.Name, u.UID)
+}
+
+// TestForgedCredentialsRefused: a user's checkpoint whose images were edited
+// so that a task of the job would come back as root, and whose manifests
+// were signed again with the coordinator's key (so the HMAC check passes),
+// is refused by the shim's credentials check before CRIU runs; the job stays
+// suspended and restarts from its intact checkpoint.
+func TestForgedCredentialsRefused(t *testing.T) {
+	c := newCluster(t, 2)
+	alice := testuser.New(t)
+	stop := filepath.Join(c.dir, "stop-forged")
+	job := c.userJob(alice, "forged", "h1,h2", fmt.Sprintf("while [ ! -e %s ]; do sleep 0.1; done", stop))
+	good := lastLines(c.mustCLIAs(alice, "checkpoint", job), 1)
+	bad := lastLines(c.mustCLIAs(alice, "suspend", job), 1)
+	nodeDir := filepath.Join(c.ckpt, bad, "nodes", "n1")
+	// The first task that is not the init: the command, /bin/sh.
+	creds, err := criu.ReadCreds(nodeDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tid := 0
+	for _, cr := range creds {
+		if !cr.Root {
+			tid = cr.Tid
+			break
+		}
+	}
+	if tid == 0 {
+		t.Fatalf("no task of alice's in %s", nodeDir)
+	}
+	forgeRoot(t, filepath.Join(nodeDir, fmt.Sprintf("core-%d.img", tid)))
+	resign(t, filepath.Join(c.ckpt, bad), filepath.Join(c.state, "catalog.key"), "n1")
+	if ls := c.mustCLIAs(alice, "ls", job); !strings.Contains(ls, bad) || !strings.Contains(lastLines(grepLine(ls, bad), 1), "ok") {
+		t.Fatalf("the re-signed checkpoint does not verify, so the test proves nothing:\n%s", ls)
+	}
+	for _, who := range []*syscall.Credential{as(alice), nil} {
+		out, code := c.cliAs(who, "restart", bad)
+		if code == 0 || !strings.Contains(out, "would be restored as uids [0 0 0 0]") {
+			t.Fatalf("restart of a checkpoint forged to hold root: exit %d\n%s", code, out)
+		}
+		t.Logf("refused: %s", lastLines(strings.TrimSpace(out), 1))
+	}
+	if st := c.jobState(job); st != "suspended" {
+		t.Fatalf("job is %s after the refused restart, want suspended", st)
+	}
+	c.mustCLIAs(alice, "restart", good)
+	c.assertRanksAre(alice, job, "restarted from "+good)
+	if err := os.WriteFile(stop, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.waitState(job, "finished", 30*time.Second)
+}
+
+func grepLine(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return l
+		}
+	}
+	return ""
+}
+
+// forgeRoot rewrites a core image so that its thread comes back as root with
+// every capability.
+func forgeRoot(t *testing.T, path string) {
+	t.Helper()
+	im, err := criu.ReadImage(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var core criu_core.CoreEntry
+	if err := proto.Unmarshal(im.Entries[0], &core); err != nil {
+		t.Fatal(err)
+	}
+	cr := core.GetThreadCore().GetCreds()
+	zero := uint32(0)
+	cr.Uid, cr.Euid, cr.Suid, cr.Fsuid = &zero, &zero, &zero, &zero
+	cr.Gid, cr.Egid, cr.Sgid, cr.Fsgid = &zero, &zero, &zero, &zero
+	for i := range cr.CapPrm {
+		cr.CapPrm[i], cr.CapEff[i] = ^uint32(0), ^uint32(0)
+	}
+	if im.Entries[0], err = proto.Marshal(&core); err != nil {
+		t.Fatal(err)
+	}
+	if err := im.Write(path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// resign writes node's manifest again and signs the job manifest of the
+// checkpoint in dir with the key, as somebody holding the key could.
+func resign(t *testing.T, dir, keyPath, node string) {
+	t.Helper()
+	key, err := catalog.LoadOrCreateKey(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nm, err := catalog.WriteNodeManifest(context.Background(), filepath.Join(dir, "nodes", node))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "nodes", node, catalog.NodeManifestName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(filepath.Join(dir, catalog.JobManifestName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := catalog.ParseJobManifest(data, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.TotalBytes = 0
+	for i := range m.Nodes {
+		if m.Nodes[i].Name == node {
+			sum := sha256.Sum256(raw)
+			m.Nodes[i].ManifestSHA256, m.Nodes[i].TotalBytes, m.Nodes[i].FileCount = hex.EncodeToString(sum[:]), nm.TotalBytes, len(nm.Files)
+		}
+		m.TotalBytes += m.Nodes[i].TotalBytes
+	}
+	payload, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac := hmac.New(sha256.New, key)
+	mac.Write(payload)
+	env, err := json.Marshal(map[string]any{"format": m.Format, "hmac": hex.EncodeToString(mac.Sum(nil)), "payload": json.RawMessage(payload)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, catalog.JobManifestName), env, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -150,6 +150,24 @@ func (a *Agent) exitPath(job, n string) string {
 	return a.OutputPath(job, n) + ".exit"
 }
 
+// checkImageCreds refuses images in which CRIU, root, would restore a task
+// of a user's job-node with credentials other than its owner's (defence in
+// depth: the manifests' HMAC already refuses images nobody signed).
+func checkImageCreds(dir string, spec coordinator.NodeSpec) error {
+	if spec.User.Root() {
+		return nil
+	}
+	creds, err := criu.ReadCreds(dir)
+	if err != nil {
+		return fmt.Errorf("read the credentials in the images: %w", err)
+	}
+	var groups []uint32
+	for _, g := range spec.User.Groups {
+		groups = append(groups, uint32(g))
+	}
+	return criu.CheckCreds(creds, uint32(spec.User.UID), uint32(spec.User.GID), groups)
+}
+
 // userOf is who a job-node's processes run as.
 func userOf(spec coordinator.NodeSpec) *sandbox.User {
 	if spec.User.Root() {
@@ -619,6 +637,9 @@ func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSp
 			err = fmt.Errorf("restore %s/%s: %w; the half-restored job-node was destroyed (%v)", job, spec.Name, ctx.Err(), err)
 		}
 	}()
+	if err := checkImageCreds(dir, spec); err != nil {
+		return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, dir, err)
+	}
 	if _, err := n.lock.Lock(); err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/torpor-hpc/torpor/internal/testuser"
+	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
 // TestStartAsUser: the command of a tree started for a user runs with the
@@ -119,4 +120,61 @@ func uidOf(st os.FileInfo) int {
 		return -1
 	}
 	return int(st.Sys().(*syscall.Stat_t).Uid)
+}
+
+// TestDumpedCreds: the credentials CRIU recorded for a user's tree are the
+// init's (root) and the user's for every other task; criu.CheckCreds takes
+// them and refuses them for another uid.
+func TestDumpedCreds(t *testing.T) {
+	e := newEnv(t, 1)
+	u := testuser.New(t)
+	usr := &User{UID: u.UID, GID: u.GID, Groups: []int{u.GID, u.Supplement}}
+	testuser.OpenDirs(t, e.dir)
+	s := e.sandbox(1, 1, false)
+	out := filepath.Join(e.dir, "creds.out")
+	if err := CreateOwned(out, usr, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stop := filepath.Join(e.dir, "stop")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.Start(ctx, Process{Argv: []string{"/bin/bash", "-c", "echo up; while [ ! -e " + stop + " ]; do sleep 0.05; done"}, Output: out, User: usr}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the command", 20*time.Second, func() bool { b, _ := os.ReadFile(out); return strings.Contains(string(b), "up") })
+	if err := s.Freeze(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dir := e.images("creds")
+	if _, err := s.Dump(ctx, e.drv, criu.Options{ImagesDir: dir, LeaveRunning: true}); err != nil {
+		t.Fatal(err)
+	}
+	creds, err := criu.ReadCreds(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := 0
+	for _, c := range creds {
+		t.Logf("task %d thread %d root=%v uids %v gids %v groups %v", c.Pid, c.Tid, c.Root, c.UIDs, c.GIDs, c.Groups)
+		if !c.Root {
+			users++
+		}
+	}
+	if users == 0 {
+		t.Fatal("no task of the user in the images")
+	}
+	groups := []uint32{uint32(u.Supplement)}
+	if err := criu.CheckCreds(creds, uint32(u.UID), uint32(u.GID), groups); err != nil {
+		t.Fatalf("the user's own checkpoint: %v", err)
+	}
+	if err := criu.CheckCreds(creds, uint32(u.UID)+1, uint32(u.GID), groups); err == nil || !strings.Contains(err.Error(), "would be restored as uids") {
+		t.Fatalf("checked for another uid: %v", err)
+	}
+	if err := os.WriteFile(stop, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Thaw(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the tree to exit", 20*time.Second, func() bool { return s.State() == Exited })
 }

@@ -16,8 +16,11 @@ import (
 	"time"
 
 	criu_core "github.com/checkpoint-restore/go-criu/v7/crit/images/criu-core"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/coordinator/catalog"
 	"github.com/torpor-hpc/torpor/internal/testuser"
 	"github.com/torpor-hpc/torpor/shim/criu"
@@ -404,5 +407,115 @@ func resign(t *testing.T, dir, keyPath, node string) {
 	}
 	if err := os.WriteFile(filepath.Join(dir, catalog.JobManifestName), env, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// rawClientEnv, set to the coordinator's socket, makes the test binary a
+// hand-made API client (rawClient) instead of running tests.
+const rawClientEnv = "TORPOR_E2E_RAW_CLIENT"
+
+// rawRequests are requests the CLI would never send, each named.
+func rawRequests() []struct {
+	name string
+	spec *apiv1.JobSpec
+} {
+	node := func(name, host string, argv []string, env ...string) *apiv1.NodeSpec {
+		return &apiv1.NodeSpec{Name: name, Host: host, Argv: argv, Env: env}
+	}
+	ok := []string{"/bin/true"}
+	many := make([]*apiv1.NodeSpec, 5000)
+	for i := range many {
+		many[i] = node(fmt.Sprintf("n%d", i), "h1", ok)
+	}
+	return []struct {
+		name string
+		spec *apiv1.JobSpec
+	}{
+		{"job id with a path", &apiv1.JobSpec{Id: "../../etc", Nodes: []*apiv1.NodeSpec{node("n0", "h1", ok)}}},
+		{"job-node name with a path", &apiv1.JobSpec{Id: "raw1", Nodes: []*apiv1.NodeSpec{node("n0/../x", "h1", ok)}}},
+		{"host with a shell", &apiv1.JobSpec{Id: "raw2", Nodes: []*apiv1.NodeSpec{node("n0", "h1;rm -rf /", ok)}}},
+		{"no job-nodes", &apiv1.JobSpec{Id: "raw3"}},
+		{"5000 job-nodes", &apiv1.JobSpec{Id: "raw4", Nodes: many}},
+		{"70000 arguments", &apiv1.JobSpec{Id: "raw5", Nodes: []*apiv1.NodeSpec{node("n0", "h1", make([]string, 70000))}}},
+		{"a 200 KiB argument", &apiv1.JobSpec{Id: "raw6", Nodes: []*apiv1.NodeSpec{node("n0", "h1", []string{"/bin/echo", strings.Repeat("x", 200<<10)})}}},
+		{"environment without =", &apiv1.JobSpec{Id: "raw7", Nodes: []*apiv1.NodeSpec{node("n0", "h1", ok, "NOEQUALS")}}},
+		{"a NUL byte", &apiv1.JobSpec{Id: "raw8", Nodes: []*apiv1.NodeSpec{node("n0", "h1", []string{"/bin/true\x00x"})}}},
+		{"relative working directory", &apiv1.JobSpec{Id: "raw9", Nodes: []*apiv1.NodeSpec{{Name: "n0", Host: "h1", Argv: ok, Dir: "tmp"}}}},
+		{"credentials of root", &apiv1.JobSpec{Id: "raw10", Owner: 0, Nodes: []*apiv1.NodeSpec{{Name: "n0", Host: "h1", Argv: []string{"/usr/bin/id", "-u"}, User: &apiv1.Creds{}}}}},
+	}
+}
+
+// rawClient sends rawRequests to the coordinator at sock and prints one
+// line per request: its name, a tab, and the error or "started <owner>".
+func rawClient(sock string) int {
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(coordinator.PeerCredentials{}))
+	if err != nil {
+		fmt.Println("dial:", err)
+		return 1
+	}
+	defer conn.Close()
+	cl := apiv1.NewCoordinatorClient(conn)
+	for _, r := range rawRequests() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		j, err := cl.Run(ctx, &apiv1.RunRequest{Spec: r.spec}, grpc.MaxCallSendMsgSize(64<<20))
+		cancel()
+		if err != nil {
+			fmt.Printf("%s\t%s\n", r.name, strings.ReplaceAll(err.Error(), "\n", " "))
+			continue
+		}
+		fmt.Printf("%s\tstarted owner=%d user=%v\n", r.name, j.Spec.GetOwner(), j.Spec.GetNodes()[0].GetUser())
+	}
+	return 0
+}
+
+// TestHandMadeRequests: requests the CLI would never send, built by hand
+// and sent by a user the test creates, get the server's clear refusals;
+// a request claiming root's credentials runs as its sender.
+func TestHandMadeRequests(t *testing.T) {
+	c := newCluster(t, 1)
+	alice := testuser.New(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(c.dir, "e2e-raw-client")
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = []string{rawClientEnv + "=" + c.socket}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: as(alice)}
+	out, err := cmd.CombinedOutput()
+	t.Logf("as %s:\n%s", alice.Name, out)
+	if err != nil {
+		t.Fatalf("raw client: %v", err)
+	}
+	want := map[string]string{
+		"job id with a path":         `job id "../../etc": use letters, digits`,
+		"job-node name with a path":  `job-node name "n0/../x": use letters, digits`,
+		"host with a shell":          `host name "h1;rm -rf /": use letters, digits`,
+		"no job-nodes":               "job raw3 has no job-nodes",
+		"5000 job-nodes":             "has 5000 job-nodes, at most 4096 are allowed",
+		"70000 arguments":            "the command has 70000 strings, at most 65536 are allowed",
+		"a 200 KiB argument":         "command string 1 is 204800 bytes, at most 131072 are allowed",
+		"environment without =":      `environment string "NOEQUALS" is not NAME=value`,
+		"a NUL byte":                 "command string 0 holds a NUL byte",
+		"relative working directory": `working directory "tmp" is not absolute`,
+		"credentials of root":        fmt.Sprintf("started owner=%d user=uid:%d", alice.UID, alice.UID),
+	}
+	lines := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if k, v, ok := strings.Cut(l, "\t"); ok {
+			lines[k] = v
+		}
+	}
+	for name, w := range want {
+		if got := lines[name]; !strings.Contains(got, w) {
+			t.Errorf("%s: got %q, want it to say %q", name, got, w)
+		}
 	}
 }

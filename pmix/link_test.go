@@ -152,6 +152,11 @@ func waitLines(t *testing.T, ctx context.Context, p *mainProc, want ...string) {
 	}
 }
 
+// optedIn is pmixd's log line for a rank's opt-in to checkpoint events.
+func optedIn(rank int) string {
+	return fmt.Sprintf("msg=\"rank opted in to checkpoint events\" component=pmixd job=job node=0 rank=%d\n", rank)
+}
+
 var checksumRE = regexp.MustCompile(`ckptevents: done iters=\d+ ranks=2 checksum=(0x[0-9a-f]{16})`)
 
 func TestLinkCheckpointEvents(t *testing.T) {
@@ -167,14 +172,20 @@ func TestLinkCheckpointEvents(t *testing.T) {
 		name    string
 		args    []string
 		timeout time.Duration
+		// pace is the ranks' sleep between their 500 iterations: they must
+		// run on past the prepare, which lasts the whole timeout when a rank
+		// does not answer. The checksum does not depend on it.
+		pace time.Duration
 		// what Prepare must report
 		registered, completed int
 		laggards              []int
 		restore               bool // a new shim takes over, as after a restore elsewhere
 	}{
-		{name: "registered ranks answer, then restore", registered: 2, completed: 2, restore: true, timeout: 20 * time.Second},
-		{name: "ranks that did not register are not waited for", args: []string{"-n"}, timeout: 20 * time.Second},
-		{name: "a rank that never answers is a laggard", args: []string{"-q", "1"}, registered: 2, completed: 1, laggards: []int{1}, timeout: 1500 * time.Millisecond},
+		{name: "registered ranks answer, then restore", registered: 2, completed: 2, restore: true, timeout: 20 * time.Second, pace: 10 * time.Millisecond},
+		{name: "ranks that did not register are not waited for", args: []string{"-n"}, timeout: 20 * time.Second, pace: 10 * time.Millisecond},
+		// Rank 0 answers after an fsync, in tens of ms; a slow disk must not
+		// make it a laggard too.
+		{name: "a rank that never answers is a laggard", args: []string{"-q", "1"}, registered: 2, completed: 1, laggards: []int{1}, timeout: 5 * time.Second, pace: 20 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
@@ -191,7 +202,7 @@ func TestLinkCheckpointEvents(t *testing.T) {
 			if err := os.Mkdir(filesDir, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			argv := append([]string{prog, "-i", "500", "-s", "10000", "-d", filesDir}, tc.args...)
+			argv := append([]string{prog, "-i", "500", "-s", fmt.Sprint(tc.pace.Microseconds()), "-d", filesDir}, tc.args...)
 			p := startMain(t, ctx, JobSpec{
 				Job: "job", Nodes: []Node{{Hostname: host, Ranks: []int{0, 1}}}, Argv: argv,
 				ExtraEnv: []string{"OMPI_MCA_btl=self,vader,tcp", "OMPI_MCA_btl_tcp_if_include=lo"},
@@ -206,8 +217,9 @@ func TestLinkCheckpointEvents(t *testing.T) {
 			}
 			waitLines(t, ctx, p, "ckptevents: start ranks=2")
 			if tc.registered > 0 {
-				waitLines(t, ctx, p, "ckptevents: rank 0 registered\n", "ckptevents: rank 1 registered\n")
-				time.Sleep(300 * time.Millisecond) // the opt-in travels rank -> libpmix -> pmixd
+				// The opt-in travels rank -> libpmix -> pmixd, which logs it.
+				waitLines(t, ctx, p, "ckptevents: rank 0 registered\n", "ckptevents: rank 1 registered\n",
+					optedIn(0), optedIn(1))
 			}
 			fencesBefore := fw1.fences.Load()
 

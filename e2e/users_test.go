@@ -62,6 +62,32 @@ func TestJobsRunAsTheirOwner(t *testing.T) {
 		t.Fatalf("LD_PRELOAD job: exit %d\n%s", code, out)
 	}
 
+	// 6. Links planted in the run directory before a start: at the output
+	// and exit-status paths of the job-node to come, pointing at a file of
+	// root's. Only root can write there (alice cannot even try); the shim
+	// replaces them instead of writing through them.
+	sentinel := c.sentinel()
+	jobDir := filepath.Join(c.runDir, "jobs", "planted")
+	if err := os.MkdirAll(jobDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"n0.out", "n0.out.exit", "n0.out.restore"} {
+		if err := os.Symlink(sentinel, filepath.Join(jobDir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, code := c.runAs(alice, "/bin/sh", "-c", "echo x > "+filepath.Join(jobDir, "mine")); code == 0 {
+		t.Fatalf("alice could write in the job's run directory:\n%s", out)
+	}
+	out, code = c.cliAs(as(alice), "run", "--plain", "--name", "planted", "--host", "h1", "--run-dir", c.runDir, "--", "/bin/echo", "hello")
+	if code != 0 || !strings.Contains(out, "hello") {
+		t.Fatalf("job over planted links: exit %d\n%s", code, out)
+	}
+	c.checkSentinel(sentinel)
+	if st, err := os.Lstat(filepath.Join(jobDir, "n0.out")); err != nil || !st.Mode().IsRegular() || st.Sys().(*syscall.Stat_t).Uid != uint32(alice.UID) {
+		t.Fatalf("n0.out after the start: %v, %v; want a regular file of alice's", st.Mode(), err)
+	}
+
 	// 3. A working directory and a program alice may not use.
 	secret := filepath.Join(c.dir, "root-only.sh")
 	if err := os.WriteFile(secret, []byte("#!/bin/sh\necho RAN\n"), 0o700); err != nil {
@@ -185,7 +211,27 @@ func TestMPIAsUser(t *testing.T) {
 			h := lastLines(c.mustCLIAs(alice, "checkpoint", j.id), 1)
 			j.progress("checkpoint " + h)
 			h = lastLines(c.mustCLIAs(alice, "suspend", j.id), 1)
+			// 6. Alice replaces every file in her job-nodes' shared
+			// directories with a link to a file of root's, and adds one:
+			// the restore puts regular files back, owned by her, and
+			// follows none of the links.
+			sentinel := c.sentinel()
+			planted := 0
+			for _, n := range []string{"n0", "n1"} {
+				for _, d := range []string{".shm", ".pmix"} {
+					dir := filepath.Join(c.runDir, "jobs", j.id, n+d)
+					out, code := c.runAs(alice, "/bin/sh", "-c", `cd "$1" && for f in $(find . -type f); do ln -sf "$2" "$f"; done; ln -s "$2" planted; find . -type l | wc -l`, "sh", dir, sentinel)
+					if code != 0 {
+						t.Fatalf("plant links in %s: exit %d\n%s", dir, code, out)
+					}
+					var k int
+					fmt.Sscan(out, &k)
+					planted += k
+				}
+			}
+			t.Logf("alice planted %d links to %s", planted, sentinel)
 			c.mustCLIAs(alice, "restart", h, "--host", "n0=h3", "--host", "n1=h4")
+			c.checkSentinel(sentinel)
 			j.progress("restart on h3,h4")
 			c.assertRanksAre(alice, j.id, "restored on h3,h4")
 			c.mustCLIAs(alice, "migrate", j.id, "--node", "n1", "--to", "h1")
@@ -197,6 +243,46 @@ func TestMPIAsUser(t *testing.T) {
 				t.Fatalf("%s ended with checksum %s, the undisturbed run with %s", p.name, got, want)
 			}
 		})
+	}
+}
+
+// runAs runs a command as u and returns its output and exit code.
+func (c *cluster) runAs(u *testuser.User, name string, args ...string) (string, int) {
+	c.t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: as(u)}
+	cmd.Dir = "/"
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(out), ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatal(err)
+	}
+	return string(out), 0
+}
+
+// sentinelText is what a sentinel file of root's holds.
+const sentinelText = "root's secret, mode 0600\n"
+
+// sentinel makes a file of root's, mode 0600, in the cluster's directory:
+// what a planted link points at instead of /etc/shadow.
+func (c *cluster) sentinel() string {
+	c.t.Helper()
+	p := filepath.Join(c.dir, "sentinel")
+	if err := os.WriteFile(p, []byte(sentinelText), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	return p
+}
+
+// checkSentinel fails unless the sentinel is unchanged: root's, 0600, with
+// its text.
+func (c *cluster) checkSentinel(p string) {
+	c.t.Helper()
+	st, err := os.Lstat(p)
+	data, _ := os.ReadFile(p)
+	if err != nil || !st.Mode().IsRegular() || st.Mode().Perm() != 0o600 || st.Sys().(*syscall.Stat_t).Uid != 0 || string(data) != sentinelText {
+		c.t.Fatalf("root's file %s was changed through a planted link: %v %v %q", p, st.Mode(), err, data)
 	}
 }
 

@@ -165,6 +165,15 @@ func (c *Coordinator) Jobs() []Job {
 	return out
 }
 
+// CheckpointDir is where the store keeps checkpoints ("" if it is not a
+// directory).
+func (c *Coordinator) CheckpointDir() string {
+	if cs, ok := c.store.(CatalogStore); ok && cs.S != nil {
+		return filepath.Clean(cs.S.Root())
+	}
+	return ""
+}
+
 // Authorize checks that uid may act on a job: root or the job's owner.
 func (c *Coordinator) Authorize(id string, uid int) error {
 	j, err := c.Job(id)

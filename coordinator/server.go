@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -40,7 +41,8 @@ type Server struct {
 	// PollInterval is how often Wait looks at a job.
 	PollInterval time.Duration
 
-	shimAddrs sync.Map // host -> address it last registered with
+	shimAddrs   sync.Map // host -> address it last registered with
+	shimRunDirs sync.Map // host -> the run directory it registered with
 }
 
 func (s *Server) authorize(ctx context.Context, job string) (int, error) {
@@ -52,6 +54,27 @@ func (s *Server) authorize(ctx context.Context, job string) (int, error) {
 		return uid, nil
 	}
 	return uid, s.C.Authorize(job, uid)
+}
+
+// checkDirs refuses directories a client named that are not the daemons':
+// a daemon never takes a path from a client (torpor run --checkpoint-dir
+// and --run-dir with daemons running).
+func (s *Server) checkDirs(req *apiv1.RunRequest, spec JobSpec) error {
+	if d := req.CheckpointDir; d != "" {
+		have := s.C.CheckpointDir()
+		if have == "" || filepath.Clean(d) != have {
+			return fmt.Errorf("%w: --checkpoint-dir %s: this coordinator keeps every checkpoint in %s (its own --checkpoint-dir); drop the flag, or ask the administrator", ErrInvalid, d, have)
+		}
+	}
+	if d := req.RunDir; d != "" {
+		for _, n := range spec.Nodes {
+			v, ok := s.shimRunDirs.Load(n.Host)
+			if ok && filepath.Clean(d) != v.(string) {
+				return fmt.Errorf("%w: --run-dir %s: the shim of %s uses %s (its own --run-dir); drop the flag or give that one", ErrInvalid, d, n.Host, v)
+			}
+		}
+	}
+	return nil
 }
 
 // Register adds (or replaces) the shim of a host.
@@ -70,6 +93,9 @@ func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*api
 		return nil, ToRPC(fmt.Errorf("dial shim %s at %s: %w", req.Host, req.Address, err))
 	}
 	s.C.AddAgent(req.Host, RemoteAgent{Client: cl})
+	if req.RunDir != "" {
+		s.shimRunDirs.Store(req.Host, filepath.Clean(req.RunDir))
+	}
 	// Shims register again every few seconds; only news is logged.
 	if prev, ok := s.shimAddrs.Swap(req.Host, req.Address); !ok || prev != req.Address {
 		s.C.log.Info("shim registered", "host", req.Host, "address", req.Address)
@@ -86,6 +112,9 @@ func (s *Server) Run(ctx context.Context, req *apiv1.RunRequest) (*apiv1.Job, er
 	spec := SpecFromPB(req.Spec)
 	if uid != 0 || spec.Owner == 0 {
 		spec.Owner = uid
+	}
+	if err := s.checkDirs(req, spec); err != nil {
+		return nil, ToRPC(err)
 	}
 	if err := s.C.Start(ctx, spec); err != nil {
 		return nil, ToRPC(err)

@@ -62,6 +62,21 @@ func TestJobsRunAsTheirOwner(t *testing.T) {
 		t.Fatalf("LD_PRELOAD job: exit %d\n%s", code, out)
 	}
 
+	// A daemon never takes a directory from a client: --checkpoint-dir and
+	// --run-dir other than the daemons' own are refused, naming theirs.
+	elsewhere := filepath.Join(c.dir, "elsewhere")
+	for _, tc := range []struct{ flag, want string }{{"--checkpoint-dir", c.ckpt}, {"--run-dir", c.runDir}} {
+		args := []string{"run", "--plain", "--host", "h1", tc.flag, elsewhere, "--", "/bin/true"}
+		out, code := c.cliAs(as(alice), args...)
+		if code == 0 || !strings.Contains(out, tc.flag+" "+elsewhere) || !strings.Contains(out, tc.want) {
+			t.Fatalf("%s %s: exit %d\n%s", tc.flag, elsewhere, code, out)
+		}
+		t.Logf("%s refused: %s", tc.flag, lastLines(strings.TrimSpace(out), 1))
+	}
+	if _, err := os.Stat(elsewhere); err == nil {
+		t.Fatalf("%s was created", elsewhere)
+	}
+
 	// 6. Links planted in the run directory before a start: at the output
 	// and exit-status paths of the job-node to come, pointing at a file of
 	// root's. Only root can write there (alice cannot even try); the shim

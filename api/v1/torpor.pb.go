@@ -699,8 +699,9 @@ func (*Empty) Descriptor() ([]byte, []int) {
 
 type RegisterRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`       // the shim's host name
-	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"` // where its Shim service listens (host:port)
+	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`                   // the shim's host name
+	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`             // where its Shim service listens (host:port)
+	RunDir        string                 `protobuf:"bytes,3,opt,name=run_dir,json=runDir,proto3" json:"run_dir,omitempty"` // the shim's run directory
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -745,6 +746,13 @@ func (x *RegisterRequest) GetHost() string {
 func (x *RegisterRequest) GetAddress() string {
 	if x != nil {
 		return x.Address
+	}
+	return ""
+}
+
+func (x *RegisterRequest) GetRunDir() string {
+	if x != nil {
+		return x.RunDir
 	}
 	return ""
 }
@@ -810,8 +818,12 @@ func (x *JobSpec) GetNodes() []*NodeSpec {
 }
 
 type RunRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Spec          *JobSpec               `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Spec  *JobSpec               `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	// Directories the caller named (torpor run --checkpoint-dir, --run-dir):
+	// refused unless they are the ones the daemons were configured with.
+	CheckpointDir string `protobuf:"bytes,2,opt,name=checkpoint_dir,json=checkpointDir,proto3" json:"checkpoint_dir,omitempty"`
+	RunDir        string `protobuf:"bytes,3,opt,name=run_dir,json=runDir,proto3" json:"run_dir,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -851,6 +863,20 @@ func (x *RunRequest) GetSpec() *JobSpec {
 		return x.Spec
 	}
 	return nil
+}
+
+func (x *RunRequest) GetCheckpointDir() string {
+	if x != nil {
+		return x.CheckpointDir
+	}
+	return ""
+}
+
+func (x *RunRequest) GetRunDir() string {
+	if x != nil {
+		return x.RunDir
+	}
+	return ""
 }
 
 type JobRef struct {
@@ -1736,17 +1762,20 @@ const file_torpor_proto_rawDesc = "" +
 	"\x06exited\x18\x02 \x01(\bR\x06exited\x12\x1b\n" +
 	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\"\a\n" +
-	"\x05Empty\"?\n" +
+	"\x05Empty\"X\n" +
 	"\x0fRegisterRequest\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddress\"Z\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x17\n" +
+	"\arun_dir\x18\x03 \x01(\tR\x06runDir\"Z\n" +
 	"\aJobSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\x05R\x05owner\x12)\n" +
-	"\x05nodes\x18\x03 \x03(\v2\x13.torpor.v1.NodeSpecR\x05nodes\"4\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x13.torpor.v1.NodeSpecR\x05nodes\"t\n" +
 	"\n" +
 	"RunRequest\x12&\n" +
-	"\x04spec\x18\x01 \x01(\v2\x12.torpor.v1.JobSpecR\x04spec\"\x1a\n" +
+	"\x04spec\x18\x01 \x01(\v2\x12.torpor.v1.JobSpecR\x04spec\x12%\n" +
+	"\x0echeckpoint_dir\x18\x02 \x01(\tR\rcheckpointDir\x12\x17\n" +
+	"\arun_dir\x18\x03 \x01(\tR\x06runDir\"\x1a\n" +
 	"\x06JobRef\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\"9\n" +
 	"\x11CheckpointRequest\x12\x10\n" +

@@ -43,6 +43,9 @@ func runRun(ctx context.Context, args []string) error {
 		fmt.Fprintln(os.Stderr, "torpor run:", err)
 		return exitError{2}
 	}
+	// Directories the user named are sent along: daemons refuse any but
+	// their own, instead of ignoring them.
+	dirs := &apiv1.RunRequest{CheckpointDir: o.CheckpointDir, RunDir: o.RunDir}
 	if o.RunDir == "" {
 		o.RunDir = "/run/torpor"
 	}
@@ -88,7 +91,7 @@ func runRun(ctx context.Context, args []string) error {
 		return err
 	}
 	defer done()
-	return superviseJob(ctx, cl, spec, o)
+	return superviseJob(ctx, cl, spec, o, dirs)
 }
 
 // buildSpec turns mpirun-style options into a job spec.
@@ -146,8 +149,8 @@ func sanitize(s string) string {
 // superviseJob starts the job and stays with it: it prints its output,
 // checkpoints it on the checkpoint signal or interval, and returns with the
 // job's exit status.
-func superviseJob(ctx context.Context, cl apiv1.CoordinatorClient, spec coordinator.JobSpec, o launch.Options) error {
-	job, err := cl.Run(ctx, &apiv1.RunRequest{Spec: coordinator.SpecToPB(spec)})
+func superviseJob(ctx context.Context, cl apiv1.CoordinatorClient, spec coordinator.JobSpec, o launch.Options, dirs *apiv1.RunRequest) error {
+	job, err := cl.Run(ctx, &apiv1.RunRequest{Spec: coordinator.SpecToPB(spec), CheckpointDir: dirs.CheckpointDir, RunDir: dirs.RunDir})
 	if err != nil {
 		return rpcErr(err)
 	}

@@ -2,20 +2,28 @@
 # torpor demo: an MPI job on a simulated 4-host cluster (network namespaces
 # on this machine) is checkpointed while it runs, killed, restarted from its
 # checkpoint, and one of its job-nodes is migrated to a spare host. Its final
-# checksum must equal an undisturbed run's.
+# checksum must equal an undisturbed run's. The daemons run as root; the job
+# belongs to an ordinary user the demo creates (and removes), who runs every
+# torpor command.
 #
 # Needs root and `make deps build workloads` (make demo does that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TORPOR=$PWD/bin/torpor
-RING=$PWD/bench/workloads/bin/ring.openmpi
 ARGS=(-i 400 -m 32 -s 20000 -p 50)
 NAME=demo$$
 DIR=$(mktemp -d /tmp/torpor-demo.XXXXXX)
 chmod 755 "$DIR"
+# Copies the demo's user can reach, wherever this checkout is.
+install -m 755 bin/torpor "$DIR/torpor"
+install -m 755 bench/workloads/bin/ring.openmpi "$DIR/ring.openmpi"
+TORPOR=$DIR/torpor
+RING=$DIR/ring.openmpi
 export TORPOR_SOCKET=$DIR/coordinator.sock
 PIDS=()
+USERNAME=torpor-demo$$
+# asuser runs a command as the demo's user, with this environment.
+asuser() { setpriv --reuid "$USERNAME" --regid "$USERNAME" --init-groups "$@"; }
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 now() { date +%s.%N; }
@@ -26,9 +34,11 @@ cleanup() {
 	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
 	for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
 	"$TORPOR" sim down "$NAME" >/dev/null 2>&1
+	userdel "$USERNAME" 2>/dev/null
 	if [ -n "${KEEP:-}" ]; then echo "kept $DIR"; else rm -rf "$DIR"; fi
 }
 trap cleanup EXIT
+useradd --no-create-home --user-group --shell /usr/sbin/nologin "$USERNAME"
 
 step "torpor doctor"
 "$TORPOR" doctor | tail -1
@@ -53,8 +63,8 @@ done
 for _ in $(seq 100); do [ -S "$TORPOR_SOCKET" ] && break; sleep 0.1; done
 sleep 1
 
-step "torpor run -n 6 --host h1:2,h2:2,h3:2 ring ${ARGS[*]}"
-"$TORPOR" run --restart-on-failure 1 --run-dir "$DIR/run" --name ring -n 6 --host h1:2,h2:2,h3:2 \
+step "as $USERNAME: torpor run -n 6 --host h1:2,h2:2,h3:2 ring ${ARGS[*]}"
+asuser "$TORPOR" run --restart-on-failure 1 --run-dir "$DIR/run" --name ring -n 6 --host h1:2,h2:2,h3:2 \
 	"$RING" "${ARGS[@]}" >"$DIR/run.out" 2>"$DIR/run.err" &
 RUN=$!
 PIDS+=($RUN)
@@ -65,14 +75,15 @@ for _ in $(seq 100); do
 	sleep 0.2
 done
 [ -n "$JOB" ] || { echo "job did not start"; cat "$DIR/run.err"; exit 1; }
-"$TORPOR" ps | sed 's/^/   /'
+asuser "$TORPOR" ps | sed 's/^/   /'
 grep 'iter=' "$DIR/run.out" | tail -1 | sed 's/^/   progress: /'
+echo "   its processes run as: $(cat /sys/fs/cgroup/unified/torpor/$NAME/*/"$JOB"/*/cgroup.procs | xargs ps -o user= -p | sort | uniq -c | xargs)"
 
-step "checkpoint while it runs"
+step "as $USERNAME: checkpoint while it runs"
 t=$(now)
-CKPT=$("$TORPOR" checkpoint "$JOB" 2>/dev/null)
+CKPT=$(asuser "$TORPOR" checkpoint "$JOB" 2>/dev/null)
 echo "   handle: $CKPT"; took "$t"
-"$TORPOR" ls "$JOB" | sed 's/^/   /'
+asuser "$TORPOR" ls "$JOB" | sed 's/^/   /'
 
 step "kill -9 every process of the job (three hosts fail at once)"
 sleep 2
@@ -86,12 +97,12 @@ for _ in $(seq 200); do "$TORPOR" ps | grep -q "^$JOB  *running" && break; sleep
 grep 'failed\|restart' "$DIR/run.err" | sed 's/^/   /'
 echo "   job running again from $CKPT"; took "$t"
 
-step "migrate job-node n1 from h2 to the spare host h4"
+step "as $USERNAME: migrate job-node n1 from h2 to the spare host h4"
 sleep 1
 t=$(now)
-"$TORPOR" migrate "$JOB" --node n1 --to h4 2>&1 | sed 's/^/   /'
+asuser "$TORPOR" migrate "$JOB" --node n1 --to h4 2>&1 | sed 's/^/   /'
 took "$t"
-"$TORPOR" ps | sed 's/^/   /'
+asuser "$TORPOR" ps | sed 's/^/   /'
 
 step "wait for the job to finish"
 wait "$RUN" || { echo "torpor run failed"; cat "$DIR/run.err"; exit 1; }

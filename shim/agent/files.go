@@ -50,6 +50,23 @@ func ownedDir(dir string, u *sandbox.User) error {
 	return os.Lchown(dir, uid, gid)
 }
 
+// writeOwned writes data to path, a new file of u's (mode 0600) in a
+// directory only root may change.
+func writeOwned(path string, data []byte, u *sandbox.User) error {
+	if err := sandbox.CreateOwned(path, u, 0o600); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
 // resolveBeneath keeps a path below its directory and follows no link.
 const resolveBeneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
 

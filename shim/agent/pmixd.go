@@ -76,7 +76,8 @@ func (a *Agent) preparePMIxd(n *node, js *pmix.JobSpec) ([]string, error) {
 		return nil, err
 	}
 	specFile := filepath.Join(a.cfg.RunDir, "jobs", n.job, n.spec.Name+".pmixd.json")
-	if err := os.WriteFile(specFile, data, 0o644); err != nil {
+	// The owner's alone: it holds the job's environment.
+	if err := writeOwned(specFile, data, userOf(n.spec)); err != nil {
 		return nil, err
 	}
 	if err := a.listenLink(n); err != nil {

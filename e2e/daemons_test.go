@@ -30,22 +30,26 @@ exec %[1]s -connect $next:7000 -status %[2]s/$TORPOR_NODE.send -rate 4M
 	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
 		c.t.Fatal(err)
 	}
-	// The shims register within a moment; retry until they have.
+	// Wait for the job to run, however long its start takes; should the
+	// run be refused and exit, start it again.
 	args := []string{"run", "--plain", "--name", name, "--host", strings.Join(hosts, ","), "--run-dir", c.runDir, script}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
+	cmd := c.daemon("run-"+name, args...)
 	for {
-		cmd := c.daemon("run-"+name, args...)
-		time.Sleep(time.Second)
-		job := c.findJob(name)
-		if job != "" {
+		if job := c.findJob(name); job != "" {
 			c.runCmd = cmd
 			c.t.Cleanup(func() { stop(cmd, syscall.SIGTERM) })
 			return job
 		}
-		stop(cmd, syscall.SIGTERM)
 		if time.Now().After(deadline) {
+			stop(cmd, syscall.SIGTERM)
 			c.t.Fatalf("job %s never started:\n%s", name, c.logs["run-"+name])
 		}
+		if exited(cmd) {
+			stop(cmd, syscall.SIGTERM) // reaps it
+			cmd = c.daemon("run-"+name, args...)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
@@ -124,29 +128,31 @@ func TestDaemonsEndToEnd(t *testing.T) {
 	c.progress(3, "suspend + resume")
 
 	// Kill every process of the job: the job fails; restart brings it back.
-	// (Killing a job-node's init, PID 1 of its namespace, takes the rest
-	// with it, so count job-nodes hit rather than processes.)
-	killedNodes := 0
+	// Every job-node's processes are found first, then killed: once one
+	// job-node dies, the coordinator fails the job and destroys the others,
+	// which races a kill that reads the next job-node's processes only then.
+	procs := map[string][]int{} // job-node cgroup -> its processes
 	filepath.WalkDir(filepath.Join(cgroupMount(t), c.cgParent), func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.Name() != "cgroup.procs" {
 			return nil
 		}
 		data, _ := os.ReadFile(p)
-		hit := false
 		for _, f := range strings.Fields(string(data)) {
 			var pid int
-			fmt.Sscan(f, &pid)
-			if pid > 0 && syscall.Kill(pid, syscall.SIGKILL) == nil {
-				hit = true
+			if fmt.Sscan(f, &pid); pid > 0 {
+				procs[filepath.Dir(p)] = append(procs[filepath.Dir(p)], pid)
 			}
-		}
-		if hit {
-			killedNodes++
 		}
 		return nil
 	})
-	if killedNodes != 3 {
-		t.Fatalf("killed the processes of %d job-nodes, want 3", killedNodes)
+	if len(procs) != 3 {
+		t.Fatalf("found the processes of %d job-nodes, want 3: %v", len(procs), procs)
+	}
+	for _, pids := range procs {
+		for _, pid := range pids {
+			// Gone already if its job-node's init, PID 1 of the namespace, went first.
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
 	}
 	c.waitState(job, "failed", 15*time.Second)
 	c.mustCLI("restart", job)

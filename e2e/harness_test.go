@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/simhost"
 )
@@ -170,6 +172,14 @@ func (c *cluster) startCoordinator(extra ...string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// exited reports whether cmd's process has ended, without reaping it: Wait
+// (or stop) still collects its status.
+func exited(cmd *exec.Cmd) bool {
+	var info unix.Siginfo
+	err := unix.Waitid(unix.P_PID, cmd.Process.Pid, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil)
+	return err == nil && info.Signo != 0
 }
 
 func stop(cmd *exec.Cmd, sig syscall.Signal) {

@@ -368,7 +368,8 @@ func TestRestoreTruncatedImage(t *testing.T) {
 		for _, p := range pages {
 			truncate(p)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		const deadline = 3 * time.Second
+		ctx, cancel := context.WithTimeout(context.Background(), deadline)
 		defer cancel()
 		start := time.Now()
 		_, err := a.Restore(ctx, e.drv, streamOpts(d, false))
@@ -378,8 +379,10 @@ func TestRestoreTruncatedImage(t *testing.T) {
 		if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, criu.ErrFailed) {
 			t.Fatalf("error %v: want a CRIU failure caused by the deadline", err)
 		}
-		if el := time.Since(start); el > 8*time.Second {
-			t.Fatalf("restore returned %v after its 3s deadline", el)
+		// CRIU is killed at the deadline, then the tree it left is killed
+		// and waited for: a second on a loaded machine, not a spin.
+		if el := time.Since(start); el > deadline+10*time.Second {
+			t.Fatalf("restore returned %v after its %v deadline", el, deadline)
 		}
 		t.Logf("restore error: %.300s", err)
 		checkClean()

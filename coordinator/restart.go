@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // RestartOptions choose where a job comes back.
@@ -212,7 +213,9 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 		}
 	}()
 	var t timings
-	restored := false
+	// Set by the restore's goroutine, which a phase deadline may leave
+	// running: read after the phase, so atomic.
+	var restored atomic.Bool
 	err = c.quiesce(ctx, id, spec.Nodes, pend.Handle(), &t)
 	if err == nil {
 		err = t.run(PhaseDump, func() error {
@@ -233,14 +236,14 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 				if err != nil {
 					return err
 				}
-				restored = true
+				restored.Store(true)
 				return a.Restore(ctx, id, n, dir)
 			})
 		})
 	}
 	if err != nil {
 		log.Warn("migration failed, rolling back", "err", err, "timings", t.String())
-		if restored {
+		if restored.Load() {
 			c.destroyNodes(ctx, id, []NodeSpec{dest}, log)
 		}
 		rbErr := c.rollback(ctx, spec, log)

@@ -27,6 +27,7 @@ PKGS=(
   openmpi-bin libopenmpi-dev libpmix-dev
   mpich libmpich-dev
   iproute2 nftables procps psmisc
+  passwd util-linux
   clang llvm libbpf-dev linux-libc-dev
   patchelf protobuf-compiler
   lammps

@@ -19,6 +19,7 @@ import (
 
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/criu"
+	"github.com/torpor-hpc/torpor/shim/criu/prlimit"
 )
 
 // Env is what the checks look at. Fields left zero are filled by Probe.
@@ -52,6 +53,7 @@ func Checks() []Check {
 	return []Check{
 		{Name: "kernel", Required: true, Run: checkKernel},
 		{Name: "root", Required: true, Run: checkRoot},
+		{Name: "sys_resource", Required: false, Run: checkSysResource},
 		{Name: "criu", Required: true, Run: checkCRIU},
 		{Name: "criu check", Required: true, Run: checkCRIUFeatures},
 		{Name: "hw breakpoints", Required: false, Run: checkBreakpoints},
@@ -79,6 +81,20 @@ func checkRoot(context.Context, *Env) Result {
 		return fail("run the shim (and doctor) as root: namespaces, cgroups, CRIU and eBPF need it", "running as uid %d", os.Geteuid())
 	}
 	return ok("running as root")
+}
+
+// checkSysResource: without CAP_SYS_RESOURCE CRIU cannot read a user's
+// task's resource limits; the shim then preloads its prlimit library.
+func checkSysResource(context.Context, *Env) Result {
+	need, err := prlimit.Needed()
+	if err != nil {
+		return warn("check /proc/self/status", "%v", err)
+	}
+	if need {
+		return warn("give root CAP_SYS_RESOURCE (it is missing from this session's bounding set) to run CRIU unmodified",
+			"root lacks CAP_SYS_RESOURCE: to dump users' jobs the shim preloads torpor's prlimit library into CRIU (shim/criu/prlimit)")
+	}
+	return ok("root holds CAP_SYS_RESOURCE")
 }
 
 func checkCRIU(ctx context.Context, env *Env) Result {

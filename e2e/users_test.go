@@ -36,8 +36,10 @@ func as(u *testuser.User) *syscall.Credential {
 // cannot; a working directory or program the user may not use is refused;
 // another user can neither see nor touch the job or its checkpoints.
 func TestJobsRunAsTheirOwner(t *testing.T) {
-	c := newCluster(t, 3)
+	// Users first: their removal then runs after the cluster's, once no
+	// process of theirs is left.
 	alice, bob := testuser.New(t), testuser.New(t)
+	c := newCluster(t, 3)
 	pwned := "/etc/torpor-pwned-" + alice.Name
 
 	// 1. The experiment of the issue: id, and a write to /etc.
@@ -196,8 +198,8 @@ func (c *cluster) mustCLIAs(u *testuser.User, args ...string) string {
 // with the undisturbed checksum; before and after each restore every rank
 // and pmixd runs as that user (only each job-node's init is root).
 func TestMPIAsUser(t *testing.T) {
+	alice := testuser.New(t) // before the cluster: removed after it
 	c := newCluster(t, 4)
-	alice := testuser.New(t)
 	progs := []struct {
 		name, mpirun, bin string
 		hangOK            string
@@ -383,8 +385,8 @@ func (c *cluster) assertRanksAre(u *testuser.User, job, when string) {
 // is refused by the shim's credentials check before CRIU runs; the job stays
 // suspended and restarts from its intact checkpoint.
 func TestForgedCredentialsRefused(t *testing.T) {
+	alice := testuser.New(t) // before the cluster: removed after it
 	c := newCluster(t, 2)
-	alice := testuser.New(t)
 	stop := filepath.Join(c.dir, "stop-forged")
 	job := c.userJob(alice, "forged", "h1,h2", fmt.Sprintf("while [ ! -e %s ]; do sleep 0.1; done", stop))
 	good := lastLines(c.mustCLIAs(alice, "checkpoint", job), 1)
@@ -573,8 +575,8 @@ func rawClient(sock string) int {
 // and sent by a user the test creates, get the server's clear refusals;
 // a request claiming root's credentials runs as its sender.
 func TestHandMadeRequests(t *testing.T) {
+	alice := testuser.New(t) // before the cluster: removed after it
 	c := newCluster(t, 1)
-	alice := testuser.New(t)
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

@@ -24,7 +24,9 @@ type User struct {
 
 // New creates a user and registers its removal with t.Cleanup. The test
 // fails (it does not skip) when it cannot: tests that need a user run as
-// root, in CI too.
+// root, in CI too. Call it before creating what runs the user's processes
+// (a cluster, sandboxes): cleanups run last-registered first, and userdel
+// refuses a user who still has processes.
 func New(t testing.TB) *User {
 	t.Helper()
 	if os.Geteuid() != 0 {

@@ -79,16 +79,18 @@ func (s *syncBuffer) String() string {
 func newOneHost(t *testing.T) *oneHost {
 	t.Helper()
 	requireRoot(t)
-	name := fmt.Sprintf("s%dx%d", os.Getpid()%100000, hostSeq.Add(1))
-	cl, err := simhost.NewCluster(context.Background(), name, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Everything that can fail comes before the cluster, whose removal is
+	// registered at once.
 	mount, err := cgroup.Mountpoint()
 	if err != nil {
 		t.Fatal(err)
 	}
 	bin, err := criu.Locator{}.Find()
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := fmt.Sprintf("s%dx%d", os.Getpid()%100000, hostSeq.Add(1))
+	cl, err := simhost.NewCluster(context.Background(), name, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

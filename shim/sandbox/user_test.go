@@ -20,8 +20,8 @@ import (
 // user may not use makes Start fail, saying so. The init stays root (see
 // runInit) and runs nothing of the user's.
 func TestStartAsUser(t *testing.T) {
+	u := testuser.New(t) // before the cluster: removed after it
 	e := newEnv(t, 1)
-	u := testuser.New(t)
 	usr := &User{UID: u.UID, GID: u.GID, Groups: []int{u.GID, u.Supplement}}
 	testuser.OpenDirs(t, e.dir)
 	ctx := context.Background()
@@ -126,8 +126,8 @@ func uidOf(st os.FileInfo) int {
 // init's (root) and the user's for every other task; criu.CheckCreds takes
 // them and refuses them for another uid.
 func TestDumpedCreds(t *testing.T) {
+	u := testuser.New(t) // before the cluster: removed after it
 	e := newEnv(t, 1)
-	u := testuser.New(t)
 	usr := &User{UID: u.UID, GID: u.GID, Groups: []int{u.GID, u.Supplement}}
 	testuser.OpenDirs(t, e.dir)
 	s := e.sandbox(1, 1, false)

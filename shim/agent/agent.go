@@ -19,8 +19,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/coordinator/catalog"
 	"github.com/torpor-hpc/torpor/fault"
@@ -593,10 +591,7 @@ func restoreOutput(dir, path string, u *sandbox.User) error {
 	// In the job's run directory, which only root may change: the owner
 	// can plant nothing at tmp.
 	tmp := m.Path + ".restore"
-	if err := sandbox.CreateOwned(tmp, u, 0o600); err != nil {
-		return err
-	}
-	dst, err := os.OpenFile(tmp, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	dst, err := sandbox.OpenOwned(tmp, u, 0o600)
 	if err != nil {
 		return err
 	}

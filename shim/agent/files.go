@@ -43,20 +43,14 @@ func ownedDir(dir string, u *sandbox.User) error {
 	if !st.IsDir() {
 		return fmt.Errorf("%s is not a directory: remove it", dir)
 	}
-	uid, gid := 0, 0
-	if !u.Root() {
-		uid, gid = u.UID, u.GID
-	}
+	uid, gid := u.IDs()
 	return os.Lchown(dir, uid, gid)
 }
 
 // writeOwned writes data to path, a new file of u's (mode 0600) in a
 // directory only root may change.
 func writeOwned(path string, data []byte, u *sandbox.User) error {
-	if err := sandbox.CreateOwned(path, u, 0o600); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	f, err := sandbox.OpenOwned(path, u, 0o600)
 	if err != nil {
 		return err
 	}
@@ -146,10 +140,7 @@ func restoreDir(src, dir string, u *sandbox.User) error {
 		return err
 	}
 	defer d.Close()
-	uid, gid := 0, 0
-	if !u.Root() {
-		uid, gid = u.UID, u.GID
-	}
+	uid, gid := u.IDs()
 	return eachRegularFile(src, func(p, rel string) error {
 		if !filepath.IsLocal(rel) {
 			return fmt.Errorf("%s leaves its directory", rel)

@@ -103,28 +103,38 @@ type User struct {
 // Root reports whether u is root (nil is).
 func (u *User) Root() bool { return u == nil || u.UID == 0 }
 
-// ids are u's uid and gid, 0 and 0 for root.
-func (u *User) ids() (int, int) {
+// IDs are u's uid and gid, 0 and 0 for root.
+func (u *User) IDs() (int, int) {
 	if u == nil {
 		return 0, 0
 	}
 	return u.UID, u.GID
 }
 
-// CreateOwned creates path anew (removing what was there, without following
-// a symbolic link) as an empty regular file owned by u, mode perm. Its
-// directory must be one that only root may change.
-func CreateOwned(path string, u *User, perm os.FileMode) error {
+// OpenOwned creates path anew (removing what was there, without following
+// a symbolic link) as an empty regular file owned by u, mode perm, and
+// returns it open for writing. Its directory must be one that only root may
+// change.
+func OpenOwned(path string, u *User, perm os.FileMode) (*os.File, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
+		return nil, err
 	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, perm)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	uid, gid := u.ids()
+	uid, gid := u.IDs()
 	if err := f.Chown(uid, gid); err != nil {
 		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// CreateOwned is OpenOwned, closed.
+func CreateOwned(path string, u *User, perm os.FileMode) error {
+	f, err := OpenOwned(path, u, perm)
+	if err != nil {
 		return err
 	}
 	return f.Close()
@@ -412,7 +422,7 @@ func (s *Sandbox) Start(ctx context.Context, p Process) error {
 		<-t.done
 		return fmt.Errorf("start sandbox %s: %s", s.cfg.Name, msg)
 	}
-	uid, _ := p.User.ids()
+	uid, _ := p.User.IDs()
 	s.log.Info("sandbox started", "pid", t.pid, "uid", uid, "argv", p.Argv)
 	return nil
 }

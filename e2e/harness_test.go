@@ -146,11 +146,20 @@ func (l *logBuffer) String() string {
 // daemon starts a torpor daemon whose output is kept for failure reports.
 func (c *cluster) daemon(name string, args ...string) *exec.Cmd {
 	c.t.Helper()
+	return c.daemonAs(nil, name, args...)
+}
+
+// daemonAs is daemon run as cred (nil: root).
+func (c *cluster) daemonAs(cred *syscall.Credential, name string, args ...string) *exec.Cmd {
+	c.t.Helper()
 	cmd := exec.Command(c.torpor, args...)
 	buf := &logBuffer{}
 	c.logs[name] = buf
 	cmd.Stdout, cmd.Stderr = buf, buf
 	cmd.Env = append(os.Environ(), "TORPOR_SOCKET="+c.socket)
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	if err := cmd.Start(); err != nil {
 		c.t.Fatalf("start %s: %v", name, err)
 	}

@@ -61,16 +61,27 @@ type mpiJob struct {
 
 func (c *cluster) runMPI(name string, np int, hosts string, prog string, args ...string) *mpiJob {
 	c.t.Helper()
+	return c.startMPI(nil, []string{"--restart-on-failure", "1"}, name, np, hosts, prog, args...)
+}
+
+// startMPI starts `torpor run [flags] -n np --host hosts prog args` as cred
+// (nil: root) and waits until the job runs.
+func (c *cluster) startMPI(cred *syscall.Credential, flags []string, name string, np int, hosts string, prog string, args ...string) *mpiJob {
+	c.t.Helper()
 	out := filepath.Join(c.dir, name+".out")
 	f, err := os.Create(out)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	defer f.Close()
-	cmd := exec.Command(c.torpor, append([]string{"run", "--run-dir", c.runDir, "--name", name,
-		"--restart-on-failure", "1", "-n", fmt.Sprint(np), "--host", hosts, prog}, args...)...)
+	a := append([]string{"run", "--run-dir", c.runDir, "--name", name}, flags...)
+	cmd := exec.Command(c.torpor, append(append(a, "-n", fmt.Sprint(np), "--host", hosts, prog), args...)...)
 	cmd.Env = append(os.Environ(), "TORPOR_SOCKET="+c.socket)
+	cmd.Dir = c.dir // reachable by any user
 	cmd.Stdout, cmd.Stderr = f, f
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
 	}

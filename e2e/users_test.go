@@ -164,22 +164,14 @@ func TestJobsRunAsTheirOwner(t *testing.T) {
 // runs and returns its id.
 func (c *cluster) userJob(u *testuser.User, name, hosts, script string) string {
 	c.t.Helper()
-	cmd := exec.Command(c.torpor, "run", "--plain", "--name", name, "--host", hosts, "--run-dir", c.runDir, "--", "/bin/sh", "-c", script)
-	buf := &logBuffer{}
-	c.logs["run-"+name] = buf
-	cmd.Stdout, cmd.Stderr = buf, buf
-	cmd.Env = append(os.Environ(), "TORPOR_SOCKET="+c.socket)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: as(u)}
-	if err := cmd.Start(); err != nil {
-		c.t.Fatal(err)
-	}
+	cmd := c.daemonAs(as(u), "run-"+name, "run", "--plain", "--name", name, "--host", hosts, "--run-dir", c.runDir, "--", "/bin/sh", "-c", script)
 	c.t.Cleanup(func() { stop(cmd, syscall.SIGTERM) })
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		if job := c.findJob(name); job != "" {
 			return job
 		}
 		if time.Now().After(deadline) {
-			c.t.Fatalf("job %s never started:\n%s", name, buf)
+			c.t.Fatalf("job %s never started:\n%s", name, c.logs["run-"+name])
 		}
 	}
 }
@@ -303,34 +295,10 @@ func (c *cluster) checkSentinel(p string) {
 	}
 }
 
-// runMPIAs is runMPI as user u.
+// runMPIAs starts an MPI job as user u.
 func (c *cluster) runMPIAs(u *testuser.User, name string, np int, hosts string, prog string, args ...string) *mpiJob {
 	c.t.Helper()
-	out := filepath.Join(c.dir, name+".out")
-	f, err := os.Create(out)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer f.Close()
-	cmd := exec.Command(c.torpor, append([]string{"run", "--run-dir", c.runDir, "--name", name,
-		"-n", fmt.Sprint(np), "--host", hosts, prog}, args...)...)
-	cmd.Env = append(os.Environ(), "TORPOR_SOCKET="+c.socket)
-	cmd.Dir = c.dir
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: as(u)}
-	if err := cmd.Start(); err != nil {
-		c.t.Fatal(err)
-	}
-	j := &mpiJob{c: c, run: cmd, out: out}
-	c.t.Cleanup(func() { stop(cmd, syscall.SIGTERM) })
-	for deadline := time.Now().Add(30 * time.Second); j.id == ""; time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			data, _ := os.ReadFile(out)
-			c.t.Fatalf("job %s did not start:\n%s", name, data)
-		}
-		j.id = c.findJob(name)
-	}
-	return j
+	return c.startMPI(as(u), nil, name, np, hosts, prog, args...)
 }
 
 // assertRanksAre checks /proc/PID/status of every process of every

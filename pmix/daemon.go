@@ -48,7 +48,7 @@ type Daemon struct {
 
 // New prepares a pmixd for spec; Run starts it.
 func New(spec JobSpec, up Upstream, log *slog.Logger) (*Daemon, error) {
-	if err := spec.Validate(); err != nil {
+	if err := validate(spec); err != nil {
 		return nil, err
 	}
 	if up == nil {
@@ -137,7 +137,7 @@ func (d *Daemon) Run(ctx context.Context) (code int, err error) {
 	}
 	host := d.spec.Nodes[d.spec.NodeIndex].Hostname
 	if err := d.srv.Init(libpmix.Options{
-		TmpDir:   d.spec.serverTmpDir(),
+		TmpDir:   d.spec.ServerTmpDir(),
 		Nspace:   "torpor-pmixd-" + d.spec.Job,
 		Rank:     libpmix.Rank(d.spec.NodeIndex),
 		Hostname: host,
@@ -155,7 +155,7 @@ func (d *Daemon) Run(ctx context.Context) (code int, err error) {
 	}()
 	regCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if err := d.srv.RegisterNamespace(regCtx, d.spec.jobMap()); err != nil {
+	if err := d.srv.RegisterNamespace(regCtx, jobMap(d.spec)); err != nil {
 		return 1, fmt.Errorf("job %s: %w", d.spec.Job, err)
 	}
 	if err := d.startEvents(regCtx); err != nil {
@@ -188,7 +188,7 @@ func (d *Daemon) preparePMIx(ctx context.Context, r int) ([]string, []*os.File, 
 }
 
 func (d *Daemon) prepareDirs() error {
-	for _, dir := range []string{d.spec.serverTmpDir(), d.spec.nsDir()} {
+	for _, dir := range []string{d.spec.ServerTmpDir(), d.spec.NsDir()} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("create pmixd directory: %w", err)
 		}

@@ -54,7 +54,7 @@ func TestSpecValidate(t *testing.T) {
 			s := good
 			s.Nodes = []Node{{Hostname: "h", Ranks: slices.Clone(good.Nodes[0].Ranks)}}
 			tc.mutate(&s)
-			if err := s.Validate(); (err == nil) != tc.ok {
+			if err := validate(s); (err == nil) != tc.ok {
 				t.Fatalf("Validate = %v, want ok=%v", err, tc.ok)
 			}
 		})

@@ -94,7 +94,7 @@ func readSpec(path string) (JobSpec, error) {
 	if err := json.Unmarshal(b, &spec); err != nil {
 		return spec, fmt.Errorf("decode %s: %w", path, err)
 	}
-	if err := spec.Validate(); err != nil {
+	if err := validate(spec); err != nil {
 		return spec, fmt.Errorf("%s: %w", path, err)
 	}
 	return spec, nil

@@ -1,116 +1,31 @@
 package pmix
 
 import (
-	"errors"
 	"fmt"
-	"io"
-	"path/filepath"
-	"time"
 
+	"github.com/torpor-hpc/torpor/pmix/jobspec"
 	"github.com/torpor-hpc/torpor/pmix/libpmix"
 )
 
-// ErrBadSpec is wrapped by JobSpec validation errors.
-var ErrBadSpec = errors.New("invalid job spec")
-
-// Wire selects how ranks reach pmixd.
-type Wire string
-
-// Wires pmixd serves.
-const (
-	// WirePMIx is a PMIx server (libpmix): Open MPI ranks. The default.
-	WirePMIx Wire = "pmix"
-	// WirePMI1 is the PMI-1 simple protocol on an inherited socket (PMI_FD):
-	// MPICH ranks. Needs no libpmix, so it also works in !cgo builds.
-	WirePMI1 Wire = "pmi1"
+// The job spec lives in package jobspec, which needs no cgo; these names
+// keep pmixd's code short.
+type (
+	JobSpec = jobspec.JobSpec
+	Node    = jobspec.Node
+	Wire    = jobspec.Wire
 )
 
-// Node is one job-node of a job: the hostname its ranks see (its sandbox's UTS
-// hostname) and the global ranks it runs, ascending.
-type Node struct {
-	Hostname string
-	Ranks    []int
-}
+const (
+	WirePMIx = jobspec.WirePMIx
+	WirePMI1 = jobspec.WirePMI1
+)
 
-// JobSpec is everything pmixd needs to run its job-node's share of a job.
-type JobSpec struct {
-	// Job is the job id; it is also the PMIx namespace of the ranks.
-	Job string
-	// Nodes lists every job-node of the job, by node index.
-	Nodes []Node
-	// NodeIndex is the job-node this pmixd hosts.
-	NodeIndex int
-	// Wire is the process-management interface of the ranks; empty means WirePMIx.
-	Wire Wire
-	// Argv is the program and its arguments, the same for every rank.
-	Argv []string
-	// Env is the ranks' base environment (KEY=VALUE). Inherited PMIX_*
-	// variables other than PMIX_MCA_* are dropped from it.
-	Env []string
-	// ExtraEnv is applied last and wins (mpirun -x).
-	ExtraEnv []string
-	// Dir is the ranks' working directory; empty means pmixd's.
-	Dir string
-	// TmpDir is a directory owned by this pmixd: the PMIx server's rendezvous
-	// files and shared-memory data store, and the job's PMIX_TMPDIR, live below
-	// it. Ranks must be able to read it and a CRIU restore must find it at the
-	// same path. Required.
-	TmpDir string
-	// TagOutput prefixes every forwarded line with "[job,rank]<stdout>: ".
-	TagOutput bool
-	// Stdout and Stderr receive the ranks' output, line by line; nil discards.
-	// Main sets them to its own.
-	Stdout io.Writer `json:"-"`
-	Stderr io.Writer `json:"-"`
-	// KillGrace is how long a rank has between SIGTERM and SIGKILL when the job
-	// is ended; 0 means 2s.
-	KillGrace time.Duration
-	// Link is the unix socket of the shim serving this job-node (package
-	// pmix/link); Main uses it as the Upstream. Empty: a single-node job with
-	// LocalUpstream.
-	Link string
-	// ReapOrphans makes pmixd reap every child (wait4(-1)), as PID 1 of a
-	// sandbox must. Leave it off when pmixd's logic runs inside a process that
-	// has other children.
-	ReapOrphans bool
-}
-
-// Size is the number of ranks in the job.
-func (s JobSpec) Size() int {
-	n := 0
-	for _, nd := range s.Nodes {
-		n += len(nd.Ranks)
-	}
-	return n
-}
-
-// LocalRanks are the ranks this job-node runs.
-func (s JobSpec) LocalRanks() []int {
-	if s.NodeIndex < 0 || s.NodeIndex >= len(s.Nodes) {
-		return nil
-	}
-	return s.Nodes[s.NodeIndex].Ranks
-}
-
-// NodeOf returns the index of the job-node that runs rank, or -1.
-func (s JobSpec) NodeOf(rank int) int {
-	for i, nd := range s.Nodes {
-		for _, r := range nd.Ranks {
-			if r == rank {
-				return i
-			}
-		}
-	}
-	return -1
-}
-
-func (s JobSpec) serverTmpDir() string { return filepath.Join(s.TmpDir, "srv") }
-func (s JobSpec) jobTmpDir() string    { return filepath.Join(s.TmpDir, "job") }
-func (s JobSpec) nsDir() string        { return filepath.Join(s.TmpDir, "job", "ns") }
+// ErrBadSpec is wrapped by JobSpec validation errors.
+var ErrBadSpec = jobspec.ErrBadSpec
 
 // jobMap is the namespace as libpmix registers it.
-func (s JobSpec) jobMap() libpmix.JobMap {
-	m := libpmix.JobMap{Nspace: s.Job, Local: s.NodeIndex, TmpDir: s.jobTmpDir(), NsDir: s.nsDir()}
+func jobMap(s JobSpec) libpmix.JobMap {
+	m := libpmix.JobMap{Nspace: s.Job, Local: s.NodeIndex, TmpDir: s.JobTmpDir(), NsDir: s.NsDir()}
 	for _, nd := range s.Nodes {
 		rs := make([]libpmix.Rank, len(nd.Ranks))
 		for i, r := range nd.Ranks {
@@ -121,27 +36,12 @@ func (s JobSpec) jobMap() libpmix.JobMap {
 	return m
 }
 
-// Validate checks the spec before anything is started.
-func (s JobSpec) Validate() error {
-	if len(s.Argv) == 0 || s.Argv[0] == "" {
-		return fmt.Errorf("%w: no program to run", ErrBadSpec)
+// validate checks s as jobspec does, and the namespace map libpmix will register.
+func validate(s JobSpec) error {
+	if err := s.Validate(); err != nil {
+		return err
 	}
-	switch s.Wire {
-	case "", WirePMIx, WirePMI1:
-	default:
-		return fmt.Errorf("%w: unknown wire %q (want %q or %q)", ErrBadSpec, s.Wire, WirePMIx, WirePMI1)
-	}
-	if s.TmpDir == "" || !filepath.IsAbs(s.TmpDir) {
-		return fmt.Errorf("%w: TmpDir %q must be an absolute path", ErrBadSpec, s.TmpDir)
-	}
-	for i, nd := range s.Nodes {
-		for _, r := range nd.Ranks {
-			if r < 0 {
-				return fmt.Errorf("%w: node %d has negative rank %d", ErrBadSpec, i, r)
-			}
-		}
-	}
-	if err := s.jobMap().Validate(); err != nil {
+	if err := jobMap(s).Validate(); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadSpec, err)
 	}
 	return nil

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"net"
 	"runtime"
 
@@ -10,8 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/torpor-hpc/torpor/pmix"
-	"github.com/torpor-hpc/torpor/shim/agent"
+	"github.com/torpor-hpc/torpor/pmix/jobspec"
 	"io"
 	"os"
 	"os/signal"
@@ -275,19 +273,19 @@ func mpiSpec(spec coordinator.JobSpec, o launch.Options, prog string, rankEnv []
 	if err != nil {
 		return spec, err
 	}
-	wire := pmix.WirePMIx
+	wire := jobspec.WirePMIx
 	extra := []string{
 		// Job-nodes are separate hosts with their own addresses: TCP between
 		// them, shared memory within.
 		"OMPI_MCA_btl=self,vader,tcp", "OMPI_MCA_btl_tcp_if_include=eth0", "OMPI_MCA_oob_tcp_if_include=eth0",
 	}
 	if flavour == launch.MPIMPICH {
-		wire = pmix.WirePMI1
+		wire = jobspec.WirePMI1
 		extra = []string{"UCX_TLS=tcp,self", "UCX_NET_DEVICES=eth0"}
 	}
-	var nodes []pmix.Node
+	var nodes []jobspec.Node
 	for i, pn := range plan.Nodes {
-		nodes = append(nodes, pmix.Node{Hostname: spec.ID + "-n" + strconv.Itoa(i), Ranks: pn.Ranks})
+		nodes = append(nodes, jobspec.Node{Hostname: spec.ID + "-n" + strconv.Itoa(i), Ranks: pn.Ranks})
 	}
 	base := os.Environ()
 	for i, pn := range plan.Nodes {
@@ -298,19 +296,19 @@ func mpiSpec(spec coordinator.JobSpec, o launch.Options, prog string, rankEnv []
 			// it sees oversubscription; a direct launch must say so).
 			nodeEnv = append(nodeEnv, "OMPI_MCA_mpi_yield_when_idle=1")
 		}
-		js := pmix.JobSpec{
+		js := jobspec.JobSpec{
 			Job: spec.ID, Nodes: nodes, NodeIndex: i, Wire: wire,
 			Argv: append([]string{prog}, o.Args...), Env: base, ExtraEnv: append(nodeEnv, rankEnv...),
 			Dir: o.Wdir, TagOutput: o.TagOutput,
 		}
-		data, err := json.Marshal(js)
+		env, err := jobspec.EnvString(js)
 		if err != nil {
 			return spec, err
 		}
 		spec.Nodes = append(spec.Nodes, coordinator.NodeSpec{
 			Name: "n" + strconv.Itoa(i), Host: pn.Host, Hostname: nodes[i].Hostname,
 			Argv: []string{"pmixd"}, Dir: o.Wdir,
-			Env: []string{agent.EnvPMIxdSpec + "=" + string(data), "PATH=" + os.Getenv("PATH")},
+			Env: []string{env, "PATH=" + os.Getenv("PATH")},
 		})
 	}
 	return spec, nil

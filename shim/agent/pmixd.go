@@ -7,36 +7,25 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/torpor-hpc/torpor/coordinator"
-	"github.com/torpor-hpc/torpor/pmix"
 	"github.com/torpor-hpc/torpor/pmix/hostmsg"
+	"github.com/torpor-hpc/torpor/pmix/jobspec"
 	"github.com/torpor-hpc/torpor/pmix/link"
 )
-
-// EnvPMIxdSpec in a job-node's environment carries the JSON of its
-// pmix.JobSpec: the job-node runs pmixd (torpor's PMIx server, PID 1's child
-// in the sandbox), which the shim serves through a link socket.
-const EnvPMIxdSpec = "TORPOR_PMIXD_SPEC"
 
 // FenceFunc sends a fence contribution to the coordinator and returns the
 // combined data.
 type FenceFunc func(ctx context.Context, req coordinator.FenceRequest) ([]byte, error)
 
 // pmixdSpec extracts a job-node's pmixd spec, if it has one.
-func pmixdSpec(spec coordinator.NodeSpec) (*pmix.JobSpec, error) {
-	for _, e := range spec.Env {
-		if v, ok := strings.CutPrefix(e, EnvPMIxdSpec+"="); ok {
-			var js pmix.JobSpec
-			if err := json.Unmarshal([]byte(v), &js); err != nil {
-				return nil, fmt.Errorf("%w: job-node %s: bad %s: %v", coordinator.ErrInvalid, spec.Name, EnvPMIxdSpec, err)
-			}
-			return &js, nil
-		}
+func pmixdSpec(spec coordinator.NodeSpec) (*jobspec.JobSpec, error) {
+	js, err := jobspec.FromEnv(spec.Env)
+	if err != nil {
+		return nil, fmt.Errorf("%w: job-node %s: %w", coordinator.ErrInvalid, spec.Name, err)
 	}
-	return nil, nil
+	return js, nil
 }
 
 // linkPath is the job-node's link socket: the same path on every host, so a
@@ -47,7 +36,7 @@ func (a *Agent) linkPath(job, n string) string {
 
 // preparePMIxd writes pmixd's spec and starts the job-node's link server. It
 // returns the command that runs pmixd in the sandbox.
-func (a *Agent) preparePMIxd(n *node, js *pmix.JobSpec) ([]string, error) {
+func (a *Agent) preparePMIxd(n *node, js *jobspec.JobSpec) ([]string, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the torpor binary for pmixd: %w", err)

@@ -7,11 +7,11 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/torpor-hpc/torpor/coordinator/catalog"
+	"github.com/torpor-hpc/torpor/catalog"
 )
 
 // CatalogStore is the Store the coordinator uses in production: the
-// checkpoint catalog on disk (coordinator/catalog).
+// checkpoint catalog on disk (package catalog).
 type CatalogStore struct {
 	S *catalog.Store
 }

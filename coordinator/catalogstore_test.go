@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/torpor-hpc/torpor/coordinator/catalog"
+	"github.com/torpor-hpc/torpor/catalog"
 )
 
 // newCatalogFixture is newFixture backed by the real on-disk catalog.

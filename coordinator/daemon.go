@@ -18,7 +18,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
-	"github.com/torpor-hpc/torpor/coordinator/catalog"
+	"github.com/torpor-hpc/torpor/catalog"
 )
 
 // DaemonConfig configures a running coordinator: its state, its catalog and

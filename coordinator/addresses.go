@@ -3,6 +3,8 @@ package coordinator
 import (
 	"fmt"
 	"net/netip"
+
+	"github.com/torpor-hpc/torpor/agentapi"
 )
 
 // DefaultNodeNet is where job-node addresses come from when nothing is
@@ -42,13 +44,13 @@ func (c *Coordinator) assignAddresses(spec *JobSpec) error {
 		}
 		if n.IP != "" {
 			if _, err := netip.ParsePrefix(n.IP); err != nil {
-				return fmt.Errorf("%w: job-node %s: address %q is not ADDR/PREFIX", ErrInvalid, n.Name, n.IP)
+				return fmt.Errorf("%w: job-node %s: address %q is not ADDR/PREFIX", agentapi.ErrInvalid, n.Name, n.IP)
 			}
 			continue
 		}
 		for used[next] || !c.nodeNet.Contains(next) {
 			if !c.nodeNet.Contains(next) {
-				return fmt.Errorf("%w: no free job-node address left in %s", ErrInvalid, c.nodeNet)
+				return fmt.Errorf("%w: no free job-node address left in %s", agentapi.ErrInvalid, c.nodeNet)
 			}
 			next = next.Next()
 		}

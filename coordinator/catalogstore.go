@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/catalog"
 )
 
@@ -66,7 +67,7 @@ func (c CatalogStore) get(handle string) (catalog.Checkpoint, error) {
 	cp, err := c.S.Get(handle)
 	if err != nil {
 		if errors.Is(err, catalog.ErrNotFound) {
-			return cp, errors.Join(err, ErrNotFound)
+			return cp, errors.Join(err, agentapi.ErrNotFound)
 		}
 		return cp, err
 	}
@@ -83,13 +84,13 @@ func (c CatalogStore) Load(handle string) (Manifest, error) {
 	}
 	m := Manifest{
 		Handle: cp.Handle, Kind: string(cp.Manifest.Kind), LeaveRunning: cp.Manifest.LeaveRunning,
-		Created: cp.Manifest.Created, Nodes: map[string]DumpResult{}, Phases: map[Phase]time.Duration{},
+		Created: cp.Manifest.Created, Nodes: map[string]agentapi.DumpResult{}, Phases: map[Phase]time.Duration{},
 	}
 	if err := json.Unmarshal(cp.Manifest.Spec, &m.Spec); err != nil {
 		return Manifest{}, fmt.Errorf("checkpoint %s: decode job spec: %w", handle, err)
 	}
 	for _, n := range cp.Manifest.Nodes {
-		m.Nodes[n.Name] = DumpResult{Bytes: n.TotalBytes, Files: n.FileCount, Manifest: n.ManifestSHA256}
+		m.Nodes[n.Name] = agentapi.DumpResult{Bytes: n.TotalBytes, Files: n.FileCount}
 	}
 	for ph, d := range cp.Manifest.Phases {
 		m.Phases[Phase(ph)] = time.Duration(d)
@@ -101,7 +102,7 @@ func (c CatalogStore) Latest(job string) (string, error) {
 	cp, err := c.S.Latest(job)
 	if err != nil {
 		if errors.Is(err, catalog.ErrNotFound) {
-			return "", errors.Join(err, ErrNotFound)
+			return "", errors.Join(err, agentapi.ErrNotFound)
 		}
 		return "", err
 	}
@@ -114,7 +115,7 @@ func (c CatalogStore) NodeDir(handle, node string) (string, error) {
 		return "", err
 	}
 	if _, ok := cp.Manifest.Node(node); !ok {
-		return "", fmt.Errorf("%w: checkpoint %s has no job-node %s", ErrNotFound, handle, node)
+		return "", fmt.Errorf("%w: checkpoint %s has no job-node %s", agentapi.ErrNotFound, handle, node)
 	}
 	return cp.NodeDir(node), nil
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/catalog"
 )
 
@@ -24,7 +25,7 @@ func newCatalogFixture(t *testing.T, hosts ...string) (*fixture, *catalog.Store)
 		t.Fatal(err)
 	}
 	f := &fixture{agents: map[string]*fakeAgent{}}
-	agents := map[string]Agent{}
+	agents := map[string]agentapi.Agent{}
 	for _, h := range hosts {
 		f.agents[h] = newFakeAgent(h)
 		agents[h] = f.agents[h]
@@ -36,7 +37,7 @@ func newCatalogFixture(t *testing.T, hosts ...string) (*fixture, *catalog.Store)
 	f.c = c
 	f.spec = JobSpec{ID: "job1", Owner: 1000}
 	for i, h := range hosts[:3] {
-		f.spec.Nodes = append(f.spec.Nodes, NodeSpec{Name: "n" + string(rune('0'+i)), Host: h, IP: "198.19.0." + string(rune('1'+i)) + "/15", Argv: []string{"/bin/true"}})
+		f.spec.Nodes = append(f.spec.Nodes, agentapi.NodeSpec{Name: "n" + string(rune('0'+i)), Host: h, IP: "198.19.0." + string(rune('1'+i)) + "/15", Argv: []string{"/bin/true"}})
 	}
 	if err := c.Start(context.Background(), f.spec); err != nil {
 		t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/internal/atomicfile"
 )
 
@@ -22,7 +23,7 @@ type Options struct {
 	// StateDir holds jobs.json, the coordinator's persisted registry.
 	StateDir string
 	Store    Store
-	Agents   map[string]Agent // host name -> its shim
+	Agents   map[string]agentapi.Agent // host name -> its shim
 	Log      *slog.Logger
 	// Deadlines override DefaultDeadlines per phase.
 	Deadlines Deadlines
@@ -39,7 +40,7 @@ type Options struct {
 	Faults Faults
 	// LookupCreds finds the credentials of a job's owner; LookupCreds (the
 	// host's user and group database) when nil.
-	LookupCreds func(uid int) (*Creds, error)
+	LookupCreds func(uid int) (*agentapi.Creds, error)
 }
 
 // Faults are hooks called at named points of the protocol. A hook that
@@ -62,10 +63,10 @@ type Coordinator struct {
 	nodeNet   netip.Prefix
 	nodeBits  int
 	faults    Faults
-	lookup    func(uid int) (*Creds, error)
+	lookup    func(uid int) (*agentapi.Creds, error)
 
 	mu     sync.Mutex
-	agents map[string]Agent
+	agents map[string]agentapi.Agent
 	jobs   map[string]*Job
 	busy   map[string]bool // job id -> an operation runs
 
@@ -75,7 +76,7 @@ type Coordinator struct {
 // New creates a coordinator and loads the jobs it persisted earlier.
 func New(opts Options) (*Coordinator, error) {
 	if opts.Store == nil {
-		return nil, fmt.Errorf("%w: coordinator needs a checkpoint store", ErrInvalid)
+		return nil, fmt.Errorf("%w: coordinator needs a checkpoint store", agentapi.ErrInvalid)
 	}
 	c := &Coordinator{
 		stateDir:  opts.StateDir,
@@ -88,7 +89,7 @@ func New(opts Options) (*Coordinator, error) {
 		nodeBits:  opts.NodeBits,
 		faults:    opts.Faults,
 		lookup:    opts.LookupCreds,
-		agents:    map[string]Agent{},
+		agents:    map[string]agentapi.Agent{},
 		jobs:      map[string]*Job{},
 		busy:      map[string]bool{},
 	}
@@ -114,7 +115,7 @@ func New(opts Options) (*Coordinator, error) {
 }
 
 // AddAgent registers (or replaces, after a shim restarted) the shim of a host.
-func (c *Coordinator) AddAgent(host string, a Agent) {
+func (c *Coordinator) AddAgent(host string, a agentapi.Agent) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.agents[host] = a
@@ -132,12 +133,12 @@ func (c *Coordinator) Hosts() []string {
 	return hosts
 }
 
-func (c *Coordinator) agent(host string) (Agent, error) {
+func (c *Coordinator) agent(host string) (agentapi.Agent, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	a, ok := c.agents[host]
 	if !ok {
-		return nil, fmt.Errorf("%w: no shim registered for host %q", ErrNotFound, host)
+		return nil, fmt.Errorf("%w: no shim registered for host %q", agentapi.ErrNotFound, host)
 	}
 	return a, nil
 }
@@ -148,7 +149,7 @@ func (c *Coordinator) Job(id string) (Job, error) {
 	defer c.mu.Unlock()
 	j, ok := c.jobs[id]
 	if !ok {
-		return Job{}, fmt.Errorf("%w: no job %q", ErrNotFound, id)
+		return Job{}, fmt.Errorf("%w: no job %q", agentapi.ErrNotFound, id)
 	}
 	return *j, nil
 }
@@ -181,7 +182,7 @@ func (c *Coordinator) Authorize(id string, uid int) error {
 		return err
 	}
 	if uid != 0 && uid != j.Spec.Owner {
-		return fmt.Errorf("%w: job %s belongs to uid %d", ErrPermission, id, j.Spec.Owner)
+		return fmt.Errorf("%w: job %s belongs to uid %d", agentapi.ErrPermission, id, j.Spec.Owner)
 	}
 	return nil
 }
@@ -192,17 +193,17 @@ func (c *Coordinator) begin(id string, from []State, to State) (JobSpec, State, 
 	defer c.mu.Unlock()
 	j, ok := c.jobs[id]
 	if !ok {
-		return JobSpec{}, "", fmt.Errorf("%w: no job %q", ErrNotFound, id)
+		return JobSpec{}, "", fmt.Errorf("%w: no job %q", agentapi.ErrNotFound, id)
 	}
 	if c.busy[id] {
-		return JobSpec{}, "", fmt.Errorf("%w: job %s is busy (%s); wait for the running operation to finish", ErrState, id, j.State)
+		return JobSpec{}, "", fmt.Errorf("%w: job %s is busy (%s); wait for the running operation to finish", agentapi.ErrState, id, j.State)
 	}
 	allowed := false
 	for _, s := range from {
 		allowed = allowed || j.State == s
 	}
 	if !allowed {
-		return JobSpec{}, "", fmt.Errorf("%w: job %s is %s", ErrState, id, j.State)
+		return JobSpec{}, "", fmt.Errorf("%w: job %s is %s", agentapi.ErrState, id, j.State)
 	}
 	prev := j.State
 	if err := j.move(to, c.now()); err != nil {
@@ -210,7 +211,7 @@ func (c *Coordinator) begin(id string, from []State, to State) (JobSpec, State, 
 	}
 	c.busy[id] = true
 	spec := j.Spec
-	spec.Nodes = append([]NodeSpec(nil), j.Spec.Nodes...)
+	spec.Nodes = append([]agentapi.NodeSpec(nil), j.Spec.Nodes...)
 	if err := c.saveLocked(); err != nil {
 		j.State = prev
 		delete(c.busy, id)
@@ -359,7 +360,7 @@ func (c *Coordinator) settle(ctx context.Context) {
 				break
 			}
 			a, _ := c.agent(n.Host)
-			st, err := a.Status(ctx, NodeRef{j.Spec.ID, n.Name})
+			st, err := a.Status(ctx, agentapi.NodeRef{Job: j.Spec.ID, Node: n.Name})
 			alive = err == nil && st.Running
 		}
 		resumable := j.State == StateCheckpointing || j.State == StateMigrating

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/catalog"
 )
@@ -35,7 +36,7 @@ type DaemonConfig struct {
 	// with Listen.
 	ServerTLS, ClientTLS *tls.Config
 	// Agents are shims known from the start (embedded mode).
-	Agents    map[string]Agent
+	Agents    map[string]agentapi.Agent
 	Keep      int
 	Deadlines Deadlines
 	// PollInterval is how often job-nodes are polled for exits.
@@ -64,10 +65,10 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.StateDir == "" || cfg.CheckpointDir == "" {
-		return nil, fmt.Errorf("%w: the coordinator needs a state directory and a checkpoint directory", ErrInvalid)
+		return nil, fmt.Errorf("%w: the coordinator needs a state directory and a checkpoint directory", agentapi.ErrInvalid)
 	}
 	if cfg.Listen != "" && (cfg.ServerTLS == nil || cfg.ClientTLS == nil) {
-		return nil, fmt.Errorf("%w: listening for shims needs TLS certificates (run `torpor coordinator --init-pki`)", ErrInvalid)
+		return nil, fmt.Errorf("%w: listening for shims needs TLS certificates (run `torpor coordinator --init-pki`)", agentapi.ErrInvalid)
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)

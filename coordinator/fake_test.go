@@ -2,16 +2,18 @@ package coordinator
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
-
 	"context"
 	"errors"
 	"fmt"
-	"github.com/torpor-hpc/torpor/catalog"
+	"os"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+
+	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/catalog"
 )
 
 // fakeNode is what a fake shim knows about one job-node.
@@ -30,6 +32,15 @@ type fakeAgent struct {
 	hang map[Phase]bool       // phase -> block until ctx ends
 	// calls counts calls per phase.
 	calls map[Phase]int
+	// restoredFrom lists the checkpoint handle of every restore, in order.
+	restoredFrom []string
+}
+
+// restores returns the checkpoint handles the agent was asked to restore from.
+func (f *fakeAgent) restores() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.restoredFrom)
 }
 
 func newFakeAgent(host string) *fakeAgent {
@@ -48,7 +59,7 @@ func (f *fakeAgent) step(ctx context.Context, p Phase) error {
 	return err
 }
 
-func (f *fakeAgent) get(ref NodeRef) (*fakeNode, error) {
+func (f *fakeAgent) get(ref agentapi.NodeRef) (*fakeNode, error) {
 	n, ok := f.node[ref.Job+"/"+ref.Node]
 	if !ok || !n.exists {
 		return nil, fmt.Errorf("no job-node %s/%s on %s", ref.Job, ref.Node, f.host)
@@ -56,7 +67,7 @@ func (f *fakeAgent) get(ref NodeRef) (*fakeNode, error) {
 	return n, nil
 }
 
-func (f *fakeAgent) Start(ctx context.Context, job string, n NodeSpec) error {
+func (f *fakeAgent) Start(ctx context.Context, job string, n agentapi.NodeSpec) error {
 	if err := f.step(ctx, PhaseStart); err != nil {
 		return err
 	}
@@ -66,7 +77,7 @@ func (f *fakeAgent) Start(ctx context.Context, job string, n NodeSpec) error {
 	return nil
 }
 
-func (f *fakeAgent) with(ctx context.Context, p Phase, ref NodeRef, fn func(n *fakeNode)) error {
+func (f *fakeAgent) with(ctx context.Context, p Phase, ref agentapi.NodeRef, fn func(n *fakeNode)) error {
 	if err := f.step(ctx, p); err != nil {
 		return err
 	}
@@ -80,60 +91,61 @@ func (f *fakeAgent) with(ctx context.Context, p Phase, ref NodeRef, fn func(n *f
 	return nil
 }
 
-func (f *fakeAgent) Prepare(ctx context.Context, ref NodeRef, _ string) error {
+func (f *fakeAgent) Prepare(ctx context.Context, ref agentapi.NodeRef, _ string) error {
 	return f.with(ctx, PhasePrepare, ref, func(*fakeNode) {})
 }
-func (f *fakeAgent) Freeze(ctx context.Context, ref NodeRef) error {
+func (f *fakeAgent) Freeze(ctx context.Context, ref agentapi.NodeRef) error {
 	return f.with(ctx, PhaseFreeze, ref, func(n *fakeNode) { n.frozen = true })
 }
-func (f *fakeAgent) Drain(ctx context.Context, ref NodeRef) (DrainResult, error) {
-	return DrainResult{}, f.with(ctx, PhaseDrain, ref, func(*fakeNode) {})
+func (f *fakeAgent) Drain(ctx context.Context, ref agentapi.NodeRef) (agentapi.DrainResult, error) {
+	return agentapi.DrainResult{}, f.with(ctx, PhaseDrain, ref, func(*fakeNode) {})
 }
-func (f *fakeAgent) Lock(ctx context.Context, ref NodeRef) error {
+func (f *fakeAgent) Lock(ctx context.Context, ref agentapi.NodeRef) error {
 	return f.with(ctx, PhaseLock, ref, func(n *fakeNode) { n.locked = true })
 }
-func (f *fakeAgent) Dump(ctx context.Context, ref NodeRef, req DumpRequest) (DumpResult, error) {
+func (f *fakeAgent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.DumpRequest) (agentapi.DumpResult, error) {
 	if err := f.with(ctx, PhaseDump, ref, func(*fakeNode) {}); err != nil {
-		return DumpResult{}, err
+		return agentapi.DumpResult{}, err
 	}
 	if strings.HasPrefix(req.Dir, "/mem/") {
-		return DumpResult{Bytes: 4096, Files: 1}, nil
+		return agentapi.DumpResult{Bytes: 4096, Files: 1}, nil
 	}
 	// A real directory: write an "image" and its node manifest, as a shim does.
 	img := bytes.Repeat([]byte(ref.Job+"/"+ref.Node+" "), 512)
 	if err := os.WriteFile(filepath.Join(req.Dir, "pages-1.img"), img, 0o600); err != nil {
-		return DumpResult{}, err
+		return agentapi.DumpResult{}, err
 	}
 	nm, err := catalog.WriteNodeManifest(ctx, req.Dir)
 	if err != nil {
-		return DumpResult{}, err
+		return agentapi.DumpResult{}, err
 	}
-	return DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files)}, nil
+	return agentapi.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files)}, nil
 }
-func (f *fakeAgent) Unlock(ctx context.Context, ref NodeRef) error {
+func (f *fakeAgent) Unlock(ctx context.Context, ref agentapi.NodeRef) error {
 	err := f.with(ctx, PhaseUnlock, ref, func(n *fakeNode) { n.locked = false })
 	if err != nil && strings.Contains(err.Error(), "no job-node") {
 		return nil // idempotent: nothing to unlock
 	}
 	return err
 }
-func (f *fakeAgent) Thaw(ctx context.Context, ref NodeRef) error {
+func (f *fakeAgent) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
 	err := f.with(ctx, PhaseThaw, ref, func(n *fakeNode) { n.frozen = false })
 	if err != nil && strings.Contains(err.Error(), "no job-node") {
 		return nil
 	}
 	return err
 }
-func (f *fakeAgent) Restore(ctx context.Context, job string, n NodeSpec, _ string) error {
+func (f *fakeAgent) Restore(ctx context.Context, job string, n agentapi.NodeSpec, req agentapi.RestoreRequest) error {
 	if err := f.step(ctx, PhaseRestore); err != nil {
 		return err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.restoredFrom = append(f.restoredFrom, req.Checkpoint)
 	f.node[job+"/"+n.Name] = &fakeNode{exists: true, locked: true}
 	return nil
 }
-func (f *fakeAgent) Destroy(ctx context.Context, ref NodeRef) error {
+func (f *fakeAgent) Destroy(ctx context.Context, ref agentapi.NodeRef) error {
 	if err := f.step(ctx, PhaseDestroy); err != nil {
 		return err
 	}
@@ -142,14 +154,14 @@ func (f *fakeAgent) Destroy(ctx context.Context, ref NodeRef) error {
 	delete(f.node, ref.Job+"/"+ref.Node)
 	return nil
 }
-func (f *fakeAgent) Status(_ context.Context, ref NodeRef) (NodeStatus, error) {
+func (f *fakeAgent) Status(_ context.Context, ref agentapi.NodeRef) (agentapi.NodeStatus, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	n, err := f.get(ref)
 	if err != nil {
-		return NodeStatus{}, err
+		return agentapi.NodeStatus{}, err
 	}
-	return NodeStatus{Running: !n.exited, Exited: n.exited, ExitCode: n.exitCode}, nil
+	return agentapi.NodeStatus{Running: !n.exited, Exited: n.exited, ExitCode: n.exitCode}, nil
 }
 
 // snapshot lists the job-nodes a fake shim holds, with flags.
@@ -218,7 +230,7 @@ func (s *memStore) Verify(_ context.Context, h string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.committed[h]; !ok {
-		return fmt.Errorf("%w: no checkpoint %s", ErrNotFound, h)
+		return fmt.Errorf("%w: no checkpoint %s", agentapi.ErrNotFound, h)
 	}
 	if s.corrupt[h] {
 		return errors.New("image pages-1.img: sha256 mismatch")
@@ -230,7 +242,7 @@ func (s *memStore) Load(h string) (Manifest, error) {
 	defer s.mu.Unlock()
 	m, ok := s.committed[h]
 	if !ok {
-		return Manifest{}, fmt.Errorf("%w: no checkpoint %s", ErrNotFound, h)
+		return Manifest{}, fmt.Errorf("%w: no checkpoint %s", agentapi.ErrNotFound, h)
 	}
 	return m, nil
 }
@@ -249,7 +261,7 @@ func (s *memStore) List(job string) ([]string, error) {
 func (s *memStore) Latest(job string) (string, error) {
 	all, _ := s.List(job)
 	if len(all) == 0 {
-		return "", ErrNotFound
+		return "", agentapi.ErrNotFound
 	}
 	return all[len(all)-1], nil
 }

@@ -7,17 +7,9 @@ import (
 	"sort"
 	"sync"
 	"time"
-)
 
-// FenceRequest is one job-node's contribution to a PMIx fence.
-type FenceRequest struct {
-	Job       string
-	Node      int   // index of the contributing job-node in the job spec
-	Nodes     []int // every participating job-node
-	Signature string
-	Seq       uint64
-	Data      []byte
-}
+	"github.com/torpor-hpc/torpor/agentapi"
+)
 
 // fenceKey names one fence of one job.
 type fenceKey struct {
@@ -48,13 +40,13 @@ type fences struct {
 const fenceKeep = 10 * time.Minute
 
 // Fence adds a contribution and waits for the fence to complete.
-func (c *Coordinator) Fence(ctx context.Context, req FenceRequest) ([]byte, error) {
+func (c *Coordinator) Fence(ctx context.Context, req agentapi.FenceRequest) ([]byte, error) {
 	j, err := c.Job(req.Job)
 	if err != nil {
 		return nil, err
 	}
 	if req.Node < 0 || req.Node >= len(j.Spec.Nodes) {
-		return nil, fmt.Errorf("%w: fence of %s from job-node %d, which the job does not have", ErrInvalid, req.Job, req.Node)
+		return nil, fmt.Errorf("%w: fence of %s from job-node %d, which the job does not have", agentapi.ErrInvalid, req.Job, req.Node)
 	}
 	f := c.fences.join(req, c.now())
 	select {
@@ -65,7 +57,7 @@ func (c *Coordinator) Fence(ctx context.Context, req FenceRequest) ([]byte, erro
 	}
 }
 
-func (fs *fences) join(req FenceRequest, now time.Time) *fence {
+func (fs *fences) join(req agentapi.FenceRequest, now time.Time) *fence {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if fs.m == nil {

@@ -2,99 +2,73 @@
 // restart and migration protocol across every shim that hosts a job-node.
 //
 // It never touches processes, namespaces or CRIU itself: every action on a
-// job-node goes through an Agent (the shim of the host the job-node lives on).
+// job-node goes through an agentapi.Agent (the shim of the host the job-node
+// lives on).
 // docs/protocol.md describes the phases, deadlines and failure handling that
 // this package implements.
 package coordinator
 
 import (
-	"errors"
 	"fmt"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/torpor-hpc/torpor/agentapi"
 )
-
-// NodeSpec describes one job-node: the slice of a job that lives in one
-// sandbox on one host. IP and Hostname travel with the job-node when it is
-// restored elsewhere.
-type NodeSpec struct {
-	Name     string   `json:"name"`     // "n0", "n1", ... unique within the job
-	Host     string   `json:"host"`     // the shim it runs on now
-	IP       string   `json:"ip"`       // floating address with prefix, e.g. 198.19.0.10/15
-	Hostname string   `json:"hostname"` // UTS name inside the sandbox
-	Argv     []string `json:"argv"`     // what the sandbox's init runs
-	Env      []string `json:"env,omitempty"`
-	Dir      string   `json:"dir,omitempty"` // working directory
-	// User is who every process of the job-node runs as: the job's owner.
-	// The coordinator sets it from JobSpec.Owner (see JobSpec.SetUsers); nil
-	// in a record written before jobs ran as their owners means root.
-	User *Creds `json:"user,omitempty"`
-}
-
-// Creds are the credentials a job's processes run with: its owner's uid,
-// primary gid and supplementary groups, with no capabilities.
-type Creds struct {
-	UID    int   `json:"uid"`
-	GID    int   `json:"gid"`
-	Groups []int `json:"groups,omitempty"`
-}
-
-// Root reports whether c is root's (a nil c is: see NodeSpec.User).
-func (c *Creds) Root() bool { return c == nil || c.UID == 0 }
 
 // JobSpec is everything needed to start a job, and to restart it from a
 // checkpoint on any set of hosts.
 type JobSpec struct {
-	ID    string     `json:"id"`
-	Owner int        `json:"owner"` // uid of the user who started it
-	Nodes []NodeSpec `json:"nodes"`
+	ID    string              `json:"id"`
+	Owner int                 `json:"owner"` // uid of the user who started it
+	Nodes []agentapi.NodeSpec `json:"nodes"`
 }
 
 // Node returns the job-node called name.
-func (s *JobSpec) Node(name string) (*NodeSpec, error) {
+func (s *JobSpec) Node(name string) (*agentapi.NodeSpec, error) {
 	for i := range s.Nodes {
 		if s.Nodes[i].Name == name {
 			return &s.Nodes[i], nil
 		}
 	}
-	return nil, fmt.Errorf("%w: job %s has no job-node %q", ErrNotFound, s.ID, name)
+	return nil, fmt.Errorf("%w: job %s has no job-node %q", agentapi.ErrNotFound, s.ID, name)
 }
 
 // Validate reports the first thing wrong with a job spec.
 func (s *JobSpec) Validate() error {
 	if s.ID == "" {
-		return fmt.Errorf("%w: job has no id", ErrInvalid)
+		return fmt.Errorf("%w: job has no id", agentapi.ErrInvalid)
 	}
 	if !validName.MatchString(s.ID) {
-		return fmt.Errorf("%w: job id %q: use letters, digits, '_', '.', '-' (at most 63, starting with a letter or digit)", ErrInvalid, s.ID)
+		return fmt.Errorf("%w: job id %q: use letters, digits, '_', '.', '-' (at most 63, starting with a letter or digit)", agentapi.ErrInvalid, s.ID)
 	}
 	if len(s.Nodes) == 0 {
-		return fmt.Errorf("%w: job %s has no job-nodes", ErrInvalid, s.ID)
+		return fmt.Errorf("%w: job %s has no job-nodes", agentapi.ErrInvalid, s.ID)
 	}
 	names := map[string]bool{}
 	ips := map[string]bool{}
 	for _, n := range s.Nodes {
 		switch {
 		case n.Name == "":
-			return fmt.Errorf("%w: job %s has a job-node without a name", ErrInvalid, s.ID)
+			return fmt.Errorf("%w: job %s has a job-node without a name", agentapi.ErrInvalid, s.ID)
 		case !validName.MatchString(n.Name):
-			return fmt.Errorf("%w: job-node name %q: use letters, digits, '_', '.', '-'", ErrInvalid, n.Name)
+			return fmt.Errorf("%w: job-node name %q: use letters, digits, '_', '.', '-'", agentapi.ErrInvalid, n.Name)
 		case names[n.Name]:
-			return fmt.Errorf("%w: job %s has two job-nodes called %s", ErrInvalid, s.ID, n.Name)
+			return fmt.Errorf("%w: job %s has two job-nodes called %s", agentapi.ErrInvalid, s.ID, n.Name)
 		case n.Host == "":
-			return fmt.Errorf("%w: job-node %s of job %s has no host", ErrInvalid, n.Name, s.ID)
+			return fmt.Errorf("%w: job-node %s of job %s has no host", agentapi.ErrInvalid, n.Name, s.ID)
 		case n.IP != "" && ips[n.IP]:
-			return fmt.Errorf("%w: job %s gives address %s to two job-nodes", ErrInvalid, s.ID, n.IP)
+			return fmt.Errorf("%w: job %s gives address %s to two job-nodes", agentapi.ErrInvalid, s.ID, n.IP)
 		case len(n.Argv) == 0:
-			return fmt.Errorf("%w: job-node %s of job %s has no command", ErrInvalid, n.Name, s.ID)
+			return fmt.Errorf("%w: job-node %s of job %s has no command", agentapi.ErrInvalid, n.Name, s.ID)
 		case !validName.MatchString(n.Host):
-			return fmt.Errorf("%w: job-node %s: host name %q: use letters, digits, '_', '.', '-' (at most 63)", ErrInvalid, n.Name, n.Host)
+			return fmt.Errorf("%w: job-node %s: host name %q: use letters, digits, '_', '.', '-' (at most 63)", agentapi.ErrInvalid, n.Name, n.Host)
 		case n.Hostname != "" && !validName.MatchString(n.Hostname):
-			return fmt.Errorf("%w: job-node %s: hostname %q: use letters, digits, '_', '.', '-' (at most 63)", ErrInvalid, n.Name, n.Hostname)
+			return fmt.Errorf("%w: job-node %s: hostname %q: use letters, digits, '_', '.', '-' (at most 63)", agentapi.ErrInvalid, n.Name, n.Hostname)
 		case n.Dir != "" && !filepath.IsAbs(n.Dir):
-			return fmt.Errorf("%w: job-node %s: working directory %q is not absolute", ErrInvalid, n.Name, n.Dir)
+			return fmt.Errorf("%w: job-node %s: working directory %q is not absolute", agentapi.ErrInvalid, n.Name, n.Dir)
 		}
 		if err := checkStrings(n.Name, "command", n.Argv, false); err != nil {
 			return err
@@ -103,12 +77,12 @@ func (s *JobSpec) Validate() error {
 			return err
 		}
 		if strings.IndexByte(n.Dir, 0) >= 0 {
-			return fmt.Errorf("%w: job-node %s: working directory holds a NUL byte", ErrInvalid, n.Name)
+			return fmt.Errorf("%w: job-node %s: working directory holds a NUL byte", agentapi.ErrInvalid, n.Name)
 		}
 		names[n.Name], ips[n.IP] = true, true
 	}
 	if len(s.Nodes) > MaxNodes {
-		return fmt.Errorf("%w: job %s has %d job-nodes, at most %d are allowed", ErrInvalid, s.ID, len(s.Nodes), MaxNodes)
+		return fmt.Errorf("%w: job %s has %d job-nodes, at most %d are allowed", agentapi.ErrInvalid, s.ID, len(s.Nodes), MaxNodes)
 	}
 	return nil
 }
@@ -128,24 +102,24 @@ const (
 // count and size, no NUL bytes, and NAME=value for the environment.
 func checkStrings(node, what string, ss []string, env bool) error {
 	if len(ss) > MaxArgs {
-		return fmt.Errorf("%w: job-node %s: the %s has %d strings, at most %d are allowed", ErrInvalid, node, what, len(ss), MaxArgs)
+		return fmt.Errorf("%w: job-node %s: the %s has %d strings, at most %d are allowed", agentapi.ErrInvalid, node, what, len(ss), MaxArgs)
 	}
 	total := 0
 	for i, v := range ss {
 		total += len(v) + 1
 		switch {
 		case len(v) > MaxArgString:
-			return fmt.Errorf("%w: job-node %s: %s string %d is %d bytes, at most %d are allowed", ErrInvalid, node, what, i, len(v), MaxArgString)
+			return fmt.Errorf("%w: job-node %s: %s string %d is %d bytes, at most %d are allowed", agentapi.ErrInvalid, node, what, i, len(v), MaxArgString)
 		case strings.IndexByte(v, 0) >= 0:
-			return fmt.Errorf("%w: job-node %s: %s string %d holds a NUL byte", ErrInvalid, node, what, i)
+			return fmt.Errorf("%w: job-node %s: %s string %d holds a NUL byte", agentapi.ErrInvalid, node, what, i)
 		case env && (strings.IndexByte(v, '=') <= 0):
-			return fmt.Errorf("%w: job-node %s: environment string %q is not NAME=value", ErrInvalid, node, truncate(v, 40))
+			return fmt.Errorf("%w: job-node %s: environment string %q is not NAME=value", agentapi.ErrInvalid, node, truncate(v, 40))
 		case !env && i == 0 && v == "":
-			return fmt.Errorf("%w: job-node %s: the program name is empty", ErrInvalid, node)
+			return fmt.Errorf("%w: job-node %s: the program name is empty", agentapi.ErrInvalid, node)
 		}
 	}
 	if total > MaxArgBytes {
-		return fmt.Errorf("%w: job-node %s: the %s is %d bytes, at most %d are allowed", ErrInvalid, node, what, total, MaxArgBytes)
+		return fmt.Errorf("%w: job-node %s: the %s is %d bytes, at most %d are allowed", agentapi.ErrInvalid, node, what, total, MaxArgBytes)
 	}
 	return nil
 }
@@ -197,20 +171,6 @@ func CanMove(from, to State) bool {
 	return false
 }
 
-var (
-	// ErrNotFound: no such job, job-node, host or checkpoint.
-	ErrNotFound = errors.New("not found")
-	// ErrInvalid: the request itself is wrong.
-	ErrInvalid = errors.New("invalid request")
-	// ErrState: the job is not in a state that allows the operation.
-	ErrState = errors.New("operation not allowed in this state")
-	// ErrPermission: the caller may not act on this job.
-	ErrPermission = errors.New("permission denied")
-	// ErrUnreachable: the shim of a host does not answer (it died, or the
-	// network between it and the coordinator is cut).
-	ErrUnreachable = errors.New("shim unreachable")
-)
-
 // Job is the coordinator's record of one job.
 type Job struct {
 	Spec    JobSpec   `json:"spec"`
@@ -226,7 +186,7 @@ type Job struct {
 
 func (j *Job) move(to State, now time.Time) error {
 	if !CanMove(j.State, to) {
-		return fmt.Errorf("%w: job %s is %s and cannot become %s", ErrState, j.Spec.ID, j.State, to)
+		return fmt.Errorf("%w: job %s is %s and cannot become %s", agentapi.ErrState, j.Spec.ID, j.State, to)
 	}
 	j.State, j.Updated = to, now
 	return nil

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/torpor-hpc/torpor/agentapi"
 )
 
 // Start creates every job-node's sandbox and starts the job. On any failure
@@ -39,12 +41,12 @@ func (c *Coordinator) Start(ctx context.Context, spec JobSpec) error {
 		// in the catalog and the new job's continue their numbering.
 		if old.State != StateFinished && old.State != StateFailed || c.busy[spec.ID] {
 			c.mu.Unlock()
-			return fmt.Errorf("%w: a job called %s exists already and is %s; choose another --name", ErrInvalid, spec.ID, old.State)
+			return fmt.Errorf("%w: a job called %s exists already and is %s; choose another --name", agentapi.ErrInvalid, spec.ID, old.State)
 		}
 		// Its checkpoints go with the name: only their owner may take it.
 		if old.Spec.Owner != spec.Owner {
 			c.mu.Unlock()
-			return fmt.Errorf("%w: the name %s belongs to another user's job; choose another --name", ErrPermission, spec.ID)
+			return fmt.Errorf("%w: the name %s belongs to another user's job; choose another --name", agentapi.ErrPermission, spec.ID)
 		}
 	}
 	now := c.now()
@@ -56,7 +58,7 @@ func (c *Coordinator) Start(ctx context.Context, spec JobSpec) error {
 		return err
 	}
 	log := c.log.With("job", spec.ID)
-	if err := c.fanout(ctx, PhaseStart, spec.Nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
+	if err := c.fanout(ctx, PhaseStart, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 		return a.Start(ctx, spec.ID, n)
 	}); err != nil {
 		log.Error("start failed, destroying job-nodes", "err", err)
@@ -104,19 +106,19 @@ func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts Checkpoint
 	var (
 		t       timings
 		mu      sync.Mutex
-		results = map[string]DumpResult{}
+		results = map[string]agentapi.DumpResult{}
 	)
 	err = c.quiesce(ctx, id, spec.Nodes, handle, &t)
 	if err == nil {
 		err = t.run(PhaseDump, func() error {
-			return c.fanout(ctx, PhaseDump, spec.Nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
+			return c.fanout(ctx, PhaseDump, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 				dir, err := pend.NodeDir(n.Name)
 				if err != nil {
 					return err
 				}
 				// Always leave running: a stopping checkpoint kills the
 				// trees only after the commit, so no failure can lose the job.
-				res, err := a.Dump(ctx, NodeRef{id, n.Name}, DumpRequest{Dir: dir, LeaveRunning: true, Checkpoint: handle})
+				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, LeaveRunning: true, Checkpoint: handle})
 				if err != nil {
 					return err
 				}
@@ -180,23 +182,29 @@ func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts Checkpoint
 
 // quiesce runs prepare, freeze, drain and lock on nodes, in that order, each
 // a barrier across all of them.
-func (c *Coordinator) quiesce(ctx context.Context, job string, nodes []NodeSpec, handle string, t *timings) error {
+func (c *Coordinator) quiesce(ctx context.Context, job string, nodes []agentapi.NodeSpec, handle string, t *timings) error {
 	steps := []struct {
 		phase Phase
-		fn    func(ctx context.Context, a Agent, n NodeSpec, ref NodeRef) error
+		fn    func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec, ref agentapi.NodeRef) error
 	}{
-		{PhasePrepare, func(ctx context.Context, a Agent, n NodeSpec, ref NodeRef) error { return a.Prepare(ctx, ref, handle) }},
-		{PhaseFreeze, func(ctx context.Context, a Agent, n NodeSpec, ref NodeRef) error { return a.Freeze(ctx, ref) }},
-		{PhaseDrain, func(ctx context.Context, a Agent, n NodeSpec, ref NodeRef) error {
+		{PhasePrepare, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec, ref agentapi.NodeRef) error {
+			return a.Prepare(ctx, ref, handle)
+		}},
+		{PhaseFreeze, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec, ref agentapi.NodeRef) error {
+			return a.Freeze(ctx, ref)
+		}},
+		{PhaseDrain, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec, ref agentapi.NodeRef) error {
 			_, err := a.Drain(ctx, ref)
 			return err
 		}},
-		{PhaseLock, func(ctx context.Context, a Agent, n NodeSpec, ref NodeRef) error { return a.Lock(ctx, ref) }},
+		{PhaseLock, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec, ref agentapi.NodeRef) error {
+			return a.Lock(ctx, ref)
+		}},
 	}
 	for _, s := range steps {
 		err := t.run(s.phase, func() error {
-			return c.fanout(ctx, s.phase, nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
-				return s.fn(ctx, a, n, NodeRef{job, n.Name})
+			return c.fanout(ctx, s.phase, nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+				return s.fn(ctx, a, n, agentapi.NodeRef{Job: job, Node: n.Name})
 			})
 		})
 		if err != nil {
@@ -208,7 +216,7 @@ func (c *Coordinator) quiesce(ctx context.Context, job string, nodes []NodeSpec,
 
 // resume unlocks every job-node, then thaws every job-node: packets flow
 // before any task runs, so every peer is reachable before anyone sends.
-func (c *Coordinator) resume(ctx context.Context, job string, nodes []NodeSpec, t *timings) error {
+func (c *Coordinator) resume(ctx context.Context, job string, nodes []agentapi.NodeSpec, t *timings) error {
 	return c.unlockThawJob(ctx, job, nodes, t)
 }
 
@@ -225,16 +233,16 @@ func (c *Coordinator) rollback(ctx context.Context, spec JobSpec, log *slog.Logg
 	return err
 }
 
-func (c *Coordinator) unlockThawJob(ctx context.Context, job string, nodes []NodeSpec, t *timings) error {
+func (c *Coordinator) unlockThawJob(ctx context.Context, job string, nodes []agentapi.NodeSpec, t *timings) error {
 	err := t.run(PhaseUnlock, func() error {
-		return c.fanout(ctx, PhaseUnlock, nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
-			return a.Unlock(ctx, NodeRef{job, n.Name})
+		return c.fanout(ctx, PhaseUnlock, nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+			return a.Unlock(ctx, agentapi.NodeRef{Job: job, Node: n.Name})
 		})
 	})
 	// Thaw even if an unlock failed: a frozen job-node is worse than a locked one.
 	thawErr := t.run(PhaseThaw, func() error {
-		return c.fanout(ctx, PhaseThaw, nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
-			return a.Thaw(ctx, NodeRef{job, n.Name})
+		return c.fanout(ctx, PhaseThaw, nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+			return a.Thaw(ctx, agentapi.NodeRef{Job: job, Node: n.Name})
 		})
 	})
 	return errors.Join(err, thawErr)
@@ -257,7 +265,7 @@ func (c *Coordinator) awaitShims(id string, st State, what string, err, rbErr er
 func unreachableOnly(err error) bool {
 	if pe, ok := err.(*PhaseError); ok {
 		for _, n := range pe.Nodes {
-			if !errors.Is(n.Err, ErrUnreachable) && !errors.Is(n.Err, context.DeadlineExceeded) {
+			if !errors.Is(n.Err, agentapi.ErrUnreachable) && !errors.Is(n.Err, context.DeadlineExceeded) {
 				return false
 			}
 		}
@@ -284,10 +292,10 @@ func (c *Coordinator) destroyAll(ctx context.Context, spec JobSpec, log *slog.Lo
 	c.destroyNodes(ctx, spec.ID, spec.Nodes, log)
 }
 
-func (c *Coordinator) destroyNodes(ctx context.Context, job string, nodes []NodeSpec, log *slog.Logger) {
+func (c *Coordinator) destroyNodes(ctx context.Context, job string, nodes []agentapi.NodeSpec, log *slog.Logger) {
 	ctx = context.WithoutCancel(ctx)
-	if err := c.fanout(ctx, PhaseDestroy, nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
-		return a.Destroy(ctx, NodeRef{job, n.Name})
+	if err := c.fanout(ctx, PhaseDestroy, nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+		return a.Destroy(ctx, agentapi.NodeRef{Job: job, Node: n.Name})
 	}); err != nil {
 		log.Error("destroy job-nodes", "err", err)
 	}

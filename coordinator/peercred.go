@@ -9,6 +9,8 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+
+	"github.com/torpor-hpc/torpor/agentapi"
 )
 
 // PeerCred is the AuthInfo of a connection accepted on the coordinator's
@@ -77,7 +79,7 @@ func callerUID(ctx context.Context) (int, error) {
 	}
 	pc, ok := p.AuthInfo.(PeerCred)
 	if !ok {
-		return 0, fmt.Errorf("%w: user commands are accepted only on the coordinator's unix socket", ErrPermission)
+		return 0, fmt.Errorf("%w: user commands are accepted only on the coordinator's unix socket", agentapi.ErrPermission)
 	}
 	return pc.UID, nil
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/torpor-hpc/torpor/agentapi"
 )
 
 // Phase names one step of the protocol.
@@ -90,7 +92,7 @@ func (e *PhaseError) Unwrap() []error {
 // fanout runs fn for every job-node in parallel under the phase's deadline
 // and waits for all of them: a barrier. It returns a *PhaseError naming every
 // job-node that failed, or nil.
-func (c *Coordinator) fanout(ctx context.Context, phase Phase, nodes []NodeSpec, fn func(ctx context.Context, a Agent, n NodeSpec) error) error {
+func (c *Coordinator) fanout(ctx context.Context, phase Phase, nodes []agentapi.NodeSpec, fn func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error) error {
 	ctx, cancel := context.WithTimeout(ctx, c.deadlines.of(phase))
 	defer cancel()
 	var (
@@ -121,7 +123,7 @@ func (c *Coordinator) fanout(ctx context.Context, phase Phase, nodes []NodeSpec,
 // callNode runs fn against the agent of n's host, and gives up when the
 // context ends even if the agent does not return (a hung shim must not hang
 // the protocol: the phase fails and the operation rolls back).
-func (c *Coordinator) callNode(ctx context.Context, n NodeSpec, fn func(ctx context.Context, a Agent, n NodeSpec) error) error {
+func (c *Coordinator) callNode(ctx context.Context, n agentapi.NodeSpec, fn func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error) error {
 	a, err := c.agent(n.Host)
 	if err != nil {
 		return err

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/torpor-hpc/torpor/agentapi"
 )
 
 type fixture struct {
@@ -19,7 +21,7 @@ type fixture struct {
 func newFixture(t *testing.T, hosts ...string) *fixture {
 	t.Helper()
 	f := &fixture{agents: map[string]*fakeAgent{}, store: newMemStore()}
-	agents := map[string]Agent{}
+	agents := map[string]agentapi.Agent{}
 	for _, h := range hosts {
 		f.agents[h] = newFakeAgent(h)
 		agents[h] = f.agents[h]
@@ -31,7 +33,7 @@ func newFixture(t *testing.T, hosts ...string) *fixture {
 	f.c = c
 	f.spec = JobSpec{ID: "job1", Owner: 1000}
 	for i, h := range hosts[:3] {
-		f.spec.Nodes = append(f.spec.Nodes, NodeSpec{
+		f.spec.Nodes = append(f.spec.Nodes, agentapi.NodeSpec{
 			Name: fmt.Sprintf("n%d", i), Host: h, IP: fmt.Sprintf("198.19.0.%d/15", 10+i),
 			Hostname: fmt.Sprintf("job1-n%d", i), Argv: []string{"/bin/true"},
 		})
@@ -240,7 +242,7 @@ func TestSuspendRestart(t *testing.T) {
 			t.Fatalf("%s still holds %d job-nodes after suspend", a.host, n)
 		}
 	}
-	if _, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{}); !errors.Is(err, ErrState) {
+	if _, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{}); !errors.Is(err, agentapi.ErrState) {
 		t.Fatalf("checkpoint of a suspended job: %v, want ErrState", err)
 	}
 	// Restart on three other hosts.
@@ -251,12 +253,17 @@ func TestSuspendRestart(t *testing.T) {
 	if res.Checkpoint != h {
 		t.Fatalf("restarted from %s, want %s", res.Checkpoint, h)
 	}
+	for _, host := range []string{"h3", "h4", "h5"} {
+		if got := f.agents[host].restores(); len(got) != 1 || got[0] != h {
+			t.Fatalf("%s was asked to restore from %q, want [%s]", host, got, h)
+		}
+	}
 	f.assertRunning(t)
 	j, _ = f.c.Job("job1")
 	if j.Spec.Nodes[0].Host != "h3" || j.Spec.Nodes[2].Host != "h5" {
 		t.Fatalf("hosts after restart: %+v", j.Spec.Nodes)
 	}
-	if _, err := f.c.Restart(context.Background(), "job1", RestartOptions{}); !errors.Is(err, ErrState) {
+	if _, err := f.c.Restart(context.Background(), "job1", RestartOptions{}); !errors.Is(err, agentapi.ErrState) {
 		t.Fatalf("restart of a running job: %v, want ErrState", err)
 	}
 }
@@ -339,10 +346,13 @@ func TestMigrate(t *testing.T) {
 	if len(f.agents["h1"].snapshot()) != 0 {
 		t.Fatal("old copy of n1 still on h1")
 	}
-	if err := f.c.Migrate(context.Background(), "job1", "n9", "h1"); !errors.Is(err, ErrNotFound) {
+	if got := f.agents["h3"].restores(); len(got) != 1 || !strings.HasPrefix(got[0], "job1/") {
+		t.Fatalf("h3 was asked to restore n1 from %q, want the migration's checkpoint job1/<seq>", got)
+	}
+	if err := f.c.Migrate(context.Background(), "job1", "n9", "h1"); !errors.Is(err, agentapi.ErrNotFound) {
 		t.Fatalf("migrating an unknown node: %v", err)
 	}
-	if err := f.c.Migrate(context.Background(), "job1", "n1", "nowhere"); !errors.Is(err, ErrNotFound) {
+	if err := f.c.Migrate(context.Background(), "job1", "n1", "nowhere"); !errors.Is(err, agentapi.ErrNotFound) {
 		t.Fatalf("migrating to an unknown host: %v", err)
 	}
 	f.assertRunning(t)
@@ -402,7 +412,7 @@ func TestAuthorize(t *testing.T) {
 		if (err == nil) != want {
 			t.Errorf("Authorize(uid %d) = %v", uid, err)
 		}
-		if err != nil && !errors.Is(err, ErrPermission) {
+		if err != nil && !errors.Is(err, agentapi.ErrPermission) {
 			t.Errorf("Authorize error %v is not ErrPermission", err)
 		}
 	}
@@ -422,11 +432,11 @@ func TestRecoverAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range f.spec.Nodes {
-		ref := NodeRef{"job1", n.Name}
+		ref := agentapi.NodeRef{Job: "job1", Node: n.Name}
 		_ = f.agents[n.Host].Freeze(context.Background(), ref)
 		_ = f.agents[n.Host].Lock(context.Background(), ref)
 	}
-	agents := map[string]Agent{}
+	agents := map[string]agentapi.Agent{}
 	for h, a := range f.agents {
 		agents[h] = a
 	}
@@ -446,8 +456,8 @@ func TestRecoverAfterCrash(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
-	n := func(name, host, ip string) NodeSpec {
-		return NodeSpec{Name: name, Host: host, IP: ip, Argv: []string{"x"}}
+	n := func(name, host, ip string) agentapi.NodeSpec {
+		return agentapi.NodeSpec{Name: name, Host: host, IP: ip, Argv: []string{"x"}}
 	}
 	tests := []struct {
 		spec JobSpec
@@ -455,14 +465,14 @@ func TestValidate(t *testing.T) {
 	}{
 		{JobSpec{}, "no id"},
 		{JobSpec{ID: "j"}, "no job-nodes"},
-		{JobSpec{ID: "j", Nodes: []NodeSpec{n("a", "h", "1"), n("a", "h", "2")}}, "two job-nodes called a"},
-		{JobSpec{ID: "j", Nodes: []NodeSpec{n("a", "h", "1"), n("b", "h", "1")}}, "address 1 to two"},
-		{JobSpec{ID: "j", Nodes: []NodeSpec{n("a", "", "1")}}, "no host"},
-		{JobSpec{ID: "j", Nodes: []NodeSpec{{Name: "a", Host: "h"}}}, "no command"},
+		{JobSpec{ID: "j", Nodes: []agentapi.NodeSpec{n("a", "h", "1"), n("a", "h", "2")}}, "two job-nodes called a"},
+		{JobSpec{ID: "j", Nodes: []agentapi.NodeSpec{n("a", "h", "1"), n("b", "h", "1")}}, "address 1 to two"},
+		{JobSpec{ID: "j", Nodes: []agentapi.NodeSpec{n("a", "", "1")}}, "no host"},
+		{JobSpec{ID: "j", Nodes: []agentapi.NodeSpec{{Name: "a", Host: "h"}}}, "no command"},
 	}
 	for _, tt := range tests {
 		err := tt.spec.Validate()
-		if err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, ErrInvalid) {
+		if err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, agentapi.ErrInvalid) {
 			t.Errorf("Validate(%+v) = %v, want %q", tt.spec, err, tt.want)
 		}
 	}
@@ -479,7 +489,7 @@ func TestStateMachine(t *testing.T) {
 
 func TestAssignAddresses(t *testing.T) {
 	f := newFixture(t, "h0", "h1", "h2")
-	spec := JobSpec{ID: "job2", Nodes: []NodeSpec{
+	spec := JobSpec{ID: "job2", Nodes: []agentapi.NodeSpec{
 		{Name: "a", Host: "h0", Argv: []string{"x"}},
 		{Name: "b", Host: "h1", Argv: []string{"x"}, IP: "198.19.0.2/15"},
 		{Name: "c", Host: "h2", Argv: []string{"x"}},
@@ -499,8 +509,8 @@ func TestAssignAddresses(t *testing.T) {
 	if j.Spec.Nodes[0].Hostname != "job2-a" {
 		t.Errorf("hostname = %q", j.Spec.Nodes[0].Hostname)
 	}
-	bad := JobSpec{ID: "../etc", Nodes: []NodeSpec{{Name: "a", Host: "h0", Argv: []string{"x"}}}}
-	if err := f.c.Start(context.Background(), bad); !errors.Is(err, ErrInvalid) {
+	bad := JobSpec{ID: "../etc", Nodes: []agentapi.NodeSpec{{Name: "a", Host: "h0", Argv: []string{"x"}}}}
+	if err := f.c.Start(context.Background(), bad); !errors.Is(err, agentapi.ErrInvalid) {
 		t.Fatalf("job id ../etc: %v", err)
 	}
 }
@@ -513,7 +523,7 @@ func TestSettleWaitsForShims(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range f.spec.Nodes {
-		_ = f.agents[n.Host].Freeze(context.Background(), NodeRef{"job1", n.Name})
+		_ = f.agents[n.Host].Freeze(context.Background(), agentapi.NodeRef{Job: "job1", Node: n.Name})
 	}
 	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store})
 	if err != nil {
@@ -541,14 +551,14 @@ func TestSettleWaitsForShims(t *testing.T) {
 // anything is touched: the job stays running.
 func TestMissingShimRefusedUpFront(t *testing.T) {
 	f := newFixture(t, "h0", "h1", "h2", "h3")
-	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: map[string]Agent{"h0": f.agents["h0"], "h1": f.agents["h1"], "h3": f.agents["h3"]}})
+	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: map[string]agentapi.Agent{"h0": f.agents["h0"], "h1": f.agents["h1"], "h3": f.agents["h3"]}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c2.Checkpoint(context.Background(), "job1", CheckpointOptions{}); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "nothing was done") {
+	if _, err := c2.Checkpoint(context.Background(), "job1", CheckpointOptions{}); !errors.Is(err, agentapi.ErrNotFound) || !strings.Contains(err.Error(), "nothing was done") {
 		t.Fatalf("checkpoint with h2's shim missing: %v", err)
 	}
-	if err := c2.Migrate(context.Background(), "job1", "n0", "h3"); !errors.Is(err, ErrNotFound) {
+	if err := c2.Migrate(context.Background(), "job1", "n0", "h3"); !errors.Is(err, agentapi.ErrNotFound) {
 		t.Fatalf("migrate with h2's shim missing: %v", err)
 	}
 	if j, _ := c2.Job("job1"); j.State != StateRunning {
@@ -575,7 +585,7 @@ func TestCancel(t *testing.T) {
 			t.Fatal("job-nodes left after cancel")
 		}
 	}
-	if err := f.c.Cancel(context.Background(), "job1"); !errors.Is(err, ErrState) {
+	if err := f.c.Cancel(context.Background(), "job1"); !errors.Is(err, agentapi.ErrState) {
 		t.Fatalf("second cancel: %v", err)
 	}
 }
@@ -587,7 +597,7 @@ func TestCancel(t *testing.T) {
 func TestShimLostDuringDumpIsWaitedFor(t *testing.T) {
 	f := newFixture(t, "h0", "h1", "h2")
 	dead := f.agents["h1"]
-	gone := fmt.Errorf("connection refused: %w", ErrUnreachable)
+	gone := fmt.Errorf("connection refused: %w", agentapi.ErrUnreachable)
 	for _, p := range []Phase{PhaseDump, PhaseUnlock, PhaseThaw} {
 		dead.fail[p] = gone
 	}
@@ -622,7 +632,7 @@ func TestShimLostForGoodFailsTheJob(t *testing.T) {
 	f := newFixture(t, "h0", "h1", "h2")
 	now := time.Now()
 	f.c.now = func() time.Time { return now }
-	gone := fmt.Errorf("connection refused: %w", ErrUnreachable)
+	gone := fmt.Errorf("connection refused: %w", agentapi.ErrUnreachable)
 	for _, p := range []Phase{PhaseDump, PhaseUnlock, PhaseThaw, PhaseDestroy} {
 		f.agents["h1"].fail[p] = gone
 	}

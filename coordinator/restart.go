@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/torpor-hpc/torpor/agentapi"
 )
 
 // RestartOptions choose where a job comes back.
@@ -39,14 +41,14 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 		return res, err
 	}
 	spec := man.Spec
-	spec.Nodes = append([]NodeSpec(nil), man.Spec.Nodes...)
+	spec.Nodes = append([]agentapi.NodeSpec(nil), man.Spec.Nodes...)
 	// The checkpoint runs as the owner it was taken for, with the groups the
 	// database gives that owner now.
 	if err := spec.SetUsers(c.lookup); err != nil {
 		return res, err
 	}
 	if j, err := c.Job(spec.ID); err == nil && j.Spec.Owner != spec.Owner {
-		return res, fmt.Errorf("%w: checkpoint %s belongs to uid %d, job %s to uid %d", ErrPermission, res.Checkpoint, spec.Owner, spec.ID, j.Spec.Owner)
+		return res, fmt.Errorf("%w: checkpoint %s belongs to uid %d, job %s to uid %d", agentapi.ErrPermission, res.Checkpoint, spec.Owner, spec.ID, j.Spec.Owner)
 	}
 	for name, host := range opts.Hosts {
 		n, err := spec.Node(name)
@@ -77,12 +79,12 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 	c.fences.forget(spec.ID)
 	var t timings
 	err = t.run(PhaseRestore, func() error {
-		return c.fanout(ctx, PhaseRestore, spec.Nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
+		return c.fanout(ctx, PhaseRestore, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 			dir, err := c.store.NodeDir(res.Checkpoint, n.Name)
 			if err != nil {
 				return err
 			}
-			return a.Restore(ctx, spec.ID, n, dir)
+			return a.Restore(ctx, spec.ID, n, agentapi.RestoreRequest{Dir: dir, Checkpoint: res.Checkpoint})
 		})
 	})
 	if err == nil {
@@ -168,7 +170,7 @@ func (c *Coordinator) previous(job, handle string) (string, error) {
 			return all[i-1], nil
 		}
 	}
-	return "", fmt.Errorf("%w: no checkpoint of %s older than %s", ErrNotFound, job, handle)
+	return "", fmt.Errorf("%w: no checkpoint of %s older than %s", agentapi.ErrNotFound, job, handle)
 }
 
 // Migrate moves one job-node to another host while the rest of the job stays
@@ -194,7 +196,7 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 	}
 	if moving.Host == to {
 		c.end(id, StateRunning, nil)
-		return fmt.Errorf("%w: job-node %s of %s already runs on %s", ErrInvalid, node, id, to)
+		return fmt.Errorf("%w: job-node %s of %s already runs on %s", agentapi.ErrInvalid, node, id, to)
 	}
 	from := *moving
 	dest := *moving
@@ -219,32 +221,32 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 	err = c.quiesce(ctx, id, spec.Nodes, pend.Handle(), &t)
 	if err == nil {
 		err = t.run(PhaseDump, func() error {
-			return c.fanout(ctx, PhaseDump, []NodeSpec{from}, func(ctx context.Context, a Agent, n NodeSpec) error {
+			return c.fanout(ctx, PhaseDump, []agentapi.NodeSpec{from}, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 				dir, err := pend.NodeDir(n.Name)
 				if err != nil {
 					return err
 				}
-				_, err = a.Dump(ctx, NodeRef{id, n.Name}, DumpRequest{Dir: dir, LeaveRunning: true, Checkpoint: pend.Handle()})
+				_, err = a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, LeaveRunning: true, Checkpoint: pend.Handle()})
 				return err
 			})
 		})
 	}
 	if err == nil {
 		err = t.run(PhaseRestore, func() error {
-			return c.fanout(ctx, PhaseRestore, []NodeSpec{dest}, func(ctx context.Context, a Agent, n NodeSpec) error {
+			return c.fanout(ctx, PhaseRestore, []agentapi.NodeSpec{dest}, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 				dir, err := pend.NodeDir(n.Name)
 				if err != nil {
 					return err
 				}
 				restored.Store(true)
-				return a.Restore(ctx, id, n, dir)
+				return a.Restore(ctx, id, n, agentapi.RestoreRequest{Dir: dir, Checkpoint: pend.Handle()})
 			})
 		})
 	}
 	if err != nil {
 		log.Warn("migration failed, rolling back", "err", err, "timings", t.String())
 		if restored.Load() {
-			c.destroyNodes(ctx, id, []NodeSpec{dest}, log)
+			c.destroyNodes(ctx, id, []agentapi.NodeSpec{dest}, log)
 		}
 		rbErr := c.rollback(ctx, spec, log)
 		if rbErr != nil && unreachableOnly(rbErr) {
@@ -258,7 +260,7 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 		return fmt.Errorf("migration of %s to %s aborted, job %s keeps running on its old hosts: %w", node, to, id, err)
 	}
 	// Point of no return: the old copy goes, the new one takes over.
-	c.destroyNodes(ctx, id, []NodeSpec{from}, log)
+	c.destroyNodes(ctx, id, []agentapi.NodeSpec{from}, log)
 	*moving = dest
 	if err := c.resume(ctx, id, spec.Nodes, &t); err != nil {
 		log.Error("resume after migration failed, stopping the job", "err", err)
@@ -291,11 +293,11 @@ func (c *Coordinator) pollOnce(ctx context.Context) {
 		var (
 			mu       sync.Mutex
 			exited   int
-			failed   *NodeStatus
+			failed   *agentapi.NodeStatus
 			failNode string
 		)
-		_ = c.fanout(ctx, PhaseStart, j.Spec.Nodes, func(ctx context.Context, a Agent, n NodeSpec) error {
-			st, err := a.Status(ctx, NodeRef{j.Spec.ID, n.Name})
+		_ = c.fanout(ctx, PhaseStart, j.Spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+			st, err := a.Status(ctx, agentapi.NodeRef{Job: j.Spec.ID, Node: n.Name})
 			if err != nil {
 				return err
 			}

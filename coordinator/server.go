@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
+	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 )
 
@@ -63,14 +64,14 @@ func (s *Server) checkDirs(req *apiv1.RunRequest, spec JobSpec) error {
 	if d := req.CheckpointDir; d != "" {
 		have := s.C.CheckpointDir()
 		if have == "" || filepath.Clean(d) != have {
-			return fmt.Errorf("%w: --checkpoint-dir %s: this coordinator keeps every checkpoint in %s (its own --checkpoint-dir); drop the flag, or ask the administrator", ErrInvalid, d, have)
+			return fmt.Errorf("%w: --checkpoint-dir %s: this coordinator keeps every checkpoint in %s (its own --checkpoint-dir); drop the flag, or ask the administrator", agentapi.ErrInvalid, d, have)
 		}
 	}
 	if d := req.RunDir; d != "" {
 		for _, n := range spec.Nodes {
 			v, ok := s.shimRunDirs.Load(n.Host)
 			if ok && filepath.Clean(d) != v.(string) {
-				return fmt.Errorf("%w: --run-dir %s: the shim of %s uses %s (its own --run-dir); drop the flag or give that one", ErrInvalid, d, n.Host, v)
+				return fmt.Errorf("%w: --run-dir %s: the shim of %s uses %s (its own --run-dir); drop the flag or give that one", agentapi.ErrInvalid, d, n.Host, v)
 			}
 		}
 	}
@@ -80,19 +81,19 @@ func (s *Server) checkDirs(req *apiv1.RunRequest, spec JobSpec) error {
 // Register adds (or replaces) the shim of a host.
 func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*apiv1.Empty, error) {
 	if err := shimCaller(ctx); err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	if req.Host == "" || req.Address == "" {
-		return nil, ToRPC(fmt.Errorf("%w: register needs a host name and an address", ErrInvalid))
+		return nil, agentapi.ToRPC(fmt.Errorf("%w: register needs a host name and an address", agentapi.ErrInvalid))
 	}
 	if s.DialShim == nil {
-		return nil, ToRPC(errors.New("this coordinator cannot dial shims"))
+		return nil, agentapi.ToRPC(errors.New("this coordinator cannot dial shims"))
 	}
 	cl, err := s.DialShim(ctx, req.Address)
 	if err != nil {
-		return nil, ToRPC(fmt.Errorf("dial shim %s at %s: %w", req.Host, req.Address, err))
+		return nil, agentapi.ToRPC(fmt.Errorf("dial shim %s at %s: %w", req.Host, req.Address, err))
 	}
-	s.C.AddAgent(req.Host, RemoteAgent{Client: cl})
+	s.C.AddAgent(req.Host, agentapi.Client{Shim: cl})
 	if req.RunDir != "" {
 		s.shimRunDirs.Store(req.Host, filepath.Clean(req.RunDir))
 	}
@@ -107,59 +108,59 @@ func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*api
 func (s *Server) Run(ctx context.Context, req *apiv1.RunRequest) (*apiv1.Job, error) {
 	uid, err := s.authorize(ctx, "")
 	if err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	spec := SpecFromPB(req.Spec)
 	if uid != 0 || spec.Owner == 0 {
 		spec.Owner = uid
 	}
 	if err := s.checkDirs(req, spec); err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	if err := s.C.Start(ctx, spec); err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	j, err := s.C.Job(spec.ID)
-	return JobToPB(j), ToRPC(err)
+	return JobToPB(j), agentapi.ToRPC(err)
 }
 
 func (s *Server) Checkpoint(ctx context.Context, req *apiv1.CheckpointRequest) (*apiv1.CheckpointReply, error) {
 	if _, err := s.authorize(ctx, req.Job); err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	h, err := s.C.Checkpoint(ctx, req.Job, CheckpointOptions{Stop: req.Stop})
-	return &apiv1.CheckpointReply{Handle: h}, ToRPC(err)
+	return &apiv1.CheckpointReply{Handle: h}, agentapi.ToRPC(err)
 }
 
 func (s *Server) Restart(ctx context.Context, req *apiv1.RestartRequest) (*apiv1.RestartReply, error) {
 	job, _, _ := strings.Cut(req.Ref, "/")
 	uid, err := callerUID(ctx)
 	if err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	if _, err := s.C.Job(job); err == nil {
 		if err := s.C.Authorize(job, uid); err != nil {
-			return nil, ToRPC(err)
+			return nil, agentapi.ToRPC(err)
 		}
 	} else if uid != 0 {
-		return nil, ToRPC(fmt.Errorf("%w: job %s is not registered with this coordinator; only root may adopt it from its checkpoint", ErrPermission, job))
+		return nil, agentapi.ToRPC(fmt.Errorf("%w: job %s is not registered with this coordinator; only root may adopt it from its checkpoint", agentapi.ErrPermission, job))
 	}
 	res, err := s.C.Restart(ctx, req.Ref, RestartOptions{Hosts: req.Hosts, Fallback: req.Fallback})
-	return &apiv1.RestartReply{Job: res.Job, Checkpoint: res.Checkpoint, Skipped: res.Skipped}, ToRPC(err)
+	return &apiv1.RestartReply{Job: res.Job, Checkpoint: res.Checkpoint, Skipped: res.Skipped}, agentapi.ToRPC(err)
 }
 
 func (s *Server) Migrate(ctx context.Context, req *apiv1.MigrateRequest) (*apiv1.Empty, error) {
 	if _, err := s.authorize(ctx, req.Job); err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
-	return &apiv1.Empty{}, ToRPC(s.C.Migrate(ctx, req.Job, req.Node, req.To))
+	return &apiv1.Empty{}, agentapi.ToRPC(s.C.Migrate(ctx, req.Job, req.Node, req.To))
 }
 
 // Jobs lists the caller's jobs (root: every job).
 func (s *Server) Jobs(ctx context.Context, _ *apiv1.Empty) (*apiv1.JobList, error) {
 	uid, err := callerUID(ctx)
 	if err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	out := &apiv1.JobList{}
 	for _, j := range s.C.Jobs() {
@@ -172,11 +173,11 @@ func (s *Server) Jobs(ctx context.Context, _ *apiv1.Empty) (*apiv1.JobList, erro
 
 func (s *Server) GetJob(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error) {
 	if _, err := s.authorize(ctx, req.Job); err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	j, err := s.C.Job(req.Job)
 	if err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	return JobToPB(j), nil
 }
@@ -184,7 +185,7 @@ func (s *Server) GetJob(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, err
 // Wait returns when the job is finished, failed or suspended.
 func (s *Server) Wait(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error) {
 	if _, err := s.authorize(ctx, req.Job); err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	iv := s.PollInterval
 	if iv <= 0 {
@@ -193,7 +194,7 @@ func (s *Server) Wait(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error
 	for {
 		j, err := s.C.Job(req.Job)
 		if err != nil {
-			return nil, ToRPC(err)
+			return nil, agentapi.ToRPC(err)
 		}
 		switch j.State {
 		case StateFinished, StateFailed, StateSuspended:
@@ -201,7 +202,7 @@ func (s *Server) Wait(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ToRPC(ctx.Err())
+			return nil, agentapi.ToRPC(ctx.Err())
 		case <-time.After(iv):
 		}
 	}
@@ -210,20 +211,20 @@ func (s *Server) Wait(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error
 func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpointsRequest) (*apiv1.CheckpointList, error) {
 	uid, err := callerUID(ctx)
 	if err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	if req.Job != "" && uid != 0 {
 		if err := s.C.Authorize(req.Job, uid); err != nil {
-			return nil, ToRPC(err)
+			return nil, agentapi.ToRPC(err)
 		}
 	}
 	d, ok := s.C.store.(Describer)
 	if !ok {
-		return nil, ToRPC(errors.New("this checkpoint store cannot list checkpoints"))
+		return nil, agentapi.ToRPC(errors.New("this checkpoint store cannot list checkpoints"))
 	}
 	infos, err := d.Describe(req.Job)
 	if err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	out := &apiv1.CheckpointList{}
 	for _, in := range infos {
@@ -258,7 +259,7 @@ func SpecFromPB(p *apiv1.JobSpec) JobSpec {
 	}
 	s := JobSpec{ID: p.Id, Owner: int(p.Owner)}
 	for _, n := range p.Nodes {
-		s.Nodes = append(s.Nodes, NodeFromPB(n))
+		s.Nodes = append(s.Nodes, agentapi.NodeFromPB(n))
 	}
 	return s
 }
@@ -267,7 +268,7 @@ func SpecFromPB(p *apiv1.JobSpec) JobSpec {
 func SpecToPB(s JobSpec) *apiv1.JobSpec {
 	p := &apiv1.JobSpec{Id: s.ID, Owner: int32(s.Owner)}
 	for _, n := range s.Nodes {
-		p.Nodes = append(p.Nodes, pbNode(n))
+		p.Nodes = append(p.Nodes, agentapi.NodeToPB(n))
 	}
 	return p
 }
@@ -285,15 +286,15 @@ func JobToPB(j Job) *apiv1.Job {
 // root on the unix socket) and answers when the fence is complete.
 func (s *Server) Fence(ctx context.Context, req *apiv1.FenceRequest) (*apiv1.FenceReply, error) {
 	if err := shimCaller(ctx); err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	nodes := make([]int, len(req.Nodes))
 	for i, n := range req.Nodes {
 		nodes[i] = int(n)
 	}
-	data, err := s.C.Fence(ctx, FenceRequest{Job: req.Job, Node: int(req.Node), Nodes: nodes, Signature: req.Signature, Seq: req.Seq, Data: req.Data})
+	data, err := s.C.Fence(ctx, agentapi.FenceRequest{Job: req.Job, Node: int(req.Node), Nodes: nodes, Signature: req.Signature, Seq: req.Seq, Data: req.Data})
 	if err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	return &apiv1.FenceReply{Data: data}, nil
 }
@@ -303,7 +304,7 @@ func (s *Server) Fence(ctx context.Context, req *apiv1.FenceRequest) (*apiv1.Fen
 func shimCaller(ctx context.Context) error {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return fmt.Errorf("%w: no peer", ErrPermission)
+		return fmt.Errorf("%w: no peer", agentapi.ErrPermission)
 	}
 	if _, isTLS := p.AuthInfo.(credentials.TLSInfo); isTLS {
 		return nil
@@ -311,17 +312,17 @@ func shimCaller(ctx context.Context) error {
 	if pc, ok := p.AuthInfo.(PeerCred); ok && pc.UID == 0 {
 		return nil
 	}
-	return fmt.Errorf("%w: only shims may call this (mutual TLS, or root on the unix socket)", ErrPermission)
+	return fmt.Errorf("%w: only shims may call this (mutual TLS, or root on the unix socket)", agentapi.ErrPermission)
 }
 
 // Cancel ends a job (root or its owner).
 func (s *Server) Cancel(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error) {
 	if _, err := s.authorize(ctx, req.Job); err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	if err := s.C.Cancel(ctx, req.Job); err != nil {
-		return nil, ToRPC(err)
+		return nil, agentapi.ToRPC(err)
 	}
 	j, err := s.C.Job(req.Job)
-	return JobToPB(j), ToRPC(err)
+	return JobToPB(j), agentapi.ToRPC(err)
 }

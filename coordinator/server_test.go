@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 )
 
@@ -41,7 +42,7 @@ func helperCheckpoint(sock string) int {
 	_, err = apiv1.NewCoordinatorClient(conn).Checkpoint(ctx, &apiv1.CheckpointRequest{Job: "job1"})
 	if err != nil {
 		fmt.Println(err)
-		if errors.Is(fromRPC(err), ErrPermission) {
+		if errors.Is(agentapi.FromRPC(err), agentapi.ErrPermission) {
 			return 1
 		}
 		return 4
@@ -50,7 +51,7 @@ func helperCheckpoint(sock string) int {
 }
 
 // serveShims puts each fake agent behind a real gRPC Shim server on loopback
-// and returns a coordinator fixture that reaches them through RemoteAgent.
+// and returns a coordinator fixture that reaches them through agentapi.Client.
 func serveShims(t *testing.T, f *fixture) {
 	t.Helper()
 	for h, fa := range f.agents {
@@ -59,7 +60,7 @@ func serveShims(t *testing.T, f *fixture) {
 			t.Fatal(err)
 		}
 		srv := grpc.NewServer()
-		apiv1.RegisterShimServer(srv, AgentServer{Agent: fa})
+		apiv1.RegisterShimServer(srv, agentapi.Server{Agent: fa})
 		go srv.Serve(lis)
 		t.Cleanup(srv.Stop)
 		conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -67,7 +68,7 @@ func serveShims(t *testing.T, f *fixture) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { conn.Close() })
-		f.c.AddAgent(h, RemoteAgent{Client: apiv1.NewShimClient(conn)})
+		f.c.AddAgent(h, agentapi.Client{Shim: apiv1.NewShimClient(conn)})
 	}
 }
 

@@ -3,17 +3,19 @@ package coordinator
 import (
 	"context"
 	"time"
+
+	"github.com/torpor-hpc/torpor/agentapi"
 )
 
 // Manifest is what the coordinator records about a committed checkpoint.
 type Manifest struct {
-	Handle       string                  `json:"handle"`
-	Spec         JobSpec                 `json:"spec"`
-	Kind         string                  `json:"kind"` // checkpoint, suspend, migrate
-	LeaveRunning bool                    `json:"leave_running"`
-	Nodes        map[string]DumpResult   `json:"nodes"`
-	Phases       map[Phase]time.Duration `json:"phases"`
-	Created      time.Time               `json:"created"`
+	Handle       string                         `json:"handle"`
+	Spec         JobSpec                        `json:"spec"`
+	Kind         string                         `json:"kind"` // checkpoint, suspend, migrate
+	LeaveRunning bool                           `json:"leave_running"`
+	Nodes        map[string]agentapi.DumpResult `json:"nodes"`
+	Phases       map[Phase]time.Duration        `json:"phases"`
+	Created      time.Time                      `json:"created"`
 }
 
 // Store is the checkpoint catalog as the coordinator uses it.

@@ -5,25 +5,27 @@ import (
 	"os/user"
 	"slices"
 	"strconv"
+
+	"github.com/torpor-hpc/torpor/agentapi"
 )
 
 // LookupCreds returns the credentials a job owned by uid runs with: the
 // primary gid and supplementary groups that the group database gives the
 // user. A uid the database does not know is refused: its jobs would run
 // with groups nobody chose.
-func LookupCreds(uid int) (*Creds, error) {
+func LookupCreds(uid int) (*agentapi.Creds, error) {
 	if uid == 0 {
-		return &Creds{}, nil
+		return &agentapi.Creds{}, nil
 	}
 	u, err := user.LookupId(strconv.Itoa(uid))
 	if err != nil {
-		return nil, fmt.Errorf("%w: uid %d: %v (jobs run as their owner, who must be in the user database on the coordinator's host)", ErrPermission, uid, err)
+		return nil, fmt.Errorf("%w: uid %d: %v (jobs run as their owner, who must be in the user database on the coordinator's host)", agentapi.ErrPermission, uid, err)
 	}
 	gid, err := strconv.Atoi(u.Gid)
 	if err != nil {
 		return nil, fmt.Errorf("uid %d: primary group %q: %w", uid, u.Gid, err)
 	}
-	c := &Creds{UID: uid, GID: gid}
+	c := &agentapi.Creds{UID: uid, GID: gid}
 	ids, err := u.GroupIds()
 	if err != nil {
 		return nil, fmt.Errorf("groups of uid %d: %w", uid, err)
@@ -44,7 +46,7 @@ func LookupCreds(uid int) (*Creds, error) {
 // up with lookup (LookupCreds when nil). Whatever a request said about them
 // is replaced: only the owner, proven by the caller's SO_PEERCRED uid,
 // decides who a job runs as.
-func (s *JobSpec) SetUsers(lookup func(uid int) (*Creds, error)) error {
+func (s *JobSpec) SetUsers(lookup func(uid int) (*agentapi.Creds, error)) error {
 	if lookup == nil {
 		lookup = LookupCreds
 	}

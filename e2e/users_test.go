@@ -20,8 +20,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/coordinator"
-	"github.com/torpor-hpc/torpor/coordinator/catalog"
 	"github.com/torpor-hpc/torpor/internal/testuser"
 	"github.com/torpor-hpc/torpor/shim/criu"
 )

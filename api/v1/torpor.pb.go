@@ -14,11 +14,12 @@
 package apiv1
 
 import (
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
+
+	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
+	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 )
 
 const (
@@ -469,7 +470,6 @@ type DumpReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Bytes         int64                  `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
 	Files         int32                  `protobuf:"varint,2,opt,name=files,proto3" json:"files,omitempty"`
-	Manifest      string                 `protobuf:"bytes,3,opt,name=manifest,proto3" json:"manifest,omitempty"`
 	CriuNanos     int64                  `protobuf:"varint,4,opt,name=criu_nanos,json=criuNanos,proto3" json:"criu_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -519,13 +519,6 @@ func (x *DumpReply) GetFiles() int32 {
 	return 0
 }
 
-func (x *DumpReply) GetManifest() string {
-	if x != nil {
-		return x.Manifest
-	}
-	return ""
-}
-
 func (x *DumpReply) GetCriuNanos() int64 {
 	if x != nil {
 		return x.CriuNanos
@@ -534,10 +527,13 @@ func (x *DumpReply) GetCriuNanos() int64 {
 }
 
 type RestoreRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Node          *NodeSpec              `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
-	Dir           string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Node  *NodeSpec              `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	Dir   string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	// The checkpoint handle ("<job>/<seq>") the images belong to: the ranks'
+	// restore event names it.
+	Checkpoint    string `protobuf:"bytes,4,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -589,6 +585,13 @@ func (x *RestoreRequest) GetNode() *NodeSpec {
 func (x *RestoreRequest) GetDir() string {
 	if x != nil {
 		return x.Dir
+	}
+	return ""
+}
+
+func (x *RestoreRequest) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
 	}
 	return ""
 }
@@ -1745,17 +1748,19 @@ const file_torpor_proto_rawDesc = "" +
 	"\rleave_running\x18\x03 \x01(\bR\fleaveRunning\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x04 \x01(\tR\n" +
-	"checkpoint\"r\n" +
+	"checkpoint\"\\\n" +
 	"\tDumpReply\x12\x14\n" +
 	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\x12\x14\n" +
-	"\x05files\x18\x02 \x01(\x05R\x05files\x12\x1a\n" +
-	"\bmanifest\x18\x03 \x01(\tR\bmanifest\x12\x1d\n" +
+	"\x05files\x18\x02 \x01(\x05R\x05files\x12\x1d\n" +
 	"\n" +
-	"criu_nanos\x18\x04 \x01(\x03R\tcriuNanos\"]\n" +
+	"criu_nanos\x18\x04 \x01(\x03R\tcriuNanosJ\x04\b\x03\x10\x04\"}\n" +
 	"\x0eRestoreRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12'\n" +
 	"\x04node\x18\x02 \x01(\v2\x13.torpor.v1.NodeSpecR\x04node\x12\x10\n" +
-	"\x03dir\x18\x03 \x01(\tR\x03dir\"u\n" +
+	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x04 \x01(\tR\n" +
+	"checkpoint\"u\n" +
 	"\n" +
 	"NodeStatus\x12\x18\n" +
 	"\arunning\x18\x01 \x01(\bR\arunning\x12\x16\n" +

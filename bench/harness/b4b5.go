@@ -6,8 +6,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/coordinator"
-	"github.com/torpor-hpc/torpor/coordinator/catalog"
 )
 
 // MigratePoint is B4 for one memory size: a 2-job-node job whose n0 moves
@@ -108,7 +109,7 @@ func runCoordReal(ctx context.Context, e *Env, n, hosts, reps int, logf func(str
 func runCoordFake(ctx context.Context, dir string, n, hosts, reps int) (p CoordPoint) {
 	p = CoordPoint{Nodes: n, Fake: true}
 	rec := &Recorder{}
-	agents := map[string]coordinator.Agent{}
+	agents := map[string]agentapi.Agent{}
 	for i := 1; i <= hosts; i++ {
 		agents[fmt.Sprintf("f%d", i)] = rec.Wrap(fmt.Sprintf("f%d", i), newFakeAgent())
 	}
@@ -130,7 +131,7 @@ func runCoordFake(ctx context.Context, dir string, n, hosts, reps int) (p CoordP
 	}
 	spec := coordinator.JobSpec{ID: "fake"}
 	for i := 0; i < n; i++ {
-		spec.Nodes = append(spec.Nodes, coordinator.NodeSpec{Name: fmt.Sprintf("n%d", i), Host: fmt.Sprintf("f%d", i%hosts+1),
+		spec.Nodes = append(spec.Nodes, agentapi.NodeSpec{Name: fmt.Sprintf("n%d", i), Host: fmt.Sprintf("f%d", i%hosts+1),
 			IP: fmt.Sprintf("198.19.%d.%d/15", (i+1)/250, (i+1)%250+1), Hostname: fmt.Sprintf("fake-n%d", i), Argv: []string{"/bin/true"}})
 	}
 	if err := c.Start(ctx, spec); err != nil {

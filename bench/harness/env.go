@@ -8,8 +8,9 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/coordinator"
-	"github.com/torpor-hpc/torpor/coordinator/catalog"
 	"github.com/torpor-hpc/torpor/shim/agent"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/criu"
@@ -62,7 +63,7 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (_ *Env, err error) {
 		}
 	}()
 	e.Drv = criu.NewDriver(cfg.CRIU, cfg.Log)
-	wrapped := map[string]coordinator.Agent{}
+	wrapped := map[string]agentapi.Agent{}
 	for i := 1; i <= cfg.Hosts; i++ {
 		h := cl.Host(i)
 		name := fmt.Sprintf("h%d", i)

@@ -7,8 +7,8 @@ import (
 	"path/filepath"
 	"sync"
 
-	"github.com/torpor-hpc/torpor/coordinator"
-	"github.com/torpor-hpc/torpor/coordinator/catalog"
+	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/catalog"
 )
 
 // fakeAgent is a shim without processes or CRIU (the shape of the
@@ -22,56 +22,56 @@ type fakeAgent struct {
 
 func newFakeAgent() *fakeAgent { return &fakeAgent{nodes: map[string]bool{}} }
 
-func (f *fakeAgent) has(ref coordinator.NodeRef) error {
+func (f *fakeAgent) has(ref agentapi.NodeRef) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.nodes[ref.Job+"/"+ref.Node] {
-		return fmt.Errorf("%w: fake job-node %s/%s", coordinator.ErrNotFound, ref.Job, ref.Node)
+		return fmt.Errorf("%w: fake job-node %s/%s", agentapi.ErrNotFound, ref.Job, ref.Node)
 	}
 	return nil
 }
 
-func (f *fakeAgent) Start(_ context.Context, job string, n coordinator.NodeSpec) error {
+func (f *fakeAgent) Start(_ context.Context, job string, n agentapi.NodeSpec) error {
 	f.mu.Lock()
 	f.nodes[job+"/"+n.Name] = true
 	f.mu.Unlock()
 	return nil
 }
-func (f *fakeAgent) Prepare(_ context.Context, ref coordinator.NodeRef, _ string) error {
+func (f *fakeAgent) Prepare(_ context.Context, ref agentapi.NodeRef, _ string) error {
 	return f.has(ref)
 }
-func (f *fakeAgent) Freeze(_ context.Context, ref coordinator.NodeRef) error { return f.has(ref) }
-func (f *fakeAgent) Drain(_ context.Context, ref coordinator.NodeRef) (coordinator.DrainResult, error) {
-	return coordinator.DrainResult{}, f.has(ref)
+func (f *fakeAgent) Freeze(_ context.Context, ref agentapi.NodeRef) error { return f.has(ref) }
+func (f *fakeAgent) Drain(_ context.Context, ref agentapi.NodeRef) (agentapi.DrainResult, error) {
+	return agentapi.DrainResult{}, f.has(ref)
 }
-func (f *fakeAgent) Lock(_ context.Context, ref coordinator.NodeRef) error { return f.has(ref) }
-func (f *fakeAgent) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinator.DumpRequest) (coordinator.DumpResult, error) {
+func (f *fakeAgent) Lock(_ context.Context, ref agentapi.NodeRef) error { return f.has(ref) }
+func (f *fakeAgent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.DumpRequest) (agentapi.DumpResult, error) {
 	if err := f.has(ref); err != nil {
-		return coordinator.DumpResult{}, err
+		return agentapi.DumpResult{}, err
 	}
 	if err := os.WriteFile(filepath.Join(req.Dir, "pages-1.img"), make([]byte, 4096), 0o600); err != nil {
-		return coordinator.DumpResult{}, err
+		return agentapi.DumpResult{}, err
 	}
 	nm, err := catalog.WriteNodeManifest(ctx, req.Dir)
 	if err != nil {
-		return coordinator.DumpResult{}, err
+		return agentapi.DumpResult{}, err
 	}
-	return coordinator.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files)}, nil
+	return agentapi.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files)}, nil
 }
-func (f *fakeAgent) Unlock(context.Context, coordinator.NodeRef) error { return nil }
-func (f *fakeAgent) Thaw(context.Context, coordinator.NodeRef) error   { return nil }
-func (f *fakeAgent) Restore(_ context.Context, job string, n coordinator.NodeSpec, _ string) error {
+func (f *fakeAgent) Unlock(context.Context, agentapi.NodeRef) error { return nil }
+func (f *fakeAgent) Thaw(context.Context, agentapi.NodeRef) error   { return nil }
+func (f *fakeAgent) Restore(_ context.Context, job string, n agentapi.NodeSpec, _ agentapi.RestoreRequest) error {
 	return f.Start(context.Background(), job, n)
 }
-func (f *fakeAgent) Destroy(_ context.Context, ref coordinator.NodeRef) error {
+func (f *fakeAgent) Destroy(_ context.Context, ref agentapi.NodeRef) error {
 	f.mu.Lock()
 	delete(f.nodes, ref.Job+"/"+ref.Node)
 	f.mu.Unlock()
 	return nil
 }
-func (f *fakeAgent) Status(_ context.Context, ref coordinator.NodeRef) (coordinator.NodeStatus, error) {
+func (f *fakeAgent) Status(_ context.Context, ref agentapi.NodeRef) (agentapi.NodeStatus, error) {
 	if err := f.has(ref); err != nil {
-		return coordinator.NodeStatus{}, err
+		return agentapi.NodeStatus{}, err
 	}
-	return coordinator.NodeStatus{Running: true}, nil
+	return agentapi.NodeStatus{Running: true}, nil
 }

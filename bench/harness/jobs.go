@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 )
@@ -53,7 +54,7 @@ func (j *Job) Stop(ctx context.Context) {
 	// Whatever state it is in: destroy its job-nodes directly.
 	for _, n := range j.Spec.Nodes {
 		if a, ok := j.e.Agents[n.Host]; ok {
-			_ = a.Destroy(context.WithoutCancel(ctx), coordinator.NodeRef{Job: j.ID, Node: n.Name})
+			_ = a.Destroy(context.WithoutCancel(ctx), agentapi.NodeRef{Job: j.ID, Node: n.Name})
 		}
 	}
 }
@@ -112,7 +113,7 @@ type RestartSample struct {
 }
 
 // nodeCgroup is where the agent puts a job-node's cgroup.
-func (j *Job) nodeCgroup(mount string, n coordinator.NodeSpec) string {
+func (j *Job) nodeCgroup(mount string, n agentapi.NodeSpec) string {
 	return filepath.Join(mount, j.e.CgParent, n.Host, j.ID, n.Name)
 }
 
@@ -147,7 +148,7 @@ func (j *Job) watchUnlock(mount string, spec coordinator.JobSpec) func() (seg, m
 	var once sync.Once
 	var memBase []uint64
 	base := map[string]uint64{}
-	j.e.Rec.BeforeUnlock(func(host string, ref coordinator.NodeRef) {
+	j.e.Rec.BeforeUnlock(func(host string, ref agentapi.NodeRef) {
 		if ref.Job != j.ID {
 			return
 		}

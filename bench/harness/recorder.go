@@ -5,7 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/agentapi"
 )
 
 // call is one Agent call as the recorder saw it.
@@ -16,7 +16,7 @@ type call struct {
 	Start time.Time
 	End   time.Time
 	Err   error
-	Dump  coordinator.DumpResult
+	Dump  agentapi.DumpResult
 }
 
 // Recorder wraps shims' Agents and records when each call started and ended,
@@ -26,18 +26,18 @@ type Recorder struct {
 	mu    sync.Mutex
 	calls []call
 	// beforeUnlock, when set, runs just before every Unlock reaches the shim.
-	beforeUnlock func(host string, ref coordinator.NodeRef)
+	beforeUnlock func(host string, ref agentapi.NodeRef)
 }
 
 // BeforeUnlock sets (or clears, with nil) a hook run before every Unlock.
-func (r *Recorder) BeforeUnlock(fn func(host string, ref coordinator.NodeRef)) {
+func (r *Recorder) BeforeUnlock(fn func(host string, ref agentapi.NodeRef)) {
 	r.mu.Lock()
 	r.beforeUnlock = fn
 	r.mu.Unlock()
 }
 
 // Wrap returns an Agent that records every call to a.
-func (r *Recorder) Wrap(host string, a coordinator.Agent) coordinator.Agent {
+func (r *Recorder) Wrap(host string, a agentapi.Agent) agentapi.Agent {
 	return &recorded{r: r, host: host, a: a}
 }
 
@@ -72,7 +72,7 @@ func (r *Recorder) add(c call) {
 type recorded struct {
 	r    *Recorder
 	host string
-	a    coordinator.Agent
+	a    agentapi.Agent
 }
 
 func (w *recorded) rec(op, node string, fn func() error) error {
@@ -83,31 +83,31 @@ func (w *recorded) rec(op, node string, fn func() error) error {
 	return c.Err
 }
 
-func (w *recorded) Start(ctx context.Context, job string, n coordinator.NodeSpec) error {
+func (w *recorded) Start(ctx context.Context, job string, n agentapi.NodeSpec) error {
 	return w.rec("start", n.Name, func() error { return w.a.Start(ctx, job, n) })
 }
-func (w *recorded) Prepare(ctx context.Context, ref coordinator.NodeRef, ckpt string) error {
+func (w *recorded) Prepare(ctx context.Context, ref agentapi.NodeRef, ckpt string) error {
 	return w.rec("prepare", ref.Node, func() error { return w.a.Prepare(ctx, ref, ckpt) })
 }
-func (w *recorded) Freeze(ctx context.Context, ref coordinator.NodeRef) error {
+func (w *recorded) Freeze(ctx context.Context, ref agentapi.NodeRef) error {
 	return w.rec("freeze", ref.Node, func() error { return w.a.Freeze(ctx, ref) })
 }
-func (w *recorded) Drain(ctx context.Context, ref coordinator.NodeRef) (coordinator.DrainResult, error) {
-	var res coordinator.DrainResult
+func (w *recorded) Drain(ctx context.Context, ref agentapi.NodeRef) (agentapi.DrainResult, error) {
+	var res agentapi.DrainResult
 	err := w.rec("drain", ref.Node, func() (err error) { res, err = w.a.Drain(ctx, ref); return err })
 	return res, err
 }
-func (w *recorded) Lock(ctx context.Context, ref coordinator.NodeRef) error {
+func (w *recorded) Lock(ctx context.Context, ref agentapi.NodeRef) error {
 	return w.rec("lock", ref.Node, func() error { return w.a.Lock(ctx, ref) })
 }
-func (w *recorded) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinator.DumpRequest) (coordinator.DumpResult, error) {
+func (w *recorded) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.DumpRequest) (agentapi.DumpResult, error) {
 	c := call{Op: "dump", Host: w.host, Node: ref.Node, Start: time.Now()}
 	res, err := w.a.Dump(ctx, ref, req)
 	c.End, c.Err, c.Dump = time.Now(), err, res
 	w.r.add(c)
 	return res, err
 }
-func (w *recorded) Unlock(ctx context.Context, ref coordinator.NodeRef) error {
+func (w *recorded) Unlock(ctx context.Context, ref agentapi.NodeRef) error {
 	w.r.mu.Lock()
 	hook := w.r.beforeUnlock
 	w.r.mu.Unlock()
@@ -116,16 +116,16 @@ func (w *recorded) Unlock(ctx context.Context, ref coordinator.NodeRef) error {
 	}
 	return w.rec("unlock", ref.Node, func() error { return w.a.Unlock(ctx, ref) })
 }
-func (w *recorded) Thaw(ctx context.Context, ref coordinator.NodeRef) error {
+func (w *recorded) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
 	return w.rec("thaw", ref.Node, func() error { return w.a.Thaw(ctx, ref) })
 }
-func (w *recorded) Restore(ctx context.Context, job string, n coordinator.NodeSpec, dir string) error {
-	return w.rec("restore", n.Name, func() error { return w.a.Restore(ctx, job, n, dir) })
+func (w *recorded) Restore(ctx context.Context, job string, n agentapi.NodeSpec, req agentapi.RestoreRequest) error {
+	return w.rec("restore", n.Name, func() error { return w.a.Restore(ctx, job, n, req) })
 }
-func (w *recorded) Destroy(ctx context.Context, ref coordinator.NodeRef) error {
+func (w *recorded) Destroy(ctx context.Context, ref agentapi.NodeRef) error {
 	return w.rec("destroy", ref.Node, func() error { return w.a.Destroy(ctx, ref) })
 }
-func (w *recorded) Status(ctx context.Context, ref coordinator.NodeRef) (coordinator.NodeStatus, error) {
+func (w *recorded) Status(ctx context.Context, ref agentapi.NodeRef) (agentapi.NodeStatus, error) {
 	return w.a.Status(ctx, ref) // polled, not a phase: not recorded
 }
 
@@ -167,8 +167,8 @@ func gap(calls []call, a, b string) time.Duration {
 }
 
 // dumps returns the DumpResults recorded, per job-node.
-func dumps(calls []call) map[string]coordinator.DumpResult {
-	out := map[string]coordinator.DumpResult{}
+func dumps(calls []call) map[string]agentapi.DumpResult {
+	out := map[string]agentapi.DumpResult{}
 	for _, c := range calls {
 		if c.Op == "dump" && c.Err == nil {
 			out[c.Node] = c.Dump

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/shim/simhost"
 )
 
@@ -55,10 +55,10 @@ type nodeFiles struct{ Mem, Recv, Send string }
 
 // jobNode builds the spec of job-node i (0-based) of n on host, running w,
 // with its status files under dir.
-func jobNode(dir, job string, i, n int, host string, w Workload, bins Bins) (coordinator.NodeSpec, nodeFiles, error) {
+func jobNode(dir, job string, i, n int, host string, w Workload, bins Bins) (agentapi.NodeSpec, nodeFiles, error) {
 	d := filepath.Join(dir, "status", job)
 	if err := os.MkdirAll(d, 0o755); err != nil {
-		return coordinator.NodeSpec{}, nodeFiles{}, err
+		return agentapi.NodeSpec{}, nodeFiles{}, err
 	}
 	name := fmt.Sprintf("n%d", i)
 	f := nodeFiles{Mem: filepath.Join(d, name+".mem")}
@@ -78,7 +78,7 @@ func jobNode(dir, job string, i, n int, host string, w Workload, bins Bins) (coo
 	} else {
 		cmd = "exec " + cmd
 	}
-	return coordinator.NodeSpec{
+	return agentapi.NodeSpec{
 		Name: name, Host: host, IP: simhost.NodeAddr(i + 1), Hostname: job + "-" + name,
 		Argv: []string{"/bin/sh", "-c", cmd},
 	}, f, nil

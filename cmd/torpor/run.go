@@ -1,28 +1,28 @@
 package main
 
 import (
-	"net"
-	"runtime"
-
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/torpor-hpc/torpor/pmix/jobspec"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/coordinator/launch"
 	"github.com/torpor-hpc/torpor/internal/config"
 	"github.com/torpor-hpc/torpor/internal/embedded"
+	"github.com/torpor-hpc/torpor/pmix/jobspec"
 	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
@@ -115,7 +115,7 @@ func buildSpec(o launch.Options, prog string) (coordinator.JobSpec, error) {
 		hosts = []launch.HostSlots{{Host: embedded.Host, Slots: 1}}
 	}
 	for i, h := range hosts {
-		spec.Nodes = append(spec.Nodes, coordinator.NodeSpec{
+		spec.Nodes = append(spec.Nodes, agentapi.NodeSpec{
 			Name: "n" + strconv.Itoa(i), Host: h.Host,
 			Argv: append([]string{prog}, o.Args...), Dir: o.Wdir,
 			Env: append(os.Environ(), env...),
@@ -305,7 +305,7 @@ func mpiSpec(spec coordinator.JobSpec, o launch.Options, prog string, rankEnv []
 		if err != nil {
 			return spec, err
 		}
-		spec.Nodes = append(spec.Nodes, coordinator.NodeSpec{
+		spec.Nodes = append(spec.Nodes, agentapi.NodeSpec{
 			Name: "n" + strconv.Itoa(i), Host: pn.Host, Hostname: nodes[i].Hostname,
 			Argv: []string{"pmixd"}, Dir: o.Wdir,
 			Env: []string{env, "PATH=" + os.Getenv("PATH")},

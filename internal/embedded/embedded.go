@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/shim/agent"
 	"github.com/torpor-hpc/torpor/shim/criu"
@@ -51,7 +52,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, err
 	}
 	h := s.cluster.Host(1)
-	fence := func(ctx context.Context, req coordinator.FenceRequest) ([]byte, error) {
+	fence := func(ctx context.Context, req agentapi.FenceRequest) ([]byte, error) {
 		return s.Daemon.C.Fence(ctx, req)
 	}
 	s.Agent, err = agent.New(agent.Config{Host: Host, HostNetNS: h.NetNS, Bridge: h.Bridge,
@@ -61,7 +62,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 	s.Daemon, err = coordinator.StartDaemon(ctx, coordinator.DaemonConfig{
 		StateDir: cfg.StateDir, CheckpointDir: cfg.CheckpointDir, Socket: cfg.Socket,
-		Agents: map[string]coordinator.Agent{Host: s.Agent}, Log: cfg.Log,
+		Agents: map[string]agentapi.Agent{Host: s.Agent}, Log: cfg.Log,
 	})
 	if err != nil {
 		return nil, err

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
 )
 
@@ -45,7 +45,7 @@ func (a *Agent) adopt(ctx context.Context, r nodeRecord) (bool, error) {
 	a.mu.Lock()
 	if _, exists := a.nodes[k]; exists {
 		a.mu.Unlock()
-		return false, fmt.Errorf("%w: this shim already has it", coordinator.ErrState)
+		return false, fmt.Errorf("%w: this shim already has it", agentapi.ErrState)
 	}
 	a.nodes[k] = nil // reserve
 	a.mu.Unlock()

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
@@ -132,8 +132,8 @@ func (h *oneHost) agent(mod func(*Config)) *Agent {
 // bash, not dash: dash vforks its commands, and CRIU cannot seize a tree
 // frozen while a vfork child has not exec'd yet (the parent waits in D state;
 // the dump times out after 10 s: "Unseizable non-zombie ... state D").
-func tickerSpec(name string, addr int, stop string) coordinator.NodeSpec {
-	return coordinator.NodeSpec{Name: name, Host: "h1", IP: simhost.NodeAddr(addr), Hostname: "tick-" + name,
+func tickerSpec(name string, addr int, stop string) agentapi.NodeSpec {
+	return agentapi.NodeSpec{Name: name, Host: "h1", IP: simhost.NodeAddr(addr), Hostname: "tick-" + name,
 		Argv: []string{"/bin/bash", "-c", "while :; do echo tick; [ -e " + stop + " ] && exit 7; sleep 0.1; done"}}
 }
 
@@ -182,7 +182,7 @@ func TestAdoptRunningNode(t *testing.T) {
 	h := newOneHost(t)
 	ctx := context.Background()
 	stop := filepath.Join(t.TempDir(), "stop")
-	ref := coordinator.NodeRef{Job: "job", Node: "n0"}
+	ref := agentapi.NodeRef{Job: "job", Node: "n0"}
 	a := h.agent(nil)
 	mustOK(t, "start", a.Start(ctx, "job", tickerSpec("n0", 1, stop)))
 	waitTicks(t, a, "job", "n0", 2)
@@ -214,7 +214,7 @@ func TestAdoptRunningNode(t *testing.T) {
 	mustOK(t, "freeze", b.Freeze(ctx, ref))
 	mustOK(t, "lock", b.Lock(ctx, ref))
 	assertStill(t, b, "job", "n0")
-	res, err := b.Dump(ctx, ref, coordinator.DumpRequest{Dir: filepath.Join(t.TempDir(), "img"), LeaveRunning: true, Checkpoint: "job/1"})
+	res, err := b.Dump(ctx, ref, agentapi.DumpRequest{Dir: filepath.Join(t.TempDir(), "img"), LeaveRunning: true, Checkpoint: "job/1"})
 	mustOK(t, "dump", err)
 	for i := 0; i < 2; i++ { // idempotent
 		mustOK(t, "unlock", b.Unlock(ctx, ref))
@@ -255,7 +255,7 @@ func TestAdoptRunningNode(t *testing.T) {
 func TestAdoptFrozenNode(t *testing.T) {
 	h := newOneHost(t)
 	ctx := context.Background()
-	ref := coordinator.NodeRef{Job: "job", Node: "n0"}
+	ref := agentapi.NodeRef{Job: "job", Node: "n0"}
 	a := h.agent(nil)
 	mustOK(t, "start", a.Start(ctx, "job", tickerSpec("n0", 1, filepath.Join(t.TempDir(), "stop"))))
 	waitTicks(t, a, "job", "n0", 2)
@@ -282,7 +282,7 @@ func TestAdoptFrozenNode(t *testing.T) {
 func TestAdoptVanishedNode(t *testing.T) {
 	h := newOneHost(t)
 	ctx := context.Background()
-	ref := coordinator.NodeRef{Job: "job", Node: "n0"}
+	ref := agentapi.NodeRef{Job: "job", Node: "n0"}
 	a := h.agent(nil)
 	mustOK(t, "start", a.Start(ctx, "job", tickerSpec("n0", 1, filepath.Join(t.TempDir(), "stop"))))
 	rec := a.recordPath("job", "n0")

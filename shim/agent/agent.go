@@ -1,5 +1,5 @@
 // Package agent is the host side of torpor's protocol: it implements
-// coordinator.Agent with real job-node sandboxes, the cgroup freezer,
+// agentapi.Agent with real job-node sandboxes, the cgroup freezer,
 // netquiesce's eBPF lock and drain, and CRIU. One Agent serves one host.
 package agent
 
@@ -19,8 +19,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/torpor-hpc/torpor/coordinator"
-	"github.com/torpor-hpc/torpor/coordinator/catalog"
+	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/fault"
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/pmix/link"
@@ -76,7 +76,7 @@ type Agent struct {
 }
 
 type node struct {
-	spec     coordinator.NodeSpec
+	spec     agentapi.NodeSpec
 	job      string
 	sb       *sandbox.Sandbox
 	lock     *netquiesce.Lock
@@ -92,7 +92,7 @@ type node struct {
 	linkPath string
 }
 
-var _ coordinator.Agent = (*Agent)(nil)
+var _ agentapi.Agent = (*Agent)(nil)
 
 // ErrNoNode: the shim has no such job-node.
 var ErrNoNode = errors.New("no such job-node on this host")
@@ -121,17 +121,17 @@ var safeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
 func checkNames(job, n string) error {
 	if !safeName.MatchString(job) || !safeName.MatchString(n) {
-		return fmt.Errorf("%w: job %q / job-node %q: names may hold letters, digits, '_', '.', '-' (at most 63)", coordinator.ErrInvalid, job, n)
+		return fmt.Errorf("%w: job %q / job-node %q: names may hold letters, digits, '_', '.', '-' (at most 63)", agentapi.ErrInvalid, job, n)
 	}
 	return nil
 }
 
-func (a *Agent) get(ref coordinator.NodeRef) (*node, error) {
+func (a *Agent) get(ref agentapi.NodeRef) (*node, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	n, ok := a.nodes[key(ref.Job, ref.Node)]
 	if !ok || n == nil { // nil: still being created
-		return nil, fmt.Errorf("%w: %s/%s on %s (%w)", ErrNoNode, ref.Job, ref.Node, a.cfg.Host, coordinator.ErrNotFound)
+		return nil, fmt.Errorf("%w: %s/%s on %s (%w)", ErrNoNode, ref.Job, ref.Node, a.cfg.Host, agentapi.ErrNotFound)
 	}
 	return n, nil
 }
@@ -151,7 +151,7 @@ func (a *Agent) exitPath(job, n string) string {
 // checkImageCreds refuses images in which CRIU, root, would restore a task
 // of a user's job-node with credentials other than its owner's (defence in
 // depth: the manifests' HMAC already refuses images nobody signed).
-func checkImageCreds(dir string, spec coordinator.NodeSpec) error {
+func checkImageCreds(dir string, spec agentapi.NodeSpec) error {
 	if spec.User.Root() {
 		return nil
 	}
@@ -167,7 +167,7 @@ func checkImageCreds(dir string, spec coordinator.NodeSpec) error {
 }
 
 // userOf is who a job-node's processes run as.
-func userOf(spec coordinator.NodeSpec) *sandbox.User {
+func userOf(spec agentapi.NodeSpec) *sandbox.User {
 	if spec.User.Root() {
 		return nil
 	}
@@ -202,14 +202,14 @@ func (a *Agent) jobDir(job string) error {
 
 // create makes the sandbox and attaches (unlocked) the network lock to the
 // host end of its veth, where the programs stay outside the CRIU images.
-func (a *Agent) create(ctx context.Context, job string, spec coordinator.NodeSpec) (*node, error) {
+func (a *Agent) create(ctx context.Context, job string, spec agentapi.NodeSpec) (*node, error) {
 	if err := checkNames(job, spec.Name); err != nil {
 		return nil, err
 	}
 	a.mu.Lock()
 	if _, exists := a.nodes[key(job, spec.Name)]; exists {
 		a.mu.Unlock()
-		return nil, fmt.Errorf("%w: job-node %s/%s already exists on %s", coordinator.ErrState, job, spec.Name, a.cfg.Host)
+		return nil, fmt.Errorf("%w: job-node %s/%s already exists on %s", agentapi.ErrState, job, spec.Name, a.cfg.Host)
 	}
 	a.nodes[key(job, spec.Name)] = nil // reserve
 	a.mu.Unlock()
@@ -291,7 +291,7 @@ func vethName(job, n string) string {
 }
 
 // Start creates the job-node's sandbox and starts its command.
-func (a *Agent) Start(ctx context.Context, job string, spec coordinator.NodeSpec) error {
+func (a *Agent) Start(ctx context.Context, job string, spec agentapi.NodeSpec) error {
 	n, err := a.create(ctx, job, spec)
 	if err != nil {
 		return err
@@ -331,7 +331,7 @@ func (a *Agent) Start(ctx context.Context, job string, spec coordinator.NodeSpec
 
 // Prepare tells a job-node's pmixd that a checkpoint is coming (a job-node
 // without pmixd has nobody to tell).
-func (a *Agent) Prepare(ctx context.Context, ref coordinator.NodeRef, ckpt string) error {
+func (a *Agent) Prepare(ctx context.Context, ref agentapi.NodeRef, ckpt string) error {
 	n, err := a.get(ref)
 	if err != nil || n.link == nil {
 		return err
@@ -339,7 +339,7 @@ func (a *Agent) Prepare(ctx context.Context, ref coordinator.NodeRef, ckpt strin
 	return a.preparePMIx(ctx, n, ckpt)
 }
 
-func (a *Agent) Freeze(ctx context.Context, ref coordinator.NodeRef) error {
+func (a *Agent) Freeze(ctx context.Context, ref agentapi.NodeRef) error {
 	n, err := a.get(ref)
 	if err != nil {
 		return err
@@ -362,14 +362,14 @@ const drainSettle = 3 * time.Second
 // queue, which is retransmitted after restore. A connection to anything
 // outside the job must drain, or the checkpoint fails naming it: bytes in
 // flight to the outside world cannot be replayed.
-func (a *Agent) Drain(ctx context.Context, ref coordinator.NodeRef) (coordinator.DrainResult, error) {
+func (a *Agent) Drain(ctx context.Context, ref agentapi.NodeRef) (agentapi.DrainResult, error) {
 	n, err := a.get(ref)
 	if err != nil {
-		return coordinator.DrainResult{}, err
+		return agentapi.DrainResult{}, err
 	}
 	sbNet, err := n.sb.OpenNet()
 	if err != nil {
-		return coordinator.DrainResult{}, err
+		return agentapi.DrainResult{}, err
 	}
 	defer sbNet.Close()
 	dctx, cancel := context.WithTimeout(ctx, drainSettle)
@@ -385,15 +385,15 @@ func (a *Agent) Drain(ctx context.Context, ref coordinator.NodeRef) (coordinator
 			}
 		}
 		if len(outside) > 0 {
-			return coordinator.DrainResult{}, fmt.Errorf("drain %s/%s: connections leaving the job still have un-acknowledged data: %s", ref.Job, ref.Node, strings.Join(outside, "; "))
+			return agentapi.DrainResult{}, fmt.Errorf("drain %s/%s: connections leaving the job still have un-acknowledged data: %s", ref.Job, ref.Node, strings.Join(outside, "; "))
 		}
 		a.log.Warn("drain: connections inside the job still hold un-acknowledged data; CRIU saves it", "job", ref.Job, "node", ref.Node, "sockets", len(te.Pending))
 		rep, err = te.Report, nil
 	}
 	if err != nil {
-		return coordinator.DrainResult{}, err
+		return agentapi.DrainResult{}, err
 	}
-	res := coordinator.DrainResult{Sockets: len(rep.Sockets)}
+	res := agentapi.DrainResult{Sockets: len(rep.Sockets)}
 	for _, s := range rep.Sockets {
 		res.QueuedBytes += int64(s.SendQueue) + int64(s.RecvQueue)
 	}
@@ -402,7 +402,7 @@ func (a *Agent) Drain(ctx context.Context, ref coordinator.NodeRef) (coordinator
 
 // jobAddrs are the addresses of every job-node of the job, from the
 // TORPOR_NODE_IPS the coordinator puts in each job-node's environment.
-func jobAddrs(spec coordinator.NodeSpec) map[string]bool {
+func jobAddrs(spec agentapi.NodeSpec) map[string]bool {
 	m := map[string]bool{}
 	if ip, _, ok := strings.Cut(spec.IP, "/"); ok {
 		m[ip] = true
@@ -417,7 +417,7 @@ func jobAddrs(spec coordinator.NodeSpec) map[string]bool {
 	return m
 }
 
-func (a *Agent) Lock(_ context.Context, ref coordinator.NodeRef) error {
+func (a *Agent) Lock(_ context.Context, ref agentapi.NodeRef) error {
 	n, err := a.get(ref)
 	if err != nil {
 		return err
@@ -426,7 +426,7 @@ func (a *Agent) Lock(_ context.Context, ref coordinator.NodeRef) error {
 	return err
 }
 
-func (a *Agent) Unlock(_ context.Context, ref coordinator.NodeRef) error {
+func (a *Agent) Unlock(_ context.Context, ref agentapi.NodeRef) error {
 	n, err := a.get(ref)
 	if errors.Is(err, ErrNoNode) {
 		return nil // idempotent: nothing left to unlock
@@ -449,7 +449,7 @@ func (a *Agent) Unlock(_ context.Context, ref coordinator.NodeRef) error {
 	return nil
 }
 
-func (a *Agent) Thaw(ctx context.Context, ref coordinator.NodeRef) error {
+func (a *Agent) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
 	n, err := a.get(ref)
 	if errors.Is(err, ErrNoNode) {
 		return nil
@@ -483,17 +483,17 @@ const (
 // Dump checkpoints the job-node's tree into dir (always leave-running: the
 // coordinator destroys the job-node after the commit when it stops a job),
 // saves its output file as it was, and writes the node manifest.
-func (a *Agent) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinator.DumpRequest) (coordinator.DumpResult, error) {
+func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.DumpRequest) (agentapi.DumpResult, error) {
 	n, err := a.get(ref)
 	if err != nil {
-		return coordinator.DumpResult{}, err
+		return agentapi.DumpResult{}, err
 	}
 	pids, err := n.sb.Cgroup().Procs()
 	if err != nil {
-		return coordinator.DumpResult{}, err
+		return agentapi.DumpResult{}, err
 	}
 	if err := verbs.Check(pids); err != nil {
-		return coordinator.DumpResult{}, fmt.Errorf("refusing to checkpoint %s/%s: %w", ref.Job, ref.Node, err)
+		return agentapi.DumpResult{}, fmt.Errorf("refusing to checkpoint %s/%s: %w", ref.Job, ref.Node, err)
 	}
 	opts := criu.Options{
 		// CRIU's log and stats go to the run directory, not among the
@@ -521,25 +521,25 @@ func (a *Agent) Dump(ctx context.Context, ref coordinator.NodeRef, req coordinat
 		} else if k > 0 {
 			a.log.Warn("the failed dump left TCP connections in repair mode; released them", "job", ref.Job, "node", ref.Node, "sockets", k)
 		}
-		return coordinator.DumpResult{}, fmt.Errorf("criu dump of %s/%s: %w", ref.Job, ref.Node, err)
+		return agentapi.DumpResult{}, fmt.Errorf("criu dump of %s/%s: %w", ref.Job, ref.Node, err)
 	}
 	if !req.LeaveRunning {
 		a.removeRecord(ref.Job, ref.Node) // the tree is gone
 	}
 	if err := saveOutput(a.OutputPath(ref.Job, ref.Node), req.Dir); err != nil {
-		return coordinator.DumpResult{}, err
+		return agentapi.DumpResult{}, err
 	}
 	if n.link != nil {
 		if err := saveFiles(req.Dir, a.sharedDirs(ref.Job, ref.Node)); err != nil {
-			return coordinator.DumpResult{}, err
+			return agentapi.DumpResult{}, err
 		}
 	}
 	nm, err := catalog.WriteNodeManifest(ctx, req.Dir)
 	if err != nil {
-		return coordinator.DumpResult{}, err
+		return agentapi.DumpResult{}, err
 	}
 	a.log.Info("job-node dumped", "job", ref.Job, "node", ref.Node, "ckpt", req.Checkpoint, "bytes", nm.TotalBytes, "criu", res.Elapsed)
-	return coordinator.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files), CRIUTime: res.Elapsed}, nil
+	return agentapi.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files), CRIUTime: res.Elapsed}, nil
 }
 
 // saveOutput keeps the output file's size and content at dump time. CRIU
@@ -613,10 +613,14 @@ func restoreOutput(dir, path string, u *sandbox.User) error {
 // its connection was cut), the half-restored job-node is destroyed, even if
 // CRIU had finished, and the error wraps ctx.Err(): the coordinator, which
 // gave up on it, will not know it is there.
-func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSpec, dir string) (err error) {
+func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec, req agentapi.RestoreRequest) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("restore %s/%s: %w", job, spec.Name, err)
 	}
+	if req.Dir == "" || req.Checkpoint == "" {
+		return fmt.Errorf("%w: restore %s/%s needs the images' directory and the checkpoint's handle", agentapi.ErrInvalid, job, spec.Name)
+	}
+	dir := req.Dir
 	n, err := a.create(ctx, job, spec)
 	if err != nil {
 		return err
@@ -658,7 +662,7 @@ func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSp
 		if err != nil {
 			return err
 		}
-		n.restoredFrom = handleOf(dir)
+		n.restoredFrom = req.Checkpoint
 		n.link.SetRestoredFrom(n.restoredFrom)
 	}
 	opts := criu.Options{
@@ -670,7 +674,7 @@ func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSp
 	}
 	if a.criuEvent != nil || a.cfg.Faults.Has(fault.HoldInRestore) {
 		opts.Notify = func(ev criu.Event) error {
-			return a.restoreEvent(ctx, coordinator.NodeRef{Job: job, Node: spec.Name}, ev)
+			return a.restoreEvent(ctx, agentapi.NodeRef{Job: job, Node: spec.Name}, ev)
 		}
 	}
 	if _, err := n.sb.Restore(ctx, a.drv, opts); err != nil {
@@ -690,7 +694,7 @@ func (a *Agent) Restore(ctx context.Context, job string, spec coordinator.NodeSp
 	return nil
 }
 
-func (a *Agent) Destroy(ctx context.Context, ref coordinator.NodeRef) error {
+func (a *Agent) Destroy(ctx context.Context, ref agentapi.NodeRef) error {
 	n, err := a.get(ref)
 	if errors.Is(err, ErrNoNode) {
 		return nil
@@ -720,23 +724,23 @@ func (a *Agent) destroy(ctx context.Context, n *node) error {
 	return errors.Join(errs...)
 }
 
-func (a *Agent) Status(_ context.Context, ref coordinator.NodeRef) (coordinator.NodeStatus, error) {
+func (a *Agent) Status(_ context.Context, ref agentapi.NodeRef) (agentapi.NodeStatus, error) {
 	n, err := a.get(ref)
 	if err != nil {
-		return coordinator.NodeStatus{}, err
+		return agentapi.NodeStatus{}, err
 	}
 	switch n.sb.State() {
 	case sandbox.Running, sandbox.Frozen:
-		return coordinator.NodeStatus{Running: true}, nil
+		return agentapi.NodeStatus{Running: true}, nil
 	case sandbox.Exited:
 		code := exitCode(n.sb.ExitErr())
 		msg := ""
 		if e := n.sb.ExitErr(); e != nil {
 			msg = e.Error()
 		}
-		return coordinator.NodeStatus{Exited: true, ExitCode: code, Message: msg}, nil
+		return agentapi.NodeStatus{Exited: true, ExitCode: code, Message: msg}, nil
 	}
-	return coordinator.NodeStatus{}, nil
+	return agentapi.NodeStatus{}, nil
 }
 
 // exitCode turns the sandbox init's end (an *exec.ExitError for a started

@@ -14,8 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/coordinator"
-	"github.com/torpor-hpc/torpor/coordinator/catalog"
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
@@ -71,7 +72,7 @@ func newE2E(t *testing.T, hosts, nodes int) *e2e {
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	e := &e2e{t: t, agents: map[string]*Agent{}, dir: dir}
-	agents := map[string]coordinator.Agent{}
+	agents := map[string]agentapi.Agent{}
 	cgParent := "/torpor/test-" + name
 	for i := 1; i <= hosts; i++ {
 		h := cl.Host(i)
@@ -106,7 +107,7 @@ func newE2E(t *testing.T, hosts, nodes int) *e2e {
 		recv := filepath.Join(dir, fmt.Sprintf("n%d.recv", i))
 		send := filepath.Join(dir, fmt.Sprintf("n%d.send", i))
 		cmd := fmt.Sprintf("%s -listen :7000 -status %s -read-rate 8M & exec %s -connect %s:7000 -status %s", stream, recv, stream, next, send)
-		e.spec.Nodes = append(e.spec.Nodes, coordinator.NodeSpec{
+		e.spec.Nodes = append(e.spec.Nodes, agentapi.NodeSpec{
 			Name: fmt.Sprintf("n%d", i), Host: fmt.Sprintf("h%d", i+1), IP: ip,
 			Hostname: fmt.Sprintf("ring-n%d", i), Argv: []string{"/bin/sh", "-c", cmd},
 		})
@@ -222,12 +223,12 @@ func TestDrainOutsideJobAborts(t *testing.T) {
 	e := newE2E(t, 2, 1)
 	ctx := context.Background()
 	stream := filepath.Join(e.dir, "tcpstream")
-	peer := coordinator.JobSpec{ID: "peer", Nodes: []coordinator.NodeSpec{{
+	peer := coordinator.JobSpec{ID: "peer", Nodes: []agentapi.NodeSpec{{
 		Name: "n0", Host: "h2", IP: simhost.NodeAddr(40), Hostname: "peer",
 		Argv: []string{stream, "-listen", ":7000", "-status", filepath.Join(e.dir, "peer.recv")},
 	}}}
 	peerIP := strings.Split(simhost.NodeAddr(40), "/")[0]
-	sender := coordinator.JobSpec{ID: "sender", Nodes: []coordinator.NodeSpec{{
+	sender := coordinator.JobSpec{ID: "sender", Nodes: []agentapi.NodeSpec{{
 		Name: "n0", Host: "h1", IP: simhost.NodeAddr(41), Hostname: "sender",
 		Argv: []string{stream, "-connect", peerIP + ":7000", "-status", filepath.Join(e.dir, "sender.send")},
 	}}}
@@ -244,7 +245,7 @@ func TestDrainOutsideJobAborts(t *testing.T) {
 	// closed (the peer reads no faster than the sender writes), no window
 	// update reaches the sender and it never sends again: open the black hole
 	// until the stream flows, and close it again.
-	peerRef, senderRef := coordinator.NodeRef{Job: "peer", Node: "n0"}, coordinator.NodeRef{Job: "sender", Node: "n0"}
+	peerRef, senderRef := agentapi.NodeRef{Job: "peer", Node: "n0"}, agentapi.NodeRef{Job: "sender", Node: "n0"}
 	for attempt := 1; ; attempt++ {
 		if err := e.agents["h2"].Lock(ctx, peerRef); err != nil {
 			t.Fatal(err)
@@ -292,7 +293,7 @@ func waitStatus(t *testing.T, path string, n uint64, what string) {
 // un-acknowledged bytes for a whole drain attempt, and reports true. It
 // reports false when the socket has nothing in flight and bytes it does not
 // send: the peer's window is closed, and under a black hole it stays so.
-func (e *e2e) awaitUnacked(ref coordinator.NodeRef, a *Agent, remote string) bool {
+func (e *e2e) awaitUnacked(ref agentapi.NodeRef, a *Agent, remote string) bool {
 	e.t.Helper()
 	n, err := a.get(ref)
 	if err != nil {

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/fault"
 	"github.com/torpor-hpc/torpor/shim/criu"
 )
@@ -32,7 +32,7 @@ var errShimKilled = errors.New("fault injection: the shim killed itself")
 // dumpWatch runs a dump's fault points and the tests' CRIU hooks.
 type dumpWatch struct {
 	a   *Agent
-	ref coordinator.NodeRef
+	ref agentapi.NodeRef
 
 	mu     sync.Mutex
 	pid    int         // CRIU's PID, 0 before it started
@@ -40,7 +40,7 @@ type dumpWatch struct {
 }
 
 // watchDump returns the watch of one dump, or nil when nothing watches.
-func (a *Agent) watchDump(ref coordinator.NodeRef) *dumpWatch {
+func (a *Agent) watchDump(ref agentapi.NodeRef) *dumpWatch {
 	if !a.cfg.Faults.Has(fault.ShimExitInDump) && !a.cfg.Faults.Has(fault.CRIUKillInDump) && a.criuStarted == nil && a.criuEvent == nil {
 		return nil
 	}
@@ -112,7 +112,7 @@ func (w *dumpWatch) strike(p fault.Point) {
 // fault.HoldInRestore, which keeps CRIU waiting at post-restore until ctx
 // ends, in the shim's first restore only (the next one shows the job
 // restarting once the network healed).
-func (a *Agent) restoreEvent(ctx context.Context, ref coordinator.NodeRef, ev criu.Event) error {
+func (a *Agent) restoreEvent(ctx context.Context, ref agentapi.NodeRef, ev criu.Event) error {
 	if a.criuEvent != nil {
 		a.criuEvent("restore", ev)
 	}

@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/fault"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
@@ -17,7 +17,7 @@ import (
 
 // assertNodeGone fails unless nothing of job-node ref is left: no job-node in
 // the agent, no record, no namespace, no cgroup, no process.
-func assertNodeGone(t *testing.T, h *oneHost, a *Agent, ref coordinator.NodeRef) {
+func assertNodeGone(t *testing.T, h *oneHost, a *Agent, ref agentapi.NodeRef) {
 	t.Helper()
 	if _, err := a.Status(context.Background(), ref); !errors.Is(err, ErrNoNode) {
 		t.Fatalf("status of %s/%s: %v, want ErrNoNode", ref.Job, ref.Node, err)
@@ -42,7 +42,7 @@ func assertNodeGone(t *testing.T, h *oneHost, a *Agent, ref coordinator.NodeRef)
 func TestRestoreCancelled(t *testing.T) {
 	h := newOneHost(t)
 	ctx := context.Background()
-	ref := coordinator.NodeRef{Job: "job", Node: "n0"}
+	ref := agentapi.NodeRef{Job: "job", Node: "n0"}
 	spec := tickerSpec("n0", 1, filepath.Join(t.TempDir(), "stop"))
 	a := h.agent(nil)
 	mustOK(t, "start", a.Start(ctx, "job", spec))
@@ -50,7 +50,7 @@ func TestRestoreCancelled(t *testing.T) {
 	mustOK(t, "freeze", a.Freeze(ctx, ref))
 	mustOK(t, "lock", a.Lock(ctx, ref))
 	img := filepath.Join(t.TempDir(), "img")
-	_, err := a.Dump(ctx, ref, coordinator.DumpRequest{Dir: img, LeaveRunning: true, Checkpoint: "job/1"})
+	_, err := a.Dump(ctx, ref, agentapi.DumpRequest{Dir: img, LeaveRunning: true, Checkpoint: "job/1"})
 	mustOK(t, "dump", err)
 	mustOK(t, "destroy", a.Destroy(ctx, ref))
 
@@ -72,7 +72,7 @@ func TestRestoreCancelled(t *testing.T) {
 	} {
 		rctx, cancel := context.WithCancel(ctx)
 		tc.arm(cancel)
-		err := a.Restore(rctx, "job", spec, img)
+		err := a.Restore(rctx, "job", spec, agentapi.RestoreRequest{Dir: img, Checkpoint: "job/1"})
 		cancel()
 		a.criuEvent, a.afterRestore = nil, nil
 		if !errors.Is(err, context.Canceled) {
@@ -81,7 +81,7 @@ func TestRestoreCancelled(t *testing.T) {
 		t.Logf("%s: %v", tc.name, err)
 		assertNodeGone(t, h, a, ref)
 	}
-	mustOK(t, "restore", a.Restore(ctx, "job", spec, img))
+	mustOK(t, "restore", a.Restore(ctx, "job", spec, agentapi.RestoreRequest{Dir: img, Checkpoint: "job/1"}))
 	resumeThenDestroy(t, a, ref)
 }
 
@@ -92,7 +92,7 @@ func TestRestoreCancelled(t *testing.T) {
 func TestShimExitInDump(t *testing.T) {
 	h := newOneHost(t)
 	ctx := context.Background()
-	ref := coordinator.NodeRef{Job: "job", Node: "n0"}
+	ref := agentapi.NodeRef{Job: "job", Node: "n0"}
 	var criuPid int
 	killed := make(chan string, 1)
 	old := selfKill
@@ -109,7 +109,7 @@ func TestShimExitInDump(t *testing.T) {
 	waitTicks(t, a, "job", "n0", 2)
 	mustOK(t, "freeze", a.Freeze(ctx, ref))
 	mustOK(t, "lock", a.Lock(ctx, ref))
-	_, err := a.Dump(ctx, ref, coordinator.DumpRequest{Dir: img, LeaveRunning: true, Checkpoint: "job/1"})
+	_, err := a.Dump(ctx, ref, agentapi.DumpRequest{Dir: img, LeaveRunning: true, Checkpoint: "job/1"})
 	select {
 	case state := <-killed:
 		if state != strikeWant {
@@ -144,7 +144,7 @@ const strikeWant = "criu alive, " + pstreeImage + " written, tree frozen"
 
 // strikeState says whether CRIU is alive, whether it wrote the image it
 // writes after every task and whether the job-node's cgroup is frozen.
-func strikeState(a *Agent, ref coordinator.NodeRef, criuPid int, img string) string {
+func strikeState(a *Agent, ref agentapi.NodeRef, criuPid int, img string) string {
 	state := "criu gone"
 	if err := syscall.Kill(criuPid, 0); criuPid > 0 && err == nil {
 		state = "criu alive"
@@ -166,7 +166,7 @@ func TestCRIUKillInDump(t *testing.T) {
 	const tries = 5
 	h := newOneHost(t)
 	ctx := context.Background()
-	ref := coordinator.NodeRef{Job: "job", Node: "n0"}
+	ref := agentapi.NodeRef{Job: "job", Node: "n0"}
 	a := h.agent(func(c *Config) { c.Faults = fault.Set{fault.CRIUKillInDump: true} })
 	old := killCRIU
 	t.Cleanup(func() { killCRIU = old })
@@ -185,7 +185,7 @@ func TestCRIUKillInDump(t *testing.T) {
 		mustOK(t, "freeze", a.Freeze(ctx, ref))
 		mustOK(t, "lock", a.Lock(ctx, ref))
 		img = filepath.Join(t.TempDir(), "img")
-		_, err := a.Dump(ctx, ref, coordinator.DumpRequest{Dir: img, LeaveRunning: true, Checkpoint: "job/x"})
+		_, err := a.Dump(ctx, ref, agentapi.DumpRequest{Dir: img, LeaveRunning: true, Checkpoint: "job/x"})
 		select {
 		case state := <-struck:
 			if state != strikeWant {
@@ -244,7 +244,7 @@ func lastLines(path string, n int) string {
 
 // resumeThenDestroy rolls a job-node back as the coordinator does (unlock,
 // thaw), checks that its ticker runs again, then destroys it.
-func resumeThenDestroy(t *testing.T, a *Agent, ref coordinator.NodeRef) {
+func resumeThenDestroy(t *testing.T, a *Agent, ref agentapi.NodeRef) {
 	t.Helper()
 	ctx := context.Background()
 	mustOK(t, "unlock", a.Unlock(ctx, ref))

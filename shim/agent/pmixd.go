@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/pmix/hostmsg"
 	"github.com/torpor-hpc/torpor/pmix/jobspec"
 	"github.com/torpor-hpc/torpor/pmix/link"
@@ -17,13 +17,13 @@ import (
 
 // FenceFunc sends a fence contribution to the coordinator and returns the
 // combined data.
-type FenceFunc func(ctx context.Context, req coordinator.FenceRequest) ([]byte, error)
+type FenceFunc func(ctx context.Context, req agentapi.FenceRequest) ([]byte, error)
 
 // pmixdSpec extracts a job-node's pmixd spec, if it has one.
-func pmixdSpec(spec coordinator.NodeSpec) (*jobspec.JobSpec, error) {
+func pmixdSpec(spec agentapi.NodeSpec) (*jobspec.JobSpec, error) {
 	js, err := jobspec.FromEnv(spec.Env)
 	if err != nil {
-		return nil, fmt.Errorf("%w: job-node %s: %w", coordinator.ErrInvalid, spec.Name, err)
+		return nil, fmt.Errorf("%w: job-node %s: %w", agentapi.ErrInvalid, spec.Name, err)
 	}
 	return js, nil
 }
@@ -101,7 +101,7 @@ func (f forwarder) Fence(ctx context.Context, req hostmsg.FenceRequest) ([]byte,
 	if f.a.cfg.Fence == nil {
 		return nil, errors.New("this shim cannot reach a coordinator for fences")
 	}
-	return f.a.cfg.Fence(ctx, coordinator.FenceRequest{Job: req.Job, Node: req.Node, Nodes: req.Nodes,
+	return f.a.cfg.Fence(ctx, agentapi.FenceRequest{Job: req.Job, Node: req.Node, Nodes: req.Nodes,
 		Signature: req.Signature, Seq: req.Seq, Data: req.Data})
 }
 
@@ -133,11 +133,4 @@ func (a *Agent) preparePMIx(ctx context.Context, n *node, ckpt string) error {
 	}
 	a.log.Info("pmixd prepared", "job", n.job, "node", n.spec.Name, "ckpt", ckpt, "registered", res.Registered, "completed", res.Completed)
 	return nil
-}
-
-// handleOf turns a checkpoint's node directory (<root>/<job>/<seq>/nodes/<node>)
-// into its handle "<job>/<seq>".
-func handleOf(dir string) string {
-	seqDir := filepath.Dir(filepath.Dir(dir))
-	return filepath.Base(filepath.Dir(seqDir)) + "/" + filepath.Base(seqDir)
 }

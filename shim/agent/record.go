@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/internal/atomicfile"
 )
 
@@ -16,8 +16,8 @@ import (
 // the shim started after it dies abruptly can adopt the job-node (Adopt).
 // One file per job-node: <RunDir>/shims/<host>/nodes/<job>/<node>.json.
 type nodeRecord struct {
-	Job  string               `json:"job"`
-	Spec coordinator.NodeSpec `json:"spec"`
+	Job  string            `json:"job"`
+	Spec agentapi.NodeSpec `json:"spec"`
 	// NetNS is the sandbox's network namespace under /run/netns.
 	NetNS string `json:"netns"`
 	// HostVeth is the host end of its veth, where the network lock sits.

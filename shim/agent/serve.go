@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
-	"github.com/torpor-hpc/torpor/coordinator"
 )
 
 // ServeConfig runs an Agent as the `torpor shim` daemon.
@@ -47,7 +47,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		}
 		defer conn.Close()
 		cl = apiv1.NewCoordinatorClient(conn)
-		cfg.Agent.Fence = func(ctx context.Context, req coordinator.FenceRequest) ([]byte, error) {
+		cfg.Agent.Fence = func(ctx context.Context, req agentapi.FenceRequest) ([]byte, error) {
 			nodes := make([]int32, len(req.Nodes))
 			for i, n := range req.Nodes {
 				nodes[i] = int32(n)
@@ -81,7 +81,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg.ServerTLS)))
-	apiv1.RegisterShimServer(gs, coordinator.AgentServer{Agent: a})
+	apiv1.RegisterShimServer(gs, agentapi.Server{Agent: a})
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
 	defer gs.Stop()

@@ -1,0 +1,124 @@
+// Package agentapi is the contract between the coordinator and the shim of
+// each host: the Agent interface the coordinator drives a job-node through,
+// its requests and results, its errors, and the gRPC adapters that carry it
+// between hosts (Client on the coordinator's side, Server on the shim's).
+//
+// Package coordinator and the packages under shim both import it; neither
+// imports the other. docs/architecture.md shows where each protocol phase
+// lives.
+package agentapi
+
+import (
+	"context"
+	"time"
+)
+
+// NodeSpec describes one job-node: the slice of a job that lives in one
+// sandbox on one host. IP and Hostname travel with the job-node when it is
+// restored elsewhere.
+type NodeSpec struct {
+	Name     string   `json:"name"`     // "n0", "n1", ... unique within the job
+	Host     string   `json:"host"`     // the shim it runs on now
+	IP       string   `json:"ip"`       // floating address with prefix, e.g. 198.19.0.10/15
+	Hostname string   `json:"hostname"` // UTS name inside the sandbox
+	Argv     []string `json:"argv"`     // what the sandbox's init runs
+	Env      []string `json:"env,omitempty"`
+	Dir      string   `json:"dir,omitempty"` // working directory
+	// User is who every process of the job-node runs as: the job's owner.
+	// The coordinator sets it from the job's owner; nil in a record written
+	// before jobs ran as their owners means root.
+	User *Creds `json:"user,omitempty"`
+}
+
+// Creds are the credentials a job's processes run with: its owner's uid,
+// primary gid and supplementary groups, with no capabilities.
+type Creds struct {
+	UID    int   `json:"uid"`
+	GID    int   `json:"gid"`
+	Groups []int `json:"groups,omitempty"`
+}
+
+// Root reports whether c is root's (a nil c is: see NodeSpec.User).
+func (c *Creds) Root() bool { return c == nil || c.UID == 0 }
+
+// NodeRef names one job-node on a shim.
+type NodeRef struct {
+	Job  string
+	Node string
+}
+
+// DumpRequest asks a shim to dump one job-node's tree into Dir.
+type DumpRequest struct {
+	Dir          string // where the shim writes the images and the node manifest
+	LeaveRunning bool   // periodic checkpoint: the tree keeps running afterwards
+	Checkpoint   string // the checkpoint handle, for logs and PMIx events
+}
+
+// DumpResult is what a shim reports after a dump.
+type DumpResult struct {
+	Bytes    int64         // size of the images
+	Files    int           // number of image files
+	CRIUTime time.Duration // time spent inside CRIU
+}
+
+// RestoreRequest asks a shim to restore one job-node from Dir.
+type RestoreRequest struct {
+	Dir        string // the job-node's images and node manifest
+	Checkpoint string // the checkpoint handle: the ranks are told it was restored from this one
+}
+
+// DrainResult is what a shim reports after draining a job-node's TCP sockets.
+type DrainResult struct {
+	Sockets     int   // TCP sockets in the sandbox
+	QueuedBytes int64 // bytes sitting in send and receive queues (saved by CRIU)
+}
+
+// NodeStatus is a job-node's life as its shim sees it.
+type NodeStatus struct {
+	Running  bool
+	Exited   bool
+	ExitCode int
+	Message  string
+}
+
+// FenceRequest is one job-node's contribution to a PMIx fence, which its
+// shim forwards to the coordinator.
+type FenceRequest struct {
+	Job       string
+	Node      int   // index of the contributing job-node in the job spec
+	Nodes     []int // every participating job-node
+	Signature string
+	Seq       uint64
+	Data      []byte
+}
+
+// Agent is what the coordinator needs from the shim of one host. Every
+// method must honour the context's deadline. Unlock, Thaw and Destroy must
+// be idempotent: the coordinator calls them again while rolling back.
+type Agent interface {
+	// Start creates the job-node's sandbox and starts its tree.
+	Start(ctx context.Context, job string, n NodeSpec) error
+	// Prepare tells the job-node's ranks that a checkpoint is coming and waits,
+	// bounded by ctx, for those that asked to be told.
+	Prepare(ctx context.Context, ref NodeRef, checkpoint string) error
+	// Freeze stops every task of the job-node (cgroup freeze).
+	Freeze(ctx context.Context, ref NodeRef) error
+	// Drain waits until no sent byte of the job-node is unacknowledged.
+	Drain(ctx context.Context, ref NodeRef) (DrainResult, error)
+	// Lock drops every packet to and from the job-node.
+	Lock(ctx context.Context, ref NodeRef) error
+	// Dump writes the job-node's images and its node manifest; without
+	// LeaveRunning the tree is gone afterwards.
+	Dump(ctx context.Context, ref NodeRef, req DumpRequest) (DumpResult, error)
+	// Unlock lets the job-node's packets flow again.
+	Unlock(ctx context.Context, ref NodeRef) error
+	// Thaw resumes the job-node's tasks.
+	Thaw(ctx context.Context, ref NodeRef) error
+	// Restore creates a sandbox for n on this host, locks it, and restores
+	// the tree from req.Dir into it. The job-node stays locked until Unlock.
+	Restore(ctx context.Context, job string, n NodeSpec, req RestoreRequest) error
+	// Destroy kills the job-node's tree and removes its sandbox.
+	Destroy(ctx context.Context, ref NodeRef) error
+	// Status reports whether the job-node still runs.
+	Status(ctx context.Context, ref NodeRef) (NodeStatus, error)
+}

@@ -1,0 +1,72 @@
+package agentapi
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// The errors of the contract. Both sides wrap them; errors.Is finds them
+// again after a trip over gRPC (ToRPC on the serving side, FromRPC on the
+// calling side).
+var (
+	// ErrNotFound: no such job, job-node, host or checkpoint.
+	ErrNotFound = errors.New("not found")
+	// ErrInvalid: the request itself is wrong.
+	ErrInvalid = errors.New("invalid request")
+	// ErrState: the job or job-node is not in a state that allows the operation.
+	ErrState = errors.New("operation not allowed in this state")
+	// ErrPermission: the caller may not act on this job.
+	ErrPermission = errors.New("permission denied")
+	// ErrUnreachable: the shim of a host does not answer (it died, or the
+	// network between it and the coordinator is cut).
+	ErrUnreachable = errors.New("shim unreachable")
+)
+
+// codeOf pairs each error of the contract with its gRPC code.
+var codeOf = []struct {
+	err  error
+	code codes.Code
+}{
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+	{context.Canceled, codes.Canceled},
+	{ErrNotFound, codes.NotFound},
+	{ErrState, codes.FailedPrecondition},
+	{ErrInvalid, codes.InvalidArgument},
+	{ErrPermission, codes.PermissionDenied},
+	{ErrUnreachable, codes.Unavailable},
+}
+
+// ToRPC maps an error to a gRPC status at the RPC edge.
+func ToRPC(err error) error {
+	if err == nil {
+		return nil
+	}
+	code := codes.Unknown
+	for _, c := range codeOf {
+		if errors.Is(err, c.err) {
+			code = c.code
+			break
+		}
+	}
+	return status.Error(code, err.Error())
+}
+
+// FromRPC turns a gRPC status back into an error that errors.Is can test.
+func FromRPC(err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	for _, c := range codeOf {
+		if st.Code() == c.code {
+			return errors.Join(errors.New(st.Message()), c.err)
+		}
+	}
+	return errors.New(st.Message())
+}

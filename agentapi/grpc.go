@@ -1,0 +1,172 @@
+package agentapi
+
+import (
+	"context"
+	"time"
+
+	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+)
+
+// Client is an Agent reached over gRPC: the Shim service of one host.
+type Client struct {
+	Shim apiv1.ShimClient
+}
+
+var _ Agent = Client{}
+
+// NodeToPB converts a job-node to its wire form.
+func NodeToPB(n NodeSpec) *apiv1.NodeSpec {
+	return &apiv1.NodeSpec{Name: n.Name, Host: n.Host, Ip: n.IP, Hostname: n.Hostname, Argv: n.Argv, Env: n.Env, Dir: n.Dir, User: credsToPB(n.User)}
+}
+
+// NodeFromPB converts a wire job-node.
+func NodeFromPB(n *apiv1.NodeSpec) NodeSpec {
+	if n == nil {
+		return NodeSpec{}
+	}
+	return NodeSpec{Name: n.Name, Host: n.Host, IP: n.Ip, Hostname: n.Hostname, Argv: n.Argv, Env: n.Env, Dir: n.Dir, User: credsFromPB(n.User)}
+}
+
+func credsToPB(c *Creds) *apiv1.Creds {
+	if c == nil {
+		return nil
+	}
+	p := &apiv1.Creds{Uid: int64(c.UID), Gid: int64(c.GID)}
+	for _, g := range c.Groups {
+		p.Groups = append(p.Groups, int64(g))
+	}
+	return p
+}
+
+func credsFromPB(p *apiv1.Creds) *Creds {
+	if p == nil {
+		return nil
+	}
+	c := &Creds{UID: int(p.Uid), GID: int(p.Gid)}
+	for _, g := range p.Groups {
+		c.Groups = append(c.Groups, int(g))
+	}
+	return c
+}
+
+func refToPB(r NodeRef) *apiv1.NodeRef { return &apiv1.NodeRef{Job: r.Job, Node: r.Node} }
+
+func refFromPB(r *apiv1.NodeRef) NodeRef { return NodeRef{Job: r.GetJob(), Node: r.GetNode()} }
+
+func (c Client) Start(ctx context.Context, job string, n NodeSpec) error {
+	_, err := c.Shim.Start(ctx, &apiv1.StartRequest{Job: job, Node: NodeToPB(n)})
+	return FromRPC(err)
+}
+
+func (c Client) Prepare(ctx context.Context, ref NodeRef, ckpt string) error {
+	_, err := c.Shim.Prepare(ctx, &apiv1.PrepareRequest{Ref: refToPB(ref), Checkpoint: ckpt})
+	return FromRPC(err)
+}
+
+func (c Client) Freeze(ctx context.Context, ref NodeRef) error {
+	_, err := c.Shim.Freeze(ctx, refToPB(ref))
+	return FromRPC(err)
+}
+
+func (c Client) Drain(ctx context.Context, ref NodeRef) (DrainResult, error) {
+	rep, err := c.Shim.Drain(ctx, refToPB(ref))
+	if err != nil {
+		return DrainResult{}, FromRPC(err)
+	}
+	return DrainResult{Sockets: int(rep.Sockets), QueuedBytes: rep.QueuedBytes}, nil
+}
+
+func (c Client) Lock(ctx context.Context, ref NodeRef) error {
+	_, err := c.Shim.Lock(ctx, refToPB(ref))
+	return FromRPC(err)
+}
+
+func (c Client) Dump(ctx context.Context, ref NodeRef, req DumpRequest) (DumpResult, error) {
+	rep, err := c.Shim.Dump(ctx, &apiv1.DumpRequest{Ref: refToPB(ref), Dir: req.Dir, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint})
+	if err != nil {
+		return DumpResult{}, FromRPC(err)
+	}
+	return DumpResult{Bytes: rep.Bytes, Files: int(rep.Files), CRIUTime: time.Duration(rep.CriuNanos)}, nil
+}
+
+func (c Client) Unlock(ctx context.Context, ref NodeRef) error {
+	_, err := c.Shim.Unlock(ctx, refToPB(ref))
+	return FromRPC(err)
+}
+
+func (c Client) Thaw(ctx context.Context, ref NodeRef) error {
+	_, err := c.Shim.Thaw(ctx, refToPB(ref))
+	return FromRPC(err)
+}
+
+func (c Client) Restore(ctx context.Context, job string, n NodeSpec, req RestoreRequest) error {
+	_, err := c.Shim.Restore(ctx, &apiv1.RestoreRequest{Job: job, Node: NodeToPB(n), Dir: req.Dir, Checkpoint: req.Checkpoint})
+	return FromRPC(err)
+}
+
+func (c Client) Destroy(ctx context.Context, ref NodeRef) error {
+	_, err := c.Shim.Destroy(ctx, refToPB(ref))
+	return FromRPC(err)
+}
+
+func (c Client) Status(ctx context.Context, ref NodeRef) (NodeStatus, error) {
+	rep, err := c.Shim.Status(ctx, refToPB(ref))
+	if err != nil {
+		return NodeStatus{}, FromRPC(err)
+	}
+	return NodeStatus{Running: rep.Running, Exited: rep.Exited, ExitCode: int(rep.ExitCode), Message: rep.Message}, nil
+}
+
+// Server serves the Shim gRPC service from a local Agent (the shim's host
+// implementation), mapping errors to gRPC codes at the edge.
+type Server struct {
+	apiv1.UnimplementedShimServer
+	Agent Agent
+}
+
+func (s Server) Start(ctx context.Context, req *apiv1.StartRequest) (*apiv1.Empty, error) {
+	return &apiv1.Empty{}, ToRPC(s.Agent.Start(ctx, req.Job, NodeFromPB(req.Node)))
+}
+
+func (s Server) Prepare(ctx context.Context, req *apiv1.PrepareRequest) (*apiv1.Empty, error) {
+	return &apiv1.Empty{}, ToRPC(s.Agent.Prepare(ctx, refFromPB(req.Ref), req.Checkpoint))
+}
+
+func (s Server) Freeze(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
+	return &apiv1.Empty{}, ToRPC(s.Agent.Freeze(ctx, refFromPB(r)))
+}
+
+func (s Server) Drain(ctx context.Context, r *apiv1.NodeRef) (*apiv1.DrainReply, error) {
+	res, err := s.Agent.Drain(ctx, refFromPB(r))
+	return &apiv1.DrainReply{Sockets: int32(res.Sockets), QueuedBytes: res.QueuedBytes}, ToRPC(err)
+}
+
+func (s Server) Lock(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
+	return &apiv1.Empty{}, ToRPC(s.Agent.Lock(ctx, refFromPB(r)))
+}
+
+func (s Server) Dump(ctx context.Context, req *apiv1.DumpRequest) (*apiv1.DumpReply, error) {
+	res, err := s.Agent.Dump(ctx, refFromPB(req.Ref), DumpRequest{Dir: req.Dir, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint})
+	return &apiv1.DumpReply{Bytes: res.Bytes, Files: int32(res.Files), CriuNanos: int64(res.CRIUTime)}, ToRPC(err)
+}
+
+func (s Server) Unlock(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
+	return &apiv1.Empty{}, ToRPC(s.Agent.Unlock(ctx, refFromPB(r)))
+}
+
+func (s Server) Thaw(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
+	return &apiv1.Empty{}, ToRPC(s.Agent.Thaw(ctx, refFromPB(r)))
+}
+
+func (s Server) Restore(ctx context.Context, req *apiv1.RestoreRequest) (*apiv1.Empty, error) {
+	return &apiv1.Empty{}, ToRPC(s.Agent.Restore(ctx, req.Job, NodeFromPB(req.Node), RestoreRequest{Dir: req.Dir, Checkpoint: req.Checkpoint}))
+}
+
+func (s Server) Destroy(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
+	return &apiv1.Empty{}, ToRPC(s.Agent.Destroy(ctx, refFromPB(r)))
+}
+
+func (s Server) Status(ctx context.Context, r *apiv1.NodeRef) (*apiv1.NodeStatus, error) {
+	st, err := s.Agent.Status(ctx, refFromPB(r))
+	return &apiv1.NodeStatus{Running: st.Running, Exited: st.Exited, ExitCode: int32(st.ExitCode), Message: st.Message}, ToRPC(err)
+}

@@ -370,7 +370,7 @@ func (c *Coordinator) requireShims(id string) error {
 }
 
 // shimGrace is how long Start waits for the shim of a host to register.
-var shimGrace = 10 * time.Second
+const shimGrace = 10 * time.Second
 
 // waitAgent waits until host has a registered shim, at most grace.
 func (c *Coordinator) waitAgent(ctx context.Context, host string, grace time.Duration) error {

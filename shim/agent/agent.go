@@ -73,6 +73,10 @@ type Agent struct {
 	// afterRestore, if set (tests), runs once CRIU restored a tree, before
 	// Restore checks its context.
 	afterRestore func()
+	// selfKill and killCRIU are how the dump fault points strike (killSelf
+	// and killPID); tests, which cannot die, replace them.
+	selfKill func()
+	killCRIU func(pid int) error
 }
 
 type node struct {
@@ -112,7 +116,8 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	log := cfg.Log.With("host", cfg.Host)
-	return &Agent{cfg: cfg, log: log, drv: criu.NewDriver(cfg.CRIU, log), nodes: map[string]*node{}}, nil
+	return &Agent{cfg: cfg, log: log, drv: criu.NewDriver(cfg.CRIU, log), nodes: map[string]*node{},
+		selfKill: killSelf, killCRIU: killPID}, nil
 }
 
 func key(job, n string) string { return job + "/" + n }
@@ -774,6 +779,3 @@ func (a *Agent) Close(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
-
-// timeNow is replaced in tests.
-var timeNow = time.Now

@@ -12,11 +12,11 @@ import (
 	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
-// selfKill ends the shim abruptly for fault.ShimExitInDump. Tests replace it.
-var selfKill = func() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
+// killSelf ends the shim abruptly: fault.ShimExitInDump's strike.
+func killSelf() { _ = syscall.Kill(os.Getpid(), syscall.SIGKILL) }
 
-// killCRIU kills the dumping CRIU for fault.CRIUKillInDump.
-var killCRIU = func(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
+// killPID kills the dumping CRIU: fault.CRIUKillInDump's strike.
+func killPID(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
 
 // strikeEvent is the CRIU notification at which the dump fault points
 // strike. At post-dump every image is written and every parasite removed,
@@ -25,7 +25,7 @@ var killCRIU = func(pid int) error { return syscall.Kill(pid, syscall.SIGKILL) }
 // the moment a real shim or CRIU death hurts most, reached in every dump.
 const strikeEvent = criu.EventPostDump
 
-// errShimKilled answers CRIU when a test's selfKill returned: a real shim is
+// errShimKilled answers CRIU when the Agent's selfKill returned (a test's): a real shim is
 // dead by then, and its CRIU sees its socket close and rolls back.
 var errShimKilled = errors.New("fault injection: the shim killed itself")
 
@@ -86,7 +86,7 @@ func (w *dumpWatch) notify(ev criu.Event) error {
 	case w.a.cfg.Faults.Has(fault.ShimExitInDump):
 		w.strike(fault.ShimExitInDump)
 		log.Error("FAULT INJECTION: " + string(fault.ShimExitInDump) + ": the shim kills itself (SIGKILL) while CRIU holds the dumped tree")
-		selfKill()
+		w.a.selfKill()
 		return errShimKilled
 	case w.a.cfg.Faults.Has(fault.CRIUKillInDump):
 		w.strike(fault.CRIUKillInDump)
@@ -94,7 +94,7 @@ func (w *dumpWatch) notify(ev criu.Event) error {
 		if pid <= 0 {
 			return errors.New("fault injection: CRIU's PID is unknown")
 		}
-		if err := killCRIU(pid); err != nil {
+		if err := w.a.killCRIU(pid); err != nil {
 			log.Error("fault injection: kill CRIU", "err", err)
 			return err
 		}

@@ -86,7 +86,7 @@ func TestRestoreCancelled(t *testing.T) {
 }
 
 // TestShimExitInDump: with fault.ShimExitInDump the shim kills itself while
-// CRIU holds the dumped tree (selfKill, replaced here: the test cannot die),
+// CRIU holds the dumped tree (Agent.selfKill, replaced here: the test cannot die),
 // every time. The job-node is then adopted by the next shim and rolled back
 // (unlock, thaw) as the coordinator does: it runs on.
 func TestShimExitInDump(t *testing.T) {
@@ -95,11 +95,9 @@ func TestShimExitInDump(t *testing.T) {
 	ref := agentapi.NodeRef{Job: "job", Node: "n0"}
 	var criuPid int
 	killed := make(chan string, 1)
-	old := selfKill
-	t.Cleanup(func() { selfKill = old })
 	a := h.agent(func(c *Config) { c.Faults = fault.Set{fault.ShimExitInDump: true} })
 	img := filepath.Join(t.TempDir(), "img")
-	selfKill = func() {
+	a.selfKill = func() {
 		// What a real shim leaves behind at this moment: CRIU alive with
 		// every image written, the tree frozen by the dump guard.
 		killed <- strikeState(a, ref, criuPid, img)
@@ -168,14 +166,12 @@ func TestCRIUKillInDump(t *testing.T) {
 	ctx := context.Background()
 	ref := agentapi.NodeRef{Job: "job", Node: "n0"}
 	a := h.agent(func(c *Config) { c.Faults = fault.Set{fault.CRIUKillInDump: true} })
-	old := killCRIU
-	t.Cleanup(func() { killCRIU = old })
 	var criuPid int
 	img := ""
 	struck := make(chan string, 1)
-	killCRIU = func(pid int) error {
+	a.killCRIU = func(pid int) error {
 		struck <- strikeState(a, ref, criuPid, img)
-		return old(pid)
+		return killPID(pid)
 	}
 	a.criuStarted = func(op string, pid int) { criuPid = pid }
 	spec := tickerSpec("n0", 1, filepath.Join(t.TempDir(), "stop"))

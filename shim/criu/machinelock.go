@@ -11,8 +11,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DumpLockPath serializes CRIU dumps across every process on this machine.
-var DumpLockPath = "/run/torpor/criu-dump.lock"
+// DumpLockPath serializes CRIU dumps across every process on this machine:
+// every shim of the machine (simulated hosts are several) takes it.
+const DumpLockPath = "/run/torpor/criu-dump.lock"
 
 // lockMachine takes an exclusive flock on path, waiting until ctx ends.
 func lockMachine(ctx context.Context, path string) (func(), error) {

@@ -61,7 +61,8 @@ demo: deps build workloads ## checkpoint, restart and migrate a job on a simulat
 
 bench: deps build workloads ## benchmarks (quick; FULL=1 for the complete run) -> bench/results/
 	$(GO) build -o bin/torpor-bench ./bench/cmd/torpor-bench
-	./bin/torpor-bench $(if $(FULL),-full,-quick) -out bench/results
+	cd bench/plot && $(GO) build -o ../../bin/torpor-plot .
+	./bin/torpor-bench $(if $(FULL),-full,-quick) -out bench/results -plot bin/torpor-plot
 
 clean: ## remove build outputs
 	rm -rf bin

@@ -11,6 +11,9 @@ TEST_TIMEOUT ?= 60m
 E2E_TIMEOUT ?= 6h
 # Packages whose tests run in `make test`.
 PKGS      ?= ./...
+# Every Go module: the root and the nested ones (bench/plot keeps the plotting
+# library out of the root module's graph).
+MODULES   := . $(filter-out .,$(patsubst %/,%,$(dir $(shell git ls-files go.mod '*/go.mod'))))
 
 .PHONY: help deps build workloads generate lint test e2e faults flaky cycles bench demo clean
 
@@ -29,10 +32,17 @@ workloads: ## build the MPI test workloads for Open MPI and MPICH
 generate: ## regenerate eBPF objects (bpf2go) and gRPC code (protoc)
 	$(GO) generate ./...
 
-lint: ## gofmt, go vet (with and without cgo)
+lint: ## gofmt; in every Go module: go mod tidy -diff, go vet (with and without cgo)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
-	$(GO) vet ./...
-	CGO_ENABLED=0 $(GO) vet ./...
+	@for m in $(MODULES); do \
+		if ! diff=$$(cd $$m && $(GO) mod tidy -diff 2>&1); then \
+			echo "$$diff"; echo "lint: $$m/go.mod or go.sum is not tidy (see above): run (cd $$m && go mod tidy)" >&2; exit 1; \
+		fi; \
+	done
+	@for m in $(MODULES); do \
+		echo "(cd $$m && $(GO) vet ./... && CGO_ENABLED=0 $(GO) vet ./...)"; \
+		(cd $$m && $(GO) vet ./... && CGO_ENABLED=0 $(GO) vet ./...) || exit 1; \
+	done
 
 test: deps build workloads ## install what is needed, run torpor doctor, then every test (root)
 	./$(BIN) doctor
@@ -61,7 +71,8 @@ demo: deps build workloads ## checkpoint, restart and migrate a job on a simulat
 
 bench: deps build workloads ## benchmarks (quick; FULL=1 for the complete run) -> bench/results/
 	$(GO) build -o bin/torpor-bench ./bench/cmd/torpor-bench
-	./bin/torpor-bench $(if $(FULL),-full,-quick) -out bench/results
+	cd bench/plot && $(GO) build -o ../../bin/torpor-plot .
+	./bin/torpor-bench $(if $(FULL),-full,-quick) -out bench/results -plot bin/torpor-plot
 
 clean: ## remove build outputs
 	rm -rf bin

@@ -1,108 +1,116 @@
 package harness
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
-
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/plotutil"
-	"gonum.org/v1/plot/vg"
+	"os"
+	"os/exec"
+	"strings"
 )
 
-// Plots draws the PNGs of a run next to base (base-<name>.png).
-func Plots(r *Result, base string) ([]string, error) {
-	var files []string
-	type series struct {
-		name string
-		pts  plotter.XYs
-	}
-	draw := func(name, title, x, y string, logX bool, ss []series) error {
-		p := plot.New()
-		p.Title.Text, p.X.Label.Text, p.Y.Label.Text = title, x, y
-		if logX {
-			p.X.Scale = plot.LogScale{}
-			p.X.Tick.Marker = plot.LogTicks{Prec: -1}
-		}
-		var args []any
-		for _, s := range ss {
-			if len(s.pts) > 0 {
-				args = append(args, s.name, s.pts)
-			}
-		}
-		if len(args) == 0 {
-			return nil
-		}
-		if err := plotutil.AddLinePoints(p, args...); err != nil {
-			return err
-		}
-		p.Legend.Top, p.Legend.Left = true, true
-		p.Add(plotter.NewGrid())
-		f := fmt.Sprintf("%s-%s.png", base, name)
-		if err := p.Save(7*vg.Inch, 4.5*vg.Inch, f); err != nil {
-			return err
-		}
-		files = append(files, f)
-		return nil
-	}
+// Plot is one line plot of a run: what bench/plot (the torpor-plot command,
+// its own Go module so that its plotting library stays out of torpor's module
+// graph) draws as <base>-<Name>.png. The JSON is the contract with
+// bench/plot/main.go: keep the two in step.
+type Plot struct {
+	Name   string   `json:"name"`
+	Title  string   `json:"title"`
+	X      string   `json:"x"` // axis labels
+	Y      string   `json:"y"`
+	LogX   bool     `json:"log_x"`
+	Series []Series `json:"series"` // in legend order; empty series are left out
+}
 
+// Series is one line of a plot: (x, y) points.
+type Series struct {
+	Name   string       `json:"name"`
+	Points [][2]float64 `json:"points"`
+}
+
+func (s *Series) add(x, y float64) { s.Points = append(s.Points, [2]float64{x, y}) }
+
+// PlotData is the plots of a run, in the order they are listed.
+func PlotData(r *Result) []Plot {
 	// B2/B3 against memory, one job-node.
-	var tor, seq, wr, rst, rraw series
-	tor.name, seq.name, wr.name, rst.name, rraw.name = "torpor checkpoint", "raw criu dump", "plain write", "torpor restart", "raw criu restore"
-	var nTor, nSeq, nRst series
-	nTor.name, nSeq.name, nRst.name = "torpor checkpoint", "raw criu dump (seq)", "torpor restart"
+	tor, seq, wr, rst, rraw := Series{Name: "torpor checkpoint"}, Series{Name: "raw criu dump"}, Series{Name: "plain write"},
+		Series{Name: "torpor restart"}, Series{Name: "raw criu restore"}
+	nTor, nSeq, nRst := Series{Name: "torpor checkpoint"}, Series{Name: "raw criu dump (seq)"}, Series{Name: "torpor restart"}
 	for _, p := range r.Ckpt {
 		if p.Err != "" {
 			continue
 		}
 		x := float64(p.MiB)
 		if p.Nodes == 1 {
-			tor.pts = append(tor.pts, plotter.XY{X: x, Y: p.TorporWall.Median})
-			seq.pts = append(seq.pts, plotter.XY{X: x, Y: p.RawSeqWall.Median})
-			wr.pts = append(wr.pts, plotter.XY{X: x, Y: p.WriteWall.Median})
-			rst.pts = append(rst.pts, plotter.XY{X: x, Y: p.RestartWall.Median})
-			rraw.pts = append(rraw.pts, plotter.XY{X: x, Y: p.RawRestoreWall.Median})
+			tor.add(x, p.TorporWall.Median)
+			seq.add(x, p.RawSeqWall.Median)
+			wr.add(x, p.WriteWall.Median)
+			rst.add(x, p.RestartWall.Median)
+			rraw.add(x, p.RawRestoreWall.Median)
 		}
 		if p.MiB == r.Plan.NodesMiB {
 			n := float64(p.Nodes)
-			nTor.pts = append(nTor.pts, plotter.XY{X: n, Y: p.TorporWall.Median})
-			nSeq.pts = append(nSeq.pts, plotter.XY{X: n, Y: p.RawSeqWall.Median})
-			nRst.pts = append(nRst.pts, plotter.XY{X: n, Y: p.RestartWall.Median})
+			nTor.add(n, p.TorporWall.Median)
+			nSeq.add(n, p.RawSeqWall.Median)
+			nRst.add(n, p.RestartWall.Median)
 		}
 	}
-	if err := draw("b2-b3-memory", "B2/B3: one job-node, latency vs memory", "MiB per job-node", "ms (median)", true,
-		[]series{tor, seq, wr, rst, rraw}); err != nil {
-		return files, err
-	}
-	if err := draw("b2-b3-nodes", fmt.Sprintf("B2/B3: %d MiB per job-node, latency vs job-nodes", r.Plan.NodesMiB), "job-nodes", "ms (median)", false,
-		[]series{nTor, nSeq, nRst}); err != nil {
-		return files, err
-	}
-	var mig series
-	mig.name = "migration downtime"
+	mig := Series{Name: "migration downtime"}
 	for _, p := range r.Migrate {
 		if p.Err == "" {
-			mig.pts = append(mig.pts, plotter.XY{X: float64(p.MiB), Y: p.Downtime.Median})
+			mig.add(float64(p.MiB), p.Downtime.Median)
 		}
 	}
-	if err := draw("b4-migration", "B4: migration downtime vs memory of the moved job-node", "MiB", "ms (median)", true, []series{mig}); err != nil {
-		return files, err
-	}
-	var real, fake series
-	real.name, fake.name = "real sandboxes", "fake CRIU"
+	real, fake := Series{Name: "real sandboxes"}, Series{Name: "fake CRIU"}
 	for _, p := range r.Coord {
 		if p.Err != "" {
 			continue
 		}
-		pt := plotter.XY{X: float64(p.Nodes), Y: p.Overhead.Median}
 		if p.Fake {
-			fake.pts = append(fake.pts, pt)
+			fake.add(float64(p.Nodes), p.Overhead.Median)
 		} else {
-			real.pts = append(real.pts, pt)
+			real.add(float64(p.Nodes), p.Overhead.Median)
 		}
 	}
-	if err := draw("b5-coordination", "B5: coordination overhead (checkpoint − Σ CRIU) vs job-nodes", "job-nodes", "ms (median)", true,
-		[]series{real, fake}); err != nil {
-		return files, err
+	return []Plot{
+		{Name: "b2-b3-memory", Title: "B2/B3: one job-node, latency vs memory", X: "MiB per job-node", Y: "ms (median)", LogX: true,
+			Series: []Series{tor, seq, wr, rst, rraw}},
+		{Name: "b2-b3-nodes", Title: fmt.Sprintf("B2/B3: %d MiB per job-node, latency vs job-nodes", r.Plan.NodesMiB), X: "job-nodes", Y: "ms (median)",
+			Series: []Series{nTor, nSeq, nRst}},
+		{Name: "b4-migration", Title: "B4: migration downtime vs memory of the moved job-node", X: "MiB", Y: "ms (median)", LogX: true,
+			Series: []Series{mig}},
+		{Name: "b5-coordination", Title: "B5: coordination overhead (checkpoint − Σ CRIU) vs job-nodes", X: "job-nodes", Y: "ms (median)", LogX: true,
+			Series: []Series{real, fake}},
+	}
+}
+
+// Plots draws the PNGs of a run next to base (base-<name>.png) with plotter,
+// the torpor-plot binary, and returns the files it wrote (also when it fails
+// part way).
+func Plots(r *Result, base, plotter string) ([]string, error) {
+	in, err := json.Marshal(PlotData(r))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(plotter); err != nil {
+		return nil, fmt.Errorf("no plotter: %w (build it: go -C bench/plot build -o ../../bin/torpor-plot .)", err)
+	}
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(plotter, "-base", base)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(in), &stdout, &stderr
+	err = cmd.Run()
+	var files []string
+	for _, l := range strings.Split(stdout.String(), "\n") {
+		if l != "" {
+			files = append(files, l)
+		}
+	}
+	if err != nil {
+		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+			err = errors.New(msg)
+		}
+		return files, fmt.Errorf("%s: %w", plotter, err)
 	}
 	return files, nil
 }

@@ -20,6 +20,7 @@ type Config struct {
 	Repo    string // repository root (for bench/workloads/bin and bin/torpor)
 	WorkDir string // scratch: images and status files (removed afterwards)
 	Only    string // comma-separated subset of b1,b2,b4,b5 ("" = all; b2 includes B3)
+	Plotter string // the torpor-plot binary (bench/plot) that draws the PNGs
 	Log     *slog.Logger
 	// Progress receives one line per measurement.
 	Progress func(format string, args ...any)
@@ -190,12 +191,13 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 		}
 	}
 	res.Finished = time.Now()
-	files, err := Write(res, cfg.Out)
+	files, err := Write(res, cfg.Out, cfg.Plotter)
 	return res, files, err
 }
 
-// Render rewrites the summary and plots of a saved <date>-<host>.json.
-func Render(jsonPath, out string) ([]string, error) {
+// Render rewrites the summary and plots of a saved <date>-<host>.json; plotter
+// is the torpor-plot binary.
+func Render(jsonPath, out, plotter string) ([]string, error) {
 	data, err := os.ReadFile(jsonPath)
 	if err != nil {
 		return nil, err
@@ -207,7 +209,7 @@ func Render(jsonPath, out string) ([]string, error) {
 	if res.B1 != nil {
 		res.B1.TorporSide = torporSide(*res.B1)
 	}
-	return Write(&res, out)
+	return Write(&res, out, plotter)
 }
 
 // withEnv builds a cluster, runs fn and always tears the cluster down.
@@ -255,8 +257,9 @@ func maxOf(xs []int) int {
 	return m
 }
 
-// Write writes <date>-<host>.json, .md, the plots, and latest.md into out.
-func Write(res *Result, out string) ([]string, error) {
+// Write writes <date>-<host>.json, .md, the plots (drawn by plotter, the
+// torpor-plot binary), and latest.md into out.
+func Write(res *Result, out, plotter string) ([]string, error) {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return nil, err
 	}
@@ -269,7 +272,7 @@ func Write(res *Result, out string) ([]string, error) {
 	if err := os.WriteFile(base+".json", data, 0o644); err != nil {
 		return nil, err
 	}
-	plots, perr := Plots(res, base)
+	plots, perr := Plots(res, base, plotter)
 	files = append(files, plots...)
 	md := Markdown(res, plots)
 	if perr != nil {

@@ -1,7 +1,10 @@
 // Command torpor-bench runs torpor's benchmarks (bench/README.md) and writes
-// bench/results/<date>-<host>.{json,md}, PNG plots and latest.md.
+// bench/results/<date>-<host>.{json,md}, PNG plots and latest.md. The plots
+// are drawn by bin/torpor-plot (bench/plot, its own Go module; `make bench`
+// builds both).
 //
 //	torpor-bench [-quick | -full] [-out bench/results] [-only b1,b2,b4,b5] [-v]
+//	torpor-bench -render bench/results/<date>-<host>.json [-out DIR]
 package main
 
 import (
@@ -11,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -28,9 +32,13 @@ func main() {
 	only := flag.String("only", "", "run only these benchmarks: comma-separated b1,b2 (with b3),b4,b5")
 	verbose := flag.Bool("v", false, "log the coordinator's and shims' events")
 	render := flag.String("render", "", "only rewrite the summary and plots of this results .json")
+	plotter := flag.String("plot", "", "the torpor-plot binary that draws the PNGs (default <repo>/bin/torpor-plot)")
 	flag.Parse()
+	if *plotter == "" {
+		*plotter = filepath.Join(*repo, "bin", "torpor-plot")
+	}
 	if *render != "" {
-		files, err := harness.Render(*render, *out)
+		files, err := harness.Render(*render, *out, *plotter)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "torpor-bench:", err)
 			os.Exit(1)
@@ -50,7 +58,7 @@ func main() {
 	defer stop()
 	start := time.Now()
 	res, files, err := harness.Run(ctx, harness.Config{
-		Full: *full, Out: *out, Repo: *repo, WorkDir: *work, Only: *only, Log: log,
+		Full: *full, Out: *out, Repo: *repo, WorkDir: *work, Only: *only, Plotter: *plotter, Log: log,
 		Progress: func(format string, args ...any) {
 			fmt.Fprintf(os.Stderr, "[%6.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 		},

@@ -48,6 +48,7 @@ test: deps build workloads ## install what is needed, run torpor doctor, then ev
 	./$(BIN) doctor
 	$(MAKE) -s lint
 	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) $(GOFLAGS_TEST) $(PKGS)
+	cd bench/plot && $(GO) test -count=1 ./...
 
 # make e2e CYCLES=1000 [CYCLES_SEED=N] [RUN=TestRandomCycles]
 CYCLES ?= 200

@@ -1,20 +1,14 @@
 package main
 
 import (
-	"net"
-	"runtime"
-
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/torpor-hpc/torpor/pmix/jobspec"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -50,7 +44,10 @@ func runRun(ctx context.Context, args []string) error {
 	if o.LogLevel == "" {
 		o.LogLevel = "warn"
 	}
-	spec, err := buildSpec(o, prog)
+	spec, warnings, err := o.JobSpec(prog)
+	for _, w := range warnings {
+		fmt.Fprintln(os.Stderr, "torpor run:", w)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "torpor run:", err)
 		return exitError{2}
@@ -90,58 +87,6 @@ func runRun(ctx context.Context, args []string) error {
 	}
 	defer done()
 	return superviseJob(ctx, cl, spec, o, dirs)
-}
-
-// buildSpec turns mpirun-style options into a job spec.
-func buildSpec(o launch.Options, prog string) (coordinator.JobSpec, error) {
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	// A name given with --name is the job's id, so scripts (Slurm requeue)
-	// can find the job again; otherwise the program's name plus a random suffix.
-	id := sanitize(o.Name()) + "-" + hex.EncodeToString(b[:])
-	if o.JobName != "" {
-		id = sanitize(o.JobName)
-	}
-	spec := coordinator.JobSpec{ID: id, Owner: os.Getuid()}
-	env, missing := o.RankEnv(os.LookupEnv)
-	for _, m := range missing {
-		fmt.Fprintf(os.Stderr, "torpor run: warning: -x %s: not set here, not exported\n", m)
-	}
-	if !o.Plain {
-		return mpiSpec(spec, o, prog, env)
-	}
-	hosts := o.Hosts
-	if len(hosts) == 0 {
-		hosts = []launch.HostSlots{{Host: embedded.Host, Slots: 1}}
-	}
-	for i, h := range hosts {
-		spec.Nodes = append(spec.Nodes, coordinator.NodeSpec{
-			Name: "n" + strconv.Itoa(i), Host: h.Host,
-			Argv: append([]string{prog}, o.Args...), Dir: o.Wdir,
-			Env: append(os.Environ(), env...),
-		})
-	}
-	return spec, nil
-}
-
-func sanitize(s string) string {
-	s = filepath.Base(s)
-	var out []rune
-	for _, r := range s {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '.', r == '-':
-			out = append(out, r)
-		default:
-			out = append(out, '_')
-		}
-	}
-	if len(out) == 0 || out[0] == '.' || out[0] == '-' || out[0] == '_' {
-		out = append([]rune("job"), out...)
-	}
-	if len(out) > 40 {
-		out = out[:40]
-	}
-	return string(out)
 }
 
 // superviseJob starts the job and stays with it: it prints its output,
@@ -260,58 +205,6 @@ func (t *tailer) poll() {
 		t.off[i] += n
 		f.Close()
 	}
-}
-
-// mpiSpec places the ranks on job-nodes (one per host of the plan) and gives
-// each job-node a pmixd that launches its ranks.
-func mpiSpec(spec coordinator.JobSpec, o launch.Options, prog string, rankEnv []string) (coordinator.JobSpec, error) {
-	flavour, note := o.MPIFlavour(prog)
-	if note != "" {
-		fmt.Fprintln(os.Stderr, "torpor run:", note)
-	}
-	plan, err := o.Resolve(runtime.NumCPU())
-	if err != nil {
-		return spec, err
-	}
-	wire := jobspec.WirePMIx
-	extra := []string{
-		// Job-nodes are separate hosts with their own addresses: TCP between
-		// them, shared memory within.
-		"OMPI_MCA_btl=self,vader,tcp", "OMPI_MCA_btl_tcp_if_include=eth0", "OMPI_MCA_oob_tcp_if_include=eth0",
-	}
-	if flavour == launch.MPIMPICH {
-		wire = jobspec.WirePMI1
-		extra = []string{"UCX_TLS=tcp,self", "UCX_NET_DEVICES=eth0"}
-	}
-	var nodes []jobspec.Node
-	for i, pn := range plan.Nodes {
-		nodes = append(nodes, jobspec.Node{Hostname: spec.ID + "-n" + strconv.Itoa(i), Ranks: pn.Ranks})
-	}
-	base := os.Environ()
-	for i, pn := range plan.Nodes {
-		nodeEnv := append([]string(nil), extra...)
-		if flavour != launch.MPIMPICH && (o.Oversubscribe || len(pn.Ranks) > runtime.NumCPU()) {
-			// More ranks than cores: without this, Open MPI's busy polling
-			// makes the ranks fight for the cores (mpirun sets it itself when
-			// it sees oversubscription; a direct launch must say so).
-			nodeEnv = append(nodeEnv, "OMPI_MCA_mpi_yield_when_idle=1")
-		}
-		js := jobspec.JobSpec{
-			Job: spec.ID, Nodes: nodes, NodeIndex: i, Wire: wire,
-			Argv: append([]string{prog}, o.Args...), Env: base, ExtraEnv: append(nodeEnv, rankEnv...),
-			Dir: o.Wdir, TagOutput: o.TagOutput,
-		}
-		env, err := jobspec.EnvString(js)
-		if err != nil {
-			return spec, err
-		}
-		spec.Nodes = append(spec.Nodes, coordinator.NodeSpec{
-			Name: "n" + strconv.Itoa(i), Host: pn.Host, Hostname: nodes[i].Hostname,
-			Argv: []string{"pmixd"}, Dir: o.Wdir,
-			Env: []string{env, "PATH=" + os.Getenv("PATH")},
-		})
-	}
-	return spec, nil
 }
 
 // coordinatorListens reports whether a coordinator answers on sock (a socket

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/client"
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/coordinator/launch"
 	"github.com/torpor-hpc/torpor/internal/config"
@@ -53,8 +53,8 @@ func runRun(ctx context.Context, args []string) error {
 		return exitError{2}
 	}
 
-	sock := socketPath(o.Socket)
-	if !coordinatorListens(sock) {
+	sock := client.SocketPath(o.Socket)
+	if !client.Listens(sock) {
 		// No coordinator: embed one, on this machine only.
 		for _, n := range spec.Nodes {
 			if n.Host != embedded.Host {
@@ -81,7 +81,7 @@ func runRun(ctx context.Context, args []string) error {
 		}
 		defer stack.Close(ctx)
 	}
-	cl, done, err := dial(sock)
+	cl, done, err := client.Dial(sock)
 	if err != nil {
 		return err
 	}
@@ -95,7 +95,7 @@ func runRun(ctx context.Context, args []string) error {
 func superviseJob(ctx context.Context, cl apiv1.CoordinatorClient, spec coordinator.JobSpec, o launch.Options, dirs *apiv1.RunRequest) error {
 	job, err := cl.Run(ctx, &apiv1.RunRequest{Spec: coordinator.SpecToPB(spec), CheckpointDir: dirs.CheckpointDir, RunDir: dirs.RunDir})
 	if err != nil {
-		return rpcErr(err)
+		return client.RPCErr(err)
 	}
 	id := job.Spec.Id
 	fmt.Fprintf(os.Stderr, "torpor: job %s started on %s\n", id, nodeList(job.Spec))
@@ -126,7 +126,7 @@ func superviseJob(ctx context.Context, cl apiv1.CoordinatorClient, spec coordina
 		tail.poll()
 		j, err := cl.GetJob(ctx, &apiv1.JobRef{Job: id})
 		if err != nil {
-			return rpcErr(err)
+			return client.RPCErr(err)
 		}
 		switch j.State {
 		case string(coordinator.StateFinished):
@@ -139,7 +139,7 @@ func superviseJob(ctx context.Context, cl apiv1.CoordinatorClient, spec coordina
 				restarts++
 				fmt.Fprintf(os.Stderr, "torpor: job %s failed (%s); restart %d of %d from %s\n", id, j.Reason, restarts, o.RestartOnFailure, j.LastCheckpoint)
 				if _, err := cl.Restart(ctx, &apiv1.RestartRequest{Ref: id, Fallback: true}); err != nil {
-					fmt.Fprintf(os.Stderr, "torpor: restart failed: %v\n", rpcErr(err))
+					fmt.Fprintf(os.Stderr, "torpor: restart failed: %v\n", client.RPCErr(err))
 				}
 				continue
 			}
@@ -160,7 +160,7 @@ func checkpointNow(ctx context.Context, cl apiv1.CoordinatorClient, id, why stri
 	start := time.Now()
 	rep, err := cl.Checkpoint(ctx, &apiv1.CheckpointRequest{Job: id})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "torpor: checkpoint (%s) failed: %v\n", why, rpcErr(err))
+		fmt.Fprintf(os.Stderr, "torpor: checkpoint (%s) failed: %v\n", why, client.RPCErr(err))
 		return
 	}
 	fmt.Fprintf(os.Stderr, "torpor: checkpoint %s (%s) committed in %s\n", rep.Handle, why, time.Since(start).Round(time.Millisecond))
@@ -205,15 +205,4 @@ func (t *tailer) poll() {
 		t.off[i] += n
 		f.Close()
 	}
-}
-
-// coordinatorListens reports whether a coordinator answers on sock (a socket
-// file left by a coordinator that died does not count).
-func coordinatorListens(sock string) bool {
-	conn, err := net.DialTimeout("unix", sock, time.Second)
-	if err != nil {
-		return false
-	}
-	conn.Close()
-	return true
 }

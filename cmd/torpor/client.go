@@ -14,47 +14,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/grpc"
-
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/client"
 	"github.com/torpor-hpc/torpor/coordinator"
 )
-
-// DefaultSocket is where the coordinator listens for the CLI.
-const DefaultSocket = "/run/torpor/coordinator.sock"
-
-func socketPath(flagVal string) string {
-	if flagVal != "" {
-		return flagVal
-	}
-	if v := os.Getenv("TORPOR_SOCKET"); v != "" {
-		return v
-	}
-	return DefaultSocket
-}
-
-// dial connects to the coordinator's unix socket.
-func dial(sock string) (apiv1.CoordinatorClient, func(), error) {
-	if _, err := os.Stat(sock); err != nil {
-		return nil, nil, fmt.Errorf("no coordinator at %s (start one with `torpor coordinator`, or run a job with `torpor run`, which embeds one; set --socket or $TORPOR_SOCKET for another): %w", sock, err)
-	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(coordinator.PeerCredentials{}))
-	if err != nil {
-		return nil, nil, err
-	}
-	return apiv1.NewCoordinatorClient(conn), func() { conn.Close() }, nil
-}
-
-// rpcErr turns a gRPC error into a plain one for the user.
-func rpcErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	if s, ok := statusMessage(err); ok {
-		return errors.New(s)
-	}
-	return err
-}
 
 type clientFlags struct {
 	socket *string
@@ -62,7 +25,7 @@ type clientFlags struct {
 }
 
 func addClientFlags(fs *flag.FlagSet, withJSON bool) clientFlags {
-	cf := clientFlags{socket: fs.String("socket", "", "coordinator socket (default $TORPOR_SOCKET or "+DefaultSocket+")")}
+	cf := clientFlags{socket: fs.String("socket", "", "coordinator socket (default $TORPOR_SOCKET or "+client.DefaultSocket+")")}
 	if withJSON {
 		cf.json = fs.Bool("json", false, "print JSON")
 	}
@@ -97,7 +60,7 @@ func runCheckpoint(ctx context.Context, args []string) error {
 }
 
 func checkpoint(ctx context.Context, sock, job string, stop bool) error {
-	cl, done, err := dial(socketPath(sock))
+	cl, done, err := client.Dial(client.SocketPath(sock))
 	if err != nil {
 		return err
 	}
@@ -110,7 +73,7 @@ func checkpoint(ctx context.Context, sock, job string, stop bool) error {
 	fmt.Fprintf(os.Stderr, "torpor: %s of %s: prepare, freeze, drain, lock, dump, commit ...\n", verb, job)
 	rep, err := cl.Checkpoint(ctx, &apiv1.CheckpointRequest{Job: job, Stop: stop})
 	if err != nil {
-		return rpcErr(err)
+		return client.RPCErr(err)
 	}
 	fmt.Fprintf(os.Stderr, "torpor: %s of %s committed in %s\n", verb, job, time.Since(start).Round(time.Millisecond))
 	fmt.Println(rep.Handle)
@@ -155,7 +118,7 @@ func runRestart(ctx context.Context, args []string) error {
 }
 
 func restart(ctx context.Context, sock, ref string, hosts map[string]string, fallback bool) error {
-	cl, done, err := dial(socketPath(sock))
+	cl, done, err := client.Dial(client.SocketPath(sock))
 	if err != nil {
 		return err
 	}
@@ -164,7 +127,7 @@ func restart(ctx context.Context, sock, ref string, hosts map[string]string, fal
 	fmt.Fprintf(os.Stderr, "torpor: restart from %s: verify, restore (locked), unlock, thaw ...\n", ref)
 	rep, err := cl.Restart(ctx, &apiv1.RestartRequest{Ref: ref, Hosts: hosts, Fallback: fallback})
 	if err != nil {
-		return rpcErr(err)
+		return client.RPCErr(err)
 	}
 	for _, s := range rep.Skipped {
 		fmt.Fprintf(os.Stderr, "torpor: skipped %s: it fails verification\n", s)
@@ -199,7 +162,7 @@ func runMigrate(ctx context.Context, args []string) error {
 	if *node == "" || *to == "" {
 		return errors.New("migrate needs --node NODE and --to HOST (see `torpor ps` for the job-nodes and their hosts)")
 	}
-	cl, done, err := dial(socketPath(*cf.socket))
+	cl, done, err := client.Dial(client.SocketPath(*cf.socket))
 	if err != nil {
 		return err
 	}
@@ -207,7 +170,7 @@ func runMigrate(ctx context.Context, args []string) error {
 	start := time.Now()
 	fmt.Fprintf(os.Stderr, "torpor: migrate %s/%s to %s: freeze, drain, lock, dump, restore, unlock, thaw ...\n", job, *node, *to)
 	if _, err := cl.Migrate(ctx, &apiv1.MigrateRequest{Job: job, Node: *node, To: *to}); err != nil {
-		return rpcErr(err)
+		return client.RPCErr(err)
 	}
 	fmt.Fprintf(os.Stderr, "torpor: %s/%s now runs on %s (%s)\n", job, *node, *to, time.Since(start).Round(time.Millisecond))
 	return nil
@@ -219,14 +182,14 @@ func runPs(ctx context.Context, args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	cl, done, err := dial(socketPath(*cf.socket))
+	cl, done, err := client.Dial(client.SocketPath(*cf.socket))
 	if err != nil {
 		return err
 	}
 	defer done()
 	list, err := cl.Jobs(ctx, &apiv1.Empty{})
 	if err != nil {
-		return rpcErr(err)
+		return client.RPCErr(err)
 	}
 	if *cf.json {
 		return printJSON(list.Jobs)
@@ -263,14 +226,14 @@ func runLs(ctx context.Context, args []string) error {
 		fs.Usage()
 		return exitError{2}
 	}
-	cl, done, err := dial(socketPath(*cf.socket))
+	cl, done, err := client.Dial(client.SocketPath(*cf.socket))
 	if err != nil {
 		return err
 	}
 	defer done()
 	list, err := cl.ListCheckpoints(ctx, &apiv1.ListCheckpointsRequest{Job: fs.Arg(0), Verify: !*noVerify})
 	if err != nil {
-		return rpcErr(err)
+		return client.RPCErr(err)
 	}
 	if *cf.json {
 		return printJSON(list.Checkpoints)
@@ -346,7 +309,7 @@ func runCancel(ctx context.Context, args []string) error {
 	}
 	defer done()
 	if _, err := cl.Cancel(ctx, &apiv1.JobRef{Job: job}); err != nil {
-		return rpcErr(err)
+		return client.RPCErr(err)
 	}
 	fmt.Fprintf(os.Stderr, "torpor: job %s cancelled; its checkpoints are kept\n", job)
 	return nil
@@ -360,7 +323,7 @@ func runWait(ctx context.Context, args []string) error {
 	defer done()
 	j, err := cl.Wait(ctx, &apiv1.JobRef{Job: job})
 	if err != nil {
-		return rpcErr(err)
+		return client.RPCErr(err)
 	}
 	fmt.Fprintf(os.Stderr, "torpor: job %s is %s %s\n", job, j.State, j.Reason)
 	switch {
@@ -391,7 +354,7 @@ func jobCommand(verb string, args []string) (string, apiv1.CoordinatorClient, fu
 	if err != nil {
 		return "", nil, nil, err
 	}
-	cl, done, err := dial(socketPath(sock))
+	cl, done, err := client.Dial(client.SocketPath(sock))
 	if err != nil {
 		return "", nil, nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/torpor-hpc/torpor/client"
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/fault"
 	"github.com/torpor-hpc/torpor/internal/config"
@@ -43,7 +44,7 @@ func runCoordinator(ctx context.Context, args []string) error {
 	cfgPath := fs.String("config", "", "configuration file")
 	stateDir := fs.String("state-dir", "", "state directory (jobs, catalog key, PKI); default from config")
 	ckptDir := fs.String("checkpoint-dir", "", "checkpoint catalog root; default from config")
-	socket := fs.String("socket", "", "unix socket for the CLI (default $TORPOR_SOCKET or "+DefaultSocket+")")
+	socket := fs.String("socket", "", "unix socket for the CLI (default $TORPOR_SOCKET or "+client.DefaultSocket+")")
 	listen := fs.String("listen", "127.0.0.1:7800", "address shims register on (mutual TLS); empty: none")
 	pkiDir := fs.String("pki", "", "certificate directory (default <state-dir>/pki)")
 	initPKI := fs.Bool("init-pki", false, "create a CA and coordinator/shim certificates in the PKI directory, then exit")
@@ -73,7 +74,7 @@ func runCoordinator(ctx context.Context, args []string) error {
 	}
 	log := newLogger(*logLevel)
 	dc := coordinator.DaemonConfig{
-		StateDir: *stateDir, CheckpointDir: *ckptDir, Socket: socketPath(*socket),
+		StateDir: *stateDir, CheckpointDir: *ckptDir, Socket: client.SocketPath(*socket),
 		Listen: *listen, Keep: *keep, Log: log,
 	}
 	if *listen != "" {

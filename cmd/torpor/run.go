@@ -2,27 +2,17 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
-	"os/signal"
-	"path/filepath"
-	"runtime"
-	"strconv"
 	"strings"
-	"time"
 
-	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/client"
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/coordinator/launch"
 	"github.com/torpor-hpc/torpor/internal/config"
 	"github.com/torpor-hpc/torpor/internal/embedded"
-	"github.com/torpor-hpc/torpor/pmix/jobspec"
 	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
@@ -43,21 +33,24 @@ func runRun(ctx context.Context, args []string) error {
 	}
 	// Directories the user named are sent along: daemons refuse any but
 	// their own, instead of ignoring them.
-	dirs := &apiv1.RunRequest{CheckpointDir: o.CheckpointDir, RunDir: o.RunDir}
+	req := &apiv1.RunRequest{CheckpointDir: o.CheckpointDir, RunDir: o.RunDir}
 	if o.RunDir == "" {
 		o.RunDir = "/run/torpor"
 	}
 	if o.LogLevel == "" {
 		o.LogLevel = "warn"
 	}
-	spec, err := buildSpec(o, prog)
+	spec, warnings, err := o.JobSpec(prog)
+	for _, w := range warnings {
+		fmt.Fprintln(os.Stderr, "torpor run:", w)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "torpor run:", err)
 		return exitError{2}
 	}
 
-	sock := socketPath(o.Socket)
-	if !coordinatorListens(sock) {
+	sock := client.SocketPath(o.Socket)
+	if !client.Listens(sock) {
 		// No coordinator: embed one, on this machine only.
 		for _, n := range spec.Nodes {
 			if n.Host != embedded.Host {
@@ -84,243 +77,21 @@ func runRun(ctx context.Context, args []string) error {
 		}
 		defer stack.Close(ctx)
 	}
-	cl, done, err := dial(sock)
+	cl, done, err := client.Dial(sock)
 	if err != nil {
 		return err
 	}
 	defer done()
-	return superviseJob(ctx, cl, spec, o, dirs)
-}
-
-// buildSpec turns mpirun-style options into a job spec.
-func buildSpec(o launch.Options, prog string) (coordinator.JobSpec, error) {
-	var b [3]byte
-	_, _ = rand.Read(b[:])
-	// A name given with --name is the job's id, so scripts (Slurm requeue)
-	// can find the job again; otherwise the program's name plus a random suffix.
-	id := sanitize(o.Name()) + "-" + hex.EncodeToString(b[:])
-	if o.JobName != "" {
-		id = sanitize(o.JobName)
-	}
-	spec := coordinator.JobSpec{ID: id, Owner: os.Getuid()}
-	env, missing := o.RankEnv(os.LookupEnv)
-	for _, m := range missing {
-		fmt.Fprintf(os.Stderr, "torpor run: warning: -x %s: not set here, not exported\n", m)
-	}
-	if !o.Plain {
-		return mpiSpec(spec, o, prog, env)
-	}
-	hosts := o.Hosts
-	if len(hosts) == 0 {
-		hosts = []launch.HostSlots{{Host: embedded.Host, Slots: 1}}
-	}
-	for i, h := range hosts {
-		spec.Nodes = append(spec.Nodes, agentapi.NodeSpec{
-			Name: "n" + strconv.Itoa(i), Host: h.Host,
-			Argv: append([]string{prog}, o.Args...), Dir: o.Wdir,
-			Env: append(os.Environ(), env...),
-		})
-	}
-	return spec, nil
-}
-
-func sanitize(s string) string {
-	s = filepath.Base(s)
-	var out []rune
-	for _, r := range s {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '.', r == '-':
-			out = append(out, r)
-		default:
-			out = append(out, '_')
-		}
-	}
-	if len(out) == 0 || out[0] == '.' || out[0] == '-' || out[0] == '_' {
-		out = append([]rune("job"), out...)
-	}
-	if len(out) > 40 {
-		out = out[:40]
-	}
-	return string(out)
-}
-
-// superviseJob starts the job and stays with it: it prints its output,
-// checkpoints it on the checkpoint signal or interval, and returns with the
-// job's exit status.
-func superviseJob(ctx context.Context, cl apiv1.CoordinatorClient, spec coordinator.JobSpec, o launch.Options, dirs *apiv1.RunRequest) error {
-	job, err := cl.Run(ctx, &apiv1.RunRequest{Spec: coordinator.SpecToPB(spec), CheckpointDir: dirs.CheckpointDir, RunDir: dirs.RunDir})
+	req.Spec = coordinator.SpecToPB(spec)
+	code, err := client.Supervise(ctx, cl, req, os.Stderr, client.SuperviseOptions{
+		RunDir: o.RunDir, Output: os.Stdout, RestartOnFailure: o.RestartOnFailure,
+		CheckpointInterval: o.CheckpointInterval, CheckpointSignal: o.CheckpointSignal,
+	})
 	if err != nil {
-		return rpcErr(err)
+		return err
 	}
-	id := job.Spec.Id
-	fmt.Fprintf(os.Stderr, "torpor: job %s started on %s\n", id, nodeList(job.Spec))
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, o.CheckpointSignal)
-	defer signal.Stop(sig)
-	var tick <-chan time.Time
-	if o.CheckpointInterval > 0 {
-		t := time.NewTicker(o.CheckpointInterval)
-		defer t.Stop()
-		tick = t.C
+	if code != 0 {
+		return exitError{code}
 	}
-	tail := newTailer(o.RunDir, id, job.Spec.Nodes, os.Stdout)
-	restarts := 0
-	poll := time.NewTicker(200 * time.Millisecond)
-	defer poll.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			fmt.Fprintf(os.Stderr, "torpor: interrupted; job %s is left to the coordinator (see `torpor ps`)\n", id)
-			return exitError{130}
-		case <-sig:
-			checkpointNow(ctx, cl, id, "signal")
-		case <-tick:
-			checkpointNow(ctx, cl, id, "interval")
-		case <-poll.C:
-		}
-		tail.poll()
-		j, err := cl.GetJob(ctx, &apiv1.JobRef{Job: id})
-		if err != nil {
-			return rpcErr(err)
-		}
-		switch j.State {
-		case string(coordinator.StateFinished):
-			tail.poll()
-			fmt.Fprintf(os.Stderr, "torpor: job %s finished\n", id)
-			return nil
-		case string(coordinator.StateFailed):
-			tail.poll()
-			if restarts < o.RestartOnFailure && j.LastCheckpoint != "" {
-				restarts++
-				fmt.Fprintf(os.Stderr, "torpor: job %s failed (%s); restart %d of %d from %s\n", id, j.Reason, restarts, o.RestartOnFailure, j.LastCheckpoint)
-				if _, err := cl.Restart(ctx, &apiv1.RestartRequest{Ref: id, Fallback: true}); err != nil {
-					fmt.Fprintf(os.Stderr, "torpor: restart failed: %v\n", rpcErr(err))
-				}
-				continue
-			}
-			fmt.Fprintf(os.Stderr, "torpor: job %s failed: %s\n", id, j.Reason)
-			code := int(j.ExitCode)
-			if code == 0 {
-				code = 1
-			}
-			return exitError{code}
-		case string(coordinator.StateSuspended):
-			// Stay: a suspended job is resumed with `torpor resume`, and an
-			// embedded coordinator must live for that.
-		}
-	}
-}
-
-func checkpointNow(ctx context.Context, cl apiv1.CoordinatorClient, id, why string) {
-	start := time.Now()
-	rep, err := cl.Checkpoint(ctx, &apiv1.CheckpointRequest{Job: id})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "torpor: checkpoint (%s) failed: %v\n", why, rpcErr(err))
-		return
-	}
-	fmt.Fprintf(os.Stderr, "torpor: checkpoint %s (%s) committed in %s\n", rep.Handle, why, time.Since(start).Round(time.Millisecond))
-}
-
-func nodeList(s *apiv1.JobSpec) string {
-	var parts []string
-	for _, n := range s.Nodes {
-		parts = append(parts, fmt.Sprintf("%s@%s(%s)", n.Name, n.Host, strings.Split(n.Ip, "/")[0]))
-	}
-	return strings.Join(parts, " ")
-}
-
-// tailer copies job-node output files to w as they grow. After a restart a
-// file is cut back to its size at the checkpoint; the replayed output is
-// printed again, as the job really produces it again.
-type tailer struct {
-	w     io.Writer
-	files []string
-	off   []int64
-}
-
-func newTailer(runDir, job string, nodes []*apiv1.NodeSpec, w io.Writer) *tailer {
-	t := &tailer{w: w}
-	for _, n := range nodes {
-		t.files = append(t.files, filepath.Join(runDir, "jobs", job, n.Name+".out"))
-		t.off = append(t.off, 0)
-	}
-	return t
-}
-
-func (t *tailer) poll() {
-	for i, p := range t.files {
-		f, err := os.Open(p)
-		if err != nil {
-			continue
-		}
-		if st, err := f.Stat(); err == nil && st.Size() < t.off[i] {
-			t.off[i] = st.Size()
-		}
-		n, _ := io.Copy(t.w, io.NewSectionReader(f, t.off[i], 1<<62))
-		t.off[i] += n
-		f.Close()
-	}
-}
-
-// mpiSpec places the ranks on job-nodes (one per host of the plan) and gives
-// each job-node a pmixd that launches its ranks.
-func mpiSpec(spec coordinator.JobSpec, o launch.Options, prog string, rankEnv []string) (coordinator.JobSpec, error) {
-	flavour, note := o.MPIFlavour(prog)
-	if note != "" {
-		fmt.Fprintln(os.Stderr, "torpor run:", note)
-	}
-	plan, err := o.Resolve(runtime.NumCPU())
-	if err != nil {
-		return spec, err
-	}
-	wire := jobspec.WirePMIx
-	extra := []string{
-		// Job-nodes are separate hosts with their own addresses: TCP between
-		// them, shared memory within.
-		"OMPI_MCA_btl=self,vader,tcp", "OMPI_MCA_btl_tcp_if_include=eth0", "OMPI_MCA_oob_tcp_if_include=eth0",
-	}
-	if flavour == launch.MPIMPICH {
-		wire = jobspec.WirePMI1
-		extra = []string{"UCX_TLS=tcp,self", "UCX_NET_DEVICES=eth0"}
-	}
-	var nodes []jobspec.Node
-	for i, pn := range plan.Nodes {
-		nodes = append(nodes, jobspec.Node{Hostname: spec.ID + "-n" + strconv.Itoa(i), Ranks: pn.Ranks})
-	}
-	base := os.Environ()
-	for i, pn := range plan.Nodes {
-		nodeEnv := append([]string(nil), extra...)
-		if flavour != launch.MPIMPICH && (o.Oversubscribe || len(pn.Ranks) > runtime.NumCPU()) {
-			// More ranks than cores: without this, Open MPI's busy polling
-			// makes the ranks fight for the cores (mpirun sets it itself when
-			// it sees oversubscription; a direct launch must say so).
-			nodeEnv = append(nodeEnv, "OMPI_MCA_mpi_yield_when_idle=1")
-		}
-		js := jobspec.JobSpec{
-			Job: spec.ID, Nodes: nodes, NodeIndex: i, Wire: wire,
-			Argv: append([]string{prog}, o.Args...), Env: base, ExtraEnv: append(nodeEnv, rankEnv...),
-			Dir: o.Wdir, TagOutput: o.TagOutput,
-		}
-		env, err := jobspec.EnvString(js)
-		if err != nil {
-			return spec, err
-		}
-		spec.Nodes = append(spec.Nodes, agentapi.NodeSpec{
-			Name: "n" + strconv.Itoa(i), Host: pn.Host, Hostname: nodes[i].Hostname,
-			Argv: []string{"pmixd"}, Dir: o.Wdir,
-			Env: []string{env, "PATH=" + os.Getenv("PATH")},
-		})
-	}
-	return spec, nil
-}
-
-// coordinatorListens reports whether a coordinator answers on sock (a socket
-// file left by a coordinator that died does not count).
-func coordinatorListens(sock string) bool {
-	conn, err := net.DialTimeout("unix", sock, time.Second)
-	if err != nil {
-		return false
-	}
-	conn.Close()
-	return true
+	return nil
 }

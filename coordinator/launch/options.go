@@ -1,7 +1,9 @@
 // Package launch turns the arguments of `torpor run` into a validated launch
 // plan: mpirun-style flags (Open MPI spelling, single- and double-dash long
 // flags), Open MPI hostfiles, rank placement over hosts, the program to run
-// and the MPI flavour it was built against.
+// and the MPI flavour it was built against; and the plan into the job spec
+// the coordinator starts (JobSpec): a job-node per host, each with a pmixd
+// and the MPI settings its flavour needs between job-nodes.
 //
 // Nothing here starts anything: Parse only reads arguments, Validate and
 // Resolve only look at the file system, and Place is pure. Every error a user

@@ -1,0 +1,69 @@
+// Package client talks to a torpor coordinator over its unix socket: it finds
+// and dials the socket, turns the coordinator's gRPC errors into plain ones,
+// and supervises a job the way `torpor run` does (Supervise).
+package client
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/coordinator"
+)
+
+// DefaultSocket is where the coordinator listens for the CLI.
+const DefaultSocket = "/run/torpor/coordinator.sock"
+
+// SocketPath is the coordinator's socket: flagVal if not empty, else
+// $TORPOR_SOCKET if set, else DefaultSocket.
+func SocketPath(flagVal string) string {
+	if flagVal != "" {
+		return flagVal
+	}
+	if v := os.Getenv("TORPOR_SOCKET"); v != "" {
+		return v
+	}
+	return DefaultSocket
+}
+
+// Dial connects to the coordinator's unix socket. Call done to close the
+// connection.
+func Dial(sock string) (cl apiv1.CoordinatorClient, done func(), err error) {
+	if _, err := os.Stat(sock); err != nil {
+		return nil, nil, fmt.Errorf("no coordinator at %s (start one with `torpor coordinator`, or run a job with `torpor run`, which embeds one; set --socket or $TORPOR_SOCKET for another): %w", sock, err)
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(coordinator.PeerCredentials{}))
+	if err != nil {
+		return nil, nil, err
+	}
+	return apiv1.NewCoordinatorClient(conn), func() { conn.Close() }, nil
+}
+
+// Listens reports whether a coordinator answers on sock (a socket file left
+// by a coordinator that died does not count).
+func Listens(sock string) bool {
+	conn, err := net.DialTimeout("unix", sock, time.Second)
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
+}
+
+// RPCErr turns a gRPC error into a plain one for the user: the status
+// message, without the gRPC code. Other errors, and nil, are returned as is.
+func RPCErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	if s, ok := status.FromError(err); ok {
+		return errors.New(s.Message())
+	}
+	return err
+}

@@ -1,0 +1,165 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"time"
+
+	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/coordinator"
+)
+
+// SuperviseOptions says how Supervise looks after a job.
+type SuperviseOptions struct {
+	// RunDir is where the job-nodes' output files are, as
+	// <RunDir>/jobs/<job>/<node>.out: the run directory of the shims.
+	RunDir string
+	// Output receives the job's output, copied from those files.
+	Output io.Writer
+	// RestartOnFailure is how many times a failed job is restarted from its
+	// last checkpoint (0: never).
+	RestartOnFailure int
+	// CheckpointInterval is the time between periodic checkpoints (0: none).
+	CheckpointInterval time.Duration
+	// CheckpointSignal, sent to this process once the job has started, means
+	// "checkpoint now" (nil: no signal does).
+	CheckpointSignal os.Signal
+
+	// poll is how often the job's state and output are looked at; 0 means
+	// 200ms.
+	poll time.Duration
+}
+
+// Supervise starts the job of req and stays with it: it copies its output
+// to opt.Output, checkpoints it on the checkpoint signal or interval,
+// restarts it from its last checkpoint when it fails (opt.RestartOnFailure
+// times), and writes what happens to msgs. It returns when the job is
+// finished (code 0) or failed (its exit status, at least 1), or when ctx is
+// done (code 130; the job is left running). err is the coordinator's, when
+// it cannot be asked.
+func Supervise(ctx context.Context, cl apiv1.CoordinatorClient, req *apiv1.RunRequest, msgs io.Writer, opt SuperviseOptions) (code int, err error) {
+	job, err := cl.Run(ctx, req)
+	if err != nil {
+		return 0, RPCErr(err)
+	}
+	id := job.Spec.Id
+	fmt.Fprintf(msgs, "torpor: job %s started on %s\n", id, nodeList(job.Spec))
+	sig := make(chan os.Signal, 1)
+	if opt.CheckpointSignal != nil {
+		signal.Notify(sig, opt.CheckpointSignal)
+		defer signal.Stop(sig)
+	}
+	var tick <-chan time.Time
+	if opt.CheckpointInterval > 0 {
+		t := time.NewTicker(opt.CheckpointInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	tail := newTailer(opt.RunDir, id, job.Spec.Nodes, opt.Output)
+	restarts := 0
+	every := opt.poll
+	if every == 0 {
+		every = 200 * time.Millisecond
+	}
+	poll := time.NewTicker(every)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(msgs, "torpor: interrupted; job %s is left to the coordinator (see `torpor ps`)\n", id)
+			return 130, nil
+		case <-sig:
+			checkpointNow(ctx, cl, id, "signal", msgs)
+		case <-tick:
+			checkpointNow(ctx, cl, id, "interval", msgs)
+		case <-poll.C:
+		}
+		tail.poll()
+		j, err := cl.GetJob(ctx, &apiv1.JobRef{Job: id})
+		if err != nil {
+			return 0, RPCErr(err)
+		}
+		switch j.State {
+		case string(coordinator.StateFinished):
+			tail.poll()
+			fmt.Fprintf(msgs, "torpor: job %s finished\n", id)
+			return 0, nil
+		case string(coordinator.StateFailed):
+			tail.poll()
+			if restarts < opt.RestartOnFailure && j.LastCheckpoint != "" {
+				restarts++
+				fmt.Fprintf(msgs, "torpor: job %s failed (%s); restart %d of %d from %s\n", id, j.Reason, restarts, opt.RestartOnFailure, j.LastCheckpoint)
+				if _, err := cl.Restart(ctx, &apiv1.RestartRequest{Ref: id, Fallback: true}); err != nil {
+					fmt.Fprintf(msgs, "torpor: restart failed: %v\n", RPCErr(err))
+				}
+				continue
+			}
+			fmt.Fprintf(msgs, "torpor: job %s failed: %s\n", id, j.Reason)
+			code := int(j.ExitCode)
+			if code == 0 {
+				code = 1
+			}
+			return code, nil
+		case string(coordinator.StateSuspended):
+			// Stay: a suspended job is resumed with `torpor resume`, and an
+			// embedded coordinator must live for that.
+		}
+	}
+}
+
+func checkpointNow(ctx context.Context, cl apiv1.CoordinatorClient, id, why string, msgs io.Writer) {
+	start := time.Now()
+	rep, err := cl.Checkpoint(ctx, &apiv1.CheckpointRequest{Job: id})
+	if err != nil {
+		fmt.Fprintf(msgs, "torpor: checkpoint (%s) failed: %v\n", why, RPCErr(err))
+		return
+	}
+	fmt.Fprintf(msgs, "torpor: checkpoint %s (%s) committed in %s\n", rep.Handle, why, time.Since(start).Round(time.Millisecond))
+}
+
+// nodeList is the job-nodes of s for a message: "n0@h1(198.19.0.2) ...".
+func nodeList(s *apiv1.JobSpec) string {
+	var parts []string
+	for _, n := range s.Nodes {
+		parts = append(parts, fmt.Sprintf("%s@%s(%s)", n.Name, n.Host, strings.Split(n.Ip, "/")[0]))
+	}
+	return strings.Join(parts, " ")
+}
+
+// tailer copies job-node output files to w as they grow. After a restart a
+// file is cut back to its size at the checkpoint; the replayed output is
+// printed again, as the job really produces it again.
+type tailer struct {
+	w     io.Writer
+	files []string
+	off   []int64
+}
+
+func newTailer(runDir, job string, nodes []*apiv1.NodeSpec, w io.Writer) *tailer {
+	t := &tailer{w: w}
+	for _, n := range nodes {
+		t.files = append(t.files, filepath.Join(runDir, "jobs", job, n.Name+".out"))
+		t.off = append(t.off, 0)
+	}
+	return t
+}
+
+func (t *tailer) poll() {
+	for i, p := range t.files {
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		if st, err := f.Stat(); err == nil && st.Size() < t.off[i] {
+			t.off[i] = st.Size()
+		}
+		n, _ := io.Copy(t.w, io.NewSectionReader(f, t.off[i], 1<<62))
+		t.off[i] += n
+		f.Close()
+	}
+}

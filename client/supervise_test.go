@@ -1,0 +1,233 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/coordinator"
+)
+
+// fakeCoordinator answers the calls Supervise makes. Supervise calls it from
+// the test's goroutine, so it needs no lock.
+type fakeCoordinator struct {
+	apiv1.CoordinatorClient // nil: other calls panic
+	runErr                  error
+	// job gives GetJob's answer for its nth call (from 1).
+	job         func(n int) *apiv1.Job
+	getJobs     int
+	checkpoints []string // the job of each Checkpoint call
+	ckptErr     error    // the first Checkpoint fails with it, when set
+	restarts    []*apiv1.RestartRequest
+	afterGetJob func()
+}
+
+var testSpec = &apiv1.JobSpec{Id: "j", Nodes: []*apiv1.NodeSpec{
+	{Name: "n0", Host: "h1", Ip: "198.19.0.2/15"},
+	{Name: "n1", Host: "h2", Ip: "198.19.0.3/15"},
+}}
+
+func (f *fakeCoordinator) Run(_ context.Context, in *apiv1.RunRequest, _ ...grpc.CallOption) (*apiv1.Job, error) {
+	if f.runErr != nil {
+		return nil, f.runErr
+	}
+	return &apiv1.Job{Spec: in.Spec, State: string(coordinator.StateRunning)}, nil
+}
+
+func (f *fakeCoordinator) GetJob(_ context.Context, in *apiv1.JobRef, _ ...grpc.CallOption) (*apiv1.Job, error) {
+	f.getJobs++
+	if f.afterGetJob != nil {
+		defer f.afterGetJob()
+	}
+	return f.job(f.getJobs), nil
+}
+
+func (f *fakeCoordinator) Checkpoint(_ context.Context, in *apiv1.CheckpointRequest, _ ...grpc.CallOption) (*apiv1.CheckpointReply, error) {
+	if f.ckptErr != nil {
+		err := f.ckptErr
+		f.ckptErr = nil
+		return nil, err
+	}
+	f.checkpoints = append(f.checkpoints, in.Job)
+	return &apiv1.CheckpointReply{Handle: in.Job + "/1"}, nil
+}
+
+func (f *fakeCoordinator) Restart(_ context.Context, in *apiv1.RestartRequest, _ ...grpc.CallOption) (*apiv1.RestartReply, error) {
+	f.restarts = append(f.restarts, in)
+	return &apiv1.RestartReply{Job: in.Ref}, nil
+}
+
+func state(s coordinator.State) *apiv1.Job { return &apiv1.Job{State: string(s)} }
+
+func supervise(t *testing.T, ctx context.Context, f *fakeCoordinator, opt SuperviseOptions) (code int, msgs string) {
+	t.Helper()
+	if ctx == nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+	}
+	var buf bytes.Buffer
+	if opt.Output == nil {
+		opt.Output = &bytes.Buffer{}
+	}
+	code, err := Supervise(ctx, f, &apiv1.RunRequest{Spec: testSpec}, &buf, opt)
+	if err != nil {
+		t.Fatalf("Supervise: %v\n%s", err, buf.String())
+	}
+	return code, buf.String()
+}
+
+func TestSuperviseRestartsThenFails(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "jobs", "j", "n0.out")
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(out, []byte("step 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeCoordinator{job: func(n int) *apiv1.Job {
+		return &apiv1.Job{State: string(coordinator.StateFailed), Reason: "n0 exited 3", ExitCode: 3, LastCheckpoint: "j/7"}
+	}}
+	var output bytes.Buffer
+	code, msgs := supervise(t, nil, f, SuperviseOptions{RunDir: dir, Output: &output, RestartOnFailure: 1, poll: time.Millisecond})
+	if code != 3 {
+		t.Errorf("code = %d, want the job's exit status 3", code)
+	}
+	want := "torpor: job j started on n0@h1(198.19.0.2) n1@h2(198.19.0.3)\n" +
+		"torpor: job j failed (n0 exited 3); restart 1 of 1 from j/7\n" +
+		"torpor: job j failed: n0 exited 3\n"
+	if msgs != want {
+		t.Errorf("messages\n got %q\nwant %q", msgs, want)
+	}
+	if len(f.restarts) != 1 || f.restarts[0].Ref != "j" || !f.restarts[0].Fallback {
+		t.Errorf("restarts = %v, want one of j with fallback", f.restarts)
+	}
+	if output.String() != "step 1\n" {
+		t.Errorf("output = %q, want the job-node's file", output.String())
+	}
+}
+
+func TestSuperviseFailedWithoutStatus(t *testing.T) {
+	// Without a checkpoint there is nothing to restart from; a failure
+	// without an exit status is status 1.
+	f := &fakeCoordinator{job: func(int) *apiv1.Job {
+		return &apiv1.Job{State: string(coordinator.StateFailed), Reason: "host h1 lost"}
+	}}
+	code, msgs := supervise(t, nil, f, SuperviseOptions{RunDir: t.TempDir(), RestartOnFailure: 3, poll: time.Millisecond})
+	if code != 1 || len(f.restarts) != 0 || !strings.HasSuffix(msgs, "torpor: job j failed: host h1 lost\n") {
+		t.Errorf("code %d, restarts %v, messages %q", code, f.restarts, msgs)
+	}
+}
+
+func TestSuperviseCheckpointInterval(t *testing.T) {
+	f := &fakeCoordinator{ckptErr: status.Error(codes.Unavailable, "disk full")}
+	f.job = func(int) *apiv1.Job {
+		if len(f.checkpoints) > 0 {
+			return state(coordinator.StateFinished)
+		}
+		return state(coordinator.StateRunning)
+	}
+	// The state is looked at only after a checkpoint.
+	code, msgs := supervise(t, nil, f, SuperviseOptions{RunDir: t.TempDir(), CheckpointInterval: time.Millisecond, poll: time.Hour})
+	if code != 0 {
+		t.Errorf("code = %d", code)
+	}
+	lines := strings.Split(strings.TrimSuffix(msgs, "\n"), "\n")
+	if len(lines) != 4 || lines[1] != "torpor: checkpoint (interval) failed: disk full" ||
+		!strings.HasPrefix(lines[2], "torpor: checkpoint j/1 (interval) committed in ") ||
+		lines[3] != "torpor: job j finished" {
+		t.Errorf("messages:\n%s", msgs)
+	}
+}
+
+func TestSuperviseCheckpointSignal(t *testing.T) {
+	f := &fakeCoordinator{}
+	f.job = func(int) *apiv1.Job {
+		if len(f.checkpoints) > 0 {
+			return state(coordinator.StateFinished)
+		}
+		return state(coordinator.StateSuspended) // stays
+	}
+	// The first look at the job is after the signal is caught.
+	sent := false
+	f.afterGetJob = func() {
+		if !sent {
+			sent = true
+			if err := syscall.Kill(os.Getpid(), syscall.SIGUSR1); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	code, msgs := supervise(t, nil, f, SuperviseOptions{RunDir: t.TempDir(), CheckpointSignal: syscall.SIGUSR1, poll: time.Millisecond})
+	if code != 0 || len(f.checkpoints) != 1 || !strings.Contains(msgs, "torpor: checkpoint j/1 (signal) committed in ") {
+		t.Errorf("code %d, checkpoints %v, messages:\n%s", code, f.checkpoints, msgs)
+	}
+}
+
+func TestSuperviseInterrupted(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	f := &fakeCoordinator{job: func(int) *apiv1.Job { t.Error("GetJob after the interrupt"); return nil }}
+	code, msgs := supervise(t, ctx, f, SuperviseOptions{RunDir: t.TempDir(), poll: time.Hour})
+	if code != 130 || !strings.HasSuffix(msgs, "torpor: interrupted; job j is left to the coordinator (see `torpor ps`)\n") {
+		t.Errorf("code %d, messages %q", code, msgs)
+	}
+}
+
+func TestSuperviseRunError(t *testing.T) {
+	f := &fakeCoordinator{runErr: status.Error(codes.InvalidArgument, "unknown host h9")}
+	var msgs bytes.Buffer
+	_, err := Supervise(context.Background(), f, &apiv1.RunRequest{Spec: testSpec}, &msgs, SuperviseOptions{})
+	if err == nil || err.Error() != "unknown host h9" || msgs.Len() != 0 {
+		t.Errorf("err %v, messages %q", err, msgs.String())
+	}
+}
+
+func TestTailer(t *testing.T) {
+	dir := t.TempDir()
+	jobDir := filepath.Join(dir, "jobs", "j")
+	if err := os.MkdirAll(jobDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write := func(node, s string) {
+		t.Helper()
+		if err := os.WriteFile(filepath.Join(jobDir, node+".out"), []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var out bytes.Buffer
+	tail := newTailer(dir, "j", testSpec.Nodes, &out)
+	tail.poll() // no files yet: nothing, no error
+	if out.Len() != 0 {
+		t.Fatalf("output from missing files: %q", out.String())
+	}
+	write("n0", "a1\na2\n")
+	tail.poll()
+	write("n0", "a1\na2\na3\n")
+	write("n1", "b1\n")
+	tail.poll()
+	if want := "a1\na2\na3\nb1\n"; out.String() != want {
+		t.Fatalf("output %q, want %q", out.String(), want)
+	}
+	// A restart cuts n0's file back to its size at the checkpoint; what the
+	// job writes again is printed again.
+	write("n0", "a1\n")
+	tail.poll()
+	write("n0", "a1\na2 again\n")
+	tail.poll()
+	tail.poll()
+	if want := "a1\na2\na3\nb1\na2 again\n"; out.String() != want {
+		t.Errorf("output %q, want %q", out.String(), want)
+	}
+}

@@ -1,0 +1,158 @@
+package launch
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+
+	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/pmix/jobspec"
+)
+
+// SandboxIfName is the network interface of a job-node's sandbox, the one
+// the ranks of different job-nodes reach each other through. It must match
+// the interface the shim gives every sandbox (shim/sandbox.IfName); it is
+// spelled out here because this package must not depend on the shim.
+const SandboxIfName = "eth0"
+
+// machine is what JobSpec reads of the machine `torpor run` runs on.
+type machine struct {
+	uid       int
+	lookupEnv func(string) (string, bool)
+	environ   []string // the launcher's environment, passed on to the job
+	path      string   // $PATH, for pmixd
+	cpus      int
+	suffix    string // makes a job id unique when no --job-name is given
+}
+
+func thisMachine() machine {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return machine{
+		uid: os.Getuid(), lookupEnv: os.LookupEnv, environ: os.Environ(),
+		path: os.Getenv("PATH"), cpus: runtime.NumCPU(), suffix: hex.EncodeToString(b[:]),
+	}
+}
+
+// JobSpec turns the options into the spec of a job owned by the caller. prog
+// is the resolved program (see ResolveProgram). With Plain the program runs
+// as is, once per host (on LocalHost without hosts); otherwise the ranks are
+// placed on job-nodes, one per host of the plan, each with a pmixd that
+// launches its ranks.
+//
+// warnings are for the user (a -x variable that is not set, a guessed MPI
+// flavour); they are returned also with an error, and come before it.
+func (o Options) JobSpec(prog string) (spec coordinator.JobSpec, warnings []string, err error) {
+	return o.jobSpec(prog, thisMachine())
+}
+
+func (o Options) jobSpec(prog string, m machine) (coordinator.JobSpec, []string, error) {
+	// A name given with --name is the job's id, so scripts (Slurm requeue)
+	// can find the job again; otherwise the program's name plus a random suffix.
+	id := sanitize(o.Name()) + "-" + m.suffix
+	if o.JobName != "" {
+		id = sanitize(o.JobName)
+	}
+	spec := coordinator.JobSpec{ID: id, Owner: m.uid}
+	env, missing := o.RankEnv(m.lookupEnv)
+	var warnings []string
+	for _, name := range missing {
+		warnings = append(warnings, fmt.Sprintf("warning: -x %s: not set here, not exported", name))
+	}
+	if !o.Plain {
+		spec, note, err := o.mpiSpec(spec, prog, env, m)
+		if note != "" {
+			warnings = append(warnings, note)
+		}
+		return spec, warnings, err
+	}
+	hosts := o.Hosts
+	if len(hosts) == 0 {
+		hosts = []HostSlots{{Host: LocalHost, Slots: 1}}
+	}
+	for i, h := range hosts {
+		spec.Nodes = append(spec.Nodes, agentapi.NodeSpec{
+			Name: "n" + strconv.Itoa(i), Host: h.Host,
+			Argv: append([]string{prog}, o.Args...), Dir: o.Wdir,
+			Env: append(append([]string(nil), m.environ...), env...),
+		})
+	}
+	return spec, warnings, nil
+}
+
+// sanitize makes s (a program path or a --job-name) a job id: its base name,
+// with every character a job id cannot have replaced by '_', starting with a
+// letter or digit, at most 40 characters.
+func sanitize(s string) string {
+	s = filepath.Base(s)
+	var out []rune
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '_', r == '.', r == '-':
+			out = append(out, r)
+		default:
+			out = append(out, '_')
+		}
+	}
+	if len(out) == 0 || out[0] == '.' || out[0] == '-' || out[0] == '_' {
+		out = append([]rune("job"), out...)
+	}
+	if len(out) > 40 {
+		out = out[:40]
+	}
+	return string(out)
+}
+
+// mpiSpec places the ranks on job-nodes (one per host of the plan) and gives
+// each job-node a pmixd that launches its ranks. note is MPIFlavour's, for
+// the user.
+func (o Options) mpiSpec(spec coordinator.JobSpec, prog string, rankEnv []string, m machine) (_ coordinator.JobSpec, note string, _ error) {
+	flavour, note := o.MPIFlavour(prog)
+	plan, err := o.Resolve(m.cpus)
+	if err != nil {
+		return spec, note, err
+	}
+	wire := jobspec.WirePMIx
+	extra := []string{
+		// Job-nodes are separate hosts with their own addresses: TCP between
+		// them, shared memory within.
+		"OMPI_MCA_btl=self,vader,tcp", "OMPI_MCA_btl_tcp_if_include=" + SandboxIfName, "OMPI_MCA_oob_tcp_if_include=" + SandboxIfName,
+	}
+	if flavour == MPIMPICH {
+		wire = jobspec.WirePMI1
+		extra = []string{"UCX_TLS=tcp,self", "UCX_NET_DEVICES=" + SandboxIfName}
+	}
+	var nodes []jobspec.Node
+	for i, pn := range plan.Nodes {
+		nodes = append(nodes, jobspec.Node{Hostname: spec.ID + "-n" + strconv.Itoa(i), Ranks: pn.Ranks})
+	}
+	for i, pn := range plan.Nodes {
+		nodeEnv := append([]string(nil), extra...)
+		if flavour != MPIMPICH && (o.Oversubscribe || len(pn.Ranks) > m.cpus) {
+			// More ranks than cores: without this, Open MPI's busy polling
+			// makes the ranks fight for the cores (mpirun sets it itself when
+			// it sees oversubscription; a direct launch must say so).
+			nodeEnv = append(nodeEnv, "OMPI_MCA_mpi_yield_when_idle=1")
+		}
+		js := jobspec.JobSpec{
+			Job: spec.ID, Nodes: nodes, NodeIndex: i, Wire: wire,
+			Argv: append([]string{prog}, o.Args...), Env: m.environ, ExtraEnv: append(nodeEnv, rankEnv...),
+			Dir: o.Wdir, TagOutput: o.TagOutput,
+		}
+		env, err := jobspec.EnvString(js)
+		if err != nil {
+			return spec, note, err
+		}
+		spec.Nodes = append(spec.Nodes, agentapi.NodeSpec{
+			Name: "n" + strconv.Itoa(i), Host: pn.Host, Hostname: nodes[i].Hostname,
+			Argv: []string{"pmixd"}, Dir: o.Wdir,
+			Env: []string{env, "PATH=" + m.path},
+		})
+	}
+	return spec, note, nil
+}

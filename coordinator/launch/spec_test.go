@@ -1,0 +1,208 @@
+package launch
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/pmix/jobspec"
+)
+
+// testMachine has cpus cores, $HOME set and nothing else.
+func testMachine(cpus int) machine {
+	env := map[string]string{"HOME": "/home/u"}
+	return machine{
+		uid: 1234,
+		lookupEnv: func(k string) (string, bool) {
+			v, ok := env[k]
+			return v, ok
+		},
+		environ: []string{"HOME=/home/u", "LANG=C"},
+		path:    "/usr/bin:/bin",
+		cpus:    cpus,
+		suffix:  "abc123",
+	}
+}
+
+func parseArgs(t *testing.T, args string) Options {
+	t.Helper()
+	o, err := Parse(strings.Fields(args))
+	if err != nil {
+		t.Fatalf("Parse(%q): %v", args, err)
+	}
+	return o
+}
+
+// pmixdSpec decodes the pmixd job spec a job-node carries.
+func pmixdSpec(t *testing.T, n agentapi.NodeSpec) *jobspec.JobSpec {
+	t.Helper()
+	js, err := jobspec.FromEnv(n.Env)
+	if err != nil || js == nil {
+		t.Fatalf("job-node %s: no pmixd spec in %q: %v", n.Name, n.Env, err)
+	}
+	return js
+}
+
+func TestJobSpecOpenMPI(t *testing.T) {
+	o := parseArgs(t, "--mpi openmpi -n 4 --host h1:2,h2:2 --job-name ring -x HOME -x A=1 --mca btl_tcp_eager_limit 64 --wdir /w --tag-output ./app -i 3")
+	spec, warnings, err := o.jobSpec("/w/app", testMachine(8))
+	if err != nil || len(warnings) != 0 {
+		t.Fatalf("jobSpec: %v, warnings %q", err, warnings)
+	}
+	if spec.ID != "ring" || spec.Owner != 1234 || len(spec.Nodes) != 2 {
+		t.Fatalf("spec = %+v", spec)
+	}
+	wantEnv := []string{
+		"OMPI_MCA_btl=self,vader,tcp", "OMPI_MCA_btl_tcp_if_include=eth0", "OMPI_MCA_oob_tcp_if_include=eth0",
+		"HOME=/home/u", "A=1", "OMPI_MCA_btl_tcp_eager_limit=64",
+	}
+	for i, host := range []string{"h1", "h2"} {
+		n := spec.Nodes[i]
+		name, hostname := []string{"n0", "n1"}[i], []string{"ring-n0", "ring-n1"}[i]
+		if n.Name != name || n.Host != host || n.Hostname != hostname || n.Dir != "/w" ||
+			!reflect.DeepEqual(n.Argv, []string{"pmixd"}) || len(n.Env) != 2 || n.Env[1] != "PATH=/usr/bin:/bin" {
+			t.Errorf("job-node %d = %+v", i, n)
+		}
+		js := pmixdSpec(t, n)
+		if js.Job != "ring" || js.NodeIndex != i || js.Wire != jobspec.WirePMIx || js.Dir != "/w" || !js.TagOutput {
+			t.Errorf("job-node %d: pmixd spec %+v", i, js)
+		}
+		if !reflect.DeepEqual(js.Argv, []string{"/w/app", "-i", "3"}) {
+			t.Errorf("job-node %d: argv %q", i, js.Argv)
+		}
+		if !reflect.DeepEqual(js.Env, []string{"HOME=/home/u", "LANG=C"}) {
+			t.Errorf("job-node %d: base env %q, want the launcher's", i, js.Env)
+		}
+		if !reflect.DeepEqual(js.ExtraEnv, wantEnv) {
+			t.Errorf("job-node %d: extra env\n got %q\nwant %q", i, js.ExtraEnv, wantEnv)
+		}
+		wantNodes := []jobspec.Node{{Hostname: "ring-n0", Ranks: []int{0, 1}}, {Hostname: "ring-n1", Ranks: []int{2, 3}}}
+		if !reflect.DeepEqual(js.Nodes, wantNodes) {
+			t.Errorf("job-node %d: nodes %+v, want %+v", i, js.Nodes, wantNodes)
+		}
+	}
+}
+
+func TestJobSpecMPICH(t *testing.T) {
+	// Oversubscribed, but MPICH is not told to yield: that is Open MPI's knob.
+	o := parseArgs(t, "--mpi mpich -n 4 --oversubscribe --job-name st ./app")
+	spec, _, err := o.jobSpec("/bin/app", testMachine(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(spec.Nodes) != 1 || spec.Nodes[0].Host != LocalHost || spec.Nodes[0].Hostname != "st-n0" {
+		t.Fatalf("nodes = %+v", spec.Nodes)
+	}
+	js := pmixdSpec(t, spec.Nodes[0])
+	if js.Wire != jobspec.WirePMI1 {
+		t.Errorf("wire = %q, want %q", js.Wire, jobspec.WirePMI1)
+	}
+	if want := []string{"UCX_TLS=tcp,self", "UCX_NET_DEVICES=eth0"}; !reflect.DeepEqual(js.ExtraEnv, want) {
+		t.Errorf("extra env %q, want %q", js.ExtraEnv, want)
+	}
+	if want := []int{0, 1, 2, 3}; !reflect.DeepEqual(js.Nodes[0].Ranks, want) {
+		t.Errorf("ranks %v, want %v", js.Nodes[0].Ranks, want)
+	}
+}
+
+func TestJobSpecYieldWhenIdle(t *testing.T) {
+	const yield = "OMPI_MCA_mpi_yield_when_idle=1"
+	tests := []struct {
+		args  string
+		cpus  int
+		yield []bool // per job-node
+	}{
+		{"-n 2 ./app", 2, []bool{false}},
+		{"-n 4 ./app", 2, []bool{true}}, // more ranks than cores, no flag needed
+		{"-n 1 --oversubscribe ./app", 8, []bool{true}},
+		{"-n 3 --host a:2,b:2 ./app", 1, []bool{true, false}}, // a has 2 ranks, b 1
+		{"-n 3 --host a:2,b:2 ./app", 2, []bool{false, false}},
+	}
+	for _, tt := range tests {
+		o := parseArgs(t, "--mpi openmpi "+tt.args)
+		spec, _, err := o.jobSpec("/bin/app", testMachine(tt.cpus))
+		if err != nil {
+			t.Fatalf("%s: %v", tt.args, err)
+		}
+		if len(spec.Nodes) != len(tt.yield) {
+			t.Fatalf("%s: %d job-nodes, want %d", tt.args, len(spec.Nodes), len(tt.yield))
+		}
+		for i, want := range tt.yield {
+			if got := slices.Contains(pmixdSpec(t, spec.Nodes[i]).ExtraEnv, yield); got != want {
+				t.Errorf("%s on %d cpus: job-node %d has %s: %v, want %v", tt.args, tt.cpus, i, yield, got, want)
+			}
+		}
+	}
+}
+
+func TestJobSpecPlain(t *testing.T) {
+	o := parseArgs(t, "--plain -x A=1 --wdir /w ./app x")
+	spec, _, err := o.jobSpec("/w/app", testMachine(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := coordinator.JobSpec{ID: "app-abc123", Owner: 1234, Nodes: []agentapi.NodeSpec{{
+		Name: "n0", Host: LocalHost, Argv: []string{"/w/app", "x"}, Dir: "/w",
+		Env: []string{"HOME=/home/u", "LANG=C", "A=1"},
+	}}}
+	if !reflect.DeepEqual(spec, want) {
+		t.Errorf("spec\n got %+v\nwant %+v", spec, want)
+	}
+
+	o = parseArgs(t, "--plain --host h1,h2 ./app")
+	spec, _, err = o.jobSpec("/bin/app", testMachine(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(spec.Nodes) != 2 || spec.Nodes[0].Host != "h1" || spec.Nodes[1].Host != "h2" || spec.Nodes[1].Name != "n1" {
+		t.Fatalf("nodes = %+v", spec.Nodes)
+	}
+	// Each job-node has its own environment: changing one leaves the other.
+	spec.Nodes[0].Env[0] = "X=1"
+	if spec.Nodes[1].Env[0] != "HOME=/home/u" {
+		t.Errorf("job-nodes share their environment: %q", spec.Nodes[1].Env)
+	}
+}
+
+func TestJobSpecWarnings(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "job.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Warnings come in order, and also with an error.
+	o := parseArgs(t, "-x NOPE -n 3 --host a:1 "+script)
+	spec, warnings, err := o.jobSpec(script, testMachine(4))
+	if !errors.Is(err, ErrNotEnoughSlots) {
+		t.Errorf("err = %v, want ErrNotEnoughSlots", err)
+	}
+	if len(spec.Nodes) != 0 {
+		t.Errorf("job-nodes despite the error: %+v", spec.Nodes)
+	}
+	if len(warnings) != 2 || warnings[0] != "warning: -x NOPE: not set here, not exported" ||
+		!strings.HasSuffix(warnings[1], "assuming Open MPI — pass --mpi mpich if the program uses MPICH") {
+		t.Errorf("warnings = %q", warnings)
+	}
+}
+
+func TestSanitize(t *testing.T) {
+	for in, want := range map[string]string{
+		"ring.openmpi":          "ring.openmpi",
+		"/usr/bin/my app!":      "my_app_",
+		".hidden":               "job.hidden",
+		"-x":                    "job-x",
+		"_":                     "job_",
+		"/":                     "job_",
+		"lammps-2024_stable":    "lammps-2024_stable",
+		strings.Repeat("a", 50): strings.Repeat("a", 40),
+	} {
+		if got := sanitize(in); got != want {
+			t.Errorf("sanitize(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

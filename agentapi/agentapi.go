@@ -103,7 +103,9 @@ type Agent interface {
 	Prepare(ctx context.Context, ref NodeRef, checkpoint string) error
 	// Freeze stops every task of the job-node (cgroup freeze).
 	Freeze(ctx context.Context, ref NodeRef) error
-	// Drain waits until no sent byte of the job-node is unacknowledged.
+	// Drain waits, for a bounded time, until no sent byte of the job-node is
+	// unacknowledged; bytes still in flight at the end fail it only on a
+	// connection that leaves the job (see shim/agent's Drain).
 	Drain(ctx context.Context, ref NodeRef) (DrainResult, error)
 	// Lock drops every packet to and from the job-node.
 	Lock(ctx context.Context, ref NodeRef) error

@@ -52,7 +52,9 @@ type Faults struct {
 }
 
 // Coordinator owns jobs and runs the protocol. It is safe for concurrent use;
-// operations on one job are serialized, operations on different jobs run in parallel.
+// one operation runs on a job at a time (a second one is refused with
+// agentapi.ErrState while the first runs), operations on different jobs run in
+// parallel.
 type Coordinator struct {
 	stateDir  string
 	store     Store

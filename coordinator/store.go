@@ -11,7 +11,7 @@ import (
 type Manifest struct {
 	Handle       string                         `json:"handle"`
 	Spec         JobSpec                        `json:"spec"`
-	Kind         string                         `json:"kind"` // checkpoint, suspend, migrate
+	Kind         string                         `json:"kind"` // checkpoint or suspend (a migration's images are never committed)
 	LeaveRunning bool                           `json:"leave_running"`
 	Nodes        map[string]agentapi.DumpResult `json:"nodes"`
 	Phases       map[Phase]time.Duration        `json:"phases"`

@@ -5,7 +5,7 @@
 // # Transport
 //
 // A unix stream socket at a path the shim chooses and passes to pmixd in its
-// JobSpec (Link), e.g. /run/torpor/sandboxes/<job>/<node>/link.sock. The
+// JobSpec (Link): <run dir>/jobs/<job>/<node>.link. The
 // sandbox has no mount namespace, so pmixd sees the host's path, and every
 // host uses the same path for the same job-node: after a CRIU restore on
 // another host pmixd finds the new shim where the old one was.

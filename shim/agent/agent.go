@@ -50,7 +50,7 @@ type Config struct {
 	// Fence forwards pmixd's fences to the coordinator (MPI job-nodes).
 	Fence FenceFunc
 	// Faults are the fault-injection points switched on (tests only; see
-	// package fault): ShimExitInDump and CRIUKillInDump.
+	// package fault): ShimExitInDump, CRIUKillInDump and HoldInRestore.
 	Faults fault.Set
 }
 
@@ -357,16 +357,17 @@ func (a *Agent) Freeze(ctx context.Context, ref agentapi.NodeRef) error {
 // mapped them, and can be many MiB.
 const ghostLimit = 1 << 30
 
-// drainSettle bounds how long Drain waits for connections inside the job.
+// drainSettle bounds how long Drain waits, for every connection of the
+// job-node: those inside the job and those leaving it alike.
 const drainSettle = 3 * time.Second
 
-// Drain waits until no TCP socket of the job-node has un-acknowledged data.
-// A connection to another job-node of the same job (or within the
-// job-node) whose bytes stay un-acknowledged for drainSettle does not fail
-// the checkpoint: both ends are frozen and dumped, and CRIU saves the sender's
-// queue, which is retransmitted after restore. A connection to anything
-// outside the job must drain, or the checkpoint fails naming it: bytes in
-// flight to the outside world cannot be replayed.
+// Drain waits, at most drainSettle, until no TCP socket of the job-node has
+// un-acknowledged data. A connection to another job-node of the same job (or
+// within the job-node) whose bytes stay un-acknowledged for drainSettle does
+// not fail the checkpoint: both ends are frozen and dumped, and CRIU saves the
+// sender's queue, which is retransmitted after restore. A connection to
+// anything outside the job must drain within drainSettle, or the checkpoint
+// fails naming it: bytes in flight to the outside world cannot be replayed.
 func (a *Agent) Drain(ctx context.Context, ref agentapi.NodeRef) (agentapi.DrainResult, error) {
 	n, err := a.get(ref)
 	if err != nil {
@@ -485,9 +486,12 @@ const (
 	outputCopyName = "torpor-output.log"
 )
 
-// Dump checkpoints the job-node's tree into dir (always leave-running: the
-// coordinator destroys the job-node after the commit when it stops a job),
-// saves its output file as it was, and writes the node manifest.
+// Dump checkpoints the job-node's tree into req.Dir, leaving it running
+// (frozen) when req.LeaveRunning says so, else letting CRIU end it and
+// forgetting the job-node's record; saves its output file as it was (and an
+// MPI job-node's shared files), and writes the node manifest. The coordinator
+// always asks for LeaveRunning: it destroys the job-node after the commit
+// when it stops a job.
 func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.DumpRequest) (agentapi.DumpResult, error) {
 	n, err := a.get(ref)
 	if err != nil {

@@ -64,10 +64,11 @@ func (l NetworkLock) rpc() rpc.CriuNetworkLockMethod {
 // for one direction say so.
 type Options struct {
 	// ImagesDir holds the image files: written by Dump, read by Restore.
-	// Required. CRIU also writes stats-dump / stats-restore here.
+	// Required.
 	ImagesDir string
-	// WorkDir receives CRIU's log (dump.log / restore.log) and is kept after
-	// the run. Defaults to ImagesDir.
+	// WorkDir receives CRIU's log (dump.log / restore.log) and its stats
+	// (stats-dump / stats-restore), and is kept after the run. Defaults to
+	// ImagesDir.
 	WorkDir string
 	// LogLevel is CRIU's -v level, 0..4; 0 means 4 (debug: the log is the
 	// only evidence when a restore fails far away).

@@ -36,7 +36,7 @@ import (
 const IfName = "eth0"
 
 // DefaultCgroupParent is where sandbox cgroups live below the cgroup2 mount:
-// <mount>/torpor/<job>/<node>.
+// the shim puts a job-node's at <mount>/torpor/<host>/<job>/<node>.
 const DefaultCgroupParent = "/torpor"
 
 // Config describes one sandbox.
@@ -63,9 +63,10 @@ type Config struct {
 	CgroupMount string
 	// Cgroup is the leaf below the mount, e.g. "/torpor/job1/n0".
 	Cgroup string
-	// Locked creates the sandbox with its interface down (the network lock
+	// Locked creates the sandbox with its interface down (LockNetwork's lock
 	// held): a restore target must not answer its peers before its sockets
-	// exist, or they would get RSTs.
+	// exist, or they would get RSTs. The shim leaves it false and engages its
+	// eBPF lock instead (shim/agent Restore).
 	Locked bool
 	// Log receives the sandbox's events; nil discards them.
 	Log *slog.Logger
@@ -488,10 +489,11 @@ func (s *Sandbox) killTree(ctx context.Context) error {
 }
 
 // LockNetwork takes the sandbox off the wire (the host end of its veth goes
-// down):
-// peers' packets are dropped silently, never answered with RST, and nothing
-// leaves. This is the minimal per-sandbox lock until netquiesce's eBPF lock
-// takes over; it is not part of the state machine.
+// down): peers' packets are dropped silently, never answered with RST, and
+// nothing leaves. It is not part of the state machine. The shim does not use
+// it: its lock is netquiesce's eBPF lock on the host veth (shim/agent). This
+// link-down lock serves this package's own tests and the bench harness's raw
+// CRIU measurements (bench/harness), which run sandboxes without a shim.
 func (s *Sandbox) LockNetwork() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -43,7 +43,7 @@ type NodeManifest struct {
 // files are refused: they could not be verified.
 func WriteNodeManifest(ctx context.Context, dir string) (NodeManifest, error) {
 	node := filepath.Base(filepath.Clean(dir))
-	if err := validName("node", node); err != nil {
+	if err := validName("job-node name", node); err != nil {
 		return NodeManifest{}, fmt.Errorf("write node manifest in %s: %w", dir, err)
 	}
 	m := NodeManifest{Format: FormatVersion, Node: node, Files: []FileEntry{}}
@@ -150,7 +150,7 @@ func parseNodeManifest(data []byte) (NodeManifest, error) {
 	if m.Format != FormatVersion {
 		return NodeManifest{}, fmt.Errorf("%w: node manifest format %d, this torpor reads format %d", ErrUnsupportedFormat, m.Format, FormatVersion)
 	}
-	if err := validName("node", m.Node); err != nil {
+	if err := validName("job-node name", m.Node); err != nil {
 		return NodeManifest{}, err
 	}
 	seen := make(map[string]bool, len(m.Files))

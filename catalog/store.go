@@ -85,7 +85,7 @@ func (s *Store) Jobs() ([]string, error) {
 	}
 	var jobs []string
 	for _, e := range ents {
-		if e.IsDir() && validName("job", e.Name()) == nil {
+		if e.IsDir() && validName("job id", e.Name()) == nil {
 			jobs = append(jobs, e.Name())
 		}
 	}
@@ -166,7 +166,7 @@ func (s *Store) List(job string) ([]Checkpoint, error) {
 			return nil, err
 		}
 	} else {
-		if err := validName("job", job); err != nil {
+		if err := validName("job id", job); err != nil {
 			return nil, fmt.Errorf("list checkpoints: %w", err)
 		}
 		jobs = []string{job}
@@ -260,7 +260,7 @@ func (s *Store) Prune(job string, keep int) ([]string, error) {
 	if keep < 1 {
 		return nil, fmt.Errorf("prune checkpoints of %s: keep must be at least 1, got %d", job, keep)
 	}
-	if err := validName("job", job); err != nil {
+	if err := validName("job id", job); err != nil {
 		return nil, fmt.Errorf("prune checkpoints: %w", err)
 	}
 	s.mu.Lock()

@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/torpor-hpc/torpor/internal/atomicfile"
 )
 
 // maxNodeManifestSize bounds what is read of a node manifest (a CRIU dump has a few
@@ -97,7 +99,7 @@ func WriteNodeManifest(ctx context.Context, dir string) (NodeManifest, error) {
 		return NodeManifest{}, fmt.Errorf("encode node manifest: %w", err)
 	}
 	data = append(data, '\n')
-	if err := writeFileAtomic(filepath.Join(dir, NodeManifestName), data, 0o600); err != nil {
+	if err := withHint(atomicfile.Write(filepath.Join(dir, NodeManifestName), data, 0o600)); err != nil {
 		return NodeManifest{}, fmt.Errorf("write node manifest: %w", err)
 	}
 	return m, nil

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/torpor-hpc/torpor/internal/atomicfile"
 )
 
 // Pending is a checkpoint being written: its directory exists, it has no job
@@ -110,7 +112,7 @@ func (p *Pending) Commit(m JobManifest) (Checkpoint, error) {
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("commit %s: %w", h, err)
 	}
-	if err := writeFileAtomic(filepath.Join(p.dir, JobManifestName), data, 0o600); err != nil {
+	if err := withHint(atomicfile.Write(filepath.Join(p.dir, JobManifestName), data, 0o600)); err != nil {
 		return Checkpoint{}, fmt.Errorf("commit %s: %w", h, err)
 	}
 	p.committed = true
@@ -208,5 +210,5 @@ func (p *Pending) Abort() error {
 	}
 	p.aborted = true
 	delete(p.s.pending, h)
-	return syncDir(filepath.Dir(p.dir))
+	return withHint(atomicfile.SyncDir(filepath.Dir(p.dir)))
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 )
 
 func requireRoot(tb testing.TB) {
@@ -98,7 +100,7 @@ func must(tb testing.TB, err error) {
 func listenIn(tb testing.TB, n *Net, network, addr string) any {
 	tb.Helper()
 	var out any
-	err := inNetns(n.NS(), func() error {
+	err := nsrun.InNetNS(n.NS(), func() error {
 		var err error
 		switch network {
 		case "tcp", "tcp4":
@@ -122,7 +124,7 @@ func dialIn(ctx context.Context, n *Net, network, addr string) (net.Conn, error)
 		return d.DialContext(ctx, network, addr)
 	}
 	var c net.Conn
-	err := inNetns(n.NS(), func() error {
+	err := nsrun.InNetNS(n.NS(), func() error {
 		var d net.Dialer
 		var err error
 		c, err = d.DialContext(ctx, network, addr)

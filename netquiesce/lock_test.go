@@ -10,6 +10,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 )
 
 const streamBytes = 6 << 20
@@ -120,7 +122,7 @@ func TestLockTCX(t *testing.T) {
 	}
 	eth0, err := b.Link("eth0")
 	must(t, err)
-	must(t, inNetns(b.NS(), func() error {
+	must(t, nsrun.InNetNS(b.NS(), func() error {
 		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
 			q, err := link.QueryPrograms(link.QueryOptions{Target: eth0.Attrs().Index, Attach: at})
 			if err != nil {

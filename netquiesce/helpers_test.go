@@ -16,13 +16,6 @@ import (
 	"github.com/torpor-hpc/torpor/internal/nsrun"
 )
 
-func requireRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root: creates network namespaces, cgroups and eBPF programs")
-	}
-}
-
 func uniq(prefix string) string {
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)

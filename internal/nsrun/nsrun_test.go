@@ -10,6 +10,8 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/testutil"
 )
 
 // netnsIno is the inode of the network namespace of the calling thread.
@@ -50,9 +52,7 @@ func TestOnThreadAndCallerNamespace(t *testing.T) {
 }
 
 func TestNewAndEnter(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: unshares a network namespace") // replaced by testutil.RequireRoot below
-	}
+	testutil.RequireRoot(t, "unshares a network namespace")
 	self := netnsIno(t)
 	var ns netns.NsHandle
 	var created uint64

@@ -11,15 +11,15 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/testutil"
 )
 
 // smallTmpfs mounts a tmpfs of size bytes in a temporary directory and unmounts it
 // in Cleanup.
 func smallTmpfs(t *testing.T, size string) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mounts a small tmpfs to fill the disk")
-	}
+	testutil.RequireRoot(t, "mounts a small tmpfs to fill the disk")
 	dir := filepath.Join(t.TempDir(), "full")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)

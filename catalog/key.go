@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/torpor-hpc/torpor/internal/atomicfile"
 )
 
 // KeySize is the size of the manifest signing key in bytes.
@@ -29,35 +31,14 @@ func LoadOrCreateKey(path string) ([]byte, error) {
 	if _, err := rand.Read(key); err != nil {
 		return nil, fmt.Errorf("generate catalog key: %w", err)
 	}
-	// Write a complete temporary file, then hard-link it into place: link fails if
-	// another process created the key meanwhile, and nobody ever sees a short key.
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return nil, ioErr("create catalog key", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	_, err = f.Write(key)
-	if err == nil {
-		err = f.Chmod(0o600)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, ioErr("write catalog key", tmp, err)
-	}
-	if err := os.Link(tmp, path); err != nil {
+	// A complete file, hard-linked into place: Create fails if another
+	// process created the key meanwhile (then its key is the one), and
+	// nobody ever sees a short key.
+	if err := withHint(atomicfile.Create(path, key, 0o600)); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return loadKey(path)
 		}
-		return nil, ioErr("install catalog key", path, err)
-	}
-	if err := syncDir(dir); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("create catalog key: %w", err)
 	}
 	return key, nil
 }

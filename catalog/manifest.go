@@ -194,7 +194,7 @@ func (m JobManifest) validate() error {
 	seen := make(map[string]bool, len(m.Nodes))
 	var total int64
 	for _, n := range m.Nodes {
-		if err := validName("node", n.Name); err != nil {
+		if err := validName("job-node name", n.Name); err != nil {
 			return err
 		}
 		if seen[n.Name] {

@@ -4,27 +4,17 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/torpor-hpc/torpor/agentapi"
 )
 
-const maxNameLen = 128
-
-// validName checks a job or node name: 1..128 characters from [A-Za-z0-9._-], not
-// starting with '.', so it is always a single, ordinary path component.
+// validName checks a job id or job-node name with agentapi.CheckName (the
+// same rule as the coordinator's and the shim's), so it is always a single,
+// ordinary path component. The error matches ErrBadHandle and
+// agentapi.ErrInvalid.
 func validName(kind, s string) error {
-	if s == "" {
-		return fmt.Errorf("%w: empty %s name", ErrBadHandle, kind)
-	}
-	if len(s) > maxNameLen {
-		return fmt.Errorf("%w: %s name longer than %d characters", ErrBadHandle, kind, maxNameLen)
-	}
-	if s[0] == '.' {
-		return fmt.Errorf("%w: %s name %q starts with '.'", ErrBadHandle, kind, s)
-	}
-	for _, r := range s {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-'
-		if !ok {
-			return fmt.Errorf("%w: %s name %q may only contain letters, digits, '.', '_' and '-'", ErrBadHandle, kind, s)
-		}
+	if err := agentapi.CheckName(kind, s); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadHandle, err)
 	}
 	return nil
 }
@@ -60,7 +50,7 @@ func ParseHandle(handle string) (job string, seq uint64, err error) {
 	if !ok {
 		return "", 0, fmt.Errorf("%w: %q is not of the form <job>/<seq> (e.g. ring-7f3a/000004); `torpor ls` lists them", ErrBadHandle, handle)
 	}
-	if err := validName("job", job); err != nil {
+	if err := validName("job id", job); err != nil {
 		return "", 0, fmt.Errorf("parse handle %q: %w", handle, err)
 	}
 	seq, ok = parseSeq(s)

@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/torpor-hpc/torpor/internal/atomicfile"
 )
 
 // maxNodeManifestSize bounds what is read of a node manifest (a CRIU dump has a few
@@ -43,7 +45,7 @@ type NodeManifest struct {
 // files are refused: they could not be verified.
 func WriteNodeManifest(ctx context.Context, dir string) (NodeManifest, error) {
 	node := filepath.Base(filepath.Clean(dir))
-	if err := validName("node", node); err != nil {
+	if err := validName("job-node name", node); err != nil {
 		return NodeManifest{}, fmt.Errorf("write node manifest in %s: %w", dir, err)
 	}
 	m := NodeManifest{Format: FormatVersion, Node: node, Files: []FileEntry{}}
@@ -97,7 +99,7 @@ func WriteNodeManifest(ctx context.Context, dir string) (NodeManifest, error) {
 		return NodeManifest{}, fmt.Errorf("encode node manifest: %w", err)
 	}
 	data = append(data, '\n')
-	if err := writeFileAtomic(filepath.Join(dir, NodeManifestName), data, 0o600); err != nil {
+	if err := withHint(atomicfile.Write(filepath.Join(dir, NodeManifestName), data, 0o600)); err != nil {
 		return NodeManifest{}, fmt.Errorf("write node manifest: %w", err)
 	}
 	return m, nil
@@ -150,7 +152,7 @@ func parseNodeManifest(data []byte) (NodeManifest, error) {
 	if m.Format != FormatVersion {
 		return NodeManifest{}, fmt.Errorf("%w: node manifest format %d, this torpor reads format %d", ErrUnsupportedFormat, m.Format, FormatVersion)
 	}
-	if err := validName("node", m.Node); err != nil {
+	if err := validName("job-node name", m.Node); err != nil {
 		return NodeManifest{}, err
 	}
 	seen := make(map[string]bool, len(m.Files))

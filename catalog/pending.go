@@ -9,6 +9,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/torpor-hpc/torpor/internal/atomicfile"
 )
 
 // Pending is a checkpoint being written: its directory exists, it has no job
@@ -26,7 +28,7 @@ type Pending struct {
 
 // Begin allocates the next sequence number of job and creates its directory (0700).
 func (s *Store) Begin(job string) (*Pending, error) {
-	if err := validName("job", job); err != nil {
+	if err := validName("job id", job); err != nil {
 		return nil, fmt.Errorf("begin checkpoint: %w", err)
 	}
 	s.mu.Lock()
@@ -62,7 +64,7 @@ func (p *Pending) Dir() string { return p.dir }
 // NodeDir creates (0700) and returns the directory where the shim writes the
 // images of job-node node.
 func (p *Pending) NodeDir(node string) (string, error) {
-	if err := validName("node", node); err != nil {
+	if err := validName("job-node name", node); err != nil {
 		return "", fmt.Errorf("checkpoint %s: %w", p.Handle(), err)
 	}
 	d := filepath.Join(p.dir, nodesDirName, node)
@@ -110,7 +112,7 @@ func (p *Pending) Commit(m JobManifest) (Checkpoint, error) {
 	if err != nil {
 		return Checkpoint{}, fmt.Errorf("commit %s: %w", h, err)
 	}
-	if err := writeFileAtomic(filepath.Join(p.dir, JobManifestName), data, 0o600); err != nil {
+	if err := withHint(atomicfile.Write(filepath.Join(p.dir, JobManifestName), data, 0o600)); err != nil {
 		return Checkpoint{}, fmt.Errorf("commit %s: %w", h, err)
 	}
 	p.committed = true
@@ -131,7 +133,7 @@ func (p *Pending) fillNodes(req []NodeRef) ([]NodeRef, error) {
 	}
 	onDisk := map[string]bool{}
 	for _, e := range ents {
-		if e.IsDir() && validName("node", e.Name()) == nil {
+		if e.IsDir() && validName("job-node name", e.Name()) == nil {
 			onDisk[e.Name()] = true
 		}
 	}
@@ -147,7 +149,7 @@ func (p *Pending) fillNodes(req []NodeRef) ([]NodeRef, error) {
 	out := make([]NodeRef, 0, len(req))
 	seen := map[string]bool{}
 	for _, n := range req {
-		if err := validName("node", n.Name); err != nil {
+		if err := validName("job-node name", n.Name); err != nil {
 			return nil, err
 		}
 		if seen[n.Name] {
@@ -208,5 +210,5 @@ func (p *Pending) Abort() error {
 	}
 	p.aborted = true
 	delete(p.s.pending, h)
-	return syncDir(filepath.Dir(p.dir))
+	return withHint(atomicfile.SyncDir(filepath.Dir(p.dir)))
 }

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/torpor-hpc/torpor/internal/atomicfile"
 )
 
 // counterName is the per-job file holding the last sequence number handed out.
@@ -85,7 +87,7 @@ func (s *Store) Jobs() ([]string, error) {
 	}
 	var jobs []string
 	for _, e := range ents {
-		if e.IsDir() && validName("job", e.Name()) == nil {
+		if e.IsDir() && validName("job id", e.Name()) == nil {
 			jobs = append(jobs, e.Name())
 		}
 	}
@@ -166,7 +168,7 @@ func (s *Store) List(job string) ([]Checkpoint, error) {
 			return nil, err
 		}
 	} else {
-		if err := validName("job", job); err != nil {
+		if err := validName("job id", job); err != nil {
 			return nil, fmt.Errorf("list checkpoints: %w", err)
 		}
 		jobs = []string{job}
@@ -245,13 +247,13 @@ func (s *Store) deleteLocked(job string, seq uint64) error {
 		}
 		return ioErr("delete checkpoint: remove", mp, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := withHint(atomicfile.SyncDir(dir)); err != nil {
 		return fmt.Errorf("delete checkpoint %s: %w", handle, err)
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return ioErr("delete checkpoint: remove", dir, err)
 	}
-	return syncDir(s.jobDir(job))
+	return withHint(atomicfile.SyncDir(s.jobDir(job)))
 }
 
 // Prune deletes the oldest committed checkpoints of job so that the newest keep
@@ -260,7 +262,7 @@ func (s *Store) Prune(job string, keep int) ([]string, error) {
 	if keep < 1 {
 		return nil, fmt.Errorf("prune checkpoints of %s: keep must be at least 1, got %d", job, keep)
 	}
-	if err := validName("job", job); err != nil {
+	if err := validName("job id", job); err != nil {
 		return nil, fmt.Errorf("prune checkpoints: %w", err)
 	}
 	s.mu.Lock()
@@ -322,21 +324,21 @@ func (s *Store) Recover() ([]string, error) {
 			}
 			removed = append(removed, h)
 		}
-		if err := syncDir(jd); err != nil {
+		if err := withHint(atomicfile.SyncDir(jd)); err != nil {
 			return removed, err
 		}
 	}
 	return removed, nil
 }
 
-// removeTemps removes leftovers of writeFileAtomic directly inside dir.
+// removeTemps removes leftovers of atomicfile.Write directly inside dir.
 func removeTemps(dir string) error {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return ioErr("read directory", dir, err)
 	}
 	for _, e := range ents {
-		if e.Type().IsRegular() && isTempName(e.Name()) {
+		if e.Type().IsRegular() && atomicfile.IsTemp(e.Name()) {
 			p := filepath.Join(dir, e.Name())
 			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return ioErr("remove temporary file", p, err)
@@ -374,7 +376,7 @@ func (s *Store) nextSeq(job string) (uint64, error) {
 		last = seqs[len(seqs)-1]
 	}
 	next := last + 1
-	if err := writeFileAtomic(cp, []byte(strconv.FormatUint(next, 10)+"\n"), 0o600); err != nil {
+	if err := withHint(atomicfile.Write(cp, []byte(strconv.FormatUint(next, 10)+"\n"), 0o600)); err != nil {
 		return 0, fmt.Errorf("allocate checkpoint number for %s: %w", job, err)
 	}
 	return next, nil

@@ -411,6 +411,13 @@ func TestParseHandle(t *testing.T) {
 		{in: ".hidden/000001", fail: true},
 		{in: "a/b/000001", fail: true},
 		{in: "", fail: true},
+		// The same rule as the coordinator's (agentapi.CheckName): at most 63
+		// characters (the catalog used to take 128), starting with a letter or
+		// digit (it used to take '-' and '_').
+		{in: strings.Repeat("j", 63) + "/000001", job: strings.Repeat("j", 63), seq: 1},
+		{in: strings.Repeat("j", 64) + "/000001", fail: true},
+		{in: "-x/000001", fail: true},
+		{in: "_x/000001", fail: true},
 	}
 	for _, tt := range tests {
 		job, seq, err := ParseHandle(tt.in)

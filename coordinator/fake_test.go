@@ -24,6 +24,13 @@ type fakeNode struct {
 
 // fakeAgent is a shim without processes: it records state and can be told
 // to fail or hang in any phase.
+//
+// bench/harness has its own, smaller fakeAgent on purpose: that one is
+// non-test code (the bench binary runs it) and has no fault injection or
+// state to check, so that a checkpoint through it measures only the
+// coordinator's protocol and the catalog; this one is keyed by this
+// package's Phase and lives in a _test file. One shared fake would have to
+// export Phase-keyed injection to the bench, or carry it unused there.
 type fakeAgent struct {
 	host string
 	mu   sync.Mutex

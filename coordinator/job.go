@@ -11,7 +11,6 @@ package coordinator
 import (
 	"fmt"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
@@ -41,8 +40,8 @@ func (s *JobSpec) Validate() error {
 	if s.ID == "" {
 		return fmt.Errorf("%w: job has no id", agentapi.ErrInvalid)
 	}
-	if !validName.MatchString(s.ID) {
-		return fmt.Errorf("%w: job id %q: use letters, digits, '_', '.', '-' (at most 63, starting with a letter or digit)", agentapi.ErrInvalid, s.ID)
+	if err := agentapi.CheckName("job id", s.ID); err != nil {
+		return err
 	}
 	if len(s.Nodes) == 0 {
 		return fmt.Errorf("%w: job %s has no job-nodes", agentapi.ErrInvalid, s.ID)
@@ -53,8 +52,8 @@ func (s *JobSpec) Validate() error {
 		switch {
 		case n.Name == "":
 			return fmt.Errorf("%w: job %s has a job-node without a name", agentapi.ErrInvalid, s.ID)
-		case !validName.MatchString(n.Name):
-			return fmt.Errorf("%w: job-node name %q: use letters, digits, '_', '.', '-'", agentapi.ErrInvalid, n.Name)
+		case !agentapi.ValidName(n.Name):
+			return fmt.Errorf("job %s: %w", s.ID, agentapi.CheckName("job-node name", n.Name))
 		case names[n.Name]:
 			return fmt.Errorf("%w: job %s has two job-nodes called %s", agentapi.ErrInvalid, s.ID, n.Name)
 		case n.Host == "":
@@ -63,10 +62,10 @@ func (s *JobSpec) Validate() error {
 			return fmt.Errorf("%w: job %s gives address %s to two job-nodes", agentapi.ErrInvalid, s.ID, n.IP)
 		case len(n.Argv) == 0:
 			return fmt.Errorf("%w: job-node %s of job %s has no command", agentapi.ErrInvalid, n.Name, s.ID)
-		case !validName.MatchString(n.Host):
-			return fmt.Errorf("%w: job-node %s: host name %q: use letters, digits, '_', '.', '-' (at most 63)", agentapi.ErrInvalid, n.Name, n.Host)
-		case n.Hostname != "" && !validName.MatchString(n.Hostname):
-			return fmt.Errorf("%w: job-node %s: hostname %q: use letters, digits, '_', '.', '-' (at most 63)", agentapi.ErrInvalid, n.Name, n.Hostname)
+		case !agentapi.ValidName(n.Host):
+			return fmt.Errorf("job-node %s: %w", n.Name, agentapi.CheckName("host name", n.Host))
+		case n.Hostname != "" && !agentapi.ValidName(n.Hostname):
+			return fmt.Errorf("job-node %s: %w", n.Name, agentapi.CheckName("hostname", n.Hostname))
 		case n.Dir != "" && !filepath.IsAbs(n.Dir):
 			return fmt.Errorf("%w: job-node %s: working directory %q is not absolute", agentapi.ErrInvalid, n.Name, n.Dir)
 		}
@@ -130,10 +129,6 @@ func truncate(s string, n int) string {
 	}
 	return s[:n] + "…"
 }
-
-// validName is what job ids and job-node names may look like: they become
-// parts of paths, namespace and cgroup names.
-var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
 
 // State is where a job is in its life.
 type State string

@@ -50,17 +50,12 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 	if j, err := c.Job(spec.ID); err == nil && j.Spec.Owner != spec.Owner {
 		return res, fmt.Errorf("%w: checkpoint %s belongs to uid %d, job %s to uid %d", agentapi.ErrPermission, res.Checkpoint, spec.Owner, spec.ID, j.Spec.Owner)
 	}
-	for name, host := range opts.Hosts {
-		n, err := spec.Node(name)
-		if err != nil {
-			return res, err
-		}
-		n.Host = host
-	}
-	for _, n := range spec.Nodes {
-		if _, err := c.agent(n.Host); err != nil {
-			return res, fmt.Errorf("job-node %s: %w", n.Name, err)
-		}
+	spec.Nodes, err = placeRestart(spec, opts.Hosts, func(host string) error {
+		_, err := c.agent(host)
+		return err
+	})
+	if err != nil {
+		return res, err
 	}
 
 	// A job the coordinator lost track of (state directory wiped) is adopted from its manifest.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/internal/testutil"
 )
 
 const helperEnv = "TORPOR_COORDINATOR_TEST_HELPER"
@@ -110,9 +111,7 @@ func TestProtocolOverGRPC(t *testing.T) {
 
 // A non-root user's CLI call on a root-owned job is refused; root's is not.
 func TestPeerCredAuthorization(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: runs a client under another uid")
-	}
+	testutil.RequireRoot(t, "runs a client under another uid")
 	f := newFixture(t, "h0", "h1", "h2")
 	f.c.mu.Lock()
 	f.c.jobs["job1"].Spec.Owner = 0

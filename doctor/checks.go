@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -17,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/criu/prlimit"
@@ -185,22 +185,6 @@ func checkCgroupFreeze(context.Context, *Env) Result {
 	return ok("cgroup v2 at %s with cgroup.freeze and cgroup.kill", root)
 }
 
-// inThrowawayNetns runs fn on a locked OS thread moved into a fresh, unnamed
-// network namespace. The thread is never unlocked, so the Go runtime discards
-// it when fn returns, and with it the namespace.
-func inThrowawayNetns(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare network namespace: %w", err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
 func addVeth() (netlink.Link, error) {
 	la := netlink.NewLinkAttrs()
 	la.Name = "tpdoc0"
@@ -219,7 +203,7 @@ func addVeth() (netlink.Link, error) {
 }
 
 func checkNetnsVeth(context.Context, *Env) Result {
-	err := inThrowawayNetns(func() error {
+	err := nsrun.InNewNetNS(func() error { // the namespace and its veth go with the thread
 		_, err := addVeth()
 		return err
 	})
@@ -230,7 +214,7 @@ func checkNetnsVeth(context.Context, *Env) Result {
 }
 
 func checkTCX(context.Context, *Env) Result {
-	err := inThrowawayNetns(func() error {
+	err := nsrun.InNewNetNS(func() error { // the namespace and its veth go with the thread
 		l, err := addVeth()
 		if err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/torpor-hpc/torpor/internal/testutil"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/criu"
 )
@@ -115,17 +116,10 @@ func TestCheckpointDirSpace(t *testing.T) {
 	}
 }
 
-// The host checks below touch the kernel for real; this project's machines
-// and CI run as root, where they must pass.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates cgroups, network namespaces and BPF links")
-	}
-}
-
+// The host checks touch the kernel for real; this project's machines and CI
+// run as root, where they must pass.
 func TestHostChecks(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, "creates cgroups, network namespaces and BPF links")
 	env := &Env{}
 	if err := env.Probe(); err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/torpor-hpc/torpor/fault"
+	"github.com/torpor-hpc/torpor/internal/testutil"
 )
 
 // The fault-injection harness: each scenario injects one failure into a
@@ -378,7 +379,7 @@ func corruptByte(t *testing.T, path string) {
 // partial images are deleted, the job runs on and ends with the undisturbed
 // result.
 func TestFaultDiskFull(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, "simulated hosts, sandboxes, CRIU and eBPF")
 	small, err := os.MkdirTemp("", "torpor-e2e-tmpfs-")
 	if err != nil {
 		t.Fatal(err)

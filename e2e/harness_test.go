@@ -17,16 +17,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/torpor-hpc/torpor/internal/testutil"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/simhost"
 )
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: simulated hosts, sandboxes, CRIU and eBPF")
-	}
-}
 
 // build compiles a main package into dir.
 func build(t *testing.T, dir, pkg, name string) string {
@@ -63,7 +57,7 @@ type cluster struct {
 
 func newCluster(t *testing.T, hosts int, coordArgs ...string) *cluster {
 	t.Helper()
-	requireRoot(t)
+	testutil.RequireRoot(t, "simulated hosts, sandboxes, CRIU and eBPF")
 	// Not t.TempDir: its parent is private to root, and the test also runs
 	// the CLI as another user, who must reach the binary and the socket.
 	dir, err := os.MkdirTemp("", "torpor-e2e-")

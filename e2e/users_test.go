@@ -566,9 +566,9 @@ func TestHandMadeRequests(t *testing.T) {
 		t.Fatalf("raw client: %v", err)
 	}
 	want := map[string]string{
-		"job id with a path":         `job id "../../etc": use letters, digits`,
-		"job-node name with a path":  `job-node name "n0/../x": use letters, digits`,
-		"host with a shell":          `host name "h1;rm -rf /": use letters, digits`,
+		"job id with a path":         `job id "../../etc": use 1 to 63 letters, digits`,
+		"job-node name with a path":  `job-node name "n0/../x": use 1 to 63 letters, digits`,
+		"host with a shell":          `host name "h1;rm -rf /": use 1 to 63 letters, digits`,
 		"no job-nodes":               "job raw3 has no job-nodes",
 		"5000 job-nodes":             "has 5000 job-nodes, at most 4096 are allowed",
 		"70000 arguments":            "the command has 70000 strings, at most 65536 are allowed",

@@ -7,6 +7,8 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 )
 
 // AnnounceIP sends gratuitous ARP for ip from interface ifname in namespace ns:
@@ -19,7 +21,7 @@ func AnnounceIP(ns netns.NsHandle, ifname string, ip net.IP) error {
 	if v4 == nil {
 		return fmt.Errorf("announce %s on %q: only IPv4 addresses are announced", ip, ifname)
 	}
-	return inNetns(ns, func() error {
+	return nsrun.InNetNS(ns, func() error {
 		ifi, err := net.InterfaceByName(ifname)
 		if err != nil {
 			return fmt.Errorf("announce %s: find interface %q: %w", ip, ifname, err)

@@ -14,6 +14,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/testutil"
 )
 
 // nsPath names an open namespace handle for a child process.
@@ -34,7 +36,7 @@ func byLocal(ss []TCPSocket, local string) (TCPSocket, bool) {
 // as nothing is unacknowledged, and every written byte is accounted for in the
 // sender's send queue or the receiver's receive queue.
 func TestDrainFrozenReceiver(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, "creates network namespaces, cgroups and eBPF programs")
 	a, b := newPair(t)
 	cg := newTestCgroup(t)
 	_, addr := startEchoHelper(t, cg, nsPath(b), "198.18.0.2:0")
@@ -118,7 +120,7 @@ func TestDrainFrozenReceiver(t *testing.T) {
 // TestDrainBlackholedPeer: the peer drops everything, so sent data is never
 // acknowledged and the drain fails at the deadline naming the socket.
 func TestDrainBlackholedPeer(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, "creates network namespaces, cgroups and eBPF programs")
 	a, b := newPair(t)
 	serveEcho(listenIn(t, b, "tcp4", "198.18.0.2:7000").(net.Listener))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -209,7 +211,7 @@ func (c *pollCountingCtx) Done() <-chan struct{} {
 // TestDrainByCgroupRootNamespace: a job without its own network namespace is
 // drained by cgroup: only its sockets are listed.
 func TestDrainByCgroupRootNamespace(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, "creates network namespaces, cgroups and eBPF programs")
 	cg := newTestCgroup(t)
 	_, addr := startEchoHelper(t, cg, "", "127.0.0.1:0")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

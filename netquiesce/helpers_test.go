@@ -12,14 +12,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-func requireRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root: creates network namespaces, cgroups and eBPF programs")
-	}
-}
+	"github.com/torpor-hpc/torpor/internal/nsrun"
+)
 
 func uniq(prefix string) string {
 	b := make([]byte, 3)
@@ -98,7 +93,7 @@ func must(tb testing.TB, err error) {
 func listenIn(tb testing.TB, n *Net, network, addr string) any {
 	tb.Helper()
 	var out any
-	err := inNetns(n.NS(), func() error {
+	err := nsrun.InNetNS(n.NS(), func() error {
 		var err error
 		switch network {
 		case "tcp", "tcp4":
@@ -122,7 +117,7 @@ func dialIn(ctx context.Context, n *Net, network, addr string) (net.Conn, error)
 		return d.DialContext(ctx, network, addr)
 	}
 	var c net.Conn
-	err := inNetns(n.NS(), func() error {
+	err := nsrun.InNetNS(n.NS(), func() error {
 		var d net.Dialer
 		var err error
 		c, err = d.DialContext(ctx, network, addr)

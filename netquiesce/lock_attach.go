@@ -8,6 +8,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 )
 
 // tcxObjects loads only the maps and the two TCX programs.
@@ -83,7 +85,7 @@ func attachTCX(t Target, log *slog.Logger) (*Lock, error) {
 	}
 	var err error
 	if t.Net != nil {
-		err = inNetns(t.Net.NS(), attach)
+		err = nsrun.InNetNS(t.Net.NS(), attach)
 	} else {
 		err = attach()
 	}

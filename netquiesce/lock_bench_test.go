@@ -3,13 +3,15 @@ package netquiesce
 import (
 	"testing"
 	"time"
+
+	"github.com/torpor-hpc/torpor/internal/testutil"
 )
 
 // BenchmarkLockUnlock measures Lock and Unlock on an attached TCX lock of a
 // veth in a fresh namespace, and reports each as ns/lock and ns/unlock.
 // Unlock includes reading the 8 per-CPU counters.
 func BenchmarkLockUnlock(b *testing.B) {
-	requireRoot(b)
+	testutil.RequireRoot(b, "creates network namespaces, cgroups and eBPF programs")
 	for _, mode := range []Mode{ModeTCX, ModeCgroupSKB} {
 		b.Run(mode.String(), func(b *testing.B) {
 			var t Target

@@ -10,6 +10,9 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/torpor-hpc/torpor/internal/nsrun"
+	"github.com/torpor-hpc/torpor/internal/testutil"
 )
 
 const streamBytes = 6 << 20
@@ -100,12 +103,12 @@ func (sc lockScenario) run(t *testing.T, lk *Lock) {
 }
 
 func TestLockTCX(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, "creates network namespaces, cgroups and eBPF programs")
 	a, b := newPair(t)
 	serveEcho(listenIn(t, b, "tcp4", "198.18.0.2:7000").(net.Listener))
 	serveUDPEcho(listenIn(t, b, "udp4", "198.18.0.2:7000").(net.PacketConn))
 
-	lk, err := Attach(Target{Net: b, Interface: "eth0"}, Options{Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+	lk, err := Attach(Target{Net: b, Interface: "eth0"}, Options{Logger: slog.New(slog.NewTextHandler(testutil.LogWriter(t), nil))})
 	must(t, err)
 	t.Cleanup(func() { lk.Close() })
 	if lk.Mode() != ModeTCX {
@@ -120,7 +123,7 @@ func TestLockTCX(t *testing.T) {
 	}
 	eth0, err := b.Link("eth0")
 	must(t, err)
-	must(t, inNetns(b.NS(), func() error {
+	must(t, nsrun.InNetNS(b.NS(), func() error {
 		for _, at := range []ebpf.AttachType{ebpf.AttachTCXIngress, ebpf.AttachTCXEgress} {
 			q, err := link.QueryPrograms(link.QueryOptions{Target: eth0.Attrs().Index, Attach: at})
 			if err != nil {
@@ -135,7 +138,7 @@ func TestLockTCX(t *testing.T) {
 }
 
 func TestLockCgroupSKB(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, "creates network namespaces, cgroups and eBPF programs")
 	cg := newTestCgroup(t)
 	_, addr := startEchoHelper(t, cg, "", "127.0.0.1:0")
 
@@ -153,7 +156,7 @@ func TestLockCgroupSKB(t *testing.T) {
 }
 
 func TestAttachFallback(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, "creates network namespaces, cgroups and eBPF programs")
 	cg := newTestCgroup(t)
 	realTCX := attachTCXFunc
 	t.Cleanup(func() { attachTCXFunc = realTCX })
@@ -189,7 +192,3 @@ func TestAttachFallback(t *testing.T) {
 		}
 	})
 }
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }

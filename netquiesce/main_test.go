@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netns"
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 )
 
 // The test binary doubles as a helper process: with TORPOR_NQ_HELPER=echo it
@@ -44,16 +44,8 @@ func runHelper(mode string) int {
 		pc, err = net.ListenPacket("udp4", l.Addr().String())
 		return err
 	}
-	var err error
-	if p := os.Getenv("TORPOR_NQ_NETNS"); p != "" {
-		var ns netns.NsHandle
-		if ns, err = netns.GetFromPath(p); err == nil {
-			err = inNetns(ns, listen)
-		}
-	} else {
-		err = listen()
-	}
-	if err != nil {
+	// TORPOR_NQ_NETNS unset: in the helper's own namespace.
+	if err := nsrun.InNetNSPath(os.Getenv("TORPOR_NQ_NETNS"), listen); err != nil {
 		fmt.Fprintf(os.Stderr, "helper listen: %v\n", err)
 		return 1
 	}

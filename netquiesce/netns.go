@@ -5,32 +5,16 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 )
 
 // NetnsDir is where named network namespaces live, as with `ip netns`.
 const NetnsDir = "/run/netns"
-
-// inNetns runs fn on a fresh goroutine whose OS thread is locked and moved
-// into ns. The thread is never unlocked, so the Go runtime discards it when the
-// goroutine exits: the caller's thread never changes namespace.
-func inNetns(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread: the thread dies with this goroutine.
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("enter network namespace %s: %w", ns, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
 
 // NewNamedNetns creates a new network namespace bind-mounted at
 // /run/netns/<name> (visible to `ip netns`) and returns an open handle to it.
@@ -51,23 +35,14 @@ func NewNamedNetns(name string) (netns.NsHandle, error) {
 	}
 	f.Close()
 
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		// No UnlockOSThread: the thread has left the caller's namespace
-		// and dies with this goroutine.
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare network namespace: %w", err)
-			return
-		}
+	err = nsrun.InNewNetNS(func() error {
 		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
 		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind-mount network namespace at %s: %w", path, err)
-			return
+			return fmt.Errorf("bind-mount network namespace at %s: %w", path, err)
 		}
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
+		return nil
+	})
+	if err != nil {
 		os.Remove(path)
 		return netns.None(), fmt.Errorf("create network namespace %q: %w", name, err)
 	}
@@ -126,8 +101,3 @@ func ensureNetnsDir() error {
 	}
 	return nil
 }
-
-// InNetns runs fn inside network namespace ns on a throw-away OS thread and
-// returns its error. Sockets fn opens stay in ns and may be used from any
-// goroutine afterwards. The caller's thread never changes namespace.
-func InNetns(ns netns.NsHandle, fn func() error) error { return inNetns(ns, fn) }

@@ -9,6 +9,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 )
 
 // Net is a netlink handle bound to one network namespace. Every method acts on
@@ -81,7 +83,7 @@ func (n *Net) AddBridge(name string) error {
 }
 
 func (n *Net) disableBridgeNetfilter() error {
-	return inNetns(n.ns, func() error {
+	return nsrun.InNetNS(n.ns, func() error {
 		for _, k := range []string{"iptables", "ip6tables", "arptables"} {
 			p := "/proc/sys/net/bridge/bridge-nf-call-" + k
 			err := os.WriteFile(p, []byte("0\n"), 0o644)
@@ -284,7 +286,7 @@ func (n *Net) DisableIPv6() error {
 // WriteSysctl writes a per-namespace sysctl such as
 // "net/ipv4/conf/all/arp_notify" inside the namespace.
 func (n *Net) WriteSysctl(key, value string) error {
-	return inNetns(n.ns, func() error {
+	return nsrun.InNetNS(n.ns, func() error {
 		p := "/proc/sys/" + key
 		if err := os.WriteFile(p, []byte(value+"\n"), 0o644); err != nil {
 			return fmt.Errorf("write sysctl %s in network namespace %s: %w", key, n.ns, err)

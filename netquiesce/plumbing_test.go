@@ -11,6 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/testutil"
 )
 
 func TestMACForIP(t *testing.T) {
@@ -50,7 +52,7 @@ func TestGratuitousARPLayout(t *testing.T) {
 }
 
 func TestNamedNetnsLifecycle(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, "creates network namespaces, cgroups and eBPF programs")
 	name := uniq("life")
 	before, err := os.Readlink("/proc/thread-self/ns/net")
 	must(t, err)
@@ -75,7 +77,7 @@ func TestNamedNetnsLifecycle(t *testing.T) {
 // TestPlumbingTwoNamespacesViaFabric: two namespaces on a bridge in a third,
 // real TCP between them, then every link removed again.
 func TestPlumbingTwoNamespacesViaFabric(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, "creates network namespaces, cgroups and eBPF programs")
 	fabric := newTestNet(t, "fab")
 	a := newTestNet(t, "a")
 	b := newTestNet(t, "b")

@@ -12,6 +12,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 )
 
 // TCPSocket is one TCP socket as sock_diag reports it, with the figures that
@@ -75,7 +77,7 @@ func openDiag(n *Net) (*diagConn, error) {
 	if n == nil {
 		fd, err = open()
 	} else {
-		err = inNetns(n.NS(), func() error {
+		err = nsrun.InNetNS(n.NS(), func() error {
 			var e error
 			fd, e = open()
 			return e

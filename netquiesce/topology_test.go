@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/testutil"
 )
 
 // The simulated-cluster topology the shim builds: a fabric namespace with one
@@ -73,7 +75,7 @@ func fdbPort(t *testing.T, n *Net, mac net.HardwareAddr) string {
 }
 
 func TestClusterTopologyAndIPMove(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, "creates network namespaces, cgroups and eBPF programs")
 	c := newTestCluster(t, 1, 2)
 	n1 := c.addNode(1, 1, "n1", nil, true)
 	n2 := c.addNode(2, 2, "n2", nil, true)

@@ -12,14 +12,13 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/torpor-hpc/torpor/internal/testutil"
 	"github.com/torpor-hpc/torpor/pmix/libpmix"
 )
 
 func requireRootAndMPI(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root: Open MPI ranks run as the pmixd's uid and the multi-node test needs UTS namespaces")
-	}
+	testutil.RequireRoot(tb, "Open MPI ranks run as the pmixd's uid and the multi-node test needs UTS namespaces")
 	if !libpmix.Available() {
 		tb.Skip("built without cgo: pmixd needs libpmix (CGO_ENABLED=1)")
 	}

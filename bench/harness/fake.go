@@ -15,6 +15,9 @@ import (
 // coordinator's test fake): every call returns at once, Dump writes a
 // one-page image and its node manifest. A checkpoint through it costs only
 // the coordinator's protocol and the catalog: pure coordination overhead.
+// It stays apart from coordinator/fake_test.go's on purpose (see there):
+// that one injects faults per coordinator.Phase and records state for
+// assertions, which a timing run must not pay for.
 type fakeAgent struct {
 	mu    sync.Mutex
 	nodes map[string]bool

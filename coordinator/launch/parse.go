@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/torpor-hpc/torpor/agentapi"
 )
 
 // UsageError is a malformed `torpor run` command line. It matches ErrUsage
@@ -411,11 +413,9 @@ func setMPI(o *Options, flag string, v []string) error {
 	return nil
 }
 
-var jobName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
-
 func setJobName(o *Options, flag string, v []string) error {
-	if !jobName.MatchString(v[0]) {
-		return usagef("%s %q: use up to 63 letters, digits, '.', '_' or '-', starting with a letter or digit", flag, v[0])
+	if !agentapi.ValidName(v[0]) {
+		return usagef("%s %q: %s", flag, v[0], agentapi.NameRule)
 	}
 	o.JobName = v[0]
 	return nil

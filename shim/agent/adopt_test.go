@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/internal/testutil"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
@@ -78,7 +79,7 @@ func (s *syncBuffer) String() string {
 // fails the test if a namespace, veth, cgroup or process was left behind.
 func newOneHost(t *testing.T) *oneHost {
 	t.Helper()
-	requireRoot(t)
+	testutil.RequireRoot(t, "creates namespaces, cgroups, eBPF links and runs CRIU")
 	// Everything that can fail comes before the cluster, whose removal is
 	// registered at once.
 	mount, err := cgroup.Mountpoint()
@@ -97,7 +98,7 @@ func newOneHost(t *testing.T) *oneHost {
 	h := &oneHost{t: t, cl: cl, logs: &syncBuffer{}}
 	cgParent := "/torpor/test-" + name
 	h.cgDir = filepath.Join(mount, cgParent)
-	log := slog.New(slog.NewTextHandler(io.MultiWriter(testWriter{t}, h.logs), &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(testutil.LogWriter(t), h.logs), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	h.cfg = Config{Host: "h1", HostNetNS: cl.Host(1).NetNS, Bridge: cl.Host(1).Bridge, CgroupParent: cgParent,
 		RunDir: filepath.Join(t.TempDir(), "run"), CRIU: bin, Log: log}
 	t.Cleanup(func() {

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -122,13 +121,11 @@ func New(cfg Config) (*Agent, error) {
 
 func key(job, n string) string { return job + "/" + n }
 
-var safeName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$`)
-
 func checkNames(job, n string) error {
-	if !safeName.MatchString(job) || !safeName.MatchString(n) {
-		return fmt.Errorf("%w: job %q / job-node %q: names may hold letters, digits, '_', '.', '-' (at most 63)", agentapi.ErrInvalid, job, n)
+	if err := agentapi.CheckName("job id", job); err != nil {
+		return err
 	}
-	return nil
+	return agentapi.CheckName("job-node name", n)
 }
 
 func (a *Agent) get(ref agentapi.NodeRef) (*node, error) {

@@ -17,6 +17,7 @@ import (
 	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/internal/testutil"
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
@@ -26,13 +27,6 @@ import (
 func TestMain(m *testing.M) {
 	sandbox.MaybeRunInit()
 	os.Exit(m.Run())
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates namespaces, cgroups, eBPF links and runs CRIU")
-	}
 }
 
 // buildTCPStream compiles the stream workload into dir.
@@ -57,7 +51,7 @@ type e2e struct {
 
 func newE2E(t *testing.T, hosts, nodes int) *e2e {
 	t.Helper()
-	requireRoot(t)
+	testutil.RequireRoot(t, "creates namespaces, cgroups, eBPF links and runs CRIU")
 	ctx := context.Background()
 	name := fmt.Sprintf("a%d", os.Getpid()%100000)
 	cl, err := simhost.NewCluster(ctx, name, hosts)
@@ -70,7 +64,7 @@ func newE2E(t *testing.T, hosts, nodes int) *e2e {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	log := slog.New(slog.NewTextHandler(testutil.LogWriter(t), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	e := &e2e{t: t, agents: map[string]*Agent{}, dir: dir}
 	agents := map[string]agentapi.Agent{}
 	cgParent := "/torpor/test-" + name
@@ -121,13 +115,6 @@ func newE2E(t *testing.T, hosts, nodes int) *e2e {
 		}
 	})
 	return e
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // verified reads how many bytes job-node i's receiver has verified.

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/torpor-hpc/torpor/shim/internal/nsrun"
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 )
 
 // ErrKilled means the CRIU process died of a signal sent by someone else

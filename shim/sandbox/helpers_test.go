@@ -12,17 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/torpor-hpc/torpor/internal/testutil"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/simhost"
 )
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, cgroups and runs CRIU")
-	}
-}
 
 var clusterSeq atomic.Int32
 
@@ -44,7 +38,7 @@ type env struct {
 // anything was left behind.
 func newEnv(t *testing.T, hosts int) *env {
 	t.Helper()
-	requireRoot(t)
+	testutil.RequireRoot(t, "creates network namespaces, cgroups and runs CRIU")
 	bin, err := criu.Locator{}.Find()
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +62,7 @@ func newEnv(t *testing.T, hosts int) *env {
 		t.Logf("keeping %s", dir)
 	}
 	e := &env{t: t, c: c, mount: mount, jobRel: "/torpor/" + name, dir: dir,
-		log: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+		log: slog.New(slog.NewTextHandler(testutil.LogWriter(t), &slog.HandlerOptions{Level: slog.LevelInfo}))}
 	e.drv = criu.NewDriver(bin, e.log)
 	t.Cleanup(func() {
 		if err := c.Close(); err != nil {
@@ -79,13 +73,6 @@ func newEnv(t *testing.T, hosts int) *env {
 		}
 	})
 	return e
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
 
 // sandbox creates job-node `node` (1-based, it picks the floating address)

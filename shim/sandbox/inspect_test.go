@@ -4,12 +4,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 )
 
 // tcpCounters reads Tcp counters of the network namespace a process lives in.
@@ -109,33 +110,25 @@ func checkTree(t *testing.T, s *Sandbox, wantHostname string) {
 // that joins it and is then thrown away.
 func hostnameOf(t *testing.T, pid int) string {
 	t.Helper()
-	type res struct {
-		name string
-		err  error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+	var name string
+	err := nsrun.OnThread(func() error {
 		f, err := os.Open(fmt.Sprintf("/proc/%d/ns/uts", pid))
 		if err != nil {
-			ch <- res{err: err}
-			return
+			return err
 		}
 		defer f.Close()
 		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWUTS); err != nil {
-			ch <- res{err: err}
-			return
+			return err
 		}
 		var u unix.Utsname
 		if err := unix.Uname(&u); err != nil {
-			ch <- res{err: err}
-			return
+			return err
 		}
-		ch <- res{name: unix.ByteSliceToString(u.Nodename[:])}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("hostname of %d: %v", pid, r.err)
+		name = unix.ByteSliceToString(u.Nodename[:])
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("hostname of %d: %v", pid, err)
 	}
-	return r.name
+	return name
 }

@@ -27,9 +27,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
-	"github.com/torpor-hpc/torpor/shim/internal/nsrun"
 )
 
 // IfName is the sandbox's interface.

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/testutil"
 )
 
 // The helper mode of the test binary: a stand-in MPI rank that opens
@@ -105,13 +107,6 @@ func (h *helper) stop() {
 	}
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: mknod of a character device node with the InfiniBand major 231")
-	}
-}
-
 // mknodChar creates a character device node (mode 0600) at path.
 func mknodChar(t *testing.T, path string, major, minor uint32) {
 	t.Helper()
@@ -124,7 +119,7 @@ func mknodChar(t *testing.T, path string, major, minor uint32) {
 }
 
 func TestCheckStandInUverbs(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, "mknod of a character device node with the InfiniBand major 231")
 	dev := filepath.Join(t.TempDir(), "dev")
 	node := filepath.Join(dev, "infiniband", "uverbs0")
 	mknodChar(t, node, ibMajor, ibUverbsMinor)
@@ -164,7 +159,7 @@ func TestCheckStandInUverbs(t *testing.T) {
 // even after the node was unlinked; the default scanner (real /proc, /dev)
 // does it.
 func TestCheckStandInByMajor(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireRoot(t, "mknod of a character device node with the InfiniBand major 231")
 	tests := []struct {
 		name         string
 		major, minor uint32

@@ -54,9 +54,9 @@ func (o Options) JobSpec(prog string) (spec coordinator.JobSpec, warnings []stri
 func (o Options) jobSpec(prog string, m machine) (coordinator.JobSpec, []string, error) {
 	// A name given with --name is the job's id, so scripts (Slurm requeue)
 	// can find the job again; otherwise the program's name plus a random suffix.
-	id := sanitize(o.Name()) + "-" + m.suffix
+	id := sanitize(o.Name(), agentapi.MaxNameLen-1-len(m.suffix)) + "-" + m.suffix
 	if o.JobName != "" {
-		id = sanitize(o.JobName)
+		id = o.JobName // Parse checked it is a valid name: used as given
 	}
 	spec := coordinator.JobSpec{ID: id, Owner: m.uid}
 	env, missing := o.RankEnv(m.lookupEnv)
@@ -85,10 +85,10 @@ func (o Options) jobSpec(prog string, m machine) (coordinator.JobSpec, []string,
 	return spec, warnings, nil
 }
 
-// sanitize makes s (a program path or a --job-name) a job id: its base name,
+// sanitize makes s (a program path) the start of a job id: its base name,
 // with every character a job id cannot have replaced by '_', starting with a
-// letter or digit, at most 40 characters.
-func sanitize(s string) string {
+// letter or digit, at most max characters.
+func sanitize(s string, max int) string {
 	s = filepath.Base(s)
 	var out []rune
 	for _, r := range s {
@@ -102,8 +102,8 @@ func sanitize(s string) string {
 	if len(out) == 0 || out[0] == '.' || out[0] == '-' || out[0] == '_' {
 		out = append([]rune("job"), out...)
 	}
-	if len(out) > 40 {
-		out = out[:40]
+	if len(out) > max {
+		out = out[:max]
 	}
 	return string(out)
 }

@@ -201,8 +201,24 @@ func TestSanitize(t *testing.T) {
 		"lammps-2024_stable":    "lammps-2024_stable",
 		strings.Repeat("a", 50): strings.Repeat("a", 40),
 	} {
-		if got := sanitize(in); got != want {
+		if got := sanitize(in, 40); got != want {
 			t.Errorf("sanitize(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestJobIDs: a --job-name is the job's id as given, up to the longest name
+// allowed; a generated id (program name + suffix) is never longer.
+func TestJobIDs(t *testing.T) {
+	long := strings.Repeat("n", agentapi.MaxNameLen)
+	o := parseArgs(t, "--plain --job-name "+long+" ./app")
+	spec, _, err := o.jobSpec("/w/app", testMachine(1))
+	if err != nil || spec.ID != long {
+		t.Fatalf("--job-name of %d characters: id %q (%v), want it unchanged", len(long), spec.ID, err)
+	}
+	o = parseArgs(t, "--plain ./"+long+"xyz")
+	spec, _, err = o.jobSpec("/w/"+long+"xyz", testMachine(1))
+	if err != nil || !strings.HasSuffix(spec.ID, "-abc123") || !agentapi.ValidName(spec.ID) || len(spec.ID) != agentapi.MaxNameLen {
+		t.Fatalf("generated id for a long program name: %q (%d characters, %v)", spec.ID, len(spec.ID), err)
 	}
 }

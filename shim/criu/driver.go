@@ -123,6 +123,16 @@ func (d *Driver) Dump(ctx context.Context, opts Options) (DumpResult, error) {
 		return res, fmt.Errorf("criu dump: %w", err)
 	}
 	res.Stats = st
+	if opts.TCPEstablished {
+		fixes, err := FixTCPWindows(opts.ImagesDir)
+		if err != nil {
+			return res, fmt.Errorf("criu dump: %w", err)
+		}
+		for _, f := range fixes {
+			d.log.Info("criu dump: a connection's last window update came with data CRIU does not save (out of order); its snd_wl1 is set to rcv_nxt so that the window restores",
+				"image", f.Image, "snd_wl1", f.SndWl1, "rcv_nxt", f.RcvNxt, "rcv_wnd", f.RcvWnd)
+		}
+	}
 	d.log.Debug("criu dump done", "pid", opts.Pid, "elapsed", res.Elapsed,
 		"frozen", st.FrozenTime, "pages", st.PagesWritten, "bytes", st.ImageBytes)
 	return res, nil

@@ -28,6 +28,12 @@ type NodeSpec struct {
 	// The coordinator sets it from the job's owner; nil in a record written
 	// before jobs ran as their owners means root.
 	User *Creds `json:"user,omitempty"`
+	// Keep are paths whose files are captured at every checkpoint besides
+	// those the job-node holds open for writing (torpor run --keep): a file,
+	// or a directory and everything below it. KeepMax bounds what one
+	// job-node's capture copies; 0 means 1 GiB.
+	Keep    []string `json:"keep,omitempty"`
+	KeepMax int64    `json:"keep_max,omitempty"`
 }
 
 // Creds are the credentials a job's processes run with: its owner's uid,
@@ -65,6 +71,14 @@ type DumpResult struct {
 type RestoreRequest struct {
 	Dir        string // the job-node's images and node manifest
 	Checkpoint string // the checkpoint handle: the ranks are told it was restored from this one
+}
+
+// RestoreFilesResult is what a shim reports after putting a job-node's
+// files back.
+type RestoreFilesResult struct {
+	// Moved are files below --keep directories that did not exist at the
+	// checkpoint, moved aside (NAME.torpor-after-<seq>): the user's data.
+	Moved []string
 }
 
 // DrainResult is what a shim reports after draining a job-node's TCP sockets.
@@ -116,6 +130,10 @@ type Agent interface {
 	Unlock(ctx context.Context, ref NodeRef) error
 	// Thaw resumes the job-node's tasks.
 	Thaw(ctx context.Context, ref NodeRef) error
+	// RestoreFiles puts the files the application wrote back as they were at
+	// the checkpoint in req.Dir, before any job-node of the job is restored
+	// (several job-nodes may hold the same file).
+	RestoreFiles(ctx context.Context, job string, n NodeSpec, req RestoreRequest) (RestoreFilesResult, error)
 	// Restore creates a sandbox for n on this host, locks it, and restores
 	// the tree from req.Dir into it. The job-node stays locked until Unlock.
 	Restore(ctx context.Context, job string, n NodeSpec, req RestoreRequest) error

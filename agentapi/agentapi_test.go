@@ -30,7 +30,7 @@ func TestNodeSpecWire(t *testing.T) {
 	for _, n := range []NodeSpec{
 		{Name: "n0", Host: "h1", IP: "198.19.0.10/15", Hostname: "j-n0", Argv: []string{"a", "b"}, Env: []string{"X=1"}, Dir: "/w",
 			User: &Creds{UID: 1000, GID: 1000, Groups: []int{27, 100}}},
-		{Name: "n1", Host: "h2", Argv: []string{"a"}},
+		{Name: "n1", Host: "h2", Argv: []string{"a"}, Keep: []string{"/w/out", "/w/log"}, KeepMax: 5 << 30},
 	} {
 		if got := NodeFromPB(NodeToPB(n)); !reflect.DeepEqual(got, n) {
 			t.Errorf("round trip: %+v, want %+v", got, n)

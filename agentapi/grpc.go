@@ -16,7 +16,8 @@ var _ Agent = Client{}
 
 // NodeToPB converts a job-node to its wire form.
 func NodeToPB(n NodeSpec) *apiv1.NodeSpec {
-	return &apiv1.NodeSpec{Name: n.Name, Host: n.Host, Ip: n.IP, Hostname: n.Hostname, Argv: n.Argv, Env: n.Env, Dir: n.Dir, User: credsToPB(n.User)}
+	return &apiv1.NodeSpec{Name: n.Name, Host: n.Host, Ip: n.IP, Hostname: n.Hostname, Argv: n.Argv, Env: n.Env, Dir: n.Dir, User: credsToPB(n.User),
+		Keep: n.Keep, KeepMax: n.KeepMax}
 }
 
 // NodeFromPB converts a wire job-node.
@@ -24,7 +25,8 @@ func NodeFromPB(n *apiv1.NodeSpec) NodeSpec {
 	if n == nil {
 		return NodeSpec{}
 	}
-	return NodeSpec{Name: n.Name, Host: n.Host, IP: n.Ip, Hostname: n.Hostname, Argv: n.Argv, Env: n.Env, Dir: n.Dir, User: credsFromPB(n.User)}
+	return NodeSpec{Name: n.Name, Host: n.Host, IP: n.Ip, Hostname: n.Hostname, Argv: n.Argv, Env: n.Env, Dir: n.Dir, User: credsFromPB(n.User),
+		Keep: n.Keep, KeepMax: n.KeepMax}
 }
 
 func credsToPB(c *Creds) *apiv1.Creds {
@@ -99,6 +101,14 @@ func (c Client) Thaw(ctx context.Context, ref NodeRef) error {
 	return FromRPC(err)
 }
 
+func (c Client) RestoreFiles(ctx context.Context, job string, n NodeSpec, req RestoreRequest) (RestoreFilesResult, error) {
+	rep, err := c.Shim.RestoreFiles(ctx, &apiv1.RestoreRequest{Job: job, Node: NodeToPB(n), Dir: req.Dir, Checkpoint: req.Checkpoint})
+	if err != nil {
+		return RestoreFilesResult{}, FromRPC(err)
+	}
+	return RestoreFilesResult{Moved: rep.Moved}, nil
+}
+
 func (c Client) Restore(ctx context.Context, job string, n NodeSpec, req RestoreRequest) error {
 	_, err := c.Shim.Restore(ctx, &apiv1.RestoreRequest{Job: job, Node: NodeToPB(n), Dir: req.Dir, Checkpoint: req.Checkpoint})
 	return FromRPC(err)
@@ -156,6 +166,11 @@ func (s Server) Unlock(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, err
 
 func (s Server) Thaw(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
 	return &apiv1.Empty{}, ToRPC(s.Agent.Thaw(ctx, refFromPB(r)))
+}
+
+func (s Server) RestoreFiles(ctx context.Context, req *apiv1.RestoreRequest) (*apiv1.RestoreFilesReply, error) {
+	res, err := s.Agent.RestoreFiles(ctx, req.Job, NodeFromPB(req.Node), RestoreRequest{Dir: req.Dir, Checkpoint: req.Checkpoint})
+	return &apiv1.RestoreFilesReply{Moved: res.Moved}, ToRPC(err)
 }
 
 func (s Server) Restore(ctx context.Context, req *apiv1.RestoreRequest) (*apiv1.Empty, error) {

@@ -41,6 +41,8 @@ type fakeAgent struct {
 	calls map[Phase]int
 	// restoredFrom lists the checkpoint handle of every restore, in order.
 	restoredFrom []string
+	// moved is what RestoreFiles reports moved aside.
+	moved []string
 }
 
 // restores returns the checkpoint handles the agent was asked to restore from.
@@ -142,6 +144,18 @@ func (f *fakeAgent) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
 	}
 	return err
 }
+func (f *fakeAgent) RestoreFiles(ctx context.Context, job string, n agentapi.NodeSpec, req agentapi.RestoreRequest) (agentapi.RestoreFilesResult, error) {
+	if err := f.step(ctx, PhaseFiles); err != nil {
+		return agentapi.RestoreFilesResult{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.node[job+"/"+n.Name] != nil && f.node[job+"/"+n.Name].exists {
+		return agentapi.RestoreFilesResult{}, fmt.Errorf("files of %s/%s put back while it runs", job, n.Name)
+	}
+	return agentapi.RestoreFilesResult{Moved: f.moved}, nil
+}
+
 func (f *fakeAgent) Restore(ctx context.Context, job string, n agentapi.NodeSpec, req agentapi.RestoreRequest) error {
 	if err := f.step(ctx, PhaseRestore); err != nil {
 		return err

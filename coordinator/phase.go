@@ -26,6 +26,7 @@ const (
 	PhaseThaw    Phase = "thaw"
 	PhaseDestroy Phase = "destroy"
 	PhaseVerify  Phase = "verify"
+	PhaseFiles   Phase = "files" // the application's files put back, before any restore
 	PhaseRestore Phase = "restore"
 	PhaseStart   Phase = "start"
 )
@@ -45,6 +46,7 @@ var DefaultDeadlines = Deadlines{
 	PhaseThaw:    10 * time.Second,
 	PhaseDestroy: 30 * time.Second,
 	PhaseVerify:  5 * time.Minute,
+	PhaseFiles:   5 * time.Minute,
 	PhaseRestore: 5 * time.Minute,
 	PhaseStart:   30 * time.Second,
 }

@@ -646,3 +646,37 @@ func TestShimLostForGoodFailsTheJob(t *testing.T) {
 		t.Fatalf("job is %s (%s), want failed", j.State, j.Reason)
 	}
 }
+
+// TestRestartPutsFilesBackFirst: the application's files go back on every
+// job-node before any is restored; what a shim moved aside is reported; a
+// failure there restores nothing and leaves the job restartable.
+func TestRestartPutsFilesBackFirst(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	h, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{Stop: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.agents["h1"].fail[PhaseFiles] = errors.New("/w/log is gone since the checkpoint")
+	_, err = f.c.Restart(context.Background(), "job1", RestartOptions{})
+	if err == nil || !strings.Contains(err.Error(), "/w/log is gone") {
+		t.Fatalf("restart with a file that cannot be put back: %v", err)
+	}
+	for _, a := range f.agents {
+		if a.calls[PhaseFiles] != 1 || a.calls[PhaseRestore] != 0 {
+			t.Fatalf("%s: %d file and %d restore calls, want 1 and 0", a.host, a.calls[PhaseFiles], a.calls[PhaseRestore])
+		}
+	}
+	if j, _ := f.c.Job("job1"); j.State != StateSuspended {
+		t.Fatalf("after the failed restart the job is %s", j.State)
+	}
+	delete(f.agents["h1"].fail, PhaseFiles)
+	f.agents["h2"].moved = []string{"/w/out/step-9.torpor-after-000001"}
+	res, err := f.c.Restart(context.Background(), "job1", RestartOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Checkpoint != h || len(res.Moved) != 1 || res.Moved[0] != "/w/out/step-9.torpor-after-000001" {
+		t.Fatalf("restart result %+v", res)
+	}
+	f.assertRunning(t)
+}

@@ -27,6 +27,9 @@ type RestartResult struct {
 	Checkpoint string
 	// Skipped lists newer checkpoints passed over because they failed verification.
 	Skipped []string
+	// Moved lists files below --keep directories that did not exist at the
+	// checkpoint, moved aside (NAME.torpor-after-<seq>).
+	Moved []string
 }
 
 // Restart brings a job back from a checkpoint: ref is a checkpoint handle
@@ -73,15 +76,34 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 	log := c.log.With("job", spec.ID, "ckpt", res.Checkpoint)
 	c.fences.forget(spec.ID)
 	var t timings
-	err = t.run(PhaseRestore, func() error {
-		return c.fanout(ctx, PhaseRestore, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+	// The application's files go back on every job-node before any is
+	// restored: a file several of them hold must be whole when the first
+	// task opens it again.
+	err = t.run(PhaseFiles, func() error {
+		var mu sync.Mutex
+		return c.fanout(ctx, PhaseFiles, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 			dir, err := c.store.NodeDir(res.Checkpoint, n.Name)
 			if err != nil {
 				return err
 			}
-			return a.Restore(ctx, spec.ID, n, agentapi.RestoreRequest{Dir: dir, Checkpoint: res.Checkpoint})
+			fr, err := a.RestoreFiles(ctx, spec.ID, n, agentapi.RestoreRequest{Dir: dir, Checkpoint: res.Checkpoint})
+			mu.Lock()
+			res.Moved = append(res.Moved, fr.Moved...)
+			mu.Unlock()
+			return err
 		})
 	})
+	if err == nil {
+		err = t.run(PhaseRestore, func() error {
+			return c.fanout(ctx, PhaseRestore, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+				dir, err := c.store.NodeDir(res.Checkpoint, n.Name)
+				if err != nil {
+					return err
+				}
+				return a.Restore(ctx, spec.ID, n, agentapi.RestoreRequest{Dir: dir, Checkpoint: res.Checkpoint})
+			})
+		})
+	}
 	if err == nil {
 		err = c.resume(ctx, spec.ID, spec.Nodes, &t)
 	}
@@ -233,6 +255,9 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 				if err != nil {
 					return err
 				}
+				// No RestoreFiles: the job has been frozen since the dump, so
+				// its files are as captured, and the job-nodes that stay hold
+				// them open (replacing one would split a shared file in two).
 				restored.Store(true)
 				return a.Restore(ctx, id, n, agentapi.RestoreRequest{Dir: dir, Checkpoint: pend.Handle()})
 			})

@@ -14,12 +14,11 @@
 package apiv1
 
 import (
+	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
+	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
-
-	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
-	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 )
 
 const (
@@ -39,7 +38,12 @@ type NodeSpec struct {
 	Env      []string               `protobuf:"bytes,6,rep,name=env,proto3" json:"env,omitempty"`
 	Dir      string                 `protobuf:"bytes,7,opt,name=dir,proto3" json:"dir,omitempty"`
 	// Who the job-node's processes run as; unset means root.
-	User          *Creds `protobuf:"bytes,8,opt,name=user,proto3" json:"user,omitempty"`
+	User *Creds `protobuf:"bytes,8,opt,name=user,proto3" json:"user,omitempty"`
+	// Paths whose files are captured at every checkpoint besides those the
+	// job-node holds open for writing (torpor run --keep), and the most one
+	// job-node's capture may copy (--keep-max; 0: 1 GiB).
+	Keep          []string `protobuf:"bytes,9,rep,name=keep,proto3" json:"keep,omitempty"`
+	KeepMax       int64    `protobuf:"varint,10,opt,name=keep_max,json=keepMax,proto3" json:"keep_max,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -128,6 +132,20 @@ func (x *NodeSpec) GetUser() *Creds {
 		return x.User
 	}
 	return nil
+}
+
+func (x *NodeSpec) GetKeep() []string {
+	if x != nil {
+		return x.Keep
+	}
+	return nil
+}
+
+func (x *NodeSpec) GetKeepMax() int64 {
+	if x != nil {
+		return x.KeepMax
+	}
+	return 0
 }
 
 type Creds struct {
@@ -596,6 +614,52 @@ func (x *RestoreRequest) GetCheckpoint() string {
 	return ""
 }
 
+type RestoreFilesReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Files below --keep directories that did not exist at the checkpoint,
+	// moved aside (NAME.torpor-after-<seq>).
+	Moved         []string `protobuf:"bytes,1,rep,name=moved,proto3" json:"moved,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestoreFilesReply) Reset() {
+	*x = RestoreFilesReply{}
+	mi := &file_torpor_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestoreFilesReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestoreFilesReply) ProtoMessage() {}
+
+func (x *RestoreFilesReply) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestoreFilesReply.ProtoReflect.Descriptor instead.
+func (*RestoreFilesReply) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RestoreFilesReply) GetMoved() []string {
+	if x != nil {
+		return x.Moved
+	}
+	return nil
+}
+
 type NodeStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Running       bool                   `protobuf:"varint,1,opt,name=running,proto3" json:"running,omitempty"`
@@ -608,7 +672,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_torpor_proto_msgTypes[9]
+	mi := &file_torpor_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +684,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[9]
+	mi := &file_torpor_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +697,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{9}
+	return file_torpor_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *NodeStatus) GetRunning() bool {
@@ -672,7 +736,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_torpor_proto_msgTypes[10]
+	mi := &file_torpor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -684,7 +748,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[10]
+	mi := &file_torpor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -697,7 +761,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{10}
+	return file_torpor_proto_rawDescGZIP(), []int{11}
 }
 
 type RegisterRequest struct {
@@ -711,7 +775,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_torpor_proto_msgTypes[11]
+	mi := &file_torpor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +787,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[11]
+	mi := &file_torpor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +800,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{11}
+	return file_torpor_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegisterRequest) GetHost() string {
@@ -771,7 +835,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_torpor_proto_msgTypes[12]
+	mi := &file_torpor_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +847,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[12]
+	mi := &file_torpor_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +860,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{12}
+	return file_torpor_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *JobSpec) GetId() string {
@@ -833,7 +897,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_torpor_proto_msgTypes[13]
+	mi := &file_torpor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +909,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[13]
+	mi := &file_torpor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +922,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{13}
+	return file_torpor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RunRequest) GetSpec() *JobSpec {
@@ -891,7 +955,7 @@ type JobRef struct {
 
 func (x *JobRef) Reset() {
 	*x = JobRef{}
-	mi := &file_torpor_proto_msgTypes[14]
+	mi := &file_torpor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -903,7 +967,7 @@ func (x *JobRef) String() string {
 func (*JobRef) ProtoMessage() {}
 
 func (x *JobRef) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[14]
+	mi := &file_torpor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -916,7 +980,7 @@ func (x *JobRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRef.ProtoReflect.Descriptor instead.
 func (*JobRef) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{14}
+	return file_torpor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *JobRef) GetJob() string {
@@ -936,7 +1000,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_torpor_proto_msgTypes[15]
+	mi := &file_torpor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1012,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[15]
+	mi := &file_torpor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1025,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{15}
+	return file_torpor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CheckpointRequest) GetJob() string {
@@ -987,7 +1051,7 @@ type CheckpointReply struct {
 
 func (x *CheckpointReply) Reset() {
 	*x = CheckpointReply{}
-	mi := &file_torpor_proto_msgTypes[16]
+	mi := &file_torpor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1063,7 @@ func (x *CheckpointReply) String() string {
 func (*CheckpointReply) ProtoMessage() {}
 
 func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[16]
+	mi := &file_torpor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1076,7 @@ func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointReply.ProtoReflect.Descriptor instead.
 func (*CheckpointReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{16}
+	return file_torpor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CheckpointReply) GetHandle() string {
@@ -1033,7 +1097,7 @@ type RestartRequest struct {
 
 func (x *RestartRequest) Reset() {
 	*x = RestartRequest{}
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1109,7 @@ func (x *RestartRequest) String() string {
 func (*RestartRequest) ProtoMessage() {}
 
 func (x *RestartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1122,7 @@ func (x *RestartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
 func (*RestartRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{17}
+	return file_torpor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RestartRequest) GetRef() string {
@@ -1083,17 +1147,19 @@ func (x *RestartRequest) GetFallback() bool {
 }
 
 type RestartReply struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Checkpoint    string                 `protobuf:"bytes,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
-	Skipped       []string               `protobuf:"bytes,3,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Job        string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Checkpoint string                 `protobuf:"bytes,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Skipped    []string               `protobuf:"bytes,3,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	// Files the restart moved aside (see RestoreFilesReply).
+	Moved         []string `protobuf:"bytes,4,rep,name=moved,proto3" json:"moved,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RestartReply) Reset() {
 	*x = RestartReply{}
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1171,7 @@ func (x *RestartReply) String() string {
 func (*RestartReply) ProtoMessage() {}
 
 func (x *RestartReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1184,7 @@ func (x *RestartReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartReply.ProtoReflect.Descriptor instead.
 func (*RestartReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{18}
+	return file_torpor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RestartReply) GetJob() string {
@@ -1142,6 +1208,13 @@ func (x *RestartReply) GetSkipped() []string {
 	return nil
 }
 
+func (x *RestartReply) GetMoved() []string {
+	if x != nil {
+		return x.Moved
+	}
+	return nil
+}
+
 type MigrateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -1153,7 +1226,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1165,7 +1238,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1178,7 +1251,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{19}
+	return file_torpor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *MigrateRequest) GetJob() string {
@@ -1217,7 +1290,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1229,7 +1302,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1242,7 +1315,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{20}
+	return file_torpor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -1303,7 +1376,7 @@ type JobList struct {
 
 func (x *JobList) Reset() {
 	*x = JobList{}
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1315,7 +1388,7 @@ func (x *JobList) String() string {
 func (*JobList) ProtoMessage() {}
 
 func (x *JobList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1328,7 +1401,7 @@ func (x *JobList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobList.ProtoReflect.Descriptor instead.
 func (*JobList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{21}
+	return file_torpor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *JobList) GetJobs() []*Job {
@@ -1348,7 +1421,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1433,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1446,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{22}
+	return file_torpor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListCheckpointsRequest) GetJob() string {
@@ -1406,7 +1479,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1491,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1504,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{23}
+	return file_torpor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Checkpoint) GetHandle() string {
@@ -1499,7 +1572,7 @@ type CheckpointList struct {
 
 func (x *CheckpointList) Reset() {
 	*x = CheckpointList{}
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1511,7 +1584,7 @@ func (x *CheckpointList) String() string {
 func (*CheckpointList) ProtoMessage() {}
 
 func (x *CheckpointList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1524,7 +1597,7 @@ func (x *CheckpointList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointList.ProtoReflect.Descriptor instead.
 func (*CheckpointList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{24}
+	return file_torpor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CheckpointList) GetCheckpoints() []*Checkpoint {
@@ -1551,7 +1624,7 @@ type FenceRequest struct {
 
 func (x *FenceRequest) Reset() {
 	*x = FenceRequest{}
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1636,7 @@ func (x *FenceRequest) String() string {
 func (*FenceRequest) ProtoMessage() {}
 
 func (x *FenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1649,7 @@ func (x *FenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRequest.ProtoReflect.Descriptor instead.
 func (*FenceRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{25}
+	return file_torpor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *FenceRequest) GetJob() string {
@@ -1630,7 +1703,7 @@ type FenceReply struct {
 
 func (x *FenceReply) Reset() {
 	*x = FenceReply{}
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1715,7 @@ func (x *FenceReply) String() string {
 func (*FenceReply) ProtoMessage() {}
 
 func (x *FenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +1728,7 @@ func (x *FenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceReply.ProtoReflect.Descriptor instead.
 func (*FenceReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{26}
+	return file_torpor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FenceReply) GetData() []byte {
@@ -1674,7 +1747,7 @@ type WaitReply struct {
 
 func (x *WaitReply) Reset() {
 	*x = WaitReply{}
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1686,7 +1759,7 @@ func (x *WaitReply) String() string {
 func (*WaitReply) ProtoMessage() {}
 
 func (x *WaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1699,7 +1772,7 @@ func (x *WaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitReply.ProtoReflect.Descriptor instead.
 func (*WaitReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{27}
+	return file_torpor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WaitReply) GetJob() *Job {
@@ -1713,7 +1786,7 @@ var File_torpor_proto protoreflect.FileDescriptor
 
 const file_torpor_proto_rawDesc = "" +
 	"\n" +
-	"\ftorpor.proto\x12\ttorpor.v1\"\xbc\x01\n" +
+	"\ftorpor.proto\x12\ttorpor.v1\"\xeb\x01\n" +
 	"\bNodeSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x0e\n" +
@@ -1722,7 +1795,10 @@ const file_torpor_proto_rawDesc = "" +
 	"\x04argv\x18\x05 \x03(\tR\x04argv\x12\x10\n" +
 	"\x03env\x18\x06 \x03(\tR\x03env\x12\x10\n" +
 	"\x03dir\x18\a \x01(\tR\x03dir\x12$\n" +
-	"\x04user\x18\b \x01(\v2\x10.torpor.v1.CredsR\x04user\"C\n" +
+	"\x04user\x18\b \x01(\v2\x10.torpor.v1.CredsR\x04user\x12\x12\n" +
+	"\x04keep\x18\t \x03(\tR\x04keep\x12\x19\n" +
+	"\bkeep_max\x18\n" +
+	" \x01(\x03R\akeepMax\"C\n" +
 	"\x05Creds\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\x03R\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\x03R\x03gid\x12\x16\n" +
@@ -1760,7 +1836,9 @@ const file_torpor_proto_rawDesc = "" +
 	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x04 \x01(\tR\n" +
-	"checkpoint\"u\n" +
+	"checkpoint\")\n" +
+	"\x11RestoreFilesReply\x12\x14\n" +
+	"\x05moved\x18\x01 \x03(\tR\x05moved\"u\n" +
 	"\n" +
 	"NodeStatus\x12\x18\n" +
 	"\arunning\x18\x01 \x01(\bR\arunning\x12\x16\n" +
@@ -1795,13 +1873,14 @@ const file_torpor_proto_rawDesc = "" +
 	"\n" +
 	"HostsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Z\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"p\n" +
 	"\fRestartReply\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x02 \x01(\tR\n" +
 	"checkpoint\x12\x18\n" +
-	"\askipped\x18\x03 \x03(\tR\askipped\"F\n" +
+	"\askipped\x18\x03 \x03(\tR\askipped\x12\x14\n" +
+	"\x05moved\x18\x04 \x03(\tR\x05moved\"F\n" +
 	"\x0eMigrateRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x0e\n" +
@@ -1846,7 +1925,7 @@ const file_torpor_proto_rawDesc = "" +
 	"FenceReply\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\"-\n" +
 	"\tWaitReply\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xb6\x04\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xff\x04\n" +
 	"\x04Shim\x122\n" +
 	"\x05Start\x12\x17.torpor.v1.StartRequest\x1a\x10.torpor.v1.Empty\x126\n" +
 	"\aPrepare\x12\x19.torpor.v1.PrepareRequest\x1a\x10.torpor.v1.Empty\x12.\n" +
@@ -1855,7 +1934,8 @@ const file_torpor_proto_rawDesc = "" +
 	"\x04Lock\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x124\n" +
 	"\x04Dump\x12\x16.torpor.v1.DumpRequest\x1a\x14.torpor.v1.DumpReply\x12.\n" +
 	"\x06Unlock\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x12,\n" +
-	"\x04Thaw\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x126\n" +
+	"\x04Thaw\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x12G\n" +
+	"\fRestoreFiles\x12\x19.torpor.v1.RestoreRequest\x1a\x1c.torpor.v1.RestoreFilesReply\x126\n" +
 	"\aRestore\x12\x19.torpor.v1.RestoreRequest\x1a\x10.torpor.v1.Empty\x12/\n" +
 	"\aDestroy\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x123\n" +
 	"\x06Status\x12\x12.torpor.v1.NodeRef\x1a\x15.torpor.v1.NodeStatus2\xf1\x04\n" +
@@ -1885,7 +1965,7 @@ func file_torpor_proto_rawDescGZIP() []byte {
 	return file_torpor_proto_rawDescData
 }
 
-var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_torpor_proto_goTypes = []any{
 	(*NodeSpec)(nil),               // 0: torpor.v1.NodeSpec
 	(*Creds)(nil),                  // 1: torpor.v1.Creds
@@ -1896,27 +1976,28 @@ var file_torpor_proto_goTypes = []any{
 	(*DumpRequest)(nil),            // 6: torpor.v1.DumpRequest
 	(*DumpReply)(nil),              // 7: torpor.v1.DumpReply
 	(*RestoreRequest)(nil),         // 8: torpor.v1.RestoreRequest
-	(*NodeStatus)(nil),             // 9: torpor.v1.NodeStatus
-	(*Empty)(nil),                  // 10: torpor.v1.Empty
-	(*RegisterRequest)(nil),        // 11: torpor.v1.RegisterRequest
-	(*JobSpec)(nil),                // 12: torpor.v1.JobSpec
-	(*RunRequest)(nil),             // 13: torpor.v1.RunRequest
-	(*JobRef)(nil),                 // 14: torpor.v1.JobRef
-	(*CheckpointRequest)(nil),      // 15: torpor.v1.CheckpointRequest
-	(*CheckpointReply)(nil),        // 16: torpor.v1.CheckpointReply
-	(*RestartRequest)(nil),         // 17: torpor.v1.RestartRequest
-	(*RestartReply)(nil),           // 18: torpor.v1.RestartReply
-	(*MigrateRequest)(nil),         // 19: torpor.v1.MigrateRequest
-	(*Job)(nil),                    // 20: torpor.v1.Job
-	(*JobList)(nil),                // 21: torpor.v1.JobList
-	(*ListCheckpointsRequest)(nil), // 22: torpor.v1.ListCheckpointsRequest
-	(*Checkpoint)(nil),             // 23: torpor.v1.Checkpoint
-	(*CheckpointList)(nil),         // 24: torpor.v1.CheckpointList
-	(*FenceRequest)(nil),           // 25: torpor.v1.FenceRequest
-	(*FenceReply)(nil),             // 26: torpor.v1.FenceReply
-	(*WaitReply)(nil),              // 27: torpor.v1.WaitReply
-	nil,                            // 28: torpor.v1.RestartRequest.HostsEntry
-	nil,                            // 29: torpor.v1.Checkpoint.PhaseNanosEntry
+	(*RestoreFilesReply)(nil),      // 9: torpor.v1.RestoreFilesReply
+	(*NodeStatus)(nil),             // 10: torpor.v1.NodeStatus
+	(*Empty)(nil),                  // 11: torpor.v1.Empty
+	(*RegisterRequest)(nil),        // 12: torpor.v1.RegisterRequest
+	(*JobSpec)(nil),                // 13: torpor.v1.JobSpec
+	(*RunRequest)(nil),             // 14: torpor.v1.RunRequest
+	(*JobRef)(nil),                 // 15: torpor.v1.JobRef
+	(*CheckpointRequest)(nil),      // 16: torpor.v1.CheckpointRequest
+	(*CheckpointReply)(nil),        // 17: torpor.v1.CheckpointReply
+	(*RestartRequest)(nil),         // 18: torpor.v1.RestartRequest
+	(*RestartReply)(nil),           // 19: torpor.v1.RestartReply
+	(*MigrateRequest)(nil),         // 20: torpor.v1.MigrateRequest
+	(*Job)(nil),                    // 21: torpor.v1.Job
+	(*JobList)(nil),                // 22: torpor.v1.JobList
+	(*ListCheckpointsRequest)(nil), // 23: torpor.v1.ListCheckpointsRequest
+	(*Checkpoint)(nil),             // 24: torpor.v1.Checkpoint
+	(*CheckpointList)(nil),         // 25: torpor.v1.CheckpointList
+	(*FenceRequest)(nil),           // 26: torpor.v1.FenceRequest
+	(*FenceReply)(nil),             // 27: torpor.v1.FenceReply
+	(*WaitReply)(nil),              // 28: torpor.v1.WaitReply
+	nil,                            // 29: torpor.v1.RestartRequest.HostsEntry
+	nil,                            // 30: torpor.v1.Checkpoint.PhaseNanosEntry
 }
 var file_torpor_proto_depIdxs = []int32{
 	1,  // 0: torpor.v1.NodeSpec.user:type_name -> torpor.v1.Creds
@@ -1925,13 +2006,13 @@ var file_torpor_proto_depIdxs = []int32{
 	2,  // 3: torpor.v1.DumpRequest.ref:type_name -> torpor.v1.NodeRef
 	0,  // 4: torpor.v1.RestoreRequest.node:type_name -> torpor.v1.NodeSpec
 	0,  // 5: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
-	12, // 6: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
-	28, // 7: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
-	12, // 8: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
-	20, // 9: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
-	29, // 10: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
-	23, // 11: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
-	20, // 12: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
+	13, // 6: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
+	29, // 7: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
+	13, // 8: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
+	21, // 9: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
+	30, // 10: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
+	24, // 11: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
+	21, // 12: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
 	3,  // 13: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
 	4,  // 14: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
 	2,  // 15: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
@@ -1940,44 +2021,46 @@ var file_torpor_proto_depIdxs = []int32{
 	6,  // 18: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
 	2,  // 19: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
 	2,  // 20: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
-	8,  // 21: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
-	2,  // 22: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
-	2,  // 23: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
-	11, // 24: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
-	13, // 25: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
-	15, // 26: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
-	17, // 27: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
-	19, // 28: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
-	10, // 29: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
-	14, // 30: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
-	14, // 31: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
-	22, // 32: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
-	25, // 33: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
-	14, // 34: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
-	10, // 35: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	10, // 36: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	10, // 37: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	5,  // 38: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	10, // 39: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	7,  // 40: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	10, // 41: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	10, // 42: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	10, // 43: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	10, // 44: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	9,  // 45: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	10, // 46: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	20, // 47: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	16, // 48: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	18, // 49: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	10, // 50: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.Empty
-	21, // 51: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	20, // 52: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	20, // 53: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	24, // 54: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	26, // 55: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
-	20, // 56: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
-	35, // [35:57] is the sub-list for method output_type
-	13, // [13:35] is the sub-list for method input_type
+	8,  // 21: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
+	8,  // 22: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
+	2,  // 23: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
+	2,  // 24: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
+	12, // 25: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
+	14, // 26: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
+	16, // 27: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
+	18, // 28: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
+	20, // 29: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
+	11, // 30: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
+	15, // 31: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
+	15, // 32: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
+	23, // 33: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
+	26, // 34: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
+	15, // 35: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
+	11, // 36: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	11, // 37: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	11, // 38: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	5,  // 39: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	11, // 40: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	7,  // 41: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	11, // 42: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	11, // 43: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	9,  // 44: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
+	11, // 45: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	11, // 46: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	10, // 47: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	11, // 48: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	21, // 49: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	17, // 50: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	19, // 51: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	11, // 52: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.Empty
+	22, // 53: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	21, // 54: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	21, // 55: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	25, // 56: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	27, // 57: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	21, // 58: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
+	36, // [36:59] is the sub-list for method output_type
+	13, // [13:36] is the sub-list for method input_type
 	13, // [13:13] is the sub-list for extension type_name
 	13, // [13:13] is the sub-list for extension extendee
 	0,  // [0:13] is the sub-list for field type_name
@@ -1994,7 +2077,7 @@ func file_torpor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_torpor_proto_rawDesc), len(file_torpor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -26,17 +26,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Shim_Start_FullMethodName   = "/torpor.v1.Shim/Start"
-	Shim_Prepare_FullMethodName = "/torpor.v1.Shim/Prepare"
-	Shim_Freeze_FullMethodName  = "/torpor.v1.Shim/Freeze"
-	Shim_Drain_FullMethodName   = "/torpor.v1.Shim/Drain"
-	Shim_Lock_FullMethodName    = "/torpor.v1.Shim/Lock"
-	Shim_Dump_FullMethodName    = "/torpor.v1.Shim/Dump"
-	Shim_Unlock_FullMethodName  = "/torpor.v1.Shim/Unlock"
-	Shim_Thaw_FullMethodName    = "/torpor.v1.Shim/Thaw"
-	Shim_Restore_FullMethodName = "/torpor.v1.Shim/Restore"
-	Shim_Destroy_FullMethodName = "/torpor.v1.Shim/Destroy"
-	Shim_Status_FullMethodName  = "/torpor.v1.Shim/Status"
+	Shim_Start_FullMethodName        = "/torpor.v1.Shim/Start"
+	Shim_Prepare_FullMethodName      = "/torpor.v1.Shim/Prepare"
+	Shim_Freeze_FullMethodName       = "/torpor.v1.Shim/Freeze"
+	Shim_Drain_FullMethodName        = "/torpor.v1.Shim/Drain"
+	Shim_Lock_FullMethodName         = "/torpor.v1.Shim/Lock"
+	Shim_Dump_FullMethodName         = "/torpor.v1.Shim/Dump"
+	Shim_Unlock_FullMethodName       = "/torpor.v1.Shim/Unlock"
+	Shim_Thaw_FullMethodName         = "/torpor.v1.Shim/Thaw"
+	Shim_RestoreFiles_FullMethodName = "/torpor.v1.Shim/RestoreFiles"
+	Shim_Restore_FullMethodName      = "/torpor.v1.Shim/Restore"
+	Shim_Destroy_FullMethodName      = "/torpor.v1.Shim/Destroy"
+	Shim_Status_FullMethodName       = "/torpor.v1.Shim/Status"
 )
 
 // ShimClient is the client API for Shim service.
@@ -51,6 +52,7 @@ type ShimClient interface {
 	Dump(ctx context.Context, in *DumpRequest, opts ...grpc.CallOption) (*DumpReply, error)
 	Unlock(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*Empty, error)
 	Thaw(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*Empty, error)
+	RestoreFiles(ctx context.Context, in *RestoreRequest, opts ...grpc.CallOption) (*RestoreFilesReply, error)
 	Restore(ctx context.Context, in *RestoreRequest, opts ...grpc.CallOption) (*Empty, error)
 	Destroy(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*Empty, error)
 	Status(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*NodeStatus, error)
@@ -144,6 +146,16 @@ func (c *shimClient) Thaw(ctx context.Context, in *NodeRef, opts ...grpc.CallOpt
 	return out, nil
 }
 
+func (c *shimClient) RestoreFiles(ctx context.Context, in *RestoreRequest, opts ...grpc.CallOption) (*RestoreFilesReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RestoreFilesReply)
+	err := c.cc.Invoke(ctx, Shim_RestoreFiles_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *shimClient) Restore(ctx context.Context, in *RestoreRequest, opts ...grpc.CallOption) (*Empty, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Empty)
@@ -186,6 +198,7 @@ type ShimServer interface {
 	Dump(context.Context, *DumpRequest) (*DumpReply, error)
 	Unlock(context.Context, *NodeRef) (*Empty, error)
 	Thaw(context.Context, *NodeRef) (*Empty, error)
+	RestoreFiles(context.Context, *RestoreRequest) (*RestoreFilesReply, error)
 	Restore(context.Context, *RestoreRequest) (*Empty, error)
 	Destroy(context.Context, *NodeRef) (*Empty, error)
 	Status(context.Context, *NodeRef) (*NodeStatus, error)
@@ -222,6 +235,9 @@ func (UnimplementedShimServer) Unlock(context.Context, *NodeRef) (*Empty, error)
 }
 func (UnimplementedShimServer) Thaw(context.Context, *NodeRef) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Thaw not implemented")
+}
+func (UnimplementedShimServer) RestoreFiles(context.Context, *RestoreRequest) (*RestoreFilesReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method RestoreFiles not implemented")
 }
 func (UnimplementedShimServer) Restore(context.Context, *RestoreRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Restore not implemented")
@@ -397,6 +413,24 @@ func _Shim_Thaw_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Shim_RestoreFiles_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RestoreRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShimServer).RestoreFiles(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shim_RestoreFiles_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShimServer).RestoreFiles(ctx, req.(*RestoreRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Shim_Restore_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RestoreRequest)
 	if err := dec(in); err != nil {
@@ -489,6 +523,10 @@ var Shim_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Thaw",
 			Handler:    _Shim_Thaw_Handler,
+		},
+		{
+			MethodName: "RestoreFiles",
+			Handler:    _Shim_RestoreFiles_Handler,
 		},
 		{
 			MethodName: "Restore",

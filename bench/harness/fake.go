@@ -63,6 +63,10 @@ func (f *fakeAgent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi
 }
 func (f *fakeAgent) Unlock(context.Context, agentapi.NodeRef) error { return nil }
 func (f *fakeAgent) Thaw(context.Context, agentapi.NodeRef) error   { return nil }
+func (f *fakeAgent) RestoreFiles(context.Context, string, agentapi.NodeSpec, agentapi.RestoreRequest) (agentapi.RestoreFilesResult, error) {
+	return agentapi.RestoreFilesResult{}, nil
+}
+
 func (f *fakeAgent) Restore(_ context.Context, job string, n agentapi.NodeSpec, _ agentapi.RestoreRequest) error {
 	return f.Start(context.Background(), job, n)
 }

@@ -119,6 +119,11 @@ func (w *recorded) Unlock(ctx context.Context, ref agentapi.NodeRef) error {
 func (w *recorded) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
 	return w.rec("thaw", ref.Node, func() error { return w.a.Thaw(ctx, ref) })
 }
+func (w *recorded) RestoreFiles(ctx context.Context, job string, n agentapi.NodeSpec, req agentapi.RestoreRequest) (res agentapi.RestoreFilesResult, err error) {
+	err = w.rec("files", n.Name, func() error { res, err = w.a.RestoreFiles(ctx, job, n, req); return err })
+	return res, err
+}
+
 func (w *recorded) Restore(ctx context.Context, job string, n agentapi.NodeSpec, req agentapi.RestoreRequest) error {
 	return w.rec("restore", n.Name, func() error { return w.a.Restore(ctx, job, n, req) })
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/torpor-hpc/torpor/fault"
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/pmix/link"
+	"github.com/torpor-hpc/torpor/shim/appfiles"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
 	"github.com/torpor-hpc/torpor/shim/verbs"
@@ -93,6 +94,10 @@ type node struct {
 	// link serves the job-node's pmixd, if it runs one, on linkPath.
 	link     *link.Server
 	linkPath string
+	// captured is the newest capture of the application's files (at a dump,
+	// or the one a restore put back): a file that only grew since is
+	// captured by its length.
+	captured *appfiles.Index
 }
 
 var _ agentapi.Agent = (*Agent)(nil)
@@ -174,6 +179,15 @@ func userOf(spec agentapi.NodeSpec) *sandbox.User {
 		return nil
 	}
 	return &sandbox.User{UID: spec.User.UID, GID: spec.User.GID, Groups: spec.User.Groups}
+}
+
+// filesUser is the job's owner, whose identity the shim takes on for every
+// path operation on the application's files.
+func filesUser(spec agentapi.NodeSpec) *appfiles.User {
+	if spec.User.Root() {
+		return nil
+	}
+	return &appfiles.User{UID: spec.User.UID, GID: spec.User.GID, Groups: spec.User.Groups}
 }
 
 // jobDir creates the job's run directory, root's and readable by all: the
@@ -501,6 +515,14 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 	if err := verbs.Check(pids); err != nil {
 		return agentapi.DumpResult{}, fmt.Errorf("refusing to checkpoint %s/%s: %w", ref.Job, ref.Node, err)
 	}
+	// The tree is frozen: the files match the images CRIU is about to write.
+	captured, err := appfiles.Capture(appfiles.CaptureOptions{
+		Pids: pids, Keep: n.spec.Keep, Exclude: []string{a.cfg.RunDir}, User: filesUser(n.spec),
+		Images: req.Dir, Prev: n.captured, Max: n.spec.KeepMax,
+	})
+	if err != nil {
+		return agentapi.DumpResult{}, fmt.Errorf("checkpoint %s/%s: the application's files: %w", ref.Job, ref.Node, err)
+	}
 	opts := criu.Options{
 		// CRIU's log and stats go to the run directory, not among the
 		// images: an aborted checkpoint's images are deleted, its log must
@@ -529,6 +551,7 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 		}
 		return agentapi.DumpResult{}, fmt.Errorf("criu dump of %s/%s: %w", ref.Job, ref.Node, err)
 	}
+	n.captured = captured
 	if !req.LeaveRunning {
 		a.removeRecord(ref.Job, ref.Node) // the tree is gone
 	}
@@ -544,7 +567,8 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 	if err != nil {
 		return agentapi.DumpResult{}, err
 	}
-	a.log.Info("job-node dumped", "job", ref.Job, "node", ref.Node, "ckpt", req.Checkpoint, "bytes", nm.TotalBytes, "criu", res.Elapsed)
+	a.log.Info("job-node dumped", "job", ref.Job, "node", ref.Node, "ckpt", req.Checkpoint, "bytes", nm.TotalBytes, "criu", res.Elapsed,
+		"app_files", len(captured.Entries), "app_bytes", captured.Bytes)
 	return agentapi.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files), CRIUTime: res.Elapsed}, nil
 }
 
@@ -612,6 +636,32 @@ func restoreOutput(dir, path string, u *sandbox.User) error {
 	return os.Rename(tmp, m.Path)
 }
 
+// RestoreFiles puts the application's files back as they were at the
+// checkpoint in req.Dir, as the job's owner (package appfiles). The
+// coordinator calls it on every job-node of the job before it restores any:
+// a file several job-nodes hold (one written by every rank) is then back
+// before a task opens it again.
+func (a *Agent) RestoreFiles(ctx context.Context, job string, spec agentapi.NodeSpec, req agentapi.RestoreRequest) (agentapi.RestoreFilesResult, error) {
+	if err := ctx.Err(); err != nil {
+		return agentapi.RestoreFilesResult{}, err
+	}
+	if err := checkNames(job, spec.Name); err != nil {
+		return agentapi.RestoreFilesResult{}, err
+	}
+	if req.Dir == "" || req.Checkpoint == "" {
+		return agentapi.RestoreFilesResult{}, fmt.Errorf("%w: restore the files of %s/%s: needs the images' directory and the checkpoint's handle", agentapi.ErrInvalid, job, spec.Name)
+	}
+	_, seq, _ := strings.Cut(req.Checkpoint, "/")
+	_, moved, err := appfiles.Restore(appfiles.RestoreOptions{Images: req.Dir, User: filesUser(spec), Seq: seq})
+	if err != nil {
+		return agentapi.RestoreFilesResult{Moved: moved}, fmt.Errorf("restore %s/%s from %s: the application's files: %w", job, spec.Name, req.Checkpoint, err)
+	}
+	for _, m := range moved {
+		a.log.Warn("a file that came after the checkpoint was moved aside", "job", job, "node", spec.Name, "ckpt", req.Checkpoint, "file", m)
+	}
+	return agentapi.RestoreFilesResult{Moved: moved}, nil
+}
+
 // Restore creates a sandbox for the job-node on this host with its network
 // locked, then restores the tree into it. It stays locked until Unlock.
 //
@@ -644,6 +694,10 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 	}()
 	if err := checkImageCreds(dir, spec); err != nil {
 		return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, dir, err)
+	}
+	// What RestoreFiles put back is the next capture's starting point.
+	if n.captured, err = appfiles.ReadIndex(dir); err != nil {
+		return fmt.Errorf("restore %s/%s from %s: %w", job, spec.Name, dir, err)
 	}
 	if _, err := n.lock.Lock(); err != nil {
 		return err

@@ -1,6 +1,7 @@
-// Package workloads holds the C test workloads (ring, stencil) that torpor
-// checkpoints and restarts; this test builds them with make for Open MPI and
-// MPICH and checks that their checksums are deterministic.
+// Package workloads holds the C test workloads (ring, stencil, appfiles, mpiio)
+// that torpor checkpoints and restarts; this test builds them with make for Open
+// MPI and MPICH and checks that their checksums, and the files appfiles and mpiio
+// write, are deterministic.
 package workloads
 
 import (
@@ -9,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -223,6 +225,9 @@ func TestBadArgumentsExitTwo(t *testing.T) {
 	}{
 		{"ring", []string{"-i", "0"}, "bad iterations"},
 		{"stencil", []string{"-n", "1"}, "too small"},
+		{"appfiles", []string{"-i", "5"}, "missing output directory"},
+		{"appfiles", []string{"-d", "/nonexistent-torpor-dir"}, "bad output directory"},
+		{"mpiio", []string{"-b", "0"}, "bad block KiB"},
 	}
 	for _, st := range stacks {
 		for _, tc := range cases {
@@ -237,5 +242,125 @@ func TestBadArgumentsExitTwo(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// readDir returns the regular files directly in dir by name. appfiles and mpiio
+// write flat directories, so anything else there is an error.
+func readDir(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("read %s: %v", dir, err)
+	}
+	files := map[string][]byte{}
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			t.Fatalf("%s: %s is not a regular file (%v)", dir, e.Name(), e.Type())
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatalf("read %v", err)
+		}
+		files[e.Name()] = b
+	}
+	return files
+}
+
+// sameFiles reports how two directories read by readDir differ, or "" when they
+// hold the same names with byte-identical contents.
+func sameFiles(a, b map[string][]byte) string {
+	var diffs []string
+	for name, x := range a {
+		y, ok := b[name]
+		switch {
+		case !ok:
+			diffs = append(diffs, name+" only in the first run")
+		case !bytes.Equal(x, y):
+			i := 0
+			for i < len(x) && i < len(y) && x[i] == y[i] {
+				i++
+			}
+			diffs = append(diffs, fmt.Sprintf("%s differs: %d vs %d bytes, first difference at byte %d", name, len(x), len(y), i))
+		}
+	}
+	for name := range b {
+		if _, ok := a[name]; !ok {
+			diffs = append(diffs, name+" only in the second run")
+		}
+	}
+	return strings.Join(diffs, "; ")
+}
+
+// checkFilesRepeatable runs prog (which writes into -d DIR) twice on 2 ranks of
+// every stack, each time into a fresh directory, and requires byte-identical
+// directories and checksums within each stack and between the stacks. It returns
+// the files of the first run.
+func checkFilesRepeatable(t *testing.T, prog string, args ...string) map[string][]byte {
+	t.Helper()
+	var first map[string][]byte
+	var firstSum uint64
+	for _, st := range stacks {
+		var runs [2]map[string][]byte
+		var sums [2]uint64
+		for i := range runs {
+			dir := t.TempDir()
+			r := run(t, st, 2, prog, append([]string{"-d", dir}, args...)...)
+			runs[i], sums[i] = readDir(t, dir), r.checksum
+		}
+		if d := sameFiles(runs[0], runs[1]); d != "" {
+			t.Errorf("%s/%s: two runs wrote different files: %s", prog, st.name, d)
+		}
+		if sums[0] != sums[1] {
+			t.Errorf("%s/%s: final checksums differ between two runs: %#016x vs %#016x", prog, st.name, sums[0], sums[1])
+		}
+		t.Logf("%s/%s -n 2 %v: %d files, checksum=%#016x", prog, st.name, args, len(runs[0]), sums[0])
+		if first == nil {
+			first, firstSum = runs[0], sums[0]
+			continue
+		}
+		if d := sameFiles(first, runs[0]); d != "" {
+			t.Errorf("%s: Open MPI and MPICH wrote different files: %s", prog, d)
+		}
+		if firstSum != sums[0] {
+			t.Errorf("%s: Open MPI and MPICH disagree: %#016x vs %#016x", prog, firstSum, sums[0])
+		}
+	}
+	return first
+}
+
+// TestAppFilesRepeatable: the files appfiles writes (a log kept open, a table
+// rewritten in place, closed step files, one log per rank) depend only on its
+// parameters, so a restored run can be compared byte for byte with an undisturbed one.
+func TestAppFilesRepeatable(t *testing.T) {
+	build(t)
+	files := checkFilesRepeatable(t, "appfiles", "-i", "40", "-k", "10", "-m", "1", "-p", "20")
+	want := []string{"log.txt", "rank-0.log", "rank-1.log", "results.txt",
+		"step-000010.dat", "step-000020.dat", "step-000030.dat", "step-000040.dat"}
+	for _, name := range want {
+		if len(files[name]) == 0 {
+			t.Errorf("appfiles: %s missing or empty", name)
+		}
+	}
+	if len(files) != len(want) {
+		t.Errorf("appfiles: wrote %d files, want %d (%v)", len(files), len(want), want)
+	}
+	if n := bytes.Count(files["log.txt"], []byte("\n")); n != 1+40+1 {
+		t.Errorf("appfiles: log.txt has %d lines, want 42 (header, one per iteration, done)", n)
+	}
+	if !bytes.HasPrefix(files["results.txt"], []byte("# appfiles results after iteration 40 of 40,")) ||
+		!bytes.HasSuffix(files["results.txt"], []byte("\n")) {
+		t.Errorf("appfiles: results.txt is not the last table:\n%s", files["results.txt"])
+	}
+}
+
+// TestMPIIORepeatable: the shared file mpiio writes with MPI_File_write_at_all
+// (OMPIO under Open MPI, ROMIO under MPICH) depends only on its parameters.
+func TestMPIIORepeatable(t *testing.T) {
+	build(t)
+	files := checkFilesRepeatable(t, "mpiio", "-i", "30", "-b", "4", "-p", "10")
+	if len(files) != 1 || len(files["shared.dat"]) != 30*2*4096 {
+		t.Errorf("mpiio: want only shared.dat of %d bytes, got %d files, shared.dat %d bytes",
+			30*2*4096, len(files), len(files["shared.dat"]))
 	}
 }

@@ -68,13 +68,16 @@ func newCluster(t *testing.T, hosts int, coordArgs ...string) *cluster {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// Built before the simulated hosts exist: a build that fails must not
+	// leave them behind (c.close, which removes them, is not registered yet).
+	torpor := build(t, dir, "github.com/torpor-hpc/torpor/cmd/torpor", "torpor")
 	name := fmt.Sprintf("e%d", os.Getpid()%100000)
 	sim, err := simhost.NewCluster(context.Background(), name, hosts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &cluster{
-		t: t, dir: dir, torpor: build(t, dir, "github.com/torpor-hpc/torpor/cmd/torpor", "torpor"),
+		t: t, dir: dir, torpor: torpor,
 		socket: filepath.Join(dir, "coordinator.sock"), runDir: filepath.Join(dir, "run"),
 		state: filepath.Join(dir, "state"), ckpt: filepath.Join(dir, "ckpt"), pki: filepath.Join(dir, "pki"),
 		cgParent: "/torpor/" + name, sim: sim, logs: map[string]*logBuffer{},

@@ -68,6 +68,15 @@ func (s *JobSpec) Validate() error {
 			return fmt.Errorf("job-node %s: %w", n.Name, agentapi.CheckName("hostname", n.Hostname))
 		case n.Dir != "" && !filepath.IsAbs(n.Dir):
 			return fmt.Errorf("%w: job-node %s: working directory %q is not absolute", agentapi.ErrInvalid, n.Name, n.Dir)
+		case len(n.Keep) > MaxKeep:
+			return fmt.Errorf("%w: job-node %s: %d --keep paths, at most %d are allowed", agentapi.ErrInvalid, n.Name, len(n.Keep), MaxKeep)
+		case n.KeepMax < 0:
+			return fmt.Errorf("%w: job-node %s: --keep-max %d is negative", agentapi.ErrInvalid, n.Name, n.KeepMax)
+		}
+		for _, k := range n.Keep {
+			if !filepath.IsAbs(k) || filepath.Clean(k) != k || k == "/" || strings.IndexByte(k, 0) >= 0 || len(k) > 4096 {
+				return fmt.Errorf("%w: job-node %s: --keep %q: give an absolute, clean path below /", agentapi.ErrInvalid, n.Name, truncate(k, 80))
+			}
 		}
 		if err := checkStrings(n.Name, "command", n.Argv, false); err != nil {
 			return err
@@ -95,6 +104,7 @@ const (
 	MaxArgString = 128 << 10
 	MaxArgBytes  = 2 << 20
 	MaxArgs      = 1 << 16
+	MaxKeep      = 64 // --keep paths per job
 )
 
 // checkStrings checks one job-node's command or environment: a bounded

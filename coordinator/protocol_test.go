@@ -469,6 +469,11 @@ func TestValidate(t *testing.T) {
 		{JobSpec{ID: "j", Nodes: []agentapi.NodeSpec{n("a", "h", "1"), n("b", "h", "1")}}, "address 1 to two"},
 		{JobSpec{ID: "j", Nodes: []agentapi.NodeSpec{n("a", "", "1")}}, "no host"},
 		{JobSpec{ID: "j", Nodes: []agentapi.NodeSpec{{Name: "a", Host: "h"}}}, "no command"},
+		{JobSpec{ID: "j", Nodes: []agentapi.NodeSpec{{Name: "a", Host: "h", Argv: []string{"x"}, Keep: []string{"out"}}}}, "--keep \"out\""},
+		{JobSpec{ID: "j", Nodes: []agentapi.NodeSpec{{Name: "a", Host: "h", Argv: []string{"x"}, Keep: []string{"/w/../etc"}}}}, "absolute, clean"},
+		{JobSpec{ID: "j", Nodes: []agentapi.NodeSpec{{Name: "a", Host: "h", Argv: []string{"x"}, Keep: []string{"/"}}}}, "below /"},
+		{JobSpec{ID: "j", Nodes: []agentapi.NodeSpec{{Name: "a", Host: "h", Argv: []string{"x"}, KeepMax: -1}}}, "negative"},
+		{JobSpec{ID: "j", Nodes: []agentapi.NodeSpec{{Name: "a", Host: "h", Argv: []string{"x"}, Keep: make([]string, 65)}}}, "at most 64"},
 	}
 	for _, tt := range tests {
 		err := tt.spec.Validate()

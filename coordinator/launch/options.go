@@ -111,6 +111,14 @@ type Options struct {
 	// same key replaces the earlier one. `--mca crs criu` is consumed (it sets
 	// Checkpointing) and is not in this list.
 	MCA []MCAParam
+	// Keep are paths whose files are captured at every checkpoint besides
+	// those the job holds open for writing (--keep, repeatable): a file, or
+	// a directory and everything below it. Relative to Wdir (or the current
+	// directory).
+	Keep []string
+	// KeepMax bounds what one job-node's capture copies (--keep-max); 0
+	// means 1 GiB.
+	KeepMax int64
 	// Checkpointing is on with `--mca crs criu`, `-am ft-enable-cr`,
 	// --checkpoint-dir or --checkpoint-interval.
 	Checkpointing bool

@@ -92,6 +92,18 @@ var flags = []flagSpec{
 	{names: []string{"--signal"}, arg: "[B:]SIG[@SECONDS]", nvals: 1,
 		help: "Slurm spelling: SIG (USR1, USR2 or HUP) sent to torpor run means checkpoint now (default USR1)",
 		set:  setSignal},
+	{names: []string{"--keep"}, arg: "PATH", nvals: 1, repeat: true,
+		help: "torpor: also capture the files at PATH (a file, or a directory: everything below it) at every checkpoint, besides the files the job holds open for writing; relative to --wdir",
+		set: func(o *Options, flag string, v []string) error {
+			if v[0] == "" || strings.IndexByte(v[0], 0) >= 0 {
+				return usagef("%s %q: give a path", flag, v[0])
+			}
+			o.Keep = append(o.Keep, v[0])
+			return nil
+		}},
+	{names: []string{"--keep-max"}, arg: "SIZE", nvals: 1,
+		help: "torpor: the most one job-node's capture of files may copy at a checkpoint, e.g. 4G (default 1G); a checkpoint that needs more fails and the job runs on",
+		set:  setKeepMax},
 	{names: []string{"--restart-on-failure"}, arg: "N", nvals: 1, dashOK: true,
 		help: "restart a failed job up to N times, from its last checkpoint if it has one (default 0)",
 		set:  setRestarts},
@@ -323,6 +335,38 @@ func setAM(o *Options, flag string, v []string) error {
 		o.Checkpointing = true
 	}
 	return nil
+}
+
+func setKeepMax(o *Options, flag string, v []string) error {
+	n, err := parseSize(v[0])
+	if err != nil || n <= 0 {
+		return usagef("%s %s: give a size in bytes, or with a suffix K, M, G or T (powers of 1024), e.g. 4G", flag, v[0])
+	}
+	o.KeepMax = n
+	return nil
+}
+
+// parseSize reads a byte count with an optional K, M, G or T suffix.
+func parseSize(s string) (int64, error) {
+	shift := 0
+	switch {
+	case strings.HasSuffix(s, "K"):
+		shift = 10
+	case strings.HasSuffix(s, "M"):
+		shift = 20
+	case strings.HasSuffix(s, "G"):
+		shift = 30
+	case strings.HasSuffix(s, "T"):
+		shift = 40
+	}
+	if shift > 0 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)>>shift {
+		return 0, fmt.Errorf("bad size")
+	}
+	return n << shift, nil
 }
 
 func setInterval(o *Options, flag string, v []string) error {

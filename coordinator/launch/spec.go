@@ -28,15 +28,18 @@ type machine struct {
 	path      string   // $PATH, for pmixd
 	cpus      int
 	suffix    string // makes a job id unique when no --job-name is given
+	cwd       string // where relative --keep paths start without --wdir
 }
 
 func thisMachine() machine {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
-	return machine{
+	m := machine{
 		uid: os.Getuid(), lookupEnv: os.LookupEnv, environ: os.Environ(),
 		path: os.Getenv("PATH"), cpus: runtime.NumCPU(), suffix: hex.EncodeToString(b[:]),
 	}
+	m.cwd, _ = os.Getwd()
+	return m
 }
 
 // JobSpec turns the options into the spec of a job owned by the caller. prog
@@ -52,6 +55,29 @@ func (o Options) JobSpec(prog string) (spec coordinator.JobSpec, warnings []stri
 }
 
 func (o Options) jobSpec(prog string, m machine) (coordinator.JobSpec, []string, error) {
+	spec, warnings, err := o.nodes(prog, m)
+	if err != nil {
+		return spec, warnings, err
+	}
+	// --keep paths are relative to the ranks' working directory.
+	var keep []string
+	for _, k := range o.Keep {
+		if !filepath.IsAbs(k) {
+			base := o.Wdir
+			if base == "" {
+				base = m.cwd
+			}
+			k = filepath.Join(base, k)
+		}
+		keep = append(keep, filepath.Clean(k))
+	}
+	for i := range spec.Nodes {
+		spec.Nodes[i].Keep, spec.Nodes[i].KeepMax = keep, o.KeepMax
+	}
+	return spec, warnings, nil
+}
+
+func (o Options) nodes(prog string, m machine) (coordinator.JobSpec, []string, error) {
 	// A name given with --name is the job's id, so scripts (Slurm requeue)
 	// can find the job again; otherwise the program's name plus a random suffix.
 	id := sanitize(o.Name(), agentapi.MaxNameLen-1-len(m.suffix)) + "-" + m.suffix

@@ -222,3 +222,31 @@ func TestJobIDs(t *testing.T) {
 		t.Fatalf("generated id for a long program name: %q (%d characters, %v)", spec.ID, len(spec.ID), err)
 	}
 }
+
+// TestKeep: --keep paths reach every job-node absolute, relative ones from
+// --wdir (else the current directory); --keep-max takes a suffix.
+func TestKeep(t *testing.T) {
+	m := testMachine(2)
+	m.cwd = "/home/u/run"
+	o := parseArgs(t, "--plain --host h1,h2 --keep out --keep /abs/log --keep ../x/./y --keep-max 4G ./app")
+	spec, _, err := o.jobSpec("/bin/app", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"/home/u/run/out", "/abs/log", "/home/u/x/y"}
+	for _, n := range spec.Nodes {
+		if !reflect.DeepEqual(n.Keep, want) || n.KeepMax != 4<<30 {
+			t.Fatalf("%s: keep %q max %d, want %q and 4 GiB", n.Name, n.Keep, n.KeepMax, want)
+		}
+	}
+	o = parseArgs(t, "--wdir /w --keep out ./app")
+	spec, _, err = o.jobSpec("/w/app", m)
+	if err != nil || spec.Nodes[0].Keep[0] != "/w/out" || spec.Nodes[0].KeepMax != 0 {
+		t.Fatalf("--keep with --wdir: %+v, %v", spec.Nodes, err)
+	}
+	for _, bad := range []string{"--keep-max 0 ./app", "--keep-max 1X ./app", "--keep-max -5 ./app", "--keep-max 99999999999T ./app"} {
+		if _, err := Parse(strings.Fields(bad)); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/torpor-hpc/torpor/internal/testutil"
 )
 
 // The multi-node test runs one pmixd per job-node, each in its own process (a
@@ -70,28 +72,14 @@ func newRelay(t *testing.T, path string) *relay {
 		t.Fatalf("relay listen: %v", err)
 	}
 	r := &relay{t: t, ln: ln, nodes: map[int]*relayConn{}, fences: map[string][]fenceWaiter{}, serves: map[uint64]fenceWaiter{}}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go r.serve(c)
-		}
-	}()
+	testutil.Serve(t, ln, r.serve)
 	return r
 }
 
 func (r *relay) serve(c net.Conn) {
 	defer c.Close()
 	rc := &relayConn{enc: json.NewEncoder(c)}
-	dec := json.NewDecoder(bufio.NewReader(c))
-	for {
-		var m relayMsg
-		if err := dec.Decode(&m); err != nil {
-			return
-		}
+	readRelay(c, func(m relayMsg) {
 		switch m.Type {
 		case "hello":
 			r.mu.Lock()
@@ -109,7 +97,7 @@ func (r *relay) serve(c net.Conn) {
 			r.mu.Unlock()
 			if owner == nil {
 				_ = rc.send(relayMsg{Type: "reply", ID: m.ID, Err: "owner not connected"})
-				continue
+				return
 			}
 			_ = owner.send(relayMsg{Type: "serve", ID: id, Modex: m.Modex})
 		case "served":
@@ -121,6 +109,18 @@ func (r *relay) serve(c net.Conn) {
 				_ = w.conn.send(relayMsg{Type: "reply", ID: w.id, Data: m.Data, Err: m.Err})
 			}
 		}
+	})
+}
+
+// readRelay hands each JSON line read from c to handle, until c fails.
+func readRelay(c net.Conn, handle func(relayMsg)) {
+	dec := json.NewDecoder(bufio.NewReader(c))
+	for {
+		var m relayMsg
+		if err := dec.Decode(&m); err != nil {
+			return
+		}
+		handle(m)
 	}
 }
 
@@ -165,37 +165,30 @@ func dialRelay(path string, node int) (*relayUpstream, error) {
 	if err := u.conn.send(relayMsg{Type: "hello", Node: node}); err != nil {
 		return nil, err
 	}
-	go func() {
-		dec := json.NewDecoder(bufio.NewReader(c))
-		for {
-			var m relayMsg
-			if err := dec.Decode(&m); err != nil {
-				return
+	go readRelay(c, func(m relayMsg) {
+		switch m.Type {
+		case "reply":
+			u.mu.Lock()
+			ch := u.pending[m.ID]
+			delete(u.pending, m.ID)
+			u.mu.Unlock()
+			if ch != nil {
+				ch <- m
 			}
-			switch m.Type {
-			case "reply":
-				u.mu.Lock()
-				ch := u.pending[m.ID]
-				delete(u.pending, m.ID)
-				u.mu.Unlock()
-				if ch != nil {
-					ch <- m
+		case "serve":
+			go func() {
+				reply := relayMsg{Type: "served", ID: m.ID}
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				data, err := u.d.Load().ServeDirectModex(ctx, m.Modex.Rank)
+				if err != nil {
+					reply.Err = err.Error()
 				}
-			case "serve":
-				go func() {
-					reply := relayMsg{Type: "served", ID: m.ID}
-					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-					defer cancel()
-					data, err := u.d.Load().ServeDirectModex(ctx, m.Modex.Rank)
-					if err != nil {
-						reply.Err = err.Error()
-					}
-					reply.Data = data
-					_ = u.conn.send(reply)
-				}()
-			}
+				reply.Data = data
+				_ = u.conn.send(reply)
+			}()
 		}
-	}()
+	})
 	return u, nil
 }
 
@@ -230,6 +223,39 @@ func (u *relayUpstream) DirectModex(ctx context.Context, req ModexRequest) ([]by
 
 func (u *relayUpstream) Failed(context.Context, Failure) error { return nil }
 
+// startRelayedNodes starts a node process for each of hosts, with spec(i) as
+// its job spec and the relay at dir/relay.sock as its upstream: PID 1 of its
+// own PID namespace (reaps, and takes its ranks along if killed) with its own
+// hostname.
+func startRelayedNodes(t *testing.T, ctx context.Context, dir string, hosts []string, spec func(i int) JobSpec) []*nodeProc {
+	t.Helper()
+	var procs []*nodeProc
+	for i := range hosts {
+		cfg := helperConfig{
+			Spec:     spec(i),
+			Hostname: hosts[i],
+			Socket:   filepath.Join(dir, "relay.sock"),
+		}
+		procs = append(procs, startNode(t, ctx, cfg, syscall.CLONE_NEWUTS|syscall.CLONE_NEWPID, nil))
+	}
+	return procs
+}
+
+// waitNodes waits for each node process in turn, fails the test for each that
+// did not exit 0, and returns their output one after the other.
+func waitNodes(t *testing.T, procs []*nodeProc) string {
+	t.Helper()
+	var all strings.Builder
+	for i, n := range procs {
+		res := n.wait(t)
+		all.WriteString(n.out.String())
+		if res.Code != 0 {
+			t.Errorf("node %d: code %d: %s", i, res.Code, res.Err)
+		}
+	}
+	return all.String()
+}
+
 func TestRunTwoNodes(t *testing.T) {
 	requireRootAndMPI(t)
 	prog := buildMPITest(t)
@@ -252,31 +278,15 @@ func TestRunTwoNodes(t *testing.T) {
 			nodes := []Node{{Hostname: hosts[0], Ranks: []int{0, 1}}, {Hostname: hosts[1], Ranks: []int{2, 3}}}
 			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 			defer cancel()
-			var nodeProcs []*nodeProc
-			for i := range nodes {
-				cfg := helperConfig{
-					Spec: JobSpec{
-						Job: job, Nodes: nodes, NodeIndex: i, Argv: []string{prog},
-						ExtraEnv: append([]string{"OMPI_MCA_btl=self,vader,tcp", "OMPI_MCA_btl_tcp_if_include=lo"}, tc.env...),
-						TmpDir:   filepath.Join(dir, fmt.Sprintf("node%d", i)), TagOutput: true, KillGrace: time.Second,
-					},
-					Hostname: hosts[i],
-					Socket:   filepath.Join(dir, "relay.sock"),
+			nodeProcs := startRelayedNodes(t, ctx, dir, hosts, func(i int) JobSpec {
+				return JobSpec{
+					Job: job, Nodes: nodes, NodeIndex: i, Argv: []string{prog},
+					ExtraEnv: append([]string{"OMPI_MCA_btl=self,vader,tcp", "OMPI_MCA_btl_tcp_if_include=lo"}, tc.env...),
+					TmpDir:   filepath.Join(dir, fmt.Sprintf("node%d", i)), TagOutput: true, KillGrace: time.Second,
 				}
-				// PID 1 of its own PID namespace (reaps, and takes its ranks
-				// along if killed) with its own hostname.
-				nodeProcs = append(nodeProcs, startNode(t, ctx, cfg, syscall.CLONE_NEWUTS|syscall.CLONE_NEWPID, nil))
-			}
-			var all strings.Builder
-			for i, n := range nodeProcs {
-				res := n.wait(t)
-				all.WriteString(n.out.String())
-				if res.Code != 0 {
-					t.Errorf("node %d: code %d: %s", i, res.Code, res.Err)
-				}
-			}
-			t.Logf("fence rounds %d, direct modex %d; output:\n%s", rl.nFence.Load(), rl.nModex.Load(), all.String())
-			out := all.String()
+			})
+			out := waitNodes(t, nodeProcs)
+			t.Logf("fence rounds %d, direct modex %d; output:\n%s", rl.nFence.Load(), rl.nModex.Load(), out)
 			for r := 0; r < 4; r++ {
 				want := fmt.Sprintf("[%s,%d]<stdout>: rank %d of 4 ok sum=10", job, r, r)
 				if !strings.Contains(out, want) {

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -25,13 +24,7 @@ func TestRunMPICHOneNode(t *testing.T) {
 	if res.Code != 0 {
 		t.Fatalf("Run = %d, %q", res.Code, res.Err)
 	}
-	out := n.out.String()
-	for r := 0; r < 4; r++ {
-		want := fmt.Sprintf("[t5mpich,%d]<stdout>: rank %d of 4 ok sum=10 left=%d", r, r, (r+3)%4)
-		if !strings.Contains(out, want) {
-			t.Errorf("output lacks %q", want)
-		}
-	}
+	wantRanksOK(t, n.out.String(), "t5mpich")
 	if res.Fences < 2 {
 		t.Errorf("%d PMI barriers went through the upstream, want >= 2 (MPI_Init, MPI_Finalize)", res.Fences)
 	}
@@ -72,30 +65,17 @@ func TestRunMPICHTwoNodes(t *testing.T) {
 	nodes := []Node{{Hostname: hosts[0], Ranks: []int{0, 1}}, {Hostname: hosts[1], Ranks: []int{2, 3}}}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var procs []*nodeProc
-	for i := range nodes {
-		cfg := helperConfig{
-			Spec: JobSpec{Job: job, Wire: WirePMI1, Nodes: nodes, NodeIndex: i, Argv: []string{prog},
-				// UCX finds the other sandbox on the same kernel and tries shared
-				// memory through /proc/<pid> of another PID namespace: TCP only.
-				ExtraEnv: []string{"UCX_TLS=tcp,self", "UCX_NET_DEVICES=lo"},
-				TmpDir:   filepath.Join(dir, fmt.Sprintf("node%d", i)), TagOutput: true, KillGrace: time.Second},
-			Hostname: hosts[i],
-			Socket:   filepath.Join(dir, "relay.sock"),
-		}
-		procs = append(procs, startNode(t, ctx, cfg, syscall.CLONE_NEWUTS|syscall.CLONE_NEWPID, nil))
-	}
-	var out strings.Builder
-	for i, n := range procs {
-		res := n.wait(t)
-		out.WriteString(n.out.String())
-		if res.Code != 0 {
-			t.Errorf("node %d: code %d: %s", i, res.Code, res.Err)
-		}
-	}
+	procs := startRelayedNodes(t, ctx, dir, hosts, func(i int) JobSpec {
+		return JobSpec{Job: job, Wire: WirePMI1, Nodes: nodes, NodeIndex: i, Argv: []string{prog},
+			// UCX finds the other sandbox on the same kernel and tries shared
+			// memory through /proc/<pid> of another PID namespace: TCP only.
+			ExtraEnv: []string{"UCX_TLS=tcp,self", "UCX_NET_DEVICES=lo"},
+			TmpDir:   filepath.Join(dir, fmt.Sprintf("node%d", i)), TagOutput: true, KillGrace: time.Second}
+	})
+	out := waitNodes(t, procs)
 	for r := 0; r < 4; r++ {
 		want := fmt.Sprintf("rank %d of 4 ok sum=10 left=%d host=%s", r, (r+3)%4, hosts[r/2])
-		if !strings.Contains(out.String(), want) {
+		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
 		}
 	}

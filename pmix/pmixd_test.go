@@ -68,6 +68,18 @@ func assertNoChildren(t *testing.T) {
 	}
 }
 
+// wantRanksOK fails the test unless out, a node's tagged output for job, has
+// the ok line of each of the 4 ranks of the test program on one node.
+func wantRanksOK(t *testing.T, out, job string) {
+	t.Helper()
+	for r := 0; r < 4; r++ {
+		want := fmt.Sprintf("[%s,%d]<stdout>: rank %d of 4 ok sum=10 left=%d", job, r, r, (r+3)%4)
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+}
+
 func TestRunOneNode(t *testing.T) {
 	requireRootAndMPI(t)
 	prog := buildMPITest(t)
@@ -107,12 +119,7 @@ func TestRunOneNodeOutput(t *testing.T) {
 		t.Fatalf("Run = %d, %q", res.Code, res.Err)
 	}
 	out := n.out.String()
-	for r := 0; r < 4; r++ {
-		want := fmt.Sprintf("[t1out,%d]<stdout>: rank %d of 4 ok sum=10 left=%d", r, r, (r+3)%4)
-		if !strings.Contains(out, want) {
-			t.Errorf("output lacks %q", want)
-		}
-	}
+	wantRanksOK(t, out, "t1out")
 	if c := countLines(out, " ok sum=10"); c != 4 {
 		t.Errorf("%d ok lines, want 4", c)
 	}

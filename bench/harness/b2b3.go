@@ -105,30 +105,22 @@ func (p *CkptPoint) torpor(ctx context.Context, e *Env, id string, hosts []strin
 		p.Restarts = append(p.Restarts, rs)
 	}
 	var walls, sums []time.Duration
-	phases := map[string][]time.Duration{}
+	phases := phaseDurations{}
 	for _, s := range p.Torpor {
 		walls, sums = append(walls, s.Wall), append(sums, s.CRIUSum)
-		for k, v := range s.Phases {
-			phases[k] = append(phases[k], v)
-		}
+		phases.add(s.Phases)
 	}
 	p.TorporWall, p.CRIUSum = DurStat(walls), DurStat(sums)
-	for k, v := range phases {
-		p.Phases[k] = DurStat(v)
-	}
+	phases.statsInto(p.Phases)
 	p.Bytes = medianBytes(p.Torpor)
 	var rw, tcp []time.Duration
-	rph := map[string][]time.Duration{}
+	rph := phaseDurations{}
 	for _, s := range p.Restarts {
 		rw, tcp = append(rw, s.Wall), append(tcp, s.Progress.TCP)
-		for k, v := range s.Phases {
-			rph[k] = append(rph[k], v)
-		}
+		rph.add(s.Phases)
 	}
 	p.RestartWall, p.RestartTCP = DurStat(rw), DurStat(tcp)
-	for k, v := range rph {
-		p.RestartPhases[k] = DurStat(v)
-	}
+	rph.statsInto(p.RestartPhases)
 	return nil
 }
 

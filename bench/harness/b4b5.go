@@ -43,18 +43,14 @@ func runMigratePoint(ctx context.Context, e *Env, mib, reps int, spare string, l
 		p.Samples = append(p.Samples, s)
 	}
 	var dt, tcp []time.Duration
-	ph := map[string][]time.Duration{}
+	ph := phaseDurations{}
 	for _, s := range p.Samples {
 		dt, tcp = append(dt, s.Downtime), append(tcp, s.Progress.TCP)
 		p.Bytes = s.Bytes
-		for k, v := range s.Phases {
-			ph[k] = append(ph[k], v)
-		}
+		ph.add(s.Phases)
 	}
 	p.Downtime, p.TCP = DurStat(dt), DurStat(tcp)
-	for k, v := range ph {
-		p.Phases[k] = DurStat(v)
-	}
+	ph.statsInto(p.Phases)
 	return p
 }
 

@@ -99,22 +99,29 @@ func Markdown(r *Result, plots []string) string {
 	}
 
 	if len(r.Ckpt) > 0 {
+		// ckptTable writes a table of r.Ckpt with 14 columns: head, then the row
+		// of each point, or a failed row for a point whose run failed.
+		ckptTable := func(head string, row func(p CkptPoint)) {
+			w("%s", head)
+			w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+			for _, p := range r.Ckpt {
+				if p.Err != "" {
+					w("| %d | %d | failed: %s |||||||||||||\n", p.MiB, p.Nodes, firstLine(p.Err))
+					continue
+				}
+				row(p)
+			}
+		}
 		w("## B2 checkpoint latency (leave-running)\n\n")
 		w("Each job-node: memhog of the given size + one TCP stream to the next job-node (a ring). ")
 		w("torpor = the whole coordinated checkpoint as the caller sees it. raw seq/par = `criu dump --leave-running --tcp-established` of the same workload in plain sandboxes, one at a time / all at once (on one machine CRIU dumps are serialized by torpor's machine-wide dump lock, so par ≈ seq). write = a plain write(2) of the same bytes to the same directory (page cache, as CRIU writes); +fsync = also made durable.\n\n")
-		w("| MiB/node | nodes | image MiB | torpor ms | raw seq ms | raw par ms | write ms | write+fsync ms | **torpor/raw seq** | **torpor/raw par** | **torpor/write** | **torpor/write+fsync** | raw seq/write | torpor MiB/s |\n")
-		w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-		for _, p := range r.Ckpt {
-			if p.Err != "" {
-				w("| %d | %d | failed: %s |||||||||||||\n", p.MiB, p.Nodes, firstLine(p.Err))
-				continue
-			}
+		ckptTable("| MiB/node | nodes | image MiB | torpor ms | raw seq ms | raw par ms | write ms | write+fsync ms | **torpor/raw seq** | **torpor/raw par** | **torpor/write** | **torpor/write+fsync** | raw seq/write | torpor MiB/s |\n", func(p CkptPoint) {
 			w("| %d | %d | %s | %s | %s | %s | %s | %s | **%s** | **%s** | **%s** | **%s** | %s | %s |\n", p.MiB, p.Nodes, mib(p.Bytes),
 				med(p.TorporWall), med(p.RawSeqWall), med(p.RawParWall), med(p.WriteWall), med(p.FsyncWall),
 				f2(Ratio(p.TorporWall.Median, p.RawSeqWall.Median)), f2(Ratio(p.TorporWall.Median, p.RawParWall.Median)),
 				f2(Ratio(p.TorporWall.Median, p.WriteWall.Median)), f2(Ratio(p.TorporWall.Median, p.FsyncWall.Median)),
 				f2(Ratio(p.RawSeqWall.Median, p.WriteWall.Median)), mbps(p.Bytes, p.TorporWall.Median))
-		}
+		})
 		w("\n### B2 by phase (torpor, median ms)\n\n")
 		w("| MiB/node | nodes | %s | Σ CRIU | total |\n|---|---|%s\n", strings.Join(ckptPhases, " | "), strings.Repeat("---|", len(ckptPhases)+2))
 		for _, p := range r.Ckpt {
@@ -131,19 +138,13 @@ func Markdown(r *Result, plots []string) string {
 
 		w("## B3 restart latency\n\n")
 		w("torpor = `Restart` of a suspended job (verify every image, restore every job-node locked, unlock, thaw). raw = `criu restore` of the same workload's images into its sandboxes, one at a time (seq) and all at once (par), then the veth up. unlock→TCP = time from the end of the unlock until every job-node's namespace has received a TCP segment again (Tcp InSegs in /proc/<pid>/net/snmp, polled every 2 ms); hundreds of ms would mean the peers wait for a retransmission timeout.\n\n")
-		w("| MiB/node | nodes | image MiB | torpor restart ms | verify | restore | unlock | raw restore seq ms | raw restore par ms | **torpor/raw seq** | **torpor/raw par** | **torpor/write** | torpor unlock→TCP ms | raw unlock→TCP ms |\n")
-		w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-		for _, p := range r.Ckpt {
-			if p.Err != "" {
-				w("| %d | %d | failed: %s |||||||||||||\n", p.MiB, p.Nodes, firstLine(p.Err))
-				continue
-			}
+		ckptTable("| MiB/node | nodes | image MiB | torpor restart ms | verify | restore | unlock | raw restore seq ms | raw restore par ms | **torpor/raw seq** | **torpor/raw par** | **torpor/write** | torpor unlock→TCP ms | raw unlock→TCP ms |\n", func(p CkptPoint) {
 			w("| %d | %d | %s | %s | %s | %s | %s | %s | %s | **%s** | **%s** | **%s** | %s | %s |\n", p.MiB, p.Nodes, mib(p.Bytes),
 				med(p.RestartWall), f0(p.RestartPhases["verify"].Median), f0(p.RestartPhases["restore"].Median), f1(p.RestartPhases["unlock"].Median),
 				med(p.RawRestoreWall), med(p.RawRestoreParWl),
 				f2(Ratio(p.RestartWall.Median, p.RawRestoreWall.Median)), f2(Ratio(p.RestartWall.Median, p.RawRestoreParWl.Median)),
 				f2(Ratio(p.RestartWall.Median, p.WriteWall.Median)), tcpCell(p.Nodes, p.RestartTCP), tcpCell(p.Nodes, p.RawRestoreTCP))
-		}
+		})
 		w("\n")
 	}
 

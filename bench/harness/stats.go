@@ -64,3 +64,20 @@ func Ratio(a, b float64) float64 {
 
 // Spread is (max-min)/median, a rough relative spread.
 func (s Stat) Spread() float64 { return Ratio(s.Max-s.Min, s.Median) }
+
+// phaseDurations gathers, phase by phase, the durations of a series of samples.
+type phaseDurations map[string][]time.Duration
+
+// add appends the duration of each phase of one sample.
+func (d phaseDurations) add(phases map[string]time.Duration) {
+	for k, v := range phases {
+		d[k] = append(d[k], v)
+	}
+}
+
+// statsInto sets dst[phase] to the Stat of each phase's durations.
+func (d phaseDurations) statsInto(dst map[string]Stat) {
+	for k, v := range d {
+		dst[k] = DurStat(v)
+	}
+}

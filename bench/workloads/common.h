@@ -9,6 +9,7 @@
 #define TORPOR_WORKLOADS_COMMON_H
 
 #include <errno.h>
+#include <getopt.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -83,6 +84,152 @@ static inline void sleep_us(uint64_t us)
 	req.tv_nsec = (long)((us % 1000000) * 1000);
 	while (nanosleep(&req, &rem) != 0 && errno == EINTR)
 		req = rem;
+}
+
+/* num_opt is a command-line option taking a whole number: -flag N stores N in *dst. */
+struct num_opt {
+	char flag;
+	uint64_t *dst;
+	uint64_t min, max;
+	const char *what; /* named in the error for a bad value */
+};
+
+/* run_opts are the options every workload takes: -i, -s, -p and -v. */
+struct run_opts {
+	uint64_t iters;
+	uint64_t sleep_us;
+	uint64_t print_every;
+	int verbose;
+};
+
+/* Help lines for the run_opts, and for the output every workload prints. */
+#define USAGE_ITERS "  -i N    iterations (default 1000, >= 1)\n"
+#define USAGE_RUN                                                                                          \
+	"  -s us   sleep per iteration in microseconds (default 0)\n"                                         \
+	"  -p K    rank 0 prints the checksum every K iterations (default 100, 0 = only at the end)\n"       \
+	"  -v      print each rank's host name and pid at start\n"                                            \
+	"  -h      this help\n"
+#define USAGE_OUTPUT(prog)                                                                                 \
+	"output (rank 0): '" prog ": start ...', '" prog ": iter=N checksum=0x...',\n"                       \
+	"                 '" prog ": done iters=N ranks=R checksum=0x...'\n"
+
+#define MAX_NUM_OPTS 16
+
+/*
+ * parse_opts sets run to its defaults and parses argv with getopt: the program's own
+ * options in own[0..nown), the run_opts, and -h. Only rank 0 prints; usage is prog's
+ * help text. It returns -1 to go on, or the exit status to finish with.
+ */
+static inline int parse_opts(int argc, char **argv, int rank, const char *prog, const char *usage,
+			     struct run_opts *run, const struct num_opt *own, size_t nown)
+{
+	struct num_opt opts[MAX_NUM_OPTS];
+	char optstring[2 * MAX_NUM_OPTS + 4];
+	const struct num_opt *o;
+	size_t nopts = 0, n = 0, k;
+	int c;
+
+	run->iters = 1000;
+	run->sleep_us = 0;
+	run->print_every = 100;
+	run->verbose = 0;
+
+	if (nown + 3 > MAX_NUM_OPTS) {
+		fprintf(stderr, "%s: too many options\n", prog);
+		return EXIT_USAGE;
+	}
+	for (k = 0; k < nown; k++)
+		opts[nopts++] = own[k];
+	opts[nopts++] = (struct num_opt){'i', &run->iters, 1, UINT64_C(1) << 40, "iterations"};
+	opts[nopts++] = (struct num_opt){'s', &run->sleep_us, 0, UINT64_C(3600000000), "sleep microseconds"};
+	opts[nopts++] = (struct num_opt){'p', &run->print_every, 0, UINT64_C(1) << 40, "print interval"};
+
+	optstring[n++] = ':';
+	for (k = 0; k < nopts; k++) {
+		optstring[n++] = opts[k].flag;
+		optstring[n++] = ':';
+	}
+	optstring[n++] = 'v';
+	optstring[n++] = 'h';
+	optstring[n] = '\0';
+
+	opterr = 0;
+	while ((c = getopt(argc, argv, optstring)) != -1) {
+		switch (c) {
+		case 'v': run->verbose = 1; continue;
+		case 'h':
+			if (rank == 0)
+				fputs(usage, stdout);
+			return 0;
+		case ':':
+			if (rank == 0) {
+				fprintf(stderr, "%s: option -%c needs a value\n", prog, optopt);
+				fputs(usage, stderr);
+			}
+			return EXIT_USAGE;
+		}
+		for (o = NULL, k = 0; k < nopts; k++)
+			if (opts[k].flag == c)
+				o = &opts[k];
+		if (o == NULL) {
+			if (rank == 0) {
+				fprintf(stderr, "%s: unknown option -%c\n", prog, optopt);
+				fputs(usage, stderr);
+			}
+			return EXIT_USAGE;
+		}
+		if (parse_u64(optarg, o->max, o->dst) != 0 || *o->dst < o->min) {
+			if (rank == 0)
+				fprintf(stderr,
+					"%s: bad %s '%s' for -%c: want a whole number from %" PRIu64
+					" to %" PRIu64 "\n",
+					prog, o->what, optarg, c, o->min, o->max);
+			return EXIT_USAGE;
+		}
+	}
+	if (optind < argc) {
+		if (rank == 0) {
+			fprintf(stderr, "%s: unexpected argument '%s'\n", prog, argv[optind]);
+			fputs(usage, stderr);
+		}
+		return EXIT_USAGE;
+	}
+	return -1;
+}
+
+/*
+ * begin initialises MPI, sets *rank and *size in MPI_COMM_WORLD and parses the
+ * arguments with parse_opts. It returns -1 to go on, or, with MPI finalized, the
+ * exit status to finish with.
+ */
+static inline int begin(int *argc, char ***argv, int *rank, int *size, const char *prog,
+			const char *usage, struct run_opts *run, const struct num_opt *own, size_t nown)
+{
+	int st;
+
+	MPI_Init(argc, argv);
+	MPI_Comm_rank(MPI_COMM_WORLD, rank);
+	MPI_Comm_size(MPI_COMM_WORLD, size);
+	st = parse_opts(*argc, *argv, *rank, prog, usage, run, own, nown);
+	if (st >= 0)
+		MPI_Finalize();
+	return st;
+}
+
+/*
+ * end_iter closes iteration it of run, whose global value is global: rank 0 prints
+ * the periodic checksum line, and the done line after the last iteration; every
+ * rank then sleeps, except after the last.
+ */
+static inline void end_iter(const char *prog, const struct run_opts *run, int rank, int size, uint64_t it,
+			    uint64_t global)
+{
+	if (rank == 0 && run->print_every != 0 && it % run->print_every == 0)
+		say("%s: iter=%" PRIu64 " checksum=0x%016" PRIx64, prog, it, global);
+	if (rank == 0 && it == run->iters)
+		say("%s: done iters=%" PRIu64 " ranks=%d checksum=0x%016" PRIx64, prog, run->iters, size, global);
+	if (it < run->iters)
+		sleep_us(run->sleep_us);
 }
 
 #define HOST_LEN 64

@@ -17,113 +17,39 @@
  */
 #include "common.h"
 
-#include <getopt.h>
-
 #define PROG "ring"
 #define WORDS_PER_PAGE 512 /* 4096 bytes / 8 */
 #define TAG_RING 17
 
 struct ring_opts {
-	uint64_t iters;
+	struct run_opts run; /* -i -s -p -v */
 	uint64_t mib;
 	uint64_t msg_kib;
-	uint64_t sleep_us;
-	uint64_t print_every;
-	int verbose;
 };
 
-static void usage(FILE *f)
-{
-	fprintf(f,
-		"usage: " PROG " [-i iterations] [-m MiB] [-x KiB] [-s usec] [-p K] [-v] [-h]\n"
-		"  -i N    iterations (default 1000, >= 1)\n"
-		"  -m MiB  memory per rank, touched every iteration (default 16)\n"
-		"  -x KiB  size of the ring message each rank sends per iteration (default 1, >= 1)\n"
-		"  -s us   sleep per iteration in microseconds (default 0)\n"
-		"  -p K    rank 0 prints the checksum every K iterations (default 100, 0 = only at the end)\n"
-		"  -v      print each rank's host name and pid at start\n"
-		"  -h      this help\n"
-		"output (rank 0): '" PROG ": start ...', '" PROG ": iter=N checksum=0x...',\n"
-		"                 '" PROG ": done iters=N ranks=R checksum=0x...'\n");
-}
-
-/* parse_args returns -1 to go on, or the exit status to finish with. */
-static int parse_args(int argc, char **argv, int rank, struct ring_opts *o)
-{
-	int c;
-	uint64_t *dst;
-	uint64_t max, min;
-	const char *what;
-
-	o->iters = 1000;
-	o->mib = 16;
-	o->msg_kib = 1;
-	o->sleep_us = 0;
-	o->print_every = 100;
-	o->verbose = 0;
-
-	opterr = 0;
-	while ((c = getopt(argc, argv, ":i:m:x:s:p:vh")) != -1) {
-		switch (c) {
-		case 'i': dst = &o->iters; min = 1; max = UINT64_C(1) << 40; what = "iterations"; break;
-		case 'm': dst = &o->mib; min = 0; max = UINT64_C(1) << 20; what = "MiB per rank"; break;
-		case 'x': dst = &o->msg_kib; min = 1; max = UINT64_C(1) << 20; what = "message KiB"; break;
-		case 's': dst = &o->sleep_us; min = 0; max = UINT64_C(3600000000); what = "sleep microseconds"; break;
-		case 'p': dst = &o->print_every; min = 0; max = UINT64_C(1) << 40; what = "print interval"; break;
-		case 'v': o->verbose = 1; continue;
-		case 'h':
-			if (rank == 0)
-				usage(stdout);
-			return 0;
-		case ':':
-			if (rank == 0) {
-				fprintf(stderr, PROG ": option -%c needs a value\n", optopt);
-				usage(stderr);
-			}
-			return EXIT_USAGE;
-		default:
-			if (rank == 0) {
-				fprintf(stderr, PROG ": unknown option -%c\n", optopt);
-				usage(stderr);
-			}
-			return EXIT_USAGE;
-		}
-		if (parse_u64(optarg, max, dst) != 0 || *dst < min) {
-			if (rank == 0)
-				fprintf(stderr,
-					PROG ": bad %s '%s' for -%c: want a whole number from %" PRIu64
-					     " to %" PRIu64 "\n",
-					what, optarg, c, min, max);
-			return EXIT_USAGE;
-		}
-	}
-	if (optind < argc) {
-		if (rank == 0) {
-			fprintf(stderr, PROG ": unexpected argument '%s'\n", argv[optind]);
-			usage(stderr);
-		}
-		return EXIT_USAGE;
-	}
-	return -1;
-}
+static const char usage[] =
+	"usage: " PROG " [-i iterations] [-m MiB] [-x KiB] [-s usec] [-p K] [-v] [-h]\n"
+	USAGE_ITERS
+	"  -m MiB  memory per rank, touched every iteration (default 16)\n"
+	"  -x KiB  size of the ring message each rank sends per iteration (default 1, >= 1)\n"
+	USAGE_RUN
+	USAGE_OUTPUT(PROG);
 
 int main(int argc, char **argv)
 {
-	struct ring_opts o;
+	struct ring_opts o = {.mib = 16, .msg_kib = 1};
+	const struct num_opt own[] = {
+		{'m', &o.mib, 0, UINT64_C(1) << 20, "MiB per rank"},
+		{'x', &o.msg_kib, 1, UINT64_C(1) << 20, "message KiB"},
+	};
 	int rank, size, left, right, st;
 	uint64_t *mem = NULL, *sbuf, *rbuf;
 	size_t nwords, npages, mwords, k;
 	uint64_t state, it;
 
-	MPI_Init(&argc, &argv);
-	MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-	MPI_Comm_size(MPI_COMM_WORLD, &size);
-
-	st = parse_args(argc, argv, rank, &o);
-	if (st >= 0) {
-		MPI_Finalize();
+	st = begin(&argc, &argv, &rank, &size, PROG, usage, &o.run, own, sizeof(own) / sizeof(own[0]));
+	if (st >= 0)
 		return st;
-	}
 
 	nwords = (size_t)o.mib * (1024 * 1024 / sizeof(uint64_t));
 	npages = nwords / WORDS_PER_PAGE;
@@ -151,14 +77,14 @@ int main(int argc, char **argv)
 	if (rank == 0)
 		say(PROG ": start ranks=%d iters=%" PRIu64 " mib=%" PRIu64 " msg_kib=%" PRIu64
 			 " sleep_us=%" PRIu64 " print_every=%" PRIu64,
-		    size, o.iters, o.mib, o.msg_kib, o.sleep_us, o.print_every);
-	if (o.verbose)
+		    size, o.run.iters, o.mib, o.msg_kib, o.run.sleep_us, o.run.print_every);
+	if (o.run.verbose)
 		print_hosts(PROG, MPI_COMM_WORLD);
 
 	right = (rank + 1) % size;
 	left = (rank + size - 1) % size;
 
-	for (it = 1; it <= o.iters; it++) {
+	for (it = 1; it <= o.run.iters; it++) {
 		uint64_t acc = it, in[2], out[2], global;
 		size_t p, off = (size_t)((it * 37) % WORDS_PER_PAGE);
 
@@ -189,13 +115,7 @@ int main(int argc, char **argv)
 		global = mix64(out[0] ^ rotl64(out[1], 31) ^ it);
 		state = mix64(state ^ global);
 
-		if (rank == 0 && o.print_every != 0 && it % o.print_every == 0)
-			say(PROG ": iter=%" PRIu64 " checksum=0x%016" PRIx64, it, global);
-		if (it == o.iters && rank == 0)
-			say(PROG ": done iters=%" PRIu64 " ranks=%d checksum=0x%016" PRIx64,
-			    o.iters, size, global);
-		if (it < o.iters)
-			sleep_us(o.sleep_us);
+		end_iter(PROG, &o.run, rank, size, it, global);
 	}
 
 	free(sbuf);

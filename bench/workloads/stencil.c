@@ -15,96 +15,24 @@
  */
 #include "common.h"
 
-#include <getopt.h>
-
 #define PROG "stencil"
 
 enum { TAG_UP = 1, TAG_DOWN, TAG_LEFT, TAG_RIGHT };
 
 struct stencil_opts {
+	struct run_opts run; /* -i -s -p -v */
 	uint64_t n;
-	uint64_t iters;
 	uint64_t reduce_every;
-	uint64_t sleep_us;
-	uint64_t print_every;
-	int verbose;
 };
 
-static void usage(FILE *f)
-{
-	fprintf(f,
-		"usage: " PROG " [-n N] [-i iterations] [-a A] [-s usec] [-p K] [-v] [-h]\n"
-		"  -n N    global grid is N x N uint64 cells (default 512; N >= each process-grid dimension)\n"
-		"  -i N    iterations (default 1000, >= 1)\n"
-		"  -a A    Allreduce and fold the global value every A iterations (default 10, >= 1)\n"
-		"  -s us   sleep per iteration in microseconds (default 0)\n"
-		"  -p K    rank 0 prints the checksum every K iterations (default 100, 0 = only at the end)\n"
-		"  -v      print each rank's host name and pid at start\n"
-		"  -h      this help\n"
-		"memory per rank is about 16 * N * N / ranks bytes\n"
-		"output (rank 0): '" PROG ": start ...', '" PROG ": iter=N checksum=0x...',\n"
-		"                 '" PROG ": done iters=N ranks=R checksum=0x...'\n");
-}
-
-/* parse_args returns -1 to go on, or the exit status to finish with. */
-static int parse_args(int argc, char **argv, int rank, struct stencil_opts *o)
-{
-	int c;
-	uint64_t *dst;
-	uint64_t max, min;
-	const char *what;
-
-	o->n = 512;
-	o->iters = 1000;
-	o->reduce_every = 10;
-	o->sleep_us = 0;
-	o->print_every = 100;
-	o->verbose = 0;
-
-	opterr = 0;
-	while ((c = getopt(argc, argv, ":n:i:a:s:p:vh")) != -1) {
-		switch (c) {
-		case 'n': dst = &o->n; min = 1; max = UINT64_C(1) << 20; what = "grid size"; break;
-		case 'i': dst = &o->iters; min = 1; max = UINT64_C(1) << 40; what = "iterations"; break;
-		case 'a': dst = &o->reduce_every; min = 1; max = UINT64_C(1) << 40; what = "Allreduce interval"; break;
-		case 's': dst = &o->sleep_us; min = 0; max = UINT64_C(3600000000); what = "sleep microseconds"; break;
-		case 'p': dst = &o->print_every; min = 0; max = UINT64_C(1) << 40; what = "print interval"; break;
-		case 'v': o->verbose = 1; continue;
-		case 'h':
-			if (rank == 0)
-				usage(stdout);
-			return 0;
-		case ':':
-			if (rank == 0) {
-				fprintf(stderr, PROG ": option -%c needs a value\n", optopt);
-				usage(stderr);
-			}
-			return EXIT_USAGE;
-		default:
-			if (rank == 0) {
-				fprintf(stderr, PROG ": unknown option -%c\n", optopt);
-				usage(stderr);
-			}
-			return EXIT_USAGE;
-		}
-		if (parse_u64(optarg, max, dst) != 0 || *dst < min) {
-			if (rank == 0)
-				fprintf(stderr,
-					PROG ": bad %s '%s' for -%c: want a whole number from %" PRIu64
-					     " to %" PRIu64 "\n",
-					what, optarg, c, min, max);
-			return EXIT_USAGE;
-		}
-	}
-	if (optind < argc) {
-		if (rank == 0) {
-			fprintf(stderr, PROG ": unexpected argument '%s'\n", argv[optind]);
-			usage(stderr);
-		}
-		return EXIT_USAGE;
-	}
-	return -1;
-}
+static const char usage[] =
+	"usage: " PROG " [-n N] [-i iterations] [-a A] [-s usec] [-p K] [-v] [-h]\n"
+	"  -n N    global grid is N x N uint64 cells (default 512; N >= each process-grid dimension)\n"
+	USAGE_ITERS
+	"  -a A    Allreduce and fold the global value every A iterations (default 10, >= 1)\n"
+	USAGE_RUN
+	"memory per rank is about 16 * N * N / ranks bytes\n"
+	USAGE_OUTPUT(PROG);
 
 /* block_start is the first global index of block c when n items are split into d blocks. */
 static size_t block_start(size_t c, size_t d, size_t n)
@@ -185,7 +113,11 @@ static void sweep(struct grid *g, uint64_t salt)
 
 int main(int argc, char **argv)
 {
-	struct stencil_opts o;
+	struct stencil_opts o = {.n = 512, .reduce_every = 10};
+	const struct num_opt own[] = {
+		{'n', &o.n, 1, UINT64_C(1) << 20, "grid size"},
+		{'a', &o.reduce_every, 1, UINT64_C(1) << 40, "Allreduce interval"},
+	};
 	struct grid g;
 	MPI_Comm cart;
 	int rank, size, st, crank;
@@ -194,15 +126,9 @@ int main(int argc, char **argv)
 	uint64_t it, global = 0, salt;
 	size_t i, j, cells;
 
-	MPI_Init(&argc, &argv);
-	MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-	MPI_Comm_size(MPI_COMM_WORLD, &size);
-
-	st = parse_args(argc, argv, rank, &o);
-	if (st >= 0) {
-		MPI_Finalize();
+	st = begin(&argc, &argv, &rank, &size, PROG, usage, &o.run, own, sizeof(own) / sizeof(own[0]));
+	if (st >= 0)
 		return st;
-	}
 	MPI_Dims_create(size, 2, dims);
 	if (o.n < (uint64_t)dims[0] || o.n < (uint64_t)dims[1]) {
 		if (rank == 0)
@@ -248,14 +174,14 @@ int main(int argc, char **argv)
 	if (rank == 0)
 		say(PROG ": start ranks=%d dims=%dx%d n=%" PRIu64 " iters=%" PRIu64 " reduce_every=%" PRIu64
 			 " sleep_us=%" PRIu64 " print_every=%" PRIu64,
-		    size, dims[0], dims[1], o.n, o.iters, o.reduce_every, o.sleep_us, o.print_every);
-	if (o.verbose)
+		    size, dims[0], dims[1], o.n, o.run.iters, o.reduce_every, o.run.sleep_us, o.run.print_every);
+	if (o.run.verbose)
 		print_hosts(PROG, MPI_COMM_WORLD);
 
 	salt = mix64(o.n);
-	for (it = 1; it <= o.iters; it++) {
+	for (it = 1; it <= o.run.iters; it++) {
 		int reduce = it % o.reduce_every == 0;
-		int print = it == o.iters || (o.print_every != 0 && it % o.print_every == 0);
+		int print = it == o.run.iters || (o.run.print_every != 0 && it % o.run.print_every == 0);
 
 		halo_exchange(&g, cart, up, down, left, right);
 		sweep(&g, salt ^ it);
@@ -268,13 +194,7 @@ int main(int argc, char **argv)
 		/* Only the Allreduce schedule (-a) feeds back; printing never changes the result. */
 		if (reduce)
 			salt = global;
-		if (rank == 0 && o.print_every != 0 && it % o.print_every == 0)
-			say(PROG ": iter=%" PRIu64 " checksum=0x%016" PRIx64, it, global);
-		if (rank == 0 && it == o.iters)
-			say(PROG ": done iters=%" PRIu64 " ranks=%d checksum=0x%016" PRIx64,
-			    o.iters, size, global);
-		if (it < o.iters)
-			sleep_us(o.sleep_us);
+		end_iter(PROG, &o.run, rank, size, it, global);
 	}
 
 	for (i = 0; i < 2; i++) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
 	"sort"
@@ -191,19 +192,15 @@ func runPs(ctx context.Context, args []string) error {
 	if err != nil {
 		return client.RPCErr(err)
 	}
-	if *cf.json {
-		return printJSON(list.Jobs)
-	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "JOB\tSTATE\tOWNER\tJOB-NODES\tLAST CHECKPOINT\tREASON")
-	for _, j := range list.Jobs {
-		var nodes []string
-		for _, n := range j.Spec.GetNodes() {
-			nodes = append(nodes, n.Name+"@"+n.Host)
+	return printList(*cf.json, list.Jobs, "JOB\tSTATE\tOWNER\tJOB-NODES\tLAST CHECKPOINT\tREASON", func(tw io.Writer) {
+		for _, j := range list.Jobs {
+			var nodes []string
+			for _, n := range j.Spec.GetNodes() {
+				nodes = append(nodes, n.Name+"@"+n.Host)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", j.Spec.GetId(), j.State, userName(int(j.Spec.GetOwner())), strings.Join(nodes, ","), dash(j.LastCheckpoint), j.Reason)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", j.Spec.GetId(), j.State, userName(int(j.Spec.GetOwner())), strings.Join(nodes, ","), dash(j.LastCheckpoint), j.Reason)
-	}
-	return tw.Flush()
+	})
 }
 
 // userName is the name of uid, or the number when the user database does
@@ -235,16 +232,12 @@ func runLs(ctx context.Context, args []string) error {
 	if err != nil {
 		return client.RPCErr(err)
 	}
-	if *cf.json {
-		return printJSON(list.Checkpoints)
-	}
-	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CHECKPOINT\tKIND\tCREATED\tSIZE\tJOB-NODES\tPHASES\tVERIFIED")
-	for _, c := range list.Checkpoints {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", c.Handle, c.Kind, time.Unix(c.CreatedUnix, 0).Format("2006-01-02 15:04:05"),
-			humanBytes(c.Bytes), c.Nodes, phases(c.PhaseNanos), c.Verified)
-	}
-	return tw.Flush()
+	return printList(*cf.json, list.Checkpoints, "CHECKPOINT\tKIND\tCREATED\tSIZE\tJOB-NODES\tPHASES\tVERIFIED", func(tw io.Writer) {
+		for _, c := range list.Checkpoints {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", c.Handle, c.Kind, time.Unix(c.CreatedUnix, 0).Format("2006-01-02 15:04:05"),
+				humanBytes(c.Bytes), c.Nodes, phases(c.PhaseNanos), c.Verified)
+		}
+	})
 }
 
 func phases(p map[string]int64) string {
@@ -300,6 +293,18 @@ func printJSON(v any) error {
 	enc := json.NewEncoder(os.Stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// printList prints v as JSON when asJSON, otherwise as a table: the header
+// line, then the tab-separated lines rows writes, in aligned columns.
+func printList(asJSON bool, v any, header string, rows func(tw io.Writer)) error {
+	if asJSON {
+		return printJSON(v)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	rows(tw)
+	return tw.Flush()
 }
 
 func runCancel(ctx context.Context, args []string) error {

@@ -10,16 +10,13 @@ import (
 // that accepts connections): TLS 1.3, certFile/keyFile as its identity, and every
 // client must present a certificate signed by the CA in caFile.
 func ServerConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
-	pool, cert, err := loadIdentity(caFile, certFile, keyFile)
+	cfg, pool, err := identityConfig(caFile, certFile, keyFile)
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		ClientCAs:    pool,
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-	}, nil
+	cfg.ClientCAs = pool
+	cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	return cfg, nil
 }
 
 // ClientConfig is the TLS configuration of a client: TLS 1.3, certFile/keyFile as
@@ -27,29 +24,28 @@ func ServerConfig(caFile, certFile, keyFile string) (*tls.Config, error) {
 // caFile whose SANs match serverName (a host name or IP address). An empty
 // serverName leaves it to the dialer (gRPC uses the target's host).
 func ClientConfig(caFile, certFile, keyFile, serverName string) (*tls.Config, error) {
-	pool, cert, err := loadIdentity(caFile, certFile, keyFile)
+	cfg, pool, err := identityConfig(caFile, certFile, keyFile)
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		RootCAs:      pool,
-		ServerName:   serverName,
-	}, nil
+	cfg.RootCAs = pool
+	cfg.ServerName = serverName
+	return cfg, nil
 }
 
-// loadIdentity loads the CA a peer must be signed by and our own key pair.
-func loadIdentity(caFile, certFile, keyFile string) (*x509.CertPool, tls.Certificate, error) {
+// identityConfig loads the CA a peer must be signed by and our own key pair,
+// and returns a TLS 1.3 configuration that presents the key pair, with the pool
+// of the CA for the caller to set as its roots or client CAs.
+func identityConfig(caFile, certFile, keyFile string) (*tls.Config, *x509.CertPool, error) {
 	pool, err := loadPool(caFile)
 	if err != nil {
-		return nil, tls.Certificate{}, err
+		return nil, nil, err
 	}
 	cert, err := loadKeyPair(certFile, keyFile)
 	if err != nil {
-		return nil, tls.Certificate{}, err
+		return nil, nil, err
 	}
-	return pool, cert, nil
+	return &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}}, pool, nil
 }
 
 func loadPool(caFile string) (*x509.CertPool, error) {

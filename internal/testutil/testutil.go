@@ -4,6 +4,7 @@ package testutil
 
 import (
 	"io"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -46,4 +47,19 @@ type logWriter struct{ tb testing.TB }
 func (w logWriter) Write(p []byte) (int, error) {
 	w.tb.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// Serve accepts connections on ln until the test ends, when it closes ln, and
+// hands each to handle in a goroutine of its own.
+func Serve(tb testing.TB, ln net.Listener, handle func(net.Conn)) {
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go handle(c)
+		}
+	}()
 }

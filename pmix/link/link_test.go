@@ -128,6 +128,26 @@ func startClient(t *testing.T, path string, h Handler) *Client {
 	return c
 }
 
+// startPair starts a shim's server with fw and a pmixd's client with h on a
+// new socket, at path.
+func startPair(t *testing.T, fw Forwarder, h Handler) (path string, srv *Server, cl *Client) {
+	t.Helper()
+	path = socketPath(t)
+	srv = startServer(t, path, fw)
+	cl = startClient(t, path, h)
+	return path, srv, cl
+}
+
+// noRestore fails the test if h was told of a restore; when says in what case.
+func (h *fakeHandler) noRestore(t *testing.T, when string) {
+	t.Helper()
+	select {
+	case id := <-h.restored:
+		t.Errorf("restored event %q %s", id, when)
+	default:
+	}
+}
+
 func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
@@ -139,11 +159,9 @@ func fence(seq uint64, data string) hostmsg.FenceRequest {
 }
 
 func TestCallsAndRequests(t *testing.T) {
-	path := socketPath(t)
 	fw := &fakeForwarder{}
-	srv := startServer(t, path, fw)
 	h := newFakeHandler()
-	cl := startClient(t, path, h)
+	_, srv, cl := startPair(t, fw, h)
 	ctx := ctxT(t, 10*time.Second)
 
 	hello, err := srv.Connected(ctx)
@@ -191,11 +209,9 @@ func TestCallsAndRequests(t *testing.T) {
 // at the same path, pmixd re-dials with generation+1, learns it was restored,
 // and a fence made while the link was down completes through the new shim.
 func TestPrepareParksAndNewShimTakesOver(t *testing.T) {
-	path := socketPath(t)
 	fw1 := &fakeForwarder{}
-	srv1 := startServer(t, path, fw1)
 	h := newFakeHandler()
-	cl := startClient(t, path, h)
+	path, srv1, cl := startPair(t, fw1, h)
 	ctx := ctxT(t, 15*time.Second)
 	if _, err := srv1.Connected(ctx); err != nil {
 		t.Fatal(err)
@@ -281,11 +297,9 @@ func TestPrepareParksAndNewShimTakesOver(t *testing.T) {
 // A fence in flight when the connection drops is sent again, unchanged, on
 // the next connection.
 func TestInFlightCallResent(t *testing.T) {
-	path := socketPath(t)
 	fw1 := &fakeForwarder{block: true}
-	srv1 := startServer(t, path, fw1)
 	h := newFakeHandler()
-	cl := startClient(t, path, h)
+	path, srv1, cl := startPair(t, fw1, h)
 	ctx := ctxT(t, 15*time.Second)
 	if _, err := srv1.Connected(ctx); err != nil {
 		t.Fatal(err)
@@ -321,20 +335,14 @@ func TestInFlightCallResent(t *testing.T) {
 	if a, b := fw1.fenceLog(), fw2.fenceLog(); len(a) != 1 || len(b) != 1 || a[0] != b[0] {
 		t.Errorf("first shim saw %v, second %v: want the same contribution once each", a, b)
 	}
-	select {
-	case id := <-h.restored:
-		t.Errorf("restored event %q without a restore", id)
-	default:
-	}
+	h.noRestore(t, "without a restore")
 }
 
 // A prepare that fails is an error, and the shim listens again at once.
 func TestPrepareErrorListensAgain(t *testing.T) {
-	path := socketPath(t)
-	srv := startServer(t, path, &fakeForwarder{})
 	h := newFakeHandler()
 	h.prepareErr = errors.New("pmix server gone")
-	cl := startClient(t, path, h)
+	_, srv, cl := startPair(t, &fakeForwarder{}, h)
 	ctx := ctxT(t, 10*time.Second)
 	if _, err := srv.Connected(ctx); err != nil {
 		t.Fatal(err)
@@ -357,10 +365,8 @@ func TestPrepareErrorListensAgain(t *testing.T) {
 
 // Resume after a leave-running checkpoint: pmixd comes back, not restored.
 func TestResumeAfterPrepare(t *testing.T) {
-	path := socketPath(t)
-	srv := startServer(t, path, &fakeForwarder{})
 	h := newFakeHandler()
-	cl := startClient(t, path, h)
+	_, srv, cl := startPair(t, &fakeForwarder{}, h)
 	ctx := ctxT(t, 10*time.Second)
 	for gen := uint64(0); gen < 3; gen++ {
 		hello, err := srv.Connected(ctx)
@@ -386,11 +392,7 @@ func TestResumeAfterPrepare(t *testing.T) {
 	if got := h.prepared; len(got) != 3 || got[0] != "jobA/000001/0s" {
 		t.Errorf("prepares %v", got)
 	}
-	select {
-	case id := <-h.restored:
-		t.Errorf("restored event %q on resume", id)
-	default:
-	}
+	h.noRestore(t, "on resume")
 }
 
 func TestPrepareWaitsForConnection(t *testing.T) {

@@ -114,6 +114,15 @@ func newOneHost(t *testing.T) *oneHost {
 
 // agent returns a new Agent with the host's Config (and faults); Close runs
 // at cleanup.
+// startTicker starts job-node job/n0, a ticker that stops once the file stop
+// exists, on a first agent of h, and returns the agent and the job-node.
+func (h *oneHost) startTicker(ctx context.Context, stop string) (*Agent, agentapi.NodeRef) {
+	h.t.Helper()
+	a := h.agent(nil)
+	mustOK(h.t, "start", a.Start(ctx, "job", tickerSpec("n0", 1, stop)))
+	return a, agentapi.NodeRef{Job: "job", Node: "n0"}
+}
+
 func (h *oneHost) agent(mod func(*Config)) *Agent {
 	h.t.Helper()
 	cfg := h.cfg
@@ -183,9 +192,7 @@ func TestAdoptRunningNode(t *testing.T) {
 	h := newOneHost(t)
 	ctx := context.Background()
 	stop := filepath.Join(t.TempDir(), "stop")
-	ref := agentapi.NodeRef{Job: "job", Node: "n0"}
-	a := h.agent(nil)
-	mustOK(t, "start", a.Start(ctx, "job", tickerSpec("n0", 1, stop)))
+	a, ref := h.startTicker(ctx, stop)
 	waitTicks(t, a, "job", "n0", 2)
 	rec := a.recordPath("job", "n0")
 	if _, err := os.Stat(rec); err != nil {
@@ -256,9 +263,7 @@ func TestAdoptRunningNode(t *testing.T) {
 func TestAdoptFrozenNode(t *testing.T) {
 	h := newOneHost(t)
 	ctx := context.Background()
-	ref := agentapi.NodeRef{Job: "job", Node: "n0"}
-	a := h.agent(nil)
-	mustOK(t, "start", a.Start(ctx, "job", tickerSpec("n0", 1, filepath.Join(t.TempDir(), "stop"))))
+	a, ref := h.startTicker(ctx, filepath.Join(t.TempDir(), "stop"))
 	waitTicks(t, a, "job", "n0", 2)
 	mustOK(t, "freeze", a.Freeze(ctx, ref))
 	mustOK(t, "lock", a.Lock(ctx, ref))
@@ -283,9 +288,7 @@ func TestAdoptFrozenNode(t *testing.T) {
 func TestAdoptVanishedNode(t *testing.T) {
 	h := newOneHost(t)
 	ctx := context.Background()
-	ref := agentapi.NodeRef{Job: "job", Node: "n0"}
-	a := h.agent(nil)
-	mustOK(t, "start", a.Start(ctx, "job", tickerSpec("n0", 1, filepath.Join(t.TempDir(), "stop"))))
+	a, ref := h.startTicker(ctx, filepath.Join(t.TempDir(), "stop"))
 	rec := a.recordPath("job", "n0")
 	data, err := os.ReadFile(rec)
 	mustOK(t, "read record", err)

@@ -102,15 +102,11 @@ func saveDir(dir, dst string) error {
 	}
 	defer d.Close()
 	return eachRegularFile(dir, func(_, rel string) error {
-		in, err := openBeneath(int(d.Fd()), rel, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+		in, st, err := withStat(openBeneath(int(d.Fd()), rel, unix.O_RDONLY|unix.O_NONBLOCK, 0))
 		if err != nil {
 			return err
 		}
 		defer in.Close()
-		st, err := in.Stat()
-		if err != nil {
-			return err
-		}
 		if !st.Mode().IsRegular() {
 			return nil // replaced since it was listed
 		}
@@ -150,15 +146,11 @@ func restoreDir(src, dir string, u *sandbox.User) error {
 			return err
 		}
 		defer parent.Close()
-		in, err := os.Open(p)
+		in, st, err := withStat(os.Open(p))
 		if err != nil {
 			return err
 		}
 		defer in.Close()
-		st, err := in.Stat()
-		if err != nil {
-			return err
-		}
 		base := filepath.Base(rel)
 		tmp := base + ".torpor-restore"
 		if err := unix.Unlinkat(int(parent.Fd()), tmp, 0); err != nil && !errors.Is(err, unix.ENOENT) {
@@ -187,6 +179,20 @@ func restoreDir(src, dir string, u *sandbox.User) error {
 		// at base is replaced, not followed.
 		return unix.Renameat(int(parent.Fd()), tmp, int(parent.Fd()), base)
 	})
+}
+
+// withStat takes the result of opening a file and adds its status; on an
+// error the file is closed.
+func withStat(f *os.File, err error) (*os.File, os.FileInfo, error) {
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, st, nil
 }
 
 // mkdirBeneath opens the directory rel below dirfd, creating each missing

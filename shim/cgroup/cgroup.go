@@ -168,6 +168,13 @@ func (g *Group) write(file, value string) error {
 
 // wait polls cgroup.events until cond holds or ctx ends.
 func (g *Group) wait(ctx context.Context, what string, cond func(Events) bool) error {
+	return g.poll(ctx, fmt.Sprintf("wait for cgroup %s to be %s", g.rel, what), cond, nil)
+}
+
+// poll reads cgroup.events every pollInterval until cond holds; while it does
+// not, it runs each (when not nil) before waiting. When ctx ends first, the
+// error says doing and why ctx ended.
+func (g *Group) poll(ctx context.Context, doing string, cond func(Events) bool, each func() error) error {
 	t := time.NewTicker(pollInterval)
 	defer t.Stop()
 	for {
@@ -178,9 +185,14 @@ func (g *Group) wait(ctx context.Context, what string, cond func(Events) bool) e
 		if cond(ev) {
 			return nil
 		}
+		if each != nil {
+			if err := each(); err != nil {
+				return err
+			}
+		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("wait for cgroup %s to be %s: %w", g.rel, what, context.Cause(ctx))
+			return fmt.Errorf("%s: %w", doing, context.Cause(ctx))
 		case <-t.C:
 		}
 	}
@@ -238,16 +250,8 @@ func (g *Group) Kill(ctx context.Context) error {
 // every process later cloned into the group with CLONE_INTO_CGROUP is killed
 // at birth.
 func (g *Group) KillEach(ctx context.Context) error {
-	t := time.NewTicker(pollInterval)
-	defer t.Stop()
-	for {
-		ev, err := g.Events()
-		if err != nil {
-			return err
-		}
-		if !ev.Populated {
-			return nil
-		}
+	empty := func(ev Events) bool { return !ev.Populated }
+	return g.poll(ctx, fmt.Sprintf("kill processes of cgroup %s", g.rel), empty, func() error {
 		pids, err := g.Procs()
 		if err != nil {
 			return err
@@ -255,12 +259,8 @@ func (g *Group) KillEach(ctx context.Context) error {
 		for _, pid := range pids {
 			_ = unix.Kill(pid, unix.SIGKILL)
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("kill processes of cgroup %s: %w", g.rel, context.Cause(ctx))
-		case <-t.C:
-		}
-	}
+		return nil
+	})
 }
 
 // WaitEmpty waits until no process is left in the group.

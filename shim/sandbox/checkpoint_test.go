@@ -100,10 +100,7 @@ func checkNoResets(t *testing.T, ss ...*Sandbox) {
 func TestStreamDumpRestoreRounds(t *testing.T) {
 	const rounds = 20
 	e := newEnv(t, 2)
-	a := e.sandbox(1, 1, false) // receiver
-	b := e.sandbox(2, 2, false) // sender
-	st := e.startStream(a, b, readRate)
-	verified := e.waitVerified(st, 1<<20, 10*time.Second)
+	a, b, st, verified := e.streamingPair(1 << 20) // a receives, b sends
 	checkTree(t, a, "node1")
 	nsRecv, nsSend := innerPid(t, childOf(t, a.Pid())), innerPid(t, childOf(t, b.Pid()))
 
@@ -158,10 +155,7 @@ func TestStreamDumpRestoreRounds(t *testing.T) {
 // from the checkpoint, verified.
 func TestLeaveRunningDump(t *testing.T) {
 	e := newEnv(t, 2)
-	a := e.sandbox(1, 1, false)
-	b := e.sandbox(2, 2, false)
-	st := e.startStream(a, b, readRate)
-	e.waitVerified(st, 1<<20, 10*time.Second)
+	a, b, st, _ := e.streamingPair(1 << 20)
 	dirs := []string{e.images("a"), e.images("b")}
 	lockAll(t, a, b)
 	dumpAll(t, e, true, []*Sandbox{a, b}, dirs)
@@ -200,10 +194,7 @@ func TestLeaveRunningDump(t *testing.T) {
 // the same floating address; the peer never moved.
 func TestMigration(t *testing.T) {
 	e := newEnv(t, 3)
-	a := e.sandbox(1, 1, false)
-	b := e.sandbox(2, 2, false)
-	st := e.startStream(a, b, readRate)
-	e.waitVerified(st, 1<<20, 10*time.Second)
+	a, b, st, _ := e.streamingPair(1 << 20)
 	nsRecv := innerPid(t, childOf(t, a.Pid()))
 	ctx := context.Background()
 	dir := e.images("a")
@@ -289,10 +280,7 @@ func TestDumpStats256MiB(t *testing.T) {
 // failing: there the context deadline must end it.
 func TestRestoreTruncatedImage(t *testing.T) {
 	e := newEnv(t, 2)
-	a := e.sandbox(1, 1, false)
-	b := e.sandbox(2, 2, false)
-	st := e.startStream(a, b, readRate)
-	e.waitVerified(st, 1<<20, 10*time.Second)
+	a, b, st, _ := e.streamingPair(1 << 20)
 	dir := e.images("a")
 	lockAll(t, a, b)
 	dumpAll(t, e, false, []*Sandbox{a}, []string{dir})

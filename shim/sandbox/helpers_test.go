@@ -162,6 +162,17 @@ func readStatus(path string) (uint64, error) {
 	return n, nil
 }
 
+// streamingPair creates sandbox a (host 1, job-node 1) and sandbox b (host 2,
+// job-node 2), starts a stream from b to a at readRate and waits up to 10s
+// until a verified more than beyond bytes; it returns that count.
+func (e *env) streamingPair(beyond uint64) (a, b *Sandbox, st *stream, verified uint64) {
+	e.t.Helper()
+	a = e.sandbox(1, 1, false)
+	b = e.sandbox(2, 2, false)
+	st = e.startStream(a, b, readRate)
+	return a, b, st, e.waitVerified(st, beyond, 10*time.Second)
+}
+
 // waitVerified waits until the receiver verified more than `beyond` bytes and
 // returns the count. It fails at once on a bad byte.
 func (e *env) waitVerified(st *stream, beyond uint64, timeout time.Duration) uint64 {

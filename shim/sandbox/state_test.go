@@ -76,10 +76,7 @@ func TestLifecycle(t *testing.T) {
 // uses the sandbox's cgroup v2 freezer instead of freezing task by task.
 func TestDumpFrozen(t *testing.T) {
 	e := newEnv(t, 2)
-	a := e.sandbox(1, 1, false)
-	b := e.sandbox(2, 2, false)
-	st := e.startStream(a, b, readRate)
-	e.waitVerified(st, 256<<10, 10*time.Second)
+	a, b, st, _ := e.streamingPair(256 << 10)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, s := range []*Sandbox{a, b} {

@@ -94,8 +94,11 @@ func Supervise(ctx context.Context, cl apiv1.CoordinatorClient, req *apiv1.RunRe
 			if restarts < opt.RestartOnFailure && j.LastCheckpoint != "" {
 				restarts++
 				fmt.Fprintf(msgs, "torpor: job %s failed (%s); restart %d of %d from %s\n", id, j.Reason, restarts, opt.RestartOnFailure, j.LastCheckpoint)
-				if _, err := cl.Restart(ctx, &apiv1.RestartRequest{Ref: id, Fallback: true}); err != nil {
+				rep, err := cl.Restart(ctx, &apiv1.RestartRequest{Ref: id, Fallback: true})
+				if err != nil {
 					fmt.Fprintf(msgs, "torpor: restart failed: %v\n", RPCErr(err))
+				} else {
+					PrintMoved(msgs, rep.Moved)
 				}
 				continue
 			}
@@ -161,5 +164,13 @@ func (t *tailer) poll() {
 		n, _ := io.Copy(t.w, io.NewSectionReader(f, t.off[i], 1<<62))
 		t.off[i] += n
 		f.Close()
+	}
+}
+
+// PrintMoved tells the user which of their files a restart moved aside: files
+// below a --keep directory that did not exist at the checkpoint.
+func PrintMoved(w io.Writer, moved []string) {
+	for _, m := range moved {
+		fmt.Fprintf(w, "torpor: %s came after the checkpoint: moved aside, not deleted\n", m)
 	}
 }

@@ -146,7 +146,7 @@ func (s *Server) Restart(ctx context.Context, req *apiv1.RestartRequest) (*apiv1
 		return nil, agentapi.ToRPC(fmt.Errorf("%w: job %s is not registered with this coordinator; only root may adopt it from its checkpoint", agentapi.ErrPermission, job))
 	}
 	res, err := s.C.Restart(ctx, req.Ref, RestartOptions{Hosts: req.Hosts, Fallback: req.Fallback})
-	return &apiv1.RestartReply{Job: res.Job, Checkpoint: res.Checkpoint, Skipped: res.Skipped}, agentapi.ToRPC(err)
+	return &apiv1.RestartReply{Job: res.Job, Checkpoint: res.Checkpoint, Skipped: res.Skipped, Moved: res.Moved}, agentapi.ToRPC(err)
 }
 
 func (s *Server) Migrate(ctx context.Context, req *apiv1.MigrateRequest) (*apiv1.Empty, error) {

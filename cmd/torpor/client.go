@@ -133,6 +133,7 @@ func restart(ctx context.Context, sock, ref string, hosts map[string]string, fal
 	for _, s := range rep.Skipped {
 		fmt.Fprintf(os.Stderr, "torpor: skipped %s: it fails verification\n", s)
 	}
+	client.PrintMoved(os.Stderr, rep.Moved)
 	fmt.Fprintf(os.Stderr, "torpor: %s restarted from %s in %s\n", rep.Job, rep.Checkpoint, time.Since(start).Round(time.Millisecond))
 	return nil
 }

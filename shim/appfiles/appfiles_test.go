@@ -164,7 +164,20 @@ func TestCaptureAndRestore(t *testing.T) {
 	if len(moved) != 1 || moved[0] != want {
 		t.Fatalf("moved aside %v, want [%s]", moved, want)
 	}
+	// A second restart from the same checkpoint, with a file of the same
+	// name again: the first one moved aside is not replaced.
+	write(t, filepath.Join(out, "step-3"), "three again")
+	if _, moved, err = Restore(RestoreOptions{Images: img2, Seq: "000002"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(moved) != 1 || moved[0] != want+".2" {
+		t.Fatalf("second move aside: %v, want [%s.2]", moved, want)
+	}
+	if b, _ := os.ReadFile(want); string(b) != "three" {
+		t.Fatalf("the first file moved aside now holds %q", b)
+	}
 	os.Remove(want)
+	os.Remove(want + ".2")
 	same(t, "restored to checkpoint 2", snapshot(t, work), at2)
 
 	// Back to the older checkpoint: every file as it was then.
@@ -234,7 +247,9 @@ func TestAsOwner(t *testing.T) {
 	pid := holder(t, u, log, results)
 
 	img := filepath.Join(dir, "img")
-	ix, err := Capture(CaptureOptions{Pids: []int{pid}, Keep: []string{home}, User: u, Images: img})
+	// This test's process, root's like a sandbox's init, is passed over:
+	// the owner may not even list its files.
+	ix, err := Capture(CaptureOptions{Pids: []int{pid, os.Getpid()}, Keep: []string{home}, User: u, Images: img})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,6 +55,7 @@ func Capture(o CaptureOptions) (*Index, error) {
 		o.Max = DefaultMax
 	}
 	ix := &Index{Version: 1, Keep: o.Keep}
+	pids := ownedBy(o.Pids, o.User)
 	var files []found
 	defer func() {
 		for _, f := range files {
@@ -63,7 +64,7 @@ func Capture(o CaptureOptions) (*Index, error) {
 	}()
 	err := AsUser(o.User, func() error {
 		var err error
-		files, err = openWritten(o.Pids, o.Exclude)
+		files, err = openWritten(pids, o.Exclude)
 		if err != nil {
 			return err
 		}
@@ -217,6 +218,22 @@ func openWritten(pids []int, exclude []string) ([]found, error) {
 		}
 	}
 	return out, nil
+}
+
+// ownedBy keeps the tasks that run as u (all for root's job): the others,
+// the sandbox's init, are torpor's own, and their files its own.
+func ownedBy(pids []int, u *User) []int {
+	if u == nil || u.UID == 0 {
+		return pids
+	}
+	var out []int
+	for _, pid := range pids {
+		var st unix.Stat_t
+		if err := unix.Stat(fmt.Sprintf("/proc/%d", pid), &st); err == nil && int(st.Uid) == u.UID {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // special are file systems whose files are not data: kernel interfaces.

@@ -180,8 +180,8 @@ func moveAside(ix *Index, keep, seq string) ([]string, error) {
 		if err != nil || !st.Mode().IsRegular() {
 			return nil, nil
 		}
-		to := keep + asideMark + seq
-		if err := os.Rename(keep, to); err != nil {
+		to, err := renameAside(keep, seq)
+		if err != nil {
 			return nil, fmt.Errorf("move %s aside: %w", keep, err)
 		}
 		return []string{to}, nil
@@ -201,8 +201,8 @@ func moveAside(ix *Index, keep, seq string) ([]string, error) {
 		if _, ok := slices.BinarySearch(names, rel); ok {
 			return nil
 		}
-		to := p + asideMark + seq
-		if err := os.Rename(p, to); err != nil {
+		to, err := renameAside(p, seq)
+		if err != nil {
 			return err
 		}
 		moved = append(moved, to)
@@ -212,4 +212,21 @@ func moveAside(ix *Index, keep, seq string) ([]string, error) {
 		return moved, fmt.Errorf("--keep %s: move files that came after the checkpoint aside: %w", keep, err)
 	}
 	return moved, nil
+}
+
+// renameAside renames p to p.torpor-after-<seq>, or, when an earlier restart
+// from the same checkpoint left a file of that name, to the first free
+// p.torpor-after-<seq>.<n>: a file moved aside is never replaced.
+func renameAside(p, seq string) (string, error) {
+	to := p + asideMark + seq
+	for n := 2; ; n++ {
+		err := unix.Renameat2(unix.AT_FDCWD, p, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
+		if err == nil {
+			return to, nil
+		}
+		if !errors.Is(err, unix.EEXIST) || n > 1000 {
+			return "", err
+		}
+		to = fmt.Sprintf("%s%s%s.%d", p, asideMark, seq, n)
+	}
 }

@@ -1,4 +1,4 @@
-// Package harness is torpor's benchmark harness: it runs the benchmarks B1–B5
+// Package harness is torpor's benchmark harness: it runs the benchmarks B1–B6
 // described in bench/README.md on this machine (simulated hosts, real
 // sandboxes, real CRIU, the real coordinator and shim agents), and writes
 // every sample, the machine's facts, a markdown summary and PNG plots.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/catalog"
@@ -44,6 +45,9 @@ type EnvConfig struct {
 	Bins  Bins
 	CRIU  criu.Binary
 	Log   *slog.Logger
+	// NoAppFiles are the hosts whose agent captures no application files at
+	// a dump (agent.Config.NoAppFiles; B6 compares them with the others).
+	NoAppFiles []string
 }
 
 // NewEnv builds a cluster. On error nothing is left behind.
@@ -68,7 +72,7 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (_ *Env, err error) {
 		h := cl.Host(i)
 		name := fmt.Sprintf("h%d", i)
 		a, err := agent.New(agent.Config{Host: name, HostNetNS: h.NetNS, Bridge: h.Bridge, CgroupParent: e.CgParent,
-			RunDir: filepath.Join(cfg.Dir, "run"), CRIU: cfg.CRIU, Log: cfg.Log})
+			RunDir: filepath.Join(cfg.Dir, "run"), CRIU: cfg.CRIU, Log: cfg.Log, NoAppFiles: slices.Contains(cfg.NoAppFiles, name)})
 		if err != nil {
 			return nil, err
 		}

@@ -34,6 +34,13 @@ func (e *Env) StartJob(ctx context.Context, id string, hosts []string, w Workloa
 		j.Spec.Nodes = append(j.Spec.Nodes, n)
 		j.Files = append(j.Files, f)
 	}
+	return e.startJob(ctx, j)
+}
+
+// startJob starts j, whose Spec and Files are set, and waits until every
+// job-node's status file says its workload runs.
+func (e *Env) startJob(ctx context.Context, j *Job) (*Job, error) {
+	id := j.ID
 	if err := e.Coord.Start(ctx, j.Spec); err != nil {
 		return nil, fmt.Errorf("start job %s: %w", id, err)
 	}

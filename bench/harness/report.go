@@ -5,6 +5,7 @@ import (
 	"math"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 func f0(v float64) string {
@@ -75,6 +76,10 @@ func Markdown(r *Result, plots []string) string {
 		r.Plan.Reps, r.Plan.RestartReps, r.Plan.MigrateReps, r.Plan.B1Reps)
 	for _, e := range r.Errors {
 		w("**Failed:** %s\n\n", e)
+	}
+	if a := r.AppFiles; a != nil && a.Err == "" {
+		w("**B6 capture of the application's files: steady checkpoint with / without = %s** (target ≤ 1.10; %d MiB log growing %d MiB between checkpoints).\n\n",
+			f2(Ratio(a.With.Wall.Median, a.Without.Wall.Median)), a.LogMiB, a.GrowMiB)
 	}
 
 	if r.B1 != nil {
@@ -183,6 +188,9 @@ func Markdown(r *Result, plots []string) string {
 		}
 		w("\n")
 	}
+	if a := r.AppFiles; a != nil {
+		appFilesSection(w, r.Mode, a)
+	}
 	if len(plots) > 0 {
 		w("## Plots\n\n")
 		for _, p := range plots {
@@ -192,4 +200,41 @@ func Markdown(r *Result, plots []string) string {
 	}
 	w("Caveats: one 2-core machine; hosts are network namespaces on one kernel; CRIU dumps are serialized machine-wide; images go to the page cache (write ms is the matching limit, write+fsync the durable one); the raw comparisons run after the torpor job is gone, on the same hosts.\n")
 	return b.String()
+}
+
+// appFilesSection writes B6.
+func appFilesSection(w func(string, ...any), mode string, a *AppFilesResult) {
+	w("## B6 cost of capturing the application's files\n\n")
+	size := ""
+	if mode != "full" {
+		size = " (the quick run's size; the full run, and the issue's target, use 1024 MiB)"
+	}
+	w("Two jobs of one job-node each run `applog` (bench/harness/applog): it holds a log open for appending, writes %d MiB into it at the start%s, and appends %d MiB when the benchmark signals it; the benchmark waits until its status says the append is done, then takes a leave-running checkpoint. ", a.LogMiB, size, a.GrowMiB)
+	w("**with capture** runs on a host whose shim captures the application's files at every dump, as every shim does: the first checkpoint copies the log whole, each later one, as the log only grew, records its length. ")
+	w("**without capture** runs on a host whose shim has `agent.Config.NoAppFiles` set (benchmarks only): the very same workload, file system and CRIU dump, with `appfiles.Capture` skipped. ")
+	w("The two jobs' checkpoints alternate. The benchmark reads every checkpoint's `torpor-app/index.json` and fails if the log was not captured as described (or anything was captured without capture). --keep-max is %s MiB (the first capture copies the whole log; the default limit is 1024 MiB).\n\n", mib(a.KeepMax))
+	if a.Err != "" {
+		w("**Failed:** %s\n\n", firstLine(a.Err))
+		return
+	}
+	w("| | steady checkpoint ms | dump phase ms | Σ CRIU ms | dump − CRIU ms | MiB copied per steady checkpoint | first checkpoint ms | MiB copied by the first |\n|---|---|---|---|---|---|---|---|\n")
+	for _, x := range []struct {
+		name string
+		s    AppFilesSeries
+	}{{"with capture", a.With}, {"without capture", a.Without}} {
+		var copied []float64
+		for _, c := range x.s.Captures {
+			copied = append(copied, float64(c.Bytes))
+		}
+		var shim []time.Duration
+		for _, c := range x.s.Steady {
+			shim = append(shim, c.Phases["dump"]-c.CRIUSum)
+		}
+		w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", x.name, med(x.s.Wall), f1(x.s.Dump.Median), f1(x.s.CRIU.Median),
+			f1(DurStat(shim).Median), mib(int64(NewStat(copied).Median)), f0(Ms(x.s.First.Wall)), mib(x.s.FirstCapture.Bytes))
+	}
+	w("\n`dump − CRIU` is, per checkpoint, the shim's own work in the dump phase (the capture, the output copy, the SHA-256 node manifest): the capture's cost shows there with less of the noise of the rest.\n")
+	w("\n**steady with / without: %s** (target ≤ 1.10); dump phase with / without: %s. First checkpoint with capture (the log copied whole): %s ms, %s × the steady checkpoint without capture.\n\n",
+		f2(Ratio(a.With.Wall.Median, a.Without.Wall.Median)), f2(Ratio(a.With.Dump.Median, a.Without.Dump.Median)),
+		f0(Ms(a.With.First.Wall)), f1(Ratio(Ms(a.With.First.Wall), a.Without.Wall.Median)))
 }

@@ -19,7 +19,7 @@ type Config struct {
 	Out     string // where results go (bench/results)
 	Repo    string // repository root (for bench/workloads/bin and bin/torpor)
 	WorkDir string // scratch: images and status files (removed afterwards)
-	Only    string // comma-separated subset of b1,b2,b4,b5 ("" = all; b2 includes B3)
+	Only    string // comma-separated subset of b1,b2,b4,b5,b6 ("" = all; b2 includes B3)
 	Plotter string // the torpor-plot binary (bench/plot) that draws the PNGs
 	Log     *slog.Logger
 	// Progress receives one line per measurement.
@@ -39,6 +39,9 @@ type Plan struct {
 	RealNodes   []int `json:"real_nodes"`  // B5 real sandboxes
 	FakeNodes   []int `json:"fake_nodes"`  // B5 fake CRIU
 	CoordHosts  int   `json:"coord_hosts"` // hosts the B5 job-nodes spread over
+	AppLogMiB   int   `json:"b6_log_mib"`  // B6: the log's size at the start
+	AppGrowMiB  int   `json:"b6_grow_mib"` // B6: appended before every checkpoint
+	AppReps     int   `json:"b6_reps"`     // B6: steady checkpoints per variant
 	SpareHost   int   `json:"-"`
 }
 
@@ -46,28 +49,31 @@ type Plan struct {
 func QuickPlan() Plan {
 	return Plan{Reps: 3, RestartReps: 2, MigrateReps: 3, B1Reps: 5,
 		MemMiB: []int{16, 64, 256}, Nodes: []int{1, 2, 4}, NodesMiB: 64,
-		RealNodes: []int{1, 4, 16}, FakeNodes: []int{1, 4, 16, 64, 256}, CoordHosts: 4}
+		RealNodes: []int{1, 4, 16}, FakeNodes: []int{1, 4, 16, 64, 256}, CoordHosts: 4,
+		AppLogMiB: 256, AppGrowMiB: 10, AppReps: 5}
 }
 
 // FullPlan is the complete run (tens of minutes).
 func FullPlan() Plan {
 	return Plan{Reps: 5, RestartReps: 3, MigrateReps: 5, B1Reps: 7,
 		MemMiB: []int{16, 64, 256, 1024}, Nodes: []int{1, 2, 4}, NodesMiB: 256, Matrix: true,
-		RealNodes: []int{1, 4, 16, 32, 64}, FakeNodes: []int{1, 4, 16, 64, 128, 256}, CoordHosts: 4}
+		RealNodes: []int{1, 4, 16, 32, 64}, FakeNodes: []int{1, 4, 16, 64, 128, 256}, CoordHosts: 4,
+		AppLogMiB: 1024, AppGrowMiB: 10, AppReps: 20}
 }
 
 // Result is everything one run measured.
 type Result struct {
-	Mode     string         `json:"mode"`
-	Started  time.Time      `json:"started"`
-	Finished time.Time      `json:"finished"`
-	Machine  Machine        `json:"machine"`
-	Plan     Plan           `json:"plan"`
-	B1       *B1Result      `json:"b1,omitempty"`
-	Ckpt     []CkptPoint    `json:"b2_b3,omitempty"`
-	Migrate  []MigratePoint `json:"b4,omitempty"`
-	Coord    []CoordPoint   `json:"b5,omitempty"`
-	Errors   []string       `json:"errors,omitempty"`
+	Mode     string          `json:"mode"`
+	Started  time.Time       `json:"started"`
+	Finished time.Time       `json:"finished"`
+	Machine  Machine         `json:"machine"`
+	Plan     Plan            `json:"plan"`
+	B1       *B1Result       `json:"b1,omitempty"`
+	Ckpt     []CkptPoint     `json:"b2_b3,omitempty"`
+	Migrate  []MigratePoint  `json:"b4,omitempty"`
+	Coord    []CoordPoint    `json:"b5,omitempty"`
+	AppFiles *AppFilesResult `json:"b6,omitempty"`
+	Errors   []string        `json:"errors,omitempty"`
 }
 
 func (c Config) wants(b string) bool {
@@ -168,6 +174,21 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 			res.Coord = append(res.Coord, p)
 		}
 	}
+	if cfg.wants("b6") {
+		err := withEnv(ctx, EnvConfig{Name: name + "f", Hosts: 2, Dir: filepath.Join(work, "env6"), Bins: bins, CRIU: bin, Log: cfg.Log,
+			NoAppFiles: []string{b6Plain}}, func(e *Env) {
+			p := runAppFiles(ctx, e, plan.AppLogMiB, plan.AppGrowMiB, plan.AppReps, logf)
+			if p.Err != "" {
+				logf("B6 failed: %s", p.Err)
+			} else {
+				logf("B6: steady checkpoint median %.1f ms with capture, %.1f ms without", p.With.Wall.Median, p.Without.Wall.Median)
+			}
+			res.AppFiles = &p
+		})
+		if err != nil {
+			fail("B6 cluster", err)
+		}
+	}
 	for _, p := range res.Ckpt {
 		if p.Err != "" {
 			res.Errors = append(res.Errors, fmt.Sprintf("B2/B3 %d MiB x %d job-nodes: %s", p.MiB, p.Nodes, p.Err))
@@ -182,6 +203,9 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 		if p.Err != "" {
 			res.Errors = append(res.Errors, fmt.Sprintf("B5 %d job-nodes (fake=%v): %s", p.Nodes, p.Fake, p.Err))
 		}
+	}
+	if res.AppFiles != nil && res.AppFiles.Err != "" {
+		res.Errors = append(res.Errors, "B6: "+res.AppFiles.Err)
 	}
 	if res.B1 != nil {
 		for _, c := range res.B1.Cases {

@@ -19,6 +19,7 @@ import (
 type Bins struct {
 	MemHog    string // bench/harness/memhog
 	TCPStream string // bench/workloads/tcpstream
+	AppLog    string // bench/harness/applog (B6)
 }
 
 // BuildBins compiles the job-node workloads into dir with the Go toolchain.
@@ -27,10 +28,11 @@ func BuildBins(ctx context.Context, dir string) (Bins, error) {
 	if err != nil {
 		gobin = "/usr/local/go/bin/go"
 	}
-	b := Bins{MemHog: filepath.Join(dir, "memhog"), TCPStream: filepath.Join(dir, "tcpstream")}
+	b := Bins{MemHog: filepath.Join(dir, "memhog"), TCPStream: filepath.Join(dir, "tcpstream"), AppLog: filepath.Join(dir, "applog")}
 	for out, pkg := range map[string]string{
 		b.MemHog:    "github.com/torpor-hpc/torpor/bench/harness/memhog",
 		b.TCPStream: "github.com/torpor-hpc/torpor/bench/workloads/tcpstream",
+		b.AppLog:    "github.com/torpor-hpc/torpor/bench/harness/applog",
 	} {
 		cmd := exec.CommandContext(ctx, gobin, "build", "-o", out, pkg)
 		if msg, err := cmd.CombinedOutput(); err != nil {

@@ -52,6 +52,12 @@ type Config struct {
 	// Faults are the fault-injection points switched on (tests only; see
 	// package fault): ShimExitInDump, CRIUKillInDump and HoldInRestore.
 	Faults fault.Set
+	// NoAppFiles switches off the capture of the application's files at a
+	// dump (package appfiles): for benchmarks and diagnosis only (the
+	// benchmark B6 measures what the capture costs). A checkpoint taken
+	// without it holds none of the files, and CRIU refuses to restore it
+	// once a file the job holds open changed size.
+	NoAppFiles bool
 }
 
 // Agent is one host's shim logic.
@@ -516,11 +522,13 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 		return agentapi.DumpResult{}, fmt.Errorf("refusing to checkpoint %s/%s: %w", ref.Job, ref.Node, err)
 	}
 	// The tree is frozen: the files match the images CRIU is about to write.
-	captured, err := appfiles.Capture(appfiles.CaptureOptions{
+	var captured *appfiles.Index
+	if a.cfg.NoAppFiles {
+		captured = &appfiles.Index{Version: 1} // nothing captured, no index in the images
+	} else if captured, err = appfiles.Capture(appfiles.CaptureOptions{
 		Pids: pids, Keep: n.spec.Keep, Exclude: []string{a.cfg.RunDir}, User: filesUser(n.spec),
 		Images: req.Dir, Prev: n.captured, Max: n.spec.KeepMax,
-	})
-	if err != nil {
+	}); err != nil {
 		return agentapi.DumpResult{}, fmt.Errorf("checkpoint %s/%s: the application's files: %w", ref.Job, ref.Node, err)
 	}
 	opts := criu.Options{

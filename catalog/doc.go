@@ -6,6 +6,7 @@
 //	<root>/<job>/<seq>/                        one checkpoint, seq = zero-padded decimal (000001)
 //	<root>/<job>/<seq>/nodes/<node>/           CRIU images of one job-node (files 0600, dirs 0700)
 //	<root>/<job>/<seq>/nodes/<node>/node-manifest.json   every file of that node: path, size, SHA-256
+//	<root>/<job>/<seq>/shared/                 claims of the shims on files several job-nodes hold (no data)
 //	<root>/<job>/<seq>/manifest.json           the job manifest, written LAST
 //
 // A checkpoint is named by its handle "<job>/<seq>", e.g. "ring-7f3a/000004".

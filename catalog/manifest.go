@@ -22,6 +22,7 @@ const (
 	JobManifestName  = "manifest.json"
 	NodeManifestName = "node-manifest.json"
 	nodesDirName     = "nodes"
+	sharedDirName    = "shared"
 )
 
 // maxManifestSize bounds what the parser reads; a real job manifest is a few KiB.

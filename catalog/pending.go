@@ -74,6 +74,19 @@ func (p *Pending) NodeDir(node string) (string, error) {
 	return d, nil
 }
 
+// SharedDir creates (0700) and returns a directory every job-node of the
+// checkpoint shares while it is written: the shims claim there the files
+// several job-nodes hold, so that one of them captures each. It holds no
+// data of the checkpoint (the captures are in the node directories, under
+// the manifests) and goes with the checkpoint.
+func (p *Pending) SharedDir() (string, error) {
+	d := filepath.Join(p.dir, sharedDirName)
+	if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return "", ioErr("create shared directory", d, err)
+	}
+	return d, nil
+}
+
 // Commit reads every node manifest, records its SHA-256, size and file count in m,
 // signs m and writes manifest.json atomically. From then on the checkpoint exists.
 //

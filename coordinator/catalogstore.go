@@ -35,6 +35,7 @@ func (c CatalogStore) Begin(job string) (Pending, error) {
 
 func (p catalogPending) Handle() string                      { return p.p.Handle() }
 func (p catalogPending) NodeDir(node string) (string, error) { return p.p.NodeDir(node) }
+func (p catalogPending) SharedDir() (string, error)          { return p.p.SharedDir() }
 func (p catalogPending) Abort() error                        { return p.p.Abort() }
 
 func (p catalogPending) Commit(m Manifest) error {

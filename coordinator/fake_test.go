@@ -231,6 +231,7 @@ func (p *memPending) Handle() string { return p.handle }
 func (p *memPending) NodeDir(node string) (string, error) {
 	return "/mem/" + p.handle + "/" + node, nil
 }
+func (p *memPending) SharedDir() (string, error) { return "/mem/" + p.handle + "/shared", nil }
 func (p *memPending) Commit(m Manifest) error {
 	p.s.mu.Lock()
 	defer p.s.mu.Unlock()

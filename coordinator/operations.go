@@ -116,9 +116,13 @@ func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts Checkpoint
 				if err != nil {
 					return err
 				}
+				shared, err := pend.SharedDir()
+				if err != nil {
+					return err
+				}
 				// Always leave running: a stopping checkpoint kills the
 				// trees only after the commit, so no failure can lose the job.
-				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, LeaveRunning: true, Checkpoint: handle})
+				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: handle})
 				if err != nil {
 					return err
 				}

@@ -243,7 +243,11 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 				if err != nil {
 					return err
 				}
-				_, err = a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, LeaveRunning: true, Checkpoint: pend.Handle()})
+				shared, err := pend.SharedDir()
+				if err != nil {
+					return err
+				}
+				_, err = a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: pend.Handle()})
 				return err
 			})
 		})

@@ -41,6 +41,9 @@ type Pending interface {
 	Handle() string
 	// NodeDir is the directory a job-node's images go to.
 	NodeDir(node string) (string, error)
+	// SharedDir is a directory every job-node of the checkpoint shares while
+	// it is written (agentapi.DumpRequest.Shared).
+	SharedDir() (string, error)
 	// Commit makes the checkpoint exist: the job manifest is written last, atomically.
 	Commit(m Manifest) error
 	// Abort deletes everything written so far.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
@@ -263,6 +264,28 @@ func TestMPIIOSharedFile(t *testing.T) {
 	j := &appJob{c.startMPI(nil, nil, "mpiio", 4, "h1:2,h2:2", bin, append([]string{"-d", out}, args...)...), nil}
 	j.progressNode("started")
 	h := lastLines(c.mustCLI("checkpoint", j.id), 1)
+	// Both job-nodes hold shared.dat; one of them captured it.
+	kinds := map[string]string{}
+	for _, n := range []string{"n0", "n1"} {
+		var ix struct {
+			Entries []struct{ Path, Kind string }
+		}
+		data, err := os.ReadFile(filepath.Join(c.ckpt, h, "nodes", n, "torpor-app", "index.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(data, &ix); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ix.Entries {
+			if filepath.Base(e.Path) == "shared.dat" {
+				kinds[n] = e.Kind
+			}
+		}
+	}
+	if !(kinds["n0"] == "content" && kinds["n1"] == "elsewhere") && !(kinds["n1"] == "content" && kinds["n0"] == "elsewhere") {
+		t.Fatalf("shared.dat captured as %v, want whole by one job-node and left to it by the other", kinds)
+	}
 	j.progressNode("checkpoint " + h)
 	j.progressNode("ran past the checkpoint")
 	j.killAndRestart(false, "h3", "h4")

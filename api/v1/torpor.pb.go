@@ -417,11 +417,14 @@ func (x *DrainReply) GetQueuedBytes() int64 {
 }
 
 type DumpRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ref           *NodeRef               `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
-	Dir           string                 `protobuf:"bytes,2,opt,name=dir,proto3" json:"dir,omitempty"`
-	LeaveRunning  bool                   `protobuf:"varint,3,opt,name=leave_running,json=leaveRunning,proto3" json:"leave_running,omitempty"`
-	Checkpoint    string                 `protobuf:"bytes,4,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Ref          *NodeRef               `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Dir          string                 `protobuf:"bytes,2,opt,name=dir,proto3" json:"dir,omitempty"`
+	LeaveRunning bool                   `protobuf:"varint,3,opt,name=leave_running,json=leaveRunning,proto3" json:"leave_running,omitempty"`
+	Checkpoint   string                 `protobuf:"bytes,4,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// A directory every job-node of the checkpoint shares: files several
+	// job-nodes hold are claimed there, and captured by one.
+	SharedDir     string `protobuf:"bytes,5,opt,name=shared_dir,json=sharedDir,proto3" json:"shared_dir,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -480,6 +483,13 @@ func (x *DumpRequest) GetLeaveRunning() bool {
 func (x *DumpRequest) GetCheckpoint() string {
 	if x != nil {
 		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *DumpRequest) GetSharedDir() string {
+	if x != nil {
+		return x.SharedDir
 	}
 	return ""
 }
@@ -1817,14 +1827,16 @@ const file_torpor_proto_rawDesc = "" +
 	"\n" +
 	"DrainReply\x12\x18\n" +
 	"\asockets\x18\x01 \x01(\x05R\asockets\x12!\n" +
-	"\fqueued_bytes\x18\x02 \x01(\x03R\vqueuedBytes\"\x8a\x01\n" +
+	"\fqueued_bytes\x18\x02 \x01(\x03R\vqueuedBytes\"\xa9\x01\n" +
 	"\vDumpRequest\x12$\n" +
 	"\x03ref\x18\x01 \x01(\v2\x12.torpor.v1.NodeRefR\x03ref\x12\x10\n" +
 	"\x03dir\x18\x02 \x01(\tR\x03dir\x12#\n" +
 	"\rleave_running\x18\x03 \x01(\bR\fleaveRunning\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x04 \x01(\tR\n" +
-	"checkpoint\"\\\n" +
+	"checkpoint\x12\x1d\n" +
+	"\n" +
+	"shared_dir\x18\x05 \x01(\tR\tsharedDir\"\\\n" +
 	"\tDumpReply\x12\x14\n" +
 	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\x12\x14\n" +
 	"\x05files\x18\x02 \x01(\x05R\x05files\x12\x1d\n" +

@@ -527,7 +527,7 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 		captured = &appfiles.Index{Version: 1} // nothing captured, no index in the images
 	} else if captured, err = appfiles.Capture(appfiles.CaptureOptions{
 		Pids: pids, Keep: n.spec.Keep, Exclude: []string{a.cfg.RunDir}, User: filesUser(n.spec),
-		Images: req.Dir, Prev: n.captured, Max: n.spec.KeepMax,
+		Images: req.Dir, Prev: n.captured, Max: n.spec.KeepMax, Shared: req.Shared, Node: ref.Node,
 	}); err != nil {
 		return agentapi.DumpResult{}, fmt.Errorf("checkpoint %s/%s: the application's files: %w", ref.Job, ref.Node, err)
 	}

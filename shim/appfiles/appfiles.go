@@ -59,6 +59,10 @@ const (
 	// KindLength: only the length; the file only grew since a capture that
 	// saw the same bytes up to its old end, and a restore cuts it back.
 	KindLength Kind = "length"
+	// KindElsewhere: another job-node of the checkpoint holds the file too
+	// and captured it (Owner); this one leaves it to that one, at capture
+	// and at restore.
+	KindElsewhere Kind = "elsewhere"
 )
 
 // Entry is one captured file.
@@ -78,6 +82,8 @@ type Entry struct {
 	// Keep is the --keep path the file was found under; empty for a file
 	// found open for writing.
 	Keep string `json:"keep,omitempty"`
+	// Owner is the job-node that captured the file (KindElsewhere).
+	Owner string `json:"owner,omitempty"`
 }
 
 // Index lists a job-node's captured files.

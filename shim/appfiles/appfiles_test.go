@@ -296,3 +296,50 @@ func TestAsOwner(t *testing.T) {
 }
 
 func jsonIndent(ix *Index) ([]byte, error) { return json.MarshalIndent(ix, "", " ") }
+
+// TestCapturedOnce: a file two job-nodes hold is captured by the one that
+// claims it first; the other records where it is, and leaves it alone at
+// restore.
+func TestCapturedOnce(t *testing.T) {
+	testutil.RequireRoot(t, "reading another process's /proc/PID/fd")
+	dir := t.TempDir()
+	shared := filepath.Join(dir, "shared")
+	os.Mkdir(shared, 0o700)
+	log, results := filepath.Join(dir, "shared.dat"), filepath.Join(dir, "results")
+	write(t, log, "written by every rank")
+	write(t, results, "r")
+	pid := holder(t, nil, log, results)
+	img0, img1 := filepath.Join(dir, "n0"), filepath.Join(dir, "n1")
+	ix0, err := Capture(CaptureOptions{Pids: []int{pid}, Images: img0, Shared: shared, Node: "n0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix1, err := Capture(CaptureOptions{Pids: []int{pid}, Images: img1, Shared: shared, Node: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := kinds(ix0); k["shared.dat"] != KindContent || k["results"] != KindContent {
+		t.Fatalf("n0 captured %v, want both whole", k)
+	}
+	for _, e := range ix1.Entries {
+		if e.Kind != KindElsewhere || e.Owner != "n0" {
+			t.Fatalf("n1 captured %s as %s (owner %q), want it left to n0", e.Path, e.Kind, e.Owner)
+		}
+	}
+	if ix1.Bytes != 0 {
+		t.Fatalf("n1 copied %d bytes", ix1.Bytes)
+	}
+	write(t, log, "changed after the checkpoint")
+	if _, _, err := Restore(RestoreOptions{Images: img1, Seq: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(log); string(b) != "changed after the checkpoint" {
+		t.Fatalf("n1's restore touched the file n0 captured: %q", b)
+	}
+	if _, _, err := Restore(RestoreOptions{Images: img0, Seq: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(log); string(b) != "written by every rank" {
+		t.Fatalf("after n0's restore: %q", b)
+	}
+}

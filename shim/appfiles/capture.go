@@ -1,6 +1,8 @@
 package appfiles
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +38,12 @@ type CaptureOptions struct {
 	Prev *Index
 	// Max bounds the bytes copied; 0 is DefaultMax.
 	Max int64
+	// Shared is a directory every job-node of the checkpoint shares, and
+	// Node this job-node's name: a file is captured by the job-node that
+	// claims it there first (the same path, device, inode, size and
+	// modification time), once per checkpoint however many hold it. Empty:
+	// every file is captured here.
+	Shared, Node string
 }
 
 // ErrTooLarge is wrapped by a capture that would copy more than Max bytes.
@@ -105,6 +113,17 @@ func Capture(o CaptureOptions) (*Index, error) {
 		if e.Tail, err = tailHash(fd.f, e.Size); err != nil {
 			return nil, fmt.Errorf("capture %s: %w", fd.path, err)
 		}
+		if o.Shared != "" {
+			owner, err := claim(o.Shared, o.Node, &e)
+			if err != nil {
+				return nil, fmt.Errorf("capture %s: %w", fd.path, err)
+			}
+			if owner != o.Node {
+				e.Kind, e.Owner = KindElsewhere, owner
+				ix.Entries = append(ix.Entries, e)
+				continue
+			}
+		}
 		if onlyGrew(fd.f, &e, o.Prev.find(fd.path)) {
 			e.Kind = KindLength
 		} else {
@@ -127,6 +146,31 @@ func Capture(o CaptureOptions) (*Index, error) {
 		return nil, err
 	}
 	return ix, nil
+}
+
+// claim makes node the job-node that captures e, unless another job-node of
+// the checkpoint did first, and returns the one that does. The claim is a
+// file named after the file's identity, created whole by link(2).
+func claim(shared, node string, e *Entry) (string, error) {
+	id := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%d\x00%d\x00%d\x00%d", e.Path, e.Dev, e.Ino, e.Size, e.Mtime)))
+	key := filepath.Join(shared, hex.EncodeToString(id[:]))
+	tmp := key + "." + node + ".tmp"
+	if err := os.WriteFile(tmp, []byte(node), 0o600); err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp)
+	err := os.Link(tmp, key)
+	if err == nil {
+		return node, nil
+	}
+	if !errors.Is(err, fs.ErrExist) {
+		return "", err
+	}
+	owner, err := os.ReadFile(key)
+	if err != nil {
+		return "", err
+	}
+	return string(owner), nil
 }
 
 // onlyGrew reports whether f (stat in e) is prev's file grown: the same

@@ -72,6 +72,8 @@ func Restore(o RestoreOptions) (ix *Index, moved []string, err error) {
 				err = cutBack(e)
 			case KindContent:
 				err = replace(e, data[i])
+			case KindElsewhere:
+				// The job-node that captured it puts it back.
 			default:
 				err = fmt.Errorf("unknown capture kind %q", e.Kind)
 			}

@@ -40,6 +40,14 @@ func runRun(ctx context.Context, args []string) error {
 	if o.LogLevel == "" {
 		o.LogLevel = "warn"
 	}
+	cfg, err := config.Load("")
+	if err != nil {
+		return err
+	}
+	if err := o.KeepDefaults(cfg.Keep, cfg.KeepMax); err != nil {
+		fmt.Fprintln(os.Stderr, "torpor run:", err)
+		return exitError{2}
+	}
 	spec, warnings, err := o.JobSpec(prog)
 	for _, w := range warnings {
 		fmt.Fprintln(os.Stderr, "torpor run:", w)
@@ -56,10 +64,6 @@ func runRun(ctx context.Context, args []string) error {
 			if n.Host != embedded.Host {
 				return fmt.Errorf("no coordinator at %s, and host %q is not this machine: start `torpor coordinator` and a `torpor shim` per host, or run without --host", sock, n.Host)
 			}
-		}
-		cfg, err := config.Load("")
-		if err != nil {
-			return err
 		}
 		bin, err := criu.Locator{Config: cfg.CRIU}.Find()
 		if err != nil {

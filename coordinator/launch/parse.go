@@ -3,6 +3,7 @@ package launch
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -333,6 +334,28 @@ func setAM(o *Options, flag string, v []string) error {
 			return usagef("%s %s: torpor reads no aggregate MCA files; pass parameters with --mca KEY VALUE (only ft-enable-cr is understood)", flag, f)
 		}
 		o.Checkpointing = true
+	}
+	return nil
+}
+
+// KeepDefaults applies the host configuration's job-wide defaults: its keep
+// paths join the job's own --keep paths, and max (e.g. "4G") is --keep-max
+// unless the job gave one.
+func (o *Options) KeepDefaults(paths []string, max string) error {
+	for _, p := range paths {
+		if p == "" || strings.IndexByte(p, 0) >= 0 {
+			return fmt.Errorf("keep in the configuration: %q is not a path", p)
+		}
+		if !slices.Contains(o.Keep, p) {
+			o.Keep = append(o.Keep, p)
+		}
+	}
+	if max != "" && o.KeepMax == 0 {
+		n, err := parseSize(max)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("keep_max in the configuration: %q: give a size in bytes, or with a suffix K, M, G or T, e.g. 4G", max)
+		}
+		o.KeepMax = n
 	}
 	return nil
 }

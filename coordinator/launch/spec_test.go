@@ -250,3 +250,28 @@ func TestKeep(t *testing.T) {
 		}
 	}
 }
+
+// TestKeepDefaults: the configuration's keep paths join the job's own;
+// its keep_max applies unless the job gave --keep-max.
+func TestKeepDefaults(t *testing.T) {
+	o := parseArgs(t, "--keep out ./app")
+	if err := o.KeepDefaults([]string{"restart", "out"}, "2G"); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(o.Keep, []string{"out", "restart"}) || o.KeepMax != 2<<30 {
+		t.Fatalf("keep %q max %d", o.Keep, o.KeepMax)
+	}
+	o = parseArgs(t, "--keep-max 5M ./app")
+	if err := o.KeepDefaults(nil, "2G"); err != nil || o.KeepMax != 5<<20 {
+		t.Fatalf("--keep-max given: %d, %v", o.KeepMax, err)
+	}
+	for _, bad := range []struct {
+		paths []string
+		max   string
+	}{{[]string{""}, ""}, {nil, "x"}, {nil, "0"}} {
+		o = parseArgs(t, "./app")
+		if err := o.KeepDefaults(bad.paths, bad.max); err == nil {
+			t.Errorf("KeepDefaults(%q, %q): no error", bad.paths, bad.max)
+		}
+	}
+}

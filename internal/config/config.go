@@ -32,6 +32,12 @@ type Config struct {
 	// CgroupRoot is the cgroup v2 directory, relative to the cgroup2 mount, under
 	// which job-node cgroups are created.
 	CgroupRoot string `yaml:"cgroup_root"`
+	// Keep are paths whose files every job `torpor run` starts here keeps at
+	// every checkpoint, besides its own --keep paths (relative paths are
+	// relative to the job's working directory).
+	Keep []string `yaml:"keep"`
+	// KeepMax is the default of `torpor run --keep-max` (e.g. "4G").
+	KeepMax string `yaml:"keep_max"`
 }
 
 // Defaults returns the configuration used when no file exists.

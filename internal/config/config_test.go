@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -16,6 +17,11 @@ func TestParse(t *testing.T) {
 	}{
 		{"empty file keeps defaults", "", Defaults(), ""},
 		{"criu set", "criu: /opt/x/criu\n", func() Config { c := Defaults(); c.CRIU = "/opt/x/criu"; return c }(), ""},
+		{"keep", "keep: [out, /scratch/restart]\nkeep_max: 4G\n", func() Config {
+			c := Defaults()
+			c.Keep, c.KeepMax = []string{"out", "/scratch/restart"}, "4G"
+			return c
+		}(), ""},
 		{"unknown key", "cryu: /opt/x/criu\n", Config{}, "field cryu not found"},
 		{"bad yaml", "criu: [\n", Config{}, "parse config"},
 	}
@@ -31,7 +37,7 @@ func TestParse(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got != tt.want {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Fatalf("Parse() = %+v, want %+v", got, tt.want)
 			}
 		})

@@ -55,11 +55,11 @@ type NodeRef struct {
 
 // DumpRequest asks a shim to dump one job-node's tree into Dir.
 type DumpRequest struct {
-	Dir          string // where the shim writes the images and the node manifest
+	Dir string // where the shim writes the images and the node manifest
 	// Shared is a directory every job-node of the checkpoint shares: a file
 	// several job-nodes hold is captured by the one that claims it there
 	// first. Empty: each job-node captures every file it holds.
-	Shared string
+	Shared       string
 	LeaveRunning bool   // periodic checkpoint: the tree keeps running afterwards
 	Checkpoint   string // the checkpoint handle, for logs and PMIx events
 }

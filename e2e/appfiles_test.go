@@ -360,7 +360,10 @@ func TestLAMMPSFiles(t *testing.T) {
 	// Two periodic checkpoints, then more steps past the second.
 	j.waitOutput(regexp.MustCompile(`(?s)committed in.*committed in`), 3*time.Minute)
 	log := filepath.Join(out, "log.lammps")
-	rows := func() int { data, _ := os.ReadFile(log); return len(regexp.MustCompile(`(?m)^\s+\d+\s+\S`).FindAll(data, -1)) }
+	rows := func() int {
+		data, _ := os.ReadFile(log)
+		return len(regexp.MustCompile(`(?m)^\s+\d+\s+\S`).FindAll(data, -1))
+	}
 	past := rows() + 3
 	deadline := time.Now().Add(2 * time.Minute)
 	for rows() < past {

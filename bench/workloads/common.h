@@ -1,5 +1,6 @@
 /*
- * common.h — helpers shared by the torpor test workloads (ring, stencil).
+ * common.h — helpers shared by the torpor test workloads (ring, stencil, appfiles,
+ * mpiio).
  *
  * Everything that feeds a checksum is integer arithmetic on uint64_t, so results
  * do not depend on timing, on the MPI library, on reduction order, or on where the
@@ -20,12 +21,18 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+#include <sys/types.h>
+
 #include <mpi.h>
 
 /* Exit status for bad command-line arguments. */
 #define EXIT_USAGE 2
 
 #define GOLDEN64 UINT64_C(0x9e3779b97f4a7c15)
+
+/* Room for a path in an output directory (-d DIR). */
+#define PATH_LEN 4096
 
 /* mix64 is the splitmix64 finalizer: a bijection on 64-bit words with good avalanche. */
 static inline uint64_t mix64(uint64_t x)
@@ -73,6 +80,26 @@ static inline void say(const char *fmt, ...)
 	fflush(stdout);
 }
 
+/*
+ * fail prints "<prog>: rank R: <message>" on stderr and aborts the job: for errors
+ * that leave a rank unable to go on (no memory, a failed write).
+ */
+static inline void fail(const char *prog, int rank, const char *fmt, ...)
+	__attribute__((noreturn, format(printf, 3, 4)));
+static inline void fail(const char *prog, int rank, const char *fmt, ...)
+{
+	char msg[PATH_LEN + 256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "%s: rank %d: %s\n", prog, rank, msg);
+	fflush(stderr);
+	MPI_Abort(MPI_COMM_WORLD, 1);
+	exit(1); /* not reached */
+}
+
 /* sleep_us sleeps for us microseconds, resuming after signals (e.g. around a restore). */
 static inline void sleep_us(uint64_t us)
 {
@@ -94,21 +121,38 @@ struct num_opt {
 	const char *what; /* named in the error for a bad value */
 };
 
-/* run_opts are the options every workload takes: -i, -s, -p and -v. */
+/* run_opts are the options every workload takes: -i, -s, -p, and -v or -d DIR. */
 struct run_opts {
 	uint64_t iters;
 	uint64_t sleep_us;
 	uint64_t print_every;
 	int verbose;
+	const char *dir; /* -d DIR, for the workloads that write files */
 };
 
+/*
+ * run_spec says how a workload takes its run_opts: the default and the largest -i,
+ * whether it takes -v, and whether it needs -d DIR (an existing directory).
+ */
+struct run_spec {
+	uint64_t iters;
+	uint64_t max_iters;
+	int verbose;
+	int dir;
+};
+
+/* RUN_SPEC_DEFAULT is ring's and stencil's: -i up to 2^40, default 1000, -v, no -d. */
+#define RUN_SPEC_DEFAULT {1000, UINT64_C(1) << 40, 1, 0}
+
 /* Help lines for the run_opts, and for the output every workload prints. */
-#define USAGE_ITERS "  -i N    iterations (default 1000, >= 1)\n"
-#define USAGE_RUN                                                                                          \
-	"  -s us   sleep per iteration in microseconds (default 0)\n"                                         \
-	"  -p K    rank 0 prints the checksum every K iterations (default 100, 0 = only at the end)\n"       \
-	"  -v      print each rank's host name and pid at start\n"                                            \
-	"  -h      this help\n"
+#define USAGE_ITERS_DEFAULT(n) "  -i N    iterations (default " n ", >= 1)\n"
+#define USAGE_ITERS USAGE_ITERS_DEFAULT("1000")
+#define USAGE_DIR(files) "  -d DIR  output directory (must exist); gets " files "\n"
+#define USAGE_SLEEP "  -s us   sleep per iteration in microseconds (default 0)\n"
+#define USAGE_PRINT "  -p K    rank 0 prints the checksum every K iterations (default 100, 0 = only at the end)\n"
+#define USAGE_VERBOSE "  -v      print each rank's host name and pid at start\n"
+#define USAGE_HELP "  -h      this help\n"
+#define USAGE_RUN USAGE_SLEEP USAGE_PRINT USAGE_VERBOSE USAGE_HELP
 #define USAGE_OUTPUT(prog)                                                                                 \
 	"output (rank 0): '" prog ": start ...', '" prog ": iter=N checksum=0x...',\n"                       \
 	"                 '" prog ": done iters=N ranks=R checksum=0x...'\n"
@@ -116,23 +160,26 @@ struct run_opts {
 #define MAX_NUM_OPTS 16
 
 /*
- * parse_opts sets run to its defaults and parses argv with getopt: the program's own
- * options in own[0..nown), the run_opts, and -h. Only rank 0 prints; usage is prog's
- * help text. It returns -1 to go on, or the exit status to finish with.
+ * parse_run sets run to the defaults of spec and parses argv with getopt: the
+ * program's own options in own[0..nown), the run_opts as spec takes them, and -h.
+ * Only rank 0 prints; usage is prog's help text. It returns -1 to go on, or the
+ * exit status to finish with.
  */
-static inline int parse_opts(int argc, char **argv, int rank, const char *prog, const char *usage,
-			     struct run_opts *run, const struct num_opt *own, size_t nown)
+static inline int parse_run(int argc, char **argv, int rank, const char *prog, const char *usage,
+			    const struct run_spec *spec, struct run_opts *run, const struct num_opt *own,
+			    size_t nown)
 {
 	struct num_opt opts[MAX_NUM_OPTS];
-	char optstring[2 * MAX_NUM_OPTS + 4];
+	char optstring[2 * MAX_NUM_OPTS + 6];
 	const struct num_opt *o;
 	size_t nopts = 0, n = 0, k;
 	int c;
 
-	run->iters = 1000;
+	run->iters = spec->iters;
 	run->sleep_us = 0;
 	run->print_every = 100;
 	run->verbose = 0;
+	run->dir = NULL;
 
 	if (nown + 3 > MAX_NUM_OPTS) {
 		fprintf(stderr, "%s: too many options\n", prog);
@@ -140,7 +187,7 @@ static inline int parse_opts(int argc, char **argv, int rank, const char *prog, 
 	}
 	for (k = 0; k < nown; k++)
 		opts[nopts++] = own[k];
-	opts[nopts++] = (struct num_opt){'i', &run->iters, 1, UINT64_C(1) << 40, "iterations"};
+	opts[nopts++] = (struct num_opt){'i', &run->iters, 1, spec->max_iters, "iterations"};
 	opts[nopts++] = (struct num_opt){'s', &run->sleep_us, 0, UINT64_C(3600000000), "sleep microseconds"};
 	opts[nopts++] = (struct num_opt){'p', &run->print_every, 0, UINT64_C(1) << 40, "print interval"};
 
@@ -149,13 +196,19 @@ static inline int parse_opts(int argc, char **argv, int rank, const char *prog, 
 		optstring[n++] = opts[k].flag;
 		optstring[n++] = ':';
 	}
-	optstring[n++] = 'v';
+	if (spec->dir) {
+		optstring[n++] = 'd';
+		optstring[n++] = ':';
+	}
+	if (spec->verbose)
+		optstring[n++] = 'v';
 	optstring[n++] = 'h';
 	optstring[n] = '\0';
 
 	opterr = 0;
 	while ((c = getopt(argc, argv, optstring)) != -1) {
 		switch (c) {
+		case 'd': run->dir = optarg; continue;
 		case 'v': run->verbose = 1; continue;
 		case 'h':
 			if (rank == 0)
@@ -194,26 +247,101 @@ static inline int parse_opts(int argc, char **argv, int rank, const char *prog, 
 		}
 		return EXIT_USAGE;
 	}
+	if (spec->dir && (run->dir == NULL || run->dir[0] == '\0')) {
+		if (rank == 0) {
+			fprintf(stderr, "%s: missing output directory: give -d DIR\n", prog);
+			fputs(usage, stderr);
+		}
+		return EXIT_USAGE;
+	}
 	return -1;
 }
 
-/*
- * begin initialises MPI, sets *rank and *size in MPI_COMM_WORLD and parses the
- * arguments with parse_opts. It returns -1 to go on, or, with MPI finalized, the
- * exit status to finish with.
- */
-static inline int begin(int *argc, char ***argv, int *rank, int *size, const char *prog,
-			const char *usage, struct run_opts *run, const struct num_opt *own, size_t nown)
+/* parse_opts is parse_run for the run_opts of ring and stencil (RUN_SPEC_DEFAULT). */
+static inline int parse_opts(int argc, char **argv, int rank, const char *prog, const char *usage,
+			     struct run_opts *run, const struct num_opt *own, size_t nown)
 {
-	int st;
+	const struct run_spec spec = RUN_SPEC_DEFAULT;
+
+	return parse_run(argc, argv, rank, prog, usage, &spec, run, own, nown);
+}
+
+/* check_dir tells whether dir is an existing directory with room for our file names. */
+static inline int check_dir(const char *prog, const char *dir, int rank)
+{
+	struct stat sb;
+
+	if (strlen(dir) > PATH_LEN - 64) {
+		fprintf(stderr, "%s: rank %d: output directory name too long\n", prog, rank);
+		return -1;
+	}
+	if (stat(dir, &sb) != 0) {
+		fprintf(stderr, "%s: rank %d: bad output directory '%s': %s\n", prog, rank, dir, strerror(errno));
+		return -1;
+	}
+	if (!S_ISDIR(sb.st_mode)) {
+		fprintf(stderr, "%s: rank %d: bad output directory '%s': not a directory\n", prog, rank, dir);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * begin_run initialises MPI, sets *rank and *size in MPI_COMM_WORLD and parses the
+ * arguments with parse_run. Where spec needs -d DIR, every rank checks DIR (each
+ * writes into it) and the run stops if any finds it bad. It returns -1 to go on,
+ * or, with MPI finalized, the exit status to finish with.
+ */
+static inline int begin_run(int *argc, char ***argv, int *rank, int *size, const char *prog,
+			    const char *usage, const struct run_spec *spec, struct run_opts *run,
+			    const struct num_opt *own, size_t nown)
+{
+	int st, bad, anybad;
 
 	MPI_Init(argc, argv);
 	MPI_Comm_rank(MPI_COMM_WORLD, rank);
 	MPI_Comm_size(MPI_COMM_WORLD, size);
-	st = parse_opts(*argc, *argv, *rank, prog, usage, run, own, nown);
+	st = parse_run(*argc, *argv, *rank, prog, usage, spec, run, own, nown);
+	if (st < 0 && spec->dir) {
+		bad = check_dir(prog, run->dir, *rank) != 0;
+		MPI_Allreduce(&bad, &anybad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+		if (anybad)
+			st = EXIT_USAGE;
+	}
 	if (st >= 0)
 		MPI_Finalize();
 	return st;
+}
+
+/* begin is begin_run for the run_opts of ring and stencil (RUN_SPEC_DEFAULT). */
+static inline int begin(int *argc, char ***argv, int *rank, int *size, const char *prog,
+			const char *usage, struct run_opts *run, const struct num_opt *own, size_t nown)
+{
+	const struct run_spec spec = RUN_SPEC_DEFAULT;
+
+	return begin_run(argc, argv, rank, size, prog, usage, &spec, run, own, nown);
+}
+
+/*
+ * close_iter closes iteration it of run, whose global value is global, but for the
+ * done line: rank 0 prints the periodic checksum line; every rank then sleeps,
+ * except after the last iteration. A workload that must finish something (close
+ * its files) before it reports done calls say_done itself afterwards.
+ */
+static inline void close_iter(const char *prog, const struct run_opts *run, int rank, uint64_t it,
+			      uint64_t global)
+{
+	if (rank == 0 && run->print_every != 0 && it % run->print_every == 0)
+		say("%s: iter=%" PRIu64 " checksum=0x%016" PRIx64, prog, it, global);
+	if (it < run->iters)
+		sleep_us(run->sleep_us);
+}
+
+/* say_done prints the done line on rank 0, with the last global value. */
+static inline void say_done(const char *prog, const struct run_opts *run, int rank, int size, uint64_t global)
+{
+	if (rank == 0)
+		say("%s: done iters=%" PRIu64 " ranks=%d checksum=0x%016" PRIx64, prog, run->iters, size, global);
 }
 
 /*
@@ -224,12 +352,94 @@ static inline int begin(int *argc, char ***argv, int *rank, int *size, const cha
 static inline void end_iter(const char *prog, const struct run_opts *run, int rank, int size, uint64_t it,
 			    uint64_t global)
 {
-	if (rank == 0 && run->print_every != 0 && it % run->print_every == 0)
-		say("%s: iter=%" PRIu64 " checksum=0x%016" PRIx64, prog, it, global);
-	if (rank == 0 && it == run->iters)
-		say("%s: done iters=%" PRIu64 " ranks=%d checksum=0x%016" PRIx64, prog, run->iters, size, global);
-	if (it < run->iters)
-		sleep_us(run->sleep_us);
+	close_iter(prog, run, rank, it, global);
+	if (it == run->iters)
+		say_done(prog, run, rank, size, global);
+}
+
+/*
+ * The ring state step that ring, appfiles and mpiio share. Every rank keeps a
+ * 64-bit state; an iteration folds in pages of its memory (touch_pages), a message
+ * from its left neighbour (ring_exchange) and a global value (reduce_state).
+ */
+#define WORDS_PER_PAGE 512 /* 4096 bytes / 8 */
+
+/*
+ * alloc_pages allocates mib MiB of words filled from seed, or aborts the job; it
+ * returns NULL for 0 MiB. *npages gets the number of 4 KiB pages.
+ */
+static inline uint64_t *alloc_pages(const char *prog, int rank, uint64_t mib, uint64_t seed, size_t *npages)
+{
+	size_t nwords = (size_t)mib * (1024 * 1024 / sizeof(uint64_t)), k;
+	uint64_t *mem = NULL;
+
+	if (nwords > 0) {
+		mem = malloc(nwords * sizeof(uint64_t));
+		if (mem == NULL)
+			fail(prog, rank, "cannot allocate %" PRIu64 " MiB; use a smaller -m", mib);
+	}
+	for (k = 0; k < nwords; k++)
+		mem[k] = mix64(seed + k);
+	*npages = nwords / WORDS_PER_PAGE;
+	return mem;
+}
+
+/*
+ * touch_pages reads one word in every page of mem, folds it into state and rewrites
+ * it (so every page is dirty at any checkpoint), rotating through the page over
+ * iterations. It returns the new state.
+ */
+static inline uint64_t touch_pages(uint64_t *mem, size_t npages, uint64_t state, uint64_t it)
+{
+	uint64_t acc = it;
+	size_t p, off = (size_t)((it * 37) % WORDS_PER_PAGE);
+
+	for (p = 0; p < npages; p++) {
+		uint64_t *w = &mem[p * WORDS_PER_PAGE + off];
+		uint64_t v = *w;
+		acc = rotl64(acc, 5) ^ v;
+		*w = mix64(v ^ state ^ p);
+	}
+	return mix64(state ^ acc);
+}
+
+/*
+ * ring_exchange sends nwords derived from state and salt to the right neighbour in
+ * MPI_COMM_WORLD while it receives as many from the left one (MPI_Sendrecv), and
+ * returns the state with them folded in.
+ */
+static inline uint64_t ring_exchange(uint64_t state, uint64_t salt, uint64_t *sbuf, uint64_t *rbuf, size_t nwords,
+				     int rank, int size, int tag)
+{
+	int right = (rank + 1) % size, left = (rank + size - 1) % size;
+	uint64_t acc = salt;
+	size_t k;
+
+	for (k = 0; k < nwords; k++)
+		sbuf[k] = mix64(state + k * GOLDEN64 + salt);
+	MPI_Sendrecv(sbuf, (int)nwords, MPI_UINT64_T, right, tag,
+		     rbuf, (int)nwords, MPI_UINT64_T, left, tag,
+		     MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+	for (k = 0; k < nwords; k++)
+		acc = rotl64(acc, 7) ^ rbuf[k];
+	return mix64(state ^ rotl64(acc, 23));
+}
+
+/*
+ * reduce_state sums two words of every rank's state over MPI_COMM_WORLD
+ * (MPI_Allreduce; wrapping sums are exact and order independent), folds the result
+ * into *state and returns it: the global value of iteration it.
+ */
+static inline uint64_t reduce_state(uint64_t *state, int rank, uint64_t it)
+{
+	uint64_t in[2], out[2], global;
+
+	in[0] = *state;
+	in[1] = mix64(*state ^ (uint64_t)rank);
+	MPI_Allreduce(in, out, 2, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+	global = mix64(out[0] ^ rotl64(out[1], 31) ^ it);
+	*state = mix64(*state ^ global);
+	return global;
 }
 
 #define HOST_LEN 64

@@ -172,9 +172,7 @@ func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts Checkpoint
 		// The checkpoint is good, but the job could not be resumed
 		// everywhere: never leave it half frozen. Stop it; it can be
 		// restarted from the checkpoint just committed.
-		log.Error("resume after checkpoint failed, stopping the job", "err", err)
-		c.destroyAll(ctx, spec, log)
-		c.end(id, StateSuspended, func(j *Job) {
+		c.stopJob(ctx, spec, log, "resume after checkpoint", err, StateSuspended, func(j *Job) {
 			j.LastCheckpoint = handle
 			j.Reason = "resume failed after checkpoint: " + err.Error()
 		})
@@ -292,6 +290,15 @@ func unreachableOnly(err error) bool {
 }
 
 // destroyAll kills every job-node of a job, best effort, logging failures.
+// stopJob ends a job that could not resume after an operation that already
+// changed it (a committed checkpoint, a moved job-node): every job-node is
+// destroyed, and the job ends in state to, set recording why.
+func (c *Coordinator) stopJob(ctx context.Context, spec JobSpec, log *slog.Logger, what string, err error, to State, set func(*Job)) {
+	log.Error(what+" failed, stopping the job", "err", err)
+	c.destroyAll(ctx, spec, log)
+	c.end(spec.ID, to, set)
+}
+
 func (c *Coordinator) destroyAll(ctx context.Context, spec JobSpec, log *slog.Logger) {
 	c.destroyNodes(ctx, spec.ID, spec.Nodes, log)
 }

@@ -685,3 +685,44 @@ func TestRestartPutsFilesBackFirst(t *testing.T) {
 	}
 	f.assertRunning(t)
 }
+
+// TestResumeFailureStopsJob: a job that cannot resume after a committed
+// checkpoint is suspended (restartable from it); one that cannot resume
+// after a migration is failed, with its new placement recorded. Neither is
+// left half frozen.
+func TestResumeFailureStopsJob(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2", "h3")
+	f.agents["h1"].fail[PhaseThaw] = errors.New("thaw broke")
+	h, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{})
+	if err == nil || !strings.Contains(err.Error(), "could not resume and was suspended") {
+		t.Fatalf("checkpoint with a broken thaw: %v", err)
+	}
+	j, _ := f.c.Job("job1")
+	if j.State != StateSuspended || j.LastCheckpoint != h || !strings.Contains(j.Reason, "thaw broke") {
+		t.Fatalf("after it: %s, last %q (want %s), reason %q", j.State, j.LastCheckpoint, h, j.Reason)
+	}
+	for _, a := range f.agents {
+		if n := len(a.snapshot()); n != 0 {
+			t.Fatalf("%s still holds %d job-nodes", a.host, n)
+		}
+	}
+
+	delete(f.agents["h1"].fail, PhaseThaw)
+	if _, err := f.c.Restart(context.Background(), "job1", RestartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f.agents["h2"].fail[PhaseThaw] = errors.New("thaw broke again")
+	err = f.c.Migrate(context.Background(), "job1", "n1", "h3")
+	if err == nil || !strings.Contains(err.Error(), "could not resume and was stopped") {
+		t.Fatalf("migration with a broken thaw: %v", err)
+	}
+	j, _ = f.c.Job("job1")
+	if n, _ := j.Spec.Node("n1"); j.State != StateFailed || n.Host != "h3" || !strings.Contains(j.Reason, "thaw broke again") {
+		t.Fatalf("after it: %s, n1 on %s, reason %q", j.State, n.Host, j.Reason)
+	}
+	for _, a := range f.agents {
+		if n := len(a.snapshot()); n != 0 {
+			t.Fatalf("%s still holds %d job-nodes", a.host, n)
+		}
+	}
+}

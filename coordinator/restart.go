@@ -287,9 +287,7 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 	c.destroyNodes(ctx, id, []agentapi.NodeSpec{from}, log)
 	*moving = dest
 	if err := c.resume(ctx, id, spec.Nodes, &t); err != nil {
-		log.Error("resume after migration failed, stopping the job", "err", err)
-		c.destroyAll(ctx, spec, log)
-		c.end(id, StateFailed, func(j *Job) {
+		c.stopJob(ctx, spec, log, "resume after migration", err, StateFailed, func(j *Job) {
 			j.Spec = spec
 			j.Reason = "resume after migration failed: " + err.Error()
 		})

@@ -662,10 +662,12 @@ func TestRestartPutsFilesBackFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.agents["h1"].fail[PhaseFiles] = errors.New("/w/log is gone since the checkpoint")
+	f.agents["h0"].moved = []string{"/w/out/a.torpor-after-000001"}
 	_, err = f.c.Restart(context.Background(), "job1", RestartOptions{})
-	if err == nil || !strings.Contains(err.Error(), "/w/log is gone") {
+	if err == nil || !strings.Contains(err.Error(), "/w/log is gone") || !strings.Contains(err.Error(), "moved aside, not deleted: /w/out/a.torpor-after-000001") {
 		t.Fatalf("restart with a file that cannot be put back: %v", err)
 	}
+	f.agents["h0"].moved = nil
 	for _, a := range f.agents {
 		if a.calls[PhaseFiles] != 1 || a.calls[PhaseRestore] != 0 {
 			t.Fatalf("%s: %d file and %d restore calls, want 1 and 0", a.host, a.calls[PhaseFiles], a.calls[PhaseRestore])

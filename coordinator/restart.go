@@ -115,6 +115,10 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 			back = StateFailed
 		}
 		c.end(spec.ID, back, func(j *Job) { j.Reason = "restart from " + res.Checkpoint + " failed: " + err.Error() })
+		if len(res.Moved) > 0 {
+			// An error reply carries no result: say here what was moved.
+			err = fmt.Errorf("%w (files that came after the checkpoint were moved aside, not deleted: %s)", err, strings.Join(res.Moved, ", "))
+		}
 		return res, fmt.Errorf("restart of %s from %s failed, nothing is left running; the checkpoint is intact: %w", spec.ID, res.Checkpoint, err)
 	}
 	c.end(spec.ID, StateRunning, func(j *Job) {

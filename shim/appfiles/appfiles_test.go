@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -341,5 +343,56 @@ func TestCapturedOnce(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(log); string(b) != "written by every rank" {
 		t.Fatalf("after n0's restore: %q", b)
+	}
+}
+
+// TestConcurrentMoveAside: every job-node of a job walks the same --keep
+// directory at a restart, at the same time; each later file is moved aside
+// once, by one of them, and neither fails.
+func TestConcurrentMoveAside(t *testing.T) {
+	testutil.RequireRoot(t, "reading another process's /proc/PID/fd")
+	for round := 0; round < 20; round++ {
+		dir := t.TempDir()
+		out := filepath.Join(dir, "out")
+		os.Mkdir(out, 0o755)
+		write(t, filepath.Join(out, "step-0"), "zero")
+		shared := filepath.Join(dir, "shared")
+		os.Mkdir(shared, 0o700)
+		var imgs []string
+		for _, n := range []string{"n0", "n1"} {
+			img := filepath.Join(dir, n)
+			if _, err := Capture(CaptureOptions{Keep: []string{out}, Images: img, Shared: shared, Node: n}); err != nil {
+				t.Fatal(err)
+			}
+			imgs = append(imgs, img)
+		}
+		for i := 1; i <= 50; i++ {
+			write(t, filepath.Join(out, fmt.Sprintf("step-%d", i)), "later")
+		}
+		var wg sync.WaitGroup
+		moved := make([][]string, 2)
+		errs := make([]error, 2)
+		for i, img := range imgs {
+			wg.Go(func() { _, moved[i], errs[i] = Restore(RestoreOptions{Images: img, Seq: "1"}) })
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
+		seen := map[string]bool{}
+		for _, m := range append(moved[0], moved[1]...) {
+			if seen[m] {
+				t.Fatalf("round %d: %s moved twice", round, m)
+			}
+			seen[m] = true
+		}
+		if len(seen) != 50 {
+			t.Fatalf("round %d: %d files moved aside, want 50", round, len(seen))
+		}
+		if b, _ := os.ReadFile(filepath.Join(out, "step-0")); string(b) != "zero" {
+			t.Fatalf("round %d: step-0 is %q", round, b)
+		}
 	}
 }

@@ -186,6 +186,9 @@ func moveAside(ix *Index, keep, seq string) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("move %s aside: %w", keep, err)
 		}
+		if to == "" {
+			return nil, nil
+		}
 		return []string{to}, nil
 	}
 	var moved []string
@@ -207,7 +210,9 @@ func moveAside(ix *Index, keep, seq string) ([]string, error) {
 		if err != nil {
 			return err
 		}
-		moved = append(moved, to)
+		if to != "" {
+			moved = append(moved, to)
+		}
 		return nil
 	})
 	if err != nil {
@@ -218,13 +223,18 @@ func moveAside(ix *Index, keep, seq string) ([]string, error) {
 
 // renameAside renames p to p.torpor-after-<seq>, or, when an earlier restart
 // from the same checkpoint left a file of that name, to the first free
-// p.torpor-after-<seq>.<n>: a file moved aside is never replaced.
+// p.torpor-after-<seq>.<n>: a file moved aside is never replaced. p gone
+// already is no error and no new name (""): every job-node of a job walks
+// the same --keep directories, and another one moved it first.
 func renameAside(p, seq string) (string, error) {
 	to := p + asideMark + seq
 	for n := 2; ; n++ {
 		err := unix.Renameat2(unix.AT_FDCWD, p, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
 		if err == nil {
 			return to, nil
+		}
+		if errors.Is(err, unix.ENOENT) {
+			return "", nil
 		}
 		if !errors.Is(err, unix.EEXIST) || n > 1000 {
 			return "", err

@@ -293,8 +293,9 @@ func (c *Coordinator) Watch(ctx context.Context, interval time.Duration) {
 }
 
 // Recover runs once when a coordinator starts: it deletes checkpoints whose
-// commit never finished, then settles the jobs an earlier coordinator left in
-// the middle of an operation (see settle).
+// commit never finished, settles the jobs an earlier coordinator left in the
+// middle of an operation (see settle), and fails running jobs whose job-nodes
+// their shims no longer have (see pollOnce).
 func (c *Coordinator) Recover(ctx context.Context) error {
 	gone, err := c.store.Recover()
 	if err != nil {
@@ -304,6 +305,10 @@ func (c *Coordinator) Recover(ctx context.Context) error {
 		c.log.Warn("discarded a checkpoint whose commit never finished", "ckpt", h)
 	}
 	c.settle(ctx)
+	// A job recorded running whose job-nodes are gone fails now, not at the
+	// first poll: a restart may follow at once. Shims that have not
+	// registered yet are asked when they do.
+	c.pollOnce(ctx)
 	return nil
 }
 

@@ -71,7 +71,7 @@ func (f *fakeAgent) step(ctx context.Context, p Phase) error {
 func (f *fakeAgent) get(ref agentapi.NodeRef) (*fakeNode, error) {
 	n, ok := f.node[ref.Job+"/"+ref.Node]
 	if !ok || !n.exists {
-		return nil, fmt.Errorf("no job-node %s/%s on %s", ref.Job, ref.Node, f.host)
+		return nil, fmt.Errorf("%w: no job-node %s/%s on %s", agentapi.ErrNotFound, ref.Job, ref.Node, f.host)
 	}
 	return n, nil
 }

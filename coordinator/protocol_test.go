@@ -455,6 +455,49 @@ func TestRecoverAfterCrash(t *testing.T) {
 	f.assertNoPartial(t)
 }
 
+// TestRecoverFailsVanishedJob: a job recorded running whose job-nodes no
+// shim has any more (they died with the process that held them) is failed
+// when the coordinator starts, restartable, and the restart brings it back.
+func TestRecoverFailsVanishedJob(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	if _, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Only the job-node on h1 is gone: one is enough.
+	gone := f.spec.Nodes[1]
+	f.agents[gone.Host].mu.Lock()
+	delete(f.agents[gone.Host].node, "job1/"+gone.Name)
+	f.agents[gone.Host].mu.Unlock()
+	agents := map[string]agentapi.Agent{}
+	for h, a := range f.agents {
+		agents[h] = a
+	}
+	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: agents})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j, _ := c2.Job("job1"); j.State != StateRunning {
+		t.Fatalf("the registry says %s, want running before recovery", j.State)
+	}
+	if err := c2.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	j, _ := c2.Job("job1")
+	if j.State != StateFailed || !strings.Contains(j.Reason, gone.Name+"@"+gone.Host+" no longer exists") || !strings.Contains(j.Reason, "torpor restart job1") {
+		t.Fatalf("job is %s (%q), want failed naming %s@%s and the restart", j.State, j.Reason, gone.Name, gone.Host)
+	}
+	for h, a := range f.agents {
+		if n := len(a.snapshot()); n != 0 {
+			t.Errorf("%d job-nodes left on %s after the job failed", n, h)
+		}
+	}
+	if _, err := c2.Restart(context.Background(), "job1", RestartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f.c = c2
+	f.assertRunning(t)
+}
+
 func TestValidate(t *testing.T) {
 	n := func(name, host, ip string) agentapi.NodeSpec {
 		return agentapi.NodeSpec{Name: name, Host: host, IP: ip, Argv: []string{"x"}}

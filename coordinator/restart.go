@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -302,9 +303,10 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 	return nil
 }
 
-// watch polls the job-nodes of running jobs and ends a job when its
+// pollOnce asks for the job-nodes of running jobs and ends a job when its
 // job-nodes exit: finished when all exit 0, failed (and the rest destroyed)
-// as soon as one fails.
+// as soon as one fails or its shim no longer has it. A shim that does not
+// answer changes nothing.
 func (c *Coordinator) pollOnce(ctx context.Context) {
 	for _, j := range c.Jobs() {
 		if j.State != StateRunning {
@@ -321,14 +323,20 @@ func (c *Coordinator) pollOnce(ctx context.Context) {
 			exited   int
 			failed   *agentapi.NodeStatus
 			failNode string
+			gone     []string
 		)
 		_ = c.fanout(ctx, PhaseStart, j.Spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 			st, err := a.Status(ctx, agentapi.NodeRef{Job: j.Spec.ID, Node: n.Name})
+			mu.Lock()
+			defer mu.Unlock()
+			if errors.Is(err, agentapi.ErrNotFound) {
+				// Its shim answers and does not have it: the job-node died
+				// with a process that held it and could not be adopted.
+				gone = append(gone, n.Name+"@"+n.Host)
+			}
 			if err != nil {
 				return err
 			}
-			mu.Lock()
-			defer mu.Unlock()
 			if st.Exited {
 				exited++
 				if st.ExitCode != 0 && failed == nil {
@@ -338,6 +346,10 @@ func (c *Coordinator) pollOnce(ctx context.Context) {
 			return nil
 		})
 		switch {
+		case len(gone) > 0:
+			sort.Strings(gone)
+			c.finish(ctx, j.Spec, StateFailed, 0, fmt.Sprintf("job-node %s no longer exists (the process or host that held it ended); "+
+				"restart the job from its last checkpoint with `torpor restart %s`", strings.Join(gone, ", "), j.Spec.ID))
 		case failed != nil:
 			c.finish(ctx, j.Spec, StateFailed, failed.ExitCode, fmt.Sprintf("job-node %s exited with status %d: %s", failNode, failed.ExitCode, failed.Message))
 		case exited == len(j.Spec.Nodes):

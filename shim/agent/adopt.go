@@ -99,3 +99,34 @@ func (a *Agent) adopt(ctx context.Context, r nodeRecord) (bool, error) {
 	a.log.Info("adopted job-node", "job", r.Job, "node", r.Spec.Name, "pid", sb.Pid(), "state", sb.State(), "moved", n.moved)
 	return true, nil
 }
+
+// Release forgets every job-node without touching it, as an abrupt death of
+// the shim would: their network locks and link sockets close, and the
+// sandboxes, their records and their trees live on for the next Agent of
+// this host to Adopt. An embedded coordinator's host process releases its
+// job-nodes when it exits while they still run.
+func (a *Agent) Release() {
+	a.mu.Lock()
+	all := a.nodes
+	a.nodes = map[string]*node{}
+	a.mu.Unlock()
+	for _, n := range all {
+		if n == nil {
+			continue
+		}
+		if n.link != nil {
+			n.link.Close()
+		}
+		if n.lock != nil {
+			_ = n.lock.Close()
+		}
+		n.sb.Release()
+	}
+}
+
+// Nodes is how many job-nodes the agent holds.
+func (a *Agent) Nodes() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.nodes)
+}

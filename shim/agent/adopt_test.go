@@ -23,28 +23,6 @@ import (
 	"github.com/torpor-hpc/torpor/shim/simhost"
 )
 
-// abandon forgets every job-node without touching it, as an abrupt death of
-// the shim would (its network locks and link sockets go with it): the
-// job-nodes are left for another Agent to Adopt. For tests.
-func (a *Agent) abandon() {
-	a.mu.Lock()
-	all := a.nodes
-	a.nodes = map[string]*node{}
-	a.mu.Unlock()
-	for _, n := range all {
-		if n == nil {
-			continue
-		}
-		if n.link != nil {
-			n.link.Close()
-		}
-		if n.lock != nil {
-			n.lock.Close()
-		}
-		n.sb.Release()
-	}
-}
-
 var hostSeq atomic.Int32
 
 // oneHost is a simulated host and the Config of its shim, for tests of one
@@ -199,7 +177,7 @@ func TestAdoptRunningNode(t *testing.T) {
 		t.Fatalf("no record after start: %v", err)
 	}
 	pid := a.nodes[key("job", "n0")].sb.Pid()
-	a.abandon()
+	a.Release()
 
 	b := h.agent(nil)
 	n, err := b.Adopt(ctx)
@@ -267,7 +245,7 @@ func TestAdoptFrozenNode(t *testing.T) {
 	waitTicks(t, a, "job", "n0", 2)
 	mustOK(t, "freeze", a.Freeze(ctx, ref))
 	mustOK(t, "lock", a.Lock(ctx, ref))
-	a.abandon()
+	a.Release()
 
 	b := h.agent(nil)
 	if n, err := b.Adopt(ctx); err != nil || n != 1 {

@@ -126,7 +126,7 @@ func TestShimExitInDump(t *testing.T) {
 		t.Fatal("no loud warning before the kill")
 	}
 	// The shim is dead now: the next one adopts and the coordinator rolls back.
-	a.abandon()
+	a.Release()
 	b := h.agent(nil)
 	if n, err := b.Adopt(ctx); err != nil || n != 1 {
 		t.Fatalf("adopt: %d, %v", n, err)

@@ -146,6 +146,58 @@ func (h *Host) setup(fabric *netquiesce.Net) error {
 }
 
 // Host returns host i (1-based).
+// OpenCluster takes over the cluster name that another process created
+// and left: its fabric and its n hosts, each with its bridge, must all be
+// there. Close removes it as if it had been created here; Detach leaves it.
+func OpenCluster(name string, n int) (_ *Cluster, err error) {
+	if n < 1 || n > MaxHosts {
+		return nil, fmt.Errorf("open cluster %s: %d hosts, want 1..%d", name, n, MaxHosts)
+	}
+	if name == "" || strings.ContainsAny(name, "/ ") {
+		return nil, fmt.Errorf("open cluster: bad name %q", name)
+	}
+	c := &Cluster{Name: name}
+	defer func() {
+		if err != nil {
+			c.Detach()
+			err = fmt.Errorf("open cluster %s: %w", name, err)
+		}
+	}()
+	if c.fabric, err = netquiesce.OpenNamedNet(NetNSName(name, "fabric")); err != nil {
+		return nil, err
+	}
+	if _, err := c.fabric.Link("fab0"); err != nil {
+		return nil, err
+	}
+	for i := 1; i <= n; i++ {
+		h := &Host{Index: i, NetNS: NetNSName(name, "h"+strconv.Itoa(i)),
+			Addr: fmt.Sprintf("198.18.0.%d/%d", i, Prefix), Bridge: Bridge}
+		if h.net, err = netquiesce.OpenNamedNet(h.NetNS); err != nil {
+			return nil, err
+		}
+		c.Hosts = append(c.Hosts, h)
+		if _, err := h.net.Link(Bridge); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// Detach closes this process's handles on the cluster and leaves its
+// namespaces in place, for another process to OpenCluster.
+func (c *Cluster) Detach() {
+	c.closeOnce.Do(func() {
+		for _, h := range c.Hosts {
+			if h.net != nil {
+				h.net.Close()
+			}
+		}
+		if c.fabric != nil {
+			c.fabric.Close()
+		}
+	})
+}
+
 func (c *Cluster) Host(i int) *Host { return c.Hosts[i-1] }
 
 // Close removes every namespace of the cluster, including sandboxes' that

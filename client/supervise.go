@@ -10,6 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/coordinator"
 )
@@ -30,6 +33,11 @@ type SuperviseOptions struct {
 	// "checkpoint now" (nil: no signal does).
 	CheckpointSignal os.Signal
 
+	// Reconnect, if set, is called when the coordinator stops answering
+	// (the process that hosted it ended): it returns a client of the
+	// coordinator that serves the job now, embedding one if need be.
+	Reconnect func(ctx context.Context) (apiv1.CoordinatorClient, error)
+
 	// poll is how often the job's state and output are looked at; 0 means
 	// 200ms.
 	poll time.Duration
@@ -47,8 +55,15 @@ func Supervise(ctx context.Context, cl apiv1.CoordinatorClient, req *apiv1.RunRe
 	if err != nil {
 		return 0, RPCErr(err)
 	}
-	id := job.Spec.Id
-	fmt.Fprintf(msgs, "torpor: job %s started on %s\n", id, nodeList(job.Spec))
+	fmt.Fprintf(msgs, "torpor: job %s started on %s\n", job.Spec.Id, nodeList(job.Spec))
+	return Follow(ctx, cl, job.Spec, msgs, opt)
+}
+
+// Follow stays with a job that was started or restarted, as Supervise does
+// after it starts one. The job's output is copied from its beginning: after
+// a restart, the files hold what the job had written by its checkpoint.
+func Follow(ctx context.Context, cl apiv1.CoordinatorClient, spec *apiv1.JobSpec, msgs io.Writer, opt SuperviseOptions) (code int, err error) {
+	id := spec.Id
 	sig := make(chan os.Signal, 1)
 	if opt.CheckpointSignal != nil {
 		signal.Notify(sig, opt.CheckpointSignal)
@@ -60,7 +75,7 @@ func Supervise(ctx context.Context, cl apiv1.CoordinatorClient, req *apiv1.RunRe
 		defer t.Stop()
 		tick = t.C
 	}
-	tail := newTailer(opt.RunDir, id, job.Spec.Nodes, opt.Output)
+	tail := newTailer(opt.RunDir, id, spec.Nodes, opt.Output)
 	restarts := 0
 	every := opt.poll
 	if every == 0 {
@@ -81,6 +96,13 @@ func Supervise(ctx context.Context, cl apiv1.CoordinatorClient, req *apiv1.RunRe
 		}
 		tail.poll()
 		j, err := cl.GetJob(ctx, &apiv1.JobRef{Job: id})
+		if status.Code(err) == codes.Unavailable && opt.Reconnect != nil && ctx.Err() == nil {
+			fmt.Fprintf(msgs, "torpor: the coordinator went away; reconnecting to follow job %s\n", id)
+			if cl, err = opt.Reconnect(ctx); err != nil {
+				return 0, err
+			}
+			continue
+		}
 		if err != nil {
 			return 0, RPCErr(err)
 		}

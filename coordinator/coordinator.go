@@ -191,6 +191,12 @@ func (c *Coordinator) Authorize(id string, uid int) error {
 
 // begin marks a job busy and moves it to state; end must follow.
 func (c *Coordinator) begin(id string, from []State, to State) (JobSpec, State, error) {
+	return c.beginSet(id, from, to, nil)
+}
+
+// beginSet is begin that also applies set (if not nil) to the job as it
+// moves: whoever sees the new state sees what set wrote.
+func (c *Coordinator) beginSet(id string, from []State, to State, set func(*Job)) (JobSpec, State, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	j, ok := c.jobs[id]
@@ -207,15 +213,18 @@ func (c *Coordinator) begin(id string, from []State, to State) (JobSpec, State, 
 	if !allowed {
 		return JobSpec{}, "", fmt.Errorf("%w: job %s is %s", agentapi.ErrState, id, j.State)
 	}
-	prev := j.State
+	prev, before := j.State, *j
 	if err := j.move(to, c.now()); err != nil {
 		return JobSpec{}, "", err
+	}
+	if set != nil {
+		set(j)
 	}
 	c.busy[id] = true
 	spec := j.Spec
 	spec.Nodes = append([]agentapi.NodeSpec(nil), j.Spec.Nodes...)
 	if err := c.saveLocked(); err != nil {
-		j.State = prev
+		*j = before
 		delete(c.busy, id)
 		return JobSpec{}, "", err
 	}

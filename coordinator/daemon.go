@@ -99,7 +99,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.shims = &shimConns{opts: []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg.ClientTLS))}}
-	srv := &Server{C: c, DialShim: d.shims.dial}
+	srv := &Server{C: c, DialShim: d.shims.dial, Stopping: dctx.Done()}
 	if cfg.Socket != "" {
 		lis, err := listenUnix(cfg.Socket)
 		if err != nil {
@@ -141,13 +141,24 @@ func (d *Daemon) serve(gs *grpc.Server, lis net.Listener) {
 	}()
 }
 
-// Close stops serving. Jobs keep running on their shims; a coordinator
-// started again with the same state directory takes them over.
+// Close stops serving. Calls in progress get their answer (a cancel of the
+// job whose end made this process stop, for one) unless they take longer
+// than closeGrace; long waits end at once, as the coordinator's context
+// does. Jobs keep running on their shims; a coordinator started again with
+// the same state directory takes them over.
 func (d *Daemon) Close() {
 	d.cancel()
+	var wg sync.WaitGroup
 	for _, gs := range d.servers {
-		gs.Stop()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.AfterFunc(closeGrace, gs.Stop)
+			defer t.Stop()
+			gs.GracefulStop()
+		}()
 	}
+	wg.Wait()
 	d.wg.Wait()
 	if d.shims != nil {
 		d.shims.close()
@@ -156,6 +167,9 @@ func (d *Daemon) Close() {
 		os.Remove(d.socket)
 	}
 }
+
+// closeGrace bounds how long Close waits for calls in progress.
+const closeGrace = 5 * time.Second
 
 // shimConns keeps one client connection per shim address, for the life of
 // the coordinator.

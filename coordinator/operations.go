@@ -402,13 +402,16 @@ func (c *Coordinator) waitAgent(ctx context.Context, host string, grace time.Dur
 // Cancel ends a job: every job-node is destroyed and the job is failed with
 // exit status 130. Its checkpoints stay; it can be restarted from them.
 func (c *Coordinator) Cancel(ctx context.Context, id string) error {
-	spec, _, err := c.begin(id, []State{StateRunning, StateSuspended}, StateFailed)
+	// The job reads as cancelled from the start: a supervisor that looks
+	// while its job-nodes are destroyed knows why it failed.
+	cancelled := func(j *Job) { j.ExitCode = 130; j.Reason = "cancelled" }
+	spec, _, err := c.beginSet(id, []State{StateRunning, StateSuspended}, StateFailed, cancelled)
 	if err != nil {
 		return err
 	}
 	log := c.log.With("job", id)
 	log.Info("job cancelled")
 	c.destroyAll(ctx, spec, log)
-	c.end(id, StateFailed, func(j *Job) { j.ExitCode = 130; j.Reason = "cancelled" })
+	c.end(id, StateFailed, cancelled)
 	return nil
 }

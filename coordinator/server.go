@@ -9,8 +9,10 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
@@ -41,6 +43,9 @@ type Server struct {
 	DialShim func(ctx context.Context, address string) (apiv1.ShimClient, error)
 	// PollInterval is how often Wait looks at a job.
 	PollInterval time.Duration
+	// Stopping, closed when the coordinator stops, ends Waits in progress
+	// (as unavailable: the caller waits again on the next coordinator).
+	Stopping <-chan struct{}
 
 	shimAddrs   sync.Map // host -> address it last registered with
 	shimRunDirs sync.Map // host -> the run directory it registered with
@@ -203,6 +208,8 @@ func (s *Server) Wait(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error
 		select {
 		case <-ctx.Done():
 			return nil, agentapi.ToRPC(ctx.Err())
+		case <-s.Stopping:
+			return nil, status.Error(codes.Unavailable, "the coordinator is stopping; wait again")
 		case <-time.After(iv):
 		}
 	}

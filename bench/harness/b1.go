@@ -32,7 +32,10 @@ type B1Result struct {
 	Cases      []B1Case `json:"cases"`
 }
 
-var doneRE = regexp.MustCompile(`: done .*checksum=(0x[0-9a-f]+)`)
+var (
+	doneRE    = regexp.MustCompile(`: done .*checksum=(0x[0-9a-f]+)`)
+	startedRE = regexp.MustCompile(`torpor: job (\S+) started on `)
+)
 
 // mpiRun runs argv (an mpirun or torpor run command line) and returns its
 // wall time and the checksum the program printed.
@@ -41,14 +44,21 @@ func mpiRun(ctx context.Context, argv []string) (time.Duration, string, error) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// SIGTERM first: `torpor run` then tears its embedded coordinator,
-	// sandboxes and network down; a SIGKILL would leave them behind.
+	// SIGTERM first: `torpor run` then stops its embedded coordinator
+	// cleanly; its job runs on, and is cancelled below.
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
 	wall := time.Since(start)
 	if err != nil {
+		if m := startedRE.FindSubmatch(out); m != nil && len(argv) > 1 && argv[1] == "run" {
+			// A job that outlives its `torpor run` (interrupted, or
+			// hung) keeps running: end it, or the next run adopts it.
+			cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			_ = exec.CommandContext(cctx, argv[0], "cancel", string(m[1])).Run()
+			ccancel()
+		}
 		return wall, "", fmt.Errorf("%s: %v\n%s", strings.Join(argv, " "), err, tail(out))
 	}
 	m := doneRE.FindSubmatch(out)

@@ -15,9 +15,13 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/client"
 	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/coordinator/launch"
 )
 
 type clientFlags struct {
@@ -61,11 +65,12 @@ func runCheckpoint(ctx context.Context, args []string) error {
 }
 
 func checkpoint(ctx context.Context, sock, job string, stop bool) error {
-	cl, done, err := client.Dial(client.SocketPath(sock))
+	ss, err := connect(ctx, sock, embedOptions{})
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer ss.close(ctx, false)
+	cl := ss.cl
 	start := time.Now()
 	verb := "checkpoint"
 	if stop {
@@ -102,12 +107,46 @@ func (h hostMap) Set(v string) error {
 	return nil
 }
 
+// followFlags are how restart and resume look after a job they bring back
+// with an embedded coordinator: as `torpor run` does.
+type followFlags struct {
+	interval, signal *string
+	restarts         *int
+}
+
+func addFollowFlags(fs *flag.FlagSet) followFlags {
+	return followFlags{
+		interval: fs.String("checkpoint-interval", "", "with no coordinator running: checkpoint the job every DURATION (e.g. 30m), as `torpor run` does"),
+		signal:   fs.String("checkpoint-signal", "USR1", "with no coordinator running: the signal to this process that checkpoints the job (USR1, USR2 or HUP)"),
+		restarts: fs.Int("restart-on-failure", 0, "with no coordinator running: restart the job up to N times from its last checkpoint if it fails"),
+	}
+}
+
+func (f followFlags) options() (client.SuperviseOptions, error) {
+	var opt client.SuperviseOptions
+	var err error
+	if *f.interval != "" {
+		if opt.CheckpointInterval, err = launch.ParseInterval(*f.interval); err != nil {
+			return opt, fmt.Errorf("--checkpoint-interval: %w", err)
+		}
+	}
+	if opt.CheckpointSignal, err = launch.ParseCheckpointSignal(*f.signal); err != nil {
+		return opt, fmt.Errorf("--checkpoint-signal: %w", err)
+	}
+	if *f.restarts < 0 {
+		return opt, errors.New("--restart-on-failure: give 0 or more")
+	}
+	opt.RestartOnFailure = *f.restarts
+	return opt, nil
+}
+
 func runRestart(ctx context.Context, args []string) error {
 	fs := newFlagSet("restart", "HANDLE|JOB")
 	cf := addClientFlags(fs, false)
 	hosts := hostMap{}
 	fs.Var(hosts, "host", "place job-node NODE on HOST (NODE=HOST, repeatable); default: where it was")
 	fallback := fs.Bool("fallback", false, "if the newest checkpoint fails verification, take the newest one that verifies")
+	ff := addFollowFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -115,15 +154,31 @@ func runRestart(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return restart(ctx, *cf.socket, ref, hosts, *fallback)
-}
-
-func restart(ctx context.Context, sock, ref string, hosts map[string]string, fallback bool) error {
-	cl, done, err := client.Dial(client.SocketPath(sock))
+	opt, err := ff.options()
 	if err != nil {
 		return err
 	}
-	defer done()
+	return restart(ctx, *cf.socket, ref, hosts, *fallback, opt)
+}
+
+// restart brings a job back. With a coordinator running, it returns once
+// the job runs again. With none, this process hosts one, and stays with the
+// job to its end as `torpor run` does (opt); a job that an earlier torpor
+// process left running, and this one took over, is followed as it is.
+func restart(ctx context.Context, sock, ref string, hosts map[string]string, fallback bool, opt client.SuperviseOptions) error {
+	ss, err := connect(ctx, sock, embedOptions{})
+	if err != nil {
+		return err
+	}
+	defer ss.close(ctx, true)
+	cl := ss.cl
+	job, _, isHandle := strings.Cut(ref, "/")
+	if ss.stack != nil && !isHandle {
+		if j, err := cl.GetJob(ctx, &apiv1.JobRef{Job: job}); err == nil && j.State == string(coordinator.StateRunning) {
+			fmt.Fprintf(os.Stderr, "torpor: job %s still runs (the torpor process that hosted it ended, not the job): following it\n", job)
+			return follow(ctx, ss, j.Spec, opt)
+		}
+	}
 	start := time.Now()
 	fmt.Fprintf(os.Stderr, "torpor: restart from %s: verify, restore (locked), unlock, thaw ...\n", ref)
 	rep, err := cl.Restart(ctx, &apiv1.RestartRequest{Ref: ref, Hosts: hosts, Fallback: fallback})
@@ -135,18 +190,49 @@ func restart(ctx context.Context, sock, ref string, hosts map[string]string, fal
 	}
 	client.PrintMoved(os.Stderr, rep.Moved)
 	fmt.Fprintf(os.Stderr, "torpor: %s restarted from %s in %s\n", rep.Job, rep.Checkpoint, time.Since(start).Round(time.Millisecond))
+	if ss.stack == nil {
+		return nil
+	}
+	j, err := cl.GetJob(ctx, &apiv1.JobRef{Job: rep.Job})
+	if err != nil {
+		return client.RPCErr(err)
+	}
+	return follow(ctx, ss, j.Spec, opt)
+}
+
+// follow stays with a job in the foreground (client.Follow) and turns its
+// end into this process's exit status.
+func follow(ctx context.Context, ss *session, spec *apiv1.JobSpec, opt client.SuperviseOptions) error {
+	opt.RunDir, opt.Output, opt.Reconnect = ss.runDir(""), os.Stdout, ss.reconnect
+	code, err := client.Follow(ctx, ss.cl, spec, os.Stderr, opt)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return exitError{code}
+	}
 	return nil
 }
 
 func runResume(ctx context.Context, args []string) error {
-	job, sock, err := jobArg("resume", args)
+	fs := newFlagSet("resume", "JOB")
+	cf := addClientFlags(fs, false)
+	ff := addFollowFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	job, err := oneArg(fs, "job")
 	if err != nil {
 		return err
 	}
 	if strings.Contains(job, "/") {
 		return fmt.Errorf("resume takes a job, not a checkpoint handle; use `torpor restart %s`", job)
 	}
-	return restart(ctx, sock, job, nil, false)
+	opt, err := ff.options()
+	if err != nil {
+		return err
+	}
+	return restart(ctx, *cf.socket, job, nil, false, opt)
 }
 
 func runMigrate(ctx context.Context, args []string) error {
@@ -164,11 +250,12 @@ func runMigrate(ctx context.Context, args []string) error {
 	if *node == "" || *to == "" {
 		return errors.New("migrate needs --node NODE and --to HOST (see `torpor ps` for the job-nodes and their hosts)")
 	}
-	cl, done, err := client.Dial(client.SocketPath(*cf.socket))
+	ss, err := connect(ctx, *cf.socket, embedOptions{})
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer ss.close(ctx, false)
+	cl := ss.cl
 	start := time.Now()
 	fmt.Fprintf(os.Stderr, "torpor: migrate %s/%s to %s: freeze, drain, lock, dump, restore, unlock, thaw ...\n", job, *node, *to)
 	if _, err := cl.Migrate(ctx, &apiv1.MigrateRequest{Job: job, Node: *node, To: *to}); err != nil {
@@ -184,11 +271,12 @@ func runPs(ctx context.Context, args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	cl, done, err := client.Dial(client.SocketPath(*cf.socket))
+	ss, err := connect(ctx, *cf.socket, embedOptions{})
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer ss.close(ctx, false)
+	cl := ss.cl
 	list, err := cl.Jobs(ctx, &apiv1.Empty{})
 	if err != nil {
 		return client.RPCErr(err)
@@ -224,11 +312,12 @@ func runLs(ctx context.Context, args []string) error {
 		fs.Usage()
 		return exitError{2}
 	}
-	cl, done, err := client.Dial(client.SocketPath(*cf.socket))
+	ss, err := connect(ctx, *cf.socket, embedOptions{})
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer ss.close(ctx, false)
+	cl := ss.cl
 	list, err := cl.ListCheckpoints(ctx, &apiv1.ListCheckpointsRequest{Job: fs.Arg(0), Verify: !*noVerify})
 	if err != nil {
 		return client.RPCErr(err)
@@ -309,12 +398,12 @@ func printList(asJSON bool, v any, header string, rows func(tw io.Writer)) error
 }
 
 func runCancel(ctx context.Context, args []string) error {
-	job, cl, done, err := jobCommand("cancel", args)
+	job, ss, err := jobCommand(ctx, "cancel", args)
 	if err != nil {
 		return err
 	}
-	defer done()
-	if _, err := cl.Cancel(ctx, &apiv1.JobRef{Job: job}); err != nil {
+	defer ss.close(ctx, false)
+	if _, err := ss.cl.Cancel(ctx, &apiv1.JobRef{Job: job}); err != nil {
 		return client.RPCErr(err)
 	}
 	fmt.Fprintf(os.Stderr, "torpor: job %s cancelled; its checkpoints are kept\n", job)
@@ -322,12 +411,22 @@ func runCancel(ctx context.Context, args []string) error {
 }
 
 func runWait(ctx context.Context, args []string) error {
-	job, cl, done, err := jobCommand("wait", args)
+	job, ss, err := jobCommand(ctx, "wait", args)
 	if err != nil {
 		return err
 	}
-	defer done()
-	j, err := cl.Wait(ctx, &apiv1.JobRef{Job: job})
+	defer ss.close(ctx, true)
+	var j *apiv1.Job
+	for {
+		j, err = ss.cl.Wait(ctx, &apiv1.JobRef{Job: job})
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			break
+		}
+		// The process that hosted the coordinator ended: wait on the next.
+		if _, err = ss.reconnect(ctx); err != nil {
+			return err
+		}
+	}
 	if err != nil {
 		return client.RPCErr(err)
 	}
@@ -354,15 +453,15 @@ func jobArg(verb string, args []string) (job, socket string, err error) {
 }
 
 // jobCommand parses the flags of a verb that takes just --socket and one JOB,
-// and dials the coordinator.
-func jobCommand(verb string, args []string) (string, apiv1.CoordinatorClient, func(), error) {
+// and connects to the coordinator.
+func jobCommand(ctx context.Context, verb string, args []string) (string, *session, error) {
 	job, sock, err := jobArg(verb, args)
 	if err != nil {
-		return "", nil, nil, err
+		return "", nil, err
 	}
-	cl, done, err := client.Dial(client.SocketPath(sock))
+	ss, err := connect(ctx, sock, embedOptions{})
 	if err != nil {
-		return "", nil, nil, err
+		return "", nil, err
 	}
-	return job, cl, done, nil
+	return job, ss, nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/client"
@@ -13,7 +12,6 @@ import (
 	"github.com/torpor-hpc/torpor/coordinator/launch"
 	"github.com/torpor-hpc/torpor/internal/config"
 	"github.com/torpor-hpc/torpor/internal/embedded"
-	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
 func runRun(ctx context.Context, args []string) error {
@@ -34,12 +32,7 @@ func runRun(ctx context.Context, args []string) error {
 	// Directories the user named are sent along: daemons refuse any but
 	// their own, instead of ignoring them.
 	req := &apiv1.RunRequest{CheckpointDir: o.CheckpointDir, RunDir: o.RunDir}
-	if o.RunDir == "" {
-		o.RunDir = "/run/torpor"
-	}
-	if o.LogLevel == "" {
-		o.LogLevel = "warn"
-	}
+	runDir := o.RunDir
 	cfg, err := config.Load("")
 	if err != nil {
 		return err
@@ -59,37 +52,24 @@ func runRun(ctx context.Context, args []string) error {
 
 	sock := client.SocketPath(o.Socket)
 	if !client.Listens(sock) {
-		// No coordinator: embed one, on this machine only.
+		// No coordinator: one is embedded, on this machine only.
 		for _, n := range spec.Nodes {
 			if n.Host != embedded.Host {
 				return fmt.Errorf("no coordinator at %s, and host %q is not this machine: start `torpor coordinator` and a `torpor shim` per host, or run without --host", sock, n.Host)
 			}
 		}
-		bin, err := criu.Locator{Config: cfg.CRIU}.Find()
-		if err != nil {
-			return err
-		}
-		if o.CheckpointDir != "" {
-			cfg.CheckpointDir = o.CheckpointDir
-		}
-		stack, err := embedded.Start(ctx, embedded.Config{
-			StateDir: cfg.StateDir, CheckpointDir: cfg.CheckpointDir, Socket: sock, RunDir: o.RunDir,
-			CgroupParent: "/" + strings.Trim(cfg.CgroupRoot, "/"), CRIU: bin, Log: newLogger(o.LogLevel),
-		})
-		if err != nil {
-			return err
-		}
-		defer stack.Close(ctx)
 	}
-	cl, done, err := client.Dial(sock)
+	ss, err := connect(ctx, o.Socket, embedOptions{runDir: runDir, checkpointDir: o.CheckpointDir, logLevel: o.LogLevel})
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer ss.close(ctx, true)
+	cl := ss.cl
 	req.Spec = coordinator.SpecToPB(spec)
 	code, err := client.Supervise(ctx, cl, req, os.Stderr, client.SuperviseOptions{
-		RunDir: o.RunDir, Output: os.Stdout, RestartOnFailure: o.RestartOnFailure,
+		RunDir: ss.runDir(runDir), Output: os.Stdout, RestartOnFailure: o.RestartOnFailure,
 		CheckpointInterval: o.CheckpointInterval, CheckpointSignal: o.CheckpointSignal,
+		Reconnect: ss.reconnect,
 	})
 	if err != nil {
 		return err

@@ -452,6 +452,25 @@ func setSignal(o *Options, flag string, v []string) error {
 	return nil
 }
 
+// ParseCheckpointSignal reads a --checkpoint-signal value as `torpor run`
+// does (USR1, SIGUSR2, B:HUP@60, ...).
+func ParseCheckpointSignal(s string) (syscall.Signal, error) {
+	var o Options
+	if err := setSignal(&o, "--checkpoint-signal", []string{s}); err != nil {
+		return 0, err
+	}
+	return o.CheckpointSignal, nil
+}
+
+// ParseInterval reads a --checkpoint-interval value as `torpor run` does.
+func ParseInterval(s string) (time.Duration, error) {
+	var o Options
+	if err := setInterval(&o, "--checkpoint-interval", []string{s}); err != nil {
+		return 0, err
+	}
+	return o.CheckpointInterval, nil
+}
+
 func parseSignal(s string) (syscall.Signal, error) {
 	if n, err := strconv.Atoi(s); err == nil {
 		for _, sig := range checkpointSignals {

@@ -36,7 +36,13 @@ type nodeRecord struct {
 
 // recordDir holds this host's job-node records.
 func (a *Agent) recordDir() string {
-	return filepath.Join(a.cfg.RunDir, "shims", a.cfg.Host, "nodes")
+	return RecordDir(a.cfg.RunDir, a.cfg.Host)
+}
+
+// RecordDir is where the shim of host keeps its job-node records under
+// runDir: one directory per job.
+func RecordDir(runDir, host string) string {
+	return filepath.Join(runDir, "shims", host, "nodes")
 }
 
 func (a *Agent) recordPath(job, n string) string {

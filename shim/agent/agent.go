@@ -204,7 +204,15 @@ func (a *Agent) jobDir(job string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	for d := dir; ; d = filepath.Dir(d) {
+	return rootOnly(dir, a.cfg.RunDir)
+}
+
+// rootOnly checks p and each directory above it up to top: each must belong
+// to root, be no symbolic link, and be writable by no one else. What the
+// shim reads or makes there cannot then be added or replaced by a user.
+func rootOnly(p, top string) error {
+	top = filepath.Clean(top)
+	for d := filepath.Clean(p); ; d = filepath.Dir(d) {
 		st, err := os.Lstat(d)
 		if err != nil {
 			return err
@@ -213,10 +221,10 @@ func (a *Agent) jobDir(job string) error {
 		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
 			uid = int(sys.Uid)
 		}
-		if uid != 0 || !st.IsDir() || st.Mode().Perm()&0o022 != 0 {
-			return fmt.Errorf("run directory %s must be a directory that only root may write (it is %v, uid %d): fix it or choose another run directory", d, st.Mode(), uid)
+		if uid != 0 || st.Mode()&os.ModeSymlink != 0 || st.Mode().Perm()&0o022 != 0 {
+			return fmt.Errorf("%s must be root's and writable only by root (it is %v, uid %d): fix it or choose another run directory", d, st.Mode(), uid)
 		}
-		if d == a.cfg.RunDir || d == "/" {
+		if d == top || d == "/" {
 			return nil
 		}
 	}

@@ -86,6 +86,10 @@ func (a *Agent) removeRecord(job, n string) {
 
 // loadRecords reads every record of this host. A record that cannot be read
 // is reported and skipped (left in place for a person to look at).
+//
+// Records say which cgroup to kill and which namespace to enter: only
+// records no user but root could have written are read (see rootOnly, from
+// the run directory down to the file).
 func (a *Agent) loadRecords() ([]nodeRecord, error) {
 	jobs, err := os.ReadDir(a.recordDir())
 	if errors.Is(err, os.ErrNotExist) {
@@ -93,6 +97,9 @@ func (a *Agent) loadRecords() ([]nodeRecord, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read job-node records: %w", err)
+	}
+	if err := rootOnly(a.recordDir(), a.cfg.RunDir); err != nil {
+		return nil, fmt.Errorf("job-node records not read: %w", err)
 	}
 	var recs []nodeRecord
 	var errs []error
@@ -110,6 +117,10 @@ func (a *Agent) loadRecords() ([]nodeRecord, error) {
 				continue // atomicfile's temporaries
 			}
 			p := filepath.Join(a.recordDir(), j.Name(), f.Name())
+			if err := rootOnly(p, a.recordDir()); err != nil {
+				errs = append(errs, fmt.Errorf("job-node record not read: %w", err))
+				continue
+			}
 			data, err := os.ReadFile(p)
 			if err != nil {
 				errs = append(errs, err)

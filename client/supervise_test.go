@@ -30,6 +30,8 @@ type fakeCoordinator struct {
 	ckptErr     error    // the first Checkpoint fails with it, when set
 	restarts    []*apiv1.RestartRequest
 	afterGetJob func()
+	// getErr, when set, fails GetJob's nth call with what it returns.
+	getErr func(n int) error
 }
 
 var testSpec = &apiv1.JobSpec{Id: "j", Nodes: []*apiv1.NodeSpec{
@@ -48,6 +50,11 @@ func (f *fakeCoordinator) GetJob(_ context.Context, in *apiv1.JobRef, _ ...grpc.
 	f.getJobs++
 	if f.afterGetJob != nil {
 		defer f.afterGetJob()
+	}
+	if f.getErr != nil {
+		if err := f.getErr(f.getJobs); err != nil {
+			return nil, err
+		}
 	}
 	return f.job(f.getJobs), nil
 }
@@ -229,5 +236,38 @@ func TestTailer(t *testing.T) {
 	tail.poll()
 	if want := "a1\na2\na3\nb1\na2 again\n"; out.String() != want {
 		t.Errorf("output %q, want %q", out.String(), want)
+	}
+}
+
+// TestSuperviseReconnects: the coordinator stops answering (the process
+// that hosted it ended); Supervise connects again through Reconnect and
+// follows the job on the next coordinator to its end. Without Reconnect
+// it reports the error.
+func TestSuperviseReconnects(t *testing.T) {
+	gone := func(int) error { return status.Error(codes.Unavailable, "connection refused") }
+	first := &fakeCoordinator{job: func(int) *apiv1.Job { return state(coordinator.StateRunning) }, getErr: gone}
+	next := &fakeCoordinator{job: func(n int) *apiv1.Job {
+		if n < 3 {
+			return state(coordinator.StateRunning)
+		}
+		return state(coordinator.StateFinished)
+	}}
+	reconnects := 0
+	reconnect := func(context.Context) (apiv1.CoordinatorClient, error) {
+		reconnects++
+		return next, nil
+	}
+	code, msgs := supervise(t, nil, first, SuperviseOptions{RunDir: t.TempDir(), Reconnect: reconnect, poll: time.Millisecond})
+	if code != 0 || reconnects != 1 || next.getJobs != 3 ||
+		!strings.Contains(msgs, "torpor: the coordinator went away; reconnecting to follow job j\n") || !strings.HasSuffix(msgs, "torpor: job j finished\n") {
+		t.Errorf("code %d, %d reconnects, %d calls on the next coordinator, messages %q", code, reconnects, next.getJobs, msgs)
+	}
+
+	lone := &fakeCoordinator{job: first.job, getErr: gone}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := Supervise(ctx, lone, &apiv1.RunRequest{Spec: testSpec}, &bytes.Buffer{}, SuperviseOptions{RunDir: t.TempDir(), poll: time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("without Reconnect: %v, want the coordinator's error", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -20,6 +21,7 @@ import (
 	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/catalog"
+	"github.com/torpor-hpc/torpor/internal/atomicfile"
 )
 
 // DaemonConfig configures a running coordinator: its state, its catalog and
@@ -51,6 +53,7 @@ type Daemon struct {
 	Store   *catalog.Store
 	Addr    net.Addr // where shims register, if Listen was set
 	servers []*grpc.Server
+	lock    *os.File
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	socket  string
@@ -73,6 +76,27 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
+	// One coordinator per state directory: two would both write the registry.
+	lock, err := os.OpenFile(filepath.Join(cfg.StateDir, LockName), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("another coordinator uses state directory %s (it holds %s): %w", cfg.StateDir, LockName, err)
+	}
+	defer func() {
+		if err != nil {
+			lock.Close()
+		}
+	}()
+	if cfg.Listen != "" {
+		// The state directory is a daemon's from now on: a CLI that finds
+		// no coordinator must not embed one over it (see DaemonMarker).
+		if err := atomicfile.Write(filepath.Join(cfg.StateDir, DaemonMarker), []byte(cfg.Listen+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+	}
 	key, err := catalog.LoadOrCreateKey(filepath.Join(cfg.StateDir, "catalog.key"))
 	if err != nil {
 		return nil, err
@@ -89,7 +113,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		return nil, err
 	}
 	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	d := &Daemon{C: c, Store: store, cancel: cancel, socket: cfg.Socket}
+	d := &Daemon{C: c, Store: store, cancel: cancel, socket: cfg.Socket, lock: lock}
 	defer func() {
 		if err != nil {
 			d.Close()
@@ -166,7 +190,20 @@ func (d *Daemon) Close() {
 	if d.socket != "" {
 		os.Remove(d.socket)
 	}
+	if d.lock != nil {
+		d.lock.Close() // unlocks
+	}
 }
+
+// LockName is the file in the state directory that a running coordinator
+// holds locked (flock): one coordinator per state directory.
+const LockName = "coordinator.lock"
+
+// DaemonMarker is the file in the state directory that says a coordinator
+// daemon (one that listens for shims) uses it; it holds the address it
+// listened on. It stays after the daemon stops: an embedded coordinator is
+// not started over a daemon's state (internal/embedded).
+const DaemonMarker = "daemon"
 
 // closeGrace bounds how long Close waits for calls in progress.
 const closeGrace = 5 * time.Second

@@ -3,6 +3,8 @@ package coordinator
 import (
 	"context"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -95,5 +97,32 @@ func TestShimRegisteringAgainIsReachableAtOnce(t *testing.T) {
 	}
 	if c := call(); c != codes.Unimplemented {
 		t.Fatalf("after the shim registered again: %v, want the server's Unimplemented", c)
+	}
+}
+
+// TestOneCoordinatorPerStateDir: a second coordinator on the same state
+// directory is refused while the first runs (both would write the
+// registry), and starts once the first has stopped.
+func TestOneCoordinatorPerStateDir(t *testing.T) {
+	dir := t.TempDir()
+	cfg := DaemonConfig{StateDir: filepath.Join(dir, "state"), CheckpointDir: filepath.Join(dir, "ckpt")}
+	d1, err := StartDaemon(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d2, err := StartDaemon(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "another coordinator uses state directory") {
+		if d2 != nil {
+			d2.Close()
+		}
+		t.Fatalf("second coordinator on the same state directory: %v, want refused", err)
+	}
+	d1.Close()
+	d3, err := StartDaemon(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("after the first stopped: %v", err)
+	}
+	d3.Close()
+	if _, err := os.Stat(filepath.Join(cfg.StateDir, DaemonMarker)); !os.IsNotExist(err) {
+		t.Errorf("a coordinator that listens for no shim marked its state directory a daemon's: %v", err)
 	}
 }

@@ -439,4 +439,16 @@ func TestStaleSocket(t *testing.T) {
 	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the embedded coordinator left its socket: %v", err)
 	}
+
+	// A daemon's state directory: its coordinator is down, and root's
+	// command does not embed one over its registry.
+	if err := os.WriteFile(filepath.Join(state, "daemon"), []byte("127.0.0.1:7070\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(torpor, "ps")
+	cmd.Env, cmd.Dir = env, dir
+	out, err = cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "belongs to a coordinator daemon (it listened for shims on 127.0.0.1:7070)") {
+		t.Errorf("torpor ps as root over a daemon's state directory: %v\n%s", err, out)
+	}
 }

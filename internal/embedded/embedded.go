@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -43,6 +44,10 @@ const DefaultRunDir = "/run/torpor"
 // ErrBusy means another live process hosts the stack of this state
 // directory: use its socket.
 var ErrBusy = errors.New("another torpor process hosts the embedded coordinator of this state directory")
+
+// ErrDaemonState means the state directory is a coordinator daemon's: no
+// coordinator is embedded over it.
+var ErrDaemonState = errors.New("no coordinator embedded")
 
 // Config configures the embedded stack.
 type Config struct {
@@ -102,6 +107,12 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	if addr, err := os.ReadFile(filepath.Join(cfg.StateDir, coordinator.DaemonMarker)); err == nil {
+		return nil, fmt.Errorf("%w: state directory %s belongs to a coordinator daemon (it listened for shims on %s), "+
+			"which does not answer at %s: start it again (`torpor coordinator`); "+
+			"if it is gone for good, remove %s to use this machine alone",
+			ErrDaemonState, cfg.StateDir, strings.TrimSpace(string(addr)), cfg.Socket, filepath.Join(cfg.StateDir, coordinator.DaemonMarker))
 	}
 	lock, err := os.OpenFile(filepath.Join(cfg.StateDir, lockName), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
 	if err != nil {

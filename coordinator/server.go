@@ -299,6 +299,19 @@ func (s *Server) Fence(ctx context.Context, req *apiv1.FenceRequest) (*apiv1.Fen
 	for i, n := range req.Nodes {
 		nodes[i] = int(n)
 	}
+	// A fence waits for every job-node; a coordinator that stops ends the
+	// wait at once (pmixd asks the next one), not after Close's grace.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if s.Stopping != nil {
+		go func() {
+			select {
+			case <-s.Stopping:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
 	data, err := s.C.Fence(ctx, agentapi.FenceRequest{Job: req.Job, Node: int(req.Node), Nodes: nodes, Signature: req.Signature, Seq: req.Seq, Data: req.Data})
 	if err != nil {
 		return nil, agentapi.ToRPC(err)

@@ -41,15 +41,13 @@ type solo struct {
 // ringArgs make a job of about 15 s on two ranks.
 var ringArgs = []string{"-i", "400", "-m", "16", "-s", "20000", "-p", "25"}
 
-func newSolo(t *testing.T) *solo {
+// newSoloEnv makes the machine's directories, configuration and
+// environment, with no job.
+func newSoloEnv(t *testing.T) *solo {
 	t.Helper()
 	testutil.RequireRoot(t, "an embedded coordinator: namespaces, sandboxes, CRIU and eBPF")
-	dir, err := os.MkdirTemp("", "torpor-solo-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := &solo{t: t, dir: dir, torpor: build(t, dir, "github.com/torpor-hpc/torpor/cmd/torpor", "torpor"),
+	dir, torpor := buildTorpor(t, "torpor-solo-")
+	s := &solo{t: t, dir: dir, torpor: torpor,
 		state: filepath.Join(dir, "state"), runDir: filepath.Join(dir, "run"),
 		cgRoot: fmt.Sprintf("torpor/solo%d", os.Getpid()%100000)}
 	cfg := fmt.Sprintf("state_dir: %s\ncheckpoint_dir: %s\ncgroup_root: %s\n", s.state, filepath.Join(dir, "ckpt"), s.cgRoot)
@@ -57,9 +55,16 @@ func newSolo(t *testing.T) *solo {
 		t.Fatal(err)
 	}
 	s.env = append(os.Environ(), "TORPOR_CONFIG="+filepath.Join(dir, "torpor.yaml"), "TORPOR_SOCKET="+filepath.Join(dir, "coordinator.sock"))
+	t.Cleanup(s.close)
+	return s
+}
+
+// newSolo is newSoloEnv with the job's program and its undisturbed checksum.
+func newSolo(t *testing.T) *solo {
+	t.Helper()
+	s := newSoloEnv(t)
 	s.ringBin = workload(t, "ring.openmpi")
 	s.want = reference(t, "mpirun.openmpi", 2, s.ringBin, ringArgs...)
-	t.Cleanup(s.close)
 	return s
 }
 
@@ -277,15 +282,25 @@ func TestEmbeddedRunKilled(t *testing.T) {
 	}
 	s.progress("after the checkpoint")
 	s.kill()
+	s.restart("took over 1 job-node", "job solo still runs")
+}
+
+// restart runs `torpor restart solo`, which hosts the coordinator and
+// follows the job to its end: its messages must say each of says, and the
+// job must end with the undisturbed checksum, leaving nothing behind.
+func (s *solo) restart(says ...string) {
+	s.t.Helper()
 	out, errOut, code := s.cli("restart", "solo")
 	if code != 0 {
-		t.Fatalf("torpor restart solo: exit %d", code)
+		s.t.Fatalf("torpor restart solo: exit %d", code)
 	}
-	if !strings.Contains(errOut, "took over 1 job-node") || !strings.Contains(errOut, "job solo still runs") {
-		t.Errorf("torpor restart did not say it took the running job over:\n%s", errOut)
+	for _, w := range says {
+		if !strings.Contains(errOut, w) {
+			s.t.Errorf("torpor restart solo does not say %q:\n%s", w, errOut)
+		}
 	}
 	if got := s.checksum(out); got != s.want {
-		t.Errorf("checksum %s, want the undisturbed %s", got, s.want)
+		s.t.Errorf("checksum %s, want the undisturbed %s", got, s.want)
 	}
 	s.assertClean()
 }
@@ -316,17 +331,7 @@ func TestEmbeddedRestartAfterReboot(t *testing.T) {
 	if state != "failed" || !strings.Contains(reason, "no longer exists") || !strings.Contains(reason, "torpor restart solo") {
 		t.Fatalf("after the reboot the job is %s (%q), want failed saying its job-node is gone and how to restart", state, reason)
 	}
-	out, errOut, code := s.cli("restart", "solo")
-	if code != 0 {
-		t.Fatalf("torpor restart solo: exit %d", code)
-	}
-	if !strings.Contains(errOut, "restarted from solo/000001") {
-		t.Errorf("restart did not restore the checkpoint:\n%s", errOut)
-	}
-	if got := s.checksum(out); got != s.want {
-		t.Errorf("checksum %s, want the undisturbed %s", got, s.want)
-	}
-	s.assertClean()
+	s.restart("restarted from solo/000001")
 }
 
 // TestEmbeddedAdopt: after the host process dies, the next command (`torpor
@@ -385,17 +390,8 @@ func TestEmbeddedCancelHostJob(t *testing.T) {
 // coordinator, is told what happened and what to do, not "connection
 // refused"; root's command embeds one in its place.
 func TestStaleSocket(t *testing.T) {
-	testutil.RequireRoot(t, "creates a user; embeds a coordinator")
-	dir, err := os.MkdirTemp("", "torpor-stale-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	torpor := build(t, dir, "github.com/torpor-hpc/torpor/cmd/torpor", "torpor")
-	sock := filepath.Join(dir, "coordinator.sock")
+	s := newSoloEnv(t)
+	sock := filepath.Join(s.dir, "coordinator.sock")
 	// A socket file whose listener is gone, as a SIGKILL leaves it.
 	lis, err := net.Listen("unix", sock)
 	if err != nil {
@@ -403,13 +399,7 @@ func TestStaleSocket(t *testing.T) {
 	}
 	lis.(*net.UnixListener).SetUnlinkOnClose(false)
 	lis.Close()
-	state := filepath.Join(dir, "state")
-	cfgPath := filepath.Join(dir, "torpor.yaml")
-	cfg := fmt.Sprintf("state_dir: %s\ncheckpoint_dir: %s\ncgroup_root: torpor/stale%d\n", state, filepath.Join(dir, "ckpt"), os.Getpid()%100000)
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	env := append(os.Environ(), "TORPOR_CONFIG="+cfgPath, "TORPOR_SOCKET="+sock)
+	torpor, dir, env, state := s.torpor, s.dir, s.env, s.state
 
 	u := testuser.New(t)
 	cmd := exec.Command(torpor, "ps")
@@ -428,14 +418,7 @@ func TestStaleSocket(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(out), "JOB") {
 		t.Errorf("torpor ps as root on a stale socket: %v\n%s", err, out)
 	}
-	prefix := "torpor-" + embedded.ClusterName(state) + "-"
-	ents, _ := os.ReadDir(netquiesce.NetnsDir)
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), prefix) {
-			t.Errorf("network namespace %s left behind", e.Name())
-			_ = netquiesce.DeleteNamedNetns(e.Name())
-		}
-	}
+	s.assertClean()
 	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the embedded coordinator left its socket: %v", err)
 	}

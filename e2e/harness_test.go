@@ -33,6 +33,23 @@ func build(t *testing.T, dir, pkg, name string) string {
 	return out
 }
 
+// buildTorpor makes a directory for a test, removed after it, and builds
+// the torpor binary in it. Not t.TempDir: its parent is private to root,
+// and tests also run the CLI as another user, who must reach the binary
+// and the socket.
+func buildTorpor(t *testing.T, prefix string) (dir, torpor string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir, build(t, dir, "github.com/torpor-hpc/torpor/cmd/torpor", "torpor")
+}
+
 // cluster is a coordinator and shim daemons, each a separate torpor process,
 // on simulated hosts.
 type cluster struct {
@@ -58,19 +75,9 @@ type cluster struct {
 func newCluster(t *testing.T, hosts int, coordArgs ...string) *cluster {
 	t.Helper()
 	testutil.RequireRoot(t, "simulated hosts, sandboxes, CRIU and eBPF")
-	// Not t.TempDir: its parent is private to root, and the test also runs
-	// the CLI as another user, who must reach the binary and the socket.
-	dir, err := os.MkdirTemp("", "torpor-e2e-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
 	// Built before the simulated hosts exist: a build that fails must not
 	// leave them behind (c.close, which removes them, is not registered yet).
-	torpor := build(t, dir, "github.com/torpor-hpc/torpor/cmd/torpor", "torpor")
+	dir, torpor := buildTorpor(t, "torpor-e2e-")
 	name := fmt.Sprintf("e%d", os.Getpid()%100000)
 	sim, err := simhost.NewCluster(context.Background(), name, hosts)
 	if err != nil {

@@ -55,14 +55,22 @@ func NodeAddr(n int) string { return fmt.Sprintf("198.19.%d.%d/%d", n/250, n%250
 // NetNSName is the namespace name of something named part in cluster name.
 func NetNSName(cluster, part string) string { return "torpor-" + cluster + "-" + part }
 
+// checkCluster checks a cluster's name and host count.
+func checkCluster(name string, n int) error {
+	if name == "" || strings.ContainsAny(name, "/ ") {
+		return fmt.Errorf("bad name %q", name)
+	}
+	if n < 1 || n > MaxHosts {
+		return fmt.Errorf("%s: %d hosts, want 1..%d", name, n, MaxHosts)
+	}
+	return nil
+}
+
 // NewCluster creates n simulated hosts (indices 1..n). name must be short and
 // unique (e.g. "t" + pid); on error nothing is left behind.
 func NewCluster(ctx context.Context, name string, n int) (_ *Cluster, err error) {
-	if n < 1 || n > MaxHosts {
-		return nil, fmt.Errorf("create cluster %s: %d hosts, want 1..%d", name, n, MaxHosts)
-	}
-	if name == "" || strings.ContainsAny(name, "/ ") {
-		return nil, fmt.Errorf("create cluster: bad name %q", name)
+	if err := checkCluster(name, n); err != nil {
+		return nil, fmt.Errorf("create cluster: %w", err)
 	}
 	c := &Cluster{Name: name}
 	defer func() {
@@ -150,11 +158,8 @@ func (h *Host) setup(fabric *netquiesce.Net) error {
 // and left: its fabric and its n hosts, each with its bridge, must all be
 // there. Close removes it as if it had been created here; Detach leaves it.
 func OpenCluster(name string, n int) (_ *Cluster, err error) {
-	if n < 1 || n > MaxHosts {
-		return nil, fmt.Errorf("open cluster %s: %d hosts, want 1..%d", name, n, MaxHosts)
-	}
-	if name == "" || strings.ContainsAny(name, "/ ") {
-		return nil, fmt.Errorf("open cluster: bad name %q", name)
+	if err := checkCluster(name, n); err != nil {
+		return nil, fmt.Errorf("open cluster: %w", err)
 	}
 	c := &Cluster{Name: name}
 	defer func() {

@@ -15,7 +15,7 @@ PKGS      ?= ./...
 # library out of the root module's graph).
 MODULES   := . $(filter-out .,$(patsubst %/,%,$(dir $(shell git ls-files go.mod '*/go.mod'))))
 
-.PHONY: help deps build workloads generate lint test e2e faults flaky cycles bench demo clean
+.PHONY: help deps build workloads generate lint test e2e faults flaky mpich-stress cycles bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -63,6 +63,10 @@ faults: deps build workloads ## the fault-injection harness alone, every scenari
 # make flaky [N=10] [LOAD=1] [UNIT_ONLY=1]
 flaky: deps build workloads ## the fault-point tests and the fault harness N times (default 10): "N passed, M failed" (root)
 	@N=$(or $(N),10) LOAD=$(LOAD) UNIT_ONLY=$(UNIT_ONLY) bash scripts/flaky.sh
+
+# make mpich-stress [N=100] [NPS="4 6"] [PROGS="ring stencil"] [TIMEOUT=60] [STACKS=1]
+mpich-stress: build workloads ## MPICH ring and stencil N times (default 100) each under torpor run, 4 and 6 ranks: "finished X/N, checksum right Y/N" (root)
+	@N=$(or $(N),100) bash scripts/mpich-stress.sh
 
 cycles: ## CYCLES (default 200) random checkpoint/restart/migrate cycles alone (root)
 	$(MAKE) -s e2e RUN='^TestRandomCycles$$'

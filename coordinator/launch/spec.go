@@ -151,6 +151,10 @@ func (o Options) mpiSpec(spec coordinator.JobSpec, prog string, rankEnv []string
 	}
 	if flavour == MPIMPICH {
 		wire = jobspec.WirePMI1
+		// TCP even between ranks of one job-node: UCX's posix transport
+		// opens the peer's /proc/PID/fd (absent in the sandbox) and sysv
+		// would reach across job-nodes. The price, with MPICH 4.0.2 on UCX
+		// 1.13: the finalize hang of README's known limits.
 		extra = []string{"UCX_TLS=tcp,self", "UCX_NET_DEVICES=" + SandboxIfName}
 	}
 	var nodes []jobspec.Node

@@ -50,9 +50,11 @@ EOF
 export TORPOR_CONFIG=$dir/torpor.yaml TORPOR_SOCKET=$dir/coord.sock
 echo "mpich-stress: logs in $dir"
 
-run_pid=
-# cleanup ends a run still going (its own PID only) and removes what an
-# abruptly ended embedded coordinator can leave: its job-nodes' network
+run_pid= job=
+# The embedded coordinator's network is named after the state directory.
+netns_prefix=torpor-e$(printf %s "$dir/state" | sha256sum | cut -c1-8)-
+# cleanup ends a run still going (its own PID only) and its job, which
+# outlives its `torpor run`, then removes whatever is left: the network
 # namespaces and the private cgroup tree.
 cleanup() {
 	if [ -n "$run_pid" ] && kill -0 "$run_pid" 2>/dev/null; then
@@ -61,18 +63,19 @@ cleanup() {
 		kill -KILL "$run_pid" 2>/dev/null
 		wait "$run_pid" 2>/dev/null
 	fi
-	if [ -n "$run_pid" ]; then
-		for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^torpor-e$run_pid-"); do
-			ip netns del "$ns"
-		done
+	if [ -n "$job" ]; then
+		timeout 120 "$torpor" cancel "$job" >/dev/null 2>&1
 	fi
+	for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$netns_prefix"); do
+		ip netns del "$ns"
+	done
 	if [ -d "$cg" ]; then
 		# Kill what is left in the private tree, then remove it bottom up.
 		find "$cg" -name cgroup.kill -exec sh -c 'echo 1 >"$1"' _ {} \; 2>/dev/null
 		sleep 0.2
 		find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null
 	fi
-	run_pid=
+	run_pid= job=
 }
 trap 'cleanup; exit 130' INT TERM
 
@@ -111,7 +114,8 @@ for p in $progs; do
 		for i in $(seq "$n"); do
 			log=$dir/$p-n$np-$i.log
 			start=$SECONDS
-			"$torpor" run --run-dir "$dir/run" --name "$p-n$np-$i" ${RUN_FLAGS:-} -n "$np" "$wl/$p.mpich" ${args[$p]} >"$log" 2>&1 &
+			job=$p-n$np-$i
+			"$torpor" run --run-dir "$dir/run" --name "$job" ${RUN_FLAGS:-} -n "$np" "$wl/$p.mpich" ${args[$p]} >"$log" 2>&1 &
 			run_pid=$!
 			status=
 			while [ -z "$status" ]; do
@@ -133,7 +137,7 @@ for p in $progs; do
 				[ "${STACKS:-}" = 1 ] && stacks "$dir/$p-n$np-$i.stacks"
 				cleanup
 			else
-				run_pid=
+				run_pid= job=
 			fi
 			[ "$status" = 0 ] && finished=$((finished + 1))
 			[ "$got" = "$want" ] && right=$((right + 1))

@@ -97,6 +97,9 @@ type node struct {
 	// moved says the job-node arrived by restore: announce its address on unlock.
 	moved        bool
 	restoredFrom string // the checkpoint it was restored from, while moved
+	// solicit says it was unlocked after a restore: at thaw, when every
+	// job-node is unlocked, ask for the neighbours its lock left unresolved.
+	solicit bool
 	// link serves the job-node's pmixd, if it runs one, on linkPath.
 	link     *link.Server
 	linkPath string
@@ -472,7 +475,7 @@ func (a *Agent) Unlock(_ context.Context, ref agentapi.NodeRef) error {
 		if err := n.sb.Announce(); err != nil {
 			return err
 		}
-		n.moved, n.restoredFrom = false, ""
+		n.moved, n.restoredFrom, n.solicit = false, "", true
 		if err := a.saveRecord(n); err != nil {
 			a.log.Warn("job-node unlocked, but its record still says moved", "job", ref.Job, "node", ref.Node, "err", err)
 		}
@@ -487,6 +490,18 @@ func (a *Agent) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
 	}
 	if err != nil {
 		return err
+	}
+	if n.solicit {
+		// Only now is every job-node unlocked: a request sent at this
+		// node's unlock could still meet a peer's lock.
+		n.solicit = false
+		asked, err := n.sb.SolicitNeighbours()
+		if err != nil {
+			// The kernel asks again by itself within retrans_time_ms.
+			a.log.Warn("ask for the neighbours left unresolved by the restore", "job", ref.Job, "node", ref.Node, "err", err)
+		} else if len(asked) > 0 {
+			a.log.Info("asked for the neighbours left unresolved by the restore", "job", ref.Job, "node", ref.Node, "neighbours", asked)
+		}
 	}
 	if n.sb.State() == sandbox.Frozen {
 		if err := n.sb.Thaw(ctx); err != nil {

@@ -97,6 +97,9 @@ type node struct {
 	// moved says the job-node arrived by restore: announce its address on unlock.
 	moved        bool
 	restoredFrom string // the checkpoint it was restored from, while moved
+	// solicit says it was unlocked after a restore: at thaw, when every
+	// job-node is unlocked, ask for the neighbours its lock left unresolved.
+	solicit bool
 	// link serves the job-node's pmixd, if it runs one, on linkPath.
 	link     *link.Server
 	linkPath string
@@ -472,12 +475,29 @@ func (a *Agent) Unlock(_ context.Context, ref agentapi.NodeRef) error {
 		if err := n.sb.Announce(); err != nil {
 			return err
 		}
-		n.moved, n.restoredFrom = false, ""
+		n.moved, n.restoredFrom, n.solicit = false, "", true
 		if err := a.saveRecord(n); err != nil {
 			a.log.Warn("job-node unlocked, but its record still says moved", "job", ref.Job, "node", ref.Node, "err", err)
 		}
+		// Peers already unlocked answer now; a peer still locked drops the
+		// request, and thaw asks again.
+		a.solicitNeighbours(n, ref, "unlock")
 	}
 	return nil
+}
+
+// solicitNeighbours asks for the neighbours a restored job-node's namespace
+// still has unresolved: the ARP requests its restore caused were dropped by
+// its lock, and the packets they hold would otherwise wait for the kernel's
+// next request (retrans_time_ms, 1 s). A failure is only logged: the kernel
+// still asks by itself.
+func (a *Agent) solicitNeighbours(n *node, ref agentapi.NodeRef, at string) {
+	asked, err := n.sb.SolicitNeighbours()
+	if err != nil {
+		a.log.Warn("ask for the neighbours left unresolved by the restore", "job", ref.Job, "node", ref.Node, "at", at, "err", err)
+	} else if len(asked) > 0 {
+		a.log.Info("asked for the neighbours left unresolved by the restore", "job", ref.Job, "node", ref.Node, "at", at, "neighbours", asked)
+	}
 }
 
 func (a *Agent) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
@@ -487,6 +507,13 @@ func (a *Agent) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
 	}
 	if err != nil {
 		return err
+	}
+	if n.solicit {
+		// Only now is every job-node unlocked: what the request at this
+		// job-node's unlock could not resolve (a peer still locked) is
+		// asked for again.
+		n.solicit = false
+		a.solicitNeighbours(n, ref, "thaw")
 	}
 	if n.sb.State() == sandbox.Frozen {
 		if err := n.sb.Thaw(ctx); err != nil {

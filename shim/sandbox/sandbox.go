@@ -611,6 +611,28 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// SolicitNeighbours asks at once for the link-layer address of every IPv4
+// peer the sandbox's namespace still waits for, and returns them
+// (netquiesce.SolicitNeighbours): after a restore, the packets sent while
+// the job-node was locked wait in unresolved neighbour entries whose ARP
+// requests the lock dropped. Call it when every job-node is unlocked. A
+// sandbox without an IPv4 address has nothing to ask.
+func (s *Sandbox) SolicitNeighbours() ([]net.IP, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == Destroyed || s.sb == nil {
+		return nil, &TransitionError{Sandbox: s.cfg.Name, Op: "solicit neighbours", From: s.state}
+	}
+	if s.ip.To4() == nil {
+		return nil, nil
+	}
+	asked, err := netquiesce.SolicitNeighbours(s.sb, IfName, s.ip)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.cfg.Name, err)
+	}
+	return asked, nil
+}
+
 // Announce sends gratuitous ARP for the sandbox's address from its
 // interface, so bridges and peers learn at once where it lives now (after a
 // restore on another host). The eBPF lock must be released first.

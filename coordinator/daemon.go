@@ -113,22 +113,35 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		return nil, err
 	}
 	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	d := &Daemon{C: c, Store: store, cancel: cancel, socket: cfg.Socket, lock: lock}
+	d := &Daemon{C: c, Store: store, cancel: cancel, lock: lock}
 	defer func() {
 		if err != nil {
 			d.Close()
 		}
 	}()
+	// The socket first: a coordinator that cannot serve it must not act on
+	// the registry.
+	var unixLis net.Listener
+	if cfg.Socket != "" {
+		if unixLis, err = listenUnix(cfg.Socket); err != nil {
+			return nil, err
+		}
+		// Removed by Close: only a socket this daemon listens on, never
+		// one another coordinator listens on.
+		d.socket = cfg.Socket
+		defer func() {
+			if err != nil {
+				unixLis.Close()
+			}
+		}()
+	}
 	if err := c.Recover(ctx); err != nil {
 		return nil, err
 	}
 	d.shims = &shimConns{opts: []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg.ClientTLS))}}
 	srv := &Server{C: c, DialShim: d.shims.dial, Stopping: dctx.Done()}
-	if cfg.Socket != "" {
-		lis, err := listenUnix(cfg.Socket)
-		if err != nil {
-			return nil, err
-		}
+	if unixLis != nil {
+		lis := unixLis
 		gs := grpc.NewServer(grpc.Creds(PeerCredentials{}))
 		apiv1.RegisterCoordinatorServer(gs, srv)
 		d.serve(gs, lis)

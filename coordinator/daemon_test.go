@@ -126,3 +126,30 @@ func TestOneCoordinatorPerStateDir(t *testing.T) {
 		t.Errorf("a coordinator that listens for no shim marked its state directory a daemon's: %v", err)
 	}
 }
+
+// TestSocketOfAnotherCoordinatorKept: a coordinator that cannot listen on
+// its socket (another serves it) fails to start without touching the
+// registry, and leaves the socket to the one that serves it.
+func TestSocketOfAnotherCoordinatorKept(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "coordinator.sock")
+	d1, err := StartDaemon(context.Background(), DaemonConfig{StateDir: filepath.Join(dir, "s1"), CheckpointDir: filepath.Join(dir, "c1"), Socket: sock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d1.Close()
+	if d2, err := StartDaemon(context.Background(), DaemonConfig{StateDir: filepath.Join(dir, "s2"), CheckpointDir: filepath.Join(dir, "c2"), Socket: sock}); err == nil {
+		d2.Close()
+		t.Fatal("a second coordinator started on a socket the first serves")
+	} else if !strings.Contains(err.Error(), "a coordinator already listens on") {
+		t.Fatalf("second coordinator: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "s2", "jobs.json")); !os.IsNotExist(err) {
+		t.Errorf("the coordinator that could not serve wrote a registry: %v", err)
+	}
+	conn, err := net.DialTimeout("unix", sock, time.Second)
+	if err != nil {
+		t.Fatalf("the first coordinator's socket is gone: %v", err)
+	}
+	conn.Close()
+}

@@ -49,7 +49,9 @@ func newSoloEnv(t *testing.T) *solo {
 	dir, torpor := buildTorpor(t, "torpor-solo-")
 	s := &solo{t: t, dir: dir, torpor: torpor,
 		state: filepath.Join(dir, "state"), runDir: filepath.Join(dir, "run"),
-		cgRoot: fmt.Sprintf("torpor/solo%d", os.Getpid()%100000)}
+		// Not below /torpor: what a job leaves in its parents must go
+		// whatever the configured root.
+		cgRoot: fmt.Sprintf("torpor-solo%d", os.Getpid()%100000)}
 	cfg := fmt.Sprintf("state_dir: %s\ncheckpoint_dir: %s\ncgroup_root: %s\n", s.state, filepath.Join(dir, "ckpt"), s.cgRoot)
 	if err := os.WriteFile(filepath.Join(dir, "torpor.yaml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -235,6 +237,8 @@ func (s *solo) close() {
 	if s.run != nil && s.run.ProcessState == nil {
 		stop(s.run, syscall.SIGTERM)
 	}
+	root := filepath.Join(cgroupMount(s.t), s.cgRoot)
+	defer os.Remove(root) // the configured root itself is the test's
 	if len(s.leftovers()) == 0 {
 		return
 	}
@@ -242,7 +246,6 @@ func (s *solo) close() {
 	cmd := exec.Command(s.torpor, "cancel", "solo")
 	cmd.Env = s.env
 	_ = cmd.Run()
-	root := filepath.Join(cgroupMount(s.t), s.cgRoot)
 	killCgroups(root)
 	for _, n := range s.netns() {
 		_ = netquiesce.DeleteNamedNetns(n)

@@ -42,14 +42,27 @@ const busyWait = time.Minute
 // another process hosts it, it waits for that one's socket.
 func connect(ctx context.Context, sockFlag string, eo embedOptions) (*session, error) {
 	s := &session{sock: client.SocketPath(sockFlag), emb: eo}
-	if err := s.dial(ctx); err != nil {
+	if err := s.dial(ctx, false); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *session) dial(ctx context.Context) error {
+// dial connects to the coordinator, embedding one if none answers. Again
+// (after the coordinator this command talked to went away), it embeds one
+// only if the one that went away was embedded too, for this state
+// directory; else it waits for that coordinator (a daemon restarting) to
+// answer again.
+func (s *session) dial(ctx context.Context, again bool) error {
 	deadline := time.Now().Add(busyWait)
+	pause := func() error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+			return nil
+		}
+	}
 	for {
 		if client.Listens(s.sock) {
 			cl, done, err := client.Dial(s.sock)
@@ -66,6 +79,15 @@ func (s *session) dial(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if again && (os.Geteuid() != 0 || embedded.Socket(cfg.StateDir) != s.sock) {
+			if time.Now().After(deadline) {
+				return noCoordinator(s.sock, fmt.Sprintf("it did not come back within %v", busyWait))
+			}
+			if err := pause(); err != nil {
+				return err
+			}
+			continue
+		}
 		if os.Geteuid() != 0 {
 			return noCoordinator(s.sock, "with no daemons, only root can run torpor: ask your administrator to start `torpor coordinator` and `torpor shim`")
 		}
@@ -79,10 +101,8 @@ func (s *session) dial(ctx context.Context) error {
 			if time.Now().After(deadline) {
 				return fmt.Errorf("another torpor process hosts the coordinator of %s but does not answer at %s; if it hangs, end it", cfg.StateDir, s.sock)
 			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(100 * time.Millisecond):
+			if err := pause(); err != nil {
+				return err
 			}
 			continue
 		}
@@ -121,7 +141,7 @@ func (s *session) reconnect(ctx context.Context) (apiv1.CoordinatorClient, error
 		s.done()
 		s.done = nil
 	}
-	if err := s.dial(ctx); err != nil {
+	if err := s.dial(ctx, true); err != nil {
 		return nil, err
 	}
 	return s.cl, nil

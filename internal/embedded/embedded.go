@@ -20,9 +20,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -127,6 +129,13 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if conn, err := net.DialTimeout("unix", cfg.Socket, time.Second); err == nil {
+		// A coordinator (a daemon, or another state directory's) serves
+		// the socket: use it, and take nothing over.
+		conn.Close()
+		lock.Close()
+		return nil, fmt.Errorf("%w: a coordinator answers at %s", ErrBusy, cfg.Socket)
 	}
 	s := &Stack{lock: lock}
 	defer func() {

@@ -58,15 +58,16 @@ func (a *Agent) adopt(ctx context.Context, r nodeRecord) (bool, error) {
 		}
 	}()
 	sb, err := sandbox.Adopt(ctx, sandbox.Config{
-		Name:      k,
-		NetNS:     r.NetNS,
-		Hostname:  r.Spec.Hostname,
-		Address:   r.Spec.IP,
-		HostNetNS: a.cfg.HostNetNS,
-		Bridge:    a.cfg.Bridge,
-		HostVeth:  r.HostVeth,
-		Cgroup:    r.Cgroup,
-		Log:       a.log,
+		Name:         k,
+		NetNS:        r.NetNS,
+		Hostname:     r.Spec.Hostname,
+		Address:      r.Spec.IP,
+		HostNetNS:    a.cfg.HostNetNS,
+		Bridge:       a.cfg.Bridge,
+		HostVeth:     r.HostVeth,
+		Cgroup:       r.Cgroup,
+		CgroupParent: a.cfg.CgroupParent,
+		Log:          a.log,
 	}, r.ExitFile)
 	if errors.Is(err, sandbox.ErrGone) {
 		a.log.Warn("job-node of a previous shim is gone; forgetting it", "job", r.Job, "node", r.Spec.Name, "err", err)

@@ -257,15 +257,16 @@ func (a *Agent) create(ctx context.Context, job string, spec agentapi.NodeSpec) 
 		}
 	}()
 	sb, err := sandbox.New(ctx, sandbox.Config{
-		Name:      key(job, spec.Name),
-		NetNS:     n.netns,
-		Hostname:  spec.Hostname,
-		Address:   spec.IP,
-		HostNetNS: a.cfg.HostNetNS,
-		Bridge:    a.cfg.Bridge,
-		HostVeth:  n.veth,
-		Cgroup:    n.cgroup,
-		Log:       a.log,
+		Name:         key(job, spec.Name),
+		NetNS:        n.netns,
+		Hostname:     spec.Hostname,
+		Address:      spec.IP,
+		HostNetNS:    a.cfg.HostNetNS,
+		Bridge:       a.cfg.Bridge,
+		HostVeth:     n.veth,
+		Cgroup:       n.cgroup,
+		CgroupParent: a.cfg.CgroupParent,
+		Log:          a.log,
 	})
 	if err != nil {
 		return nil, err

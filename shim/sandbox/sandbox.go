@@ -63,6 +63,10 @@ type Config struct {
 	CgroupMount string
 	// Cgroup is the leaf below the mount, e.g. "/torpor/job1/n0".
 	Cgroup string
+	// CgroupParent is the shim's directory of sandbox cgroups: Destroy
+	// removes the leaf's parents that it leaves empty, up to this one.
+	// Default DefaultCgroupParent.
+	CgroupParent string
 	// Locked creates the sandbox with its interface down (LockNetwork's lock
 	// held): a restore target must not answer its peers before its sockets
 	// exist, or they would get RSTs. The shim leaves it false and engages its
@@ -591,7 +595,11 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 		if err := s.cg.Remove(ctx); err != nil {
 			errs = append(errs, err)
 		}
-		s.cg.RemoveEmptyParents(DefaultCgroupParent)
+		parent := s.cfg.CgroupParent
+		if parent == "" {
+			parent = DefaultCgroupParent
+		}
+		s.cg.RemoveEmptyParents(parent)
 	}
 	if s.host != nil {
 		// Delete the host end now: namespace teardown is asynchronous.

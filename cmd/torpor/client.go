@@ -372,7 +372,7 @@ func runLs(ctx context.Context, args []string) error {
 }
 
 func phases(p map[string]int64) string {
-	order := []string{"prepare", "freeze", "drain", "lock", "dump", "commit"}
+	order := []string{"verify", "files", "prepare", "freeze", "drain", "lock", "dump", "commit", "restore", "unlock", "thaw"}
 	var parts []string
 	for _, k := range order {
 		if v, ok := p[k]; ok {

@@ -886,11 +886,12 @@ func (a *Agent) Close(ctx context.Context) error {
 }
 
 // imagesBytes is the size of the regular files below a job-node's images
-// directory: what a restore reads (metrics only; 0 if it cannot be walked).
+// directory but its node manifest, as the node manifest counts them: what a
+// restore reads (metrics only; 0 if it cannot be walked).
 func imagesBytes(dir string) int64 {
 	var n int64
-	_ = filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || p == filepath.Join(dir, catalog.NodeManifestName) {
 			return nil
 		}
 		if info, err := d.Info(); err == nil {

@@ -82,6 +82,8 @@ type eventsOnDisk struct {
 // coordinator starts.
 type eventLog struct {
 	path string // "" = not persisted
+	// perJob and total are the bounds: MaxJobEvents and MaxEvents.
+	perJob, total int
 
 	mu      sync.Mutex
 	next    uint64
@@ -92,7 +94,7 @@ type eventLog struct {
 }
 
 func newEventLog(stateDir string) (*eventLog, error) {
-	l := &eventLog{next: 1, changed: make(chan struct{})}
+	l := &eventLog{next: 1, changed: make(chan struct{}), perJob: MaxJobEvents, total: MaxEvents}
 	if stateDir == "" {
 		return l, nil
 	}
@@ -150,7 +152,7 @@ func (l *eventLog) trim(job string) {
 			n++
 		}
 	}
-	if n > MaxJobEvents {
+	if n > l.perJob {
 		for i, e := range l.kept {
 			if e.Job == job {
 				l.kept = append(l.kept[:i:i], l.kept[i+1:]...)
@@ -158,8 +160,8 @@ func (l *eventLog) trim(job string) {
 			}
 		}
 	}
-	if len(l.kept) > MaxEvents {
-		l.kept = append([]Event(nil), l.kept[len(l.kept)-MaxEvents:]...)
+	if len(l.kept) > l.total {
+		l.kept = append([]Event(nil), l.kept[len(l.kept)-l.total:]...)
 	}
 }
 

@@ -106,7 +106,14 @@ func TestEventsPersistedAndBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < MaxJobEvents+10; i++ {
+	if l.perJob != MaxJobEvents || l.total != MaxEvents {
+		t.Fatalf("bounds %d, %d; want MaxJobEvents, MaxEvents", l.perJob, l.total)
+	}
+	// Smaller bounds than the coordinator's, for speed: every event is an
+	// fsync'd write.
+	const perJob, total = 20, 50
+	l.perJob, l.total = perJob, total
+	for i := 0; i < perJob+10; i++ {
 		if err := l.add(Event{Job: "a", Type: EventState, To: StateRunning, Time: time.Unix(int64(i), 0)}); err != nil {
 			t.Fatal(err)
 		}
@@ -117,8 +124,8 @@ func TestEventsPersistedAndBounded(t *testing.T) {
 	}
 	a, _ := l.history(func(e Event) bool { return e.Job == "a" })
 	b, _ := l.history(func(e Event) bool { return e.Job == "b" })
-	if len(a) != MaxJobEvents || a[0].Seq != 11 || len(b) != 5 {
-		t.Fatalf("kept %d of a (first seq %d), %d of b; want %d, 11, 5", len(a), a[0].Seq, len(b), MaxJobEvents)
+	if len(a) != perJob || a[0].Seq != 11 || len(b) != 5 {
+		t.Fatalf("kept %d of a (first seq %d), %d of b; want %d, 11, 5", len(a), a[0].Seq, len(b), perJob)
 	}
 	// A coordinator that starts again reads the history back and numbers on
 	// after the last kept event (progress events are never kept).
@@ -127,9 +134,10 @@ func TestEventsPersistedAndBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	l2.perJob, l2.total = perJob, total
 	all, last2 := l2.history(func(Event) bool { return true })
-	if len(all) != MaxJobEvents+5 || last2 != last {
-		t.Fatalf("after a restart: %d events up to %d; want %d up to %d", len(all), last2, MaxJobEvents+5, last)
+	if len(all) != perJob+5 || last2 != last {
+		t.Fatalf("after a restart: %d events up to %d; want %d up to %d", len(all), last2, perJob+5, last)
 	}
 	if err := l2.add(Event{Job: "b", Type: EventRestart}); err != nil {
 		t.Fatal(err)
@@ -143,11 +151,11 @@ func TestEventsPersistedAndBounded(t *testing.T) {
 		t.Fatalf("state directory holds %v", ents)
 	}
 	// The bound over every job.
-	for i := 0; i < MaxEvents+1; i++ {
+	for i := 0; i < total+1; i++ {
 		_ = l2.add(Event{Job: fmt.Sprintf("j%d", i), Type: EventState})
 	}
-	if all, _ := l2.history(func(Event) bool { return true }); len(all) != MaxEvents {
-		t.Fatalf("%d events kept, want %d", len(all), MaxEvents)
+	if all, _ := l2.history(func(Event) bool { return true }); len(all) != total {
+		t.Fatalf("%d events kept, want %d", len(all), total)
 	}
 	// A history that cannot be read stops the coordinator, saying what to do.
 	if err := os.WriteFile(filepath.Join(dir, eventsFile), []byte("{"), 0o600); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/internal/atomicfile"
+	"github.com/torpor-hpc/torpor/metrics"
 )
 
 // Options configure a Coordinator.
@@ -73,6 +74,10 @@ type Coordinator struct {
 	busy   map[string]bool // job id -> an operation runs
 
 	fences fences
+
+	events    *eventLog
+	lastState map[string]State // job -> its state when last recorded (events)
+	metrics   *metrics.Coordinator
 }
 
 // New creates a coordinator and loads the jobs it persisted earlier.
@@ -112,6 +117,15 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	if err := c.load(); err != nil {
 		return nil, err
+	}
+	ev, err := newEventLog(c.stateDir)
+	if err != nil {
+		return nil, err
+	}
+	c.events = ev
+	c.lastState = map[string]State{}
+	for id, j := range c.jobs {
+		c.lastState[id] = j.State
 	}
 	return c, nil
 }
@@ -255,6 +269,7 @@ func (c *Coordinator) end(id string, to State, update func(j *Job)) {
 const jobsFile = "jobs.json"
 
 func (c *Coordinator) saveLocked() error {
+	c.noteStatesLocked()
 	if c.stateDir == "" {
 		return nil
 	}

@@ -22,6 +22,7 @@ import (
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/internal/atomicfile"
+	"github.com/torpor-hpc/torpor/metrics"
 )
 
 // DaemonConfig configures a running coordinator: its state, its catalog and
@@ -45,19 +46,25 @@ type DaemonConfig struct {
 	PollInterval time.Duration
 	Log          *slog.Logger
 	Faults       Faults
+	// MetricsListen, if set, is where the coordinator serves its Prometheus
+	// metrics over HTTP (/metrics); the bound address is in Daemon.MetricsAddr
+	// and logged ("serving metrics").
+	MetricsListen string
 }
 
 // Daemon is a running coordinator with its servers.
 type Daemon struct {
-	C       *Coordinator
-	Store   *catalog.Store
-	Addr    net.Addr // where shims register, if Listen was set
-	servers []*grpc.Server
-	lock    *os.File
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	socket  string
-	shims   *shimConns
+	C     *Coordinator
+	Store *catalog.Store
+	Addr  net.Addr // where shims register, if Listen was set
+	// MetricsAddr is where the metrics are served, if MetricsListen was set.
+	MetricsAddr net.Addr
+	servers     []*grpc.Server
+	lock        *os.File
+	cancel      context.CancelFunc
+	wg          sync.WaitGroup
+	socket      string
+	shims       *shimConns
 }
 
 // StartDaemon opens the catalog, recovers from an earlier crash, and starts
@@ -140,6 +147,12 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	}
 	d.shims = &shimConns{opts: []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg.ClientTLS))}}
 	srv := &Server{C: c, DialShim: d.shims.dial, Stopping: dctx.Done()}
+	if cfg.MetricsListen != "" {
+		m := c.EnableMetrics(srv.ShimCounts)
+		if d.MetricsAddr, err = metrics.Serve(dctx, cfg.MetricsListen, m.Registry, log); err != nil {
+			return nil, err
+		}
+	}
 	if unixLis != nil {
 		lis := unixLis
 		gs := grpc.NewServer(grpc.Creds(PeerCredentials{}))

@@ -48,7 +48,10 @@ func (c *Coordinator) Fence(ctx context.Context, req agentapi.FenceRequest) ([]b
 	if req.Node < 0 || req.Node >= len(j.Spec.Nodes) {
 		return nil, fmt.Errorf("%w: fence of %s from job-node %d, which the job does not have", agentapi.ErrInvalid, req.Job, req.Node)
 	}
-	f := c.fences.join(req, c.now())
+	f, completed := c.fences.join(req, c.now())
+	if completed {
+		c.metricsOf().Fence(c.now().Sub(f.created))
+	}
 	select {
 	case <-f.done:
 		return f.result, nil
@@ -57,7 +60,8 @@ func (c *Coordinator) Fence(ctx context.Context, req agentapi.FenceRequest) ([]b
 	}
 }
 
-func (fs *fences) join(req agentapi.FenceRequest, now time.Time) *fence {
+// join adds a contribution; completed says this one completed the fence.
+func (fs *fences) join(req agentapi.FenceRequest, now time.Time) (f *fence, completed bool) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if fs.m == nil {
@@ -84,7 +88,7 @@ func (fs *fences) join(req agentapi.FenceRequest, now time.Time) *fence {
 	}
 	select {
 	case <-f.done:
-		return f
+		return f, false
 	default:
 	}
 	if _, dup := f.got[req.Node]; !dup {
@@ -102,8 +106,9 @@ func (fs *fences) join(req agentapi.FenceRequest, now time.Time) *fence {
 		}
 		f.result = buf.Bytes()
 		close(f.done)
+		return f, true
 	}
-	return f
+	return f, false
 }
 
 // forget drops every fence of a job: a restarted job replays its fences

@@ -78,24 +78,57 @@ type CheckpointOptions struct {
 	Stop bool
 }
 
+// CheckpointResult says what a committed checkpoint holds.
+type CheckpointResult struct {
+	Handle string
+	Kind   string // checkpoint, or suspend (Stop)
+	Bytes  int64  // size of every job-node's images
+	Phases map[Phase]time.Duration
+}
+
 // Checkpoint runs prepare, freeze, drain, lock, dump and commit on every
 // job-node, then resumes the job (or stops it, with Stop). It returns the
 // handle of the committed checkpoint. Any failure before the commit rolls
 // back: every job-node is unlocked and thawed, the partial checkpoint is
 // deleted and the job keeps running.
 func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts CheckpointOptions) (string, error) {
+	res, err := c.CheckpointDetails(ctx, id, opts)
+	return res.Handle, err
+}
+
+// CheckpointDetails is Checkpoint, returning what the checkpoint holds.
+// The result's Handle is set whenever the checkpoint was committed, even
+// when the job could not resume afterwards (and the error says so).
+func (c *Coordinator) CheckpointDetails(ctx context.Context, id string, opts CheckpointOptions) (CheckpointResult, error) {
 	if err := c.requireShims(id); err != nil {
-		return "", err
+		c.refuse(opCheckpoint, err)
+		return CheckpointResult{}, err
 	}
 	spec, _, err := c.begin(id, []State{StateRunning}, StateCheckpointing)
 	if err != nil {
-		return "", err
+		c.refuse(opCheckpoint, err)
+		return CheckpointResult{}, err
 	}
+	t := c.tracker(opCheckpoint, id)
+	res, err := c.checkpoint(ctx, id, spec, opts, t)
+	c.observe(opCheckpoint, t, err)
+	if res.Handle != "" {
+		res.Phases = t.d
+	}
+	if err != nil {
+		c.event(Event{Job: id, Type: EventCheckpointFailed, Handle: res.Handle, Error: err.Error(), FailedPhase: string(t.lastPhase()), Phases: phaseNanos(t.d)})
+	} else {
+		c.event(Event{Job: id, Type: EventCheckpoint, Handle: res.Handle, Bytes: res.Bytes, Phases: phaseNanos(t.d)})
+	}
+	return res, err
+}
+
+func (c *Coordinator) checkpoint(ctx context.Context, id string, spec JobSpec, opts CheckpointOptions, t *timings) (CheckpointResult, error) {
 	log := c.log.With("job", id)
 	pend, err := c.store.Begin(id)
 	if err != nil {
 		c.end(id, StateRunning, func(j *Job) { j.Reason = err.Error() })
-		return "", fmt.Errorf("begin checkpoint: %w", err)
+		return CheckpointResult{}, fmt.Errorf("begin checkpoint: %w", err)
 	}
 	handle := pend.Handle()
 	log = log.With("ckpt", handle)
@@ -104,14 +137,21 @@ func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts Checkpoint
 		kind = "suspend"
 	}
 	var (
-		t       timings
 		mu      sync.Mutex
 		results = map[string]agentapi.DumpResult{}
+		total   int64
 	)
-	err = c.quiesce(ctx, id, spec.Nodes, handle, &t)
+	err = c.quiesce(ctx, id, spec.Nodes, handle, t)
 	if err == nil {
+		var dirs []string
+		for _, n := range spec.Nodes {
+			if d, err := pend.NodeDir(n.Name); err == nil {
+				dirs = append(dirs, d)
+			}
+		}
+		stopWatch := c.watchBytes(opCheckpoint, id, PhaseDump, dirs)
 		err = t.run(PhaseDump, func() error {
-			return c.fanout(ctx, PhaseDump, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+			err := c.fanout(ctx, PhaseDump, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 				dir, err := pend.NodeDir(n.Name)
 				if err != nil {
 					return err
@@ -128,10 +168,16 @@ func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts Checkpoint
 				}
 				mu.Lock()
 				results[n.Name] = res
+				total += res.Bytes
 				mu.Unlock()
 				return nil
 			})
+			mu.Lock()
+			t.setBytes(PhaseDump, total)
+			mu.Unlock()
+			return err
 		})
+		stopWatch()
 	}
 	if err == nil && c.faults.BeforeCommit != nil {
 		err = c.faults.BeforeCommit(id)
@@ -151,24 +197,32 @@ func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts Checkpoint
 			log.Error("delete partial checkpoint", "err", abErr)
 		}
 		if rbErr != nil && unreachableOnly(rbErr) {
-			return "", c.awaitShims(id, StateCheckpointing, "checkpoint "+handle, err, rbErr)
+			return CheckpointResult{}, c.awaitShims(id, StateCheckpointing, "checkpoint "+handle, err, rbErr)
 		}
 		if rbErr != nil {
 			c.end(id, StateFailed, func(j *Job) { j.Reason = rbErr.Error() })
-			return "", fmt.Errorf("checkpoint %s aborted: %w; rollback failed too, job is failed: %v", handle, err, rbErr)
+			return CheckpointResult{}, fmt.Errorf("checkpoint %s aborted: %w; rollback failed too, job is failed: %v", handle, err, rbErr)
 		}
 		c.end(id, StateRunning, func(j *Job) { j.Reason = "checkpoint " + handle + " aborted: " + err.Error() })
-		return "", fmt.Errorf("checkpoint %s aborted, job %s keeps running: %w", handle, id, err)
+		return CheckpointResult{}, fmt.Errorf("checkpoint %s aborted, job %s keeps running: %w", handle, id, err)
 	}
 	log.Info("checkpoint committed", "timings", t.String())
+	res := CheckpointResult{Handle: handle, Kind: kind, Bytes: total}
+	if m := c.metricsOf(); m != nil {
+		m.Written(opCheckpoint, total)
+		for _, r := range results {
+			m.CRIUDump(opCheckpoint, r.CRIUTime)
+		}
+	}
 	c.prune(id, log)
 
 	if opts.Stop {
+		c.metricsOf().Frozen(opCheckpoint, t.frozen(PhaseCommit))
 		c.destroyAll(ctx, spec, log)
 		c.end(id, StateSuspended, func(j *Job) { j.LastCheckpoint = handle; j.Reason = "" })
-		return handle, nil
+		return res, nil
 	}
-	if err := c.resume(ctx, id, spec.Nodes, &t); err != nil {
+	if err := c.resume(ctx, id, spec.Nodes, t); err != nil {
 		// The checkpoint is good, but the job could not be resumed
 		// everywhere: never leave it half frozen. Stop it; it can be
 		// restarted from the checkpoint just committed.
@@ -176,10 +230,11 @@ func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts Checkpoint
 			j.LastCheckpoint = handle
 			j.Reason = "resume failed after checkpoint: " + err.Error()
 		})
-		return handle, fmt.Errorf("checkpoint %s committed, but job %s could not resume and was suspended (restart it with `torpor restart %s`): %w", handle, id, handle, err)
+		return res, fmt.Errorf("checkpoint %s committed, but job %s could not resume and was suspended (restart it with `torpor restart %s`): %w", handle, id, handle, err)
 	}
+	c.metricsOf().Frozen(opCheckpoint, t.frozen(PhaseThaw))
 	c.end(id, StateRunning, func(j *Job) { j.LastCheckpoint = handle; j.Reason = "" })
-	return handle, nil
+	return res, nil
 }
 
 // quiesce runs prepare, freeze, drain and lock on nodes, in that order, each

@@ -140,21 +140,67 @@ func (c *Coordinator) callNode(ctx context.Context, n agentapi.NodeSpec, fn func
 	}
 }
 
-// timings records how long each phase of one operation took.
+// timings records how long each phase of one operation took, when the
+// first began and the last ended, and tells progress (if set) as each phase
+// begins and ends.
 type timings struct {
 	order []Phase
 	d     map[Phase]time.Duration
+	first map[Phase]time.Time // when the phase first began
+	last  map[Phase]time.Time // when it last ended
+	// bytes are what a phase moved, when the operation knows it (dump:
+	// images written; verify, restore: images read).
+	bytes map[Phase]int64
+	// progress, if set, hears every phase's begin (done false) and end.
+	progress func(p Phase, done bool, elapsed time.Duration, bytes int64)
 }
 
 func (t *timings) run(phase Phase, fn func() error) error {
 	start := time.Now()
-	err := fn()
 	if t.d == nil {
-		t.d = map[Phase]time.Duration{}
+		t.d, t.first, t.last, t.bytes = map[Phase]time.Duration{}, map[Phase]time.Time{}, map[Phase]time.Time{}, map[Phase]int64{}
 	}
+	if _, ok := t.first[phase]; !ok {
+		t.first[phase] = start
+	}
+	if t.progress != nil {
+		t.progress(phase, false, 0, 0)
+	}
+	err := fn()
 	t.order = append(t.order, phase)
 	t.d[phase] += time.Since(start)
+	t.last[phase] = time.Now()
+	if t.progress != nil {
+		t.progress(phase, true, time.Since(start), t.bytes[phase])
+	}
 	return err
+}
+
+// setBytes records what a phase moved; call it inside the phase's run.
+func (t *timings) setBytes(p Phase, n int64) {
+	if t.bytes == nil {
+		t.bytes = map[Phase]int64{}
+	}
+	t.bytes[p] = n
+}
+
+// lastPhase is the phase that ran last: where a failed operation failed.
+func (t *timings) lastPhase() Phase {
+	if len(t.order) == 0 {
+		return ""
+	}
+	return t.order[len(t.order)-1]
+}
+
+// frozen is how long the job was frozen: from the first freeze to the end
+// of until (0 if either did not run).
+func (t *timings) frozen(until Phase) time.Duration {
+	f, ok1 := t.first[PhaseFreeze]
+	e, ok2 := t.last[until]
+	if !ok1 || !ok2 {
+		return 0
+	}
+	return e.Sub(f)
 }
 
 func (t *timings) String() string {

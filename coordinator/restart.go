@@ -31,6 +31,9 @@ type RestartResult struct {
 	// Moved lists files below --keep directories that did not exist at the
 	// checkpoint, moved aside (NAME.torpor-after-<seq>).
 	Moved []string
+	// Bytes is the size of the checkpoint's images: what was verified and
+	// restored.
+	Bytes int64
 }
 
 // Restart brings a job back from a checkpoint: ref is a checkpoint handle
@@ -40,8 +43,48 @@ type RestartResult struct {
 // thawed — no job-node can talk to a peer that is not back yet. On any
 // failure every restored job-node is destroyed and the job stays restartable.
 func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptions) (RestartResult, error) {
-	res, man, err := c.pickCheckpoint(ctx, ref, opts.Fallback)
+	job, _, _ := strings.Cut(ref, "/")
+	t := c.tracker(opRestart, job)
+	ran := false
+	res, err := c.restart(ctx, ref, opts, t, &ran)
+	if res.Job != "" {
+		job = res.Job
+	}
+	switch {
+	case !ran && (errors.Is(err, agentapi.ErrNotFound) || errors.Is(err, agentapi.ErrState) || errors.Is(err, agentapi.ErrPermission) || errors.Is(err, agentapi.ErrInvalid)):
+		c.refuse(opRestart, err)
+	default:
+		// A verification that fails counts as a failed restart (phase verify).
+		c.observe(opRestart, t, err)
+	}
 	if err != nil {
+		c.event(Event{Job: job, Type: EventRestartFailed, Handle: res.Checkpoint, Error: err.Error(), FailedPhase: string(t.lastPhase()), Phases: phaseNanos(t.d)})
+		return res, err
+	}
+	c.event(Event{Job: job, Type: EventRestart, Handle: res.Checkpoint, Bytes: res.Bytes, Phases: phaseNanos(t.d)})
+	return res, nil
+}
+
+func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptions, t *timings, ran *bool) (RestartResult, error) {
+	var (
+		res RestartResult
+		man Manifest
+	)
+	err := t.run(PhaseVerify, func() error {
+		var err error
+		res, man, err = c.pickCheckpoint(ctx, ref, opts.Fallback)
+		if err == nil {
+			for _, n := range man.Nodes {
+				res.Bytes += n.Bytes
+			}
+			t.setBytes(PhaseVerify, res.Bytes)
+		}
+		return err
+	})
+	if err != nil {
+		if !errors.Is(err, agentapi.ErrNotFound) {
+			*ran = true
+		}
 		return res, err
 	}
 	spec := man.Spec
@@ -74,9 +117,9 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 	if err != nil {
 		return res, fmt.Errorf("%w (only a suspended or failed job can be restarted; checkpoint it with --stop or `torpor suspend` first)", err)
 	}
+	*ran = true
 	log := c.log.With("job", spec.ID, "ckpt", res.Checkpoint)
 	c.fences.forget(spec.ID)
-	var t timings
 	// The application's files go back on every job-node before any is
 	// restored: a file several of them hold must be whole when the first
 	// task opens it again.
@@ -96,6 +139,7 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 	})
 	if err == nil {
 		err = t.run(PhaseRestore, func() error {
+			t.setBytes(PhaseRestore, res.Bytes)
 			return c.fanout(ctx, PhaseRestore, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 				dir, err := c.store.NodeDir(res.Checkpoint, n.Name)
 				if err != nil {
@@ -106,7 +150,7 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 		})
 	}
 	if err == nil {
-		err = c.resume(ctx, spec.ID, spec.Nodes, &t)
+		err = c.resume(ctx, spec.ID, spec.Nodes, t)
 	}
 	if err != nil {
 		log.Error("restart failed, destroying restored job-nodes", "err", err, "timings", t.String())
@@ -129,6 +173,10 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 		j.LastCheckpoint = res.Checkpoint
 	})
 	log.Info("job restarted", "timings", t.String())
+	if m := c.metricsOf(); m != nil {
+		m.Read(opRestart, string(PhaseVerify), res.Bytes)
+		m.Read(opRestart, string(PhaseRestore), res.Bytes)
+	}
 	return res, nil
 }
 
@@ -201,24 +249,57 @@ func (c *Coordinator) previous(job, handle string) (string, error) {
 // locked; only then is the old copy destroyed and every job-node unlocked and
 // thawed. Until the old copy is destroyed any failure rolls back completely.
 func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
-	if _, err := c.agent(to); err != nil {
+	t := c.tracker(opMigration, id)
+	from, ran, err := c.migrate(ctx, id, node, to, t)
+	if !ran {
+		c.refuse(opMigration, err)
+	} else {
+		c.observe(opMigration, t, err)
+	}
+	if err != nil {
+		c.event(Event{Job: id, Type: EventMigrationFailed, Node: node, FromHost: from, ToHost: to, Error: err.Error(), FailedPhase: string(t.lastPhase()), Phases: phaseNanos(t.d)})
 		return err
 	}
+	c.event(Event{Job: id, Type: EventMigration, Node: node, FromHost: from, ToHost: to, Bytes: t.bytes[PhaseDump], Phases: phaseNanos(t.d)})
+	return nil
+}
+
+// migrate is Migrate; it returns the host the job-node left, and whether
+// the operation ran (else it was refused, and nothing was touched).
+func (c *Coordinator) migrate(ctx context.Context, id, node, to string, t *timings) (string, bool, error) {
+	fromHost, err := c.doMigrate(ctx, id, node, to, t)
+	var r *refusal
+	if errors.As(err, &r) {
+		return fromHost, false, r.err
+	}
+	return fromHost, true, err
+}
+
+// refusal marks an error of an operation refused before anything was touched.
+type refusal struct{ err error }
+
+func (r *refusal) Error() string { return r.err.Error() }
+func (r *refusal) Unwrap() error { return r.err }
+
+func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, t *timings) (string, error) {
+	if _, err := c.agent(to); err != nil {
+		return "", &refusal{err}
+	}
 	if err := c.requireShims(id); err != nil {
-		return err
+		return "", &refusal{err}
 	}
 	spec, _, err := c.begin(id, []State{StateRunning}, StateMigrating)
 	if err != nil {
-		return err
+		return "", &refusal{err}
 	}
 	moving, err := spec.Node(node)
 	if err != nil {
 		c.end(id, StateRunning, nil)
-		return err
+		return "", &refusal{err}
 	}
 	if moving.Host == to {
 		c.end(id, StateRunning, nil)
-		return fmt.Errorf("%w: job-node %s of %s already runs on %s", agentapi.ErrInvalid, node, id, to)
+		return "", &refusal{fmt.Errorf("%w: job-node %s of %s already runs on %s", agentapi.ErrInvalid, node, id, to)}
 	}
 	from := *moving
 	dest := *moving
@@ -228,7 +309,7 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 	pend, err := c.store.Begin(id)
 	if err != nil {
 		c.end(id, StateRunning, func(j *Job) { j.Reason = err.Error() })
-		return fmt.Errorf("begin migration images: %w", err)
+		return from.Host, fmt.Errorf("begin migration images: %w", err)
 	}
 	// The migration images are scratch: they never become a checkpoint.
 	defer func() {
@@ -236,14 +317,20 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 			log.Warn("delete migration images", "err", err)
 		}
 	}()
-	var t timings
 	// Set by the restore's goroutine, which a phase deadline may leave
 	// running: read after the phase, so atomic.
 	var restored atomic.Bool
-	err = c.quiesce(ctx, id, spec.Nodes, pend.Handle(), &t)
+	var dumped agentapi.DumpResult // written by the dump's goroutine, read after the phase
+	var dumpedMu sync.Mutex
+	err = c.quiesce(ctx, id, spec.Nodes, pend.Handle(), t)
 	if err == nil {
+		var dirs []string
+		if d, err := pend.NodeDir(from.Name); err == nil {
+			dirs = append(dirs, d)
+		}
+		stopWatch := c.watchBytes(opMigration, id, PhaseDump, dirs)
 		err = t.run(PhaseDump, func() error {
-			return c.fanout(ctx, PhaseDump, []agentapi.NodeSpec{from}, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+			err := c.fanout(ctx, PhaseDump, []agentapi.NodeSpec{from}, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 				dir, err := pend.NodeDir(n.Name)
 				if err != nil {
 					return err
@@ -252,13 +339,22 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 				if err != nil {
 					return err
 				}
-				_, err = a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: pend.Handle()})
+				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: pend.Handle()})
+				dumpedMu.Lock()
+				dumped = res
+				dumpedMu.Unlock()
 				return err
 			})
+			dumpedMu.Lock()
+			t.setBytes(PhaseDump, dumped.Bytes)
+			dumpedMu.Unlock()
+			return err
 		})
+		stopWatch()
 	}
 	if err == nil {
 		err = t.run(PhaseRestore, func() error {
+			t.setBytes(PhaseRestore, dumped.Bytes)
 			return c.fanout(ctx, PhaseRestore, []agentapi.NodeSpec{dest}, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 				dir, err := pend.NodeDir(n.Name)
 				if err != nil {
@@ -279,28 +375,34 @@ func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
 		}
 		rbErr := c.rollback(ctx, spec, log)
 		if rbErr != nil && unreachableOnly(rbErr) {
-			return c.awaitShims(id, StateMigrating, "migration of "+node, err, rbErr)
+			return from.Host, c.awaitShims(id, StateMigrating, "migration of "+node, err, rbErr)
 		}
 		if rbErr != nil {
 			c.end(id, StateFailed, func(j *Job) { j.Reason = rbErr.Error() })
-			return fmt.Errorf("migration of %s aborted: %w; rollback failed too, job is failed: %v", node, err, rbErr)
+			return from.Host, fmt.Errorf("migration of %s aborted: %w; rollback failed too, job is failed: %v", node, err, rbErr)
 		}
 		c.end(id, StateRunning, func(j *Job) { j.Reason = "migration of " + node + " aborted: " + err.Error() })
-		return fmt.Errorf("migration of %s to %s aborted, job %s keeps running on its old hosts: %w", node, to, id, err)
+		return from.Host, fmt.Errorf("migration of %s to %s aborted, job %s keeps running on its old hosts: %w", node, to, id, err)
 	}
 	// Point of no return: the old copy goes, the new one takes over.
 	c.destroyNodes(ctx, id, []agentapi.NodeSpec{from}, log)
 	*moving = dest
-	if err := c.resume(ctx, id, spec.Nodes, &t); err != nil {
+	if err := c.resume(ctx, id, spec.Nodes, t); err != nil {
 		c.stopJob(ctx, spec, log, "resume after migration", err, StateFailed, func(j *Job) {
 			j.Spec = spec
 			j.Reason = "resume after migration failed: " + err.Error()
 		})
-		return fmt.Errorf("job-node %s moved to %s but the job could not resume and was stopped; restart it from its last checkpoint: %w", node, to, err)
+		return from.Host, fmt.Errorf("job-node %s moved to %s but the job could not resume and was stopped; restart it from its last checkpoint: %w", node, to, err)
+	}
+	if m := c.metricsOf(); m != nil {
+		m.Written(opMigration, dumped.Bytes)
+		m.Read(opMigration, string(PhaseRestore), dumped.Bytes)
+		m.CRIUDump(opMigration, dumped.CRIUTime)
+		m.Frozen(opMigration, t.frozen(PhaseThaw))
 	}
 	c.end(id, StateRunning, func(j *Job) { j.Spec = spec; j.Reason = "" })
 	log.Info("job-node migrated", "timings", t.String())
-	return nil
+	return from.Host, nil
 }
 
 // pollOnce asks for the job-nodes of running jobs and ends a job when its

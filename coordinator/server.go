@@ -49,6 +49,25 @@ type Server struct {
 
 	shimAddrs   sync.Map // host -> address it last registered with
 	shimRunDirs sync.Map // host -> the run directory it registered with
+	shimSeen    sync.Map // host -> time.Time of its last registration
+}
+
+// shimReachableWithin is how recent a shim's last registration (every 5 s)
+// must be for torpor_shims_reachable to count it.
+const shimReachableWithin = 15 * time.Second
+
+// ShimCounts returns how many hosts have a registered shim, and how many of
+// those registered within shimReachableWithin. A shim that never registers
+// (the embedded one, in this process) is always reachable.
+func (s *Server) ShimCounts() (registered, reachable int) {
+	for _, h := range s.C.Hosts() {
+		registered++
+		v, ok := s.shimSeen.Load(h)
+		if !ok || time.Since(v.(time.Time)) < shimReachableWithin {
+			reachable++
+		}
+	}
+	return registered, reachable
 }
 
 func (s *Server) authorize(ctx context.Context, job string) (int, error) {
@@ -99,6 +118,7 @@ func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*api
 		return nil, agentapi.ToRPC(fmt.Errorf("dial shim %s at %s: %w", req.Host, req.Address, err))
 	}
 	s.C.AddAgent(req.Host, agentapi.Client{Shim: cl})
+	s.shimSeen.Store(req.Host, time.Now())
 	if req.RunDir != "" {
 		s.shimRunDirs.Store(req.Host, filepath.Clean(req.RunDir))
 	}
@@ -133,8 +153,9 @@ func (s *Server) Checkpoint(ctx context.Context, req *apiv1.CheckpointRequest) (
 	if _, err := s.authorize(ctx, req.Job); err != nil {
 		return nil, agentapi.ToRPC(err)
 	}
-	h, err := s.C.Checkpoint(ctx, req.Job, CheckpointOptions{Stop: req.Stop})
-	return &apiv1.CheckpointReply{Handle: h}, agentapi.ToRPC(err)
+	res, err := s.C.CheckpointDetails(ctx, req.Job, CheckpointOptions{Stop: req.Stop})
+	rep := &apiv1.CheckpointReply{Handle: res.Handle, Kind: res.Kind, Bytes: res.Bytes, PhaseNanos: phaseNanos(res.Phases)}
+	return rep, agentapi.ToRPC(err)
 }
 
 func (s *Server) Restart(ctx context.Context, req *apiv1.RestartRequest) (*apiv1.RestartReply, error) {
@@ -151,7 +172,7 @@ func (s *Server) Restart(ctx context.Context, req *apiv1.RestartRequest) (*apiv1
 		return nil, agentapi.ToRPC(fmt.Errorf("%w: job %s is not registered with this coordinator; only root may adopt it from its checkpoint", agentapi.ErrPermission, job))
 	}
 	res, err := s.C.Restart(ctx, req.Ref, RestartOptions{Hosts: req.Hosts, Fallback: req.Fallback})
-	return &apiv1.RestartReply{Job: res.Job, Checkpoint: res.Checkpoint, Skipped: res.Skipped, Moved: res.Moved}, agentapi.ToRPC(err)
+	return &apiv1.RestartReply{Job: res.Job, Checkpoint: res.Checkpoint, Skipped: res.Skipped, Moved: res.Moved, Bytes: res.Bytes}, agentapi.ToRPC(err)
 }
 
 func (s *Server) Migrate(ctx context.Context, req *apiv1.MigrateRequest) (*apiv1.Empty, error) {
@@ -345,4 +366,74 @@ func (s *Server) Cancel(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, err
 	}
 	j, err := s.C.Job(req.Job)
 	return JobToPB(j), agentapi.ToRPC(err)
+}
+
+// Events sends the history of the caller's jobs (root: every job), then,
+// with follow, every new event until the call ends or the coordinator stops.
+func (s *Server) Events(req *apiv1.EventsRequest, stream apiv1.Coordinator_EventsServer) error {
+	ctx := stream.Context()
+	uid, err := callerUID(ctx)
+	if err != nil {
+		return agentapi.ToRPC(err)
+	}
+	if req.Job != "" && uid != 0 {
+		// A job the coordinator no longer knows may still have a history:
+		// only its owner's events are sent, whatever the answer.
+		if err := s.C.Authorize(req.Job, uid); err != nil && !errors.Is(err, agentapi.ErrNotFound) {
+			return agentapi.ToRPC(err)
+		}
+	}
+	f := EventFilter{Job: req.Job, UID: uid, Progress: req.Progress && req.Follow}
+	hist, after := s.C.History(f)
+	if req.Follow && req.NoHistory {
+		hist = []Event{{Seq: after, Time: s.C.now(), Job: req.Job, Type: "follow"}}
+	}
+	for _, e := range hist {
+		if err := stream.Send(EventToPB(e)); err != nil {
+			return err
+		}
+	}
+	if !req.Follow {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if s.Stopping != nil {
+		go func() {
+			select {
+			case <-s.Stopping:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	err = s.C.Follow(ctx, after, f, func(e Event) error { return stream.Send(EventToPB(e)) })
+	if stream.Context().Err() == nil && ctx.Err() != nil {
+		return status.Error(codes.Unavailable, "the coordinator is stopping; follow again")
+	}
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// EventToPB converts an event for the wire.
+func EventToPB(e Event) *apiv1.Event {
+	return &apiv1.Event{
+		Seq: e.Seq, TimeUnixNano: e.Time.UnixNano(), Job: e.Job, Owner: int32(e.Owner), Type: e.Type,
+		From: string(e.From), To: string(e.To), Reason: e.Reason, Handle: e.Handle, Bytes: e.Bytes,
+		PhaseNanos: e.Phases, Node: e.Node, FromHost: e.FromHost, ToHost: e.ToHost, Error: e.Error,
+		FailedPhase: e.FailedPhase, Operation: e.Operation, Phase: e.Phase, Done: e.Done, ElapsedNanos: e.ElapsedNS,
+	}
+}
+
+func phaseNanos(d map[Phase]time.Duration) map[string]int64 {
+	if d == nil {
+		return nil
+	}
+	out := make(map[string]int64, len(d))
+	for p, v := range d {
+		out[string(p)] = int64(v)
+	}
+	return out
 }

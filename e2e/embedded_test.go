@@ -174,7 +174,7 @@ func (s *solo) jobState() (state, reason string) {
 		s.t.Fatalf("torpor ps: exit %d", code)
 	}
 	var jobs []struct {
-		Spec   struct{ Id string }
+		Job    string
 		State  string
 		Reason string
 	}
@@ -182,7 +182,7 @@ func (s *solo) jobState() (state, reason string) {
 		s.t.Fatalf("torpor ps --json: %v\n%s", err, out)
 	}
 	for _, j := range jobs {
-		if j.Spec.Id == "solo" {
+		if j.Job == "solo" {
 			return j.State, j.Reason
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -177,7 +178,11 @@ func (c *cluster) startCoordinator(extra ...string) {
 	c.coord = c.daemon("coordinator", args...)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if _, err := os.Stat(c.socket); err == nil {
+		// Until it answers: the socket file of a coordinator that crashed
+		// stays, and a CLI that finds nobody there embeds a coordinator of
+		// its own on that socket (and removes it when it exits).
+		if conn, err := net.Dial("unix", c.socket); err == nil {
+			conn.Close()
 			return
 		}
 		if time.Now().After(deadline) {

@@ -31,6 +31,7 @@ PKGS=(
   clang llvm libbpf-dev linux-libc-dev
   patchelf protobuf-compiler
   lammps
+  prometheus
 )
 
 missing=()

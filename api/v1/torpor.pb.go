@@ -1055,6 +1055,9 @@ func (x *CheckpointRequest) GetStop() bool {
 type CheckpointReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Handle        string                 `protobuf:"bytes,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`                                                                                                          // checkpoint, or suspend (stop)
+	Bytes         int64                  `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`                                                                                                       // size of every job-node's images
+	PhaseNanos    map[string]int64       `protobuf:"bytes,4,rep,name=phase_nanos,json=phaseNanos,proto3" json:"phase_nanos,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"` // phase -> time it took
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1094,6 +1097,27 @@ func (x *CheckpointReply) GetHandle() string {
 		return x.Handle
 	}
 	return ""
+}
+
+func (x *CheckpointReply) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *CheckpointReply) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *CheckpointReply) GetPhaseNanos() map[string]int64 {
+	if x != nil {
+		return x.PhaseNanos
+	}
+	return nil
 }
 
 type RestartRequest struct {
@@ -1163,6 +1187,7 @@ type RestartReply struct {
 	Skipped    []string               `protobuf:"bytes,3,rep,name=skipped,proto3" json:"skipped,omitempty"`
 	// Files the restart moved aside (see RestoreFilesReply).
 	Moved         []string `protobuf:"bytes,4,rep,name=moved,proto3" json:"moved,omitempty"`
+	Bytes         int64    `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"` // size of the checkpoint's images (verified, restored)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1223,6 +1248,13 @@ func (x *RestartReply) GetMoved() []string {
 		return x.Moved
 	}
 	return nil
+}
+
+func (x *RestartReply) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
 }
 
 type MigrateRequest struct {
@@ -1748,6 +1780,272 @@ func (x *FenceReply) GetData() []byte {
 	return nil
 }
 
+// Events asks for the coordinator's history (docs/observability.md).
+type EventsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`                               // empty: every job the caller may see
+	Follow        bool                   `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`                        // after the history, send new events until the call ends
+	Progress      bool                   `protobuf:"varint,3,opt,name=progress,proto3" json:"progress,omitempty"`                    // with follow: progress events of running operations too
+	NoHistory     bool                   `protobuf:"varint,4,opt,name=no_history,json=noHistory,proto3" json:"no_history,omitempty"` // with follow: no history; the first message is a marker (type "follow")
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventsRequest) Reset() {
+	*x = EventsRequest{}
+	mi := &file_torpor_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventsRequest) ProtoMessage() {}
+
+func (x *EventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
+func (*EventsRequest) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *EventsRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *EventsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *EventsRequest) GetProgress() bool {
+	if x != nil {
+		return x.Progress
+	}
+	return false
+}
+
+func (x *EventsRequest) GetNoHistory() bool {
+	if x != nil {
+		return x.NoHistory
+	}
+	return false
+}
+
+// One event of the history; which fields are set depends on type.
+type Event struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	TimeUnixNano  int64                  `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Job           string                 `protobuf:"bytes,3,opt,name=job,proto3" json:"job,omitempty"`
+	Owner         int32                  `protobuf:"varint,4,opt,name=owner,proto3" json:"owner,omitempty"`
+	Type          string                 `protobuf:"bytes,5,opt,name=type,proto3" json:"type,omitempty"` // state, checkpoint, checkpoint-failed, restart, restart-failed, migration, migration-failed, progress, follow
+	From          string                 `protobuf:"bytes,6,opt,name=from,proto3" json:"from,omitempty"` // state: the state the job left
+	To            string                 `protobuf:"bytes,7,opt,name=to,proto3" json:"to,omitempty"`     // state: the state it entered
+	Reason        string                 `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	Handle        string                 `protobuf:"bytes,9,opt,name=handle,proto3" json:"handle,omitempty"`
+	Bytes         int64                  `protobuf:"varint,10,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	PhaseNanos    map[string]int64       `protobuf:"bytes,11,rep,name=phase_nanos,json=phaseNanos,proto3" json:"phase_nanos,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Node          string                 `protobuf:"bytes,12,opt,name=node,proto3" json:"node,omitempty"`
+	FromHost      string                 `protobuf:"bytes,13,opt,name=from_host,json=fromHost,proto3" json:"from_host,omitempty"`
+	ToHost        string                 `protobuf:"bytes,14,opt,name=to_host,json=toHost,proto3" json:"to_host,omitempty"`
+	Error         string                 `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	FailedPhase   string                 `protobuf:"bytes,16,opt,name=failed_phase,json=failedPhase,proto3" json:"failed_phase,omitempty"`
+	Operation     string                 `protobuf:"bytes,17,opt,name=operation,proto3" json:"operation,omitempty"` // progress: checkpoint, restart, migration
+	Phase         string                 `protobuf:"bytes,18,opt,name=phase,proto3" json:"phase,omitempty"`         // progress: the phase
+	Done          bool                   `protobuf:"varint,19,opt,name=done,proto3" json:"done,omitempty"`          // progress: the phase ended
+	ElapsedNanos  int64                  `protobuf:"varint,20,opt,name=elapsed_nanos,json=elapsedNanos,proto3" json:"elapsed_nanos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_torpor_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *Event) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Event) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *Event) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *Event) GetOwner() int32 {
+	if x != nil {
+		return x.Owner
+	}
+	return 0
+}
+
+func (x *Event) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Event) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *Event) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *Event) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Event) GetHandle() string {
+	if x != nil {
+		return x.Handle
+	}
+	return ""
+}
+
+func (x *Event) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *Event) GetPhaseNanos() map[string]int64 {
+	if x != nil {
+		return x.PhaseNanos
+	}
+	return nil
+}
+
+func (x *Event) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *Event) GetFromHost() string {
+	if x != nil {
+		return x.FromHost
+	}
+	return ""
+}
+
+func (x *Event) GetToHost() string {
+	if x != nil {
+		return x.ToHost
+	}
+	return ""
+}
+
+func (x *Event) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Event) GetFailedPhase() string {
+	if x != nil {
+		return x.FailedPhase
+	}
+	return ""
+}
+
+func (x *Event) GetOperation() string {
+	if x != nil {
+		return x.Operation
+	}
+	return ""
+}
+
+func (x *Event) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *Event) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+func (x *Event) GetElapsedNanos() int64 {
+	if x != nil {
+		return x.ElapsedNanos
+	}
+	return 0
+}
+
 type WaitReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -1757,7 +2055,7 @@ type WaitReply struct {
 
 func (x *WaitReply) Reset() {
 	*x = WaitReply{}
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1769,7 +2067,7 @@ func (x *WaitReply) String() string {
 func (*WaitReply) ProtoMessage() {}
 
 func (x *WaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1782,7 +2080,7 @@ func (x *WaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitReply.ProtoReflect.Descriptor instead.
 func (*WaitReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{28}
+	return file_torpor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WaitReply) GetJob() *Job {
@@ -1875,9 +2173,16 @@ const file_torpor_proto_rawDesc = "" +
 	"\x03job\x18\x01 \x01(\tR\x03job\"9\n" +
 	"\x11CheckpointRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x12\n" +
-	"\x04stop\x18\x02 \x01(\bR\x04stop\")\n" +
+	"\x04stop\x18\x02 \x01(\bR\x04stop\"\xdf\x01\n" +
 	"\x0fCheckpointReply\x12\x16\n" +
-	"\x06handle\x18\x01 \x01(\tR\x06handle\"\xb4\x01\n" +
+	"\x06handle\x18\x01 \x01(\tR\x06handle\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\x12K\n" +
+	"\vphase_nanos\x18\x04 \x03(\v2*.torpor.v1.CheckpointReply.PhaseNanosEntryR\n" +
+	"phaseNanos\x1a=\n" +
+	"\x0fPhaseNanosEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xb4\x01\n" +
 	"\x0eRestartRequest\x12\x10\n" +
 	"\x03ref\x18\x01 \x01(\tR\x03ref\x12:\n" +
 	"\x05hosts\x18\x02 \x03(\v2$.torpor.v1.RestartRequest.HostsEntryR\x05hosts\x12\x1a\n" +
@@ -1885,14 +2190,15 @@ const file_torpor_proto_rawDesc = "" +
 	"\n" +
 	"HostsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"p\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x01\n" +
 	"\fRestartReply\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x02 \x01(\tR\n" +
 	"checkpoint\x12\x18\n" +
 	"\askipped\x18\x03 \x03(\tR\askipped\x12\x14\n" +
-	"\x05moved\x18\x04 \x03(\tR\x05moved\"F\n" +
+	"\x05moved\x18\x04 \x03(\tR\x05moved\x12\x14\n" +
+	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\"F\n" +
 	"\x0eMigrateRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x0e\n" +
@@ -1935,7 +2241,39 @@ const file_torpor_proto_rawDesc = "" +
 	"\x04data\x18\x06 \x01(\fR\x04data\" \n" +
 	"\n" +
 	"FenceReply\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"-\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"t\n" +
+	"\rEventsRequest\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x1a\n" +
+	"\bprogress\x18\x03 \x01(\bR\bprogress\x12\x1d\n" +
+	"\n" +
+	"no_history\x18\x04 \x01(\bR\tnoHistory\"\xd7\x04\n" +
+	"\x05Event\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
+	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12\x10\n" +
+	"\x03job\x18\x03 \x01(\tR\x03job\x12\x14\n" +
+	"\x05owner\x18\x04 \x01(\x05R\x05owner\x12\x12\n" +
+	"\x04type\x18\x05 \x01(\tR\x04type\x12\x12\n" +
+	"\x04from\x18\x06 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\a \x01(\tR\x02to\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\x12\x16\n" +
+	"\x06handle\x18\t \x01(\tR\x06handle\x12\x14\n" +
+	"\x05bytes\x18\n" +
+	" \x01(\x03R\x05bytes\x12A\n" +
+	"\vphase_nanos\x18\v \x03(\v2 .torpor.v1.Event.PhaseNanosEntryR\n" +
+	"phaseNanos\x12\x12\n" +
+	"\x04node\x18\f \x01(\tR\x04node\x12\x1b\n" +
+	"\tfrom_host\x18\r \x01(\tR\bfromHost\x12\x17\n" +
+	"\ato_host\x18\x0e \x01(\tR\x06toHost\x12\x14\n" +
+	"\x05error\x18\x0f \x01(\tR\x05error\x12!\n" +
+	"\ffailed_phase\x18\x10 \x01(\tR\vfailedPhase\x12\x1c\n" +
+	"\toperation\x18\x11 \x01(\tR\toperation\x12\x14\n" +
+	"\x05phase\x18\x12 \x01(\tR\x05phase\x12\x12\n" +
+	"\x04done\x18\x13 \x01(\bR\x04done\x12#\n" +
+	"\relapsed_nanos\x18\x14 \x01(\x03R\felapsedNanos\x1a=\n" +
+	"\x0fPhaseNanosEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"-\n" +
 	"\tWaitReply\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xff\x04\n" +
 	"\x04Shim\x122\n" +
@@ -1950,7 +2288,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\fRestoreFiles\x12\x19.torpor.v1.RestoreRequest\x1a\x1c.torpor.v1.RestoreFilesReply\x126\n" +
 	"\aRestore\x12\x19.torpor.v1.RestoreRequest\x1a\x10.torpor.v1.Empty\x12/\n" +
 	"\aDestroy\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x123\n" +
-	"\x06Status\x12\x12.torpor.v1.NodeRef\x1a\x15.torpor.v1.NodeStatus2\xf1\x04\n" +
+	"\x06Status\x12\x12.torpor.v1.NodeRef\x1a\x15.torpor.v1.NodeStatus2\xa9\x05\n" +
 	"\vCoordinator\x128\n" +
 	"\bRegister\x12\x1a.torpor.v1.RegisterRequest\x1a\x10.torpor.v1.Empty\x12,\n" +
 	"\x03Run\x12\x15.torpor.v1.RunRequest\x1a\x0e.torpor.v1.Job\x12F\n" +
@@ -1963,7 +2301,8 @@ const file_torpor_proto_rawDesc = "" +
 	"\x04Wait\x12\x11.torpor.v1.JobRef\x1a\x0e.torpor.v1.Job\x12O\n" +
 	"\x0fListCheckpoints\x12!.torpor.v1.ListCheckpointsRequest\x1a\x19.torpor.v1.CheckpointList\x127\n" +
 	"\x05Fence\x12\x17.torpor.v1.FenceRequest\x1a\x15.torpor.v1.FenceReply\x12+\n" +
-	"\x06Cancel\x12\x11.torpor.v1.JobRef\x1a\x0e.torpor.v1.JobB+Z)github.com/torpor-hpc/torpor/api/v1;apiv1b\x06proto3"
+	"\x06Cancel\x12\x11.torpor.v1.JobRef\x1a\x0e.torpor.v1.Job\x126\n" +
+	"\x06Events\x12\x18.torpor.v1.EventsRequest\x1a\x10.torpor.v1.Event0\x01B+Z)github.com/torpor-hpc/torpor/api/v1;apiv1b\x06proto3"
 
 var (
 	file_torpor_proto_rawDescOnce sync.Once
@@ -1977,7 +2316,7 @@ func file_torpor_proto_rawDescGZIP() []byte {
 	return file_torpor_proto_rawDescData
 }
 
-var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_torpor_proto_goTypes = []any{
 	(*NodeSpec)(nil),               // 0: torpor.v1.NodeSpec
 	(*Creds)(nil),                  // 1: torpor.v1.Creds
@@ -2007,9 +2346,13 @@ var file_torpor_proto_goTypes = []any{
 	(*CheckpointList)(nil),         // 25: torpor.v1.CheckpointList
 	(*FenceRequest)(nil),           // 26: torpor.v1.FenceRequest
 	(*FenceReply)(nil),             // 27: torpor.v1.FenceReply
-	(*WaitReply)(nil),              // 28: torpor.v1.WaitReply
-	nil,                            // 29: torpor.v1.RestartRequest.HostsEntry
-	nil,                            // 30: torpor.v1.Checkpoint.PhaseNanosEntry
+	(*EventsRequest)(nil),          // 28: torpor.v1.EventsRequest
+	(*Event)(nil),                  // 29: torpor.v1.Event
+	(*WaitReply)(nil),              // 30: torpor.v1.WaitReply
+	nil,                            // 31: torpor.v1.CheckpointReply.PhaseNanosEntry
+	nil,                            // 32: torpor.v1.RestartRequest.HostsEntry
+	nil,                            // 33: torpor.v1.Checkpoint.PhaseNanosEntry
+	nil,                            // 34: torpor.v1.Event.PhaseNanosEntry
 }
 var file_torpor_proto_depIdxs = []int32{
 	1,  // 0: torpor.v1.NodeSpec.user:type_name -> torpor.v1.Creds
@@ -2019,63 +2362,67 @@ var file_torpor_proto_depIdxs = []int32{
 	0,  // 4: torpor.v1.RestoreRequest.node:type_name -> torpor.v1.NodeSpec
 	0,  // 5: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
 	13, // 6: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
-	29, // 7: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
-	13, // 8: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
-	21, // 9: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
-	30, // 10: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
-	24, // 11: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
-	21, // 12: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
-	3,  // 13: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
-	4,  // 14: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
-	2,  // 15: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
-	2,  // 16: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
-	2,  // 17: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
-	6,  // 18: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
-	2,  // 19: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
-	2,  // 20: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
-	8,  // 21: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
-	8,  // 22: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
-	2,  // 23: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
-	2,  // 24: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
-	12, // 25: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
-	14, // 26: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
-	16, // 27: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
-	18, // 28: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
-	20, // 29: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
-	11, // 30: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
-	15, // 31: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
-	15, // 32: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
-	23, // 33: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
-	26, // 34: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
-	15, // 35: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
-	11, // 36: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	11, // 37: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	11, // 38: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	5,  // 39: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	11, // 40: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	7,  // 41: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	11, // 42: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	11, // 43: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	9,  // 44: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
-	11, // 45: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	11, // 46: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	10, // 47: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	11, // 48: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	21, // 49: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	17, // 50: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	19, // 51: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	11, // 52: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.Empty
-	22, // 53: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	21, // 54: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	21, // 55: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	25, // 56: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	27, // 57: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
-	21, // 58: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
-	36, // [36:59] is the sub-list for method output_type
-	13, // [13:36] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	31, // 7: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
+	32, // 8: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
+	13, // 9: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
+	21, // 10: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
+	33, // 11: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
+	24, // 12: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
+	34, // 13: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
+	21, // 14: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
+	3,  // 15: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
+	4,  // 16: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
+	2,  // 17: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
+	2,  // 18: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
+	2,  // 19: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
+	6,  // 20: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
+	2,  // 21: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
+	2,  // 22: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
+	8,  // 23: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
+	8,  // 24: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
+	2,  // 25: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
+	2,  // 26: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
+	12, // 27: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
+	14, // 28: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
+	16, // 29: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
+	18, // 30: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
+	20, // 31: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
+	11, // 32: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
+	15, // 33: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
+	15, // 34: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
+	23, // 35: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
+	26, // 36: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
+	15, // 37: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
+	28, // 38: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
+	11, // 39: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	11, // 40: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	11, // 41: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	5,  // 42: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	11, // 43: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	7,  // 44: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	11, // 45: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	11, // 46: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	9,  // 47: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
+	11, // 48: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	11, // 49: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	10, // 50: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	11, // 51: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	21, // 52: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	17, // 53: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	19, // 54: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	11, // 55: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.Empty
+	22, // 56: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	21, // 57: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	21, // 58: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	25, // 59: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	27, // 60: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	21, // 61: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
+	29, // 62: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
+	39, // [39:63] is the sub-list for method output_type
+	15, // [15:39] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_torpor_proto_init() }
@@ -2089,7 +2436,7 @@ func file_torpor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_torpor_proto_rawDesc), len(file_torpor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   31,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

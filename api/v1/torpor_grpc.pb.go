@@ -557,6 +557,7 @@ const (
 	Coordinator_ListCheckpoints_FullMethodName = "/torpor.v1.Coordinator/ListCheckpoints"
 	Coordinator_Fence_FullMethodName           = "/torpor.v1.Coordinator/Fence"
 	Coordinator_Cancel_FullMethodName          = "/torpor.v1.Coordinator/Cancel"
+	Coordinator_Events_FullMethodName          = "/torpor.v1.Coordinator/Events"
 )
 
 // CoordinatorClient is the client API for Coordinator service.
@@ -574,6 +575,7 @@ type CoordinatorClient interface {
 	ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*CheckpointList, error)
 	Fence(ctx context.Context, in *FenceRequest, opts ...grpc.CallOption) (*FenceReply, error)
 	Cancel(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*Job, error)
+	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
 }
 
 type coordinatorClient struct {
@@ -694,6 +696,25 @@ func (c *coordinatorClient) Cancel(ctx context.Context, in *JobRef, opts ...grpc
 	return out, nil
 }
 
+func (c *coordinatorClient) Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Coordinator_ServiceDesc.Streams[0], Coordinator_Events_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[EventsRequest, Event]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Coordinator_EventsClient = grpc.ServerStreamingClient[Event]
+
 // CoordinatorServer is the server API for Coordinator service.
 // All implementations must embed UnimplementedCoordinatorServer
 // for forward compatibility.
@@ -709,6 +730,7 @@ type CoordinatorServer interface {
 	ListCheckpoints(context.Context, *ListCheckpointsRequest) (*CheckpointList, error)
 	Fence(context.Context, *FenceRequest) (*FenceReply, error)
 	Cancel(context.Context, *JobRef) (*Job, error)
+	Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error
 	mustEmbedUnimplementedCoordinatorServer()
 }
 
@@ -751,6 +773,9 @@ func (UnimplementedCoordinatorServer) Fence(context.Context, *FenceRequest) (*Fe
 }
 func (UnimplementedCoordinatorServer) Cancel(context.Context, *JobRef) (*Job, error) {
 	return nil, status.Error(codes.Unimplemented, "method Cancel not implemented")
+}
+func (UnimplementedCoordinatorServer) Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error {
+	return status.Error(codes.Unimplemented, "method Events not implemented")
 }
 func (UnimplementedCoordinatorServer) mustEmbedUnimplementedCoordinatorServer() {}
 func (UnimplementedCoordinatorServer) testEmbeddedByValue()                     {}
@@ -971,6 +996,17 @@ func _Coordinator_Cancel_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_Events_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(EventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CoordinatorServer).Events(m, &grpc.GenericServerStream[EventsRequest, Event]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Coordinator_EventsServer = grpc.ServerStreamingServer[Event]
+
 // Coordinator_ServiceDesc is the grpc.ServiceDesc for Coordinator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1023,6 +1059,12 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Coordinator_Cancel_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Events",
+			Handler:       _Coordinator_Events_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "torpor.proto",
 }

@@ -51,7 +51,7 @@ func oneArg(fs *flag.FlagSet, what string) (string, error) {
 
 func runCheckpoint(ctx context.Context, args []string) error {
 	fs := newFlagSet("checkpoint", "JOB")
-	cf := addClientFlags(fs, false)
+	cf := addClientFlags(fs, true)
 	stop := fs.Bool("stop", false, "stop the job once the checkpoint is committed (like suspend)")
 	fs.Bool("wait", true, "wait until the checkpoint is committed (always true: the call returns when it is)")
 	if err := parseFlags(fs, args); err != nil {
@@ -61,10 +61,10 @@ func runCheckpoint(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return checkpoint(ctx, *cf.socket, job, *stop)
+	return checkpoint(ctx, *cf.socket, job, *stop, *cf.json)
 }
 
-func checkpoint(ctx context.Context, sock, job string, stop bool) error {
+func checkpoint(ctx context.Context, sock, job string, stop, asJSON bool) error {
 	ss, err := connect(ctx, sock, embedOptions{})
 	if err != nil {
 		return err
@@ -77,21 +77,32 @@ func checkpoint(ctx context.Context, sock, job string, stop bool) error {
 		verb = "suspend"
 	}
 	fmt.Fprintf(os.Stderr, "torpor: %s of %s: prepare, freeze, drain, lock, dump, commit ...\n", verb, job)
+	p := watchProgress(ctx, cl, job)
 	rep, err := cl.Checkpoint(ctx, &apiv1.CheckpointRequest{Job: job, Stop: stop})
+	p.stop()
 	if err != nil {
 		return client.RPCErr(err)
 	}
-	fmt.Fprintf(os.Stderr, "torpor: %s of %s committed in %s\n", verb, job, time.Since(start).Round(time.Millisecond))
+	elapsed := time.Since(start)
+	fmt.Fprintf(os.Stderr, "torpor: %s of %s committed in %s (%s)\n", verb, job, elapsed.Round(time.Millisecond), humanBytes(rep.Bytes))
+	if asJSON {
+		return printJSON(jsonCheckpointed{Job: job, Handle: rep.Handle, Kind: rep.Kind, Bytes: rep.Bytes, Phases: orEmpty(rep.PhaseNanos), ElapsedNS: int64(elapsed)})
+	}
 	fmt.Println(rep.Handle)
 	return nil
 }
 
 func runSuspend(ctx context.Context, args []string) error {
-	job, sock, err := jobArg("suspend", args)
+	fs := newFlagSet("suspend", "JOB")
+	cf := addClientFlags(fs, true)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	job, err := oneArg(fs, "job")
 	if err != nil {
 		return err
 	}
-	return checkpoint(ctx, sock, job, true)
+	return checkpoint(ctx, *cf.socket, job, true, *cf.json)
 }
 
 // hostMap collects repeated --host NODE=HOST flags.
@@ -142,7 +153,7 @@ func (f followFlags) options() (client.SuperviseOptions, error) {
 
 func runRestart(ctx context.Context, args []string) error {
 	fs := newFlagSet("restart", "HANDLE|JOB")
-	cf := addClientFlags(fs, false)
+	cf := addClientFlags(fs, true)
 	hosts := hostMap{}
 	fs.Var(hosts, "host", "place job-node NODE on HOST (NODE=HOST, repeatable); default: where it was")
 	fallback := fs.Bool("fallback", false, "if the newest checkpoint fails verification, take the newest one that verifies")
@@ -158,14 +169,14 @@ func runRestart(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return restart(ctx, *cf.socket, ref, hosts, *fallback, opt)
+	return restart(ctx, *cf.socket, ref, hosts, *fallback, *cf.json, opt)
 }
 
 // restart brings a job back. With a coordinator running, it returns once
 // the job runs again. With none, this process hosts one, and stays with the
 // job to its end as `torpor run` does (opt); a job that an earlier torpor
 // process left running, and this one took over, is followed as it is.
-func restart(ctx context.Context, sock, ref string, hosts map[string]string, fallback bool, opt client.SuperviseOptions) error {
+func restart(ctx context.Context, sock, ref string, hosts map[string]string, fallback, asJSON bool, opt client.SuperviseOptions) error {
 	ss, err := connect(ctx, sock, embedOptions{})
 	if err != nil {
 		return err
@@ -181,7 +192,9 @@ func restart(ctx context.Context, sock, ref string, hosts map[string]string, fal
 	}
 	start := time.Now()
 	fmt.Fprintf(os.Stderr, "torpor: restart from %s: verify, restore (locked), unlock, thaw ...\n", ref)
+	p := watchProgress(ctx, cl, job)
 	rep, err := cl.Restart(ctx, &apiv1.RestartRequest{Ref: ref, Hosts: hosts, Fallback: fallback})
+	p.stop()
 	if err != nil {
 		return client.RPCErr(err)
 	}
@@ -189,7 +202,20 @@ func restart(ctx context.Context, sock, ref string, hosts map[string]string, fal
 		fmt.Fprintf(os.Stderr, "torpor: skipped %s: it fails verification\n", s)
 	}
 	client.PrintMoved(os.Stderr, rep.Moved)
-	fmt.Fprintf(os.Stderr, "torpor: %s restarted from %s in %s\n", rep.Job, rep.Checkpoint, time.Since(start).Round(time.Millisecond))
+	elapsed := time.Since(start)
+	fmt.Fprintf(os.Stderr, "torpor: %s restarted from %s in %s\n", rep.Job, rep.Checkpoint, elapsed.Round(time.Millisecond))
+	if asJSON {
+		out := jsonRestarted{Job: rep.Job, Checkpoint: rep.Checkpoint, Bytes: rep.Bytes, Skipped: rep.Skipped, Moved: rep.Moved, ElapsedNS: int64(elapsed)}
+		if out.Skipped == nil {
+			out.Skipped = []string{}
+		}
+		if out.Moved == nil {
+			out.Moved = []string{}
+		}
+		if err := printJSON(out); err != nil {
+			return err
+		}
+	}
 	if ss.stack == nil {
 		return nil
 	}
@@ -216,7 +242,7 @@ func follow(ctx context.Context, ss *session, spec *apiv1.JobSpec, opt client.Su
 
 func runResume(ctx context.Context, args []string) error {
 	fs := newFlagSet("resume", "JOB")
-	cf := addClientFlags(fs, false)
+	cf := addClientFlags(fs, true)
 	ff := addFollowFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -232,12 +258,12 @@ func runResume(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return restart(ctx, *cf.socket, job, nil, false, opt)
+	return restart(ctx, *cf.socket, job, nil, false, *cf.json, opt)
 }
 
 func runMigrate(ctx context.Context, args []string) error {
 	fs := newFlagSet("migrate", "JOB")
-	cf := addClientFlags(fs, false)
+	cf := addClientFlags(fs, true)
 	node := fs.String("node", "", "job-node to move (required)")
 	to := fs.String("to", "", "host to move it to (required)")
 	if err := parseFlags(fs, args); err != nil {
@@ -258,10 +284,17 @@ func runMigrate(ctx context.Context, args []string) error {
 	cl := ss.cl
 	start := time.Now()
 	fmt.Fprintf(os.Stderr, "torpor: migrate %s/%s to %s: freeze, drain, lock, dump, restore, unlock, thaw ...\n", job, *node, *to)
-	if _, err := cl.Migrate(ctx, &apiv1.MigrateRequest{Job: job, Node: *node, To: *to}); err != nil {
+	p := watchProgress(ctx, cl, job)
+	_, err = cl.Migrate(ctx, &apiv1.MigrateRequest{Job: job, Node: *node, To: *to})
+	p.stop()
+	if err != nil {
 		return client.RPCErr(err)
 	}
-	fmt.Fprintf(os.Stderr, "torpor: %s/%s now runs on %s (%s)\n", job, *node, *to, time.Since(start).Round(time.Millisecond))
+	elapsed := time.Since(start)
+	fmt.Fprintf(os.Stderr, "torpor: %s/%s now runs on %s (%s)\n", job, *node, *to, elapsed.Round(time.Millisecond))
+	if *cf.json {
+		return printJSON(jsonMigrated{Job: job, Node: *node, To: *to, ElapsedNS: int64(elapsed)})
+	}
 	return nil
 }
 
@@ -281,7 +314,11 @@ func runPs(ctx context.Context, args []string) error {
 	if err != nil {
 		return client.RPCErr(err)
 	}
-	return printList(*cf.json, list.Jobs, "JOB\tSTATE\tOWNER\tJOB-NODES\tLAST CHECKPOINT\tREASON", func(tw io.Writer) {
+	jobs := make([]jsonJob, 0, len(list.Jobs))
+	for _, j := range list.Jobs {
+		jobs = append(jobs, jobJSON(j))
+	}
+	return printList(*cf.json, jobs, "JOB\tSTATE\tOWNER\tJOB-NODES\tLAST CHECKPOINT\tREASON", func(tw io.Writer) {
 		for _, j := range list.Jobs {
 			var nodes []string
 			for _, n := range j.Spec.GetNodes() {
@@ -322,7 +359,11 @@ func runLs(ctx context.Context, args []string) error {
 	if err != nil {
 		return client.RPCErr(err)
 	}
-	return printList(*cf.json, list.Checkpoints, "CHECKPOINT\tKIND\tCREATED\tSIZE\tJOB-NODES\tPHASES\tVERIFIED", func(tw io.Writer) {
+	cps := make([]jsonCheckpoint, 0, len(list.Checkpoints))
+	for _, c := range list.Checkpoints {
+		cps = append(cps, checkpointJSON(c))
+	}
+	return printList(*cf.json, cps, "CHECKPOINT\tKIND\tCREATED\tSIZE\tJOB-NODES\tPHASES\tVERIFIED", func(tw io.Writer) {
 		for _, c := range list.Checkpoints {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", c.Handle, c.Kind, time.Unix(c.CreatedUnix, 0).Format("2006-01-02 15:04:05"),
 				humanBytes(c.Bytes), c.Nodes, phases(c.PhaseNanos), c.Verified)
@@ -331,7 +372,7 @@ func runLs(ctx context.Context, args []string) error {
 }
 
 func phases(p map[string]int64) string {
-	order := []string{"prepare", "freeze", "drain", "lock", "dump", "commit"}
+	order := []string{"verify", "files", "prepare", "freeze", "drain", "lock", "dump", "commit", "restore", "unlock", "thaw"}
 	var parts []string
 	for _, k := range order {
 		if v, ok := p[k]; ok {

@@ -51,6 +51,7 @@ func runCoordinator(ctx context.Context, args []string) error {
 	pkiHosts := fs.String("pki-hosts", "127.0.0.1,localhost", "comma-separated addresses and names the certificates are valid for (with --init-pki)")
 	keep := fs.Int("keep", 0, "keep only the newest K checkpoints per job (0: all)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics over HTTP at ADDR (/metrics; port 0: any, logged); default from config (metrics_listen), else off")
 	var faults faultFlag
 	fs.Var(&faults, "fault", "switch on a fault-injection point, for tests (repeatable): "+strings.Join(fault.Names(fault.Coordinator), ", "))
 	if err := parseFlags(fs, args); err != nil {
@@ -73,9 +74,12 @@ func runCoordinator(ctx context.Context, args []string) error {
 		return initCertificates(*pkiDir, strings.Split(*pkiHosts, ","))
 	}
 	log := newLogger(*logLevel)
+	if *metricsListen == "" {
+		*metricsListen = cfg.MetricsListen
+	}
 	dc := coordinator.DaemonConfig{
 		StateDir: *stateDir, CheckpointDir: *ckptDir, Socket: client.SocketPath(*socket),
-		Listen: *listen, Keep: *keep, Log: log,
+		Listen: *listen, Keep: *keep, Log: log, MetricsListen: *metricsListen,
 	}
 	if *listen != "" {
 		if dc.ServerTLS, dc.ClientTLS, err = tlsConfigs(*pkiDir, "coordinator", ""); err != nil {
@@ -135,6 +139,7 @@ func runShim(ctx context.Context, args []string) error {
 	runDir := fs.String("run-dir", "/run/torpor", "directory for job-node output files (same path on every host)")
 	criuPath := fs.String("criu", "", "CRIU binary (default: $TORPOR_CRIU, config, "+criu.DefaultPrefix+", $PATH)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics over HTTP at ADDR (/metrics; port 0: any, logged); default from config (shim_metrics_listen), else off")
 	var faults faultFlag
 	fs.Var(&faults, "fault", "switch on a fault-injection point, for tests (repeatable): "+strings.Join(fault.Names(fault.Shim), ", "))
 	if err := parseFlags(fs, args); err != nil {
@@ -178,6 +183,7 @@ func runShim(ctx context.Context, args []string) error {
 		Agent: agent.Config{Host: *host, HostNetNS: *netns, Bridge: *bridge, CgroupParent: *cgroupParent,
 			RunDir: *runDir, CRIU: bin, Log: newLogger(*logLevel), Faults: fset},
 		Listen: *listen, Advertise: *advertise, Join: *join, ServerTLS: serverTLS, ClientTLS: clientTLS,
+		MetricsListen: firstOf(*metricsListen, cfg.ShimMetricsListen),
 	})
 }
 
@@ -189,4 +195,14 @@ func (f *faultFlag) String() string { return strings.Join(*f, ",") }
 func (f *faultFlag) Set(v string) error {
 	*f = append(*f, v)
 	return nil
+}
+
+// firstOf returns the first non-empty string.
+func firstOf(ss ...string) string {
+	for _, s := range ss {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
 }

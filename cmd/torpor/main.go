@@ -16,6 +16,7 @@ import (
 	"sort"
 	"syscall"
 
+	"github.com/torpor-hpc/torpor/metrics"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
 )
 
@@ -31,6 +32,7 @@ var verbs = map[string]verb{
 	"sim":         {"create (up NAME HOSTS) or remove (down NAME) a simulated cluster on this machine", runSim},
 	"cancel":      {"end a job now (its checkpoints are kept)", runCancel},
 	"checkpoint":  {"checkpoint a running job; prints the checkpoint handle", runCheckpoint},
+	"events":      {"show the history of jobs: state changes, checkpoints, restarts, migrations, failures (--follow: as they happen)", runEvents},
 	"doctor":      {"check that this host can run torpor, and say how to fix what is missing", runDoctor},
 	"ls":          {"list checkpoints, with size, phases and verification", runLs},
 	"migrate":     {"move one job-node of a running job to another host", runMigrate},
@@ -81,6 +83,7 @@ func main() {
 		usage(os.Stderr)
 		os.Exit(2)
 	}
+	metrics.Version = version
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := v.run(ctx, os.Args[2:])
 	stop()

@@ -38,6 +38,11 @@ type Config struct {
 	Keep []string `yaml:"keep"`
 	// KeepMax is the default of `torpor run --keep-max` (e.g. "4G").
 	KeepMax string `yaml:"keep_max"`
+	// MetricsListen is the default of `torpor coordinator --metrics-listen`
+	// and ShimMetricsListen that of `torpor shim --metrics-listen`: where the
+	// daemon serves Prometheus metrics (HTTP, /metrics). Empty: no metrics.
+	MetricsListen     string `yaml:"metrics_listen"`
+	ShimMetricsListen string `yaml:"shim_metrics_listen"`
 }
 
 // Defaults returns the configuration used when no file exists.

@@ -22,6 +22,11 @@ func TestParse(t *testing.T) {
 			c.Keep, c.KeepMax = []string{"out", "/scratch/restart"}, "4G"
 			return c
 		}(), ""},
+		{"metrics", "metrics_listen: 127.0.0.1:9470\nshim_metrics_listen: 127.0.0.1:9471\n", func() Config {
+			c := Defaults()
+			c.MetricsListen, c.ShimMetricsListen = "127.0.0.1:9470", "127.0.0.1:9471"
+			return c
+		}(), ""},
 		{"unknown key", "cryu: /opt/x/criu\n", Config{}, "field cryu not found"},
 		{"bad yaml", "criu: [\n", Config{}, "parse config"},
 	}

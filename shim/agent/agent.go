@@ -21,6 +21,7 @@ import (
 	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/fault"
+	"github.com/torpor-hpc/torpor/metrics"
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/pmix/link"
 	"github.com/torpor-hpc/torpor/shim/appfiles"
@@ -58,6 +59,9 @@ type Config struct {
 	// without it holds none of the files, and CRIU refuses to restore it
 	// once a file the job holds open changed size.
 	NoAppFiles bool
+	// Metrics, if set, records CRIU restore times and the bytes restores
+	// read (the rest is counted by metrics.Instrument around the Agent).
+	Metrics *metrics.Shim
 }
 
 // Agent is one host's shim logic.
@@ -781,7 +785,8 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 			return a.restoreEvent(ctx, agentapi.NodeRef{Job: job, Node: spec.Name}, ev)
 		}
 	}
-	if _, err := n.sb.Restore(ctx, a.drv, opts); err != nil {
+	rres, err := n.sb.Restore(ctx, a.drv, opts)
+	if err != nil {
 		return err
 	}
 	if a.afterRestore != nil {
@@ -794,7 +799,9 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 	if err := a.saveRecord(n); err != nil {
 		return err
 	}
-	a.log.Info("job-node restored", "job", job, "node", spec.Name, "from", dir)
+	a.cfg.Metrics.CRIU("restore", rres.Elapsed)
+	a.cfg.Metrics.Read(imagesBytes(dir))
+	a.log.Info("job-node restored", "job", job, "node", spec.Name, "from", dir, "criu", rres.Elapsed)
 	return nil
 }
 
@@ -877,4 +884,21 @@ func (a *Agent) Close(ctx context.Context) error {
 		errs = append(errs, a.destroy(ctx, n))
 	}
 	return errors.Join(errs...)
+}
+
+// imagesBytes is the size of the regular files below a job-node's images
+// directory but its node manifest, as the node manifest counts them: what a
+// restore reads (metrics only; 0 if it cannot be walked).
+func imagesBytes(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() || p == filepath.Join(dir, catalog.NodeManifestName) {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			n += info.Size()
+		}
+		return nil
+	})
+	return n
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/metrics"
 )
 
 // ServeConfig runs an Agent as the `torpor shim` daemon.
@@ -31,6 +32,10 @@ type ServeConfig struct {
 	ClientTLS     *tls.Config
 	// Ready, if set, receives the listening address once serving.
 	Ready chan<- net.Addr
+	// MetricsListen, if set, is where the shim serves its Prometheus
+	// metrics over HTTP (/metrics); the bound address is logged ("serving
+	// metrics").
+	MetricsListen string
 }
 
 // Serve runs the shim until ctx ends, then destroys its job-nodes: a shim
@@ -64,6 +69,15 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return err
 	}
+	var m *metrics.Shim
+	if cfg.MetricsListen != "" {
+		m = metrics.NewShim(a.Nodes)
+		a.cfg.Metrics = m
+		if _, err := metrics.Serve(ctx, cfg.MetricsListen, m.Registry, a.log); err != nil {
+			return err
+		}
+	}
+
 	defer a.Close(context.WithoutCancel(ctx))
 	// Job-nodes a previous shim of this host left when it died are ours now.
 	if n, err := a.Adopt(ctx); err != nil {
@@ -81,7 +95,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg.ServerTLS)))
-	apiv1.RegisterShimServer(gs, agentapi.Server{Agent: a})
+	apiv1.RegisterShimServer(gs, agentapi.Server{Agent: metrics.Instrument(a, m)})
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
 	defer gs.Stop()
@@ -114,9 +128,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		case err != nil && ctx.Err() == nil:
 			a.log.Warn("register with coordinator", "coordinator", cfg.Join, "err", err)
 			registered = false
+			m.Registered(false)
 		case err == nil && !registered:
 			a.log.Info("registered with coordinator", "coordinator", cfg.Join)
 			registered = true
+			m.Registered(true)
 		}
 		wait := every
 		if !registered {

@@ -1,0 +1,282 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/torpor-hpc/torpor/internal/atomicfile"
+)
+
+// Event types. The history (`torpor events`) keeps every type but
+// EventProgress, which only followers of a running operation see.
+const (
+	EventState            = "state"             // a job moved from one state to another
+	EventCheckpoint       = "checkpoint"        // a checkpoint was committed
+	EventCheckpointFailed = "checkpoint-failed" // a checkpoint was aborted, or its job could not resume
+	EventRestart          = "restart"           // a job was restored from a checkpoint
+	EventRestartFailed    = "restart-failed"
+	EventMigration        = "migration" // a job-node moved to another host
+	EventMigrationFailed  = "migration-failed"
+	EventProgress         = "progress" // a phase of a running operation began, advanced or ended (not kept)
+)
+
+// Event is one entry of the coordinator's history. Which fields are set
+// depends on Type; docs/observability.md has the table.
+type Event struct {
+	Seq   uint64    `json:"seq"`
+	Time  time.Time `json:"time"`
+	Job   string    `json:"job"`
+	Owner int       `json:"owner"`
+	Type  string    `json:"type"`
+	// state: the move and why.
+	From   State  `json:"from,omitempty"`
+	To     State  `json:"to,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// checkpoint, restart: the checkpoint, its size and the phase timings.
+	Handle string           `json:"handle,omitempty"`
+	Bytes  int64            `json:"bytes,omitempty"`
+	Phases map[string]int64 `json:"phases_ns,omitempty"`
+	// migration: the job-node, its old and new host.
+	Node     string `json:"node,omitempty"`
+	FromHost string `json:"from_host,omitempty"`
+	ToHost   string `json:"to_host,omitempty"`
+	// *-failed: the error, and the phase it failed in.
+	Error       string `json:"error,omitempty"`
+	FailedPhase string `json:"failed_phase,omitempty"`
+	// progress: the operation, its phase, whether the phase ended, its
+	// time so far and the bytes it moved so far.
+	Operation string `json:"operation,omitempty"`
+	Phase     string `json:"phase,omitempty"`
+	Done      bool   `json:"done,omitempty"`
+	ElapsedNS int64  `json:"elapsed_ns,omitempty"`
+}
+
+// The history's bounds: at most MaxJobEvents per job and MaxEvents in all;
+// the oldest go first.
+const (
+	MaxJobEvents = 200
+	MaxEvents    = 2000
+	// recentEvents is how many events, progress included, followers can
+	// catch up on.
+	recentEvents = 1024
+)
+
+const eventsFile = "events.json"
+
+// eventsOnDisk is events.json.
+type eventsOnDisk struct {
+	Format int     `json:"format"`
+	Next   uint64  `json:"next_seq"`
+	Events []Event `json:"events"`
+}
+
+// eventLog is the coordinator's history: kept in memory, bounded, written
+// atomically to the state directory after every event, read back when a
+// coordinator starts.
+type eventLog struct {
+	path string // "" = not persisted
+	// perJob and total are the bounds: MaxJobEvents and MaxEvents.
+	perJob, total int
+
+	mu      sync.Mutex
+	next    uint64
+	kept    []Event // the history, oldest first
+	recent  []Event // the last recentEvents events, progress included
+	changed chan struct{}
+	onEvent func(typ string)
+}
+
+func newEventLog(stateDir string) (*eventLog, error) {
+	l := &eventLog{next: 1, changed: make(chan struct{}), perJob: MaxJobEvents, total: MaxEvents}
+	if stateDir == "" {
+		return l, nil
+	}
+	l.path = filepath.Join(stateDir, eventsFile)
+	data, err := os.ReadFile(l.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return l, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read event history: %w", err)
+	}
+	var d eventsOnDisk
+	if err := json.Unmarshal(data, &d); err != nil || d.Format != 1 {
+		return nil, fmt.Errorf("parse event history %s: %v (format %d; move it away to start with an empty history)", l.path, err, d.Format)
+	}
+	l.kept = d.Events
+	l.next = d.Next
+	for _, e := range l.kept {
+		if e.Seq >= l.next {
+			l.next = e.Seq + 1
+		}
+	}
+	return l, nil
+}
+
+// add records an event; it returns the error of persisting the history
+// (the event is kept in memory whatever).
+func (l *eventLog) add(e Event) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e.Seq = l.next
+	l.next++
+	l.recent = append(l.recent, e)
+	if len(l.recent) > recentEvents {
+		l.recent = append([]Event(nil), l.recent[len(l.recent)-recentEvents:]...)
+	}
+	close(l.changed)
+	l.changed = make(chan struct{})
+	if l.onEvent != nil {
+		l.onEvent(e.Type)
+	}
+	if e.Type == EventProgress {
+		return nil
+	}
+	l.kept = append(l.kept, e)
+	l.trim(e.Job)
+	return l.saveLocked()
+}
+
+// trim applies the bounds after an event of job was added.
+func (l *eventLog) trim(job string) {
+	n := 0
+	for _, e := range l.kept {
+		if e.Job == job {
+			n++
+		}
+	}
+	if n > l.perJob {
+		for i, e := range l.kept {
+			if e.Job == job {
+				l.kept = append(l.kept[:i:i], l.kept[i+1:]...)
+				break
+			}
+		}
+	}
+	if len(l.kept) > l.total {
+		l.kept = append([]Event(nil), l.kept[len(l.kept)-l.total:]...)
+	}
+}
+
+func (l *eventLog) saveLocked() error {
+	if l.path == "" {
+		return nil
+	}
+	data, err := json.Marshal(eventsOnDisk{Format: 1, Next: l.next, Events: l.kept})
+	if err != nil {
+		return fmt.Errorf("encode event history: %w", err)
+	}
+	return atomicfile.Write(l.path, data, 0o600)
+}
+
+// history returns the kept events that match, oldest first, and the
+// sequence number after which a follower goes on.
+func (l *eventLog) history(match func(Event) bool) ([]Event, uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []Event
+	for _, e := range l.kept {
+		if match(e) {
+			out = append(out, e)
+		}
+	}
+	return out, l.next - 1
+}
+
+// follow calls send for every event after seq that matches, as they come,
+// until ctx ends or send fails.
+func (l *eventLog) follow(ctx context.Context, after uint64, match func(Event) bool, send func(Event) error) error {
+	for {
+		l.mu.Lock()
+		var out []Event
+		for _, e := range l.recent {
+			if e.Seq > after && match(e) {
+				out = append(out, e)
+			}
+		}
+		if len(l.recent) > 0 {
+			after = max(after, l.recent[len(l.recent)-1].Seq)
+		}
+		changed := l.changed
+		l.mu.Unlock()
+		for _, e := range out {
+			if err := send(e); err != nil {
+				return err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
+// event records e for the job it names, filling in its time and owner.
+func (c *Coordinator) event(e Event) {
+	e.Time = c.now()
+	if e.Owner == 0 {
+		c.mu.Lock()
+		if j, ok := c.jobs[e.Job]; ok {
+			e.Owner = j.Spec.Owner
+		}
+		c.mu.Unlock()
+	}
+	c.eventLocked(e)
+}
+
+// eventLocked is event for a caller that holds c.mu and set e.Owner.
+func (c *Coordinator) eventLocked(e Event) {
+	if e.Time.IsZero() {
+		e.Time = c.now()
+	}
+	if err := c.events.add(e); err != nil {
+		c.log.Error("persist event history", "job", e.Job, "err", err)
+	}
+}
+
+// noteStatesLocked records a state event for every job whose state changed
+// since the last call (c.mu held). Every state change is persisted through
+// saveLocked, which calls this: no move goes unrecorded.
+func (c *Coordinator) noteStatesLocked() {
+	for id, j := range c.jobs {
+		prev, seen := c.lastState[id]
+		if seen && prev == j.State {
+			continue
+		}
+		c.lastState[id] = j.State
+		c.eventLocked(Event{Job: id, Owner: j.Spec.Owner, Type: EventState, From: prev, To: j.State, Reason: j.Reason, Time: j.Updated})
+	}
+}
+
+// EventFilter selects events for Events.
+type EventFilter struct {
+	Job string // "" = every job
+	// UID is who asks: non-root callers see their own jobs' events only.
+	UID int
+	// Progress includes progress events (followers only).
+	Progress bool
+}
+
+func (f EventFilter) match(e Event) bool {
+	return (f.Job == "" || e.Job == f.Job) && (f.UID == 0 || e.Owner == f.UID) && (f.Progress || e.Type != EventProgress)
+}
+
+// History returns the kept events that f selects, oldest first, and the
+// sequence number to follow from.
+func (c *Coordinator) History(f EventFilter) ([]Event, uint64) {
+	return c.events.history(f.match)
+}
+
+// Follow sends every event f selects after seq as it happens, until ctx
+// ends or send fails.
+func (c *Coordinator) Follow(ctx context.Context, after uint64, f EventFilter, send func(Event) error) error {
+	return c.events.follow(ctx, after, f.match, send)
+}

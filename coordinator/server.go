@@ -322,8 +322,20 @@ func (s *Server) Fence(ctx context.Context, req *apiv1.FenceRequest) (*apiv1.Fen
 	}
 	// A fence waits for every job-node; a coordinator that stops ends the
 	// wait at once (pmixd asks the next one), not after Close's grace.
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := s.untilStopping(ctx)
 	defer cancel()
+	data, err := s.C.Fence(ctx, agentapi.FenceRequest{Job: req.Job, Node: int(req.Node), Nodes: nodes, Signature: req.Signature, Seq: req.Seq, Data: req.Data})
+	if err != nil {
+		return nil, agentapi.ToRPC(err)
+	}
+	return &apiv1.FenceReply{Data: data}, nil
+}
+
+// untilStopping is ctx, also ended when the coordinator stops: for calls
+// that wait on others (fences, followed events), which would otherwise hold
+// Close for its whole grace.
+func (s *Server) untilStopping(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
 	if s.Stopping != nil {
 		go func() {
 			select {
@@ -333,11 +345,7 @@ func (s *Server) Fence(ctx context.Context, req *apiv1.FenceRequest) (*apiv1.Fen
 			}
 		}()
 	}
-	data, err := s.C.Fence(ctx, agentapi.FenceRequest{Job: req.Job, Node: int(req.Node), Nodes: nodes, Signature: req.Signature, Seq: req.Seq, Data: req.Data})
-	if err != nil {
-		return nil, agentapi.ToRPC(err)
-	}
-	return &apiv1.FenceReply{Data: data}, nil
+	return ctx, cancel
 }
 
 // shimCaller accepts calls from shims: over mutual TLS, or from root on the
@@ -396,17 +404,8 @@ func (s *Server) Events(req *apiv1.EventsRequest, stream apiv1.Coordinator_Event
 	if !req.Follow {
 		return nil
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := s.untilStopping(ctx)
 	defer cancel()
-	if s.Stopping != nil {
-		go func() {
-			select {
-			case <-s.Stopping:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
-	}
 	err = s.C.Follow(ctx, after, f, func(e Event) error { return stream.Send(EventToPB(e)) })
 	if stream.Context().Err() == nil && ctx.Err() != nil {
 		return status.Error(codes.Unavailable, "the coordinator is stopping; follow again")

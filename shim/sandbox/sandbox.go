@@ -63,9 +63,10 @@ type Config struct {
 	CgroupMount string
 	// Cgroup is the leaf below the mount, e.g. "/torpor/job1/n0".
 	Cgroup string
-	// CgroupParent is the shim's directory of sandbox cgroups: Destroy
-	// removes the leaf's parents that it leaves empty, up to this one.
-	// Default DefaultCgroupParent.
+	// CgroupParent is the shim's directory of sandbox cgroups (default
+	// DefaultCgroupParent): Destroy removes the leaf's parents that it
+	// leaves empty, up to the first directory of this path below the
+	// mount, which stays ("/torpor" for "/torpor/cluster1").
 	CgroupParent string
 	// Locked creates the sandbox with its interface down (LockNetwork's lock
 	// held): a restore target must not answer its peers before its sockets
@@ -576,6 +577,17 @@ func (s *Sandbox) Release() {
 	s.setState(Destroyed)
 }
 
+// cgroupTop is the first directory of parent below the mount ("/torpor"
+// for "/torpor/cluster1"), DefaultCgroupParent's if parent is empty.
+func cgroupTop(parent string) string {
+	p := strings.Trim(filepath.Clean("/"+parent), "/")
+	if p == "" {
+		p = strings.Trim(DefaultCgroupParent, "/")
+	}
+	top, _, _ := strings.Cut(p, "/")
+	return "/" + top
+}
+
 func (s *Sandbox) teardown(ctx context.Context) error {
 	var errs []error
 	if s.cg != nil {
@@ -595,11 +607,7 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 		if err := s.cg.Remove(ctx); err != nil {
 			errs = append(errs, err)
 		}
-		parent := s.cfg.CgroupParent
-		if parent == "" {
-			parent = DefaultCgroupParent
-		}
-		s.cg.RemoveEmptyParents(parent)
+		s.cg.RemoveEmptyParents(cgroupTop(s.cfg.CgroupParent))
 	}
 	if s.host != nil {
 		// Delete the host end now: namespace teardown is asynchronous.

@@ -44,6 +44,14 @@ type NodeManifest struct {
 // 0700, and writes dir/node-manifest.json atomically. Symbolic links and special
 // files are refused: they could not be verified.
 func WriteNodeManifest(ctx context.Context, dir string) (NodeManifest, error) {
+	return WriteNodeManifestWith(ctx, dir, nil)
+}
+
+// WriteNodeManifestWith is WriteNodeManifest taking the SHA-256 of a file
+// from sums (a StreamHasher's, which hashed the file while it was written)
+// when the file is still the one hashed there: the same inode, size,
+// modification and change time. Every other file is hashed here.
+func WriteNodeManifestWith(ctx context.Context, dir string, sums Sums) (NodeManifest, error) {
 	node := filepath.Base(filepath.Clean(dir))
 	if err := validName("job-node name", node); err != nil {
 		return NodeManifest{}, fmt.Errorf("write node manifest in %s: %w", dir, err)
@@ -79,12 +87,21 @@ func WriteNodeManifest(ctx context.Context, dir string) (NodeManifest, error) {
 		case !d.Type().IsRegular():
 			return fmt.Errorf("%s is a %s, not a regular file: node images may only contain regular files", p, describeType(d.Type()))
 		}
+		// Looked at before the chmod, which changes the change time.
+		known, ok := sums[rel]
+		if ok {
+			info, err := d.Info()
+			ok = err == nil && known.matches(info)
+		}
 		if err := os.Chmod(p, 0o600); err != nil {
 			return ioErr("chmod", p, err)
 		}
-		size, sum, err := hashFile(ctx, p, buf)
-		if err != nil {
-			return err
+		size, sum := known.Size, known.SHA256
+		if !ok {
+			var err error
+			if size, sum, err = hashFile(ctx, p, buf); err != nil {
+				return err
+			}
 		}
 		m.Files = append(m.Files, FileEntry{Path: rel, Size: size, SHA256: sum})
 		m.TotalBytes += size

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -113,7 +114,16 @@ func TestVerifyDetectsTampering(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.wantMsg) || !strings.Contains(err.Error(), tt.wantFile) {
 				t.Fatalf("Verify error %q does not say %q", err, tt.wantMsg)
 			}
+			// A restart's split verification fails as well, naming the
+			// file: the coordinator's VerifyLayout, or a shim's check of its
+			// node's images against the digest the job manifest records.
+			if err := splitVerify(s, cp.Handle); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path.Base(tt.wantFile)) {
+				t.Fatalf("split verification = %v, want ErrCorrupt naming %s", err, tt.wantFile)
+			}
 			// The untouched checkpoint still verifies.
+			if err := splitVerify(s, other.Handle); err != nil {
+				t.Fatalf("other checkpoint, split verification: %v", err)
+			}
 			if err := s.Verify(context.Background(), other.Handle); err != nil {
 				t.Fatalf("other checkpoint: %v", err)
 			}
@@ -128,6 +138,31 @@ func TestVerifyDetectsTampering(t *testing.T) {
 			}
 		})
 	}
+}
+
+// splitVerify is a restart's verification: VerifyLayout, then each node's
+// images in full against the node manifest's digest in the job manifest.
+func splitVerify(s *Store, handle string) error {
+	ctx := context.Background()
+	if err := s.VerifyLayout(ctx, handle); err != nil {
+		return err
+	}
+	cp, err := s.Get(handle)
+	if err != nil {
+		return err
+	}
+	for _, n := range cp.Manifest.Nodes {
+		imgs, err := OpenNodeImages(cp.NodeDir(n.Name), n.ManifestSHA256)
+		if err != nil {
+			return err
+		}
+		err = imgs.Verify(ctx, func(string) bool { return true })
+		imgs.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func TestWrongKey(t *testing.T) {

@@ -160,6 +160,17 @@ func (f *fakeAgent) Restore(ctx context.Context, job string, n agentapi.NodeSpec
 	if err := f.step(ctx, PhaseRestore); err != nil {
 		return err
 	}
+	if req.NodeManifestSHA256 != "" {
+		// As a real shim does, on the real catalog's images.
+		imgs, err := catalog.OpenNodeImages(req.Dir, req.NodeManifestSHA256)
+		if err == nil {
+			err = imgs.Verify(ctx, func(string) bool { return true })
+			imgs.Close()
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %w", agentapi.ErrCorrupt, err)
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.restoredFrom = append(f.restoredFrom, req.Checkpoint)
@@ -259,6 +270,13 @@ func (s *memStore) Verify(_ context.Context, h string) error {
 	}
 	return nil
 }
+
+// VerifyLayout is Verify: the fake's corruption stands for any failure.
+func (s *memStore) VerifyLayout(ctx context.Context, h string) error { return s.Verify(ctx, h) }
+
+// NodeManifestSHA256 is "": the fake store's checkpoints hold no images
+// for a shim to verify.
+func (s *memStore) NodeManifestSHA256(h, node string) (string, error) { return "", nil }
 func (s *memStore) Load(h string) (Manifest, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

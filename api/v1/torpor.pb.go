@@ -561,9 +561,14 @@ type RestoreRequest struct {
 	Dir   string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
 	// The checkpoint handle ("<job>/<seq>") the images belong to: the ranks'
 	// restore event names it.
-	Checkpoint    string `protobuf:"bytes,4,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Checkpoint string `protobuf:"bytes,4,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// The SHA-256 (hex) of the job-node's node manifest, as the job manifest
+	// records it (the coordinator checked the job manifest's HMAC): the shim
+	// verifies the images against it (docs/protocol.md, Restart). Empty for a
+	// migration's images, which are never committed.
+	NodeManifestSha256 string `protobuf:"bytes,5,opt,name=node_manifest_sha256,json=nodeManifestSha256,proto3" json:"node_manifest_sha256,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *RestoreRequest) Reset() {
@@ -620,6 +625,13 @@ func (x *RestoreRequest) GetDir() string {
 func (x *RestoreRequest) GetCheckpoint() string {
 	if x != nil {
 		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *RestoreRequest) GetNodeManifestSha256() string {
+	if x != nil {
+		return x.NodeManifestSha256
 	}
 	return ""
 }
@@ -1841,14 +1853,15 @@ const file_torpor_proto_rawDesc = "" +
 	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\x12\x14\n" +
 	"\x05files\x18\x02 \x01(\x05R\x05files\x12\x1d\n" +
 	"\n" +
-	"criu_nanos\x18\x04 \x01(\x03R\tcriuNanosJ\x04\b\x03\x10\x04\"}\n" +
+	"criu_nanos\x18\x04 \x01(\x03R\tcriuNanosJ\x04\b\x03\x10\x04\"\xaf\x01\n" +
 	"\x0eRestoreRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12'\n" +
 	"\x04node\x18\x02 \x01(\v2\x13.torpor.v1.NodeSpecR\x04node\x12\x10\n" +
 	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x04 \x01(\tR\n" +
-	"checkpoint\")\n" +
+	"checkpoint\x120\n" +
+	"\x14node_manifest_sha256\x18\x05 \x01(\tR\x12nodeManifestSha256\")\n" +
 	"\x11RestoreFilesReply\x12\x14\n" +
 	"\x05moved\x18\x01 \x03(\tR\x05moved\"u\n" +
 	"\n" +

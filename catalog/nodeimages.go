@@ -2,7 +2,6 @@ package catalog
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -17,15 +16,18 @@ const maxReadFile = 64 << 20
 // NodeImages is one job-node's images, held against its node manifest, for
 // the shim that restores them. The coordinator checks the job manifest's
 // HMAC and hands the shim the node manifest's SHA-256 it records; with it
-// the shim checks the node manifest, then every file's content as it uses
-// it: ReadFile returns only bytes that match the manifest, Verify hashes
-// files and compares. Every access stays inside the node directory
+// the shim checks the node manifest, then every file's content (its SHA-256
+// or BLAKE3, as the node manifest's format says) as it uses it: ReadFile
+// returns only bytes that match the manifest, Verify hashes files and
+// compares. Every access stays inside the node directory
 // (os.Root: no symbolic link leads out).
 type NodeImages struct {
-	dir   string
-	root  *os.Root
-	files map[string]FileEntry
-	order []FileEntry
+	dir    string
+	root   *os.Root
+	format int // the node manifest's
+	dg     fileDigest
+	files  map[string]FileEntry
+	order  []FileEntry
 }
 
 // OpenNodeImages reads dir's node manifest, refuses it unless its SHA-256 is
@@ -58,7 +60,8 @@ func OpenNodeImages(dir, manifestSHA256 string) (*NodeImages, error) {
 	for _, f := range nm.Files {
 		n.files[f.Path] = f
 	}
-	n.order = nm.Files
+	n.order, n.format = nm.Files, nm.Format
+	n.dg, _ = digestOf(nm.Format) // parseNodeManifest checked it
 	return n, nil
 }
 
@@ -93,9 +96,10 @@ func (n *NodeImages) ReadFile(name string) ([]byte, error) {
 	if int64(len(data)) != f.Size {
 		return nil, n.corrupt(name, fmt.Sprintf("size is %d bytes, the manifest records %d", len(data), f.Size), nil)
 	}
-	sum := sha256.Sum256(data)
-	if got := hex.EncodeToString(sum[:]); got != f.SHA256 {
-		return nil, n.corrupt(name, fmt.Sprintf("content differs from the manifest (sha256 %s, recorded %s)", got, f.SHA256), nil)
+	h := n.dg.new()
+	h.Write(data)
+	if got, want := hex.EncodeToString(h.Sum(nil)), f.digest(n.format); got != want {
+		return nil, n.corrupt(name, fmt.Sprintf("content differs from the manifest (%s %s, recorded %s)", n.dg.name, got, want), nil)
 	}
 	return data, nil
 }
@@ -109,7 +113,7 @@ func (n *NodeImages) Verify(ctx context.Context, pick func(name string) bool) er
 		if !pick(f.Path) {
 			continue
 		}
-		size, sum, err := hashRootFile(ctx, n.root, f.Path, buf)
+		size, sum, err := hashRootFile(ctx, n.root, f.Path, n.dg, buf)
 		if err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("verify the images in %s: %w", n.dir, ctx.Err())
@@ -119,8 +123,8 @@ func (n *NodeImages) Verify(ctx context.Context, pick func(name string) bool) er
 		if size != f.Size {
 			return n.corrupt(f.Path, fmt.Sprintf("size changed to %d bytes during verification, the manifest records %d", size, f.Size), nil)
 		}
-		if sum != f.SHA256 {
-			return n.corrupt(f.Path, fmt.Sprintf("content differs from the manifest (sha256 %s, recorded %s)", sum, f.SHA256), nil)
+		if want := f.digest(n.format); sum != want {
+			return n.corrupt(f.Path, fmt.Sprintf("content differs from the manifest (%s %s, recorded %s)", n.dg.name, sum, want), nil)
 		}
 	}
 	return nil

@@ -2,7 +2,6 @@ package catalog
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -56,11 +55,11 @@ type streamFile struct {
 	n int64
 }
 
-// FileSum is a file's SHA-256 as a StreamHasher computed it, and what the
-// file looked like right after.
+// FileSum is a file's digest (BLAKE3, as NodeManifestFormat records it) as
+// a StreamHasher computed it, and what the file looked like right after.
 type FileSum struct {
 	Size   int64
-	SHA256 string
+	Digest string
 	ino    uint64
 	mtime  syscall.Timespec
 	ctime  syscall.Timespec
@@ -135,7 +134,7 @@ func (s *StreamHasher) hashComplete(rel string, buf []byte) {
 		return
 	}
 	defer f.Close()
-	st := &streamFile{f: f, h: sha256.New()}
+	st := &streamFile{f: f, h: newBLAKE3()}
 	if st.n, err = io.CopyBuffer(st.h, f, buf); err != nil {
 		return
 	}
@@ -162,7 +161,7 @@ func (s *StreamHasher) scan(buf []byte) error {
 			}
 			return ioErr("open", filepath.Join(s.dir, name), err)
 		}
-		s.files[name] = &streamFile{f: f, h: sha256.New()}
+		s.files[name] = &streamFile{f: f, h: newBLAKE3()}
 	}
 	for name, st := range s.files {
 		for {
@@ -192,7 +191,7 @@ func (st *streamFile) sum() (FileSum, bool) {
 	if !ok || fi.Size() != st.n {
 		return FileSum{}, false
 	}
-	return FileSum{Size: st.n, SHA256: hex.EncodeToString(st.h.Sum(nil)), ino: sys.Ino, mtime: sys.Mtim, ctime: sys.Ctim}, true
+	return FileSum{Size: st.n, Digest: hex.EncodeToString(st.h.Sum(nil)), ino: sys.Ino, mtime: sys.Mtim, ctime: sys.Ctim}, true
 }
 
 // Finish is called once the writer is done: it hashes what the followed

@@ -91,9 +91,13 @@ func verifyFiles(ctx context.Context, cp Checkpoint) error {
 	}
 	buf := make([]byte, 1<<20)
 	for _, n := range nodes {
+		dg, err := digestOf(n.m.Format)
+		if err != nil {
+			return err
+		}
 		for _, f := range n.m.Files {
 			fp := path.Join(n.dir, f.Path)
-			size, sum, err := hashRootFile(ctx, root, fp, buf)
+			size, sum, err := hashRootFile(ctx, root, fp, dg, buf)
 			if err != nil {
 				if ctx.Err() != nil {
 					return fmt.Errorf("verify %s: %w", cp.Handle, ctx.Err())
@@ -103,8 +107,8 @@ func verifyFiles(ctx context.Context, cp Checkpoint) error {
 			if size != f.Size {
 				return corrupt(fp, fmt.Sprintf("size changed to %d bytes during verification, the manifest records %d", size, f.Size), nil)
 			}
-			if sum != f.SHA256 {
-				return corrupt(fp, fmt.Sprintf("content differs from the manifest (sha256 %s, recorded %s)", sum, f.SHA256), nil)
+			if want := f.digest(n.m.Format); sum != want {
+				return corrupt(fp, fmt.Sprintf("content differs from the manifest (%s %s, recorded %s)", dg.name, sum, want), nil)
 			}
 		}
 	}
@@ -239,13 +243,13 @@ func checkNodeFiles(root *os.Root, dir string, nm NodeManifest, corrupt func(fil
 	return nil
 }
 
-func hashRootFile(ctx context.Context, root *os.Root, name string, buf []byte) (int64, string, error) {
+func hashRootFile(ctx context.Context, root *os.Root, name string, dg fileDigest, buf []byte) (int64, string, error) {
 	f, err := root.Open(name)
 	if err != nil {
 		return 0, "", err
 	}
 	defer f.Close()
-	return hashReader(ctx, name, f, buf)
+	return hashReader(ctx, name, f, dg, buf)
 }
 
 func readLimited(fsys fs.FS, name string, limit int64) ([]byte, error) {

@@ -780,6 +780,7 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 	if err != nil {
 		return err
 	}
+	created := time.Now()
 	defer func() {
 		if err == nil {
 			return
@@ -871,7 +872,7 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		return err
 	}
 	a.log.Info("job-node restored", "job", job, "node", spec.Name, "ckpt", req.Checkpoint, "from", dir,
-		"prepare_time", criuStart.Sub(start), "criu", criuDone.Sub(criuStart), "verify_wait", pages.waited())
+		"prepare_time", criuStart.Sub(start), "sandbox_time", created.Sub(start), "criu", criuDone.Sub(criuStart), "verify_wait", pages.waited())
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -24,7 +25,9 @@ import (
 // whatever has been appended since it last looked, polling every
 // streamPoll while nothing is new. Every file already below the directory
 // when the hasher starts (what the shim wrote before CRIU: the application's
-// files) is hashed whole once in the background: it is complete.
+// files) is hashed whole once in the background: it is complete. Such a
+// file is never followed, even if follow picks its name: a writer that
+// truncated and rewrote it would not be appending.
 //
 // Finish, called when the writer is done, hashes what is left and returns
 // the sums. WriteNodeManifestWith uses a sum only if the file still is what
@@ -45,6 +48,7 @@ type StreamHasher struct {
 	// Only the hasher's goroutine touches these until done is closed.
 	files    map[string]*streamFile
 	complete []string
+	existing map[string]bool // top-level names there at the start
 	sums     Sums
 	err      error
 }
@@ -75,11 +79,14 @@ const streamPoll = time.Millisecond
 // in dir's top level) while they are written, and every file already below
 // dir whole. Call Finish once the writer is done, or Stop to give up.
 func StartStreamHasher(dir string, follow func(name string) bool) *StreamHasher {
-	s := &StreamHasher{dir: dir, follow: follow, stop: make(chan struct{}), done: make(chan struct{}), files: map[string]*streamFile{}, sums: Sums{}}
+	s := &StreamHasher{dir: dir, follow: follow, stop: make(chan struct{}), done: make(chan struct{}), files: map[string]*streamFile{}, sums: Sums{}, existing: map[string]bool{}}
 	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.Type().IsRegular() {
 			if rel, rerr := filepath.Rel(dir, p); rerr == nil {
 				s.complete = append(s.complete, filepath.ToSlash(rel))
+				if !strings.Contains(filepath.ToSlash(rel), "/") {
+					s.existing[rel] = true
+				}
 			}
 		}
 		return nil
@@ -151,7 +158,7 @@ func (s *StreamHasher) scan(buf []byte) error {
 	}
 	for _, e := range ents {
 		name := e.Name()
-		if _, ok := s.files[name]; ok || !e.Type().IsRegular() || !s.follow(name) {
+		if _, ok := s.files[name]; ok || s.existing[name] || !e.Type().IsRegular() || !s.follow(name) {
 			continue
 		}
 		f, err := os.Open(filepath.Join(s.dir, name))

@@ -34,6 +34,29 @@ func TestStreamHasher(t *testing.T) {
 		dir, sums := streamWrite(t)
 		check(t, dir, sums)
 	})
+	t.Run("there before", func(t *testing.T) {
+		// A file of a followed name that was there before the hasher, then
+		// truncated and written again, is not taken for one appended to.
+		dir := filepath.Join(t.TempDir(), "n0")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, "pages-1.img")
+		if err := os.WriteFile(p, bytes.Repeat([]byte("old"), 50000), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		h := StartStreamHasher(dir, func(name string) bool { return strings.HasPrefix(name, "pages-") })
+		defer h.Stop()
+		time.Sleep(20 * time.Millisecond)
+		if err := os.WriteFile(p, bytes.Repeat([]byte("new!"), 50000), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		sums, err := h.Finish(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, dir, sums)
+	})
 	t.Run("rewritten after", func(t *testing.T) {
 		dir, sums := streamWrite(t)
 		// Rewritten in place at the same size after it was hashed.

@@ -84,6 +84,14 @@ type RestoreRequest struct {
 	NodeManifestSHA256 string
 }
 
+// ImageVerifier is implemented by an Agent that may verify a restart's
+// images itself (RestoreRequest.NodeManifestSHA256). An Agent that does not
+// implement it, or says false, is given only images the coordinator has
+// verified whole.
+type ImageVerifier interface {
+	VerifiesImages() bool
+}
+
 // RestoreFilesResult is what a shim reports after putting a job-node's
 // files back.
 type RestoreFilesResult struct {

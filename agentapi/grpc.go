@@ -10,7 +10,13 @@ import (
 // Client is an Agent reached over gRPC: the Shim service of one host.
 type Client struct {
 	Shim apiv1.ShimClient
+	// Verifies says the shim registered with verifies_images: it verifies
+	// a restart's images against RestoreRequest.NodeManifestSHA256.
+	Verifies bool
 }
+
+// VerifiesImages implements ImageVerifier.
+func (c Client) VerifiesImages() bool { return c.Verifies }
 
 var _ Agent = Client{}
 

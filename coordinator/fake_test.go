@@ -43,7 +43,12 @@ type fakeAgent struct {
 	restoredFrom []string
 	// moved is what RestoreFiles reports moved aside.
 	moved []string
+	// oldShim: the agent does not verify a restart's images (a shim that
+	// registered without verifies_images).
+	oldShim bool
 }
+
+func (f *fakeAgent) VerifiesImages() bool { return !f.oldShim }
 
 // restores returns the checkpoint handles the agent was asked to restore from.
 func (f *fakeAgent) restores() []string {
@@ -160,7 +165,7 @@ func (f *fakeAgent) Restore(ctx context.Context, job string, n agentapi.NodeSpec
 	if err := f.step(ctx, PhaseRestore); err != nil {
 		return err
 	}
-	if req.NodeManifestSHA256 != "" {
+	if req.NodeManifestSHA256 != "" && !f.oldShim {
 		// As a real shim does, on the real catalog's images.
 		imgs, err := catalog.OpenNodeImages(req.Dir, req.NodeManifestSHA256)
 		if err == nil {

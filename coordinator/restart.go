@@ -61,6 +61,12 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 	if err != nil {
 		return res, err
 	}
+	if !opts.Fallback && !c.shimsVerify(spec.Nodes) {
+		// A shim that does not verify images is given only verified ones.
+		if err := c.store.Verify(ctx, res.Checkpoint); err != nil {
+			return res, fmt.Errorf("checkpoint %s fails verification, refusing to restart from it: %w", res.Checkpoint, err)
+		}
+	}
 
 	// A job the coordinator lost track of (state directory wiped) is adopted from its manifest.
 	c.mu.Lock()
@@ -133,6 +139,21 @@ func (c *Coordinator) Restart(ctx context.Context, ref string, opts RestartOptio
 	})
 	log.Info("job restarted", "timings", t.String())
 	return res, nil
+}
+
+// shimsVerify says whether the shim of every job-node's host verifies a
+// restart's images itself (agentapi.ImageVerifier).
+func (c *Coordinator) shimsVerify(nodes []agentapi.NodeSpec) bool {
+	for _, n := range nodes {
+		a, err := c.agent(n.Host)
+		if err != nil {
+			return false
+		}
+		if v, ok := a.(agentapi.ImageVerifier); !ok || !v.VerifiesImages() {
+			return false
+		}
+	}
+	return true
 }
 
 // restoreRequest is what a shim needs to restore one job-node of a

@@ -787,12 +787,17 @@ func (*Empty) Descriptor() ([]byte, []int) {
 }
 
 type RegisterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`                   // the shim's host name
-	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`             // where its Shim service listens (host:port)
-	RunDir        string                 `protobuf:"bytes,3,opt,name=run_dir,json=runDir,proto3" json:"run_dir,omitempty"` // the shim's run directory
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Host    string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`                   // the shim's host name
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`             // where its Shim service listens (host:port)
+	RunDir  string                 `protobuf:"bytes,3,opt,name=run_dir,json=runDir,proto3" json:"run_dir,omitempty"` // the shim's run directory
+	// The shim verifies a restart's images against
+	// RestoreRequest.node_manifest_sha256. The coordinator verifies every
+	// image itself before a restart that involves a shim that does not say so
+	// (one older than this field).
+	VerifiesImages bool `protobuf:"varint,4,opt,name=verifies_images,json=verifiesImages,proto3" json:"verifies_images,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RegisterRequest) Reset() {
@@ -844,6 +849,13 @@ func (x *RegisterRequest) GetRunDir() string {
 		return x.RunDir
 	}
 	return ""
+}
+
+func (x *RegisterRequest) GetVerifiesImages() bool {
+	if x != nil {
+		return x.VerifiesImages
+	}
+	return false
 }
 
 type JobSpec struct {
@@ -1870,11 +1882,12 @@ const file_torpor_proto_rawDesc = "" +
 	"\x06exited\x18\x02 \x01(\bR\x06exited\x12\x1b\n" +
 	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\"\a\n" +
-	"\x05Empty\"X\n" +
+	"\x05Empty\"\x81\x01\n" +
 	"\x0fRegisterRequest\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x17\n" +
-	"\arun_dir\x18\x03 \x01(\tR\x06runDir\"Z\n" +
+	"\arun_dir\x18\x03 \x01(\tR\x06runDir\x12'\n" +
+	"\x0fverifies_images\x18\x04 \x01(\bR\x0everifiesImages\"Z\n" +
 	"\aJobSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\x05R\x05owner\x12)\n" +

@@ -12,6 +12,10 @@ import (
 	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
+// VerifiesImages implements agentapi.ImageVerifier: Restore and
+// RestoreFiles verify the images against RestoreRequest.NodeManifestSHA256.
+func (a *Agent) VerifiesImages() bool { return true }
+
 // pagesCheck verifies a restart's memory images (pages-*.img) against the
 // node manifest while the restore goes on; the restore's post-restore
 // notification waits for its verdict.

@@ -75,6 +75,21 @@ type DumpResult struct {
 type RestoreRequest struct {
 	Dir        string // the job-node's images and node manifest
 	Checkpoint string // the checkpoint handle: the ranks are told it was restored from this one
+	// NodeManifestSHA256 is the SHA-256 (hex) of the job-node's node
+	// manifest as the signed job manifest records it. When set, the shim
+	// verifies every image file against that node manifest before it acts
+	// on it; CRIU's memory pages alongside the restore, which waits for the
+	// verdict before any restored task runs. Empty for a migration's images,
+	// which are never committed (and not verified).
+	NodeManifestSHA256 string
+}
+
+// ImageVerifier is implemented by an Agent that may verify a restart's
+// images itself (RestoreRequest.NodeManifestSHA256). An Agent that does not
+// implement it, or says false, is given only images the coordinator has
+// verified whole.
+type ImageVerifier interface {
+	VerifiesImages() bool
 }
 
 // RestoreFilesResult is what a shim reports after putting a job-node's

@@ -23,6 +23,9 @@ var (
 	// ErrUnreachable: the shim of a host does not answer (it died, or the
 	// network between it and the coordinator is cut).
 	ErrUnreachable = errors.New("shim unreachable")
+	// ErrCorrupt: a checkpoint's images do not match their manifests; the
+	// shim refused to restore them.
+	ErrCorrupt = errors.New("images fail verification")
 )
 
 // codeOf pairs each error of the contract with its gRPC code.
@@ -37,6 +40,7 @@ var codeOf = []struct {
 	{ErrInvalid, codes.InvalidArgument},
 	{ErrPermission, codes.PermissionDenied},
 	{ErrUnreachable, codes.Unavailable},
+	{ErrCorrupt, codes.DataLoss},
 }
 
 // ToRPC maps an error to a gRPC status at the RPC edge.

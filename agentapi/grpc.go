@@ -10,7 +10,13 @@ import (
 // Client is an Agent reached over gRPC: the Shim service of one host.
 type Client struct {
 	Shim apiv1.ShimClient
+	// Verifies says the shim registered with verifies_images: it verifies
+	// a restart's images against RestoreRequest.NodeManifestSHA256.
+	Verifies bool
 }
+
+// VerifiesImages implements ImageVerifier.
+func (c Client) VerifiesImages() bool { return c.Verifies }
 
 var _ Agent = Client{}
 
@@ -102,7 +108,7 @@ func (c Client) Thaw(ctx context.Context, ref NodeRef) error {
 }
 
 func (c Client) RestoreFiles(ctx context.Context, job string, n NodeSpec, req RestoreRequest) (RestoreFilesResult, error) {
-	rep, err := c.Shim.RestoreFiles(ctx, &apiv1.RestoreRequest{Job: job, Node: NodeToPB(n), Dir: req.Dir, Checkpoint: req.Checkpoint})
+	rep, err := c.Shim.RestoreFiles(ctx, &apiv1.RestoreRequest{Job: job, Node: NodeToPB(n), Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSha256: req.NodeManifestSHA256})
 	if err != nil {
 		return RestoreFilesResult{}, FromRPC(err)
 	}
@@ -110,7 +116,7 @@ func (c Client) RestoreFiles(ctx context.Context, job string, n NodeSpec, req Re
 }
 
 func (c Client) Restore(ctx context.Context, job string, n NodeSpec, req RestoreRequest) error {
-	_, err := c.Shim.Restore(ctx, &apiv1.RestoreRequest{Job: job, Node: NodeToPB(n), Dir: req.Dir, Checkpoint: req.Checkpoint})
+	_, err := c.Shim.Restore(ctx, &apiv1.RestoreRequest{Job: job, Node: NodeToPB(n), Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSha256: req.NodeManifestSHA256})
 	return FromRPC(err)
 }
 
@@ -169,12 +175,12 @@ func (s Server) Thaw(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error
 }
 
 func (s Server) RestoreFiles(ctx context.Context, req *apiv1.RestoreRequest) (*apiv1.RestoreFilesReply, error) {
-	res, err := s.Agent.RestoreFiles(ctx, req.Job, NodeFromPB(req.Node), RestoreRequest{Dir: req.Dir, Checkpoint: req.Checkpoint})
+	res, err := s.Agent.RestoreFiles(ctx, req.Job, NodeFromPB(req.Node), RestoreRequest{Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSHA256: req.NodeManifestSha256})
 	return &apiv1.RestoreFilesReply{Moved: res.Moved}, ToRPC(err)
 }
 
 func (s Server) Restore(ctx context.Context, req *apiv1.RestoreRequest) (*apiv1.Empty, error) {
-	return &apiv1.Empty{}, ToRPC(s.Agent.Restore(ctx, req.Job, NodeFromPB(req.Node), RestoreRequest{Dir: req.Dir, Checkpoint: req.Checkpoint}))
+	return &apiv1.Empty{}, ToRPC(s.Agent.Restore(ctx, req.Job, NodeFromPB(req.Node), RestoreRequest{Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSHA256: req.NodeManifestSha256}))
 }
 
 func (s Server) Destroy(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {

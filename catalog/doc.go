@@ -5,7 +5,7 @@
 //	<root>/<job>/next-seq                      last sequence number handed out (never reused)
 //	<root>/<job>/<seq>/                        one checkpoint, seq = zero-padded decimal (000001)
 //	<root>/<job>/<seq>/nodes/<node>/           CRIU images of one job-node (files 0600, dirs 0700)
-//	<root>/<job>/<seq>/nodes/<node>/node-manifest.json   every file of that node: path, size, SHA-256
+//	<root>/<job>/<seq>/nodes/<node>/node-manifest.json   every file of that node: path, size, BLAKE3
 //	<root>/<job>/<seq>/shared/                 claims of the shims on files several job-nodes hold (no data)
 //	<root>/<job>/<seq>/manifest.json           the job manifest, written LAST
 //
@@ -27,9 +27,11 @@
 //
 // # Integrity
 //
-// The shim calls WriteNodeManifest after CRIU has written a node's images: it hashes
-// every regular file (streaming, never whole-file reads), makes the images 0600 and
-// writes node-manifest.json atomically. Commit records the SHA-256 of every node
+// The shim calls WriteNodeManifestWith after CRIU has written a node's images: it
+// takes the digests a StreamHasher computed while CRIU wrote the memory images,
+// hashes every other regular file (streaming, never whole-file reads), makes the
+// images 0600 and writes node-manifest.json atomically. Node manifests record each
+// file's BLAKE3 (format 2); format 1 (SHA-256) is still read. Commit records the SHA-256 of every node
 // manifest in the job manifest and signs the job manifest with HMAC-SHA256 under a
 // per-installation key (LoadOrCreateKey: 32 random bytes, file 0600 in the state
 // directory). The file on disk is an envelope
@@ -38,8 +40,11 @@
 //
 // so the signature covers the exact bytes that are parsed. Verify checks, in order,
 // the envelope format, the HMAC, the payload format, that the manifest belongs to the
-// directory it sits in, every node manifest's digest, and the size and SHA-256 of
-// every file (and that no unlisted file was added). Any mismatch is a *CorruptError,
+// directory it sits in, every node manifest's digest, and the size and digest of
+// every file (and that no unlisted file was added). VerifyLayout is the same
+// without reading the files' content, which a restart leaves to the shims:
+// OpenNodeImages checks one node's manifest against the digest the job manifest
+// records, and its files as the shim uses them. Any mismatch is a *CorruptError,
 // which matches ErrCorrupt with errors.Is and names the first bad file. A checkpoint
 // must be verified before every restore; LatestVerified returns the newest checkpoint
 // of a job that verifies, together with the reasons newer ones were skipped, so a

@@ -25,9 +25,12 @@ const maxNodeManifestSize = 64 << 20
 
 // FileEntry is one image file of a job-node.
 type FileEntry struct {
-	Path   string `json:"path"` // relative to the node directory, '/'-separated
-	Size   int64  `json:"size"`
-	SHA256 string `json:"sha256"`
+	Path string `json:"path"` // relative to the node directory, '/'-separated
+	Size int64  `json:"size"`
+	// The content's hash: SHA256 in a format 1 node manifest, BLAKE3
+	// (256 bits) in format 2; hex.
+	SHA256 string `json:"sha256,omitempty"`
+	BLAKE3 string `json:"blake3,omitempty"`
 }
 
 // NodeManifest lists every file of one job-node's images.
@@ -44,11 +47,20 @@ type NodeManifest struct {
 // 0700, and writes dir/node-manifest.json atomically. Symbolic links and special
 // files are refused: they could not be verified.
 func WriteNodeManifest(ctx context.Context, dir string) (NodeManifest, error) {
+	return WriteNodeManifestWith(ctx, dir, nil)
+}
+
+// WriteNodeManifestWith is WriteNodeManifest taking the digest of a file
+// from sums (a StreamHasher's, which hashed the file while it was written)
+// when the file is still the one hashed there: the same inode, size,
+// modification and change time. Every other file is hashed here.
+func WriteNodeManifestWith(ctx context.Context, dir string, sums Sums) (NodeManifest, error) {
 	node := filepath.Base(filepath.Clean(dir))
 	if err := validName("job-node name", node); err != nil {
 		return NodeManifest{}, fmt.Errorf("write node manifest in %s: %w", dir, err)
 	}
-	m := NodeManifest{Format: FormatVersion, Node: node, Files: []FileEntry{}}
+	m := NodeManifest{Format: NodeManifestFormat, Node: node, Files: []FileEntry{}}
+	dg, _ := digestOf(NodeManifestFormat)
 	buf := make([]byte, 1<<20)
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -79,14 +91,23 @@ func WriteNodeManifest(ctx context.Context, dir string) (NodeManifest, error) {
 		case !d.Type().IsRegular():
 			return fmt.Errorf("%s is a %s, not a regular file: node images may only contain regular files", p, describeType(d.Type()))
 		}
+		// Looked at before the chmod, which changes the change time.
+		known, ok := sums[rel]
+		if ok {
+			info, err := d.Info()
+			ok = err == nil && known.matches(info)
+		}
 		if err := os.Chmod(p, 0o600); err != nil {
 			return ioErr("chmod", p, err)
 		}
-		size, sum, err := hashFile(ctx, p, buf)
-		if err != nil {
-			return err
+		size, sum := known.Size, known.Digest
+		if !ok {
+			var err error
+			if size, sum, err = hashFile(ctx, p, dg, buf); err != nil {
+				return err
+			}
 		}
-		m.Files = append(m.Files, FileEntry{Path: rel, Size: size, SHA256: sum})
+		m.Files = append(m.Files, FileEntry{Path: rel, Size: size, BLAKE3: sum})
 		m.TotalBytes += size
 		return nil
 	})
@@ -118,18 +139,18 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
-// hashFile streams p through SHA-256.
-func hashFile(ctx context.Context, p string, buf []byte) (int64, string, error) {
+// hashFile streams p through dg's hash.
+func hashFile(ctx context.Context, p string, dg fileDigest, buf []byte) (int64, string, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return 0, "", ioErr("open", p, err)
 	}
 	defer f.Close()
-	return hashReader(ctx, p, f, buf)
+	return hashReader(ctx, p, f, dg, buf)
 }
 
-func hashReader(ctx context.Context, name string, r io.Reader, buf []byte) (int64, string, error) {
-	h := sha256.New()
+func hashReader(ctx context.Context, name string, r io.Reader, dg fileDigest, buf []byte) (int64, string, error) {
+	h := dg.new()
 	n, err := io.CopyBuffer(h, ctxReader{ctx, r}, buf)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -149,8 +170,8 @@ func parseNodeManifest(data []byte) (NodeManifest, error) {
 	if err := dec.Decode(&m); err != nil {
 		return NodeManifest{}, fmt.Errorf("decode node manifest: %w", err)
 	}
-	if m.Format != FormatVersion {
-		return NodeManifest{}, fmt.Errorf("%w: node manifest format %d, this torpor reads format %d", ErrUnsupportedFormat, m.Format, FormatVersion)
+	if _, err := digestOf(m.Format); err != nil {
+		return NodeManifest{}, err
 	}
 	if err := validName("job-node name", m.Node); err != nil {
 		return NodeManifest{}, err
@@ -165,7 +186,11 @@ func parseNodeManifest(data []byte) (NodeManifest, error) {
 			return NodeManifest{}, fmt.Errorf("node manifest lists %q twice", f.Path)
 		}
 		seen[f.Path] = true
-		if f.Size < 0 || !isHexDigest(f.SHA256) {
+		other := f.BLAKE3
+		if m.Format != nodeFormatSHA256 {
+			other = f.SHA256
+		}
+		if f.Size < 0 || !isHexDigest(f.digest(m.Format)) || other != "" {
 			return NodeManifest{}, fmt.Errorf("node manifest entry %q: bad size or digest", f.Path)
 		}
 		total += f.Size

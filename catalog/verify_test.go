@@ -3,8 +3,12 @@ package catalog
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -113,7 +117,16 @@ func TestVerifyDetectsTampering(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.wantMsg) || !strings.Contains(err.Error(), tt.wantFile) {
 				t.Fatalf("Verify error %q does not say %q", err, tt.wantMsg)
 			}
+			// A restart's split verification fails as well, naming the
+			// file: the coordinator's VerifyLayout, or a shim's check of its
+			// node's images against the digest the job manifest records.
+			if err := splitVerify(s, cp.Handle); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), path.Base(tt.wantFile)) {
+				t.Fatalf("split verification = %v, want ErrCorrupt naming %s", err, tt.wantFile)
+			}
 			// The untouched checkpoint still verifies.
+			if err := splitVerify(s, other.Handle); err != nil {
+				t.Fatalf("other checkpoint, split verification: %v", err)
+			}
 			if err := s.Verify(context.Background(), other.Handle); err != nil {
 				t.Fatalf("other checkpoint: %v", err)
 			}
@@ -128,6 +141,31 @@ func TestVerifyDetectsTampering(t *testing.T) {
 			}
 		})
 	}
+}
+
+// splitVerify is a restart's verification: VerifyLayout, then each node's
+// images in full against the node manifest's digest in the job manifest.
+func splitVerify(s *Store, handle string) error {
+	ctx := context.Background()
+	if err := s.VerifyLayout(ctx, handle); err != nil {
+		return err
+	}
+	cp, err := s.Get(handle)
+	if err != nil {
+		return err
+	}
+	for _, n := range cp.Manifest.Nodes {
+		imgs, err := OpenNodeImages(cp.NodeDir(n.Name), n.ManifestSHA256)
+		if err != nil {
+			return err
+		}
+		err = imgs.Verify(ctx, func(string) bool { return true })
+		imgs.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func TestWrongKey(t *testing.T) {
@@ -200,9 +238,9 @@ func TestWriteNodeManifest(t *testing.T) {
 	if m.Node != "n0" || len(m.Files) != 2 || m.Files[0].Path != "b.img" || m.Files[1].Path != "sub/a.img" || m.TotalBytes != 5 {
 		t.Fatalf("manifest = %+v", m)
 	}
-	// sha256("a")
-	if m.Files[1].SHA256 != "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb" {
-		t.Fatalf("sha256 = %s", m.Files[1].SHA256)
+	// blake3("a")
+	if m.Format != NodeManifestFormat || m.Files[1].BLAKE3 != "17762fddd969a453925d65717ac3eea21320b66b54342fde15128d6caf21215f" || m.Files[1].SHA256 != "" {
+		t.Fatalf("format %d, blake3 %q, sha256 %q", m.Format, m.Files[1].BLAKE3, m.Files[1].SHA256)
 	}
 	for _, p := range []string{"b.img", "sub/a.img", NodeManifestName} {
 		st, err := os.Stat(filepath.Join(dir, p))
@@ -229,5 +267,59 @@ func TestUnsupportedFormat(t *testing.T) {
 	_, err := ParseJobManifest(data, testKey(1))
 	if !errors.Is(err, ErrUnsupportedFormat) || !strings.Contains(err.Error(), "format 2") {
 		t.Fatalf("ParseJobManifest(format 2) = %v", err)
+	}
+}
+
+// TestSHA256NodeManifests: a checkpoint whose node manifests are format 1
+// (SHA-256 of every file, as torpor wrote them before BLAKE3) still
+// verifies, whole and split, and a changed file in it is still found; a
+// format 1 entry with a BLAKE3 digest is refused.
+func TestSHA256NodeManifests(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	p, err := s.Begin("job")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dumpNodes(t, p, smallImages())
+	for node := range smallImages() {
+		dir, _ := p.NodeDir(node)
+		m, err := WriteNodeManifest(ctx, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Format = nodeFormatSHA256
+		for i, f := range m.Files {
+			data, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(f.Path)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum := sha256.Sum256(data)
+			m.Files[i].SHA256, m.Files[i].BLAKE3 = hex.EncodeToString(sum[:]), ""
+		}
+		data, _ := json.Marshal(m)
+		if err := os.WriteFile(filepath.Join(dir, NodeManifestName), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cp, err := p.Commit(testManifest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Verify(ctx, cp.Handle); err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	if err := splitVerify(s, cp.Handle); err != nil {
+		t.Fatalf("split verification: %v", err)
+	}
+	flipByte(t, filepath.Join(cp.Dir, "nodes/n0/pages-1.img"), 10)
+	for what, err := range map[string]error{"Verify": s.Verify(ctx, cp.Handle), "split": splitVerify(s, cp.Handle)} {
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "sha256") {
+			t.Fatalf("%s after a changed image: %v", what, err)
+		}
+	}
+	bad := []byte(`{"format":1,"node":"n0","files":[{"path":"a","size":1,"blake3":"` + strings.Repeat("0", 64) + `"}],"total_bytes":1}`)
+	if _, err := parseNodeManifest(bad); err == nil {
+		t.Fatal("a format 1 node manifest with a blake3 digest parsed")
 	}
 }

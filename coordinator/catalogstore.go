@@ -64,6 +64,22 @@ func (c CatalogStore) Verify(ctx context.Context, handle string) error {
 	return c.S.Verify(ctx, handle)
 }
 
+func (c CatalogStore) VerifyLayout(ctx context.Context, handle string) error {
+	return c.S.VerifyLayout(ctx, handle)
+}
+
+func (c CatalogStore) NodeManifestSHA256(handle, node string) (string, error) {
+	cp, err := c.get(handle)
+	if err != nil {
+		return "", err
+	}
+	ref, ok := cp.Manifest.Node(node)
+	if !ok {
+		return "", fmt.Errorf("%w: checkpoint %s has no job-node %s", agentapi.ErrNotFound, handle, node)
+	}
+	return ref.ManifestSHA256, nil
+}
+
 func (c CatalogStore) get(handle string) (catalog.Checkpoint, error) {
 	cp, err := c.S.Get(handle)
 	if err != nil {

@@ -89,10 +89,23 @@ func TestCatalogStoreProtocol(t *testing.T) {
 	if err := os.WriteFile(img, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The shims verify the images: n2's refuses its restore.
 	_, err = f.c.Restart(ctx, bad, RestartOptions{})
-	if err == nil || !strings.Contains(err.Error(), "fails verification") || !strings.Contains(err.Error(), "nodes/n2/pages-1.img") {
+	if err == nil || !errors.Is(err, agentapi.ErrCorrupt) || !strings.Contains(err.Error(), "fails verification") || !strings.Contains(err.Error(), "nodes/n2/pages-1.img") {
 		t.Fatalf("restart of a tampered checkpoint: %v", err)
 	}
+	// A shim that does not verify images is given none the coordinator has
+	// not verified whole: the restart is refused before any files phase.
+	f.agents["h0"].oldShim = true
+	files := f.agents["h2"].calls[PhaseFiles]
+	_, err = f.c.Restart(ctx, bad, RestartOptions{})
+	if err == nil || errors.Is(err, agentapi.ErrCorrupt) || !strings.Contains(err.Error(), "refusing to restart from it") || !strings.Contains(err.Error(), "nodes/n2/pages-1.img") {
+		t.Fatalf("restart of a tampered checkpoint with a shim that does not verify: %v", err)
+	}
+	if n := f.agents["h2"].calls[PhaseFiles]; n != files {
+		t.Fatalf("the files phase ran (%d calls, %d before)", n, files)
+	}
+	f.agents["h0"].oldShim = false
 	res, err := f.c.Restart(ctx, "job1", RestartOptions{Fallback: true})
 	if err != nil {
 		t.Fatal(err)

@@ -43,7 +43,12 @@ type fakeAgent struct {
 	restoredFrom []string
 	// moved is what RestoreFiles reports moved aside.
 	moved []string
+	// oldShim: the agent does not verify a restart's images (a shim that
+	// registered without verifies_images).
+	oldShim bool
 }
+
+func (f *fakeAgent) VerifiesImages() bool { return !f.oldShim }
 
 // restores returns the checkpoint handles the agent was asked to restore from.
 func (f *fakeAgent) restores() []string {
@@ -160,6 +165,17 @@ func (f *fakeAgent) Restore(ctx context.Context, job string, n agentapi.NodeSpec
 	if err := f.step(ctx, PhaseRestore); err != nil {
 		return err
 	}
+	if req.NodeManifestSHA256 != "" && !f.oldShim {
+		// As a real shim does, on the real catalog's images.
+		imgs, err := catalog.OpenNodeImages(req.Dir, req.NodeManifestSHA256)
+		if err == nil {
+			err = imgs.Verify(ctx, func(string) bool { return true })
+			imgs.Close()
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %w", agentapi.ErrCorrupt, err)
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.restoredFrom = append(f.restoredFrom, req.Checkpoint)
@@ -259,6 +275,13 @@ func (s *memStore) Verify(_ context.Context, h string) error {
 	}
 	return nil
 }
+
+// VerifyLayout is Verify: the fake's corruption stands for any failure.
+func (s *memStore) VerifyLayout(ctx context.Context, h string) error { return s.Verify(ctx, h) }
+
+// NodeManifestSHA256 is "": the fake store's checkpoints hold no images
+// for a shim to verify.
+func (s *memStore) NodeManifestSHA256(h, node string) (string, error) { return "", nil }
 func (s *memStore) Load(h string) (Manifest, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -104,6 +104,12 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 	if err != nil {
 		return res, err
 	}
+	if !opts.Fallback && !c.shimsVerify(spec.Nodes) {
+		// A shim that does not verify images is given only verified ones.
+		if err := c.store.Verify(ctx, res.Checkpoint); err != nil {
+			return res, fmt.Errorf("checkpoint %s fails verification, refusing to restart from it: %w", res.Checkpoint, err)
+		}
+	}
 
 	// A job the coordinator lost track of (state directory wiped) is adopted from its manifest.
 	c.mu.Lock()
@@ -126,11 +132,11 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 	err = t.run(PhaseFiles, func() error {
 		var mu sync.Mutex
 		return c.fanout(ctx, PhaseFiles, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
-			dir, err := c.store.NodeDir(res.Checkpoint, n.Name)
+			req, err := c.restoreRequest(res.Checkpoint, n.Name)
 			if err != nil {
 				return err
 			}
-			fr, err := a.RestoreFiles(ctx, spec.ID, n, agentapi.RestoreRequest{Dir: dir, Checkpoint: res.Checkpoint})
+			fr, err := a.RestoreFiles(ctx, spec.ID, n, req)
 			mu.Lock()
 			res.Moved = append(res.Moved, fr.Moved...)
 			mu.Unlock()
@@ -141,11 +147,11 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 		err = t.run(PhaseRestore, func() error {
 			t.setBytes(PhaseRestore, res.Bytes)
 			return c.fanout(ctx, PhaseRestore, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
-				dir, err := c.store.NodeDir(res.Checkpoint, n.Name)
+				req, err := c.restoreRequest(res.Checkpoint, n.Name)
 				if err != nil {
 					return err
 				}
-				return a.Restore(ctx, spec.ID, n, agentapi.RestoreRequest{Dir: dir, Checkpoint: res.Checkpoint})
+				return a.Restore(ctx, spec.ID, n, req)
 			})
 		})
 	}
@@ -164,6 +170,9 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 			// An error reply carries no result: say here what was moved.
 			err = fmt.Errorf("%w (files that came after the checkpoint were moved aside, not deleted: %s)", err, strings.Join(res.Moved, ", "))
 		}
+		if errors.Is(err, agentapi.ErrCorrupt) {
+			return res, fmt.Errorf("restart of %s from %s failed, nothing is left running: the checkpoint fails verification, restart from an older one (`torpor ls %s`): %w", spec.ID, res.Checkpoint, spec.ID, err)
+		}
 		return res, fmt.Errorf("restart of %s from %s failed, nothing is left running; the checkpoint is intact: %w", spec.ID, res.Checkpoint, err)
 	}
 	c.end(spec.ID, StateRunning, func(j *Job) {
@@ -180,12 +189,46 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 	return res, nil
 }
 
-// pickCheckpoint resolves ref to a verified checkpoint.
+// shimsVerify says whether the shim of every job-node's host verifies a
+// restart's images itself (agentapi.ImageVerifier).
+func (c *Coordinator) shimsVerify(nodes []agentapi.NodeSpec) bool {
+	for _, n := range nodes {
+		a, err := c.agent(n.Host)
+		if err != nil {
+			return false
+		}
+		if v, ok := a.(agentapi.ImageVerifier); !ok || !v.VerifiesImages() {
+			return false
+		}
+	}
+	return true
+}
+
+// restoreRequest is what a shim needs to restore one job-node of a
+// committed checkpoint: the images' directory and the digest of their node
+// manifest, which the shim verifies the images against.
+func (c *Coordinator) restoreRequest(handle, node string) (agentapi.RestoreRequest, error) {
+	dir, err := c.store.NodeDir(handle, node)
+	if err != nil {
+		return agentapi.RestoreRequest{}, err
+	}
+	sum, err := c.store.NodeManifestSHA256(handle, node)
+	if err != nil {
+		return agentapi.RestoreRequest{}, err
+	}
+	return agentapi.RestoreRequest{Dir: dir, Checkpoint: handle, NodeManifestSHA256: sum}, nil
+}
+
+// pickCheckpoint resolves ref to a checkpoint whose signature, node
+// manifests and files' sizes verify; the shims verify the files' content as
+// they restore (see Restart in docs/protocol.md). With fallback the content
+// is verified here too, before anything is restored: an older checkpoint is
+// chosen only for a newer one that fails.
 func (c *Coordinator) pickCheckpoint(ctx context.Context, ref string, fallback bool) (RestartResult, Manifest, error) {
 	var res RestartResult
 	if strings.Contains(ref, "/") {
 		res.Checkpoint = ref
-		if err := c.store.Verify(ctx, ref); err != nil {
+		if err := c.store.VerifyLayout(ctx, ref); err != nil {
 			return res, Manifest{}, fmt.Errorf("checkpoint %s fails verification, refusing to restart from it: %w", ref, err)
 		}
 		man, err := c.store.Load(ref)
@@ -200,8 +243,12 @@ func (c *Coordinator) pickCheckpoint(ctx context.Context, ref string, fallback b
 	if err != nil {
 		return res, Manifest{}, fmt.Errorf("job %s has no checkpoint to restart from: %w", ref, err)
 	}
+	verify := c.store.VerifyLayout
+	if fallback {
+		verify = c.store.Verify
+	}
 	for {
-		verr := c.store.Verify(ctx, handle)
+		verr := verify(ctx, handle)
 		if verr == nil {
 			break
 		}

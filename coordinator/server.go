@@ -117,7 +117,7 @@ func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*api
 	if err != nil {
 		return nil, agentapi.ToRPC(fmt.Errorf("dial shim %s at %s: %w", req.Host, req.Address, err))
 	}
-	s.C.AddAgent(req.Host, agentapi.Client{Shim: cl})
+	s.C.AddAgent(req.Host, agentapi.Client{Shim: cl, Verifies: req.VerifiesImages})
 	s.shimSeen.Store(req.Host, time.Now())
 	if req.RunDir != "" {
 		s.shimRunDirs.Store(req.Host, filepath.Clean(req.RunDir))

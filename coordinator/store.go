@@ -24,6 +24,13 @@ type Store interface {
 	Begin(job string) (Pending, error)
 	// Verify checks the signature and every image of a committed checkpoint.
 	Verify(ctx context.Context, handle string) error
+	// VerifyLayout checks the signature, the node manifests, and every
+	// image's presence and size, not the images' content: the shims verify
+	// that as they restore, against NodeManifestSHA256.
+	VerifyLayout(ctx context.Context, handle string) error
+	// NodeManifestSHA256 is the SHA-256 (hex) the signed job manifest
+	// records for one job-node's node manifest.
+	NodeManifestSHA256(handle, node string) (string, error)
 	// Load returns a committed checkpoint's manifest (after checking its signature).
 	Load(handle string) (Manifest, error)
 	// Latest returns the newest committed checkpoint of a job.

@@ -561,9 +561,14 @@ type RestoreRequest struct {
 	Dir   string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
 	// The checkpoint handle ("<job>/<seq>") the images belong to: the ranks'
 	// restore event names it.
-	Checkpoint    string `protobuf:"bytes,4,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Checkpoint string `protobuf:"bytes,4,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// The SHA-256 (hex) of the job-node's node manifest, as the job manifest
+	// records it (the coordinator checked the job manifest's HMAC): the shim
+	// verifies the images against it (docs/protocol.md, Restart). Empty for a
+	// migration's images, which are never committed.
+	NodeManifestSha256 string `protobuf:"bytes,5,opt,name=node_manifest_sha256,json=nodeManifestSha256,proto3" json:"node_manifest_sha256,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *RestoreRequest) Reset() {
@@ -620,6 +625,13 @@ func (x *RestoreRequest) GetDir() string {
 func (x *RestoreRequest) GetCheckpoint() string {
 	if x != nil {
 		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *RestoreRequest) GetNodeManifestSha256() string {
+	if x != nil {
+		return x.NodeManifestSha256
 	}
 	return ""
 }
@@ -775,12 +787,17 @@ func (*Empty) Descriptor() ([]byte, []int) {
 }
 
 type RegisterRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`                   // the shim's host name
-	Address       string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`             // where its Shim service listens (host:port)
-	RunDir        string                 `protobuf:"bytes,3,opt,name=run_dir,json=runDir,proto3" json:"run_dir,omitempty"` // the shim's run directory
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Host    string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`                   // the shim's host name
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`             // where its Shim service listens (host:port)
+	RunDir  string                 `protobuf:"bytes,3,opt,name=run_dir,json=runDir,proto3" json:"run_dir,omitempty"` // the shim's run directory
+	// The shim verifies a restart's images against
+	// RestoreRequest.node_manifest_sha256. The coordinator verifies every
+	// image itself before a restart that involves a shim that does not say so
+	// (one older than this field).
+	VerifiesImages bool `protobuf:"varint,4,opt,name=verifies_images,json=verifiesImages,proto3" json:"verifies_images,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RegisterRequest) Reset() {
@@ -832,6 +849,13 @@ func (x *RegisterRequest) GetRunDir() string {
 		return x.RunDir
 	}
 	return ""
+}
+
+func (x *RegisterRequest) GetVerifiesImages() bool {
+	if x != nil {
+		return x.VerifiesImages
+	}
+	return false
 }
 
 type JobSpec struct {
@@ -2139,14 +2163,15 @@ const file_torpor_proto_rawDesc = "" +
 	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\x12\x14\n" +
 	"\x05files\x18\x02 \x01(\x05R\x05files\x12\x1d\n" +
 	"\n" +
-	"criu_nanos\x18\x04 \x01(\x03R\tcriuNanosJ\x04\b\x03\x10\x04\"}\n" +
+	"criu_nanos\x18\x04 \x01(\x03R\tcriuNanosJ\x04\b\x03\x10\x04\"\xaf\x01\n" +
 	"\x0eRestoreRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12'\n" +
 	"\x04node\x18\x02 \x01(\v2\x13.torpor.v1.NodeSpecR\x04node\x12\x10\n" +
 	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x04 \x01(\tR\n" +
-	"checkpoint\")\n" +
+	"checkpoint\x120\n" +
+	"\x14node_manifest_sha256\x18\x05 \x01(\tR\x12nodeManifestSha256\")\n" +
 	"\x11RestoreFilesReply\x12\x14\n" +
 	"\x05moved\x18\x01 \x03(\tR\x05moved\"u\n" +
 	"\n" +
@@ -2155,11 +2180,12 @@ const file_torpor_proto_rawDesc = "" +
 	"\x06exited\x18\x02 \x01(\bR\x06exited\x12\x1b\n" +
 	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\"\a\n" +
-	"\x05Empty\"X\n" +
+	"\x05Empty\"\x81\x01\n" +
 	"\x0fRegisterRequest\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x17\n" +
-	"\arun_dir\x18\x03 \x01(\tR\x06runDir\"Z\n" +
+	"\arun_dir\x18\x03 \x01(\tR\x06runDir\x12'\n" +
+	"\x0fverifies_images\x18\x04 \x01(\bR\x0everifiesImages\"Z\n" +
 	"\aJobSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\x05R\x05owner\x12)\n" +

@@ -75,6 +75,13 @@ type recorded struct {
 	a    agentapi.Agent
 }
 
+// VerifiesImages passes on whether the wrapped agent verifies a restart's
+// images itself (agentapi.ImageVerifier), as the coordinator asks.
+func (w *recorded) VerifiesImages() bool {
+	v, ok := w.a.(agentapi.ImageVerifier)
+	return ok && v.VerifiesImages()
+}
+
 func (w *recorded) rec(op, node string, fn func() error) error {
 	c := call{Op: op, Host: w.host, Node: node, Start: time.Now()}
 	c.Err = fn()

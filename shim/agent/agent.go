@@ -171,11 +171,19 @@ func (a *Agent) exitPath(job, n string) string {
 // checkImageCreds refuses images in which CRIU, root, would restore a task
 // of a user's job-node with credentials other than its owner's (defence in
 // depth: the manifests' HMAC already refuses images nobody signed).
-func checkImageCreds(dir string, spec agentapi.NodeSpec) error {
+//
+// With imgs (a restart's images, held against their node manifest), the
+// credentials come from the very bytes whose SHA-256 was checked: rewriting
+// a file after the check changes nothing of what is checked.
+func checkImageCreds(dir string, imgs *catalog.NodeImages, spec agentapi.NodeSpec) error {
 	if spec.User.Root() {
 		return nil
 	}
-	creds, err := criu.ReadCreds(dir)
+	read := func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) }
+	if imgs != nil {
+		read = imgs.ReadFile
+	}
+	creds, err := criu.ReadCredsFrom(read)
 	if err != nil {
 		return fmt.Errorf("read the credentials in the images: %w", err)
 	}
@@ -561,6 +569,7 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 	if err := verbs.Check(pids); err != nil {
 		return agentapi.DumpResult{}, fmt.Errorf("refusing to checkpoint %s/%s: %w", ref.Job, ref.Node, err)
 	}
+	start := time.Now()
 	// The tree is frozen: the files match the images CRIU is about to write.
 	var captured *appfiles.Index
 	if a.cfg.NoAppFiles {
@@ -585,7 +594,14 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 	if w != nil {
 		w.arm(&opts)
 	}
+	// CRIU's memory pages, nearly all of the bytes, are hashed as CRIU
+	// writes them, and the application's files just captured meanwhile: the
+	// node manifest then reads only the small images again.
+	captureTime := time.Since(start)
+	hasher := catalog.StartStreamHasher(req.Dir, criu.IsPages)
+	defer hasher.Stop()
 	res, err := n.sb.Dump(ctx, a.drv, opts)
+	criuDone := time.Now()
 	if w != nil {
 		w.finish()
 	}
@@ -611,11 +627,21 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 			return agentapi.DumpResult{}, err
 		}
 	}
-	nm, err := catalog.WriteNodeManifest(ctx, req.Dir)
+	saved := time.Now()
+	sums, err := hasher.Finish(ctx)
 	if err != nil {
 		return agentapi.DumpResult{}, err
 	}
+	hashed := time.Now()
+	nm, err := catalog.WriteNodeManifestWith(ctx, req.Dir, sums)
+	if err != nil {
+		return agentapi.DumpResult{}, err
+	}
+	// Where the time after CRIU went: the output and shared files' copies,
+	// the wait for the hashing of the images CRIU wrote, the node manifest
+	// (which hashes the files hashed nowhere else).
 	a.log.Info("job-node dumped", "job", ref.Job, "node", ref.Node, "ckpt", req.Checkpoint, "bytes", nm.TotalBytes, "criu", res.Elapsed,
+		"capture_time", captureTime, "save_time", saved.Sub(criuDone), "hash_wait", hashed.Sub(saved), "manifest_time", time.Since(hashed), "hashed_streaming", len(sums),
 		"app_files", len(captured.Entries), "app_bytes", captured.Bytes)
 	return agentapi.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files), CRIUTime: res.Elapsed}, nil
 }
@@ -699,6 +725,18 @@ func (a *Agent) RestoreFiles(ctx context.Context, job string, spec agentapi.Node
 	if req.Dir == "" || req.Checkpoint == "" {
 		return agentapi.RestoreFilesResult{}, fmt.Errorf("%w: restore the files of %s/%s: needs the images' directory and the checkpoint's handle", agentapi.ErrInvalid, job, spec.Name)
 	}
+	if req.NodeManifestSHA256 != "" {
+		// The capture's index says where files go and N.data what goes
+		// there: both are checked against the node manifest first.
+		imgs, err := catalog.OpenNodeImages(req.Dir, req.NodeManifestSHA256)
+		if err == nil {
+			err = imgs.Verify(ctx, func(name string) bool { return strings.HasPrefix(name, appfiles.DirName+"/") })
+			imgs.Close()
+		}
+		if err != nil {
+			return agentapi.RestoreFilesResult{}, fmt.Errorf("refusing to restore the files of %s/%s from %s: %w", job, spec.Name, req.Checkpoint, corrupt(err))
+		}
+	}
 	_, seq, _ := strings.Cut(req.Checkpoint, "/")
 	_, moved, err := appfiles.Restore(appfiles.RestoreOptions{Images: req.Dir, User: filesUser(spec), Seq: seq})
 	if err != nil {
@@ -725,10 +763,29 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		return fmt.Errorf("%w: restore %s/%s needs the images' directory and the checkpoint's handle", agentapi.ErrInvalid, job, spec.Name)
 	}
 	dir := req.Dir
+	start := time.Now()
+	// A restart's images are verified here, against the node manifest the
+	// signed job manifest names: everything but the tasks' memory before
+	// anything acts on it, the memory (pages-*.img, nearly all the bytes)
+	// while the sandbox is made and CRIU restores. CRIU waits at its
+	// post-restore notification, the tree restored and stopped, until the
+	// memory is verified too: a mismatch fails the notification, CRIU kills
+	// the tree it made, and none of its tasks ever runs.
+	var imgs *catalog.NodeImages
+	var pages *pagesCheck
+	if req.NodeManifestSHA256 != "" {
+		if imgs, err = catalog.OpenNodeImages(dir, req.NodeManifestSHA256); err != nil {
+			return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, req.Checkpoint, corrupt(err))
+		}
+		defer imgs.Close()
+		pages = startPagesCheck(ctx, imgs)
+		defer pages.stop()
+	}
 	n, err := a.create(ctx, job, spec)
 	if err != nil {
 		return err
 	}
+	created := time.Now()
 	defer func() {
 		if err == nil {
 			return
@@ -740,7 +797,12 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 			err = fmt.Errorf("restore %s/%s: %w; the half-restored job-node was destroyed (%v)", job, spec.Name, ctx.Err(), err)
 		}
 	}()
-	if err := checkImageCreds(dir, spec); err != nil {
+	if imgs != nil {
+		if err := imgs.Verify(ctx, func(name string) bool { return !criu.IsPages(name) }); err != nil {
+			return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, req.Checkpoint, corrupt(err))
+		}
+	}
+	if err := checkImageCreds(dir, imgs, spec); err != nil {
 		return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, dir, err)
 	}
 	// What RestoreFiles put back is the next capture's starting point.
@@ -780,15 +842,31 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 	if a.criuStarted != nil {
 		opts.Started = func(pid int) { a.criuStarted("restore", pid) }
 	}
-	if a.criuEvent != nil || a.cfg.Faults.Has(fault.HoldInRestore) {
+	hooks := a.criuEvent != nil || a.cfg.Faults.Has(fault.HoldInRestore)
+	if hooks || pages != nil {
 		opts.Notify = func(ev criu.Event) error {
+			if ev == criu.EventPostRestore && pages != nil {
+				if err := pages.wait(ctx); err != nil {
+					return fmt.Errorf("the restored tree's memory fails verification, CRIU kills it: %w", corrupt(err))
+				}
+			}
+			if !hooks {
+				return nil
+			}
 			return a.restoreEvent(ctx, agentapi.NodeRef{Job: job, Node: spec.Name}, ev)
 		}
 	}
+	criuStart := time.Now()
 	rres, err := n.sb.Restore(ctx, a.drv, opts)
 	if err != nil {
 		return err
 	}
+	if pages != nil && !pages.passed() {
+		// CRIU resumed the tree without asking at post-restore: never
+		// expected, and the tree is destroyed.
+		return fmt.Errorf("restore %s/%s: CRIU finished without its post-restore notification, so the memory images were not verified before the tree ran; destroyed it", job, spec.Name)
+	}
+	criuDone := time.Now()
 	if a.afterRestore != nil {
 		a.afterRestore()
 	}
@@ -801,7 +879,8 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 	}
 	a.cfg.Metrics.CRIU("restore", rres.Elapsed)
 	a.cfg.Metrics.Read(imagesBytes(dir))
-	a.log.Info("job-node restored", "job", job, "node", spec.Name, "from", dir, "criu", rres.Elapsed)
+	a.log.Info("job-node restored", "job", job, "node", spec.Name, "ckpt", req.Checkpoint, "from", dir,
+		"prepare_time", criuStart.Sub(start), "sandbox_time", created.Sub(start), "criu", criuDone.Sub(criuStart), "verify_wait", pages.waited())
 	return nil
 }
 

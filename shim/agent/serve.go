@@ -122,7 +122,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	registered := false
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := cl.Register(rctx, &apiv1.RegisterRequest{Host: cfg.Agent.Host, Address: adv, RunDir: a.cfg.RunDir})
+		_, err := cl.Register(rctx, &apiv1.RegisterRequest{Host: cfg.Agent.Host, Address: adv, RunDir: a.cfg.RunDir, VerifiesImages: true})
 		cancel()
 		switch {
 		case err != nil && ctx.Err() == nil:

@@ -2,6 +2,7 @@ package criu
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 
@@ -24,7 +25,14 @@ type TaskCreds struct {
 // ReadCreds reads the credentials of every thread of the tree dumped in dir
 // (pstree.img, then core-<tid>.img of each thread).
 func ReadCreds(dir string) ([]TaskCreds, error) {
-	entries, err := decodeImage(filepath.Join(dir, "pstree.img"), &pstree.PstreeEntry{})
+	return ReadCredsFrom(func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(dir, name)) })
+}
+
+// ReadCredsFrom is ReadCreds with the images' bytes from read (an image
+// file's name in the images directory → its content): a caller that verifies
+// what it reads gets credentials taken from exactly the verified bytes.
+func ReadCredsFrom(read func(name string) ([]byte, error)) ([]TaskCreds, error) {
+	entries, err := decodeImage(read, "pstree.img", &pstree.PstreeEntry{})
 	if err != nil {
 		return nil, err
 	}
@@ -37,7 +45,7 @@ func ReadCreds(dir string) ([]TaskCreds, error) {
 		}
 		for _, tid := range threads {
 			name := fmt.Sprintf("core-%d.img", tid)
-			ci, err := decodeImage(filepath.Join(dir, name), &criu_core.CoreEntry{})
+			ci, err := decodeImage(read, name, &criu_core.CoreEntry{})
 			if err != nil {
 				return nil, err
 			}
@@ -62,8 +70,12 @@ func ReadCreds(dir string) ([]TaskCreds, error) {
 
 // decodeImage reads the entries of a CRIU image whose entries are all of
 // entry's type.
-func decodeImage(path string, entry proto.Message) ([]proto.Message, error) {
-	im, err := ReadImage(path)
+func decodeImage(read func(string) ([]byte, error), name string, entry proto.Message) ([]proto.Message, error) {
+	data, err := read(name)
+	if err != nil {
+		return nil, err
+	}
+	im, err := ParseImage(name, data)
 	if err != nil {
 		return nil, err
 	}
@@ -71,7 +83,7 @@ func decodeImage(path string, entry proto.Message) ([]proto.Message, error) {
 	for i, raw := range im.Entries {
 		m := entry.ProtoReflect().New().Interface()
 		if err := proto.Unmarshal(raw, m); err != nil {
-			return nil, fmt.Errorf("decode %s: entry %d: %w", filepath.Base(path), i, err)
+			return nil, fmt.Errorf("decode %s: entry %d: %w", name, i, err)
 		}
 		out = append(out, m)
 	}

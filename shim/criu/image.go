@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // Image is a CRIU image file taken apart: its magic header (8 bytes: the
@@ -28,7 +29,12 @@ func ReadImage(path string) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	name := filepath.Base(path)
+	return ParseImage(filepath.Base(path), data)
+}
+
+// ParseImage takes apart the bytes of a CRIU image named name (for errors)
+// whose entries are plain messages.
+func ParseImage(name string, data []byte) (*Image, error) {
 	if len(data) < 8 {
 		return nil, fmt.Errorf("%s: %d bytes, too short for a CRIU image", name, len(data))
 	}
@@ -51,6 +57,26 @@ func ReadImage(path string) (*Image, error) {
 		}
 		im.Entries = append(im.Entries, e)
 	}
+}
+
+// IsPages says whether name, an image file's path relative to the images
+// directory, holds a task's memory pages (pages-<id>.img): the bytes CRIU
+// copies into the restored tasks' memory and acts on in no other way.
+func IsPages(name string) bool {
+	base, ok := strings.CutPrefix(name, "pages-")
+	if !ok || !strings.HasSuffix(base, ".img") {
+		return false
+	}
+	id := strings.TrimSuffix(base, ".img")
+	if id == "" {
+		return false
+	}
+	for _, c := range id {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // Write writes the image to path.

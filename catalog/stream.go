@@ -1,0 +1,231 @@
+package catalog
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// StreamHasher hashes a job-node's images while they are written, so that
+// WriteNodeManifest need not read them a second time.
+//
+// It follows the files of the node directory's top level that its follow
+// function picks (the shim picks CRIU's memory pages, pages-<id>.img, which
+// CRIU only ever appends to): it opens each as soon as it appears and hashes
+// whatever has been appended since it last looked, polling every
+// streamPoll while nothing is new. Every file already below the directory
+// when the hasher starts (what the shim wrote before CRIU: the application's
+// files) is hashed whole once in the background: it is complete. Such a
+// file is never followed, even if follow picks its name: a writer that
+// truncated and rewrote it would not be appending.
+//
+// Finish, called when the writer is done, hashes what is left and returns
+// the sums. WriteNodeManifestWith uses a sum only if the file still is what
+// was hashed: the same inode, size, modification and change time as right
+// after the last byte was read; any other file is hashed there as before.
+// A file rewritten in place between two reads of the hasher (which the files
+// it follows never are) would get a wrong sum: the checkpoint then fails
+// verification at restart, it never passes with bytes nobody hashed.
+type StreamHasher struct {
+	dir    string
+	follow func(name string) bool
+
+	stop chan struct{}
+	done chan struct{}
+
+	stopOnce sync.Once
+
+	// Only the hasher's goroutine touches these until done is closed.
+	files    map[string]*streamFile
+	complete []string
+	existing map[string]bool // top-level names there at the start
+	sums     Sums
+	err      error
+}
+
+type streamFile struct {
+	f *os.File
+	h hash.Hash
+	n int64
+}
+
+// FileSum is a file's digest (BLAKE3, as NodeManifestFormat records it) as
+// a StreamHasher computed it, and what the file looked like right after.
+type FileSum struct {
+	Size   int64
+	Digest string
+	ino    uint64
+	mtime  syscall.Timespec
+	ctime  syscall.Timespec
+}
+
+// Sums are FileSums by path relative to the node directory, '/'-separated.
+type Sums map[string]FileSum
+
+// streamPoll is how long the hasher sleeps when no followed file grew.
+const streamPoll = time.Millisecond
+
+// StartStreamHasher starts hashing dir's files: those follow picks (a name
+// in dir's top level) while they are written, and every file already below
+// dir whole. Call Finish once the writer is done, or Stop to give up.
+func StartStreamHasher(dir string, follow func(name string) bool) *StreamHasher {
+	s := &StreamHasher{dir: dir, follow: follow, stop: make(chan struct{}), done: make(chan struct{}), files: map[string]*streamFile{}, sums: Sums{}, existing: map[string]bool{}}
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if rel, rerr := filepath.Rel(dir, p); rerr == nil {
+				s.complete = append(s.complete, filepath.ToSlash(rel))
+				if !strings.Contains(filepath.ToSlash(rel), "/") {
+					s.existing[rel] = true
+				}
+			}
+		}
+		return nil
+	})
+	go s.run()
+	return s
+}
+
+func (s *StreamHasher) run() {
+	defer close(s.done)
+	defer func() {
+		// The writer is done (or the hashing failed): what was hashed is
+		// final; the files close with the hasher.
+		for name, st := range s.files {
+			if sum, ok := st.sum(); ok && s.err == nil {
+				s.sums[name] = sum
+			}
+			st.f.Close()
+		}
+	}()
+	buf := make([]byte, 1<<20)
+	complete := s.complete
+	for {
+		select {
+		case <-s.stop:
+			s.err = s.scan(buf) // the writer is done: read to the end
+			return
+		default:
+		}
+		if err := s.scan(buf); err != nil {
+			s.err = err
+			return
+		}
+		if len(complete) > 0 {
+			// One complete file between two looks at the followed ones.
+			s.hashComplete(complete[0], buf)
+			complete = complete[1:]
+			continue
+		}
+		select {
+		case <-s.stop:
+		case <-time.After(streamPoll):
+		}
+	}
+}
+
+// hashComplete hashes a file that was whole when the hasher started; a
+// failure only leaves it to WriteNodeManifestWith.
+func (s *StreamHasher) hashComplete(rel string, buf []byte) {
+	f, err := os.Open(filepath.Join(s.dir, filepath.FromSlash(rel)))
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	st := &streamFile{f: f, h: newBLAKE3()}
+	if st.n, err = io.CopyBuffer(st.h, f, buf); err != nil {
+		return
+	}
+	if sum, ok := st.sum(); ok {
+		s.sums[rel] = sum
+	}
+}
+
+// scan opens the followed files that appeared and hashes what each grew by.
+func (s *StreamHasher) scan(buf []byte) error {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return ioErr("read", s.dir, err)
+	}
+	for _, e := range ents {
+		name := e.Name()
+		if _, ok := s.files[name]; ok || s.existing[name] || !e.Type().IsRegular() || !s.follow(name) {
+			continue
+		}
+		f, err := os.Open(filepath.Join(s.dir, name))
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return ioErr("open", filepath.Join(s.dir, name), err)
+		}
+		s.files[name] = &streamFile{f: f, h: newBLAKE3()}
+	}
+	for name, st := range s.files {
+		for {
+			n, err := st.f.Read(buf)
+			if n > 0 {
+				st.h.Write(buf[:n])
+				st.n += int64(n)
+			}
+			if err == io.EOF || n == 0 {
+				break
+			}
+			if err != nil {
+				return ioErr("read", filepath.Join(s.dir, name), err)
+			}
+		}
+	}
+	return nil
+}
+
+// sum is the file's hash if its size is what was hashed.
+func (st *streamFile) sum() (FileSum, bool) {
+	fi, err := st.f.Stat()
+	if err != nil {
+		return FileSum{}, false
+	}
+	sys, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || fi.Size() != st.n {
+		return FileSum{}, false
+	}
+	return FileSum{Size: st.n, Digest: hex.EncodeToString(st.h.Sum(nil)), ino: sys.Ino, mtime: sys.Mtim, ctime: sys.Ctim}, true
+}
+
+// Finish is called once the writer is done: it hashes what the followed
+// files grew by since the last look and returns every sum it has. A file
+// whose size is not what was hashed (truncated) gets no sum.
+func (s *StreamHasher) Finish(ctx context.Context) (Sums, error) {
+	s.stopOnce.Do(func() { close(s.stop) })
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if s.err != nil {
+		return nil, fmt.Errorf("hash the images of %s while they were written: %w", s.dir, s.err)
+	}
+	return s.sums, nil
+}
+
+// Stop ends the hashing when its sums will not be used (the dump failed). It
+// may follow Finish.
+func (s *StreamHasher) Stop() {
+	s.stopOnce.Do(func() { close(s.stop) })
+	<-s.done
+}
+
+// matches says whether info is still the file that sum was taken of.
+func (sum FileSum) matches(info fs.FileInfo) bool {
+	sys, ok := info.Sys().(*syscall.Stat_t)
+	return ok && info.Mode().IsRegular() && info.Size() == sum.Size && sys.Ino == sum.ino && sys.Mtim == sum.mtime && sys.Ctim == sum.ctime
+}

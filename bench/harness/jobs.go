@@ -10,6 +10,7 @@ import (
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 )
 
@@ -133,7 +134,7 @@ func (j *Job) probe(mount string, spec coordinator.JobSpec) segProbe {
 			if err != nil {
 				return nil, err
 			}
-			if out[i], err = inSegs(pid); err != nil {
+			if out[i], err = netquiesce.TCPInSegs(pid); err != nil {
 				return nil, err
 			}
 		}
@@ -170,7 +171,7 @@ func (j *Job) watchUnlock(mount string, spec coordinator.JobSpec) func() (seg, m
 		if err != nil {
 			return
 		}
-		v, err := inSegs(pid)
+		v, err := netquiesce.TCPInSegs(pid)
 		if err != nil {
 			return
 		}

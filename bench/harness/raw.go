@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
 	"github.com/torpor-hpc/torpor/shim/simhost"
@@ -188,7 +189,7 @@ func (r *RawSet) Restore(ctx context.Context, dirs []string, parallel bool, memB
 	}
 	segBase := make([]uint64, len(r.sbs))
 	for i, sb := range r.sbs {
-		v, err := inSegs(sb.Pid())
+		v, err := netquiesce.TCPInSegs(sb.Pid())
 		if err != nil {
 			return out, err
 		}
@@ -204,7 +205,7 @@ func (r *RawSet) Restore(ctx context.Context, dirs []string, parallel bool, memB
 			v := make([]uint64, len(r.sbs))
 			for i, sb := range r.sbs {
 				var err error
-				if v[i], err = inSegs(sb.Pid()); err != nil {
+				if v[i], err = netquiesce.TCPInSegs(sb.Pid()); err != nil {
 					return nil, err
 				}
 			}

@@ -35,6 +35,25 @@ func assertNodeGone(t *testing.T, h *oneHost, a *Agent, ref agentapi.NodeRef) {
 	}
 }
 
+// dumpedTicker starts job-node job/n0 (a ticker) on a, lets it tick, dumps
+// it as a checkpoint does (frozen, locked, left running) as job/1, and
+// destroys it: the images are left for a restore.
+func dumpedTicker(t *testing.T, a *Agent) (ref agentapi.NodeRef, spec agentapi.NodeSpec, img string) {
+	t.Helper()
+	ctx := context.Background()
+	ref = agentapi.NodeRef{Job: "job", Node: "n0"}
+	spec = tickerSpec("n0", 1, filepath.Join(t.TempDir(), "stop"))
+	mustOK(t, "start", a.Start(ctx, "job", spec))
+	waitTicks(t, a, "job", "n0", 2)
+	mustOK(t, "freeze", a.Freeze(ctx, ref))
+	mustOK(t, "lock", a.Lock(ctx, ref))
+	img = filepath.Join(t.TempDir(), ref.Node) // the node manifest is named after its directory
+	_, err := a.Dump(ctx, ref, agentapi.DumpRequest{Dir: img, LeaveRunning: true, Checkpoint: "job/1"})
+	mustOK(t, "dump", err)
+	mustOK(t, "destroy", a.Destroy(ctx, ref))
+	return ref, spec, img
+}
+
 // TestRestoreCancelled: a Restore whose context ends before it returned
 // (before it began, while CRIU restores, after CRIU restored) fails with the
 // context's error and leaves nothing of the job-node; a Restore that is let
@@ -42,17 +61,8 @@ func assertNodeGone(t *testing.T, h *oneHost, a *Agent, ref agentapi.NodeRef) {
 func TestRestoreCancelled(t *testing.T) {
 	h := newOneHost(t)
 	ctx := context.Background()
-	ref := agentapi.NodeRef{Job: "job", Node: "n0"}
-	spec := tickerSpec("n0", 1, filepath.Join(t.TempDir(), "stop"))
 	a := h.agent(nil)
-	mustOK(t, "start", a.Start(ctx, "job", spec))
-	waitTicks(t, a, "job", "n0", 2)
-	mustOK(t, "freeze", a.Freeze(ctx, ref))
-	mustOK(t, "lock", a.Lock(ctx, ref))
-	img := filepath.Join(t.TempDir(), "img")
-	_, err := a.Dump(ctx, ref, agentapi.DumpRequest{Dir: img, LeaveRunning: true, Checkpoint: "job/1"})
-	mustOK(t, "dump", err)
-	mustOK(t, "destroy", a.Destroy(ctx, ref))
+	ref, spec, img := dumpedTicker(t, a)
 
 	for _, tc := range []struct {
 		name string

@@ -2,15 +2,12 @@ package agent
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/netquiesce"
 )
 
 // resumeLimit is how soon after a restart or a migration returns every
@@ -26,33 +23,11 @@ func (e *e2e) inSegs(host, node string) uint64 {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/snmp", n.sb.Pid()))
+	v, err := netquiesce.TCPInSegs(n.sb.Pid())
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	var names []string
-	for _, line := range strings.Split(string(b), "\n") {
-		rest, ok := strings.CutPrefix(line, "Tcp: ")
-		if !ok {
-			continue
-		}
-		f := strings.Fields(rest)
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, name := range names {
-			if name == "InSegs" && i < len(f) {
-				v, err := strconv.ParseUint(f[i], 10, 64)
-				if err != nil {
-					e.t.Fatal(err)
-				}
-				return v
-			}
-		}
-	}
-	e.t.Fatalf("no Tcp InSegs for %s", node)
-	return 0
+	return v
 }
 
 // resumed waits until every job-node's namespace has received a TCP

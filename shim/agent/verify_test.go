@@ -26,17 +26,8 @@ import (
 func TestRestoreVerifiesImages(t *testing.T) {
 	h := newOneHost(t)
 	ctx := context.Background()
-	ref := agentapi.NodeRef{Job: "job", Node: "n0"}
-	spec := tickerSpec("n0", 1, filepath.Join(t.TempDir(), "stop"))
 	a := h.agent(nil)
-	mustOK(t, "start", a.Start(ctx, "job", spec))
-	waitTicks(t, a, "job", "n0", 2)
-	mustOK(t, "freeze", a.Freeze(ctx, ref))
-	mustOK(t, "lock", a.Lock(ctx, ref))
-	img := filepath.Join(t.TempDir(), "n0")
-	_, err := a.Dump(ctx, ref, agentapi.DumpRequest{Dir: img, LeaveRunning: true, Checkpoint: "job/1"})
-	mustOK(t, "dump", err)
-	mustOK(t, "destroy", a.Destroy(ctx, ref))
+	ref, spec, img := dumpedTicker(t, a)
 	if m := regexp.MustCompile(`hashed_streaming=(\d+)`).FindStringSubmatch(h.logs.String()); m == nil || m[1] == "0" {
 		t.Fatalf("the dump hashed no image while CRIU wrote it (%v)", m)
 	}

@@ -139,10 +139,10 @@ func Markdown(r *Result, plots []string) string {
 			}
 			w(" %s | %s |\n", f1(p.CRIUSum.Median), f1(p.TorporWall.Median))
 		}
-		w("\n`dump` contains CRIU (Σ CRIU) plus the shim's own work (RDMA check, output copy, SHA-256 node manifest). `commit` is the catalog commit between the last dump and the first unlock; `resume` is unlock then thaw.\n\n")
+		w("\n`dump` contains CRIU (Σ CRIU) plus the shim's own work (RDMA check, output copy, the node manifest: the memory images' BLAKE3 is computed while CRIU writes them, the rest after). `commit` is the catalog commit between the last dump and the first unlock; `resume` is unlock then thaw.\n\n")
 
 		w("## B3 restart latency\n\n")
-		w("torpor = `Restart` of a suspended job (verify every image, restore every job-node locked, unlock, thaw). raw = `criu restore` of the same workload's images into its sandboxes, one at a time (seq) and all at once (par), then the veth up. unlock→TCP = time from the end of the unlock until every job-node's namespace has received a TCP segment again (Tcp InSegs in /proc/<pid>/net/snmp, polled every 2 ms); hundreds of ms would mean the peers wait for a retransmission timeout.\n\n")
+		w("torpor = `Restart` of a suspended job (verify the job manifest, node manifests and sizes; restore every job-node locked while its shim verifies the images' contents; unlock, thaw). raw = `criu restore` of the same workload's images into its sandboxes, one at a time (seq) and all at once (par), then the veth up. unlock→TCP = time from the end of the unlock until every job-node's namespace has received a TCP segment again (Tcp InSegs in /proc/<pid>/net/snmp, polled every 2 ms); hundreds of ms would mean the peers wait for a retransmission timeout.\n\n")
 		ckptTable("| MiB/node | nodes | image MiB | torpor restart ms | verify | restore | unlock | raw restore seq ms | raw restore par ms | **torpor/raw seq** | **torpor/raw par** | **torpor/write** | torpor unlock→TCP ms | raw unlock→TCP ms |\n", func(p CkptPoint) {
 			w("| %d | %d | %s | %s | %s | %s | %s | %s | %s | **%s** | **%s** | **%s** | %s | %s |\n", p.MiB, p.Nodes, mib(p.Bytes),
 				med(p.RestartWall), f0(p.RestartPhases["verify"].Median), f0(p.RestartPhases["restore"].Median), f1(p.RestartPhases["unlock"].Median),
@@ -233,7 +233,7 @@ func appFilesSection(w func(string, ...any), mode string, a *AppFilesResult) {
 		w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", x.name, med(x.s.Wall), f1(x.s.Dump.Median), f1(x.s.CRIU.Median),
 			f1(DurStat(shim).Median), mib(int64(NewStat(copied).Median)), f0(Ms(x.s.First.Wall)), mib(x.s.FirstCapture.Bytes))
 	}
-	w("\n`dump − CRIU` is, per checkpoint, the shim's own work in the dump phase (the capture, the output copy, the SHA-256 node manifest): the capture's cost shows there with less of the noise of the rest.\n")
+	w("\n`dump − CRIU` is, per checkpoint, the shim's own work in the dump phase (the capture, the output copy, the node manifest): the capture's cost shows there with less of the noise of the rest.\n")
 	w("\n**steady with / without: %s** (target ≤ 1.10); dump phase with / without: %s. First checkpoint with capture (the log copied whole): %s ms, %s × the steady checkpoint without capture.\n\n",
 		f2(Ratio(a.With.Wall.Median, a.Without.Wall.Median)), f2(Ratio(a.With.Dump.Median, a.Without.Dump.Median)),
 		f0(Ms(a.With.First.Wall)), f1(Ratio(Ms(a.With.First.Wall), a.Without.Wall.Median)))

@@ -6,9 +6,7 @@ package client
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
@@ -47,14 +45,7 @@ func Dial(sock string) (cl apiv1.CoordinatorClient, done func(), err error) {
 
 // Listens reports whether a coordinator answers on sock (a socket file left
 // by a coordinator that died does not count).
-func Listens(sock string) bool {
-	conn, err := net.DialTimeout("unix", sock, time.Second)
-	if err != nil {
-		return false
-	}
-	conn.Close()
-	return true
-}
+func Listens(sock string) bool { return coordinator.SocketAnswers(sock) }
 
 // RPCErr turns a gRPC error into a plain one for the user: the status
 // message, without the gRPC code. Other errors, and nil, are returned as is.

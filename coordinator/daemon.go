@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -22,6 +21,7 @@ import (
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/internal/atomicfile"
+	"github.com/torpor-hpc/torpor/internal/lockfile"
 	"github.com/torpor-hpc/torpor/metrics"
 )
 
@@ -84,13 +84,12 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
 	// One coordinator per state directory: two would both write the registry.
-	lock, err := os.OpenFile(filepath.Join(cfg.StateDir, LockName), os.O_RDWR|os.O_CREATE|syscall.O_CLOEXEC, 0o600)
+	lock, err := lockfile.TryLock(filepath.Join(cfg.StateDir, LockName))
+	if errors.Is(err, lockfile.ErrHeld) {
+		return nil, fmt.Errorf("another coordinator uses state directory %s (it holds %s): %w", cfg.StateDir, LockName, err)
+	}
 	if err != nil {
 		return nil, err
-	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("another coordinator uses state directory %s (it holds %s): %w", cfg.StateDir, LockName, err)
 	}
 	defer func() {
 		if err != nil {
@@ -301,14 +300,25 @@ func (s *shimConns) close() {
 	s.conns = nil
 }
 
+// SocketAnswers reports whether something accepts connections on the unix
+// socket sock within a second (a socket file left by a coordinator that
+// died does not).
+func SocketAnswers(sock string) bool {
+	conn, err := net.DialTimeout("unix", sock, time.Second)
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
+}
+
 // listenUnix listens on a unix socket that every local user can reach (the
 // coordinator authorizes each call by the caller's uid), replacing a stale one.
 func listenUnix(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
-	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		conn.Close()
+	if SocketAnswers(path) {
 		return nil, fmt.Errorf("a coordinator already listens on %s (stop it, or use another --socket)", path)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {

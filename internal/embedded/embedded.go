@@ -20,17 +20,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/internal/atomicfile"
+	"github.com/torpor-hpc/torpor/internal/lockfile"
 	"github.com/torpor-hpc/torpor/shim/agent"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/simhost"
@@ -116,24 +113,19 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 			"if it is gone for good, remove %s to use this machine alone",
 			ErrDaemonState, cfg.StateDir, strings.TrimSpace(string(addr)), cfg.Socket, filepath.Join(cfg.StateDir, coordinator.DaemonMarker))
 	}
-	lock, err := os.OpenFile(filepath.Join(cfg.StateDir, lockName), os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	lock, err := lockfile.TryLock(filepath.Join(cfg.StateDir, lockName))
+	if errors.Is(err, lockfile.ErrHeld) {
+		return nil, ErrBusy
+	}
 	if err != nil {
 		return nil, err
-	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		lock.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, ErrBusy
-		}
-		return nil, fmt.Errorf("lock %s: %w", lock.Name(), err)
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	if conn, err := net.DialTimeout("unix", cfg.Socket, time.Second); err == nil {
+	if coordinator.SocketAnswers(cfg.Socket) {
 		// A coordinator (a daemon, or another state directory's) serves
 		// the socket: use it, and take nothing over.
-		conn.Close()
 		lock.Close()
 		return nil, fmt.Errorf("%w: a coordinator answers at %s", ErrBusy, cfg.Socket)
 	}

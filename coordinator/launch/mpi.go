@@ -4,6 +4,7 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"strings"
 )
@@ -146,4 +147,145 @@ func (o Options) MPIFlavour(programPath string) (flavour, note string) {
 		return fl, ""
 	}
 	return MPIOpenMPI, fmt.Sprintf("%v; assuming Open MPI — pass --mpi mpich if the program uses MPICH", err)
+}
+
+// Runtime is how a program's ranks load their libraries, as far as pmixd
+// must follow them: a PMIx server and its clients must be the same libpmix
+// (libpmix.so.2 is the soname of PMIx 4.2 and 5.x alike).
+type Runtime struct {
+	// Loader is the program's dynamic loader (PT_INTERP) when pmixd must
+	// run under it: empty when the program uses the system's.
+	Loader string
+	// LibraryPath is the program's DT_RPATH and DT_RUNPATH directories,
+	// $ORIGIN expanded.
+	LibraryPath []string
+	// OpenMPI is the Open MPI release series of the libmpi.so.40 the program
+	// resolves ("5" for libmpi that needs libopen-pal.so.80, "4" for one that
+	// needs libopen-rte.so.40), or empty.
+	OpenMPI string
+	// LibMPI is the path of that libmpi, if one was found.
+	LibMPI string
+}
+
+// Private says whether pmixd must run under the program's loader and
+// library directories: the program has a loader of its own, or its library
+// directories hold a libpmix (Open MPI 5 and PMIx 5 in a private prefix).
+func (r Runtime) Private() bool { return r.Loader != "" }
+
+// systemLibDirs are searched after a program's own directories.
+var systemLibDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"}
+
+// DetectRuntime reads program's PT_INTERP, DT_RPATH and DT_RUNPATH, and
+// finds the libmpi it loads. systemLoader is the loader of a program built
+// on this system (torpor's own; "" if torpor is static).
+func DetectRuntime(program, systemLoader string) (Runtime, error) {
+	var rt Runtime
+	f, err := elf.Open(program)
+	if err != nil {
+		return rt, fmt.Errorf("read the runtime of %s: %w", program, err)
+	}
+	defer f.Close()
+	interp := interpreter(f)
+	origin := path.Dir(program)
+	for _, tag := range []elf.DynTag{elf.DT_RPATH, elf.DT_RUNPATH} {
+		vals, _ := f.DynString(tag)
+		for _, v := range vals {
+			for _, d := range strings.Split(v, ":") {
+				d = strings.ReplaceAll(strings.ReplaceAll(d, "${ORIGIN}", origin), "$ORIGIN", origin)
+				if d != "" && path.IsAbs(d) {
+					rt.LibraryPath = appendUnique(rt.LibraryPath, path.Clean(d))
+				}
+			}
+		}
+	}
+	ownPMIx := false
+	for _, d := range rt.LibraryPath {
+		if fileExists(path.Join(d, "libpmix.so.2")) {
+			ownPMIx = true
+		}
+	}
+	if interp != "" && !sameFile(interp, systemLoader) || ownPMIx {
+		rt.Loader = interp
+		if rt.Loader == "" {
+			rt.Loader = systemLoader
+		}
+	}
+	libs, _ := f.ImportedLibraries()
+	for _, lib := range libs {
+		if lib != "libmpi.so.40" {
+			continue
+		}
+		for _, d := range append(append([]string(nil), rt.LibraryPath...), systemLibDirs...) {
+			p := path.Join(d, lib)
+			if !fileExists(p) {
+				continue
+			}
+			rt.LibMPI = p
+			rt.OpenMPI = openMPISeries(p)
+			break
+		}
+	}
+	return rt, nil
+}
+
+// openMPISeries tells Open MPI 5 from 4 by what their libmpi.so.40 needs.
+func openMPISeries(libmpi string) string {
+	f, err := elf.Open(libmpi)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	libs, _ := f.ImportedLibraries()
+	for _, l := range libs {
+		switch {
+		case strings.HasPrefix(l, "libopen-pal.so.8"):
+			return "5"
+		case strings.HasPrefix(l, "libopen-rte.so.4"), strings.HasPrefix(l, "libopen-pal.so.4"):
+			return "4"
+		}
+	}
+	return ""
+}
+
+func interpreter(f *elf.File) string {
+	for _, p := range f.Progs {
+		if p.Type != elf.PT_INTERP {
+			continue
+		}
+		b := make([]byte, p.Filesz)
+		if _, err := p.ReadAt(b, 0); err != nil {
+			return ""
+		}
+		return strings.TrimRight(string(b), "\x00")
+	}
+	return ""
+}
+
+// SystemLoader is the dynamic loader of the running torpor binary (of
+// programs built on this system), or x86-64's standard one if torpor is
+// static.
+func SystemLoader() string {
+	if self, err := os.Executable(); err == nil {
+		if f, err := elf.Open(self); err == nil {
+			defer f.Close()
+			if l := interpreter(f); l != "" {
+				return l
+			}
+		}
+	}
+	return "/lib64/ld-linux-x86-64.so.2"
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+func sameFile(a, b string) bool {
+	if a == b {
+		return true
+	}
+	fa, errA := os.Stat(a)
+	fb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(fa, fb)
 }

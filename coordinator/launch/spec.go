@@ -157,6 +157,12 @@ func (o Options) mpiSpec(spec coordinator.JobSpec, prog string, rankEnv []string
 		// 1.13: the finalize hang of README's known limits.
 		extra = []string{"UCX_TLS=tcp,self", "UCX_NET_DEVICES=" + SandboxIfName}
 	}
+	var rt Runtime
+	if flavour != MPIMPICH {
+		if rt, err = DetectRuntime(prog, SystemLoader()); err != nil {
+			return spec, note, err
+		}
+	}
 	var nodes []jobspec.Node
 	for i, pn := range plan.Nodes {
 		nodes = append(nodes, jobspec.Node{Hostname: spec.ID + "-n" + strconv.Itoa(i), Ranks: pn.Ranks})
@@ -173,6 +179,9 @@ func (o Options) mpiSpec(spec coordinator.JobSpec, prog string, rankEnv []string
 			Job: spec.ID, Nodes: nodes, NodeIndex: i, Wire: wire,
 			Argv: append([]string{prog}, o.Args...), Env: m.environ, ExtraEnv: append(nodeEnv, rankEnv...),
 			Dir: o.Wdir, TagOutput: o.TagOutput,
+		}
+		if rt.Private() {
+			js.Loader, js.LibraryPath = rt.Loader, rt.LibraryPath
 		}
 		env, err := jobspec.EnvString(js)
 		if err != nil {

@@ -103,6 +103,14 @@ type JobSpec struct {
 	// pmix/link); Main uses it as the Upstream. Empty: a single-node job with
 	// LocalUpstream.
 	Link string
+	// Loader, when set, is the dynamic loader pmixd runs under, with the
+	// directories of LibraryPath searched first (ld.so --library-path): the
+	// ranks' own loader and library directories, so that pmixd's libpmix (and
+	// libc) are the ones the ranks' MPI library was built with — Open MPI 5
+	// and its PMIx 5 in a private prefix (make deps), say, on a system whose
+	// own libpmix is 4.2. Only for WirePMIx. Empty: pmixd runs as it is.
+	Loader      string   `json:",omitempty"`
+	LibraryPath []string `json:",omitempty"`
 	// ReapOrphans makes pmixd reap every child (wait4(-1)), as PID 1 of a
 	// sandbox must. Leave it off when pmixd's logic runs inside a process that
 	// has other children.
@@ -138,6 +146,16 @@ func (s JobSpec) NodeOf(rank int) int {
 	return -1
 }
 
+// PMIxdArgv is the command that runs pmixd from the torpor binary self with
+// args: self itself, or under Loader with LibraryPath.
+func (s JobSpec) PMIxdArgv(self string, args ...string) []string {
+	argv := []string{self, "pmixd"}
+	if s.Loader != "" {
+		argv = []string{s.Loader, "--library-path", strings.Join(s.LibraryPath, ":"), self, "pmixd"}
+	}
+	return append(argv, args...)
+}
+
 // ServerTmpDir is where the PMIx server keeps its rendezvous files.
 func (s JobSpec) ServerTmpDir() string { return filepath.Join(s.TmpDir, "srv") }
 
@@ -157,6 +175,19 @@ func (s JobSpec) Validate() error {
 	case "", WirePMIx, WirePMI1:
 	default:
 		return fmt.Errorf("%w: unknown wire %q (want %q or %q)", ErrBadSpec, s.Wire, WirePMIx, WirePMI1)
+	}
+	if s.Loader != "" {
+		if s.Wire == WirePMI1 {
+			return fmt.Errorf("%w: a loader for pmixd is for PMIx ranks only", ErrBadSpec)
+		}
+		if !filepath.IsAbs(s.Loader) {
+			return fmt.Errorf("%w: loader %q must be an absolute path", ErrBadSpec, s.Loader)
+		}
+		for _, d := range s.LibraryPath {
+			if !filepath.IsAbs(d) || strings.ContainsAny(d, ":;") {
+				return fmt.Errorf("%w: library directory %q must be an absolute path without ':' or ';'", ErrBadSpec, d)
+			}
+		}
 	}
 	if s.TmpDir == "" || !filepath.IsAbs(s.TmpDir) {
 		return fmt.Errorf("%w: TmpDir %q must be an absolute path", ErrBadSpec, s.TmpDir)

@@ -56,18 +56,30 @@ static pmix_status_t t_notify_event(pmix_status_t code, const pmix_proc_t *sourc
 	return PMIX_OPERATION_SUCCEEDED;
 }
 
-static pmix_server_module_t module = {
-	.client_connected = t_client_connected,
-	.client_finalized = t_client_finalized,
-	.abort = t_abort,
-	.fence_nb = t_fence_nb,
-	.direct_modex = t_direct_modex,
-	.notify_event = t_notify_event,
+// The module with zeroed room after it. libpmix.so.2 is the soname of PMIx
+// 4.2 and 5.x alike, and PMIx_server_init copies the module whole
+// (pmix_host_server = *module) at the size of the library's own
+// pmix_server_module_t: 5.0 appended session_control, so a 5.x library run
+// under this binary built against 4.2's headers reads past the 4.2 struct.
+// The spare pointers read as NULL: "not supported". Every other type and
+// every function this package uses is the same in 4.2.2 and 5.0.7.
+static struct {
+	pmix_server_module_t m;
+	void *spare[16];
+} module = {
+	.m = {
+		.client_connected = t_client_connected,
+		.client_finalized = t_client_finalized,
+		.abort = t_abort,
+		.fence_nb = t_fence_nb,
+		.direct_modex = t_direct_modex,
+		.notify_event = t_notify_event,
+	},
 };
 
 pmix_status_t torpor_server_init(pmix_data_array_t *info)
 {
-	return PMIx_server_init(&module, (pmix_info_t *)info->array, info->size);
+	return PMIx_server_init(&module.m, (pmix_info_t *)info->array, info->size);
 }
 
 torpor_op_t *torpor_op_new(uintptr_t handle, pmix_data_array_t *info)

@@ -72,7 +72,10 @@ func (a *Agent) preparePMIxd(n *node, js *jobspec.JobSpec) ([]string, error) {
 	if err := a.listenLink(n); err != nil {
 		return nil, err
 	}
-	return []string{self, "pmixd", "--spec", specFile, "--log-level", "warn"}, nil
+	if err := js.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: job-node %s: %w", agentapi.ErrInvalid, n.spec.Name, err)
+	}
+	return js.PMIxdArgv(self, "--spec", specFile, "--log-level", "warn"), nil
 }
 
 // listenLink starts n's link server. A stale socket (of a shim that died)

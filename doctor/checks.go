@@ -29,6 +29,9 @@ type Env struct {
 	CheckpointDir string
 	// PMIxVersion reports the libpmix version torpor is linked with.
 	PMIxVersion func() (string, error)
+	// OMPI5Prefix is where `make deps` installs Open MPI 5 and PMIx 5;
+	// empty means $TORPOR_OMPI5_PREFIX or DefaultOMPI5Prefix.
+	OMPI5Prefix string
 
 	criuPath    string
 	criuCheck   string // output of `criu check`, cached for the breakpoint check
@@ -63,6 +66,7 @@ func Checks() []Check {
 		{Name: "libpmix", Required: true, Run: checkPMIx},
 		{Name: "open mpi", Required: true, Run: checkOpenMPI},
 		{Name: "mpich", Required: false, Run: checkMPICH},
+		{Name: "open mpi 5", Required: false, Run: checkOMPI5},
 		{Name: "checkpoint dir", Required: true, Run: checkCheckpointDir},
 	}
 }
@@ -260,6 +264,47 @@ func checkOpenMPI(ctx context.Context, _ *Env) Result {
 		return fail("apt-get install openmpi-bin libopenmpi-dev (or `make deps`)", "ompi_info: %v", err)
 	}
 	return ok("%s", firstLine(string(out)))
+}
+
+// DefaultOMPI5Prefix is where scripts/deps.sh installs Debian trixie's Open
+// MPI 5 and PMIx 5 (root/ holds the unpacked packages, bin/mpicc builds
+// programs against them, VERSIONS names the two packages' versions).
+const DefaultOMPI5Prefix = "/opt/torpor/ompi5"
+
+// checkOMPI5 reports the private Open MPI 5 and the PMIx that a pmixd gets
+// under its loader: this torpor binary is run as `pmixd --pmix-version` the
+// way the shim runs a pmixd for a program built with the prefix's mpicc.
+func checkOMPI5(ctx context.Context, env *Env) Result {
+	prefix := env.OMPI5Prefix
+	if prefix == "" {
+		prefix = os.Getenv("TORPOR_OMPI5_PREFIX")
+	}
+	if prefix == "" {
+		prefix = DefaultOMPI5Prefix
+	}
+	remedy := "`make deps` installs Open MPI 5 and PMIx 5 in " + prefix + " (optional: for programs built with its bin/mpicc)"
+	versions, err := os.ReadFile(filepath.Join(prefix, "VERSIONS"))
+	if err != nil {
+		return warn(remedy, "not installed: %v", err)
+	}
+	vers := map[string]string{}
+	for _, line := range strings.Split(string(versions), "\n") {
+		if k, v, ok := strings.Cut(line, " "); ok {
+			vers[k] = v
+		}
+	}
+	libdir := filepath.Join(prefix, "root/usr/lib/x86_64-linux-gnu")
+	loader := filepath.Join(libdir, "ld-linux-x86-64.so.2")
+	self, err := os.Executable()
+	if err != nil {
+		return warn(remedy, "find the torpor binary: %v", err)
+	}
+	out, err := exec.CommandContext(ctx, loader, "--library-path", libdir, self, "pmixd", "--pmix-version").CombinedOutput()
+	if err != nil {
+		return warn("run `make deps` again (remove "+prefix+" first), and build torpor with cgo",
+			"Open MPI %s in %s, but pmixd does not start under its loader: %v: %s", vers["openmpi"], prefix, err, firstLine(string(out)))
+	}
+	return ok("Open MPI %s and PMIx %s in %s; pmixd under its loader: %s", vers["openmpi"], vers["pmix"], prefix, firstLine(string(out)))
 }
 
 func checkMPICH(ctx context.Context, _ *Env) Result {

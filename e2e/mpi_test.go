@@ -27,6 +27,10 @@ func workload(t *testing.T, name string) string {
 		if err != nil {
 			t.Fatalf("build workloads: %v\n%s", err, out)
 		}
+		if _, err := os.Stat(p); err != nil {
+			// *.ompi5 need Open MPI 5's private prefix.
+			t.Fatalf("make -C bench/workloads built no %s (run `make deps`): %v", name, err)
+		}
 	}
 	return p
 }
@@ -173,20 +177,43 @@ func TestMPIEveryOperation(t *testing.T) {
 		name, mpirun, bin string
 		args              []string
 		hangOK            string
+		// ref is the build the undisturbed run uses when it is not bin.
+		ref string
 	}
+	ringArgs := []string{"-i", "300", "-m", "16", "-s", "20000", "-p", "25"}
+	stencilArgs := []string{"-n", "256", "-i", "300", "-s", "20000", "-p", "25"}
 	progs := []prog{
-		{"ring", "mpirun.openmpi", "ring.openmpi", []string{"-i", "300", "-m", "16", "-s", "20000", "-p", "25"}, ""},
-		{"stencil", "mpirun.openmpi", "stencil.openmpi", []string{"-n", "256", "-i", "300", "-s", "20000", "-p", "25"}, ""},
-		{"ringmpich", "mpirun.mpich", "ring.mpich", []string{"-i", "300", "-m", "16", "-s", "20000", "-p", "25"},
-			"MPICH 4.0.2 ch4:ucx finalize deadlock (a rank flushing its UCX endpoints waits for peers already blocked in the PMI barrier; fixed upstream by pmodels/mpich#6596)"},
+		{name: "ring", mpirun: "mpirun.openmpi", bin: "ring.openmpi", args: ringArgs},
+		{name: "stencil", mpirun: "mpirun.openmpi", bin: "stencil.openmpi", args: stencilArgs},
+		{name: "ringmpich", mpirun: "mpirun.mpich", bin: "ring.mpich", args: ringArgs,
+			hangOK: "MPICH 4.0.2 ch4:ucx finalize deadlock (a rank flushing its UCX endpoints waits for peers already blocked in the PMI barrier; fixed upstream by pmodels/mpich#6596)"},
+		// Open MPI 5.0 and PMIx 5.0 of the private prefix of `make deps`:
+		// pmixd runs with the program's loader and libpmix 5. That prefix
+		// has no launcher, and the checksums depend on neither the MPI
+		// library nor the launch: the undisturbed run is Open MPI 4.1's
+		// mpirun of the same source.
+		{name: "ringompi5", mpirun: "mpirun.openmpi", bin: "ring.ompi5", args: ringArgs, ref: "ring.openmpi"},
+		{name: "stencilompi5", mpirun: "mpirun.openmpi", bin: "stencil.ompi5", args: stencilArgs, ref: "stencil.openmpi"},
 	}
 	for _, p := range progs {
 		t.Run(p.name, func(t *testing.T) {
 			c.t = t
 			bin := workload(t, p.bin)
-			want := reference(t, p.mpirun, 6, bin, p.args...)
+			ref := bin
+			if p.ref != "" {
+				ref = workload(t, p.ref)
+			}
+			want := reference(t, p.mpirun, 6, ref, p.args...)
 			j := c.runMPI(p.name, 6, "h1:2,h2:2,h3:2", bin, p.args...)
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("torpor run of %s:\n%s", j.id, lastLines(j.output(), 40))
+				}
+			})
 			j.progress("started")
+			if p.ref != "" {
+				c.assertPMIxdLoads(j.id, ompi5LibPMIx, "started")
+			}
 			for i := 0; i < 3; i++ {
 				h := lastLines(c.mustCLI("checkpoint", j.id), 1)
 				j.progress("checkpoint " + h)
@@ -208,6 +235,9 @@ func TestMPIEveryOperation(t *testing.T) {
 				t.Fatalf("after restart elsewhere:\n%s", ps)
 			}
 			j.progress("restart on h4,h5,h6")
+			if p.ref != "" {
+				c.assertPMIxdLoads(j.id, ompi5LibPMIx, "restored on h4,h5,h6")
+			}
 			c.mustCLI("migrate", j.id, "--node", "n1", "--to", "h2")
 			j.progress("migrate n1 to h2")
 			got := j.finish(3*time.Minute, p.hangOK)
@@ -240,4 +270,49 @@ func TestCheckpointEvents(t *testing.T) {
 	if got := j.finish(3*time.Minute, ""); got == "" {
 		t.Fatal("no checksum")
 	}
+}
+
+// ompi5LibPMIx matches the libpmix of the Open MPI 5 prefix of `make deps`.
+var ompi5LibPMIx = regexp.MustCompile(`^/opt/torpor/ompi5/.*/libpmix\.so\.2\.1[3-9]\.`)
+
+// assertPMIxdLoads checks that every job-node of job has a pmixd and that each
+// maps a libpmix whose path matches lib (libpmix.so.2.13.x is PMIx 5.0).
+func (c *cluster) assertPMIxdLoads(job string, lib *regexp.Regexp, when string) {
+	c.t.Helper()
+	root := filepath.Join(cgroupMount(c.t), c.cgParent)
+	var found []string
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.Name() != "cgroup.procs" || !strings.Contains(p, "/"+job+"/") {
+			return nil
+		}
+		data, _ := os.ReadFile(p)
+		for _, pid := range strings.Fields(string(data)) {
+			cmd, err := os.ReadFile("/proc/" + pid + "/cmdline")
+			if err != nil || !strings.Contains(string(cmd), "\x00pmixd\x00") {
+				continue
+			}
+			maps, err := os.ReadFile("/proc/" + pid + "/maps")
+			if err != nil {
+				c.t.Fatal(err)
+			}
+			var libs []string
+			for _, line := range strings.Split(string(maps), "\n") {
+				if f := strings.Fields(line); len(f) == 6 && strings.Contains(f[5], "libpmix.so") {
+					libs = append(libs, f[5])
+				}
+			}
+			if len(libs) == 0 || !lib.MatchString(libs[0]) {
+				c.t.Fatalf("%s: pmixd %s of job %s maps libpmix %v, want %s", when, pid, job, libs, lib)
+			}
+			found = append(found, libs[0])
+		}
+		return nil
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if len(found) == 0 {
+		c.t.Fatalf("%s: no pmixd of job %s found", when, job)
+	}
+	c.t.Logf("%s: %d pmixd of job %s map %s", when, len(found), job, found[0])
 }

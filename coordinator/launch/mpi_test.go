@@ -159,3 +159,73 @@ func TestDetectMPIPatched(t *testing.T) {
 		})
 	}
 }
+
+// TestDetectRuntime: pmixd follows a program's own loader, or its own
+// libpmix, and nothing else; the Open MPI series is read from the libmpi the
+// program resolves.
+func TestDetectRuntime(t *testing.T) {
+	bin := workloads(t)
+	if _, err := exec.LookPath("patchelf"); err != nil {
+		t.Skip("patchelf not installed (run `make deps`)")
+	}
+	sys := SystemLoader()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "lib"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "lib", "libpmix.so.2"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		patch  []string
+		loader string
+		path   []string
+		series string
+	}{
+		{"system Open MPI 4.1", nil, "", nil, "4"},
+		{"a loader of its own", []string{"--set-interpreter", "/opt/x/ld-linux-x86-64.so.2", "--set-rpath", "/opt/x/lib"}, "/opt/x/ld-linux-x86-64.so.2", []string{"/opt/x/lib"}, "4"},
+		{"a libpmix of its own", []string{"--set-rpath", "$ORIGIN/lib:/nonexistent"}, sys, []string{filepath.Join(dir, "lib"), "/nonexistent"}, "4"},
+		{"a runpath without libpmix", []string{"--set-rpath", "/nonexistent"}, "", []string{"/nonexistent"}, "4"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			data, err := os.ReadFile(filepath.Join(bin, "ring.openmpi"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(dir, "ring")
+			if err := os.WriteFile(p, data, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if tt.patch != nil {
+				if out, err := exec.Command("patchelf", append(tt.patch, p)...).CombinedOutput(); err != nil {
+					t.Fatalf("patchelf %v: %v\n%s", tt.patch, err, out)
+				}
+			}
+			rt, err := DetectRuntime(p, sys)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rt.Loader != tt.loader || strings.Join(rt.LibraryPath, ":") != strings.Join(tt.path, ":") || rt.OpenMPI != tt.series {
+				t.Fatalf("DetectRuntime = %+v; want loader %q, library path %q, Open MPI %q", rt, tt.loader, tt.path, tt.series)
+			}
+		})
+	}
+	t.Run("Open MPI 5 of make deps", func(t *testing.T) {
+		p := filepath.Join(bin, "ring.ompi5")
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("%s not built (`make deps` installs Open MPI 5): %v", p, err)
+		}
+		rt, err := DetectRuntime(p, sys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rt.Private() || !strings.HasSuffix(rt.Loader, "/ld-linux-x86-64.so.2") || rt.OpenMPI != "5" || len(rt.LibraryPath) == 0 {
+			t.Fatalf("DetectRuntime(ring.ompi5) = %+v; want its own loader and Open MPI 5", rt)
+		}
+		if fl, err := DetectMPI(p); err != nil || fl != MPIOpenMPI {
+			t.Fatalf("DetectMPI(ring.ompi5) = %q, %v", fl, err)
+		}
+	})
+}

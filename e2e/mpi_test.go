@@ -212,7 +212,7 @@ func TestMPIEveryOperation(t *testing.T) {
 			})
 			j.progress("started")
 			if p.ref != "" {
-				c.assertPMIxdLoads(j.id, ompi5LibPMIx, "started")
+				c.assertOMPI5Runtime(j.id, "started")
 			}
 			for i := 0; i < 3; i++ {
 				h := lastLines(c.mustCLI("checkpoint", j.id), 1)
@@ -236,7 +236,7 @@ func TestMPIEveryOperation(t *testing.T) {
 			}
 			j.progress("restart on h4,h5,h6")
 			if p.ref != "" {
-				c.assertPMIxdLoads(j.id, ompi5LibPMIx, "restored on h4,h5,h6")
+				c.assertOMPI5Runtime(j.id, "restored on h4,h5,h6")
 			}
 			c.mustCLI("migrate", j.id, "--node", "n1", "--to", "h2")
 			j.progress("migrate n1 to h2")
@@ -272,47 +272,60 @@ func TestCheckpointEvents(t *testing.T) {
 	}
 }
 
-// ompi5LibPMIx matches the libpmix of the Open MPI 5 prefix of `make deps`.
-var ompi5LibPMIx = regexp.MustCompile(`^/opt/torpor/ompi5/.*/libpmix\.so\.2\.1[3-9]\.`)
+// ompi5Prefix is where `make deps` installs Open MPI 5 and PMIx 5.
+const ompi5Prefix = "/opt/torpor/ompi5/"
 
-// assertPMIxdLoads checks that every job-node of job has a pmixd and that each
-// maps a libpmix whose path matches lib (libpmix.so.2.13.x is PMIx 5.0).
-func (c *cluster) assertPMIxdLoads(job string, lib *regexp.Regexp, when string) {
+// assertOMPI5Runtime checks that every job-node of job has a pmixd that maps
+// PMIx 5.0's libpmix (libpmix.so.2.13.x) of the Open MPI 5 prefix, and that
+// pmixd and the ranks map no shared object from outside that prefix (libpmix
+// and libhwloc find their plugins there, not the system's).
+func (c *cluster) assertOMPI5Runtime(job, when string) {
 	c.t.Helper()
+	libpmix5 := regexp.MustCompile(`^` + regexp.QuoteMeta(ompi5Prefix) + `.*/libpmix\.so\.2\.13\.`)
 	root := filepath.Join(cgroupMount(c.t), c.cgParent)
-	var found []string
+	pmixds, procs := 0, 0
 	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.Name() != "cgroup.procs" || !strings.Contains(p, "/"+job+"/") {
 			return nil
 		}
 		data, _ := os.ReadFile(p)
 		for _, pid := range strings.Fields(string(data)) {
-			cmd, err := os.ReadFile("/proc/" + pid + "/cmdline")
-			if err != nil || !strings.Contains(string(cmd), "\x00pmixd\x00") {
-				continue
+			st, err := os.ReadFile("/proc/" + pid + "/status")
+			if err != nil || regexp.MustCompile(`(?m)^NSpid:.*\s1$`).Match(st) {
+				continue // gone meanwhile, or the sandbox's init (torpor itself)
 			}
+			cmd, _ := os.ReadFile("/proc/" + pid + "/cmdline")
 			maps, err := os.ReadFile("/proc/" + pid + "/maps")
 			if err != nil {
-				c.t.Fatal(err)
+				continue
 			}
-			var libs []string
+			procs++
+			pmixd := strings.Contains(string(cmd), "\x00pmixd\x00")
+			found := false
 			for _, line := range strings.Split(string(maps), "\n") {
-				if f := strings.Fields(line); len(f) == 6 && strings.Contains(f[5], "libpmix.so") {
-					libs = append(libs, f[5])
+				f := strings.Fields(line)
+				if len(f) != 6 || !strings.Contains(f[5], ".so") {
+					continue
 				}
+				if !strings.HasPrefix(f[5], ompi5Prefix) {
+					c.t.Fatalf("%s: process %s (%q) of job %s maps %s, outside %s", when, pid, cmd, job, f[5], ompi5Prefix)
+				}
+				found = found || libpmix5.MatchString(f[5])
 			}
-			if len(libs) == 0 || !lib.MatchString(libs[0]) {
-				c.t.Fatalf("%s: pmixd %s of job %s maps libpmix %v, want %s", when, pid, job, libs, lib)
+			if pmixd {
+				pmixds++
 			}
-			found = append(found, libs[0])
+			if !found {
+				c.t.Fatalf("%s: process %s (%q) of job %s maps no libpmix of PMIx 5.0 from %s", when, pid, cmd, job, ompi5Prefix)
+			}
 		}
 		return nil
 	})
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if len(found) == 0 {
-		c.t.Fatalf("%s: no pmixd of job %s found", when, job)
+	if pmixds == 0 || procs <= pmixds {
+		c.t.Fatalf("%s: %d pmixd and %d processes of job %s found", when, pmixds, procs, job)
 	}
-	c.t.Logf("%s: %d pmixd of job %s map %s", when, len(found), job, found[0])
+	c.t.Logf("%s: %d pmixd and %d ranks of job %s map PMIx 5.0 and only shared objects of %s", when, pmixds, procs-pmixds, job, ompi5Prefix)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
 )
 
@@ -165,6 +166,12 @@ type Runtime struct {
 	OpenMPI string
 	// LibMPI is the path of that libmpi, if one was found.
 	LibMPI string
+	// Env is for pmixd and the ranks when Private: where the libpmix and
+	// libhwloc of LibraryPath find their plugins. Both look in directories
+	// compiled in (Debian's /usr/lib/x86_64-linux-gnu/pmix2/lib/pmix and
+	// .../hwloc), which on a system with its own PMIx and hwloc hold the
+	// system's plugins, built for other versions of the libraries.
+	Env []string
 }
 
 // Private says whether pmixd must run under the program's loader and
@@ -210,6 +217,9 @@ func DetectRuntime(program, systemLoader string) (Runtime, error) {
 			rt.Loader = systemLoader
 		}
 	}
+	if rt.Private() {
+		rt.Env = pluginEnv(rt.LibraryPath)
+	}
 	libs, _ := f.ImportedLibraries()
 	for _, lib := range libs {
 		if lib != "libmpi.so.40" {
@@ -226,6 +236,35 @@ func DetectRuntime(program, systemLoader string) (Runtime, error) {
 		}
 	}
 	return rt, nil
+}
+
+// pluginEnv points libpmix and libhwloc, the first of each in dirs, at the
+// plugin directories beside them (<libdir>/pmix, <libdir>/hwloc, in upstream's
+// and Debian's layouts alike); a directory that does not exist means no
+// plugins, which is better than another version's.
+func pluginEnv(dirs []string) []string {
+	var env []string
+	for _, l := range []struct{ lib, v string }{
+		// PMIx 5.0 ignores PMIX_MCA_mca_base_component_path; it takes
+		// its plugin directory from its install directories, which
+		// PMIX_PKGLIBDIR overrides (measured with LD_DEBUG=files).
+		{"libpmix.so.2", "PMIX_PKGLIBDIR"},
+		{"libhwloc.so.15", "HWLOC_PLUGINS_PATH"},
+	} {
+		for _, d := range dirs {
+			real, err := filepath.EvalSymlinks(path.Join(d, l.lib))
+			if err != nil {
+				continue
+			}
+			sub := "pmix"
+			if l.lib == "libhwloc.so.15" {
+				sub = "hwloc"
+			}
+			env = append(env, l.v+"="+filepath.Join(filepath.Dir(real), sub))
+			break
+		}
+	}
+	return env
 }
 
 // openMPISeries tells Open MPI 5 from 4 by what their libmpi.so.40 needs.

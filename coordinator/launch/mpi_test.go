@@ -182,11 +182,13 @@ func TestDetectRuntime(t *testing.T) {
 		loader string
 		path   []string
 		series string
+		env    []string
 	}{
-		{"system Open MPI 4.1", nil, "", nil, "4"},
-		{"a loader of its own", []string{"--set-interpreter", "/opt/x/ld-linux-x86-64.so.2", "--set-rpath", "/opt/x/lib"}, "/opt/x/ld-linux-x86-64.so.2", []string{"/opt/x/lib"}, "4"},
-		{"a libpmix of its own", []string{"--set-rpath", "$ORIGIN/lib:/nonexistent"}, sys, []string{filepath.Join(dir, "lib"), "/nonexistent"}, "4"},
-		{"a runpath without libpmix", []string{"--set-rpath", "/nonexistent"}, "", []string{"/nonexistent"}, "4"},
+		{"system Open MPI 4.1", nil, "", nil, "4", nil},
+		{"a loader of its own", []string{"--set-interpreter", "/opt/x/ld-linux-x86-64.so.2", "--set-rpath", "/opt/x/lib"}, "/opt/x/ld-linux-x86-64.so.2", []string{"/opt/x/lib"}, "4", nil},
+		{"a libpmix of its own", []string{"--set-rpath", "$ORIGIN/lib:/nonexistent"}, sys, []string{filepath.Join(dir, "lib"), "/nonexistent"}, "4",
+			[]string{"PMIX_PKGLIBDIR=" + filepath.Join(dir, "lib", "pmix")}},
+		{"a runpath without libpmix", []string{"--set-rpath", "/nonexistent"}, "", []string{"/nonexistent"}, "4", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -207,8 +209,9 @@ func TestDetectRuntime(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rt.Loader != tt.loader || strings.Join(rt.LibraryPath, ":") != strings.Join(tt.path, ":") || rt.OpenMPI != tt.series {
-				t.Fatalf("DetectRuntime = %+v; want loader %q, library path %q, Open MPI %q", rt, tt.loader, tt.path, tt.series)
+			if rt.Loader != tt.loader || strings.Join(rt.LibraryPath, ":") != strings.Join(tt.path, ":") || rt.OpenMPI != tt.series ||
+				strings.Join(rt.Env, " ") != strings.Join(tt.env, " ") {
+				t.Fatalf("DetectRuntime = %+v; want loader %q, library path %q, Open MPI %q, env %q", rt, tt.loader, tt.path, tt.series, tt.env)
 			}
 		})
 	}
@@ -221,7 +224,7 @@ func TestDetectRuntime(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !rt.Private() || !strings.HasSuffix(rt.Loader, "/ld-linux-x86-64.so.2") || rt.OpenMPI != "5" || len(rt.LibraryPath) == 0 {
+		if !rt.Private() || !strings.HasSuffix(rt.Loader, "/ld-linux-x86-64.so.2") || rt.OpenMPI != "5" || len(rt.LibraryPath) == 0 || len(rt.Env) != 2 {
 			t.Fatalf("DetectRuntime(ring.ompi5) = %+v; want its own loader and Open MPI 5", rt)
 		}
 		if fl, err := DetectMPI(p); err != nil || fl != MPIOpenMPI {

@@ -168,7 +168,7 @@ func (o Options) mpiSpec(spec coordinator.JobSpec, prog string, rankEnv []string
 		nodes = append(nodes, jobspec.Node{Hostname: spec.ID + "-n" + strconv.Itoa(i), Ranks: pn.Ranks})
 	}
 	for i, pn := range plan.Nodes {
-		nodeEnv := append([]string(nil), extra...)
+		nodeEnv := append(append([]string(nil), extra...), rt.Env...)
 		if flavour != MPIMPICH && (o.Oversubscribe || len(pn.Ranks) > m.cpus) {
 			// More ranks than cores: without this, Open MPI's busy polling
 			// makes the ranks fight for the cores (mpirun sets it itself when
@@ -190,7 +190,7 @@ func (o Options) mpiSpec(spec coordinator.JobSpec, prog string, rankEnv []string
 		spec.Nodes = append(spec.Nodes, agentapi.NodeSpec{
 			Name: "n" + strconv.Itoa(i), Host: pn.Host, Hostname: nodes[i].Hostname,
 			Argv: []string{"pmixd"}, Dir: o.Wdir,
-			Env: []string{env, "PATH=" + m.path},
+			Env: append([]string{env, "PATH=" + m.path}, rt.Env...),
 		})
 	}
 	return spec, note, nil

@@ -159,9 +159,9 @@ func (o Options) mpiSpec(spec coordinator.JobSpec, prog string, rankEnv []string
 	}
 	var rt Runtime
 	if flavour != MPIMPICH {
-		if rt, err = DetectRuntime(prog, SystemLoader()); err != nil {
-			return spec, note, err
-		}
+		// A program torpor cannot read (a script, say) gets pmixd as it
+		// is, as MPIFlavour falls back to Open MPI.
+		rt, _ = DetectRuntime(prog, SystemLoader())
 	}
 	var nodes []jobspec.Node
 	for i, pn := range plan.Nodes {

@@ -275,3 +275,34 @@ func TestKeepDefaults(t *testing.T) {
 		}
 	}
 }
+
+// A program built with the Open MPI 5 prefix's mpicc: pmixd runs under the
+// program's loader and libraries, and it and the ranks find libpmix's and
+// hwloc's plugins in the prefix.
+func TestJobSpecOMPI5(t *testing.T) {
+	bin := workloads(t)
+	prog := filepath.Join(bin, "ring.ompi5")
+	if _, err := os.Stat(prog); err != nil {
+		t.Skipf("%s not built (`make deps` installs Open MPI 5): %v", prog, err)
+	}
+	rt, err := DetectRuntime(prog, SystemLoader())
+	if err != nil || !rt.Private() {
+		t.Fatalf("DetectRuntime = %+v, %v", rt, err)
+	}
+	o := parseArgs(t, "-n 2 --host h1:1,h2:1 ./ring.ompi5")
+	spec, _, err := o.jobSpec(prog, testMachine(8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range spec.Nodes {
+		js := pmixdSpec(t, n)
+		if js.Loader != rt.Loader || !reflect.DeepEqual(js.LibraryPath, rt.LibraryPath) {
+			t.Errorf("job-node %s: loader %q %q, want %q %q", n.Name, js.Loader, js.LibraryPath, rt.Loader, rt.LibraryPath)
+		}
+		for _, kv := range rt.Env {
+			if !slices.Contains(js.ExtraEnv, kv) || !slices.Contains(n.Env, kv) {
+				t.Errorf("job-node %s: %s missing from the ranks' (%q) or pmixd's (%q) environment", n.Name, kv, js.ExtraEnv, n.Env)
+			}
+		}
+	}
+}

@@ -18,6 +18,10 @@ func TestErrorsSurviveRPC(t *testing.T) {
 			t.Errorf("%v lost its message", want)
 		}
 	}
+	busy := FromRPC(ToRPC(fmt.Errorf("%w: job j is busy", ErrBusy)))
+	if !errors.Is(busy, ErrBusy) || !errors.Is(busy, ErrState) || errors.Is(FromRPC(ToRPC(ErrState)), ErrBusy) {
+		t.Errorf("ErrBusy after a round trip: %v; it must stay ErrBusy and ErrState, and ErrState must not become ErrBusy", busy)
+	}
 	if err := FromRPC(ToRPC(errors.New("plain"))); err == nil || errors.Is(err, ErrInvalid) || err.Error() != "plain" {
 		t.Errorf("plain error after a round trip: %v", err)
 	}

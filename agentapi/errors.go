@@ -26,7 +26,16 @@ var (
 	// ErrCorrupt: a checkpoint's images do not match their manifests; the
 	// shim refused to restore them.
 	ErrCorrupt = errors.New("images fail verification")
+	// ErrBusy: another operation on the job is still running (a cancel
+	// destroying its job-nodes, say); the same request may succeed once it
+	// has ended. It is an ErrState too.
+	ErrBusy error = busyError{}
 )
+
+type busyError struct{}
+
+func (busyError) Error() string { return ErrState.Error() }
+func (busyError) Unwrap() error { return ErrState }
 
 // codeOf pairs each error of the contract with its gRPC code.
 var codeOf = []struct {
@@ -36,6 +45,7 @@ var codeOf = []struct {
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 	{context.Canceled, codes.Canceled},
 	{ErrNotFound, codes.NotFound},
+	{ErrBusy, codes.Aborted}, // before ErrState, which it wraps
 	{ErrState, codes.FailedPrecondition},
 	{ErrInvalid, codes.InvalidArgument},
 	{ErrPermission, codes.PermissionDenied},

@@ -77,6 +77,7 @@ func Follow(ctx context.Context, cl apiv1.CoordinatorClient, spec *apiv1.JobSpec
 	}
 	tail := newTailer(opt.RunDir, id, spec.Nodes, opt.Output)
 	restarts := 0
+	busy := false // the last restart was refused with ErrBusy
 	every := opt.poll
 	if every == 0 {
 		every = 200 * time.Millisecond
@@ -114,9 +115,17 @@ func Follow(ctx context.Context, cl apiv1.CoordinatorClient, spec *apiv1.JobSpec
 		case string(coordinator.StateFailed):
 			tail.poll()
 			if restarts < opt.RestartOnFailure && j.LastCheckpoint != "" {
-				restarts++
-				fmt.Fprintf(msgs, "torpor: job %s failed (%s); restart %d of %d from %s\n", id, j.Reason, restarts, opt.RestartOnFailure, j.LastCheckpoint)
+				if !busy {
+					fmt.Fprintf(msgs, "torpor: job %s failed (%s); restart %d of %d from %s\n", id, j.Reason, restarts+1, opt.RestartOnFailure, j.LastCheckpoint)
+				}
 				rep, err := cl.Restart(ctx, &apiv1.RestartRequest{Ref: id, Fallback: true})
+				// ErrBusy: the job reads failed while the operation that
+				// failed it (a cancel) still destroys its job-nodes. Ask
+				// again at the next poll.
+				if busy = status.Code(err) == codes.Aborted; busy {
+					continue
+				}
+				restarts++
 				if err != nil {
 					fmt.Fprintf(msgs, "torpor: restart failed: %v\n", RPCErr(err))
 				} else {

@@ -30,6 +30,8 @@ type fakeCoordinator struct {
 	ckptErr     error    // the first Checkpoint fails with it, when set
 	restarts    []*apiv1.RestartRequest
 	afterGetJob func()
+	// busyRestarts is how many Restart calls are refused as busy first.
+	busyRestarts int
 	// getErr, when set, fails GetJob's nth call with what it returns.
 	getErr func(n int) error
 }
@@ -71,6 +73,9 @@ func (f *fakeCoordinator) Checkpoint(_ context.Context, in *apiv1.CheckpointRequ
 
 func (f *fakeCoordinator) Restart(_ context.Context, in *apiv1.RestartRequest, _ ...grpc.CallOption) (*apiv1.RestartReply, error) {
 	f.restarts = append(f.restarts, in)
+	if len(f.restarts) <= f.busyRestarts {
+		return nil, status.Error(codes.Aborted, "operation not allowed in this state: job j is busy (failed)")
+	}
 	return &apiv1.RestartReply{Job: in.Ref}, nil
 }
 
@@ -122,6 +127,25 @@ func TestSuperviseRestartsThenFails(t *testing.T) {
 	}
 	if output.String() != "step 1\n" {
 		t.Errorf("output = %q, want the job-node's file", output.String())
+	}
+}
+
+// A cancel reads failed while it still destroys the job-nodes: the restart
+// refused as busy is asked again, and counted and announced once.
+func TestSuperviseRestartWaitsForBusy(t *testing.T) {
+	f := &fakeCoordinator{busyRestarts: 3}
+	f.job = func(int) *apiv1.Job {
+		if len(f.restarts) > f.busyRestarts {
+			return state(coordinator.StateFinished) // restored, and it ran to its end
+		}
+		return &apiv1.Job{State: string(coordinator.StateFailed), Reason: "cancelled", LastCheckpoint: "j/7"}
+	}
+	code, msgs := supervise(t, nil, f, SuperviseOptions{RunDir: t.TempDir(), RestartOnFailure: 1, poll: time.Millisecond})
+	want := "torpor: job j started on n0@h1(198.19.0.2) n1@h2(198.19.0.3)\n" +
+		"torpor: job j failed (cancelled); restart 1 of 1 from j/7\n" +
+		"torpor: job j finished\n"
+	if code != 0 || len(f.restarts) != 4 || msgs != want {
+		t.Errorf("code %d, %d restart calls (want 4), messages\n got %q\nwant %q", code, len(f.restarts), msgs, want)
 	}
 }
 

@@ -218,7 +218,7 @@ func (c *Coordinator) beginSet(id string, from []State, to State, set func(*Job)
 		return JobSpec{}, "", fmt.Errorf("%w: no job %q", agentapi.ErrNotFound, id)
 	}
 	if c.busy[id] {
-		return JobSpec{}, "", fmt.Errorf("%w: job %s is busy (%s); wait for the running operation to finish", agentapi.ErrState, id, j.State)
+		return JobSpec{}, "", fmt.Errorf("%w: job %s is busy (%s); wait for the running operation to finish", agentapi.ErrBusy, id, j.State)
 	}
 	allowed := false
 	for _, s := range from {

@@ -20,13 +20,13 @@ MODULES   := . $(filter-out .,$(patsubst %/,%,$(dir $(shell git ls-files go.mod 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
-deps: ## install Debian packages and a private CRIU >= 4.2 (root, idempotent)
+deps: ## install Debian packages, a private CRIU >= 4.2 and a private Open MPI 5 + PMIx 5 (root, idempotent)
 	@bash scripts/deps.sh
 
 build: ## build bin/torpor
 	$(GO) build -o $(BIN) ./cmd/torpor
 
-workloads: ## build the MPI test workloads for Open MPI and MPICH
+workloads: ## build the MPI test workloads for Open MPI (4.1, and 5 when make deps installed it) and MPICH
 	$(MAKE) -s -C bench/workloads
 
 generate: ## regenerate eBPF objects (bpf2go) and gRPC code (protoc)

@@ -75,6 +75,13 @@ func (a *Agent) preparePMIxd(n *node, js *jobspec.JobSpec) ([]string, error) {
 	if err := js.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: job-node %s: %w", agentapi.ErrInvalid, n.spec.Name, err)
 	}
+	if js.Loader != "" {
+		// The program's own loader (Open MPI 5 of `make deps`, say) must
+		// be at the same path on every host of the job.
+		if _, err := os.Stat(js.Loader); err != nil {
+			return nil, fmt.Errorf("%w: job-node %s: the program's dynamic loader, which pmixd runs under, is not on this host: %w (install the same MPI here: `make deps` for Open MPI 5)", agentapi.ErrInvalid, n.spec.Name, err)
+		}
+	}
 	return js.PMIxdArgv(self, "--spec", specFile, "--log-level", "warn"), nil
 }
 

@@ -64,9 +64,9 @@ faults: deps build workloads ## the fault-injection harness alone, every scenari
 flaky: deps build workloads ## the fault-point tests and the fault harness N times (default 10): "N passed, M failed" (root)
 	@N=$(or $(N),10) LOAD=$(LOAD) UNIT_ONLY=$(UNIT_ONLY) bash scripts/flaky.sh
 
-# make mpich-stress [N=100] [NPS="4 6"] [PROGS="ring stencil"] [TIMEOUT=60] [STACKS=1]
-mpich-stress: build workloads ## MPICH ring and stencil N times (default 100) each under torpor run, 4 and 6 ranks: "finished X/N, checksum right Y/N" (root)
-	@N=$(or $(N),100) bash scripts/mpich-stress.sh
+# make mpich-stress [RUNS=100] [CR=20]
+mpich-stress: deps build workloads ## MPICH 4.2 ring and stencil RUNS times each (4/6 ranks, 1-3 hosts) and CR times through checkpoint/restart/migration: "X of N finished" (root)
+	MPICH_STRESS_RUNS=$(or $(RUNS),100) MPICH_STRESS_CR=$(or $(CR),20) $(GO) test -count=1 -timeout $(E2E_TIMEOUT) -v -run '^TestMPICHStress$$' ./e2e/
 
 cycles: ## CYCLES (default 200) random checkpoint/restart/migrate cycles alone (root)
 	$(MAKE) -s e2e RUN='^TestRandomCycles$$'

@@ -17,6 +17,8 @@ PREFIX=${TORPOR_CRIU_PREFIX:-/opt/torpor/criu}
 CRIU_MIN=40200
 
 log() { printf 'deps: %s\n' "$*"; }
+# shellcheck source=scripts/privdeb.sh
+. "$(dirname "$0")/privdeb.sh"
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (it installs Debian packages and $PREFIX)"
@@ -71,44 +73,71 @@ have=$( [ -x "$PREFIX/bin/criu" ] && criu_version "$PREFIX/bin/criu" || true )
 if [ -n "$have" ] && [ "$have" -ge "$CRIU_MIN" ]; then
   log "CRIU $have present in $PREFIX"
 else
-  mirror=$(awk '$1=="URIs:" && $2 ~ /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-  [ -n "$mirror" ] || mirror=$(awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^https?:/) {print $i; exit}}' /etc/apt/sources.list 2>/dev/null || true)
-  [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
-  log "fetching criu from Debian unstable ($mirror) into a private apt state"
-  state=$(mktemp -d /tmp/torpor-criu-apt.XXXXXX)
-  trap 'rm -rf "$state"' EXIT
-  mkdir -p "$state/lists/partial" "$state/cache/archives/partial" "$state/etc"
-  : >"$state/status"
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror unstable main" >"$state/etc/sources.list"
-  aptopts=(
-    -o Dir::Etc::SourceList="$state/etc/sources.list"
-    -o Dir::Etc::SourceParts=/dev/null
-    -o Dir::State::Lists="$state/lists"
-    -o Dir::State::status="$state/status"
-    -o Dir::Cache="$state/cache"
-    -o Dir::Cache::archives="$state/cache/archives"
-    -o APT::Get::List-Cleanup=false
-    -o Debug::NoLocking=true
-    -o APT::Sandbox::User=root
-  )
-  apt-get "${aptopts[@]}" update -qq
-  apt-get "${aptopts[@]}" install -y -qq --download-only --no-install-recommends criu >/dev/null
+  log "fetching criu from Debian unstable into a private apt state"
   stage="$PREFIX.new"
-  rm -rf "$stage"
-  mkdir -p "$stage/root"
-  for deb in "$state"/cache/archives/*.deb; do dpkg-deb -x "$deb" "$stage/root"; done
-  ld=$(find "$stage/root" -name 'ld-linux-x86-64.so.2' | head -1)
-  [ -n "$ld" ] || die "no dynamic loader in the unstable closure"
-  libdirs=$(find "$stage/root" -name '*.so*' -printf '%h\n' | sort -u | sed "s|^$stage|$PREFIX|" | paste -sd:)
+  privdeb_fetch unstable "$stage" criu || die "could not fetch criu from Debian unstable"
+  ld=$(privdeb_loader "$stage" "$PREFIX") || die "no dynamic loader in the unstable closure"
+  libdirs=$(privdeb_libdirs "$stage" "$PREFIX")
   mkdir -p "$stage/bin"
   # Point the binary at the prefix's own loader and libraries (RPATH, which unlike
   # RUNPATH also covers the libraries' own dependencies), so /proc/self/exe stays criu.
   cp "$stage/root/usr/sbin/criu" "$stage/bin/criu"
-  patchelf --set-interpreter "${ld/#$stage/$PREFIX}" --force-rpath --set-rpath "$libdirs" "$stage/bin/criu"
-  ls "$state"/cache/archives/*.deb | xargs -n1 basename >"$stage/PACKAGES"
+  patchelf --set-interpreter "$ld" --force-rpath --set-rpath "$libdirs" "$stage/bin/criu"
   rm -rf "$PREFIX"
   mv "$stage" "$PREFIX"
   have=$(criu_version "$PREFIX/bin/criu")
   [ -n "$have" ] && [ "$have" -ge "$CRIU_MIN" ] || die "installed criu reports version '${have:-none}', need >= $CRIU_MIN"
   log "CRIU $have installed in $PREFIX ($(wc -l <"$PREFIX/PACKAGES") packages)"
+fi
+
+# --- private MPICH 4.2 ------------------------------------------------------
+# Debian 12's MPICH 4.0.2 (ch4:ucx) can deadlock in MPI_Finalize when ranks
+# talk over TCP (pmodels/mpich#6596, fixed in 4.2.0): README, "MPICH". Debian
+# 13's MPICH 4.2.1 goes to a private prefix the way CRIU does. Programs are
+# built with $MPICH_PREFIX/bin/mpicc, which compiles with the system's gcc and
+# links against the prefix with its own loader and RPATH, so they run on this
+# machine's Debian 12 without touching its libraries.
+MPICH_PREFIX=${TORPOR_MPICH_PREFIX:-/opt/torpor/mpich}
+MPICH_MIN=40200
+mpich_version() { # prints e.g. 40201 from the prefix's MPICH_VERSION, or nothing
+  [ -r "$1/MPICH_VERSION" ] && awk -F. '{ printf "%d%02d%02d\n", $1, $2, $3 }' "$1/MPICH_VERSION"
+}
+have=$(mpich_version "$MPICH_PREFIX" || true)
+if [ -n "$have" ] && [ "$have" -ge "$MPICH_MIN" ] && [ -x "$MPICH_PREFIX/bin/mpicc" ]; then
+  log "MPICH $(cat "$MPICH_PREFIX/MPICH_VERSION") present in $MPICH_PREFIX"
+else
+  log "fetching MPICH from Debian 13 (trixie) into a private apt state"
+  stage="$MPICH_PREFIX.new"
+  privdeb_fetch trixie "$stage" libmpich12 libmpich-dev || die "could not fetch MPICH from Debian trixie"
+  ld=$(privdeb_loader "$stage" "$MPICH_PREFIX") || die "no dynamic loader in the trixie closure"
+  libdirs=$(privdeb_libdirs "$stage" "$MPICH_PREFIX")
+  # libmpich12_4.3.0+really4.2.1-1_amd64.deb: the upstream version is the
+  # part after "really" when there is one.
+  ver=$(sed -nE 's/^libmpich12_([^_]+)_.*$/\1/p' "$stage/PACKAGES" | sed -E 's/^.*really//; s/-[^-]*$//; s/^[0-9]+://')
+  [ -n "$ver" ] || die "no libmpich12 among the fetched packages"
+  echo "$ver" >"$stage/MPICH_VERSION"
+  mkdir -p "$stage/bin"
+  inc=$MPICH_PREFIX/root/usr/include/x86_64-linux-gnu/mpich
+  lib=$MPICH_PREFIX/root/usr/lib/x86_64-linux-gnu
+  cat >"$stage/bin/mpicc" <<WRAP
+#!/bin/sh
+# mpicc of torpor's private MPICH $ver (written by scripts/deps.sh): the
+# system's gcc, this prefix's headers and libmpich, its loader and RPATH.
+link=1
+for a in "\$@"; do
+  case "\$a" in -c|-S|-E|-M|-MM) link= ;; esac
+done
+if [ -z "\$link" ]; then
+  exec \${CC:-gcc} -I$inc "\$@"
+fi
+exec \${CC:-gcc} -I$inc "\$@" -L$lib -lmpich \\
+  -Wl,--dynamic-linker=$ld -Wl,--disable-new-dtags -Wl,-rpath,$libdirs \\
+  -Wl,--allow-shlib-undefined
+WRAP
+  chmod 0755 "$stage/bin/mpicc"
+  rm -rf "$MPICH_PREFIX"
+  mv "$stage" "$MPICH_PREFIX"
+  have=$(mpich_version "$MPICH_PREFIX")
+  [ -n "$have" ] && [ "$have" -ge "$MPICH_MIN" ] || die "fetched MPICH reports version '${have:-none}', need >= $MPICH_MIN"
+  log "MPICH $ver installed in $MPICH_PREFIX ($(wc -l <"$MPICH_PREFIX/PACKAGES") packages)"
 fi

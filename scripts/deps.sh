@@ -32,7 +32,7 @@ PKGS=(
   passwd util-linux
   clang llvm libbpf-dev linux-libc-dev
   patchelf protobuf-compiler
-  lammps
+  lammps quantum-espresso quantum-espresso-data
   prometheus
 )
 

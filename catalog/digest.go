@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"hash"
+	"sync"
 
 	"lukechampine.com/blake3"
 )
@@ -46,4 +47,19 @@ func (f FileEntry) digest(format int) string {
 		return f.SHA256
 	}
 	return f.BLAKE3
+}
+
+// hashBufSize is the read size of hashing: large enough that a GiB image
+// costs few reads.
+const hashBufSize = 1 << 20
+
+// hashBufs recycles the hashing buffers: a checkpoint writes one node
+// manifest per job-node, and a fresh 1 MiB buffer each (zeroed by the
+// runtime) cost more than the hashing of a small job-node's images.
+var hashBufs = sync.Pool{New: func() any { b := make([]byte, hashBufSize); return &b }}
+
+// hashBuf lends a hashing buffer; give it back with put.
+func hashBuf() (buf []byte, put func()) {
+	b := hashBufs.Get().(*[]byte)
+	return *b, func() { hashBufs.Put(b) }
 }

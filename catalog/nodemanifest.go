@@ -61,7 +61,8 @@ func WriteNodeManifestWith(ctx context.Context, dir string, sums Sums) (NodeMani
 	}
 	m := NodeManifest{Format: NodeManifestFormat, Node: node, Files: []FileEntry{}}
 	dg, _ := digestOf(NodeManifestFormat)
-	buf := make([]byte, 1<<20)
+	buf, put := hashBuf()
+	defer put()
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return ioErr("walk", p, err)

@@ -89,13 +89,21 @@ func ReadmeSection(r *Result, source string) string {
 	m := r.Machine
 	var b strings.Builder
 	fmt.Fprintf(&b, "Summary of the latest run, from [`%s`](%s): %s run of %s on `%s` (%d × %s, kernel %s, CRIU %s). ",
-		source, source, r.Mode, r.Started.UTC().Format("2006-01-02"), m.Host, m.CPUs, m.CPU, m.Kernel, m.CRIU)
+		source, source, r.Mode, r.Started.UTC().Format("2006-01-02"), m.Host, m.CPUs, m.CPU, firstField(m.Kernel), m.CRIU)
 	b.WriteString("Each key is defined in [bench/README.md](bench/README.md#latestjson-and-its-summary); \"not measured\" means that run did not measure it.\n\n")
 	b.WriteString(SummaryTable(s))
 	if n := len(r.Errors); n > 0 {
 		fmt.Fprintf(&b, "\nThat run reported %d failed benchmark(s); see its summary.\n", n)
 	}
 	return b.String()
+}
+
+// firstField is s up to its first blank (a kernel's release without its build).
+func firstField(s string) string {
+	if f := strings.Fields(s); len(f) > 0 {
+		return f[0]
+	}
+	return s
 }
 
 // RewriteReadme replaces what lies between the marker lines of readme with

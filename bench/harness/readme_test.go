@@ -44,6 +44,11 @@ func TestReadmeSection(t *testing.T) {
 	if n := strings.Count(got, "\n| `"); n != 8 {
 		t.Errorf("%d key rows, want 8:\n%s", n, got)
 	}
+	noisy := sampleResult()
+	noisy.B1.Long[0].Overhead.NoisePct = 35
+	if got := ReadmeSection(noisy, "x"); !strings.Contains(got, "| 0.40 % | ≤ 1.00 % | unresolved: plain mpirun's own window rates spread 35 % |") {
+		t.Errorf("an overhead below the noise is not called met:\n%s", got)
+	}
 }
 
 // TestRewriteReadme checks that only what lies between the markers changes,

@@ -72,7 +72,7 @@ func Markdown(r *Result, plots []string) string {
 	for _, e := range r.Errors {
 		w("**Failed:** %s\n\n", e)
 	}
-	w("## Summary\n\nThe keys of `summary` in this run's JSON and in latest.json (bench/README.md defines them; \"not measured\": this run did not measure it).\n\n%s\n", SummaryTable(Summarize(r)))
+	w("## Summary\n\nThe keys of `summary` in this run's JSON and in latest.json (bench/README.md defines them; \"not measured\": this run did not measure it).\n\n%s\n", SummaryTable(Summarize(r), verdicts(r)))
 	if a := r.AppFiles; a != nil && a.Err == "" {
 		w("**B6 capture of the application's files: steady checkpoint with / without = %s** (target ≤ 1.10; %d MiB log growing %d MiB between checkpoints).\n\n",
 			f2(Ratio(a.With.Wall.Median, a.Without.Wall.Median)), a.LogMiB, a.GrowMiB)
@@ -292,12 +292,15 @@ func b1LongSection(w func(string, ...any), b *B1Result) {
 				note = "hung at finalize after its done line; ended and cancelled (measurements kept)"
 			}
 			ws := NewStat(r.Windows)
-			rate, win := "n/a", "n/a"
+			rate, win, teardown := "n/a", "n/a", f0(r.TeardownMs)
+			if r.Hung {
+				teardown = "—"
+			}
 			if r.Rate > 0 {
 				rate, win = f0(r.Rate), fmt.Sprintf("%s–%s", f0(ws.Min), f0(ws.Max))
 			}
 			w("| %s | %s | `%s` | %d | %s | %s | %s | %s | %s | %d | %s | %s |\n", c.Program, c.MPI, strings.Join(c.Args, " "), i+1, r.Side,
-				f0(r.FirstRankMs), f0(r.InitMs), rate, win, r.Iters, f0(r.TeardownMs), note)
+				f0(r.FirstRankMs), f0(r.InitMs), rate, win, r.Iters, teardown, note)
 		}
 	}
 	w("\n| program | MPI | plain it/s | torpor it/s | **steady-state overhead** | window range | plain noise | runs plain/torpor |\n|---|---|---|---|---|---|---|---|\n")

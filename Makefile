@@ -15,7 +15,7 @@ PKGS      ?= ./...
 # library out of the root module's graph).
 MODULES   := . $(filter-out .,$(patsubst %/,%,$(dir $(shell git ls-files go.mod '*/go.mod'))))
 
-.PHONY: help deps build workloads generate lint test e2e faults flaky mpich-stress cycles bench demo clean
+.PHONY: help deps build workloads generate lint test e2e faults flaky mpich-stress cycles bench readme-bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -70,6 +70,9 @@ mpich-stress: deps build workloads ## MPICH 4.2 ring and stencil RUNS times each
 
 cycles: ## CYCLES (default 200) random checkpoint/restart/migrate cycles alone (root)
 	$(MAKE) -s e2e RUN='^TestRandomCycles$$'
+
+readme-bench: ## rewrite README.md's benchmark summary from bench/results/latest.json (no root, no run)
+	$(GO) run ./bench/cmd/torpor-bench -readme README.md -from bench/results/latest.json
 
 demo: deps build workloads ## checkpoint, restart and migrate a job on a simulated 4-host cluster (root)
 	@bash scripts/demo.sh

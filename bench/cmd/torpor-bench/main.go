@@ -5,6 +5,7 @@
 //
 //	torpor-bench [-quick | -full] [-out bench/results] [-only b1,b2,b4,b5,b6] [-v]
 //	torpor-bench -render bench/results/<date>-<host>.json [-out DIR]
+//	torpor-bench -readme README.md -from bench/results/latest.json
 package main
 
 import (
@@ -33,7 +34,16 @@ func main() {
 	verbose := flag.Bool("v", false, "log the coordinator's and shims' events")
 	render := flag.String("render", "", "only rewrite the summary and plots of this results .json")
 	plotter := flag.String("plot", "", "the torpor-plot binary that draws the PNGs (default <repo>/bin/torpor-plot)")
+	readme := flag.String("readme", "", "only rewrite this README's generated benchmark section from -from")
+	from := flag.String("from", "bench/results/latest.json", "the results .json -readme reads")
 	flag.Parse()
+	if *readme != "" {
+		if err := harness.UpdateReadme(*readme, *from); err != nil {
+			fmt.Fprintln(os.Stderr, "torpor-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *plotter == "" {
 		*plotter = filepath.Join(*repo, "bin", "torpor-plot")
 	}

@@ -285,6 +285,16 @@ type b1Setup struct {
 var mpirunArgv = map[string][]string{
 	"openmpi": {"mpirun.openmpi", "--allow-run-as-root", "--oversubscribe"},
 	"mpich":   {"mpirun.mpich"},
+	// torpor's private MPICH 4.2 (make deps): Debian 12's 4.0.2 can hang in
+	// MPI_Finalize (README, "MPICH"). Hydra 4.0.2 launches its programs.
+	"mpich42": {"mpirun.mpich"},
+}
+
+// mpiFlag is torpor run's --mpi value for a workload stack.
+var mpiFlag = map[string]string{
+	"openmpi": "openmpi",
+	"mpich":   "mpich",
+	"mpich42": "mpich",
 }
 
 // launchers returns the plain and the torpor launcher of bin with args.
@@ -294,7 +304,7 @@ func (b b1Setup) launchers(prog, mpi string, ranks int, args []string) (plain, t
 		return plain, tor, fmt.Errorf("%s missing: run `make workloads`", bin)
 	}
 	plain.argv = append(append(append([]string{}, mpirunArgv[mpi]...), "-n", fmt.Sprint(ranks), bin), args...)
-	tor.argv = append([]string{b.torpor, "run", "--run-dir", b.runDir, "--allow-run-as-root", "--oversubscribe", "--mpi", mpi, "-n", fmt.Sprint(ranks), bin}, args...)
+	tor.argv = append([]string{b.torpor, "run", "--run-dir", b.runDir, "--allow-run-as-root", "--oversubscribe", "--mpi", mpiFlag[mpi], "-n", fmt.Sprint(ranks), bin}, args...)
 	tor.env, tor.torpor = b.env, b.torpor
 	return plain, tor, nil
 }
@@ -359,7 +369,7 @@ func runB1(ctx context.Context, repo, dir string, plan Plan, full bool, logf fun
 		}
 	}
 	for _, pr := range progs {
-		for _, mpi := range []string{"openmpi", "mpich"} {
+		for _, mpi := range []string{"openmpi", "mpich42"} {
 			c := B1Case{Program: pr.name, MPI: mpi, Ranks: ranks, Args: pr.args}
 			plainL, torL, err := b.launchers(pr.name, mpi, ranks, pr.args)
 			if err != nil {

@@ -75,7 +75,7 @@ func b1LongArgs(program, mpi string, secs int) []string {
 	switch {
 	case program == "stencil":
 		every = "100"
-	case mpi == "mpich":
+	case mpi == "mpich" || mpi == "mpich42":
 		every = "25" // MPICH 4.0.2 busy-polls 4 ranks on 2 cores: ~10 ms an iteration
 	}
 	args := []string{"-i", "1000000000", "-p", every, "-t", "-T", fmt.Sprint(secs)}

@@ -123,7 +123,7 @@ func b1Summary(b *B1Result) (steady, startup *float64) {
 			}
 		}
 	}
-	for _, mpi := range []string{"openmpi", "mpich"} {
+	for _, mpi := range []string{"openmpi", "mpich", "mpich42"} {
 		if len(plain[mpi]) > 0 && len(tor[mpi]) > 0 {
 			d := NewStat(tor[mpi]).Median - NewStat(plain[mpi]).Median
 			if startup == nil || d > *startup {

@@ -70,9 +70,9 @@ type FileSum struct {
 	// RawSize raw bytes; Size and Digest are the compressed file's.
 	Codec   string
 	RawSize int64
-	ino    uint64
-	mtime  syscall.Timespec
-	ctime  syscall.Timespec
+	ino     uint64
+	mtime   syscall.Timespec
+	ctime   syscall.Timespec
 }
 
 // Sums are FileSums by path relative to the node directory, '/'-separated.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/catalog"
 )
 
 // Start creates every job-node's sandbox and starts the job. On any failure
@@ -75,6 +76,9 @@ type CheckpointOptions struct {
 	// Stop ends the job's processes once the checkpoint is committed
 	// (suspend): the job becomes suspended and its hosts are free.
 	Stop bool
+	// Compress overrides the job's image compression (JobSpec.Compress)
+	// for this checkpoint: "none", "lz4" or "zstd"; "" keeps the job's.
+	Compress string
 }
 
 // CheckpointResult says what a committed checkpoint holds.
@@ -99,6 +103,11 @@ func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts Checkpoint
 // The result's Handle is set whenever the checkpoint was committed, even
 // when the job could not resume afterwards (and the error says so).
 func (c *Coordinator) CheckpointDetails(ctx context.Context, id string, opts CheckpointOptions) (CheckpointResult, error) {
+	if _, err := catalog.ParseCodec(opts.Compress); err != nil {
+		err = fmt.Errorf("%w: checkpoint %s: --compress: %w", agentapi.ErrInvalid, id, err)
+		c.refuse(opCheckpoint, err)
+		return CheckpointResult{}, err
+	}
 	if err := c.requireShims(id); err != nil {
 		c.refuse(opCheckpoint, err)
 		return CheckpointResult{}, err
@@ -131,6 +140,11 @@ func (c *Coordinator) checkpoint(ctx context.Context, id string, spec JobSpec, o
 	}
 	handle := pend.Handle()
 	log = log.With("ckpt", handle)
+	// Validate checked both names.
+	codec, _ := catalog.ParseCodec(spec.Compress)
+	if opts.Compress != "" {
+		codec, _ = catalog.ParseCodec(opts.Compress)
+	}
 	kind := "checkpoint"
 	if opts.Stop {
 		kind = "suspend"
@@ -167,7 +181,7 @@ func (c *Coordinator) checkpoint(ctx context.Context, id string, spec JobSpec, o
 				dir := nodeDirs[n.Name]
 				// Always leave running: a stopping checkpoint kills the
 				// trees only after the commit, so no failure can lose the job.
-				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: handle})
+				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: handle, Compress: codec})
 				if err != nil {
 					return err
 				}

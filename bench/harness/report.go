@@ -189,6 +189,9 @@ func Markdown(r *Result, plots []string) string {
 	if a := r.AppFiles; a != nil {
 		appFilesSection(w, r.Mode, a)
 	}
+	if len(r.Compress) > 0 {
+		compressSection(w, r.Compress)
+	}
 	if len(plots) > 0 {
 		w("## Plots\n\n")
 		for _, p := range plots {

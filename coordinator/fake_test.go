@@ -49,6 +49,8 @@ type fakeAgent struct {
 	// env is the environment each job-node was last sent with, per phase
 	// (start, files, restore): "<phase> <job>/<node>" -> environment.
 	env map[string][]string
+	// compress lists every dump's DumpRequest.Compress, in order.
+	compress []string
 }
 
 // sentEnv returns the environment job/node was last sent with in phase p.
@@ -138,6 +140,9 @@ func (f *fakeAgent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi
 	if err := f.with(ctx, PhaseDump, ref, func(*fakeNode) {}); err != nil {
 		return agentapi.DumpResult{}, err
 	}
+	f.mu.Lock()
+	f.compress = append(f.compress, req.Compress)
+	f.mu.Unlock()
 	if strings.HasPrefix(req.Dir, "/mem/") {
 		return agentapi.DumpResult{Bytes: 4096, Files: 1}, nil
 	}

@@ -303,3 +303,34 @@ func TestCodecManifestFormats(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseNodeManifest: whatever a node manifest says, an accepted one
+// keeps codec fields to format 3, names each compressed file for its codec,
+// never lists a file both raw and compressed, and has no negative size.
+func FuzzParseNodeManifest(f *testing.F) {
+	d := strings.Repeat("ab", 32)
+	f.Add([]byte(`{"format":3,"node":"n0","files":[{"path":"pages-1.img.zst","size":3,"blake3":"` + d + `","codec":"zstd","raw_size":9}],"total_bytes":3}`))
+	f.Add([]byte(`{"format":2,"node":"n0","files":[{"path":"pages-1.img","size":3,"blake3":"` + d + `"}],"total_bytes":3}`))
+	f.Add([]byte(`{"format":1,"node":"n0","files":[{"path":"a","size":1,"sha256":"` + d + `"}],"total_bytes":1}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := parseNodeManifest(data)
+		if err != nil {
+			return
+		}
+		listed := map[string]bool{}
+		for _, e := range m.Files {
+			listed[e.Path] = true
+		}
+		for _, e := range m.Files {
+			if e.Size < 0 || e.RawSize < 0 {
+				t.Fatalf("negative size accepted: %+v", e)
+			}
+			if e.Codec == "" {
+				continue
+			}
+			if m.Format != nodeFormatCodecs || !strings.HasSuffix(e.Path, CodecExt(e.Codec)) || CodecExt(e.Codec) == "" || listed[e.RawName()] {
+				t.Fatalf("format %d entry %+v accepted", m.Format, e)
+			}
+		}
+	})
+}

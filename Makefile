@@ -15,18 +15,18 @@ PKGS      ?= ./...
 # library out of the root module's graph).
 MODULES   := . $(filter-out .,$(patsubst %/,%,$(dir $(shell git ls-files go.mod '*/go.mod'))))
 
-.PHONY: help deps build workloads generate lint test e2e faults flaky mpich-stress cycles bench demo clean
+.PHONY: help deps build workloads generate lint test e2e faults flaky mpich-stress cycles bench readme-bench demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
-deps: ## install Debian packages, a private CRIU >= 4.2 and a private Open MPI 5 + PMIx 5 (root, idempotent)
+deps: ## install Debian packages and, in private prefixes, CRIU >= 4.2, MPICH 4.2 and Open MPI 5 + PMIx 5 (root, idempotent)
 	@bash scripts/deps.sh
 
 build: ## build bin/torpor
 	$(GO) build -o $(BIN) ./cmd/torpor
 
-workloads: ## build the MPI test workloads for Open MPI (4.1, and 5 when make deps installed it) and MPICH
+workloads: ## build the MPI test workloads for Open MPI (4.1; 5 and MPICH 4.2 when make deps installed them) and MPICH
 	$(MAKE) -s -C bench/workloads
 
 generate: ## regenerate eBPF objects (bpf2go) and gRPC code (protoc)
@@ -64,12 +64,15 @@ faults: deps build workloads ## the fault-injection harness alone, every scenari
 flaky: deps build workloads ## the fault-point tests and the fault harness N times (default 10): "N passed, M failed" (root)
 	@N=$(or $(N),10) LOAD=$(LOAD) UNIT_ONLY=$(UNIT_ONLY) bash scripts/flaky.sh
 
-# make mpich-stress [N=100] [NPS="4 6"] [PROGS="ring stencil"] [TIMEOUT=60] [STACKS=1]
-mpich-stress: build workloads ## MPICH ring and stencil N times (default 100) each under torpor run, 4 and 6 ranks: "finished X/N, checksum right Y/N" (root)
-	@N=$(or $(N),100) bash scripts/mpich-stress.sh
+# make mpich-stress [RUNS=100] [CR=20]
+mpich-stress: deps build workloads ## MPICH 4.2 ring and stencil RUNS times each (4/6 ranks, 1-3 hosts) and CR times through checkpoint/restart/migration: "X of N finished" (root)
+	MPICH_STRESS_RUNS=$(or $(RUNS),100) MPICH_STRESS_CR=$(or $(CR),20) $(GO) test -count=1 -timeout $(E2E_TIMEOUT) -v -run '^TestMPICHStress$$' ./e2e/
 
 cycles: ## CYCLES (default 200) random checkpoint/restart/migrate cycles alone (root)
 	$(MAKE) -s e2e RUN='^TestRandomCycles$$'
+
+readme-bench: ## rewrite README.md's benchmark summary from bench/results/latest.json (no root, no run)
+	$(GO) run ./bench/cmd/torpor-bench -readme README.md -from bench/results/latest.json
 
 demo: deps build workloads ## checkpoint, restart and migrate a job on a simulated 4-host cluster (root)
 	@bash scripts/demo.sh

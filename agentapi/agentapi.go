@@ -62,6 +62,10 @@ type DumpRequest struct {
 	Shared       string
 	LeaveRunning bool   // periodic checkpoint: the tree keeps running afterwards
 	Checkpoint   string // the checkpoint handle, for logs and PMIx events
+	// Compress is how the shim stores CRIU's memory images (pages-*.img):
+	// "" raw, "lz4" or "zstd" (catalog.CodecLZ4, CodecZstd), compressed
+	// while CRIU writes them; the node manifest records the codec.
+	Compress string
 }
 
 // DumpResult is what a shim reports after a dump.

@@ -90,7 +90,7 @@ func (c Client) Lock(ctx context.Context, ref NodeRef) error {
 }
 
 func (c Client) Dump(ctx context.Context, ref NodeRef, req DumpRequest) (DumpResult, error) {
-	rep, err := c.Shim.Dump(ctx, &apiv1.DumpRequest{Ref: refToPB(ref), Dir: req.Dir, SharedDir: req.Shared, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint})
+	rep, err := c.Shim.Dump(ctx, &apiv1.DumpRequest{Ref: refToPB(ref), Dir: req.Dir, SharedDir: req.Shared, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint, Compress: req.Compress})
 	if err != nil {
 		return DumpResult{}, FromRPC(err)
 	}
@@ -162,7 +162,7 @@ func (s Server) Lock(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error
 }
 
 func (s Server) Dump(ctx context.Context, req *apiv1.DumpRequest) (*apiv1.DumpReply, error) {
-	res, err := s.Agent.Dump(ctx, refFromPB(req.Ref), DumpRequest{Dir: req.Dir, Shared: req.SharedDir, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint})
+	res, err := s.Agent.Dump(ctx, refFromPB(req.Ref), DumpRequest{Dir: req.Dir, Shared: req.SharedDir, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint, Compress: req.Compress})
 	return &apiv1.DumpReply{Bytes: res.Bytes, Files: int32(res.Files), CriuNanos: int64(res.CRIUTime)}, ToRPC(err)
 }
 

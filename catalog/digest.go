@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"hash"
+	"sync"
 
 	"lukechampine.com/blake3"
 )
@@ -13,11 +14,15 @@ import (
 // CRIU's memory images while CRIU writes them, and SHA-256 (1.1–1.4 GB/s
 // with SHA-NI on the project's 2-core machines, under load) is slower than
 // CRIU writes them (about 1.5 GB/s), BLAKE3 (2.3–2.6 GB/s there) is not.
-// Both are read. The job manifest (format 1, HMAC-SHA256) records each node
+// Both are read. Format 3 is format 2 whose files may be stored
+// compressed (FileEntry.Codec, RawSize): it is written only when one is, so
+// that a torpor that cannot decompress says it does not read the format.
+// The job manifest (format 1, HMAC-SHA256) records each node
 // manifest's SHA-256 either way.
 const (
 	nodeFormatSHA256 = 1
 	nodeFormatBLAKE3 = 2
+	nodeFormatCodecs = 3
 	// NodeManifestFormat is the node manifest format WriteNodeManifest writes.
 	NodeManifestFormat = nodeFormatBLAKE3
 )
@@ -32,10 +37,10 @@ func digestOf(format int) (fileDigest, error) {
 	switch format {
 	case nodeFormatSHA256:
 		return fileDigest{"sha256", sha256.New}, nil
-	case nodeFormatBLAKE3:
+	case nodeFormatBLAKE3, nodeFormatCodecs:
 		return fileDigest{"blake3", newBLAKE3}, nil
 	}
-	return fileDigest{}, fmt.Errorf("%w: node manifest format %d, this torpor reads formats %d and %d", ErrUnsupportedFormat, format, nodeFormatSHA256, nodeFormatBLAKE3)
+	return fileDigest{}, fmt.Errorf("%w: node manifest format %d, this torpor reads formats %d to %d", ErrUnsupportedFormat, format, nodeFormatSHA256, nodeFormatCodecs)
 }
 
 func newBLAKE3() hash.Hash { return blake3.New(32, nil) }
@@ -46,4 +51,19 @@ func (f FileEntry) digest(format int) string {
 		return f.SHA256
 	}
 	return f.BLAKE3
+}
+
+// hashBufSize is the read size of hashing: large enough that a GiB image
+// costs few reads.
+const hashBufSize = 1 << 20
+
+// hashBufs recycles the hashing buffers: a checkpoint writes one node
+// manifest per job-node, and a fresh 1 MiB buffer each (zeroed by the
+// runtime) cost more than the hashing of a small job-node's images.
+var hashBufs = sync.Pool{New: func() any { b := make([]byte, hashBufSize); return &b }}
+
+// hashBuf lends a hashing buffer; give it back with put.
+func hashBuf() (buf []byte, put func()) {
+	b := hashBufs.Get().(*[]byte)
+	return *b, func() { hashBufs.Put(b) }
 }

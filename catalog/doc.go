@@ -50,6 +50,13 @@
 // of a job that verifies, together with the reasons newer ones were skipped, so a
 // restart can fall back to the previous good checkpoint and say so.
 //
+// With StartStreamCompressor the memory images are stored compressed (lz4,
+// zstd: compress.go) as they are written. Such a node manifest is format 3:
+// it records each compressed file's codec, the size and BLAKE3 of its
+// stored bytes, and its raw size; NodeImages.Expand gives the raw form
+// back, verifying the stored bytes as it decompresses them and never
+// writing past the raw size.
+//
 // # Failures
 //
 // Every write error names the file being written and wraps the underlying error, so

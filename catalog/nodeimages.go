@@ -108,7 +108,8 @@ func (n *NodeImages) ReadFile(name string) ([]byte, error) {
 // relative to the node directory), in the manifest's order, and returns the
 // first that does not match the manifest.
 func (n *NodeImages) Verify(ctx context.Context, pick func(name string) bool) error {
-	buf := make([]byte, 1<<20)
+	buf, put := hashBuf()
+	defer put()
 	for _, f := range n.order {
 		if !pick(f.Path) {
 			continue

@@ -31,6 +31,11 @@ type FileEntry struct {
 	// (256 bits) in format 2; hex.
 	SHA256 string `json:"sha256,omitempty"`
 	BLAKE3 string `json:"blake3,omitempty"`
+	// Codec (format 3): the file holds the compressed form (CodecLZ4,
+	// CodecZstd) of an image of RawSize bytes named Path without the
+	// codec's suffix; Size and the digest are the compressed file's.
+	Codec   string `json:"codec,omitempty"`
+	RawSize int64  `json:"raw_size,omitempty"`
 }
 
 // NodeManifest lists every file of one job-node's images.
@@ -61,7 +66,8 @@ func WriteNodeManifestWith(ctx context.Context, dir string, sums Sums) (NodeMani
 	}
 	m := NodeManifest{Format: NodeManifestFormat, Node: node, Files: []FileEntry{}}
 	dg, _ := digestOf(NodeManifestFormat)
-	buf := make([]byte, 1<<20)
+	buf, put := hashBuf()
+	defer put()
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return ioErr("walk", p, err)
@@ -101,13 +107,20 @@ func WriteNodeManifestWith(ctx context.Context, dir string, sums Sums) (NodeMani
 			return ioErr("chmod", p, err)
 		}
 		size, sum := known.Size, known.Digest
+		if !ok && known.Codec != "" {
+			// Its raw form is gone: it cannot be hashed again.
+			return fmt.Errorf("%s changed after it was compressed", p)
+		}
 		if !ok {
 			var err error
 			if size, sum, err = hashFile(ctx, p, dg, buf); err != nil {
 				return err
 			}
 		}
-		m.Files = append(m.Files, FileEntry{Path: rel, Size: size, BLAKE3: sum})
+		m.Files = append(m.Files, FileEntry{Path: rel, Size: size, BLAKE3: sum, Codec: known.Codec, RawSize: known.RawSize})
+		if known.Codec != "" {
+			m.Format = nodeFormatCodecs
+		}
 		m.TotalBytes += size
 		return nil
 	})
@@ -193,9 +206,17 @@ func parseNodeManifest(data []byte) (NodeManifest, error) {
 		if f.Size < 0 || !isHexDigest(f.digest(m.Format)) || other != "" {
 			return NodeManifest{}, fmt.Errorf("node manifest entry %q: bad size or digest", f.Path)
 		}
+		if err := checkCodec(m.Format, f); err != nil {
+			return NodeManifest{}, fmt.Errorf("node manifest entry %q: %w", f.Path, err)
+		}
 		total += f.Size
 		if total < 0 {
 			return NodeManifest{}, errors.New("node manifest total size overflows")
+		}
+	}
+	for _, f := range m.Files {
+		if f.Codec != "" && seen[f.RawName()] {
+			return NodeManifest{}, fmt.Errorf("node manifest lists %q both raw and compressed", f.RawName())
 		}
 	}
 	if total != m.TotalBytes {

@@ -267,18 +267,39 @@ func (s *Store) Prune(job string, keep int) ([]string, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	cps, err := s.List(job)
+	seqs, err := s.committedSeqs(job)
 	if err != nil {
 		return nil, err
 	}
 	var deleted []string
-	for i := 0; i+keep < len(cps); i++ {
-		if err := s.deleteLocked(job, cps[i].Seq); err != nil {
+	for i := 0; i+keep < len(seqs); i++ {
+		if err := s.deleteLocked(job, seqs[i]); err != nil {
 			return deleted, fmt.Errorf("prune checkpoints of %s: %w", job, err)
 		}
-		deleted = append(deleted, cps[i].Handle)
+		deleted = append(deleted, FormatHandle(job, seqs[i]))
 	}
 	return deleted, nil
+}
+
+// committedSeqs returns the sequence numbers of job's committed checkpoints,
+// ascending: the ones List returns, without reading their manifests (a
+// manifest that cannot be read or fails its signature still counts, as in
+// List). The manifest of a large job is MBs: Prune after every checkpoint
+// must not decode the ones it keeps.
+func (s *Store) committedSeqs(job string) ([]uint64, error) {
+	seqs, err := s.seqDirs(job)
+	if err != nil {
+		return nil, err
+	}
+	out := seqs[:0]
+	for _, n := range seqs {
+		p := filepath.Join(s.ckptDir(job, n), JobManifestName)
+		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 // Recover removes every incomplete checkpoint (a <seq> directory without

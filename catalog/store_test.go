@@ -255,6 +255,43 @@ func TestPrune(t *testing.T) {
 	}
 }
 
+// TestPruneCountsWhatListLists: Prune does not read the manifests, yet
+// counts exactly the checkpoints List lists: one whose manifest fails its
+// signature is committed (and the oldest goes first), a pending one is not.
+func TestPruneCountsWhatListLists(t *testing.T) {
+	s := newStore(t)
+	bad := commitOne(t, s, "j")
+	commitOne(t, s, "j")
+	if err := os.WriteFile(filepath.Join(bad.Dir, JobManifestName), []byte(`{"format":1,"hmac":"00","payload":{}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pend, err := s.Begin("j")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pend.Abort()
+	cps, err := s.List("j")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := handles(cps); !reflect.DeepEqual(got, []string{"j/000001", "j/000002"}) || cps[0].ManifestErr == nil {
+		t.Fatalf("List = %v (first ManifestErr %v), want j/000001 (unreadable) and j/000002", got, cps[0].ManifestErr)
+	}
+	deleted, err := s.Prune("j", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(deleted, []string{"j/000001"}) {
+		t.Fatalf("deleted = %v, want [j/000001]", deleted)
+	}
+	if _, err := os.Stat(pend.Dir()); err != nil {
+		t.Fatalf("Prune touched the pending checkpoint: %v", err)
+	}
+	if cps, _ := s.List("j"); !reflect.DeepEqual(handles(cps), []string{"j/000002"}) {
+		t.Fatalf("left = %v, want [j/000002]", handles(cps))
+	}
+}
+
 func TestCommitErrors(t *testing.T) {
 	tests := []struct {
 		name    string

@@ -39,6 +39,7 @@ import (
 type StreamHasher struct {
 	dir    string
 	follow func(name string) bool
+	codec  string // "": followed files are only hashed
 
 	stop chan struct{}
 	done chan struct{}
@@ -57,6 +58,7 @@ type streamFile struct {
 	f *os.File
 	h hash.Hash
 	n int64
+	z *compressedOut // the compressed copy, with a codec
 }
 
 // FileSum is a file's digest (BLAKE3, as NodeManifestFormat records it) as
@@ -64,9 +66,13 @@ type streamFile struct {
 type FileSum struct {
 	Size   int64
 	Digest string
-	ino    uint64
-	mtime  syscall.Timespec
-	ctime  syscall.Timespec
+	// Codec and RawSize: the file is a compressed copy (see CodecExt) of
+	// RawSize raw bytes; Size and Digest are the compressed file's.
+	Codec   string
+	RawSize int64
+	ino     uint64
+	mtime   syscall.Timespec
+	ctime   syscall.Timespec
 }
 
 // Sums are FileSums by path relative to the node directory, '/'-separated.
@@ -79,7 +85,15 @@ const streamPoll = time.Millisecond
 // in dir's top level) while they are written, and every file already below
 // dir whole. Call Finish once the writer is done, or Stop to give up.
 func StartStreamHasher(dir string, follow func(name string) bool) *StreamHasher {
-	s := &StreamHasher{dir: dir, follow: follow, stop: make(chan struct{}), done: make(chan struct{}), files: map[string]*streamFile{}, sums: Sums{}, existing: map[string]bool{}}
+	return StartStreamCompressor(dir, follow, "")
+}
+
+// StartStreamCompressor is StartStreamHasher that also stores every
+// followed file compressed with codec (none if ""): as it is written, into
+// <name><CodecExt(codec)>; Finish completes the compressed copy, removes
+// the raw file and returns the copy's sum (its codec and raw size with it).
+func StartStreamCompressor(dir string, follow func(name string) bool, codec string) *StreamHasher {
+	s := &StreamHasher{dir: dir, follow: follow, codec: codec, stop: make(chan struct{}), done: make(chan struct{}), files: map[string]*streamFile{}, sums: Sums{}, existing: map[string]bool{}}
 	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err == nil && d.Type().IsRegular() {
 			if rel, rerr := filepath.Rel(dir, p); rerr == nil {
@@ -97,16 +111,7 @@ func StartStreamHasher(dir string, follow func(name string) bool) *StreamHasher 
 
 func (s *StreamHasher) run() {
 	defer close(s.done)
-	defer func() {
-		// The writer is done (or the hashing failed): what was hashed is
-		// final; the files close with the hasher.
-		for name, st := range s.files {
-			if sum, ok := st.sum(); ok && s.err == nil {
-				s.sums[name] = sum
-			}
-			st.f.Close()
-		}
-	}()
+	defer s.close()
 	buf := make([]byte, 1<<20)
 	complete := s.complete
 	for {
@@ -130,6 +135,43 @@ func (s *StreamHasher) run() {
 		case <-s.stop:
 		case <-time.After(streamPoll):
 		}
+	}
+}
+
+// close ends the hashing once the writer is done (or the hashing failed):
+// what was hashed is final; the files close with the hasher. A compressed
+// copy is completed and its raw file removed, unless the raw file is not
+// what was compressed (then the hashing fails: nothing can be re-read).
+func (s *StreamHasher) close() {
+	for name, st := range s.files {
+		if st.z == nil {
+			if sum, ok := st.sum(); ok && s.err == nil {
+				s.sums[name] = sum
+			}
+			st.f.Close()
+			continue
+		}
+		if s.err != nil {
+			st.z.abort()
+			st.f.Close()
+			continue
+		}
+		sum, err := st.z.finish(st.n)
+		if err == nil {
+			if _, ok := st.sum(); !ok {
+				err = fmt.Errorf("%s changed while it was compressed", filepath.Join(s.dir, name))
+			}
+		}
+		st.f.Close()
+		if err == nil {
+			err = os.Remove(filepath.Join(s.dir, name))
+		}
+		if err != nil {
+			s.err = err
+			os.Remove(st.z.path)
+			continue
+		}
+		s.sums[name+CodecExt(s.codec)] = sum
 	}
 }
 
@@ -161,6 +203,9 @@ func (s *StreamHasher) scan(buf []byte) error {
 		if _, ok := s.files[name]; ok || s.existing[name] || !e.Type().IsRegular() || !s.follow(name) {
 			continue
 		}
+		if s.codec != "" && s.files[strings.TrimSuffix(name, CodecExt(s.codec))] != nil {
+			continue // a compressed copy this hasher writes
+		}
 		f, err := os.Open(filepath.Join(s.dir, name))
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) {
@@ -168,13 +213,26 @@ func (s *StreamHasher) scan(buf []byte) error {
 			}
 			return ioErr("open", filepath.Join(s.dir, name), err)
 		}
-		s.files[name] = &streamFile{f: f, h: newBLAKE3()}
+		st := &streamFile{f: f, h: newBLAKE3()}
+		if s.codec != "" {
+			if st.z, err = createCompressed(filepath.Join(s.dir, name+CodecExt(s.codec)), s.codec); err != nil {
+				f.Close()
+				return err
+			}
+		}
+		s.files[name] = st
 	}
 	for name, st := range s.files {
 		for {
 			n, err := st.f.Read(buf)
 			if n > 0 {
-				st.h.Write(buf[:n])
+				if st.z != nil {
+					if _, err := st.z.enc.Write(buf[:n]); err != nil {
+						return ioErr("compress into", st.z.path, err)
+					}
+				} else {
+					st.h.Write(buf[:n])
+				}
 				st.n += int64(n)
 			}
 			if err == io.EOF || n == 0 {

@@ -89,7 +89,8 @@ func verifyFiles(ctx context.Context, cp Checkpoint) error {
 	corrupt := func(file, reason string, err error) error {
 		return &CorruptError{Handle: cp.Handle, File: file, Reason: reason, Err: err}
 	}
-	buf := make([]byte, 1<<20)
+	buf, put := hashBuf()
+	defer put()
 	for _, n := range nodes {
 		dg, err := digestOf(n.m.Format)
 		if err != nil {

@@ -46,6 +46,24 @@ type fakeAgent struct {
 	// oldShim: the agent does not verify a restart's images (a shim that
 	// registered without verifies_images).
 	oldShim bool
+	// env is the environment each job-node was last sent with, per phase
+	// (start, files, restore): "<phase> <job>/<node>" -> environment.
+	env map[string][]string
+	// compress lists every dump's DumpRequest.Compress, in order.
+	compress []string
+}
+
+// sentEnv returns the environment job/node was last sent with in phase p.
+func (f *fakeAgent) sentEnv(p Phase, job, node string) ([]string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.env[string(p)+" "+job+"/"+node]
+	return slices.Clone(e), ok
+}
+
+// keepEnv records n's environment as sent in phase p (f.mu held).
+func (f *fakeAgent) keepEnv(p Phase, job string, n agentapi.NodeSpec) {
+	f.env[string(p)+" "+job+"/"+n.Name] = slices.Clone(n.Env)
 }
 
 func (f *fakeAgent) VerifiesImages() bool { return !f.oldShim }
@@ -58,7 +76,7 @@ func (f *fakeAgent) restores() []string {
 }
 
 func newFakeAgent(host string) *fakeAgent {
-	return &fakeAgent{host: host, node: map[string]*fakeNode{}, fail: map[Phase]error{}, hang: map[Phase]bool{}, calls: map[Phase]int{}}
+	return &fakeAgent{host: host, node: map[string]*fakeNode{}, fail: map[Phase]error{}, hang: map[Phase]bool{}, calls: map[Phase]int{}, env: map[string][]string{}}
 }
 
 func (f *fakeAgent) step(ctx context.Context, p Phase) error {
@@ -87,6 +105,7 @@ func (f *fakeAgent) Start(ctx context.Context, job string, n agentapi.NodeSpec) 
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.keepEnv(PhaseStart, job, n)
 	f.node[job+"/"+n.Name] = &fakeNode{exists: true}
 	return nil
 }
@@ -121,6 +140,9 @@ func (f *fakeAgent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi
 	if err := f.with(ctx, PhaseDump, ref, func(*fakeNode) {}); err != nil {
 		return agentapi.DumpResult{}, err
 	}
+	f.mu.Lock()
+	f.compress = append(f.compress, req.Compress)
+	f.mu.Unlock()
 	if strings.HasPrefix(req.Dir, "/mem/") {
 		return agentapi.DumpResult{Bytes: 4096, Files: 1}, nil
 	}
@@ -155,6 +177,7 @@ func (f *fakeAgent) RestoreFiles(ctx context.Context, job string, n agentapi.Nod
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.keepEnv(PhaseFiles, job, n)
 	if f.node[job+"/"+n.Name] != nil && f.node[job+"/"+n.Name].exists {
 		return agentapi.RestoreFilesResult{}, fmt.Errorf("files of %s/%s put back while it runs", job, n.Name)
 	}
@@ -179,6 +202,7 @@ func (f *fakeAgent) Restore(ctx context.Context, job string, n agentapi.NodeSpec
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.restoredFrom = append(f.restoredFrom, req.Checkpoint)
+	f.keepEnv(PhaseRestore, job, n)
 	f.node[job+"/"+n.Name] = &fakeNode{exists: true, locked: true}
 	return nil
 }
@@ -221,6 +245,8 @@ type memStore struct {
 	corrupt    map[string]bool
 	failBegin  error
 	failCommit error
+	// onPrune, if set, runs at the start of every Prune.
+	onPrune func(job string)
 }
 
 func newMemStore() *memStore {
@@ -322,6 +348,9 @@ func (s *memStore) Recover() ([]string, error) {
 	return out, nil
 }
 func (s *memStore) Prune(job string, keep int) ([]string, error) {
+	if s.onPrune != nil {
+		s.onPrune(job)
+	}
 	all, _ := s.List(job)
 	s.mu.Lock()
 	defer s.mu.Unlock()

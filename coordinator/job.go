@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/catalog"
 )
 
 // JobSpec is everything needed to start a job, and to restart it from a
@@ -23,6 +24,9 @@ type JobSpec struct {
 	ID    string              `json:"id"`
 	Owner int                 `json:"owner"` // uid of the user who started it
 	Nodes []agentapi.NodeSpec `json:"nodes"`
+	// Compress is how its checkpoints store the memory images: "" or
+	// "none" raw, "lz4", "zstd" (torpor run --compress).
+	Compress string `json:"compress,omitempty"`
 }
 
 // Node returns the job-node called name.
@@ -45,6 +49,9 @@ func (s *JobSpec) Validate() error {
 	}
 	if len(s.Nodes) == 0 {
 		return fmt.Errorf("%w: job %s has no job-nodes", agentapi.ErrInvalid, s.ID)
+	}
+	if _, err := catalog.ParseCodec(s.Compress); err != nil {
+		return fmt.Errorf("%w: job %s: --compress: %w", agentapi.ErrInvalid, s.ID, err)
 	}
 	names := map[string]bool{}
 	ips := map[string]bool{}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/catalog"
 )
 
 // Start creates every job-node's sandbox and starts the job. On any failure
@@ -28,7 +29,6 @@ func (c *Coordinator) Start(ctx context.Context, spec JobSpec) error {
 	if err := spec.SetUsers(c.lookup); err != nil {
 		return err
 	}
-	placeEnv(&spec)
 	// Shims started a moment ago may not have registered yet: wait a little.
 	for _, n := range spec.Nodes {
 		if err := c.waitAgent(ctx, n.Host, shimGrace); err != nil {
@@ -58,7 +58,7 @@ func (c *Coordinator) Start(ctx context.Context, spec JobSpec) error {
 		return err
 	}
 	log := c.log.With("job", spec.ID)
-	if err := c.fanout(ctx, PhaseStart, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+	if err := c.fanout(ctx, PhaseStart, placed(spec), func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 		return a.Start(ctx, spec.ID, n)
 	}); err != nil {
 		log.Error("start failed, destroying job-nodes", "err", err)
@@ -76,6 +76,9 @@ type CheckpointOptions struct {
 	// Stop ends the job's processes once the checkpoint is committed
 	// (suspend): the job becomes suspended and its hosts are free.
 	Stop bool
+	// Compress overrides the job's image compression (JobSpec.Compress)
+	// for this checkpoint: "none", "lz4" or "zstd"; "" keeps the job's.
+	Compress string
 }
 
 // CheckpointResult says what a committed checkpoint holds.
@@ -100,6 +103,11 @@ func (c *Coordinator) Checkpoint(ctx context.Context, id string, opts Checkpoint
 // The result's Handle is set whenever the checkpoint was committed, even
 // when the job could not resume afterwards (and the error says so).
 func (c *Coordinator) CheckpointDetails(ctx context.Context, id string, opts CheckpointOptions) (CheckpointResult, error) {
+	if _, err := catalog.ParseCodec(opts.Compress); err != nil {
+		err = fmt.Errorf("%w: checkpoint %s: --compress: %w", agentapi.ErrInvalid, id, err)
+		c.refuse(opCheckpoint, err)
+		return CheckpointResult{}, err
+	}
 	if err := c.requireShims(id); err != nil {
 		c.refuse(opCheckpoint, err)
 		return CheckpointResult{}, err
@@ -132,6 +140,11 @@ func (c *Coordinator) checkpoint(ctx context.Context, id string, spec JobSpec, o
 	}
 	handle := pend.Handle()
 	log = log.With("ckpt", handle)
+	// Validate checked both names.
+	codec, _ := catalog.ParseCodec(spec.Compress)
+	if opts.Compress != "" {
+		codec, _ = catalog.ParseCodec(opts.Compress)
+	}
 	kind := "checkpoint"
 	if opts.Stop {
 		kind = "suspend"
@@ -143,26 +156,32 @@ func (c *Coordinator) checkpoint(ctx context.Context, id string, spec JobSpec, o
 	)
 	err = c.quiesce(ctx, id, spec.Nodes, handle, t)
 	if err == nil {
-		var dirs []string
+		// The directories are made here, one after the other: made by
+		// every job-node's call at once, they contend for their common
+		// parent (a file system locks a directory to add an entry).
+		nodeDirs, dirErrs, dirs := map[string]string{}, map[string]error{}, []string(nil)
 		for _, n := range spec.Nodes {
-			if d, err := pend.NodeDir(n.Name); err == nil {
-				dirs = append(dirs, d)
+			d, err := pend.NodeDir(n.Name)
+			if err != nil {
+				dirErrs[n.Name] = err
+				continue
 			}
+			nodeDirs[n.Name], dirs = d, append(dirs, d)
 		}
+		shared, sharedErr := pend.SharedDir()
 		stopWatch := c.watchBytes(opCheckpoint, id, PhaseDump, dirs)
 		err = t.run(PhaseDump, func() error {
 			err := c.fanout(ctx, PhaseDump, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
-				dir, err := pend.NodeDir(n.Name)
-				if err != nil {
+				if err := dirErrs[n.Name]; err != nil {
 					return err
 				}
-				shared, err := pend.SharedDir()
-				if err != nil {
-					return err
+				if sharedErr != nil {
+					return sharedErr
 				}
+				dir := nodeDirs[n.Name]
 				// Always leave running: a stopping checkpoint kills the
 				// trees only after the commit, so no failure can lose the job.
-				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: handle})
+				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: handle, Compress: codec})
 				if err != nil {
 					return err
 				}
@@ -214,11 +233,12 @@ func (c *Coordinator) checkpoint(ctx context.Context, id string, spec JobSpec, o
 			m.CRIUDump(opCheckpoint, r.CRIUTime)
 		}
 	}
-	c.prune(id, log)
-
+	// Old checkpoints are pruned once the job runs again (or is stopped):
+	// deleting them is no reason to keep it frozen.
 	if opts.Stop {
 		c.metricsOf().Frozen(opCheckpoint, t.frozen(PhaseCommit))
 		c.destroyAll(ctx, spec, log)
+		c.prune(id, log)
 		c.end(id, StateSuspended, func(j *Job) { j.LastCheckpoint = handle; j.Reason = "" })
 		return res, nil
 	}
@@ -230,9 +250,11 @@ func (c *Coordinator) checkpoint(ctx context.Context, id string, spec JobSpec, o
 			j.LastCheckpoint = handle
 			j.Reason = "resume failed after checkpoint: " + err.Error()
 		})
+		c.prune(id, log)
 		return res, fmt.Errorf("checkpoint %s committed, but job %s could not resume and was suspended (restart it with `torpor restart %s`): %w", handle, id, handle, err)
 	}
 	c.metricsOf().Frozen(opCheckpoint, t.frozen(PhaseThaw))
+	c.prune(id, log)
 	c.end(id, StateRunning, func(j *Job) { j.LastCheckpoint = handle; j.Reason = "" })
 	return res, nil
 }
@@ -398,25 +420,68 @@ func (c *Coordinator) prune(job string, log *slog.Logger) {
 	}
 }
 
-// placeEnv tells every job-node where it is in the job, through environment
-// variables: TORPOR_JOB, TORPOR_NODE, TORPOR_NODE_INDEX, TORPOR_NODES and
-// TORPOR_NODE_IPS (space-separated, in job-node order).
-func placeEnv(spec *JobSpec) {
+// placeVars are the environment variables that tell a job-node where it is
+// in its job: TORPOR_JOB, TORPOR_NODE, TORPOR_NODE_INDEX, TORPOR_NODES and
+// TORPOR_NODE_IPS (every job-node's address, space-separated, in job-node
+// order).
+var placeVars = []string{"TORPOR_JOB=", "TORPOR_NODE=", "TORPOR_NODE_INDEX=", "TORPOR_NODES=", "TORPOR_NODE_IPS="}
+
+// placed returns the job-nodes of spec as their shims get them (Start,
+// RestoreFiles, Restore): each with the placeVars appended to its
+// environment. The job's spec, as the registry and the checkpoints' job
+// manifests keep it, does not hold them: TORPOR_NODE_IPS names every
+// job-node, so every job-node holding it made the spec grow with the square
+// of the number of job-nodes (1 MB at 256 job-nodes, encoded and written at
+// every state change and checkpoint). Entries of these names already in a
+// job-node's environment (a spec kept by an older torpor, which stored
+// them) are replaced, so a job-node never sees one twice. spec is not
+// changed.
+func placed(spec JobSpec) []agentapi.NodeSpec {
 	ips := make([]string, len(spec.Nodes))
 	for i, n := range spec.Nodes {
 		ip, _, _ := strings.Cut(n.IP, "/")
 		ips[i] = ip
 	}
-	for i := range spec.Nodes {
-		n := &spec.Nodes[i]
-		n.Env = append(n.Env,
+	// One string that every job-node's environment shares.
+	all := "TORPOR_NODE_IPS=" + strings.Join(ips, " ")
+	count := "TORPOR_NODES=" + strconv.Itoa(len(spec.Nodes))
+	out := make([]agentapi.NodeSpec, len(spec.Nodes))
+	for i, n := range spec.Nodes {
+		env := make([]string, 0, len(n.Env)+len(placeVars))
+		for _, e := range n.Env {
+			if !isPlaceVar(e) {
+				env = append(env, e)
+			}
+		}
+		n.Env = append(env,
 			"TORPOR_JOB="+spec.ID,
 			"TORPOR_NODE="+n.Name,
 			"TORPOR_NODE_INDEX="+strconv.Itoa(i),
-			"TORPOR_NODES="+strconv.Itoa(len(spec.Nodes)),
-			"TORPOR_NODE_IPS="+strings.Join(ips, " "),
+			count,
+			all,
 		)
+		out[i] = n
 	}
+	return out
+}
+
+func isPlaceVar(e string) bool {
+	for _, v := range placeVars {
+		if strings.HasPrefix(e, v) {
+			return true
+		}
+	}
+	return false
+}
+
+// placedNode is placed's job-node called name.
+func placedNode(spec JobSpec, name string) (agentapi.NodeSpec, error) {
+	for _, n := range placed(spec) {
+		if n.Name == name {
+			return n, nil
+		}
+	}
+	return agentapi.NodeSpec{}, fmt.Errorf("%w: job %s has no job-node %q", agentapi.ErrNotFound, spec.ID, name)
 }
 
 // requireShims refuses, before anything is touched, an operation on a job

@@ -1,9 +1,13 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -770,4 +774,105 @@ func TestResumeFailureStopsJob(t *testing.T) {
 			t.Fatalf("%s still holds %d job-nodes", a.host, n)
 		}
 	}
+}
+
+// TestPlacementEnv: every job-node is sent (start, files, restore) the
+// variables that say where it is in the job, each once, while the spec the
+// coordinator keeps (registry, checkpoint) holds only what the job was
+// given; a checkpoint whose spec holds them (written by an older torpor)
+// restarts with them replaced, not doubled.
+func TestPlacementEnv(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2", "h3")
+	want := func(user []string, i int) []string {
+		return append(slices.Clone(user), "TORPOR_JOB=job1", fmt.Sprintf("TORPOR_NODE=n%d", i), fmt.Sprintf("TORPOR_NODE_INDEX=%d", i),
+			"TORPOR_NODES=3", "TORPOR_NODE_IPS=198.19.0.10 198.19.0.11 198.19.0.12")
+	}
+	check := func(p Phase, host string, i int, user []string) {
+		t.Helper()
+		got, ok := f.agents[host].sentEnv(p, "job1", fmt.Sprintf("n%d", i))
+		if !ok {
+			t.Fatalf("%s: n%d was not sent to %s", p, i, host)
+		}
+		if w := want(user, i); !slices.Equal(got, w) {
+			t.Fatalf("%s: n%d was sent the environment %q, want %q", p, i, got, w)
+		}
+	}
+	for i := range 3 {
+		check(PhaseStart, fmt.Sprintf("h%d", i), i, nil)
+	}
+	kept := func(what string, spec JobSpec) {
+		t.Helper()
+		for _, n := range spec.Nodes {
+			if len(n.Env) != 0 {
+				t.Fatalf("%s: job-node %s holds the environment %q, want none", what, n.Name, n.Env)
+			}
+		}
+	}
+	j, _ := f.c.Job("job1")
+	kept("registry", j.Spec)
+	data, err := os.ReadFile(filepath.Join(f.c.stateDir, jobsFile))
+	if err != nil || bytes.Contains(data, []byte("TORPOR_NODE_IPS")) {
+		t.Fatalf("%s holds TORPOR_NODE_IPS (or cannot be read: %v)", jobsFile, err)
+	}
+
+	h, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{Stop: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := f.store.Load(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept("checkpoint", m.Spec)
+	// As an older torpor kept it: the variables in the spec, one stale.
+	old := []string{"A=1", "TORPOR_NODE_INDEX=7", "TORPOR_NODE_IPS=10.0.0.1", "TORPOR_JOB=job1"}
+	f.store.mu.Lock()
+	for i := range m.Spec.Nodes {
+		f.store.committed[h].Spec.Nodes[i].Env = slices.Clone(old)
+	}
+	f.store.mu.Unlock()
+	if _, err := f.c.Restart(context.Background(), h, RestartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		check(PhaseFiles, fmt.Sprintf("h%d", i), i, []string{"A=1"})
+		check(PhaseRestore, fmt.Sprintf("h%d", i), i, []string{"A=1"})
+	}
+	if err := f.c.Migrate(context.Background(), "job1", "n1", "h3"); err != nil {
+		t.Fatal(err)
+	}
+	check(PhaseRestore, "h3", 1, []string{"A=1"})
+}
+
+// TestPruneAfterThaw: old checkpoints are deleted once the job runs again,
+// not while it is frozen, and the committed checkpoint is never one of them.
+func TestPruneAfterThaw(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	f.c.keep = 1
+	pruned := 0
+	f.store.onPrune = func(job string) {
+		pruned++
+		for _, a := range f.agents {
+			for name, n := range a.snapshot() {
+				if n.frozen || n.locked {
+					t.Errorf("prune of %s while %s is frozen=%v locked=%v", job, name, n.frozen, n.locked)
+				}
+			}
+		}
+	}
+	var last string
+	for range 3 {
+		h, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = h
+	}
+	if pruned != 3 {
+		t.Fatalf("prune ran %d times, want 3", pruned)
+	}
+	if got, _ := f.store.List("job1"); !slices.Equal(got, []string{last}) {
+		t.Fatalf("checkpoints left %v, want [%s]", got, last)
+	}
+	f.assertRunning(t)
 }

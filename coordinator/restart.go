@@ -129,9 +129,10 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 	// The application's files go back on every job-node before any is
 	// restored: a file several of them hold must be whole when the first
 	// task opens it again.
+	sent := placed(spec)
 	err = t.run(PhaseFiles, func() error {
 		var mu sync.Mutex
-		return c.fanout(ctx, PhaseFiles, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+		return c.fanout(ctx, PhaseFiles, sent, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 			req, err := c.restoreRequest(res.Checkpoint, n.Name)
 			if err != nil {
 				return err
@@ -146,7 +147,7 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 	if err == nil {
 		err = t.run(PhaseRestore, func() error {
 			t.setBytes(PhaseRestore, res.Bytes)
-			return c.fanout(ctx, PhaseRestore, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+			return c.fanout(ctx, PhaseRestore, sent, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
 				req, err := c.restoreRequest(res.Checkpoint, n.Name)
 				if err != nil {
 					return err
@@ -349,7 +350,11 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, t *tim
 		return "", &refusal{fmt.Errorf("%w: job-node %s of %s already runs on %s", agentapi.ErrInvalid, node, id, to)}
 	}
 	from := *moving
-	dest := *moving
+	dest, err := placedNode(spec, node)
+	if err != nil {
+		c.end(id, StateRunning, nil)
+		return "", &refusal{err}
+	}
 	dest.Host = to
 	log := c.log.With("job", id, "node", node, "from", from.Host, "to", to)
 

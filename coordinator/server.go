@@ -153,7 +153,7 @@ func (s *Server) Checkpoint(ctx context.Context, req *apiv1.CheckpointRequest) (
 	if _, err := s.authorize(ctx, req.Job); err != nil {
 		return nil, agentapi.ToRPC(err)
 	}
-	res, err := s.C.CheckpointDetails(ctx, req.Job, CheckpointOptions{Stop: req.Stop})
+	res, err := s.C.CheckpointDetails(ctx, req.Job, CheckpointOptions{Stop: req.Stop, Compress: req.Compress})
 	rep := &apiv1.CheckpointReply{Handle: res.Handle, Kind: res.Kind, Bytes: res.Bytes, PhaseNanos: phaseNanos(res.Phases)}
 	return rep, agentapi.ToRPC(err)
 }
@@ -285,7 +285,7 @@ func SpecFromPB(p *apiv1.JobSpec) JobSpec {
 	if p == nil {
 		return JobSpec{}
 	}
-	s := JobSpec{ID: p.Id, Owner: int(p.Owner)}
+	s := JobSpec{ID: p.Id, Owner: int(p.Owner), Compress: p.Compress}
 	for _, n := range p.Nodes {
 		s.Nodes = append(s.Nodes, agentapi.NodeFromPB(n))
 	}
@@ -294,7 +294,7 @@ func SpecFromPB(p *apiv1.JobSpec) JobSpec {
 
 // SpecToPB converts a job spec for the wire.
 func SpecToPB(s JobSpec) *apiv1.JobSpec {
-	p := &apiv1.JobSpec{Id: s.ID, Owner: int32(s.Owner)}
+	p := &apiv1.JobSpec{Id: s.ID, Owner: int32(s.Owner), Compress: s.Compress}
 	for _, n := range s.Nodes {
 		p.Nodes = append(p.Nodes, agentapi.NodeToPB(n))
 	}

@@ -29,6 +29,9 @@ type Env struct {
 	CheckpointDir string
 	// PMIxVersion reports the libpmix version torpor is linked with.
 	PMIxVersion func() (string, error)
+	// MPICHPrefix is torpor's private MPICH (scripts/deps.sh); empty:
+	// $TORPOR_MPICH_PREFIX, else /opt/torpor/mpich.
+	MPICHPrefix string
 	// OMPI5Prefix is where `make deps` installs Open MPI 5 and PMIx 5;
 	// empty means $TORPOR_OMPI5_PREFIX or DefaultOMPI5Prefix.
 	OMPI5Prefix string
@@ -66,6 +69,7 @@ func Checks() []Check {
 		{Name: "libpmix", Required: true, Run: checkPMIx},
 		{Name: "open mpi", Required: true, Run: checkOpenMPI},
 		{Name: "mpich", Required: false, Run: checkMPICH},
+		{Name: "mpich 4.2", Required: false, Run: checkPrivateMPICH},
 		{Name: "open mpi 5", Required: false, Run: checkOMPI5},
 		{Name: "checkpoint dir", Required: true, Run: checkCheckpointDir},
 	}
@@ -313,6 +317,43 @@ func checkMPICH(ctx context.Context, _ *Env) Result {
 		return warn("apt-get install mpich libmpich-dev (or `make deps`) to run MPICH programs", "mpichversion: %v", err)
 	}
 	return ok("%s", strings.Join(strings.Fields(firstLine(string(out))), " "))
+}
+
+// minPrivateMPICH is the first MPICH whose MPI_Finalize cannot deadlock
+// over TCP (pmodels/mpich#6596).
+var minPrivateMPICH = [3]int{4, 2, 0}
+
+func checkPrivateMPICH(_ context.Context, env *Env) Result {
+	prefix := env.MPICHPrefix
+	if prefix == "" {
+		prefix = os.Getenv("TORPOR_MPICH_PREFIX")
+	}
+	if prefix == "" {
+		prefix = "/opt/torpor/mpich"
+	}
+	const fix = "`make deps` installs MPICH 4.2 privately; build MPICH programs with its mpicc (Debian 12's MPICH 4.0.2 can hang in MPI_Finalize)"
+	data, err := os.ReadFile(filepath.Join(prefix, "MPICH_VERSION"))
+	if err != nil {
+		return warn(fix, "no private MPICH in %s: %v", prefix, err)
+	}
+	v := strings.TrimSpace(string(data))
+	var got [3]int
+	if n, _ := fmt.Sscanf(v, "%d.%d.%d", &got[0], &got[1], &got[2]); n < 2 {
+		return warn(fix, "%s/MPICH_VERSION holds %q, not a version", prefix, v)
+	}
+	for i := range got {
+		if got[i] != minPrivateMPICH[i] {
+			if got[i] < minPrivateMPICH[i] {
+				return warn(fix, "MPICH %s in %s is older than 4.2.0", v, prefix)
+			}
+			break
+		}
+	}
+	mpicc := filepath.Join(prefix, "bin", "mpicc")
+	if err := unix.Access(mpicc, unix.X_OK); err != nil {
+		return warn(fix, "%s: %v", mpicc, err)
+	}
+	return ok("MPICH %s in %s (compile with %s)", v, prefix, mpicc)
 }
 
 func checkCheckpointDir(_ context.Context, env *Env) Result {

@@ -143,3 +143,48 @@ func TestHostChecks(t *testing.T) {
 		t.Errorf("cgroup probe left %v behind", leftovers)
 	}
 }
+
+func TestCheckPrivateMPICH(t *testing.T) {
+	prefix := func(t *testing.T, version string, mpicc bool) string {
+		t.Helper()
+		dir := t.TempDir()
+		if version != "" {
+			if err := os.WriteFile(filepath.Join(dir, "MPICH_VERSION"), []byte(version+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if mpicc {
+			if err := os.MkdirAll(filepath.Join(dir, "bin"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "bin", "mpicc"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	tests := []struct {
+		name, version string
+		mpicc         bool
+		want          Status
+		wantIn        string
+	}{
+		{"4.2.1", "4.2.1", true, OK, "MPICH 4.2.1 in "},
+		{"5.0.2", "5.0.2", true, OK, "MPICH 5.0.2 in "},
+		{"4.0.2", "4.0.2", true, Warn, "older than 4.2.0"},
+		{"no mpicc", "4.2.1", false, Warn, "mpicc"},
+		{"none", "", false, Warn, "no private MPICH"},
+		{"garbage", "four", true, Warn, "not a version"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res := checkPrivateMPICH(context.Background(), &Env{MPICHPrefix: prefix(t, tt.version, tt.mpicc)})
+			if res.Status != tt.want || !strings.Contains(res.Detail, tt.wantIn) {
+				t.Fatalf("got %s %q, want %s with %q", res.Status, res.Detail, tt.want, tt.wantIn)
+			}
+			if res.Status != OK && !strings.Contains(res.Remedy, "make deps") {
+				t.Errorf("remedy %q does not say what to do", res.Remedy)
+			}
+		})
+	}
+}

@@ -9,12 +9,12 @@
 #     dependency closure (glibc included) are downloaded with a *private* apt state,
 #     unpacked with dpkg -x and run through the prefix's own dynamic loader. The
 #     system's apt sources, lists and dpkg status are never touched.
-#  3. Open MPI 5 with its PMIx 5 in a private prefix ($TORPOR_OMPI5_PREFIX, default
-#     /opt/torpor/ompi5), the same way from Debian 13 (trixie): the runtime closure
-#     of libopenmpi40 5.0.x and libpmix2t64 5.0.x (glibc 2.41 included), their
-#     headers, and bin/mpicc, which compiles with the system's gcc and links
-#     programs that run with the prefix's loader and libraries. torpor runs the
-#     pmixd of such a program with the same loader and libraries (libpmix 5).
+#  3. MPICH 4.2 ($TORPOR_MPICH_PREFIX, default /opt/torpor/mpich) and Open MPI 5
+#     with its PMIx 5 ($TORPOR_OMPI5_PREFIX, default /opt/torpor/ompi5) from
+#     Debian 13 (trixie) the same way, each with a bin/mpicc that compiles with
+#     the system's gcc and links programs that run with the prefix's own loader
+#     and libraries. torpor runs the pmixd of an Open MPI 5 program with the
+#     same loader and libraries (libpmix 5).
 #
 # A second run finds everything in place, downloads nothing and takes seconds.
 set -euo pipefail
@@ -23,6 +23,8 @@ PREFIX=${TORPOR_CRIU_PREFIX:-/opt/torpor/criu}
 CRIU_MIN=40200
 
 log() { printf 'deps: %s\n' "$*"; }
+# shellcheck source=scripts/privdeb.sh
+. "$(dirname "$0")/privdeb.sh"
 die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (it installs Debian packages and $PREFIX)"
@@ -36,7 +38,7 @@ PKGS=(
   passwd util-linux
   clang llvm libbpf-dev linux-libc-dev
   patchelf protobuf-compiler
-  lammps
+  lammps quantum-espresso quantum-espresso-data
   prometheus
 )
 
@@ -68,42 +70,6 @@ if [ -e /usr/bin/mpirun.openmpi ] && ! alt_is mpirun /usr/bin/mpirun.openmpi; th
   update-alternatives --quiet --set mpirun /usr/bin/mpirun.openmpi
 fi
 
-# --- private apt state -------------------------------------------------------
-# private_apt SUITE sets up an apt state of its own in $state (sources, lists,
-# an empty dpkg status so that apt downloads a whole dependency closure, libc
-# included, and a cache) and fills $aptopts to use it; then `apt-get update`.
-# The system's apt sources, lists and dpkg status are never touched.
-mirror() {
-  local m
-  m=$(awk '$1=="URIs:" && $2 ~ /debian\/?$/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-  [ -n "$m" ] || m=$(awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^https?:/) {print $i; exit}}' /etc/apt/sources.list 2>/dev/null || true)
-  echo "${m:-http://deb.debian.org/debian}"
-}
-states=()
-trap 'rm -rf "${states[@]}"' EXIT
-private_apt() {
-  local suite=$1 m
-  m=$(mirror)
-  log "fetching from Debian $suite ($m) into a private apt state"
-  state=$(mktemp -d "/tmp/torpor-$suite-apt.XXXXXX")
-  states+=("$state")
-  mkdir -p "$state/lists/partial" "$state/cache/archives/partial" "$state/etc"
-  : >"$state/status"
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $m $suite main" >"$state/etc/sources.list"
-  aptopts=(
-    -o Dir::Etc::SourceList="$state/etc/sources.list"
-    -o Dir::Etc::SourceParts=/dev/null
-    -o Dir::State::Lists="$state/lists"
-    -o Dir::State::status="$state/status"
-    -o Dir::Cache="$state/cache"
-    -o Dir::Cache::archives="$state/cache/archives"
-    -o APT::Get::List-Cleanup=false
-    -o Debug::NoLocking=true
-    -o APT::Sandbox::User=root
-  )
-  apt-get "${aptopts[@]}" update -qq
-}
-
 # --- private CRIU -----------------------------------------------------------
 criu_version() { # prints e.g. 40201, or nothing
   "$1" --version 2>/dev/null | awk '/^Version:/ { split($2, v, "."); printf "%d%02d%02d\n", v[1], v[2], v[3] }'
@@ -113,21 +79,16 @@ have=$( [ -x "$PREFIX/bin/criu" ] && criu_version "$PREFIX/bin/criu" || true )
 if [ -n "$have" ] && [ "$have" -ge "$CRIU_MIN" ]; then
   log "CRIU $have present in $PREFIX"
 else
-  private_apt unstable
-  apt-get "${aptopts[@]}" install -y -qq --download-only --no-install-recommends criu >/dev/null
+  log "fetching criu from Debian unstable into a private apt state"
   stage="$PREFIX.new"
-  rm -rf "$stage"
-  mkdir -p "$stage/root"
-  for deb in "$state"/cache/archives/*.deb; do dpkg-deb -x "$deb" "$stage/root"; done
-  ld=$(find "$stage/root" -name 'ld-linux-x86-64.so.2' | head -1)
-  [ -n "$ld" ] || die "no dynamic loader in the unstable closure"
-  libdirs=$(find "$stage/root" -name '*.so*' -printf '%h\n' | sort -u | sed "s|^$stage|$PREFIX|" | paste -sd:)
+  privdeb_fetch unstable "$stage" criu || die "could not fetch criu from Debian unstable"
+  ld=$(privdeb_loader "$stage" "$PREFIX") || die "no dynamic loader in the unstable closure"
+  libdirs=$(privdeb_libdirs "$stage" "$PREFIX")
   mkdir -p "$stage/bin"
   # Point the binary at the prefix's own loader and libraries (RPATH, which unlike
   # RUNPATH also covers the libraries' own dependencies), so /proc/self/exe stays criu.
   cp "$stage/root/usr/sbin/criu" "$stage/bin/criu"
-  patchelf --set-interpreter "${ld/#$stage/$PREFIX}" --force-rpath --set-rpath "$libdirs" "$stage/bin/criu"
-  ls "$state"/cache/archives/*.deb | xargs -n1 basename >"$stage/PACKAGES"
+  patchelf --set-interpreter "$ld" --force-rpath --set-rpath "$libdirs" "$stage/bin/criu"
   rm -rf "$PREFIX"
   mv "$stage" "$PREFIX"
   have=$(criu_version "$PREFIX/bin/criu")
@@ -135,53 +96,98 @@ else
   log "CRIU $have installed in $PREFIX ($(wc -l <"$PREFIX/PACKAGES") packages)"
 fi
 
+# --- private MPICH 4.2 ------------------------------------------------------
+# Debian 12's MPICH 4.0.2 (ch4:ucx) can deadlock in MPI_Finalize when ranks
+# talk over TCP (pmodels/mpich#6596, fixed in 4.2.0): README, "MPICH". Debian
+# 13's MPICH 4.2.1 goes to a private prefix the way CRIU does. Programs are
+# built with $MPICH_PREFIX/bin/mpicc, which compiles with the system's gcc and
+# links against the prefix with its own loader and RPATH, so they run on this
+# machine's Debian 12 without touching its libraries.
+MPICH_PREFIX=${TORPOR_MPICH_PREFIX:-/opt/torpor/mpich}
+MPICH_MIN=40200
+mpich_version() { # prints e.g. 40201 from the prefix's MPICH_VERSION, or nothing
+  [ -r "$1/MPICH_VERSION" ] && awk -F. '{ printf "%d%02d%02d\n", $1, $2, $3 }' "$1/MPICH_VERSION"
+}
+have=$(mpich_version "$MPICH_PREFIX" || true)
+if [ -n "$have" ] && [ "$have" -ge "$MPICH_MIN" ] && [ -x "$MPICH_PREFIX/bin/mpicc" ]; then
+  log "MPICH $(cat "$MPICH_PREFIX/MPICH_VERSION") present in $MPICH_PREFIX"
+else
+  log "fetching MPICH from Debian 13 (trixie) into a private apt state"
+  stage="$MPICH_PREFIX.new"
+  privdeb_fetch trixie "$stage" libmpich12 libmpich-dev || die "could not fetch MPICH from Debian trixie"
+  ld=$(privdeb_loader "$stage" "$MPICH_PREFIX") || die "no dynamic loader in the trixie closure"
+  libdirs=$(privdeb_libdirs "$stage" "$MPICH_PREFIX")
+  # libmpich12_4.3.0+really4.2.1-1_amd64.deb: the upstream version is the
+  # part after "really" when there is one.
+  ver=$(sed -nE 's/^libmpich12_([^_]+)_.*$/\1/p' "$stage/PACKAGES" | sed -E 's/^.*really//; s/-[^-]*$//; s/^[0-9]+://')
+  [ -n "$ver" ] || die "no libmpich12 among the fetched packages"
+  echo "$ver" >"$stage/MPICH_VERSION"
+  mkdir -p "$stage/bin"
+  inc=$MPICH_PREFIX/root/usr/include/x86_64-linux-gnu/mpich
+  lib=$MPICH_PREFIX/root/usr/lib/x86_64-linux-gnu
+  cat >"$stage/bin/mpicc" <<WRAP
+#!/bin/sh
+# mpicc of torpor's private MPICH $ver (written by scripts/deps.sh): the
+# system's gcc, this prefix's headers and libmpich, its loader and RPATH.
+link=1
+for a in "\$@"; do
+  case "\$a" in -c|-S|-E|-M|-MM) link= ;; esac
+done
+if [ -z "\$link" ]; then
+  exec \${CC:-gcc} -I$inc "\$@"
+fi
+exec \${CC:-gcc} -I$inc "\$@" -L$lib -lmpich \\
+  -Wl,--dynamic-linker=$ld -Wl,--disable-new-dtags -Wl,-rpath,$libdirs \\
+  -Wl,--allow-shlib-undefined
+WRAP
+  chmod 0755 "$stage/bin/mpicc"
+  rm -rf "$MPICH_PREFIX"
+  mv "$stage" "$MPICH_PREFIX"
+  have=$(mpich_version "$MPICH_PREFIX")
+  [ -n "$have" ] && [ "$have" -ge "$MPICH_MIN" ] || die "fetched MPICH reports version '${have:-none}', need >= $MPICH_MIN"
+  log "MPICH $ver installed in $MPICH_PREFIX ($(wc -l <"$MPICH_PREFIX/PACKAGES") packages)"
+fi
+
 # --- private Open MPI 5 + PMIx 5 --------------------------------------------
+# Debian 13's Open MPI 5.0 and its PMIx 5.0: the runtime closure of libopenmpi40
+# and libpmix2t64 (glibc 2.41 included), the headers, and bin/mpicc. A program
+# built with it is recognised by `torpor run` (its PT_INTERP and RPATH), which
+# runs the job-nodes' pmixd under the same loader and libraries.
 OMPI5=${TORPOR_OMPI5_PREFIX:-/opt/torpor/ompi5}
 if [ -x "$OMPI5/bin/mpicc" ] && grep -q '^openmpi 5\.' "$OMPI5/VERSIONS" 2>/dev/null; then
-  log "Open MPI 5 present in $OMPI5 ($(paste -sd' ' "$OMPI5/VERSIONS" | sed 's/ / /g'))"
+  log "Open MPI 5 present in $OMPI5 ($(paste -sd' ' "$OMPI5/VERSIONS"))"
 else
-  private_apt trixie
-  # Declared installed so that apt leaves them out: UCX's ROCm transport
-  # (libamdhip64 pulls LLVM, 50 MB) and hwloc's GPU/X11 plugins, all dlopen'd
-  # only when present and useless on a host without those devices.
-  for p in libamdhip64-5 libhsa-runtime64-1 libhwloc-plugins; do
-    printf 'Package: %s\nStatus: install ok installed\nVersion: 999\nArchitecture: amd64\nMaintainer: torpor\nDescription: left out\n\n' "$p"
-  done >"$state/status"
-  apt-get "${aptopts[@]}" install -y -qq --download-only --no-install-recommends libopenmpi40 libpmix2t64 openmpi-common >/dev/null
-  # Headers and the libmpi.so/libpmix.so links, without the toolchain that
-  # the -dev packages depend on.
-  (cd "$state/cache/archives" && apt-get "${aptopts[@]}" download -qq libopenmpi-dev libpmix-dev >/dev/null)
+  log "fetching Open MPI 5 and PMIx 5 from Debian 13 (trixie) into a private apt state"
   stage="$OMPI5.new"
-  rm -rf "$stage"
-  mkdir -p "$stage/root" "$stage/bin"
-  for deb in "$state"/cache/archives/*.deb; do dpkg-deb -x "$deb" "$stage/root"; done
+  # Left out (declared installed): UCX's ROCm transport (libamdhip64 pulls
+  # LLVM, 50 MB) and hwloc's GPU/X11 plugins, all dlopen'd only when present
+  # and useless without those devices. The -dev packages come without their
+  # dependencies (a toolchain): headers and the libmpi.so/libpmix.so links.
+  privdeb_fetch trixie "$stage" "libopenmpi40 libpmix2t64 openmpi-common" "libopenmpi-dev libpmix-dev" \
+    "libamdhip64-5 libhsa-runtime64-1 libhwloc-plugins" || die "could not fetch Open MPI 5 from Debian trixie"
   rm -rf "$stage/root/usr/share/doc" "$stage/root/usr/share/man" "$stage/root/usr/share/locale"
   find "$stage/root" -name '*.a' -delete
-  ld=$(find "$stage/root" -type f -name 'ld-linux-x86-64.so.2' | head -1)
-  [ -n "$ld" ] || die "no dynamic loader in the trixie closure"
-  ld=${ld/#$stage/$OMPI5}
+  ld=$(privdeb_loader "$stage" "$OMPI5") || die "no dynamic loader in the trixie closure"
   # Debian's multiarch directory holds every runtime library of the closure
-  # (libpmix.so.2 too, as a link into pmix2/lib); the other directories
-  # with .so files are plugins, found by their own libraries.
+  # (libpmix.so.2 too, as a link into pmix2/lib); the other directories with
+  # .so files hold plugins, which their own libraries find.
   libdirs=$OMPI5/root/usr/lib/x86_64-linux-gnu
   [ -e "$stage/root/usr/lib/x86_64-linux-gnu/libpmix.so.2" ] || die "no libpmix.so.2 in the trixie closure"
-  for deb in "$state"/cache/archives/*.deb; do
-    case $(basename "$deb") in
-      libopenmpi40_*) echo "openmpi $(dpkg-deb -f "$deb" Version)" ;;
-      libpmix2t64_*) echo "pmix $(dpkg-deb -f "$deb" Version)" ;;
-    esac
-  done | sort >"$stage/VERSIONS"
-  ls "$state"/cache/archives/*.deb | xargs -n1 basename >"$stage/PACKAGES"
+  # libopenmpi40_5.0.7-1_amd64.deb -> "openmpi 5.0.7-1"
+  sed -nE 's/^libopenmpi40_([^_]+)_.*$/openmpi \1/p; s/^libpmix2t64_([^_]+)_.*$/pmix \1/p' "$stage/PACKAGES" |
+    sed -E 's/ [0-9]+%3a/ /' | sort >"$stage/VERSIONS"
+  grep -q '^openmpi 5\.' "$stage/VERSIONS" || die "no Open MPI 5 among the fetched packages"
+  mkdir -p "$stage/bin"
   inc=$OMPI5/root/usr/lib/x86_64-linux-gnu/openmpi/include
   lib=$OMPI5/root/usr/lib/x86_64-linux-gnu/openmpi/lib
   cat >"$stage/bin/mpicc" <<WRAP
 #!/bin/sh
-# mpicc for the Open MPI 5 in $OMPI5 (made by torpor's scripts/deps.sh).
+# mpicc for the Open MPI 5 in $OMPI5 (written by torpor's scripts/deps.sh).
 # It compiles with the system's C compiler (\$CC, default gcc) against the
 # prefix's mpi.h and links programs that run with the prefix's own loader and
 # libraries (Debian trixie's glibc, libmpi 5, libpmix 5), whatever the system
 # has: their PT_INTERP is the prefix's ld-linux and their DT_RPATH its library
-# directories. --allow-shlib-undefined: the prefix's libraries need a newer
+# directory. --allow-shlib-undefined: the prefix's libraries need a newer
 # glibc than the one the system's linker links against; they get it at run time.
 link=1
 for a in "\$@"; do case \$a in -c|-E|-S|-M|-MM) link= ;; esac; done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # mpich-stress.sh: run the MPICH ring and stencil workloads N times each under
-# `torpor run`, with 4 and with 6 ranks, and count the runs that finished in
+# `torpor run` on this machine alone (an embedded coordinator), with 4 and with
+# 6 ranks, and count the runs that finished in
 # time and the ones whose checksum is the one plain hydra (mpirun.mpich)
 # prints. A run that printed its result but never left MPI_Finalize is a hang.
 #
@@ -12,6 +13,9 @@
 #                (gdb, else /proc/PID/stack) in the log directory
 #   KEEP=1       keep the log directory even when every run passed
 #   RUN_FLAGS=   more flags for `torpor run`, e.g. "-x UCX_LOG_LEVEL=debug"
+#   STACK=mpich42  the workloads' MPICH: mpich42 (torpor's private 4.2, the
+#                default) or mpich (Debian 12's 4.0.2, which hangs in
+#                MPI_Finalize in some runs: README, "MPICH")
 #
 # Everything runs privately: an embedded coordinator on its own socket, its
 # own state, checkpoint and run directories and its own cgroup root, under a
@@ -32,8 +36,9 @@ declare -A args=(
 	[stencil]="-n 256 -i 100 -p 50"
 )
 
+stack=${STACK:-mpich42}
 for p in $progs; do
-	[ -x "$wl/$p.mpich" ] || { echo "mpich-stress: $wl/$p.mpich missing: run make workloads" >&2; exit 2; }
+	[ -x "$wl/$p.$stack" ] || { echo "mpich-stress: $wl/$p.$stack missing: run make deps workloads" >&2; exit 2; }
 	[ -n "${args[$p]:-}" ] || { echo "mpich-stress: no arguments known for $p" >&2; exit 2; }
 done
 [ -x "$torpor" ] || { echo "mpich-stress: $torpor missing: run make build" >&2; exit 2; }
@@ -97,7 +102,7 @@ stacks() {
 
 # reference prints the checksum of prog with np ranks under hydra.
 reference() {
-	timeout 300 mpirun.mpich -n "$2" "$wl/$1.mpich" ${args[$1]} 2>&1 |
+	timeout 300 mpirun.mpich -n "$2" "$wl/$1.$stack" ${args[$1]} 2>&1 |
 		sed -nE 's/^.*: done .*checksum=(0x[0-9a-f]+).*$/\1/p'
 }
 
@@ -107,7 +112,7 @@ for p in $progs; do
 	for np in $nps; do
 		want=$(reference "$p" "$np")
 		if [ -z "$want" ]; then
-			echo "mpich-stress: no reference checksum from mpirun.mpich -n $np $p.mpich" >&2
+			echo "mpich-stress: no reference checksum from mpirun.mpich -n $np $p.$stack" >&2
 			exit 2
 		fi
 		finished=0 right=0 hung=0
@@ -115,7 +120,7 @@ for p in $progs; do
 			log=$dir/$p-n$np-$i.log
 			start=$SECONDS
 			job=$p-n$np-$i
-			"$torpor" run --run-dir "$dir/run" --name "$job" ${RUN_FLAGS:-} -n "$np" "$wl/$p.mpich" ${args[$p]} >"$log" 2>&1 &
+			"$torpor" run --run-dir "$dir/run" --name "$job" ${RUN_FLAGS:-} -n "$np" "$wl/$p.$stack" ${args[$p]} >"$log" 2>&1 &
 			run_pid=$!
 			status=
 			while [ -z "$status" ]; do

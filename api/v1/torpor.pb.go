@@ -424,7 +424,9 @@ type DumpRequest struct {
 	Checkpoint   string                 `protobuf:"bytes,4,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	// A directory every job-node of the checkpoint shares: files several
 	// job-nodes hold are claimed there, and captured by one.
-	SharedDir     string `protobuf:"bytes,5,opt,name=shared_dir,json=sharedDir,proto3" json:"shared_dir,omitempty"`
+	SharedDir string `protobuf:"bytes,5,opt,name=shared_dir,json=sharedDir,proto3" json:"shared_dir,omitempty"`
+	// How the memory images are stored: "" (raw), "lz4" or "zstd".
+	Compress      string `protobuf:"bytes,6,opt,name=compress,proto3" json:"compress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -490,6 +492,13 @@ func (x *DumpRequest) GetCheckpoint() string {
 func (x *DumpRequest) GetSharedDir() string {
 	if x != nil {
 		return x.SharedDir
+	}
+	return ""
+}
+
+func (x *DumpRequest) GetCompress() string {
+	if x != nil {
+		return x.Compress
 	}
 	return ""
 }
@@ -859,10 +868,13 @@ func (x *RegisterRequest) GetVerifiesImages() bool {
 }
 
 type JobSpec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Owner         int32                  `protobuf:"varint,2,opt,name=owner,proto3" json:"owner,omitempty"`
-	Nodes         []*NodeSpec            `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Owner int32                  `protobuf:"varint,2,opt,name=owner,proto3" json:"owner,omitempty"`
+	Nodes []*NodeSpec            `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// The job's checkpoints' image compression (torpor run --compress):
+	// "" or "none", "lz4", "zstd".
+	Compress      string `protobuf:"bytes,4,opt,name=compress,proto3" json:"compress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -916,6 +928,13 @@ func (x *JobSpec) GetNodes() []*NodeSpec {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *JobSpec) GetCompress() string {
+	if x != nil {
+		return x.Compress
+	}
+	return ""
 }
 
 type RunRequest struct {
@@ -1025,9 +1044,12 @@ func (x *JobRef) GetJob() string {
 }
 
 type CheckpointRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Stop          bool                   `protobuf:"varint,2,opt,name=stop,proto3" json:"stop,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Stop  bool                   `protobuf:"varint,2,opt,name=stop,proto3" json:"stop,omitempty"`
+	// This checkpoint's image compression (torpor checkpoint --compress);
+	// "": the job's.
+	Compress      string `protobuf:"bytes,3,opt,name=compress,proto3" json:"compress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1074,6 +1096,13 @@ func (x *CheckpointRequest) GetStop() bool {
 		return x.Stop
 	}
 	return false
+}
+
+func (x *CheckpointRequest) GetCompress() string {
+	if x != nil {
+		return x.Compress
+	}
+	return ""
 }
 
 type CheckpointReply struct {
@@ -2149,7 +2178,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\n" +
 	"DrainReply\x12\x18\n" +
 	"\asockets\x18\x01 \x01(\x05R\asockets\x12!\n" +
-	"\fqueued_bytes\x18\x02 \x01(\x03R\vqueuedBytes\"\xa9\x01\n" +
+	"\fqueued_bytes\x18\x02 \x01(\x03R\vqueuedBytes\"\xc5\x01\n" +
 	"\vDumpRequest\x12$\n" +
 	"\x03ref\x18\x01 \x01(\v2\x12.torpor.v1.NodeRefR\x03ref\x12\x10\n" +
 	"\x03dir\x18\x02 \x01(\tR\x03dir\x12#\n" +
@@ -2158,7 +2187,8 @@ const file_torpor_proto_rawDesc = "" +
 	"checkpoint\x18\x04 \x01(\tR\n" +
 	"checkpoint\x12\x1d\n" +
 	"\n" +
-	"shared_dir\x18\x05 \x01(\tR\tsharedDir\"\\\n" +
+	"shared_dir\x18\x05 \x01(\tR\tsharedDir\x12\x1a\n" +
+	"\bcompress\x18\x06 \x01(\tR\bcompress\"\\\n" +
 	"\tDumpReply\x12\x14\n" +
 	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\x12\x14\n" +
 	"\x05files\x18\x02 \x01(\x05R\x05files\x12\x1d\n" +
@@ -2185,21 +2215,23 @@ const file_torpor_proto_rawDesc = "" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x17\n" +
 	"\arun_dir\x18\x03 \x01(\tR\x06runDir\x12'\n" +
-	"\x0fverifies_images\x18\x04 \x01(\bR\x0everifiesImages\"Z\n" +
+	"\x0fverifies_images\x18\x04 \x01(\bR\x0everifiesImages\"v\n" +
 	"\aJobSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\x05R\x05owner\x12)\n" +
-	"\x05nodes\x18\x03 \x03(\v2\x13.torpor.v1.NodeSpecR\x05nodes\"t\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x13.torpor.v1.NodeSpecR\x05nodes\x12\x1a\n" +
+	"\bcompress\x18\x04 \x01(\tR\bcompress\"t\n" +
 	"\n" +
 	"RunRequest\x12&\n" +
 	"\x04spec\x18\x01 \x01(\v2\x12.torpor.v1.JobSpecR\x04spec\x12%\n" +
 	"\x0echeckpoint_dir\x18\x02 \x01(\tR\rcheckpointDir\x12\x17\n" +
 	"\arun_dir\x18\x03 \x01(\tR\x06runDir\"\x1a\n" +
 	"\x06JobRef\x12\x10\n" +
-	"\x03job\x18\x01 \x01(\tR\x03job\"9\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\"U\n" +
 	"\x11CheckpointRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x12\n" +
-	"\x04stop\x18\x02 \x01(\bR\x04stop\"\xdf\x01\n" +
+	"\x04stop\x18\x02 \x01(\bR\x04stop\x12\x1a\n" +
+	"\bcompress\x18\x03 \x01(\tR\bcompress\"\xdf\x01\n" +
 	"\x0fCheckpointReply\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\tR\x06handle\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +

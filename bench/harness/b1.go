@@ -1,13 +1,17 @@
 package harness
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -23,6 +27,30 @@ type B1Case struct {
 	TorpErr  string   `json:"torpor_error,omitempty"`
 	Checksum string   `json:"checksum"`
 	Err      string   `json:"error,omitempty"`
+	// The start-up and teardown of the same runs (absent in runs before -t).
+	PlainStart  *B1Startup `json:"plain_startup,omitempty"`
+	TorporStart *B1Startup `json:"torpor_startup,omitempty"`
+}
+
+// B1Startup splits runs' wall time, in ms since the launcher was started:
+// FirstRank until the earliest rank entered main, Init until rank 0's
+// MPI_Init returned; Teardown is from the last iteration's end to the
+// launcher's exit.
+type B1Startup struct {
+	FirstRank Stat `json:"first_rank"`
+	Init      Stat `json:"mpi_init_returned"`
+	Teardown  Stat `json:"teardown"`
+}
+
+func startupOf(runs []b1Run) *B1Startup {
+	if len(runs) == 0 {
+		return nil
+	}
+	var f, i, t []time.Duration
+	for _, r := range runs {
+		f, i, t = append(f, r.FirstRank), append(i, r.Init), append(t, r.Teardown)
+	}
+	return &B1Startup{FirstRank: DurStat(f), Init: DurStat(i), Teardown: DurStat(t)}
 }
 
 // B1Result is the runtime overhead benchmark.
@@ -30,42 +58,194 @@ type B1Result struct {
 	// TorporSide says whether `torpor run` could be measured, and why not.
 	TorporSide string   `json:"torpor_side"`
 	Cases      []B1Case `json:"cases"`
+	// Long is the long mode: jobs of Plan.B1LongSecs, start-up and
+	// steady-state rate apart (bench/README.md, "B1 long mode").
+	Long []B1LongCase `json:"long,omitempty"`
 }
 
 var (
-	doneRE    = regexp.MustCompile(`: done .*checksum=(0x[0-9a-f]+)`)
+	doneRE    = regexp.MustCompile(`: done iters=(\d+) .*checksum=(0x[0-9a-f]+)`)
 	startedRE = regexp.MustCompile(`torpor: job (\S+) started on `)
+	iterRE    = regexp.MustCompile(`: iter=(\d+) checksum=(0x[0-9a-f]+)`)
+	tStartRE  = regexp.MustCompile(`: t main_ns=(\d+) init_ns=(\d+)`)
+	tIterRE   = regexp.MustCompile(`: t iter=(\d+) ns=(\d+)`)
 )
 
-// mpiRun runs argv (an mpirun or torpor run command line) and returns its
-// wall time and the checksum the program printed.
-func mpiRun(ctx context.Context, argv []string) (time.Duration, string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+// finalizeWait is how long a launcher may take to exit after the program
+// printed its done line; longer is the MPICH 4.0.2 finalize hang (README,
+// "Status"), and the job is cancelled.
+const finalizeWait = 30 * time.Second
+
+// launcher is how B1 starts a program: plain mpirun, or `torpor run` with
+// the bench's own state directory and socket (env), so that it neither
+// joins nor disturbs a coordinator another torpor process hosts.
+type launcher struct {
+	argv   []string
+	env    []string // added to the environment
+	torpor string   // bin/torpor for `torpor cancel`, when argv is `torpor run`
+}
+
+// progressPoint is an iteration and when it ended, since the launch.
+type progressPoint struct {
+	Iter uint64
+	At   time.Duration
+}
+
+// b1Run is one launch of an MPI program (ring or stencil with -t), timed
+// from the outside (the launch, the launcher's exit) and from the inside
+// (the program's CLOCK_REALTIME stamps, comparable with this process's
+// time.Now: one machine, one clock).
+type b1Run struct {
+	Wall      time.Duration // launch → the launcher exited (or was ended)
+	FirstRank time.Duration // launch → the earliest rank entered main
+	Init      time.Duration // launch → rank 0's MPI_Init returned
+	Teardown  time.Duration // the last iteration's stamp → the launcher exited
+	Iters     uint64        // of the done line
+	Checksum  string        // of the done line
+	Sums      map[uint64]string
+	Progress  []progressPoint
+	// Hung: the program printed its done line but the launcher did not exit
+	// within finalizeWait; it was ended (and a torpor job cancelled). The
+	// measurements up to the done line stand.
+	Hung bool
+}
+
+// mpiRun launches l, reads its output as it comes and returns the run's
+// timings. A launcher that outlives its program's done line by finalizeWait,
+// or runs past timeout, is ended (a torpor job is cancelled by its id).
+func mpiRun(ctx context.Context, l launcher, timeout time.Duration) (b1Run, error) {
+	var r b1Run
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	// SIGTERM first: `torpor run` then stops its embedded coordinator
-	// cleanly; its job runs on, and is cancelled below.
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
-	cmd.WaitDelay = 30 * time.Second
-	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	wall := time.Since(start)
+	pr, pw, err := os.Pipe()
 	if err != nil {
-		if m := startedRE.FindSubmatch(out); m != nil && len(argv) > 1 && argv[1] == "run" {
-			// A job that outlives its `torpor run` (interrupted, or
-			// hung) keeps running: end it, or the next run adopts it.
-			cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-			_ = exec.CommandContext(cctx, argv[0], "cancel", string(m[1])).Run()
-			ccancel()
+		return r, err
+	}
+	defer pr.Close()
+	cmd := exec.Command(l.argv[0], l.argv[1:]...)
+	cmd.Env = append(os.Environ(), l.env...)
+	cmd.Stdout, cmd.Stderr = pw, pw
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	launch := time.Now()
+	err = cmd.Start()
+	pw.Close()
+	if err != nil {
+		return r, fmt.Errorf("start %s: %w", strings.Join(l.argv, " "), err)
+	}
+	var (
+		mu    sync.Mutex
+		out   bytes.Buffer
+		jobID string
+	)
+	r.Sums = map[uint64]string{}
+	done := make(chan struct{})
+	lines := make(chan struct{})
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		seenDone := false
+		for sc.Scan() {
+			line := sc.Text()
+			mu.Lock()
+			out.WriteString(line + "\n")
+			if m := startedRE.FindStringSubmatch(line); m != nil {
+				jobID = m[1]
+			}
+			if m := tStartRE.FindStringSubmatch(line); m != nil {
+				r.FirstRank, r.Init = sinceLaunch(launch, m[1]), sinceLaunch(launch, m[2])
+			}
+			if m := tIterRE.FindStringSubmatch(line); m != nil {
+				it, _ := strconv.ParseUint(m[1], 10, 64)
+				r.Progress = append(r.Progress, progressPoint{it, sinceLaunch(launch, m[2])})
+			}
+			if m := iterRE.FindStringSubmatch(line); m != nil {
+				it, _ := strconv.ParseUint(m[1], 10, 64)
+				r.Sums[it] = m[2]
+			}
+			if m := doneRE.FindStringSubmatch(line); m != nil && !seenDone {
+				r.Iters, _ = strconv.ParseUint(m[1], 10, 64)
+				r.Checksum = m[2]
+				seenDone = true
+				close(done)
+			}
+			mu.Unlock()
 		}
-		return wall, "", fmt.Errorf("%s: %v\n%s", strings.Join(argv, " "), err, tail(out))
+	}()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	var waitErr, why error
+	var doneC <-chan struct{} = done
+	var finalize <-chan time.Time
+wait:
+	for {
+		select {
+		case waitErr = <-exited:
+			break wait
+		case <-doneC:
+			doneC, finalize = nil, time.After(finalizeWait)
+		case <-finalize:
+			r.Hung = true
+			why = fmt.Errorf("did not exit within %v of its done line (MPI finalize hang?); ended", finalizeWait)
+		case <-ctx.Done():
+			why = fmt.Errorf("ended after %v: %w", timeout, ctx.Err())
+		}
+		if why != nil {
+			// SIGTERM first: `torpor run` then stops its embedded
+			// coordinator cleanly; its job runs on and is cancelled below.
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+			select {
+			case waitErr = <-exited:
+			case <-time.After(10 * time.Second):
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				waitErr = <-exited
+			}
+			break wait
+		}
 	}
-	m := doneRE.FindSubmatch(out)
-	if m == nil {
-		return wall, "", fmt.Errorf("%s: no done line\n%s", strings.Join(argv, " "), tail(out))
+	end := time.Now()
+	r.Wall = end.Sub(launch)
+	mu.Lock()
+	id := jobID
+	mu.Unlock()
+	if (why != nil || waitErr != nil) && id != "" && l.torpor != "" {
+		// A job that outlives its `torpor run` (ended, or hung) keeps
+		// running: end it, or the next run adopts it.
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		c := exec.CommandContext(cctx, l.torpor, "cancel", id)
+		c.Env = cmd.Env
+		_ = c.Run()
+		ccancel()
 	}
-	return wall, string(m[1]), nil
+	// The output ends when the last process holding the pipe is gone.
+	select {
+	case <-lines:
+	case <-time.After(10 * time.Second):
+		pr.Close()
+		<-lines
+	}
+	if n := len(r.Progress); n > 0 {
+		r.Teardown = r.Wall - r.Progress[n-1].At
+	}
+	text := out.Bytes()
+	// The reason first: the summary shows an error's first line.
+	argv := strings.Join(l.argv, " ")
+	switch {
+	case why != nil:
+		return r, fmt.Errorf("%v (%s)\n%s", why, argv, tail(text))
+	case waitErr != nil:
+		return r, fmt.Errorf("%v (%s)\n%s", waitErr, argv, tail(text))
+	case r.Checksum == "":
+		return r, fmt.Errorf("no done line (%s)\n%s", argv, tail(text))
+	}
+	return r, nil
+}
+
+// sinceLaunch is a CLOCK_REALTIME stamp in ns as a duration since launch.
+func sinceLaunch(launch time.Time, ns string) time.Duration {
+	v, _ := strconv.ParseInt(ns, 10, 64)
+	return time.Unix(0, v).Sub(launch)
 }
 
 func tail(b []byte) string {
@@ -94,12 +274,79 @@ func firstLine(s string) string {
 	return s
 }
 
+// b1Setup is what every B1 run shares.
+type b1Setup struct {
+	repo, torpor string
+	ok           bool     // torpor run can run MPI programs
+	env          []string // the torpor side's TORPOR_CONFIG and TORPOR_SOCKET
+	runDir       string   // the torpor side's --run-dir
+}
+
+var mpirunArgv = map[string][]string{
+	"openmpi": {"mpirun.openmpi", "--allow-run-as-root", "--oversubscribe"},
+	"mpich":   {"mpirun.mpich"},
+	// torpor's private MPICH 4.2 (make deps): Debian 12's 4.0.2 can hang in
+	// MPI_Finalize (README, "MPICH"). Hydra 4.0.2 launches its programs.
+	"mpich42": {"mpirun.mpich"},
+}
+
+// mpiFlag is torpor run's --mpi value for a workload stack.
+var mpiFlag = map[string]string{
+	"openmpi": "openmpi",
+	"mpich":   "mpich",
+	"mpich42": "mpich",
+}
+
+// launchers returns the plain and the torpor launcher of bin with args.
+func (b b1Setup) launchers(prog, mpi string, ranks int, args []string) (plain, tor launcher, err error) {
+	bin := filepath.Join(b.repo, "bench", "workloads", "bin", prog+"."+mpi)
+	if _, err := os.Stat(bin); err != nil {
+		return plain, tor, fmt.Errorf("%s missing: run `make workloads`", bin)
+	}
+	plain.argv = append(append(append([]string{}, mpirunArgv[mpi]...), "-n", fmt.Sprint(ranks), bin), args...)
+	tor.argv = append([]string{b.torpor, "run", "--run-dir", b.runDir, "--allow-run-as-root", "--oversubscribe", "--mpi", mpiFlag[mpi], "-n", fmt.Sprint(ranks), bin}, args...)
+	tor.env, tor.torpor = b.env, b.torpor
+	return plain, tor, nil
+}
+
+// newB1Setup checks bin/torpor and gives the torpor side a state directory
+// and socket of its own below dir, and a run directory of its own on tmpfs
+// (as /run/torpor is: Open MPI's shared memory is backed there), which
+// close removes.
+func newB1Setup(ctx context.Context, repo, dir string) (b1Setup, string, error) {
+	b := b1Setup{repo: repo, torpor: filepath.Join(repo, "bin", "torpor"),
+		runDir: fmt.Sprintf("/run/torpor-bench-%d", os.Getpid())}
+	ok, why := torporRunSupported(ctx, b.torpor)
+	b.ok = ok
+	for _, d := range []string{dir, b.runDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return b, why, err
+		}
+	}
+	conf := filepath.Join(dir, "torpor.yaml")
+	yaml := fmt.Sprintf("state_dir: %s\ncheckpoint_dir: %s\n", filepath.Join(dir, "state"), filepath.Join(dir, "ckpt"))
+	if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
+		return b, why, err
+	}
+	b.env = []string{"TORPOR_CONFIG=" + conf, "TORPOR_SOCKET=" + filepath.Join(dir, "coordinator.sock")}
+	return b, why, nil
+}
+
+// close removes the torpor side's run directory (the job-nodes' output and
+// PMIx files, which `torpor run` leaves behind).
+func (b b1Setup) close() { _ = os.RemoveAll(b.runDir) }
+
 // runB1 runs ring and stencil on both MPI libraries, reps times each,
-// alternating plain and torpor runs when torpor can run MPI jobs.
-func runB1(ctx context.Context, repo string, reps int, full bool, logf func(string, ...any)) B1Result {
-	torpor := filepath.Join(repo, "bin", "torpor")
-	ok, why := torporRunSupported(ctx, torpor)
+// alternating plain and torpor runs when torpor can run MPI jobs, then the
+// long mode's cases. dir is scratch for the torpor side's state.
+func runB1(ctx context.Context, repo, dir string, plan Plan, full bool, logf func(string, ...any)) B1Result {
+	b, why, err := newB1Setup(ctx, repo, dir)
+	defer b.close()
 	res := B1Result{TorporSide: why}
+	if err != nil {
+		res.TorporSide = "not measured: " + err.Error()
+		b.ok = false
+	}
 	iters := "300"
 	if full {
 		iters = "1500"
@@ -108,44 +355,40 @@ func runB1(ctx context.Context, repo string, reps int, full bool, logf func(stri
 		name string
 		args []string
 	}{
-		{"ring", []string{"-i", iters, "-m", "16", "-p", iters}},
-		{"stencil", []string{"-n", "512", "-i", iters, "-p", iters}},
-	}
-	mpis := []struct {
-		name   string
-		mpirun []string
-	}{
-		{"openmpi", []string{"mpirun.openmpi", "--allow-run-as-root", "--oversubscribe"}},
-		{"mpich", []string{"mpirun.mpich"}},
+		{"ring", []string{"-i", iters, "-m", "16", "-p", iters, "-t"}},
+		{"stencil", []string{"-n", "512", "-i", iters, "-p", iters, "-t"}},
 	}
 	const ranks = 4
+	if b.ok {
+		// One untimed run of each side first: the torpor side's state
+		// directory is made (keys, catalog) and both find their files in
+		// the page cache.
+		if plain, tor, err := b.launchers("ring", "openmpi", ranks, progs[0].args); err == nil {
+			_, _ = mpiRun(ctx, plain, 2*time.Minute)
+			_, _ = mpiRun(ctx, tor, 2*time.Minute)
+		}
+	}
 	for _, pr := range progs {
-		for _, m := range mpis {
-			c := B1Case{Program: pr.name, MPI: m.name, Ranks: ranks, Args: pr.args}
-			bin := filepath.Join(repo, "bench", "workloads", "bin", pr.name+"."+m.name)
-			if _, err := os.Stat(bin); err != nil {
-				c.Err = fmt.Sprintf("%s missing: run `make workloads`", bin)
+		for _, mpi := range []string{"openmpi", "mpich42"} {
+			c := B1Case{Program: pr.name, MPI: mpi, Ranks: ranks, Args: pr.args}
+			plainL, torL, err := b.launchers(pr.name, mpi, ranks, pr.args)
+			if err != nil {
+				c.Err = err.Error()
 				res.Cases = append(res.Cases, c)
 				continue
 			}
-			plainArgv := append(append(append([]string{}, m.mpirun...), "-n", fmt.Sprint(ranks), bin), pr.args...)
-			torporArgv := append([]string{torpor, "run", "--allow-run-as-root", "--oversubscribe", "--mpi", m.name, "-n", fmt.Sprint(ranks), bin}, pr.args...)
-			var plain, tor []time.Duration
-			for r := 0; r < reps && c.Err == ""; r++ {
+			var plain, tor []b1Run
+			for r := 0; r < plan.B1Reps && c.Err == ""; r++ {
 				// Alternate which side goes first, so drift hits both alike.
-				order := []bool{false, true}
-				if r%2 == 1 {
-					order = []bool{true, false}
-				}
-				for _, underTorpor := range order {
-					if underTorpor && (!ok || c.TorpErr != "") {
+				for _, underTorpor := range sideOrder(r) {
+					if underTorpor && (!b.ok || c.TorpErr != "") {
 						continue
 					}
-					argv := plainArgv
+					l := plainL
 					if underTorpor {
-						argv = torporArgv
+						l = torL
 					}
-					d, sum, err := mpiRun(ctx, argv)
+					run, err := mpiRun(ctx, l, 2*time.Minute)
 					if err != nil && underTorpor {
 						// The torpor side failed: report why, keep measuring plain mpirun.
 						c.TorpErr = err.Error()
@@ -155,29 +398,50 @@ func runB1(ctx context.Context, repo string, reps int, full bool, logf func(stri
 						c.Err = err.Error()
 						break
 					}
-					if c.Checksum != "" && sum != c.Checksum {
-						c.Err = fmt.Sprintf("checksum changed: %s then %s", c.Checksum, sum)
+					if c.Checksum != "" && run.Checksum != c.Checksum {
+						c.Err = fmt.Sprintf("checksum changed: %s then %s", c.Checksum, run.Checksum)
 						break
 					}
-					c.Checksum = sum
+					c.Checksum = run.Checksum
 					if underTorpor {
-						tor = append(tor, d)
+						tor = append(tor, run)
 					} else {
-						plain = append(plain, d)
+						plain = append(plain, run)
 					}
 				}
 			}
-			c.Plain = DurStat(plain)
+			c.Plain, c.PlainStart = wallStat(plain), startupOf(plain)
 			if len(tor) > 0 {
-				s := DurStat(tor)
-				c.Torpor = &s
+				s := wallStat(tor)
+				c.Torpor, c.TorporStart = &s, startupOf(tor)
 			}
-			logf("B1 %s/%s: plain median %.0f ms over %d runs %s%s", pr.name, m.name, c.Plain.Median, c.Plain.N, c.Err, firstLine(c.TorpErr))
+			logf("B1 %s/%s: plain median %.0f ms over %d runs %s%s", pr.name, mpi, c.Plain.Median, c.Plain.N, c.Err, firstLine(c.TorpErr))
 			res.Cases = append(res.Cases, c)
 		}
 	}
+	for _, spec := range plan.B1Long {
+		c := runB1Long(ctx, b, spec, plan.B1LongSecs, logf)
+		res.Long = append(res.Long, c)
+	}
 	res.TorporSide = torporSide(res)
 	return res
+}
+
+// sideOrder is the order of rep r: plain first on even reps, torpor first on
+// odd ones (plain, torpor, torpor, plain, ...).
+func sideOrder(r int) []bool {
+	if r%2 == 1 {
+		return []bool{true, false}
+	}
+	return []bool{false, true}
+}
+
+func wallStat(runs []b1Run) Stat {
+	ds := make([]time.Duration, len(runs))
+	for i, r := range runs {
+		ds[i] = r.Wall
+	}
+	return DurStat(ds)
 }
 
 // torporSide says honestly what happened on the torpor side.
@@ -186,8 +450,7 @@ func torporSide(res B1Result) string {
 	for _, c := range res.Cases {
 		measured = measured || c.Torpor != nil
 		if c.TorpErr != "" && why == "" {
-			l := strings.Split(strings.TrimSpace(c.TorpErr), "\n")
-			why = l[len(l)-1]
+			why = firstLine(strings.TrimSpace(c.TorpErr))
 		}
 	}
 	if !measured && why != "" {

@@ -29,11 +29,6 @@ func f2(v float64) string {
 	return fmt.Sprintf("%.2f", v)
 }
 
-func lastLine(s string) string {
-	l := strings.Split(strings.TrimSpace(s), "\n")
-	return l[len(l)-1]
-}
-
 // tcpCell is unlock→TCP, or n/a for a job-node without a TCP peer.
 func tcpCell(nodes int, s Stat) string {
 	if nodes < 2 {
@@ -77,6 +72,7 @@ func Markdown(r *Result, plots []string) string {
 	for _, e := range r.Errors {
 		w("**Failed:** %s\n\n", e)
 	}
+	w("## Summary\n\nThe keys of `summary` in this run's JSON and in latest.json (bench/README.md defines them; \"not measured\": this run did not measure it).\n\n%s\n", SummaryTable(Summarize(r), verdicts(r)))
 	if a := r.AppFiles; a != nil && a.Err == "" {
 		w("**B6 capture of the application's files: steady checkpoint with / without = %s** (target ≤ 1.10; %d MiB log growing %d MiB between checkpoints).\n\n",
 			f2(Ratio(a.With.Wall.Median, a.Without.Wall.Median)), a.LogMiB, a.GrowMiB)
@@ -92,7 +88,7 @@ func Markdown(r *Result, plots []string) string {
 				tor, ratio = med(*c.Torpor), f2(Ratio(c.Torpor.Median, c.Plain.Median))
 			}
 			if c.TorpErr != "" {
-				tor = "failed: " + strings.ReplaceAll(lastLine(c.TorpErr), "|", "/")
+				tor = "failed: " + strings.ReplaceAll(firstLine(c.TorpErr), "|", "/")
 			}
 			if c.Err != "" {
 				tor = "error: " + firstLine(c.Err)
@@ -101,6 +97,8 @@ func Markdown(r *Result, plots []string) string {
 				f0(100*c.Plain.Spread()), tor, ratio, c.Checksum)
 		}
 		w("\n")
+		b1StartupTable(w, r.B1)
+		b1LongSection(w, r.B1)
 	}
 
 	if len(r.Ckpt) > 0 {
@@ -191,6 +189,9 @@ func Markdown(r *Result, plots []string) string {
 	if a := r.AppFiles; a != nil {
 		appFilesSection(w, r.Mode, a)
 	}
+	if len(r.Compress) > 0 {
+		compressSection(w, r.Compress)
+	}
 	if len(plots) > 0 {
 		w("## Plots\n\n")
 		for _, p := range plots {
@@ -237,4 +238,83 @@ func appFilesSection(w func(string, ...any), mode string, a *AppFilesResult) {
 	w("\n**steady with / without: %s** (target ≤ 1.10); dump phase with / without: %s. First checkpoint with capture (the log copied whole): %s ms, %s × the steady checkpoint without capture.\n\n",
 		f2(Ratio(a.With.Wall.Median, a.Without.Wall.Median)), f2(Ratio(a.With.Dump.Median, a.Without.Dump.Median)),
 		f0(Ms(a.With.First.Wall)), f1(Ratio(Ms(a.With.First.Wall), a.Without.Wall.Median)))
+}
+
+// b1StartupTable splits the short runs' wall time: start-up, teardown.
+func b1StartupTable(w func(string, ...any), b *B1Result) {
+	have := false
+	for _, c := range b.Cases {
+		have = have || c.PlainStart != nil
+	}
+	if !have {
+		return
+	}
+	w("Where the wall time goes, from the same runs: ms since the launcher (`mpirun` or `torpor run`) was started until the earliest rank entered `main` (first rank) and until rank 0's `MPI_Init` returned, and from the last iteration's end until the launcher exited (teardown). The programs stamp CLOCK_REALTIME themselves (`-t`).\n\n")
+	w("| program | MPI | plain first rank | torpor first rank | **Δ first rank** | plain MPI_Init | torpor MPI_Init | Δ MPI_Init | plain teardown | torpor teardown |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, c := range b.Cases {
+		if c.PlainStart == nil {
+			continue
+		}
+		p := c.PlainStart
+		t := &B1Startup{}
+		if c.TorporStart != nil {
+			t = c.TorporStart
+		}
+		w("| %s | %s | %s | %s | **%s** | %s | %s | %s | %s | %s |\n", c.Program, c.MPI, med(p.FirstRank), med(t.FirstRank),
+			delta(t.FirstRank, p.FirstRank), med(p.Init), med(t.Init), delta(t.Init, p.Init), med(p.Teardown), med(t.Teardown))
+	}
+	w("\n")
+}
+
+// delta is a's median minus b's, or n/a.
+func delta(a, b Stat) string {
+	if a.N == 0 || b.N == 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%+.0f", a.Median-b.Median)
+}
+
+// b1LongSection is the long mode: start-up and steady state apart.
+func b1LongSection(w func(string, ...any), b *B1Result) {
+	if len(b.Long) == 0 {
+		return
+	}
+	w("### B1 long mode: start-up and steady state apart\n\n")
+	w("Each run lasts %d s after rank 0's `MPI_Init` returned (`-T`); plain `mpirun` and `torpor run` alternate (plain, torpor, torpor, plain, …). ", b.Long[0].Secs)
+	w("Steady rate = iterations per second from %.0f s after `MPI_Init` to the end, from the program's own stamps (`-t`, one every `-p` iterations, interpolated), in windows of %.0f s. ", b.Long[0].WarmupS, b.Long[0].WindowS)
+	w("Overhead = (plain rate − torpor rate) / plain rate, of the medians over runs; the window range is the same overhead window by window; plain noise is (max − min) / median of the plain side's window rates: an overhead below it is not resolved. Targets: steady-state ≤ 1 %%, start-up (first rank) ≤ 150 ms above plain.\n\n")
+	w("| program | MPI | args | run | side | first rank ms | MPI_Init ms | steady it/s | window it/s (min–max) | iterations | teardown ms | note |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, c := range b.Long {
+		if c.Err != "" {
+			w("| %s | %s | `%s` | | | failed: %s |||||||\n", c.Program, c.MPI, strings.Join(c.Args, " "), firstLine(c.Err))
+			continue
+		}
+		for i, r := range c.Runs {
+			note := strings.ReplaceAll(r.Err, "|", "/")
+			if r.Hung {
+				note = "hung at finalize after its done line; ended and cancelled (measurements kept)"
+			}
+			ws := NewStat(r.Windows)
+			rate, win, teardown := "n/a", "n/a", f0(r.TeardownMs)
+			if r.Hung {
+				teardown = "—"
+			}
+			if r.Rate > 0 {
+				rate, win = f0(r.Rate), fmt.Sprintf("%s–%s", f0(ws.Min), f0(ws.Max))
+			}
+			w("| %s | %s | `%s` | %d | %s | %s | %s | %s | %s | %d | %s | %s |\n", c.Program, c.MPI, strings.Join(c.Args, " "), i+1, r.Side,
+				f0(r.FirstRankMs), f0(r.InitMs), rate, win, r.Iters, teardown, note)
+		}
+	}
+	w("\n| program | MPI | plain it/s | torpor it/s | **steady-state overhead** | window range | plain noise | runs plain/torpor |\n|---|---|---|---|---|---|---|---|\n")
+	for _, c := range b.Long {
+		o := c.Overhead
+		if o == nil {
+			w("| %s | %s | | | not measured (a side has no complete run) | | | |\n", c.Program, c.MPI)
+			continue
+		}
+		w("| %s | %s | %s | %s | **%s %%** | %s … %s %% | %s %% | %d/%d |\n", c.Program, c.MPI, f0(o.PlainRate), f0(o.TorporRate),
+			f2(o.Pct), f2(o.WindowMinPct), f2(o.WindowMaxPct), f2(o.NoisePct), o.PlainRuns, o.TorporRuns)
+	}
+	w("\n")
 }

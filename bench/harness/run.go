@@ -19,7 +19,7 @@ type Config struct {
 	Out     string // where results go (bench/results)
 	Repo    string // repository root (for bench/workloads/bin and bin/torpor)
 	WorkDir string // scratch: images and status files (removed afterwards)
-	Only    string // comma-separated subset of b1,b2,b4,b5,b6 ("" = all; b2 includes B3)
+	Only    string // comma-separated subset of b1,b2,b4,b5,b6,b7 ("" = all; b2 includes B3)
 	Plotter string // the torpor-plot binary (bench/plot) that draws the PNGs
 	Log     *slog.Logger
 	// Progress receives one line per measurement.
@@ -28,44 +28,53 @@ type Config struct {
 
 // Plan is the sizes and counts of one run.
 type Plan struct {
-	Reps        int   `json:"reps"`         // checkpoints per point (B2, B5)
-	RestartReps int   `json:"restart_reps"` // suspend+restart cycles per point (B3)
-	MigrateReps int   `json:"migrate_reps"` // migrations per size (B4)
-	B1Reps      int   `json:"b1_reps"`
-	MemMiB      []int `json:"mem_mib"`     // B2/B3 memory sweep (1 job-node) and B4 sizes
-	Nodes       []int `json:"nodes"`       // B2/B3 job-node sweep
-	NodesMiB    int   `json:"nodes_mib"`   // memory per job-node in the job-node sweep
-	Matrix      bool  `json:"matrix"`      // every size with every job-node count
-	RealNodes   []int `json:"real_nodes"`  // B5 real sandboxes
-	FakeNodes   []int `json:"fake_nodes"`  // B5 fake CRIU
-	CoordHosts  int   `json:"coord_hosts"` // hosts the B5 job-nodes spread over
-	AppLogMiB   int   `json:"b6_log_mib"`  // B6: the log's size at the start
-	AppGrowMiB  int   `json:"b6_grow_mib"` // B6: appended before every checkpoint
-	AppReps     int   `json:"b6_reps"`     // B6: steady checkpoints per variant
-	SpareHost   int   `json:"-"`
+	Reps        int `json:"reps"`         // checkpoints per point (B2, B5)
+	RestartReps int `json:"restart_reps"` // suspend+restart cycles per point (B3)
+	MigrateReps int `json:"migrate_reps"` // migrations per size (B4)
+	B1Reps      int `json:"b1_reps"`
+	// B1Long are the long mode's cases, each of B1LongSecs-second runs.
+	B1Long      []B1LongSpec `json:"b1_long,omitempty"`
+	B1LongSecs  int          `json:"b1_long_s,omitempty"`
+	MemMiB      []int        `json:"mem_mib"`     // B2/B3 memory sweep (1 job-node) and B4 sizes
+	Nodes       []int        `json:"nodes"`       // B2/B3 job-node sweep
+	NodesMiB    int          `json:"nodes_mib"`   // memory per job-node in the job-node sweep
+	Matrix      bool         `json:"matrix"`      // every size with every job-node count
+	RealNodes   []int        `json:"real_nodes"`  // B5 real sandboxes
+	FakeNodes   []int        `json:"fake_nodes"`  // B5 fake CRIU
+	CoordHosts  int          `json:"coord_hosts"` // hosts the B5 job-nodes spread over
+	AppLogMiB   int          `json:"b6_log_mib"`  // B6: the log's size at the start
+	AppGrowMiB  int          `json:"b6_grow_mib"` // B6: appended before every checkpoint
+	AppReps     int          `json:"b6_reps"`     // B6: steady checkpoints per variant
+	CompressMiB []int        `json:"b7_mib"`      // B7: memory sizes, every codec
+	SpareHost   int          `json:"-"`
 }
 
 // QuickPlan fits in under ten minutes on a 2-core machine.
 func QuickPlan() Plan {
 	return Plan{Reps: 3, RestartReps: 2, MigrateReps: 3, B1Reps: 5,
+		B1Long: []B1LongSpec{{"ring", "openmpi", 2}, {"ring", "mpich42", 1}}, B1LongSecs: 60,
 		MemMiB: []int{16, 64, 256}, Nodes: []int{1, 2, 4}, NodesMiB: 64,
 		RealNodes: []int{1, 4, 16}, FakeNodes: []int{1, 4, 16, 64, 256}, CoordHosts: 4,
-		AppLogMiB: 256, AppGrowMiB: 10, AppReps: 5}
+		AppLogMiB: 256, AppGrowMiB: 10, AppReps: 5, CompressMiB: []int{64, 256}}
 }
 
 // FullPlan is the complete run (tens of minutes).
 func FullPlan() Plan {
 	return Plan{Reps: 5, RestartReps: 3, MigrateReps: 5, B1Reps: 7,
-		MemMiB: []int{16, 64, 256, 1024}, Nodes: []int{1, 2, 4}, NodesMiB: 256, Matrix: true,
+		B1Long:     []B1LongSpec{{"ring", "openmpi", 3}, {"stencil", "openmpi", 2}, {"ring", "mpich42", 2}},
+		B1LongSecs: 60,
+		MemMiB:     []int{16, 64, 256, 1024}, Nodes: []int{1, 2, 4}, NodesMiB: 256, Matrix: true,
 		RealNodes: []int{1, 4, 16, 32, 64}, FakeNodes: []int{1, 4, 16, 64, 128, 256}, CoordHosts: 4,
-		AppLogMiB: 1024, AppGrowMiB: 10, AppReps: 20}
+		AppLogMiB: 1024, AppGrowMiB: 10, AppReps: 20, CompressMiB: []int{64, 256, 1024}}
 }
 
 // Result is everything one run measured.
 type Result struct {
-	Mode     string          `json:"mode"`
-	Started  time.Time       `json:"started"`
-	Finished time.Time       `json:"finished"`
+	Mode     string    `json:"mode"`
+	Started  time.Time `json:"started"`
+	Finished time.Time `json:"finished"`
+	// Summary is computed from the rest when the results are written.
+	Summary  *Summary        `json:"summary,omitempty"`
 	Machine  Machine         `json:"machine"`
 	Plan     Plan            `json:"plan"`
 	B1       *B1Result       `json:"b1,omitempty"`
@@ -73,6 +82,7 @@ type Result struct {
 	Migrate  []MigratePoint  `json:"b4,omitempty"`
 	Coord    []CoordPoint    `json:"b5,omitempty"`
 	AppFiles *AppFilesResult `json:"b6,omitempty"`
+	Compress []CompressPoint `json:"b7,omitempty"`
 	Errors   []string        `json:"errors,omitempty"`
 }
 
@@ -131,7 +141,7 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 	name := fmt.Sprintf("b%d", os.Getpid()%100000)
 
 	if cfg.wants("b1") {
-		b1 := runB1(ctx, cfg.Repo, plan.B1Reps, cfg.Full, logf)
+		b1 := runB1(ctx, cfg.Repo, filepath.Join(work, "b1"), plan, cfg.Full, logf)
 		res.B1 = &b1
 	}
 	if cfg.wants("b2") || cfg.wants("b4") {
@@ -187,6 +197,21 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 		})
 		if err != nil {
 			fail("B6 cluster", err)
+		}
+	}
+	if cfg.wants("b7") {
+		err := withEnv(ctx, EnvConfig{Name: name + "z", Hosts: 1, Dir: filepath.Join(work, "env7"), Bins: bins, CRIU: bin, Log: cfg.Log}, func(e *Env) {
+			for _, mib := range plan.CompressMiB {
+				res.Compress = append(res.Compress, runCompress(ctx, e, mib, plan.Reps, plan.RestartReps, logf)...)
+			}
+		})
+		if err != nil {
+			fail("B7 cluster", err)
+		}
+	}
+	for _, p := range res.Compress {
+		if p.Err != "" {
+			res.Errors = append(res.Errors, fmt.Sprintf("B7 %s %d MiB: %s", p.Codec, p.MiB, p.Err))
 		}
 	}
 	for _, p := range res.Ckpt {
@@ -281,20 +306,25 @@ func maxOf(xs []int) int {
 	return m
 }
 
-// Write writes <date>-<host>.json, .md, the plots (drawn by plotter, the
-// torpor-plot binary), and latest.md into out.
+// Write writes <date>-<host>.json (with its summary, also copied to
+// latest.json), .md, the plots (drawn by plotter, the torpor-plot binary), and
+// latest.md into out.
 func Write(res *Result, out, plotter string) ([]string, error) {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return nil, err
 	}
 	base := filepath.Join(out, res.Started.Format("2006-01-02")+"-"+res.Machine.Host)
+	sum := Summarize(res)
+	res.Summary = &sum
 	data, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
 		return nil, err
 	}
-	files := []string{base + ".json", base + ".md"}
-	if err := os.WriteFile(base+".json", data, 0o644); err != nil {
-		return nil, err
+	files := []string{base + ".json", filepath.Join(out, "latest.json"), base + ".md"}
+	for _, f := range files[:2] {
+		if err := os.WriteFile(f, data, 0o644); err != nil {
+			return nil, err
+		}
 	}
 	plots, perr := Plots(res, base, plotter)
 	files = append(files, plots...)

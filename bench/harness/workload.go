@@ -50,6 +50,7 @@ type Workload struct {
 	Ring     bool
 	ReadRate string // receiver's read limit, e.g. "4M"
 	SendRate string // sender's limit, "0" = unlimited
+	Fill     string // memhog -fill ("field": a stencil's grids, B7)
 }
 
 // nodeFiles are the status files of one job-node.
@@ -65,6 +66,9 @@ func jobNode(dir, job string, i, n int, host string, w Workload, bins Bins) (age
 	name := fmt.Sprintf("n%d", i)
 	f := nodeFiles{Mem: filepath.Join(d, name+".mem")}
 	cmd := fmt.Sprintf("%s -m %d -status %s", bins.MemHog, w.MiB, f.Mem)
+	if w.Fill != "" {
+		cmd += " -fill " + w.Fill
+	}
 	if w.Ring {
 		f.Recv, f.Send = filepath.Join(d, name+".recv"), filepath.Join(d, name+".send")
 		next := strings.Split(simhost.NodeAddr((i+1)%n+1), "/")[0]

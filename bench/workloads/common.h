@@ -121,28 +121,33 @@ struct num_opt {
 	const char *what; /* named in the error for a bad value */
 };
 
-/* run_opts are the options every workload takes: -i, -s, -p, and -v or -d DIR. */
+/* run_opts are the options every workload takes: -i, -s, -p, and -v, -t or -d DIR. */
 struct run_opts {
 	uint64_t iters;
 	uint64_t sleep_us;
 	uint64_t print_every;
 	int verbose;
+	int timing;      /* -t: rank 0 prints wall-clock timestamps (see begin_run, close_iter) */
+	uint64_t secs;   /* -T S: end at the first -p boundary S seconds after MPI_Init (see close_iter) */
+	int64_t init_ns; /* when this rank's MPI_Init returned (CLOCK_REALTIME) */
 	const char *dir; /* -d DIR, for the workloads that write files */
 };
 
 /*
  * run_spec says how a workload takes its run_opts: the default and the largest -i,
- * whether it takes -v, and whether it needs -d DIR (an existing directory).
+ * whether it takes -v, whether it needs -d DIR (an existing directory), and
+ * whether it takes -t.
  */
 struct run_spec {
 	uint64_t iters;
 	uint64_t max_iters;
 	int verbose;
 	int dir;
+	int timing;
 };
 
-/* RUN_SPEC_DEFAULT is ring's and stencil's: -i up to 2^40, default 1000, -v, no -d. */
-#define RUN_SPEC_DEFAULT {1000, UINT64_C(1) << 40, 1, 0}
+/* RUN_SPEC_DEFAULT is ring's and stencil's: -i up to 2^40, default 1000, -v, -t, no -d. */
+#define RUN_SPEC_DEFAULT {1000, UINT64_C(1) << 40, 1, 0, 1}
 
 /* Help lines for the run_opts, and for the output every workload prints. */
 #define USAGE_ITERS_DEFAULT(n) "  -i N    iterations (default " n ", >= 1)\n"
@@ -151,8 +156,13 @@ struct run_spec {
 #define USAGE_SLEEP "  -s us   sleep per iteration in microseconds (default 0)\n"
 #define USAGE_PRINT "  -p K    rank 0 prints the checksum every K iterations (default 100, 0 = only at the end)\n"
 #define USAGE_VERBOSE "  -v      print each rank's host name and pid at start\n"
+#define USAGE_TIMING                                                                                       \
+	"  -t      rank 0 prints CLOCK_REALTIME timestamps in ns: '<prog>: t main_ns=M init_ns=I' once\n" \
+	"          (M: the earliest rank's entry into main, I: rank 0's MPI_Init returned) and\n"         \
+	"          '<prog>: t iter=N ns=T' after each -p line (for benchmarks; no effect on the result)\n" \
+	"  -T S    run S seconds: end at the first -p boundary S s after MPI_Init (-i is then the most)\n"
 #define USAGE_HELP "  -h      this help\n"
-#define USAGE_RUN USAGE_SLEEP USAGE_PRINT USAGE_VERBOSE USAGE_HELP
+#define USAGE_RUN USAGE_SLEEP USAGE_PRINT USAGE_VERBOSE USAGE_TIMING USAGE_HELP
 #define USAGE_OUTPUT(prog)                                                                                 \
 	"output (rank 0): '" prog ": start ...', '" prog ": iter=N checksum=0x...',\n"                       \
 	"                 '" prog ": done iters=N ranks=R checksum=0x...'\n"
@@ -170,7 +180,7 @@ static inline int parse_run(int argc, char **argv, int rank, const char *prog, c
 			    size_t nown)
 {
 	struct num_opt opts[MAX_NUM_OPTS];
-	char optstring[2 * MAX_NUM_OPTS + 6];
+	char optstring[2 * MAX_NUM_OPTS + 8];
 	const struct num_opt *o;
 	size_t nopts = 0, n = 0, k;
 	int c;
@@ -179,9 +189,11 @@ static inline int parse_run(int argc, char **argv, int rank, const char *prog, c
 	run->sleep_us = 0;
 	run->print_every = 100;
 	run->verbose = 0;
+	run->timing = 0;
+	run->secs = 0;
 	run->dir = NULL;
 
-	if (nown + 3 > MAX_NUM_OPTS) {
+	if (nown + 4 > MAX_NUM_OPTS) {
 		fprintf(stderr, "%s: too many options\n", prog);
 		return EXIT_USAGE;
 	}
@@ -190,6 +202,8 @@ static inline int parse_run(int argc, char **argv, int rank, const char *prog, c
 	opts[nopts++] = (struct num_opt){'i', &run->iters, 1, spec->max_iters, "iterations"};
 	opts[nopts++] = (struct num_opt){'s', &run->sleep_us, 0, UINT64_C(3600000000), "sleep microseconds"};
 	opts[nopts++] = (struct num_opt){'p', &run->print_every, 0, UINT64_C(1) << 40, "print interval"};
+	if (spec->timing)
+		opts[nopts++] = (struct num_opt){'T', &run->secs, 1, UINT64_C(1) << 30, "seconds"};
 
 	optstring[n++] = ':';
 	for (k = 0; k < nopts; k++) {
@@ -202,6 +216,8 @@ static inline int parse_run(int argc, char **argv, int rank, const char *prog, c
 	}
 	if (spec->verbose)
 		optstring[n++] = 'v';
+	if (spec->timing)
+		optstring[n++] = 't';
 	optstring[n++] = 'h';
 	optstring[n] = '\0';
 
@@ -210,6 +226,7 @@ static inline int parse_run(int argc, char **argv, int rank, const char *prog, c
 		switch (c) {
 		case 'd': run->dir = optarg; continue;
 		case 'v': run->verbose = 1; continue;
+		case 't': run->timing = 1; continue;
 		case 'h':
 			if (rank == 0)
 				fputs(usage, stdout);
@@ -286,22 +303,46 @@ static inline int check_dir(const char *prog, const char *dir, int rank)
 	return 0;
 }
 
+/* realtime_ns is CLOCK_REALTIME in nanoseconds: comparable with the launcher's clock. */
+static inline int64_t realtime_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + (int64_t)ts.tv_nsec;
+}
+
 /*
  * begin_run initialises MPI, sets *rank and *size in MPI_COMM_WORLD and parses the
  * arguments with parse_run. Where spec needs -d DIR, every rank checks DIR (each
- * writes into it) and the run stops if any finds it bad. It returns -1 to go on,
- * or, with MPI finalized, the exit status to finish with.
+ * writes into it) and the run stops if any finds it bad. With -t, rank 0 prints
+ * when the first rank entered begin_run (the top of main, before MPI_Init) and
+ * when its own MPI_Init returned. It returns -1 to go on, or, with MPI finalized,
+ * the exit status to finish with.
  */
 static inline int begin_run(int *argc, char ***argv, int *rank, int *size, const char *prog,
 			    const char *usage, const struct run_spec *spec, struct run_opts *run,
 			    const struct num_opt *own, size_t nown)
 {
 	int st, bad, anybad;
+	int64_t main_ns = realtime_ns(), init_ns, first_ns;
 
 	MPI_Init(argc, argv);
+	init_ns = realtime_ns();
 	MPI_Comm_rank(MPI_COMM_WORLD, rank);
 	MPI_Comm_size(MPI_COMM_WORLD, size);
 	st = parse_run(*argc, *argv, *rank, prog, usage, spec, run, own, nown);
+	run->init_ns = init_ns;
+	if (st < 0 && run->secs != 0 && run->print_every == 0) {
+		if (*rank == 0)
+			fprintf(stderr, "%s: -T needs -p K > 0 (the run ends at a -p boundary)\n", prog);
+		st = EXIT_USAGE;
+	}
+	if (st < 0 && run->timing) {
+		MPI_Reduce(&main_ns, &first_ns, 1, MPI_INT64_T, MPI_MIN, 0, MPI_COMM_WORLD);
+		if (*rank == 0)
+			say("%s: t main_ns=%" PRId64 " init_ns=%" PRId64, prog, first_ns, init_ns);
+	}
 	if (st < 0 && spec->dir) {
 		bad = check_dir(prog, run->dir, *rank) != 0;
 		MPI_Allreduce(&bad, &anybad, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
@@ -325,14 +366,30 @@ static inline int begin(int *argc, char ***argv, int *rank, int *size, const cha
 /*
  * close_iter closes iteration it of run, whose global value is global, but for the
  * done line: rank 0 prints the periodic checksum line; every rank then sleeps,
- * except after the last iteration. A workload that must finish something (close
- * its files) before it reports done calls say_done itself afterwards.
+ * except after the last iteration. With -T S, at every -p boundary rank 0 tells
+ * every rank (MPI_Bcast) whether S seconds have passed since its MPI_Init
+ * returned; if so, it is the last iteration (run->iters becomes it). A workload
+ * that must finish something (close its files) before it reports done calls
+ * say_done itself afterwards.
  */
-static inline void close_iter(const char *prog, const struct run_opts *run, int rank, uint64_t it,
-			      uint64_t global)
+static inline void close_iter(const char *prog, struct run_opts *run, int rank, uint64_t it, uint64_t global)
 {
-	if (rank == 0 && run->print_every != 0 && it % run->print_every == 0)
-		say("%s: iter=%" PRIu64 " checksum=0x%016" PRIx64, prog, it, global);
+	if (run->print_every != 0 && it % run->print_every == 0) {
+		int64_t now = realtime_ns();
+
+		if (rank == 0) {
+			say("%s: iter=%" PRIu64 " checksum=0x%016" PRIx64, prog, it, global);
+			if (run->timing)
+				say("%s: t iter=%" PRIu64 " ns=%" PRId64, prog, it, now);
+		}
+		if (run->secs != 0) {
+			int stop = now - run->init_ns >= (int64_t)run->secs * 1000000000;
+
+			MPI_Bcast(&stop, 1, MPI_INT, 0, MPI_COMM_WORLD);
+			if (stop)
+				run->iters = it;
+		}
+	}
 	if (it < run->iters)
 		sleep_us(run->sleep_us);
 }
@@ -349,7 +406,7 @@ static inline void say_done(const char *prog, const struct run_opts *run, int ra
  * the periodic checksum line, and the done line after the last iteration; every
  * rank then sleeps, except after the last.
  */
-static inline void end_iter(const char *prog, const struct run_opts *run, int rank, int size, uint64_t it,
+static inline void end_iter(const char *prog, struct run_opts *run, int rank, int size, uint64_t it,
 			    uint64_t global)
 {
 	close_iter(prog, run, rank, it, global);

@@ -364,3 +364,58 @@ func TestMPIIORepeatable(t *testing.T) {
 			30*2*4096, len(files), len(files["shared.dat"]))
 	}
 }
+
+var (
+	startRe = regexp.MustCompile(`^(\w+): t main_ns=(\d+) init_ns=(\d+)$`)
+	stampRe = regexp.MustCompile(`^(\w+): t iter=(\d+) ns=(\d+)$`)
+)
+
+// TestTimedRun checks -t and -T (the benchmark's long mode, bench/harness/b1.go):
+// the run lasts at least -T seconds from MPI_Init, ends at a -p boundary, prints
+// one timestamp per periodic line, and its checksum is that of a run of as many
+// iterations without -t and -T.
+func TestTimedRun(t *testing.T) {
+	build(t)
+	for _, st := range stacks {
+		for _, prog := range []string{"ring", "stencil"} {
+			t.Run(prog+"/"+st.name, func(t *testing.T) {
+				before := time.Now().UnixNano()
+				every := 20
+				timed := run(t, st, 2, prog, "-i", "1000000", "-p", strconv.Itoa(every), "-t", "-T", "1")
+				if timed.iters == 0 || timed.iters%uint64(every) != 0 {
+					t.Fatalf("done iters=%d: want a multiple of -p %d", timed.iters, every)
+				}
+				var mainNs, initNs, last int64
+				stamps := 0
+				for _, line := range strings.Split(timed.out, "\n") {
+					line = strings.TrimSpace(line)
+					if m := startRe.FindStringSubmatch(line); m != nil && m[1] == prog {
+						mainNs, _ = strconv.ParseInt(m[2], 10, 64)
+						initNs, _ = strconv.ParseInt(m[3], 10, 64)
+					}
+					if m := stampRe.FindStringSubmatch(line); m != nil && m[1] == prog {
+						stamps++
+						ns, _ := strconv.ParseInt(m[3], 10, 64)
+						if ns < last {
+							t.Errorf("timestamps go back: %d after %d", ns, last)
+						}
+						last = ns
+					}
+				}
+				if !(before <= mainNs && mainNs <= initNs && initNs <= last) {
+					t.Errorf("launch %d, main_ns %d, init_ns %d, last stamp %d: want them in this order\n%s", before, mainNs, initNs, last, timed.out)
+				}
+				if last-initNs < int64(time.Second) {
+					t.Errorf("-T 1 ended %v after MPI_Init", time.Duration(last-initNs))
+				}
+				if stamps != len(timed.periodic) {
+					t.Errorf("%d timestamps for %d periodic lines", stamps, len(timed.periodic))
+				}
+				plain := run(t, st, 2, prog, "-i", strconv.FormatUint(timed.iters, 10), "-p", strconv.Itoa(every))
+				if plain.checksum != timed.checksum || strings.Join(plain.periodic, "\n") != strings.Join(timed.periodic, "\n") {
+					t.Errorf("-t -T run of %d iterations: checksum %#016x, plain run %#016x", timed.iters, timed.checksum, plain.checksum)
+				}
+			})
+		}
+	}
+}

@@ -53,6 +53,7 @@ func runCheckpoint(ctx context.Context, args []string) error {
 	fs := newFlagSet("checkpoint", "JOB")
 	cf := addClientFlags(fs, true)
 	stop := fs.Bool("stop", false, "stop the job once the checkpoint is committed (like suspend)")
+	compress := fs.String("compress", "", "store this checkpoint's memory images `none|lz4|zstd` (default: as the job was started, torpor run --compress)")
 	fs.Bool("wait", true, "wait until the checkpoint is committed (always true: the call returns when it is)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -61,10 +62,10 @@ func runCheckpoint(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return checkpoint(ctx, *cf.socket, job, *stop, *cf.json)
+	return checkpoint(ctx, *cf.socket, job, *stop, *compress, *cf.json)
 }
 
-func checkpoint(ctx context.Context, sock, job string, stop, asJSON bool) error {
+func checkpoint(ctx context.Context, sock, job string, stop bool, compress string, asJSON bool) error {
 	ss, err := connect(ctx, sock, embedOptions{})
 	if err != nil {
 		return err
@@ -78,7 +79,7 @@ func checkpoint(ctx context.Context, sock, job string, stop, asJSON bool) error 
 	}
 	fmt.Fprintf(os.Stderr, "torpor: %s of %s: prepare, freeze, drain, lock, dump, commit ...\n", verb, job)
 	p := watchProgress(ctx, cl, job)
-	rep, err := cl.Checkpoint(ctx, &apiv1.CheckpointRequest{Job: job, Stop: stop})
+	rep, err := cl.Checkpoint(ctx, &apiv1.CheckpointRequest{Job: job, Stop: stop, Compress: compress})
 	p.stop()
 	if err != nil {
 		return client.RPCErr(err)
@@ -102,7 +103,7 @@ func runSuspend(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return checkpoint(ctx, *cf.socket, job, true, *cf.json)
+	return checkpoint(ctx, *cf.socket, job, true, "", *cf.json)
 }
 
 // hostMap collects repeated --host NODE=HOST flags.

@@ -119,6 +119,9 @@ type Options struct {
 	// KeepMax bounds what one job-node's capture copies (--keep-max); 0
 	// means 1 GiB.
 	KeepMax int64
+	// Compress is how the job's checkpoints store the memory images
+	// (--compress none|lz4|zstd; "" is none).
+	Compress string
 	// Checkpointing is on with `--mca crs criu`, `-am ft-enable-cr`,
 	// --checkpoint-dir or --checkpoint-interval.
 	Checkpointing bool

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/catalog"
 )
 
 // UsageError is a malformed `torpor run` command line. It matches ErrUsage
@@ -105,6 +106,15 @@ var flags = []flagSpec{
 	{names: []string{"--keep-max"}, arg: "SIZE", nvals: 1,
 		help: "torpor: the most one job-node's capture of files may copy at a checkpoint, e.g. 4G (default 1G); a checkpoint that needs more fails and the job runs on",
 		set:  setKeepMax},
+	{names: []string{"--compress"}, arg: "none|lz4|zstd", nvals: 1,
+		help: "torpor: store the memory images of the job's checkpoints compressed (default none); lz4 is the faster, zstd the smaller",
+		set: func(o *Options, flag string, v []string) error {
+			if _, err := catalog.ParseCodec(v[0]); err != nil {
+				return usagef("%s %s: choose none, lz4 or zstd", flag, v[0])
+			}
+			o.Compress = v[0]
+			return nil
+		}},
 	{names: []string{"--restart-on-failure"}, arg: "N", nvals: 1, dashOK: true,
 		help: "restart a failed job up to N times, from its last checkpoint if it has one (default 0)",
 		set:  setRestarts},

@@ -84,7 +84,7 @@ func (o Options) nodes(prog string, m machine) (coordinator.JobSpec, []string, e
 	if o.JobName != "" {
 		id = o.JobName // Parse checked it is a valid name: used as given
 	}
-	spec := coordinator.JobSpec{ID: id, Owner: m.uid}
+	spec := coordinator.JobSpec{ID: id, Owner: m.uid, Compress: o.Compress}
 	env, missing := o.RankEnv(m.lookupEnv)
 	var warnings []string
 	for _, name := range missing {

@@ -306,3 +306,19 @@ func TestJobSpecOMPI5(t *testing.T) {
 		}
 	}
 }
+
+// TestCompressFlag: --compress reaches the job spec, MPI or plain; an
+// unknown codec is a usage error.
+func TestCompressFlag(t *testing.T) {
+	m := testMachine(2)
+	for _, args := range []string{"--plain --host h1,h2 --compress zstd ./app", "--compress zstd ./app"} {
+		o := parseArgs(t, args)
+		spec, _, err := o.jobSpec("/bin/app", m)
+		if err != nil || spec.Compress != "zstd" {
+			t.Fatalf("%q: compress %q, %v", args, spec.Compress, err)
+		}
+	}
+	if _, err := Parse(strings.Fields("--compress gzip ./app")); err == nil {
+		t.Error("--compress gzip: no error")
+	}
+}

@@ -62,6 +62,11 @@ type Config struct {
 	// Metrics, if set, records CRIU restore times and the bytes restores
 	// read (the rest is counted by metrics.Instrument around the Agent).
 	Metrics *metrics.Shim
+	// ScratchDir is where a restore expands compressed memory images for
+	// CRIU (removed when the restore ends); it must be root's and writable
+	// only by root. Default <RunDir>/shims/<Host>/restore: put it on a
+	// node-local disk when RunDir is a small tmpfs.
+	ScratchDir string
 }
 
 // Agent is one host's shim logic.
@@ -598,7 +603,12 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 	// writes them, and the application's files just captured meanwhile: the
 	// node manifest then reads only the small images again.
 	captureTime := time.Since(start)
-	hasher := catalog.StartStreamHasher(req.Dir, criu.IsPages)
+	codec, err := catalog.ParseCodec(req.Compress)
+	if err != nil {
+		return agentapi.DumpResult{}, fmt.Errorf("%w: checkpoint %s/%s: %w", agentapi.ErrInvalid, ref.Job, ref.Node, err)
+	}
+	// With a codec they are stored compressed, also as CRIU writes them.
+	hasher := catalog.StartStreamCompressor(req.Dir, criu.IsPages, codec)
 	defer hasher.Stop()
 	res, err := n.sb.Dump(ctx, a.drv, opts)
 	criuDone := time.Now()
@@ -642,7 +652,7 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 	// (which hashes the files hashed nowhere else).
 	a.log.Info("job-node dumped", "job", ref.Job, "node", ref.Node, "ckpt", req.Checkpoint, "bytes", nm.TotalBytes, "criu", res.Elapsed,
 		"capture_time", captureTime, "save_time", saved.Sub(criuDone), "hash_wait", hashed.Sub(saved), "manifest_time", time.Since(hashed), "hashed_streaming", len(sums),
-		"app_files", len(captured.Entries), "app_bytes", captured.Bytes)
+		"app_files", len(captured.Entries), "app_bytes", captured.Bytes, "compress", req.Compress)
 	return agentapi.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files), CRIUTime: res.Elapsed}, nil
 }
 
@@ -773,12 +783,21 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 	// the tree it made, and none of its tasks ever runs.
 	var imgs *catalog.NodeImages
 	var pages *pagesCheck
+	var scratch string // CRIU's images directory when memory images are stored compressed
 	if req.NodeManifestSHA256 != "" {
 		if imgs, err = catalog.OpenNodeImages(dir, req.NodeManifestSHA256); err != nil {
 			return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, req.Checkpoint, corrupt(err))
 		}
 		defer imgs.Close()
-		pages = startPagesCheck(ctx, imgs)
+		if len(imgs.Compressed()) > 0 {
+			if scratch, err = a.scratchDir(job, spec.Name); err != nil {
+				return err
+			}
+			defer a.removeScratch(scratch)
+		}
+		if pages, err = startPagesCheck(ctx, imgs, scratch); err != nil {
+			return err
+		}
 		defer pages.stop()
 	}
 	n, err := a.create(ctx, job, spec)
@@ -798,7 +817,7 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		}
 	}()
 	if imgs != nil {
-		if err := imgs.Verify(ctx, func(name string) bool { return !criu.IsPages(name) }); err != nil {
+		if err := imgs.Verify(ctx, func(name string) bool { return !criu.IsPages(name) && !imgs.IsCompressed(name) }); err != nil {
 			return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, req.Checkpoint, corrupt(err))
 		}
 	}
@@ -835,8 +854,19 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		n.restoredFrom = req.Checkpoint
 		n.link.SetRestoredFrom(n.restoredFrom)
 	}
+	imagesDir := dir
+	if scratch != "" {
+		// CRIU needs the raw memory images before it starts.
+		if err := pages.wait(ctx); err != nil {
+			return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, req.Checkpoint, corrupt(err))
+		}
+		if err := linkImages(dir, scratch, imgs); err != nil {
+			return fmt.Errorf("restore %s/%s: %w", job, spec.Name, err)
+		}
+		imagesDir = scratch
+	}
 	opts := criu.Options{
-		ImagesDir: dir, WorkDir: filepath.Join(a.cfg.RunDir, "restore", job, spec.Name),
+		ImagesDir: imagesDir, WorkDir: filepath.Join(a.cfg.RunDir, "restore", job, spec.Name),
 		TCPEstablished: true, NetworkLock: criu.NetworkLockSkip, FileLocks: true, LinkRemap: true,
 	}
 	if a.criuStarted != nil {

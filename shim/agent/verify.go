@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -18,7 +19,9 @@ func (a *Agent) VerifiesImages() bool { return true }
 
 // pagesCheck verifies a restart's memory images (pages-*.img) against the
 // node manifest while the restore goes on; the restore's post-restore
-// notification waits for its verdict.
+// notification waits for its verdict. Compressed ones it expands into the
+// restore's scratch directory, verifying them as it reads them: then the
+// restore waits for the verdict before CRIU starts, which needs them.
 type pagesCheck struct {
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -28,14 +31,29 @@ type pagesCheck struct {
 	waitedFor time.Duration // how long wait waited
 }
 
-func startPagesCheck(ctx context.Context, imgs *catalog.NodeImages) *pagesCheck {
+func startPagesCheck(ctx context.Context, imgs *catalog.NodeImages, scratch string) (*pagesCheck, error) {
+	var dst *os.Root
+	if scratch != "" {
+		var err error
+		if dst, err = os.OpenRoot(scratch); err != nil {
+			return nil, err
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	p := &pagesCheck{cancel: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
-		p.err = imgs.Verify(ctx, criu.IsPages)
+		if dst != nil {
+			defer dst.Close()
+			for _, f := range imgs.Compressed() {
+				if p.err = imgs.Expand(ctx, f, dst); p.err != nil {
+					return
+				}
+			}
+		}
+		p.err = imgs.Verify(ctx, func(name string) bool { return criu.IsPages(name) && !imgs.IsCompressed(name) })
 	}()
-	return p
+	return p, nil
 }
 
 // wait returns the verdict once the memory images are verified, or ctx's

@@ -82,6 +82,17 @@ func (w *recorded) VerifiesImages() bool {
 	return ok && v.VerifiesImages()
 }
 
+// PostCopy passes on whether the wrapped agent can take part in a
+// post-copy migration (agentapi.PostCopier).
+func (w *recorded) PostCopy() bool {
+	p, ok := w.a.(agentapi.PostCopier)
+	return ok && p.PostCopy()
+}
+
+func (w *recorded) Pages(ctx context.Context, ref agentapi.NodeRef) error {
+	return w.rec("pages", ref.Node, func() error { return w.a.Pages(ctx, ref) })
+}
+
 func (w *recorded) rec(op, node string, fn func() error) error {
 	c := call{Op: op, Host: w.host, Node: node, Start: time.Now()}
 	c.Err = fn()

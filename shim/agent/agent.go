@@ -111,6 +111,16 @@ type node struct {
 	// or the one a restore put back): a file that only grew since is
 	// captured by its length.
 	captured *appfiles.Index
+
+	// mu guards the post-copy state, which goroutines of its own change.
+	mu sync.Mutex
+	// pages is the page server of a post-copy migration's source, until
+	// the job-node is destroyed or rolled back.
+	pages *pageServer
+	// pull is the lazy-pages daemon of a post-copy migration's destination;
+	// pulling stays true until it has every page.
+	pull    *pagePull
+	pulling bool
 }
 
 var _ agentapi.Agent = (*Agent)(nil)
@@ -481,6 +491,9 @@ func (a *Agent) Unlock(_ context.Context, ref agentapi.NodeRef) error {
 	if err != nil {
 		return err
 	}
+	// Only a rollback unlocks the source of a post-copy migration: the
+	// destination is gone, and the tree runs here again.
+	a.stopServing(n, "the migration rolls back")
 	if _, err := n.lock.Unlock(); err != nil {
 		return err
 	}
@@ -521,6 +534,7 @@ func (a *Agent) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
 	if err != nil {
 		return err
 	}
+	a.stopServing(n, "the migration rolls back")
 	if n.solicit {
 		// Only now is every job-node unlocked: what the request at this
 		// job-node's unlock could not resolve (a peer still locked) is
@@ -590,6 +604,19 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 		// Unlinked shared-memory segments of MPI libraries are saved whole.
 		GhostLimit: ghostLimit,
 	}
+	var memory int64
+	lazyPort := 0
+	if req.PostCopyAbove > 0 {
+		memory = privateMemory(pids)
+		if memory >= req.PostCopyAbove {
+			if lazyPort, err = freeLoopbackPort(n.sb.NetNSPath()); err != nil {
+				return agentapi.DumpResult{}, fmt.Errorf("post-copy dump of %s/%s: a port for the page server: %w", ref.Job, ref.Node, err)
+			}
+			// The tree stays, frozen and whole, until the destination has
+			// every page: a failure before then can still roll back to it.
+			opts.LazyPages, opts.PageServerPort, opts.LeaveRunning = true, lazyPort, true
+		}
+	}
 	w := a.watchDump(ref)
 	if w != nil {
 		w.arm(&opts)
@@ -615,35 +642,58 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 		}
 		return agentapi.DumpResult{}, fmt.Errorf("criu dump of %s/%s: %w", ref.Job, ref.Node, err)
 	}
+	var ps *pageServer
+	if res.Serving != nil {
+		if ps, err = a.servePages(n, res.Serving, lazyPort); err != nil {
+			res.Serving.Stop()
+			return agentapi.DumpResult{}, fmt.Errorf("post-copy dump of %s/%s: %w", ref.Job, ref.Node, err)
+		}
+		n.mu.Lock()
+		n.pages = ps
+		n.mu.Unlock()
+		// From here until Destroy, a shim that adopts the job-node destroys it.
+		if err := a.saveRecord(n); err != nil {
+			a.stopServing(n, "its record could not be written")
+			return agentapi.DumpResult{}, err
+		}
+	}
+	fail := func(err error) (agentapi.DumpResult, error) {
+		a.stopServing(n, "the dump failed")
+		return agentapi.DumpResult{}, err
+	}
 	n.captured = captured
-	if !req.LeaveRunning {
+	if !req.LeaveRunning && ps == nil {
 		a.removeRecord(ref.Job, ref.Node) // the tree is gone
 	}
 	if err := saveOutput(a.OutputPath(ref.Job, ref.Node), req.Dir); err != nil {
-		return agentapi.DumpResult{}, err
+		return fail(err)
 	}
 	if n.link != nil {
 		if err := saveFiles(req.Dir, a.sharedDirs(ref.Job, ref.Node)); err != nil {
-			return agentapi.DumpResult{}, err
+			return fail(err)
 		}
 	}
 	saved := time.Now()
 	sums, err := hasher.Finish(ctx)
 	if err != nil {
-		return agentapi.DumpResult{}, err
+		return fail(err)
 	}
 	hashed := time.Now()
 	nm, err := catalog.WriteNodeManifestWith(ctx, req.Dir, sums)
 	if err != nil {
-		return agentapi.DumpResult{}, err
+		return fail(err)
 	}
 	// Where the time after CRIU went: the output and shared files' copies,
 	// the wait for the hashing of the images CRIU wrote, the node manifest
 	// (which hashes the files hashed nowhere else).
 	a.log.Info("job-node dumped", "job", ref.Job, "node", ref.Node, "ckpt", req.Checkpoint, "bytes", nm.TotalBytes, "criu", res.Elapsed,
 		"capture_time", captureTime, "save_time", saved.Sub(criuDone), "hash_wait", hashed.Sub(saved), "manifest_time", time.Since(hashed), "hashed_streaming", len(sums),
-		"app_files", len(captured.Entries), "app_bytes", captured.Bytes)
-	return agentapi.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files), CRIUTime: res.Elapsed}, nil
+		"app_files", len(captured.Entries), "app_bytes", captured.Bytes, "memory", memory, "post_copy", ps != nil)
+	out := agentapi.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files), CRIUTime: res.Elapsed, Memory: memory}
+	if ps != nil {
+		out.PageServer = ps.addr
+	}
+	return out, nil
 }
 
 // saveOutput keeps the output file's size and content at dump time. CRIU
@@ -856,6 +906,21 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 			return a.restoreEvent(ctx, agentapi.NodeRef{Job: job, Node: spec.Name}, ev)
 		}
 	}
+	var lp *criu.LazyPages
+	if req.PageServer != "" {
+		// Post-copy: the daemon must listen before CRIU restores through it.
+		if lp, err = a.startPull(ctx, req.PageServer, dir, opts.WorkDir); err != nil {
+			return fmt.Errorf("restore %s/%s with post-copy: %w", job, spec.Name, err)
+		}
+		defer func() {
+			if err != nil {
+				// The tree first: without its daemon it would read zeros.
+				_ = n.sb.Cgroup().Kill(context.WithoutCancel(ctx))
+				lp.Kill()
+			}
+		}()
+		opts.LazyPages = true
+	}
 	criuStart := time.Now()
 	rres, err := n.sb.Restore(ctx, a.drv, opts)
 	if err != nil {
@@ -874,13 +939,19 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		return err
 	}
 	n.moved = true
+	if lp != nil {
+		n.mu.Lock()
+		n.pull, n.pulling = a.watchPull(n, lp), true
+		n.mu.Unlock()
+	}
 	if err := a.saveRecord(n); err != nil {
 		return err
 	}
 	a.cfg.Metrics.CRIU("restore", rres.Elapsed)
 	a.cfg.Metrics.Read(imagesBytes(dir))
 	a.log.Info("job-node restored", "job", job, "node", spec.Name, "ckpt", req.Checkpoint, "from", dir,
-		"prepare_time", criuStart.Sub(start), "sandbox_time", created.Sub(start), "criu", criuDone.Sub(criuStart), "verify_wait", pages.waited())
+		"prepare_time", criuStart.Sub(start), "sandbox_time", created.Sub(start), "criu", criuDone.Sub(criuStart), "verify_wait", pages.waited(),
+		"post_copy_from", req.PageServer)
 	return nil
 }
 
@@ -898,6 +969,7 @@ func (a *Agent) Destroy(ctx context.Context, ref agentapi.NodeRef) error {
 func (a *Agent) destroy(ctx context.Context, n *node) error {
 	ctx = context.WithoutCancel(ctx)
 	var errs []error
+	a.stopServing(n, "the job-node is destroyed")
 	if n.link != nil {
 		n.link.Close()
 	}
@@ -905,6 +977,13 @@ func (a *Agent) destroy(ctx context.Context, n *node) error {
 		errs = append(errs, n.lock.Close())
 	}
 	errs = append(errs, n.sb.Destroy(ctx))
+	n.mu.Lock()
+	pull := n.pull
+	n.mu.Unlock()
+	if pull != nil {
+		// Its tasks are gone: the daemon has nothing left to fill.
+		pull.lp.Kill()
+	}
 	a.removeRecord(n.job, n.spec.Name)
 	a.mu.Lock()
 	if a.nodes[key(n.job, n.spec.Name)] == n {

@@ -32,11 +32,6 @@ const (
 	// until the restore request is cancelled, so a test can cut the network
 	// at that moment, every time.
 	HoldInRestore Point = "hold-in-restore"
-	// HoldPageServer: the shim's page server of a post-copy migration (the
-	// source's) accepts the destination's connection and passes no byte
-	// either way, for as long as the shim lives: the destination runs with
-	// pages in flight until a test kills the source.
-	HoldPageServer Point = "hold-page-server"
 )
 
 // Daemon is the torpor daemon that honours a point.
@@ -69,9 +64,6 @@ var Catalog = []Info{
 	{HoldInRestore, Shim,
 		"CRIU restored a job-node of that shim (its first restore) and waits to let it run, until the request is cancelled",
 		"with the shim cut off from the coordinator there, the restart fails saying nothing is left running, the shim destroys its half-restored job-node, the job stays suspended and restarts once the network heals"},
-	{HoldPageServer, Shim,
-		"its page server of a post-copy migration (the source's) passes no page, for as long as the shim lives",
-		"the migration's downtime ends and the job-node runs on the destination, waiting for pages; once the source shim is killed the destination shim kills its job-node, the job fails telling to `torpor restart` it, the restarted source shim destroys the source's frozen copy, nothing is left, and the restart from the last checkpoint ends with the undisturbed result"},
 }
 
 // Lookup returns a point's documentation.

@@ -969,9 +969,19 @@ func (a *Agent) Destroy(ctx context.Context, ref agentapi.NodeRef) error {
 func (a *Agent) destroy(ctx context.Context, n *node) error {
 	ctx = context.WithoutCancel(ctx)
 	var errs []error
+	n.mu.Lock()
+	stale := n.pages != nil
+	n.mu.Unlock()
 	a.stopServing(n, "the job-node is destroyed")
 	if n.link != nil {
 		n.link.Close()
+	}
+	if stale {
+		// A post-copy source: its address lives on elsewhere. Its tree dies
+		// while the lock still drops what its sockets send as they close
+		// (stale sequence numbers a peer could take for a reset of the
+		// live connection); the lock goes with the veth.
+		errs = append(errs, n.sb.Destroy(ctx))
 	}
 	if n.lock != nil {
 		errs = append(errs, n.lock.Close())

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/torpor-hpc/torpor/agentapi"
-	"github.com/torpor-hpc/torpor/fault"
 	"github.com/torpor-hpc/torpor/internal/nsrun"
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/criu"
@@ -148,7 +147,6 @@ func (a *Agent) servePages(n *node, s *criu.Serving, port int) (*pageServer, err
 		return nil, fmt.Errorf("listen for the destination's lazy-pages daemon: %w", err)
 	}
 	ps := &pageServer{serving: s, ln: ln, addr: net.JoinHostPort(ip.String(), strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))}
-	hold := a.cfg.Faults.Has(fault.HoldPageServer)
 	netns := n.sb.NetNSPath()
 	log := a.log.With("job", n.job, "node", n.spec.Name, "page_server", ps.addr)
 	ps.wg.Add(2)
@@ -166,10 +164,6 @@ func (a *Agent) servePages(n *node, s *criu.Serving, port int) (*pageServer, err
 			}
 			if !ps.track(c) {
 				return
-			}
-			if hold {
-				log.Warn("fault injection: hold-page-server: the destination's connection is held, no page passes", "from", c.RemoteAddr())
-				continue
 			}
 			var up net.Conn
 			err = nsrun.InNetNSPath(netns, func() error {

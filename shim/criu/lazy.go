@@ -173,6 +173,15 @@ func (d *Driver) StartLazyPages(ctx context.Context, o LazyPagesOptions) (*LazyP
 	cmd := exec.Command(d.bin.Path, "lazy-pages", "--page-server", "--address", o.Address, "--port", strconv.Itoa(o.Port),
 		"-D", o.ImagesDir, "-W", o.WorkDir, "-o", "lazy-pages.log", "-v4", "--status-fd", "3")
 	cmd.ExtraFiles = []*os.File{w}
+	preload, err := d.preloadLib()
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("criu lazy-pages: %w", err)
+	}
+	if preload != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, preload)
+		cmd.Env = append(os.Environ(), "LD_PRELOAD=/proc/self/fd/4")
+	}
 	err = nsrun.InNetNSPath(o.NetNSPath, cmd.Start)
 	w.Close()
 	if err != nil {

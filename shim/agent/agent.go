@@ -814,6 +814,25 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 	}
 	dir := req.Dir
 	start := time.Now()
+	work := filepath.Join(a.cfg.RunDir, "restore", job, spec.Name)
+	var pull *pendingPull
+	if req.PageServer != "" {
+		// Post-copy: CRIU's lazy-pages daemon (~50 ms to be ready: it
+		// probes the kernel and reads the tree's images) starts while the
+		// sandbox is made; it must listen before CRIU restores through it.
+		pull = a.startPullAsync(ctx, req.PageServer, dir, work)
+		defer func() {
+			if err == nil {
+				return
+			}
+			// Runs last: the tree (killed by the destroy of a failed
+			// restore) goes before its daemon, without which it would
+			// read zeros.
+			if lp, _ := pull.wait(); lp != nil {
+				lp.Kill()
+			}
+		}()
+	}
 	// A restart's images are verified here, against the node manifest the
 	// signed job manifest names: everything but the tasks' memory before
 	// anything acts on it, the memory (pages-*.img, nearly all the bytes)
@@ -886,7 +905,7 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		n.link.SetRestoredFrom(n.restoredFrom)
 	}
 	opts := criu.Options{
-		ImagesDir: dir, WorkDir: filepath.Join(a.cfg.RunDir, "restore", job, spec.Name),
+		ImagesDir: dir, WorkDir: work,
 		TCPEstablished: true, NetworkLock: criu.NetworkLockSkip, FileLocks: true, LinkRemap: true,
 	}
 	if a.criuStarted != nil {
@@ -907,16 +926,14 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		}
 	}
 	var lp *criu.LazyPages
-	if req.PageServer != "" {
-		// Post-copy: the daemon must listen before CRIU restores through it.
-		if lp, err = a.startPull(ctx, req.PageServer, dir, opts.WorkDir); err != nil {
+	if pull != nil {
+		if lp, err = pull.wait(); err != nil {
 			return fmt.Errorf("restore %s/%s with post-copy: %w", job, spec.Name, err)
 		}
 		defer func() {
 			if err != nil {
 				// The tree first: without its daemon it would read zeros.
 				_ = n.sb.Cgroup().Kill(context.WithoutCancel(ctx))
-				lp.Kill()
 			}
 		}()
 		opts.LazyPages = true

@@ -296,6 +296,30 @@ func (a *Agent) Pages(ctx context.Context, ref agentapi.NodeRef) error {
 	}
 }
 
+// pendingPull is a lazy-pages daemon being started (startPullAsync).
+type pendingPull struct {
+	done chan struct{}
+	lp   *criu.LazyPages
+	err  error
+}
+
+// wait returns the daemon once it listens, or why it could not start.
+func (p *pendingPull) wait() (*criu.LazyPages, error) {
+	<-p.done
+	return p.lp, p.err
+}
+
+// startPullAsync is startPull in the background, so that the daemon gets
+// ready while the restore does its other work.
+func (a *Agent) startPullAsync(ctx context.Context, addr, images, work string) *pendingPull {
+	p := &pendingPull{done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.lp, p.err = a.startPull(ctx, addr, images, work)
+	}()
+	return p
+}
+
 // startPull starts the lazy-pages daemon of a post-copy restore from the
 // page server at addr (host:port), in this host's namespace.
 func (a *Agent) startPull(ctx context.Context, addr, images, work string) (*criu.LazyPages, error) {

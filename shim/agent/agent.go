@@ -77,6 +77,8 @@ type Agent struct {
 	criuStarted func(op string, pid int)
 	// held says fault.HoldInRestore struck (it does once).
 	held atomic.Bool
+	// stalled says fault.StallPagesInFlight struck (it does once).
+	stalled atomic.Bool
 	// criuEvent, if set (tests), is told each of CRIU's notifications while
 	// CRIU waits for the answer.
 	criuEvent func(op string, ev criu.Event)
@@ -121,6 +123,8 @@ type node struct {
 	// pulling stays true until it has every page.
 	pull    *pagePull
 	pulling bool
+	// stalled: fault.StallPagesInFlight holds the pull's pages.
+	stalled bool
 }
 
 var _ agentapi.Agent = (*Agent)(nil)
@@ -547,6 +551,7 @@ func (a *Agent) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
 			return err
 		}
 	}
+	a.thawedStalled(n)
 	if n.link != nil {
 		// pmixd dropped its link at prepare; let it dial back.
 		return n.link.Resume()
@@ -820,7 +825,7 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		// Post-copy: CRIU's lazy-pages daemon (~50 ms to be ready: it
 		// probes the kernel and reads the tree's images) starts while the
 		// sandbox is made; it must listen before CRIU restores through it.
-		pull = a.startPullAsync(ctx, req.PageServer, dir, work)
+		pull = a.startPullAsync(ctx, job, spec.Name, req.PageServer, dir, work)
 		defer func() {
 			if err == nil {
 				return
@@ -911,20 +916,6 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 	if a.criuStarted != nil {
 		opts.Started = func(pid int) { a.criuStarted("restore", pid) }
 	}
-	hooks := a.criuEvent != nil || a.cfg.Faults.Has(fault.HoldInRestore)
-	if hooks || pages != nil {
-		opts.Notify = func(ev criu.Event) error {
-			if ev == criu.EventPostRestore && pages != nil {
-				if err := pages.wait(ctx); err != nil {
-					return fmt.Errorf("the restored tree's memory fails verification, CRIU kills it: %w", corrupt(err))
-				}
-			}
-			if !hooks {
-				return nil
-			}
-			return a.restoreEvent(ctx, agentapi.NodeRef{Job: job, Node: spec.Name}, ev)
-		}
-	}
 	var lp *criu.LazyPages
 	if pull != nil {
 		if lp, err = pull.wait(); err != nil {
@@ -937,6 +928,29 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 			}
 		}()
 		opts.LazyPages = true
+	}
+	hooks := a.criuEvent != nil || a.cfg.Faults.Has(fault.HoldInRestore)
+	stall := lp != nil && pull.stall != nil
+	if hooks || pages != nil || stall {
+		opts.Notify = func(ev criu.Event) error {
+			if ev == criu.EventPostRestore && pages != nil {
+				if err := pages.wait(ctx); err != nil {
+					return fmt.Errorf("the restored tree's memory fails verification, CRIU kills it: %w", corrupt(err))
+				}
+			}
+			if ev == criu.EventPostRestore && stall {
+				// CRIU tells its daemon the restore is over, and the
+				// daemon starts fetching every page, just after this.
+				pull.stall.hold()
+				n.mu.Lock()
+				n.stalled = true
+				n.mu.Unlock()
+			}
+			if !hooks {
+				return nil
+			}
+			return a.restoreEvent(ctx, agentapi.NodeRef{Job: job, Node: spec.Name}, ev)
+		}
 	}
 	criuStart := time.Now()
 	rres, err := n.sb.Restore(ctx, a.drv, opts)

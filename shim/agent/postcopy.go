@@ -298,9 +298,10 @@ func (a *Agent) Pages(ctx context.Context, ref agentapi.NodeRef) error {
 
 // pendingPull is a lazy-pages daemon being started (startPullAsync).
 type pendingPull struct {
-	done chan struct{}
-	lp   *criu.LazyPages
-	err  error
+	done  chan struct{}
+	lp    *criu.LazyPages
+	err   error
+	stall *pageStall // fault.StallPagesInFlight, nil when off
 }
 
 // wait returns the daemon once it listens, or why it could not start.
@@ -311,11 +312,24 @@ func (p *pendingPull) wait() (*criu.LazyPages, error) {
 
 // startPullAsync is startPull in the background, so that the daemon gets
 // ready while the restore does its other work.
-func (a *Agent) startPullAsync(ctx context.Context, addr, images, work string) *pendingPull {
+func (a *Agent) startPullAsync(ctx context.Context, job, node, addr, images, work string) *pendingPull {
 	p := &pendingPull{done: make(chan struct{})}
+	if p.stall = a.stallPages(job, node, addr); p.stall != nil {
+		addr = p.stall.Addr()
+	}
 	go func() {
 		defer close(p.done)
 		p.lp, p.err = a.startPull(ctx, addr, images, work)
+		if st := p.stall; st != nil {
+			if p.err != nil {
+				st.close()
+				return
+			}
+			go func() {
+				<-p.lp.Done()
+				st.close()
+			}()
+		}
 	}()
 	return p
 }

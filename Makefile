@@ -58,7 +58,7 @@ e2e: deps build workloads ## the long end-to-end runs: every e2e test, CYCLES ra
 
 faults: deps build workloads ## the fault-injection harness alone, every scenario of docs/faults.md (root)
 	$(GO) test -count=1 -v -run 'TestDrainOutsideJobAborts|TestShimExitInDump|TestCRIUKillInDump|TestRestoreCancelled|TestAdopt' ./shim/agent/
-	$(GO) test -count=1 -timeout $(E2E_TIMEOUT) -v -run '^(TestFault|TestDaemonsEndToEnd$$)' ./e2e/
+	$(GO) test -count=1 -timeout $(E2E_TIMEOUT) -v -run '^(TestFault|TestDaemonsEndToEnd$$|TestPostCopySourceDiesInFlight$$)' ./e2e/
 
 # make flaky [N=10] [LOAD=1] [UNIT_ONLY=1]
 flaky: deps build workloads ## the fault-point tests and the fault harness N times (default 10): "N passed, M failed" (root)

@@ -66,6 +66,14 @@ type DumpRequest struct {
 	// "" raw, "lz4" or "zstd" (catalog.CodecLZ4, CodecZstd), compressed
 	// while CRIU writes them; the node manifest records the codec.
 	Compress string
+	// PostCopyAbove, when > 0, asks for a post-copy (lazy) dump if the
+	// job-node's private memory is at least this many bytes: every image but
+	// that memory is written, and the shim serves the memory pages from a
+	// page server (DumpResult.PageServer) until a destination restored with
+	// RestoreRequest.PageServer has them all. The tree stays frozen, whole,
+	// until Destroy; Unlock or Thaw (a rollback) stop the page server first.
+	// Migrations only: the images are not a checkpoint.
+	PostCopyAbove int64
 }
 
 // DumpResult is what a shim reports after a dump.
@@ -73,6 +81,12 @@ type DumpResult struct {
 	Bytes    int64         // size of the images
 	Files    int           // number of image files
 	CRIUTime time.Duration // time spent inside CRIU
+	// Memory is the job-node's private memory (resident anonymous bytes of
+	// its tasks) when the dump was asked about post-copy, else 0.
+	Memory int64
+	// PageServer is "host:port" of a post-copy dump's page server, reachable
+	// from the other hosts; empty for an ordinary dump.
+	PageServer string
 }
 
 // RestoreRequest asks a shim to restore one job-node from Dir.
@@ -86,6 +100,18 @@ type RestoreRequest struct {
 	// verdict before any restored task runs. Empty for a migration's images,
 	// which are never committed (and not verified).
 	NodeManifestSHA256 string
+	// PageServer restores with post-copy from a lazy dump whose page server
+	// listens there ("host:port", DumpResult.PageServer): the job-node runs
+	// before its memory has arrived, and Pages says when all of it has.
+	PageServer string
+}
+
+// PostCopier is implemented by an Agent that may say whether it can take
+// part in a post-copy migration (its CRIU and kernel restore pages lazily:
+// userfaultfd). An Agent that does not implement it, or says false, is only
+// given stop-and-copy migrations.
+type PostCopier interface {
+	PostCopy() bool
 }
 
 // ImageVerifier is implemented by an Agent that may verify a restart's
@@ -162,6 +188,12 @@ type Agent interface {
 	Restore(ctx context.Context, job string, n NodeSpec, req RestoreRequest) error
 	// Destroy kills the job-node's tree and removes its sandbox.
 	Destroy(ctx context.Context, ref NodeRef) error
+	// Pages waits until a job-node restored with post-copy
+	// (RestoreRequest.PageServer) has every page of its memory, and returns
+	// at once for any other. An error means the pages stopped coming (the
+	// source or its page server died): the shim has killed the job-node,
+	// which cannot run on without them.
+	Pages(ctx context.Context, ref NodeRef) error
 	// Status reports whether the job-node still runs.
 	Status(ctx context.Context, ref NodeRef) (NodeStatus, error)
 }

@@ -13,10 +13,16 @@ type Client struct {
 	// Verifies says the shim registered with verifies_images: it verifies
 	// a restart's images against RestoreRequest.NodeManifestSHA256.
 	Verifies bool
+	// PostCopies says the shim registered with post_copy: its CRIU and
+	// kernel restore pages lazily.
+	PostCopies bool
 }
 
 // VerifiesImages implements ImageVerifier.
 func (c Client) VerifiesImages() bool { return c.Verifies }
+
+// PostCopy implements PostCopier.
+func (c Client) PostCopy() bool { return c.PostCopies }
 
 var _ Agent = Client{}
 
@@ -90,11 +96,12 @@ func (c Client) Lock(ctx context.Context, ref NodeRef) error {
 }
 
 func (c Client) Dump(ctx context.Context, ref NodeRef, req DumpRequest) (DumpResult, error) {
-	rep, err := c.Shim.Dump(ctx, &apiv1.DumpRequest{Ref: refToPB(ref), Dir: req.Dir, SharedDir: req.Shared, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint, Compress: req.Compress})
+	rep, err := c.Shim.Dump(ctx, &apiv1.DumpRequest{Ref: refToPB(ref), Dir: req.Dir, SharedDir: req.Shared, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint,
+		Compress: req.Compress, PostCopyAbove: req.PostCopyAbove})
 	if err != nil {
 		return DumpResult{}, FromRPC(err)
 	}
-	return DumpResult{Bytes: rep.Bytes, Files: int(rep.Files), CRIUTime: time.Duration(rep.CriuNanos)}, nil
+	return DumpResult{Bytes: rep.Bytes, Files: int(rep.Files), CRIUTime: time.Duration(rep.CriuNanos), Memory: rep.MemoryBytes, PageServer: rep.PageServer}, nil
 }
 
 func (c Client) Unlock(ctx context.Context, ref NodeRef) error {
@@ -116,7 +123,8 @@ func (c Client) RestoreFiles(ctx context.Context, job string, n NodeSpec, req Re
 }
 
 func (c Client) Restore(ctx context.Context, job string, n NodeSpec, req RestoreRequest) error {
-	_, err := c.Shim.Restore(ctx, &apiv1.RestoreRequest{Job: job, Node: NodeToPB(n), Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSha256: req.NodeManifestSHA256})
+	_, err := c.Shim.Restore(ctx, &apiv1.RestoreRequest{Job: job, Node: NodeToPB(n), Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSha256: req.NodeManifestSHA256,
+		PageServer: req.PageServer})
 	return FromRPC(err)
 }
 
@@ -131,6 +139,11 @@ func (c Client) Status(ctx context.Context, ref NodeRef) (NodeStatus, error) {
 		return NodeStatus{}, FromRPC(err)
 	}
 	return NodeStatus{Running: rep.Running, Exited: rep.Exited, ExitCode: int(rep.ExitCode), Message: rep.Message}, nil
+}
+
+func (c Client) Pages(ctx context.Context, ref NodeRef) error {
+	_, err := c.Shim.Pages(ctx, refToPB(ref))
+	return FromRPC(err)
 }
 
 // Server serves the Shim gRPC service from a local Agent (the shim's host
@@ -162,8 +175,9 @@ func (s Server) Lock(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error
 }
 
 func (s Server) Dump(ctx context.Context, req *apiv1.DumpRequest) (*apiv1.DumpReply, error) {
-	res, err := s.Agent.Dump(ctx, refFromPB(req.Ref), DumpRequest{Dir: req.Dir, Shared: req.SharedDir, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint, Compress: req.Compress})
-	return &apiv1.DumpReply{Bytes: res.Bytes, Files: int32(res.Files), CriuNanos: int64(res.CRIUTime)}, ToRPC(err)
+	res, err := s.Agent.Dump(ctx, refFromPB(req.Ref), DumpRequest{Dir: req.Dir, Shared: req.SharedDir, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint,
+		Compress: req.Compress, PostCopyAbove: req.PostCopyAbove})
+	return &apiv1.DumpReply{Bytes: res.Bytes, Files: int32(res.Files), CriuNanos: int64(res.CRIUTime), MemoryBytes: res.Memory, PageServer: res.PageServer}, ToRPC(err)
 }
 
 func (s Server) Unlock(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
@@ -180,7 +194,8 @@ func (s Server) RestoreFiles(ctx context.Context, req *apiv1.RestoreRequest) (*a
 }
 
 func (s Server) Restore(ctx context.Context, req *apiv1.RestoreRequest) (*apiv1.Empty, error) {
-	return &apiv1.Empty{}, ToRPC(s.Agent.Restore(ctx, req.Job, NodeFromPB(req.Node), RestoreRequest{Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSHA256: req.NodeManifestSha256}))
+	return &apiv1.Empty{}, ToRPC(s.Agent.Restore(ctx, req.Job, NodeFromPB(req.Node), RestoreRequest{Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSHA256: req.NodeManifestSha256,
+		PageServer: req.PageServer}))
 }
 
 func (s Server) Destroy(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
@@ -190,4 +205,8 @@ func (s Server) Destroy(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, er
 func (s Server) Status(ctx context.Context, r *apiv1.NodeRef) (*apiv1.NodeStatus, error) {
 	st, err := s.Agent.Status(ctx, refFromPB(r))
 	return &apiv1.NodeStatus{Running: st.Running, Exited: st.Exited, ExitCode: int32(st.ExitCode), Message: st.Message}, ToRPC(err)
+}
+
+func (s Server) Pages(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
+	return &apiv1.Empty{}, ToRPC(s.Agent.Pages(ctx, refFromPB(r)))
 }

@@ -30,6 +30,10 @@ type Options struct {
 	Deadlines Deadlines
 	// Keep is how many committed checkpoints per job are retained (0: all).
 	Keep int
+	// PostCopyThreshold is the private memory (bytes) of a job-node from
+	// which an automatic migration (--postcopy=auto) is post-copy: 0 means
+	// DefaultPostCopyThreshold, a negative value never.
+	PostCopyThreshold int64
 	// Now is time.Now unless a test replaces it.
 	Now func() time.Time
 	// NodeNet is the range job-node addresses are assigned from, and
@@ -63,10 +67,12 @@ type Coordinator struct {
 	deadlines Deadlines
 	keep      int
 	now       func() time.Time
-	nodeNet   netip.Prefix
-	nodeBits  int
-	faults    Faults
-	lookup    func(uid int) (*agentapi.Creds, error)
+	// postCopyThreshold: see Options.PostCopyThreshold; 0 is off here.
+	postCopyThreshold int64
+	nodeNet           netip.Prefix
+	nodeBits          int
+	faults            Faults
+	lookup            func(uid int) (*agentapi.Creds, error)
 
 	mu     sync.Mutex
 	agents map[string]agentapi.Agent
@@ -105,6 +111,12 @@ func New(opts Options) (*Coordinator, error) {
 	}
 	if c.now == nil {
 		c.now = time.Now
+	}
+	switch {
+	case opts.PostCopyThreshold == 0:
+		c.postCopyThreshold = DefaultPostCopyThreshold
+	case opts.PostCopyThreshold > 0:
+		c.postCopyThreshold = opts.PostCopyThreshold
 	}
 	if !c.nodeNet.IsValid() {
 		c.nodeNet, c.nodeBits = DefaultNodeNet, DefaultNodeBits

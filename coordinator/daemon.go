@@ -42,6 +42,8 @@ type DaemonConfig struct {
 	Agents    map[string]agentapi.Agent
 	Keep      int
 	Deadlines Deadlines
+	// PostCopyThreshold: see Options.PostCopyThreshold.
+	PostCopyThreshold int64
 	// PollInterval is how often job-nodes are polled for exits.
 	PollInterval time.Duration
 	Log          *slog.Logger
@@ -113,7 +115,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	}
 	c, err := New(Options{
 		StateDir: cfg.StateDir, Store: CatalogStore{store}, Agents: cfg.Agents,
-		Log: log, Deadlines: cfg.Deadlines, Keep: cfg.Keep, Faults: cfg.Faults,
+		Log: log, Deadlines: cfg.Deadlines, Keep: cfg.Keep, Faults: cfg.Faults, PostCopyThreshold: cfg.PostCopyThreshold,
 	})
 	if err != nil {
 		return nil, err

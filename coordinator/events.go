@@ -47,6 +47,12 @@ type Event struct {
 	Node     string `json:"node,omitempty"`
 	FromHost string `json:"from_host,omitempty"`
 	ToHost   string `json:"to_host,omitempty"`
+	// Mode is stop-copy or post-copy; DowntimeNS the time the job was
+	// frozen, LastPageNS (post-copy) the time from the freeze until the
+	// destination had every page.
+	Mode       string `json:"mode,omitempty"`
+	DowntimeNS int64  `json:"downtime_ns,omitempty"`
+	LastPageNS int64  `json:"last_page_ns,omitempty"`
 	// *-failed: the error, and the phase it failed in.
 	Error       string `json:"error,omitempty"`
 	FailedPhase string `json:"failed_phase,omitempty"`

@@ -51,6 +51,16 @@ type fakeAgent struct {
 	env map[string][]string
 	// compress lists every dump's DumpRequest.Compress, in order.
 	compress []string
+	// noPostCopy: the shim cannot take part in a post-copy migration;
+	// memory is what its Dump reports as a job-node's private memory.
+	noPostCopy bool
+	memory     int64
+	// pageServers are the page servers of post-copy dumps still serving
+	// (job/node); lazyFrom lists every RestoreRequest.PageServer.
+	pageServers map[string]bool
+	lazyFrom    []string
+	// onPages, if set, runs as Pages is called.
+	onPages func()
 }
 
 // sentEnv returns the environment job/node was last sent with in phase p.
@@ -67,6 +77,28 @@ func (f *fakeAgent) keepEnv(p Phase, job string, n agentapi.NodeSpec) {
 }
 
 func (f *fakeAgent) VerifiesImages() bool { return !f.oldShim }
+
+func (f *fakeAgent) PostCopy() bool { return !f.noPostCopy }
+
+func (f *fakeAgent) Pages(ctx context.Context, ref agentapi.NodeRef) error {
+	if f.onPages != nil {
+		f.onPages()
+	}
+	return f.with(ctx, PhasePages, ref, func(*fakeNode) {})
+}
+
+// serving says whether a post-copy page server of job/node still serves.
+func (f *fakeAgent) serving(key string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.pageServers[key]
+}
+
+func (f *fakeAgent) stopServing(ref agentapi.NodeRef) {
+	f.mu.Lock()
+	delete(f.pageServers, ref.Job+"/"+ref.Node)
+	f.mu.Unlock()
+}
 
 // restores returns the checkpoint handles the agent was asked to restore from.
 func (f *fakeAgent) restores() []string {
@@ -143,8 +175,17 @@ func (f *fakeAgent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi
 	f.mu.Lock()
 	f.compress = append(f.compress, req.Compress)
 	f.mu.Unlock()
+	if req.PostCopyAbove > 0 && f.memory >= req.PostCopyAbove {
+		f.mu.Lock()
+		if f.pageServers == nil {
+			f.pageServers = map[string]bool{}
+		}
+		f.pageServers[ref.Job+"/"+ref.Node] = true
+		f.mu.Unlock()
+		return agentapi.DumpResult{Bytes: 4096, Files: 1, Memory: f.memory, PageServer: f.host + ":7000"}, nil
+	}
 	if strings.HasPrefix(req.Dir, "/mem/") {
-		return agentapi.DumpResult{Bytes: 4096, Files: 1}, nil
+		return agentapi.DumpResult{Bytes: 4096, Files: 1, Memory: f.memory}, nil
 	}
 	// A real directory: write an "image" and its node manifest, as a shim does.
 	img := bytes.Repeat([]byte(ref.Job+"/"+ref.Node+" "), 512)
@@ -158,6 +199,7 @@ func (f *fakeAgent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi
 	return agentapi.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files)}, nil
 }
 func (f *fakeAgent) Unlock(ctx context.Context, ref agentapi.NodeRef) error {
+	f.stopServing(ref)
 	err := f.with(ctx, PhaseUnlock, ref, func(n *fakeNode) { n.locked = false })
 	if err != nil && strings.Contains(err.Error(), "no job-node") {
 		return nil // idempotent: nothing to unlock
@@ -165,6 +207,7 @@ func (f *fakeAgent) Unlock(ctx context.Context, ref agentapi.NodeRef) error {
 	return err
 }
 func (f *fakeAgent) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
+	f.stopServing(ref)
 	err := f.with(ctx, PhaseThaw, ref, func(n *fakeNode) { n.frozen = false })
 	if err != nil && strings.Contains(err.Error(), "no job-node") {
 		return nil
@@ -203,6 +246,9 @@ func (f *fakeAgent) Restore(ctx context.Context, job string, n agentapi.NodeSpec
 	defer f.mu.Unlock()
 	f.restoredFrom = append(f.restoredFrom, req.Checkpoint)
 	f.keepEnv(PhaseRestore, job, n)
+	if req.PageServer != "" {
+		f.lazyFrom = append(f.lazyFrom, req.PageServer)
+	}
 	f.node[job+"/"+n.Name] = &fakeNode{exists: true, locked: true}
 	return nil
 }
@@ -213,6 +259,7 @@ func (f *fakeAgent) Destroy(ctx context.Context, ref agentapi.NodeRef) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.node, ref.Job+"/"+ref.Node)
+	delete(f.pageServers, ref.Job+"/"+ref.Node)
 	return nil
 }
 func (f *fakeAgent) Status(_ context.Context, ref agentapi.NodeRef) (agentapi.NodeStatus, error) {

@@ -49,6 +49,9 @@ var DefaultDeadlines = Deadlines{
 	PhaseFiles:   5 * time.Minute,
 	PhaseRestore: 5 * time.Minute,
 	PhaseStart:   30 * time.Second,
+	// Until a post-copy destination has every page: minutes per GiB at
+	// worst over a slow link.
+	PhasePages: 30 * time.Minute,
 }
 
 func (d Deadlines) of(p Phase) time.Duration {

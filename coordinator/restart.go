@@ -296,31 +296,45 @@ func (c *Coordinator) previous(job, handle string) (string, error) {
 // moving one is dumped (leave-running) and restored on the new host, still
 // locked; only then is the old copy destroyed and every job-node unlocked and
 // thawed. Until the old copy is destroyed any failure rolls back completely.
+// It chooses stop-and-copy or post-copy automatically: MigrateDetails.
 func (c *Coordinator) Migrate(ctx context.Context, id, node, to string) error {
+	_, err := c.MigrateDetails(ctx, id, node, to, MigrateOptions{})
+	return err
+}
+
+// MigrateDetails is Migrate with options, returning how it went. A post-copy
+// migration (docs/protocol.md, "Post-copy migration") thaws the job as soon
+// as the job-node is restored on its new host, without its private memory,
+// which the destination then pulls from the source's page server; it
+// returns once every page has arrived and the source's copy is destroyed.
+func (c *Coordinator) MigrateDetails(ctx context.Context, id, node, to string, opts MigrateOptions) (MigrateResult, error) {
 	t := c.tracker(opMigration, id)
-	from, ran, err := c.migrate(ctx, id, node, to, t)
+	res, ran, err := c.migrate(ctx, id, node, to, opts, t)
 	if !ran {
 		c.refuse(opMigration, err)
 	} else {
 		c.observe(opMigration, t, err)
 	}
+	res.Phases = t.d
 	if err != nil {
-		c.event(Event{Job: id, Type: EventMigrationFailed, Node: node, FromHost: from, ToHost: to, Error: err.Error(), FailedPhase: string(t.lastPhase()), Phases: phaseNanos(t.d)})
-		return err
+		c.event(Event{Job: id, Type: EventMigrationFailed, Node: node, FromHost: res.From, ToHost: to, Error: err.Error(), FailedPhase: string(t.lastPhase()), Phases: phaseNanos(t.d),
+			Mode: res.Mode})
+		return res, err
 	}
-	c.event(Event{Job: id, Type: EventMigration, Node: node, FromHost: from, ToHost: to, Bytes: t.bytes[PhaseDump], Phases: phaseNanos(t.d)})
-	return nil
+	c.event(Event{Job: id, Type: EventMigration, Node: node, FromHost: res.From, ToHost: to, Bytes: t.bytes[PhaseDump], Phases: phaseNanos(t.d),
+		Mode: res.Mode, DowntimeNS: int64(res.Downtime), LastPageNS: int64(res.LastPage)})
+	return res, nil
 }
 
-// migrate is Migrate; it returns the host the job-node left, and whether
-// the operation ran (else it was refused, and nothing was touched).
-func (c *Coordinator) migrate(ctx context.Context, id, node, to string, t *timings) (string, bool, error) {
-	fromHost, err := c.doMigrate(ctx, id, node, to, t)
+// migrate is MigrateDetails; it says whether the operation ran (else it was
+// refused, and nothing was touched).
+func (c *Coordinator) migrate(ctx context.Context, id, node, to string, opts MigrateOptions, t *timings) (MigrateResult, bool, error) {
+	res, err := c.doMigrate(ctx, id, node, to, opts, t)
 	var r *refusal
 	if errors.As(err, &r) {
-		return fromHost, false, r.err
+		return res, false, r.err
 	}
-	return fromHost, true, err
+	return res, true, err
 }
 
 // refusal marks an error of an operation refused before anything was touched.
@@ -329,39 +343,49 @@ type refusal struct{ err error }
 func (r *refusal) Error() string { return r.err.Error() }
 func (r *refusal) Unwrap() error { return r.err }
 
-func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, t *timings) (string, error) {
+func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts MigrateOptions, t *timings) (MigrateResult, error) {
+	var res MigrateResult
+	mode, err := ParsePostCopy(string(opts.PostCopy))
+	if err != nil {
+		return res, &refusal{err}
+	}
 	if _, err := c.agent(to); err != nil {
-		return "", &refusal{err}
+		return res, &refusal{err}
 	}
 	if err := c.requireShims(id); err != nil {
-		return "", &refusal{err}
+		return res, &refusal{err}
 	}
 	spec, _, err := c.begin(id, []State{StateRunning}, StateMigrating)
 	if err != nil {
-		return "", &refusal{err}
+		return res, &refusal{err}
 	}
 	moving, err := spec.Node(node)
 	if err != nil {
 		c.end(id, StateRunning, nil)
-		return "", &refusal{err}
+		return res, &refusal{err}
 	}
 	if moving.Host == to {
 		c.end(id, StateRunning, nil)
-		return "", &refusal{fmt.Errorf("%w: job-node %s of %s already runs on %s", agentapi.ErrInvalid, node, id, to)}
+		return res, &refusal{fmt.Errorf("%w: job-node %s of %s already runs on %s", agentapi.ErrInvalid, node, id, to)}
 	}
 	from := *moving
 	dest, err := placedNode(spec, node)
 	if err != nil {
 		c.end(id, StateRunning, nil)
-		return "", &refusal{err}
+		return res, &refusal{err}
 	}
 	dest.Host = to
+	res.From = from.Host
 	log := c.log.With("job", id, "node", node, "from", from.Host, "to", to)
+	above, why := c.postCopyAbove(mode, from.Host, to)
+	if above == 0 && mode == PostCopyAlways {
+		log.Warn("post-copy asked for, migrating with stop-and-copy", "why", why)
+	}
 
 	pend, err := c.store.Begin(id)
 	if err != nil {
 		c.end(id, StateRunning, func(j *Job) { j.Reason = err.Error() })
-		return from.Host, fmt.Errorf("begin migration images: %w", err)
+		return res, fmt.Errorf("begin migration images: %w", err)
 	}
 	// The migration images are scratch: they never become a checkpoint.
 	defer func() {
@@ -391,7 +415,8 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, t *tim
 				if err != nil {
 					return err
 				}
-				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: pend.Handle()})
+				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: pend.Handle(),
+					PostCopyAbove: above})
 				dumpedMu.Lock()
 				dumped = res
 				dumpedMu.Unlock()
@@ -404,7 +429,21 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, t *tim
 		})
 		stopWatch()
 	}
+	dumpedMu.Lock()
+	postCopy := dumped.PageServer != ""
+	res.Bytes, res.Memory = dumped.Bytes, dumped.Memory
+	dumpedMu.Unlock()
+	res.Mode, res.ModeReason = ModeStopCopy, why
+	switch {
+	case postCopy && why == "":
+		res.Mode, res.ModeReason = ModePostCopy, fmt.Sprintf("%s holds %s of private memory, at least the post-copy threshold of %s", node, mib(res.Memory), mib(above))
+	case postCopy:
+		res.Mode = ModePostCopy
+	case above > 0 && why == "":
+		res.ModeReason = fmt.Sprintf("%s holds %s of private memory, below the post-copy threshold of %s", node, mib(res.Memory), mib(above))
+	}
 	if err == nil {
+		log.Info("migrating", "mode", res.Mode, "why", res.ModeReason, "page_server", dumped.PageServer)
 		err = t.run(PhaseRestore, func() error {
 			t.setBytes(PhaseRestore, dumped.Bytes)
 			return c.fanout(ctx, PhaseRestore, []agentapi.NodeSpec{dest}, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
@@ -416,7 +455,7 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, t *tim
 				// its files are as captured, and the job-nodes that stay hold
 				// them open (replacing one would split a shared file in two).
 				restored.Store(true)
-				return a.Restore(ctx, id, n, agentapi.RestoreRequest{Dir: dir, Checkpoint: pend.Handle()})
+				return a.Restore(ctx, id, n, agentapi.RestoreRequest{Dir: dir, Checkpoint: pend.Handle(), PageServer: dumped.PageServer})
 			})
 		})
 	}
@@ -425,36 +464,65 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, t *tim
 		if restored.Load() {
 			c.destroyNodes(ctx, id, []agentapi.NodeSpec{dest}, log)
 		}
+		// A post-copy source stops serving its pages as it is unlocked.
 		rbErr := c.rollback(ctx, spec, log)
 		if rbErr != nil && unreachableOnly(rbErr) {
-			return from.Host, c.awaitShims(id, StateMigrating, "migration of "+node, err, rbErr)
+			return res, c.awaitShims(id, StateMigrating, "migration of "+node, err, rbErr)
 		}
 		if rbErr != nil {
 			c.end(id, StateFailed, func(j *Job) { j.Reason = rbErr.Error() })
-			return from.Host, fmt.Errorf("migration of %s aborted: %w; rollback failed too, job is failed: %v", node, err, rbErr)
+			return res, fmt.Errorf("migration of %s aborted: %w; rollback failed too, job is failed: %v", node, err, rbErr)
 		}
 		c.end(id, StateRunning, func(j *Job) { j.Reason = "migration of " + node + " aborted: " + err.Error() })
-		return from.Host, fmt.Errorf("migration of %s to %s aborted, job %s keeps running on its old hosts: %w", node, to, id, err)
+		return res, fmt.Errorf("migration of %s to %s aborted, job %s keeps running on its old hosts: %w", node, to, id, err)
 	}
-	// Point of no return: the old copy goes, the new one takes over.
-	c.destroyNodes(ctx, id, []agentapi.NodeSpec{from}, log)
+	// Point of no return: the new copy takes over. The old one goes now,
+	// or, with post-copy, once the new one has every page from it: it stays
+	// frozen and locked, out of the job, until then.
+	if !postCopy {
+		c.destroyNodes(ctx, id, []agentapi.NodeSpec{from}, log)
+	}
 	*moving = dest
 	if err := c.resume(ctx, id, spec.Nodes, t); err != nil {
+		if postCopy {
+			c.destroyNodes(ctx, id, []agentapi.NodeSpec{from}, log)
+		}
 		c.stopJob(ctx, spec, log, "resume after migration", err, StateFailed, func(j *Job) {
 			j.Spec = spec
 			j.Reason = "resume after migration failed: " + err.Error()
 		})
-		return from.Host, fmt.Errorf("job-node %s moved to %s but the job could not resume and was stopped; restart it from its last checkpoint: %w", node, to, err)
+		return res, fmt.Errorf("job-node %s moved to %s but the job could not resume and was stopped; restart it from its last checkpoint: %w", node, to, err)
+	}
+	res.Downtime = t.frozen(PhaseThaw)
+	if postCopy {
+		log.Info("job running again, pages still arriving", "downtime", res.Downtime)
+		err := t.run(PhasePages, func() error {
+			return c.fanout(ctx, PhasePages, []agentapi.NodeSpec{dest}, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+				return a.Pages(ctx, agentapi.NodeRef{Job: id, Node: n.Name})
+			})
+		})
+		c.destroyNodes(ctx, id, []agentapi.NodeSpec{from}, log)
+		if err != nil {
+			reason := fmt.Sprintf("post-copy migration of %s from %s to %s lost its pages in flight (%v): the job-node cannot run on without them; "+
+				"restart the job from its last checkpoint with `torpor restart %s`", node, from.Host, to, err, id)
+			c.stopJob(ctx, spec, log, "post-copy migration", err, StateFailed, func(j *Job) {
+				j.Spec = spec
+				j.Reason = reason
+				j.ExitCode = 1
+			})
+			return res, errors.New(reason)
+		}
+		res.LastPage = t.frozen(PhasePages)
 	}
 	if m := c.metricsOf(); m != nil {
 		m.Written(opMigration, dumped.Bytes)
 		m.Read(opMigration, string(PhaseRestore), dumped.Bytes)
 		m.CRIUDump(opMigration, dumped.CRIUTime)
-		m.Frozen(opMigration, t.frozen(PhaseThaw))
+		m.Frozen(opMigration, res.Downtime)
 	}
 	c.end(id, StateRunning, func(j *Job) { j.Spec = spec; j.Reason = "" })
-	log.Info("job-node migrated", "timings", t.String())
-	return from.Host, nil
+	log.Info("job-node migrated", "mode", res.Mode, "downtime", res.Downtime, "last_page", res.LastPage, "timings", t.String())
+	return res, nil
 }
 
 // pollOnce asks for the job-nodes of running jobs and ends a job when its

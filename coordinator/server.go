@@ -117,7 +117,7 @@ func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*api
 	if err != nil {
 		return nil, agentapi.ToRPC(fmt.Errorf("dial shim %s at %s: %w", req.Host, req.Address, err))
 	}
-	s.C.AddAgent(req.Host, agentapi.Client{Shim: cl, Verifies: req.VerifiesImages})
+	s.C.AddAgent(req.Host, agentapi.Client{Shim: cl, Verifies: req.VerifiesImages, PostCopies: req.PostCopy})
 	s.shimSeen.Store(req.Host, time.Now())
 	if req.RunDir != "" {
 		s.shimRunDirs.Store(req.Host, filepath.Clean(req.RunDir))
@@ -175,11 +175,13 @@ func (s *Server) Restart(ctx context.Context, req *apiv1.RestartRequest) (*apiv1
 	return &apiv1.RestartReply{Job: res.Job, Checkpoint: res.Checkpoint, Skipped: res.Skipped, Moved: res.Moved, Bytes: res.Bytes}, agentapi.ToRPC(err)
 }
 
-func (s *Server) Migrate(ctx context.Context, req *apiv1.MigrateRequest) (*apiv1.Empty, error) {
+func (s *Server) Migrate(ctx context.Context, req *apiv1.MigrateRequest) (*apiv1.MigrateReply, error) {
 	if _, err := s.authorize(ctx, req.Job); err != nil {
 		return nil, agentapi.ToRPC(err)
 	}
-	return &apiv1.Empty{}, agentapi.ToRPC(s.C.Migrate(ctx, req.Job, req.Node, req.To))
+	res, err := s.C.MigrateDetails(ctx, req.Job, req.Node, req.To, MigrateOptions{PostCopy: PostCopy(req.Postcopy)})
+	return &apiv1.MigrateReply{Mode: res.Mode, ModeReason: res.ModeReason, DowntimeNanos: int64(res.Downtime), LastPageNanos: int64(res.LastPage),
+		Bytes: res.Bytes, MemoryBytes: res.Memory, PhasesNanos: phaseNanos(res.Phases)}, agentapi.ToRPC(err)
 }
 
 // Jobs lists the caller's jobs (root: every job).
@@ -423,6 +425,7 @@ func EventToPB(e Event) *apiv1.Event {
 		From: string(e.From), To: string(e.To), Reason: e.Reason, Handle: e.Handle, Bytes: e.Bytes,
 		PhaseNanos: e.Phases, Node: e.Node, FromHost: e.FromHost, ToHost: e.ToHost, Error: e.Error,
 		FailedPhase: e.FailedPhase, Operation: e.Operation, Phase: e.Phase, Done: e.Done, ElapsedNanos: e.ElapsedNS,
+		Mode: e.Mode, DowntimeNanos: e.DowntimeNS, LastPageNanos: e.LastPageNS,
 	}
 }
 

@@ -32,6 +32,15 @@ const (
 	// until the restore request is cancelled, so a test can cut the network
 	// at that moment, every time.
 	HoldInRestore Point = "hold-in-restore"
+	// StallPagesInFlight: in its first post-copy restore, the destination
+	// shim stops (SIGSTOP) CRIU's lazy-pages daemon at CRIU's post-restore
+	// notification (the tree restored, the daemon has fetched only the
+	// pages the restore touched and not yet begun fetching the rest), logs
+	// when the job-node is thawed, and
+	// continues the daemon once the source has closed its page server
+	// connection (CLOSE_WAIT), so a test can kill the source's page server
+	// after the thaw and before every page arrived, every time.
+	StallPagesInFlight Point = "stall-pages-in-flight"
 )
 
 // Daemon is the torpor daemon that honours a point.
@@ -64,6 +73,9 @@ var Catalog = []Info{
 	{HoldInRestore, Shim,
 		"CRIU restored a job-node of that shim (its first restore) and waits to let it run, until the request is cancelled",
 		"with the shim cut off from the coordinator there, the restart fails saying nothing is left running, the shim destroys its half-restored job-node, the job stays suspended and restarts once the network heals"},
+	{StallPagesInFlight, Shim,
+		"the destination of a post-copy migration (its first): its lazy-pages daemon is stopped from CRIU's post-restore notification (before it fetches anything but the restore's own page faults) until the source closes the page server connection",
+		"with the source's page server killed after the thaw, the daemon finds the connection gone with pages missing and fails; the destination shim kills the job-node; the migration fails saying the pages were lost in flight, the job is failed, no job-node, cgroup, namespace or CRIU of it is left on any host, and `torpor restart JOB` brings it back from its last checkpoint with the undisturbed result"},
 }
 
 // Lookup returns a point's documentation.

@@ -187,3 +187,7 @@ func (i instrumented) Destroy(ctx context.Context, ref agentapi.NodeRef) error {
 func (i instrumented) Status(ctx context.Context, ref agentapi.NodeRef) (agentapi.NodeStatus, error) {
 	return i.a.Status(ctx, ref)
 }
+
+func (i instrumented) Pages(ctx context.Context, ref agentapi.NodeRef) error {
+	return i.timed("pages", func() error { return i.a.Pages(ctx, ref) })
+}

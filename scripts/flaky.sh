@@ -15,7 +15,7 @@ export PATH=/usr/local/go/bin:$PATH
 
 n=${N:-10}
 unit='TestDrainOutsideJobAborts|TestShimExitInDump|TestCRIUKillInDump|TestRestoreCancelled|TestAdopt'
-e2e='^(TestFaults|TestFaultDiskFull)$'
+e2e='^(TestFaults|TestFaultDiskFull|TestPostCopySourceDiesInFlight)$'
 logs=$(mktemp -d /tmp/torpor-flaky.XXXXXX)
 load=()
 

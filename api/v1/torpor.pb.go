@@ -426,7 +426,10 @@ type DumpRequest struct {
 	// job-nodes hold are claimed there, and captured by one.
 	SharedDir string `protobuf:"bytes,5,opt,name=shared_dir,json=sharedDir,proto3" json:"shared_dir,omitempty"`
 	// How the memory images are stored: "" (raw), "lz4" or "zstd".
-	Compress      string `protobuf:"bytes,6,opt,name=compress,proto3" json:"compress,omitempty"`
+	Compress string `protobuf:"bytes,6,opt,name=compress,proto3" json:"compress,omitempty"`
+	// > 0: a post-copy dump when the job-node's private memory is at least
+	// this many bytes (agentapi.DumpRequest.PostCopyAbove).
+	PostCopyAbove int64 `protobuf:"varint,7,opt,name=post_copy_above,json=postCopyAbove,proto3" json:"post_copy_above,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -503,11 +506,22 @@ func (x *DumpRequest) GetCompress() string {
 	return ""
 }
 
+func (x *DumpRequest) GetPostCopyAbove() int64 {
+	if x != nil {
+		return x.PostCopyAbove
+	}
+	return 0
+}
+
 type DumpReply struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Bytes         int64                  `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
-	Files         int32                  `protobuf:"varint,2,opt,name=files,proto3" json:"files,omitempty"`
-	CriuNanos     int64                  `protobuf:"varint,4,opt,name=criu_nanos,json=criuNanos,proto3" json:"criu_nanos,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Bytes     int64                  `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Files     int32                  `protobuf:"varint,2,opt,name=files,proto3" json:"files,omitempty"`
+	CriuNanos int64                  `protobuf:"varint,4,opt,name=criu_nanos,json=criuNanos,proto3" json:"criu_nanos,omitempty"`
+	// The job-node's private memory, when post-copy was asked about.
+	MemoryBytes int64 `protobuf:"varint,5,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// host:port of a post-copy dump's page server; empty otherwise.
+	PageServer    string `protobuf:"bytes,6,opt,name=page_server,json=pageServer,proto3" json:"page_server,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -563,6 +577,20 @@ func (x *DumpReply) GetCriuNanos() int64 {
 	return 0
 }
 
+func (x *DumpReply) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *DumpReply) GetPageServer() string {
+	if x != nil {
+		return x.PageServer
+	}
+	return ""
+}
+
 type RestoreRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Job   string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -576,8 +604,10 @@ type RestoreRequest struct {
 	// verifies the images against it (docs/protocol.md, Restart). Empty for a
 	// migration's images, which are never committed.
 	NodeManifestSha256 string `protobuf:"bytes,5,opt,name=node_manifest_sha256,json=nodeManifestSha256,proto3" json:"node_manifest_sha256,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// host:port of the page server of a post-copy dump: restore lazily from it.
+	PageServer    string `protobuf:"bytes,6,opt,name=page_server,json=pageServer,proto3" json:"page_server,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RestoreRequest) Reset() {
@@ -641,6 +671,13 @@ func (x *RestoreRequest) GetCheckpoint() string {
 func (x *RestoreRequest) GetNodeManifestSha256() string {
 	if x != nil {
 		return x.NodeManifestSha256
+	}
+	return ""
+}
+
+func (x *RestoreRequest) GetPageServer() string {
+	if x != nil {
+		return x.PageServer
 	}
 	return ""
 }
@@ -805,8 +842,11 @@ type RegisterRequest struct {
 	// image itself before a restart that involves a shim that does not say so
 	// (one older than this field).
 	VerifiesImages bool `protobuf:"varint,4,opt,name=verifies_images,json=verifiesImages,proto3" json:"verifies_images,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The shim can take part in a post-copy migration (CRIU restores pages
+	// lazily here: userfaultfd).
+	PostCopy      bool `protobuf:"varint,5,opt,name=post_copy,json=postCopy,proto3" json:"post_copy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterRequest) Reset() {
@@ -863,6 +903,13 @@ func (x *RegisterRequest) GetRunDir() string {
 func (x *RegisterRequest) GetVerifiesImages() bool {
 	if x != nil {
 		return x.VerifiesImages
+	}
+	return false
+}
+
+func (x *RegisterRequest) GetPostCopy() bool {
+	if x != nil {
+		return x.PostCopy
 	}
 	return false
 }
@@ -1311,10 +1358,12 @@ func (x *RestartReply) GetBytes() int64 {
 }
 
 type MigrateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
-	To            string                 `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Node  string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	To    string                 `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	// auto (default, ""), always or never: see torpor migrate --postcopy.
+	Postcopy      string `protobuf:"bytes,4,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1370,6 +1419,106 @@ func (x *MigrateRequest) GetTo() string {
 	return ""
 }
 
+func (x *MigrateRequest) GetPostcopy() string {
+	if x != nil {
+		return x.Postcopy
+	}
+	return ""
+}
+
+type MigrateReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mode          string                 `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`                                         // stop-copy or post-copy
+	ModeReason    string                 `protobuf:"bytes,2,opt,name=mode_reason,json=modeReason,proto3" json:"mode_reason,omitempty"`           // why that mode
+	DowntimeNanos int64                  `protobuf:"varint,3,opt,name=downtime_nanos,json=downtimeNanos,proto3" json:"downtime_nanos,omitempty"` // freeze to thaw
+	// post-copy: from freeze until the destination had every page.
+	LastPageNanos int64            `protobuf:"varint,4,opt,name=last_page_nanos,json=lastPageNanos,proto3" json:"last_page_nanos,omitempty"`
+	Bytes         int64            `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`                                // images written
+	MemoryBytes   int64            `protobuf:"varint,6,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"` // the job-node's private memory, if measured
+	PhasesNanos   map[string]int64 `protobuf:"bytes,7,rep,name=phases_nanos,json=phasesNanos,proto3" json:"phases_nanos,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateReply) Reset() {
+	*x = MigrateReply{}
+	mi := &file_torpor_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateReply) ProtoMessage() {}
+
+func (x *MigrateReply) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateReply.ProtoReflect.Descriptor instead.
+func (*MigrateReply) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *MigrateReply) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *MigrateReply) GetModeReason() string {
+	if x != nil {
+		return x.ModeReason
+	}
+	return ""
+}
+
+func (x *MigrateReply) GetDowntimeNanos() int64 {
+	if x != nil {
+		return x.DowntimeNanos
+	}
+	return 0
+}
+
+func (x *MigrateReply) GetLastPageNanos() int64 {
+	if x != nil {
+		return x.LastPageNanos
+	}
+	return 0
+}
+
+func (x *MigrateReply) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *MigrateReply) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *MigrateReply) GetPhasesNanos() map[string]int64 {
+	if x != nil {
+		return x.PhasesNanos
+	}
+	return nil
+}
+
 type Job struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Spec           *JobSpec               `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -1385,7 +1534,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1546,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1559,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{21}
+	return file_torpor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -1471,7 +1620,7 @@ type JobList struct {
 
 func (x *JobList) Reset() {
 	*x = JobList{}
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1483,7 +1632,7 @@ func (x *JobList) String() string {
 func (*JobList) ProtoMessage() {}
 
 func (x *JobList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1496,7 +1645,7 @@ func (x *JobList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobList.ProtoReflect.Descriptor instead.
 func (*JobList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{22}
+	return file_torpor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *JobList) GetJobs() []*Job {
@@ -1516,7 +1665,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1677,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1690,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{23}
+	return file_torpor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListCheckpointsRequest) GetJob() string {
@@ -1574,7 +1723,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1586,7 +1735,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1599,7 +1748,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{24}
+	return file_torpor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Checkpoint) GetHandle() string {
@@ -1667,7 +1816,7 @@ type CheckpointList struct {
 
 func (x *CheckpointList) Reset() {
 	*x = CheckpointList{}
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1679,7 +1828,7 @@ func (x *CheckpointList) String() string {
 func (*CheckpointList) ProtoMessage() {}
 
 func (x *CheckpointList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1692,7 +1841,7 @@ func (x *CheckpointList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointList.ProtoReflect.Descriptor instead.
 func (*CheckpointList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{25}
+	return file_torpor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CheckpointList) GetCheckpoints() []*Checkpoint {
@@ -1719,7 +1868,7 @@ type FenceRequest struct {
 
 func (x *FenceRequest) Reset() {
 	*x = FenceRequest{}
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1731,7 +1880,7 @@ func (x *FenceRequest) String() string {
 func (*FenceRequest) ProtoMessage() {}
 
 func (x *FenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1744,7 +1893,7 @@ func (x *FenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRequest.ProtoReflect.Descriptor instead.
 func (*FenceRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{26}
+	return file_torpor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FenceRequest) GetJob() string {
@@ -1798,7 +1947,7 @@ type FenceReply struct {
 
 func (x *FenceReply) Reset() {
 	*x = FenceReply{}
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1810,7 +1959,7 @@ func (x *FenceReply) String() string {
 func (*FenceReply) ProtoMessage() {}
 
 func (x *FenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1823,7 +1972,7 @@ func (x *FenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceReply.ProtoReflect.Descriptor instead.
 func (*FenceReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{27}
+	return file_torpor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *FenceReply) GetData() []byte {
@@ -1846,7 +1995,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +2007,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +2020,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{28}
+	return file_torpor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *EventsRequest) GetJob() string {
@@ -1904,34 +2053,39 @@ func (x *EventsRequest) GetNoHistory() bool {
 
 // One event of the history; which fields are set depends on type.
 type Event struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	TimeUnixNano  int64                  `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
-	Job           string                 `protobuf:"bytes,3,opt,name=job,proto3" json:"job,omitempty"`
-	Owner         int32                  `protobuf:"varint,4,opt,name=owner,proto3" json:"owner,omitempty"`
-	Type          string                 `protobuf:"bytes,5,opt,name=type,proto3" json:"type,omitempty"` // state, checkpoint, checkpoint-failed, restart, restart-failed, migration, migration-failed, progress, follow
-	From          string                 `protobuf:"bytes,6,opt,name=from,proto3" json:"from,omitempty"` // state: the state the job left
-	To            string                 `protobuf:"bytes,7,opt,name=to,proto3" json:"to,omitempty"`     // state: the state it entered
-	Reason        string                 `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
-	Handle        string                 `protobuf:"bytes,9,opt,name=handle,proto3" json:"handle,omitempty"`
-	Bytes         int64                  `protobuf:"varint,10,opt,name=bytes,proto3" json:"bytes,omitempty"`
-	PhaseNanos    map[string]int64       `protobuf:"bytes,11,rep,name=phase_nanos,json=phaseNanos,proto3" json:"phase_nanos,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	Node          string                 `protobuf:"bytes,12,opt,name=node,proto3" json:"node,omitempty"`
-	FromHost      string                 `protobuf:"bytes,13,opt,name=from_host,json=fromHost,proto3" json:"from_host,omitempty"`
-	ToHost        string                 `protobuf:"bytes,14,opt,name=to_host,json=toHost,proto3" json:"to_host,omitempty"`
-	Error         string                 `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
-	FailedPhase   string                 `protobuf:"bytes,16,opt,name=failed_phase,json=failedPhase,proto3" json:"failed_phase,omitempty"`
-	Operation     string                 `protobuf:"bytes,17,opt,name=operation,proto3" json:"operation,omitempty"` // progress: checkpoint, restart, migration
-	Phase         string                 `protobuf:"bytes,18,opt,name=phase,proto3" json:"phase,omitempty"`         // progress: the phase
-	Done          bool                   `protobuf:"varint,19,opt,name=done,proto3" json:"done,omitempty"`          // progress: the phase ended
-	ElapsedNanos  int64                  `protobuf:"varint,20,opt,name=elapsed_nanos,json=elapsedNanos,proto3" json:"elapsed_nanos,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Seq          uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	TimeUnixNano int64                  `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	Job          string                 `protobuf:"bytes,3,opt,name=job,proto3" json:"job,omitempty"`
+	Owner        int32                  `protobuf:"varint,4,opt,name=owner,proto3" json:"owner,omitempty"`
+	Type         string                 `protobuf:"bytes,5,opt,name=type,proto3" json:"type,omitempty"` // state, checkpoint, checkpoint-failed, restart, restart-failed, migration, migration-failed, progress, follow
+	From         string                 `protobuf:"bytes,6,opt,name=from,proto3" json:"from,omitempty"` // state: the state the job left
+	To           string                 `protobuf:"bytes,7,opt,name=to,proto3" json:"to,omitempty"`     // state: the state it entered
+	Reason       string                 `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	Handle       string                 `protobuf:"bytes,9,opt,name=handle,proto3" json:"handle,omitempty"`
+	Bytes        int64                  `protobuf:"varint,10,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	PhaseNanos   map[string]int64       `protobuf:"bytes,11,rep,name=phase_nanos,json=phaseNanos,proto3" json:"phase_nanos,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Node         string                 `protobuf:"bytes,12,opt,name=node,proto3" json:"node,omitempty"`
+	FromHost     string                 `protobuf:"bytes,13,opt,name=from_host,json=fromHost,proto3" json:"from_host,omitempty"`
+	ToHost       string                 `protobuf:"bytes,14,opt,name=to_host,json=toHost,proto3" json:"to_host,omitempty"`
+	Error        string                 `protobuf:"bytes,15,opt,name=error,proto3" json:"error,omitempty"`
+	FailedPhase  string                 `protobuf:"bytes,16,opt,name=failed_phase,json=failedPhase,proto3" json:"failed_phase,omitempty"`
+	Operation    string                 `protobuf:"bytes,17,opt,name=operation,proto3" json:"operation,omitempty"` // progress: checkpoint, restart, migration
+	Phase        string                 `protobuf:"bytes,18,opt,name=phase,proto3" json:"phase,omitempty"`         // progress: the phase
+	Done         bool                   `protobuf:"varint,19,opt,name=done,proto3" json:"done,omitempty"`          // progress: the phase ended
+	ElapsedNanos int64                  `protobuf:"varint,20,opt,name=elapsed_nanos,json=elapsedNanos,proto3" json:"elapsed_nanos,omitempty"`
+	// migration: stop-copy or post-copy, the time the job was frozen and
+	// (post-copy) from the freeze until the destination had every page.
+	Mode          string `protobuf:"bytes,21,opt,name=mode,proto3" json:"mode,omitempty"`
+	DowntimeNanos int64  `protobuf:"varint,22,opt,name=downtime_nanos,json=downtimeNanos,proto3" json:"downtime_nanos,omitempty"`
+	LastPageNanos int64  `protobuf:"varint,23,opt,name=last_page_nanos,json=lastPageNanos,proto3" json:"last_page_nanos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1943,7 +2097,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1956,7 +2110,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{29}
+	return file_torpor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -2099,6 +2253,27 @@ func (x *Event) GetElapsedNanos() int64 {
 	return 0
 }
 
+func (x *Event) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *Event) GetDowntimeNanos() int64 {
+	if x != nil {
+		return x.DowntimeNanos
+	}
+	return 0
+}
+
+func (x *Event) GetLastPageNanos() int64 {
+	if x != nil {
+		return x.LastPageNanos
+	}
+	return 0
+}
+
 type WaitReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -2108,7 +2283,7 @@ type WaitReply struct {
 
 func (x *WaitReply) Reset() {
 	*x = WaitReply{}
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2295,7 @@ func (x *WaitReply) String() string {
 func (*WaitReply) ProtoMessage() {}
 
 func (x *WaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2308,7 @@ func (x *WaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitReply.ProtoReflect.Descriptor instead.
 func (*WaitReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{30}
+	return file_torpor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WaitReply) GetJob() *Job {
@@ -2178,7 +2353,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\n" +
 	"DrainReply\x12\x18\n" +
 	"\asockets\x18\x01 \x01(\x05R\asockets\x12!\n" +
-	"\fqueued_bytes\x18\x02 \x01(\x03R\vqueuedBytes\"\xc5\x01\n" +
+	"\fqueued_bytes\x18\x02 \x01(\x03R\vqueuedBytes\"\xed\x01\n" +
 	"\vDumpRequest\x12$\n" +
 	"\x03ref\x18\x01 \x01(\v2\x12.torpor.v1.NodeRefR\x03ref\x12\x10\n" +
 	"\x03dir\x18\x02 \x01(\tR\x03dir\x12#\n" +
@@ -2188,12 +2363,16 @@ const file_torpor_proto_rawDesc = "" +
 	"checkpoint\x12\x1d\n" +
 	"\n" +
 	"shared_dir\x18\x05 \x01(\tR\tsharedDir\x12\x1a\n" +
-	"\bcompress\x18\x06 \x01(\tR\bcompress\"\\\n" +
+	"\bcompress\x18\x06 \x01(\tR\bcompress\x12&\n" +
+	"\x0fpost_copy_above\x18\a \x01(\x03R\rpostCopyAbove\"\xa0\x01\n" +
 	"\tDumpReply\x12\x14\n" +
 	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\x12\x14\n" +
 	"\x05files\x18\x02 \x01(\x05R\x05files\x12\x1d\n" +
 	"\n" +
-	"criu_nanos\x18\x04 \x01(\x03R\tcriuNanosJ\x04\b\x03\x10\x04\"\xaf\x01\n" +
+	"criu_nanos\x18\x04 \x01(\x03R\tcriuNanos\x12!\n" +
+	"\fmemory_bytes\x18\x05 \x01(\x03R\vmemoryBytes\x12\x1f\n" +
+	"\vpage_server\x18\x06 \x01(\tR\n" +
+	"pageServerJ\x04\b\x03\x10\x04\"\xd0\x01\n" +
 	"\x0eRestoreRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12'\n" +
 	"\x04node\x18\x02 \x01(\v2\x13.torpor.v1.NodeSpecR\x04node\x12\x10\n" +
@@ -2201,7 +2380,9 @@ const file_torpor_proto_rawDesc = "" +
 	"\n" +
 	"checkpoint\x18\x04 \x01(\tR\n" +
 	"checkpoint\x120\n" +
-	"\x14node_manifest_sha256\x18\x05 \x01(\tR\x12nodeManifestSha256\")\n" +
+	"\x14node_manifest_sha256\x18\x05 \x01(\tR\x12nodeManifestSha256\x12\x1f\n" +
+	"\vpage_server\x18\x06 \x01(\tR\n" +
+	"pageServer\")\n" +
 	"\x11RestoreFilesReply\x12\x14\n" +
 	"\x05moved\x18\x01 \x03(\tR\x05moved\"u\n" +
 	"\n" +
@@ -2210,12 +2391,13 @@ const file_torpor_proto_rawDesc = "" +
 	"\x06exited\x18\x02 \x01(\bR\x06exited\x12\x1b\n" +
 	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\"\a\n" +
-	"\x05Empty\"\x81\x01\n" +
+	"\x05Empty\"\x9e\x01\n" +
 	"\x0fRegisterRequest\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x17\n" +
 	"\arun_dir\x18\x03 \x01(\tR\x06runDir\x12'\n" +
-	"\x0fverifies_images\x18\x04 \x01(\bR\x0everifiesImages\"v\n" +
+	"\x0fverifies_images\x18\x04 \x01(\bR\x0everifiesImages\x12\x1b\n" +
+	"\tpost_copy\x18\x05 \x01(\bR\bpostCopy\"v\n" +
 	"\aJobSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\x05R\x05owner\x12)\n" +
@@ -2256,11 +2438,24 @@ const file_torpor_proto_rawDesc = "" +
 	"checkpoint\x12\x18\n" +
 	"\askipped\x18\x03 \x03(\tR\askipped\x12\x14\n" +
 	"\x05moved\x18\x04 \x03(\tR\x05moved\x12\x14\n" +
-	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\"F\n" +
+	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\"b\n" +
 	"\x0eMigrateRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x0e\n" +
-	"\x02to\x18\x03 \x01(\tR\x02to\"\xe7\x01\n" +
+	"\x02to\x18\x03 \x01(\tR\x02to\x12\x1a\n" +
+	"\bpostcopy\x18\x04 \x01(\tR\bpostcopy\"\xd8\x02\n" +
+	"\fMigrateReply\x12\x12\n" +
+	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x1f\n" +
+	"\vmode_reason\x18\x02 \x01(\tR\n" +
+	"modeReason\x12%\n" +
+	"\x0edowntime_nanos\x18\x03 \x01(\x03R\rdowntimeNanos\x12&\n" +
+	"\x0flast_page_nanos\x18\x04 \x01(\x03R\rlastPageNanos\x12\x14\n" +
+	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\x12!\n" +
+	"\fmemory_bytes\x18\x06 \x01(\x03R\vmemoryBytes\x12K\n" +
+	"\fphases_nanos\x18\a \x03(\v2(.torpor.v1.MigrateReply.PhasesNanosEntryR\vphasesNanos\x1a>\n" +
+	"\x10PhasesNanosEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xe7\x01\n" +
 	"\x03Job\x12&\n" +
 	"\x04spec\x18\x01 \x01(\v2\x12.torpor.v1.JobSpecR\x04spec\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
@@ -2305,7 +2500,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x1a\n" +
 	"\bprogress\x18\x03 \x01(\bR\bprogress\x12\x1d\n" +
 	"\n" +
-	"no_history\x18\x04 \x01(\bR\tnoHistory\"\xd7\x04\n" +
+	"no_history\x18\x04 \x01(\bR\tnoHistory\"\xba\x05\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
 	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12\x10\n" +
@@ -2328,12 +2523,15 @@ const file_torpor_proto_rawDesc = "" +
 	"\toperation\x18\x11 \x01(\tR\toperation\x12\x14\n" +
 	"\x05phase\x18\x12 \x01(\tR\x05phase\x12\x12\n" +
 	"\x04done\x18\x13 \x01(\bR\x04done\x12#\n" +
-	"\relapsed_nanos\x18\x14 \x01(\x03R\felapsedNanos\x1a=\n" +
+	"\relapsed_nanos\x18\x14 \x01(\x03R\felapsedNanos\x12\x12\n" +
+	"\x04mode\x18\x15 \x01(\tR\x04mode\x12%\n" +
+	"\x0edowntime_nanos\x18\x16 \x01(\x03R\rdowntimeNanos\x12&\n" +
+	"\x0flast_page_nanos\x18\x17 \x01(\x03R\rlastPageNanos\x1a=\n" +
 	"\x0fPhaseNanosEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"-\n" +
 	"\tWaitReply\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xff\x04\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xae\x05\n" +
 	"\x04Shim\x122\n" +
 	"\x05Start\x12\x17.torpor.v1.StartRequest\x1a\x10.torpor.v1.Empty\x126\n" +
 	"\aPrepare\x12\x19.torpor.v1.PrepareRequest\x1a\x10.torpor.v1.Empty\x12.\n" +
@@ -2346,14 +2544,15 @@ const file_torpor_proto_rawDesc = "" +
 	"\fRestoreFiles\x12\x19.torpor.v1.RestoreRequest\x1a\x1c.torpor.v1.RestoreFilesReply\x126\n" +
 	"\aRestore\x12\x19.torpor.v1.RestoreRequest\x1a\x10.torpor.v1.Empty\x12/\n" +
 	"\aDestroy\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x123\n" +
-	"\x06Status\x12\x12.torpor.v1.NodeRef\x1a\x15.torpor.v1.NodeStatus2\xa9\x05\n" +
+	"\x06Status\x12\x12.torpor.v1.NodeRef\x1a\x15.torpor.v1.NodeStatus\x12-\n" +
+	"\x05Pages\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty2\xb0\x05\n" +
 	"\vCoordinator\x128\n" +
 	"\bRegister\x12\x1a.torpor.v1.RegisterRequest\x1a\x10.torpor.v1.Empty\x12,\n" +
 	"\x03Run\x12\x15.torpor.v1.RunRequest\x1a\x0e.torpor.v1.Job\x12F\n" +
 	"\n" +
 	"Checkpoint\x12\x1c.torpor.v1.CheckpointRequest\x1a\x1a.torpor.v1.CheckpointReply\x12=\n" +
-	"\aRestart\x12\x19.torpor.v1.RestartRequest\x1a\x17.torpor.v1.RestartReply\x126\n" +
-	"\aMigrate\x12\x19.torpor.v1.MigrateRequest\x1a\x10.torpor.v1.Empty\x12,\n" +
+	"\aRestart\x12\x19.torpor.v1.RestartRequest\x1a\x17.torpor.v1.RestartReply\x12=\n" +
+	"\aMigrate\x12\x19.torpor.v1.MigrateRequest\x1a\x17.torpor.v1.MigrateReply\x12,\n" +
 	"\x04Jobs\x12\x10.torpor.v1.Empty\x1a\x12.torpor.v1.JobList\x12+\n" +
 	"\x06GetJob\x12\x11.torpor.v1.JobRef\x1a\x0e.torpor.v1.Job\x12)\n" +
 	"\x04Wait\x12\x11.torpor.v1.JobRef\x1a\x0e.torpor.v1.Job\x12O\n" +
@@ -2374,7 +2573,7 @@ func file_torpor_proto_rawDescGZIP() []byte {
 	return file_torpor_proto_rawDescData
 }
 
-var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_torpor_proto_goTypes = []any{
 	(*NodeSpec)(nil),               // 0: torpor.v1.NodeSpec
 	(*Creds)(nil),                  // 1: torpor.v1.Creds
@@ -2397,20 +2596,22 @@ var file_torpor_proto_goTypes = []any{
 	(*RestartRequest)(nil),         // 18: torpor.v1.RestartRequest
 	(*RestartReply)(nil),           // 19: torpor.v1.RestartReply
 	(*MigrateRequest)(nil),         // 20: torpor.v1.MigrateRequest
-	(*Job)(nil),                    // 21: torpor.v1.Job
-	(*JobList)(nil),                // 22: torpor.v1.JobList
-	(*ListCheckpointsRequest)(nil), // 23: torpor.v1.ListCheckpointsRequest
-	(*Checkpoint)(nil),             // 24: torpor.v1.Checkpoint
-	(*CheckpointList)(nil),         // 25: torpor.v1.CheckpointList
-	(*FenceRequest)(nil),           // 26: torpor.v1.FenceRequest
-	(*FenceReply)(nil),             // 27: torpor.v1.FenceReply
-	(*EventsRequest)(nil),          // 28: torpor.v1.EventsRequest
-	(*Event)(nil),                  // 29: torpor.v1.Event
-	(*WaitReply)(nil),              // 30: torpor.v1.WaitReply
-	nil,                            // 31: torpor.v1.CheckpointReply.PhaseNanosEntry
-	nil,                            // 32: torpor.v1.RestartRequest.HostsEntry
-	nil,                            // 33: torpor.v1.Checkpoint.PhaseNanosEntry
-	nil,                            // 34: torpor.v1.Event.PhaseNanosEntry
+	(*MigrateReply)(nil),           // 21: torpor.v1.MigrateReply
+	(*Job)(nil),                    // 22: torpor.v1.Job
+	(*JobList)(nil),                // 23: torpor.v1.JobList
+	(*ListCheckpointsRequest)(nil), // 24: torpor.v1.ListCheckpointsRequest
+	(*Checkpoint)(nil),             // 25: torpor.v1.Checkpoint
+	(*CheckpointList)(nil),         // 26: torpor.v1.CheckpointList
+	(*FenceRequest)(nil),           // 27: torpor.v1.FenceRequest
+	(*FenceReply)(nil),             // 28: torpor.v1.FenceReply
+	(*EventsRequest)(nil),          // 29: torpor.v1.EventsRequest
+	(*Event)(nil),                  // 30: torpor.v1.Event
+	(*WaitReply)(nil),              // 31: torpor.v1.WaitReply
+	nil,                            // 32: torpor.v1.CheckpointReply.PhaseNanosEntry
+	nil,                            // 33: torpor.v1.RestartRequest.HostsEntry
+	nil,                            // 34: torpor.v1.MigrateReply.PhasesNanosEntry
+	nil,                            // 35: torpor.v1.Checkpoint.PhaseNanosEntry
+	nil,                            // 36: torpor.v1.Event.PhaseNanosEntry
 }
 var file_torpor_proto_depIdxs = []int32{
 	1,  // 0: torpor.v1.NodeSpec.user:type_name -> torpor.v1.Creds
@@ -2420,67 +2621,70 @@ var file_torpor_proto_depIdxs = []int32{
 	0,  // 4: torpor.v1.RestoreRequest.node:type_name -> torpor.v1.NodeSpec
 	0,  // 5: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
 	13, // 6: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
-	31, // 7: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
-	32, // 8: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
-	13, // 9: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
-	21, // 10: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
-	33, // 11: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
-	24, // 12: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
-	34, // 13: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
-	21, // 14: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
-	3,  // 15: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
-	4,  // 16: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
-	2,  // 17: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
-	2,  // 18: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
-	2,  // 19: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
-	6,  // 20: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
-	2,  // 21: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
-	2,  // 22: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
-	8,  // 23: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
-	8,  // 24: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
-	2,  // 25: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
-	2,  // 26: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
-	12, // 27: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
-	14, // 28: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
-	16, // 29: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
-	18, // 30: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
-	20, // 31: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
-	11, // 32: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
-	15, // 33: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
-	15, // 34: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
-	23, // 35: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
-	26, // 36: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
-	15, // 37: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
-	28, // 38: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
-	11, // 39: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	11, // 40: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	11, // 41: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	5,  // 42: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	11, // 43: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	7,  // 44: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	11, // 45: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	11, // 46: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	9,  // 47: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
-	11, // 48: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	11, // 49: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	10, // 50: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	11, // 51: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	21, // 52: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	17, // 53: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	19, // 54: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	11, // 55: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.Empty
-	22, // 56: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	21, // 57: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	21, // 58: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	25, // 59: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	27, // 60: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
-	21, // 61: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
-	29, // 62: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
-	39, // [39:63] is the sub-list for method output_type
-	15, // [15:39] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	32, // 7: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
+	33, // 8: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
+	34, // 9: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
+	13, // 10: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
+	22, // 11: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
+	35, // 12: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
+	25, // 13: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
+	36, // 14: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
+	22, // 15: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
+	3,  // 16: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
+	4,  // 17: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
+	2,  // 18: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
+	2,  // 19: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
+	2,  // 20: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
+	6,  // 21: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
+	2,  // 22: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
+	2,  // 23: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
+	8,  // 24: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
+	8,  // 25: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
+	2,  // 26: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
+	2,  // 27: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
+	2,  // 28: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
+	12, // 29: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
+	14, // 30: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
+	16, // 31: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
+	18, // 32: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
+	20, // 33: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
+	11, // 34: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
+	15, // 35: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
+	15, // 36: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
+	24, // 37: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
+	27, // 38: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
+	15, // 39: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
+	29, // 40: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
+	11, // 41: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	11, // 42: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	11, // 43: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	5,  // 44: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	11, // 45: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	7,  // 46: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	11, // 47: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	11, // 48: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	9,  // 49: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
+	11, // 50: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	11, // 51: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	10, // 52: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	11, // 53: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
+	11, // 54: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	22, // 55: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	17, // 56: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	19, // 57: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	21, // 58: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
+	23, // 59: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	22, // 60: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	22, // 61: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	26, // 62: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	28, // 63: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	22, // 64: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
+	30, // 65: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
+	41, // [41:66] is the sub-list for method output_type
+	16, // [16:41] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_torpor_proto_init() }
@@ -2494,7 +2698,7 @@ func file_torpor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_torpor_proto_rawDesc), len(file_torpor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -38,6 +38,7 @@ const (
 	Shim_Restore_FullMethodName      = "/torpor.v1.Shim/Restore"
 	Shim_Destroy_FullMethodName      = "/torpor.v1.Shim/Destroy"
 	Shim_Status_FullMethodName       = "/torpor.v1.Shim/Status"
+	Shim_Pages_FullMethodName        = "/torpor.v1.Shim/Pages"
 )
 
 // ShimClient is the client API for Shim service.
@@ -56,6 +57,8 @@ type ShimClient interface {
 	Restore(ctx context.Context, in *RestoreRequest, opts ...grpc.CallOption) (*Empty, error)
 	Destroy(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*Empty, error)
 	Status(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*NodeStatus, error)
+	// Until a job-node restored with post-copy has all its pages.
+	Pages(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*Empty, error)
 }
 
 type shimClient struct {
@@ -186,6 +189,16 @@ func (c *shimClient) Status(ctx context.Context, in *NodeRef, opts ...grpc.CallO
 	return out, nil
 }
 
+func (c *shimClient) Pages(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Shim_Pages_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ShimServer is the server API for Shim service.
 // All implementations must embed UnimplementedShimServer
 // for forward compatibility.
@@ -202,6 +215,8 @@ type ShimServer interface {
 	Restore(context.Context, *RestoreRequest) (*Empty, error)
 	Destroy(context.Context, *NodeRef) (*Empty, error)
 	Status(context.Context, *NodeRef) (*NodeStatus, error)
+	// Until a job-node restored with post-copy has all its pages.
+	Pages(context.Context, *NodeRef) (*Empty, error)
 	mustEmbedUnimplementedShimServer()
 }
 
@@ -247,6 +262,9 @@ func (UnimplementedShimServer) Destroy(context.Context, *NodeRef) (*Empty, error
 }
 func (UnimplementedShimServer) Status(context.Context, *NodeRef) (*NodeStatus, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedShimServer) Pages(context.Context, *NodeRef) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Pages not implemented")
 }
 func (UnimplementedShimServer) mustEmbedUnimplementedShimServer() {}
 func (UnimplementedShimServer) testEmbeddedByValue()              {}
@@ -485,6 +503,24 @@ func _Shim_Status_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Shim_Pages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NodeRef)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShimServer).Pages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shim_Pages_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShimServer).Pages(ctx, req.(*NodeRef))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Shim_ServiceDesc is the grpc.ServiceDesc for Shim service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -540,6 +576,10 @@ var Shim_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Status",
 			Handler:    _Shim_Status_Handler,
 		},
+		{
+			MethodName: "Pages",
+			Handler:    _Shim_Pages_Handler,
+		},
 	},
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "torpor.proto",
@@ -568,7 +608,7 @@ type CoordinatorClient interface {
 	Run(ctx context.Context, in *RunRequest, opts ...grpc.CallOption) (*Job, error)
 	Checkpoint(ctx context.Context, in *CheckpointRequest, opts ...grpc.CallOption) (*CheckpointReply, error)
 	Restart(ctx context.Context, in *RestartRequest, opts ...grpc.CallOption) (*RestartReply, error)
-	Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (*Empty, error)
+	Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (*MigrateReply, error)
 	Jobs(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*JobList, error)
 	GetJob(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*Job, error)
 	Wait(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*Job, error)
@@ -626,9 +666,9 @@ func (c *coordinatorClient) Restart(ctx context.Context, in *RestartRequest, opt
 	return out, nil
 }
 
-func (c *coordinatorClient) Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (*Empty, error) {
+func (c *coordinatorClient) Migrate(ctx context.Context, in *MigrateRequest, opts ...grpc.CallOption) (*MigrateReply, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(Empty)
+	out := new(MigrateReply)
 	err := c.cc.Invoke(ctx, Coordinator_Migrate_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
@@ -723,7 +763,7 @@ type CoordinatorServer interface {
 	Run(context.Context, *RunRequest) (*Job, error)
 	Checkpoint(context.Context, *CheckpointRequest) (*CheckpointReply, error)
 	Restart(context.Context, *RestartRequest) (*RestartReply, error)
-	Migrate(context.Context, *MigrateRequest) (*Empty, error)
+	Migrate(context.Context, *MigrateRequest) (*MigrateReply, error)
 	Jobs(context.Context, *Empty) (*JobList, error)
 	GetJob(context.Context, *JobRef) (*Job, error)
 	Wait(context.Context, *JobRef) (*Job, error)
@@ -753,7 +793,7 @@ func (UnimplementedCoordinatorServer) Checkpoint(context.Context, *CheckpointReq
 func (UnimplementedCoordinatorServer) Restart(context.Context, *RestartRequest) (*RestartReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Restart not implemented")
 }
-func (UnimplementedCoordinatorServer) Migrate(context.Context, *MigrateRequest) (*Empty, error) {
+func (UnimplementedCoordinatorServer) Migrate(context.Context, *MigrateRequest) (*MigrateReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Migrate not implemented")
 }
 func (UnimplementedCoordinatorServer) Jobs(context.Context, *Empty) (*JobList, error) {

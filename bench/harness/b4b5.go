@@ -11,47 +11,82 @@ import (
 	"github.com/torpor-hpc/torpor/coordinator"
 )
 
-// MigratePoint is B4 for one memory size: a 2-job-node job whose n0 moves
-// back and forth between h1 and the spare host.
+// MigratePoint is B4 for one memory size and one mode: a 2-job-node job
+// whose n0 moves back and forth between h1 and the spare host.
 type MigratePoint struct {
-	MiB      int             `json:"mib_per_node"`
+	MiB int `json:"mib_per_node"`
+	// Mode is how every migration of the row ran: "stop-copy" or
+	// "post-copy" (coordinator.ModeStopCopy, ModePostCopy).
+	Mode     string          `json:"mode"`
 	Samples  []MigrateSample `json:"samples"`
 	Downtime Stat            `json:"downtime"`
+	// LastPage is, for post-copy, the time from the first freeze until the
+	// destination had every page.
+	LastPage Stat            `json:"last_page"`
 	Phases   map[string]Stat `json:"phases"`
 	TCP      Stat            `json:"unlock_to_tcp"`
 	Bytes    int64           `json:"bytes"`
+	Memory   int64           `json:"memory_bytes"`
 	Err      string          `json:"error,omitempty"`
 }
 
-func runMigratePoint(ctx context.Context, e *Env, mib, reps int, spare string, logf func(string, ...any)) (p MigratePoint) {
-	p = MigratePoint{MiB: mib, Phases: map[string]Stat{}}
+// b4Modes are B4's rows for each size, each forced on every migration.
+var b4Modes = []struct {
+	mode coordinator.PostCopy
+	name string
+}{{coordinator.PostCopyNever, coordinator.ModeStopCopy}, {coordinator.PostCopyAlways, coordinator.ModePostCopy}}
+
+// runMigratePoints measures B4 at one size, both modes, on one job.
+func runMigratePoints(ctx context.Context, e *Env, mib, reps int, spare string, logf func(string, ...any)) []MigratePoint {
+	var out []MigratePoint
+	for _, m := range b4Modes {
+		out = append(out, MigratePoint{MiB: mib, Mode: m.name, Phases: map[string]Stat{}})
+	}
 	j, err := e.StartJob(ctx, fmt.Sprintf("b4-%dm", mib), []string{"h1", "h2"}, Workload{MiB: mib, Ring: true, ReadRate: "4M"})
 	if err != nil {
-		p.Err = err.Error()
-		return p
+		for i := range out {
+			out[i].Err = err.Error()
+		}
+		return out
 	}
 	defer j.Stop(context.WithoutCancel(ctx))
 	time.Sleep(300 * time.Millisecond)
-	to := []string{spare, "h1"}
-	for r := 0; r < reps; r++ {
-		s, err := j.Migrate(ctx, "n0", to[r%2])
-		if err != nil {
-			p.Err = fmt.Sprintf("migration %d: %v", r, err)
-			return p
+	to, moves := []string{spare, "h1"}, 0
+	for i, m := range b4Modes {
+		p := &out[i]
+		for r := 0; r < reps; r++ {
+			host := to[moves%2]
+			s, err := j.Migrate(ctx, "n0", host, m.mode)
+			if err == nil && s.Mode != m.name {
+				err = fmt.Errorf("asked for %s, the coordinator migrated with %s", m.name, s.Mode)
+			}
+			if err != nil {
+				p.Err = fmt.Sprintf("%s migration %d: %v", m.name, r, err)
+				break
+			}
+			moves++
+			logf("B4 %d MiB %s: migration to %s, downtime %v, last page %v, unlock→tcp %v", mib, m.name, host,
+				s.Downtime.Round(time.Millisecond), s.LastPage.Round(time.Millisecond), s.Progress.TCP.Round(time.Millisecond))
+			p.Samples = append(p.Samples, s)
 		}
-		logf("B4 %d MiB: migration to %s, downtime %v, unlock→tcp %v", mib, to[r%2], s.Downtime.Round(time.Millisecond), s.Progress.TCP.Round(time.Millisecond))
-		p.Samples = append(p.Samples, s)
+		p.summarise()
 	}
-	var dt, tcp []time.Duration
+	return out
+}
+
+func (p *MigratePoint) summarise() {
+	var dt, lp, tcp []time.Duration
 	ph := phaseDurations{}
 	for _, s := range p.Samples {
 		dt, tcp = append(dt, s.Downtime), append(tcp, s.Progress.TCP)
-		p.Bytes = s.Bytes
+		if s.LastPage > 0 {
+			lp = append(lp, s.LastPage)
+		}
+		p.Bytes, p.Memory = s.Bytes, s.Memory
 		ph.add(s.Phases)
 	}
-	p.Downtime, p.TCP = DurStat(dt), DurStat(tcp)
+	p.Downtime, p.TCP, p.LastPage = DurStat(dt), DurStat(tcp), DurStat(lp)
 	ph.statsInto(p.Phases)
-	return p
 }
 
 // CoordPoint is B5 for one number of job-nodes: coordination overhead, the

@@ -76,6 +76,8 @@ func (f *fakeAgent) Destroy(_ context.Context, ref agentapi.NodeRef) error {
 	f.mu.Unlock()
 	return nil
 }
+func (f *fakeAgent) Pages(_ context.Context, ref agentapi.NodeRef) error { return f.has(ref) }
+
 func (f *fakeAgent) Status(_ context.Context, ref agentapi.NodeRef) (agentapi.NodeStatus, error) {
 	if err := f.has(ref); err != nil {
 		return agentapi.NodeStatus{}, err

@@ -234,14 +234,26 @@ func (j *Job) SuspendRestart(ctx context.Context) (CkptSample, RestartSample, er
 
 // MigrateSample is one migration of one job-node.
 type MigrateSample struct {
-	Downtime time.Duration            `json:"downtime_ns"` // Migrate call: the whole job is frozen
+	Mode string `json:"mode"` // coordinator.ModeStopCopy or ModePostCopy, as it ran
+	// Downtime is the coordinator's: the job frozen, from the first freeze
+	// to the end of the thaw.
+	Downtime time.Duration `json:"downtime_ns"`
+	// LastPage is, for post-copy, the time from the first freeze until the
+	// destination had every page.
+	LastPage time.Duration `json:"last_page_ns,omitempty"`
+	// Wall is the whole Migrate call (post-copy: until the last page and
+	// the source's copy destroyed).
+	Wall     time.Duration            `json:"wall_ns"`
 	Phases   map[string]time.Duration `json:"phases_ns"`
 	Bytes    int64                    `json:"bytes"`
+	Memory   int64                    `json:"memory_bytes"`
 	Progress Progress                 `json:"progress"`
 }
 
-// Migrate moves job-node node to host to.
-func (j *Job) Migrate(ctx context.Context, node, to string) (MigrateSample, error) {
+// Migrate moves job-node node to host to, with stop-and-copy or post-copy
+// forced by mode. The job's progress after the thaw is watched while a
+// post-copy migration still moves pages.
+func (j *Job) Migrate(ctx context.Context, node, to string, mode coordinator.PostCopy) (MigrateSample, error) {
 	mount, err := cgroup.Mountpoint()
 	if err != nil {
 		return MigrateSample{}, err
@@ -252,39 +264,76 @@ func (j *Job) Migrate(ctx context.Context, node, to string) (MigrateSample, erro
 	}
 	spec := jj.Spec
 	bases := j.watchUnlock(mount, spec)
+	resumed := j.e.Rec.AfterThaws(j.ID, len(spec.Nodes))
 	mark := j.e.Rec.Mark()
-	start := time.Now()
-	err = j.e.Coord.Migrate(ctx, j.ID, node, to)
-	wall := time.Since(start)
-	segBase, memBase := bases()
-	if err != nil {
-		return MigrateSample{}, err
+	type result struct {
+		res coordinator.MigrateResult
+		err error
 	}
+	ended := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		res, err := j.e.Coord.MigrateDetails(ctx, j.ID, node, to, coordinator.MigrateOptions{PostCopy: mode})
+		ended <- result{res, err}
+	}()
+	var r result
+	select {
+	case <-resumed:
+	case r = <-ended:
+		if r.err != nil {
+			bases()
+			j.e.Rec.AfterThaws("", 0)
+			return MigrateSample{}, r.err
+		}
+		ended <- r
+	}
+	segBase, memBase := bases()
+	// The moved job-node now lives on `to` (or, if the migration failed,
+	// the progress below is not looked at).
+	moved := spec
+	moved.Nodes = append([]agentapi.NodeSpec(nil), spec.Nodes...)
+	for i := range moved.Nodes {
+		if moved.Nodes[i].Name == node {
+			moved.Nodes[i].Host = to
+		}
+	}
+	var probe segProbe
+	if j.W.Ring {
+		probe = j.probe(mount, moved)
+	} else {
+		segBase = nil
+	}
+	var prog Progress
+	var progErr error
+	progDone := make(chan struct{})
+	unlockedAt := func() time.Time {
+		_, unlocked, _ := span(j.e.Rec.Since(mark), "unlock")
+		return unlocked
+	}
+	go func() {
+		defer close(progDone)
+		// Memhog counters of job-nodes that stayed frozen in memory move too.
+		prog, progErr = waitProgress(ctx, j.Files, memBase, probe, segBase, unlockedAt(), 30*time.Second)
+	}()
+	r = <-ended
+	wall := time.Since(start)
+	j.e.Rec.AfterThaws("", 0)
+	if r.err != nil {
+		<-progDone
+		return MigrateSample{}, r.err
+	}
+	<-progDone
 	calls := j.e.Rec.Since(mark)
-	ms := MigrateSample{Downtime: wall, Phases: map[string]time.Duration{}}
-	for _, p := range []string{"prepare", "freeze", "drain", "lock", "dump", "restore", "destroy", "unlock", "thaw"} {
+	ms := MigrateSample{Mode: r.res.Mode, Downtime: r.res.Downtime, LastPage: r.res.LastPage, Wall: wall,
+		Memory: r.res.Memory, Phases: map[string]time.Duration{}, Progress: prog}
+	for _, p := range []string{"prepare", "freeze", "drain", "lock", "dump", "restore", "destroy", "unlock", "thaw", "pages"} {
 		ms.Phases[p] = spanDur(calls, p)
 	}
 	for _, d := range dumps(calls) {
 		ms.Bytes += d.Bytes
 	}
-	// The moved job-node now lives on `to`.
-	for i := range spec.Nodes {
-		if spec.Nodes[i].Name == node {
-			spec.Nodes[i].Host = to
-		}
-	}
-	j.Spec = spec
-	_, unlocked, _ := span(calls, "unlock")
-	var probe segProbe
-	if j.W.Ring {
-		probe = j.probe(mount, spec)
-	} else {
-		segBase = nil
-	}
-	// Memhog counters of job-nodes that stayed frozen in memory move too.
-	ms.Progress, err = waitProgress(ctx, j.Files, memBase, probe, segBase, unlocked, 30*time.Second)
-	return ms, err
+	j.Spec = moved
+	return ms, progErr
 }
 
 // sortedKeys lists a map's keys in order.

@@ -56,10 +56,19 @@ func PlotData(r *Result) []Plot {
 			nRst.add(n, p.RestartWall.Median)
 		}
 	}
-	mig := Series{Name: "migration downtime"}
+	migSC, migPC, migLast := Series{Name: "downtime, stop-copy"}, Series{Name: "downtime, post-copy"}, Series{Name: "last page, post-copy"}
 	for _, p := range r.Migrate {
-		if p.Err == "" {
-			mig.add(float64(p.MiB), p.Downtime.Median)
+		if p.Downtime.N == 0 {
+			continue
+		}
+		switch p.Mode {
+		case "post-copy":
+			migPC.add(float64(p.MiB), p.Downtime.Median)
+			if p.LastPage.N > 0 {
+				migLast.add(float64(p.MiB), p.LastPage.Median)
+			}
+		default: // rows from before B4 had modes were stop-copy
+			migSC.add(float64(p.MiB), p.Downtime.Median)
 		}
 	}
 	real, fake := Series{Name: "real sandboxes"}, Series{Name: "fake CRIU"}
@@ -79,7 +88,7 @@ func PlotData(r *Result) []Plot {
 		{Name: "b2-b3-nodes", Title: fmt.Sprintf("B2/B3: %d MiB per job-node, latency vs job-nodes", r.Plan.NodesMiB), X: "job-nodes", Y: "ms (median)",
 			Series: []Series{nTor, nSeq, nRst}},
 		{Name: "b4-migration", Title: "B4: migration downtime vs memory of the moved job-node", X: "MiB", Y: "ms (median)", LogX: true,
-			Series: []Series{mig}},
+			Series: []Series{migSC, migPC, migLast}},
 		{Name: "b5-coordination", Title: "B5: coordination overhead (checkpoint − Σ CRIU) vs job-nodes", X: "job-nodes", Y: "ms (median)", LogX: true,
 			Series: []Series{real, fake}},
 	}

@@ -27,6 +27,10 @@ type Recorder struct {
 	calls []call
 	// beforeUnlock, when set, runs just before every Unlock reaches the shim.
 	beforeUnlock func(host string, ref agentapi.NodeRef)
+	// thawJob, thawsLeft and thawed: AfterThaws.
+	thawJob   string
+	thawsLeft int
+	thawed    chan struct{}
 }
 
 // BeforeUnlock sets (or clears, with nil) a hook run before every Unlock.
@@ -34,6 +38,27 @@ func (r *Recorder) BeforeUnlock(fn func(host string, ref agentapi.NodeRef)) {
 	r.mu.Lock()
 	r.beforeUnlock = fn
 	r.mu.Unlock()
+}
+
+// AfterThaws returns a channel closed once n Thaw calls of job have ended
+// (a resume: one per job-node); job "" stops watching.
+func (r *Recorder) AfterThaws(job string, n int) <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.thawJob, r.thawsLeft, r.thawed = job, n, make(chan struct{})
+	return r.thawed
+}
+
+func (r *Recorder) thawEnded(job string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if job == "" || job != r.thawJob || r.thawsLeft <= 0 {
+		return
+	}
+	r.thawsLeft--
+	if r.thawsLeft == 0 {
+		close(r.thawed)
+	}
 }
 
 // Wrap returns an Agent that records every call to a.
@@ -82,6 +107,17 @@ func (w *recorded) VerifiesImages() bool {
 	return ok && v.VerifiesImages()
 }
 
+// PostCopy passes on whether the wrapped agent can take part in a
+// post-copy migration (agentapi.PostCopier).
+func (w *recorded) PostCopy() bool {
+	p, ok := w.a.(agentapi.PostCopier)
+	return ok && p.PostCopy()
+}
+
+func (w *recorded) Pages(ctx context.Context, ref agentapi.NodeRef) error {
+	return w.rec("pages", ref.Node, func() error { return w.a.Pages(ctx, ref) })
+}
+
 func (w *recorded) rec(op, node string, fn func() error) error {
 	c := call{Op: op, Host: w.host, Node: node, Start: time.Now()}
 	c.Err = fn()
@@ -124,7 +160,11 @@ func (w *recorded) Unlock(ctx context.Context, ref agentapi.NodeRef) error {
 	return w.rec("unlock", ref.Node, func() error { return w.a.Unlock(ctx, ref) })
 }
 func (w *recorded) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
-	return w.rec("thaw", ref.Node, func() error { return w.a.Thaw(ctx, ref) })
+	err := w.rec("thaw", ref.Node, func() error { return w.a.Thaw(ctx, ref) })
+	if err == nil {
+		w.r.thawEnded(ref.Job)
+	}
+	return err
 }
 func (w *recorded) RestoreFiles(ctx context.Context, job string, n agentapi.NodeSpec, req agentapi.RestoreRequest) (res agentapi.RestoreFilesResult, err error) {
 	err = w.rec("files", n.Name, func() error { res, err = w.a.RestoreFiles(ctx, job, n, req); return err })

@@ -67,8 +67,8 @@ func Markdown(r *Result, plots []string) string {
 	w("| kernel | %s |\n| CPU | %d × %s |\n| memory | %s |\n| CRIU | %s (%s) |\n| storage | %s |\n| Go | %s |\n| Open MPI | %s |\n| MPICH | %s |\n| duration | %s |\n\n",
 		m.Kernel, m.CPUs, m.CPU, m.MemTotal, m.CRIU, m.CRIUPath, m.Storage, m.Go, m.OpenMPI, m.MPICH,
 		r.Finished.Sub(r.Started).Round(1e9))
-	w("Plan: %d checkpoints per point, %d suspend+restart cycles, %d migrations per size, %d B1 repetitions.\n\n",
-		r.Plan.Reps, r.Plan.RestartReps, r.Plan.MigrateReps, r.Plan.B1Reps)
+	w("Plan: %d checkpoints per point, %d suspend+restart cycles, %d migrations per size and mode (%d from 1 GiB), %d B1 repetitions.\n\n",
+		r.Plan.Reps, r.Plan.RestartReps, r.Plan.MigrateReps, r.Plan.MigrateBigReps, r.Plan.B1Reps)
 	for _, e := range r.Errors {
 		w("**Failed:** %s\n\n", e)
 	}
@@ -153,17 +153,24 @@ func Markdown(r *Result, plots []string) string {
 
 	if len(r.Migrate) > 0 {
 		w("## B4 migration downtime of one job-node\n\n")
-		w("A 2-job-node ring; n0 moves between h1 and a spare host. Downtime = the `Migrate` call: every job-node of the job is frozen from prepare to thaw.\n\n")
-		w("| MiB | image MiB | downtime ms | freeze+drain+lock | dump | restore | destroy | unlock+thaw | unlock→TCP ms |\n|---|---|---|---|---|---|---|---|---|\n")
+		w("A 2-job-node ring; n0 moves between h1 and a spare host, each row's migrations forced to one mode (`--postcopy never|always`). Downtime = the coordinator's: the whole job frozen, from the first freeze to the end of the thaw; median (min–max). Last page = post-copy only: from the first freeze until the destination had every page (the job runs meanwhile). Phases are medians of the shim calls; `destroy` of a post-copy row comes after the last page, outside the downtime. unlock→TCP = from the end of the unlock until every job-node's namespace received a TCP segment again.\n\n")
+		w("| MiB | mode | image MiB | downtime ms | last page ms | freeze+drain+lock | dump | restore | destroy | unlock+thaw | unlock→TCP ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, p := range r.Migrate {
-			if p.Err != "" {
-				w("| %d | failed: %s ||||||||\n", p.MiB, firstLine(p.Err))
+			if p.Err != "" && len(p.Samples) == 0 {
+				w("| %d | %s | failed: %s |||||||||\n", p.MiB, p.Mode, firstLine(p.Err))
 				continue
 			}
 			ph := p.Phases
-			w("| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.MiB, mib(p.Bytes), med(p.Downtime),
+			last := "–"
+			if p.LastPage.N > 0 {
+				last = med(p.LastPage)
+			}
+			w("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.MiB, p.Mode, mib(p.Bytes), med(p.Downtime), last,
 				f1(ph["freeze"].Median+ph["drain"].Median+ph["lock"].Median), f1(ph["dump"].Median), f1(ph["restore"].Median),
 				f1(ph["destroy"].Median), f1(ph["unlock"].Median+ph["thaw"].Median), med(p.TCP))
+			if p.Err != "" {
+				w("| %d | %s | then failed: %s |||||||||\n", p.MiB, p.Mode, firstLine(p.Err))
+			}
 		}
 		w("\n")
 	}

@@ -28,14 +28,17 @@ type Config struct {
 
 // Plan is the sizes and counts of one run.
 type Plan struct {
-	Reps        int `json:"reps"`         // checkpoints per point (B2, B5)
-	RestartReps int `json:"restart_reps"` // suspend+restart cycles per point (B3)
-	MigrateReps int `json:"migrate_reps"` // migrations per size (B4)
-	B1Reps      int `json:"b1_reps"`
+	Reps        int   `json:"reps"`         // checkpoints per point (B2, B5)
+	RestartReps int   `json:"restart_reps"` // suspend+restart cycles per point (B3)
+	MigrateReps int   `json:"migrate_reps"` // migrations per size and mode (B4)
+	MigrateMiB  []int `json:"b4_mib"`       // B4 sizes of the moved job-node
+	// MigrateBigReps replaces MigrateReps from 1 GiB up.
+	MigrateBigReps int `json:"b4_big_reps"`
+	B1Reps         int `json:"b1_reps"`
 	// B1Long are the long mode's cases, each of B1LongSecs-second runs.
 	B1Long      []B1LongSpec `json:"b1_long,omitempty"`
 	B1LongSecs  int          `json:"b1_long_s,omitempty"`
-	MemMiB      []int        `json:"mem_mib"`     // B2/B3 memory sweep (1 job-node) and B4 sizes
+	MemMiB      []int        `json:"mem_mib"`     // B2/B3 memory sweep (1 job-node)
 	Nodes       []int        `json:"nodes"`       // B2/B3 job-node sweep
 	NodesMiB    int          `json:"nodes_mib"`   // memory per job-node in the job-node sweep
 	Matrix      bool         `json:"matrix"`      // every size with every job-node count
@@ -53,6 +56,7 @@ type Plan struct {
 func QuickPlan() Plan {
 	return Plan{Reps: 3, RestartReps: 2, MigrateReps: 3, B1Reps: 5,
 		B1Long: []B1LongSpec{{"ring", "openmpi", 2}, {"ring", "mpich42", 1}}, B1LongSecs: 60,
+		MigrateMiB: []int{16, 64, 256, 1024}, MigrateBigReps: 2,
 		MemMiB: []int{16, 64, 256}, Nodes: []int{1, 2, 4}, NodesMiB: 64,
 		RealNodes: []int{1, 4, 16}, FakeNodes: []int{1, 4, 16, 64, 256}, CoordHosts: 4,
 		AppLogMiB: 256, AppGrowMiB: 10, AppReps: 5, CompressMiB: []int{64, 256}}
@@ -63,7 +67,8 @@ func FullPlan() Plan {
 	return Plan{Reps: 5, RestartReps: 3, MigrateReps: 5, B1Reps: 7,
 		B1Long:     []B1LongSpec{{"ring", "openmpi", 3}, {"stencil", "openmpi", 2}, {"ring", "mpich42", 2}},
 		B1LongSecs: 60,
-		MemMiB:     []int{16, 64, 256, 1024}, Nodes: []int{1, 2, 4}, NodesMiB: 256, Matrix: true,
+		MigrateMiB: []int{16, 64, 256, 1024}, MigrateBigReps: 5,
+		MemMiB: []int{16, 64, 256, 1024}, Nodes: []int{1, 2, 4}, NodesMiB: 256, Matrix: true,
 		RealNodes: []int{1, 4, 16, 32, 64}, FakeNodes: []int{1, 4, 16, 64, 128, 256}, CoordHosts: 4,
 		AppLogMiB: 1024, AppGrowMiB: 10, AppReps: 20, CompressMiB: []int{64, 256, 1024}}
 }
@@ -156,12 +161,17 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 				}
 			}
 			if cfg.wants("b4") {
-				for _, mib := range plan.MemMiB {
-					p := runMigratePoint(ctx, e, mib, plan.MigrateReps, fmt.Sprintf("h%d", plan.SpareHost), logf)
-					if p.Err != "" {
-						logf("B4 %d MiB failed: %s", mib, p.Err)
+				for _, mib := range plan.MigrateMiB {
+					reps := plan.MigrateReps
+					if mib >= 1024 {
+						reps = plan.MigrateBigReps
 					}
-					res.Migrate = append(res.Migrate, p)
+					for _, p := range runMigratePoints(ctx, e, mib, reps, fmt.Sprintf("h%d", plan.SpareHost), logf) {
+						if p.Err != "" {
+							logf("B4 %d MiB %s failed: %s", mib, p.Mode, p.Err)
+						}
+						res.Migrate = append(res.Migrate, p)
+					}
 				}
 			}
 		})
@@ -221,7 +231,7 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 	}
 	for _, p := range res.Migrate {
 		if p.Err != "" {
-			res.Errors = append(res.Errors, fmt.Sprintf("B4 %d MiB: %s", p.MiB, p.Err))
+			res.Errors = append(res.Errors, fmt.Sprintf("B4 %d MiB %s: %s", p.MiB, p.Mode, p.Err))
 		}
 	}
 	for _, p := range res.Coord {

@@ -267,6 +267,7 @@ func runMigrate(ctx context.Context, args []string) error {
 	cf := addClientFlags(fs, true)
 	node := fs.String("node", "", "job-node to move (required)")
 	to := fs.String("to", "", "host to move it to (required)")
+	postCopy := fs.String("postcopy", "auto", "auto: post-copy when the job-node's private memory reaches the coordinator's threshold (default 128M); always; never (stop-and-copy). Post-copy thaws the job before the memory has moved, and returns once the last page arrived")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -284,17 +285,29 @@ func runMigrate(ctx context.Context, args []string) error {
 	defer ss.close(ctx, false)
 	cl := ss.cl
 	start := time.Now()
+	if _, err := coordinator.ParsePostCopy(*postCopy); err != nil {
+		return err
+	}
 	fmt.Fprintf(os.Stderr, "torpor: migrate %s/%s to %s: freeze, drain, lock, dump, restore, unlock, thaw ...\n", job, *node, *to)
 	p := watchProgress(ctx, cl, job)
-	_, err = cl.Migrate(ctx, &apiv1.MigrateRequest{Job: job, Node: *node, To: *to})
+	rep, err := cl.Migrate(ctx, &apiv1.MigrateRequest{Job: job, Node: *node, To: *to, Postcopy: *postCopy})
 	p.stop()
 	if err != nil {
 		return client.RPCErr(err)
 	}
 	elapsed := time.Since(start)
-	fmt.Fprintf(os.Stderr, "torpor: %s/%s now runs on %s (%s)\n", job, *node, *to, elapsed.Round(time.Millisecond))
+	downtime, lastPage := time.Duration(rep.DowntimeNanos), time.Duration(rep.LastPageNanos)
+	how := fmt.Sprintf("%s, downtime %s", rep.Mode, downtime.Round(time.Millisecond))
+	if lastPage > 0 {
+		how += fmt.Sprintf(", last page after %s", lastPage.Round(time.Millisecond))
+	}
+	fmt.Fprintf(os.Stderr, "torpor: %s/%s now runs on %s (%s; %s)\n", job, *node, *to, elapsed.Round(time.Millisecond), how)
+	if rep.ModeReason != "" {
+		fmt.Fprintf(os.Stderr, "torpor: %s: %s\n", rep.Mode, rep.ModeReason)
+	}
 	if *cf.json {
-		return printJSON(jsonMigrated{Job: job, Node: *node, To: *to, ElapsedNS: int64(elapsed)})
+		return printJSON(jsonMigrated{Job: job, Node: *node, To: *to, ElapsedNS: int64(elapsed), Mode: rep.Mode, ModeReason: rep.ModeReason,
+			DowntimeNS: rep.DowntimeNanos, LastPageNS: rep.LastPageNanos, Bytes: rep.Bytes, MemoryBytes: rep.MemoryBytes})
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/torpor-hpc/torpor/client"
 	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/coordinator/launch"
 	"github.com/torpor-hpc/torpor/fault"
 	"github.com/torpor-hpc/torpor/internal/config"
 	"github.com/torpor-hpc/torpor/internal/pki"
@@ -50,6 +51,7 @@ func runCoordinator(ctx context.Context, args []string) error {
 	initPKI := fs.Bool("init-pki", false, "create a CA and coordinator/shim certificates in the PKI directory, then exit")
 	pkiHosts := fs.String("pki-hosts", "127.0.0.1,localhost", "comma-separated addresses and names the certificates are valid for (with --init-pki)")
 	keep := fs.Int("keep", 0, "keep only the newest K checkpoints per job (0: all)")
+	postCopy := fs.String("postcopy-threshold", "", "private memory of a job-node from which `torpor migrate` (--postcopy=auto) uses post-copy, e.g. 128M; off: never; default from config (postcopy_threshold), else 128M")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics over HTTP at ADDR (/metrics; port 0: any, logged); default from config (metrics_listen), else off")
 	var faults faultFlag
@@ -77,9 +79,16 @@ func runCoordinator(ctx context.Context, args []string) error {
 	if *metricsListen == "" {
 		*metricsListen = cfg.MetricsListen
 	}
+	if *postCopy == "" {
+		*postCopy = cfg.PostCopyThreshold
+	}
+	threshold, err := parsePostCopyThreshold(*postCopy)
+	if err != nil {
+		return err
+	}
 	dc := coordinator.DaemonConfig{
 		StateDir: *stateDir, CheckpointDir: *ckptDir, Socket: client.SocketPath(*socket),
-		Listen: *listen, Keep: *keep, Log: log, MetricsListen: *metricsListen,
+		Listen: *listen, Keep: *keep, Log: log, MetricsListen: *metricsListen, PostCopyThreshold: threshold,
 	}
 	if *listen != "" {
 		if dc.ServerTLS, dc.ClientTLS, err = tlsConfigs(*pkiDir, "coordinator", ""); err != nil {
@@ -205,4 +214,20 @@ func firstOf(ss ...string) string {
 		}
 	}
 	return ""
+}
+
+// parsePostCopyThreshold reads --postcopy-threshold: a size, "off" (-1 for
+// coordinator.Options: never), or "" (0: the default).
+func parsePostCopyThreshold(s string) (int64, error) {
+	switch s {
+	case "":
+		return 0, nil
+	case "off":
+		return -1, nil
+	}
+	n, err := launch.ParseSize(s)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("--postcopy-threshold %s: give a size with a suffix K, M, G or T (powers of 1024), e.g. 128M, or off", s)
+	}
+	return n, nil
 }

@@ -100,6 +100,15 @@ type jsonMigrated struct {
 	Node      string `json:"node"`
 	To        string `json:"to"`
 	ElapsedNS int64  `json:"elapsed_ns"`
+	// Mode is stop-copy or post-copy, ModeReason why; DowntimeNS the time
+	// the job was frozen; LastPageNS (post-copy) from the freeze until the
+	// destination had every page.
+	Mode        string `json:"mode"`
+	ModeReason  string `json:"mode_reason,omitempty"`
+	DowntimeNS  int64  `json:"downtime_ns"`
+	LastPageNS  int64  `json:"last_page_ns,omitempty"`
+	Bytes       int64  `json:"bytes"`
+	MemoryBytes int64  `json:"memory_bytes,omitempty"`
 }
 
 // jsonEvent is one line of `torpor events --json` (JSON Lines: one object
@@ -121,6 +130,9 @@ type jsonEvent struct {
 	ToHost      string           `json:"to_host,omitempty"`
 	Error       string           `json:"error,omitempty"`
 	FailedPhase string           `json:"failed_phase,omitempty"`
+	Mode        string           `json:"mode,omitempty"`
+	DowntimeNS  int64            `json:"downtime_ns,omitempty"`
+	LastPageNS  int64            `json:"last_page_ns,omitempty"`
 }
 
 func eventJSON(e *apiv1.Event) jsonEvent {
@@ -128,6 +140,7 @@ func eventJSON(e *apiv1.Event) jsonEvent {
 		Seq: e.Seq, Time: time.Unix(0, e.TimeUnixNano).UTC(), Job: e.Job, Owner: int(e.Owner), Type: e.Type,
 		From: e.From, To: e.To, Reason: e.Reason, Handle: e.Handle, Bytes: e.Bytes, Phases: e.PhaseNanos,
 		Node: e.Node, FromHost: e.FromHost, ToHost: e.ToHost, Error: e.Error, FailedPhase: e.FailedPhase,
+		Mode: e.Mode, DowntimeNS: e.DowntimeNanos, LastPageNS: e.LastPageNanos,
 	}
 }
 
@@ -202,6 +215,15 @@ func eventDetails(e *apiv1.Event) string {
 		add("%s -> %s", from, e.To)
 	case "migration", "migration-failed":
 		add("%s: %s -> %s", e.Node, e.FromHost, e.ToHost)
+		if e.Mode != "" {
+			add("%s", e.Mode)
+		}
+		if e.DowntimeNanos > 0 {
+			add("downtime %s", time.Duration(e.DowntimeNanos).Round(time.Millisecond))
+		}
+		if e.LastPageNanos > 0 {
+			add("last page %s", time.Duration(e.LastPageNanos).Round(time.Millisecond))
+		}
 	}
 	if e.Handle != "" {
 		add("%s", e.Handle)

@@ -361,7 +361,7 @@ func (o *Options) KeepDefaults(paths []string, max string) error {
 		}
 	}
 	if max != "" && o.KeepMax == 0 {
-		n, err := parseSize(max)
+		n, err := ParseSize(max)
 		if err != nil || n <= 0 {
 			return fmt.Errorf("keep_max in the configuration: %q: give a size in bytes, or with a suffix K, M, G or T, e.g. 4G", max)
 		}
@@ -371,7 +371,7 @@ func (o *Options) KeepDefaults(paths []string, max string) error {
 }
 
 func setKeepMax(o *Options, flag string, v []string) error {
-	n, err := parseSize(v[0])
+	n, err := ParseSize(v[0])
 	if err != nil || n <= 0 {
 		return usagef("%s %s: give a size in bytes, or with a suffix K, M, G or T (powers of 1024), e.g. 4G", flag, v[0])
 	}
@@ -379,8 +379,8 @@ func setKeepMax(o *Options, flag string, v []string) error {
 	return nil
 }
 
-// parseSize reads a byte count with an optional K, M, G or T suffix.
-func parseSize(s string) (int64, error) {
+// ParseSize reads a byte count with an optional K, M, G or T suffix.
+func ParseSize(s string) (int64, error) {
 	shift := 0
 	switch {
 	case strings.HasSuffix(s, "K"):

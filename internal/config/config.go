@@ -43,6 +43,10 @@ type Config struct {
 	// daemon serves Prometheus metrics (HTTP, /metrics). Empty: no metrics.
 	MetricsListen     string `yaml:"metrics_listen"`
 	ShimMetricsListen string `yaml:"shim_metrics_listen"`
+	// PostCopyThreshold is the default of `torpor coordinator
+	// --postcopy-threshold`: the private memory of a job-node from which an
+	// automatic migration is post-copy (e.g. "128M"; "off": never).
+	PostCopyThreshold string `yaml:"postcopy_threshold"`
 }
 
 // Defaults returns the configuration used when no file exists.

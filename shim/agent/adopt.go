@@ -79,6 +79,14 @@ func (a *Agent) adopt(ctx context.Context, r nodeRecord) (bool, error) {
 	}
 	n := &node{spec: r.Spec, job: r.Job, sb: sb, veth: r.HostVeth, netns: r.NetNS, cgroup: r.Cgroup,
 		exitFile: r.ExitFile, moved: r.Moved, restoredFrom: r.RestoredFrom}
+	if r.PostCopy != "" {
+		// Neither side can go on alone: the source's copy is stale once the
+		// destination ran, and the destination may lack pages for good.
+		a.log.Warn("destroying a job-node left by a post-copy migration", "job", r.Job, "node", r.Spec.Name, "side", r.PostCopy, "why", errPostCopyLeft)
+		err := sb.Destroy(ctx)
+		a.removeRecord(r.Job, r.Spec.Name)
+		return false, err
+	}
 	if err := a.attachLock(n); err != nil {
 		sb.Release()
 		return false, err

@@ -82,6 +82,8 @@ type Agent struct {
 	criuStarted func(op string, pid int)
 	// held says fault.HoldInRestore struck (it does once).
 	held atomic.Bool
+	// stalled says fault.StallPagesInFlight struck (it does once).
+	stalled atomic.Bool
 	// criuEvent, if set (tests), is told each of CRIU's notifications while
 	// CRIU waits for the answer.
 	criuEvent func(op string, ev criu.Event)
@@ -116,6 +118,18 @@ type node struct {
 	// or the one a restore put back): a file that only grew since is
 	// captured by its length.
 	captured *appfiles.Index
+
+	// mu guards the post-copy state, which goroutines of its own change.
+	mu sync.Mutex
+	// pages is the page server of a post-copy migration's source, until
+	// the job-node is destroyed or rolled back.
+	pages *pageServer
+	// pull is the lazy-pages daemon of a post-copy migration's destination;
+	// pulling stays true until it has every page.
+	pull    *pagePull
+	pulling bool
+	// stalled: fault.StallPagesInFlight holds the pull's pages.
+	stalled bool
 }
 
 var _ agentapi.Agent = (*Agent)(nil)
@@ -486,6 +500,9 @@ func (a *Agent) Unlock(_ context.Context, ref agentapi.NodeRef) error {
 	if err != nil {
 		return err
 	}
+	// Only a rollback unlocks the source of a post-copy migration: the
+	// destination is gone, and the tree runs here again.
+	a.stopServing(n, "the migration rolls back")
 	if _, err := n.lock.Unlock(); err != nil {
 		return err
 	}
@@ -526,6 +543,7 @@ func (a *Agent) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
 	if err != nil {
 		return err
 	}
+	a.stopServing(n, "the migration rolls back")
 	if n.solicit {
 		// Only now is every job-node unlocked: what the request at this
 		// job-node's unlock could not resolve (a peer still locked) is
@@ -538,6 +556,7 @@ func (a *Agent) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
 			return err
 		}
 	}
+	a.thawedStalled(n)
 	if n.link != nil {
 		// pmixd dropped its link at prepare; let it dial back.
 		return n.link.Resume()
@@ -595,6 +614,19 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 		// Unlinked shared-memory segments of MPI libraries are saved whole.
 		GhostLimit: ghostLimit,
 	}
+	var memory int64
+	lazyPort := 0
+	if req.PostCopyAbove > 0 {
+		memory = privateMemory(pids)
+		if memory >= req.PostCopyAbove {
+			if lazyPort, err = freeLoopbackPort(n.sb.NetNSPath()); err != nil {
+				return agentapi.DumpResult{}, fmt.Errorf("post-copy dump of %s/%s: a port for the page server: %w", ref.Job, ref.Node, err)
+			}
+			// The tree stays, frozen and whole, until the destination has
+			// every page: a failure before then can still roll back to it.
+			opts.LazyPages, opts.PageServerPort, opts.LeaveRunning = true, lazyPort, true
+		}
+	}
 	w := a.watchDump(ref)
 	if w != nil {
 		w.arm(&opts)
@@ -625,35 +657,58 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 		}
 		return agentapi.DumpResult{}, fmt.Errorf("criu dump of %s/%s: %w", ref.Job, ref.Node, err)
 	}
+	var ps *pageServer
+	if res.Serving != nil {
+		if ps, err = a.servePages(n, res.Serving, lazyPort); err != nil {
+			res.Serving.Stop()
+			return agentapi.DumpResult{}, fmt.Errorf("post-copy dump of %s/%s: %w", ref.Job, ref.Node, err)
+		}
+		n.mu.Lock()
+		n.pages = ps
+		n.mu.Unlock()
+		// From here until Destroy, a shim that adopts the job-node destroys it.
+		if err := a.saveRecord(n); err != nil {
+			a.stopServing(n, "its record could not be written")
+			return agentapi.DumpResult{}, err
+		}
+	}
+	fail := func(err error) (agentapi.DumpResult, error) {
+		a.stopServing(n, "the dump failed")
+		return agentapi.DumpResult{}, err
+	}
 	n.captured = captured
-	if !req.LeaveRunning {
+	if !req.LeaveRunning && ps == nil {
 		a.removeRecord(ref.Job, ref.Node) // the tree is gone
 	}
 	if err := saveOutput(a.OutputPath(ref.Job, ref.Node), req.Dir); err != nil {
-		return agentapi.DumpResult{}, err
+		return fail(err)
 	}
 	if n.link != nil {
 		if err := saveFiles(req.Dir, a.sharedDirs(ref.Job, ref.Node)); err != nil {
-			return agentapi.DumpResult{}, err
+			return fail(err)
 		}
 	}
 	saved := time.Now()
 	sums, err := hasher.Finish(ctx)
 	if err != nil {
-		return agentapi.DumpResult{}, err
+		return fail(err)
 	}
 	hashed := time.Now()
 	nm, err := catalog.WriteNodeManifestWith(ctx, req.Dir, sums)
 	if err != nil {
-		return agentapi.DumpResult{}, err
+		return fail(err)
 	}
 	// Where the time after CRIU went: the output and shared files' copies,
 	// the wait for the hashing of the images CRIU wrote, the node manifest
 	// (which hashes the files hashed nowhere else).
 	a.log.Info("job-node dumped", "job", ref.Job, "node", ref.Node, "ckpt", req.Checkpoint, "bytes", nm.TotalBytes, "criu", res.Elapsed,
 		"capture_time", captureTime, "save_time", saved.Sub(criuDone), "hash_wait", hashed.Sub(saved), "manifest_time", time.Since(hashed), "hashed_streaming", len(sums),
-		"app_files", len(captured.Entries), "app_bytes", captured.Bytes, "compress", req.Compress)
-	return agentapi.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files), CRIUTime: res.Elapsed}, nil
+		"app_files", len(captured.Entries), "app_bytes", captured.Bytes, "compress", req.Compress, "memory", memory, "post_copy", ps != nil)
+	out := agentapi.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files), CRIUTime: res.Elapsed, Memory: memory}
+	if ps != nil {
+		out.PageServer = ps.addr
+	}
+	return out, nil
 }
 
 // saveOutput keeps the output file's size and content at dump time. CRIU
@@ -774,6 +829,25 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 	}
 	dir := req.Dir
 	start := time.Now()
+	work := filepath.Join(a.cfg.RunDir, "restore", job, spec.Name)
+	var pull *pendingPull
+	if req.PageServer != "" {
+		// Post-copy: CRIU's lazy-pages daemon (~50 ms to be ready: it
+		// probes the kernel and reads the tree's images) starts while the
+		// sandbox is made; it must listen before CRIU restores through it.
+		pull = a.startPullAsync(ctx, job, spec.Name, req.PageServer, dir, work)
+		defer func() {
+			if err == nil {
+				return
+			}
+			// Runs last: the tree (killed by the destroy of a failed
+			// restore) goes before its daemon, without which it would
+			// read zeros.
+			if lp, _ := pull.wait(); lp != nil {
+				lp.Kill()
+			}
+		}()
+	}
 	// A restart's images are verified here, against the node manifest the
 	// signed job manifest names: everything but the tasks' memory before
 	// anything acts on it, the memory (pages-*.img, nearly all the bytes)
@@ -866,19 +940,41 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		imagesDir = scratch
 	}
 	opts := criu.Options{
-		ImagesDir: imagesDir, WorkDir: filepath.Join(a.cfg.RunDir, "restore", job, spec.Name),
+		ImagesDir: imagesDir, WorkDir: work,
 		TCPEstablished: true, NetworkLock: criu.NetworkLockSkip, FileLocks: true, LinkRemap: true,
 	}
 	if a.criuStarted != nil {
 		opts.Started = func(pid int) { a.criuStarted("restore", pid) }
 	}
+	var lp *criu.LazyPages
+	if pull != nil {
+		if lp, err = pull.wait(); err != nil {
+			return fmt.Errorf("restore %s/%s with post-copy: %w", job, spec.Name, err)
+		}
+		defer func() {
+			if err != nil {
+				// The tree first: without its daemon it would read zeros.
+				_ = n.sb.Cgroup().Kill(context.WithoutCancel(ctx))
+			}
+		}()
+		opts.LazyPages = true
+	}
 	hooks := a.criuEvent != nil || a.cfg.Faults.Has(fault.HoldInRestore)
-	if hooks || pages != nil {
+	stall := lp != nil && pull.stall != nil
+	if hooks || pages != nil || stall {
 		opts.Notify = func(ev criu.Event) error {
 			if ev == criu.EventPostRestore && pages != nil {
 				if err := pages.wait(ctx); err != nil {
 					return fmt.Errorf("the restored tree's memory fails verification, CRIU kills it: %w", corrupt(err))
 				}
+			}
+			if ev == criu.EventPostRestore && stall {
+				// CRIU tells its daemon the restore is over, and the
+				// daemon starts fetching every page, just after this.
+				pull.stall.hold()
+				n.mu.Lock()
+				n.stalled = true
+				n.mu.Unlock()
 			}
 			if !hooks {
 				return nil
@@ -904,13 +1000,19 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		return err
 	}
 	n.moved = true
+	if lp != nil {
+		n.mu.Lock()
+		n.pull, n.pulling = a.watchPull(n, lp), true
+		n.mu.Unlock()
+	}
 	if err := a.saveRecord(n); err != nil {
 		return err
 	}
 	a.cfg.Metrics.CRIU("restore", rres.Elapsed)
 	a.cfg.Metrics.Read(imagesBytes(dir))
 	a.log.Info("job-node restored", "job", job, "node", spec.Name, "ckpt", req.Checkpoint, "from", dir,
-		"prepare_time", criuStart.Sub(start), "sandbox_time", created.Sub(start), "criu", criuDone.Sub(criuStart), "verify_wait", pages.waited())
+		"prepare_time", criuStart.Sub(start), "sandbox_time", created.Sub(start), "criu", criuDone.Sub(criuStart), "verify_wait", pages.waited(),
+		"post_copy_from", req.PageServer)
 	return nil
 }
 
@@ -928,13 +1030,31 @@ func (a *Agent) Destroy(ctx context.Context, ref agentapi.NodeRef) error {
 func (a *Agent) destroy(ctx context.Context, n *node) error {
 	ctx = context.WithoutCancel(ctx)
 	var errs []error
+	n.mu.Lock()
+	stale := n.pages != nil
+	n.mu.Unlock()
+	a.stopServing(n, "the job-node is destroyed")
 	if n.link != nil {
 		n.link.Close()
+	}
+	if stale {
+		// A post-copy source: its address lives on elsewhere. Its tree dies
+		// while the lock still drops what its sockets send as they close
+		// (stale sequence numbers a peer could take for a reset of the
+		// live connection); the lock goes with the veth.
+		errs = append(errs, n.sb.Destroy(ctx))
 	}
 	if n.lock != nil {
 		errs = append(errs, n.lock.Close())
 	}
 	errs = append(errs, n.sb.Destroy(ctx))
+	n.mu.Lock()
+	pull := n.pull
+	n.mu.Unlock()
+	if pull != nil {
+		// Its tasks are gone: the daemon has nothing left to fill.
+		pull.lp.Kill()
+	}
 	a.removeRecord(n.job, n.spec.Name)
 	a.mu.Lock()
 	if a.nodes[key(n.job, n.spec.Name)] == n {

@@ -3,12 +3,15 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"syscall"
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/fault"
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
@@ -132,5 +135,152 @@ func (w *dumpWatch) finish() {
 	if armed && w.Struck() == "" {
 		w.a.log.Error("fault injection: the dump ended before CRIU's "+string(strikeEvent)+" notification; nothing injected",
 			"job", w.ref.Job, "node", w.ref.Node)
+	}
+}
+
+// pageStall is fault.StallPagesInFlight on the destination of a post-copy
+// restore: a relay, in this host's namespace, between CRIU's lazy-pages
+// daemon and the source's page server. It passes everything until hold
+// (at CRIU's post-restore notification: the daemon has fetched only the
+// pages the restore touched, and begins fetching the rest just after),
+// then passes nothing more, either way: the pages asked for from then on
+// are in flight, and stay so. When the source closes its end, the relay
+// drops what it held and closes the daemon's connection, as a dead link
+// would.
+type pageStall struct {
+	a        *Agent
+	log      *slog.Logger
+	ln       net.Listener
+	upstream string
+
+	mu     sync.Mutex
+	held   bool
+	closed bool
+	conns  []net.Conn
+}
+
+// stallPages starts the relay of fault.StallPagesInFlight to the page
+// server at upstream (host:port), in the shim's first post-copy restore
+// only; nil when the point is off or has struck already.
+func (a *Agent) stallPages(job, node, upstream string) *pageStall {
+	if !a.cfg.Faults.Has(fault.StallPagesInFlight) || !a.stalled.CompareAndSwap(false, true) {
+		return nil
+	}
+	log := a.log.With("job", job, "node", node, "page_server", upstream)
+	var ln net.Listener
+	err := nsrun.InNetNSPath(a.hostNetNSPath(), func() error {
+		var err error
+		ln, err = net.Listen("tcp4", "127.0.0.1:0")
+		return err
+	})
+	if err != nil {
+		log.Error("fault injection: "+string(fault.StallPagesInFlight)+": nothing injected", "err", err)
+		return nil
+	}
+	st := &pageStall{a: a, log: log, ln: ln, upstream: upstream}
+	go st.accept()
+	return st
+}
+
+// Addr is where the lazy-pages daemon connects instead of the page server.
+func (st *pageStall) Addr() string { return st.ln.Addr().String() }
+
+func (st *pageStall) accept() {
+	for {
+		down, err := st.ln.Accept()
+		if err != nil {
+			return
+		}
+		var up net.Conn
+		err = nsrun.InNetNSPath(st.a.hostNetNSPath(), func() error {
+			var err error
+			up, err = net.Dial("tcp4", st.upstream)
+			return err
+		})
+		if err != nil {
+			st.log.Error("fault injection: reach the page server", "err", err)
+			down.Close()
+			continue
+		}
+		if !st.track(down, up) {
+			return
+		}
+		go st.pass(up, down, false)
+		go st.pass(down, up, true)
+	}
+}
+
+func (st *pageStall) track(cs ...net.Conn) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.closed {
+		for _, c := range cs {
+			c.Close()
+		}
+		return false
+	}
+	st.conns = append(st.conns, cs...)
+	return true
+}
+
+// pass copies src to dst until hold; after it, what src sends is dropped.
+// When the source (fromSource) ends its side, the daemon's connection is
+// closed.
+func (st *pageStall) pass(dst, src net.Conn, fromSource bool) {
+	buf := make([]byte, 64<<10)
+	for {
+		k, err := src.Read(buf)
+		if k > 0 && !st.isHeld() {
+			if _, werr := dst.Write(buf[:k]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			if fromSource && st.isHeld() {
+				st.log.Error("FAULT INJECTION: "+string(fault.StallPagesInFlight)+": the source closed the page server connection; dropping the pages in flight and closing the lazy-pages daemon's connection", "err", err)
+			}
+			if fromSource || st.isHeld() {
+				st.close()
+			} else if tc, ok := dst.(*net.TCPConn); ok {
+				_ = tc.CloseWrite()
+			}
+			return
+		}
+	}
+}
+
+func (st *pageStall) isHeld() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.held
+}
+
+// hold stops the traffic both ways.
+func (st *pageStall) hold() {
+	st.mu.Lock()
+	st.held = true
+	st.mu.Unlock()
+	st.log.Error("FAULT INJECTION: " + string(fault.StallPagesInFlight) + ": holding every page request and page from now on, until the source closes its page server connection")
+}
+
+// close ends the relay and its connections.
+func (st *pageStall) close() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.closed = true
+	st.ln.Close()
+	for _, c := range st.conns {
+		c.Close()
+	}
+}
+
+// thawedStalled logs, for fault.StallPagesInFlight, that n runs while its
+// pages are held: the moment for a test to kill the source's page server.
+func (a *Agent) thawedStalled(n *node) {
+	n.mu.Lock()
+	stalled := n.stalled
+	n.mu.Unlock()
+	if stalled {
+		a.log.Error("FAULT INJECTION: "+string(fault.StallPagesInFlight)+": job-node thawed with its pages held", "job", n.job, "node", n.spec.Name)
 	}
 }

@@ -32,6 +32,11 @@ type nodeRecord struct {
 	Moved bool `json:"moved,omitempty"`
 	// RestoredFrom is the checkpoint a moved job-node came from, for pmixd.
 	RestoredFrom string `json:"restored_from,omitempty"`
+	// PostCopy is the job-node's side of a post-copy migration under way:
+	// "source" (frozen, serving its pages) or "destination" (running,
+	// pages still arriving). A shim that finds it so at adoption destroys
+	// the job-node: the migration cannot finish without the shim that died.
+	PostCopy string `json:"post_copy,omitempty"`
 }
 
 // recordDir holds this host's job-node records.
@@ -52,6 +57,14 @@ func (a *Agent) recordPath(job, n string) string {
 func (n *node) record() nodeRecord {
 	r := nodeRecord{Job: n.job, Spec: n.spec, NetNS: n.netns, HostVeth: n.veth, Cgroup: n.cgroup,
 		ExitFile: n.exitFile, Moved: n.moved, RestoredFrom: n.restoredFrom}
+	n.mu.Lock()
+	switch {
+	case n.pages != nil:
+		r.PostCopy = "source"
+	case n.pulling:
+		r.PostCopy = "destination"
+	}
+	n.mu.Unlock()
 	if n.link != nil {
 		r.Link = n.linkPath
 	}

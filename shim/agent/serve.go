@@ -120,9 +120,10 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		every = 5 * time.Second
 	}
 	registered := false
+	postCopy := a.PostCopy()
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := cl.Register(rctx, &apiv1.RegisterRequest{Host: cfg.Agent.Host, Address: adv, RunDir: a.cfg.RunDir, VerifiesImages: true})
+		_, err := cl.Register(rctx, &apiv1.RegisterRequest{Host: cfg.Agent.Host, Address: adv, RunDir: a.cfg.RunDir, VerifiesImages: true, PostCopy: postCopy})
 		cancel()
 		switch {
 		case err != nil && ctx.Err() == nil:

@@ -39,6 +39,10 @@ type Driver struct {
 	version     Version
 	versionErr  error
 
+	lazyOnce sync.Once
+	lazy     bool
+	lazyErr  error
+
 	preloadOnce sync.Once
 	preload     *os.File // prlimit.so when this host needs it (see preloadLib)
 	preloadErr  error
@@ -83,9 +87,11 @@ func (d *Driver) Version(ctx context.Context) (Version, error) {
 
 // DumpResult describes a finished dump.
 type DumpResult struct {
-	Stats   DumpStats
+	Stats   DumpStats // not for a lazy dump: CRIU writes them at its end
 	LogPath string
-	Elapsed time.Duration // wall time of the whole CRIU run
+	Elapsed time.Duration // wall time of the whole CRIU run (a lazy dump's: until the images were written)
+	// Serving is a lazy dump's CRIU, still serving the memory pages.
+	Serving *Serving
 }
 
 // RestoreResult describes a finished restore.
@@ -112,6 +118,11 @@ func (d *Driver) Dump(ctx context.Context, opts Options) (DumpResult, error) {
 		return DumpResult{}, fmt.Errorf("criu dump: %w", err)
 	}
 	defer unlock()
+	if opts.LazyPages {
+		// The machine lock guards the parasite, gone by post-dump: serving
+		// the pages does not hold it.
+		return d.dumpLazy(ctx, opts)
+	}
 	start := time.Now()
 	logPath, _, err := d.run(ctx, rpc.CriuReqType_DUMP, "dump.log", opts)
 	res.LogPath, res.Elapsed = logPath, time.Since(start)

@@ -124,6 +124,18 @@ type Options struct {
 	RestoreSibling bool
 	// External lists --external resources (e.g. "unix[ino]").
 	External []string
+	// LazyPages is post-copy. Dump: every page CRIU may restore lazily (the
+	// tasks' private anonymous memory) stays out of the images; once they
+	// are written (post-dump), CRIU serves those pages from a page server on
+	// PageServerPort until a lazy-pages daemon has pulled them all, and only
+	// then does the dump end (Driver.Dump returns at post-dump, with a
+	// Serving handle). Restore: lazy pages come from the lazy-pages daemon
+	// listening in WorkDir (StartLazyPages), which must run already.
+	LazyPages bool
+	// PageServerPort is the TCP port of a lazy dump's page server, on every
+	// address of NetNSPath. Dump with LazyPages only; required there.
+	PageServerPort int
+
 	// Timeout is CRIU's own dump timeout in seconds (0: CRIU's default).
 	// The context passed to Dump/Restore is the real deadline.
 	Timeout uint32
@@ -198,6 +210,14 @@ func (o *Options) toRPC() *rpc.CriuOpts {
 	}
 	if o.Timeout > 0 {
 		r.Timeout = proto.Uint32(o.Timeout)
+	}
+	if o.LazyPages {
+		r.LazyPages = proto.Bool(true)
+		if o.PageServerPort > 0 {
+			// With lazy_pages CRIU takes only the port from ps: its page
+			// server listens on every address (cr-service.c).
+			r.Ps = &rpc.CriuPageServerInfo{Port: proto.Int32(int32(o.PageServerPort))}
+		}
 	}
 	return r
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"runtime"
 	"sort"
 	"time"
 )
@@ -89,7 +90,11 @@ func b1LongArgs(program, mpi string, secs int) []string {
 // torpor, plain, ...). A run that hangs at finalize keeps its measurements
 // and is marked; one that fails otherwise is reported in its row.
 func runB1Long(ctx context.Context, b b1Setup, spec B1LongSpec, secs int, logf func(string, ...any)) B1LongCase {
-	const ranks = 4
+	// One rank per core: with more ranks than cores, busy-polling ranks are
+	// scheduled against each other and the rate's own noise (hundreds of
+	// per cent between 10 s windows with 4 ranks on 2 cores) swamps a 1 %
+	// difference.
+	ranks := max(runtime.NumCPU(), 2)
 	c := B1LongCase{Program: spec.Program, MPI: spec.MPI, Ranks: ranks, Args: b1LongArgs(spec.Program, spec.MPI, secs),
 		Secs: secs, WarmupS: b1Warmup.Seconds(), WindowS: b1Window.Seconds()}
 	plainL, torL, err := b.launchers(spec.Program, spec.MPI, ranks, c.Args)

@@ -202,17 +202,7 @@ func TestLAMMPSRestartElsewhere(t *testing.T) {
 	c.waitState(j.id, "running", time.Minute)
 	t.Logf("restarted on h3,h4 in %s", time.Since(restartAt).Round(time.Millisecond))
 
-	done := make(chan error, 1)
-	go func() { done <- j.run.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("torpor run of %s: %v\n%s", j.id, err, lastLines(j.output(), 30))
-		}
-	case <-time.After(10 * time.Minute):
-		out, _ := c.cli("ps")
-		t.Fatalf("job %s did not end within 10 minutes\n%s\n%s", j.id, out, lastLines(j.output(), 30))
-	}
+	j.mustEnd(10 * time.Minute)
 	took := time.Since(start)
 	out := j.output()
 	if !strings.Contains(out, "Total wall time") {

@@ -123,17 +123,7 @@ func TestQuantumEspresso(t *testing.T) {
 	if ps := c.mustCLI("ps"); !strings.Contains(ps, "n0@h3,n1@h4") {
 		t.Fatalf("after restart on h3,h4:\n%s", ps)
 	}
-	done := make(chan error, 1)
-	go func() { done <- j.run.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("torpor run of %s: %v\n%s", j.id, err, lastLines(j.output(), 30))
-		}
-	case <-time.After(10 * time.Minute):
-		out, _ := c.cli("ps")
-		t.Fatalf("job %s did not end within 10 minutes\n%s\n%s", j.id, out, lastLines(j.output(), 30))
-	}
+	j.mustEnd(10 * time.Minute)
 	out := j.output()
 	if !strings.Contains(out, "JOB DONE.") {
 		t.Fatalf("pw.x under torpor ended without \"JOB DONE.\":\n%s", lastLines(out, 30))

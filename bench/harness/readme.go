@@ -35,25 +35,24 @@ func pct2(v float64) string {
 }
 func msSigned(v float64) string { return fmt.Sprintf("%+.0f ms", v) }
 
-// summaryRows are the summary's keys in order. Targets are those of issue
-// #19; a key without one shows "—".
+// summaryRows are the summary's keys in order, with issue #19's targets.
 var summaryRows = []summaryRow{
 	{key: "unlock_to_tcp_p95_ms", what: "unlock → first TCP segment received, p95 over every B3 (≥ 2 job-nodes) and B4 sample",
-		value: func(s Summary) *float64 { return s.UnlockToTCPP95Ms }, format: ms0},
+		value: func(s Summary) *float64 { return s.UnlockToTCPP95Ms }, format: ms0, target: 50, hasTarget: true},
 	{key: "checkpoint_over_raw_max", what: "checkpoint / raw `criu dump` one after another, worst B2 point (ratio of medians)",
-		value: func(s Summary) *float64 { return s.CheckpointOverRawMax }, format: f2},
+		value: func(s Summary) *float64 { return s.CheckpointOverRawMax }, format: f2, target: 1.15, hasTarget: true},
 	{key: "restart_over_raw_max", what: "restart / raw `criu restore` one after another, worst B3 point (ratio of medians)",
-		value: func(s Summary) *float64 { return s.RestartOverRawMax }, format: f2},
+		value: func(s Summary) *float64 { return s.RestartOverRawMax }, format: f2, target: 1.15, hasTarget: true},
 	{key: "migration_downtime_ms_256MiB", what: "migration downtime of one 256 MiB job-node (B4 median; the smaller over modes)",
-		value: func(s Summary) *float64 { return s.MigrationDowntimeMs256MiB }, format: ms0},
+		value: func(s Summary) *float64 { return s.MigrationDowntimeMs256MiB }, format: ms0, target: 300, hasTarget: true},
 	{key: "migration_downtime_ms_1GiB", what: "migration downtime of one 1 GiB job-node (B4 median; the smaller over modes)",
-		value: func(s Summary) *float64 { return s.MigrationDowntimeMs1GiB }, format: ms0},
+		value: func(s Summary) *float64 { return s.MigrationDowntimeMs1GiB }, format: ms0, target: 300, hasTarget: true},
 	{key: "steady_overhead_pct", what: "steady-state overhead of `torpor run` vs plain `mpirun` (B1 long mode, Open MPI ring, ≥ 60 s runs)",
 		value: func(s Summary) *float64 { return s.SteadyOverheadPct }, format: pct2, target: steadyTarget, hasTarget: true},
 	{key: "startup_ms_over_mpirun", what: "start-up above plain `mpirun`: launch → first rank in `main` (B1 ring, median of each side; the larger of Open MPI and MPICH)",
 		value: func(s Summary) *float64 { return s.StartupMsOverMpirun }, format: msSigned, target: 150, hasTarget: true},
 	{key: "coordination_ms_256", what: "coordination overhead of a checkpoint of 256 job-nodes, CRIU faked (B5 median)",
-		value: func(s Summary) *float64 { return s.CoordinationMs256 }, format: ms0},
+		value: func(s Summary) *float64 { return s.CoordinationMs256 }, format: ms0, target: 100, hasTarget: true},
 }
 
 // Verdicts overrides the met column of some keys: a value the run could

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -270,6 +271,18 @@ func checkOpenMPI(ctx context.Context, _ *Env) Result {
 	return ok("%s", firstLine(string(out)))
 }
 
+// privatePrefix is where a private MPI of scripts/deps.sh is: set, else
+// $envVar (the variable deps.sh reads too), else def.
+func privatePrefix(set, envVar, def string) string {
+	if set != "" {
+		return set
+	}
+	if p := os.Getenv(envVar); p != "" {
+		return p
+	}
+	return def
+}
+
 // DefaultOMPI5Prefix is where scripts/deps.sh installs Debian trixie's Open
 // MPI 5 and PMIx 5 (root/ holds the unpacked packages, bin/mpicc builds
 // programs against them, VERSIONS names the two packages' versions).
@@ -279,13 +292,7 @@ const DefaultOMPI5Prefix = "/opt/torpor/ompi5"
 // under its loader: this torpor binary is run as `pmixd --pmix-version` the
 // way the shim runs a pmixd for a program built with the prefix's mpicc.
 func checkOMPI5(ctx context.Context, env *Env) Result {
-	prefix := env.OMPI5Prefix
-	if prefix == "" {
-		prefix = os.Getenv("TORPOR_OMPI5_PREFIX")
-	}
-	if prefix == "" {
-		prefix = DefaultOMPI5Prefix
-	}
+	prefix := privatePrefix(env.OMPI5Prefix, "TORPOR_OMPI5_PREFIX", DefaultOMPI5Prefix)
 	remedy := "`make deps` installs Open MPI 5 and PMIx 5 in " + prefix + " (optional: for programs built with its bin/mpicc)"
 	versions, err := os.ReadFile(filepath.Join(prefix, "VERSIONS"))
 	if err != nil {
@@ -324,13 +331,7 @@ func checkMPICH(ctx context.Context, _ *Env) Result {
 var minPrivateMPICH = [3]int{4, 2, 0}
 
 func checkPrivateMPICH(_ context.Context, env *Env) Result {
-	prefix := env.MPICHPrefix
-	if prefix == "" {
-		prefix = os.Getenv("TORPOR_MPICH_PREFIX")
-	}
-	if prefix == "" {
-		prefix = "/opt/torpor/mpich"
-	}
+	prefix := privatePrefix(env.MPICHPrefix, "TORPOR_MPICH_PREFIX", "/opt/torpor/mpich")
 	const fix = "`make deps` installs MPICH 4.2 privately; build MPICH programs with its mpicc (Debian 12's MPICH 4.0.2 can hang in MPI_Finalize)"
 	data, err := os.ReadFile(filepath.Join(prefix, "MPICH_VERSION"))
 	if err != nil {
@@ -341,13 +342,8 @@ func checkPrivateMPICH(_ context.Context, env *Env) Result {
 	if n, _ := fmt.Sscanf(v, "%d.%d.%d", &got[0], &got[1], &got[2]); n < 2 {
 		return warn(fix, "%s/MPICH_VERSION holds %q, not a version", prefix, v)
 	}
-	for i := range got {
-		if got[i] != minPrivateMPICH[i] {
-			if got[i] < minPrivateMPICH[i] {
-				return warn(fix, "MPICH %s in %s is older than 4.2.0", v, prefix)
-			}
-			break
-		}
+	if slices.Compare(got[:], minPrivateMPICH[:]) < 0 {
+		return warn(fix, "MPICH %s in %s is older than 4.2.0", v, prefix)
 	}
 	mpicc := filepath.Join(prefix, "bin", "mpicc")
 	if err := unix.Access(mpicc, unix.X_OK); err != nil {

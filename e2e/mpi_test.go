@@ -150,20 +150,14 @@ func (j *mpiJob) finish(timeout time.Duration, hangOK string) string {
 	j.c.t.Helper()
 	m := j.waitOutput(doneRE, timeout)
 	sum := m[2]
-	done := make(chan error, 1)
-	go func() { done <- j.run.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			j.c.t.Fatalf("torpor run of %s: %v\n%s", j.id, err, lastLines(j.output(), 30))
-		}
-	case <-time.After(60 * time.Second):
-		if hangOK == "" {
-			j.c.t.Fatalf("job %s printed its result but did not end within 60 s\n%s", j.id, lastLines(j.output(), 30))
-		}
-		j.c.t.Logf("job %s printed its result but its ranks did not leave MPI_Finalize within 60 s: %s; cancelling it", j.id, hangOK)
-		j.c.mustCLI("cancel", j.id)
-		<-done
+	ok, err := j.ended(60 * time.Second)
+	switch {
+	case !ok && hangOK == "":
+		j.c.t.Fatalf("job %s printed its result but did not end within 60 s (cancelled)\n%s", j.id, lastLines(j.output(), 30))
+	case !ok:
+		j.c.t.Logf("job %s printed its result but its ranks did not leave MPI_Finalize within 60 s: %s; cancelled it", j.id, hangOK)
+	case err != nil:
+		j.c.t.Fatalf("torpor run of %s: %v\n%s", j.id, err, lastLines(j.output(), 30))
 	}
 	return sum
 }

@@ -41,22 +41,17 @@ func spread(np, k int) string {
 // test unless it ends with status 0.
 func (j *mpiJob) mustEnd(limit time.Duration) {
 	j.c.t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- j.run.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			j.c.t.Fatalf("torpor run of %s: %v\n%s", j.id, err, lastLines(j.output(), 30))
-		}
-	case <-time.After(limit):
-		out, _ := j.c.cli("ps")
-		j.c.t.Fatalf("job %s did not end within %s\n%s\n%s", j.id, limit, out, lastLines(j.output(), 30))
+	switch ok, err := j.ended(limit); {
+	case !ok:
+		j.c.t.Fatalf("job %s did not end within %s (cancelled)\n%s", j.id, limit, lastLines(j.output(), 30))
+	case err != nil:
+		j.c.t.Fatalf("torpor run of %s: %v\n%s", j.id, err, lastLines(j.output(), 30))
 	}
 }
 
-// ended waits for `torpor run` of j to end after the job printed its
-// result, up to limit; false means the ranks never left MPI_Finalize (the
-// job is cancelled).
+// ended waits up to limit for `torpor run` of j to end and returns its
+// error; false means it did not (after printing its result: the ranks never
+// left MPI_Finalize), and the job is cancelled.
 func (j *mpiJob) ended(limit time.Duration) (bool, error) {
 	done := make(chan error, 1)
 	go func() { done <- j.run.Wait() }()

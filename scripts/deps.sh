@@ -123,24 +123,8 @@ else
   [ -n "$ver" ] || die "no libmpich12 among the fetched packages"
   echo "$ver" >"$stage/MPICH_VERSION"
   mkdir -p "$stage/bin"
-  inc=$MPICH_PREFIX/root/usr/include/x86_64-linux-gnu/mpich
-  lib=$MPICH_PREFIX/root/usr/lib/x86_64-linux-gnu
-  cat >"$stage/bin/mpicc" <<WRAP
-#!/bin/sh
-# mpicc of torpor's private MPICH $ver (written by scripts/deps.sh): the
-# system's gcc, this prefix's headers and libmpich, its loader and RPATH.
-link=1
-for a in "\$@"; do
-  case "\$a" in -c|-S|-E|-M|-MM) link= ;; esac
-done
-if [ -z "\$link" ]; then
-  exec \${CC:-gcc} -I$inc "\$@"
-fi
-exec \${CC:-gcc} -I$inc "\$@" -L$lib -lmpich \\
-  -Wl,--dynamic-linker=$ld -Wl,--disable-new-dtags -Wl,-rpath,$libdirs \\
-  -Wl,--allow-shlib-undefined
-WRAP
-  chmod 0755 "$stage/bin/mpicc"
+  privdeb_mpicc "$stage/bin/mpicc" "torpor's private MPICH $ver" "$MPICH_PREFIX/root/usr/include/x86_64-linux-gnu/mpich" \
+    "$MPICH_PREFIX/root/usr/lib/x86_64-linux-gnu" mpich "$ld" "$libdirs"
   rm -rf "$MPICH_PREFIX"
   mv "$stage" "$MPICH_PREFIX"
   have=$(mpich_version "$MPICH_PREFIX")
@@ -178,26 +162,8 @@ else
     sed -E 's/ [0-9]+%3a/ /' | sort >"$stage/VERSIONS"
   grep -q '^openmpi 5\.' "$stage/VERSIONS" || die "no Open MPI 5 among the fetched packages"
   mkdir -p "$stage/bin"
-  inc=$OMPI5/root/usr/lib/x86_64-linux-gnu/openmpi/include
-  lib=$OMPI5/root/usr/lib/x86_64-linux-gnu/openmpi/lib
-  cat >"$stage/bin/mpicc" <<WRAP
-#!/bin/sh
-# mpicc for the Open MPI 5 in $OMPI5 (written by torpor's scripts/deps.sh).
-# It compiles with the system's C compiler (\$CC, default gcc) against the
-# prefix's mpi.h and links programs that run with the prefix's own loader and
-# libraries (Debian trixie's glibc, libmpi 5, libpmix 5), whatever the system
-# has: their PT_INTERP is the prefix's ld-linux and their DT_RPATH its library
-# directory. --allow-shlib-undefined: the prefix's libraries need a newer
-# glibc than the one the system's linker links against; they get it at run time.
-link=1
-for a in "\$@"; do case \$a in -c|-E|-S|-M|-MM) link= ;; esac; done
-if [ -z "\$link" ]; then exec \${CC:-gcc} -I$inc "\$@"; fi
-exec \${CC:-gcc} -I$inc "\$@" -L$lib -lmpi \\
-  -Wl,--allow-shlib-undefined -Wl,--disable-new-dtags \\
-  -Wl,--dynamic-linker=$ld \\
-  -Wl,-rpath,$libdirs
-WRAP
-  chmod 0755 "$stage/bin/mpicc"
+  privdeb_mpicc "$stage/bin/mpicc" "the Open MPI 5 in $OMPI5" "$OMPI5/root/usr/lib/x86_64-linux-gnu/openmpi/include" \
+    "$OMPI5/root/usr/lib/x86_64-linux-gnu/openmpi/lib" mpi "$ld" "$libdirs"
   rm -rf "$OMPI5"
   mv "$stage" "$OMPI5"
   log "Open MPI 5 installed in $OMPI5 ($(paste -sd' ' "$OMPI5/VERSIONS"), $(wc -l <"$OMPI5/PACKAGES") packages, $(du -sh "$OMPI5" | cut -f1))"

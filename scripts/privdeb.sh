@@ -73,3 +73,26 @@ privdeb_loader() {
   [ -n "$ld" ] || return 1
   printf '%s\n' "${ld/#$1/$2}"
 }
+
+# privdeb_mpicc FILE WHAT INC LIB LIBNAME LOADER RPATH writes an mpicc for a
+# private MPI (WHAT names it): it compiles with the system's C compiler ($CC,
+# default gcc) against INC and links -lLIBNAME from LIB into programs that run
+# with the prefix's own loader and libraries whatever the system has (their
+# PT_INTERP is LOADER, their DT_RPATH is RPATH, which unlike RUNPATH also
+# covers the libraries' own dependencies). --allow-shlib-undefined: the
+# prefix's libraries need a newer glibc than the one the system's linker
+# links against; they get it at run time.
+privdeb_mpicc() {
+  cat >"$1" <<WRAP
+#!/bin/sh
+# mpicc for $2 (written by torpor's scripts/deps.sh).
+link=1
+for a in "\$@"; do case \$a in -c|-E|-S|-M|-MM) link= ;; esac; done
+if [ -z "\$link" ]; then exec \${CC:-gcc} -I$3 "\$@"; fi
+exec \${CC:-gcc} -I$3 "\$@" -L$4 -l$5 \\
+  -Wl,--allow-shlib-undefined -Wl,--disable-new-dtags \\
+  -Wl,--dynamic-linker=$6 \\
+  -Wl,-rpath,$7
+WRAP
+  chmod 0755 "$1"
+}

@@ -4,11 +4,13 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
@@ -18,14 +20,24 @@ import (
 // DefaultSocket is where the coordinator listens for the CLI.
 const DefaultSocket = "/run/torpor/coordinator.sock"
 
+// DefaultUserSocket is where a compute node's shim relays the CLI's calls to
+// the coordinator (`torpor shim --user-socket`).
+const DefaultUserSocket = "/run/torpor/user.sock"
+
 // SocketPath is the coordinator's socket: flagVal if not empty, else
-// $TORPOR_SOCKET if set, else DefaultSocket.
+// $TORPOR_SOCKET if set, else DefaultSocket, or DefaultUserSocket on a host
+// that has a shim's relay and no coordinator socket.
 func SocketPath(flagVal string) string {
 	if flagVal != "" {
 		return flagVal
 	}
 	if v := os.Getenv("TORPOR_SOCKET"); v != "" {
 		return v
+	}
+	if _, err := os.Stat(DefaultSocket); err != nil {
+		if _, err := os.Stat(DefaultUserSocket); err == nil {
+			return DefaultUserSocket
+		}
 	}
 	return DefaultSocket
 }
@@ -36,7 +48,8 @@ func Dial(sock string) (cl apiv1.CoordinatorClient, done func(), err error) {
 	if _, err := os.Stat(sock); err != nil {
 		return nil, nil, fmt.Errorf("no coordinator at %s (start one with `torpor coordinator`, or run a job with `torpor run`, which embeds one; set --socket or $TORPOR_SOCKET for another): %w", sock, err)
 	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(coordinator.PeerCredentials{}))
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(coordinator.PeerCredentials{}),
+		grpc.WithUnaryInterceptor(slurmUnary), grpc.WithStreamInterceptor(slurmStream))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -57,4 +70,22 @@ func RPCErr(err error) error {
 		return errors.New(s.Message())
 	}
 	return err
+}
+
+// slurmJob is the Slurm job this process runs in, sent with every call: a
+// coordinator that places jobs by Slurm allocation (--slurm) asks Slurm
+// about it.
+func slurmJob(ctx context.Context) context.Context {
+	if id := os.Getenv("SLURM_JOB_ID"); id != "" {
+		return metadata.AppendToOutgoingContext(ctx, coordinator.SlurmJobKey, id)
+	}
+	return ctx
+}
+
+func slurmUnary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	return invoker(slurmJob(ctx), method, req, reply, cc, opts...)
+}
+
+func slurmStream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return streamer(slurmJob(ctx), desc, cc, method, opts...)
 }

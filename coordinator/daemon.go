@@ -52,6 +52,9 @@ type DaemonConfig struct {
 	// metrics over HTTP (/metrics); the bound address is in Daemon.MetricsAddr
 	// and logged ("serving metrics").
 	MetricsListen string
+	// Allocations, if set, restrict a user's job-nodes to the nodes of the
+	// user's running Slurm job (Server.Allocations).
+	Allocations Allocations
 }
 
 // Daemon is a running coordinator with its servers.
@@ -147,7 +150,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		return nil, err
 	}
 	d.shims = &shimConns{opts: []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg.ClientTLS))}}
-	srv := &Server{C: c, DialShim: d.shims.dial, Stopping: dctx.Done()}
+	srv := &Server{C: c, DialShim: d.shims.dial, Stopping: dctx.Done(), Allocations: cfg.Allocations}
 	if cfg.MetricsListen != "" {
 		m := c.EnableMetrics(srv.ShimCounts)
 		if d.MetricsAddr, err = metrics.Serve(dctx, cfg.MetricsListen, m.Registry, log); err != nil {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
 	"github.com/torpor-hpc/torpor/agentapi"
@@ -69,17 +71,41 @@ func (PeerCredentials) Info() credentials.ProtocolInfo {
 func (p PeerCredentials) Clone() credentials.TransportCredentials { return p }
 func (PeerCredentials) OverrideServerName(string) error           { return nil }
 
-// callerUID returns the uid of the caller of an RPC that arrived on the unix
-// socket. Calls that arrived any other way (mutual TLS from a shim) have no
-// user and get an error.
+// Metadata of a user's call relayed by a shim (`torpor shim --user-socket`):
+// the shim read the caller's uid from SO_PEERCRED on its own unix socket and
+// forwards the call over its mutual-TLS connection with these keys. They are
+// believed only on such a connection: a shim holds a certificate of the
+// cluster's CA and runs as root on its host, which torpor trusts anyway.
+const (
+	// RelayUIDKey carries the caller's uid.
+	RelayUIDKey = "torpor-relay-uid"
+	// RelayHostKey names the host whose shim relayed the call (logged).
+	RelayHostKey = "torpor-relay-host"
+)
+
+// callerUID returns the uid of the caller of an RPC: the kernel's word on
+// the coordinator's unix socket, or a shim's relay of it over mutual TLS.
+// Calls that arrived any other way (a shim's own calls) have no user and get
+// an error.
 func callerUID(ctx context.Context) (int, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return 0, errors.New("no peer information")
 	}
-	pc, ok := p.AuthInfo.(PeerCred)
-	if !ok {
-		return 0, fmt.Errorf("%w: user commands are accepted only on the coordinator's unix socket", agentapi.ErrPermission)
+	switch ai := p.AuthInfo.(type) {
+	case PeerCred:
+		return ai.UID, nil
+	case credentials.TLSInfo:
+		md, _ := metadata.FromIncomingContext(ctx)
+		v := md.Get(RelayUIDKey)
+		if len(v) != 1 {
+			break
+		}
+		uid, err := strconv.Atoi(v[0])
+		if err != nil || uid < 0 {
+			return 0, fmt.Errorf("%w: relayed uid %q", agentapi.ErrInvalid, v[0])
+		}
+		return uid, nil
 	}
-	return pc.UID, nil
+	return 0, fmt.Errorf("%w: user commands are accepted only on the coordinator's unix socket or relayed by a shim's (torpor shim --user-socket)", agentapi.ErrPermission)
 }

@@ -20,6 +20,9 @@ type RestartOptions struct {
 	// Fallback restarts from the newest checkpoint that verifies when the
 	// named one does not (only when a job id, not a handle, was given).
 	Fallback bool
+	// Allowed, if set, is asked about the hosts the job would come back on
+	// before anything is restored; its error refuses the restart.
+	Allowed func(hosts []string) error
 }
 
 // RestartResult says what a restart did.
@@ -103,6 +106,11 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 	})
 	if err != nil {
 		return res, err
+	}
+	if opts.Allowed != nil {
+		if err := opts.Allowed(specHosts(spec.Nodes)); err != nil {
+			return res, err
+		}
 	}
 	if !opts.Fallback && !c.shimsVerify(spec.Nodes) {
 		// A shim that does not verify images is given only verified ones.

@@ -46,6 +46,9 @@ type Server struct {
 	// Stopping, closed when the coordinator stops, ends Waits in progress
 	// (as unavailable: the caller waits again on the next coordinator).
 	Stopping <-chan struct{}
+	// Allocations, if set, restrict where a user's job-nodes may run: only
+	// on the nodes of the user's running Slurm job (checkHosts).
+	Allocations Allocations
 
 	shimAddrs   sync.Map // host -> address it last registered with
 	shimRunDirs sync.Map // host -> the run directory it registered with
@@ -142,6 +145,9 @@ func (s *Server) Run(ctx context.Context, req *apiv1.RunRequest) (*apiv1.Job, er
 	if err := s.checkDirs(req, spec); err != nil {
 		return nil, agentapi.ToRPC(err)
 	}
+	if err := s.checkHosts(ctx, uid, specHosts(spec.Nodes)); err != nil {
+		return nil, agentapi.ToRPC(err)
+	}
 	if err := s.C.Start(ctx, spec); err != nil {
 		return nil, agentapi.ToRPC(err)
 	}
@@ -171,12 +177,17 @@ func (s *Server) Restart(ctx context.Context, req *apiv1.RestartRequest) (*apiv1
 	} else if uid != 0 {
 		return nil, agentapi.ToRPC(fmt.Errorf("%w: job %s is not registered with this coordinator; only root may adopt it from its checkpoint", agentapi.ErrPermission, job))
 	}
-	res, err := s.C.Restart(ctx, req.Ref, RestartOptions{Hosts: req.Hosts, Fallback: req.Fallback})
+	res, err := s.C.Restart(ctx, req.Ref, RestartOptions{Hosts: req.Hosts, Fallback: req.Fallback,
+		Allowed: func(hosts []string) error { return s.checkHosts(ctx, uid, hosts) }})
 	return &apiv1.RestartReply{Job: res.Job, Checkpoint: res.Checkpoint, Skipped: res.Skipped, Moved: res.Moved, Bytes: res.Bytes}, agentapi.ToRPC(err)
 }
 
 func (s *Server) Migrate(ctx context.Context, req *apiv1.MigrateRequest) (*apiv1.MigrateReply, error) {
-	if _, err := s.authorize(ctx, req.Job); err != nil {
+	uid, err := s.authorize(ctx, req.Job)
+	if err != nil {
+		return nil, agentapi.ToRPC(err)
+	}
+	if err := s.checkHosts(ctx, uid, []string{req.To}); err != nil {
 		return nil, agentapi.ToRPC(err)
 	}
 	res, err := s.C.MigrateDetails(ctx, req.Job, req.Node, req.To, MigrateOptions{PostCopy: PostCopy(req.Postcopy)})

@@ -12,6 +12,7 @@ import (
 	"github.com/torpor-hpc/torpor/client"
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/coordinator/launch"
+	"github.com/torpor-hpc/torpor/coordinator/slurm"
 	"github.com/torpor-hpc/torpor/fault"
 	"github.com/torpor-hpc/torpor/internal/config"
 	"github.com/torpor-hpc/torpor/internal/pki"
@@ -54,6 +55,7 @@ func runCoordinator(ctx context.Context, args []string) error {
 	postCopy := fs.String("postcopy-threshold", "", "private memory of a job-node from which `torpor migrate` (--postcopy=auto) uses post-copy, e.g. 128M; off: never; default from config (postcopy_threshold), else 128M")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics over HTTP at ADDR (/metrics; port 0: any, logged); default from config (metrics_listen), else off")
+	slurmOnly := fs.Bool("slurm", false, "place a user's job-nodes only on the nodes of the user's running Slurm job (asked of squeue; root is not restricted); default from config (slurm)")
 	var faults faultFlag
 	fs.Var(&faults, "fault", "switch on a fault-injection point, for tests (repeatable): "+strings.Join(fault.Names(fault.Coordinator), ", "))
 	if err := parseFlags(fs, args); err != nil {
@@ -89,6 +91,10 @@ func runCoordinator(ctx context.Context, args []string) error {
 	dc := coordinator.DaemonConfig{
 		StateDir: *stateDir, CheckpointDir: *ckptDir, Socket: client.SocketPath(*socket),
 		Listen: *listen, Keep: *keep, Log: log, MetricsListen: *metricsListen, PostCopyThreshold: threshold,
+	}
+	if *slurmOnly || cfg.Slurm {
+		dc.Allocations = slurm.Allocations{}
+		log.Info("placing users' job-nodes only inside their Slurm allocations")
 	}
 	if *listen != "" {
 		if dc.ServerTLS, dc.ClientTLS, err = tlsConfigs(*pkiDir, "coordinator", ""); err != nil {
@@ -149,6 +155,7 @@ func runShim(ctx context.Context, args []string) error {
 	criuPath := fs.String("criu", "", "CRIU binary (default: $TORPOR_CRIU, config, "+criu.DefaultPrefix+", $PATH)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics over HTTP at ADDR (/metrics; port 0: any, logged); default from config (shim_metrics_listen), else off")
+	userSocket := fs.String("user-socket", "", "relay this host's users' commands (torpor batch, ps, ...) to the coordinator from this unix socket, e.g. "+client.DefaultUserSocket+"; default from config (user_socket), else none")
 	var faults faultFlag
 	fs.Var(&faults, "fault", "switch on a fault-injection point, for tests (repeatable): "+strings.Join(fault.Names(fault.Shim), ", "))
 	if err := parseFlags(fs, args); err != nil {
@@ -192,7 +199,7 @@ func runShim(ctx context.Context, args []string) error {
 		Agent: agent.Config{Host: *host, HostNetNS: *netns, Bridge: *bridge, CgroupParent: *cgroupParent,
 			RunDir: *runDir, CRIU: bin, Log: newLogger(*logLevel), Faults: fset},
 		Listen: *listen, Advertise: *advertise, Join: *join, ServerTLS: serverTLS, ClientTLS: clientTLS,
-		MetricsListen: firstOf(*metricsListen, cfg.ShimMetricsListen),
+		MetricsListen: firstOf(*metricsListen, cfg.ShimMetricsListen), UserSocket: firstOf(*userSocket, cfg.UserSocket),
 	})
 }
 

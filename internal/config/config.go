@@ -47,6 +47,13 @@ type Config struct {
 	// --postcopy-threshold`: the private memory of a job-node from which an
 	// automatic migration is post-copy (e.g. "128M"; "off": never).
 	PostCopyThreshold string `yaml:"postcopy_threshold"`
+	// Slurm is the default of `torpor coordinator --slurm`: a user's
+	// job-nodes run only on the nodes of the user's running Slurm job.
+	Slurm bool `yaml:"slurm"`
+	// UserSocket is the default of `torpor shim --user-socket`: the unix
+	// socket on which the shim relays its host's users' commands to the
+	// coordinator. Empty: none.
+	UserSocket string `yaml:"user_socket"`
 }
 
 // Defaults returns the configuration used when no file exists.

@@ -36,6 +36,9 @@ type ServeConfig struct {
 	// metrics over HTTP (/metrics); the bound address is logged ("serving
 	// metrics").
 	MetricsListen string
+	// UserSocket, if set, is a unix socket on which the shim relays its
+	// host's users' commands to the coordinator (relay.go); needs Join.
+	UserSocket string
 }
 
 // Serve runs the shim until ctx ends, then destroys its job-nodes: a shim
@@ -44,13 +47,18 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if cfg.ServerTLS == nil || cfg.ClientTLS == nil {
 		return errors.New("the shim needs TLS certificates (see `torpor coordinator --init-pki`)")
 	}
+	if cfg.UserSocket != "" && cfg.Join == "" {
+		return errors.New("--user-socket relays users' commands to the coordinator: it needs --join")
+	}
 	var cl apiv1.CoordinatorClient
+	var coordConn *grpc.ClientConn
 	if cfg.Join != "" {
 		conn, err := grpc.NewClient(cfg.Join, grpc.WithTransportCredentials(credentials.NewTLS(cfg.ClientTLS)))
 		if err != nil {
 			return fmt.Errorf("dial coordinator %s: %w", cfg.Join, err)
 		}
 		defer conn.Close()
+		coordConn = conn
 		cl = apiv1.NewCoordinatorClient(conn)
 		cfg.Agent.Fence = func(ctx context.Context, req agentapi.FenceRequest) ([]byte, error) {
 			nodes := make([]int32, len(req.Nodes))
@@ -102,6 +110,16 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	adv := cfg.Advertise
 	if adv == "" {
 		adv = lis.Addr().String()
+	}
+	if cfg.UserSocket != "" {
+		ulis, err := listenUsers(cfg.UserSocket)
+		if err != nil {
+			return err
+		}
+		uctx, ucancel := context.WithCancel(ctx)
+		defer ucancel()
+		go serveUsers(uctx, ulis, coordConn, cfg.Agent.Host, a.log)
+		a.log.Info("relaying users' commands to the coordinator", "socket", cfg.UserSocket)
 	}
 	a.log.Info("shim serving", "listen", lis.Addr(), "advertise", adv, "join", cfg.Join)
 	if cfg.Ready != nil {

@@ -30,6 +30,7 @@ var verbs = map[string]verb{
 	"coordinator": {"run the coordinator daemon (jobs, protocol, checkpoint catalog)", runCoordinator},
 	"shim":        {"run the per-host shim daemon (sandboxes, CRIU, eBPF lock)", runShim},
 	"sim":         {"create (up NAME HOSTS) or remove (down NAME) a simulated cluster on this machine", runSim},
+	"batch":       {"in a Slurm batch script: run the job, restart it after a requeue, checkpoint and requeue it before the time limit", runBatch},
 	"cancel":      {"end a job now (its checkpoints are kept)", runCancel},
 	"checkpoint":  {"checkpoint a running job; prints the checkpoint handle", runCheckpoint},
 	"events":      {"show the history of jobs: state changes, checkpoints, restarts, migrations, failures (--follow: as they happen)", runEvents},

@@ -52,25 +52,37 @@ import (
 //     now + the credential lifetime + 1 s (job_mgr.c, _job_requeue_op: the
 //     new launch credential must be newer than the revoked one). The
 //     lifetime is AuthInfo's cred_expire, default 120 s, minimum 5: by
-//     default a requeued job waits 121 s ("Reason=BeginTime"). This harness
-//     sets cred_expire=slurmCredExpire (5 s), so a requeued job may start
-//     again 6 s after its requeue, and the main scheduler's periodic pass
-//     (sched_interval=1) starts it within about a second after that.
-//     `scontrol update jobid=N starttime=now` would also release it at once.
-//   - Preemption signals with GraceTime (preempt.c): at preemption Slurm sends
-//     SIGCONT then SIGTERM to the job's steps only (job_signal without
-//     KILL_JOB_BATCH: the batch shell itself gets nothing, a child it started
-//     directly gets nothing either, only processes of srun steps do), and
-//     sets the end time to now+GraceTime. When GraceTime ends, SIGCONT,
-//     SIGTERM and (KillWait later) SIGKILL go to the steps and the batch
-//     script. With SlurmctldParameters=preempt_send_user_signal (22.05 has no
-//     PreemptParameters=send_user_signal; that is 23.02+) and a job submitted
-//     with --signal=[B:]SIG@T, the preemption sends the job's SIG instead of
-//     SIGCONT+SIGTERM (to the batch shell only with "B:", else to the steps).
+//     default a requeued job waits 121 s (Reason=BeginTime). This harness
+//     sets cred_expire=slurmCredExpire (5 s): a requeued job starts again
+//     about 6 s after its requeue (measured 5.9-6.4 s; the main scheduler
+//     runs every second, sched_interval=1). `scontrol update jobid=N
+//     starttime=now` would release it at once.
+//   - Preemption to requeue. With GraceTime g the job is requeued (and its
+//     batch script killed) about max(g, MessageTimeout+2 s) after the
+//     preemption: measured 12 s with g=2 and g=5 and MessageTimeout=10,
+//     6 s with g=5 and MessageTimeout=4. The harness sets MessageTimeout=5.
+//     The requeue is done by the main scheduler's next attempt at the
+//     preemptor, not exactly at the grace time's end.
+//   - Preemption signals with GraceTime (preempt.c, measured with traps):
+//     at preemption Slurm sends SIGCONT and SIGTERM to the job's steps only
+//     (processes started by srun; srun itself reports "Job step aborted").
+//     The batch shell and the processes it started directly get nothing.
+//     When the job is requeued (grace over), SIGCONT and SIGTERM go to the
+//     batch shell, its children and the steps, SIGKILL KillWait later.
+//   - SlurmctldParameters=preempt_send_user_signal (22.05 has no
+//     PreemptParameters=send_user_signal, that option came later): a job
+//     submitted with --signal=B:USR1@60 gets SIGUSR1 (after a SIGCONT) in
+//     its batch shell at preemption instead, and its steps get nothing; the
+//     end of grace is as above. Without "B:" the signal goes to the steps.
+//   - The output file of a requeued job is truncated when it starts again
+//     unless the job was submitted with --open-mode=append.
 //   - slurmctld registers its cluster itself: slurmdbd adds an unknown
 //     cluster on DBD_REGISTER_CTLD (no `sacctmgr add cluster` needed), and
 //     jobs of users with no association are accounted (no
-//     AccountingStorageEnforce).
+//     AccountingStorageEnforce). sacct -D shows a preempted run as PREEMPTED
+//     and a `scontrol requeue`d one as REQUEUED, then the new run.
+//   - Clients and slurmctld authenticate to slurmdbd with the MUNGE socket
+//     of AccountingStoragePass, not AuthInfo's.
 
 const (
 	// slurmCredExpire is AuthInfo's cred_expire: a requeued job's begin
@@ -322,12 +334,13 @@ func (s *slurmCluster) writeConfig(o slurmOptions) {
 	w("JobRequeue=1")
 	// Quick reactions: completed jobs leave slurmctld's memory after 10 s
 	// (jobState then asks sacct), a job's processes get SIGKILL 2 s after
-	// SIGTERM, and the main scheduler runs every second (it starts requeued
-	// jobs once their begin time passed), the backfill one too.
+	// SIGTERM, nodes are pinged every 3 s (SlurmdTimeout/3), and the main
+	// scheduler runs every second (it starts requeued jobs once their begin
+	// time passed), the backfill one too (when something changed).
 	w("MinJobAge=10")
 	w("KillWait=2")
 	w("SlurmdTimeout=9")
-	w("MessageTimeout=10")
+	w("MessageTimeout=5") // also bounds the preemption-to-requeue delay
 	w("InactiveLimit=0")
 	w("SchedulerType=sched/backfill")
 	w("SchedulerParameters=sched_interval=1,bf_interval=1,sched_min_interval=100000")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deps.sh — install everything torpor needs on a Debian 12 machine, idempotently.
 #
-#  1. Debian 12 packages (Open MPI, MPICH, PMIx, clang/libbpf, iproute2, ...):
+#  1. Debian 12 packages (Open MPI, MPICH, PMIx, clang/libbpf, iproute2, Slurm
+#     with munge and MariaDB for the e2e Slurm harness, ...):
 #     only the missing ones are installed; nothing already installed is upgraded.
 #  2. CRIU >= 4.2 in a private prefix ($TORPOR_CRIU_PREFIX, default /opt/torpor/criu).
 #     Debian 12's criu 3.17 cannot run on kernels >= 6.13 and 4.1 cannot dump INET
@@ -40,6 +41,7 @@ PKGS=(
   patchelf protobuf-compiler
   lammps quantum-espresso quantum-espresso-data
   prometheus
+  slurmctld slurmd slurm-client slurmdbd munge mariadb-server
 )
 
 missing=()

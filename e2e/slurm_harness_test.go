@@ -87,10 +87,10 @@ import (
 const (
 	// slurmCredExpire is AuthInfo's cred_expire: a requeued job's begin
 	// time is now + slurmCredExpire + 1.
-	slurmCredExpire = 5
-	slurmCluster_   = "torpor"
-	slurmHeadName   = "head"
-	slurmDBUser     = "slurm"
+	slurmCredExpire  = 5
+	slurmClusterName = "torpor"
+	slurmHeadName    = "head"
+	slurmDBUser      = "slurm"
 )
 
 type slurmCluster struct {
@@ -241,12 +241,11 @@ func (s *slurmCluster) startMunge() {
 		s.t.Fatal(err)
 	}
 	s.munge = filepath.Join(d, "munge.socket")
-	p := s.spawn("munged", "", "", filepath.Join(d, "munged.log"),
+	s.spawn("munged", "", "", filepath.Join(d, "munged.log"),
 		&syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{uint32(gid)}},
 		"munged", "--foreground", "--key-file", filepath.Join(d, "munge.key"), "--socket", s.munge,
 		"--pid-file", filepath.Join(d, "munged.pid"), "--log-file", filepath.Join(d, "munged.log"),
 		"--seed-file", filepath.Join(d, "munged.seed"), "--num-threads", "4")
-	_ = p
 	s.waitFor("munged", 20*time.Second, func() (bool, string) {
 		cred, err := exec.Command("munge", "--socket", s.munge, "-n").Output()
 		if err != nil {
@@ -304,7 +303,7 @@ func (s *slurmCluster) writeConfig(o slurmOptions) {
 	var b strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
 	w("# slurm.conf of a torpor e2e test (e2e/slurm_harness_test.go)")
-	w("ClusterName=%s", slurmCluster_)
+	w("ClusterName=%s", slurmClusterName)
 	w("SlurmctldHost=%s(198.18.0.1)", slurmHeadName)
 	w("SlurmUser=root")
 	w("SlurmctldPort=6817")

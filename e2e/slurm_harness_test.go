@@ -118,6 +118,9 @@ type slurmProc struct {
 // slurmOptions are the knobs of the generated configuration.
 type slurmOptions struct {
 	graceTime time.Duration
+	// killWait is KillWait: the time between SIGTERM and SIGKILL to a job
+	// that is cancelled, requeued or past its limit (at least 2 s).
+	killWait time.Duration
 	// ctldParams is SlurmctldParameters (e.g. "preempt_send_user_signal").
 	ctldParams string
 	// ctldDebug is SlurmctldDebug ("" : info).
@@ -337,7 +340,7 @@ func (s *slurmCluster) writeConfig(o slurmOptions) {
 	// scheduler runs every second (it starts requeued jobs once their begin
 	// time passed), the backfill one too (when something changed).
 	w("MinJobAge=10")
-	w("KillWait=2")
+	w("KillWait=%d", max(int(o.killWait/time.Second), 2))
 	w("SlurmdTimeout=9")
 	w("MessageTimeout=5") // also bounds the preemption-to-requeue delay
 	w("InactiveLimit=0")

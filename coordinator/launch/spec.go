@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/coordinator"
@@ -31,11 +32,33 @@ type machine struct {
 	cwd       string // where relative --keep paths start without --wdir
 }
 
+// JobEnviron is the part of the launcher's environment a job inherits: all
+// of it but what describes the launcher's own place in a batch system or an
+// MPI job (SLURM_*, SLURMD_*, PMI_*, PMIX_* but PMIX_MCA_*, OMPI_* but
+// OMPI_MCA_*). A job started from a Slurm batch script would otherwise take
+// the batch step's Slurm variables for its own: Open MPI then starts every
+// rank as a singleton, and after a restart on other nodes they would name the
+// wrong nodes anyway. `-x NAME` still passes any of them.
+func JobEnviron(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, e := range env {
+		name, _, _ := strings.Cut(e, "=")
+		switch {
+		case strings.HasPrefix(name, "SLURM_"), strings.HasPrefix(name, "SLURMD_"), strings.HasPrefix(name, "PMI_"),
+			strings.HasPrefix(name, "PMIX_") && !strings.HasPrefix(name, "PMIX_MCA_"),
+			strings.HasPrefix(name, "OMPI_") && !strings.HasPrefix(name, "OMPI_MCA_"):
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
 func thisMachine() machine {
 	var b [3]byte
 	_, _ = rand.Read(b[:])
 	m := machine{
-		uid: os.Getuid(), lookupEnv: os.LookupEnv, environ: os.Environ(),
+		uid: os.Getuid(), lookupEnv: os.LookupEnv, environ: JobEnviron(os.Environ()),
 		path: os.Getenv("PATH"), cpus: runtime.NumCPU(), suffix: hex.EncodeToString(b[:]),
 	}
 	m.cwd, _ = os.Getwd()

@@ -131,6 +131,34 @@ func sacctRecords(t *testing.T, out string) []map[string]string {
 	return recs
 }
 
+// watch logs every change of Slurm job id's state, reason and nodes, with
+// the time, until the test ends: the story of its runs, for the log.
+func (site *slurmSite) watch(id string) {
+	t := site.t
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	t.Cleanup(func() { close(done); <-stopped })
+	go func() {
+		defer close(stopped)
+		last := ""
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			out, code := site.s.run(nil, "squeue", "--noheader", "--jobs="+id, "--format=%T %r %N")
+			now := strings.TrimSpace(out)
+			if code == 0 && now != last && now != "" {
+				t.Logf("%s Slurm job %s: %s", time.Now().Format("15:04:05.0"), id, now)
+				last = now
+			}
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+}
+
 // expand is `scontrol show hostnames LIST`.
 func (site *slurmSite) expand(list string) []string {
 	return strings.Fields(site.s.cmd("scontrol", "show", "hostnames", list))
@@ -165,11 +193,13 @@ func TestSlurmTimeLimit(t *testing.T) {
 	u := testuser.New(t)
 	site := newSlurmSite(t, 4, slurmOptions{graceTime: 30 * time.Second})
 	want := reference(t, "mpirun.openmpi", 4, site.ring, slurmRing(3000, false)...)
-	// 3000 iterations of 20 ms: about 60 s of work; the limit is 2 minutes
-	// and Slurm sends USR1 once 90 s or less are left, at its next
-	// time-limit check (every 30 s): 30 to 60 s after the start.
+	// 3000 iterations of 20 ms: about 65 s of work; the limit is 2 minutes
+	// and Slurm sends USR1 about 60 s before it, at one of its periodic
+	// checks (up to 60 s earlier, says sbatch(1)). A run it signals again
+	// is requeued again: every run makes progress.
 	id := site.s.sbatch(u, site.script(append([]string{"-n", "4", site.ring}, slurmRing(3000, true)...)...),
-		"-J", "ring", "--nodes=2", "--time=2", "--signal=B:USR1@90", "--requeue", "--open-mode=append")
+		"-J", "ring", "--nodes=2", "--time=2", "--signal=B:USR1@60", "--requeue", "--open-mode=append")
+	site.watch(id)
 	site.s.waitJob(id, time.Minute, "RUNNING")
 	first := site.s.nodes(id)
 	// Its nodes take no new job (the running one stays): the next run goes
@@ -189,10 +219,11 @@ func TestSlurmTimeLimit(t *testing.T) {
 	if len(recs) < 2 || recs[0]["State"] != "REQUEUED" || recs[len(recs)-1]["State"] != "COMPLETED" {
 		t.Fatalf("sacct shows no requeued run followed by a completed one:\n%s", acct)
 	}
-	last := site.expand(recs[len(recs)-1]["NodeList"])
-	for _, h := range last {
-		if slices.Contains(first, h) {
-			t.Fatalf("the restarted run is on %v, the first on %v: want other nodes", last, first)
+	for _, r := range recs[1:] {
+		for _, h := range site.expand(r["NodeList"]) {
+			if slices.Contains(first, h) {
+				t.Fatalf("a restarted run is on %s, the first was on %v: want other nodes\n%s", r["NodeList"], first, acct)
+			}
 		}
 	}
 	if !strings.Contains(out, "restarted from slurm-"+id+"/") {
@@ -214,6 +245,7 @@ func TestSlurmPreemption(t *testing.T) {
 	want := reference(t, "mpirun.openmpi", 4, site.ring, slurmRing(2000, false)...)
 	low := site.s.sbatch(u, site.script(append([]string{"-n", "4", site.ring}, slurmRing(2000, true)...)...),
 		"-J", "ring", "-p", "low", "--nodes=2", "--signal=B:USR1@60", "--requeue", "--open-mode=append")
+	site.watch(low)
 	site.s.waitJob(low, time.Minute, "RUNNING")
 	first := site.s.nodes(low)
 	// The torpor job has made progress before it is preempted.
@@ -268,6 +300,7 @@ func TestSlurmAdminRequeue(t *testing.T) {
 	want := reference(t, "mpirun.openmpi", 4, site.ring, slurmRing(1500, false)...)
 	id := site.s.sbatch(u, site.script(append([]string{"-n", "4", site.ring}, slurmRing(1500, true)...)...),
 		"-J", "ring", "--nodes=2", "--requeue", "--open-mode=append")
+	site.watch(id)
 	site.s.waitJob(id, time.Minute, "RUNNING")
 	deadline := time.Now().Add(time.Minute)
 	for strings.Count(site.s.output(id), " iter=") < 2 {

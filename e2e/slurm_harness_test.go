@@ -336,12 +336,15 @@ func (s *slurmCluster) writeConfig(o slurmOptions) {
 	w("JobRequeue=1")
 	// Quick reactions: completed jobs leave slurmctld's memory after 10 s
 	// (jobState then asks sacct), a job's processes get SIGKILL 2 s after
-	// SIGTERM, nodes are pinged every 3 s (SlurmdTimeout/3), and the main
+	// SIGTERM (KillWait, unless the test needs more), and the main
 	// scheduler runs every second (it starts requeued jobs once their begin
 	// time passed), the backfill one too (when something changed).
 	w("MinJobAge=10")
 	w("KillWait=%d", max(int(o.killWait/time.Second), 2))
-	w("SlurmdTimeout=9")
+	// A node is declared failed only after 60 s without an answer: with
+	// SlurmdTimeout=9 a slurmd slowed by a restore on a loaded 2-core
+	// machine was once taken for dead (NODE_FAIL) and its job requeued.
+	w("SlurmdTimeout=60")
 	w("MessageTimeout=5") // also bounds the preemption-to-requeue delay
 	w("InactiveLimit=0")
 	w("SchedulerType=sched/backfill")

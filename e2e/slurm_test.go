@@ -321,8 +321,8 @@ func TestSlurmAdminRequeue(t *testing.T) {
 	acct := site.s.sacct(id)
 	t.Logf("sacct -j %s -D -X:\n%s", id, acct)
 	recs := sacctRecords(t, acct)
-	if len(recs) < 2 || recs[0]["State"] != "REQUEUED" || recs[len(recs)-1]["State"] != "COMPLETED" {
-		t.Fatalf("sacct shows no requeued run followed by a completed one:\n%s", acct)
+	if len(recs) != 2 || recs[0]["State"] != "REQUEUED" || recs[1]["State"] != "COMPLETED" {
+		t.Fatalf("sacct shows other runs than one requeued and one completed:\n%s\n%s", acct, site.s.logs())
 	}
 }
 

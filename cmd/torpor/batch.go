@@ -49,6 +49,12 @@ against Slurm) and a shim on every node (--user-socket).
 
 // runBatch is `torpor batch`.
 func runBatch(ctx context.Context, args []string) error {
+	// The signals are ours from the start (Go's default for SIGUSR1 is to
+	// exit): one that comes while the job is being started or restarted is
+	// acted on once that is done.
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGHUP, syscall.SIGTERM)
+	defer signal.Stop(sigs)
 	o, err := launch.Parse(args)
 	if errors.Is(err, launch.ErrHelp) {
 		fmt.Print(batchUsage)
@@ -101,12 +107,6 @@ func runBatch(ctx context.Context, args []string) error {
 	}
 	defer done()
 
-	// The signals are ours from here on: one that comes while the job is
-	// being started or restarted is acted on once that is done.
-	stopSig := o.CheckpointSignal
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, stopSig, syscall.SIGTERM)
-	defer signal.Stop(sigs)
 	bg := context.WithoutCancel(ctx)
 
 	id := spec.ID
@@ -139,35 +139,50 @@ func runBatch(ctx context.Context, args []string) error {
 		})
 		res <- result{code, err}
 	}()
+	stopSig := o.CheckpointSignal
 	var sig os.Signal
-	select {
-	case r := <-res:
-		if r.err != nil {
-			return r.err
+	for sig == nil {
+		select {
+		case r := <-res:
+			if r.err != nil {
+				return r.err
+			}
+			if r.code != 0 {
+				return exitError{r.code}
+			}
+			return nil
+		case s := <-sigs:
+			if s == stopSig || s == syscall.SIGTERM {
+				sig = s
+			}
 		}
-		if r.code != 0 {
-			return exitError{r.code}
-		}
-		return nil
-	case sig = <-sigs:
 	}
 	cancel()
 	<-res
 	fmt.Fprintf(os.Stderr, "torpor: %v: checkpointing job %s and stopping it\n", sig, id)
 	handle, err := stopJob(bg, cl, id)
 	if err != nil {
-		return err
-	}
-	if handle == "" {
+		// The allocation ends soon: its nodes must be left free. The job's
+		// earlier checkpoints are kept, and the next run restarts from the
+		// newest that verifies (or from the beginning, with none).
+		fmt.Fprintf(os.Stderr, "torpor: %v; ending job %s, its earlier checkpoints are kept\n", err, id)
+		if _, cerr := cl.Cancel(bg, &apiv1.JobRef{Job: id}); cerr != nil {
+			return fmt.Errorf("%w; and cancel: %w", err, client.RPCErr(cerr))
+		}
+	} else if handle == "" {
 		return nil // it ended by itself meanwhile
 	}
 	if sig != stopSig {
-		return nil
+		return err
 	}
 	// The time limit is near: ask Slurm to run this script again.
-	out, err := exec.CommandContext(bg, "scontrol", "requeue", sj).CombinedOutput()
+	out, rerr := exec.CommandContext(bg, "scontrol", "requeue", sj).CombinedOutput()
+	if rerr != nil {
+		return fmt.Errorf("scontrol requeue %s: %v: %s (job %s keeps its checkpoints: run `torpor resume %s` or submit this script again with --name %s)", sj, rerr, strings.TrimSpace(string(out)), id, id, id)
+	}
 	if err != nil {
-		return fmt.Errorf("scontrol requeue %s: %v: %s (the job is suspended at checkpoint %s: submit this script again with the same --name, or run `torpor resume %s`)", sj, err, strings.TrimSpace(string(out)), handle, id)
+		fmt.Fprintf(os.Stderr, "torpor: Slurm job %s requeued; its next run restarts job %s from its newest checkpoint, if it has one\n", sj, id)
+		return err
 	}
 	fmt.Fprintf(os.Stderr, "torpor: Slurm job %s requeued; its next run restarts job %s from %s\n", sj, id, handle)
 	return nil

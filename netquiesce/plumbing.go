@@ -79,7 +79,28 @@ func (n *Net) AddBridge(name string) error {
 	if err := n.disableBridgeNetfilter(); err != nil {
 		return fmt.Errorf("create bridge %q: %w", name, err)
 	}
+	if err := n.PinMAC(name); err != nil {
+		return fmt.Errorf("create bridge %q: %w", name, err)
+	}
 	return n.LinkUp(name)
+}
+
+// PinMAC sets a bridge's Ethernet address to the one it has now. A bridge
+// whose address was never set follows the lowest address among its ports,
+// so a sandbox veth that joins or leaves it can change it: the host's own
+// address on the bridge then answers with another MAC, and peers that
+// cached the old one cannot reach the host until they ask again (slurmd on
+// a simulated host was unreachable for 20 to 70 s after a job-node was
+// restored there, and once declared dead). An address that was set stays.
+func (n *Net) PinMAC(bridge string) error {
+	l, err := n.Link(bridge)
+	if err != nil {
+		return err
+	}
+	if err := n.h.LinkSetHardwareAddr(l, l.Attrs().HardwareAddr); err != nil {
+		return fmt.Errorf("pin the Ethernet address of bridge %q: %w", bridge, err)
+	}
+	return nil
 }
 
 func (n *Net) disableBridgeNetfilter() error {

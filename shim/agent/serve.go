@@ -86,6 +86,16 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		}
 	}
 
+	// The bridge's own address must not follow the sandboxes' veths
+	// (netquiesce.PinMAC): the host's traffic on it would stall.
+	if hn, err := a.hostNet(); err != nil {
+		a.log.Warn("cannot open the host's network namespace", "err", err)
+	} else {
+		if err := hn.PinMAC(cfg.Agent.Bridge); err != nil {
+			a.log.Warn("bridge: cannot pin its Ethernet address; job-nodes that join and leave it may change it", "bridge", cfg.Agent.Bridge, "err", err)
+		}
+		hn.Close()
+	}
 	defer a.Close(context.WithoutCancel(ctx))
 	// Job-nodes a previous shim of this host left when it died are ours now.
 	if n, err := a.Adopt(ctx); err != nil {

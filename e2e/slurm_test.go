@@ -159,6 +159,24 @@ func (site *slurmSite) watch(id string) {
 	}()
 }
 
+// acct is sacct's record of job id's runs once the last one is recorded as
+// ended: slurmdbd learns a job's end after slurmctld does.
+func (site *slurmSite) acct(id string) string {
+	site.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out := site.s.sacct(id)
+		recs := sacctRecords(site.t, out)
+		if n := len(recs); n > 0 && !slices.Contains([]string{"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "SUSPENDED"}, recs[n-1]["State"]) {
+			return out
+		}
+		if time.Now().After(deadline) {
+			site.t.Fatalf("sacct -j %s shows no ended last run after 30 s:\n%s", id, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // expand is `scontrol show hostnames LIST`.
 func (site *slurmSite) expand(list string) []string {
 	return strings.Fields(site.s.cmd("scontrol", "show", "hostnames", list))
@@ -171,7 +189,7 @@ func (site *slurmSite) finished(id, want string, timeout time.Duration) string {
 	site.s.waitJob(id, timeout, "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY")
 	out := site.s.output(id)
 	if st := site.s.jobState(id); st != "COMPLETED" {
-		site.t.Fatalf("Slurm job %s ended %s:\n%s\n%s", id, st, lastLines(out, 40), site.s.sacct(id))
+		site.t.Fatalf("Slurm job %s ended %s:\n%s\n%s", id, st, lastLines(out, 40), site.acct(id))
 	}
 	m := doneRE.FindAllStringSubmatch(out, -1)
 	if m == nil {
@@ -213,7 +231,7 @@ func TestSlurmTimeLimit(t *testing.T) {
 	if !committedRE.MatchString(out) || !strings.Contains(out, "requeued; its next run restarts job slurm-"+id) {
 		t.Fatalf("no checkpoint and requeue by torpor batch in the output:\n%s", out)
 	}
-	acct := site.s.sacct(id)
+	acct := site.acct(id)
 	t.Logf("sacct -j %s -D -X:\n%s", id, acct)
 	recs := sacctRecords(t, acct)
 	if len(recs) < 2 || recs[0]["State"] != "REQUEUED" || recs[len(recs)-1]["State"] != "COMPLETED" {
@@ -269,7 +287,7 @@ func TestSlurmPreemption(t *testing.T) {
 	if err != nil || took >= grace {
 		t.Fatalf("checkpoint %s took %s (%v), GraceTime is %v", m[1], m[2], err, grace)
 	}
-	lowAcct, highAcct := site.s.sacct(low), site.s.sacct(high)
+	lowAcct, highAcct := site.acct(low), site.acct(high)
 	t.Logf("sacct -j %s -D -X:\n%s", low, lowAcct)
 	t.Logf("sacct -j %s -D -X:\n%s", high, highAcct)
 	lr, hr := sacctRecords(t, lowAcct), sacctRecords(t, highAcct)
@@ -318,7 +336,7 @@ func TestSlurmAdminRequeue(t *testing.T) {
 	if !strings.Contains(out, "restarted from slurm-"+id+"/") {
 		t.Fatalf("the second run did not restart the job from its checkpoint:\n%s", out)
 	}
-	acct := site.s.sacct(id)
+	acct := site.acct(id)
 	t.Logf("sacct -j %s -D -X:\n%s", id, acct)
 	recs := sacctRecords(t, acct)
 	if len(recs) != 2 || recs[0]["State"] != "REQUEUED" || recs[1]["State"] != "COMPLETED" {
@@ -398,6 +416,6 @@ func TestSlurmUsers(t *testing.T) {
 		t.Errorf("bob outside Slurm: exit %d\n%s", code, out)
 	}
 	site.finished(a, want, 3*time.Minute)
-	acct := site.s.sacct(a) + site.s.sacct(bj)
+	acct := site.acct(a) + site.acct(bj)
 	t.Logf("sacct:\n%s", acct)
 }

@@ -2,9 +2,11 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"google.golang.org/grpc/credentials"
@@ -103,5 +105,74 @@ func TestAllocations(t *testing.T) {
 	}
 	if !slices.Contains(a.asked, "1000:7") || slices.ContainsFunc(a.asked, func(q string) bool { return strings.HasPrefix(q, "0:") }) {
 		t.Fatalf("Slurm was asked %v", a.asked)
+	}
+}
+
+// endingAllocations: Slurm job "7" is uid 1000's on h0 and h1 until ended
+// is set; down makes Slurm unreachable.
+type endingAllocations struct {
+	mu          sync.Mutex
+	ended, down bool
+}
+
+func (a *endingAllocations) Hosts(_ context.Context, uid int, id string) ([]string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch {
+	case a.down:
+		return nil, errors.New("squeue: Unable to contact slurm controller")
+	case a.ended:
+		return nil, fmt.Errorf("%w: Slurm job %s is COMPLETED", ErrAllocationEnded, id)
+	}
+	return []string{"h0", "h1"}, nil
+}
+
+func (a *endingAllocations) set(ended, down bool) {
+	a.mu.Lock()
+	a.ended, a.down = ended, down
+	a.mu.Unlock()
+}
+
+// TestWatchAllocations: a running job placed in a Slurm job is checkpointed
+// and stopped once that Slurm job no longer runs, and left alone while
+// Slurm cannot be asked.
+func TestWatchAllocations(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	a := &endingAllocations{}
+	s := &Server{C: f.c, Allocations: a}
+	// job1 runs on h0, h1, h2; a user's job2 is placed in Slurm job 7.
+	spec := f.spec
+	spec.ID = "job2"
+	spec.Nodes = spec.Nodes[:2]
+	for i := range spec.Nodes {
+		spec.Nodes[i].IP = fmt.Sprintf("198.19.0.%d/15", 20+i)
+		spec.Nodes[i].Hostname = fmt.Sprintf("job2-n%d", i)
+	}
+	if _, err := s.Run(relayed(1000, "7"), &apiv1.RunRequest{Spec: SpecToPB(spec)}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	s.allocs.Range(func(k, v any) bool { s.checkAllocation(ctx, k.(string), v.(placedIn)); return true })
+	if j, _ := f.c.Job("job2"); j.State != StateRunning {
+		t.Fatalf("job2 is %s while its Slurm job runs", j.State)
+	}
+	a.set(false, true)
+	s.allocs.Range(func(k, v any) bool { s.checkAllocation(ctx, k.(string), v.(placedIn)); return true })
+	if j, _ := f.c.Job("job2"); j.State != StateRunning {
+		t.Fatalf("job2 is %s after Slurm could not be asked", j.State)
+	}
+	a.set(true, false)
+	s.allocs.Range(func(k, v any) bool { s.checkAllocation(ctx, k.(string), v.(placedIn)); return true })
+	j, _ := f.c.Job("job2")
+	if j.State != StateSuspended || j.LastCheckpoint == "" {
+		t.Fatalf("job2 is %s (checkpoint %q) after its Slurm job ended, want suspended with a checkpoint", j.State, j.LastCheckpoint)
+	}
+	if j, _ := f.c.Job("job1"); j.State != StateRunning {
+		t.Fatalf("root's job1, placed outside Slurm, is %s", j.State)
+	}
+	n := 0
+	s.allocs.Range(func(any, any) bool { n++; return true })
+	if n != 0 {
+		t.Fatalf("%d jobs still watched after the suspend", n)
 	}
 }

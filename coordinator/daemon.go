@@ -57,6 +57,10 @@ type DaemonConfig struct {
 	Allocations Allocations
 }
 
+// allocationsEvery is how often a daemon with Allocations checks that the
+// jobs it placed in Slurm jobs still have them.
+const allocationsEvery = 5 * time.Second
+
 // Daemon is a running coordinator with its servers.
 type Daemon struct {
 	C     *Coordinator
@@ -182,6 +186,13 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		defer d.wg.Done()
 		c.Watch(dctx, iv)
 	}()
+	if cfg.Allocations != nil {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			srv.WatchAllocations(dctx, allocationsEvery)
+		}()
+	}
 	log.Info("coordinator started", "socket", cfg.Socket, "listen", d.Addr, "checkpoints", cfg.CheckpointDir)
 	return d, nil
 }

@@ -50,6 +50,7 @@ type Server struct {
 	// on the nodes of the user's running Slurm job (checkHosts).
 	Allocations Allocations
 
+	allocs      sync.Map // job -> placedIn: the Slurm job it was placed in
 	shimAddrs   sync.Map // host -> address it last registered with
 	shimRunDirs sync.Map // host -> the run directory it registered with
 	shimSeen    sync.Map // host -> time.Time of its last registration
@@ -151,6 +152,7 @@ func (s *Server) Run(ctx context.Context, req *apiv1.RunRequest) (*apiv1.Job, er
 	if err := s.C.Start(ctx, spec); err != nil {
 		return nil, agentapi.ToRPC(err)
 	}
+	s.placed(ctx, uid, spec.ID)
 	j, err := s.C.Job(spec.ID)
 	return JobToPB(j), agentapi.ToRPC(err)
 }
@@ -179,6 +181,9 @@ func (s *Server) Restart(ctx context.Context, req *apiv1.RestartRequest) (*apiv1
 	}
 	res, err := s.C.Restart(ctx, req.Ref, RestartOptions{Hosts: req.Hosts, Fallback: req.Fallback,
 		Allowed: func(hosts []string) error { return s.checkHosts(ctx, uid, hosts) }})
+	if err == nil {
+		s.placed(ctx, uid, res.Job)
+	}
 	return &apiv1.RestartReply{Job: res.Job, Checkpoint: res.Checkpoint, Skipped: res.Skipped, Moved: res.Moved, Bytes: res.Bytes}, agentapi.ToRPC(err)
 }
 

@@ -66,8 +66,21 @@ func newSlurmSite(t *testing.T, hosts int, o slurmOptions) *slurmSite {
 // reachSlurmctld links this machine's network namespace to the simulated
 // cluster's fabric with a veth (removed when the test ends) and routes host
 // 1's address, where slurmctld listens, over it: 198.18.0.250/32 here.
+//
+// Every simulated cluster has its host 1 at 198.18.0.1: two tests of
+// another process (a second `go test`) would route it twice. A lock file
+// makes the second wait for the first.
 func reachSlurmctld(t *testing.T, c *cluster) {
 	t.Helper()
+	lock, err := os.OpenFile(filepath.Join(os.TempDir(), "torpor-e2e-slurmctld-route.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		lock.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lock.Close() }) // after the route is gone (cleanups run in reverse)
 	veth := fmt.Sprintf("tps%d", os.Getpid()%100000)
 	fabric := simhost.NetNSName(c.sim.Name, "fabric")
 	ip := func(args ...string) {
@@ -418,4 +431,45 @@ func TestSlurmUsers(t *testing.T) {
 	site.finished(a, want, 3*time.Minute)
 	acct := site.acct(a) + site.acct(bj)
 	t.Logf("sacct:\n%s", acct)
+}
+
+// TestSlurmBatchKilled: a batch script killed outright (SIGKILL: torpor
+// batch gets no chance) ends its Slurm job, but not the torpor job's
+// claim on nothing: the coordinator sees the allocation gone, checkpoints
+// the job and stops it, so the nodes are free. Submitted again with the
+// job's name, the script restarts it, and it finishes with the undisturbed
+// checksum.
+func TestSlurmBatchKilled(t *testing.T) {
+	u := testuser.New(t)
+	site := newSlurmSite(t, 3, slurmOptions{graceTime: 30 * time.Second})
+	want := reference(t, "mpirun.openmpi", 4, site.ring, slurmRing(1500, false)...)
+	args := append([]string{"-n", "4", site.ring}, slurmRing(1500, true)...)
+	first := site.s.sbatch(u, site.script(args...), "-J", "ring", "--nodes=2")
+	site.watch(first)
+	site.s.waitJob(first, time.Minute, "RUNNING")
+	job := "slurm-" + first
+	site.waitState(job, "running", time.Minute)
+	deadline := time.Now().Add(time.Minute)
+	for strings.Count(site.s.output(first), " iter=") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("Slurm job %s shows no progress:\n%s", first, site.s.output(first))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	site.s.cmd("scancel", "--batch", "--signal=KILL", first)
+	site.s.waitJob(first, time.Minute, "FAILED", "CANCELLED", "COMPLETED")
+	killed := time.Now()
+	site.waitState(job, "suspended", time.Minute)
+	t.Logf("job %s suspended by the coordinator %v after its batch script was killed", job, time.Since(killed).Round(100*time.Millisecond))
+	if !strings.Contains(site.logs["coordinator"].String(), "the job's Slurm allocation is gone") {
+		t.Fatalf("the coordinator did not say why it stopped %s:\n%s", job, lastLines(site.logs["coordinator"].String(), 20))
+	}
+	second := site.s.sbatch(u, site.script(append([]string{"--name", job}, args...)...), "-J", "ring", "--nodes=2")
+	site.watch(second)
+	out := site.finished(second, want, 3*time.Minute)
+	t.Logf("output of Slurm job %s:\n%s", second, lastLines(out, 6))
+	if !strings.Contains(out, "torpor: job "+job+" restarted from "+job+"/") {
+		t.Fatalf("the second script did not restart %s:\n%s", job, out)
+	}
+	t.Logf("sacct:\n%s%s", site.acct(first), site.acct(second))
 }

@@ -30,7 +30,9 @@ nodes of this allocation, and brings it back when Slurm runs the script again.
 
   first run (SLURM_RESTART_COUNT unset or 0)
       starts the job as torpor run does, named slurm-$SLURM_JOB_ID unless
-      --name is given, on the allocation's nodes unless --host/--hostfile is.
+      --name is given, on the allocation's nodes unless --host/--hostfile is;
+      a job of that name that is suspended (or failed, with a checkpoint) is
+      restarted instead, as after a requeue.
   after a requeue (SLURM_RESTART_COUNT > 0)
       restarts it from its newest checkpoint that verifies, its job-nodes
       mapped onto this allocation's nodes, whatever their names; a job with
@@ -112,7 +114,7 @@ func runBatch(ctx context.Context, args []string) error {
 	id := spec.ID
 	restarts, _ := strconv.Atoi(os.Getenv("SLURM_RESTART_COUNT"))
 	var j *apiv1.Job
-	if restarts > 0 {
+	if restarts > 0 || continues(bg, cl, id) {
 		j, err = restartInAllocation(bg, cl, id, o.Hosts)
 		if err != nil {
 			return err
@@ -215,6 +217,24 @@ func stopJob(ctx context.Context, cl apiv1.CoordinatorClient, id string) (string
 		}
 		return "", fmt.Errorf("checkpoint and stop job %s: %w", id, client.RPCErr(err))
 	}
+}
+
+// continues says whether a first run (no requeue) names a job that waits to
+// be brought back: suspended, or failed with a checkpoint (a script
+// submitted again with --name after its first run ended without torpor
+// batch requeueing it). A job that finished starts again.
+func continues(ctx context.Context, cl apiv1.CoordinatorClient, id string) bool {
+	j, err := cl.GetJob(ctx, &apiv1.JobRef{Job: id})
+	if err != nil {
+		return false
+	}
+	switch j.State {
+	case string(coordinator.StateSuspended), string(coordinator.StateRunning):
+		return true
+	case string(coordinator.StateFailed):
+		return j.LastCheckpoint != ""
+	}
+	return false
 }
 
 // restartInAllocation brings job id back onto the hosts of this allocation.

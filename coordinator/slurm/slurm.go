@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/torpor-hpc/torpor/coordinator"
 )
 
 // Allocations implements coordinator.Allocations with squeue and scontrol.
@@ -52,7 +54,14 @@ func (a Allocations) Hosts(ctx context.Context, uid int, id string) ([]string, e
 	}
 	out, err := a.run(ctx, "squeue", "--noheader", "--jobs="+id, "--format=%U|%T|%N")
 	if err != nil {
+		if strings.Contains(err.Error(), "Invalid job id") {
+			// Slurm forgot it: it ended MinJobAge ago, or never was.
+			return nil, fmt.Errorf("%w: Slurm knows no job %s (it ended)", coordinator.ErrAllocationEnded, id)
+		}
 		return nil, fmt.Errorf("ask Slurm about job %s: %w", id, err)
+	}
+	if strings.TrimSpace(out) == "" {
+		return nil, fmt.Errorf("%w: Slurm lists no job %s (it ended)", coordinator.ErrAllocationEnded, id)
 	}
 	owner, state, list, err := parseSqueue(out)
 	if err != nil {
@@ -62,7 +71,7 @@ func (a Allocations) Hosts(ctx context.Context, uid int, id string) ([]string, e
 		return nil, fmt.Errorf("Slurm job %s is not yours (uid %d)", id, uid)
 	}
 	if state != "RUNNING" {
-		return nil, fmt.Errorf("Slurm job %s is %s, not RUNNING: its nodes are not yours now", id, state)
+		return nil, fmt.Errorf("%w: Slurm job %s is %s, not RUNNING: its nodes are not yours now", coordinator.ErrAllocationEnded, id, state)
 	}
 	out, err = a.run(ctx, "scontrol", "show", "hostnames", list)
 	if err != nil {

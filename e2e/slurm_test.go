@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/torpor-hpc/torpor/internal/testuser"
+	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/simhost"
 )
 
@@ -68,11 +69,12 @@ func newSlurmSite(t *testing.T, hosts int, o slurmOptions) *slurmSite {
 // 1's address, where slurmctld listens, over it: 198.18.0.250/32 here.
 //
 // Every simulated cluster has its host 1 at 198.18.0.1: two tests of
-// another process (a second `go test`) would route it twice. A lock file
+// another process (a second `go test`) would route it twice. A lock on the
+// directory of named network namespaces (machine-wide, and there already)
 // makes the second wait for the first.
 func reachSlurmctld(t *testing.T, c *cluster) {
 	t.Helper()
-	lock, err := os.OpenFile(filepath.Join(os.TempDir(), "torpor-e2e-slurmctld-route.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	lock, err := os.Open(netquiesce.NetnsDir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -326,12 +326,12 @@ func TestSlurmPreemption(t *testing.T) {
 // TestSlurmAdminRequeue: `scontrol requeue` by an administrator mid-run.
 // Slurm sends the batch script SIGTERM and SIGKILL KillWait later; torpor
 // batch checkpoints and stops the job in between, and the next run
-// restarts it.
+// restarts it. The job also takes a checkpoint every 10 s.
 func TestSlurmAdminRequeue(t *testing.T) {
 	u := testuser.New(t)
 	site := newSlurmSite(t, 3, slurmOptions{graceTime: 30 * time.Second, killWait: 30 * time.Second})
 	want := reference(t, "mpirun.openmpi", 4, site.ring, slurmRing(1500, false)...)
-	id := site.s.sbatch(u, site.script(append([]string{"-n", "4", site.ring}, slurmRing(1500, true)...)...),
+	id := site.s.sbatch(u, site.script(append([]string{"--checkpoint-interval", "10s", "-n", "4", site.ring}, slurmRing(1500, true)...)...),
 		"-J", "ring", "--nodes=2", "--requeue", "--open-mode=append")
 	site.watch(id)
 	site.s.waitJob(id, time.Minute, "RUNNING")
@@ -350,6 +350,10 @@ func TestSlurmAdminRequeue(t *testing.T) {
 	}
 	if !strings.Contains(out, "restarted from slurm-"+id+"/") {
 		t.Fatalf("the second run did not restart the job from its checkpoint:\n%s", out)
+	}
+	// --checkpoint-interval 10s: the second run (about 30 s) took some.
+	if !regexp.MustCompile(`checkpoint \S+ \(interval\) committed`).MatchString(out) {
+		t.Fatalf("no periodic checkpoint in the output:\n%s", out)
 	}
 	acct := site.acct(id)
 	t.Logf("sacct -j %s -D -X:\n%s", id, acct)

@@ -20,7 +20,6 @@ import (
 	"github.com/torpor-hpc/torpor/client"
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/coordinator/launch"
-	"github.com/torpor-hpc/torpor/internal/config"
 )
 
 const batchUsage = `usage: torpor batch [torpor run flags] [--] PROGRAM [ARGS]
@@ -81,23 +80,9 @@ func runBatch(ctx context.Context, args []string) error {
 			return fail(err)
 		}
 	}
-	prog, err := o.ResolveProgram()
-	if err != nil {
-		return fail(err)
-	}
-	cfg, err := config.Load("")
+	spec, err := jobSpec("batch", o)
 	if err != nil {
 		return err
-	}
-	if err := o.KeepDefaults(cfg.Keep, cfg.KeepMax); err != nil {
-		return fail(err)
-	}
-	spec, warnings, err := o.JobSpec(prog)
-	for _, w := range warnings {
-		fmt.Fprintln(os.Stderr, "torpor batch:", w)
-	}
-	if err != nil {
-		return fail(err)
 	}
 	sock := client.SocketPath(o.Socket)
 	if !client.Listens(sock) {

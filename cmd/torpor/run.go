@@ -24,31 +24,14 @@ func runRun(ctx context.Context, args []string) error {
 		fmt.Fprintln(os.Stderr, "torpor run:", err)
 		return exitError{2}
 	}
-	prog, err := o.ResolveProgram()
+	spec, err := jobSpec("run", o)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "torpor run:", err)
-		return exitError{2}
+		return err
 	}
 	// Directories the user named are sent along: daemons refuse any but
 	// their own, instead of ignoring them.
 	req := &apiv1.RunRequest{CheckpointDir: o.CheckpointDir, RunDir: o.RunDir}
 	runDir := o.RunDir
-	cfg, err := config.Load("")
-	if err != nil {
-		return err
-	}
-	if err := o.KeepDefaults(cfg.Keep, cfg.KeepMax); err != nil {
-		fmt.Fprintln(os.Stderr, "torpor run:", err)
-		return exitError{2}
-	}
-	spec, warnings, err := o.JobSpec(prog)
-	for _, w := range warnings {
-		fmt.Fprintln(os.Stderr, "torpor run:", w)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "torpor run:", err)
-		return exitError{2}
-	}
 
 	sock := client.SocketPath(o.Socket)
 	if !client.Listens(sock) {
@@ -78,4 +61,33 @@ func runRun(ctx context.Context, args []string) error {
 		return exitError{code}
 	}
 	return nil
+}
+
+// jobSpec turns the parsed flags of `torpor VERB` into a job spec: the
+// program resolved, the host's keep defaults applied, warnings printed. A
+// mistake of the user's is printed and exits with status 2.
+func jobSpec(verb string, o launch.Options) (coordinator.JobSpec, error) {
+	usage := func(err error) (coordinator.JobSpec, error) {
+		fmt.Fprintf(os.Stderr, "torpor %s: %v\n", verb, err)
+		return coordinator.JobSpec{}, exitError{2}
+	}
+	prog, err := o.ResolveProgram()
+	if err != nil {
+		return usage(err)
+	}
+	cfg, err := config.Load("")
+	if err != nil {
+		return coordinator.JobSpec{}, err
+	}
+	if err := o.KeepDefaults(cfg.Keep, cfg.KeepMax); err != nil {
+		return usage(err)
+	}
+	spec, warnings, err := o.JobSpec(prog)
+	for _, w := range warnings {
+		fmt.Fprintf(os.Stderr, "torpor %s: %v\n", verb, w)
+	}
+	if err != nil {
+		return usage(err)
+	}
+	return spec, nil
 }

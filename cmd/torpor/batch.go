@@ -268,10 +268,7 @@ func restartInAllocation(ctx context.Context, cl apiv1.CoordinatorClient, id str
 	if err != nil {
 		return nil, fmt.Errorf("restart job %s: %w", id, client.RPCErr(err))
 	}
-	for _, s := range rep.Skipped {
-		fmt.Fprintf(os.Stderr, "torpor: skipped %s: it fails verification\n", s)
-	}
-	client.PrintMoved(os.Stderr, rep.Moved)
+	printRestarted(rep)
 	if j, err = cl.GetJob(ctx, &apiv1.JobRef{Job: id}); err != nil {
 		return nil, client.RPCErr(err)
 	}

@@ -199,10 +199,7 @@ func restart(ctx context.Context, sock, ref string, hosts map[string]string, fal
 	if err != nil {
 		return client.RPCErr(err)
 	}
-	for _, s := range rep.Skipped {
-		fmt.Fprintf(os.Stderr, "torpor: skipped %s: it fails verification\n", s)
-	}
-	client.PrintMoved(os.Stderr, rep.Moved)
+	printRestarted(rep)
 	elapsed := time.Since(start)
 	fmt.Fprintf(os.Stderr, "torpor: %s restarted from %s in %s\n", rep.Job, rep.Checkpoint, elapsed.Round(time.Millisecond))
 	if asJSON {
@@ -225,6 +222,15 @@ func restart(ctx context.Context, sock, ref string, hosts map[string]string, fal
 		return client.RPCErr(err)
 	}
 	return follow(ctx, ss, j.Spec, opt)
+}
+
+// printRestarted says what a restart passed over: newer checkpoints that
+// failed verification, and files it moved aside.
+func printRestarted(rep *apiv1.RestartReply) {
+	for _, s := range rep.Skipped {
+		fmt.Fprintf(os.Stderr, "torpor: skipped %s: it fails verification\n", s)
+	}
+	client.PrintMoved(os.Stderr, rep.Moved)
 }
 
 // follow stays with a job in the foreground (client.Follow) and turns its

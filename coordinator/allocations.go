@@ -53,10 +53,8 @@ func (s *Server) checkHosts(ctx context.Context, uid int, hosts []string) error 
 	if err != nil {
 		return fmt.Errorf("%w: %v", agentapi.ErrPermission, err)
 	}
-	for _, h := range hosts {
-		if !slices.Contains(have, h) {
-			return fmt.Errorf("%w: host %s is not a node of Slurm job %s (%s): place job-nodes only there", agentapi.ErrPermission, h, ids[0], strings.Join(have, ","))
-		}
+	if why := outside(hosts, have, ids[0]); why != "" {
+		return fmt.Errorf("%w: %s: place job-nodes only there", agentapi.ErrPermission, why)
 	}
 	return nil
 }
@@ -121,13 +119,7 @@ func (s *Server) checkAllocation(ctx context.Context, job string, p placedIn) {
 		log.Warn("cannot ask Slurm about a job's allocation; looking again later", "err", err)
 		return
 	default:
-		for _, h := range specHosts(j.Spec.Nodes) {
-			if !slices.Contains(hosts, h) {
-				why = fmt.Sprintf("host %s is not a node of Slurm job %s (%s)", h, p.slurmJob, strings.Join(hosts, ","))
-				break
-			}
-		}
-		if why == "" {
+		if why = outside(specHosts(j.Spec.Nodes), hosts, p.slurmJob); why == "" {
 			return
 		}
 	}
@@ -146,6 +138,17 @@ func (s *Server) checkAllocation(ctx context.Context, job string, p placedIn) {
 		}
 	}
 	s.allocs.CompareAndDelete(job, p)
+}
+
+// outside names the first of hosts that is not a node of Slurm job id
+// (nodes), or is "" when all are.
+func outside(hosts, nodes []string, id string) string {
+	for _, h := range hosts {
+		if !slices.Contains(nodes, h) {
+			return fmt.Sprintf("host %s is not a node of Slurm job %s (%s)", h, id, strings.Join(nodes, ","))
+		}
+	}
+	return ""
 }
 
 // specHosts lists the hosts of a job's job-nodes.

@@ -845,8 +845,8 @@ func TestSlurmHarness(t *testing.T) {
 }
 
 // waitSacct waits until the accounting records of job id (sacct's fields,
-// without the header) satisfy ok.
-func (s *slurmCluster) waitSacct(id string, timeout time.Duration, ok func(recs [][]string) bool) {
+// without the header) satisfy ok, logs them and returns sacct's output.
+func (s *slurmCluster) waitSacct(id string, timeout time.Duration, ok func(recs [][]string) bool) string {
 	s.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -859,7 +859,7 @@ func (s *slurmCluster) waitSacct(id string, timeout time.Duration, ok func(recs 
 		}
 		if ok(recs) {
 			s.t.Logf("sacct of job %s:\n%s", id, strings.TrimSpace(out))
-			return
+			return out
 		}
 		if time.Now().After(deadline) {
 			s.t.Fatalf("sacct of job %s after %v:\n%s", id, timeout, out)

@@ -100,7 +100,7 @@ func reachSlurmctld(t *testing.T, c *cluster) {
 	ip("-n", fabric, "link", "set", "ctl0", "master", "fab0", "up")
 	ip("addr", "add", "198.18.0.250/32", "dev", veth)
 	ip("link", "set", veth, "up")
-	ip("route", "add", "198.18.0.1/32", "dev", veth)
+	ip("route", "replace", "198.18.0.1/32", "dev", veth)
 }
 
 // script is a batch script like configs/slurm/torpor-job.sbatch that runs

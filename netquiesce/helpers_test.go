@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -168,7 +169,7 @@ func serveUDPEcho(pc net.PacketConn) {
 }
 
 // tcpRoundTrip connects from n to addr, sends a message and expects it back.
-func tcpRoundTrip(n *Net, addr string, timeout time.Duration) error {
+func tcpRoundTrip(n *Net, addr string, timeout time.Duration, payload ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	c, err := dialIn(ctx, n, "tcp4", addr)
@@ -177,7 +178,7 @@ func tcpRoundTrip(n *Net, addr string, timeout time.Duration) error {
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(timeout))
-	msg := []byte("torpor hello " + addr)
+	msg := []byte("torpor hello " + addr + strings.Join(payload, ""))
 	if _, err := c.Write(msg); err != nil {
 		return err
 	}

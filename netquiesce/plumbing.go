@@ -330,3 +330,15 @@ func netInterfaceIndex(name string) (int, error) {
 	}
 	return ifi.Index, nil
 }
+
+// SetMTU sets the MTU of link.
+func (n *Net) SetMTU(link string, mtu int) error {
+	l, err := n.Link(link)
+	if err != nil {
+		return err
+	}
+	if err := n.h.LinkSetMTU(l, mtu); err != nil {
+		return fmt.Errorf("set the MTU of %q to %d: %w", link, mtu, err)
+	}
+	return nil
+}

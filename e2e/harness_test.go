@@ -75,12 +75,25 @@ type cluster struct {
 
 func newCluster(t *testing.T, hosts int, coordArgs ...string) *cluster {
 	t.Helper()
+	return newClusterOf(t, simhost.NewCluster, hosts, coordArgs...)
+}
+
+// newRoutedCluster is newCluster on hosts that share no L2 segment
+// (simhost.NewRoutedCluster): the shims stretch their bridges over the
+// routed network with VXLAN (torpor shim --vxlan).
+func newRoutedCluster(t *testing.T, hosts int, coordArgs ...string) *cluster {
+	t.Helper()
+	return newClusterOf(t, simhost.NewRoutedCluster, hosts, coordArgs...)
+}
+
+func newClusterOf(t *testing.T, create func(context.Context, string, int) (*simhost.Cluster, error), hosts int, coordArgs ...string) *cluster {
+	t.Helper()
 	testutil.RequireRoot(t, "simulated hosts, sandboxes, CRIU and eBPF")
 	// Built before the simulated hosts exist: a build that fails must not
 	// leave them behind (c.close, which removes them, is not registered yet).
 	dir, torpor := buildTorpor(t, "torpor-e2e-")
 	name := fmt.Sprintf("e%d", os.Getpid()%100000)
-	sim, err := simhost.NewCluster(context.Background(), name, hosts)
+	sim, err := create(context.Background(), name, hosts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,6 +124,9 @@ func (c *cluster) startShim(i int, extra ...string) {
 	args := append([]string{"shim", "--host", fmt.Sprintf("h%d", i), "--netns", h.NetNS,
 		"--bridge", h.Bridge, "--join", c.addr, "--pki", c.pki, "--run-dir", c.runDir,
 		"--cgroup-parent", c.cgParent, "--listen", "127.0.0.1:0"}, extra...)
+	if c.sim.Routed {
+		args = append(args, "--vxlan", strings.Join(c.sim.Underlay(), ","))
+	}
 	name := fmt.Sprintf("shim-h%d", i)
 	if c.shims[i-1] != nil {
 		stop(c.shims[i-1], syscall.SIGTERM) // or reap it, if it died

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -156,6 +157,8 @@ func runShim(ctx context.Context, args []string) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics over HTTP at ADDR (/metrics; port 0: any, logged); default from config (shim_metrics_listen), else off")
 	userSocket := fs.String("user-socket", "", "relay this host's users' commands (torpor batch, ps, ...) to the coordinator from this unix socket, e.g. "+client.DefaultUserSocket+"; default from config (user_socket), else none")
+	vxlan := fs.String("vxlan", "", "ADDR,ADDR,...: every host's address on the routed network that joins the hosts (this one's included; the same list on every host): job-node traffic between hosts goes over VXLAN (UDP 4789) instead of a shared L2 segment; default from config (vxlan_peers), else the bridge alone")
+	vxlanID := fs.Int("vxlan-id", 0, fmt.Sprintf("VXLAN network identifier, the same on every host (default from config (vxlan_id), else %d)", agent.DefaultVXLANID))
 	var faults faultFlag
 	fs.Var(&faults, "fault", "switch on a fault-injection point, for tests (repeatable): "+strings.Join(fault.Names(fault.Shim), ", "))
 	if err := parseFlags(fs, args); err != nil {
@@ -191,6 +194,20 @@ func runShim(ctx context.Context, args []string) error {
 	if i := strings.LastIndex(joinHost, ":"); i >= 0 {
 		joinHost = joinHost[:i]
 	}
+	peers := cfg.VXLANPeers
+	if *vxlan != "" {
+		peers = strings.Split(*vxlan, ",")
+	}
+	vxlanPeers, err := parseIPs(peers)
+	if err != nil {
+		return fmt.Errorf("--vxlan: %w", err)
+	}
+	if *vxlanID == 0 {
+		*vxlanID = cfg.VXLANID
+	}
+	if *vxlanID < 0 || *vxlanID >= 1<<24 {
+		return fmt.Errorf("--vxlan-id %d: a VXLAN network identifier is 1..16777215", *vxlanID)
+	}
 	serverTLS, clientTLS, err := tlsConfigs(*pkiDir, "shim", joinHost)
 	if err != nil {
 		return err
@@ -200,7 +217,25 @@ func runShim(ctx context.Context, args []string) error {
 			RunDir: *runDir, CRIU: bin, Log: newLogger(*logLevel), Faults: fset},
 		Listen: *listen, Advertise: *advertise, Join: *join, ServerTLS: serverTLS, ClientTLS: clientTLS,
 		MetricsListen: firstOf(*metricsListen, cfg.ShimMetricsListen), UserSocket: firstOf(*userSocket, cfg.UserSocket),
+		VXLANPeers: vxlanPeers, VXLANID: *vxlanID,
 	})
+}
+
+// parseIPs parses IPv4 addresses ("" entries skipped).
+func parseIPs(ss []string) ([]net.IP, error) {
+	var out []net.IP
+	for _, s := range ss {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		ip := net.ParseIP(s)
+		if ip == nil || ip.To4() == nil {
+			return nil, fmt.Errorf("%q is not an IPv4 address", s)
+		}
+		out = append(out, ip)
+	}
+	return out, nil
 }
 
 // faultFlag collects repeated --fault NAME flags.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/torpor-hpc/torpor/shim/simhost"
 )
@@ -11,7 +12,8 @@ import (
 // runSim creates and removes simulated clusters: hosts as network
 // namespaces on one machine, for the demo, `make e2e` and trying torpor out.
 func runSim(ctx context.Context, args []string) error {
-	fs := newFlagSet("sim", "up NAME HOSTS | down NAME")
+	fs := newFlagSet("sim", "up [--routed] NAME HOSTS | down NAME")
+	routed := fs.Bool("routed", false, "hosts share no L2 segment: each is on a subnet of its own behind a router (start the shims with --vxlan and the printed underlay addresses)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -22,12 +24,23 @@ func runSim(ctx context.Context, args []string) error {
 		if err != nil {
 			return fmt.Errorf("sim up: HOSTS %q is not a number", a[2])
 		}
-		c, err := simhost.NewCluster(ctx, a[1], n)
+		create := simhost.NewCluster
+		if *routed {
+			create = simhost.NewRoutedCluster
+		}
+		c, err := create(ctx, a[1], n)
 		if err != nil {
 			return err
 		}
 		for _, h := range c.Hosts {
-			fmt.Printf("h%d netns=%s bridge=%s addr=%s\n", h.Index, h.NetNS, h.Bridge, h.Addr)
+			fmt.Printf("h%d netns=%s bridge=%s addr=%s", h.Index, h.NetNS, h.Bridge, h.Addr)
+			if h.Underlay != "" {
+				fmt.Printf(" underlay=%s", h.Underlay)
+			}
+			fmt.Println()
+		}
+		if *routed {
+			fmt.Printf("shims: torpor shim --vxlan %s ...\n", strings.Join(c.Underlay(), ","))
 		}
 		return nil
 	case len(a) == 2 && a[0] == "down":

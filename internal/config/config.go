@@ -54,6 +54,12 @@ type Config struct {
 	// socket on which the shim relays its host's users' commands to the
 	// coordinator. Empty: none.
 	UserSocket string `yaml:"user_socket"`
+	// VXLANPeers is the default of `torpor shim --vxlan`: every host's
+	// address on the network that joins the hosts (one list for all
+	// hosts); job-node traffic between hosts goes over VXLAN to them.
+	VXLANPeers []string `yaml:"vxlan_peers"`
+	// VXLANID is the default of `torpor shim --vxlan-id`.
+	VXLANID int `yaml:"vxlan_id"`
 }
 
 // Defaults returns the configuration used when no file exists.

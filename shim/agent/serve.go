@@ -14,6 +14,7 @@ import (
 	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/metrics"
+	"github.com/torpor-hpc/torpor/netquiesce"
 )
 
 // ServeConfig runs an Agent as the `torpor shim` daemon.
@@ -39,7 +40,21 @@ type ServeConfig struct {
 	// UserSocket, if set, is a unix socket on which the shim relays its
 	// host's users' commands to the coordinator (relay.go); needs Join.
 	UserSocket string
+	// VXLANPeers, if set, are the addresses of every host of the cluster on
+	// the network that joins them (this host's included): the shim puts a
+	// VXLAN port on its bridge that carries job-node traffic to them
+	// (netquiesce.VXLAN), for hosts that share no L2 segment.
+	VXLANPeers []net.IP
+	// VXLANID is the overlay's VXLAN network identifier (0: DefaultVXLANID).
+	VXLANID int
 }
+
+// VXLANDevice is the name of the shim's VXLAN port on its bridge, and
+// DefaultVXLANID the overlay's default network identifier.
+const (
+	VXLANDevice    = "tvx0"
+	DefaultVXLANID = 4242
+)
 
 // Serve runs the shim until ctx ends, then destroys its job-nodes: a shim
 // that stops takes its job-nodes with it (checkpoint them first).
@@ -86,17 +101,10 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		}
 	}
 
-	// The bridge's own address must not follow the sandboxes' veths
-	// (netquiesce.PinMAC): the host's traffic on it would stall.
-	if hn, err := a.hostNet(); err != nil {
-		a.log.Warn("cannot open the host's network namespace", "err", err)
-	} else {
-		if err := hn.PinMAC(cfg.Agent.Bridge); err != nil {
-			a.log.Warn("bridge: cannot pin its Ethernet address; job-nodes that join and leave it may change it", "bridge", cfg.Agent.Bridge, "err", err)
-		}
-		hn.Close()
-	}
 	defer a.Close(context.WithoutCancel(ctx))
+	if err := a.setupBridge(cfg); err != nil {
+		return err
+	}
 	// Job-nodes a previous shim of this host left when it died are ours now.
 	if n, err := a.Adopt(ctx); err != nil {
 		a.log.Error("some job-nodes of a previous shim could not be adopted", "adopted", n, "err", err)
@@ -175,4 +183,41 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// setupBridge pins the bridge's Ethernet address and, with VXLAN peers,
+// stretches the bridge over the routed network to them. Without its
+// overlay a host would run job-nodes that cannot reach their peers: that is
+// an error, while a MAC that cannot be pinned is only a warning.
+func (a *Agent) setupBridge(cfg ServeConfig) error {
+	hn, err := a.hostNet()
+	if err != nil {
+		if len(cfg.VXLANPeers) > 0 {
+			return fmt.Errorf("vxlan: %w", err)
+		}
+		a.log.Warn("cannot open the host's network namespace", "err", err)
+		return nil
+	}
+	defer hn.Close()
+	// The bridge's own address must not follow the sandboxes' veths
+	// (netquiesce.PinMAC): the host's traffic on it would stall.
+	if err := hn.PinMAC(cfg.Agent.Bridge); err != nil {
+		a.log.Warn("bridge: cannot pin its Ethernet address; job-nodes that join and leave it may change it", "bridge", cfg.Agent.Bridge, "err", err)
+	}
+	if len(cfg.VXLANPeers) == 0 {
+		return nil
+	}
+	local, err := hn.LocalAddr(cfg.VXLANPeers)
+	if err != nil {
+		return fmt.Errorf("vxlan: which of the peers is this host: %w (list every host's address on the network that joins them, this one's included)", err)
+	}
+	v := netquiesce.VXLAN{Name: VXLANDevice, ID: cfg.VXLANID, Local: local, Peers: cfg.VXLANPeers, Bridge: cfg.Agent.Bridge}
+	if v.ID == 0 {
+		v.ID = DefaultVXLANID
+	}
+	if err := hn.SetVXLAN(v); err != nil {
+		return err
+	}
+	a.log.Info("job-node traffic to other hosts goes over VXLAN", "device", v.Name, "id", v.ID, "local", local, "peers", len(cfg.VXLANPeers)-1)
+	return nil
 }

@@ -1,14 +1,24 @@
 // Package simhost simulates a cluster of hosts on one machine: every host is
-// a network namespace (torpor-<cluster>-h<i>) whose bridge br0 enslaves an
-// uplink veth into a shared "fabric" namespace with its own bridge. Host i
-// has 198.18.0.<i>/15 on br0; job-node sandboxes join br0 with addresses
-// from 198.19.0.0/15. These addresses exist only inside the namespaces.
+// a network namespace (torpor-<cluster>-h<i>) with a bridge br0 that
+// job-node sandboxes join. Host i has 198.18.0.<i>/15 on br0; job-nodes take
+// addresses from 198.19.0.0/15. These addresses exist only inside the
+// namespaces.
+//
+// In a flat cluster (NewCluster) br0 enslaves an uplink veth into a shared
+// "fabric" namespace with its own bridge: one L2 segment joins every host
+// and job-node. In a routed cluster (NewRoutedCluster) the fabric is a
+// router instead: host i's uplink has 10.250.<i>.2/24, the router
+// 10.250.<i>.1, and br0 has no uplink. Hosts then reach each other only by
+// IP, as on a routed data-centre or cloud network, and job-nodes on
+// different hosts only through an overlay the shims build (torpor shim
+// --vxlan with every host's Underlay address).
 package simhost
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -33,7 +43,10 @@ type Host struct {
 	NetNS  string // name under /run/netns
 	Addr   string // "198.18.0.<i>/15"
 	Bridge string
-	net    *netquiesce.Net
+	// Underlay is the host's address on the routed network of a routed
+	// cluster ("10.250.<i>.2"), "" in a flat one.
+	Underlay string
+	net      *netquiesce.Net
 }
 
 // NetNSPath is the host's namespace file.
@@ -43,6 +56,7 @@ func (h *Host) NetNSPath() string { return filepath.Join(netquiesce.NetnsDir, h.
 type Cluster struct {
 	Name   string
 	Hosts  []*Host
+	Routed bool
 	fabric *netquiesce.Net
 
 	closeOnce sync.Once
@@ -66,13 +80,30 @@ func checkCluster(name string, n int) error {
 	return nil
 }
 
-// NewCluster creates n simulated hosts (indices 1..n). name must be short and
-// unique (e.g. "t" + pid); on error nothing is left behind.
-func NewCluster(ctx context.Context, name string, n int) (_ *Cluster, err error) {
+// NewCluster creates n simulated hosts (indices 1..n) on one L2 segment.
+// name must be short and unique (e.g. "t" + pid); on error nothing is left
+// behind.
+func NewCluster(ctx context.Context, name string, n int) (*Cluster, error) {
+	return newCluster(ctx, name, n, false)
+}
+
+// NewRoutedCluster creates n simulated hosts that share no L2 segment: each
+// is on a subnet of its own behind a router.
+func NewRoutedCluster(ctx context.Context, name string, n int) (*Cluster, error) {
+	return newCluster(ctx, name, n, true)
+}
+
+// underlayMTU is the MTU of a routed cluster's links: room for the 50
+// bytes VXLAN adds to a job-node's 1500-byte frames.
+const underlayMTU = 1550
+
+func underlayAddr(i int) string { return fmt.Sprintf("10.250.%d.2", i) }
+
+func newCluster(ctx context.Context, name string, n int, routed bool) (_ *Cluster, err error) {
 	if err := checkCluster(name, n); err != nil {
 		return nil, fmt.Errorf("create cluster: %w", err)
 	}
-	c := &Cluster{Name: name}
+	c := &Cluster{Name: name, Routed: routed}
 	defer func() {
 		if err != nil {
 			_ = c.Close()
@@ -91,7 +122,12 @@ func NewCluster(ctx context.Context, name string, n int) (_ *Cluster, err error)
 	if err := c.fabric.DisableIPv6(); err != nil {
 		return nil, err
 	}
-	if err := c.fabric.AddBridge("fab0"); err != nil {
+	if routed {
+		err = c.fabric.WriteSysctl("net/ipv4/ip_forward", "1")
+	} else {
+		err = c.fabric.AddBridge("fab0")
+	}
+	if err != nil {
 		return nil, err
 	}
 	for i := 1; i <= n; i++ {
@@ -108,8 +144,7 @@ func NewCluster(ctx context.Context, name string, n int) (_ *Cluster, err error)
 }
 
 func (c *Cluster) addHost(i int) (*Host, error) {
-	h := &Host{Index: i, NetNS: NetNSName(c.Name, "h"+strconv.Itoa(i)),
-		Addr: fmt.Sprintf("198.18.0.%d/%d", i, Prefix), Bridge: Bridge}
+	h := c.newHost(i)
 	ns, err := netquiesce.NewNamedNetns(h.NetNS)
 	if err != nil {
 		return nil, err
@@ -120,7 +155,7 @@ func (c *Cluster) addHost(i int) (*Host, error) {
 		_ = netquiesce.DeleteNamedNetns(h.NetNS)
 		return nil, err
 	}
-	if err := h.setup(c.fabric); err != nil {
+	if err := h.setup(c.fabric, c.Routed); err != nil {
 		h.net.Close()
 		return nil, err
 	}
@@ -129,7 +164,7 @@ func (c *Cluster) addHost(i int) (*Host, error) {
 
 // setup gives a fresh host namespace its bridge, uplink and address. Close
 // removes the namespace if this fails halfway.
-func (h *Host) setup(fabric *netquiesce.Net) error {
+func (h *Host) setup(fabric *netquiesce.Net, routed bool) error {
 	i := h.Index
 	if err := h.net.DisableIPv6(); err != nil {
 		return err
@@ -144,13 +179,61 @@ func (h *Host) setup(fabric *netquiesce.Net) error {
 	if err := netquiesce.AddVeth(netquiesce.VethEnd{Net: fabric, Name: fab}, netquiesce.VethEnd{Net: h.net, Name: "up0"}); err != nil {
 		return err
 	}
-	if err := fabric.SetMaster(fab, "fab0"); err != nil {
-		return err
-	}
-	if err := h.net.SetMaster("up0", Bridge); err != nil {
-		return err
+	if routed {
+		if err := h.routeUplink(fabric, fab); err != nil {
+			return err
+		}
+	} else {
+		if err := fabric.SetMaster(fab, "fab0"); err != nil {
+			return err
+		}
+		if err := h.net.SetMaster("up0", Bridge); err != nil {
+			return err
+		}
 	}
 	return h.net.AddAddr(Bridge, h.Addr)
+}
+
+// routeUplink puts the host's uplink on a subnet of its own behind the
+// router: 10.250.<i>.2/24 here, 10.250.<i>.1/24 on the router's end fab,
+// and the default route through it.
+func (h *Host) routeUplink(router *netquiesce.Net, fab string) error {
+	for _, end := range []struct {
+		n    *netquiesce.Net
+		link string
+	}{{router, fab}, {h.net, "up0"}} {
+		if err := end.n.SetMTU(end.link, underlayMTU); err != nil {
+			return err
+		}
+	}
+	gw := fmt.Sprintf("10.250.%d.1", h.Index)
+	if err := router.AddAddr(fab, gw+"/24"); err != nil {
+		return err
+	}
+	if err := h.net.AddAddr("up0", h.Underlay+"/24"); err != nil {
+		return err
+	}
+	return h.net.AddDefaultRoute("up0", net.ParseIP(gw))
+}
+
+// newHost describes host i of c.
+func (c *Cluster) newHost(i int) *Host {
+	h := &Host{Index: i, NetNS: NetNSName(c.Name, "h"+strconv.Itoa(i)),
+		Addr: fmt.Sprintf("198.18.0.%d/%d", i, Prefix), Bridge: Bridge}
+	if c.Routed {
+		h.Underlay = underlayAddr(i)
+	}
+	return h
+}
+
+// Underlay returns every host's Underlay address: what `torpor shim
+// --vxlan` takes in a routed cluster.
+func (c *Cluster) Underlay() []string {
+	var out []string
+	for _, h := range c.Hosts {
+		out = append(out, h.Underlay)
+	}
+	return out
 }
 
 // Host returns host i (1-based).
@@ -171,12 +254,15 @@ func OpenCluster(name string, n int) (_ *Cluster, err error) {
 	if c.fabric, err = netquiesce.OpenNamedNet(NetNSName(name, "fabric")); err != nil {
 		return nil, err
 	}
+	// A routed cluster's fabric is a router, with no bridge.
 	if _, err := c.fabric.Link("fab0"); err != nil {
-		return nil, err
+		if _, rerr := c.fabric.Link("h1"); rerr != nil {
+			return nil, err
+		}
+		c.Routed = true
 	}
 	for i := 1; i <= n; i++ {
-		h := &Host{Index: i, NetNS: NetNSName(name, "h"+strconv.Itoa(i)),
-			Addr: fmt.Sprintf("198.18.0.%d/%d", i, Prefix), Bridge: Bridge}
+		h := c.newHost(i)
 		if h.net, err = netquiesce.OpenNamedNet(h.NetNS); err != nil {
 			return nil, err
 		}

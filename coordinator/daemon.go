@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,6 +56,9 @@ type DaemonConfig struct {
 	// Allocations, if set, restrict a user's job-nodes to the nodes of the
 	// user's running Slurm job (Server.Allocations).
 	Allocations Allocations
+	// NodeNet, if valid, is the network job-node addresses come from; they
+	// carry its prefix length (Options.NodeNet and NodeBits).
+	NodeNet netip.Prefix
 }
 
 // allocationsEvery is how often a daemon with Allocations checks that the
@@ -123,6 +127,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	c, err := New(Options{
 		StateDir: cfg.StateDir, Store: CatalogStore{store}, Agents: cfg.Agents,
 		Log: log, Deadlines: cfg.Deadlines, Keep: cfg.Keep, Faults: cfg.Faults, PostCopyThreshold: cfg.PostCopyThreshold,
+		NodeNet: cfg.NodeNet, NodeBits: cfg.NodeNet.Bits(),
 	})
 	if err != nil {
 		return nil, err

@@ -6,16 +6,18 @@ import (
 
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/agent"
+	"github.com/torpor-hpc/torpor/shim/sandbox"
 	"github.com/torpor-hpc/torpor/shim/simhost"
 )
 
 // An Open MPI job on hosts that share no L2 segment (each host on a subnet
-// of its own behind a router; torpor shim --vxlan): it runs, is
+// of its own behind a router; torpor shim --vxlan), with job-node addresses
+// from a network no host has (torpor coordinator --node-net): it runs, is
 // checkpointed, has job-nodes migrated with stop-copy and with post-copy
 // (the page server's traffic crosses the overlay too) and restarted on
 // other hosts, and ends with the undisturbed checksum.
 func TestRoutedCluster(t *testing.T) {
-	c := newRoutedCluster(t, 5)
+	c := newRoutedCluster(t, 5, "--node-net", "10.99.0.0/16")
 	fabric, err := netquiesce.OpenNamedNet(simhost.NetNSName(c.sim.Name, "fabric"))
 	if err != nil {
 		t.Fatal(err)
@@ -28,6 +30,15 @@ func TestRoutedCluster(t *testing.T) {
 	j := c.faultJob("rt")
 	c.criuLogsOnFailure("rt", "n0")
 	j.progress("started on h1,h2,h3")
+	sb, err := netquiesce.OpenNamedNet(c.sim.Host(1).NetNS + "-" + j.id + "-n0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := sb.Addrs(sandbox.IfName)
+	sb.Close()
+	if err != nil || len(addrs) != 1 || !strings.HasPrefix(addrs[0].IPNet.String(), "10.99.0.") || !strings.HasSuffix(addrs[0].IPNet.String(), "/16") {
+		t.Fatalf("n0's addresses: %v, %v; want one from --node-net 10.99.0.0/16", addrs, err)
+	}
 	c.mustCLI("checkpoint", j.id)
 	j.progress("after a checkpoint")
 	c.mustCLI("migrate", j.id, "--node", "n1", "--to", "h4", "--postcopy", "never")

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/torpor-hpc/torpor/client"
@@ -56,6 +58,7 @@ func runCoordinator(ctx context.Context, args []string) error {
 	postCopy := fs.String("postcopy-threshold", "", "private memory of a job-node from which `torpor migrate` (--postcopy=auto) uses post-copy, e.g. 128M; off: never; default from config (postcopy_threshold), else 128M")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics over HTTP at ADDR (/metrics; port 0: any, logged); default from config (metrics_listen), else off")
+	nodeNet := fs.String("node-net", "", "IPv4 network job-node addresses come from, e.g. 10.99.0.0/16, used by no host (job-nodes carry its prefix length); default from config (node_net), else "+coordinator.DefaultNodeNet.String()+" as /"+strconv.Itoa(coordinator.DefaultNodeBits)+" (the simulated cluster's)")
 	slurmOnly := fs.Bool("slurm", false, "place a user's job-nodes only on the nodes of the user's running Slurm job (asked of squeue; root is not restricted); default from config (slurm)")
 	var faults faultFlag
 	fs.Var(&faults, "fault", "switch on a fault-injection point, for tests (repeatable): "+strings.Join(fault.Names(fault.Coordinator), ", "))
@@ -92,6 +95,9 @@ func runCoordinator(ctx context.Context, args []string) error {
 	dc := coordinator.DaemonConfig{
 		StateDir: *stateDir, CheckpointDir: *ckptDir, Socket: client.SocketPath(*socket),
 		Listen: *listen, Keep: *keep, Log: log, MetricsListen: *metricsListen, PostCopyThreshold: threshold,
+	}
+	if dc.NodeNet, err = parseNodeNet(firstOf(*nodeNet, cfg.NodeNet)); err != nil {
+		return err
 	}
 	if *slurmOnly || cfg.Slurm {
 		dc.Allocations = slurm.Allocations{}
@@ -272,4 +278,16 @@ func parsePostCopyThreshold(s string) (int64, error) {
 		return 0, fmt.Errorf("--postcopy-threshold %s: give a size with a suffix K, M, G or T (powers of 1024), e.g. 128M, or off", s)
 	}
 	return n, nil
+}
+
+// parseNodeNet parses --node-net ("" is the default, an invalid prefix).
+func parseNodeNet(s string) (netip.Prefix, error) {
+	if s == "" {
+		return netip.Prefix{}, nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is4() || p.Bits() < 8 || p.Bits() > 30 {
+		return netip.Prefix{}, fmt.Errorf("--node-net %q: want an IPv4 network from /8 to /30, e.g. 10.99.0.0/16", s)
+	}
+	return p.Masked(), nil
 }

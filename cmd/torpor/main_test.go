@@ -2,6 +2,7 @@ package main
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -43,3 +44,26 @@ func TestParseFlagsInterspersed(t *testing.T) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+func TestParseNodeNetAndPeers(t *testing.T) {
+	for in, want := range map[string]string{"": "invalid Prefix", "10.99.0.7/16": "10.99.0.0/16", "198.19.0.0/16": "198.19.0.0/16"} {
+		p, err := parseNodeNet(in)
+		if err != nil || p.String() != want {
+			t.Errorf("parseNodeNet(%q) = %v, %v; want %s", in, p, err, want)
+		}
+	}
+	for _, bad := range []string{"10.99.0.0", "fd00::/64", "10.0.0.0/4", "10.0.0.0/31", "ten/8"} {
+		if _, err := parseNodeNet(bad); err == nil || !strings.Contains(err.Error(), "--node-net") {
+			t.Errorf("parseNodeNet(%q): %v; want an error naming --node-net", bad, err)
+		}
+	}
+	ips, err := parseIPs([]string{"10.250.1.2", " 10.250.2.2", ""})
+	if err != nil || len(ips) != 2 || ips[1].String() != "10.250.2.2" {
+		t.Errorf("parseIPs = %v, %v", ips, err)
+	}
+	for _, bad := range []string{"h1", "fd00::1", "10.250.1.2/24"} {
+		if _, err := parseIPs([]string{bad}); err == nil {
+			t.Errorf("parseIPs(%q) accepted it", bad)
+		}
+	}
+}

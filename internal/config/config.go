@@ -54,6 +54,9 @@ type Config struct {
 	// socket on which the shim relays its host's users' commands to the
 	// coordinator. Empty: none.
 	UserSocket string `yaml:"user_socket"`
+	// NodeNet is the default of `torpor coordinator --node-net`: the IPv4
+	// network job-node addresses come from.
+	NodeNet string `yaml:"node_net"`
 	// VXLANPeers is the default of `torpor shim --vxlan`: every host's
 	// address on the network that joins the hosts (one list for all
 	// hosts); job-node traffic between hosts goes over VXLAN to them.

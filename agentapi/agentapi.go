@@ -74,6 +74,12 @@ type DumpRequest struct {
 	// until Destroy; Unlock or Thaw (a rollback) stop the page server first.
 	// Migrations only: the images are not a checkpoint.
 	PostCopyAbove int64
+	// Local asks the shim to write the images into its own image
+	// directory (Dir is ignored) and to serve them to other shims
+	// (ImageServer) until the job-node is destroyed, unlocked or thawed
+	// here; DumpResult.NodeManifestSHA256 is then set. Migrations only:
+	// the images are not a checkpoint.
+	Local bool
 }
 
 // DumpResult is what a shim reports after a dump.
@@ -87,6 +93,9 @@ type DumpResult struct {
 	// PageServer is "host:port" of a post-copy dump's page server, reachable
 	// from the other hosts; empty for an ordinary dump.
 	PageServer string
+	// NodeManifestSHA256 is the SHA-256 (hex) of a local dump's node
+	// manifest, for the destination to verify the images against.
+	NodeManifestSHA256 string
 }
 
 // RestoreRequest asks a shim to restore one job-node from Dir.
@@ -104,6 +113,26 @@ type RestoreRequest struct {
 	// listens there ("host:port", DumpResult.PageServer): the job-node runs
 	// before its memory has arrived, and Pages says when all of it has.
 	PageServer string
+	// From is "host:port" of the shim holding the images, a local dump of
+	// Checkpoint (DumpRequest.Local; ImageStreamer.ImagesAddress): the
+	// shim fetches them into its own image directory first (Dir is
+	// ignored) and verifies them against NodeManifestSHA256, required then.
+	From string
+}
+
+// ImageStreamer is implemented by an Agent that may say where it serves
+// the images of its local dumps (DumpRequest.Local) and that fetches images
+// from another shim (RestoreRequest.From): "" means it does neither, and a
+// migration to or from it goes through the checkpoint directory.
+type ImageStreamer interface {
+	ImagesAddress() string
+}
+
+// ImageServer sends the files of a local dump of job-node ref for
+// checkpoint to another shim, one send per chunk (a chunk with a name
+// starts that file).
+type ImageServer interface {
+	SendImages(ctx context.Context, ref NodeRef, checkpoint string, send func(name string, data []byte) error) error
 }
 
 // PostCopier is implemented by an Agent that may say whether it can take

@@ -2,6 +2,7 @@ package agentapi
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
@@ -16,6 +17,10 @@ type Client struct {
 	// PostCopies says the shim registered with post_copy: its CRIU and
 	// kernel restore pages lazily.
 	PostCopies bool
+	// Streams says the shim registered with streams_images, and Addr is
+	// where its Shim service listens (what other shims fetch images from).
+	Streams bool
+	Addr    string
 }
 
 // VerifiesImages implements ImageVerifier.
@@ -23,6 +28,14 @@ func (c Client) VerifiesImages() bool { return c.Verifies }
 
 // PostCopy implements PostCopier.
 func (c Client) PostCopy() bool { return c.PostCopies }
+
+// ImagesAddress implements ImageStreamer.
+func (c Client) ImagesAddress() string {
+	if !c.Streams {
+		return ""
+	}
+	return c.Addr
+}
 
 var _ Agent = Client{}
 
@@ -97,11 +110,12 @@ func (c Client) Lock(ctx context.Context, ref NodeRef) error {
 
 func (c Client) Dump(ctx context.Context, ref NodeRef, req DumpRequest) (DumpResult, error) {
 	rep, err := c.Shim.Dump(ctx, &apiv1.DumpRequest{Ref: refToPB(ref), Dir: req.Dir, SharedDir: req.Shared, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint,
-		Compress: req.Compress, PostCopyAbove: req.PostCopyAbove})
+		Compress: req.Compress, PostCopyAbove: req.PostCopyAbove, Local: req.Local})
 	if err != nil {
 		return DumpResult{}, FromRPC(err)
 	}
-	return DumpResult{Bytes: rep.Bytes, Files: int(rep.Files), CRIUTime: time.Duration(rep.CriuNanos), Memory: rep.MemoryBytes, PageServer: rep.PageServer}, nil
+	return DumpResult{Bytes: rep.Bytes, Files: int(rep.Files), CRIUTime: time.Duration(rep.CriuNanos), Memory: rep.MemoryBytes, PageServer: rep.PageServer,
+		NodeManifestSHA256: rep.NodeManifestSha256}, nil
 }
 
 func (c Client) Unlock(ctx context.Context, ref NodeRef) error {
@@ -124,7 +138,7 @@ func (c Client) RestoreFiles(ctx context.Context, job string, n NodeSpec, req Re
 
 func (c Client) Restore(ctx context.Context, job string, n NodeSpec, req RestoreRequest) error {
 	_, err := c.Shim.Restore(ctx, &apiv1.RestoreRequest{Job: job, Node: NodeToPB(n), Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSha256: req.NodeManifestSHA256,
-		PageServer: req.PageServer})
+		PageServer: req.PageServer, From: req.From})
 	return FromRPC(err)
 }
 
@@ -151,6 +165,8 @@ func (c Client) Pages(ctx context.Context, ref NodeRef) error {
 type Server struct {
 	apiv1.UnimplementedShimServer
 	Agent Agent
+	// Images, if set, serves the images of local dumps to other shims.
+	ImageServer ImageServer
 }
 
 func (s Server) Start(ctx context.Context, req *apiv1.StartRequest) (*apiv1.Empty, error) {
@@ -176,8 +192,9 @@ func (s Server) Lock(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error
 
 func (s Server) Dump(ctx context.Context, req *apiv1.DumpRequest) (*apiv1.DumpReply, error) {
 	res, err := s.Agent.Dump(ctx, refFromPB(req.Ref), DumpRequest{Dir: req.Dir, Shared: req.SharedDir, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint,
-		Compress: req.Compress, PostCopyAbove: req.PostCopyAbove})
-	return &apiv1.DumpReply{Bytes: res.Bytes, Files: int32(res.Files), CriuNanos: int64(res.CRIUTime), MemoryBytes: res.Memory, PageServer: res.PageServer}, ToRPC(err)
+		Compress: req.Compress, PostCopyAbove: req.PostCopyAbove, Local: req.Local})
+	return &apiv1.DumpReply{Bytes: res.Bytes, Files: int32(res.Files), CriuNanos: int64(res.CRIUTime), MemoryBytes: res.Memory, PageServer: res.PageServer,
+		NodeManifestSha256: res.NodeManifestSHA256}, ToRPC(err)
 }
 
 func (s Server) Unlock(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
@@ -195,7 +212,7 @@ func (s Server) RestoreFiles(ctx context.Context, req *apiv1.RestoreRequest) (*a
 
 func (s Server) Restore(ctx context.Context, req *apiv1.RestoreRequest) (*apiv1.Empty, error) {
 	return &apiv1.Empty{}, ToRPC(s.Agent.Restore(ctx, req.Job, NodeFromPB(req.Node), RestoreRequest{Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSHA256: req.NodeManifestSha256,
-		PageServer: req.PageServer}))
+		PageServer: req.PageServer, From: req.From}))
 }
 
 func (s Server) Destroy(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
@@ -209,4 +226,13 @@ func (s Server) Status(ctx context.Context, r *apiv1.NodeRef) (*apiv1.NodeStatus
 
 func (s Server) Pages(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
 	return &apiv1.Empty{}, ToRPC(s.Agent.Pages(ctx, refFromPB(r)))
+}
+
+func (s Server) Images(req *apiv1.ImagesRequest, stream apiv1.Shim_ImagesServer) error {
+	if s.ImageServer == nil {
+		return ToRPC(fmt.Errorf("%w: this shim has no image directory (torpor shim --image-dir)", ErrInvalid))
+	}
+	return ToRPC(s.ImageServer.SendImages(stream.Context(), refFromPB(req.Ref), req.Checkpoint, func(name string, data []byte) error {
+		return stream.Send(&apiv1.ImageChunk{Name: name, Data: data})
+	}))
 }

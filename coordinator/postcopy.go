@@ -70,6 +70,10 @@ type MigrateResult struct {
 	Bytes    int64 // images written (post-copy: all but the lazy memory)
 	Memory   int64 // the job-node's private memory, when it was measured
 	Phases   map[Phase]time.Duration
+	// Streamed says the images went from the source's shim to the
+	// destination's (both have image directories of their own), not
+	// through the checkpoint directory.
+	Streamed bool
 }
 
 // postCopyAbove is the DumpRequest.PostCopyAbove of a migration from host
@@ -94,6 +98,27 @@ func (c *Coordinator) postCopyAbove(mode PostCopy, from, to string) (int64, stri
 		return 0, "automatic post-copy is switched off (threshold 0)"
 	}
 	return c.postCopyThreshold, ""
+}
+
+// imagesFrom returns where the shim of from serves its images when both
+// it and the shim of to stream images (agentapi.ImageStreamer), else "":
+// the migration's images then go through the checkpoint directory.
+func (c *Coordinator) imagesFrom(from, to string) string {
+	var addr string
+	for _, h := range []string{to, from} {
+		a, err := c.agent(h)
+		if err != nil {
+			return ""
+		}
+		s, ok := a.(agentapi.ImageStreamer)
+		if !ok {
+			return ""
+		}
+		if addr = s.ImagesAddress(); addr == "" {
+			return ""
+		}
+	}
+	return addr
 }
 
 // mib is n bytes in MiB, for reasons.

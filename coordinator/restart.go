@@ -390,6 +390,11 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 		log.Warn("post-copy asked for, migrating with stop-and-copy", "why", why)
 	}
 
+	// Both shims with image directories of their own: the images go from
+	// shim to shim, not through the checkpoint directory.
+	source := c.imagesFrom(from.Host, to)
+	res.Streamed = source != ""
+
 	pend, err := c.store.Begin(id)
 	if err != nil {
 		c.end(id, StateRunning, func(j *Job) { j.Reason = err.Error() })
@@ -409,7 +414,7 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 	err = c.quiesce(ctx, id, spec.Nodes, pend.Handle(), t)
 	if err == nil {
 		var dirs []string
-		if d, err := pend.NodeDir(from.Name); err == nil {
+		if d, err := pend.NodeDir(from.Name); err == nil && source == "" {
 			dirs = append(dirs, d)
 		}
 		stopWatch := c.watchBytes(opMigration, id, PhaseDump, dirs)
@@ -423,8 +428,11 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 				if err != nil {
 					return err
 				}
-				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: pend.Handle(),
-					PostCopyAbove: above})
+				req := agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: pend.Handle(), PostCopyAbove: above}
+				if source != "" {
+					req.Dir, req.Shared, req.Local = "", "", true
+				}
+				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, req)
 				dumpedMu.Lock()
 				dumped = res
 				dumpedMu.Unlock()
@@ -463,7 +471,11 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 				// its files are as captured, and the job-nodes that stay hold
 				// them open (replacing one would split a shared file in two).
 				restored.Store(true)
-				return a.Restore(ctx, id, n, agentapi.RestoreRequest{Dir: dir, Checkpoint: pend.Handle(), PageServer: dumped.PageServer})
+				req := agentapi.RestoreRequest{Dir: dir, Checkpoint: pend.Handle(), PageServer: dumped.PageServer}
+				if source != "" {
+					req.Dir, req.From, req.NodeManifestSHA256 = "", source, dumped.NodeManifestSHA256
+				}
+				return a.Restore(ctx, id, n, req)
 			})
 		})
 	}
@@ -529,7 +541,7 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 		m.Frozen(opMigration, res.Downtime)
 	}
 	c.end(id, StateRunning, func(j *Job) { j.Spec = spec; j.Reason = "" })
-	log.Info("job-node migrated", "mode", res.Mode, "downtime", res.Downtime, "last_page", res.LastPage, "timings", t.String())
+	log.Info("job-node migrated", "mode", res.Mode, "streamed", res.Streamed, "downtime", res.Downtime, "last_page", res.LastPage, "timings", t.String())
 	return res, nil
 }
 

@@ -121,7 +121,8 @@ func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*api
 	if err != nil {
 		return nil, agentapi.ToRPC(fmt.Errorf("dial shim %s at %s: %w", req.Host, req.Address, err))
 	}
-	s.C.AddAgent(req.Host, agentapi.Client{Shim: cl, Verifies: req.VerifiesImages, PostCopies: req.PostCopy})
+	s.C.AddAgent(req.Host, agentapi.Client{Shim: cl, Verifies: req.VerifiesImages, PostCopies: req.PostCopy,
+		Streams: req.StreamsImages, Addr: req.Address})
 	s.shimSeen.Store(req.Host, time.Now())
 	if req.RunDir != "" {
 		s.shimRunDirs.Store(req.Host, filepath.Clean(req.RunDir))
@@ -196,7 +197,7 @@ func (s *Server) Migrate(ctx context.Context, req *apiv1.MigrateRequest) (*apiv1
 		return nil, agentapi.ToRPC(err)
 	}
 	res, err := s.C.MigrateDetails(ctx, req.Job, req.Node, req.To, MigrateOptions{PostCopy: PostCopy(req.Postcopy)})
-	return &apiv1.MigrateReply{Mode: res.Mode, ModeReason: res.ModeReason, DowntimeNanos: int64(res.Downtime), LastPageNanos: int64(res.LastPage),
+	return &apiv1.MigrateReply{Mode: res.Mode, ModeReason: res.ModeReason, DowntimeNanos: int64(res.Downtime), LastPageNanos: int64(res.LastPage), Streamed: res.Streamed,
 		Bytes: res.Bytes, MemoryBytes: res.Memory, PhasesNanos: phaseNanos(res.Phases)}, agentapi.ToRPC(err)
 }
 

@@ -125,7 +125,10 @@ func (c *cluster) startShim(i int, extra ...string) {
 		"--bridge", h.Bridge, "--join", c.addr, "--pki", c.pki, "--run-dir", c.runDir,
 		"--cgroup-parent", c.cgParent, "--listen", "127.0.0.1:0"}, extra...)
 	if c.sim.Routed {
-		args = append(args, "--vxlan", strings.Join(c.sim.Underlay(), ","))
+		// Hosts that share no segment, and no image directory: migrations
+		// stream their images from shim to shim.
+		args = append(args, "--vxlan", strings.Join(c.sim.Underlay(), ","),
+			"--image-dir", filepath.Join(c.dir, "images", fmt.Sprintf("h%d", i)))
 	}
 	name := fmt.Sprintf("shim-h%d", i)
 	if c.shims[i-1] != nil {

@@ -69,6 +69,7 @@ type jsonMigrate struct {
 	LastPageNS  int64  `json:"last_page_ns"`
 	Bytes       int64  `json:"bytes"`
 	MemoryBytes int64  `json:"memory_bytes"`
+	Streamed    bool   `json:"streamed"`
 }
 
 // The source's page server dies while a post-copy migration's pages are in

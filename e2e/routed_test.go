@@ -1,8 +1,13 @@
 package e2e
 
 import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/agent"
@@ -41,10 +46,26 @@ func TestRoutedCluster(t *testing.T) {
 	}
 	c.mustCLI("checkpoint", j.id)
 	j.progress("after a checkpoint")
-	c.mustCLI("migrate", j.id, "--node", "n1", "--to", "h4", "--postcopy", "never")
-	j.progress("after migrating n1 to h4 (stop-copy)")
-	c.mustCLI("migrate", j.id, "--node", "n0", "--to", "h5", "--postcopy", "always")
-	j.progress("after migrating n0 to h5 (post-copy)")
+	// Each shim has an image directory of its own: the images go from the
+	// source's shim to the destination's, verified there against the node
+	// manifest the source reported.
+	migrate := func(node, to, mode, wantMode string) {
+		t.Helper()
+		out := c.mustCLI("migrate", j.id, "--node", node, "--to", to, "--postcopy", mode, "--json")
+		var m jsonMigrate
+		if err := json.Unmarshal([]byte(out[strings.Index(out, "{"):]), &m); err != nil {
+			t.Fatalf("migrate --json: %v\n%s", err, out)
+		}
+		if !m.Streamed || m.Mode != wantMode {
+			t.Fatalf("migrate %s to %s: %+v, want %s with images streamed\n%s", node, to, m, wantMode, out)
+		}
+		if !strings.Contains(c.logs["shim-"+to].String(), "fetched migration images") {
+			t.Fatalf("the shim of %s never said it fetched the images:\n%s", to, c.logs["shim-"+to])
+		}
+		j.progress(fmt.Sprintf("after migrating %s to %s (%s, streamed, downtime %v)", node, to, m.Mode, time.Duration(m.DowntimeNS).Round(time.Millisecond)))
+	}
+	migrate("n1", "h4", "never", "stop-copy")
+	migrate("n0", "h5", "always", "post-copy")
 	h := lastLines(c.mustCLI("suspend", j.id), 1)
 	c.mustCLI("restart", h, "--host", "n0=h1", "--host", "n1=h2", "--host", "n2=h4")
 	if ps := c.mustCLI("ps"); !strings.Contains(ps, "n0@h1,n1@h2,n2@h4") {
@@ -52,6 +73,20 @@ func TestRoutedCluster(t *testing.T) {
 	}
 	j.progress("after a restart on h1,h2,h4")
 	j.finishWith(want, "on a routed cluster")
+
+	// The job ended: no migration left images behind on any host.
+	for i := 1; i <= 5; i++ {
+		var left []string
+		filepath.WalkDir(filepath.Join(c.dir, "images", fmt.Sprintf("h%d", i)), func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				left = append(left, p)
+			}
+			return nil
+		})
+		if len(left) > 0 {
+			t.Errorf("h%d's image directory still holds %v", i, left)
+		}
+	}
 
 	// Every host that ran a job-node sent and received job-node traffic
 	// through its VXLAN port: the only way between them.

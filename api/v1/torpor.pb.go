@@ -430,6 +430,10 @@ type DumpRequest struct {
 	// > 0: a post-copy dump when the job-node's private memory is at least
 	// this many bytes (agentapi.DumpRequest.PostCopyAbove).
 	PostCopyAbove int64 `protobuf:"varint,7,opt,name=post_copy_above,json=postCopyAbove,proto3" json:"post_copy_above,omitempty"`
+	// Write the images into the shim's own image directory (dir is ignored)
+	// and serve them to other shims (Images) until the job-node is destroyed,
+	// unlocked or thawed here: a migration that streams its images.
+	Local         bool `protobuf:"varint,8,opt,name=local,proto3" json:"local,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -513,6 +517,13 @@ func (x *DumpRequest) GetPostCopyAbove() int64 {
 	return 0
 }
 
+func (x *DumpRequest) GetLocal() bool {
+	if x != nil {
+		return x.Local
+	}
+	return false
+}
+
 type DumpReply struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Bytes     int64                  `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"`
@@ -521,9 +532,11 @@ type DumpReply struct {
 	// The job-node's private memory, when post-copy was asked about.
 	MemoryBytes int64 `protobuf:"varint,5,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
 	// host:port of a post-copy dump's page server; empty otherwise.
-	PageServer    string `protobuf:"bytes,6,opt,name=page_server,json=pageServer,proto3" json:"page_server,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	PageServer string `protobuf:"bytes,6,opt,name=page_server,json=pageServer,proto3" json:"page_server,omitempty"`
+	// The SHA-256 (hex) of the node manifest of a local dump.
+	NodeManifestSha256 string `protobuf:"bytes,7,opt,name=node_manifest_sha256,json=nodeManifestSha256,proto3" json:"node_manifest_sha256,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *DumpReply) Reset() {
@@ -591,6 +604,13 @@ func (x *DumpReply) GetPageServer() string {
 	return ""
 }
 
+func (x *DumpReply) GetNodeManifestSha256() string {
+	if x != nil {
+		return x.NodeManifestSha256
+	}
+	return ""
+}
+
 type RestoreRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Job   string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -605,7 +625,12 @@ type RestoreRequest struct {
 	// migration's images, which are never committed.
 	NodeManifestSha256 string `protobuf:"bytes,5,opt,name=node_manifest_sha256,json=nodeManifestSha256,proto3" json:"node_manifest_sha256,omitempty"`
 	// host:port of the page server of a post-copy dump: restore lazily from it.
-	PageServer    string `protobuf:"bytes,6,opt,name=page_server,json=pageServer,proto3" json:"page_server,omitempty"`
+	PageServer string `protobuf:"bytes,6,opt,name=page_server,json=pageServer,proto3" json:"page_server,omitempty"`
+	// host:port of the shim that holds the images (a local dump of
+	// checkpoint): fetch them from its Images first, into this shim's own
+	// image directory (dir is ignored), and verify them against
+	// node_manifest_sha256, which is then required.
+	From          string `protobuf:"bytes,7,opt,name=from,proto3" json:"from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -682,6 +707,120 @@ func (x *RestoreRequest) GetPageServer() string {
 	return ""
 }
 
+func (x *RestoreRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+// Which local dump's images to send (DumpRequest.local).
+type ImagesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           *NodeRef               `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Checkpoint    string                 `protobuf:"bytes,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImagesRequest) Reset() {
+	*x = ImagesRequest{}
+	mi := &file_torpor_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImagesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImagesRequest) ProtoMessage() {}
+
+func (x *ImagesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImagesRequest.ProtoReflect.Descriptor instead.
+func (*ImagesRequest) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ImagesRequest) GetRef() *NodeRef {
+	if x != nil {
+		return x.Ref
+	}
+	return nil
+}
+
+func (x *ImagesRequest) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+// A piece of one image file: a chunk with a name starts that file (an
+// empty one is still created), those without continue it.
+type ImageChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageChunk) Reset() {
+	*x = ImageChunk{}
+	mi := &file_torpor_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageChunk) ProtoMessage() {}
+
+func (x *ImageChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
+func (*ImageChunk) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ImageChunk) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ImageChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type RestoreFilesReply struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Files below --keep directories that did not exist at the checkpoint,
@@ -693,7 +832,7 @@ type RestoreFilesReply struct {
 
 func (x *RestoreFilesReply) Reset() {
 	*x = RestoreFilesReply{}
-	mi := &file_torpor_proto_msgTypes[9]
+	mi := &file_torpor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +844,7 @@ func (x *RestoreFilesReply) String() string {
 func (*RestoreFilesReply) ProtoMessage() {}
 
 func (x *RestoreFilesReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[9]
+	mi := &file_torpor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +857,7 @@ func (x *RestoreFilesReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreFilesReply.ProtoReflect.Descriptor instead.
 func (*RestoreFilesReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{9}
+	return file_torpor_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RestoreFilesReply) GetMoved() []string {
@@ -740,7 +879,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_torpor_proto_msgTypes[10]
+	mi := &file_torpor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +891,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[10]
+	mi := &file_torpor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +904,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{10}
+	return file_torpor_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *NodeStatus) GetRunning() bool {
@@ -804,7 +943,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_torpor_proto_msgTypes[11]
+	mi := &file_torpor_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -816,7 +955,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[11]
+	mi := &file_torpor_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -829,7 +968,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{11}
+	return file_torpor_proto_rawDescGZIP(), []int{13}
 }
 
 type RegisterRequest struct {
@@ -844,14 +983,18 @@ type RegisterRequest struct {
 	VerifiesImages bool `protobuf:"varint,4,opt,name=verifies_images,json=verifiesImages,proto3" json:"verifies_images,omitempty"`
 	// The shim can take part in a post-copy migration (CRIU restores pages
 	// lazily here: userfaultfd).
-	PostCopy      bool `protobuf:"varint,5,opt,name=post_copy,json=postCopy,proto3" json:"post_copy,omitempty"`
+	PostCopy bool `protobuf:"varint,5,opt,name=post_copy,json=postCopy,proto3" json:"post_copy,omitempty"`
+	// The shim has an image directory of its own: it dumps a migration's
+	// images there (DumpRequest.local), serves them (Images) and fetches them
+	// from another shim (RestoreRequest.from).
+	StreamsImages bool `protobuf:"varint,6,opt,name=streams_images,json=streamsImages,proto3" json:"streams_images,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_torpor_proto_msgTypes[12]
+	mi := &file_torpor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -863,7 +1006,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[12]
+	mi := &file_torpor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -876,7 +1019,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{12}
+	return file_torpor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RegisterRequest) GetHost() string {
@@ -914,6 +1057,13 @@ func (x *RegisterRequest) GetPostCopy() bool {
 	return false
 }
 
+func (x *RegisterRequest) GetStreamsImages() bool {
+	if x != nil {
+		return x.StreamsImages
+	}
+	return false
+}
+
 type JobSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -928,7 +1078,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_torpor_proto_msgTypes[13]
+	mi := &file_torpor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -940,7 +1090,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[13]
+	mi := &file_torpor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -953,7 +1103,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{13}
+	return file_torpor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *JobSpec) GetId() string {
@@ -997,7 +1147,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_torpor_proto_msgTypes[14]
+	mi := &file_torpor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1159,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[14]
+	mi := &file_torpor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1172,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{14}
+	return file_torpor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RunRequest) GetSpec() *JobSpec {
@@ -1055,7 +1205,7 @@ type JobRef struct {
 
 func (x *JobRef) Reset() {
 	*x = JobRef{}
-	mi := &file_torpor_proto_msgTypes[15]
+	mi := &file_torpor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1217,7 @@ func (x *JobRef) String() string {
 func (*JobRef) ProtoMessage() {}
 
 func (x *JobRef) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[15]
+	mi := &file_torpor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1230,7 @@ func (x *JobRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRef.ProtoReflect.Descriptor instead.
 func (*JobRef) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{15}
+	return file_torpor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *JobRef) GetJob() string {
@@ -1103,7 +1253,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_torpor_proto_msgTypes[16]
+	mi := &file_torpor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1115,7 +1265,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[16]
+	mi := &file_torpor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1128,7 +1278,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{16}
+	return file_torpor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CheckpointRequest) GetJob() string {
@@ -1164,7 +1314,7 @@ type CheckpointReply struct {
 
 func (x *CheckpointReply) Reset() {
 	*x = CheckpointReply{}
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1326,7 @@ func (x *CheckpointReply) String() string {
 func (*CheckpointReply) ProtoMessage() {}
 
 func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1339,7 @@ func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointReply.ProtoReflect.Descriptor instead.
 func (*CheckpointReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{17}
+	return file_torpor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CheckpointReply) GetHandle() string {
@@ -1231,7 +1381,7 @@ type RestartRequest struct {
 
 func (x *RestartRequest) Reset() {
 	*x = RestartRequest{}
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1393,7 @@ func (x *RestartRequest) String() string {
 func (*RestartRequest) ProtoMessage() {}
 
 func (x *RestartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1406,7 @@ func (x *RestartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
 func (*RestartRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{18}
+	return file_torpor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RestartRequest) GetRef() string {
@@ -1294,7 +1444,7 @@ type RestartReply struct {
 
 func (x *RestartReply) Reset() {
 	*x = RestartReply{}
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1306,7 +1456,7 @@ func (x *RestartReply) String() string {
 func (*RestartReply) ProtoMessage() {}
 
 func (x *RestartReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1319,7 +1469,7 @@ func (x *RestartReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartReply.ProtoReflect.Descriptor instead.
 func (*RestartReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{19}
+	return file_torpor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RestartReply) GetJob() string {
@@ -1370,7 +1520,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1532,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +1545,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{20}
+	return file_torpor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *MigrateRequest) GetJob() string {
@@ -1436,13 +1586,16 @@ type MigrateReply struct {
 	Bytes         int64            `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`                                // images written
 	MemoryBytes   int64            `protobuf:"varint,6,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"` // the job-node's private memory, if measured
 	PhasesNanos   map[string]int64 `protobuf:"bytes,7,rep,name=phases_nanos,json=phasesNanos,proto3" json:"phases_nanos,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// The images went from shim to shim (both have image directories), not
+	// through the checkpoint directory.
+	Streamed      bool `protobuf:"varint,8,opt,name=streamed,proto3" json:"streamed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrateReply) Reset() {
 	*x = MigrateReply{}
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1607,7 @@ func (x *MigrateReply) String() string {
 func (*MigrateReply) ProtoMessage() {}
 
 func (x *MigrateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1620,7 @@ func (x *MigrateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateReply.ProtoReflect.Descriptor instead.
 func (*MigrateReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{21}
+	return file_torpor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *MigrateReply) GetMode() string {
@@ -1519,6 +1672,13 @@ func (x *MigrateReply) GetPhasesNanos() map[string]int64 {
 	return nil
 }
 
+func (x *MigrateReply) GetStreamed() bool {
+	if x != nil {
+		return x.Streamed
+	}
+	return false
+}
+
 type Job struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Spec           *JobSpec               `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -1534,7 +1694,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1706,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1719,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{22}
+	return file_torpor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -1620,7 +1780,7 @@ type JobList struct {
 
 func (x *JobList) Reset() {
 	*x = JobList{}
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1632,7 +1792,7 @@ func (x *JobList) String() string {
 func (*JobList) ProtoMessage() {}
 
 func (x *JobList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1645,7 +1805,7 @@ func (x *JobList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobList.ProtoReflect.Descriptor instead.
 func (*JobList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{23}
+	return file_torpor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *JobList) GetJobs() []*Job {
@@ -1665,7 +1825,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1677,7 +1837,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1690,7 +1850,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{24}
+	return file_torpor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListCheckpointsRequest) GetJob() string {
@@ -1723,7 +1883,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +1895,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +1908,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{25}
+	return file_torpor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Checkpoint) GetHandle() string {
@@ -1816,7 +1976,7 @@ type CheckpointList struct {
 
 func (x *CheckpointList) Reset() {
 	*x = CheckpointList{}
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1828,7 +1988,7 @@ func (x *CheckpointList) String() string {
 func (*CheckpointList) ProtoMessage() {}
 
 func (x *CheckpointList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1841,7 +2001,7 @@ func (x *CheckpointList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointList.ProtoReflect.Descriptor instead.
 func (*CheckpointList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{26}
+	return file_torpor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CheckpointList) GetCheckpoints() []*Checkpoint {
@@ -1868,7 +2028,7 @@ type FenceRequest struct {
 
 func (x *FenceRequest) Reset() {
 	*x = FenceRequest{}
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1880,7 +2040,7 @@ func (x *FenceRequest) String() string {
 func (*FenceRequest) ProtoMessage() {}
 
 func (x *FenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1893,7 +2053,7 @@ func (x *FenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRequest.ProtoReflect.Descriptor instead.
 func (*FenceRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{27}
+	return file_torpor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *FenceRequest) GetJob() string {
@@ -1947,7 +2107,7 @@ type FenceReply struct {
 
 func (x *FenceReply) Reset() {
 	*x = FenceReply{}
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1959,7 +2119,7 @@ func (x *FenceReply) String() string {
 func (*FenceReply) ProtoMessage() {}
 
 func (x *FenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1972,7 +2132,7 @@ func (x *FenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceReply.ProtoReflect.Descriptor instead.
 func (*FenceReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{28}
+	return file_torpor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *FenceReply) GetData() []byte {
@@ -1995,7 +2155,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2007,7 +2167,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2020,7 +2180,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{29}
+	return file_torpor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *EventsRequest) GetJob() string {
@@ -2085,7 +2245,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2097,7 +2257,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2110,7 +2270,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{30}
+	return file_torpor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -2283,7 +2443,7 @@ type WaitReply struct {
 
 func (x *WaitReply) Reset() {
 	*x = WaitReply{}
-	mi := &file_torpor_proto_msgTypes[31]
+	mi := &file_torpor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2295,7 +2455,7 @@ func (x *WaitReply) String() string {
 func (*WaitReply) ProtoMessage() {}
 
 func (x *WaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[31]
+	mi := &file_torpor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2308,7 +2468,7 @@ func (x *WaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitReply.ProtoReflect.Descriptor instead.
 func (*WaitReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{31}
+	return file_torpor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WaitReply) GetJob() *Job {
@@ -2353,7 +2513,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\n" +
 	"DrainReply\x12\x18\n" +
 	"\asockets\x18\x01 \x01(\x05R\asockets\x12!\n" +
-	"\fqueued_bytes\x18\x02 \x01(\x03R\vqueuedBytes\"\xed\x01\n" +
+	"\fqueued_bytes\x18\x02 \x01(\x03R\vqueuedBytes\"\x83\x02\n" +
 	"\vDumpRequest\x12$\n" +
 	"\x03ref\x18\x01 \x01(\v2\x12.torpor.v1.NodeRefR\x03ref\x12\x10\n" +
 	"\x03dir\x18\x02 \x01(\tR\x03dir\x12#\n" +
@@ -2364,7 +2524,8 @@ const file_torpor_proto_rawDesc = "" +
 	"\n" +
 	"shared_dir\x18\x05 \x01(\tR\tsharedDir\x12\x1a\n" +
 	"\bcompress\x18\x06 \x01(\tR\bcompress\x12&\n" +
-	"\x0fpost_copy_above\x18\a \x01(\x03R\rpostCopyAbove\"\xa0\x01\n" +
+	"\x0fpost_copy_above\x18\a \x01(\x03R\rpostCopyAbove\x12\x14\n" +
+	"\x05local\x18\b \x01(\bR\x05local\"\xd2\x01\n" +
 	"\tDumpReply\x12\x14\n" +
 	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\x12\x14\n" +
 	"\x05files\x18\x02 \x01(\x05R\x05files\x12\x1d\n" +
@@ -2372,7 +2533,8 @@ const file_torpor_proto_rawDesc = "" +
 	"criu_nanos\x18\x04 \x01(\x03R\tcriuNanos\x12!\n" +
 	"\fmemory_bytes\x18\x05 \x01(\x03R\vmemoryBytes\x12\x1f\n" +
 	"\vpage_server\x18\x06 \x01(\tR\n" +
-	"pageServerJ\x04\b\x03\x10\x04\"\xd0\x01\n" +
+	"pageServer\x120\n" +
+	"\x14node_manifest_sha256\x18\a \x01(\tR\x12nodeManifestSha256J\x04\b\x03\x10\x04\"\xe4\x01\n" +
 	"\x0eRestoreRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12'\n" +
 	"\x04node\x18\x02 \x01(\v2\x13.torpor.v1.NodeSpecR\x04node\x12\x10\n" +
@@ -2382,7 +2544,17 @@ const file_torpor_proto_rawDesc = "" +
 	"checkpoint\x120\n" +
 	"\x14node_manifest_sha256\x18\x05 \x01(\tR\x12nodeManifestSha256\x12\x1f\n" +
 	"\vpage_server\x18\x06 \x01(\tR\n" +
-	"pageServer\")\n" +
+	"pageServer\x12\x12\n" +
+	"\x04from\x18\a \x01(\tR\x04from\"U\n" +
+	"\rImagesRequest\x12$\n" +
+	"\x03ref\x18\x01 \x01(\v2\x12.torpor.v1.NodeRefR\x03ref\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x02 \x01(\tR\n" +
+	"checkpoint\"4\n" +
+	"\n" +
+	"ImageChunk\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\")\n" +
 	"\x11RestoreFilesReply\x12\x14\n" +
 	"\x05moved\x18\x01 \x03(\tR\x05moved\"u\n" +
 	"\n" +
@@ -2391,13 +2563,14 @@ const file_torpor_proto_rawDesc = "" +
 	"\x06exited\x18\x02 \x01(\bR\x06exited\x12\x1b\n" +
 	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\"\a\n" +
-	"\x05Empty\"\x9e\x01\n" +
+	"\x05Empty\"\xc5\x01\n" +
 	"\x0fRegisterRequest\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x17\n" +
 	"\arun_dir\x18\x03 \x01(\tR\x06runDir\x12'\n" +
 	"\x0fverifies_images\x18\x04 \x01(\bR\x0everifiesImages\x12\x1b\n" +
-	"\tpost_copy\x18\x05 \x01(\bR\bpostCopy\"v\n" +
+	"\tpost_copy\x18\x05 \x01(\bR\bpostCopy\x12%\n" +
+	"\x0estreams_images\x18\x06 \x01(\bR\rstreamsImages\"v\n" +
 	"\aJobSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\x05R\x05owner\x12)\n" +
@@ -2443,7 +2616,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x0e\n" +
 	"\x02to\x18\x03 \x01(\tR\x02to\x12\x1a\n" +
-	"\bpostcopy\x18\x04 \x01(\tR\bpostcopy\"\xd8\x02\n" +
+	"\bpostcopy\x18\x04 \x01(\tR\bpostcopy\"\xf4\x02\n" +
 	"\fMigrateReply\x12\x12\n" +
 	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x1f\n" +
 	"\vmode_reason\x18\x02 \x01(\tR\n" +
@@ -2452,7 +2625,8 @@ const file_torpor_proto_rawDesc = "" +
 	"\x0flast_page_nanos\x18\x04 \x01(\x03R\rlastPageNanos\x12\x14\n" +
 	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\x12!\n" +
 	"\fmemory_bytes\x18\x06 \x01(\x03R\vmemoryBytes\x12K\n" +
-	"\fphases_nanos\x18\a \x03(\v2(.torpor.v1.MigrateReply.PhasesNanosEntryR\vphasesNanos\x1a>\n" +
+	"\fphases_nanos\x18\a \x03(\v2(.torpor.v1.MigrateReply.PhasesNanosEntryR\vphasesNanos\x12\x1a\n" +
+	"\bstreamed\x18\b \x01(\bR\bstreamed\x1a>\n" +
 	"\x10PhasesNanosEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xe7\x01\n" +
@@ -2531,7 +2705,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"-\n" +
 	"\tWaitReply\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xae\x05\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xeb\x05\n" +
 	"\x04Shim\x122\n" +
 	"\x05Start\x12\x17.torpor.v1.StartRequest\x1a\x10.torpor.v1.Empty\x126\n" +
 	"\aPrepare\x12\x19.torpor.v1.PrepareRequest\x1a\x10.torpor.v1.Empty\x12.\n" +
@@ -2545,7 +2719,8 @@ const file_torpor_proto_rawDesc = "" +
 	"\aRestore\x12\x19.torpor.v1.RestoreRequest\x1a\x10.torpor.v1.Empty\x12/\n" +
 	"\aDestroy\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x123\n" +
 	"\x06Status\x12\x12.torpor.v1.NodeRef\x1a\x15.torpor.v1.NodeStatus\x12-\n" +
-	"\x05Pages\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty2\xb0\x05\n" +
+	"\x05Pages\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x12;\n" +
+	"\x06Images\x12\x18.torpor.v1.ImagesRequest\x1a\x15.torpor.v1.ImageChunk0\x012\xb0\x05\n" +
 	"\vCoordinator\x128\n" +
 	"\bRegister\x12\x1a.torpor.v1.RegisterRequest\x1a\x10.torpor.v1.Empty\x12,\n" +
 	"\x03Run\x12\x15.torpor.v1.RunRequest\x1a\x0e.torpor.v1.Job\x12F\n" +
@@ -2573,7 +2748,7 @@ func file_torpor_proto_rawDescGZIP() []byte {
 	return file_torpor_proto_rawDescData
 }
 
-var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_torpor_proto_goTypes = []any{
 	(*NodeSpec)(nil),               // 0: torpor.v1.NodeSpec
 	(*Creds)(nil),                  // 1: torpor.v1.Creds
@@ -2584,34 +2759,36 @@ var file_torpor_proto_goTypes = []any{
 	(*DumpRequest)(nil),            // 6: torpor.v1.DumpRequest
 	(*DumpReply)(nil),              // 7: torpor.v1.DumpReply
 	(*RestoreRequest)(nil),         // 8: torpor.v1.RestoreRequest
-	(*RestoreFilesReply)(nil),      // 9: torpor.v1.RestoreFilesReply
-	(*NodeStatus)(nil),             // 10: torpor.v1.NodeStatus
-	(*Empty)(nil),                  // 11: torpor.v1.Empty
-	(*RegisterRequest)(nil),        // 12: torpor.v1.RegisterRequest
-	(*JobSpec)(nil),                // 13: torpor.v1.JobSpec
-	(*RunRequest)(nil),             // 14: torpor.v1.RunRequest
-	(*JobRef)(nil),                 // 15: torpor.v1.JobRef
-	(*CheckpointRequest)(nil),      // 16: torpor.v1.CheckpointRequest
-	(*CheckpointReply)(nil),        // 17: torpor.v1.CheckpointReply
-	(*RestartRequest)(nil),         // 18: torpor.v1.RestartRequest
-	(*RestartReply)(nil),           // 19: torpor.v1.RestartReply
-	(*MigrateRequest)(nil),         // 20: torpor.v1.MigrateRequest
-	(*MigrateReply)(nil),           // 21: torpor.v1.MigrateReply
-	(*Job)(nil),                    // 22: torpor.v1.Job
-	(*JobList)(nil),                // 23: torpor.v1.JobList
-	(*ListCheckpointsRequest)(nil), // 24: torpor.v1.ListCheckpointsRequest
-	(*Checkpoint)(nil),             // 25: torpor.v1.Checkpoint
-	(*CheckpointList)(nil),         // 26: torpor.v1.CheckpointList
-	(*FenceRequest)(nil),           // 27: torpor.v1.FenceRequest
-	(*FenceReply)(nil),             // 28: torpor.v1.FenceReply
-	(*EventsRequest)(nil),          // 29: torpor.v1.EventsRequest
-	(*Event)(nil),                  // 30: torpor.v1.Event
-	(*WaitReply)(nil),              // 31: torpor.v1.WaitReply
-	nil,                            // 32: torpor.v1.CheckpointReply.PhaseNanosEntry
-	nil,                            // 33: torpor.v1.RestartRequest.HostsEntry
-	nil,                            // 34: torpor.v1.MigrateReply.PhasesNanosEntry
-	nil,                            // 35: torpor.v1.Checkpoint.PhaseNanosEntry
-	nil,                            // 36: torpor.v1.Event.PhaseNanosEntry
+	(*ImagesRequest)(nil),          // 9: torpor.v1.ImagesRequest
+	(*ImageChunk)(nil),             // 10: torpor.v1.ImageChunk
+	(*RestoreFilesReply)(nil),      // 11: torpor.v1.RestoreFilesReply
+	(*NodeStatus)(nil),             // 12: torpor.v1.NodeStatus
+	(*Empty)(nil),                  // 13: torpor.v1.Empty
+	(*RegisterRequest)(nil),        // 14: torpor.v1.RegisterRequest
+	(*JobSpec)(nil),                // 15: torpor.v1.JobSpec
+	(*RunRequest)(nil),             // 16: torpor.v1.RunRequest
+	(*JobRef)(nil),                 // 17: torpor.v1.JobRef
+	(*CheckpointRequest)(nil),      // 18: torpor.v1.CheckpointRequest
+	(*CheckpointReply)(nil),        // 19: torpor.v1.CheckpointReply
+	(*RestartRequest)(nil),         // 20: torpor.v1.RestartRequest
+	(*RestartReply)(nil),           // 21: torpor.v1.RestartReply
+	(*MigrateRequest)(nil),         // 22: torpor.v1.MigrateRequest
+	(*MigrateReply)(nil),           // 23: torpor.v1.MigrateReply
+	(*Job)(nil),                    // 24: torpor.v1.Job
+	(*JobList)(nil),                // 25: torpor.v1.JobList
+	(*ListCheckpointsRequest)(nil), // 26: torpor.v1.ListCheckpointsRequest
+	(*Checkpoint)(nil),             // 27: torpor.v1.Checkpoint
+	(*CheckpointList)(nil),         // 28: torpor.v1.CheckpointList
+	(*FenceRequest)(nil),           // 29: torpor.v1.FenceRequest
+	(*FenceReply)(nil),             // 30: torpor.v1.FenceReply
+	(*EventsRequest)(nil),          // 31: torpor.v1.EventsRequest
+	(*Event)(nil),                  // 32: torpor.v1.Event
+	(*WaitReply)(nil),              // 33: torpor.v1.WaitReply
+	nil,                            // 34: torpor.v1.CheckpointReply.PhaseNanosEntry
+	nil,                            // 35: torpor.v1.RestartRequest.HostsEntry
+	nil,                            // 36: torpor.v1.MigrateReply.PhasesNanosEntry
+	nil,                            // 37: torpor.v1.Checkpoint.PhaseNanosEntry
+	nil,                            // 38: torpor.v1.Event.PhaseNanosEntry
 }
 var file_torpor_proto_depIdxs = []int32{
 	1,  // 0: torpor.v1.NodeSpec.user:type_name -> torpor.v1.Creds
@@ -2619,72 +2796,75 @@ var file_torpor_proto_depIdxs = []int32{
 	2,  // 2: torpor.v1.PrepareRequest.ref:type_name -> torpor.v1.NodeRef
 	2,  // 3: torpor.v1.DumpRequest.ref:type_name -> torpor.v1.NodeRef
 	0,  // 4: torpor.v1.RestoreRequest.node:type_name -> torpor.v1.NodeSpec
-	0,  // 5: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
-	13, // 6: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
-	32, // 7: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
-	33, // 8: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
-	34, // 9: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
-	13, // 10: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
-	22, // 11: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
-	35, // 12: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
-	25, // 13: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
-	36, // 14: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
-	22, // 15: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
-	3,  // 16: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
-	4,  // 17: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
-	2,  // 18: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
-	2,  // 19: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
-	2,  // 20: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
-	6,  // 21: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
-	2,  // 22: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
-	2,  // 23: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
-	8,  // 24: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
-	8,  // 25: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
-	2,  // 26: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
-	2,  // 27: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
-	2,  // 28: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
-	12, // 29: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
-	14, // 30: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
-	16, // 31: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
-	18, // 32: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
-	20, // 33: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
-	11, // 34: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
-	15, // 35: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
-	15, // 36: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
-	24, // 37: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
-	27, // 38: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
-	15, // 39: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
-	29, // 40: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
-	11, // 41: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	11, // 42: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	11, // 43: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	5,  // 44: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	11, // 45: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	7,  // 46: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	11, // 47: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	11, // 48: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	9,  // 49: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
-	11, // 50: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	11, // 51: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	10, // 52: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	11, // 53: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
-	11, // 54: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	22, // 55: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	17, // 56: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	19, // 57: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	21, // 58: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
-	23, // 59: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	22, // 60: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	22, // 61: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	26, // 62: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	28, // 63: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
-	22, // 64: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
-	30, // 65: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
-	41, // [41:66] is the sub-list for method output_type
-	16, // [16:41] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	2,  // 5: torpor.v1.ImagesRequest.ref:type_name -> torpor.v1.NodeRef
+	0,  // 6: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
+	15, // 7: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
+	34, // 8: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
+	35, // 9: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
+	36, // 10: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
+	15, // 11: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
+	24, // 12: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
+	37, // 13: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
+	27, // 14: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
+	38, // 15: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
+	24, // 16: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
+	3,  // 17: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
+	4,  // 18: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
+	2,  // 19: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
+	2,  // 20: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
+	2,  // 21: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
+	6,  // 22: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
+	2,  // 23: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
+	2,  // 24: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
+	8,  // 25: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
+	8,  // 26: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
+	2,  // 27: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
+	2,  // 28: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
+	2,  // 29: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
+	9,  // 30: torpor.v1.Shim.Images:input_type -> torpor.v1.ImagesRequest
+	14, // 31: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
+	16, // 32: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
+	18, // 33: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
+	20, // 34: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
+	22, // 35: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
+	13, // 36: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
+	17, // 37: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
+	17, // 38: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
+	26, // 39: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
+	29, // 40: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
+	17, // 41: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
+	31, // 42: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
+	13, // 43: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	13, // 44: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	13, // 45: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	5,  // 46: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	13, // 47: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	7,  // 48: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	13, // 49: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	13, // 50: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	11, // 51: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
+	13, // 52: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	13, // 53: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	12, // 54: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	13, // 55: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
+	10, // 56: torpor.v1.Shim.Images:output_type -> torpor.v1.ImageChunk
+	13, // 57: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	24, // 58: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	19, // 59: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	21, // 60: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	23, // 61: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
+	25, // 62: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	24, // 63: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	24, // 64: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	28, // 65: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	30, // 66: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	24, // 67: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
+	32, // 68: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
+	43, // [43:69] is the sub-list for method output_type
+	17, // [17:43] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_torpor_proto_init() }
@@ -2698,7 +2878,7 @@ func file_torpor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_torpor_proto_rawDesc), len(file_torpor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   37,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

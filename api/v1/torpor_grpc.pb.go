@@ -39,6 +39,7 @@ const (
 	Shim_Destroy_FullMethodName      = "/torpor.v1.Shim/Destroy"
 	Shim_Status_FullMethodName       = "/torpor.v1.Shim/Status"
 	Shim_Pages_FullMethodName        = "/torpor.v1.Shim/Pages"
+	Shim_Images_FullMethodName       = "/torpor.v1.Shim/Images"
 )
 
 // ShimClient is the client API for Shim service.
@@ -59,6 +60,8 @@ type ShimClient interface {
 	Status(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*NodeStatus, error)
 	// Until a job-node restored with post-copy has all its pages.
 	Pages(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*Empty, error)
+	// The images of a local dump, to another shim that restores them.
+	Images(ctx context.Context, in *ImagesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error)
 }
 
 type shimClient struct {
@@ -199,6 +202,25 @@ func (c *shimClient) Pages(ctx context.Context, in *NodeRef, opts ...grpc.CallOp
 	return out, nil
 }
 
+func (c *shimClient) Images(ctx context.Context, in *ImagesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Shim_ServiceDesc.Streams[0], Shim_Images_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ImagesRequest, ImageChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Shim_ImagesClient = grpc.ServerStreamingClient[ImageChunk]
+
 // ShimServer is the server API for Shim service.
 // All implementations must embed UnimplementedShimServer
 // for forward compatibility.
@@ -217,6 +239,8 @@ type ShimServer interface {
 	Status(context.Context, *NodeRef) (*NodeStatus, error)
 	// Until a job-node restored with post-copy has all its pages.
 	Pages(context.Context, *NodeRef) (*Empty, error)
+	// The images of a local dump, to another shim that restores them.
+	Images(*ImagesRequest, grpc.ServerStreamingServer[ImageChunk]) error
 	mustEmbedUnimplementedShimServer()
 }
 
@@ -265,6 +289,9 @@ func (UnimplementedShimServer) Status(context.Context, *NodeRef) (*NodeStatus, e
 }
 func (UnimplementedShimServer) Pages(context.Context, *NodeRef) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Pages not implemented")
+}
+func (UnimplementedShimServer) Images(*ImagesRequest, grpc.ServerStreamingServer[ImageChunk]) error {
+	return status.Error(codes.Unimplemented, "method Images not implemented")
 }
 func (UnimplementedShimServer) mustEmbedUnimplementedShimServer() {}
 func (UnimplementedShimServer) testEmbeddedByValue()              {}
@@ -521,6 +548,17 @@ func _Shim_Pages_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Shim_Images_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ImagesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ShimServer).Images(m, &grpc.GenericServerStream[ImagesRequest, ImageChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Shim_ImagesServer = grpc.ServerStreamingServer[ImageChunk]
+
 // Shim_ServiceDesc is the grpc.ServiceDesc for Shim service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -581,7 +619,13 @@ var Shim_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Shim_Pages_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Images",
+			Handler:       _Shim_Images_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "torpor.proto",
 }
 

@@ -304,6 +304,9 @@ func runMigrate(ctx context.Context, args []string) error {
 	elapsed := time.Since(start)
 	downtime, lastPage := time.Duration(rep.DowntimeNanos), time.Duration(rep.LastPageNanos)
 	how := fmt.Sprintf("%s, downtime %s", rep.Mode, downtime.Round(time.Millisecond))
+	if rep.Streamed {
+		how += ", images streamed from shim to shim"
+	}
 	if lastPage > 0 {
 		how += fmt.Sprintf(", last page after %s", lastPage.Round(time.Millisecond))
 	}
@@ -313,7 +316,7 @@ func runMigrate(ctx context.Context, args []string) error {
 	}
 	if *cf.json {
 		return printJSON(jsonMigrated{Job: job, Node: *node, To: *to, ElapsedNS: int64(elapsed), Mode: rep.Mode, ModeReason: rep.ModeReason,
-			DowntimeNS: rep.DowntimeNanos, LastPageNS: rep.LastPageNanos, Bytes: rep.Bytes, MemoryBytes: rep.MemoryBytes})
+			DowntimeNS: rep.DowntimeNanos, LastPageNS: rep.LastPageNanos, Bytes: rep.Bytes, MemoryBytes: rep.MemoryBytes, Streamed: rep.Streamed})
 	}
 	return nil
 }

@@ -163,6 +163,7 @@ func runShim(ctx context.Context, args []string) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics over HTTP at ADDR (/metrics; port 0: any, logged); default from config (shim_metrics_listen), else off")
 	userSocket := fs.String("user-socket", "", "relay this host's users' commands (torpor batch, ps, ...) to the coordinator from this unix socket, e.g. "+client.DefaultUserSocket+"; default from config (user_socket), else none")
+	imageDir := fs.String("image-dir", "", "this host's own directory for images (a node-local disk, root's): migrations stream their images from shim to shim through it instead of the checkpoint directory; default from config (image_dir), else none")
 	vxlan := fs.String("vxlan", "", "ADDR,ADDR,...: every host's address on the routed network that joins the hosts (this one's included; the same list on every host): job-node traffic between hosts goes over VXLAN (UDP 4789) instead of a shared L2 segment; default from config (vxlan_peers), else the bridge alone")
 	vxlanID := fs.Int("vxlan-id", 0, fmt.Sprintf("VXLAN network identifier, the same on every host (default from config (vxlan_id), else %d)", agent.DefaultVXLANID))
 	var faults faultFlag
@@ -220,7 +221,7 @@ func runShim(ctx context.Context, args []string) error {
 	}
 	return agent.Serve(ctx, agent.ServeConfig{
 		Agent: agent.Config{Host: *host, HostNetNS: *netns, Bridge: *bridge, CgroupParent: *cgroupParent,
-			RunDir: *runDir, CRIU: bin, Log: newLogger(*logLevel), Faults: fset},
+			RunDir: *runDir, CRIU: bin, Log: newLogger(*logLevel), Faults: fset, ImageDir: firstOf(*imageDir, cfg.ImageDir)},
 		Listen: *listen, Advertise: *advertise, Join: *join, ServerTLS: serverTLS, ClientTLS: clientTLS,
 		MetricsListen: firstOf(*metricsListen, cfg.ShimMetricsListen), UserSocket: firstOf(*userSocket, cfg.UserSocket),
 		VXLANPeers: vxlanPeers, VXLANID: *vxlanID,

@@ -109,6 +109,9 @@ type jsonMigrated struct {
 	LastPageNS  int64  `json:"last_page_ns,omitempty"`
 	Bytes       int64  `json:"bytes"`
 	MemoryBytes int64  `json:"memory_bytes,omitempty"`
+	// Streamed: the images went from shim to shim, not through the
+	// checkpoint directory.
+	Streamed bool `json:"streamed"`
 }
 
 // jsonEvent is one line of `torpor events --json` (JSON Lines: one object

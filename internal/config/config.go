@@ -57,6 +57,10 @@ type Config struct {
 	// NodeNet is the default of `torpor coordinator --node-net`: the IPv4
 	// network job-node addresses come from.
 	NodeNet string `yaml:"node_net"`
+	// ImageDir is the default of `torpor shim --image-dir`: the host's own
+	// directory for images, through which migrations stream them from
+	// shim to shim. Empty: none (migrations use the checkpoint directory).
+	ImageDir string `yaml:"image_dir"`
 	// VXLANPeers is the default of `torpor shim --vxlan`: every host's
 	// address on the network that joins the hosts (one list for all
 	// hosts); job-node traffic between hosts goes over VXLAN to them.

@@ -5,6 +5,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -67,6 +68,14 @@ type Config struct {
 	// only by root. Default <RunDir>/shims/<Host>/restore: put it on a
 	// node-local disk when RunDir is a small tmpfs.
 	ScratchDir string
+	// ImageDir, if set, is this host's own directory for images (root's,
+	// writable only by root; a node-local disk): a migration's images are
+	// dumped there and fetched from there by the destination's shim
+	// (stream.go), instead of going through the checkpoint directory.
+	ImageDir string
+	// PeerTLS is what the shim dials other shims with (its certificate of
+	// the cluster's CA), to fetch images.
+	PeerTLS *tls.Config
 }
 
 // Agent is one host's shim logic.
@@ -130,6 +139,9 @@ type node struct {
 	pulling bool
 	// stalled: fault.StallPagesInFlight holds the pull's pages.
 	stalled bool
+	// local is the checkpoint handle of the local dump whose images this
+	// shim keeps and serves (stream.go), "" when there is none.
+	local string
 }
 
 var _ agentapi.Agent = (*Agent)(nil)
@@ -150,6 +162,17 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ImageDir != "" {
+		if !filepath.IsAbs(cfg.ImageDir) {
+			return nil, fmt.Errorf("image directory %q: give an absolute path", cfg.ImageDir)
+		}
+		if err := os.MkdirAll(cfg.ImageDir, 0o700); err != nil {
+			return nil, fmt.Errorf("image directory: %w", err)
+		}
+		if err := rootOnly(cfg.ImageDir, cfg.ImageDir); err != nil {
+			return nil, fmt.Errorf("image directory: %w", err)
+		}
 	}
 	log := cfg.Log.With("host", cfg.Host)
 	return &Agent{cfg: cfg, log: log, drv: criu.NewDriver(cfg.CRIU, log), nodes: map[string]*node{},
@@ -503,6 +526,7 @@ func (a *Agent) Unlock(_ context.Context, ref agentapi.NodeRef) error {
 	// Only a rollback unlocks the source of a post-copy migration: the
 	// destination is gone, and the tree runs here again.
 	a.stopServing(n, "the migration rolls back")
+	a.dropLocalDump(n)
 	if _, err := n.lock.Unlock(); err != nil {
 		return err
 	}
@@ -544,6 +568,7 @@ func (a *Agent) Thaw(ctx context.Context, ref agentapi.NodeRef) error {
 		return err
 	}
 	a.stopServing(n, "the migration rolls back")
+	a.dropLocalDump(n)
 	if n.solicit {
 		// Only now is every job-node unlocked: what the request at this
 		// job-node's unlock could not resolve (a peer still locked) is
@@ -594,6 +619,22 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 		return agentapi.DumpResult{}, fmt.Errorf("refusing to checkpoint %s/%s: %w", ref.Job, ref.Node, err)
 	}
 	start := time.Now()
+	if req.Local {
+		a.dropLocalDump(n)
+		if req.Dir, err = a.freshMigrationDir(ref.Job, ref.Node, "out"); err != nil {
+			return agentapi.DumpResult{}, err
+		}
+		req.Shared = "" // this job-node captures every file it holds
+		dir := req.Dir
+		defer func() {
+			n.mu.Lock()
+			failed := n.local == ""
+			n.mu.Unlock()
+			if failed {
+				os.RemoveAll(dir)
+			}
+		}()
+	}
 	// The tree is frozen: the files match the images CRIU is about to write.
 	var captured *appfiles.Index
 	if a.cfg.NoAppFiles {
@@ -707,6 +748,14 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 	out := agentapi.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files), CRIUTime: res.Elapsed, Memory: memory}
 	if ps != nil {
 		out.PageServer = ps.addr
+	}
+	if req.Local {
+		if out.NodeManifestSHA256, err = fileSHA256(filepath.Join(req.Dir, catalog.NodeManifestName)); err != nil {
+			return fail(err)
+		}
+		n.mu.Lock()
+		n.local = req.Checkpoint
+		n.mu.Unlock()
 	}
 	return out, nil
 }
@@ -823,6 +872,22 @@ func (a *Agent) RestoreFiles(ctx context.Context, job string, spec agentapi.Node
 func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec, req agentapi.RestoreRequest) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("restore %s/%s: %w", job, spec.Name, err)
+	}
+	if req.From != "" {
+		if req.NodeManifestSHA256 == "" || req.Checkpoint == "" {
+			return fmt.Errorf("%w: restore %s/%s from the images of another shim needs the checkpoint's handle and the node manifest's SHA-256", agentapi.ErrInvalid, job, spec.Name)
+		}
+		if req.Dir, err = a.fetchImages(ctx, job, spec.Name, req.Checkpoint, req.From); err != nil {
+			return err
+		}
+		// Read by CRIU only during the restore, but by a post-copy's
+		// lazy-pages daemon until every page arrived: those (no memory
+		// images in them) stay until the job-node leaves (destroy).
+		defer func() {
+			if err != nil || req.PageServer == "" {
+				os.RemoveAll(req.Dir)
+			}
+		}()
 	}
 	if req.Dir == "" || req.Checkpoint == "" {
 		return fmt.Errorf("%w: restore %s/%s needs the images' directory and the checkpoint's handle", agentapi.ErrInvalid, job, spec.Name)
@@ -1056,6 +1121,7 @@ func (a *Agent) destroy(ctx context.Context, n *node) error {
 		pull.lp.Kill()
 	}
 	a.removeRecord(n.job, n.spec.Name)
+	a.dropMigrationImages(n.job, n.spec.Name)
 	a.mu.Lock()
 	if a.nodes[key(n.job, n.spec.Name)] == n {
 		delete(a.nodes, key(n.job, n.spec.Name))

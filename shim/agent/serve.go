@@ -88,8 +88,12 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 			return rep.Data, nil
 		}
 	}
+	cfg.Agent.PeerTLS = cfg.ClientTLS
 	a, err := New(cfg.Agent)
 	if err != nil {
+		return err
+	}
+	if err := a.clearMigrations(); err != nil {
 		return err
 	}
 	var m *metrics.Shim
@@ -121,7 +125,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg.ServerTLS)))
-	apiv1.RegisterShimServer(gs, agentapi.Server{Agent: metrics.Instrument(a, m)})
+	srv := agentapi.Server{Agent: metrics.Instrument(a, m)}
+	if a.StreamsImages() {
+		srv.ImageServer = a
+	}
+	apiv1.RegisterShimServer(gs, srv)
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
 	defer gs.Stop()
@@ -159,7 +167,8 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	postCopy := a.PostCopy()
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := cl.Register(rctx, &apiv1.RegisterRequest{Host: cfg.Agent.Host, Address: adv, RunDir: a.cfg.RunDir, VerifiesImages: true, PostCopy: postCopy})
+		_, err := cl.Register(rctx, &apiv1.RegisterRequest{Host: cfg.Agent.Host, Address: adv, RunDir: a.cfg.RunDir, VerifiesImages: true, PostCopy: postCopy,
+			StreamsImages: a.StreamsImages()})
 		cancel()
 		switch {
 		case err != nil && ctx.Err() == nil:

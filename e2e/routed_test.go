@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/torpor-hpc/torpor/fault"
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/agent"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
@@ -105,5 +106,44 @@ func TestRoutedCluster(t *testing.T) {
 			t.Fatalf("h%d: %s sent or received nothing: %+v", i, agent.VXLANDevice, st)
 		}
 		t.Logf("h%d: %s sent %d and received %d packets", i, agent.VXLANDevice, st.TxPackets, st.RxPackets)
+	}
+}
+
+// A streamed migration whose images are changed on the way (the source's
+// shim runs with fault.CorruptSentImages): the destination refuses them
+// before anything restored runs, the migration is aborted and the job runs
+// on where it was, with the undisturbed result.
+func TestStreamedImagesCorrupted(t *testing.T) {
+	c := newRoutedCluster(t, 4)
+	c.startShim(1, "--fault", string(fault.CorruptSentImages))
+	want := faultReference(t)
+	j := c.faultJob("sc")
+	out, code := c.cli("migrate", j.id, "--node", "n0", "--to", "h4", "--postcopy", "never")
+	if code == 0 || !strings.Contains(out, "pages-") || !strings.Contains(out, "keeps running on its old hosts") {
+		t.Fatalf("migrate with images changed on the way: exit %d\n%s", code, out)
+	}
+	t.Logf("refused: %s", lastLines(out, 1))
+	if p := c.placement(j.id); p["n0"] != "h1" {
+		t.Fatalf("n0 is on %s after the aborted migration", p["n0"])
+	}
+	j.progress("after the refused migration")
+	// From a shim that sends what it has, the next one streams and works.
+	out = c.mustCLI("migrate", j.id, "--node", "n1", "--to", "h4", "--postcopy", "never")
+	if !strings.Contains(out, "images streamed") {
+		t.Fatalf("second migration:\n%s", out)
+	}
+	j.progress("after migrating n1 to h4")
+	j.finishWith(want, "after a migration refused for changed images")
+	for i := 1; i <= 4; i++ {
+		var left []string
+		filepath.WalkDir(filepath.Join(c.dir, "images", fmt.Sprintf("h%d", i)), func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				left = append(left, p)
+			}
+			return nil
+		})
+		if len(left) > 0 {
+			t.Errorf("h%d's image directory still holds %v", i, left)
+		}
 	}
 }

@@ -41,6 +41,9 @@ const (
 	// connection (CLOSE_WAIT), so a test can kill the source's page server
 	// after the thaw and before every page arrived, every time.
 	StallPagesInFlight Point = "stall-pages-in-flight"
+	// CorruptSentImages: the shim flips a byte of every memory image it
+	// sends to another shim in a streamed migration (its first chunk).
+	CorruptSentImages Point = "corrupt-sent-images"
 )
 
 // Daemon is the torpor daemon that honours a point.
@@ -76,6 +79,9 @@ var Catalog = []Info{
 	{StallPagesInFlight, Shim,
 		"the destination of a post-copy migration (its first): its lazy-pages daemon is stopped from CRIU's post-restore notification (before it fetches anything but the restore's own page faults) until the source closes the page server connection",
 		"with the source's page server killed after the thaw, the daemon finds the connection gone with pages missing and fails; the destination shim kills the job-node; the migration fails saying the pages were lost in flight, the job is failed, no job-node, cgroup, namespace or CRIU of it is left on any host, and `torpor restart JOB` brings it back from its last checkpoint with the undisturbed result"},
+	{CorruptSentImages, Shim,
+		"the source of a streamed migration sends its memory images with a byte changed",
+		"the destination finds the image modified before any restored task runs, the migration is aborted naming the file, the job keeps running on its old hosts with the undisturbed result, and neither host keeps migration images"},
 }
 
 // Lookup returns a point's documentation.

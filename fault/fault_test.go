@@ -16,7 +16,7 @@ func TestParse(t *testing.T) {
 		{Shim, []string{"criu-kill-in-dump", ""}, []Point{CRIUKillInDump}, ""},
 		{Coordinator, []string{"crash-before-commit"}, []Point{CoordinatorCrashBeforeCommit}, ""},
 		{Coordinator, []string{"shim-exit-in-dump"}, nil, `unknown fault point "shim-exit-in-dump" for the coordinator; known: crash-before-commit`},
-		{Shim, []string{"nope"}, nil, "known: criu-kill-in-dump, hold-in-restore, shim-exit-in-dump"},
+		{Shim, []string{"nope"}, nil, "known: corrupt-sent-images, criu-kill-in-dump, hold-in-restore, shim-exit-in-dump"},
 	}
 	for _, tt := range tests {
 		s, err := Parse(tt.d, tt.names)

@@ -4,6 +4,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -29,6 +30,7 @@ import (
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
 	"github.com/torpor-hpc/torpor/shim/verbs"
+	"golang.org/x/sys/unix"
 )
 
 // Config describes the host an Agent serves.
@@ -806,6 +808,16 @@ func restoreOutput(dir, path string, u *sandbox.User) error {
 		return err
 	}
 	defer src.Close()
+	// Already as it was (a migration, whose job has been frozen since the
+	// dump): kept, not replaced. Where hosts share the run directory the
+	// job-node being moved still writes to that file, and does again if
+	// the migration is rolled back.
+	if same, err := sameFile(m.Path, src, m.Size); err == nil && same {
+		return nil
+	}
+	if _, err := src.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
 	// In the job's run directory, which only root may change: the owner
 	// can plant nothing at tmp.
 	tmp := m.Path + ".restore"
@@ -822,6 +834,38 @@ func restoreOutput(dir, path string, u *sandbox.User) error {
 		return err
 	}
 	return os.Rename(tmp, m.Path)
+}
+
+// sameFile says whether path is a regular file of exactly size bytes, the
+// first size bytes of r.
+func sameFile(path string, r io.Reader, size int64) (bool, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() || st.Size() != size {
+		return false, err
+	}
+	a, b := make([]byte, 64<<10), make([]byte, 64<<10)
+	for left := size; left > 0; {
+		k := int64(len(a))
+		if left < k {
+			k = left
+		}
+		if _, err := io.ReadFull(f, a[:k]); err != nil {
+			return false, err
+		}
+		if _, err := io.ReadFull(r, b[:k]); err != nil {
+			return false, err
+		}
+		if !bytes.Equal(a[:k], b[:k]) {
+			return false, nil
+		}
+		left -= k
+	}
+	return true, nil
 }
 
 // RestoreFiles puts the application's files back as they were at the

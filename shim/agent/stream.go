@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -20,6 +21,8 @@ import (
 	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/catalog"
+	"github.com/torpor-hpc/torpor/fault"
+	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
 // Streamed migrations (agentapi.DumpRequest.Local, RestoreRequest.From):
@@ -148,8 +151,14 @@ func (a *Agent) SendImages(ctx context.Context, ref agentapi.NodeRef, checkpoint
 		defer f.Close()
 		files++
 		first := true
+		corrupt := a.cfg.Faults.Has(fault.CorruptSentImages) && criu.IsPages(path.Base(name))
 		for {
 			k, rerr := io.ReadFull(f, buf)
+			if k > 0 && corrupt {
+				buf[k/2] ^= 0x01
+				corrupt = false
+				a.log.Warn("FAULT INJECTION: sending a memory image with a byte changed", "file", name)
+			}
 			if k > 0 || first {
 				chunk := ""
 				if first {
@@ -180,7 +189,7 @@ func (a *Agent) SendImages(ctx context.Context, ref agentapi.NodeRef, checkpoint
 // from the shim at from into a fresh migration directory and returns it.
 // It takes only relative names that stay inside the directory, each file
 // once; the restore then verifies every byte against the node manifest.
-func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from string) (dir string, err error) {
+func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from string) (_ string, err error) {
 	if a.cfg.PeerTLS == nil {
 		return "", fmt.Errorf("%w: this shim has no certificate to fetch images from another shim", agentapi.ErrInvalid)
 	}
@@ -188,12 +197,13 @@ func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from str
 	if err != nil {
 		return "", fmt.Errorf("%w: images from %q: %v", agentapi.ErrInvalid, from, err)
 	}
-	if dir, err = a.freshMigrationDir(job, node, "in"); err != nil {
+	fresh, err := a.freshMigrationDir(job, node, "in")
+	if err != nil {
 		return "", err
 	}
 	defer func() {
 		if err != nil {
-			os.RemoveAll(dir)
+			os.RemoveAll(fresh)
 		}
 	}()
 	tc := a.cfg.PeerTLS.Clone()
@@ -210,7 +220,7 @@ func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from str
 	if err != nil {
 		return "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, agentapi.FromRPC(err))
 	}
-	root, err := os.OpenRoot(dir)
+	root, err := os.OpenRoot(fresh)
 	if err != nil {
 		return "", err
 	}
@@ -263,7 +273,7 @@ func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from str
 		return "", err
 	}
 	a.log.Info("fetched migration images", "job", job, "node", node, "ckpt", checkpoint, "from", from, "files", files, "bytes", got, "elapsed", time.Since(start))
-	return dir, nil
+	return fresh, nil
 }
 
 // fileSHA256 is the SHA-256 (hex) of a file.

@@ -74,6 +74,56 @@ func runMigratePoints(ctx context.Context, e *Env, mib, reps int, spare string, 
 	return out
 }
 
+// b8Modes are B8's rows for each size: stop-copy migrations whose images go
+// through the checkpoint directory, then from shim to shim.
+var b8Modes = []struct {
+	streamed bool
+	name     string
+}{{false, "stop-copy, checkpoint directory"}, {true, "stop-copy, streamed"}}
+
+// runStreamPoints measures B8 at one size on a routed Env (hosts joined
+// only by the shims' VXLAN overlay): n0 of a 2-job-node ring moves between
+// h1 and the spare host, first with its images in the checkpoint directory
+// (as B4, but over the overlay), then streamed from shim to shim.
+func runStreamPoints(ctx context.Context, e *Env, mib, reps int, spare string, logf func(string, ...any)) []MigratePoint {
+	var out []MigratePoint
+	for _, m := range b8Modes {
+		out = append(out, MigratePoint{MiB: mib, Mode: m.name, Phases: map[string]Stat{}})
+	}
+	j, err := e.StartJob(ctx, fmt.Sprintf("b8-%dm", mib), []string{"h1", "h2"}, Workload{MiB: mib, Ring: true, ReadRate: "4M"})
+	if err != nil {
+		for i := range out {
+			out[i].Err = err.Error()
+		}
+		return out
+	}
+	defer j.Stop(context.WithoutCancel(ctx))
+	defer e.Streamed.Store(false)
+	time.Sleep(300 * time.Millisecond)
+	to, moves := []string{spare, "h1"}, 0
+	for i, m := range b8Modes {
+		p := &out[i]
+		e.Streamed.Store(m.streamed)
+		for r := 0; r < reps; r++ {
+			host := to[moves%2]
+			s, err := j.Migrate(ctx, "n0", host, coordinator.PostCopyNever)
+			if err == nil && s.Streamed != m.streamed {
+				err = fmt.Errorf("asked for streamed=%v, the coordinator migrated with streamed=%v", m.streamed, s.Streamed)
+			}
+			if err != nil {
+				p.Err = fmt.Sprintf("%s migration %d: %v", m.name, r, err)
+				break
+			}
+			moves++
+			logf("B8 %d MiB %s: migration to %s, downtime %v, unlock→tcp %v", mib, m.name, host,
+				s.Downtime.Round(time.Millisecond), s.Progress.TCP.Round(time.Millisecond))
+			p.Samples = append(p.Samples, s)
+		}
+		p.summarise()
+	}
+	return out
+}
+
 func (p *MigratePoint) summarise() {
 	var dt, lp, tcp []time.Duration
 	ph := phaseDurations{}

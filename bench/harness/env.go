@@ -2,20 +2,27 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 
 	"github.com/torpor-hpc/torpor/agentapi"
+	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/coordinator"
+	"github.com/torpor-hpc/torpor/internal/pki"
 	"github.com/torpor-hpc/torpor/shim/agent"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/simhost"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 )
 
 // Env is one benchmark's simulated cluster: hosts h1..hN, one real shim
@@ -35,6 +42,11 @@ type Env struct {
 	Log      *slog.Logger
 	CgParent string
 	seq      int
+	// Streamed, in a routed Env, makes migrations stream their images
+	// from shim to shim (agentapi.ImageStreamer); else they go through the
+	// checkpoint directory.
+	Streamed atomic.Bool
+	stop     []func()
 }
 
 // EnvConfig says how big a cluster to build.
@@ -48,6 +60,11 @@ type EnvConfig struct {
 	// NoAppFiles are the hosts whose agent captures no application files at
 	// a dump (agent.Config.NoAppFiles; B6 compares them with the others).
 	NoAppFiles []string
+	// Routed builds hosts that share no L2 segment (simhost's routed
+	// cluster) joined by the shims' VXLAN overlay, each shim with an image
+	// directory of its own and a Shim service serving its images over
+	// mutual TLS (B8).
+	Routed bool
 }
 
 // NewEnv builds a cluster. On error nothing is left behind.
@@ -55,7 +72,11 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (_ *Env, err error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create bench directory: %w", err)
 	}
-	cl, err := simhost.NewCluster(ctx, cfg.Name, cfg.Hosts)
+	create := simhost.NewCluster
+	if cfg.Routed {
+		create = simhost.NewRoutedCluster
+	}
+	cl, err := create(ctx, cfg.Name, cfg.Hosts)
 	if err != nil {
 		return nil, err
 	}
@@ -67,17 +88,47 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (_ *Env, err error) {
 		}
 	}()
 	e.Drv = criu.NewDriver(cfg.CRIU, cfg.Log)
+	var serverTLS, clientTLS *tls.Config
+	var peers []net.IP
+	if cfg.Routed {
+		if serverTLS, clientTLS, err = benchTLS(filepath.Join(cfg.Dir, "pki")); err != nil {
+			return nil, err
+		}
+		for _, u := range cl.Underlay() {
+			peers = append(peers, net.ParseIP(u))
+		}
+	}
 	wrapped := map[string]agentapi.Agent{}
 	for i := 1; i <= cfg.Hosts; i++ {
 		h := cl.Host(i)
 		name := fmt.Sprintf("h%d", i)
-		a, err := agent.New(agent.Config{Host: name, HostNetNS: h.NetNS, Bridge: h.Bridge, CgroupParent: e.CgParent,
-			RunDir: filepath.Join(cfg.Dir, "run"), CRIU: cfg.CRIU, Log: cfg.Log, NoAppFiles: slices.Contains(cfg.NoAppFiles, name)})
+		ac := agent.Config{Host: name, HostNetNS: h.NetNS, Bridge: h.Bridge, CgroupParent: e.CgParent,
+			RunDir: filepath.Join(cfg.Dir, "run"), CRIU: cfg.CRIU, Log: cfg.Log, NoAppFiles: slices.Contains(cfg.NoAppFiles, name)}
+		if cfg.Routed {
+			ac.ImageDir, ac.PeerTLS = filepath.Join(cfg.Dir, "images", name), clientTLS
+		}
+		a, err := agent.New(ac)
 		if err != nil {
 			return nil, err
 		}
 		e.Agents[name] = a
-		wrapped[name] = e.Rec.Wrap(name, a)
+		if !cfg.Routed {
+			wrapped[name] = e.Rec.Wrap(name, a)
+			continue
+		}
+		if err := a.SetupBridge(peers, 0); err != nil {
+			return nil, err
+		}
+		addr, err := e.serveImages(a, serverTLS)
+		if err != nil {
+			return nil, err
+		}
+		wrapped[name] = e.Rec.WrapStreaming(name, a, func() string {
+			if e.Streamed.Load() {
+				return addr
+			}
+			return ""
+		})
 	}
 	key, err := catalog.LoadOrCreateKey(filepath.Join(cfg.Dir, "state", "catalog.key"))
 	if err != nil {
@@ -103,6 +154,9 @@ func (e *Env) CkptDir() string { return filepath.Join(e.Dir, "ckpt") }
 func (e *Env) Close() error {
 	ctx := context.Background()
 	var errs []error
+	for _, stop := range e.stop {
+		stop()
+	}
 	for _, a := range e.Agents {
 		errs = append(errs, a.Close(ctx))
 	}
@@ -134,4 +188,36 @@ func removeEmptyTree(dir string) {
 		}
 	}
 	_ = os.Remove(dir)
+}
+
+// serveImages serves a's images to the other shims over mutual TLS (the
+// Shim service's Images, as `torpor shim` does) and returns the address.
+func (e *Env) serveImages(a *agent.Agent, serverTLS *tls.Config) (string, error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)))
+	apiv1.RegisterShimServer(gs, agentapi.Server{Agent: a, ImageServer: a})
+	go func() { _ = gs.Serve(lis) }()
+	e.stop = append(e.stop, gs.Stop)
+	return lis.Addr().String(), nil
+}
+
+// benchTLS makes a CA and a shim certificate in dir, as `torpor coordinator
+// --init-pki` does, and returns the shims' server and client configurations.
+func benchTLS(dir string) (server, client *tls.Config, err error) {
+	ca, err := pki.EnsureCA(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := ca.Issue(dir, "shim", pki.RoleBoth, []string{"127.0.0.1"}); err != nil {
+		return nil, nil, err
+	}
+	cert, key := pki.CertPaths(dir, "shim")
+	if server, err = pki.ServerConfig(filepath.Join(dir, pki.CAFile), cert, key); err != nil {
+		return nil, nil, err
+	}
+	client, err = pki.ClientConfig(filepath.Join(dir, pki.CAFile), cert, key, "127.0.0.1")
+	return server, client, err
 }

@@ -248,6 +248,8 @@ type MigrateSample struct {
 	Bytes    int64                    `json:"bytes"`
 	Memory   int64                    `json:"memory_bytes"`
 	Progress Progress                 `json:"progress"`
+	// Streamed: the images went from shim to shim (B8).
+	Streamed bool `json:"streamed,omitempty"`
 }
 
 // Migrate moves job-node node to host to, with stop-and-copy or post-copy
@@ -325,7 +327,7 @@ func (j *Job) Migrate(ctx context.Context, node, to string, mode coordinator.Pos
 	<-progDone
 	calls := j.e.Rec.Since(mark)
 	ms := MigrateSample{Mode: r.res.Mode, Downtime: r.res.Downtime, LastPage: r.res.LastPage, Wall: wall,
-		Memory: r.res.Memory, Phases: map[string]time.Duration{}, Progress: prog}
+		Memory: r.res.Memory, Phases: map[string]time.Duration{}, Progress: prog, Streamed: r.res.Streamed}
 	for _, p := range []string{"prepare", "freeze", "drain", "lock", "dump", "restore", "destroy", "unlock", "thaw", "pages"} {
 		ms.Phases[p] = spanDur(calls, p)
 	}

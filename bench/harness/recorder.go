@@ -66,6 +66,12 @@ func (r *Recorder) Wrap(host string, a agentapi.Agent) agentapi.Agent {
 	return &recorded{r: r, host: host, a: a}
 }
 
+// WrapStreaming is Wrap for an agent whose images other shims fetch from
+// the address images returns ("": none now; agentapi.ImageStreamer).
+func (r *Recorder) WrapStreaming(host string, a agentapi.Agent, images func() string) agentapi.Agent {
+	return &recorded{r: r, host: host, a: a, images: images}
+}
+
 // Mark is the position to collect calls from (see Since).
 func (r *Recorder) Mark() int {
 	r.mu.Lock()
@@ -95,9 +101,18 @@ func (r *Recorder) add(c call) {
 }
 
 type recorded struct {
-	r    *Recorder
-	host string
-	a    agentapi.Agent
+	r      *Recorder
+	host   string
+	a      agentapi.Agent
+	images func() string
+}
+
+// ImagesAddress implements agentapi.ImageStreamer.
+func (w *recorded) ImagesAddress() string {
+	if w.images == nil {
+		return ""
+	}
+	return w.images()
 }
 
 // VerifiesImages passes on whether the wrapped agent verifies a restart's

@@ -175,6 +175,33 @@ func Markdown(r *Result, plots []string) string {
 		w("\n")
 	}
 
+	if len(r.Streamed) > 0 {
+		w("## B8 migration on hosts that share no segment (VXLAN), images streamed\n\n")
+		w("A routed cluster (each host on a subnet of its own behind a router; `torpor sim up --routed`), job-node traffic over the shims' VXLAN overlay. The same 2-job-node ring as B4; n0 moves between h1 and h3 with stop-copy, first with its images in the checkpoint directory, then streamed from the source's shim to the destination's over mutual TLS (each shim with an image directory of its own; docs/protocol.md, \"Streamed images\"). Columns as in B4; streamed/shared = ratio of the downtime medians at the same size.\n\n")
+		w("| MiB | images | image MiB | downtime ms | freeze+drain+lock | dump | restore (streamed: with the fetch) | destroy | unlock+thaw | unlock→TCP ms | **streamed / shared** |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+		shared := map[int]float64{}
+		for _, p := range r.Streamed {
+			if p.Err != "" && len(p.Samples) == 0 {
+				w("| %d | %s | failed: %s |||||||||\n", p.MiB, p.Mode, firstLine(p.Err))
+				continue
+			}
+			ratio := "–"
+			if strings.HasSuffix(p.Mode, "streamed") && shared[p.MiB] > 0 {
+				ratio = "**" + f2(p.Downtime.Median/shared[p.MiB]) + "**"
+			} else {
+				shared[p.MiB] = p.Downtime.Median
+			}
+			ph := p.Phases
+			w("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.MiB, p.Mode, mib(p.Bytes), med(p.Downtime),
+				f1(ph["freeze"].Median+ph["drain"].Median+ph["lock"].Median), f1(ph["dump"].Median), f1(ph["restore"].Median),
+				f1(ph["destroy"].Median), f1(ph["unlock"].Median+ph["thaw"].Median), med(p.TCP), ratio)
+			if p.Err != "" {
+				w("| %d | %s | then failed: %s |||||||||\n", p.MiB, p.Mode, firstLine(p.Err))
+			}
+		}
+		w("\n")
+	}
+
 	if len(r.Coord) > 0 {
 		w("## B5 coordination overhead\n\n")
 		w("Overhead = checkpoint wall time − Σ time inside CRIU (dumps are serialized on one machine, so Σ is what they cost). Real: sandboxes with a 1 MiB memhog and a slow TCP ring, spread over %d simulated hosts. Fake: the real coordinator and on-disk catalog with shims that return at once (Dump writes a 4 KiB image and its manifest), spread over 16 fake hosts.\n\n", r.Plan.CoordHosts)

@@ -19,7 +19,7 @@ type Config struct {
 	Out     string // where results go (bench/results)
 	Repo    string // repository root (for bench/workloads/bin and bin/torpor)
 	WorkDir string // scratch: images and status files (removed afterwards)
-	Only    string // comma-separated subset of b1,b2,b4,b5,b6,b7 ("" = all; b2 includes B3)
+	Only    string // comma-separated subset of b1,b2,b4,b5,b6,b7,b8 ("" = all; b2 includes B3)
 	Plotter string // the torpor-plot binary (bench/plot) that draws the PNGs
 	Log     *slog.Logger
 	// Progress receives one line per measurement.
@@ -49,6 +49,7 @@ type Plan struct {
 	AppGrowMiB  int          `json:"b6_grow_mib"` // B6: appended before every checkpoint
 	AppReps     int          `json:"b6_reps"`     // B6: steady checkpoints per variant
 	CompressMiB []int        `json:"b7_mib"`      // B7: memory sizes, every codec
+	StreamMiB   []int        `json:"b8_mib"`      // B8: sizes of the moved job-node
 	SpareHost   int          `json:"-"`
 }
 
@@ -59,7 +60,7 @@ func QuickPlan() Plan {
 		MigrateMiB: []int{16, 64, 256, 1024}, MigrateBigReps: 2,
 		MemMiB: []int{16, 64, 256}, Nodes: []int{1, 2, 4}, NodesMiB: 64,
 		RealNodes: []int{1, 4, 16}, FakeNodes: []int{1, 4, 16, 64, 256}, CoordHosts: 4,
-		AppLogMiB: 256, AppGrowMiB: 10, AppReps: 5, CompressMiB: []int{64, 256}}
+		AppLogMiB: 256, AppGrowMiB: 10, AppReps: 5, CompressMiB: []int{64, 256}, StreamMiB: []int{64, 256}}
 }
 
 // FullPlan is the complete run (tens of minutes).
@@ -70,7 +71,7 @@ func FullPlan() Plan {
 		MigrateMiB: []int{16, 64, 256, 1024}, MigrateBigReps: 5,
 		MemMiB: []int{16, 64, 256, 1024}, Nodes: []int{1, 2, 4}, NodesMiB: 256, Matrix: true,
 		RealNodes: []int{1, 4, 16, 32, 64}, FakeNodes: []int{1, 4, 16, 64, 128, 256}, CoordHosts: 4,
-		AppLogMiB: 1024, AppGrowMiB: 10, AppReps: 20, CompressMiB: []int{64, 256, 1024}}
+		AppLogMiB: 1024, AppGrowMiB: 10, AppReps: 20, CompressMiB: []int{64, 256, 1024}, StreamMiB: []int{64, 256, 1024}}
 }
 
 // Result is everything one run measured.
@@ -88,7 +89,10 @@ type Result struct {
 	Coord    []CoordPoint    `json:"b5,omitempty"`
 	AppFiles *AppFilesResult `json:"b6,omitempty"`
 	Compress []CompressPoint `json:"b7,omitempty"`
-	Errors   []string        `json:"errors,omitempty"`
+	// Streamed is B8: migrations on a routed cluster (VXLAN), images
+	// through the checkpoint directory and streamed from shim to shim.
+	Streamed []MigratePoint `json:"b8,omitempty"`
+	Errors   []string       `json:"errors,omitempty"`
 }
 
 func (c Config) wants(b string) bool {
@@ -217,6 +221,21 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 		})
 		if err != nil {
 			fail("B7 cluster", err)
+		}
+	}
+	if cfg.wants("b8") {
+		err := withEnv(ctx, EnvConfig{Name: name + "r", Hosts: 3, Dir: filepath.Join(work, "env8"), Bins: bins, CRIU: bin, Log: cfg.Log, Routed: true}, func(e *Env) {
+			for _, mib := range plan.StreamMiB {
+				res.Streamed = append(res.Streamed, runStreamPoints(ctx, e, mib, plan.MigrateReps, "h3", logf)...)
+			}
+		})
+		if err != nil {
+			fail("B8 cluster", err)
+		}
+	}
+	for _, p := range res.Streamed {
+		if p.Err != "" {
+			res.Errors = append(res.Errors, fmt.Sprintf("B8 %d MiB %s: %s", p.MiB, p.Mode, p.Err))
 		}
 	}
 	for _, p := range res.Compress {

@@ -106,7 +106,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 
 	defer a.Close(context.WithoutCancel(ctx))
-	if err := a.setupBridge(cfg); err != nil {
+	if err := a.SetupBridge(cfg.VXLANPeers, cfg.VXLANID); err != nil {
 		return err
 	}
 	// Job-nodes a previous shim of this host left when it died are ours now.
@@ -194,14 +194,16 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	}
 }
 
-// setupBridge pins the bridge's Ethernet address and, with VXLAN peers,
-// stretches the bridge over the routed network to them. Without its
-// overlay a host would run job-nodes that cannot reach their peers: that is
-// an error, while a MAC that cannot be pinned is only a warning.
-func (a *Agent) setupBridge(cfg ServeConfig) error {
+// SetupBridge pins the bridge's Ethernet address and, with VXLAN peers
+// (every host's address on the routed network, this one's included),
+// stretches the bridge over that network to them (ServeConfig.VXLANPeers;
+// vxlanID 0 is DefaultVXLANID). Without its overlay a host would run
+// job-nodes that cannot reach their peers: that is an error, while a MAC
+// that cannot be pinned is only a warning.
+func (a *Agent) SetupBridge(peers []net.IP, vxlanID int) error {
 	hn, err := a.hostNet()
 	if err != nil {
-		if len(cfg.VXLANPeers) > 0 {
+		if len(peers) > 0 {
 			return fmt.Errorf("vxlan: %w", err)
 		}
 		a.log.Warn("cannot open the host's network namespace", "err", err)
@@ -210,23 +212,23 @@ func (a *Agent) setupBridge(cfg ServeConfig) error {
 	defer hn.Close()
 	// The bridge's own address must not follow the sandboxes' veths
 	// (netquiesce.PinMAC): the host's traffic on it would stall.
-	if err := hn.PinMAC(cfg.Agent.Bridge); err != nil {
-		a.log.Warn("bridge: cannot pin its Ethernet address; job-nodes that join and leave it may change it", "bridge", cfg.Agent.Bridge, "err", err)
+	if err := hn.PinMAC(a.cfg.Bridge); err != nil {
+		a.log.Warn("bridge: cannot pin its Ethernet address; job-nodes that join and leave it may change it", "bridge", a.cfg.Bridge, "err", err)
 	}
-	if len(cfg.VXLANPeers) == 0 {
+	if len(peers) == 0 {
 		return nil
 	}
-	local, err := hn.LocalAddr(cfg.VXLANPeers)
+	local, err := hn.LocalAddr(peers)
 	if err != nil {
 		return fmt.Errorf("vxlan: which of the peers is this host: %w (list every host's address on the network that joins them, this one's included)", err)
 	}
-	v := netquiesce.VXLAN{Name: VXLANDevice, ID: cfg.VXLANID, Local: local, Peers: cfg.VXLANPeers, Bridge: cfg.Agent.Bridge}
+	v := netquiesce.VXLAN{Name: VXLANDevice, ID: vxlanID, Local: local, Peers: peers, Bridge: a.cfg.Bridge}
 	if v.ID == 0 {
 		v.ID = DefaultVXLANID
 	}
 	if err := hn.SetVXLAN(v); err != nil {
 		return err
 	}
-	a.log.Info("job-node traffic to other hosts goes over VXLAN", "device", v.Name, "id", v.ID, "local", local, "peers", len(cfg.VXLANPeers)-1)
+	a.log.Info("job-node traffic to other hosts goes over VXLAN", "device", v.Name, "id", v.ID, "local", local, "peers", len(peers)-1)
 	return nil
 }

@@ -76,18 +76,7 @@ func TestRoutedCluster(t *testing.T) {
 	j.finishWith(want, "on a routed cluster")
 
 	// The job ended: no migration left images behind on any host.
-	for i := 1; i <= 5; i++ {
-		var left []string
-		filepath.WalkDir(filepath.Join(c.dir, "images", fmt.Sprintf("h%d", i)), func(p string, d os.DirEntry, err error) error {
-			if err == nil && !d.IsDir() {
-				left = append(left, p)
-			}
-			return nil
-		})
-		if len(left) > 0 {
-			t.Errorf("h%d's image directory still holds %v", i, left)
-		}
-	}
+	c.assertNoImagesLeft()
 
 	// Every host that ran a job-node sent and received job-node traffic
 	// through its VXLAN port: the only way between them.
@@ -134,16 +123,23 @@ func TestStreamedImagesCorrupted(t *testing.T) {
 	}
 	j.progress("after migrating n1 to h4")
 	j.finishWith(want, "after a migration refused for changed images")
-	for i := 1; i <= 4; i++ {
+	c.assertNoImagesLeft()
+}
+
+// assertNoImagesLeft fails the test if a host's image directory (routed
+// clusters: torpor shim --image-dir) still holds a file.
+func (c *cluster) assertNoImagesLeft() {
+	c.t.Helper()
+	for _, h := range c.sim.Hosts {
 		var left []string
-		filepath.WalkDir(filepath.Join(c.dir, "images", fmt.Sprintf("h%d", i)), func(p string, d os.DirEntry, err error) error {
+		filepath.WalkDir(filepath.Join(c.dir, "images", fmt.Sprintf("h%d", h.Index)), func(p string, d os.DirEntry, err error) error {
 			if err == nil && !d.IsDir() {
 				left = append(left, p)
 			}
 			return nil
 		})
 		if len(left) > 0 {
-			t.Errorf("h%d's image directory still holds %v", i, left)
+			c.t.Errorf("h%d's image directory still holds %v", h.Index, left)
 		}
 	}
 }

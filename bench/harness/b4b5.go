@@ -38,19 +38,15 @@ var b4Modes = []struct {
 
 // runMigratePoints measures B4 at one size, both modes, on one job.
 func runMigratePoints(ctx context.Context, e *Env, mib, reps int, spare string, logf func(string, ...any)) []MigratePoint {
-	var out []MigratePoint
+	var modes []string
 	for _, m := range b4Modes {
-		out = append(out, MigratePoint{MiB: mib, Mode: m.name, Phases: map[string]Stat{}})
+		modes = append(modes, m.name)
 	}
-	j, err := e.StartJob(ctx, fmt.Sprintf("b4-%dm", mib), []string{"h1", "h2"}, Workload{MiB: mib, Ring: true, ReadRate: "4M"})
-	if err != nil {
-		for i := range out {
-			out[i].Err = err.Error()
-		}
+	out, j := startMigrateJob(ctx, e, "b4", mib, modes)
+	if j == nil {
 		return out
 	}
 	defer j.Stop(context.WithoutCancel(ctx))
-	time.Sleep(300 * time.Millisecond)
 	to, moves := []string{spare, "h1"}, 0
 	for i, m := range b4Modes {
 		p := &out[i]
@@ -74,6 +70,25 @@ func runMigratePoints(ctx context.Context, e *Env, mib, reps int, spare string, 
 	return out
 }
 
+// startMigrateJob starts the ring of B4 and B8 (2 job-nodes on h1 and h2,
+// mib MiB each) and returns one point per mode, all failed, and no job if
+// it cannot.
+func startMigrateJob(ctx context.Context, e *Env, bench string, mib int, modes []string) ([]MigratePoint, *Job) {
+	var out []MigratePoint
+	for _, m := range modes {
+		out = append(out, MigratePoint{MiB: mib, Mode: m, Phases: map[string]Stat{}})
+	}
+	j, err := e.StartJob(ctx, fmt.Sprintf("%s-%dm", bench, mib), []string{"h1", "h2"}, Workload{MiB: mib, Ring: true, ReadRate: "4M"})
+	if err != nil {
+		for i := range out {
+			out[i].Err = err.Error()
+		}
+		return out, nil
+	}
+	time.Sleep(300 * time.Millisecond)
+	return out, j
+}
+
 // b8Modes are B8's rows for each size: stop-copy migrations whose images go
 // through the checkpoint directory, then from shim to shim.
 var b8Modes = []struct {
@@ -86,20 +101,16 @@ var b8Modes = []struct {
 // h1 and the spare host, first with its images in the checkpoint directory
 // (as B4, but over the overlay), then streamed from shim to shim.
 func runStreamPoints(ctx context.Context, e *Env, mib, reps int, spare string, logf func(string, ...any)) []MigratePoint {
-	var out []MigratePoint
+	var modes []string
 	for _, m := range b8Modes {
-		out = append(out, MigratePoint{MiB: mib, Mode: m.name, Phases: map[string]Stat{}})
+		modes = append(modes, m.name)
 	}
-	j, err := e.StartJob(ctx, fmt.Sprintf("b8-%dm", mib), []string{"h1", "h2"}, Workload{MiB: mib, Ring: true, ReadRate: "4M"})
-	if err != nil {
-		for i := range out {
-			out[i].Err = err.Error()
-		}
+	out, j := startMigrateJob(ctx, e, "b8", mib, modes)
+	if j == nil {
 		return out
 	}
 	defer j.Stop(context.WithoutCancel(ctx))
 	defer e.Streamed.Store(false)
-	time.Sleep(300 * time.Millisecond)
 	to, moves := []string{spare, "h1"}, 0
 	for i, m := range b8Modes {
 		p := &out[i]

@@ -8,7 +8,9 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"testing"
 
+	"github.com/torpor-hpc/torpor/internal/testutil"
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 )
@@ -116,4 +118,68 @@ func removeCgroupTree(dir string) error {
 		}
 	}
 	return nil
+}
+
+// TestRemoveLeftovers: what a killed run named after a PID no e2e test
+// binary has (a network namespace with a veth into it and a route over
+// that, a cgroup tree) is removed; what a live run's name says is kept.
+func TestRemoveLeftovers(t *testing.T) {
+	testutil.RequireRoot(t, "creates network namespaces, links and cgroups")
+	dead := ""
+	alive := aliveRuns()
+	for n := 99999; n > 90000; n-- {
+		if !alive[strconv.Itoa(n)] {
+			dead = strconv.Itoa(n)
+			break
+		}
+	}
+	live := strconv.Itoa(os.Getpid() % 100000)
+	mount, err := cgroup.Mountpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	deadNS, liveNS := "torpor-e"+dead+"-h1", "torpor-e"+live+"-leftover-test"
+	deadCg, liveCg := filepath.Join(mount, "torpor", "e"+dead), filepath.Join(mount, "torpor", "e"+live+"-leftover-test")
+	t.Cleanup(func() {
+		for _, ns := range []string{deadNS, liveNS} {
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+		_ = exec.Command("ip", "link", "del", "tps"+dead).Run()
+		_ = removeCgroupTree(deadCg)
+		_ = removeCgroupTree(liveCg)
+	})
+	run("netns", "add", deadNS)
+	run("netns", "add", liveNS)
+	run("link", "add", "tps"+dead, "type", "veth", "peer", "name", "x0", "netns", deadNS)
+	run("link", "set", "tps"+dead, "up")
+	run("route", "add", "198.18.255.254/32", "dev", "tps"+dead)
+	for _, d := range []string{filepath.Join(deadCg, "h1", "job", "n0"), liveCg} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	removeLeftovers()
+
+	if _, err := os.Stat(filepath.Join(netquiesce.NetnsDir, deadNS)); !os.IsNotExist(err) {
+		t.Errorf("the dead run's namespace %s is still there (%v)", deadNS, err)
+	}
+	if _, err := os.Stat(deadCg); !os.IsNotExist(err) {
+		t.Errorf("the dead run's cgroup %s is still there (%v)", deadCg, err)
+	}
+	if out, _ := exec.Command("ip", "route", "show", "198.18.255.254/32").Output(); len(strings.TrimSpace(string(out))) > 0 {
+		t.Errorf("the dead run's route is still there: %s", out)
+	}
+	if _, err := os.Stat(filepath.Join(netquiesce.NetnsDir, liveNS)); err != nil {
+		t.Errorf("this run's namespace %s was removed: %v", liveNS, err)
+	}
+	if _, err := os.Stat(liveCg); err != nil {
+		t.Errorf("this run's cgroup %s was removed: %v", liveCg, err)
+	}
 }

@@ -114,9 +114,11 @@ type RestoreRequest struct {
 	// before its memory has arrived, and Pages says when all of it has.
 	PageServer string
 	// From is "host:port" of the shim holding the images, a local dump of
-	// Checkpoint (DumpRequest.Local; ImageStreamer.ImagesAddress): the
-	// shim fetches them into its own image directory first (Dir is
-	// ignored) and verifies them against NodeManifestSHA256, required then.
+	// Checkpoint (DumpRequest.Local; ImageStreamer.ImagesAddress), which
+	// may still be running there: the shim fetches them into its own image
+	// directory first (Dir is ignored), as they are written, and verifies
+	// them against NodeManifestSHA256 or, if that is empty, the node
+	// manifest's SHA-256 the source sends after the last image.
 	From string
 }
 
@@ -129,10 +131,20 @@ type ImageStreamer interface {
 }
 
 // ImageServer sends the files of a local dump of job-node ref for
-// checkpoint to another shim, one send per chunk (a chunk with a name
-// starts that file).
+// checkpoint to another shim, as they are written if the dump still runs
+// (it waits for one of that checkpoint to begin), one send per chunk; it
+// returns the SHA-256 of the dump's node manifest once every file is sent.
 type ImageServer interface {
-	SendImages(ctx context.Context, ref NodeRef, checkpoint string, send func(name string, data []byte) error) error
+	SendImages(ctx context.Context, ref NodeRef, checkpoint string, send func(ImageChunk) error) (nodeManifestSHA256 string, err error)
+}
+
+// ImageChunk is data at Offset of the image file Name (relative to the
+// job-node's image directory): a file's first chunk is at offset 0, each
+// next one continues where the last ended.
+type ImageChunk struct {
+	Name   string
+	Offset int64
+	Data   []byte
 }
 
 // PostCopier is implemented by an Agent that may say whether it can take

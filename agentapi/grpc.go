@@ -232,7 +232,11 @@ func (s Server) Images(req *apiv1.ImagesRequest, stream apiv1.Shim_ImagesServer)
 	if s.ImageServer == nil {
 		return ToRPC(fmt.Errorf("%w: this shim has no image directory (torpor shim --image-dir)", ErrInvalid))
 	}
-	return ToRPC(s.ImageServer.SendImages(stream.Context(), refFromPB(req.Ref), req.Checkpoint, func(name string, data []byte) error {
-		return stream.Send(&apiv1.ImageChunk{Name: name, Data: data})
-	}))
+	sum, err := s.ImageServer.SendImages(stream.Context(), refFromPB(req.Ref), req.Checkpoint, func(c ImageChunk) error {
+		return stream.Send(&apiv1.ImageChunk{Name: c.Name, Offset: c.Offset, Data: c.Data})
+	})
+	if err != nil {
+		return ToRPC(err)
+	}
+	return ToRPC(stream.Send(&apiv1.ImageChunk{NodeManifestSha256: sum}))
 }

@@ -411,8 +411,38 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 	var restored atomic.Bool
 	var dumped agentapi.DumpResult // written by the dump's goroutine, read after the phase
 	var dumpedMu sync.Mutex
+	restoreDest := func(ctx context.Context) error {
+		return c.fanout(ctx, PhaseRestore, []agentapi.NodeSpec{dest}, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+			dir, err := pend.NodeDir(n.Name)
+			if err != nil {
+				return err
+			}
+			// No RestoreFiles: the job has been frozen since the dump, so
+			// its files are as captured, and the job-nodes that stay hold
+			// them open (replacing one would split a shared file in two).
+			restored.Store(true)
+			dumpedMu.Lock()
+			req := agentapi.RestoreRequest{Dir: dir, Checkpoint: pend.Handle(), PageServer: dumped.PageServer}
+			if source != "" {
+				req.Dir, req.From, req.NodeManifestSHA256 = "", source, dumped.NodeManifestSHA256
+			}
+			dumpedMu.Unlock()
+			return a.Restore(ctx, id, n, req)
+		})
+	}
+	// A streamed stop-and-copy migration restores while the source dumps:
+	// the destination fetches the memory images as CRIU writes them, and
+	// verifies them against the node manifest digest the source sends last.
+	var early chan error
+	cancelEarly := func() {}
 	err = c.quiesce(ctx, id, spec.Nodes, pend.Handle(), t)
 	if err == nil {
+		if source != "" && above == 0 {
+			rctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			early, cancelEarly = make(chan error, 1), cancel
+			go func() { early <- restoreDest(rctx) }()
+		}
 		var dirs []string
 		if d, err := pend.NodeDir(from.Name); err == nil && source == "" {
 			dirs = append(dirs, d)
@@ -458,26 +488,24 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 	case above > 0 && why == "":
 		res.ModeReason = fmt.Sprintf("%s holds %s of private memory, below the post-copy threshold of %s", node, mib(res.Memory), mib(above))
 	}
-	if err == nil {
+	switch {
+	case err == nil && early != nil:
+		log.Info("migrating", "mode", res.Mode, "why", res.ModeReason, "streamed", "during the dump")
+		err = t.run(PhaseRestore, func() error {
+			t.setBytes(PhaseRestore, res.Bytes)
+			return <-early
+		})
+	case err == nil:
 		log.Info("migrating", "mode", res.Mode, "why", res.ModeReason, "page_server", dumped.PageServer)
 		err = t.run(PhaseRestore, func() error {
-			t.setBytes(PhaseRestore, dumped.Bytes)
-			return c.fanout(ctx, PhaseRestore, []agentapi.NodeSpec{dest}, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
-				dir, err := pend.NodeDir(n.Name)
-				if err != nil {
-					return err
-				}
-				// No RestoreFiles: the job has been frozen since the dump, so
-				// its files are as captured, and the job-nodes that stay hold
-				// them open (replacing one would split a shared file in two).
-				restored.Store(true)
-				req := agentapi.RestoreRequest{Dir: dir, Checkpoint: pend.Handle(), PageServer: dumped.PageServer}
-				if source != "" {
-					req.Dir, req.From, req.NodeManifestSHA256 = "", source, dumped.NodeManifestSHA256
-				}
-				return a.Restore(ctx, id, n, req)
-			})
+			t.setBytes(PhaseRestore, res.Bytes)
+			return restoreDest(ctx)
 		})
+	case early != nil:
+		// The dump failed: the destination's restore ends with its fetch
+		// (and is stopped if it still waits for the dump to begin).
+		cancelEarly()
+		<-early
 	}
 	if err != nil {
 		log.Warn("migration failed, rolling back", "err", err, "timings", t.String())

@@ -627,9 +627,10 @@ type RestoreRequest struct {
 	// host:port of the page server of a post-copy dump: restore lazily from it.
 	PageServer string `protobuf:"bytes,6,opt,name=page_server,json=pageServer,proto3" json:"page_server,omitempty"`
 	// host:port of the shim that holds the images (a local dump of
-	// checkpoint): fetch them from its Images first, into this shim's own
-	// image directory (dir is ignored), and verify them against
-	// node_manifest_sha256, which is then required.
+	// checkpoint, maybe still being written): fetch them from its Images
+	// first, into this shim's own image directory (dir is ignored), and
+	// verify them against node_manifest_sha256 or, if empty, the SHA-256 the
+	// source sends at the end of the images.
 	From          string `protobuf:"bytes,7,opt,name=from,proto3" json:"from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -767,14 +768,19 @@ func (x *ImagesRequest) GetCheckpoint() string {
 	return ""
 }
 
-// A piece of one image file: a chunk with a name starts that file (an
-// empty one is still created), those without continue it.
+// A piece of one image file: data at offset of the file name (the first
+// chunk of a file, at offset 0, creates it; each next one continues where
+// the last ended). The last chunk of the stream has no name and carries
+// the SHA-256 (hex) of the dump's node manifest: a stream without it is
+// incomplete.
 type ImageChunk struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Name               string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Data               []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Offset             int64                  `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	NodeManifestSha256 string                 `protobuf:"bytes,4,opt,name=node_manifest_sha256,json=nodeManifestSha256,proto3" json:"node_manifest_sha256,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *ImageChunk) Reset() {
@@ -819,6 +825,20 @@ func (x *ImageChunk) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+func (x *ImageChunk) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ImageChunk) GetNodeManifestSha256() string {
+	if x != nil {
+		return x.NodeManifestSha256
+	}
+	return ""
 }
 
 type RestoreFilesReply struct {
@@ -2550,11 +2570,13 @@ const file_torpor_proto_rawDesc = "" +
 	"\x03ref\x18\x01 \x01(\v2\x12.torpor.v1.NodeRefR\x03ref\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x02 \x01(\tR\n" +
-	"checkpoint\"4\n" +
+	"checkpoint\"~\n" +
 	"\n" +
 	"ImageChunk\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\")\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\x120\n" +
+	"\x14node_manifest_sha256\x18\x04 \x01(\tR\x12nodeManifestSha256\")\n" +
 	"\x11RestoreFilesReply\x12\x14\n" +
 	"\x05moved\x18\x01 \x03(\tR\x05moved\"u\n" +
 	"\n" +

@@ -141,9 +141,16 @@ type node struct {
 	pulling bool
 	// stalled: fault.StallPagesInFlight holds the pull's pages.
 	stalled bool
-	// local is the checkpoint handle of the local dump whose images this
-	// shim keeps and serves (stream.go), "" when there is none.
-	local string
+	// local is the checkpoint handle of the local dump this shim writes or
+	// keeps, and serves (stream.go), "" when there is none. localDone is
+	// closed when that dump has ended, with localSHA (its node manifest's
+	// SHA-256) or localErr set; localSet is closed, and replaced, whenever
+	// local changes.
+	local     string
+	localDone chan struct{}
+	localSHA  string
+	localErr  error
+	localSet  chan struct{}
 }
 
 var _ agentapi.Agent = (*Agent)(nil)
@@ -290,8 +297,10 @@ func rootOnly(p, top string) error {
 }
 
 // create makes the sandbox and attaches (unlocked) the network lock to the
-// host end of its veth, where the programs stay outside the CRIU images.
-func (a *Agent) create(ctx context.Context, job string, spec agentapi.NodeSpec) (*node, error) {
+// host end of its veth, where the programs stay outside the CRIU images. A
+// restore target (restoring) does not announce its address yet: that
+// happens at its unlock.
+func (a *Agent) create(ctx context.Context, job string, spec agentapi.NodeSpec, restoring bool) (*node, error) {
 	if err := checkNames(job, spec.Name); err != nil {
 		return nil, err
 	}
@@ -322,6 +331,7 @@ func (a *Agent) create(ctx context.Context, job string, spec agentapi.NodeSpec) 
 		HostVeth:     n.veth,
 		Cgroup:       n.cgroup,
 		CgroupParent: a.cfg.CgroupParent,
+		Quiet:        restoring,
 		Log:          a.log,
 	})
 	if err != nil {
@@ -382,7 +392,7 @@ func vethName(job, n string) string {
 
 // Start creates the job-node's sandbox and starts its command.
 func (a *Agent) Start(ctx context.Context, job string, spec agentapi.NodeSpec) error {
-	n, err := a.create(ctx, job, spec)
+	n, err := a.create(ctx, job, spec, false)
 	if err != nil {
 		return err
 	}
@@ -613,6 +623,13 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 	if err != nil {
 		return agentapi.DumpResult{}, err
 	}
+	if req.Local {
+		return a.dumpLocal(ctx, n, ref, req)
+	}
+	return a.dump(ctx, n, ref, req)
+}
+
+func (a *Agent) dump(ctx context.Context, n *node, ref agentapi.NodeRef, req agentapi.DumpRequest) (agentapi.DumpResult, error) {
 	pids, err := n.sb.Cgroup().Procs()
 	if err != nil {
 		return agentapi.DumpResult{}, err
@@ -621,22 +638,6 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 		return agentapi.DumpResult{}, fmt.Errorf("refusing to checkpoint %s/%s: %w", ref.Job, ref.Node, err)
 	}
 	start := time.Now()
-	if req.Local {
-		a.dropLocalDump(n)
-		if req.Dir, err = a.freshMigrationDir(ref.Job, ref.Node, "out"); err != nil {
-			return agentapi.DumpResult{}, err
-		}
-		req.Shared = "" // this job-node captures every file it holds
-		dir := req.Dir
-		defer func() {
-			n.mu.Lock()
-			failed := n.local == ""
-			n.mu.Unlock()
-			if failed {
-				os.RemoveAll(dir)
-			}
-		}()
-	}
 	// The tree is frozen: the files match the images CRIU is about to write.
 	var captured *appfiles.Index
 	if a.cfg.NoAppFiles {
@@ -750,14 +751,6 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 	out := agentapi.DumpResult{Bytes: nm.TotalBytes, Files: len(nm.Files), CRIUTime: res.Elapsed, Memory: memory}
 	if ps != nil {
 		out.PageServer = ps.addr
-	}
-	if req.Local {
-		if out.NodeManifestSHA256, err = fileSHA256(filepath.Join(req.Dir, catalog.NodeManifestName)); err != nil {
-			return fail(err)
-		}
-		n.mu.Lock()
-		n.local = req.Checkpoint
-		n.mu.Unlock()
 	}
 	return out, nil
 }
@@ -918,12 +911,18 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		return fmt.Errorf("restore %s/%s: %w", job, spec.Name, err)
 	}
 	if req.From != "" {
-		if req.NodeManifestSHA256 == "" || req.Checkpoint == "" {
-			return fmt.Errorf("%w: restore %s/%s from the images of another shim needs the checkpoint's handle and the node manifest's SHA-256", agentapi.ErrInvalid, job, spec.Name)
+		if req.Checkpoint == "" {
+			return fmt.Errorf("%w: restore %s/%s from the images of another shim needs the checkpoint's handle", agentapi.ErrInvalid, job, spec.Name)
 		}
-		if req.Dir, err = a.fetchImages(ctx, job, spec.Name, req.Checkpoint, req.From); err != nil {
+		var sum string
+		if req.Dir, sum, err = a.fetchImages(ctx, job, spec.Name, req.Checkpoint, req.From); err != nil {
 			return err
 		}
+		if req.NodeManifestSHA256 != "" && req.NodeManifestSHA256 != sum {
+			os.RemoveAll(req.Dir)
+			return fmt.Errorf("%w: restore %s/%s: the images from %s are of node manifest %s, not %s", catalog.ErrCorrupt, job, spec.Name, req.From, sum, req.NodeManifestSHA256)
+		}
+		req.NodeManifestSHA256 = sum
 		// Read by CRIU only during the restore, but by a post-copy's
 		// lazy-pages daemon until every page arrived: those (no memory
 		// images in them) stay until the job-node leaves (destroy).
@@ -983,7 +982,7 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		}
 		defer pages.stop()
 	}
-	n, err := a.create(ctx, job, spec)
+	n, err := a.create(ctx, job, spec, true)
 	if err != nil {
 		return err
 	}

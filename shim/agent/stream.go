@@ -104,11 +104,85 @@ func (a *Agent) dropMigrationImages(job, node string) {
 	}
 }
 
+// dumpLocal dumps n into a fresh migration directory of its own and keeps
+// the images there, served to other shims (SendImages) while they are
+// written and after, until the job-node leaves or is rolled back here.
+func (a *Agent) dumpLocal(ctx context.Context, n *node, ref agentapi.NodeRef, req agentapi.DumpRequest) (agentapi.DumpResult, error) {
+	a.dropLocalDump(n)
+	dir, err := a.freshMigrationDir(ref.Job, ref.Node, "out")
+	if err != nil {
+		return agentapi.DumpResult{}, err
+	}
+	req.Dir = dir
+	req.Shared = "" // this job-node captures every file it holds
+	n.setLocal(req.Checkpoint)
+	res, err := a.dump(ctx, n, ref, req)
+	if err == nil {
+		res.NodeManifestSHA256, err = fileSHA256(filepath.Join(dir, catalog.NodeManifestName))
+	}
+	n.endLocal(res.NodeManifestSHA256, err)
+	if err != nil {
+		a.dropLocalDump(n)
+		return agentapi.DumpResult{}, err
+	}
+	return res, nil
+}
+
+// setLocal makes checkpoint n's local dump, begun now.
+func (n *node) setLocal(checkpoint string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.local, n.localDone, n.localSHA, n.localErr = checkpoint, make(chan struct{}), "", nil
+	n.localChanged()
+}
+
+// endLocal records how n's local dump ended.
+func (n *node) endLocal(sha string, err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.localSHA, n.localErr = sha, err
+	close(n.localDone)
+}
+
+// localChanged wakes waitLocal; n.mu is held.
+func (n *node) localChanged() {
+	if n.localSet != nil {
+		close(n.localSet)
+	}
+	n.localSet = make(chan struct{})
+}
+
+// waitLocal waits until n's local dump is checkpoint's (begun, maybe not
+// ended) and returns the channel closed when it ends.
+func (n *node) waitLocal(ctx context.Context, checkpoint string) (chan struct{}, error) {
+	for {
+		n.mu.Lock()
+		if n.local == checkpoint {
+			done := n.localDone
+			n.mu.Unlock()
+			return done, nil
+		}
+		if n.localSet == nil {
+			n.localSet = make(chan struct{})
+		}
+		changed := n.localSet
+		n.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("no dump of %s/%s for %s began: %w", n.job, n.spec.Name, checkpoint, ctx.Err())
+		case <-changed:
+		}
+	}
+}
+
 // dropLocalDump removes the images n's local dump left, if any.
 func (a *Agent) dropLocalDump(n *node) {
 	n.mu.Lock()
 	had := n.local != ""
-	n.local = ""
+	if had {
+		n.local = ""
+		n.localChanged()
+	}
 	n.mu.Unlock()
 	if had {
 		if err := os.RemoveAll(a.migrationDir(n.job, n.spec.Name, "out")); err != nil {
@@ -117,89 +191,181 @@ func (a *Agent) dropLocalDump(n *node) {
 	}
 }
 
+// followPoll is how often SendImages looks for more of the memory images
+// while CRIU writes them.
+const followPoll = 2 * time.Millisecond
+
 // SendImages implements agentapi.ImageServer: the files of the local dump
-// of ref for checkpoint, the only directory it serves from.
-func (a *Agent) SendImages(ctx context.Context, ref agentapi.NodeRef, checkpoint string, send func(string, []byte) error) error {
+// of ref for checkpoint, the only directory it serves from. It waits for
+// that dump to begin. While CRIU writes, it sends what CRIU appended to the
+// memory images (pages-*.img, which CRIU only appends to, as the stream
+// hasher relies on too); once the dump ended, the rest of them and every
+// other file whole.
+func (a *Agent) SendImages(ctx context.Context, ref agentapi.NodeRef, checkpoint string, send func(agentapi.ImageChunk) error) (string, error) {
 	n, err := a.get(ref)
 	if err != nil {
-		return err
+		return "", err
 	}
-	n.mu.Lock()
-	local := n.local
-	n.mu.Unlock()
-	if local == "" || local != checkpoint {
-		return fmt.Errorf("%w: job-node %s/%s has no images of %s to send", ErrNoNode, ref.Job, ref.Node, checkpoint)
+	done, err := n.waitLocal(ctx, checkpoint)
+	if err != nil {
+		return "", err
 	}
 	root, err := os.OpenRoot(a.migrationDir(ref.Job, ref.Node, "out"))
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer root.Close()
-	start, sent, files := time.Now(), int64(0), 0
-	buf := make([]byte, imageChunk)
+	s := &imageSender{root: root, send: send, sent: map[string]int64{}, open: map[string]*os.File{},
+		buf: make([]byte, imageChunk), corrupt: a.cfg.Faults.Has(fault.CorruptSentImages), log: a.log}
+	defer s.close()
+	start := time.Now()
+	for following := true; following; {
+		select {
+		case <-done:
+			following = false
+		default:
+		}
+		moved, err := s.followPages()
+		if err != nil {
+			return "", fmt.Errorf("send the images of %s/%s: %w", ref.Job, ref.Node, err)
+		}
+		if following && moved == 0 {
+			select {
+			case <-done:
+			case <-ctx.Done():
+				return "", ctx.Err()
+			case <-time.After(followPoll):
+			}
+		}
+	}
+	duringDump := s.bytes
+	n.mu.Lock()
+	sha, derr, still := n.localSHA, n.localErr, n.local == checkpoint
+	n.mu.Unlock()
+	if derr != nil || !still {
+		return "", fmt.Errorf("%w: the dump of %s/%s for %s failed or was dropped: %v", ErrNoNode, ref.Job, ref.Node, checkpoint, derr)
+	}
 	err = fs.WalkDir(root.FS(), ".", func(name string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
 			return err
 		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		f, err := root.Open(name)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		files++
-		first := true
-		corrupt := a.cfg.Faults.Has(fault.CorruptSentImages) && criu.IsPages(path.Base(name))
-		for {
-			k, rerr := io.ReadFull(f, buf)
-			if k > 0 && corrupt {
-				buf[k/2] ^= 0x01
-				corrupt = false
-				a.log.Warn("FAULT INJECTION: sending a memory image with a byte changed", "file", name)
-			}
-			if k > 0 || first {
-				chunk := ""
-				if first {
-					chunk = name
-				}
-				if err := send(chunk, buf[:k]); err != nil {
-					return err
-				}
-				sent += int64(k)
-				first = false
-			}
-			if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-				return nil
-			}
-			if rerr != nil {
-				return rerr
-			}
-		}
+		return s.sendRest(name)
 	})
 	if err != nil {
-		return fmt.Errorf("send the images of %s/%s: %w", ref.Job, ref.Node, err)
+		return "", fmt.Errorf("send the images of %s/%s: %w", ref.Job, ref.Node, err)
 	}
-	a.log.Info("sent migration images", "job", ref.Job, "node", ref.Node, "ckpt", checkpoint, "files", files, "bytes", sent, "elapsed", time.Since(start))
-	return nil
+	a.log.Info("sent migration images", "job", ref.Job, "node", ref.Node, "ckpt", checkpoint, "files", len(s.sent), "bytes", s.bytes,
+		"during_dump", duringDump, "elapsed", time.Since(start))
+	return sha, nil
+}
+
+// imageSender sends one dump's files, each from where it last stopped.
+type imageSender struct {
+	root    *os.Root
+	send    func(agentapi.ImageChunk) error
+	sent    map[string]int64    // bytes of each file sent
+	open    map[string]*os.File // files being followed
+	buf     []byte
+	bytes   int64
+	corrupt bool // fault.CorruptSentImages
+	log     interface{ Warn(string, ...any) }
+}
+
+func (s *imageSender) close() {
+	for _, f := range s.open {
+		f.Close()
+	}
+}
+
+// followPages sends what was appended to the memory images since the last
+// call and returns how many bytes.
+func (s *imageSender) followPages() (int64, error) {
+	ents, err := fs.ReadDir(s.root.FS(), ".")
+	if err != nil {
+		return 0, err
+	}
+	var moved int64
+	for _, e := range ents {
+		if !e.Type().IsRegular() || !criu.IsPages(e.Name()) {
+			continue
+		}
+		k, err := s.sendFrom(e.Name())
+		if err != nil {
+			return moved, err
+		}
+		moved += k
+	}
+	return moved, nil
+}
+
+// sendRest sends the rest of name, and names an empty file too.
+func (s *imageSender) sendRest(name string) error {
+	if _, started := s.sent[name]; !started {
+		if err := s.send(agentapi.ImageChunk{Name: name}); err != nil {
+			return err
+		}
+		s.sent[name] = 0
+	}
+	_, err := s.sendFrom(name)
+	if f := s.open[name]; f != nil {
+		f.Close()
+		delete(s.open, name)
+	}
+	return err
+}
+
+// sendFrom sends name from the last byte sent up to its current end.
+func (s *imageSender) sendFrom(name string) (int64, error) {
+	f := s.open[name]
+	if f == nil {
+		var err error
+		if f, err = s.root.Open(name); err != nil {
+			return 0, err
+		}
+		s.open[name] = f
+	}
+	var moved int64
+	for {
+		off := s.sent[name]
+		k, rerr := f.ReadAt(s.buf, off)
+		if k > 0 {
+			if off == 0 && s.corrupt && criu.IsPages(path.Base(name)) {
+				s.buf[k/2] ^= 0x01
+				s.log.Warn("FAULT INJECTION: sending a memory image with a byte changed", "file", name)
+			}
+			if err := s.send(agentapi.ImageChunk{Name: name, Offset: off, Data: s.buf[:k]}); err != nil {
+				return moved, err
+			}
+			s.sent[name] = off + int64(k)
+			s.bytes += int64(k)
+			moved += int64(k)
+		}
+		if rerr == io.EOF {
+			return moved, nil
+		}
+		if rerr != nil {
+			return moved, rerr
+		}
+	}
 }
 
 // fetchImages fetches the images of job/node's local dump for checkpoint
-// from the shim at from into a fresh migration directory and returns it.
-// It takes only relative names that stay inside the directory, each file
-// once; the restore then verifies every byte against the node manifest.
-func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from string) (_ string, err error) {
+// from the shim at from, as they are written, into a fresh migration
+// directory, and returns it with the node manifest's SHA-256 the source
+// sent last. It takes only relative names that stay inside the directory,
+// each file from its start and every chunk where the last one ended; the
+// restore then verifies every byte against the node manifest.
+func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from string) (_, _ string, err error) {
 	if a.cfg.PeerTLS == nil {
-		return "", fmt.Errorf("%w: this shim has no certificate to fetch images from another shim", agentapi.ErrInvalid)
+		return "", "", fmt.Errorf("%w: this shim has no certificate to fetch images from another shim", agentapi.ErrInvalid)
 	}
 	host, _, err := net.SplitHostPort(from)
 	if err != nil {
-		return "", fmt.Errorf("%w: images from %q: %v", agentapi.ErrInvalid, from, err)
+		return "", "", fmt.Errorf("%w: images from %q: %v", agentapi.ErrInvalid, from, err)
 	}
 	fresh, err := a.freshMigrationDir(job, node, "in")
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	defer func() {
 		if err != nil {
@@ -210,7 +376,7 @@ func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from str
 	tc.ServerName = host
 	conn, err := grpc.NewClient(from, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
-		return "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
+		return "", "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(ctx)
@@ -218,62 +384,76 @@ func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from str
 	start := time.Now()
 	stream, err := apiv1.NewShimClient(conn).Images(ctx, &apiv1.ImagesRequest{Ref: &apiv1.NodeRef{Job: job, Node: node}, Checkpoint: checkpoint})
 	if err != nil {
-		return "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, agentapi.FromRPC(err))
+		return "", "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, agentapi.FromRPC(err))
 	}
 	root, err := os.OpenRoot(fresh)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	defer root.Close()
-	var f *os.File
-	closeFile := func() error {
-		if f == nil {
-			return nil
+	files := map[string]*os.File{}
+	size := map[string]int64{}
+	defer func() {
+		for _, f := range files {
+			if cerr := f.Close(); cerr != nil && err == nil {
+				err = cerr
+			}
 		}
-		err := f.Close()
-		f = nil
-		return err
+	}()
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: images of %s/%s from %s: %s", catalog.ErrCorrupt, job, node, from, fmt.Sprintf(format, args...))
 	}
-	defer closeFile()
 	var got int64
-	files := 0
+	sum := ""
 	for {
 		c, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, agentapi.FromRPC(err))
+			return "", "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, agentapi.FromRPC(err))
 		}
-		if c.Name != "" {
-			if err := closeFile(); err != nil {
-				return "", err
+		if sum != "" {
+			return "", "", bad("more after the node manifest's digest")
+		}
+		if c.Name == "" {
+			if c.NodeManifestSha256 == "" {
+				return "", "", bad("a chunk with no file name")
 			}
+			sum = c.NodeManifestSha256
+			continue
+		}
+		f := files[c.Name]
+		if f == nil {
 			if !filepath.IsLocal(c.Name) || strings.Contains(c.Name, `\`) {
-				return "", fmt.Errorf("%w: images of %s/%s from %s: refusing the file name %q", catalog.ErrCorrupt, job, node, from, c.Name)
+				return "", "", bad("refusing the file name %q", c.Name)
+			}
+			if c.Offset != 0 {
+				return "", "", bad("%s begins at offset %d", c.Name, c.Offset)
 			}
 			if d := filepath.Dir(c.Name); d != "." {
 				if err := root.MkdirAll(d, 0o700); err != nil {
-					return "", err
+					return "", "", err
 				}
 			}
 			if f, err = root.OpenFile(c.Name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
-				return "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
+				return "", "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
 			}
-			files++
-		} else if f == nil {
-			return "", fmt.Errorf("%w: images of %s/%s from %s: data before a file name", catalog.ErrCorrupt, job, node, from)
+			files[c.Name] = f
+		} else if c.Offset != size[c.Name] {
+			return "", "", bad("%s continues at offset %d, after %d bytes", c.Name, c.Offset, size[c.Name])
 		}
 		if _, err := f.Write(c.Data); err != nil {
-			return "", fmt.Errorf("images of %s/%s: %w", job, node, err)
+			return "", "", fmt.Errorf("images of %s/%s: %w", job, node, err)
 		}
+		size[c.Name] += int64(len(c.Data))
 		got += int64(len(c.Data))
 	}
-	if err := closeFile(); err != nil {
-		return "", err
+	if sum == "" {
+		return "", "", bad("the stream ended before the node manifest's digest")
 	}
-	a.log.Info("fetched migration images", "job", job, "node", node, "ckpt", checkpoint, "from", from, "files", files, "bytes", got, "elapsed", time.Since(start))
-	return fresh, nil
+	a.log.Info("fetched migration images", "job", job, "node", node, "ckpt", checkpoint, "from", from, "files", len(files), "bytes", got, "elapsed", time.Since(start))
+	return fresh, sum, nil
 }
 
 // fileSHA256 is the SHA-256 (hex) of a file.

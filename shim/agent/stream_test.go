@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -104,6 +105,9 @@ func TestStreamImages(t *testing.T) {
 		"torpor-files/x/a.data": []byte("shared"),
 	}
 	for name, data := range want {
+		if name == "pages-1.img" {
+			continue // written while the fetch follows it
+		}
 		if err := os.MkdirAll(filepath.Join(out, filepath.Dir(name)), 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -111,12 +115,49 @@ func TestStreamImages(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	src.nodes[key("j", "n0")] = &node{job: "j", spec: agentapi.NodeSpec{Name: "n0"}, local: "j/3"}
+	n := &node{job: "j", spec: agentapi.NodeSpec{Name: "n0"}}
+	src.nodes[key("j", "n0")] = n
 	addr := serveImages(t, stls, src)
 
-	dir, err := dst.fetchImages(context.Background(), "j", "n0", "j/3", addr)
+	// The fetch begins before the dump: it waits for the dump, follows
+	// the memory image CRIU appends to, and takes the rest at its end.
+	fetched := make(chan error, 1)
+	var dir, sum string
+	go func() {
+		var err error
+		dir, sum, err = dst.fetchImages(context.Background(), "j", "n0", "j/3", addr)
+		fetched <- err
+	}()
+	n.setLocal("j/3")
+	pages := want["pages-1.img"]
+	f, err := os.OpenFile(filepath.Join(out, "pages-1.img"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		t.Fatal(err)
+	}
+	half := len(pages) / 2
+	if _, err := f.Write(pages[:half]); err != nil {
+		t.Fatal(err)
+	}
+	// What is written while the dump runs arrives before it ends.
+	in := filepath.Join(dst.migrationDir("j", "n0", "in"), "pages-1.img")
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		if st, err := os.Stat(in); err == nil && st.Size() == int64(half) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the first %d bytes of the memory image never arrived while the dump ran", half)
+		}
+	}
+	if _, err := f.Write(pages[half:]); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	n.endLocal("abc123", nil)
+	if err := <-fetched; err != nil {
+		t.Fatal(err)
+	}
+	if sum != "abc123" {
+		t.Fatalf("the node manifest digest arrived as %q", sum)
 	}
 	if dir != dst.migrationDir("j", "n0", "in") || filepath.Base(dir) != "n0" {
 		t.Fatalf("fetched into %s", dir)
@@ -134,7 +175,10 @@ func TestStreamImages(t *testing.T) {
 	// Another checkpoint's images, or another job-node's: none sent, and
 	// nothing is left of the attempt.
 	for _, c := range []struct{ node, ckpt string }{{"n0", "j/2"}, {"n1", "j/3"}} {
-		if _, err := dst.fetchImages(context.Background(), "j", c.node, c.ckpt, addr); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		_, _, err := dst.fetchImages(ctx, "j", c.node, c.ckpt, addr)
+		cancel()
+		if err == nil {
 			t.Fatalf("fetched the images of %s for %s", c.node, c.ckpt)
 		}
 		if _, err := os.Stat(dst.migrationDir("j", c.node, "in")); !errors.Is(err, fs.ErrNotExist) {
@@ -152,15 +196,15 @@ func TestStreamImages(t *testing.T) {
 }
 
 // forgedImages sends what a test tells it to, whatever was asked.
-type forgedImages []struct{ name, data string }
+type forgedImages []agentapi.ImageChunk
 
-func (f forgedImages) SendImages(_ context.Context, _ agentapi.NodeRef, _ string, send func(string, []byte) error) error {
+func (f forgedImages) SendImages(_ context.Context, _ agentapi.NodeRef, _ string, send func(agentapi.ImageChunk) error) (string, error) {
 	for _, c := range f {
-		if err := send(c.name, []byte(c.data)); err != nil {
-			return err
+		if err := send(c); err != nil {
+			return "", err
 		}
 	}
-	return nil
+	return "abc", nil
 }
 
 // TestFetchRefusesForgedNames: names that leave the directory, data before
@@ -170,26 +214,47 @@ func TestFetchRefusesForgedNames(t *testing.T) {
 	testutil.RequireRoot(t, "image directories must be root's")
 	stls, ctls := shimTLS(t)
 	dst := imageAgent(t, "h2", ctls)
+	x := []byte("x")
 	for _, f := range []forgedImages{
-		{{"../../../escaped", "x"}},
-		{{"/tmp/absolute", "x"}},
-		{{"", "no name"}},
-		{{"a.img", "1"}, {"a.img", "2"}},
-		{{`dir\..\b.img`, "x"}},
+		{{Name: "../../../escaped", Data: x}},
+		{{Name: "/tmp/absolute", Data: x}},
+		{{Data: []byte("no name")}},
+		{{Name: "a.img", Data: x}, {Name: "a.img", Data: x}},            // again from 0
+		{{Name: "a.img", Data: x}, {Name: "a.img", Offset: 5, Data: x}}, // a hole
+		{{Name: "b.img", Offset: 4096, Data: x}},                        // not from its start
+		{{Name: `dir\..\b.img`, Data: x}},
 	} {
 		addr := serveImages(t, stls, f)
-		_, err := dst.fetchImages(context.Background(), "j", "n0", "j/1", addr)
+		_, _, err := dst.fetchImages(context.Background(), "j", "n0", "j/1", addr)
 		if err == nil {
 			t.Fatalf("%v accepted", f)
 		}
-		if strings.Contains(f[0].name, "..") && !errors.Is(err, catalog.ErrCorrupt) {
+		if !errors.Is(err, catalog.ErrCorrupt) {
 			t.Fatalf("%v: %v, want ErrCorrupt", f, err)
 		}
 		if _, err := os.Stat(dst.migrationDir("j", "n0", "in")); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("%v: the refused fetch left its directory (%v)", f, err)
 		}
 	}
+	// A source that fails halfway (a dump that failed, a shim that died).
+	addr := serveImages(t, stls, truncatedImages{})
+	if _, _, err := dst.fetchImages(context.Background(), "j", "n0", "j/1", addr); err == nil || !strings.Contains(err.Error(), "the dump failed") {
+		t.Fatalf("a source that failed halfway: %v", err)
+	}
+	if _, err := os.Stat(dst.migrationDir("j", "n0", "in")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the failed fetch left its directory (%v)", err)
+	}
 	if _, err := os.Stat(filepath.Join(filepath.Dir(dst.cfg.ImageDir), "escaped")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal("a forged name wrote outside the image directory")
 	}
+}
+
+// truncatedImages sends part of a file and then fails.
+type truncatedImages struct{}
+
+func (truncatedImages) SendImages(_ context.Context, _ agentapi.NodeRef, _ string, send func(agentapi.ImageChunk) error) (string, error) {
+	if err := send(agentapi.ImageChunk{Name: "pages-1.img", Data: []byte("half")}); err != nil {
+		return "", err
+	}
+	return "", errors.New("the dump failed")
 }

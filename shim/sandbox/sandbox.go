@@ -73,6 +73,12 @@ type Config struct {
 	// exist, or they would get RSTs. The shim leaves it false and engages its
 	// eBPF lock instead (shim/agent Restore).
 	Locked bool
+	// Quiet creates the sandbox without announcing its address (gratuitous
+	// ARP): a restore target, whose announcement comes at its unlock. Its
+	// address still lives on elsewhere until then (a migration's source):
+	// announced now, peers would send the source's traffic here, and on
+	// here if the migration were rolled back.
+	Quiet bool
 	// Log receives the sandbox's events; nil discards them.
 	Log *slog.Logger
 }
@@ -257,7 +263,7 @@ func (s *Sandbox) setupNet() error {
 	if err := s.sb.AddAddr(IfName, s.cfg.Address); err != nil {
 		return err
 	}
-	if !s.locked {
+	if !s.locked && !s.cfg.Quiet {
 		return netquiesce.AnnounceIP(s.sb.NS(), IfName, s.ip)
 	}
 	return nil

@@ -143,3 +143,29 @@ func (c *cluster) assertNoImagesLeft() {
 		}
 	}
 }
+
+// A streamed stop-and-copy migration whose dump fails (the source's CRIU
+// killed mid-dump: fault.CRIUKillInDump) while the destination already
+// fetches: the destination's restore ends with the source's stream, the
+// migration is aborted, the job runs on where it was, and no host keeps
+// migration images.
+func TestStreamedDumpFails(t *testing.T) {
+	c := newRoutedCluster(t, 4)
+	c.startShim(1, "--fault", string(fault.CRIUKillInDump))
+	want := faultReference(t)
+	j := c.faultJob("sd")
+	out, code := c.cli("migrate", j.id, "--node", "n0", "--to", "h4", "--postcopy", "never")
+	if code == 0 || !strings.Contains(out, "criu was killed") || !strings.Contains(out, "keeps running on its old hosts") {
+		t.Fatalf("migrate whose dump fails: exit %d\n%s", code, out)
+	}
+	t.Logf("aborted: %s", lastLines(out, 1))
+	if p := c.placement(j.id); p["n0"] != "h1" {
+		t.Fatalf("n0 is on %s after the aborted migration", p["n0"])
+	}
+	if !strings.Contains(c.logs["shim-h4"].String(), "fetching migration images") {
+		t.Fatalf("the destination never began to fetch while the source dumped:\n%s", c.logs["shim-h4"])
+	}
+	j.progress("after the aborted migration")
+	j.finishWith(want, "after a streamed migration whose dump failed")
+	c.assertNoImagesLeft()
+}

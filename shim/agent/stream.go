@@ -382,6 +382,7 @@ func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from str
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start := time.Now()
+	a.log.Info("fetching migration images", "job", job, "node", node, "ckpt", checkpoint, "from", from)
 	stream, err := apiv1.NewShimClient(conn).Images(ctx, &apiv1.ImagesRequest{Ref: &apiv1.NodeRef{Job: job, Node: node}, Checkpoint: checkpoint})
 	if err != nil {
 		return "", "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, agentapi.FromRPC(err))

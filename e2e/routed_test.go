@@ -103,21 +103,10 @@ func TestRoutedCluster(t *testing.T) {
 // before anything restored runs, the migration is aborted and the job runs
 // on where it was, with the undisturbed result.
 func TestStreamedImagesCorrupted(t *testing.T) {
-	c := newRoutedCluster(t, 4)
-	c.startShim(1, "--fault", string(fault.CorruptSentImages))
-	want := faultReference(t)
-	j := c.faultJob("sc")
-	out, code := c.cli("migrate", j.id, "--node", "n0", "--to", "h4", "--postcopy", "never")
-	if code == 0 || !strings.Contains(out, "pages-") || !strings.Contains(out, "keeps running on its old hosts") {
-		t.Fatalf("migrate with images changed on the way: exit %d\n%s", code, out)
-	}
-	t.Logf("refused: %s", lastLines(out, 1))
-	if p := c.placement(j.id); p["n0"] != "h1" {
-		t.Fatalf("n0 is on %s after the aborted migration", p["n0"])
-	}
+	c, j, want := abortedMigration(t, "sc", fault.CorruptSentImages, "pages-")
 	j.progress("after the refused migration")
 	// From a shim that sends what it has, the next one streams and works.
-	out = c.mustCLI("migrate", j.id, "--node", "n1", "--to", "h4", "--postcopy", "never")
+	out := c.mustCLI("migrate", j.id, "--node", "n1", "--to", "h4", "--postcopy", "never")
 	if !strings.Contains(out, "images streamed") {
 		t.Fatalf("second migration:\n%s", out)
 	}
@@ -150,22 +139,32 @@ func (c *cluster) assertNoImagesLeft() {
 // migration is aborted, the job runs on where it was, and no host keeps
 // migration images.
 func TestStreamedDumpFails(t *testing.T) {
-	c := newRoutedCluster(t, 4)
-	c.startShim(1, "--fault", string(fault.CRIUKillInDump))
-	want := faultReference(t)
-	j := c.faultJob("sd")
-	out, code := c.cli("migrate", j.id, "--node", "n0", "--to", "h4", "--postcopy", "never")
-	if code == 0 || !strings.Contains(out, "criu was killed") || !strings.Contains(out, "keeps running on its old hosts") {
-		t.Fatalf("migrate whose dump fails: exit %d\n%s", code, out)
-	}
-	t.Logf("aborted: %s", lastLines(out, 1))
-	if p := c.placement(j.id); p["n0"] != "h1" {
-		t.Fatalf("n0 is on %s after the aborted migration", p["n0"])
-	}
+	c, j, want := abortedMigration(t, "sd", fault.CRIUKillInDump, "criu was killed")
 	if !strings.Contains(c.logs["shim-h4"].String(), "fetching migration images") {
 		t.Fatalf("the destination never began to fetch while the source dumped:\n%s", c.logs["shim-h4"])
 	}
 	j.progress("after the aborted migration")
 	j.finishWith(want, "after a streamed migration whose dump failed")
 	c.assertNoImagesLeft()
+}
+
+// abortedMigration starts the fault ring job (n0 on h1) on a routed cluster
+// of 4 hosts whose h1 shim runs with point, and has a streamed stop-copy
+// migration of n0 to h4 fail: torpor migrate must name why (reason) and
+// say the job keeps running on its old hosts, and n0 must still be on h1.
+func abortedMigration(t *testing.T, name string, point fault.Point, reason string) (*cluster, *mpiJob, string) {
+	t.Helper()
+	c := newRoutedCluster(t, 4)
+	c.startShim(1, "--fault", string(point))
+	want := faultReference(t)
+	j := c.faultJob(name)
+	out, code := c.cli("migrate", j.id, "--node", "n0", "--to", "h4", "--postcopy", "never")
+	if code == 0 || !strings.Contains(out, reason) || !strings.Contains(out, "keeps running on its old hosts") {
+		t.Fatalf("migrate with fault %s: exit %d, want it to fail naming %q\n%s", point, code, reason, out)
+	}
+	t.Logf("aborted: %s", lastLines(out, 1))
+	if p := c.placement(j.id); p["n0"] != "h1" {
+		t.Fatalf("n0 is on %s after the aborted migration", p["n0"])
+	}
+	return c, j, want
 }

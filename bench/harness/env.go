@@ -214,10 +214,5 @@ func benchTLS(dir string) (server, client *tls.Config, err error) {
 	if err := ca.Issue(dir, "shim", pki.RoleBoth, []string{"127.0.0.1"}); err != nil {
 		return nil, nil, err
 	}
-	cert, key := pki.CertPaths(dir, "shim")
-	if server, err = pki.ServerConfig(filepath.Join(dir, pki.CAFile), cert, key); err != nil {
-		return nil, nil, err
-	}
-	client, err = pki.ClientConfig(filepath.Join(dir, pki.CAFile), cert, key, "127.0.0.1")
-	return server, client, err
+	return pki.Configs(dir, "shim", "127.0.0.1")
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -29,19 +28,6 @@ func newLogger(level string) *slog.Logger {
 		l = slog.LevelInfo
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
-}
-
-// pkiFiles are the certificate files of one role in a PKI directory.
-func tlsConfigs(dir, name, serverName string) (server, client *tls.Config, err error) {
-	ca := filepath.Join(dir, pki.CAFile)
-	cert, key := pki.CertPaths(dir, name)
-	if server, err = pki.ServerConfig(ca, cert, key); err != nil {
-		return nil, nil, err
-	}
-	if client, err = pki.ClientConfig(ca, cert, key, serverName); err != nil {
-		return nil, nil, err
-	}
-	return server, client, nil
 }
 
 func runCoordinator(ctx context.Context, args []string) error {
@@ -104,7 +90,7 @@ func runCoordinator(ctx context.Context, args []string) error {
 		log.Info("placing users' job-nodes only inside their Slurm allocations")
 	}
 	if *listen != "" {
-		if dc.ServerTLS, dc.ClientTLS, err = tlsConfigs(*pkiDir, "coordinator", ""); err != nil {
+		if dc.ServerTLS, dc.ClientTLS, err = pki.Configs(*pkiDir, "coordinator", ""); err != nil {
 			return err
 		}
 		// The coordinator dials shims with its own certificate; the
@@ -215,7 +201,7 @@ func runShim(ctx context.Context, args []string) error {
 	if *vxlanID < 0 || *vxlanID >= 1<<24 {
 		return fmt.Errorf("--vxlan-id %d: a VXLAN network identifier is 1..16777215", *vxlanID)
 	}
-	serverTLS, clientTLS, err := tlsConfigs(*pkiDir, "shim", joinHost)
+	serverTLS, clientTLS, err := pki.Configs(*pkiDir, "shim", joinHost)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,23 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"path/filepath"
 )
+
+// Configs loads the certificate name of the PKI directory dir (CAFile,
+// CertPaths) as a server's and a client's TLS configuration; the client
+// checks the server's name against serverName ("": the dialer's target).
+func Configs(dir, name, serverName string) (server, client *tls.Config, err error) {
+	ca := filepath.Join(dir, CAFile)
+	cert, key := CertPaths(dir, name)
+	if server, err = ServerConfig(ca, cert, key); err != nil {
+		return nil, nil, err
+	}
+	if client, err = ClientConfig(ca, cert, key, serverName); err != nil {
+		return nil, nil, err
+	}
+	return server, client, nil
+}
 
 // ServerConfig is the TLS configuration of a server (the coordinator, or a shim
 // that accepts connections): TLS 1.3, certFile/keyFile as its identity, and every

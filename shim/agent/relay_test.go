@@ -84,13 +84,11 @@ func TestRelayUsers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cert, key := pki.CertPaths(dir, "coordinator")
-	stls, err := pki.ServerConfig(filepath.Join(dir, pki.CAFile), cert, key)
+	stls, _, err := pki.Configs(dir, "coordinator", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, key = pki.CertPaths(dir, "shim")
-	ctls, err := pki.ClientConfig(filepath.Join(dir, pki.CAFile), cert, key, "127.0.0.1")
+	_, ctls, err := pki.Configs(dir, "shim", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}

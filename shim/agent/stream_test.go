@@ -35,11 +35,7 @@ func shimTLS(t *testing.T) (server, client *tls.Config) {
 	if err := ca.Issue(dir, "shim", pki.RoleBoth, []string{"127.0.0.1"}); err != nil {
 		t.Fatal(err)
 	}
-	cert, key := pki.CertPaths(dir, "shim")
-	if server, err = pki.ServerConfig(filepath.Join(dir, pki.CAFile), cert, key); err != nil {
-		t.Fatal(err)
-	}
-	if client, err = pki.ClientConfig(filepath.Join(dir, pki.CAFile), cert, key, "127.0.0.1"); err != nil {
+	if server, client, err = pki.Configs(dir, "shim", "127.0.0.1"); err != nil {
 		t.Fatal(err)
 	}
 	return server, client

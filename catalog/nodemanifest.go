@@ -225,6 +225,13 @@ func parseNodeManifest(data []byte) (NodeManifest, error) {
 	return m, nil
 }
 
+// NodeManifestSHA256 is the SHA-256 (hex) of the node manifest in nodeDir,
+// as a commit records it in the job manifest.
+func NodeManifestSHA256(nodeDir string) (string, error) {
+	_, sum, err := readNodeManifest(nodeDir)
+	return sum, err
+}
+
 // readNodeManifest reads nodes/<node>/node-manifest.json under dir, returning the
 // raw bytes' SHA-256 and the parsed manifest.
 func readNodeManifest(nodeDir string) (NodeManifest, string, error) {

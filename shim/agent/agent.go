@@ -918,11 +918,6 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		if req.Dir, sum, err = a.fetchImages(ctx, job, spec.Name, req.Checkpoint, req.From); err != nil {
 			return err
 		}
-		if req.NodeManifestSHA256 != "" && req.NodeManifestSHA256 != sum {
-			os.RemoveAll(req.Dir)
-			return fmt.Errorf("%w: restore %s/%s: the images from %s are of node manifest %s, not %s", catalog.ErrCorrupt, job, spec.Name, req.From, sum, req.NodeManifestSHA256)
-		}
-		req.NodeManifestSHA256 = sum
 		// Read by CRIU only during the restore, but by a post-copy's
 		// lazy-pages daemon until every page arrived: those (no memory
 		// images in them) stay until the job-node leaves (destroy).
@@ -931,6 +926,10 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 				os.RemoveAll(req.Dir)
 			}
 		}()
+		if req.NodeManifestSHA256 != "" && req.NodeManifestSHA256 != sum {
+			return fmt.Errorf("%w: restore %s/%s: the images from %s are of node manifest %s, not %s", catalog.ErrCorrupt, job, spec.Name, req.From, sum, req.NodeManifestSHA256)
+		}
+		req.NodeManifestSHA256 = sum
 	}
 	if req.Dir == "" || req.Checkpoint == "" {
 		return fmt.Errorf("%w: restore %s/%s needs the images' directory and the checkpoint's handle", agentapi.ErrInvalid, job, spec.Name)

@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -118,7 +116,7 @@ func (a *Agent) dumpLocal(ctx context.Context, n *node, ref agentapi.NodeRef, re
 	n.setLocal(req.Checkpoint)
 	res, err := a.dump(ctx, n, ref, req)
 	if err == nil {
-		res.NodeManifestSHA256, err = fileSHA256(filepath.Join(dir, catalog.NodeManifestName))
+		res.NodeManifestSHA256, err = catalog.NodeManifestSHA256(dir)
 	}
 	n.endLocal(res.NodeManifestSHA256, err)
 	if err != nil {
@@ -455,18 +453,4 @@ func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from str
 	}
 	a.log.Info("fetched migration images", "job", job, "node", node, "ckpt", checkpoint, "from", from, "files", len(files), "bytes", got, "elapsed", time.Since(start))
 	return fresh, sum, nil
-}
-
-// fileSHA256 is the SHA-256 (hex) of a file.
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -434,14 +434,13 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 	// the destination fetches the memory images as CRIU writes them, and
 	// verifies them against the node manifest digest the source sends last.
 	var early chan error
-	cancelEarly := func() {}
+	earlyCtx, cancelEarly := context.WithCancel(ctx)
+	defer cancelEarly()
 	err = c.quiesce(ctx, id, spec.Nodes, pend.Handle(), t)
 	if err == nil {
 		if source != "" && above == 0 {
-			rctx, cancel := context.WithCancel(ctx)
-			defer cancel()
-			early, cancelEarly = make(chan error, 1), cancel
-			go func() { early <- restoreDest(rctx) }()
+			early = make(chan error, 1)
+			go func() { early <- restoreDest(earlyCtx) }()
 		}
 		var dirs []string
 		if d, err := pend.NodeDir(from.Name); err == nil && source == "" {

@@ -80,6 +80,11 @@ type DumpRequest struct {
 	// here; DumpResult.NodeManifestSHA256 is then set. Migrations only:
 	// the images are not a checkpoint.
 	Local bool
+	// Store asks the shim to write the images into its own checkpoint
+	// store under Checkpoint and keep them there (Dir and Shared are
+	// ignored): a host-local checkpoint (CheckpointHolder).
+	// DumpResult.NodeManifestSHA256 is then set.
+	Store bool
 }
 
 // DumpResult is what a shim reports after a dump.
@@ -120,6 +125,10 @@ type RestoreRequest struct {
 	// them against NodeManifestSHA256 or, if that is empty, the node
 	// manifest's SHA-256 the source sends after the last image.
 	From string
+	// Stored says the images are in the shim's own checkpoint store under
+	// Checkpoint (Dir is ignored): a host-local checkpoint, fetched there
+	// first if another host held it (CheckpointHolder.Fetch).
+	Stored bool
 }
 
 // ImageStreamer is implemented by an Agent that may say where it serves
@@ -134,8 +143,40 @@ type ImageStreamer interface {
 // checkpoint to another shim, as they are written if the dump still runs
 // (it waits for one of that checkpoint to begin), one send per chunk; it
 // returns the SHA-256 of the dump's node manifest once every file is sent.
+//
+// SendStored sends the files of job-node node of the host-local checkpoint
+// handle from the shim's checkpoint store, and returns the SHA-256 of
+// their node manifest.
 type ImageServer interface {
 	SendImages(ctx context.Context, ref NodeRef, checkpoint string, send func(ImageChunk) error) (nodeManifestSHA256 string, err error)
+	SendStored(ctx context.Context, handle, node string, send func(ImageChunk) error) (nodeManifestSHA256 string, err error)
+}
+
+// CheckpointHolder is implemented by an Agent whose shim keeps host-local
+// checkpoints in a store of its own (torpor shim --image-dir): a dump with
+// DumpRequest.Store writes there, a restore with RestoreRequest.Stored
+// reads from there. Holds says whether it does (the gRPC client knows
+// from the shim's registration).
+type CheckpointHolder interface {
+	Holds() bool
+	// Fetch copies the images of job-node node of checkpoint handle from
+	// the shim at from (host:port) into this shim's store, verified against
+	// nodeManifestSHA256 before they count; at most rate bytes/s when
+	// rate > 0. It returns the bytes copied: 0 when the store held a copy
+	// with that digest already.
+	Fetch(ctx context.Context, handle, node, from, nodeManifestSHA256 string, rate int64) (int64, error)
+	// Held lists what the store holds of job's checkpoints.
+	Held(ctx context.Context, job string) ([]HeldImages, error)
+	// Drop removes every image of checkpoint handle from the store.
+	Drop(ctx context.Context, handle string) error
+}
+
+// HeldImages is one job-node's images of a host-local checkpoint in a
+// shim's store, named by the SHA-256 of their node manifest.
+type HeldImages struct {
+	Checkpoint         string
+	Node               string
+	NodeManifestSHA256 string
 }
 
 // ImageChunk is data at Offset of the image file Name (relative to the

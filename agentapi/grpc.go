@@ -26,6 +26,10 @@ type Client struct {
 // VerifiesImages implements ImageVerifier.
 func (c Client) VerifiesImages() bool { return c.Verifies }
 
+// Holds implements CheckpointHolder: a shim that streams images has a
+// checkpoint store.
+func (c Client) Holds() bool { return c.Streams }
+
 // PostCopy implements PostCopier.
 func (c Client) PostCopy() bool { return c.PostCopies }
 
@@ -110,7 +114,7 @@ func (c Client) Lock(ctx context.Context, ref NodeRef) error {
 
 func (c Client) Dump(ctx context.Context, ref NodeRef, req DumpRequest) (DumpResult, error) {
 	rep, err := c.Shim.Dump(ctx, &apiv1.DumpRequest{Ref: refToPB(ref), Dir: req.Dir, SharedDir: req.Shared, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint,
-		Compress: req.Compress, PostCopyAbove: req.PostCopyAbove, Local: req.Local})
+		Compress: req.Compress, PostCopyAbove: req.PostCopyAbove, Local: req.Local, Store: req.Store})
 	if err != nil {
 		return DumpResult{}, FromRPC(err)
 	}
@@ -129,7 +133,8 @@ func (c Client) Thaw(ctx context.Context, ref NodeRef) error {
 }
 
 func (c Client) RestoreFiles(ctx context.Context, job string, n NodeSpec, req RestoreRequest) (RestoreFilesResult, error) {
-	rep, err := c.Shim.RestoreFiles(ctx, &apiv1.RestoreRequest{Job: job, Node: NodeToPB(n), Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSha256: req.NodeManifestSHA256})
+	rep, err := c.Shim.RestoreFiles(ctx, &apiv1.RestoreRequest{Job: job, Node: NodeToPB(n), Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSha256: req.NodeManifestSHA256,
+		Stored: req.Stored})
 	if err != nil {
 		return RestoreFilesResult{}, FromRPC(err)
 	}
@@ -138,7 +143,7 @@ func (c Client) RestoreFiles(ctx context.Context, job string, n NodeSpec, req Re
 
 func (c Client) Restore(ctx context.Context, job string, n NodeSpec, req RestoreRequest) error {
 	_, err := c.Shim.Restore(ctx, &apiv1.RestoreRequest{Job: job, Node: NodeToPB(n), Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSha256: req.NodeManifestSHA256,
-		PageServer: req.PageServer, From: req.From})
+		PageServer: req.PageServer, From: req.From, Stored: req.Stored})
 	return FromRPC(err)
 }
 
@@ -160,6 +165,33 @@ func (c Client) Pages(ctx context.Context, ref NodeRef) error {
 	return FromRPC(err)
 }
 
+func (c Client) Fetch(ctx context.Context, handle, node, from, sum string, rate int64) (int64, error) {
+	rep, err := c.Shim.Fetch(ctx, &apiv1.FetchRequest{Checkpoint: handle, Node: node, From: from, NodeManifestSha256: sum, Rate: rate})
+	if err != nil {
+		return 0, FromRPC(err)
+	}
+	return rep.Bytes, nil
+}
+
+func (c Client) Held(ctx context.Context, job string) ([]HeldImages, error) {
+	rep, err := c.Shim.Held(ctx, &apiv1.HeldRequest{Job: job})
+	if err != nil {
+		return nil, FromRPC(err)
+	}
+	out := make([]HeldImages, 0, len(rep.Images))
+	for _, h := range rep.Images {
+		out = append(out, HeldImages{Checkpoint: h.Checkpoint, Node: h.Node, NodeManifestSHA256: h.NodeManifestSha256})
+	}
+	return out, nil
+}
+
+func (c Client) Drop(ctx context.Context, handle string) error {
+	_, err := c.Shim.Drop(ctx, &apiv1.DropRequest{Checkpoint: handle})
+	return FromRPC(err)
+}
+
+var _ CheckpointHolder = Client{}
+
 // Server serves the Shim gRPC service from a local Agent (the shim's host
 // implementation), mapping errors to gRPC codes at the edge.
 type Server struct {
@@ -167,6 +199,8 @@ type Server struct {
 	Agent Agent
 	// Images, if set, serves the images of local dumps to other shims.
 	ImageServer ImageServer
+	// Holder, if set, is the shim's checkpoint store (Fetch, Held, Drop).
+	Holder CheckpointHolder
 }
 
 func (s Server) Start(ctx context.Context, req *apiv1.StartRequest) (*apiv1.Empty, error) {
@@ -192,7 +226,7 @@ func (s Server) Lock(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error
 
 func (s Server) Dump(ctx context.Context, req *apiv1.DumpRequest) (*apiv1.DumpReply, error) {
 	res, err := s.Agent.Dump(ctx, refFromPB(req.Ref), DumpRequest{Dir: req.Dir, Shared: req.SharedDir, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint,
-		Compress: req.Compress, PostCopyAbove: req.PostCopyAbove, Local: req.Local})
+		Compress: req.Compress, PostCopyAbove: req.PostCopyAbove, Local: req.Local, Store: req.Store})
 	return &apiv1.DumpReply{Bytes: res.Bytes, Files: int32(res.Files), CriuNanos: int64(res.CRIUTime), MemoryBytes: res.Memory, PageServer: res.PageServer,
 		NodeManifestSha256: res.NodeManifestSHA256}, ToRPC(err)
 }
@@ -206,13 +240,14 @@ func (s Server) Thaw(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error
 }
 
 func (s Server) RestoreFiles(ctx context.Context, req *apiv1.RestoreRequest) (*apiv1.RestoreFilesReply, error) {
-	res, err := s.Agent.RestoreFiles(ctx, req.Job, NodeFromPB(req.Node), RestoreRequest{Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSHA256: req.NodeManifestSha256})
+	res, err := s.Agent.RestoreFiles(ctx, req.Job, NodeFromPB(req.Node), RestoreRequest{Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSHA256: req.NodeManifestSha256,
+		Stored: req.Stored})
 	return &apiv1.RestoreFilesReply{Moved: res.Moved}, ToRPC(err)
 }
 
 func (s Server) Restore(ctx context.Context, req *apiv1.RestoreRequest) (*apiv1.Empty, error) {
 	return &apiv1.Empty{}, ToRPC(s.Agent.Restore(ctx, req.Job, NodeFromPB(req.Node), RestoreRequest{Dir: req.Dir, Checkpoint: req.Checkpoint, NodeManifestSHA256: req.NodeManifestSha256,
-		PageServer: req.PageServer, From: req.From}))
+		PageServer: req.PageServer, From: req.From, Stored: req.Stored}))
 }
 
 func (s Server) Destroy(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
@@ -232,11 +267,53 @@ func (s Server) Images(req *apiv1.ImagesRequest, stream apiv1.Shim_ImagesServer)
 	if s.ImageServer == nil {
 		return ToRPC(fmt.Errorf("%w: this shim has no image directory (torpor shim --image-dir)", ErrInvalid))
 	}
-	sum, err := s.ImageServer.SendImages(stream.Context(), refFromPB(req.Ref), req.Checkpoint, func(c ImageChunk) error {
+	send := func(c ImageChunk) error {
 		return stream.Send(&apiv1.ImageChunk{Name: c.Name, Offset: c.Offset, Data: c.Data})
-	})
+	}
+	var (
+		sum string
+		err error
+	)
+	if req.Stored {
+		sum, err = s.ImageServer.SendStored(stream.Context(), req.Checkpoint, req.GetRef().GetNode(), send)
+	} else {
+		sum, err = s.ImageServer.SendImages(stream.Context(), refFromPB(req.Ref), req.Checkpoint, send)
+	}
 	if err != nil {
 		return ToRPC(err)
 	}
 	return ToRPC(stream.Send(&apiv1.ImageChunk{NodeManifestSha256: sum}))
+}
+
+// noStore is the error of a checkpoint-store call to a shim without one.
+var noStore = fmt.Errorf("%w: this shim keeps no host-local checkpoints: it has no image directory (torpor shim --image-dir)", ErrInvalid)
+
+func (s Server) Fetch(ctx context.Context, req *apiv1.FetchRequest) (*apiv1.FetchReply, error) {
+	if s.Holder == nil {
+		return nil, ToRPC(noStore)
+	}
+	n, err := s.Holder.Fetch(ctx, req.Checkpoint, req.Node, req.From, req.NodeManifestSha256, req.Rate)
+	return &apiv1.FetchReply{Bytes: n}, ToRPC(err)
+}
+
+func (s Server) Held(ctx context.Context, req *apiv1.HeldRequest) (*apiv1.HeldReply, error) {
+	if s.Holder == nil {
+		return nil, ToRPC(noStore)
+	}
+	held, err := s.Holder.Held(ctx, req.Job)
+	if err != nil {
+		return nil, ToRPC(err)
+	}
+	rep := &apiv1.HeldReply{}
+	for _, h := range held {
+		rep.Images = append(rep.Images, &apiv1.HeldImages{Checkpoint: h.Checkpoint, Node: h.Node, NodeManifestSha256: h.NodeManifestSHA256})
+	}
+	return rep, nil
+}
+
+func (s Server) Drop(ctx context.Context, req *apiv1.DropRequest) (*apiv1.Empty, error) {
+	if s.Holder == nil {
+		return nil, ToRPC(noStore)
+	}
+	return &apiv1.Empty{}, ToRPC(s.Holder.Drop(ctx, req.Checkpoint))
 }

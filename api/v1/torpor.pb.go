@@ -433,7 +433,11 @@ type DumpRequest struct {
 	// Write the images into the shim's own image directory (dir is ignored)
 	// and serve them to other shims (Images) until the job-node is destroyed,
 	// unlocked or thawed here: a migration that streams its images.
-	Local         bool `protobuf:"varint,8,opt,name=local,proto3" json:"local,omitempty"`
+	Local bool `protobuf:"varint,8,opt,name=local,proto3" json:"local,omitempty"`
+	// Write the images into the shim's own checkpoint store, under the
+	// checkpoint's handle, and keep them there (dir and shared_dir are
+	// ignored): a host-local checkpoint.
+	Store         bool `protobuf:"varint,9,opt,name=store,proto3" json:"store,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -520,6 +524,13 @@ func (x *DumpRequest) GetPostCopyAbove() int64 {
 func (x *DumpRequest) GetLocal() bool {
 	if x != nil {
 		return x.Local
+	}
+	return false
+}
+
+func (x *DumpRequest) GetStore() bool {
+	if x != nil {
+		return x.Store
 	}
 	return false
 }
@@ -631,7 +642,10 @@ type RestoreRequest struct {
 	// first, into this shim's own image directory (dir is ignored), and
 	// verify them against node_manifest_sha256 or, if empty, the SHA-256 the
 	// source sends at the end of the images.
-	From          string `protobuf:"bytes,7,opt,name=from,proto3" json:"from,omitempty"`
+	From string `protobuf:"bytes,7,opt,name=from,proto3" json:"from,omitempty"`
+	// The images are in this shim's checkpoint store under checkpoint (dir
+	// is ignored): a host-local checkpoint fetched here first (Fetch).
+	Stored        bool `protobuf:"varint,8,opt,name=stored,proto3" json:"stored,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -715,11 +729,20 @@ func (x *RestoreRequest) GetFrom() string {
 	return ""
 }
 
-// Which local dump's images to send (DumpRequest.local).
+func (x *RestoreRequest) GetStored() bool {
+	if x != nil {
+		return x.Stored
+	}
+	return false
+}
+
+// Which local dump's images to send (DumpRequest.local), or with stored
+// which job-node of a host-local checkpoint in the shim's store.
 type ImagesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ref           *NodeRef               `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
 	Checkpoint    string                 `protobuf:"bytes,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Stored        bool                   `protobuf:"varint,3,opt,name=stored,proto3" json:"stored,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -768,6 +791,331 @@ func (x *ImagesRequest) GetCheckpoint() string {
 	return ""
 }
 
+func (x *ImagesRequest) GetStored() bool {
+	if x != nil {
+		return x.Stored
+	}
+	return false
+}
+
+// Copy one job-node's images of a host-local checkpoint from the shim at
+// from into this shim's checkpoint store, verified against
+// node_manifest_sha256 (the signed job manifest's) before they count.
+type FetchRequest struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoint         string                 `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Node               string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	From               string                 `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
+	NodeManifestSha256 string                 `protobuf:"bytes,4,opt,name=node_manifest_sha256,json=nodeManifestSha256,proto3" json:"node_manifest_sha256,omitempty"`
+	// Bytes per second at most (0: as fast as it goes): replicas are copied
+	// in the background, beside the job's own traffic.
+	Rate          int64 `protobuf:"varint,5,opt,name=rate,proto3" json:"rate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchRequest) Reset() {
+	*x = FetchRequest{}
+	mi := &file_torpor_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchRequest) ProtoMessage() {}
+
+func (x *FetchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
+func (*FetchRequest) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *FetchRequest) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *FetchRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *FetchRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *FetchRequest) GetNodeManifestSha256() string {
+	if x != nil {
+		return x.NodeManifestSha256
+	}
+	return ""
+}
+
+func (x *FetchRequest) GetRate() int64 {
+	if x != nil {
+		return x.Rate
+	}
+	return 0
+}
+
+type FetchReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bytes         int64                  `protobuf:"varint,1,opt,name=bytes,proto3" json:"bytes,omitempty"` // copied; 0 when the store held them already
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchReply) Reset() {
+	*x = FetchReply{}
+	mi := &file_torpor_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchReply) ProtoMessage() {}
+
+func (x *FetchReply) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchReply.ProtoReflect.Descriptor instead.
+func (*FetchReply) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *FetchReply) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+type HeldRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeldRequest) Reset() {
+	*x = HeldRequest{}
+	mi := &file_torpor_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeldRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeldRequest) ProtoMessage() {}
+
+func (x *HeldRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeldRequest.ProtoReflect.Descriptor instead.
+func (*HeldRequest) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *HeldRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+// What a shim's checkpoint store holds of one job.
+type HeldReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Images        []*HeldImages          `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeldReply) Reset() {
+	*x = HeldReply{}
+	mi := &file_torpor_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeldReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeldReply) ProtoMessage() {}
+
+func (x *HeldReply) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeldReply.ProtoReflect.Descriptor instead.
+func (*HeldReply) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *HeldReply) GetImages() []*HeldImages {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
+type HeldImages struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoint         string                 `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Node               string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	NodeManifestSha256 string                 `protobuf:"bytes,3,opt,name=node_manifest_sha256,json=nodeManifestSha256,proto3" json:"node_manifest_sha256,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *HeldImages) Reset() {
+	*x = HeldImages{}
+	mi := &file_torpor_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeldImages) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeldImages) ProtoMessage() {}
+
+func (x *HeldImages) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeldImages.ProtoReflect.Descriptor instead.
+func (*HeldImages) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *HeldImages) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *HeldImages) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *HeldImages) GetNodeManifestSha256() string {
+	if x != nil {
+		return x.NodeManifestSha256
+	}
+	return ""
+}
+
+type DropRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoint    string                 `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropRequest) Reset() {
+	*x = DropRequest{}
+	mi := &file_torpor_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropRequest) ProtoMessage() {}
+
+func (x *DropRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropRequest.ProtoReflect.Descriptor instead.
+func (*DropRequest) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DropRequest) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
 // A piece of one image file: data at offset of the file name (the first
 // chunk of a file, at offset 0, creates it; each next one continues where
 // the last ended). The last chunk of the stream has no name and carries
@@ -785,7 +1133,7 @@ type ImageChunk struct {
 
 func (x *ImageChunk) Reset() {
 	*x = ImageChunk{}
-	mi := &file_torpor_proto_msgTypes[10]
+	mi := &file_torpor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -797,7 +1145,7 @@ func (x *ImageChunk) String() string {
 func (*ImageChunk) ProtoMessage() {}
 
 func (x *ImageChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[10]
+	mi := &file_torpor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -810,7 +1158,7 @@ func (x *ImageChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
 func (*ImageChunk) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{10}
+	return file_torpor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ImageChunk) GetName() string {
@@ -852,7 +1200,7 @@ type RestoreFilesReply struct {
 
 func (x *RestoreFilesReply) Reset() {
 	*x = RestoreFilesReply{}
-	mi := &file_torpor_proto_msgTypes[11]
+	mi := &file_torpor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +1212,7 @@ func (x *RestoreFilesReply) String() string {
 func (*RestoreFilesReply) ProtoMessage() {}
 
 func (x *RestoreFilesReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[11]
+	mi := &file_torpor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +1225,7 @@ func (x *RestoreFilesReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreFilesReply.ProtoReflect.Descriptor instead.
 func (*RestoreFilesReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{11}
+	return file_torpor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RestoreFilesReply) GetMoved() []string {
@@ -899,7 +1247,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_torpor_proto_msgTypes[12]
+	mi := &file_torpor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -911,7 +1259,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[12]
+	mi := &file_torpor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -924,7 +1272,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{12}
+	return file_torpor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *NodeStatus) GetRunning() bool {
@@ -963,7 +1311,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_torpor_proto_msgTypes[13]
+	mi := &file_torpor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1323,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[13]
+	mi := &file_torpor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1336,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{13}
+	return file_torpor_proto_rawDescGZIP(), []int{19}
 }
 
 type RegisterRequest struct {
@@ -1014,7 +1362,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_torpor_proto_msgTypes[14]
+	mi := &file_torpor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1374,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[14]
+	mi := &file_torpor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1387,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{14}
+	return file_torpor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegisterRequest) GetHost() string {
@@ -1098,7 +1446,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_torpor_proto_msgTypes[15]
+	mi := &file_torpor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1458,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[15]
+	mi := &file_torpor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1471,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{15}
+	return file_torpor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *JobSpec) GetId() string {
@@ -1167,7 +1515,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_torpor_proto_msgTypes[16]
+	mi := &file_torpor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1527,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[16]
+	mi := &file_torpor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1540,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{16}
+	return file_torpor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RunRequest) GetSpec() *JobSpec {
@@ -1225,7 +1573,7 @@ type JobRef struct {
 
 func (x *JobRef) Reset() {
 	*x = JobRef{}
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1237,7 +1585,7 @@ func (x *JobRef) String() string {
 func (*JobRef) ProtoMessage() {}
 
 func (x *JobRef) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1250,7 +1598,7 @@ func (x *JobRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRef.ProtoReflect.Descriptor instead.
 func (*JobRef) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{17}
+	return file_torpor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *JobRef) GetJob() string {
@@ -1273,7 +1621,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1285,7 +1633,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1298,7 +1646,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{18}
+	return file_torpor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CheckpointRequest) GetJob() string {
@@ -1334,7 +1682,7 @@ type CheckpointReply struct {
 
 func (x *CheckpointReply) Reset() {
 	*x = CheckpointReply{}
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1346,7 +1694,7 @@ func (x *CheckpointReply) String() string {
 func (*CheckpointReply) ProtoMessage() {}
 
 func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1359,7 +1707,7 @@ func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointReply.ProtoReflect.Descriptor instead.
 func (*CheckpointReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{19}
+	return file_torpor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CheckpointReply) GetHandle() string {
@@ -1401,7 +1749,7 @@ type RestartRequest struct {
 
 func (x *RestartRequest) Reset() {
 	*x = RestartRequest{}
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1761,7 @@ func (x *RestartRequest) String() string {
 func (*RestartRequest) ProtoMessage() {}
 
 func (x *RestartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1774,7 @@ func (x *RestartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
 func (*RestartRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{20}
+	return file_torpor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RestartRequest) GetRef() string {
@@ -1464,7 +1812,7 @@ type RestartReply struct {
 
 func (x *RestartReply) Reset() {
 	*x = RestartReply{}
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1824,7 @@ func (x *RestartReply) String() string {
 func (*RestartReply) ProtoMessage() {}
 
 func (x *RestartReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1837,7 @@ func (x *RestartReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartReply.ProtoReflect.Descriptor instead.
 func (*RestartReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{21}
+	return file_torpor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RestartReply) GetJob() string {
@@ -1540,7 +1888,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +1900,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +1913,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{22}
+	return file_torpor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MigrateRequest) GetJob() string {
@@ -1615,7 +1963,7 @@ type MigrateReply struct {
 
 func (x *MigrateReply) Reset() {
 	*x = MigrateReply{}
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1627,7 +1975,7 @@ func (x *MigrateReply) String() string {
 func (*MigrateReply) ProtoMessage() {}
 
 func (x *MigrateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1640,7 +1988,7 @@ func (x *MigrateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateReply.ProtoReflect.Descriptor instead.
 func (*MigrateReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{23}
+	return file_torpor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MigrateReply) GetMode() string {
@@ -1714,7 +2062,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +2074,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +2087,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{24}
+	return file_torpor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -1800,7 +2148,7 @@ type JobList struct {
 
 func (x *JobList) Reset() {
 	*x = JobList{}
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1812,7 +2160,7 @@ func (x *JobList) String() string {
 func (*JobList) ProtoMessage() {}
 
 func (x *JobList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1825,7 +2173,7 @@ func (x *JobList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobList.ProtoReflect.Descriptor instead.
 func (*JobList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{25}
+	return file_torpor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *JobList) GetJobs() []*Job {
@@ -1845,7 +2193,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1857,7 +2205,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1870,7 +2218,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{26}
+	return file_torpor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListCheckpointsRequest) GetJob() string {
@@ -1903,7 +2251,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1915,7 +2263,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1928,7 +2276,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{27}
+	return file_torpor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Checkpoint) GetHandle() string {
@@ -1996,7 +2344,7 @@ type CheckpointList struct {
 
 func (x *CheckpointList) Reset() {
 	*x = CheckpointList{}
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2008,7 +2356,7 @@ func (x *CheckpointList) String() string {
 func (*CheckpointList) ProtoMessage() {}
 
 func (x *CheckpointList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2021,7 +2369,7 @@ func (x *CheckpointList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointList.ProtoReflect.Descriptor instead.
 func (*CheckpointList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{28}
+	return file_torpor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CheckpointList) GetCheckpoints() []*Checkpoint {
@@ -2048,7 +2396,7 @@ type FenceRequest struct {
 
 func (x *FenceRequest) Reset() {
 	*x = FenceRequest{}
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2408,7 @@ func (x *FenceRequest) String() string {
 func (*FenceRequest) ProtoMessage() {}
 
 func (x *FenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2421,7 @@ func (x *FenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRequest.ProtoReflect.Descriptor instead.
 func (*FenceRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{29}
+	return file_torpor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *FenceRequest) GetJob() string {
@@ -2127,7 +2475,7 @@ type FenceReply struct {
 
 func (x *FenceReply) Reset() {
 	*x = FenceReply{}
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2487,7 @@ func (x *FenceReply) String() string {
 func (*FenceReply) ProtoMessage() {}
 
 func (x *FenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2500,7 @@ func (x *FenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceReply.ProtoReflect.Descriptor instead.
 func (*FenceReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{30}
+	return file_torpor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *FenceReply) GetData() []byte {
@@ -2175,7 +2523,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_torpor_proto_msgTypes[31]
+	mi := &file_torpor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2187,7 +2535,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[31]
+	mi := &file_torpor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2200,7 +2548,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{31}
+	return file_torpor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *EventsRequest) GetJob() string {
@@ -2265,7 +2613,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_torpor_proto_msgTypes[32]
+	mi := &file_torpor_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2277,7 +2625,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[32]
+	mi := &file_torpor_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2290,7 +2638,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{32}
+	return file_torpor_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -2463,7 +2811,7 @@ type WaitReply struct {
 
 func (x *WaitReply) Reset() {
 	*x = WaitReply{}
-	mi := &file_torpor_proto_msgTypes[33]
+	mi := &file_torpor_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2475,7 +2823,7 @@ func (x *WaitReply) String() string {
 func (*WaitReply) ProtoMessage() {}
 
 func (x *WaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[33]
+	mi := &file_torpor_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2488,7 +2836,7 @@ func (x *WaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitReply.ProtoReflect.Descriptor instead.
 func (*WaitReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{33}
+	return file_torpor_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WaitReply) GetJob() *Job {
@@ -2533,7 +2881,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\n" +
 	"DrainReply\x12\x18\n" +
 	"\asockets\x18\x01 \x01(\x05R\asockets\x12!\n" +
-	"\fqueued_bytes\x18\x02 \x01(\x03R\vqueuedBytes\"\x83\x02\n" +
+	"\fqueued_bytes\x18\x02 \x01(\x03R\vqueuedBytes\"\x99\x02\n" +
 	"\vDumpRequest\x12$\n" +
 	"\x03ref\x18\x01 \x01(\v2\x12.torpor.v1.NodeRefR\x03ref\x12\x10\n" +
 	"\x03dir\x18\x02 \x01(\tR\x03dir\x12#\n" +
@@ -2545,7 +2893,8 @@ const file_torpor_proto_rawDesc = "" +
 	"shared_dir\x18\x05 \x01(\tR\tsharedDir\x12\x1a\n" +
 	"\bcompress\x18\x06 \x01(\tR\bcompress\x12&\n" +
 	"\x0fpost_copy_above\x18\a \x01(\x03R\rpostCopyAbove\x12\x14\n" +
-	"\x05local\x18\b \x01(\bR\x05local\"\xd2\x01\n" +
+	"\x05local\x18\b \x01(\bR\x05local\x12\x14\n" +
+	"\x05store\x18\t \x01(\bR\x05store\"\xd2\x01\n" +
 	"\tDumpReply\x12\x14\n" +
 	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\x12\x14\n" +
 	"\x05files\x18\x02 \x01(\x05R\x05files\x12\x1d\n" +
@@ -2554,7 +2903,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\fmemory_bytes\x18\x05 \x01(\x03R\vmemoryBytes\x12\x1f\n" +
 	"\vpage_server\x18\x06 \x01(\tR\n" +
 	"pageServer\x120\n" +
-	"\x14node_manifest_sha256\x18\a \x01(\tR\x12nodeManifestSha256J\x04\b\x03\x10\x04\"\xe4\x01\n" +
+	"\x14node_manifest_sha256\x18\a \x01(\tR\x12nodeManifestSha256J\x04\b\x03\x10\x04\"\xfc\x01\n" +
 	"\x0eRestoreRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12'\n" +
 	"\x04node\x18\x02 \x01(\v2\x13.torpor.v1.NodeSpecR\x04node\x12\x10\n" +
@@ -2565,11 +2914,39 @@ const file_torpor_proto_rawDesc = "" +
 	"\x14node_manifest_sha256\x18\x05 \x01(\tR\x12nodeManifestSha256\x12\x1f\n" +
 	"\vpage_server\x18\x06 \x01(\tR\n" +
 	"pageServer\x12\x12\n" +
-	"\x04from\x18\a \x01(\tR\x04from\"U\n" +
+	"\x04from\x18\a \x01(\tR\x04from\x12\x16\n" +
+	"\x06stored\x18\b \x01(\bR\x06stored\"m\n" +
 	"\rImagesRequest\x12$\n" +
 	"\x03ref\x18\x01 \x01(\v2\x12.torpor.v1.NodeRefR\x03ref\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x02 \x01(\tR\n" +
+	"checkpoint\x12\x16\n" +
+	"\x06stored\x18\x03 \x01(\bR\x06stored\"\x9c\x01\n" +
+	"\fFetchRequest\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\tR\n" +
+	"checkpoint\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x12\n" +
+	"\x04from\x18\x03 \x01(\tR\x04from\x120\n" +
+	"\x14node_manifest_sha256\x18\x04 \x01(\tR\x12nodeManifestSha256\x12\x12\n" +
+	"\x04rate\x18\x05 \x01(\x03R\x04rate\"\"\n" +
+	"\n" +
+	"FetchReply\x12\x14\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\"\x1f\n" +
+	"\vHeldRequest\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\":\n" +
+	"\tHeldReply\x12-\n" +
+	"\x06images\x18\x01 \x03(\v2\x15.torpor.v1.HeldImagesR\x06images\"r\n" +
+	"\n" +
+	"HeldImages\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\tR\n" +
+	"checkpoint\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x120\n" +
+	"\x14node_manifest_sha256\x18\x03 \x01(\tR\x12nodeManifestSha256\"-\n" +
+	"\vDropRequest\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\tR\n" +
 	"checkpoint\"~\n" +
 	"\n" +
 	"ImageChunk\x12\x12\n" +
@@ -2727,7 +3104,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"-\n" +
 	"\tWaitReply\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xeb\x05\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\x8c\a\n" +
 	"\x04Shim\x122\n" +
 	"\x05Start\x12\x17.torpor.v1.StartRequest\x1a\x10.torpor.v1.Empty\x126\n" +
 	"\aPrepare\x12\x19.torpor.v1.PrepareRequest\x1a\x10.torpor.v1.Empty\x12.\n" +
@@ -2742,7 +3119,10 @@ const file_torpor_proto_rawDesc = "" +
 	"\aDestroy\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x123\n" +
 	"\x06Status\x12\x12.torpor.v1.NodeRef\x1a\x15.torpor.v1.NodeStatus\x12-\n" +
 	"\x05Pages\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x12;\n" +
-	"\x06Images\x12\x18.torpor.v1.ImagesRequest\x1a\x15.torpor.v1.ImageChunk0\x012\xb0\x05\n" +
+	"\x06Images\x12\x18.torpor.v1.ImagesRequest\x1a\x15.torpor.v1.ImageChunk0\x01\x127\n" +
+	"\x05Fetch\x12\x17.torpor.v1.FetchRequest\x1a\x15.torpor.v1.FetchReply\x124\n" +
+	"\x04Held\x12\x16.torpor.v1.HeldRequest\x1a\x14.torpor.v1.HeldReply\x120\n" +
+	"\x04Drop\x12\x16.torpor.v1.DropRequest\x1a\x10.torpor.v1.Empty2\xb0\x05\n" +
 	"\vCoordinator\x128\n" +
 	"\bRegister\x12\x1a.torpor.v1.RegisterRequest\x1a\x10.torpor.v1.Empty\x12,\n" +
 	"\x03Run\x12\x15.torpor.v1.RunRequest\x1a\x0e.torpor.v1.Job\x12F\n" +
@@ -2770,7 +3150,7 @@ func file_torpor_proto_rawDescGZIP() []byte {
 	return file_torpor_proto_rawDescData
 }
 
-var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_torpor_proto_goTypes = []any{
 	(*NodeSpec)(nil),               // 0: torpor.v1.NodeSpec
 	(*Creds)(nil),                  // 1: torpor.v1.Creds
@@ -2782,35 +3162,41 @@ var file_torpor_proto_goTypes = []any{
 	(*DumpReply)(nil),              // 7: torpor.v1.DumpReply
 	(*RestoreRequest)(nil),         // 8: torpor.v1.RestoreRequest
 	(*ImagesRequest)(nil),          // 9: torpor.v1.ImagesRequest
-	(*ImageChunk)(nil),             // 10: torpor.v1.ImageChunk
-	(*RestoreFilesReply)(nil),      // 11: torpor.v1.RestoreFilesReply
-	(*NodeStatus)(nil),             // 12: torpor.v1.NodeStatus
-	(*Empty)(nil),                  // 13: torpor.v1.Empty
-	(*RegisterRequest)(nil),        // 14: torpor.v1.RegisterRequest
-	(*JobSpec)(nil),                // 15: torpor.v1.JobSpec
-	(*RunRequest)(nil),             // 16: torpor.v1.RunRequest
-	(*JobRef)(nil),                 // 17: torpor.v1.JobRef
-	(*CheckpointRequest)(nil),      // 18: torpor.v1.CheckpointRequest
-	(*CheckpointReply)(nil),        // 19: torpor.v1.CheckpointReply
-	(*RestartRequest)(nil),         // 20: torpor.v1.RestartRequest
-	(*RestartReply)(nil),           // 21: torpor.v1.RestartReply
-	(*MigrateRequest)(nil),         // 22: torpor.v1.MigrateRequest
-	(*MigrateReply)(nil),           // 23: torpor.v1.MigrateReply
-	(*Job)(nil),                    // 24: torpor.v1.Job
-	(*JobList)(nil),                // 25: torpor.v1.JobList
-	(*ListCheckpointsRequest)(nil), // 26: torpor.v1.ListCheckpointsRequest
-	(*Checkpoint)(nil),             // 27: torpor.v1.Checkpoint
-	(*CheckpointList)(nil),         // 28: torpor.v1.CheckpointList
-	(*FenceRequest)(nil),           // 29: torpor.v1.FenceRequest
-	(*FenceReply)(nil),             // 30: torpor.v1.FenceReply
-	(*EventsRequest)(nil),          // 31: torpor.v1.EventsRequest
-	(*Event)(nil),                  // 32: torpor.v1.Event
-	(*WaitReply)(nil),              // 33: torpor.v1.WaitReply
-	nil,                            // 34: torpor.v1.CheckpointReply.PhaseNanosEntry
-	nil,                            // 35: torpor.v1.RestartRequest.HostsEntry
-	nil,                            // 36: torpor.v1.MigrateReply.PhasesNanosEntry
-	nil,                            // 37: torpor.v1.Checkpoint.PhaseNanosEntry
-	nil,                            // 38: torpor.v1.Event.PhaseNanosEntry
+	(*FetchRequest)(nil),           // 10: torpor.v1.FetchRequest
+	(*FetchReply)(nil),             // 11: torpor.v1.FetchReply
+	(*HeldRequest)(nil),            // 12: torpor.v1.HeldRequest
+	(*HeldReply)(nil),              // 13: torpor.v1.HeldReply
+	(*HeldImages)(nil),             // 14: torpor.v1.HeldImages
+	(*DropRequest)(nil),            // 15: torpor.v1.DropRequest
+	(*ImageChunk)(nil),             // 16: torpor.v1.ImageChunk
+	(*RestoreFilesReply)(nil),      // 17: torpor.v1.RestoreFilesReply
+	(*NodeStatus)(nil),             // 18: torpor.v1.NodeStatus
+	(*Empty)(nil),                  // 19: torpor.v1.Empty
+	(*RegisterRequest)(nil),        // 20: torpor.v1.RegisterRequest
+	(*JobSpec)(nil),                // 21: torpor.v1.JobSpec
+	(*RunRequest)(nil),             // 22: torpor.v1.RunRequest
+	(*JobRef)(nil),                 // 23: torpor.v1.JobRef
+	(*CheckpointRequest)(nil),      // 24: torpor.v1.CheckpointRequest
+	(*CheckpointReply)(nil),        // 25: torpor.v1.CheckpointReply
+	(*RestartRequest)(nil),         // 26: torpor.v1.RestartRequest
+	(*RestartReply)(nil),           // 27: torpor.v1.RestartReply
+	(*MigrateRequest)(nil),         // 28: torpor.v1.MigrateRequest
+	(*MigrateReply)(nil),           // 29: torpor.v1.MigrateReply
+	(*Job)(nil),                    // 30: torpor.v1.Job
+	(*JobList)(nil),                // 31: torpor.v1.JobList
+	(*ListCheckpointsRequest)(nil), // 32: torpor.v1.ListCheckpointsRequest
+	(*Checkpoint)(nil),             // 33: torpor.v1.Checkpoint
+	(*CheckpointList)(nil),         // 34: torpor.v1.CheckpointList
+	(*FenceRequest)(nil),           // 35: torpor.v1.FenceRequest
+	(*FenceReply)(nil),             // 36: torpor.v1.FenceReply
+	(*EventsRequest)(nil),          // 37: torpor.v1.EventsRequest
+	(*Event)(nil),                  // 38: torpor.v1.Event
+	(*WaitReply)(nil),              // 39: torpor.v1.WaitReply
+	nil,                            // 40: torpor.v1.CheckpointReply.PhaseNanosEntry
+	nil,                            // 41: torpor.v1.RestartRequest.HostsEntry
+	nil,                            // 42: torpor.v1.MigrateReply.PhasesNanosEntry
+	nil,                            // 43: torpor.v1.Checkpoint.PhaseNanosEntry
+	nil,                            // 44: torpor.v1.Event.PhaseNanosEntry
 }
 var file_torpor_proto_depIdxs = []int32{
 	1,  // 0: torpor.v1.NodeSpec.user:type_name -> torpor.v1.Creds
@@ -2819,74 +3205,81 @@ var file_torpor_proto_depIdxs = []int32{
 	2,  // 3: torpor.v1.DumpRequest.ref:type_name -> torpor.v1.NodeRef
 	0,  // 4: torpor.v1.RestoreRequest.node:type_name -> torpor.v1.NodeSpec
 	2,  // 5: torpor.v1.ImagesRequest.ref:type_name -> torpor.v1.NodeRef
-	0,  // 6: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
-	15, // 7: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
-	34, // 8: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
-	35, // 9: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
-	36, // 10: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
-	15, // 11: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
-	24, // 12: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
-	37, // 13: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
-	27, // 14: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
-	38, // 15: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
-	24, // 16: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
-	3,  // 17: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
-	4,  // 18: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
-	2,  // 19: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
-	2,  // 20: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
-	2,  // 21: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
-	6,  // 22: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
-	2,  // 23: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
-	2,  // 24: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
-	8,  // 25: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
-	8,  // 26: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
-	2,  // 27: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
-	2,  // 28: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
-	2,  // 29: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
-	9,  // 30: torpor.v1.Shim.Images:input_type -> torpor.v1.ImagesRequest
-	14, // 31: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
-	16, // 32: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
-	18, // 33: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
-	20, // 34: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
-	22, // 35: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
-	13, // 36: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
-	17, // 37: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
-	17, // 38: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
-	26, // 39: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
-	29, // 40: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
-	17, // 41: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
-	31, // 42: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
-	13, // 43: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	13, // 44: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	13, // 45: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	5,  // 46: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	13, // 47: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	7,  // 48: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	13, // 49: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	13, // 50: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	11, // 51: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
-	13, // 52: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	13, // 53: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	12, // 54: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	13, // 55: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
-	10, // 56: torpor.v1.Shim.Images:output_type -> torpor.v1.ImageChunk
-	13, // 57: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	24, // 58: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	19, // 59: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	21, // 60: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	23, // 61: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
-	25, // 62: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	24, // 63: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	24, // 64: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	28, // 65: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	30, // 66: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
-	24, // 67: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
-	32, // 68: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
-	43, // [43:69] is the sub-list for method output_type
-	17, // [17:43] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	14, // 6: torpor.v1.HeldReply.images:type_name -> torpor.v1.HeldImages
+	0,  // 7: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
+	21, // 8: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
+	40, // 9: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
+	41, // 10: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
+	42, // 11: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
+	21, // 12: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
+	30, // 13: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
+	43, // 14: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
+	33, // 15: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
+	44, // 16: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
+	30, // 17: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
+	3,  // 18: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
+	4,  // 19: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
+	2,  // 20: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
+	2,  // 21: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
+	2,  // 22: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
+	6,  // 23: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
+	2,  // 24: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
+	2,  // 25: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
+	8,  // 26: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
+	8,  // 27: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
+	2,  // 28: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
+	2,  // 29: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
+	2,  // 30: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
+	9,  // 31: torpor.v1.Shim.Images:input_type -> torpor.v1.ImagesRequest
+	10, // 32: torpor.v1.Shim.Fetch:input_type -> torpor.v1.FetchRequest
+	12, // 33: torpor.v1.Shim.Held:input_type -> torpor.v1.HeldRequest
+	15, // 34: torpor.v1.Shim.Drop:input_type -> torpor.v1.DropRequest
+	20, // 35: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
+	22, // 36: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
+	24, // 37: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
+	26, // 38: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
+	28, // 39: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
+	19, // 40: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
+	23, // 41: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
+	23, // 42: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
+	32, // 43: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
+	35, // 44: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
+	23, // 45: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
+	37, // 46: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
+	19, // 47: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	19, // 48: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	19, // 49: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	5,  // 50: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	19, // 51: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	7,  // 52: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	19, // 53: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	19, // 54: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	17, // 55: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
+	19, // 56: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	19, // 57: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	18, // 58: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	19, // 59: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
+	16, // 60: torpor.v1.Shim.Images:output_type -> torpor.v1.ImageChunk
+	11, // 61: torpor.v1.Shim.Fetch:output_type -> torpor.v1.FetchReply
+	13, // 62: torpor.v1.Shim.Held:output_type -> torpor.v1.HeldReply
+	19, // 63: torpor.v1.Shim.Drop:output_type -> torpor.v1.Empty
+	19, // 64: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	30, // 65: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	25, // 66: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	27, // 67: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	29, // 68: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
+	31, // 69: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	30, // 70: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	30, // 71: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	34, // 72: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	36, // 73: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	30, // 74: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
+	38, // 75: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
+	47, // [47:76] is the sub-list for method output_type
+	18, // [18:47] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_torpor_proto_init() }
@@ -2900,7 +3293,7 @@ func file_torpor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_torpor_proto_rawDesc), len(file_torpor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

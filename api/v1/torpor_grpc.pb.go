@@ -40,6 +40,9 @@ const (
 	Shim_Status_FullMethodName       = "/torpor.v1.Shim/Status"
 	Shim_Pages_FullMethodName        = "/torpor.v1.Shim/Pages"
 	Shim_Images_FullMethodName       = "/torpor.v1.Shim/Images"
+	Shim_Fetch_FullMethodName        = "/torpor.v1.Shim/Fetch"
+	Shim_Held_FullMethodName         = "/torpor.v1.Shim/Held"
+	Shim_Drop_FullMethodName         = "/torpor.v1.Shim/Drop"
 )
 
 // ShimClient is the client API for Shim service.
@@ -62,6 +65,12 @@ type ShimClient interface {
 	Pages(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*Empty, error)
 	// The images of a local dump, to another shim that restores them.
 	Images(ctx context.Context, in *ImagesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error)
+	// The checkpoint store of a shim with an image directory (host-local
+	// checkpoints, docs/protocol.md): copy images in from another shim, say
+	// what it holds, drop a checkpoint's.
+	Fetch(ctx context.Context, in *FetchRequest, opts ...grpc.CallOption) (*FetchReply, error)
+	Held(ctx context.Context, in *HeldRequest, opts ...grpc.CallOption) (*HeldReply, error)
+	Drop(ctx context.Context, in *DropRequest, opts ...grpc.CallOption) (*Empty, error)
 }
 
 type shimClient struct {
@@ -221,6 +230,36 @@ func (c *shimClient) Images(ctx context.Context, in *ImagesRequest, opts ...grpc
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Shim_ImagesClient = grpc.ServerStreamingClient[ImageChunk]
 
+func (c *shimClient) Fetch(ctx context.Context, in *FetchRequest, opts ...grpc.CallOption) (*FetchReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FetchReply)
+	err := c.cc.Invoke(ctx, Shim_Fetch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *shimClient) Held(ctx context.Context, in *HeldRequest, opts ...grpc.CallOption) (*HeldReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HeldReply)
+	err := c.cc.Invoke(ctx, Shim_Held_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *shimClient) Drop(ctx context.Context, in *DropRequest, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Shim_Drop_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ShimServer is the server API for Shim service.
 // All implementations must embed UnimplementedShimServer
 // for forward compatibility.
@@ -241,6 +280,12 @@ type ShimServer interface {
 	Pages(context.Context, *NodeRef) (*Empty, error)
 	// The images of a local dump, to another shim that restores them.
 	Images(*ImagesRequest, grpc.ServerStreamingServer[ImageChunk]) error
+	// The checkpoint store of a shim with an image directory (host-local
+	// checkpoints, docs/protocol.md): copy images in from another shim, say
+	// what it holds, drop a checkpoint's.
+	Fetch(context.Context, *FetchRequest) (*FetchReply, error)
+	Held(context.Context, *HeldRequest) (*HeldReply, error)
+	Drop(context.Context, *DropRequest) (*Empty, error)
 	mustEmbedUnimplementedShimServer()
 }
 
@@ -292,6 +337,15 @@ func (UnimplementedShimServer) Pages(context.Context, *NodeRef) (*Empty, error) 
 }
 func (UnimplementedShimServer) Images(*ImagesRequest, grpc.ServerStreamingServer[ImageChunk]) error {
 	return status.Error(codes.Unimplemented, "method Images not implemented")
+}
+func (UnimplementedShimServer) Fetch(context.Context, *FetchRequest) (*FetchReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method Fetch not implemented")
+}
+func (UnimplementedShimServer) Held(context.Context, *HeldRequest) (*HeldReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method Held not implemented")
+}
+func (UnimplementedShimServer) Drop(context.Context, *DropRequest) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Drop not implemented")
 }
 func (UnimplementedShimServer) mustEmbedUnimplementedShimServer() {}
 func (UnimplementedShimServer) testEmbeddedByValue()              {}
@@ -559,6 +613,60 @@ func _Shim_Images_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Shim_ImagesServer = grpc.ServerStreamingServer[ImageChunk]
 
+func _Shim_Fetch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FetchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShimServer).Fetch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shim_Fetch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShimServer).Fetch(ctx, req.(*FetchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Shim_Held_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HeldRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShimServer).Held(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shim_Held_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShimServer).Held(ctx, req.(*HeldRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Shim_Drop_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DropRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShimServer).Drop(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shim_Drop_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShimServer).Drop(ctx, req.(*DropRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Shim_ServiceDesc is the grpc.ServiceDesc for Shim service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -617,6 +725,18 @@ var Shim_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Pages",
 			Handler:    _Shim_Pages_Handler,
+		},
+		{
+			MethodName: "Fetch",
+			Handler:    _Shim_Fetch_Handler,
+		},
+		{
+			MethodName: "Held",
+			Handler:    _Shim_Held_Handler,
+		},
+		{
+			MethodName: "Drop",
+			Handler:    _Shim_Drop_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -623,8 +623,13 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 	if err != nil {
 		return agentapi.DumpResult{}, err
 	}
-	if req.Local {
+	switch {
+	case req.Local && req.Store:
+		return agentapi.DumpResult{}, fmt.Errorf("%w: dump %s/%s: a dump is for a migration (local) or a host-local checkpoint (store), not both", agentapi.ErrInvalid, ref.Job, ref.Node)
+	case req.Local:
 		return a.dumpLocal(ctx, n, ref, req)
+	case req.Store:
+		return a.dumpStored(ctx, n, ref, req)
 	}
 	return a.dump(ctx, n, ref, req)
 }
@@ -873,6 +878,13 @@ func (a *Agent) RestoreFiles(ctx context.Context, job string, spec agentapi.Node
 	if err := checkNames(job, spec.Name); err != nil {
 		return agentapi.RestoreFilesResult{}, err
 	}
+	if req.Stored {
+		dir, err := a.storeDir(req.Checkpoint, spec.Name)
+		if err != nil {
+			return agentapi.RestoreFilesResult{}, err
+		}
+		req.Dir = dir
+	}
 	if req.Dir == "" || req.Checkpoint == "" {
 		return agentapi.RestoreFilesResult{}, fmt.Errorf("%w: restore the files of %s/%s: needs the images' directory and the checkpoint's handle", agentapi.ErrInvalid, job, spec.Name)
 	}
@@ -909,6 +921,14 @@ func (a *Agent) RestoreFiles(ctx context.Context, job string, spec agentapi.Node
 func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec, req agentapi.RestoreRequest) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("restore %s/%s: %w", job, spec.Name, err)
+	}
+	if req.Stored {
+		if req.From != "" || req.NodeManifestSHA256 == "" {
+			return fmt.Errorf("%w: restore %s/%s from this shim's checkpoint store: needs the node manifest's SHA-256 and no source shim (fetch first)", agentapi.ErrInvalid, job, spec.Name)
+		}
+		if req.Dir, err = a.storeDir(req.Checkpoint, spec.Name); err != nil {
+			return err
+		}
 	}
 	if req.From != "" {
 		if req.Checkpoint == "" {

@@ -93,6 +93,9 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return err
 	}
+	if err := a.clearParts(); err != nil {
+		return err
+	}
 	if err := a.clearMigrations(); err != nil {
 		return err
 	}
@@ -127,7 +130,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg.ServerTLS)))
 	srv := agentapi.Server{Agent: metrics.Instrument(a, m)}
 	if a.StreamsImages() {
-		srv.ImageServer = a
+		srv.ImageServer, srv.Holder = a, a
 	}
 	apiv1.RegisterShimServer(gs, srv)
 	errc := make(chan error, 1)

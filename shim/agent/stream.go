@@ -350,44 +350,56 @@ func (s *imageSender) sendFrom(name string) (int64, error) {
 // fetchImages fetches the images of job/node's local dump for checkpoint
 // from the shim at from, as they are written, into a fresh migration
 // directory, and returns it with the node manifest's SHA-256 the source
-// sent last. It takes only relative names that stay inside the directory,
-// each file from its start and every chunk where the last one ended; the
-// restore then verifies every byte against the node manifest.
+// sent last. The restore then verifies every byte against the node
+// manifest.
 func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from string) (_, _ string, err error) {
-	if a.cfg.PeerTLS == nil {
-		return "", "", fmt.Errorf("%w: this shim has no certificate to fetch images from another shim", agentapi.ErrInvalid)
-	}
-	host, _, err := net.SplitHostPort(from)
-	if err != nil {
-		return "", "", fmt.Errorf("%w: images from %q: %v", agentapi.ErrInvalid, from, err)
-	}
 	fresh, err := a.freshMigrationDir(job, node, "in")
 	if err != nil {
 		return "", "", err
 	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(fresh)
-		}
-	}()
+	start := time.Now()
+	a.log.Info("fetching migration images", "job", job, "node", node, "ckpt", checkpoint, "from", from)
+	sum, got, files, err := a.receiveImages(ctx, fresh, &apiv1.ImagesRequest{Ref: &apiv1.NodeRef{Job: job, Node: node}, Checkpoint: checkpoint}, from, 0)
+	if err != nil {
+		os.RemoveAll(fresh)
+		return "", "", err
+	}
+	a.log.Info("fetched migration images", "job", job, "node", node, "ckpt", checkpoint, "from", from, "files", files, "bytes", got, "elapsed", time.Since(start))
+	return fresh, sum, nil
+}
+
+// receiveImages asks the shim at from for the images req names and writes
+// them into the empty directory dir, at most rate bytes/s when rate > 0.
+// It takes only relative names that stay inside dir, each file from its
+// start and every chunk where the last one ended, and returns the node
+// manifest's SHA-256 the source sent last, the bytes and the files
+// received. Nothing is verified here: the caller checks the files against
+// the node manifest.
+func (a *Agent) receiveImages(ctx context.Context, dir string, req *apiv1.ImagesRequest, from string, rate int64) (sum string, got int64, nfiles int, err error) {
+	job, node := req.GetRef().GetJob(), req.GetRef().GetNode()
+	if a.cfg.PeerTLS == nil {
+		return "", 0, 0, fmt.Errorf("%w: this shim has no certificate to fetch images from another shim", agentapi.ErrInvalid)
+	}
+	host, _, err := net.SplitHostPort(from)
+	if err != nil {
+		return "", 0, 0, fmt.Errorf("%w: images from %q: %v", agentapi.ErrInvalid, from, err)
+	}
 	tc := a.cfg.PeerTLS.Clone()
 	tc.ServerName = host
 	conn, err := grpc.NewClient(from, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
-		return "", "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
+		return "", 0, 0, fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	start := time.Now()
-	a.log.Info("fetching migration images", "job", job, "node", node, "ckpt", checkpoint, "from", from)
-	stream, err := apiv1.NewShimClient(conn).Images(ctx, &apiv1.ImagesRequest{Ref: &apiv1.NodeRef{Job: job, Node: node}, Checkpoint: checkpoint})
+	stream, err := apiv1.NewShimClient(conn).Images(ctx, req)
 	if err != nil {
-		return "", "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, agentapi.FromRPC(err))
+		return "", 0, 0, fmt.Errorf("images of %s/%s from %s: %w", job, node, from, agentapi.FromRPC(err))
 	}
-	root, err := os.OpenRoot(fresh)
+	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return "", "", err
+		return "", 0, 0, err
 	}
 	defer root.Close()
 	files := map[string]*os.File{}
@@ -402,22 +414,21 @@ func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from str
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: images of %s/%s from %s: %s", catalog.ErrCorrupt, job, node, from, fmt.Sprintf(format, args...))
 	}
-	var got int64
-	sum := ""
+	start := time.Now()
 	for {
 		c, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return "", "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, agentapi.FromRPC(err))
+			return "", 0, 0, fmt.Errorf("images of %s/%s from %s: %w", job, node, from, agentapi.FromRPC(err))
 		}
 		if sum != "" {
-			return "", "", bad("more after the node manifest's digest")
+			return "", 0, 0, bad("more after the node manifest's digest")
 		}
 		if c.Name == "" {
 			if c.NodeManifestSha256 == "" {
-				return "", "", bad("a chunk with no file name")
+				return "", 0, 0, bad("a chunk with no file name")
 			}
 			sum = c.NodeManifestSha256
 			continue
@@ -425,32 +436,41 @@ func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from str
 		f := files[c.Name]
 		if f == nil {
 			if !filepath.IsLocal(c.Name) || strings.Contains(c.Name, `\`) {
-				return "", "", bad("refusing the file name %q", c.Name)
+				return "", 0, 0, bad("refusing the file name %q", c.Name)
 			}
 			if c.Offset != 0 {
-				return "", "", bad("%s begins at offset %d", c.Name, c.Offset)
+				return "", 0, 0, bad("%s begins at offset %d", c.Name, c.Offset)
 			}
 			if d := filepath.Dir(c.Name); d != "." {
 				if err := root.MkdirAll(d, 0o700); err != nil {
-					return "", "", err
+					return "", 0, 0, err
 				}
 			}
 			if f, err = root.OpenFile(c.Name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
-				return "", "", fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
+				return "", 0, 0, fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
 			}
 			files[c.Name] = f
 		} else if c.Offset != size[c.Name] {
-			return "", "", bad("%s continues at offset %d, after %d bytes", c.Name, c.Offset, size[c.Name])
+			return "", 0, 0, bad("%s continues at offset %d, after %d bytes", c.Name, c.Offset, size[c.Name])
 		}
 		if _, err := f.Write(c.Data); err != nil {
-			return "", "", fmt.Errorf("images of %s/%s: %w", job, node, err)
+			return "", 0, 0, fmt.Errorf("images of %s/%s: %w", job, node, err)
 		}
 		size[c.Name] += int64(len(c.Data))
 		got += int64(len(c.Data))
+		if rate > 0 {
+			// Throttled: never ahead of rate bytes/s since the start.
+			if ahead := time.Duration(float64(got)/float64(rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
+				select {
+				case <-ctx.Done():
+					return "", 0, 0, ctx.Err()
+				case <-time.After(ahead):
+				}
+			}
+		}
 	}
 	if sum == "" {
-		return "", "", bad("the stream ended before the node manifest's digest")
+		return "", 0, 0, bad("the stream ended before the node manifest's digest")
 	}
-	a.log.Info("fetched migration images", "job", job, "node", node, "ckpt", checkpoint, "from", from, "files", len(files), "bytes", got, "elapsed", time.Since(start))
-	return fresh, sum, nil
+	return sum, got, len(files), nil
 }

@@ -203,6 +203,10 @@ func (f forgedImages) SendImages(_ context.Context, _ agentapi.NodeRef, _ string
 	return "abc", nil
 }
 
+func (f forgedImages) SendStored(ctx context.Context, _, _ string, send func(agentapi.ImageChunk) error) (string, error) {
+	return f.SendImages(ctx, agentapi.NodeRef{}, "", send)
+}
+
 // TestFetchRefusesForgedNames: names that leave the directory, data before
 // any name, a file sent twice: refused, with nothing written outside and
 // nothing left inside.
@@ -253,4 +257,8 @@ func (truncatedImages) SendImages(_ context.Context, _ agentapi.NodeRef, _ strin
 		return "", err
 	}
 	return "", errors.New("the dump failed")
+}
+
+func (t truncatedImages) SendStored(ctx context.Context, _, _ string, send func(agentapi.ImageChunk) error) (string, error) {
+	return t.SendImages(ctx, agentapi.NodeRef{}, "", send)
 }

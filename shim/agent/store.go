@@ -1,0 +1,285 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/torpor-hpc/torpor/agentapi"
+	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/catalog"
+)
+
+// Host-local checkpoints (agentapi.CheckpointHolder): a shim with an image
+// directory keeps committed images in a store of its own,
+// <image-dir>/checkpoints/<job>/<seq>/<node>, root's and 0700 like the
+// rest of the image directory. The coordinator's catalog keeps the signed
+// job manifest, which names every node manifest by its SHA-256; the images
+// are only here and on the hosts that copied them (Fetch: a replica, or a
+// restart's destination). A copy is fetched into <node>.part and renamed
+// into place only once every file verified against that SHA-256 (from
+// <image-dir>/fetching/<job>/<seq>/<node>: a node manifest names its
+// directory), so a directory in the store is always whole. Unlike migration
+// images, the store outlives the shim.
+
+// storeRoot is the shim's checkpoint store.
+func (a *Agent) storeRoot() string { return filepath.Join(a.cfg.ImageDir, "checkpoints") }
+
+// fetchingDir is where the copy of the job-node's images in dir (in the
+// store) is made.
+func (a *Agent) fetchingDir(dir string) string {
+	rel, _ := filepath.Rel(a.storeRoot(), dir)
+	return filepath.Join(a.cfg.ImageDir, "fetching", rel)
+}
+
+// storeDir is where the images of job-node node of checkpoint handle are
+// kept, once handle and node are checked to be names that stay below the
+// store.
+func (a *Agent) storeDir(handle, node string) (string, error) {
+	if a.cfg.ImageDir == "" {
+		return "", fmt.Errorf("%w: this shim keeps no host-local checkpoints: it has no image directory (torpor shim --image-dir)", agentapi.ErrInvalid)
+	}
+	if _, _, err := catalog.ParseHandle(handle); err != nil {
+		return "", fmt.Errorf("%w: %v", agentapi.ErrInvalid, err)
+	}
+	job, seq, _ := strings.Cut(handle, "/") // canonical: ParseHandle accepted it
+	if err := checkNames(job, node); err != nil {
+		return "", err
+	}
+	return filepath.Join(a.storeRoot(), job, seq, node), nil
+}
+
+// Holds implements agentapi.CheckpointHolder.
+func (a *Agent) Holds() bool { return a.cfg.ImageDir != "" }
+
+// mkStoreParent creates the directories above dir, root's and 0700, and
+// checks that only root can write to any of them up to the image directory.
+func (a *Agent) mkStoreParent(dir string) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+		return err
+	}
+	return rootOnly(filepath.Dir(dir), a.cfg.ImageDir)
+}
+
+// dumpStored dumps n into the store under req.Checkpoint: a host-local
+// checkpoint. Images an earlier, uncommitted attempt left there are
+// replaced; on failure nothing is left.
+func (a *Agent) dumpStored(ctx context.Context, n *node, ref agentapi.NodeRef, req agentapi.DumpRequest) (agentapi.DumpResult, error) {
+	dir, err := a.storeDir(req.Checkpoint, ref.Node)
+	if err != nil {
+		return agentapi.DumpResult{}, err
+	}
+	if job, _, _ := strings.Cut(req.Checkpoint, "/"); job != ref.Job {
+		return agentapi.DumpResult{}, fmt.Errorf("%w: checkpoint %s is not one of job %s", agentapi.ErrInvalid, req.Checkpoint, ref.Job)
+	}
+	if err := a.mkStoreParent(dir); err != nil {
+		return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: %w", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: remove stale images: %w", err)
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: %w", err)
+	}
+	req.Dir = dir
+	req.Shared = "" // this job-node captures every file it holds
+	res, err := a.dump(ctx, n, ref, req)
+	if err == nil {
+		res.NodeManifestSHA256, err = catalog.NodeManifestSHA256(dir)
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return agentapi.DumpResult{}, err
+	}
+	return res, nil
+}
+
+// heldSHA256 is the SHA-256 of the node manifest in dir, or "" when dir
+// holds no images.
+func heldSHA256(dir string) string {
+	sum, err := catalog.NodeManifestSHA256(dir)
+	if err != nil {
+		return ""
+	}
+	return sum
+}
+
+// Fetch implements agentapi.CheckpointHolder.
+func (a *Agent) Fetch(ctx context.Context, handle, node, from, sum string, rate int64) (int64, error) {
+	dir, err := a.storeDir(handle, node)
+	if err != nil {
+		return 0, err
+	}
+	if !isHex64(sum) {
+		return 0, fmt.Errorf("%w: fetch %s of %s: %q is no SHA-256", agentapi.ErrInvalid, node, handle, sum)
+	}
+	if heldSHA256(dir) == sum {
+		return 0, nil
+	}
+	part := a.fetchingDir(dir)
+	if err := a.mkStoreParent(part); err != nil {
+		return 0, fmt.Errorf("checkpoint store: %w", err)
+	}
+	if err := os.RemoveAll(part); err != nil {
+		return 0, err
+	}
+	if err := os.Mkdir(part, 0o700); err != nil {
+		return 0, fmt.Errorf("checkpoint store: %w", err)
+	}
+	defer func() {
+		os.RemoveAll(part) // gone once renamed
+		for d := filepath.Dir(part); d != a.cfg.ImageDir && os.Remove(d) == nil; d = filepath.Dir(d) {
+		}
+	}()
+	start := time.Now()
+	job, _, _ := strings.Cut(handle, "/")
+	got, files, err := func() (int64, int, error) {
+		sent, got, files, err := a.receiveImages(ctx, part, &apiv1.ImagesRequest{Ref: &apiv1.NodeRef{Job: job, Node: node}, Checkpoint: handle, Stored: true}, from, rate)
+		if err != nil {
+			return 0, 0, err
+		}
+		if sent != sum {
+			return 0, 0, fmt.Errorf("%w: the images of %s from %s are of node manifest %s, not %s", catalog.ErrCorrupt, node, from, sent, sum)
+		}
+		imgs, err := catalog.OpenNodeImages(part, sum)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer imgs.Close()
+		return got, files, imgs.Verify(ctx, func(string) bool { return true })
+	}()
+	if err != nil {
+		return 0, fmt.Errorf("fetch %s of checkpoint %s from %s: %w", node, handle, from, corrupt(err))
+	}
+	if err := a.mkStoreParent(dir); err != nil {
+		return 0, fmt.Errorf("checkpoint store: %w", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return 0, err
+	}
+	if err := os.Rename(part, dir); err != nil {
+		return 0, fmt.Errorf("checkpoint store: %w", err)
+	}
+	a.log.Info("fetched checkpoint images", "ckpt", handle, "node", node, "from", from, "files", files, "bytes", got,
+		"rate", rate, "elapsed", time.Since(start).Round(time.Millisecond))
+	return got, nil
+}
+
+// Held implements agentapi.CheckpointHolder.
+func (a *Agent) Held(ctx context.Context, job string) ([]agentapi.HeldImages, error) {
+	if a.cfg.ImageDir == "" {
+		return nil, nil
+	}
+	if err := checkNames(job, "n"); err != nil {
+		return nil, err
+	}
+	jd := filepath.Join(a.storeRoot(), job)
+	seqs, err := os.ReadDir(jd)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []agentapi.HeldImages
+	for _, s := range seqs {
+		handle := job + "/" + s.Name()
+		if _, _, err := catalog.ParseHandle(handle); err != nil || !s.IsDir() {
+			continue
+		}
+		nodes, err := os.ReadDir(filepath.Join(jd, s.Name()))
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range nodes {
+			if !n.IsDir() || ctx.Err() != nil {
+				continue
+			}
+			if sum := heldSHA256(filepath.Join(jd, s.Name(), n.Name())); sum != "" {
+				out = append(out, agentapi.HeldImages{Checkpoint: handle, Node: n.Name(), NodeManifestSHA256: sum})
+			}
+		}
+	}
+	return out, ctx.Err()
+}
+
+// Drop implements agentapi.CheckpointHolder.
+func (a *Agent) Drop(_ context.Context, handle string) error {
+	dir, err := a.storeDir(handle, "n")
+	if err != nil {
+		return err
+	}
+	if err := os.RemoveAll(filepath.Dir(dir)); err != nil {
+		return fmt.Errorf("drop checkpoint %s: %w", handle, err)
+	}
+	_ = os.Remove(filepath.Dir(filepath.Dir(dir))) // the job's, once empty
+	a.log.Info("dropped checkpoint images", "ckpt", handle)
+	return nil
+}
+
+// SendStored implements agentapi.ImageServer: every file of job-node
+// node's images of checkpoint handle in the store, whole.
+func (a *Agent) SendStored(ctx context.Context, handle, node string, send func(agentapi.ImageChunk) error) (string, error) {
+	dir, err := a.storeDir(handle, node)
+	if err != nil {
+		return "", err
+	}
+	sum, err := catalog.NodeManifestSHA256(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("%w: this host holds no images of %s of checkpoint %s", agentapi.ErrNotFound, node, handle)
+	}
+	if err != nil {
+		return "", err
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return "", err
+	}
+	defer root.Close()
+	s := &imageSender{root: root, send: send, sent: map[string]int64{}, open: map[string]*os.File{}, buf: make([]byte, imageChunk), log: a.log}
+	defer s.close()
+	err = fs.WalkDir(root.FS(), ".", func(name string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return s.sendRest(name)
+	})
+	if err != nil {
+		return "", fmt.Errorf("send the images of %s of checkpoint %s: %w", node, handle, err)
+	}
+	return sum, nil
+}
+
+// clearParts removes the copies an earlier shim was fetching when it
+// ended: none is being fetched when a shim starts.
+func (a *Agent) clearParts() error {
+	if a.cfg.ImageDir == "" {
+		return nil
+	}
+	if err := os.RemoveAll(filepath.Join(a.cfg.ImageDir, "fetching")); err != nil {
+		return fmt.Errorf("remove the partial copies an earlier shim left: %w", err)
+	}
+	return nil
+}
+
+func isHex64(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range s {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+var _ agentapi.CheckpointHolder = (*Agent)(nil)

@@ -1,0 +1,139 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/catalog"
+	"github.com/torpor-hpc/torpor/internal/testutil"
+)
+
+// storeImages writes files as job-node node's images of handle into a's
+// store, with their node manifest, and returns the manifest's SHA-256.
+func storeImages(t *testing.T, a *Agent, handle, node string, files map[string][]byte) string {
+	t.Helper()
+	dir, err := a.storeDir(handle, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.mkStoreParent(dir); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range files {
+		if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(name)), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := catalog.WriteNodeManifest(context.Background(), dir); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := catalog.NodeManifestSHA256(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sum
+}
+
+// TestCheckpointStore: a shim copies a host-local checkpoint's images from
+// another shim's store over mutual TLS, byte for byte, only when they
+// verify against the digest it was given, never leaving a partial copy;
+// it lists what it holds, copies nothing twice, keeps to a rate and drops
+// a checkpoint whole.
+func TestCheckpointStore(t *testing.T) {
+	testutil.RequireRoot(t, "image directories must be root's")
+	stls, ctls := shimTLS(t)
+	src, dst := imageAgent(t, "h1", ctls), imageAgent(t, "h2", ctls)
+	files := map[string][]byte{
+		"pages-1.img":           bytes.Repeat([]byte("page"), imageChunk/2+3), // three chunks
+		"core-1.img":            []byte("core"),
+		"torpor-files/x/a.data": []byte("shared"),
+	}
+	sum := storeImages(t, src, "j/000002", "n0", files)
+	addr := serveImages(t, stls, src)
+	ctx := context.Background()
+
+	// A digest that is not the images': refused, nothing kept.
+	other := strings.Repeat("0", 64)
+	if _, err := dst.Fetch(ctx, "j/000002", "n0", addr, other, 0); !errors.Is(err, agentapi.ErrCorrupt) {
+		t.Fatalf("fetch against another digest: %v, want corrupt", err)
+	}
+	dir, _ := dst.storeDir("j/000002", "n0")
+	for _, d := range []string{dir, filepath.Join(dst.cfg.ImageDir, "fetching")} {
+		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("a refused fetch left %s (%v)", d, err)
+		}
+	}
+	// Names that leave the store, a handle that is none: refused before
+	// anything is asked.
+	for _, c := range []struct{ handle, node string }{{"j/000002", "../n0"}, {"../j/000002", "n0"}, {"j/2", "n0"}, {"j", "n0"}} {
+		if _, err := dst.Fetch(ctx, c.handle, c.node, addr, sum, 0); !errors.Is(err, agentapi.ErrInvalid) {
+			t.Fatalf("fetch %s of %s: %v, want invalid", c.node, c.handle, err)
+		}
+	}
+
+	// The right digest: copied whole, and at most at the rate asked.
+	rate := int64(len(files["pages-1.img"])) * 4 // ~0.25 s for the memory image
+	start := time.Now()
+	n, err := dst.Fetch(ctx, "j/000002", "n0", addr, sum, rate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took, least := time.Since(start), 200*time.Millisecond; took < least {
+		t.Fatalf("fetched %d bytes at %d bytes/s in %v, want at least %v", n, rate, took, least)
+	}
+	got := readTree(t, dir)
+	for name, data := range files {
+		if !bytes.Equal(got[name], data) {
+			t.Fatalf("%s: copied %d bytes that differ from the %d held", name, len(got[name]), len(data))
+		}
+	}
+	if heldSHA256(dir) != sum {
+		t.Fatalf("the copy's node manifest is %q, want %s", heldSHA256(dir), sum)
+	}
+	if n, err := dst.Fetch(ctx, "j/000002", "n0", addr, sum, 0); err != nil || n != 0 {
+		t.Fatalf("fetch of a copy held already: %d bytes, %v; want 0, nil", n, err)
+	}
+	held, err := dst.Held(ctx, "j")
+	if err != nil || len(held) != 1 || held[0] != (agentapi.HeldImages{Checkpoint: "j/000002", Node: "n0", NodeManifestSHA256: sum}) {
+		t.Fatalf("held: %+v, %v", held, err)
+	}
+
+	// The source's copy rots: its images fail their manifest, and a copy
+	// of them is refused.
+	src2 := storeImages(t, src, "j/000003", "n0", files)
+	sd, _ := src.storeDir("j/000003", "n0")
+	if err := os.WriteFile(filepath.Join(sd, "core-1.img"), []byte("cORE"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dst.Fetch(ctx, "j/000003", "n0", addr, src2, 0); !errors.Is(err, agentapi.ErrCorrupt) {
+		t.Fatalf("fetch of rotten images: %v, want corrupt", err)
+	}
+	if held, _ := dst.Held(ctx, "j"); len(held) != 1 {
+		t.Fatalf("after a refused copy the store holds %+v", held)
+	}
+	// Images the source does not hold: not found.
+	if _, err := dst.Fetch(ctx, "j/000004", "n0", addr, sum, 0); !errors.Is(err, agentapi.ErrNotFound) {
+		t.Fatalf("fetch of images nobody holds: %v, want not found", err)
+	}
+
+	if err := dst.Drop(ctx, "j/000002"); err != nil {
+		t.Fatal(err)
+	}
+	if held, err := dst.Held(ctx, "j"); err != nil || len(held) != 0 {
+		t.Fatalf("after drop: %+v, %v", held, err)
+	}
+	if _, err := os.Stat(filepath.Join(dst.storeRoot(), "j")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the job's directory is left after its last checkpoint was dropped (%v)", err)
+	}
+}

@@ -86,6 +86,13 @@ type JobManifest struct {
 	Nodes        []NodeRef           `json:"nodes"`
 	Phases       map[string]Duration `json:"phases,omitempty"` // phase name -> duration (prepare, freeze, drain, lock, dump, ...)
 	TotalBytes   int64               `json:"total_bytes"`
+	// HostLocal says the images are not in the catalog: each job-node's
+	// are in the checkpoint store of the shim that dumped it (its Host)
+	// and of the hosts that copied them, and this manifest is all the
+	// catalog keeps of them. Commit takes each node's digest and sizes as
+	// given; the shims verify the images against the digest as they copy
+	// and restore them.
+	HostLocal bool `json:"host_local,omitempty"`
 }
 
 // Node returns the NodeRef called name.

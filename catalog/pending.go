@@ -95,6 +95,10 @@ func (p *Pending) SharedDir() (string, error) {
 // from the node directories. Handle, Job, Seq and Format are filled in; Created
 // defaults to now and Kind to KindCheckpoint. On error nothing becomes visible and
 // the caller should Abort.
+//
+// With m.HostLocal the images are elsewhere (in the shims' stores): m.Nodes
+// must then carry every node's digest and sizes, and no node directory is
+// read.
 func (p *Pending) Commit(m JobManifest) (Checkpoint, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -112,11 +116,14 @@ func (p *Pending) Commit(m JobManifest) (Checkpoint, error) {
 	if m.Kind == "" {
 		m.Kind = KindCheckpoint
 	}
-	nodes, err := p.fillNodes(m.Nodes)
-	if err != nil {
-		return Checkpoint{}, fmt.Errorf("commit %s: %w", h, err)
+	if !m.HostLocal {
+		nodes, err := p.fillNodes(m.Nodes)
+		if err != nil {
+			return Checkpoint{}, fmt.Errorf("commit %s: %w", h, err)
+		}
+		m.Nodes = nodes
 	}
-	m.Nodes = nodes
+	nodes := m.Nodes
 	m.TotalBytes = 0
 	for _, n := range nodes {
 		m.TotalBytes += n.TotalBytes

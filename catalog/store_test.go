@@ -469,3 +469,57 @@ func TestParseHandle(t *testing.T) {
 		}
 	}
 }
+
+// TestHostLocalCheckpoint: a checkpoint whose images stay in the shims'
+// stores commits with the digests and sizes it is given, verifies on its
+// signed manifest alone, and fails verification when a node directory
+// (images where none belong) or a changed manifest appears.
+func TestHostLocalCheckpoint(t *testing.T) {
+	s := newStore(t)
+	p, err := s.Begin("ring")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := strings.Repeat("ab", 32)
+	cp, err := p.Commit(JobManifest{HostLocal: true, Nodes: []NodeRef{
+		{Name: "n0", Host: "h1", ManifestSHA256: sum, TotalBytes: 100, FileCount: 3},
+		{Name: "n1", Host: "h2", ManifestSHA256: sum, TotalBytes: 50, FileCount: 2},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(cp.Handle)
+	if err != nil || !got.Manifest.HostLocal || got.Manifest.TotalBytes != 150 {
+		t.Fatalf("get: %+v, %v", got.Manifest, err)
+	}
+	if err := s.Verify(context.Background(), cp.Handle); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	// A node without a digest cannot be committed: nothing would check its images.
+	p2, err := s.Begin("ring")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p2.Commit(JobManifest{HostLocal: true, Nodes: []NodeRef{{Name: "n0", Host: "h1"}}}); err == nil {
+		t.Fatal("a host-local node without a digest was committed")
+	}
+	p2.Abort()
+	if err := os.MkdirAll(filepath.Join(cp.Dir, nodesDirName, "n0"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Verify(context.Background(), cp.Handle); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("verify with a node directory in the catalog: %v, want corrupt", err)
+	}
+	os.Remove(filepath.Join(cp.Dir, nodesDirName, "n0"))
+	mp := filepath.Join(cp.Dir, JobManifestName)
+	data, err := os.ReadFile(mp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(mp, bytes.Replace(data, []byte(`"h2"`), []byte(`"h3"`), 1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Verify(context.Background(), cp.Handle); err == nil {
+		t.Fatal("a changed host-local manifest verified")
+	}
+}

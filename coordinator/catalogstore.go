@@ -45,13 +45,19 @@ func (p catalogPending) Commit(m Manifest) error {
 	}
 	jm := catalog.JobManifest{
 		Job: m.Spec.ID, Created: m.Created.UTC(), Kind: catalog.Kind(m.Kind),
-		LeaveRunning: m.LeaveRunning, Spec: spec, Phases: map[string]catalog.Duration{},
+		LeaveRunning: m.LeaveRunning, Spec: spec, Phases: map[string]catalog.Duration{}, HostLocal: m.HostLocal,
 	}
 	for _, n := range m.Spec.Nodes {
-		if _, dumped := m.Nodes[n.Name]; !dumped {
+		r, dumped := m.Nodes[n.Name]
+		if !dumped {
 			continue
 		}
-		jm.Nodes = append(jm.Nodes, catalog.NodeRef{Name: n.Name, Host: n.Host, IP: n.IP, Hostname: n.Hostname})
+		ref := catalog.NodeRef{Name: n.Name, Host: n.Host, IP: n.IP, Hostname: n.Hostname}
+		if m.HostLocal {
+			// Nothing to read here: the shim said what it wrote.
+			ref.ManifestSHA256, ref.TotalBytes, ref.FileCount = r.NodeManifestSHA256, r.Bytes, r.Files
+		}
+		jm.Nodes = append(jm.Nodes, ref)
 	}
 	for ph, d := range m.Phases {
 		jm.Phases[string(ph)] = catalog.Duration(d)
@@ -102,12 +108,13 @@ func (c CatalogStore) Load(handle string) (Manifest, error) {
 	m := Manifest{
 		Handle: cp.Handle, Kind: string(cp.Manifest.Kind), LeaveRunning: cp.Manifest.LeaveRunning,
 		Created: cp.Manifest.Created, Nodes: map[string]agentapi.DumpResult{}, Phases: map[Phase]time.Duration{},
+		HostLocal: cp.Manifest.HostLocal,
 	}
 	if err := json.Unmarshal(cp.Manifest.Spec, &m.Spec); err != nil {
 		return Manifest{}, fmt.Errorf("checkpoint %s: decode job spec: %w", handle, err)
 	}
 	for _, n := range cp.Manifest.Nodes {
-		m.Nodes[n.Name] = agentapi.DumpResult{Bytes: n.TotalBytes, Files: n.FileCount}
+		m.Nodes[n.Name] = agentapi.DumpResult{Bytes: n.TotalBytes, Files: n.FileCount, NodeManifestSHA256: n.ManifestSHA256}
 	}
 	for ph, d := range cp.Manifest.Phases {
 		m.Phases[Phase(ph)] = time.Duration(d)
@@ -162,7 +169,7 @@ func (c CatalogStore) Describe(job string) ([]CheckpointInfo, error) {
 		in := CheckpointInfo{Handle: cp.Handle, Job: cp.Job, Kind: "unreadable"}
 		if cp.ManifestErr == nil {
 			m := cp.Manifest
-			in.Kind, in.Created, in.Bytes, in.Nodes = string(m.Kind), m.Created, m.TotalBytes, len(m.Nodes)
+			in.Kind, in.Created, in.Bytes, in.Nodes, in.HostLocal = string(m.Kind), m.Created, m.TotalBytes, len(m.Nodes), m.HostLocal
 			in.Phases = map[string]time.Duration{}
 			for p, d := range m.Phases {
 				in.Phases[p] = time.Duration(d)

@@ -46,6 +46,14 @@ type Options struct {
 	// LookupCreds finds the credentials of a job's owner; LookupCreds (the
 	// host's user and group database) when nil.
 	LookupCreds func(uid int) (*agentapi.Creds, error)
+	// LocalCheckpoints keeps every checkpoint's images on the hosts that
+	// dumped them, in their shims' checkpoint stores, with Replicas copies
+	// on other hosts (DefaultReplicas when 0, none when negative), made at
+	// most ReplicaRate bytes/s each (DefaultReplicaRate when 0). See
+	// hostlocal.go.
+	LocalCheckpoints bool
+	Replicas         int
+	ReplicaRate      int64
 }
 
 // Faults are hooks called at named points of the protocol. A hook that
@@ -73,6 +81,9 @@ type Coordinator struct {
 	nodeBits          int
 	faults            Faults
 	lookup            func(uid int) (*agentapi.Creds, error)
+	localCkpts        bool
+	replicas          int
+	replicaRate       int64
 
 	mu     sync.Mutex
 	agents map[string]agentapi.Agent
@@ -92,19 +103,22 @@ func New(opts Options) (*Coordinator, error) {
 		return nil, fmt.Errorf("%w: coordinator needs a checkpoint store", agentapi.ErrInvalid)
 	}
 	c := &Coordinator{
-		stateDir:  opts.StateDir,
-		store:     opts.Store,
-		log:       opts.Log,
-		deadlines: opts.Deadlines,
-		keep:      opts.Keep,
-		now:       opts.Now,
-		nodeNet:   opts.NodeNet,
-		nodeBits:  opts.NodeBits,
-		faults:    opts.Faults,
-		lookup:    opts.LookupCreds,
-		agents:    map[string]agentapi.Agent{},
-		jobs:      map[string]*Job{},
-		busy:      map[string]bool{},
+		stateDir:    opts.StateDir,
+		store:       opts.Store,
+		log:         opts.Log,
+		deadlines:   opts.Deadlines,
+		keep:        opts.Keep,
+		now:         opts.Now,
+		nodeNet:     opts.NodeNet,
+		nodeBits:    opts.NodeBits,
+		faults:      opts.Faults,
+		lookup:      opts.LookupCreds,
+		localCkpts:  opts.LocalCheckpoints,
+		replicas:    opts.Replicas,
+		replicaRate: opts.ReplicaRate,
+		agents:      map[string]agentapi.Agent{},
+		jobs:        map[string]*Job{},
+		busy:        map[string]bool{},
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -117,6 +131,15 @@ func New(opts Options) (*Coordinator, error) {
 		c.postCopyThreshold = DefaultPostCopyThreshold
 	case opts.PostCopyThreshold > 0:
 		c.postCopyThreshold = opts.PostCopyThreshold
+	}
+	switch {
+	case c.replicas == 0:
+		c.replicas = DefaultReplicas
+	case c.replicas < 0:
+		c.replicas = 0
+	}
+	if c.replicaRate <= 0 {
+		c.replicaRate = DefaultReplicaRate
 	}
 	if !c.nodeNet.IsValid() {
 		c.nodeNet, c.nodeBits = DefaultNodeNet, DefaultNodeBits

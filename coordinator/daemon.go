@@ -59,6 +59,10 @@ type DaemonConfig struct {
 	// NodeNet, if valid, is the network job-node addresses come from; they
 	// carry its prefix length (Options.NodeNet and NodeBits).
 	NodeNet netip.Prefix
+	// LocalCheckpoints, Replicas, ReplicaRate: see Options.
+	LocalCheckpoints bool
+	Replicas         int
+	ReplicaRate      int64
 }
 
 // allocationsEvery is how often a daemon with Allocations checks that the
@@ -128,6 +132,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		StateDir: cfg.StateDir, Store: CatalogStore{store}, Agents: cfg.Agents,
 		Log: log, Deadlines: cfg.Deadlines, Keep: cfg.Keep, Faults: cfg.Faults, PostCopyThreshold: cfg.PostCopyThreshold,
 		NodeNet: cfg.NodeNet, NodeBits: cfg.NodeNet.Bits(),
+		LocalCheckpoints: cfg.LocalCheckpoints, Replicas: cfg.Replicas, ReplicaRate: cfg.ReplicaRate,
 	})
 	if err != nil {
 		return nil, err

@@ -25,6 +25,10 @@ const (
 	EventMigration        = "migration" // a job-node moved to another host
 	EventMigrationFailed  = "migration-failed"
 	EventProgress         = "progress" // a phase of a running operation began, advanced or ended (not kept)
+	// A host-local checkpoint's images were copied to every replica, or
+	// not (Error says what is missing); Bytes is what was copied.
+	EventReplicated        = "replicated"
+	EventReplicationFailed = "replication-failed"
 )
 
 // Event is one entry of the coordinator's history. Which fields are set

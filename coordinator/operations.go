@@ -112,6 +112,12 @@ func (c *Coordinator) CheckpointDetails(ctx context.Context, id string, opts Che
 		c.refuse(opCheckpoint, err)
 		return CheckpointResult{}, err
 	}
+	if c.localCkpts {
+		if err := c.requireHolders(id); err != nil {
+			c.refuse(opCheckpoint, err)
+			return CheckpointResult{}, err
+		}
+	}
 	spec, _, err := c.begin(id, []State{StateRunning}, StateCheckpointing)
 	if err != nil {
 		c.refuse(opCheckpoint, err)
@@ -127,6 +133,10 @@ func (c *Coordinator) CheckpointDetails(ctx context.Context, id string, opts Che
 		c.event(Event{Job: id, Type: EventCheckpointFailed, Handle: res.Handle, Error: err.Error(), FailedPhase: string(t.lastPhase()), Phases: phaseNanos(t.d)})
 	} else {
 		c.event(Event{Job: id, Type: EventCheckpoint, Handle: res.Handle, Bytes: res.Bytes, Phases: phaseNanos(t.d)})
+	}
+	if res.Handle != "" && c.localCkpts {
+		// Committed: its images are on one host each until copied.
+		go c.replicate(context.WithoutCancel(ctx), res.Handle)
 	}
 	return res, err
 }
@@ -159,16 +169,23 @@ func (c *Coordinator) checkpoint(ctx context.Context, id string, spec JobSpec, o
 		// The directories are made here, one after the other: made by
 		// every job-node's call at once, they contend for their common
 		// parent (a file system locks a directory to add an entry).
+		// A host-local checkpoint's images go to the shims' own stores.
 		nodeDirs, dirErrs, dirs := map[string]string{}, map[string]error{}, []string(nil)
-		for _, n := range spec.Nodes {
-			d, err := pend.NodeDir(n.Name)
-			if err != nil {
-				dirErrs[n.Name] = err
-				continue
+		var (
+			shared    string
+			sharedErr error
+		)
+		if !c.localCkpts {
+			for _, n := range spec.Nodes {
+				d, err := pend.NodeDir(n.Name)
+				if err != nil {
+					dirErrs[n.Name] = err
+					continue
+				}
+				nodeDirs[n.Name], dirs = d, append(dirs, d)
 			}
-			nodeDirs[n.Name], dirs = d, append(dirs, d)
+			shared, sharedErr = pend.SharedDir()
 		}
-		shared, sharedErr := pend.SharedDir()
 		stopWatch := c.watchBytes(opCheckpoint, id, PhaseDump, dirs)
 		err = t.run(PhaseDump, func() error {
 			err := c.fanout(ctx, PhaseDump, spec.Nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
@@ -181,7 +198,8 @@ func (c *Coordinator) checkpoint(ctx context.Context, id string, spec JobSpec, o
 				dir := nodeDirs[n.Name]
 				// Always leave running: a stopping checkpoint kills the
 				// trees only after the commit, so no failure can lose the job.
-				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: handle, Compress: codec})
+				res, err := a.Dump(ctx, agentapi.NodeRef{Job: id, Node: n.Name}, agentapi.DumpRequest{Dir: dir, Shared: shared, LeaveRunning: true, Checkpoint: handle, Compress: codec,
+					Store: c.localCkpts})
 				if err != nil {
 					return err
 				}
@@ -205,7 +223,7 @@ func (c *Coordinator) checkpoint(ctx context.Context, id string, spec JobSpec, o
 		err = t.run(PhaseCommit, func() error {
 			return c.commit(ctx, pend, Manifest{
 				Handle: handle, Spec: spec, Kind: kind, LeaveRunning: !opts.Stop,
-				Nodes: results, Phases: t.d, Created: c.now(),
+				Nodes: results, Phases: t.d, Created: c.now(), HostLocal: c.localCkpts,
 			})
 		})
 	}
@@ -214,6 +232,9 @@ func (c *Coordinator) checkpoint(ctx context.Context, id string, spec JobSpec, o
 		rbErr := c.rollback(ctx, spec, log)
 		if abErr := pend.Abort(); abErr != nil {
 			log.Error("delete partial checkpoint", "err", abErr)
+		}
+		if c.localCkpts {
+			c.dropStored(context.WithoutCancel(ctx), []string{handle}, log)
 		}
 		if rbErr != nil && unreachableOnly(rbErr) {
 			return CheckpointResult{}, c.awaitShims(id, StateCheckpointing, "checkpoint "+handle, err, rbErr)
@@ -418,6 +439,9 @@ func (c *Coordinator) prune(job string, log *slog.Logger) {
 	for _, h := range gone {
 		log.Info("pruned old checkpoint", "ckpt", h)
 	}
+	// Their copies in the shims' stores go too (host-local checkpoints),
+	// in the background: a host that is down answers late or never.
+	go c.dropStored(context.Background(), gone, log)
 }
 
 // placeVars are the environment variables that tell a job-node where it is

@@ -49,6 +49,7 @@ var DefaultDeadlines = Deadlines{
 	PhaseFiles:   5 * time.Minute,
 	PhaseRestore: 5 * time.Minute,
 	PhaseStart:   30 * time.Second,
+	PhaseFetch:   10 * time.Minute,
 	// Until a post-copy destination has every page: minutes per GiB at
 	// worst over a slow link.
 	PhasePages: 30 * time.Minute,

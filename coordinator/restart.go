@@ -112,7 +112,7 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 			return res, err
 		}
 	}
-	if !opts.Fallback && !c.shimsVerify(spec.Nodes) {
+	if !opts.Fallback && !man.HostLocal && !c.shimsVerify(spec.Nodes) {
 		// A shim that does not verify images is given only verified ones.
 		if err := c.store.Verify(ctx, res.Checkpoint); err != nil {
 			return res, fmt.Errorf("checkpoint %s fails verification, refusing to restart from it: %w", res.Checkpoint, err)
@@ -138,25 +138,32 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 	// restored: a file several of them hold must be whole when the first
 	// task opens it again.
 	sent := placed(spec)
-	err = t.run(PhaseFiles, func() error {
-		var mu sync.Mutex
-		return c.fanout(ctx, PhaseFiles, sent, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
-			req, err := c.restoreRequest(res.Checkpoint, n.Name)
-			if err != nil {
+	if man.HostLocal {
+		// Each destination copies the images it lacks into its own store
+		// first, verified as they arrive.
+		err = t.run(PhaseFetch, func() error { return c.fetchAll(ctx, man, sent) })
+	}
+	if err == nil {
+		err = t.run(PhaseFiles, func() error {
+			var mu sync.Mutex
+			return c.fanout(ctx, PhaseFiles, sent, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+				req, err := c.restoreRequest(man, n.Name)
+				if err != nil {
+					return err
+				}
+				fr, err := a.RestoreFiles(ctx, spec.ID, n, req)
+				mu.Lock()
+				res.Moved = append(res.Moved, fr.Moved...)
+				mu.Unlock()
 				return err
-			}
-			fr, err := a.RestoreFiles(ctx, spec.ID, n, req)
-			mu.Lock()
-			res.Moved = append(res.Moved, fr.Moved...)
-			mu.Unlock()
-			return err
+			})
 		})
-	})
+	}
 	if err == nil {
 		err = t.run(PhaseRestore, func() error {
 			t.setBytes(PhaseRestore, res.Bytes)
 			return c.fanout(ctx, PhaseRestore, sent, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
-				req, err := c.restoreRequest(res.Checkpoint, n.Name)
+				req, err := c.restoreRequest(man, n.Name)
 				if err != nil {
 					return err
 				}
@@ -216,7 +223,18 @@ func (c *Coordinator) shimsVerify(nodes []agentapi.NodeSpec) bool {
 // restoreRequest is what a shim needs to restore one job-node of a
 // committed checkpoint: the images' directory and the digest of their node
 // manifest, which the shim verifies the images against.
-func (c *Coordinator) restoreRequest(handle, node string) (agentapi.RestoreRequest, error) {
+//
+// A host-local checkpoint's images are in the shim's own store (fetchAll
+// put them there).
+func (c *Coordinator) restoreRequest(man Manifest, node string) (agentapi.RestoreRequest, error) {
+	handle := man.Handle
+	if man.HostLocal {
+		r, ok := man.Nodes[node]
+		if !ok {
+			return agentapi.RestoreRequest{}, fmt.Errorf("%w: checkpoint %s has no job-node %s", agentapi.ErrNotFound, handle, node)
+		}
+		return agentapi.RestoreRequest{Stored: true, Checkpoint: handle, NodeManifestSHA256: r.NodeManifestSHA256}, nil
+	}
 	dir, err := c.store.NodeDir(handle, node)
 	if err != nil {
 		return agentapi.RestoreRequest{}, err
@@ -237,7 +255,7 @@ func (c *Coordinator) pickCheckpoint(ctx context.Context, ref string, fallback b
 	var res RestartResult
 	if strings.Contains(ref, "/") {
 		res.Checkpoint = ref
-		if err := c.store.VerifyLayout(ctx, ref); err != nil {
+		if err := c.verifyLayout(ctx, ref); err != nil {
 			return res, Manifest{}, fmt.Errorf("checkpoint %s fails verification, refusing to restart from it: %w", ref, err)
 		}
 		man, err := c.store.Load(ref)
@@ -252,9 +270,14 @@ func (c *Coordinator) pickCheckpoint(ctx context.Context, ref string, fallback b
 	if err != nil {
 		return res, Manifest{}, fmt.Errorf("job %s has no checkpoint to restart from: %w", ref, err)
 	}
-	verify := c.store.VerifyLayout
+	verify := c.verifyLayout
 	if fallback {
-		verify = c.store.Verify
+		verify = func(ctx context.Context, handle string) error {
+			if err := c.store.Verify(ctx, handle); err != nil {
+				return err
+			}
+			return c.checkHeld(ctx, handle)
+		}
 	}
 	for {
 		verr := verify(ctx, handle)
@@ -275,6 +298,16 @@ func (c *Coordinator) pickCheckpoint(ctx context.Context, ref string, fallback b
 	res.Checkpoint = handle
 	man, err := c.store.Load(handle)
 	return res, man, err
+}
+
+// verifyLayout is the store's VerifyLayout, and for a host-local
+// checkpoint a check that every job-node's images are on a host that
+// answers.
+func (c *Coordinator) verifyLayout(ctx context.Context, handle string) error {
+	if err := c.store.VerifyLayout(ctx, handle); err != nil {
+		return err
+	}
+	return c.checkHeld(ctx, handle)
 }
 
 // Lister is implemented by stores that can list a job's committed checkpoints.

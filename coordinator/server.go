@@ -27,6 +27,8 @@ type CheckpointInfo struct {
 	Bytes   int64
 	Nodes   int
 	Phases  map[string]time.Duration
+	// HostLocal: the images are in the shims' checkpoint stores.
+	HostLocal bool
 }
 
 // Describer is implemented by stores that can list committed checkpoints with details.
@@ -274,6 +276,7 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 		return nil, agentapi.ToRPC(err)
 	}
 	out := &apiv1.CheckpointList{}
+	held := map[string]map[string]copies{} // job -> what the shims hold, asked once per job
 	for _, in := range infos {
 		// A user sees the checkpoints of their own jobs; those of a job
 		// the coordinator no longer knows only root does.
@@ -287,8 +290,20 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 		for p, d := range in.Phases {
 			cp.PhaseNanos[p] = int64(d)
 		}
+		if in.HostLocal {
+			if held[in.Job] == nil {
+				held[in.Job] = s.C.held(ctx, in.Job)
+			}
+			if man, err := s.C.store.Load(in.Handle); err == nil {
+				cp.HostLocal, cp.Copies = true, int32(held[in.Job][in.Handle].fewest(man))
+			}
+		}
 		if req.Verify {
-			if err := s.C.store.Verify(ctx, in.Handle); err != nil {
+			err := s.C.store.Verify(ctx, in.Handle)
+			if err == nil && in.HostLocal {
+				err = s.C.checkHeld(ctx, in.Handle)
+			}
+			if err != nil {
 				cp.Verified = err.Error()
 			} else {
 				cp.Verified = "ok"

@@ -16,6 +16,9 @@ type Manifest struct {
 	Nodes        map[string]agentapi.DumpResult `json:"nodes"`
 	Phases       map[Phase]time.Duration        `json:"phases"`
 	Created      time.Time                      `json:"created"`
+	// HostLocal: the images are in the shims' checkpoint stores, each
+	// job-node's named by Nodes[name].NodeManifestSHA256 (hostlocal.go).
+	HostLocal bool `json:"host_local,omitempty"`
 }
 
 // Store is the checkpoint catalog as the coordinator uses it.

@@ -2236,15 +2236,21 @@ func (x *ListCheckpointsRequest) GetVerify() bool {
 }
 
 type Checkpoint struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Handle        string                 `protobuf:"bytes,1,opt,name=handle,proto3" json:"handle,omitempty"`
-	Job           string                 `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
-	Kind          string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
-	CreatedUnix   int64                  `protobuf:"varint,4,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
-	Bytes         int64                  `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`
-	Nodes         int32                  `protobuf:"varint,6,opt,name=nodes,proto3" json:"nodes,omitempty"`
-	Verified      string                 `protobuf:"bytes,7,opt,name=verified,proto3" json:"verified,omitempty"` // "ok", "not checked", or the verification error
-	PhaseNanos    map[string]int64       `protobuf:"bytes,8,rep,name=phase_nanos,json=phaseNanos,proto3" json:"phase_nanos,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Handle      string                 `protobuf:"bytes,1,opt,name=handle,proto3" json:"handle,omitempty"`
+	Job         string                 `protobuf:"bytes,2,opt,name=job,proto3" json:"job,omitempty"`
+	Kind        string                 `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	CreatedUnix int64                  `protobuf:"varint,4,opt,name=created_unix,json=createdUnix,proto3" json:"created_unix,omitempty"`
+	Bytes       int64                  `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Nodes       int32                  `protobuf:"varint,6,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	Verified    string                 `protobuf:"bytes,7,opt,name=verified,proto3" json:"verified,omitempty"` // "ok", "not checked", or the verification error
+	PhaseNanos  map[string]int64       `protobuf:"bytes,8,rep,name=phase_nanos,json=phaseNanos,proto3" json:"phase_nanos,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// The images are in the shims' checkpoint stores (host-local), not in the
+	// coordinator's checkpoint directory; copies is then the fewest hosts
+	// that answered holding any one job-node's images with the digest the
+	// job manifest records (2 or more: replicated).
+	HostLocal     bool  `protobuf:"varint,9,opt,name=host_local,json=hostLocal,proto3" json:"host_local,omitempty"`
+	Copies        int32 `protobuf:"varint,10,opt,name=copies,proto3" json:"copies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2333,6 +2339,20 @@ func (x *Checkpoint) GetPhaseNanos() map[string]int64 {
 		return x.PhaseNanos
 	}
 	return nil
+}
+
+func (x *Checkpoint) GetHostLocal() bool {
+	if x != nil {
+		return x.HostLocal
+	}
+	return false
+}
+
+func (x *Checkpoint) GetCopies() int32 {
+	if x != nil {
+		return x.Copies
+	}
+	return 0
 }
 
 type CheckpointList struct {
@@ -3041,7 +3061,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\x04jobs\x18\x01 \x03(\v2\x0e.torpor.v1.JobR\x04jobs\"B\n" +
 	"\x16ListCheckpointsRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x16\n" +
-	"\x06verify\x18\x02 \x01(\bR\x06verify\"\xbc\x02\n" +
+	"\x06verify\x18\x02 \x01(\bR\x06verify\"\xf3\x02\n" +
 	"\n" +
 	"Checkpoint\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\tR\x06handle\x12\x10\n" +
@@ -3052,7 +3072,11 @@ const file_torpor_proto_rawDesc = "" +
 	"\x05nodes\x18\x06 \x01(\x05R\x05nodes\x12\x1a\n" +
 	"\bverified\x18\a \x01(\tR\bverified\x12F\n" +
 	"\vphase_nanos\x18\b \x03(\v2%.torpor.v1.Checkpoint.PhaseNanosEntryR\n" +
-	"phaseNanos\x1a=\n" +
+	"phaseNanos\x12\x1d\n" +
+	"\n" +
+	"host_local\x18\t \x01(\bR\thostLocal\x12\x16\n" +
+	"\x06copies\x18\n" +
+	" \x01(\x05R\x06copies\x1a=\n" +
 	"\x0fPhaseNanosEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"I\n" +

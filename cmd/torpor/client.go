@@ -386,16 +386,16 @@ func runLs(ctx context.Context, args []string) error {
 	for _, c := range list.Checkpoints {
 		cps = append(cps, checkpointJSON(c))
 	}
-	return printList(*cf.json, cps, "CHECKPOINT\tKIND\tCREATED\tSIZE\tJOB-NODES\tPHASES\tVERIFIED", func(tw io.Writer) {
+	return printList(*cf.json, cps, "CHECKPOINT\tKIND\tCREATED\tSIZE\tJOB-NODES\tPHASES\tVERIFIED\tSTORED", func(tw io.Writer) {
 		for _, c := range list.Checkpoints {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", c.Handle, c.Kind, time.Unix(c.CreatedUnix, 0).Format("2006-01-02 15:04:05"),
-				humanBytes(c.Bytes), c.Nodes, phases(c.PhaseNanos), c.Verified)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", c.Handle, c.Kind, time.Unix(c.CreatedUnix, 0).Format("2006-01-02 15:04:05"),
+				humanBytes(c.Bytes), c.Nodes, phases(c.PhaseNanos), c.Verified, stored(c))
 		}
 	})
 }
 
 func phases(p map[string]int64) string {
-	order := []string{"verify", "files", "prepare", "freeze", "drain", "lock", "dump", "commit", "restore", "unlock", "thaw"}
+	order := []string{"verify", "fetch", "files", "prepare", "freeze", "drain", "lock", "dump", "commit", "restore", "unlock", "thaw"}
 	var parts []string
 	for _, k := range order {
 		if v, ok := p[k]; ok {

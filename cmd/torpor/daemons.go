@@ -45,6 +45,9 @@ func runCoordinator(ctx context.Context, args []string) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics over HTTP at ADDR (/metrics; port 0: any, logged); default from config (metrics_listen), else off")
 	nodeNet := fs.String("node-net", "", "IPv4 network job-node addresses come from, e.g. 10.99.0.0/16, used by no host (job-nodes carry its prefix length); default from config (node_net), else "+coordinator.DefaultNodeNet.String()+" as /"+strconv.Itoa(coordinator.DefaultNodeBits)+" (the simulated cluster's)")
+	localCkpts := fs.Bool("local-checkpoints", false, "keep every checkpoint's images on the hosts that dumped them, in their shims' --image-dir, with --replicas copies elsewhere; the checkpoint directory keeps only the signed job manifests; default from config (local_checkpoints)")
+	replicas := fs.Int("replicas", 0, "with --local-checkpoints: how many other hosts keep a copy of each job-node's images, made in the background after each checkpoint (0: the default, "+strconv.Itoa(coordinator.DefaultReplicas)+"; -1: none); default from config (replicas)")
+	replicaRate := fs.String("replica-rate", "", "with --local-checkpoints: bytes per second each replica copy takes at most, e.g. 64M; default from config (replica_rate), else "+strconv.Itoa(coordinator.DefaultReplicaRate>>20)+"M")
 	slurmOnly := fs.Bool("slurm", false, "place a user's job-nodes only on the nodes of the user's running Slurm job (asked of squeue; root is not restricted); default from config (slurm)")
 	var faults faultFlag
 	fs.Var(&faults, "fault", "switch on a fault-injection point, for tests (repeatable): "+strings.Join(fault.Names(fault.Coordinator), ", "))
@@ -84,6 +87,20 @@ func runCoordinator(ctx context.Context, args []string) error {
 	}
 	if dc.NodeNet, err = parseNodeNet(firstOf(*nodeNet, cfg.NodeNet)); err != nil {
 		return err
+	}
+	dc.LocalCheckpoints = *localCkpts || cfg.LocalCheckpoints
+	if dc.Replicas = *replicas; dc.Replicas == 0 {
+		dc.Replicas = cfg.Replicas
+	}
+	if dc.Replicas < -1 {
+		return fmt.Errorf("--replicas %d: give how many other hosts keep a copy (0 for the default, -1 for none)", dc.Replicas)
+	}
+	if r := firstOf(*replicaRate, cfg.ReplicaRate); r != "" {
+		n, err := launch.ParseSize(r)
+		if err != nil || n <= 0 {
+			return fmt.Errorf("--replica-rate %s: give bytes per second with a suffix K, M or G (powers of 1024), e.g. 64M", r)
+		}
+		dc.ReplicaRate = n
 	}
 	if *slurmOnly || cfg.Slurm {
 		dc.Allocations = slurm.Allocations{}

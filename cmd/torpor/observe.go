@@ -65,13 +65,37 @@ type jsonCheckpoint struct {
 	Nodes    int              `json:"nodes"`
 	Verified string           `json:"verified"`
 	Phases   map[string]int64 `json:"phases_ns"`
+	// Stored is where the images are: "shared" (the checkpoint
+	// directory) or "host-local" (the shims' stores, Copies good copies
+	// of the job-node with the fewest; Replicated when that is 2 or more).
+	Stored     string `json:"stored"`
+	Copies     int    `json:"copies,omitempty"`
+	Replicated bool   `json:"replicated"`
+}
+
+// stored says where a checkpoint's images are, for `torpor ls`.
+func stored(c *apiv1.Checkpoint) string {
+	switch {
+	case !c.HostLocal:
+		return "shared"
+	case c.Copies >= 2:
+		return fmt.Sprintf("host-local, %d copies: replicated", c.Copies)
+	case c.Copies == 1:
+		return "host-local, 1 copy: not replicated"
+	}
+	return "host-local, no copy on a host that answers"
 }
 
 func checkpointJSON(c *apiv1.Checkpoint) jsonCheckpoint {
-	return jsonCheckpoint{
+	j := jsonCheckpoint{
 		Handle: c.Handle, Job: c.Job, Kind: c.Kind, Created: time.Unix(c.CreatedUnix, 0).UTC(), Bytes: c.Bytes,
 		Nodes: int(c.Nodes), Verified: c.Verified, Phases: orEmpty(c.PhaseNanos),
+		Stored: "shared", Copies: int(c.Copies), Replicated: !c.HostLocal || c.Copies >= 2,
 	}
+	if c.HostLocal {
+		j.Stored = "host-local"
+	}
+	return j
 }
 
 // jsonCheckpointed is `torpor checkpoint --json` and `torpor suspend --json`.

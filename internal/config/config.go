@@ -67,6 +67,12 @@ type Config struct {
 	VXLANPeers []string `yaml:"vxlan_peers"`
 	// VXLANID is the default of `torpor shim --vxlan-id`.
 	VXLANID int `yaml:"vxlan_id"`
+	// LocalCheckpoints, Replicas and ReplicaRate are the defaults of
+	// `torpor coordinator --local-checkpoints`, --replicas and
+	// --replica-rate (e.g. "64M").
+	LocalCheckpoints bool   `yaml:"local_checkpoints"`
+	Replicas         int    `yaml:"replicas"`
+	ReplicaRate      string `yaml:"replica_rate"`
 }
 
 // Defaults returns the configuration used when no file exists.

@@ -54,6 +54,11 @@ type Options struct {
 	LocalCheckpoints bool
 	Replicas         int
 	ReplicaRate      int64
+	// HostLostAfter is how long a shim that registered may stay silent
+	// (its shim registers every few seconds) and unreachable before its
+	// host counts as lost: its job-nodes are gone, and no restart is
+	// placed there. DefaultHostLostAfter when 0.
+	HostLostAfter time.Duration
 }
 
 // Faults are hooks called at named points of the protocol. A hook that
@@ -82,11 +87,13 @@ type Coordinator struct {
 	faults            Faults
 	lookup            func(uid int) (*agentapi.Creds, error)
 	localCkpts        bool
+	hostLostAfter     time.Duration
 	replicas          int
 	replicaRate       int64
 
 	mu     sync.Mutex
 	agents map[string]agentapi.Agent
+	seen   map[string]time.Time // host -> its shim's last registration
 	jobs   map[string]*Job
 	busy   map[string]bool // job id -> an operation runs
 
@@ -117,6 +124,7 @@ func New(opts Options) (*Coordinator, error) {
 		replicas:    opts.Replicas,
 		replicaRate: opts.ReplicaRate,
 		agents:      map[string]agentapi.Agent{},
+		seen:        map[string]time.Time{},
 		jobs:        map[string]*Job{},
 		busy:        map[string]bool{},
 	}
@@ -137,6 +145,9 @@ func New(opts Options) (*Coordinator, error) {
 		c.replicas = DefaultReplicas
 	case c.replicas < 0:
 		c.replicas = 0
+	}
+	if c.hostLostAfter = opts.HostLostAfter; c.hostLostAfter <= 0 {
+		c.hostLostAfter = DefaultHostLostAfter
 	}
 	if c.replicaRate <= 0 {
 		c.replicaRate = DefaultReplicaRate
@@ -170,6 +181,33 @@ func (c *Coordinator) AddAgent(host string, a agentapi.Agent) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.agents[host] = a
+}
+
+// DefaultHostLostAfter is Options.HostLostAfter's default: twelve missed
+// registrations.
+const DefaultHostLostAfter = time.Minute
+
+// Seen records that host's shim registered now.
+func (c *Coordinator) Seen(host string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seen[host] = c.now()
+}
+
+// lost says, with why, whether host's shim registered once and then not
+// for c.hostLostAfter: the host is down or cut off. A shim that never
+// registers (the embedded coordinator's) is never lost.
+func (c *Coordinator) lost(host string) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.seen[host]
+	if !ok {
+		return "", false
+	}
+	if quiet := c.now().Sub(t); quiet >= c.hostLostAfter {
+		return fmt.Sprintf("the shim of %s has not registered for %v: the host is down or cut off", host, quiet.Round(time.Second)), true
+	}
+	return "", false
 }
 
 // Hosts lists the hosts with a registered shim.

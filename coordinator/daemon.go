@@ -63,6 +63,8 @@ type DaemonConfig struct {
 	LocalCheckpoints bool
 	Replicas         int
 	ReplicaRate      int64
+	// HostLostAfter: see Options.
+	HostLostAfter time.Duration
 }
 
 // allocationsEvery is how often a daemon with Allocations checks that the
@@ -132,7 +134,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		StateDir: cfg.StateDir, Store: CatalogStore{store}, Agents: cfg.Agents,
 		Log: log, Deadlines: cfg.Deadlines, Keep: cfg.Keep, Faults: cfg.Faults, PostCopyThreshold: cfg.PostCopyThreshold,
 		NodeNet: cfg.NodeNet, NodeBits: cfg.NodeNet.Bits(),
-		LocalCheckpoints: cfg.LocalCheckpoints, Replicas: cfg.Replicas, ReplicaRate: cfg.ReplicaRate,
+		LocalCheckpoints: cfg.LocalCheckpoints, Replicas: cfg.Replicas, ReplicaRate: cfg.ReplicaRate, HostLostAfter: cfg.HostLostAfter,
 	})
 	if err != nil {
 		return nil, err

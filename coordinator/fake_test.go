@@ -61,6 +61,8 @@ type fakeAgent struct {
 	lazyFrom    []string
 	// onPages, if set, runs as Pages is called.
 	onPages func()
+	// down: Status does not reach the shim (ErrUnreachable).
+	down bool
 }
 
 // sentEnv returns the environment job/node was last sent with in phase p.
@@ -265,6 +267,9 @@ func (f *fakeAgent) Destroy(ctx context.Context, ref agentapi.NodeRef) error {
 func (f *fakeAgent) Status(_ context.Context, ref agentapi.NodeRef) (agentapi.NodeStatus, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.down {
+		return agentapi.NodeStatus{}, fmt.Errorf("%w: %s is down", agentapi.ErrUnreachable, f.host)
+	}
 	n, err := f.get(ref)
 	if err != nil {
 		return agentapi.NodeStatus{}, err

@@ -409,6 +409,46 @@ func TestJobEnds(t *testing.T) {
 	}
 }
 
+// TestHostLost: a shim that stops answering fails its job only once it
+// has not registered for HostLostAfter, and then no restart is placed on
+// its host.
+func TestHostLost(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2", "h3")
+	ctx := context.Background()
+	if _, err := f.c.Checkpoint(ctx, "job1", CheckpointOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	f.c.now = func() time.Time { return now }
+	for _, h := range []string{"h0", "h1", "h2", "h3"} {
+		f.c.Seen(h)
+	}
+	a := f.agents["h1"]
+	a.mu.Lock()
+	a.down = true
+	a.mu.Unlock()
+	now = now.Add(DefaultHostLostAfter - time.Second)
+	f.c.pollOnce(ctx)
+	if j, _ := f.c.Job("job1"); j.State != StateRunning {
+		t.Fatalf("job %s after its shim was silent for less than %v", j.State, DefaultHostLostAfter)
+	}
+	now = now.Add(2 * time.Second)
+	for _, h := range []string{"h0", "h2", "h3"} {
+		f.c.Seen(h)
+	}
+	f.c.pollOnce(ctx)
+	j, _ := f.c.Job("job1")
+	if j.State != StateFailed || !strings.Contains(j.Reason, "n1@h1") || !strings.Contains(j.Reason, "h1 has not registered for 1m") {
+		t.Fatalf("job %s %q after h1 was silent for %v", j.State, j.Reason, DefaultHostLostAfter+time.Second)
+	}
+	if _, err := f.c.Restart(ctx, "job1", RestartOptions{}); err == nil || !strings.Contains(err.Error(), "h1 has not registered") {
+		t.Fatalf("restart onto the lost host: %v", err)
+	}
+	if _, err := f.c.Restart(ctx, "job1", RestartOptions{Hosts: map[string]string{"n1": "h3"}}); err != nil {
+		t.Fatalf("restart elsewhere: %v", err)
+	}
+}
+
 func TestAuthorize(t *testing.T) {
 	f := newFixture(t, "h0", "h1", "h2")
 	for uid, want := range map[int]bool{0: true, 1000: true, 1001: false} {

@@ -101,6 +101,9 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 		return res, fmt.Errorf("%w: checkpoint %s belongs to uid %d, job %s to uid %d", agentapi.ErrPermission, res.Checkpoint, spec.Owner, spec.ID, j.Spec.Owner)
 	}
 	spec.Nodes, err = placeRestart(spec, opts.Hosts, func(host string) error {
+		if why, lost := c.lost(host); lost {
+			return fmt.Errorf("%w: %s; place it elsewhere (--host NODE=HOST)", agentapi.ErrUnreachable, why)
+		}
 		_, err := c.agent(host)
 		return err
 	})
@@ -635,6 +638,13 @@ func (c *Coordinator) pollOnce(ctx context.Context) {
 				// Its shim answers and does not have it: the job-node died
 				// with a process that held it and could not be adopted.
 				gone = append(gone, n.Name+"@"+n.Host)
+			}
+			if err != nil && !errors.Is(err, agentapi.ErrNotFound) {
+				// Its shim does not answer, and has not registered for
+				// long: the host is lost, with the job-node.
+				if why, lost := c.lost(n.Host); lost {
+					gone = append(gone, n.Name+"@"+n.Host+" ("+why+")")
+				}
 			}
 			if err != nil {
 				return err

@@ -126,6 +126,7 @@ func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*api
 	s.C.AddAgent(req.Host, agentapi.Client{Shim: cl, Verifies: req.VerifiesImages, PostCopies: req.PostCopy,
 		Streams: req.StreamsImages, Addr: req.Address})
 	s.shimSeen.Store(req.Host, time.Now())
+	s.C.Seen(req.Host)
 	if req.RunDir != "" {
 		s.shimRunDirs.Store(req.Host, filepath.Clean(req.RunDir))
 	}

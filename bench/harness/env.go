@@ -65,6 +65,10 @@ type EnvConfig struct {
 	// directory of its own and a Shim service serving its images over
 	// mutual TLS (B8).
 	Routed bool
+	// LocalCheckpoints (Routed only) keeps checkpoints in the shims'
+	// stores with one replica each, copied at ReplicaRate bytes/s (B9).
+	LocalCheckpoints bool
+	ReplicaRate      int64
 }
 
 // NewEnv builds a cluster. On error nothing is left behind.
@@ -139,7 +143,8 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (_ *Env, err error) {
 	}
 	// Keep 1: the benchmark takes many checkpoints of a job and needs only the newest.
 	e.Coord, err = coordinator.New(coordinator.Options{StateDir: filepath.Join(cfg.Dir, "state"),
-		Store: coordinator.CatalogStore{S: e.Store}, Agents: wrapped, Log: cfg.Log, Keep: 1})
+		Store: coordinator.CatalogStore{S: e.Store}, Agents: wrapped, Log: cfg.Log, Keep: 1,
+		LocalCheckpoints: cfg.LocalCheckpoints, ReplicaRate: cfg.ReplicaRate})
 	if err != nil {
 		return nil, err
 	}
@@ -198,7 +203,7 @@ func (e *Env) serveImages(a *agent.Agent, serverTLS *tls.Config) (string, error)
 		return "", err
 	}
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)))
-	apiv1.RegisterShimServer(gs, agentapi.Server{Agent: a, ImageServer: a})
+	apiv1.RegisterShimServer(gs, agentapi.Server{Agent: a, ImageServer: a, Holder: a})
 	go func() { _ = gs.Serve(lis) }()
 	e.stop = append(e.stop, gs.Stop)
 	return lis.Addr().String(), nil

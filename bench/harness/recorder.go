@@ -115,6 +115,25 @@ func (w *recorded) ImagesAddress() string {
 	return w.images()
 }
 
+// Holds, Fetch, Held and Drop pass on the wrapped agent's checkpoint store
+// (agentapi.CheckpointHolder), when it streams images.
+func (w *recorded) Holds() bool {
+	h, ok := w.a.(agentapi.CheckpointHolder)
+	return ok && w.images != nil && h.Holds()
+}
+
+func (w *recorded) Fetch(ctx context.Context, handle, node, from, sum string, rate int64) (int64, error) {
+	return w.a.(agentapi.CheckpointHolder).Fetch(ctx, handle, node, from, sum, rate)
+}
+
+func (w *recorded) Held(ctx context.Context, job string) ([]agentapi.HeldImages, error) {
+	return w.a.(agentapi.CheckpointHolder).Held(ctx, job)
+}
+
+func (w *recorded) Drop(ctx context.Context, handle string) error {
+	return w.a.(agentapi.CheckpointHolder).Drop(ctx, handle)
+}
+
 // VerifiesImages passes on whether the wrapped agent verifies a restart's
 // images itself (agentapi.ImageVerifier), as the coordinator asks.
 func (w *recorded) VerifiesImages() bool {

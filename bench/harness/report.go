@@ -202,6 +202,22 @@ func Markdown(r *Result, plots []string) string {
 		w("\n")
 	}
 
+	if len(r.Replication) > 0 {
+		w("## B9 replication's effect on a running job\n\n")
+		w("The routed cluster of B8 with host-local checkpoints (`torpor coordinator --local-checkpoints`, one replica, `--replica-rate %d MiB/s` per copy): a 2-job-node ring on h1 and h2 whose memhogs run without pause (their progress rate is the CPU they get). Progress = memhog iterations per second, summed over the job-nodes, over %v before the checkpoint, from its commit until the coordinator's `replicated` event, and over %v after. On this 2-core machine the copies (TLS, SHA-256 verification, the disk) take CPU the job would have.\n\n",
+			b9Rate>>20, b9Window, b9Window)
+		w("| MiB per job-node | checkpoint ms | replication ms | copied MiB | progress before /s | during /s | after /s | **during / before** |\n|---|---|---|---|---|---|---|---|\n")
+		for _, p := range r.Replication {
+			if p.Err != "" {
+				w("| %d | failed: %s |||||||\n", p.MiB, firstLine(p.Err))
+				continue
+			}
+			w("| %d | %s | %s | %s | %.0f | %.0f | %.0f | **%s** |\n", p.MiB, f1(float64(p.Checkpoint)/1e6), f1(float64(p.Replication)/1e6), mib(p.Bytes),
+				p.Before, p.During, p.After, f2(p.DuringOverBefore))
+		}
+		w("\n")
+	}
+
 	if len(r.Coord) > 0 {
 		w("## B5 coordination overhead\n\n")
 		w("Overhead = checkpoint wall time − Σ time inside CRIU (dumps are serialized on one machine, so Σ is what they cost). Real: sandboxes with a 1 MiB memhog and a slow TCP ring, spread over %d simulated hosts. Fake: the real coordinator and on-disk catalog with shims that return at once (Dump writes a 4 KiB image and its manifest), spread over 16 fake hosts.\n\n", r.Plan.CoordHosts)

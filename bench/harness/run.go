@@ -19,7 +19,7 @@ type Config struct {
 	Out     string // where results go (bench/results)
 	Repo    string // repository root (for bench/workloads/bin and bin/torpor)
 	WorkDir string // scratch: images and status files (removed afterwards)
-	Only    string // comma-separated subset of b1,b2,b4,b5,b6,b7,b8 ("" = all; b2 includes B3)
+	Only    string // comma-separated subset of b1,b2,b4,b5,b6,b7,b8,b9 ("" = all; b2 includes B3)
 	Plotter string // the torpor-plot binary (bench/plot) that draws the PNGs
 	Log     *slog.Logger
 	// Progress receives one line per measurement.
@@ -92,7 +92,10 @@ type Result struct {
 	// Streamed is B8: migrations on a routed cluster (VXLAN), images
 	// through the checkpoint directory and streamed from shim to shim.
 	Streamed []MigratePoint `json:"b8,omitempty"`
-	Errors   []string       `json:"errors,omitempty"`
+	// Replication is B9: a busy job's progress while a host-local
+	// checkpoint is copied to its replicas.
+	Replication []ReplicationPoint `json:"b9,omitempty"`
+	Errors      []string           `json:"errors,omitempty"`
 }
 
 func (c Config) wants(b string) bool {
@@ -233,6 +236,23 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 			fail("B8 cluster", err)
 		}
 	}
+	if cfg.wants("b9") {
+		err := withEnv(ctx, EnvConfig{Name: name + "p", Hosts: 3, Dir: filepath.Join(work, "env9"), Bins: bins, CRIU: bin, Log: cfg.Log,
+			Routed: true, LocalCheckpoints: true, ReplicaRate: b9Rate}, func(e *Env) {
+			e.Streamed.Store(true)
+			for _, mib := range plan.StreamMiB {
+				res.Replication = append(res.Replication, runReplication(ctx, e, mib, b9Rate, logf))
+			}
+		})
+		if err != nil {
+			fail("B9 cluster", err)
+		}
+	}
+	for _, p := range res.Replication {
+		if p.Err != "" {
+			res.Errors = append(res.Errors, fmt.Sprintf("B9 %d MiB: %s", p.MiB, p.Err))
+		}
+	}
 	for _, p := range res.Streamed {
 		if p.Err != "" {
 			res.Errors = append(res.Errors, fmt.Sprintf("B8 %d MiB %s: %s", p.MiB, p.Mode, p.Err))
@@ -291,6 +311,10 @@ func Render(jsonPath, out, plotter string) ([]string, error) {
 }
 
 // withEnv builds a cluster, runs fn and always tears the cluster down.
+// b9Rate is B9's --replica-rate: low enough that the copies of even the
+// smallest point last several seconds.
+const b9Rate = 32 << 20
+
 func withEnv(ctx context.Context, cfg EnvConfig, fn func(e *Env)) error {
 	e, err := NewEnv(ctx, cfg)
 	if err != nil {

@@ -51,6 +51,9 @@ type Workload struct {
 	ReadRate string // receiver's read limit, e.g. "4M"
 	SendRate string // sender's limit, "0" = unlimited
 	Fill     string // memhog -fill ("field": a stencil's grids, B7)
+	// Busy runs memhog without its pause between iterations: its
+	// progress rate is the CPU it gets (B9).
+	Busy bool
 }
 
 // nodeFiles are the status files of one job-node.
@@ -68,6 +71,9 @@ func jobNode(dir, job string, i, n int, host string, w Workload, bins Bins) (age
 	cmd := fmt.Sprintf("%s -m %d -status %s", bins.MemHog, w.MiB, f.Mem)
 	if w.Fill != "" {
 		cmd += " -fill " + w.Fill
+	}
+	if w.Busy {
+		cmd += " -every 0"
 	}
 	if w.Ring {
 		f.Recv, f.Send = filepath.Join(d, name+".recv"), filepath.Join(d, name+".send")

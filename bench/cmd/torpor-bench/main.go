@@ -3,7 +3,7 @@
 // are drawn by bin/torpor-plot (bench/plot, its own Go module; `make bench`
 // builds both).
 //
-//	torpor-bench [-quick | -full] [-out bench/results] [-only b1,b2,b4,b5,b6,b7,b8] [-v]
+//	torpor-bench [-quick | -full] [-out bench/results] [-only b1,b2,b4,b5,b6,b7,b8,b9] [-v]
 //	torpor-bench -render bench/results/<date>-<host>.json [-out DIR]
 //	torpor-bench -readme README.md -from bench/results/latest.json
 package main
@@ -30,7 +30,7 @@ func main() {
 	out := flag.String("out", "bench/results", "directory for the results")
 	repo := flag.String("repo", ".", "repository root (bench/workloads/bin, bin/torpor)")
 	work := flag.String("work", "/var/tmp", "scratch directory for images (its storage is what is measured)")
-	only := flag.String("only", "", "run only these benchmarks: comma-separated b1,b2 (with b3),b4,b5,b6,b7,b8")
+	only := flag.String("only", "", "run only these benchmarks: comma-separated b1,b2 (with b3),b4,b5,b6,b7,b8,b9")
 	verbose := flag.Bool("v", false, "log the coordinator's and shims' events")
 	render := flag.String("render", "", "only rewrite the summary and plots of this results .json")
 	plotter := flag.String("plot", "", "the torpor-plot binary that draws the PNGs (default <repo>/bin/torpor-plot)")

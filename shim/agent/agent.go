@@ -88,6 +88,9 @@ type Agent struct {
 
 	mu    sync.Mutex
 	nodes map[string]*node // "<job>/<node>"
+	// storing holds a lock per copy of the checkpoint store being made
+	// ("<handle>/<node>"): a replica and a restart may fetch the same one.
+	storing keyedLocks
 
 	// criuStarted, if set (tests), learns each CRIU run's PID.
 	criuStarted func(op string, pid int)

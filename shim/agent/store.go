@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/torpor-hpc/torpor/agentapi"
@@ -118,6 +119,8 @@ func (a *Agent) Fetch(ctx context.Context, handle, node, from, sum string, rate 
 	if !isHex64(sum) {
 		return 0, fmt.Errorf("%w: fetch %s of %s: %q is no SHA-256", agentapi.ErrInvalid, node, handle, sum)
 	}
+	unlock := a.storing.lock(handle + "/" + node)
+	defer unlock()
 	if heldSHA256(dir) == sum {
 		return 0, nil
 	}
@@ -268,6 +271,42 @@ func (a *Agent) clearParts() error {
 		return fmt.Errorf("remove the partial copies an earlier shim left: %w", err)
 	}
 	return nil
+}
+
+// keyedLocks is a mutex per key, made on first use and dropped when no
+// one holds or waits for it.
+type keyedLocks struct {
+	mu    sync.Mutex
+	locks map[string]*keyedLock
+}
+
+type keyedLock struct {
+	sync.Mutex
+	users int
+}
+
+// lock locks key and returns its unlock.
+func (k *keyedLocks) lock(key string) func() {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*keyedLock{}
+	}
+	l := k.locks[key]
+	if l == nil {
+		l = &keyedLock{}
+		k.locks[key] = l
+	}
+	l.users++
+	k.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		k.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(k.locks, key)
+		}
+		k.mu.Unlock()
+	}
 }
 
 func isHex64(s string) bool {

@@ -104,6 +104,27 @@ func TestCheckpointStore(t *testing.T) {
 	if n, err := dst.Fetch(ctx, "j/000002", "n0", addr, sum, 0); err != nil || n != 0 {
 		t.Fatalf("fetch of a copy held already: %d bytes, %v; want 0, nil", n, err)
 	}
+	// Two fetches of one copy at once (a replica and a restart): one
+	// copies, the other finds it held.
+	if err := dst.Drop(ctx, "j/000002"); err != nil {
+		t.Fatal(err)
+	}
+	both := make(chan int64, 2)
+	for range 2 {
+		go func() {
+			n, err := dst.Fetch(ctx, "j/000002", "n0", addr, sum, 0)
+			if err != nil {
+				t.Error(err)
+			}
+			both <- n
+		}()
+	}
+	if n1, n2 := <-both, <-both; (n1 == 0) == (n2 == 0) {
+		t.Fatalf("two fetches at once copied %d and %d bytes; want one copy", n1, n2)
+	}
+	if heldSHA256(dir) != sum {
+		t.Fatal("the copy made by two fetches at once does not verify")
+	}
 	held, err := dst.Held(ctx, "j")
 	if err != nil || len(held) != 1 || held[0] != (agentapi.HeldImages{Checkpoint: "j/000002", Node: "n0", NodeManifestSHA256: sum}) {
 		t.Fatalf("held: %+v, %v", held, err)

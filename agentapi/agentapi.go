@@ -171,6 +171,13 @@ type CheckpointHolder interface {
 	Drop(ctx context.Context, handle string) error
 }
 
+// OutputReader is implemented by an Agent that reads a job-node's output
+// file for a client that cannot (hosts that share no run directory): at
+// most max bytes from off, and the file's size now.
+type OutputReader interface {
+	ReadOutput(ctx context.Context, ref NodeRef, off, max int64) (data []byte, size int64, err error)
+}
+
 // HeldImages is one job-node's images of a host-local checkpoint in a
 // shim's store, named by the SHA-256 of their node manifest.
 type HeldImages struct {

@@ -192,6 +192,16 @@ func (c Client) Drop(ctx context.Context, handle string) error {
 
 var _ CheckpointHolder = Client{}
 
+func (c Client) ReadOutput(ctx context.Context, ref NodeRef, off, max int64) ([]byte, int64, error) {
+	rep, err := c.Shim.Output(ctx, &apiv1.NodeOutputRequest{Ref: refToPB(ref), Offset: off, Max: max})
+	if err != nil {
+		return nil, 0, FromRPC(err)
+	}
+	return rep.Data, rep.Size, nil
+}
+
+var _ OutputReader = Client{}
+
 // Server serves the Shim gRPC service from a local Agent (the shim's host
 // implementation), mapping errors to gRPC codes at the edge.
 type Server struct {
@@ -201,6 +211,8 @@ type Server struct {
 	ImageServer ImageServer
 	// Holder, if set, is the shim's checkpoint store (Fetch, Held, Drop).
 	Holder CheckpointHolder
+	// Outputs, if set, reads job-nodes' output files (Output).
+	Outputs OutputReader
 }
 
 func (s Server) Start(ctx context.Context, req *apiv1.StartRequest) (*apiv1.Empty, error) {
@@ -316,4 +328,15 @@ func (s Server) Drop(ctx context.Context, req *apiv1.DropRequest) (*apiv1.Empty,
 		return nil, ToRPC(noStore)
 	}
 	return &apiv1.Empty{}, ToRPC(s.Holder.Drop(ctx, req.Checkpoint))
+}
+
+func (s Server) Output(ctx context.Context, req *apiv1.NodeOutputRequest) (*apiv1.NodeOutput, error) {
+	if s.Outputs == nil {
+		return nil, ToRPC(fmt.Errorf("%w: this shim does not serve output", ErrInvalid))
+	}
+	data, size, err := s.Outputs.ReadOutput(ctx, refFromPB(req.Ref), req.Offset, req.Max)
+	if err != nil {
+		return nil, ToRPC(err)
+	}
+	return &apiv1.NodeOutput{Node: req.GetRef().GetNode(), Data: data, Size: size}, nil
 }

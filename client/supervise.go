@@ -2,8 +2,10 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -76,6 +78,11 @@ func Follow(ctx context.Context, cl apiv1.CoordinatorClient, spec *apiv1.JobSpec
 		tick = t.C
 	}
 	tail := newTailer(opt.RunDir, id, spec.Nodes, opt.Output)
+	// Output files this process cannot read (the shims' run directories
+	// are not here) come through the coordinator.
+	tail.relay = func(ctx context.Context, offsets map[string]int64) (*apiv1.OutputReply, error) {
+		return cl.Output(ctx, &apiv1.OutputRequest{Job: id, Offsets: offsets})
+	}
 	restarts := 0
 	busy := false // the last restart was refused with ErrBusy
 	every := opt.poll
@@ -95,7 +102,7 @@ func Follow(ctx context.Context, cl apiv1.CoordinatorClient, spec *apiv1.JobSpec
 			checkpointNow(ctx, cl, id, "interval", msgs)
 		case <-poll.C:
 		}
-		tail.poll()
+		tail.poll(ctx)
 		j, err := cl.GetJob(ctx, &apiv1.JobRef{Job: id})
 		if status.Code(err) == codes.Unavailable && opt.Reconnect != nil && ctx.Err() == nil {
 			fmt.Fprintf(msgs, "torpor: the coordinator went away; reconnecting to follow job %s\n", id)
@@ -109,11 +116,11 @@ func Follow(ctx context.Context, cl apiv1.CoordinatorClient, spec *apiv1.JobSpec
 		}
 		switch j.State {
 		case string(coordinator.StateFinished):
-			tail.poll()
+			tail.poll(ctx)
 			fmt.Fprintf(msgs, "torpor: job %s finished\n", id)
 			return 0, nil
 		case string(coordinator.StateFailed):
-			tail.poll()
+			tail.poll(ctx)
 			if restarts < opt.RestartOnFailure && j.LastCheckpoint != "" {
 				if !busy {
 					fmt.Fprintf(msgs, "torpor: job %s failed (%s); restart %d of %d from %s\n", id, j.Reason, restarts+1, opt.RestartOnFailure, j.LastCheckpoint)
@@ -170,22 +177,40 @@ func nodeList(s *apiv1.JobSpec) string {
 // printed again, as the job really produces it again.
 type tailer struct {
 	w     io.Writer
+	names []string // job-node names
 	files []string
 	off   []int64
+	// relay, if set, asks the coordinator for the output of the job-nodes
+	// whose files are not here (a run directory this host does not share).
+	relay func(ctx context.Context, offsets map[string]int64) (*apiv1.OutputReply, error)
 }
 
 func newTailer(runDir, job string, nodes []*apiv1.NodeSpec, w io.Writer) *tailer {
 	t := &tailer{w: w}
 	for _, n := range nodes {
+		t.names = append(t.names, n.Name)
 		t.files = append(t.files, filepath.Join(runDir, "jobs", job, n.Name+".out"))
 		t.off = append(t.off, 0)
 	}
 	return t
 }
 
-func (t *tailer) poll() {
+// relayRounds bounds how many times one poll asks the coordinator again
+// for output that keeps coming in full chunks.
+const relayRounds = 64
+
+func (t *tailer) poll(ctx context.Context) {
+	var remote map[string]int64 // job-node -> offset, for files not here
+	index := map[string]int{}
 	for i, p := range t.files {
 		f, err := os.Open(p)
+		if errors.Is(err, fs.ErrNotExist) && t.relay != nil {
+			if remote == nil {
+				remote = map[string]int64{}
+			}
+			remote[t.names[i]], index[t.names[i]] = t.off[i], i
+			continue
+		}
 		if err != nil {
 			continue
 		}
@@ -195,6 +220,42 @@ func (t *tailer) poll() {
 		n, _ := io.Copy(t.w, io.NewSectionReader(f, t.off[i], 1<<62))
 		t.off[i] += n
 		f.Close()
+	}
+	// Each job-node's output is written whole at the end, not chunk by
+	// chunk: chunks of two job-nodes would cut each other's lines.
+	got := map[int][]byte{}
+	defer func() {
+		for i := range t.files {
+			if b := got[i]; len(b) > 0 {
+				t.w.Write(b)
+			}
+		}
+	}()
+	for round := 0; len(remote) > 0 && round < relayRounds; round++ {
+		rep, err := t.relay(ctx, remote)
+		if err != nil {
+			return
+		}
+		more := map[string]int64{}
+		for _, o := range rep.Nodes {
+			i, ok := index[o.Node]
+			if !ok {
+				continue
+			}
+			if o.Size < t.off[i] {
+				t.off[i] = o.Size // cut back by a restart: continue from there
+				continue
+			}
+			if len(o.Data) == 0 {
+				continue
+			}
+			got[i] = append(got[i], o.Data...)
+			t.off[i] += int64(len(o.Data))
+			if t.off[i] < o.Size {
+				more[o.Node] = t.off[i]
+			}
+		}
+		remote = more
 	}
 }
 

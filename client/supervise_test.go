@@ -36,6 +36,11 @@ type fakeCoordinator struct {
 	getErr func(n int) error
 }
 
+// Output answers as a coordinator whose job-nodes wrote nothing yet.
+func (f *fakeCoordinator) Output(context.Context, *apiv1.OutputRequest, ...grpc.CallOption) (*apiv1.OutputReply, error) {
+	return &apiv1.OutputReply{}, nil
+}
+
 var testSpec = &apiv1.JobSpec{Id: "j", Nodes: []*apiv1.NodeSpec{
 	{Name: "n0", Host: "h1", Ip: "198.19.0.2/15"},
 	{Name: "n1", Host: "h2", Ip: "198.19.0.3/15"},
@@ -239,25 +244,25 @@ func TestTailer(t *testing.T) {
 	}
 	var out bytes.Buffer
 	tail := newTailer(dir, "j", testSpec.Nodes, &out)
-	tail.poll() // no files yet: nothing, no error
+	tail.poll(context.Background()) // no files yet: nothing, no error
 	if out.Len() != 0 {
 		t.Fatalf("output from missing files: %q", out.String())
 	}
 	write("n0", "a1\na2\n")
-	tail.poll()
+	tail.poll(context.Background())
 	write("n0", "a1\na2\na3\n")
 	write("n1", "b1\n")
-	tail.poll()
+	tail.poll(context.Background())
 	if want := "a1\na2\na3\nb1\n"; out.String() != want {
 		t.Fatalf("output %q, want %q", out.String(), want)
 	}
 	// A restart cuts n0's file back to its size at the checkpoint; what the
 	// job writes again is printed again.
 	write("n0", "a1\n")
-	tail.poll()
+	tail.poll(context.Background())
 	write("n0", "a1\na2 again\n")
-	tail.poll()
-	tail.poll()
+	tail.poll(context.Background())
+	tail.poll(context.Background())
 	if want := "a1\na2\na3\nb1\na2 again\n"; out.String() != want {
 		t.Errorf("output %q, want %q", out.String(), want)
 	}
@@ -293,5 +298,53 @@ func TestSuperviseReconnects(t *testing.T) {
 	_, err := Supervise(ctx, lone, &apiv1.RunRequest{Spec: testSpec}, &bytes.Buffer{}, SuperviseOptions{RunDir: t.TempDir(), poll: time.Millisecond})
 	if err == nil || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("without Reconnect: %v, want the coordinator's error", err)
+	}
+}
+
+// TestTailerRelay: output files this process cannot read come through the
+// coordinator (tailer.relay), chunk after chunk within one poll, and a file
+// a restart cut back is followed from its new end, as a local one is.
+func TestTailerRelay(t *testing.T) {
+	remote := map[string]string{}
+	const chunk = 4 // the relay's answers are this short: several rounds per poll
+	calls := 0
+	var out bytes.Buffer
+	tail := newTailer(t.TempDir(), "j", testSpec.Nodes, &out)
+	tail.relay = func(_ context.Context, offsets map[string]int64) (*apiv1.OutputReply, error) {
+		calls++
+		rep := &apiv1.OutputReply{}
+		for node, off := range offsets {
+			s, ok := remote[node]
+			if !ok {
+				continue // not started yet: no answer for it
+			}
+			o := &apiv1.NodeOutput{Node: node, Size: int64(len(s))}
+			if off < int64(len(s)) {
+				o.Data = []byte(s[off:min(off+chunk, int64(len(s)))])
+			}
+			rep.Nodes = append(rep.Nodes, o)
+		}
+		return rep, nil
+	}
+	tail.poll(context.Background())
+	if out.Len() != 0 {
+		t.Fatalf("output before any: %q", out.String())
+	}
+	remote["n0"] = "a1\na2\n"
+	remote["n1"] = "b1\n"
+	tail.poll(context.Background())
+	got := out.String()
+	if len(got) != len("a1\na2\nb1\n") || !strings.Contains(got, "b1\n") || !strings.Contains(got, "a2\n") {
+		t.Fatalf("after one poll: %q", got)
+	}
+	remote["n0"] = "a1\n" // restarted from a checkpoint taken after a1
+	tail.poll(context.Background())
+	remote["n0"] = "a1\na2 again\n"
+	tail.poll(context.Background())
+	if !strings.HasSuffix(out.String(), "a2 again\n") || strings.Count(out.String(), "a2") != 2 {
+		t.Fatalf("after a restart: %q", out.String())
+	}
+	if calls < 4 {
+		t.Fatalf("%d relay calls: the chunks were not asked for again within a poll", calls)
 	}
 }

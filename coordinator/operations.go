@@ -559,3 +559,64 @@ func (c *Coordinator) Cancel(ctx context.Context, id string) error {
 	c.end(id, StateFailed, cancelled)
 	return nil
 }
+
+// NodeOutput is what Output read of one job-node's output file.
+type NodeOutput struct {
+	Node string
+	Data []byte
+	Size int64 // the file's size now
+}
+
+// outputTimeout bounds one shim's answer to Output.
+const outputTimeout = 5 * time.Second
+
+// Output reads job id's job-nodes' output files from the offsets given
+// (job-node name -> offset), each from the shim of the host the job-node
+// runs on now, in parallel: for a client that cannot read the shims' run
+// directory. A job-node whose shim does not answer is left out; one that
+// is not a job-node of the job is an error.
+func (c *Coordinator) Output(ctx context.Context, id string, offsets map[string]int64) ([]NodeOutput, error) {
+	j, err := c.Job(id)
+	if err != nil {
+		return nil, err
+	}
+	hosts := map[string]string{}
+	for _, n := range j.Spec.Nodes {
+		hosts[n.Name] = n.Host
+	}
+	var (
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+		out []NodeOutput
+	)
+	for node, off := range offsets {
+		host, ok := hosts[node]
+		if !ok {
+			return nil, fmt.Errorf("%w: job %s has no job-node %q", agentapi.ErrNotFound, id, node)
+		}
+		a, err := c.agent(host)
+		if err != nil {
+			continue
+		}
+		r, ok := a.(agentapi.OutputReader)
+		if !ok {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(ctx, outputTimeout)
+			defer cancel()
+			data, size, err := r.ReadOutput(ctx, agentapi.NodeRef{Job: id, Node: node}, off, 0)
+			if err != nil {
+				c.log.Debug("read job-node output", "job", id, "node", node, "host", host, "err", err)
+				return
+			}
+			mu.Lock()
+			out = append(out, NodeOutput{Node: node, Data: data, Size: size})
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out, nil
+}

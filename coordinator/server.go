@@ -230,6 +230,23 @@ func (s *Server) GetJob(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, err
 	return JobToPB(j), nil
 }
 
+// Output reads the job-nodes' output from the offsets asked for, each from
+// the shim of the host it runs on now.
+func (s *Server) Output(ctx context.Context, req *apiv1.OutputRequest) (*apiv1.OutputReply, error) {
+	if _, err := s.authorize(ctx, req.Job); err != nil {
+		return nil, agentapi.ToRPC(err)
+	}
+	out, err := s.C.Output(ctx, req.Job, req.Offsets)
+	if err != nil {
+		return nil, agentapi.ToRPC(err)
+	}
+	rep := &apiv1.OutputReply{}
+	for _, o := range out {
+		rep.Nodes = append(rep.Nodes, &apiv1.NodeOutput{Node: o.Node, Data: o.Data, Size: o.Size})
+	}
+	return rep, nil
+}
+
 // Wait returns when the job is finished, failed or suspended.
 func (s *Server) Wait(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error) {
 	if _, err := s.authorize(ctx, req.Job); err != nil {

@@ -1339,6 +1339,226 @@ func (*Empty) Descriptor() ([]byte, []int) {
 	return file_torpor_proto_rawDescGZIP(), []int{19}
 }
 
+type NodeOutputRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           *NodeRef               `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Offset        int64                  `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	Max           int64                  `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"` // bytes at most; the shim caps it at 1 MiB
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeOutputRequest) Reset() {
+	*x = NodeOutputRequest{}
+	mi := &file_torpor_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeOutputRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeOutputRequest) ProtoMessage() {}
+
+func (x *NodeOutputRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeOutputRequest.ProtoReflect.Descriptor instead.
+func (*NodeOutputRequest) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *NodeOutputRequest) GetRef() *NodeRef {
+	if x != nil {
+		return x.Ref
+	}
+	return nil
+}
+
+func (x *NodeOutputRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *NodeOutputRequest) GetMax() int64 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+// data is the output file from the offset asked for; size is the file's
+// size now (smaller than the offset after a restart cut it back: the
+// client then continues from size).
+type NodeOutput struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Size          int64                  `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeOutput) Reset() {
+	*x = NodeOutput{}
+	mi := &file_torpor_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeOutput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeOutput) ProtoMessage() {}
+
+func (x *NodeOutput) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeOutput.ProtoReflect.Descriptor instead.
+func (*NodeOutput) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *NodeOutput) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *NodeOutput) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *NodeOutput) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+type OutputRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// node -> the offset from which its output is wanted
+	Offsets       map[string]int64 `protobuf:"bytes,2,rep,name=offsets,proto3" json:"offsets,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutputRequest) Reset() {
+	*x = OutputRequest{}
+	mi := &file_torpor_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutputRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutputRequest) ProtoMessage() {}
+
+func (x *OutputRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutputRequest.ProtoReflect.Descriptor instead.
+func (*OutputRequest) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *OutputRequest) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *OutputRequest) GetOffsets() map[string]int64 {
+	if x != nil {
+		return x.Offsets
+	}
+	return nil
+}
+
+type OutputReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Nodes         []*NodeOutput          `protobuf:"bytes,1,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OutputReply) Reset() {
+	*x = OutputReply{}
+	mi := &file_torpor_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutputReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutputReply) ProtoMessage() {}
+
+func (x *OutputReply) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutputReply.ProtoReflect.Descriptor instead.
+func (*OutputReply) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *OutputReply) GetNodes() []*NodeOutput {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 type RegisterRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Host    string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`                   // the shim's host name
@@ -1362,7 +1582,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1374,7 +1594,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1387,7 +1607,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{20}
+	return file_torpor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RegisterRequest) GetHost() string {
@@ -1446,7 +1666,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1458,7 +1678,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1471,7 +1691,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{21}
+	return file_torpor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *JobSpec) GetId() string {
@@ -1515,7 +1735,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1527,7 +1747,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +1760,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{22}
+	return file_torpor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RunRequest) GetSpec() *JobSpec {
@@ -1573,7 +1793,7 @@ type JobRef struct {
 
 func (x *JobRef) Reset() {
 	*x = JobRef{}
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +1805,7 @@ func (x *JobRef) String() string {
 func (*JobRef) ProtoMessage() {}
 
 func (x *JobRef) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +1818,7 @@ func (x *JobRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRef.ProtoReflect.Descriptor instead.
 func (*JobRef) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{23}
+	return file_torpor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *JobRef) GetJob() string {
@@ -1621,7 +1841,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1633,7 +1853,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1646,7 +1866,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{24}
+	return file_torpor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CheckpointRequest) GetJob() string {
@@ -1682,7 +1902,7 @@ type CheckpointReply struct {
 
 func (x *CheckpointReply) Reset() {
 	*x = CheckpointReply{}
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1914,7 @@ func (x *CheckpointReply) String() string {
 func (*CheckpointReply) ProtoMessage() {}
 
 func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1927,7 @@ func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointReply.ProtoReflect.Descriptor instead.
 func (*CheckpointReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{25}
+	return file_torpor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CheckpointReply) GetHandle() string {
@@ -1749,7 +1969,7 @@ type RestartRequest struct {
 
 func (x *RestartRequest) Reset() {
 	*x = RestartRequest{}
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1761,7 +1981,7 @@ func (x *RestartRequest) String() string {
 func (*RestartRequest) ProtoMessage() {}
 
 func (x *RestartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1774,7 +1994,7 @@ func (x *RestartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
 func (*RestartRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{26}
+	return file_torpor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RestartRequest) GetRef() string {
@@ -1812,7 +2032,7 @@ type RestartReply struct {
 
 func (x *RestartReply) Reset() {
 	*x = RestartReply{}
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +2044,7 @@ func (x *RestartReply) String() string {
 func (*RestartReply) ProtoMessage() {}
 
 func (x *RestartReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +2057,7 @@ func (x *RestartReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartReply.ProtoReflect.Descriptor instead.
 func (*RestartReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{27}
+	return file_torpor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RestartReply) GetJob() string {
@@ -1888,7 +2108,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2120,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2133,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{28}
+	return file_torpor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *MigrateRequest) GetJob() string {
@@ -1963,7 +2183,7 @@ type MigrateReply struct {
 
 func (x *MigrateReply) Reset() {
 	*x = MigrateReply{}
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1975,7 +2195,7 @@ func (x *MigrateReply) String() string {
 func (*MigrateReply) ProtoMessage() {}
 
 func (x *MigrateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1988,7 +2208,7 @@ func (x *MigrateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateReply.ProtoReflect.Descriptor instead.
 func (*MigrateReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{29}
+	return file_torpor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *MigrateReply) GetMode() string {
@@ -2062,7 +2282,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2074,7 +2294,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2087,7 +2307,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{30}
+	return file_torpor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -2148,7 +2368,7 @@ type JobList struct {
 
 func (x *JobList) Reset() {
 	*x = JobList{}
-	mi := &file_torpor_proto_msgTypes[31]
+	mi := &file_torpor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2160,7 +2380,7 @@ func (x *JobList) String() string {
 func (*JobList) ProtoMessage() {}
 
 func (x *JobList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[31]
+	mi := &file_torpor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2173,7 +2393,7 @@ func (x *JobList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobList.ProtoReflect.Descriptor instead.
 func (*JobList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{31}
+	return file_torpor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *JobList) GetJobs() []*Job {
@@ -2193,7 +2413,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_torpor_proto_msgTypes[32]
+	mi := &file_torpor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2205,7 +2425,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[32]
+	mi := &file_torpor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2218,7 +2438,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{32}
+	return file_torpor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListCheckpointsRequest) GetJob() string {
@@ -2257,7 +2477,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_torpor_proto_msgTypes[33]
+	mi := &file_torpor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2269,7 +2489,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[33]
+	mi := &file_torpor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2282,7 +2502,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{33}
+	return file_torpor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Checkpoint) GetHandle() string {
@@ -2364,7 +2584,7 @@ type CheckpointList struct {
 
 func (x *CheckpointList) Reset() {
 	*x = CheckpointList{}
-	mi := &file_torpor_proto_msgTypes[34]
+	mi := &file_torpor_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2376,7 +2596,7 @@ func (x *CheckpointList) String() string {
 func (*CheckpointList) ProtoMessage() {}
 
 func (x *CheckpointList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[34]
+	mi := &file_torpor_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2389,7 +2609,7 @@ func (x *CheckpointList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointList.ProtoReflect.Descriptor instead.
 func (*CheckpointList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{34}
+	return file_torpor_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CheckpointList) GetCheckpoints() []*Checkpoint {
@@ -2416,7 +2636,7 @@ type FenceRequest struct {
 
 func (x *FenceRequest) Reset() {
 	*x = FenceRequest{}
-	mi := &file_torpor_proto_msgTypes[35]
+	mi := &file_torpor_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2428,7 +2648,7 @@ func (x *FenceRequest) String() string {
 func (*FenceRequest) ProtoMessage() {}
 
 func (x *FenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[35]
+	mi := &file_torpor_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2441,7 +2661,7 @@ func (x *FenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRequest.ProtoReflect.Descriptor instead.
 func (*FenceRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{35}
+	return file_torpor_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *FenceRequest) GetJob() string {
@@ -2495,7 +2715,7 @@ type FenceReply struct {
 
 func (x *FenceReply) Reset() {
 	*x = FenceReply{}
-	mi := &file_torpor_proto_msgTypes[36]
+	mi := &file_torpor_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2507,7 +2727,7 @@ func (x *FenceReply) String() string {
 func (*FenceReply) ProtoMessage() {}
 
 func (x *FenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[36]
+	mi := &file_torpor_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2520,7 +2740,7 @@ func (x *FenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceReply.ProtoReflect.Descriptor instead.
 func (*FenceReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{36}
+	return file_torpor_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *FenceReply) GetData() []byte {
@@ -2543,7 +2763,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_torpor_proto_msgTypes[37]
+	mi := &file_torpor_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2555,7 +2775,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[37]
+	mi := &file_torpor_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2568,7 +2788,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{37}
+	return file_torpor_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *EventsRequest) GetJob() string {
@@ -2633,7 +2853,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_torpor_proto_msgTypes[38]
+	mi := &file_torpor_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2645,7 +2865,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[38]
+	mi := &file_torpor_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2658,7 +2878,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{38}
+	return file_torpor_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -2831,7 +3051,7 @@ type WaitReply struct {
 
 func (x *WaitReply) Reset() {
 	*x = WaitReply{}
-	mi := &file_torpor_proto_msgTypes[39]
+	mi := &file_torpor_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2843,7 +3063,7 @@ func (x *WaitReply) String() string {
 func (*WaitReply) ProtoMessage() {}
 
 func (x *WaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[39]
+	mi := &file_torpor_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2856,7 +3076,7 @@ func (x *WaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitReply.ProtoReflect.Descriptor instead.
 func (*WaitReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{39}
+	return file_torpor_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WaitReply) GetJob() *Job {
@@ -2982,7 +3202,24 @@ const file_torpor_proto_rawDesc = "" +
 	"\x06exited\x18\x02 \x01(\bR\x06exited\x12\x1b\n" +
 	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\"\a\n" +
-	"\x05Empty\"\xc5\x01\n" +
+	"\x05Empty\"c\n" +
+	"\x11NodeOutputRequest\x12$\n" +
+	"\x03ref\x18\x01 \x01(\v2\x12.torpor.v1.NodeRefR\x03ref\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x10\n" +
+	"\x03max\x18\x03 \x01(\x03R\x03max\"H\n" +
+	"\n" +
+	"NodeOutput\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\"\x9e\x01\n" +
+	"\rOutputRequest\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12?\n" +
+	"\aoffsets\x18\x02 \x03(\v2%.torpor.v1.OutputRequest.OffsetsEntryR\aoffsets\x1a:\n" +
+	"\fOffsetsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\":\n" +
+	"\vOutputReply\x12+\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x15.torpor.v1.NodeOutputR\x05nodes\"\xc5\x01\n" +
 	"\x0fRegisterRequest\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x17\n" +
@@ -3128,7 +3365,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"-\n" +
 	"\tWaitReply\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\x8c\a\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xcb\a\n" +
 	"\x04Shim\x122\n" +
 	"\x05Start\x12\x17.torpor.v1.StartRequest\x1a\x10.torpor.v1.Empty\x126\n" +
 	"\aPrepare\x12\x19.torpor.v1.PrepareRequest\x1a\x10.torpor.v1.Empty\x12.\n" +
@@ -3146,7 +3383,8 @@ const file_torpor_proto_rawDesc = "" +
 	"\x06Images\x12\x18.torpor.v1.ImagesRequest\x1a\x15.torpor.v1.ImageChunk0\x01\x127\n" +
 	"\x05Fetch\x12\x17.torpor.v1.FetchRequest\x1a\x15.torpor.v1.FetchReply\x124\n" +
 	"\x04Held\x12\x16.torpor.v1.HeldRequest\x1a\x14.torpor.v1.HeldReply\x120\n" +
-	"\x04Drop\x12\x16.torpor.v1.DropRequest\x1a\x10.torpor.v1.Empty2\xb0\x05\n" +
+	"\x04Drop\x12\x16.torpor.v1.DropRequest\x1a\x10.torpor.v1.Empty\x12=\n" +
+	"\x06Output\x12\x1c.torpor.v1.NodeOutputRequest\x1a\x15.torpor.v1.NodeOutput2\xec\x05\n" +
 	"\vCoordinator\x128\n" +
 	"\bRegister\x12\x1a.torpor.v1.RegisterRequest\x1a\x10.torpor.v1.Empty\x12,\n" +
 	"\x03Run\x12\x15.torpor.v1.RunRequest\x1a\x0e.torpor.v1.Job\x12F\n" +
@@ -3160,7 +3398,8 @@ const file_torpor_proto_rawDesc = "" +
 	"\x0fListCheckpoints\x12!.torpor.v1.ListCheckpointsRequest\x1a\x19.torpor.v1.CheckpointList\x127\n" +
 	"\x05Fence\x12\x17.torpor.v1.FenceRequest\x1a\x15.torpor.v1.FenceReply\x12+\n" +
 	"\x06Cancel\x12\x11.torpor.v1.JobRef\x1a\x0e.torpor.v1.Job\x126\n" +
-	"\x06Events\x12\x18.torpor.v1.EventsRequest\x1a\x10.torpor.v1.Event0\x01B+Z)github.com/torpor-hpc/torpor/api/v1;apiv1b\x06proto3"
+	"\x06Events\x12\x18.torpor.v1.EventsRequest\x1a\x10.torpor.v1.Event0\x01\x12:\n" +
+	"\x06Output\x12\x18.torpor.v1.OutputRequest\x1a\x16.torpor.v1.OutputReplyB+Z)github.com/torpor-hpc/torpor/api/v1;apiv1b\x06proto3"
 
 var (
 	file_torpor_proto_rawDescOnce sync.Once
@@ -3174,7 +3413,7 @@ func file_torpor_proto_rawDescGZIP() []byte {
 	return file_torpor_proto_rawDescData
 }
 
-var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_torpor_proto_goTypes = []any{
 	(*NodeSpec)(nil),               // 0: torpor.v1.NodeSpec
 	(*Creds)(nil),                  // 1: torpor.v1.Creds
@@ -3196,31 +3435,36 @@ var file_torpor_proto_goTypes = []any{
 	(*RestoreFilesReply)(nil),      // 17: torpor.v1.RestoreFilesReply
 	(*NodeStatus)(nil),             // 18: torpor.v1.NodeStatus
 	(*Empty)(nil),                  // 19: torpor.v1.Empty
-	(*RegisterRequest)(nil),        // 20: torpor.v1.RegisterRequest
-	(*JobSpec)(nil),                // 21: torpor.v1.JobSpec
-	(*RunRequest)(nil),             // 22: torpor.v1.RunRequest
-	(*JobRef)(nil),                 // 23: torpor.v1.JobRef
-	(*CheckpointRequest)(nil),      // 24: torpor.v1.CheckpointRequest
-	(*CheckpointReply)(nil),        // 25: torpor.v1.CheckpointReply
-	(*RestartRequest)(nil),         // 26: torpor.v1.RestartRequest
-	(*RestartReply)(nil),           // 27: torpor.v1.RestartReply
-	(*MigrateRequest)(nil),         // 28: torpor.v1.MigrateRequest
-	(*MigrateReply)(nil),           // 29: torpor.v1.MigrateReply
-	(*Job)(nil),                    // 30: torpor.v1.Job
-	(*JobList)(nil),                // 31: torpor.v1.JobList
-	(*ListCheckpointsRequest)(nil), // 32: torpor.v1.ListCheckpointsRequest
-	(*Checkpoint)(nil),             // 33: torpor.v1.Checkpoint
-	(*CheckpointList)(nil),         // 34: torpor.v1.CheckpointList
-	(*FenceRequest)(nil),           // 35: torpor.v1.FenceRequest
-	(*FenceReply)(nil),             // 36: torpor.v1.FenceReply
-	(*EventsRequest)(nil),          // 37: torpor.v1.EventsRequest
-	(*Event)(nil),                  // 38: torpor.v1.Event
-	(*WaitReply)(nil),              // 39: torpor.v1.WaitReply
-	nil,                            // 40: torpor.v1.CheckpointReply.PhaseNanosEntry
-	nil,                            // 41: torpor.v1.RestartRequest.HostsEntry
-	nil,                            // 42: torpor.v1.MigrateReply.PhasesNanosEntry
-	nil,                            // 43: torpor.v1.Checkpoint.PhaseNanosEntry
-	nil,                            // 44: torpor.v1.Event.PhaseNanosEntry
+	(*NodeOutputRequest)(nil),      // 20: torpor.v1.NodeOutputRequest
+	(*NodeOutput)(nil),             // 21: torpor.v1.NodeOutput
+	(*OutputRequest)(nil),          // 22: torpor.v1.OutputRequest
+	(*OutputReply)(nil),            // 23: torpor.v1.OutputReply
+	(*RegisterRequest)(nil),        // 24: torpor.v1.RegisterRequest
+	(*JobSpec)(nil),                // 25: torpor.v1.JobSpec
+	(*RunRequest)(nil),             // 26: torpor.v1.RunRequest
+	(*JobRef)(nil),                 // 27: torpor.v1.JobRef
+	(*CheckpointRequest)(nil),      // 28: torpor.v1.CheckpointRequest
+	(*CheckpointReply)(nil),        // 29: torpor.v1.CheckpointReply
+	(*RestartRequest)(nil),         // 30: torpor.v1.RestartRequest
+	(*RestartReply)(nil),           // 31: torpor.v1.RestartReply
+	(*MigrateRequest)(nil),         // 32: torpor.v1.MigrateRequest
+	(*MigrateReply)(nil),           // 33: torpor.v1.MigrateReply
+	(*Job)(nil),                    // 34: torpor.v1.Job
+	(*JobList)(nil),                // 35: torpor.v1.JobList
+	(*ListCheckpointsRequest)(nil), // 36: torpor.v1.ListCheckpointsRequest
+	(*Checkpoint)(nil),             // 37: torpor.v1.Checkpoint
+	(*CheckpointList)(nil),         // 38: torpor.v1.CheckpointList
+	(*FenceRequest)(nil),           // 39: torpor.v1.FenceRequest
+	(*FenceReply)(nil),             // 40: torpor.v1.FenceReply
+	(*EventsRequest)(nil),          // 41: torpor.v1.EventsRequest
+	(*Event)(nil),                  // 42: torpor.v1.Event
+	(*WaitReply)(nil),              // 43: torpor.v1.WaitReply
+	nil,                            // 44: torpor.v1.OutputRequest.OffsetsEntry
+	nil,                            // 45: torpor.v1.CheckpointReply.PhaseNanosEntry
+	nil,                            // 46: torpor.v1.RestartRequest.HostsEntry
+	nil,                            // 47: torpor.v1.MigrateReply.PhasesNanosEntry
+	nil,                            // 48: torpor.v1.Checkpoint.PhaseNanosEntry
+	nil,                            // 49: torpor.v1.Event.PhaseNanosEntry
 }
 var file_torpor_proto_depIdxs = []int32{
 	1,  // 0: torpor.v1.NodeSpec.user:type_name -> torpor.v1.Creds
@@ -3230,80 +3474,87 @@ var file_torpor_proto_depIdxs = []int32{
 	0,  // 4: torpor.v1.RestoreRequest.node:type_name -> torpor.v1.NodeSpec
 	2,  // 5: torpor.v1.ImagesRequest.ref:type_name -> torpor.v1.NodeRef
 	14, // 6: torpor.v1.HeldReply.images:type_name -> torpor.v1.HeldImages
-	0,  // 7: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
-	21, // 8: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
-	40, // 9: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
-	41, // 10: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
-	42, // 11: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
-	21, // 12: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
-	30, // 13: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
-	43, // 14: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
-	33, // 15: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
-	44, // 16: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
-	30, // 17: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
-	3,  // 18: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
-	4,  // 19: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
-	2,  // 20: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
-	2,  // 21: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
-	2,  // 22: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
-	6,  // 23: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
-	2,  // 24: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
-	2,  // 25: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
-	8,  // 26: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
-	8,  // 27: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
-	2,  // 28: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
-	2,  // 29: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
-	2,  // 30: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
-	9,  // 31: torpor.v1.Shim.Images:input_type -> torpor.v1.ImagesRequest
-	10, // 32: torpor.v1.Shim.Fetch:input_type -> torpor.v1.FetchRequest
-	12, // 33: torpor.v1.Shim.Held:input_type -> torpor.v1.HeldRequest
-	15, // 34: torpor.v1.Shim.Drop:input_type -> torpor.v1.DropRequest
-	20, // 35: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
-	22, // 36: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
-	24, // 37: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
-	26, // 38: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
-	28, // 39: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
-	19, // 40: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
-	23, // 41: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
-	23, // 42: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
-	32, // 43: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
-	35, // 44: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
-	23, // 45: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
-	37, // 46: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
-	19, // 47: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	19, // 48: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	19, // 49: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	5,  // 50: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	19, // 51: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	7,  // 52: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	19, // 53: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	19, // 54: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	17, // 55: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
-	19, // 56: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	19, // 57: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	18, // 58: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	19, // 59: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
-	16, // 60: torpor.v1.Shim.Images:output_type -> torpor.v1.ImageChunk
-	11, // 61: torpor.v1.Shim.Fetch:output_type -> torpor.v1.FetchReply
-	13, // 62: torpor.v1.Shim.Held:output_type -> torpor.v1.HeldReply
-	19, // 63: torpor.v1.Shim.Drop:output_type -> torpor.v1.Empty
-	19, // 64: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	30, // 65: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	25, // 66: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	27, // 67: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	29, // 68: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
-	31, // 69: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	30, // 70: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	30, // 71: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	34, // 72: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	36, // 73: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
-	30, // 74: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
-	38, // 75: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
-	47, // [47:76] is the sub-list for method output_type
-	18, // [18:47] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	2,  // 7: torpor.v1.NodeOutputRequest.ref:type_name -> torpor.v1.NodeRef
+	44, // 8: torpor.v1.OutputRequest.offsets:type_name -> torpor.v1.OutputRequest.OffsetsEntry
+	21, // 9: torpor.v1.OutputReply.nodes:type_name -> torpor.v1.NodeOutput
+	0,  // 10: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
+	25, // 11: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
+	45, // 12: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
+	46, // 13: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
+	47, // 14: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
+	25, // 15: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
+	34, // 16: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
+	48, // 17: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
+	37, // 18: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
+	49, // 19: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
+	34, // 20: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
+	3,  // 21: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
+	4,  // 22: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
+	2,  // 23: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
+	2,  // 24: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
+	2,  // 25: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
+	6,  // 26: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
+	2,  // 27: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
+	2,  // 28: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
+	8,  // 29: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
+	8,  // 30: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
+	2,  // 31: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
+	2,  // 32: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
+	2,  // 33: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
+	9,  // 34: torpor.v1.Shim.Images:input_type -> torpor.v1.ImagesRequest
+	10, // 35: torpor.v1.Shim.Fetch:input_type -> torpor.v1.FetchRequest
+	12, // 36: torpor.v1.Shim.Held:input_type -> torpor.v1.HeldRequest
+	15, // 37: torpor.v1.Shim.Drop:input_type -> torpor.v1.DropRequest
+	20, // 38: torpor.v1.Shim.Output:input_type -> torpor.v1.NodeOutputRequest
+	24, // 39: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
+	26, // 40: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
+	28, // 41: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
+	30, // 42: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
+	32, // 43: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
+	19, // 44: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
+	27, // 45: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
+	27, // 46: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
+	36, // 47: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
+	39, // 48: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
+	27, // 49: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
+	41, // 50: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
+	22, // 51: torpor.v1.Coordinator.Output:input_type -> torpor.v1.OutputRequest
+	19, // 52: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	19, // 53: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	19, // 54: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	5,  // 55: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	19, // 56: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	7,  // 57: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	19, // 58: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	19, // 59: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	17, // 60: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
+	19, // 61: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	19, // 62: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	18, // 63: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	19, // 64: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
+	16, // 65: torpor.v1.Shim.Images:output_type -> torpor.v1.ImageChunk
+	11, // 66: torpor.v1.Shim.Fetch:output_type -> torpor.v1.FetchReply
+	13, // 67: torpor.v1.Shim.Held:output_type -> torpor.v1.HeldReply
+	19, // 68: torpor.v1.Shim.Drop:output_type -> torpor.v1.Empty
+	21, // 69: torpor.v1.Shim.Output:output_type -> torpor.v1.NodeOutput
+	19, // 70: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	34, // 71: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	29, // 72: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	31, // 73: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	33, // 74: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
+	35, // 75: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	34, // 76: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	34, // 77: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	38, // 78: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	40, // 79: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	34, // 80: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
+	42, // 81: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
+	23, // 82: torpor.v1.Coordinator.Output:output_type -> torpor.v1.OutputReply
+	52, // [52:83] is the sub-list for method output_type
+	21, // [21:52] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_torpor_proto_init() }
@@ -3317,7 +3568,7 @@ func file_torpor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_torpor_proto_rawDesc), len(file_torpor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   45,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

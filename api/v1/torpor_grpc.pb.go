@@ -43,6 +43,7 @@ const (
 	Shim_Fetch_FullMethodName        = "/torpor.v1.Shim/Fetch"
 	Shim_Held_FullMethodName         = "/torpor.v1.Shim/Held"
 	Shim_Drop_FullMethodName         = "/torpor.v1.Shim/Drop"
+	Shim_Output_FullMethodName       = "/torpor.v1.Shim/Output"
 )
 
 // ShimClient is the client API for Shim service.
@@ -71,6 +72,9 @@ type ShimClient interface {
 	Fetch(ctx context.Context, in *FetchRequest, opts ...grpc.CallOption) (*FetchReply, error)
 	Held(ctx context.Context, in *HeldRequest, opts ...grpc.CallOption) (*HeldReply, error)
 	Drop(ctx context.Context, in *DropRequest, opts ...grpc.CallOption) (*Empty, error)
+	// What a job-node wrote to its output file from offset on, when the
+	// client cannot read the shim's run directory (hosts that share none).
+	Output(ctx context.Context, in *NodeOutputRequest, opts ...grpc.CallOption) (*NodeOutput, error)
 }
 
 type shimClient struct {
@@ -260,6 +264,16 @@ func (c *shimClient) Drop(ctx context.Context, in *DropRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *shimClient) Output(ctx context.Context, in *NodeOutputRequest, opts ...grpc.CallOption) (*NodeOutput, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NodeOutput)
+	err := c.cc.Invoke(ctx, Shim_Output_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ShimServer is the server API for Shim service.
 // All implementations must embed UnimplementedShimServer
 // for forward compatibility.
@@ -286,6 +300,9 @@ type ShimServer interface {
 	Fetch(context.Context, *FetchRequest) (*FetchReply, error)
 	Held(context.Context, *HeldRequest) (*HeldReply, error)
 	Drop(context.Context, *DropRequest) (*Empty, error)
+	// What a job-node wrote to its output file from offset on, when the
+	// client cannot read the shim's run directory (hosts that share none).
+	Output(context.Context, *NodeOutputRequest) (*NodeOutput, error)
 	mustEmbedUnimplementedShimServer()
 }
 
@@ -346,6 +363,9 @@ func (UnimplementedShimServer) Held(context.Context, *HeldRequest) (*HeldReply, 
 }
 func (UnimplementedShimServer) Drop(context.Context, *DropRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Drop not implemented")
+}
+func (UnimplementedShimServer) Output(context.Context, *NodeOutputRequest) (*NodeOutput, error) {
+	return nil, status.Error(codes.Unimplemented, "method Output not implemented")
 }
 func (UnimplementedShimServer) mustEmbedUnimplementedShimServer() {}
 func (UnimplementedShimServer) testEmbeddedByValue()              {}
@@ -667,6 +687,24 @@ func _Shim_Drop_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Shim_Output_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(NodeOutputRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShimServer).Output(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shim_Output_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShimServer).Output(ctx, req.(*NodeOutputRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Shim_ServiceDesc is the grpc.ServiceDesc for Shim service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -738,6 +776,10 @@ var Shim_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Drop",
 			Handler:    _Shim_Drop_Handler,
 		},
+		{
+			MethodName: "Output",
+			Handler:    _Shim_Output_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -762,6 +804,7 @@ const (
 	Coordinator_Fence_FullMethodName           = "/torpor.v1.Coordinator/Fence"
 	Coordinator_Cancel_FullMethodName          = "/torpor.v1.Coordinator/Cancel"
 	Coordinator_Events_FullMethodName          = "/torpor.v1.Coordinator/Events"
+	Coordinator_Output_FullMethodName          = "/torpor.v1.Coordinator/Output"
 )
 
 // CoordinatorClient is the client API for Coordinator service.
@@ -780,6 +823,10 @@ type CoordinatorClient interface {
 	Fence(ctx context.Context, in *FenceRequest, opts ...grpc.CallOption) (*FenceReply, error)
 	Cancel(ctx context.Context, in *JobRef, opts ...grpc.CallOption) (*Job, error)
 	Events(ctx context.Context, in *EventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[Event], error)
+	// The job-nodes' output from the offsets given, read by their shims
+	// (docs/protocol.md, "Output"): for a client that cannot read the run
+	// directory.
+	Output(ctx context.Context, in *OutputRequest, opts ...grpc.CallOption) (*OutputReply, error)
 }
 
 type coordinatorClient struct {
@@ -919,6 +966,16 @@ func (c *coordinatorClient) Events(ctx context.Context, in *EventsRequest, opts 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Coordinator_EventsClient = grpc.ServerStreamingClient[Event]
 
+func (c *coordinatorClient) Output(ctx context.Context, in *OutputRequest, opts ...grpc.CallOption) (*OutputReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OutputReply)
+	err := c.cc.Invoke(ctx, Coordinator_Output_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CoordinatorServer is the server API for Coordinator service.
 // All implementations must embed UnimplementedCoordinatorServer
 // for forward compatibility.
@@ -935,6 +992,10 @@ type CoordinatorServer interface {
 	Fence(context.Context, *FenceRequest) (*FenceReply, error)
 	Cancel(context.Context, *JobRef) (*Job, error)
 	Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error
+	// The job-nodes' output from the offsets given, read by their shims
+	// (docs/protocol.md, "Output"): for a client that cannot read the run
+	// directory.
+	Output(context.Context, *OutputRequest) (*OutputReply, error)
 	mustEmbedUnimplementedCoordinatorServer()
 }
 
@@ -980,6 +1041,9 @@ func (UnimplementedCoordinatorServer) Cancel(context.Context, *JobRef) (*Job, er
 }
 func (UnimplementedCoordinatorServer) Events(*EventsRequest, grpc.ServerStreamingServer[Event]) error {
 	return status.Error(codes.Unimplemented, "method Events not implemented")
+}
+func (UnimplementedCoordinatorServer) Output(context.Context, *OutputRequest) (*OutputReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method Output not implemented")
 }
 func (UnimplementedCoordinatorServer) mustEmbedUnimplementedCoordinatorServer() {}
 func (UnimplementedCoordinatorServer) testEmbeddedByValue()                     {}
@@ -1211,6 +1275,24 @@ func _Coordinator_Events_Handler(srv interface{}, stream grpc.ServerStream) erro
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Coordinator_EventsServer = grpc.ServerStreamingServer[Event]
 
+func _Coordinator_Output_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OutputRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).Output(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_Output_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).Output(ctx, req.(*OutputRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Coordinator_ServiceDesc is the grpc.ServiceDesc for Coordinator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1261,6 +1343,10 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Cancel",
 			Handler:    _Coordinator_Cancel_Handler,
+		},
+		{
+			MethodName: "Output",
+			Handler:    _Coordinator_Output_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

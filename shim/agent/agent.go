@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -214,6 +215,50 @@ func (a *Agent) get(ref agentapi.NodeRef) (*node, error) {
 // on every host, as CRIU restores the open file by path.
 func (a *Agent) OutputPath(job, n string) string {
 	return filepath.Join(a.cfg.RunDir, "jobs", job, n+".out")
+}
+
+// maxOutputRead caps what ReadOutput returns at once.
+const maxOutputRead = 1 << 20
+
+// ReadOutput implements agentapi.OutputReader: job-node ref's output file
+// (in the job's run directory, which only root may change), from off, at
+// most max bytes (and maxOutputRead), with its size now. A job-node whose
+// file is not there yet has size 0.
+func (a *Agent) ReadOutput(_ context.Context, ref agentapi.NodeRef, off, max int64) ([]byte, int64, error) {
+	if err := checkNames(ref.Job, ref.Node); err != nil {
+		return nil, 0, err
+	}
+	if off < 0 {
+		return nil, 0, fmt.Errorf("%w: output of %s/%s from offset %d", agentapi.ErrInvalid, ref.Job, ref.Node, off)
+	}
+	f, err := os.OpenFile(a.OutputPath(ref.Job, ref.Node), os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, 0, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, 0, fmt.Errorf("output of %s/%s is not a regular file", ref.Job, ref.Node)
+	}
+	size := st.Size()
+	if max <= 0 || max > maxOutputRead {
+		max = maxOutputRead
+	}
+	if off >= size {
+		return nil, size, nil
+	}
+	buf := make([]byte, min(max, size-off))
+	k, err := f.ReadAt(buf, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, 0, err
+	}
+	return buf[:k], size, nil
 }
 
 // exitPath is where a job-node's init writes its exit status: beside its

@@ -128,7 +128,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg.ServerTLS)))
-	srv := agentapi.Server{Agent: metrics.Instrument(a, m)}
+	srv := agentapi.Server{Agent: metrics.Instrument(a, m), Outputs: a}
 	if a.StreamsImages() {
 		srv.ImageServer, srv.Holder = a, a
 	}

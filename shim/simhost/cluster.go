@@ -46,6 +46,9 @@ type Host struct {
 	// Underlay is the host's address on the routed network of a routed
 	// cluster ("10.250.<i>.2"), "" in a flat one.
 	Underlay string
+	// MountNS is the host's mount namespace file when it has one of its
+	// own (Cluster.NewMountNS), else "".
+	MountNS string
 	net      *netquiesce.Net
 }
 
@@ -312,6 +315,9 @@ func (c *Cluster) Close() error {
 			if err := netquiesce.DeleteNamedNetns(n); err != nil {
 				errs = append(errs, err)
 			}
+		}
+		if err := c.removeMountNSes(); err != nil {
+			errs = append(errs, err)
 		}
 		c.closeErr = errors.Join(errs...)
 	})

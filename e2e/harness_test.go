@@ -71,6 +71,10 @@ type cluster struct {
 	logs     map[string]*logBuffer
 	// coordArgs are added to every start of the coordinator.
 	coordArgs []string
+	// mountNS, on an isolated cluster, is the mount namespace file each
+	// daemon runs in: "h<i>" for host i's shim, "coord" for the
+	// coordinator (see newIsolatedCluster).
+	mountNS map[string]string
 }
 
 func newCluster(t *testing.T, hosts int, coordArgs ...string) *cluster {
@@ -86,7 +90,54 @@ func newRoutedCluster(t *testing.T, hosts int, coordArgs ...string) *cluster {
 	return newClusterOf(t, simhost.NewRoutedCluster, hosts, coordArgs...)
 }
 
+// newIsolatedCluster is newRoutedCluster whose hosts share no directory
+// either: each shim runs in a mount namespace of its own in which the run
+// directory and the image directory (c.dir/images) are that host's own,
+// backed by c.dir/hosts/h<i>/{run,images}, and the coordinator in one in
+// which its state and checkpoint directories are, backed by
+// c.dir/hosts/coord. Every byte between hosts crosses TCP: the job's output
+// reaches `torpor run` through the coordinator, checkpoints stay on the
+// hosts (--local-checkpoints, added here) and migrations stream.
+func newIsolatedCluster(t *testing.T, hosts int, coordArgs ...string) *cluster {
+	t.Helper()
+	var c *cluster
+	c = newClusterOpts(t, simhost.NewRoutedCluster, hosts, func(cl *cluster) error {
+		c = cl
+		c.mountNS = map[string]string{}
+		for i := 1; i <= hosts; i++ {
+			h := fmt.Sprintf("h%d", i)
+			f, err := c.sim.NewMountNS(h, [][2]string{
+				{filepath.Join(c.dir, "hosts", h, "run"), c.runDir},
+				{filepath.Join(c.dir, "hosts", h, "images"), filepath.Join(c.dir, "images")},
+			})
+			if err != nil {
+				return err
+			}
+			c.mountNS[h], c.sim.Host(i).MountNS = f, f
+		}
+		f, err := c.sim.NewMountNS("coord", [][2]string{
+			{filepath.Join(c.dir, "hosts", "coord", "state"), c.state},
+			{filepath.Join(c.dir, "hosts", "coord", "ckpt"), c.ckpt},
+		})
+		c.mountNS["coord"] = f
+		return err
+	}, append([]string{"--local-checkpoints"}, coordArgs...)...)
+	return c
+}
+
+// hostDir is where host h's (h<i>, or coord) private copy of the
+// directory kind (run, images, state, ckpt) of an isolated cluster is seen
+// from the machine.
+func (c *cluster) hostDir(h, kind string) string { return filepath.Join(c.dir, "hosts", h, kind) }
+
 func newClusterOf(t *testing.T, create func(context.Context, string, int) (*simhost.Cluster, error), hosts int, coordArgs ...string) *cluster {
+	t.Helper()
+	return newClusterOpts(t, create, hosts, nil, coordArgs...)
+}
+
+// newClusterOpts is newClusterOf calling prepare, if set, once the
+// simulated hosts exist, before any daemon starts.
+func newClusterOpts(t *testing.T, create func(context.Context, string, int) (*simhost.Cluster, error), hosts int, prepare func(*cluster) error, coordArgs ...string) *cluster {
 	t.Helper()
 	testutil.RequireRoot(t, "simulated hosts, sandboxes, CRIU and eBPF")
 	// Built before the simulated hosts exist: a build that fails must not
@@ -106,6 +157,11 @@ func newClusterOf(t *testing.T, create func(context.Context, string, int) (*simh
 		coordArgs: coordArgs,
 	}
 	t.Cleanup(c.close)
+	if prepare != nil {
+		if err := prepare(c); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if out, err := exec.Command(c.torpor, "coordinator", "--init-pki", "--pki", c.pki).CombinedOutput(); err != nil {
 		t.Fatalf("init pki: %v\n%s", err, out)
 	}
@@ -127,8 +183,11 @@ func (c *cluster) startShim(i int, extra ...string) {
 	if c.sim.Routed {
 		// Hosts that share no segment, and no image directory: migrations
 		// stream their images from shim to shim.
-		args = append(args, "--vxlan", strings.Join(c.sim.Underlay(), ","),
-			"--image-dir", filepath.Join(c.dir, "images", fmt.Sprintf("h%d", i)))
+		images := filepath.Join(c.dir, "images", fmt.Sprintf("h%d", i))
+		if c.mountNS != nil {
+			images = filepath.Join(c.dir, "images") // each host's own
+		}
+		args = append(args, "--vxlan", strings.Join(c.sim.Underlay(), ","), "--image-dir", images)
 	}
 	name := fmt.Sprintf("shim-h%d", i)
 	if c.shims[i-1] != nil {
@@ -138,7 +197,7 @@ func (c *cluster) startShim(i int, extra ...string) {
 		// Keep the earlier shim's log too: a restarted shim's story starts there.
 		c.logs[name+"-before"] = old
 	}
-	c.shims[i-1] = c.daemon(name, args...)
+	c.shims[i-1] = c.daemonIn(c.mountNS[fmt.Sprintf("h%d", i)], nil, name, args...)
 	// Jobs placed on the host before its shim registered would fail.
 	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(c.logs[name].String(), "registered with coordinator") {
@@ -176,7 +235,14 @@ func (c *cluster) daemon(name string, args ...string) *exec.Cmd {
 // daemonAs is daemon run as cred (nil: root).
 func (c *cluster) daemonAs(cred *syscall.Credential, name string, args ...string) *exec.Cmd {
 	c.t.Helper()
-	cmd := exec.Command(c.torpor, args...)
+	return c.daemonIn("", cred, name, args...)
+}
+
+// daemonIn is daemonAs in the mount namespace file mountNS ("": the
+// machine's).
+func (c *cluster) daemonIn(mountNS string, cred *syscall.Credential, name string, args ...string) *exec.Cmd {
+	c.t.Helper()
+	cmd := simhost.Command(mountNS, c.torpor, args...)
 	buf := &logBuffer{}
 	c.logs[name] = buf
 	cmd.Stdout, cmd.Stderr = buf, buf
@@ -194,7 +260,7 @@ func (c *cluster) startCoordinator(extra ...string) {
 	c.t.Helper()
 	args := append([]string{"coordinator", "--state-dir", c.state, "--checkpoint-dir", c.ckpt, "--socket", c.socket,
 		"--listen", c.addr, "--pki", c.pki}, append(c.coordArgs, extra...)...)
-	c.coord = c.daemon("coordinator", args...)
+	c.coord = c.daemonIn(c.mountNS["coord"], nil, "coordinator", args...)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		// Until it answers: the socket file of a coordinator that crashed

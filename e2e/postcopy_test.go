@@ -53,10 +53,16 @@ func (c *cluster) criuLogsOnFailure(job, node string) {
 		if !t.Failed() {
 			return
 		}
-		for _, f := range []string{"dump/" + job + "/" + node + "/dump.log", "restore/" + job + "/" + node + "/lazy-pages.log", "restore/" + job + "/" + node + "/restore.log"} {
-			data, err := os.ReadFile(filepath.Join(c.runDir, f))
-			if err == nil {
-				t.Logf("---- %s ----\n%s", f, lastLines(string(data), 30))
+		dirs := map[string]string{"": c.runDir}
+		for h := range c.mountNS { // an isolated cluster's hosts' own
+			dirs[h] = c.hostDir(h, "run")
+		}
+		for h, d := range dirs {
+			for _, f := range []string{"dump/" + job + "/" + node + "/dump.log", "restore/" + job + "/" + node + "/lazy-pages.log", "restore/" + job + "/" + node + "/restore.log"} {
+				data, err := os.ReadFile(filepath.Join(d, f))
+				if err == nil {
+					t.Logf("---- %s %s ----\n%s", h, f, lastLines(string(data), 30))
+				}
 			}
 		}
 	})

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -167,6 +168,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Host == "" || cfg.Bridge == "" {
 		return nil, errors.New("agent needs a host name and a bridge")
 	}
+	if err := closeInheritedOnExec(); err != nil {
+		return nil, err
+	}
 	if cfg.CgroupParent == "" {
 		cfg.CgroupParent = sandbox.DefaultCgroupParent
 	}
@@ -215,6 +219,31 @@ func (a *Agent) get(ref agentapi.NodeRef) (*node, error) {
 // on every host, as CRIU restores the open file by path.
 func (a *Agent) OutputPath(job, n string) string {
 	return filepath.Join(a.cfg.RunDir, "jobs", job, n+".out")
+}
+
+// closeInheritedOnExec marks every descriptor of this process from 3 on
+// close-on-exec. Go opens its own so; one this process inherited without
+// it (a shell's saved descriptor, a supervisor's socket) would otherwise
+// pass into every job-node the shim starts, where the job's owner could use
+// it, and where CRIU cannot dump it when it belongs to another mount
+// namespace (a shim started in a mount namespace of its own: "Can't lookup
+// mount=N for fd=10 path=/dev/null").
+func closeInheritedOnExec() error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("list this process's descriptors: %w", err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd < 3 {
+			continue
+		}
+		// The directory's own descriptor is closed by now: EBADF.
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && !errors.Is(err, unix.EBADF) {
+			return fmt.Errorf("mark descriptor %d close-on-exec: %w", fd, err)
+		}
+	}
+	return nil
 }
 
 // maxOutputRead caps what ReadOutput returns at once.

@@ -15,7 +15,7 @@ PKGS      ?= ./...
 # library out of the root module's graph).
 MODULES   := . $(filter-out .,$(patsubst %/,%,$(dir $(shell git ls-files go.mod '*/go.mod'))))
 
-.PHONY: help deps build workloads generate lint test e2e faults flaky mpich-stress cycles bench readme-bench demo clean
+.PHONY: help deps build workloads generate lint test e2e faults flaky mpich-stress cycles bench readme-bench demo demo-isolated clean
 
 help: ## list the targets
 	@grep -E '^[a-z][a-zA-Z0-9_-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -76,6 +76,9 @@ readme-bench: ## rewrite README.md's benchmark summary from bench/results/latest
 
 demo: deps build workloads ## checkpoint, restart and migrate a job on a simulated 4-host cluster (root)
 	@bash scripts/demo.sh
+
+demo-isolated: deps build workloads ## the demo on 5 simulated hosts that share no directory and no L2 segment (root)
+	@bash scripts/demo-isolated.sh
 
 bench: deps build workloads ## benchmarks (quick; FULL=1 for the complete run) -> bench/results/
 	$(GO) build -o bin/torpor-bench ./bench/cmd/torpor-bench

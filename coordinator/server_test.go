@@ -40,7 +40,13 @@ func helperCheckpoint(sock string) int {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// The job's output is the job's too: refused alike, or allowed alike.
+	_, oerr := apiv1.NewCoordinatorClient(conn).Output(ctx, &apiv1.OutputRequest{Job: "job1", Offsets: map[string]int64{"n0": 0}})
 	_, err = apiv1.NewCoordinatorClient(conn).Checkpoint(ctx, &apiv1.CheckpointRequest{Job: "job1"})
+	if (oerr == nil) != (err == nil) || oerr != nil && !errors.Is(agentapi.FromRPC(oerr), agentapi.ErrPermission) {
+		fmt.Println("output and checkpoint answered differently:", oerr, err)
+		return 5
+	}
 	if err != nil {
 		fmt.Println(err)
 		if errors.Is(agentapi.FromRPC(err), agentapi.ErrPermission) {
@@ -109,7 +115,8 @@ func TestProtocolOverGRPC(t *testing.T) {
 	}
 }
 
-// A non-root user's CLI call on a root-owned job is refused; root's is not.
+// A non-root user's CLI call on a root-owned job is refused (a checkpoint,
+// and reading its output); root's is not.
 func TestPeerCredAuthorization(t *testing.T) {
 	testutil.RequireRoot(t, "runs a client under another uid")
 	f := newFixture(t, "h0", "h1", "h2")

@@ -17,7 +17,7 @@ func runSim(ctx context.Context, args []string) error {
 	routed := fs.Bool("routed", false, "hosts share no L2 segment: each is on a subnet of its own behind a router (start the shims with --vxlan and the printed underlay addresses)")
 	isolated := fs.Bool("isolated", false, "--routed, and each host has a mount namespace of its own in which the --private directories are its own: start each host's shim in it (nsenter --mount=FILE, printed); `sim down` removes them")
 	private := fs.String("private", "/run/torpor,/var/lib/torpor", "with --isolated: the directories each host has its own copy of (its run, state and image directories)")
-	backing := fs.String("backing", "", "with --isolated: where the hosts' copies are, as BACKING/h<i>/<k> for the k-th --private directory (default /var/lib/torpor-sim/NAME; `sim down` does not remove it)")
+	backing := fs.String("backing", "", "with --isolated: where the hosts' copies are, as BACKING/h<i>/<k> for the k-th --private directory (the coordinator's: BACKING/coord/<k>) (default /var/lib/torpor-sim/NAME; `sim down` does not remove it)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -69,8 +69,8 @@ func runSim(ctx context.Context, args []string) error {
 	return exitError{2}
 }
 
-// isolateHosts gives every host of c a mount namespace of its own in which
-// each of dirs is backing/h<i>/<k>.
+// isolateHosts gives every host of c, and a coordinator, a mount namespace
+// of its own in which each of dirs is backing/h<i>/<k> (backing/coord/<k>).
 func isolateHosts(c *simhost.Cluster, dirs []string, backing string) error {
 	for _, d := range dirs {
 		if !filepath.IsAbs(d) {
@@ -88,5 +88,14 @@ func isolateHosts(c *simhost.Cluster, dirs []string, backing string) error {
 		}
 		h.MountNS = f
 	}
-	return nil
+	// And one for the coordinator, a host of its own.
+	var binds [][2]string
+	for k, d := range dirs {
+		binds = append(binds, [2]string{filepath.Join(backing, "coord", strconv.Itoa(k)), d})
+	}
+	f, err := c.NewMountNS("coord", binds)
+	if err == nil {
+		fmt.Printf("coordinator mountns=%s\n", f)
+	}
+	return err
 }

@@ -49,7 +49,7 @@ type Host struct {
 	// MountNS is the host's mount namespace file when it has one of its
 	// own (Cluster.NewMountNS), else "".
 	MountNS string
-	net      *netquiesce.Net
+	net     *netquiesce.Net
 }
 
 // NetNSPath is the host's namespace file.

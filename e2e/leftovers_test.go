@@ -13,11 +13,13 @@ import (
 	"github.com/torpor-hpc/torpor/internal/testutil"
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
+	"github.com/torpor-hpc/torpor/shim/simhost"
 )
 
 // A run of these tests names what it creates on the machine after its PID
-// (modulo 100000): network namespaces torpor-eN-*, the cgroup torpor/eN and
-// the root-namespace veth tpsN. A run that was killed (SIGKILL, a session
+// (modulo 100000): network namespaces torpor-eN-*, the cgroup torpor/eN,
+// the root-namespace veth tpsN and an isolated cluster's mount namespaces
+// in /run/torpor-sim/eN. A run that was killed (SIGKILL, a session
 // that ended) ran none of its clean-ups, and a later run would stumble over
 // them: the veth's route to 198.18.0.1 made `ip route add` fail with "File
 // exists" in every Slurm test of the next run.
@@ -79,6 +81,18 @@ func removeLeftovers() {
 			}
 		}
 	}
+	// An isolated cluster's mount namespaces (simhost.MountNSDir/eN).
+	if ents, err := os.ReadDir(simhost.MountNSDir); err == nil {
+		for _, e := range ents {
+			if dead(leftCg, e.Name()) {
+				if err := simhost.Remove(e.Name()); err != nil {
+					fmt.Fprintf(os.Stderr, "e2e: remove the mount namespaces of a killed run: %v\n", err)
+					continue
+				}
+				removed = append(removed, "mount namespaces "+e.Name())
+			}
+		}
+	}
 	if len(removed) > 0 {
 		fmt.Fprintf(os.Stderr, "e2e: removed what killed runs left: %s\n", strings.Join(removed, ", "))
 	}
@@ -122,7 +136,8 @@ func removeCgroupTree(dir string) error {
 
 // TestRemoveLeftovers: what a killed run named after a PID no e2e test
 // binary has (a network namespace with a veth into it and a route over
-// that, a cgroup tree) is removed; what a live run's name says is kept.
+// that, a cgroup tree, a mount namespace) is removed; what a live run's
+// name says is kept.
 func TestRemoveLeftovers(t *testing.T) {
 	testutil.RequireRoot(t, "creates network namespaces, links and cgroups")
 	dead := ""
@@ -164,9 +179,17 @@ func TestRemoveLeftovers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	deadMnt := &simhost.Cluster{Name: "e" + dead}
+	t.Cleanup(func() { _ = deadMnt.Close() })
+	if _, err := deadMnt.NewMountNS("h1", [][2]string{{t.TempDir(), t.TempDir()}}); err != nil {
+		t.Fatal(err)
+	}
 
 	removeLeftovers()
 
+	if _, err := os.Stat(filepath.Join(simhost.MountNSDir, "e"+dead)); !os.IsNotExist(err) {
+		t.Errorf("the dead run's mount namespaces are still there (%v)", err)
+	}
 	if _, err := os.Stat(filepath.Join(netquiesce.NetnsDir, deadNS)); !os.IsNotExist(err) {
 		t.Errorf("the dead run's namespace %s is still there (%v)", deadNS, err)
 	}

@@ -88,7 +88,7 @@ step "as $USERNAME: checkpoint while it runs (images stay on the hosts; one repl
 t=$(now)
 CKPT=$(asuser "$TORPOR" checkpoint "$JOB" 2>/dev/null)
 echo "   handle: $CKPT"; took "$t"
-for _ in $(seq 300); do asuser "$TORPOR" ls "$JOB" 2>/dev/null | grep -q "replicated" && break; sleep 0.1; done
+for _ in $(seq 300); do asuser "$TORPOR" ls "$JOB" 2>/dev/null | grep -q "copies: replicated" && break; sleep 0.1; done
 asuser "$TORPOR" ls "$JOB" | sed 's/^/   /'
 
 step "nothing is shared: what each host sees at the same paths"

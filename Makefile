@@ -54,7 +54,7 @@ test: deps build workloads ## install what is needed, run torpor doctor, then ev
 CYCLES ?= 200
 RUN    ?= .
 e2e: deps build workloads ## the long end-to-end runs: every e2e test, CYCLES random cycles (root)
-	CYCLES=$(CYCLES) CYCLES_SEED=$(CYCLES_SEED) $(GO) test -count=1 -timeout $(E2E_TIMEOUT) -v -run '$(RUN)' ./e2e/...
+	CYCLES=$(CYCLES) CYCLES_ISOLATED=$$(( $(CYCLES) / 4 )) CYCLES_SEED=$(CYCLES_SEED) $(GO) test -count=1 -timeout $(E2E_TIMEOUT) -v -run '$(RUN)' ./e2e/...
 
 faults: deps build workloads ## the fault-injection harness alone, every scenario of docs/faults.md (root)
 	$(GO) test -count=1 -v -run 'TestDrainOutsideJobAborts|TestShimExitInDump|TestCRIUKillInDump|TestRestoreCancelled|TestAdopt' ./shim/agent/
@@ -68,8 +68,8 @@ flaky: deps build workloads ## the fault-point tests and the fault harness N tim
 mpich-stress: deps build workloads ## MPICH 4.2 ring and stencil RUNS times each (4/6 ranks, 1-3 hosts) and CR times through checkpoint/restart/migration: "X of N finished" (root)
 	MPICH_STRESS_RUNS=$(or $(RUNS),100) MPICH_STRESS_CR=$(or $(CR),20) $(GO) test -count=1 -timeout $(E2E_TIMEOUT) -v -run '^TestMPICHStress$$' ./e2e/
 
-cycles: ## CYCLES (default 200) random checkpoint/restart/migrate cycles alone (root)
-	$(MAKE) -s e2e RUN='^TestRandomCycles$$'
+cycles: ## CYCLES (default 200) random checkpoint/restart/migrate cycles alone, and CYCLES/4 on an isolated cluster (root)
+	$(MAKE) -s e2e RUN='^TestRandomCycles(Isolated)?$$'
 
 readme-bench: ## rewrite README.md's benchmark summary from bench/results/latest.json (no root, no run)
 	$(GO) run ./bench/cmd/torpor-bench -readme README.md -from bench/results/latest.json

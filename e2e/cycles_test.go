@@ -24,7 +24,19 @@ var cycleOps = []string{"checkpoint", "stop+restart", "migrate", "suspend+resume
 // without having failed. A job takes up to 25 cycles; more cycles take more
 // jobs. CYCLES_SEED replays a run.
 func TestRandomCycles(t *testing.T) {
-	cycles := envInt(t, "CYCLES", 30)
+	randomCycles(t, envInt(t, "CYCLES", 30), func() *cluster { return newCluster(t, 4, "--keep", "2") })
+}
+
+// TestRandomCyclesIsolated is TestRandomCycles on hosts that share no
+// directory and no L2 segment (newIsolatedCluster: checkpoints kept on the
+// hosts with a replica each, restarts fetching images, migrations
+// streaming them, output through the coordinator): CYCLES_ISOLATED cycles
+// (default 10; make e2e: CYCLES/4).
+func TestRandomCyclesIsolated(t *testing.T) {
+	randomCycles(t, envInt(t, "CYCLES_ISOLATED", 10), func() *cluster { return newIsolatedCluster(t, 4, "--keep", "2") })
+}
+
+func randomCycles(t *testing.T, cycles int, newC func() *cluster) {
 	seed := uint64(time.Now().UnixNano())
 	if v := os.Getenv("CYCLES_SEED"); v != "" {
 		s, err := strconv.ParseUint(v, 10, 64)
@@ -37,7 +49,7 @@ func TestRandomCycles(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 
 	// Keep only each job's two newest checkpoints: a long run must not fill the disk.
-	c := newCluster(t, 4, "--keep", "2")
+	c := newC()
 	bin := workload(t, "ring.openmpi")
 	const iters, printEvery = 1000, 10
 	args := []string{"-i", fmt.Sprint(iters), "-m", "4", "-s", "20000", "-p", fmt.Sprint(printEvery)}

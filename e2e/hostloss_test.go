@@ -125,17 +125,8 @@ func TestHostLoss(t *testing.T) {
 		t.Fatalf("h4 never fetched n1's images:\n%s", lastLines(c.logs["shim-h4"].String(), 20))
 	}
 	t.Logf("restarted with n1 on h4, its images from h3's replica")
-	if out, code := c.cli("wait", j.id); code != 0 || !strings.Contains(out, "finished") {
-		t.Fatalf("torpor wait of the restarted job: exit %d\n%s", code, out)
-	}
-	rank0 := filepath.Join(c.runDir, "jobs", j.id, "n0.out")
-	data, err := os.ReadFile(rank0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := doneRE.FindStringSubmatch(string(data))
-	if m == nil || m[2] != want {
-		t.Fatalf("after losing h2 and a restart: %v, undisturbed %s\n%s", m, want, lastLines(string(data), 5))
+	if got := c.waitChecksum(j.id); got != want {
+		t.Fatalf("checksum %s after losing h2 and a restart, undisturbed %s", got, want)
 	}
 	t.Logf("job %s: checksum %s after losing a host and a restart from its replica = undisturbed", j.id, want)
 

@@ -44,6 +44,26 @@ func TestPostCopyMigration(t *testing.T) {
 	j.finishWith(want, "after a post-copy migration")
 }
 
+// waitChecksum waits with `torpor wait` until job, whose `torpor run` is
+// gone, finishes, and returns the checksum its rank 0 printed in n0's output
+// file.
+func (c *cluster) waitChecksum(job string) string {
+	c.t.Helper()
+	if out, code := c.cli("wait", job); code != 0 || !strings.Contains(out, "finished") {
+		c.t.Fatalf("torpor wait of %s: exit %d\n%s", job, code, out)
+	}
+	rank0 := filepath.Join(c.runDir, "jobs", job, "n0.out")
+	data, err := os.ReadFile(rank0)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	m := doneRE.FindStringSubmatch(string(data))
+	if m == nil {
+		c.t.Fatalf("no result in %s:\n%s", rank0, lastLines(string(data), 10))
+	}
+	return m[2]
+}
+
 // criuLogsOnFailure shows the end of CRIU's logs of a migrated job-node
 // (dump and page server on the source, lazy-pages daemon and restore on the
 // destination) when the test fails.
@@ -198,20 +218,8 @@ func TestPostCopySourceDiesInFlight(t *testing.T) {
 		t.Fatalf("restarted not from its last checkpoint %s:\n%s", h, out)
 	}
 	t.Logf("restarted: %s", lastLines(strings.TrimSpace(out), 1))
-	if out, code := c.cli("wait", j.id); code != 0 || !strings.Contains(out, "finished") {
-		t.Fatalf("torpor wait of the restarted job: exit %d\n%s", code, out)
-	}
-	rank0 := filepath.Join(c.runDir, "jobs", j.id, "n0.out")
-	data, err := os.ReadFile(rank0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := doneRE.FindStringSubmatch(string(data))
-	if m == nil {
-		t.Fatalf("no result in %s:\n%s", rank0, lastLines(string(data), 10))
-	}
-	if m[2] != want {
-		t.Fatalf("checksum %s after a restart from the post-copy failure, undisturbed %s", m[2], want)
+	if got := c.waitChecksum(j.id); got != want {
+		t.Fatalf("checksum %s after a restart from the post-copy failure, undisturbed %s", got, want)
 	}
 	t.Logf("job %s: checksum %s after its post-copy source died with pages in flight and a restart = undisturbed", j.id, want)
 }

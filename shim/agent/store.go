@@ -196,6 +196,9 @@ func (a *Agent) Held(ctx context.Context, job string) ([]agentapi.HeldImages, er
 			continue
 		}
 		nodes, err := os.ReadDir(filepath.Join(jd, s.Name()))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // dropped (pruned) while this listed
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -156,5 +157,47 @@ func TestCheckpointStore(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dst.storeRoot(), "j")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("the job's directory is left after its last checkpoint was dropped (%v)", err)
+	}
+}
+
+// TestHeldWhileDropped: listing the store while checkpoints are dropped
+// (pruned) from it never fails: a checkpoint that goes while it is listed
+// is left out, the others are listed.
+func TestHeldWhileDropped(t *testing.T) {
+	testutil.RequireRoot(t, "image directories must be root's")
+	a := imageAgent(t, "h1", nil)
+	ctx := context.Background()
+	files := map[string][]byte{"core-1.img": []byte("core")}
+	const n = 200
+	for i := 1; i <= n; i++ {
+		storeImages(t, a, fmt.Sprintf("j/%06d", i), "n0", files)
+	}
+	keep := storeImages(t, a, fmt.Sprintf("j/%06d", n+1), "n0", files)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 1; i <= n; i++ {
+			if err := a.Drop(ctx, fmt.Sprintf("j/%06d", i)); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+	for listing := true; listing; {
+		select {
+		case <-done:
+			listing = false
+		default:
+		}
+		held, err := a.Held(ctx, "j")
+		if err != nil {
+			t.Fatalf("held while checkpoints were dropped: %v", err)
+		}
+		found := false
+		for _, h := range held {
+			found = found || h.Checkpoint == fmt.Sprintf("j/%06d", n+1) && h.NodeManifestSHA256 == keep
+		}
+		if !found {
+			t.Fatalf("the checkpoint that stays is not listed: %+v", held)
+		}
 	}
 }

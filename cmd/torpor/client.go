@@ -386,10 +386,11 @@ func runLs(ctx context.Context, args []string) error {
 	for _, c := range list.Checkpoints {
 		cps = append(cps, checkpointJSON(c))
 	}
-	return printList(*cf.json, cps, "CHECKPOINT\tKIND\tCREATED\tSIZE\tJOB-NODES\tPHASES\tVERIFIED\tSTORED", func(tw io.Writer) {
+	// VERIFIED stays last: it may be a long error.
+	return printList(*cf.json, cps, "CHECKPOINT\tKIND\tCREATED\tSIZE\tJOB-NODES\tPHASES\tSTORED\tVERIFIED", func(tw io.Writer) {
 		for _, c := range list.Checkpoints {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", c.Handle, c.Kind, time.Unix(c.CreatedUnix, 0).Format("2006-01-02 15:04:05"),
-				humanBytes(c.Bytes), c.Nodes, phases(c.PhaseNanos), c.Verified, stored(c))
+				humanBytes(c.Bytes), c.Nodes, phases(c.PhaseNanos), stored(c), c.Verified)
 		}
 	})
 }

@@ -33,6 +33,10 @@ now() { date +%s.%N; }
 took() { printf '   (%.2f s)\n' "$(echo "$(now) - $1" | bc)"; }
 # inhost H CMD...: CMD in host H's (h<i>, or coord) mount namespace.
 inhost() { local h=$1; shift; nsenter --mount="/run/torpor-sim/$NAME/$h" -- "$@"; }
+# daemon H CMD... &: the same for a daemon started in the background. The
+# subshell that runs the function becomes nsenter, which becomes CMD: $! is
+# the daemon's PID, which cleanup ends.
+daemon() { local h=$1; shift; exec nsenter --mount="/run/torpor-sim/$NAME/$h" -- "$@"; }
 
 cleanup() {
 	set +e
@@ -57,11 +61,11 @@ step "isolated cluster: 5 hosts, no shared segment, no shared directory ($RUNDIR
 PEERS=$(seq -s, -f '10.250.%g.2' 1 5)
 "$TORPOR" coordinator --init-pki --pki "$DIR/pki" >/dev/null
 PORT=$((20000 + $$ % 20000))
-inhost coord "$TORPOR" coordinator --state-dir "$DIR/state" --checkpoint-dir "$DIR/state/ckpt" --listen 127.0.0.1:$PORT \
+daemon coord "$TORPOR" coordinator --state-dir "$DIR/state" --checkpoint-dir "$DIR/state/ckpt" --listen 127.0.0.1:$PORT \
 	--pki "$DIR/pki" --local-checkpoints --log-level warn 2>"$DIR/coordinator.log" &
 PIDS+=($!)
 for i in 1 2 3 4 5; do
-	inhost h$i "$TORPOR" shim --host h$i --netns torpor-$NAME-h$i --join 127.0.0.1:$PORT --pki "$DIR/pki" \
+	daemon h$i "$TORPOR" shim --host h$i --netns torpor-$NAME-h$i --join 127.0.0.1:$PORT --pki "$DIR/pki" \
 		--run-dir "$RUNDIR" --image-dir "$DIR/images" --vxlan "$PEERS" --cgroup-parent /torpor/$NAME \
 		--log-level warn 2>"$DIR/shim-h$i.log" &
 	PIDS+=($!)

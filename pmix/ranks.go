@@ -35,12 +35,14 @@ func (o *outputSink) write(w io.Writer, prefix string, line []byte) {
 	if w == nil {
 		return
 	}
+	// One write per line: the prefix and the line in two writes let another
+	// writer on the same file (the daemon's own log on a shared stderr) land
+	// between them.
+	buf := make([]byte, 0, len(prefix)+len(line))
+	buf = append(append(buf, prefix...), line...)
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if prefix != "" {
-		_, _ = io.WriteString(w, prefix)
-	}
-	_, _ = w.Write(line)
+	_, _ = w.Write(buf)
 }
 
 // forward copies r to w line by line, each line prefixed, until EOF.

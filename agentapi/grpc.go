@@ -275,28 +275,6 @@ func (s Server) Pages(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, erro
 	return &apiv1.Empty{}, ToRPC(s.Agent.Pages(ctx, refFromPB(r)))
 }
 
-func (s Server) Images(req *apiv1.ImagesRequest, stream apiv1.Shim_ImagesServer) error {
-	if s.ImageServer == nil {
-		return ToRPC(fmt.Errorf("%w: this shim has no image directory (torpor shim --image-dir)", ErrInvalid))
-	}
-	send := func(c ImageChunk) error {
-		return stream.Send(&apiv1.ImageChunk{Name: c.Name, Offset: c.Offset, Data: c.Data})
-	}
-	var (
-		sum string
-		err error
-	)
-	if req.Stored {
-		sum, err = s.ImageServer.SendStored(stream.Context(), req.Checkpoint, req.GetRef().GetNode(), send)
-	} else {
-		sum, err = s.ImageServer.SendImages(stream.Context(), refFromPB(req.Ref), req.Checkpoint, send)
-	}
-	if err != nil {
-		return ToRPC(err)
-	}
-	return ToRPC(stream.Send(&apiv1.ImageChunk{NodeManifestSha256: sum}))
-}
-
 // noStore is the error of a checkpoint-store call to a shim without one.
 var noStore = fmt.Errorf("%w: this shim keeps no host-local checkpoints: it has no image directory (torpor shim --image-dir)", ErrInvalid)
 

@@ -431,7 +431,7 @@ type DumpRequest struct {
 	// this many bytes (agentapi.DumpRequest.PostCopyAbove).
 	PostCopyAbove int64 `protobuf:"varint,7,opt,name=post_copy_above,json=postCopyAbove,proto3" json:"post_copy_above,omitempty"`
 	// Write the images into the shim's own image directory (dir is ignored)
-	// and serve them to other shims (Images) until the job-node is destroyed,
+	// and serve them to other shims (the image protocol) until the job-node is destroyed,
 	// unlocked or thawed here: a migration that streams its images.
 	Local bool `protobuf:"varint,8,opt,name=local,proto3" json:"local,omitempty"`
 	// Write the images into the shim's own checkpoint store, under the
@@ -638,7 +638,7 @@ type RestoreRequest struct {
 	// host:port of the page server of a post-copy dump: restore lazily from it.
 	PageServer string `protobuf:"bytes,6,opt,name=page_server,json=pageServer,proto3" json:"page_server,omitempty"`
 	// host:port of the shim that holds the images (a local dump of
-	// checkpoint, maybe still being written): fetch them from its Images
+	// checkpoint, maybe still being written): fetch them over the image protocol
 	// first, into this shim's own image directory (dir is ignored), and
 	// verify them against node_manifest_sha256 or, if empty, the SHA-256 the
 	// source sends at the end of the images.
@@ -737,7 +737,9 @@ func (x *RestoreRequest) GetStored() bool {
 }
 
 // Which local dump's images to send (DumpRequest.local), or with stored
-// which job-node of a host-local checkpoint in the shim's store.
+// which job-node of a host-local checkpoint in the shim's store. Not a
+// Shim RPC: images go over the image protocol on the shim's port
+// (docs/protocol.md, "Streamed images"), which begins with this request.
 type ImagesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ref           *NodeRef               `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
@@ -1116,79 +1118,6 @@ func (x *DropRequest) GetCheckpoint() string {
 	return ""
 }
 
-// A piece of one image file: data at offset of the file name (the first
-// chunk of a file, at offset 0, creates it; each next one continues where
-// the last ended). The last chunk of the stream has no name and carries
-// the SHA-256 (hex) of the dump's node manifest: a stream without it is
-// incomplete.
-type ImageChunk struct {
-	state              protoimpl.MessageState `protogen:"open.v1"`
-	Name               string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Data               []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
-	Offset             int64                  `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
-	NodeManifestSha256 string                 `protobuf:"bytes,4,opt,name=node_manifest_sha256,json=nodeManifestSha256,proto3" json:"node_manifest_sha256,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
-}
-
-func (x *ImageChunk) Reset() {
-	*x = ImageChunk{}
-	mi := &file_torpor_proto_msgTypes[16]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ImageChunk) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ImageChunk) ProtoMessage() {}
-
-func (x *ImageChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[16]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
-func (*ImageChunk) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{16}
-}
-
-func (x *ImageChunk) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-func (x *ImageChunk) GetData() []byte {
-	if x != nil {
-		return x.Data
-	}
-	return nil
-}
-
-func (x *ImageChunk) GetOffset() int64 {
-	if x != nil {
-		return x.Offset
-	}
-	return 0
-}
-
-func (x *ImageChunk) GetNodeManifestSha256() string {
-	if x != nil {
-		return x.NodeManifestSha256
-	}
-	return ""
-}
-
 type RestoreFilesReply struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Files below --keep directories that did not exist at the checkpoint,
@@ -1200,7 +1129,7 @@ type RestoreFilesReply struct {
 
 func (x *RestoreFilesReply) Reset() {
 	*x = RestoreFilesReply{}
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1212,7 +1141,7 @@ func (x *RestoreFilesReply) String() string {
 func (*RestoreFilesReply) ProtoMessage() {}
 
 func (x *RestoreFilesReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1225,7 +1154,7 @@ func (x *RestoreFilesReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreFilesReply.ProtoReflect.Descriptor instead.
 func (*RestoreFilesReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{17}
+	return file_torpor_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RestoreFilesReply) GetMoved() []string {
@@ -1247,7 +1176,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1188,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1201,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{18}
+	return file_torpor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NodeStatus) GetRunning() bool {
@@ -1311,7 +1240,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1252,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1265,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{19}
+	return file_torpor_proto_rawDescGZIP(), []int{18}
 }
 
 type NodeOutputRequest struct {
@@ -1350,7 +1279,7 @@ type NodeOutputRequest struct {
 
 func (x *NodeOutputRequest) Reset() {
 	*x = NodeOutputRequest{}
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1291,7 @@ func (x *NodeOutputRequest) String() string {
 func (*NodeOutputRequest) ProtoMessage() {}
 
 func (x *NodeOutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1304,7 @@ func (x *NodeOutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeOutputRequest.ProtoReflect.Descriptor instead.
 func (*NodeOutputRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{20}
+	return file_torpor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *NodeOutputRequest) GetRef() *NodeRef {
@@ -1413,7 +1342,7 @@ type NodeOutput struct {
 
 func (x *NodeOutput) Reset() {
 	*x = NodeOutput{}
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1354,7 @@ func (x *NodeOutput) String() string {
 func (*NodeOutput) ProtoMessage() {}
 
 func (x *NodeOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1367,7 @@ func (x *NodeOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeOutput.ProtoReflect.Descriptor instead.
 func (*NodeOutput) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{21}
+	return file_torpor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NodeOutput) GetNode() string {
@@ -1473,7 +1402,7 @@ type OutputRequest struct {
 
 func (x *OutputRequest) Reset() {
 	*x = OutputRequest{}
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1485,7 +1414,7 @@ func (x *OutputRequest) String() string {
 func (*OutputRequest) ProtoMessage() {}
 
 func (x *OutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1498,7 +1427,7 @@ func (x *OutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputRequest.ProtoReflect.Descriptor instead.
 func (*OutputRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{22}
+	return file_torpor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *OutputRequest) GetJob() string {
@@ -1524,7 +1453,7 @@ type OutputReply struct {
 
 func (x *OutputReply) Reset() {
 	*x = OutputReply{}
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1465,7 @@ func (x *OutputReply) String() string {
 func (*OutputReply) ProtoMessage() {}
 
 func (x *OutputReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1478,7 @@ func (x *OutputReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputReply.ProtoReflect.Descriptor instead.
 func (*OutputReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{23}
+	return file_torpor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *OutputReply) GetNodes() []*NodeOutput {
@@ -1573,7 +1502,7 @@ type RegisterRequest struct {
 	// lazily here: userfaultfd).
 	PostCopy bool `protobuf:"varint,5,opt,name=post_copy,json=postCopy,proto3" json:"post_copy,omitempty"`
 	// The shim has an image directory of its own: it dumps a migration's
-	// images there (DumpRequest.local), serves them (Images) and fetches them
+	// images there (DumpRequest.local), serves them (the image protocol) and fetches them
 	// from another shim (RestoreRequest.from).
 	StreamsImages bool `protobuf:"varint,6,opt,name=streams_images,json=streamsImages,proto3" json:"streams_images,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1582,7 +1511,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1594,7 +1523,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1607,7 +1536,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{24}
+	return file_torpor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RegisterRequest) GetHost() string {
@@ -1666,7 +1595,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1678,7 +1607,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1691,7 +1620,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{25}
+	return file_torpor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *JobSpec) GetId() string {
@@ -1735,7 +1664,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1747,7 +1676,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1760,7 +1689,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{26}
+	return file_torpor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RunRequest) GetSpec() *JobSpec {
@@ -1793,7 +1722,7 @@ type JobRef struct {
 
 func (x *JobRef) Reset() {
 	*x = JobRef{}
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +1734,7 @@ func (x *JobRef) String() string {
 func (*JobRef) ProtoMessage() {}
 
 func (x *JobRef) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +1747,7 @@ func (x *JobRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRef.ProtoReflect.Descriptor instead.
 func (*JobRef) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{27}
+	return file_torpor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *JobRef) GetJob() string {
@@ -1841,7 +1770,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1853,7 +1782,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1866,7 +1795,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{28}
+	return file_torpor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CheckpointRequest) GetJob() string {
@@ -1902,7 +1831,7 @@ type CheckpointReply struct {
 
 func (x *CheckpointReply) Reset() {
 	*x = CheckpointReply{}
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +1843,7 @@ func (x *CheckpointReply) String() string {
 func (*CheckpointReply) ProtoMessage() {}
 
 func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +1856,7 @@ func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointReply.ProtoReflect.Descriptor instead.
 func (*CheckpointReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{29}
+	return file_torpor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CheckpointReply) GetHandle() string {
@@ -1969,7 +1898,7 @@ type RestartRequest struct {
 
 func (x *RestartRequest) Reset() {
 	*x = RestartRequest{}
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +1910,7 @@ func (x *RestartRequest) String() string {
 func (*RestartRequest) ProtoMessage() {}
 
 func (x *RestartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +1923,7 @@ func (x *RestartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
 func (*RestartRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{30}
+	return file_torpor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RestartRequest) GetRef() string {
@@ -2032,7 +1961,7 @@ type RestartReply struct {
 
 func (x *RestartReply) Reset() {
 	*x = RestartReply{}
-	mi := &file_torpor_proto_msgTypes[31]
+	mi := &file_torpor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +1973,7 @@ func (x *RestartReply) String() string {
 func (*RestartReply) ProtoMessage() {}
 
 func (x *RestartReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[31]
+	mi := &file_torpor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +1986,7 @@ func (x *RestartReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartReply.ProtoReflect.Descriptor instead.
 func (*RestartReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{31}
+	return file_torpor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RestartReply) GetJob() string {
@@ -2108,7 +2037,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_torpor_proto_msgTypes[32]
+	mi := &file_torpor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2120,7 +2049,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[32]
+	mi := &file_torpor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2133,7 +2062,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{32}
+	return file_torpor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MigrateRequest) GetJob() string {
@@ -2183,7 +2112,7 @@ type MigrateReply struct {
 
 func (x *MigrateReply) Reset() {
 	*x = MigrateReply{}
-	mi := &file_torpor_proto_msgTypes[33]
+	mi := &file_torpor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2195,7 +2124,7 @@ func (x *MigrateReply) String() string {
 func (*MigrateReply) ProtoMessage() {}
 
 func (x *MigrateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[33]
+	mi := &file_torpor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2208,7 +2137,7 @@ func (x *MigrateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateReply.ProtoReflect.Descriptor instead.
 func (*MigrateReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{33}
+	return file_torpor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *MigrateReply) GetMode() string {
@@ -2282,7 +2211,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_torpor_proto_msgTypes[34]
+	mi := &file_torpor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2294,7 +2223,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[34]
+	mi := &file_torpor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2307,7 +2236,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{34}
+	return file_torpor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -2368,7 +2297,7 @@ type JobList struct {
 
 func (x *JobList) Reset() {
 	*x = JobList{}
-	mi := &file_torpor_proto_msgTypes[35]
+	mi := &file_torpor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2380,7 +2309,7 @@ func (x *JobList) String() string {
 func (*JobList) ProtoMessage() {}
 
 func (x *JobList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[35]
+	mi := &file_torpor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2393,7 +2322,7 @@ func (x *JobList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobList.ProtoReflect.Descriptor instead.
 func (*JobList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{35}
+	return file_torpor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *JobList) GetJobs() []*Job {
@@ -2413,7 +2342,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_torpor_proto_msgTypes[36]
+	mi := &file_torpor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2425,7 +2354,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[36]
+	mi := &file_torpor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2438,7 +2367,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{36}
+	return file_torpor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListCheckpointsRequest) GetJob() string {
@@ -2477,7 +2406,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_torpor_proto_msgTypes[37]
+	mi := &file_torpor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2489,7 +2418,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[37]
+	mi := &file_torpor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2502,7 +2431,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{37}
+	return file_torpor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Checkpoint) GetHandle() string {
@@ -2584,7 +2513,7 @@ type CheckpointList struct {
 
 func (x *CheckpointList) Reset() {
 	*x = CheckpointList{}
-	mi := &file_torpor_proto_msgTypes[38]
+	mi := &file_torpor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2596,7 +2525,7 @@ func (x *CheckpointList) String() string {
 func (*CheckpointList) ProtoMessage() {}
 
 func (x *CheckpointList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[38]
+	mi := &file_torpor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2609,7 +2538,7 @@ func (x *CheckpointList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointList.ProtoReflect.Descriptor instead.
 func (*CheckpointList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{38}
+	return file_torpor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CheckpointList) GetCheckpoints() []*Checkpoint {
@@ -2636,7 +2565,7 @@ type FenceRequest struct {
 
 func (x *FenceRequest) Reset() {
 	*x = FenceRequest{}
-	mi := &file_torpor_proto_msgTypes[39]
+	mi := &file_torpor_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2648,7 +2577,7 @@ func (x *FenceRequest) String() string {
 func (*FenceRequest) ProtoMessage() {}
 
 func (x *FenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[39]
+	mi := &file_torpor_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2661,7 +2590,7 @@ func (x *FenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRequest.ProtoReflect.Descriptor instead.
 func (*FenceRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{39}
+	return file_torpor_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *FenceRequest) GetJob() string {
@@ -2715,7 +2644,7 @@ type FenceReply struct {
 
 func (x *FenceReply) Reset() {
 	*x = FenceReply{}
-	mi := &file_torpor_proto_msgTypes[40]
+	mi := &file_torpor_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2727,7 +2656,7 @@ func (x *FenceReply) String() string {
 func (*FenceReply) ProtoMessage() {}
 
 func (x *FenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[40]
+	mi := &file_torpor_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2740,7 +2669,7 @@ func (x *FenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceReply.ProtoReflect.Descriptor instead.
 func (*FenceReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{40}
+	return file_torpor_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *FenceReply) GetData() []byte {
@@ -2763,7 +2692,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_torpor_proto_msgTypes[41]
+	mi := &file_torpor_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2775,7 +2704,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[41]
+	mi := &file_torpor_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2788,7 +2717,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{41}
+	return file_torpor_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *EventsRequest) GetJob() string {
@@ -2853,7 +2782,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_torpor_proto_msgTypes[42]
+	mi := &file_torpor_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2865,7 +2794,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[42]
+	mi := &file_torpor_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2878,7 +2807,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{42}
+	return file_torpor_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -3051,7 +2980,7 @@ type WaitReply struct {
 
 func (x *WaitReply) Reset() {
 	*x = WaitReply{}
-	mi := &file_torpor_proto_msgTypes[43]
+	mi := &file_torpor_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3063,7 +2992,7 @@ func (x *WaitReply) String() string {
 func (*WaitReply) ProtoMessage() {}
 
 func (x *WaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[43]
+	mi := &file_torpor_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3076,7 +3005,7 @@ func (x *WaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitReply.ProtoReflect.Descriptor instead.
 func (*WaitReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{43}
+	return file_torpor_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *WaitReply) GetJob() *Job {
@@ -3187,13 +3116,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\vDropRequest\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\tR\n" +
-	"checkpoint\"~\n" +
-	"\n" +
-	"ImageChunk\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
-	"\x06offset\x18\x03 \x01(\x03R\x06offset\x120\n" +
-	"\x14node_manifest_sha256\x18\x04 \x01(\tR\x12nodeManifestSha256\")\n" +
+	"checkpoint\")\n" +
 	"\x11RestoreFilesReply\x12\x14\n" +
 	"\x05moved\x18\x01 \x03(\tR\x05moved\"u\n" +
 	"\n" +
@@ -3365,7 +3288,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"-\n" +
 	"\tWaitReply\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xcb\a\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\x8e\a\n" +
 	"\x04Shim\x122\n" +
 	"\x05Start\x12\x17.torpor.v1.StartRequest\x1a\x10.torpor.v1.Empty\x126\n" +
 	"\aPrepare\x12\x19.torpor.v1.PrepareRequest\x1a\x10.torpor.v1.Empty\x12.\n" +
@@ -3379,8 +3302,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\aRestore\x12\x19.torpor.v1.RestoreRequest\x1a\x10.torpor.v1.Empty\x12/\n" +
 	"\aDestroy\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x123\n" +
 	"\x06Status\x12\x12.torpor.v1.NodeRef\x1a\x15.torpor.v1.NodeStatus\x12-\n" +
-	"\x05Pages\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x12;\n" +
-	"\x06Images\x12\x18.torpor.v1.ImagesRequest\x1a\x15.torpor.v1.ImageChunk0\x01\x127\n" +
+	"\x05Pages\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x127\n" +
 	"\x05Fetch\x12\x17.torpor.v1.FetchRequest\x1a\x15.torpor.v1.FetchReply\x124\n" +
 	"\x04Held\x12\x16.torpor.v1.HeldRequest\x1a\x14.torpor.v1.HeldReply\x120\n" +
 	"\x04Drop\x12\x16.torpor.v1.DropRequest\x1a\x10.torpor.v1.Empty\x12=\n" +
@@ -3413,7 +3335,7 @@ func file_torpor_proto_rawDescGZIP() []byte {
 	return file_torpor_proto_rawDescData
 }
 
-var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_torpor_proto_goTypes = []any{
 	(*NodeSpec)(nil),               // 0: torpor.v1.NodeSpec
 	(*Creds)(nil),                  // 1: torpor.v1.Creds
@@ -3431,40 +3353,39 @@ var file_torpor_proto_goTypes = []any{
 	(*HeldReply)(nil),              // 13: torpor.v1.HeldReply
 	(*HeldImages)(nil),             // 14: torpor.v1.HeldImages
 	(*DropRequest)(nil),            // 15: torpor.v1.DropRequest
-	(*ImageChunk)(nil),             // 16: torpor.v1.ImageChunk
-	(*RestoreFilesReply)(nil),      // 17: torpor.v1.RestoreFilesReply
-	(*NodeStatus)(nil),             // 18: torpor.v1.NodeStatus
-	(*Empty)(nil),                  // 19: torpor.v1.Empty
-	(*NodeOutputRequest)(nil),      // 20: torpor.v1.NodeOutputRequest
-	(*NodeOutput)(nil),             // 21: torpor.v1.NodeOutput
-	(*OutputRequest)(nil),          // 22: torpor.v1.OutputRequest
-	(*OutputReply)(nil),            // 23: torpor.v1.OutputReply
-	(*RegisterRequest)(nil),        // 24: torpor.v1.RegisterRequest
-	(*JobSpec)(nil),                // 25: torpor.v1.JobSpec
-	(*RunRequest)(nil),             // 26: torpor.v1.RunRequest
-	(*JobRef)(nil),                 // 27: torpor.v1.JobRef
-	(*CheckpointRequest)(nil),      // 28: torpor.v1.CheckpointRequest
-	(*CheckpointReply)(nil),        // 29: torpor.v1.CheckpointReply
-	(*RestartRequest)(nil),         // 30: torpor.v1.RestartRequest
-	(*RestartReply)(nil),           // 31: torpor.v1.RestartReply
-	(*MigrateRequest)(nil),         // 32: torpor.v1.MigrateRequest
-	(*MigrateReply)(nil),           // 33: torpor.v1.MigrateReply
-	(*Job)(nil),                    // 34: torpor.v1.Job
-	(*JobList)(nil),                // 35: torpor.v1.JobList
-	(*ListCheckpointsRequest)(nil), // 36: torpor.v1.ListCheckpointsRequest
-	(*Checkpoint)(nil),             // 37: torpor.v1.Checkpoint
-	(*CheckpointList)(nil),         // 38: torpor.v1.CheckpointList
-	(*FenceRequest)(nil),           // 39: torpor.v1.FenceRequest
-	(*FenceReply)(nil),             // 40: torpor.v1.FenceReply
-	(*EventsRequest)(nil),          // 41: torpor.v1.EventsRequest
-	(*Event)(nil),                  // 42: torpor.v1.Event
-	(*WaitReply)(nil),              // 43: torpor.v1.WaitReply
-	nil,                            // 44: torpor.v1.OutputRequest.OffsetsEntry
-	nil,                            // 45: torpor.v1.CheckpointReply.PhaseNanosEntry
-	nil,                            // 46: torpor.v1.RestartRequest.HostsEntry
-	nil,                            // 47: torpor.v1.MigrateReply.PhasesNanosEntry
-	nil,                            // 48: torpor.v1.Checkpoint.PhaseNanosEntry
-	nil,                            // 49: torpor.v1.Event.PhaseNanosEntry
+	(*RestoreFilesReply)(nil),      // 16: torpor.v1.RestoreFilesReply
+	(*NodeStatus)(nil),             // 17: torpor.v1.NodeStatus
+	(*Empty)(nil),                  // 18: torpor.v1.Empty
+	(*NodeOutputRequest)(nil),      // 19: torpor.v1.NodeOutputRequest
+	(*NodeOutput)(nil),             // 20: torpor.v1.NodeOutput
+	(*OutputRequest)(nil),          // 21: torpor.v1.OutputRequest
+	(*OutputReply)(nil),            // 22: torpor.v1.OutputReply
+	(*RegisterRequest)(nil),        // 23: torpor.v1.RegisterRequest
+	(*JobSpec)(nil),                // 24: torpor.v1.JobSpec
+	(*RunRequest)(nil),             // 25: torpor.v1.RunRequest
+	(*JobRef)(nil),                 // 26: torpor.v1.JobRef
+	(*CheckpointRequest)(nil),      // 27: torpor.v1.CheckpointRequest
+	(*CheckpointReply)(nil),        // 28: torpor.v1.CheckpointReply
+	(*RestartRequest)(nil),         // 29: torpor.v1.RestartRequest
+	(*RestartReply)(nil),           // 30: torpor.v1.RestartReply
+	(*MigrateRequest)(nil),         // 31: torpor.v1.MigrateRequest
+	(*MigrateReply)(nil),           // 32: torpor.v1.MigrateReply
+	(*Job)(nil),                    // 33: torpor.v1.Job
+	(*JobList)(nil),                // 34: torpor.v1.JobList
+	(*ListCheckpointsRequest)(nil), // 35: torpor.v1.ListCheckpointsRequest
+	(*Checkpoint)(nil),             // 36: torpor.v1.Checkpoint
+	(*CheckpointList)(nil),         // 37: torpor.v1.CheckpointList
+	(*FenceRequest)(nil),           // 38: torpor.v1.FenceRequest
+	(*FenceReply)(nil),             // 39: torpor.v1.FenceReply
+	(*EventsRequest)(nil),          // 40: torpor.v1.EventsRequest
+	(*Event)(nil),                  // 41: torpor.v1.Event
+	(*WaitReply)(nil),              // 42: torpor.v1.WaitReply
+	nil,                            // 43: torpor.v1.OutputRequest.OffsetsEntry
+	nil,                            // 44: torpor.v1.CheckpointReply.PhaseNanosEntry
+	nil,                            // 45: torpor.v1.RestartRequest.HostsEntry
+	nil,                            // 46: torpor.v1.MigrateReply.PhasesNanosEntry
+	nil,                            // 47: torpor.v1.Checkpoint.PhaseNanosEntry
+	nil,                            // 48: torpor.v1.Event.PhaseNanosEntry
 }
 var file_torpor_proto_depIdxs = []int32{
 	1,  // 0: torpor.v1.NodeSpec.user:type_name -> torpor.v1.Creds
@@ -3475,19 +3396,19 @@ var file_torpor_proto_depIdxs = []int32{
 	2,  // 5: torpor.v1.ImagesRequest.ref:type_name -> torpor.v1.NodeRef
 	14, // 6: torpor.v1.HeldReply.images:type_name -> torpor.v1.HeldImages
 	2,  // 7: torpor.v1.NodeOutputRequest.ref:type_name -> torpor.v1.NodeRef
-	44, // 8: torpor.v1.OutputRequest.offsets:type_name -> torpor.v1.OutputRequest.OffsetsEntry
-	21, // 9: torpor.v1.OutputReply.nodes:type_name -> torpor.v1.NodeOutput
+	43, // 8: torpor.v1.OutputRequest.offsets:type_name -> torpor.v1.OutputRequest.OffsetsEntry
+	20, // 9: torpor.v1.OutputReply.nodes:type_name -> torpor.v1.NodeOutput
 	0,  // 10: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
-	25, // 11: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
-	45, // 12: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
-	46, // 13: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
-	47, // 14: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
-	25, // 15: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
-	34, // 16: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
-	48, // 17: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
-	37, // 18: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
-	49, // 19: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
-	34, // 20: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
+	24, // 11: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
+	44, // 12: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
+	45, // 13: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
+	46, // 14: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
+	24, // 15: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
+	33, // 16: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
+	47, // 17: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
+	36, // 18: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
+	48, // 19: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
+	33, // 20: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
 	3,  // 21: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
 	4,  // 22: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
 	2,  // 23: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
@@ -3501,57 +3422,55 @@ var file_torpor_proto_depIdxs = []int32{
 	2,  // 31: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
 	2,  // 32: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
 	2,  // 33: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
-	9,  // 34: torpor.v1.Shim.Images:input_type -> torpor.v1.ImagesRequest
-	10, // 35: torpor.v1.Shim.Fetch:input_type -> torpor.v1.FetchRequest
-	12, // 36: torpor.v1.Shim.Held:input_type -> torpor.v1.HeldRequest
-	15, // 37: torpor.v1.Shim.Drop:input_type -> torpor.v1.DropRequest
-	20, // 38: torpor.v1.Shim.Output:input_type -> torpor.v1.NodeOutputRequest
-	24, // 39: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
-	26, // 40: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
-	28, // 41: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
-	30, // 42: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
-	32, // 43: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
-	19, // 44: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
-	27, // 45: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
-	27, // 46: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
-	36, // 47: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
-	39, // 48: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
-	27, // 49: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
-	41, // 50: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
-	22, // 51: torpor.v1.Coordinator.Output:input_type -> torpor.v1.OutputRequest
-	19, // 52: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	19, // 53: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	19, // 54: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	5,  // 55: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	19, // 56: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	7,  // 57: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	19, // 58: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	19, // 59: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	17, // 60: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
-	19, // 61: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	19, // 62: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	18, // 63: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	19, // 64: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
-	16, // 65: torpor.v1.Shim.Images:output_type -> torpor.v1.ImageChunk
-	11, // 66: torpor.v1.Shim.Fetch:output_type -> torpor.v1.FetchReply
-	13, // 67: torpor.v1.Shim.Held:output_type -> torpor.v1.HeldReply
-	19, // 68: torpor.v1.Shim.Drop:output_type -> torpor.v1.Empty
-	21, // 69: torpor.v1.Shim.Output:output_type -> torpor.v1.NodeOutput
-	19, // 70: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	34, // 71: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	29, // 72: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	31, // 73: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	33, // 74: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
-	35, // 75: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	34, // 76: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	34, // 77: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	38, // 78: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	40, // 79: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
-	34, // 80: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
-	42, // 81: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
-	23, // 82: torpor.v1.Coordinator.Output:output_type -> torpor.v1.OutputReply
-	52, // [52:83] is the sub-list for method output_type
-	21, // [21:52] is the sub-list for method input_type
+	10, // 34: torpor.v1.Shim.Fetch:input_type -> torpor.v1.FetchRequest
+	12, // 35: torpor.v1.Shim.Held:input_type -> torpor.v1.HeldRequest
+	15, // 36: torpor.v1.Shim.Drop:input_type -> torpor.v1.DropRequest
+	19, // 37: torpor.v1.Shim.Output:input_type -> torpor.v1.NodeOutputRequest
+	23, // 38: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
+	25, // 39: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
+	27, // 40: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
+	29, // 41: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
+	31, // 42: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
+	18, // 43: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
+	26, // 44: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
+	26, // 45: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
+	35, // 46: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
+	38, // 47: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
+	26, // 48: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
+	40, // 49: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
+	21, // 50: torpor.v1.Coordinator.Output:input_type -> torpor.v1.OutputRequest
+	18, // 51: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	18, // 52: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	18, // 53: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	5,  // 54: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	18, // 55: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	7,  // 56: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	18, // 57: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	18, // 58: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	16, // 59: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
+	18, // 60: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	18, // 61: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	17, // 62: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	18, // 63: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
+	11, // 64: torpor.v1.Shim.Fetch:output_type -> torpor.v1.FetchReply
+	13, // 65: torpor.v1.Shim.Held:output_type -> torpor.v1.HeldReply
+	18, // 66: torpor.v1.Shim.Drop:output_type -> torpor.v1.Empty
+	20, // 67: torpor.v1.Shim.Output:output_type -> torpor.v1.NodeOutput
+	18, // 68: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	33, // 69: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	28, // 70: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	30, // 71: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	32, // 72: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
+	34, // 73: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	33, // 74: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	33, // 75: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	37, // 76: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	39, // 77: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	33, // 78: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
+	41, // 79: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
+	22, // 80: torpor.v1.Coordinator.Output:output_type -> torpor.v1.OutputReply
+	51, // [51:81] is the sub-list for method output_type
+	21, // [21:51] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -3568,7 +3487,7 @@ func file_torpor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_torpor_proto_rawDesc), len(file_torpor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   50,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

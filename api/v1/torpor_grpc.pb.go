@@ -39,7 +39,6 @@ const (
 	Shim_Destroy_FullMethodName      = "/torpor.v1.Shim/Destroy"
 	Shim_Status_FullMethodName       = "/torpor.v1.Shim/Status"
 	Shim_Pages_FullMethodName        = "/torpor.v1.Shim/Pages"
-	Shim_Images_FullMethodName       = "/torpor.v1.Shim/Images"
 	Shim_Fetch_FullMethodName        = "/torpor.v1.Shim/Fetch"
 	Shim_Held_FullMethodName         = "/torpor.v1.Shim/Held"
 	Shim_Drop_FullMethodName         = "/torpor.v1.Shim/Drop"
@@ -64,8 +63,6 @@ type ShimClient interface {
 	Status(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*NodeStatus, error)
 	// Until a job-node restored with post-copy has all its pages.
 	Pages(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*Empty, error)
-	// The images of a local dump, to another shim that restores them.
-	Images(ctx context.Context, in *ImagesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error)
 	// The checkpoint store of a shim with an image directory (host-local
 	// checkpoints, docs/protocol.md): copy images in from another shim, say
 	// what it holds, drop a checkpoint's.
@@ -215,25 +212,6 @@ func (c *shimClient) Pages(ctx context.Context, in *NodeRef, opts ...grpc.CallOp
 	return out, nil
 }
 
-func (c *shimClient) Images(ctx context.Context, in *ImagesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImageChunk], error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Shim_ServiceDesc.Streams[0], Shim_Images_FullMethodName, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	x := &grpc.GenericClientStream[ImagesRequest, ImageChunk]{ClientStream: stream}
-	if err := x.ClientStream.SendMsg(in); err != nil {
-		return nil, err
-	}
-	if err := x.ClientStream.CloseSend(); err != nil {
-		return nil, err
-	}
-	return x, nil
-}
-
-// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type Shim_ImagesClient = grpc.ServerStreamingClient[ImageChunk]
-
 func (c *shimClient) Fetch(ctx context.Context, in *FetchRequest, opts ...grpc.CallOption) (*FetchReply, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(FetchReply)
@@ -292,8 +270,6 @@ type ShimServer interface {
 	Status(context.Context, *NodeRef) (*NodeStatus, error)
 	// Until a job-node restored with post-copy has all its pages.
 	Pages(context.Context, *NodeRef) (*Empty, error)
-	// The images of a local dump, to another shim that restores them.
-	Images(*ImagesRequest, grpc.ServerStreamingServer[ImageChunk]) error
 	// The checkpoint store of a shim with an image directory (host-local
 	// checkpoints, docs/protocol.md): copy images in from another shim, say
 	// what it holds, drop a checkpoint's.
@@ -351,9 +327,6 @@ func (UnimplementedShimServer) Status(context.Context, *NodeRef) (*NodeStatus, e
 }
 func (UnimplementedShimServer) Pages(context.Context, *NodeRef) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Pages not implemented")
-}
-func (UnimplementedShimServer) Images(*ImagesRequest, grpc.ServerStreamingServer[ImageChunk]) error {
-	return status.Error(codes.Unimplemented, "method Images not implemented")
 }
 func (UnimplementedShimServer) Fetch(context.Context, *FetchRequest) (*FetchReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Fetch not implemented")
@@ -622,17 +595,6 @@ func _Shim_Pages_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Shim_Images_Handler(srv interface{}, stream grpc.ServerStream) error {
-	m := new(ImagesRequest)
-	if err := stream.RecvMsg(m); err != nil {
-		return err
-	}
-	return srv.(ShimServer).Images(m, &grpc.GenericServerStream[ImagesRequest, ImageChunk]{ServerStream: stream})
-}
-
-// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type Shim_ImagesServer = grpc.ServerStreamingServer[ImageChunk]
-
 func _Shim_Fetch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(FetchRequest)
 	if err := dec(in); err != nil {
@@ -781,13 +743,7 @@ var Shim_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Shim_Output_Handler,
 		},
 	},
-	Streams: []grpc.StreamDesc{
-		{
-			StreamName:    "Images",
-			Handler:       _Shim_Images_Handler,
-			ServerStreams: true,
-		},
-	},
+	Streams:  []grpc.StreamDesc{},
 	Metadata: "torpor.proto",
 }
 

@@ -13,7 +13,6 @@ import (
 	"sync/atomic"
 
 	"github.com/torpor-hpc/torpor/agentapi"
-	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/internal/pki"
@@ -21,8 +20,6 @@ import (
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/simhost"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 )
 
 // Env is one benchmark's simulated cluster: hosts h1..hN, one real shim
@@ -202,8 +199,7 @@ func (e *Env) serveImages(a *agent.Agent, serverTLS *tls.Config) (string, error)
 	if err != nil {
 		return "", err
 	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(serverTLS)))
-	apiv1.RegisterShimServer(gs, agentapi.Server{Agent: a, ImageServer: a, Holder: a})
+	gs := agentapi.NewShimServer(serverTLS, agentapi.Server{Agent: a, ImageServer: a, Holder: a})
 	go func() { _ = gs.Serve(lis) }()
 	e.stop = append(e.stop, gs.Stop)
 	return lis.Addr().String(), nil

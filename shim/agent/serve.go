@@ -127,12 +127,11 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg.ServerTLS)))
 	srv := agentapi.Server{Agent: metrics.Instrument(a, m), Outputs: a}
 	if a.StreamsImages() {
 		srv.ImageServer, srv.Holder = a, a
 	}
-	apiv1.RegisterShimServer(gs, srv)
+	gs := agentapi.NewShimServer(cfg.ServerTLS, srv)
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(lis) }()
 	defer gs.Stop()

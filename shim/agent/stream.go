@@ -2,19 +2,14 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
@@ -38,6 +33,12 @@ import (
 
 // imageChunk is the size of the pieces a source sends.
 const imageChunk = 1 << 20
+
+// imageWindow is the HTTP/2 flow-control window of an image fetch. gRPC's
+// default starts at 64 KiB and grows only with the measured bandwidth-delay
+// product, which on a fast, near link stays small: the source then waits
+// for window updates instead of sending.
+const imageWindow = 16 << 20
 
 // StreamsImages says the shim has an image directory of its own: it takes
 // part in streamed migrations.
@@ -380,23 +381,6 @@ func (a *Agent) receiveImages(ctx context.Context, dir string, req *apiv1.Images
 	if a.cfg.PeerTLS == nil {
 		return "", 0, 0, fmt.Errorf("%w: this shim has no certificate to fetch images from another shim", agentapi.ErrInvalid)
 	}
-	host, _, err := net.SplitHostPort(from)
-	if err != nil {
-		return "", 0, 0, fmt.Errorf("%w: images from %q: %v", agentapi.ErrInvalid, from, err)
-	}
-	tc := a.cfg.PeerTLS.Clone()
-	tc.ServerName = host
-	conn, err := grpc.NewClient(from, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
-	if err != nil {
-		return "", 0, 0, fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := apiv1.NewShimClient(conn).Images(ctx, req)
-	if err != nil {
-		return "", 0, 0, fmt.Errorf("images of %s/%s from %s: %w", job, node, from, agentapi.FromRPC(err))
-	}
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return "", 0, 0, err
@@ -415,46 +399,33 @@ func (a *Agent) receiveImages(ctx context.Context, dir string, req *apiv1.Images
 		return fmt.Errorf("%w: images of %s/%s from %s: %s", catalog.ErrCorrupt, job, node, from, fmt.Sprintf(format, args...))
 	}
 	start := time.Now()
-	for {
-		c, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return "", 0, 0, fmt.Errorf("images of %s/%s from %s: %w", job, node, from, agentapi.FromRPC(err))
-		}
-		if sum != "" {
-			return "", 0, 0, bad("more after the node manifest's digest")
-		}
+	recv := func(c agentapi.ImageChunk) error {
 		if c.Name == "" {
-			if c.NodeManifestSha256 == "" {
-				return "", 0, 0, bad("a chunk with no file name")
-			}
-			sum = c.NodeManifestSha256
-			continue
+			return bad("a chunk with no file name")
 		}
 		f := files[c.Name]
 		if f == nil {
 			if !filepath.IsLocal(c.Name) || strings.Contains(c.Name, `\`) {
-				return "", 0, 0, bad("refusing the file name %q", c.Name)
+				return bad("refusing the file name %q", c.Name)
 			}
 			if c.Offset != 0 {
-				return "", 0, 0, bad("%s begins at offset %d", c.Name, c.Offset)
+				return bad("%s begins at offset %d", c.Name, c.Offset)
 			}
 			if d := filepath.Dir(c.Name); d != "." {
 				if err := root.MkdirAll(d, 0o700); err != nil {
-					return "", 0, 0, err
+					return err
 				}
 			}
+			var err error
 			if f, err = root.OpenFile(c.Name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
-				return "", 0, 0, fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
+				return fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
 			}
 			files[c.Name] = f
 		} else if c.Offset != size[c.Name] {
-			return "", 0, 0, bad("%s continues at offset %d, after %d bytes", c.Name, c.Offset, size[c.Name])
+			return bad("%s continues at offset %d, after %d bytes", c.Name, c.Offset, size[c.Name])
 		}
 		if _, err := f.Write(c.Data); err != nil {
-			return "", 0, 0, fmt.Errorf("images of %s/%s: %w", job, node, err)
+			return fmt.Errorf("images of %s/%s: %w", job, node, err)
 		}
 		size[c.Name] += int64(len(c.Data))
 		got += int64(len(c.Data))
@@ -463,14 +434,16 @@ func (a *Agent) receiveImages(ctx context.Context, dir string, req *apiv1.Images
 			if ahead := time.Duration(float64(got)/float64(rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
 				select {
 				case <-ctx.Done():
-					return "", 0, 0, ctx.Err()
+					return ctx.Err()
 				case <-time.After(ahead):
 				}
 			}
 		}
+		return nil
 	}
-	if sum == "" {
-		return "", 0, 0, bad("the stream ended before the node manifest's digest")
+	sum, err = agentapi.ReceiveImages(ctx, from, a.cfg.PeerTLS, req, recv)
+	if err != nil {
+		return "", 0, 0, fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
 	}
 	return sum, got, len(files), nil
 }

@@ -13,11 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-
 	"github.com/torpor-hpc/torpor/agentapi"
-	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/internal/pki"
 	"github.com/torpor-hpc/torpor/internal/testutil"
@@ -25,7 +21,7 @@ import (
 
 // shimTLS makes a CA with a shim certificate and returns the TLS
 // configurations a shim serves and dials other shims with.
-func shimTLS(t *testing.T) (server, client *tls.Config) {
+func shimTLS(t testing.TB) (server, client *tls.Config) {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.EnsureCA(dir)
@@ -42,20 +38,19 @@ func shimTLS(t *testing.T) (server, client *tls.Config) {
 }
 
 // serveImages serves is's images over mutual TLS and returns the address.
-func serveImages(t *testing.T, stls *tls.Config, is agentapi.ImageServer) string {
+func serveImages(t testing.TB, stls *tls.Config, is agentapi.ImageServer) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(stls)))
-	apiv1.RegisterShimServer(gs, agentapi.Server{ImageServer: is})
+	gs := agentapi.NewShimServer(stls, agentapi.Server{ImageServer: is})
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
 	return lis.Addr().String()
 }
 
-func imageAgent(t *testing.T, host string, peer *tls.Config) *Agent {
+func imageAgent(t testing.TB, host string, peer *tls.Config) *Agent {
 	t.Helper()
 	a, err := New(Config{Host: host, Bridge: "br0", RunDir: t.TempDir(), ImageDir: filepath.Join(t.TempDir(), "images"), PeerTLS: peer})
 	if err != nil {

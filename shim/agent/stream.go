@@ -34,12 +34,6 @@ import (
 // imageChunk is the size of the pieces a source sends.
 const imageChunk = 1 << 20
 
-// imageWindow is the HTTP/2 flow-control window of an image fetch. gRPC's
-// default starts at 64 KiB and grows only with the measured bandwidth-delay
-// product, which on a fast, near link stays small: the source then waits
-// for window updates instead of sending.
-const imageWindow = 16 << 20
-
 // StreamsImages says the shim has an image directory of its own: it takes
 // part in streamed migrations.
 func (a *Agent) StreamsImages() bool { return a.cfg.ImageDir != "" }

@@ -54,15 +54,18 @@ func buildTorpor(t *testing.T, prefix string) (dir, torpor string) {
 // cluster is a coordinator and shim daemons, each a separate torpor process,
 // on simulated hosts.
 type cluster struct {
-	t        *testing.T
-	dir      string
-	torpor   string
-	socket   string
-	runDir   string
-	state    string
-	ckpt     string
-	pki      string
-	addr     string
+	t      *testing.T
+	dir    string
+	torpor string
+	socket string
+	runDir string
+	state  string
+	ckpt   string
+	pki    string
+	addr   string
+	// pkiHosts, if set, are the addresses the certificates name
+	// (--pki-hosts) instead of the loopback's.
+	pkiHosts []string
 	cgParent string
 	sim      *simhost.Cluster
 	coord    *exec.Cmd
@@ -119,8 +122,20 @@ func newIsolatedCluster(t *testing.T, hosts int, coordArgs ...string) *cluster {
 			{filepath.Join(c.dir, "hosts", "coord", "state"), c.state},
 			{filepath.Join(c.dir, "hosts", "coord", "ckpt"), c.ckpt},
 		})
+		if err != nil {
+			return err
+		}
 		c.mountNS["coord"] = f
-		return err
+		// The daemons talk over the routed network, each in its host's
+		// network namespace: the coordinator in a host of its own.
+		ctl, err := c.sim.AddControlHost()
+		if err != nil {
+			return err
+		}
+		ctl.MountNS = f
+		c.addr = net.JoinHostPort(ctl.Underlay, strconv.Itoa(20000+os.Getpid()%20000))
+		c.pkiHosts = append(c.sim.Underlay(), ctl.Underlay)
+		return nil
 	}, append([]string{"--local-checkpoints"}, coordArgs...)...)
 	return c
 }
@@ -162,7 +177,11 @@ func newClusterOpts(t *testing.T, create func(context.Context, string, int) (*si
 			t.Fatal(err)
 		}
 	}
-	if out, err := exec.Command(c.torpor, "coordinator", "--init-pki", "--pki", c.pki).CombinedOutput(); err != nil {
+	initPKI := []string{"coordinator", "--init-pki", "--pki", c.pki}
+	if c.pkiHosts != nil {
+		initPKI = append(initPKI, "--pki-hosts", strings.Join(c.pkiHosts, ","))
+	}
+	if out, err := exec.Command(c.torpor, initPKI...).CombinedOutput(); err != nil {
 		t.Fatalf("init pki: %v\n%s", err, out)
 	}
 	c.startCoordinator()
@@ -179,7 +198,7 @@ func (c *cluster) startShim(i int, extra ...string) {
 	h := c.sim.Host(i)
 	args := append([]string{"shim", "--host", fmt.Sprintf("h%d", i), "--netns", h.NetNS,
 		"--bridge", h.Bridge, "--join", c.addr, "--pki", c.pki, "--run-dir", c.runDir,
-		"--cgroup-parent", c.cgParent, "--listen", "127.0.0.1:0"}, extra...)
+		"--cgroup-parent", c.cgParent, "--listen", net.JoinHostPort(c.shimIP(h), "0")}, extra...)
 	if c.sim.Routed {
 		// Hosts that share no segment, and no image directory: migrations
 		// stream their images from shim to shim.
@@ -197,7 +216,11 @@ func (c *cluster) startShim(i int, extra ...string) {
 		// Keep the earlier shim's log too: a restarted shim's story starts there.
 		c.logs[name+"-before"] = old
 	}
-	c.shims[i-1] = c.daemonIn(c.mountNS[fmt.Sprintf("h%d", i)], nil, name, args...)
+	var where *simhost.Host
+	if c.mountNS != nil {
+		where = h
+	}
+	c.shims[i-1] = c.daemonIn(where, nil, name, args...)
 	// Jobs placed on the host before its shim registered would fail.
 	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(c.logs[name].String(), "registered with coordinator") {
@@ -235,14 +258,26 @@ func (c *cluster) daemon(name string, args ...string) *exec.Cmd {
 // daemonAs is daemon run as cred (nil: root).
 func (c *cluster) daemonAs(cred *syscall.Credential, name string, args ...string) *exec.Cmd {
 	c.t.Helper()
-	return c.daemonIn("", cred, name, args...)
+	return c.daemonIn(nil, cred, name, args...)
 }
 
-// daemonIn is daemonAs in the mount namespace file mountNS ("": the
+// shimIP is the address host h's shim listens on: on an isolated cluster
+// its address on the routed network, else loopback.
+func (c *cluster) shimIP(h *simhost.Host) string {
+	if c.mountNS != nil {
+		return h.Underlay
+	}
+	return "127.0.0.1"
+}
+
+// daemonIn is daemonAs in the namespaces of host where (nil: the
 // machine's).
-func (c *cluster) daemonIn(mountNS string, cred *syscall.Credential, name string, args ...string) *exec.Cmd {
+func (c *cluster) daemonIn(where *simhost.Host, cred *syscall.Credential, name string, args ...string) *exec.Cmd {
 	c.t.Helper()
-	cmd := simhost.Command(mountNS, c.torpor, args...)
+	cmd := exec.Command(c.torpor, args...)
+	if where != nil {
+		cmd = where.Command(c.torpor, args...)
+	}
 	buf := &logBuffer{}
 	c.logs[name] = buf
 	cmd.Stdout, cmd.Stderr = buf, buf
@@ -260,7 +295,7 @@ func (c *cluster) startCoordinator(extra ...string) {
 	c.t.Helper()
 	args := append([]string{"coordinator", "--state-dir", c.state, "--checkpoint-dir", c.ckpt, "--socket", c.socket,
 		"--listen", c.addr, "--pki", c.pki}, append(c.coordArgs, extra...)...)
-	c.coord = c.daemonIn(c.mountNS["coord"], nil, "coordinator", args...)
+	c.coord = c.daemonIn(c.sim.Control, nil, "coordinator", args...)
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		// Until it answers: the socket file of a coordinator that crashed

@@ -60,7 +60,10 @@ type Cluster struct {
 	Name   string
 	Hosts  []*Host
 	Routed bool
-	fabric *netquiesce.Net
+	// Control is the host of a routed cluster's coordinator
+	// (AddControlHost), nil until it is added.
+	Control *Host
+	fabric  *netquiesce.Net
 
 	closeOnce sync.Once
 	closeErr  error
@@ -219,6 +222,52 @@ func (h *Host) routeUplink(router *netquiesce.Net, fab string) error {
 	return h.net.AddDefaultRoute("up0", net.ParseIP(gw))
 }
 
+// AddControlHost gives a routed cluster one more host, for its coordinator:
+// namespace torpor-<name>-coord on a subnet of its own behind the router
+// (Underlay 10.250.0.2), with no bridge and no job-nodes. Close removes it
+// with the others.
+func (c *Cluster) AddControlHost() (*Host, error) {
+	if !c.Routed {
+		return nil, fmt.Errorf("cluster %s: a control host needs a routed cluster", c.Name)
+	}
+	if c.Control != nil {
+		return c.Control, nil
+	}
+	h := &Host{NetNS: NetNSName(c.Name, "coord"), Underlay: underlayAddr(0)}
+	ns, err := netquiesce.NewNamedNetns(h.NetNS)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %s: control host: %w", c.Name, err)
+	}
+	h.net, err = netquiesce.OpenNet(ns)
+	ns.Close()
+	if err == nil {
+		err = h.setupControl(c.fabric)
+	}
+	if err != nil {
+		if h.net != nil {
+			h.net.Close()
+		}
+		_ = netquiesce.DeleteNamedNetns(h.NetNS)
+		return nil, fmt.Errorf("cluster %s: control host: %w", c.Name, err)
+	}
+	c.Control = h
+	return h, nil
+}
+
+// setupControl gives a fresh control host namespace its uplink to the router.
+func (h *Host) setupControl(router *netquiesce.Net) error {
+	if err := h.net.DisableIPv6(); err != nil {
+		return err
+	}
+	if err := h.net.LinkUp("lo"); err != nil {
+		return err
+	}
+	if err := netquiesce.AddVeth(netquiesce.VethEnd{Net: router, Name: "c0"}, netquiesce.VethEnd{Net: h.net, Name: "up0"}); err != nil {
+		return err
+	}
+	return h.routeUplink(router, "c0")
+}
+
 // newHost describes host i of c.
 func (c *Cluster) newHost(i int) *Host {
 	h := &Host{Index: i, NetNS: NetNSName(c.Name, "h"+strconv.Itoa(i)),
@@ -281,8 +330,8 @@ func OpenCluster(name string, n int) (_ *Cluster, err error) {
 // namespaces in place, for another process to OpenCluster.
 func (c *Cluster) Detach() {
 	c.closeOnce.Do(func() {
-		for _, h := range c.Hosts {
-			if h.net != nil {
+		for _, h := range append(c.Hosts[:len(c.Hosts):len(c.Hosts)], c.Control) {
+			if h != nil && h.net != nil {
 				h.net.Close()
 			}
 		}
@@ -299,8 +348,8 @@ func (c *Cluster) Host(i int) *Host { return c.Hosts[i-1] }
 func (c *Cluster) Close() error {
 	c.closeOnce.Do(func() {
 		var errs []error
-		for _, h := range c.Hosts {
-			if h.net != nil {
+		for _, h := range append(c.Hosts[:len(c.Hosts):len(c.Hosts)], c.Control) {
+			if h != nil && h.net != nil {
 				h.net.Close()
 			}
 		}

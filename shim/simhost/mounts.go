@@ -95,6 +95,16 @@ func Command(file, name string, args ...string) *exec.Cmd {
 	return exec.Command("nsenter", append([]string{"--mount=" + file, "--", name}, args...)...)
 }
 
+// Command is name with args run in h's network namespace, and in its mount
+// namespace when it has one: where the host's daemons run.
+func (h *Host) Command(name string, args ...string) *exec.Cmd {
+	ns := []string{"--net=" + h.NetNSPath()}
+	if h.MountNS != "" {
+		ns = append(ns, "--mount="+h.MountNS)
+	}
+	return exec.Command("nsenter", append(append(ns, "--", name), args...)...)
+}
+
 // removeMountNSes unmounts and removes every mount namespace file of the
 // cluster and their directory. A namespace lives on while processes are in
 // it; its mounts go with the last of them.

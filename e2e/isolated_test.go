@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/torpor-hpc/torpor/shim/simhost"
+	"golang.org/x/sys/unix"
 )
 
 // inNS runs a command in the mount namespace of h (h<i>, or coord) of an
@@ -35,6 +37,26 @@ func TestIsolatedCluster(t *testing.T) {
 	c.criuLogsOnFailure("iso", "n0")
 	j := c.faultJob("iso") // n0@h1, n1@h2, n2@h3; --restart-on-failure 1
 	j.progress("started on h1,h2,h3, its output through the coordinator")
+	// The daemons talk over the routed network only: every shim registered
+	// with its host's address there, from its host's network namespace.
+	for i := 1; i <= 5; i++ {
+		want := fmt.Sprintf(`msg="shim registered" host=h%d address=%s:`, i, c.sim.Host(i).Underlay)
+		if !strings.Contains(c.logs["coordinator"].String(), want) {
+			t.Fatalf("h%d's shim did not register from the routed network (%s):\n%s", i, want, c.logs["coordinator"])
+		}
+	}
+	sameNetNS := func(pid int, nsFile string) bool {
+		var a, b unix.Stat_t
+		return unix.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &a) == nil && unix.Stat(nsFile, &b) == nil && a.Ino == b.Ino && a.Dev == b.Dev
+	}
+	if !sameNetNS(c.coord.Process.Pid, c.sim.Control.NetNSPath()) {
+		t.Fatal("the coordinator does not run in the control host's network namespace")
+	}
+	for i, sh := range c.shims {
+		if !sameNetNS(sh.Process.Pid, c.sim.Host(i+1).NetNSPath()) {
+			t.Fatalf("h%d's shim does not run in its host's network namespace", i+1)
+		}
+	}
 
 	h := lastLines(c.mustCLI("checkpoint", j.id), 1)
 	if !c.waitLog("coordinator", "checkpoint replicated", 2*time.Minute) {

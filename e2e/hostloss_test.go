@@ -31,16 +31,16 @@ func (c *cluster) lsStored(job string) jsonStored {
 	return cps[len(cps)-1]
 }
 
-// A whole host is lost after a host-local checkpoint (torpor coordinator
-// --local-checkpoints: every shim keeps its job-nodes' images in its own
-// image directory, copied to one other host once committed): its shim
+// A whole host of an isolated cluster is lost after a host-local checkpoint
+// (every shim keeps its job-nodes' images in its own image directory,
+// copied to one other host once committed): its shim
 // and its job-node are killed and its image directory deleted. The job
 // fails; `torpor ls` says the checkpoint lost its replication; `torpor
 // restart` puts the lost job-node on a host that never held it, which
 // fetches its images from the replica, and the job ends with the
 // undisturbed checksum.
 func TestHostLoss(t *testing.T) {
-	c := newRoutedCluster(t, 4, "--local-checkpoints", "--host-lost-after", "10s")
+	c := newIsolatedCluster(t, 4, "--host-lost-after", "10s")
 	want := faultReference(t)
 	j := c.faultJob("hl") // n0@h1, n1@h2, n2@h3
 	c.criuLogsOnFailure("hl", "n1")
@@ -52,11 +52,11 @@ func TestHostLoss(t *testing.T) {
 	// Nothing of the images is in the coordinator's checkpoint directory:
 	// each job-node's are in its host's store, and in one other host's.
 	seq := strings.TrimPrefix(h, j.id+"/")
-	if ents, err := os.ReadDir(filepath.Join(c.ckpt, j.id, seq, "nodes")); err != nil || len(ents) != 0 {
+	if ents, err := os.ReadDir(filepath.Join(c.hostDir("coord", "ckpt"), j.id, seq, "nodes")); err != nil || len(ents) != 0 {
 		t.Fatalf("the checkpoint directory holds images of a host-local checkpoint: %v %v", ents, err)
 	}
 	held := func(host, node string) bool {
-		_, err := os.Stat(filepath.Join(c.dir, "images", host, "checkpoints", j.id, seq, node, "node-manifest.json"))
+		_, err := os.Stat(filepath.Join(c.hostDir(host, "images"), "checkpoints", j.id, seq, node, "node-manifest.json"))
 		return err == nil
 	}
 	for _, hn := range []struct{ host, node string }{{"h1", "n0"}, {"h2", "n0"}, {"h2", "n1"}, {"h3", "n1"}, {"h3", "n2"}, {"h4", "n2"}} {
@@ -101,7 +101,7 @@ func TestHostLoss(t *testing.T) {
 	if out, err := exec.Command("ip", "netns", "delete", c.sim.Host(2).NetNS+"-"+j.id+"-n1").CombinedOutput(); err != nil {
 		t.Fatalf("delete n1's network namespace: %v\n%s", err, out)
 	}
-	if err := os.RemoveAll(filepath.Join(c.dir, "images", "h2")); err != nil {
+	if err := removeContents(c.hostDir("h2", "images")); err != nil {
 		t.Fatal(err)
 	}
 	t.Log("h2 lost: shim and job-node n1 killed, image directory deleted")
@@ -129,5 +129,19 @@ func TestHostLoss(t *testing.T) {
 		t.Fatalf("checksum %s after losing h2 and a restart, undisturbed %s", got, want)
 	}
 	t.Logf("job %s: checksum %s after losing a host and a restart from its replica = undisturbed", j.id, want)
+}
 
+// removeContents removes everything in dir, but not dir: a mount point
+// (an isolated host's own directory) stays.
+func removeContents(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -3,7 +3,8 @@
 # segment (each on a subnet of its own behind a router; job-node traffic over
 # the shims' VXLAN overlay) and no directory (each shim, and the coordinator,
 # in a mount namespace of its own with its own run, image and state
-# directories). Checkpoints stay on the hosts, with a replica each; the job's
+# directories; the daemons talk over the routed network, each in its host's
+# network namespace, the coordinator on a host of its own). Checkpoints stay on the hosts, with a replica each; the job's
 # output reaches `torpor run` through the coordinator. An MPI job is
 # checkpointed while it runs, killed and restarted, suspended and restarted
 # on other hosts, and has a job-node migrated. Its final checksum must equal
@@ -33,10 +34,13 @@ now() { date +%s.%N; }
 took() { printf '   (%.2f s)\n' "$(echo "$(now) - $1" | bc)"; }
 # inhost H CMD...: CMD in host H's (h<i>, or coord) mount namespace.
 inhost() { local h=$1; shift; nsenter --mount="/run/torpor-sim/$NAME/$h" -- "$@"; }
-# daemon H CMD... &: the same for a daemon started in the background. The
-# subshell that runs the function becomes nsenter, which becomes CMD: $! is
-# the daemon's PID, which cleanup ends.
-daemon() { local h=$1; shift; exec nsenter --mount="/run/torpor-sim/$NAME/$h" -- "$@"; }
+# daemon H CMD... &: CMD in host H's mount and network namespaces, in the
+# background. The subshell that runs the function becomes nsenter, which
+# becomes CMD: $! is the daemon's PID, which cleanup ends.
+daemon() {
+	local h=$1; shift
+	exec nsenter --mount="/run/torpor-sim/$NAME/$h" --net="/run/netns/torpor-$NAME-$h" -- "$@"
+}
 
 cleanup() {
 	set +e
@@ -59,13 +63,14 @@ echo "   reference checksum: $REF"
 step "isolated cluster: 5 hosts, no shared segment, no shared directory ($RUNDIR, $DIR/images and $DIR/state are each host's own)"
 "$TORPOR" sim up --isolated --private "$RUNDIR,$DIR/images,$DIR/state" --backing "$DIR/hosts" "$NAME" 5 | sed 's/^/   /'
 PEERS=$(seq -s, -f '10.250.%g.2' 1 5)
-"$TORPOR" coordinator --init-pki --pki "$DIR/pki" >/dev/null
+COORD=10.250.0.2 # the coordinator's host on the routed network
+"$TORPOR" coordinator --init-pki --pki "$DIR/pki" --pki-hosts "$COORD,$PEERS" >/dev/null
 PORT=$((20000 + $$ % 20000))
-daemon coord "$TORPOR" coordinator --state-dir "$DIR/state" --checkpoint-dir "$DIR/state/ckpt" --listen 127.0.0.1:$PORT \
+daemon coord "$TORPOR" coordinator --state-dir "$DIR/state" --checkpoint-dir "$DIR/state/ckpt" --listen $COORD:$PORT \
 	--pki "$DIR/pki" --local-checkpoints --log-level warn 2>"$DIR/coordinator.log" &
 PIDS+=($!)
 for i in 1 2 3 4 5; do
-	daemon h$i "$TORPOR" shim --host h$i --netns torpor-$NAME-h$i --join 127.0.0.1:$PORT --pki "$DIR/pki" \
+	daemon h$i "$TORPOR" shim --host h$i --netns torpor-$NAME-h$i --join $COORD:$PORT --listen 10.250.$i.2:$PORT --pki "$DIR/pki" \
 		--run-dir "$RUNDIR" --image-dir "$DIR/images" --vxlan "$PEERS" --cgroup-parent /torpor/$NAME \
 		--log-level warn 2>"$DIR/shim-h$i.log" &
 	PIDS+=($!)
@@ -104,6 +109,8 @@ for h in h1 h2; do
 done
 echo "   coordinator: ls $DIR/state/ckpt/$CKPT: $(inhost coord ls "$DIR/state/ckpt/$CKPT" | xargs); nodes/: $(inhost coord ls -A "$DIR/state/ckpt/$CKPT/nodes" | xargs)"
 echo "   this machine: ls $RUNDIR: $(ls -A "$RUNDIR" | xargs)"
+echo "   the coordinator's TCP peers, in its host's network namespace (the shims, over the router):"
+nsenter --net="/run/netns/torpor-$NAME-coord" ss -Htn state established "( sport = :$PORT )" | awk '{print "     " $3 " <- " $4}' | sort -u
 
 step "kill -9 every process of the job (three hosts fail at once)"
 sleep 2

@@ -15,7 +15,7 @@ import (
 func runSim(ctx context.Context, args []string) error {
 	fs := newFlagSet("sim", "up [--routed | --isolated [--private DIR,...] [--backing DIR]] NAME HOSTS | down NAME")
 	routed := fs.Bool("routed", false, "hosts share no L2 segment: each is on a subnet of its own behind a router (start the shims with --vxlan and the printed underlay addresses)")
-	isolated := fs.Bool("isolated", false, "--routed, and each host has a mount namespace of its own in which the --private directories are its own: start each host's shim in it (nsenter --mount=FILE, printed); `sim down` removes them")
+	isolated := fs.Bool("isolated", false, "--routed, and each host has a mount namespace of its own in which the --private directories are its own: start each host's shim in it, and in its network namespace (nsenter --net=/run/netns/NETNS --mount=FILE, printed); the coordinator gets a host of its own on the routed network; `sim down` removes them")
 	private := fs.String("private", "/run/torpor,/var/lib/torpor", "with --isolated: the directories each host has its own copy of (its run, state and image directories)")
 	backing := fs.String("backing", "", "with --isolated: where the hosts' copies are, as BACKING/h<i>/<k> for the k-th --private directory (the coordinator's: BACKING/coord/<k>) (default /var/lib/torpor-sim/NAME; `sim down` does not remove it)")
 	if err := parseFlags(fs, args); err != nil {
@@ -59,7 +59,7 @@ func runSim(ctx context.Context, args []string) error {
 			fmt.Printf("shims: torpor shim --vxlan %s ...\n", strings.Join(c.Underlay(), ","))
 		}
 		if *isolated {
-			fmt.Printf("each in its host's mount namespace: nsenter --mount=MOUNTNS torpor shim ... (private: %s)\n", *private)
+			fmt.Printf("each daemon in its host's namespaces: nsenter --net=/run/netns/NETNS --mount=MOUNTNS torpor shim --listen UNDERLAY:PORT ... (private: %s)\n", *private)
 		}
 		return nil
 	case len(a) == 2 && a[0] == "down":
@@ -94,8 +94,14 @@ func isolateHosts(c *simhost.Cluster, dirs []string, backing string) error {
 		binds = append(binds, [2]string{filepath.Join(backing, "coord", strconv.Itoa(k)), d})
 	}
 	f, err := c.NewMountNS("coord", binds)
-	if err == nil {
-		fmt.Printf("coordinator mountns=%s\n", f)
+	if err != nil {
+		return err
 	}
-	return err
+	ctl, err := c.AddControlHost()
+	if err != nil {
+		return err
+	}
+	ctl.MountNS = f
+	fmt.Printf("coordinator netns=%s underlay=%s mountns=%s\n", ctl.NetNS, ctl.Underlay, f)
+	return nil
 }

@@ -169,6 +169,14 @@ type CheckpointHolder interface {
 	Held(ctx context.Context, job string) ([]HeldImages, error)
 	// Drop removes every image of checkpoint handle from the store.
 	Drop(ctx context.Context, handle string) error
+	// KeepManifest keeps the signed job manifest of checkpoint handle
+	// next to its images in the store (ErrNotFound when the store holds
+	// none of them): the catalog, spread over the hosts.
+	KeepManifest(ctx context.Context, handle string, manifest []byte) error
+	// Manifests returns every job manifest the store keeps, by handle,
+	// for a coordinator that lost its catalog. Whoever reads them checks
+	// their signature: the store does not.
+	Manifests(ctx context.Context) (map[string][]byte, error)
 }
 
 // OutputReader is implemented by an Agent that reads a job-node's output

@@ -190,6 +190,23 @@ func (c Client) Drop(ctx context.Context, handle string) error {
 	return FromRPC(err)
 }
 
+func (c Client) KeepManifest(ctx context.Context, handle string, manifest []byte) error {
+	_, err := c.Shim.KeepManifest(ctx, &apiv1.KeepManifestRequest{Checkpoint: handle, Manifest: manifest})
+	return FromRPC(err)
+}
+
+func (c Client) Manifests(ctx context.Context) (map[string][]byte, error) {
+	rep, err := c.Shim.Manifests(ctx, &apiv1.Empty{})
+	if err != nil {
+		return nil, FromRPC(err)
+	}
+	out := make(map[string][]byte, len(rep.Manifests))
+	for _, m := range rep.Manifests {
+		out[m.Checkpoint] = m.Manifest
+	}
+	return out, nil
+}
+
 var _ CheckpointHolder = Client{}
 
 func (c Client) ReadOutput(ctx context.Context, ref NodeRef, off, max int64) ([]byte, int64, error) {
@@ -306,6 +323,28 @@ func (s Server) Drop(ctx context.Context, req *apiv1.DropRequest) (*apiv1.Empty,
 		return nil, ToRPC(noStore)
 	}
 	return &apiv1.Empty{}, ToRPC(s.Holder.Drop(ctx, req.Checkpoint))
+}
+
+func (s Server) KeepManifest(ctx context.Context, req *apiv1.KeepManifestRequest) (*apiv1.Empty, error) {
+	if s.Holder == nil {
+		return nil, ToRPC(noStore)
+	}
+	return &apiv1.Empty{}, ToRPC(s.Holder.KeepManifest(ctx, req.Checkpoint, req.Manifest))
+}
+
+func (s Server) Manifests(ctx context.Context, _ *apiv1.Empty) (*apiv1.ManifestsReply, error) {
+	if s.Holder == nil {
+		return nil, ToRPC(noStore)
+	}
+	kept, err := s.Holder.Manifests(ctx)
+	if err != nil {
+		return nil, ToRPC(err)
+	}
+	rep := &apiv1.ManifestsReply{}
+	for h, m := range kept {
+		rep.Manifests = append(rep.Manifests, &apiv1.KeptManifest{Checkpoint: h, Manifest: m})
+	}
+	return rep, nil
 }
 
 func (s Server) Output(ctx context.Context, req *apiv1.NodeOutputRequest) (*apiv1.NodeOutput, error) {

@@ -402,3 +402,68 @@ func (s *Store) nextSeq(job string) (uint64, error) {
 	}
 	return next, nil
 }
+
+// ManifestBytes returns the signed job manifest of the committed checkpoint
+// handle as it is on disk, once its signature is checked: what a shim keeps
+// next to a host-local checkpoint's images (Import takes it back).
+func (s *Store) ManifestBytes(handle string) ([]byte, error) {
+	job, seq, err := ParseHandle(handle)
+	if err != nil {
+		return nil, err
+	}
+	p := filepath.Join(s.ckptDir(job, seq), JobManifestName)
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, ioErr("open", p, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxManifestSize+1))
+	if err != nil {
+		return nil, ioErr("read", p, err)
+	}
+	m, err := ParseJobManifest(data, s.key)
+	if err != nil {
+		return nil, err
+	}
+	if m.Handle != handle {
+		return nil, corruptManifest(fmt.Sprintf("the manifest belongs to checkpoint %s, not to this directory", m.Handle), nil)
+	}
+	return data, nil
+}
+
+// Import adds a host-local checkpoint to the catalog from its signed job
+// manifest, as ManifestBytes returned it: how a coordinator whose catalog
+// was lost (a new disk, another host) gets back what the shims keep. The
+// signature must verify with this store's key, so nothing but a manifest
+// this catalog's key signed comes in. A checkpoint the catalog has
+// committed already stays as it is (imported is false); one being written
+// under that handle is an error.
+func (s *Store) Import(data []byte) (handle string, imported bool, err error) {
+	m, err := ParseJobManifest(data, s.key)
+	if err != nil {
+		return "", false, fmt.Errorf("import: %w", err)
+	}
+	if !m.HostLocal {
+		return "", false, fmt.Errorf("import %s: %w", m.Handle, corruptManifest("not a host-local checkpoint: its images would have to be in the catalog", nil))
+	}
+	job, seq := m.Job, m.Seq
+	handle = FormatHandle(job, seq)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending[handle] {
+		return handle, false, fmt.Errorf("import %s: a checkpoint with that handle is being written", handle)
+	}
+	dir := s.ckptDir(job, seq)
+	if _, err := os.Lstat(filepath.Join(dir, JobManifestName)); err == nil {
+		return handle, false, nil
+	}
+	// A directory without a manifest is a commit that never finished
+	// (Recover removes those): the manifest completes it.
+	if err := os.MkdirAll(filepath.Join(dir, nodesDirName), 0o700); err != nil {
+		return handle, false, ioErr("import: create", dir, err)
+	}
+	if err := withHint(atomicfile.Write(filepath.Join(dir, JobManifestName), data, 0o600)); err != nil {
+		return handle, false, fmt.Errorf("import %s: %w", handle, err)
+	}
+	return handle, true, nil
+}

@@ -523,3 +523,76 @@ func TestHostLocalCheckpoint(t *testing.T) {
 		t.Fatal("a changed host-local manifest verified")
 	}
 }
+
+// TestImportManifest: a host-local checkpoint's signed manifest, kept
+// elsewhere, brings it back into an empty catalog with the same key, once;
+// a manifest another key signed, one changed, and one whose images were in
+// the catalog are refused; the next checkpoint comes after the imported.
+func TestImportManifest(t *testing.T) {
+	s := newStore(t)
+	p, err := s.Begin("ring")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := strings.Repeat("ab", 32)
+	cp, err := p.Commit(JobManifest{HostLocal: true, Spec: json.RawMessage(`{"id":"ring"}`), Nodes: []NodeRef{
+		{Name: "n0", Host: "h1", ManifestSHA256: sum, TotalBytes: 100, FileCount: 3},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := s.ManifestBytes(cp.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A new catalog, the same key (what an administrator copies with the PKI).
+	moved, err := Open(t.TempDir(), testKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, imported, err := moved.Import(data)
+	if err != nil || !imported || h != cp.Handle {
+		t.Fatalf("Import = %q, %v, %v", h, imported, err)
+	}
+	got, err := moved.Get(cp.Handle)
+	if err != nil || got.ManifestErr != nil || !got.Manifest.HostLocal || !bytes.Contains(got.Manifest.Spec, []byte(`"ring"`)) || got.Manifest.Nodes[0].ManifestSHA256 != sum {
+		t.Fatalf("imported checkpoint: %+v, %v", got, err)
+	}
+	if err := moved.Verify(context.Background(), cp.Handle); err != nil {
+		t.Fatalf("verify the imported checkpoint: %v", err)
+	}
+	if h, imported, err := moved.Import(data); err != nil || imported || h != cp.Handle {
+		t.Fatalf("Import again = %q, %v, %v: want it left as it is", h, imported, err)
+	}
+	next, err := moved.Begin("ring")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next.Handle() <= cp.Handle {
+		t.Fatalf("the checkpoint after an imported %s is %s", cp.Handle, next.Handle())
+	}
+	next.Abort()
+
+	other, err := Open(t.TempDir(), testKey(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := other.Import(data); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("a manifest signed with another key: %v, want ErrCorrupt", err)
+	}
+	if _, _, err := other.Import(bytes.Replace(data, []byte(`"h1"`), []byte(`"h9"`), 1)); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("a changed manifest: %v, want ErrCorrupt", err)
+	}
+	if jobs, _ := other.Jobs(); len(jobs) != 0 {
+		t.Errorf("refused imports left jobs %v", jobs)
+	}
+	shared := commitOne(t, s, "flat")
+	data, err = s.ManifestBytes(shared.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := moved.Import(data); err == nil {
+		t.Error("a checkpoint whose images were in the catalog was imported without them")
+	}
+}

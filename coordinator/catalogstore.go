@@ -179,3 +179,9 @@ func (c CatalogStore) Describe(job string) ([]CheckpointInfo, error) {
 	}
 	return out, nil
 }
+
+// ManifestBytes implements manifestKeeper.
+func (c CatalogStore) ManifestBytes(handle string) ([]byte, error) { return c.S.ManifestBytes(handle) }
+
+// Import implements manifestKeeper.
+func (c CatalogStore) Import(data []byte) (string, bool, error) { return c.S.Import(data) }

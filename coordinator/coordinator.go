@@ -59,6 +59,11 @@ type Options struct {
 	// host counts as lost: its job-nodes are gone, and no restart is
 	// placed there. DefaultHostLostAfter when 0.
 	HostLostAfter time.Duration
+	// RecoverCatalog brings back, from each shim as it registers, the
+	// host-local checkpoints the catalog lacks (their job manifests, kept
+	// with the images and signed with this coordinator's key): for a
+	// coordinator whose checkpoint directory was lost or that moved.
+	RecoverCatalog bool
 }
 
 // Faults are hooks called at named points of the protocol. A hook that
@@ -87,6 +92,7 @@ type Coordinator struct {
 	faults            Faults
 	lookup            func(uid int) (*agentapi.Creds, error)
 	localCkpts        bool
+	recoverCatalog    bool
 	hostLostAfter     time.Duration
 	replicas          int
 	replicaRate       int64
@@ -110,23 +116,24 @@ func New(opts Options) (*Coordinator, error) {
 		return nil, fmt.Errorf("%w: coordinator needs a checkpoint store", agentapi.ErrInvalid)
 	}
 	c := &Coordinator{
-		stateDir:    opts.StateDir,
-		store:       opts.Store,
-		log:         opts.Log,
-		deadlines:   opts.Deadlines,
-		keep:        opts.Keep,
-		now:         opts.Now,
-		nodeNet:     opts.NodeNet,
-		nodeBits:    opts.NodeBits,
-		faults:      opts.Faults,
-		lookup:      opts.LookupCreds,
-		localCkpts:  opts.LocalCheckpoints,
-		replicas:    opts.Replicas,
-		replicaRate: opts.ReplicaRate,
-		agents:      map[string]agentapi.Agent{},
-		seen:        map[string]time.Time{},
-		jobs:        map[string]*Job{},
-		busy:        map[string]bool{},
+		stateDir:       opts.StateDir,
+		store:          opts.Store,
+		log:            opts.Log,
+		deadlines:      opts.Deadlines,
+		keep:           opts.Keep,
+		now:            opts.Now,
+		nodeNet:        opts.NodeNet,
+		nodeBits:       opts.NodeBits,
+		faults:         opts.Faults,
+		lookup:         opts.LookupCreds,
+		localCkpts:     opts.LocalCheckpoints,
+		recoverCatalog: opts.RecoverCatalog,
+		replicas:       opts.Replicas,
+		replicaRate:    opts.ReplicaRate,
+		agents:         map[string]agentapi.Agent{},
+		seen:           map[string]time.Time{},
+		jobs:           map[string]*Job{},
+		busy:           map[string]bool{},
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)

@@ -65,6 +65,8 @@ type DaemonConfig struct {
 	ReplicaRate      int64
 	// HostLostAfter: see Options.
 	HostLostAfter time.Duration
+	// RecoverCatalog: see Options.
+	RecoverCatalog bool
 }
 
 // allocationsEvery is how often a daemon with Allocations checks that the
@@ -135,6 +137,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		Log: log, Deadlines: cfg.Deadlines, Keep: cfg.Keep, Faults: cfg.Faults, PostCopyThreshold: cfg.PostCopyThreshold,
 		NodeNet: cfg.NodeNet, NodeBits: cfg.NodeNet.Bits(),
 		LocalCheckpoints: cfg.LocalCheckpoints, Replicas: cfg.Replicas, ReplicaRate: cfg.ReplicaRate, HostLostAfter: cfg.HostLostAfter,
+		RecoverCatalog: cfg.RecoverCatalog,
 	})
 	if err != nil {
 		return nil, err

@@ -29,6 +29,9 @@ const (
 	// not (Error says what is missing); Bytes is what was copied.
 	EventReplicated        = "replicated"
 	EventReplicationFailed = "replication-failed"
+	// A host-local checkpoint the catalog lacked came back from a shim
+	// (Options.RecoverCatalog).
+	EventRecovered = "recovered"
 )
 
 // Event is one entry of the coordinator's history. Which fields are set

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -217,14 +219,19 @@ func (c *Coordinator) fetchAll(ctx context.Context, man Manifest, nodes []agenta
 // copy, and ends with an event saying whether every job-node now has
 // c.replicas+1 copies.
 func (c *Coordinator) replicate(ctx context.Context, handle string) {
-	if c.replicas <= 0 {
-		return
-	}
 	man, err := c.store.Load(handle)
 	if err != nil || !man.HostLocal {
 		return
 	}
 	log := c.log.With("job", man.Spec.ID, "ckpt", handle)
+	var dumped []string
+	for _, n := range man.Spec.Nodes {
+		dumped = append(dumped, n.Host)
+	}
+	c.keepManifest(ctx, handle, dumped, log)
+	if c.replicas <= 0 {
+		return
+	}
 	start := time.Now()
 	hosts := c.Hosts()
 	cp := c.held(ctx, man.Spec.ID)[handle]
@@ -265,6 +272,7 @@ func (c *Coordinator) replicate(ctx context.Context, handle string) {
 			bytes += k
 			need--
 			log.Debug("replica copied", "node", n.Name, "to", h, "bytes", k)
+			c.keepManifest(ctx, handle, []string{h}, log)
 		}
 		if need > 0 {
 			errs = append(errs, fmt.Errorf("%s: %d of %d replicas made: too few hosts with a checkpoint store answer", n.Name, c.replicas-need, c.replicas))
@@ -277,6 +285,88 @@ func (c *Coordinator) replicate(ctx context.Context, handle string) {
 	}
 	log.Info("checkpoint replicated", "replicas", c.replicas, "bytes", bytes, "elapsed", time.Since(start).Round(time.Millisecond))
 	c.event(Event{Job: man.Spec.ID, Type: EventReplicated, Handle: handle, Bytes: bytes})
+}
+
+// manifestKeeper is a Store that hands out a checkpoint's signed job
+// manifest and takes one back (CatalogStore).
+type manifestKeeper interface {
+	ManifestBytes(handle string) ([]byte, error)
+	Import(data []byte) (handle string, imported bool, err error)
+}
+
+// keepManifest gives the shims of hosts the signed job manifest of the
+// host-local checkpoint handle, to keep with its images: the catalog
+// spread over the hosts, for a coordinator that loses its own
+// (Options.RecoverCatalog). Best effort: a host that misses it still
+// holds the images, and another host the manifest.
+func (c *Coordinator) keepManifest(ctx context.Context, handle string, hosts []string, log *slog.Logger) {
+	mk, ok := c.store.(manifestKeeper)
+	if !ok {
+		return
+	}
+	data, err := mk.ManifestBytes(handle)
+	if err != nil {
+		log.Warn("job manifest not kept on the hosts", "err", err)
+		return
+	}
+	slices.Sort(hosts)
+	for _, host := range slices.Compact(hosts) {
+		h, _, ok := c.holder(host)
+		if !ok {
+			continue
+		}
+		kctx, cancel := context.WithTimeout(ctx, heldTimeout)
+		if err := h.KeepManifest(kctx, handle, data); err != nil {
+			log.Warn("job manifest not kept on a host", "host", host, "err", err)
+		}
+		cancel()
+	}
+}
+
+// shimRegistered is told of each shim that registers, or registers at a
+// new address: with Options.RecoverCatalog the catalog takes back the
+// host-local checkpoints it lacks from that shim, in the background.
+func (c *Coordinator) shimRegistered(host string) {
+	if c.recoverCatalog {
+		go c.recoverFrom(context.Background(), host)
+	}
+}
+
+// recoverFrom imports into the catalog every job manifest host's shim
+// keeps that the catalog lacks. The catalog takes only manifests its own
+// key signed (catalog.Store.Import), so a shim can bring back what this
+// coordinator committed, and nothing else.
+func (c *Coordinator) recoverFrom(ctx context.Context, host string) {
+	mk, ok := c.store.(manifestKeeper)
+	h, _, hok := c.holder(host)
+	if !ok || !hok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	kept, err := h.Manifests(ctx)
+	if err != nil {
+		c.log.Warn("recover the catalog: list the job manifests a shim keeps", "host", host, "err", err)
+		return
+	}
+	handles := slices.Sorted(maps.Keys(kept))
+	for _, k := range handles {
+		handle, imported, err := mk.Import(kept[k])
+		switch {
+		case err != nil:
+			c.log.Warn("recover the catalog: a job manifest refused", "host", host, "ckpt", k, "err", err)
+		case handle != k:
+			c.log.Warn("recover the catalog: a job manifest kept under another checkpoint's name", "host", host, "kept_as", k, "ckpt", handle)
+		case imported:
+			man, err := c.store.Load(handle)
+			if err != nil {
+				c.log.Warn("recover the catalog: an imported checkpoint does not load", "host", host, "ckpt", handle, "err", err)
+				continue
+			}
+			c.log.Info("checkpoint recovered", "host", host, "job", man.Spec.ID, "ckpt", handle)
+			c.event(Event{Job: man.Spec.ID, Owner: man.Spec.Owner, Type: EventRecovered, Handle: handle})
+		}
+	}
 }
 
 // ringAfter lists hosts (sorted) starting after host and wrapping around,

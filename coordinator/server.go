@@ -133,6 +133,7 @@ func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*api
 	// Shims register again every few seconds; only news is logged.
 	if prev, ok := s.shimAddrs.Swap(req.Host, req.Address); !ok || prev != req.Address {
 		s.C.log.Info("shim registered", "host", req.Host, "address", req.Address)
+		s.C.shimRegistered(req.Host)
 	}
 	return &apiv1.Empty{}, nil
 }

@@ -1118,6 +1118,156 @@ func (x *DropRequest) GetCheckpoint() string {
 	return ""
 }
 
+// The signed job manifest of host-local checkpoint checkpoint, to keep
+// next to its images.
+type KeepManifestRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoint    string                 `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Manifest      []byte                 `protobuf:"bytes,2,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeepManifestRequest) Reset() {
+	*x = KeepManifestRequest{}
+	mi := &file_torpor_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeepManifestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeepManifestRequest) ProtoMessage() {}
+
+func (x *KeepManifestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeepManifestRequest.ProtoReflect.Descriptor instead.
+func (*KeepManifestRequest) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *KeepManifestRequest) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *KeepManifestRequest) GetManifest() []byte {
+	if x != nil {
+		return x.Manifest
+	}
+	return nil
+}
+
+type KeptManifest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Checkpoint    string                 `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Manifest      []byte                 `protobuf:"bytes,2,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeptManifest) Reset() {
+	*x = KeptManifest{}
+	mi := &file_torpor_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeptManifest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeptManifest) ProtoMessage() {}
+
+func (x *KeptManifest) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeptManifest.ProtoReflect.Descriptor instead.
+func (*KeptManifest) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *KeptManifest) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *KeptManifest) GetManifest() []byte {
+	if x != nil {
+		return x.Manifest
+	}
+	return nil
+}
+
+type ManifestsReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Manifests     []*KeptManifest        `protobuf:"bytes,1,rep,name=manifests,proto3" json:"manifests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ManifestsReply) Reset() {
+	*x = ManifestsReply{}
+	mi := &file_torpor_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ManifestsReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ManifestsReply) ProtoMessage() {}
+
+func (x *ManifestsReply) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ManifestsReply.ProtoReflect.Descriptor instead.
+func (*ManifestsReply) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ManifestsReply) GetManifests() []*KeptManifest {
+	if x != nil {
+		return x.Manifests
+	}
+	return nil
+}
+
 type RestoreFilesReply struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Files below --keep directories that did not exist at the checkpoint,
@@ -1129,7 +1279,7 @@ type RestoreFilesReply struct {
 
 func (x *RestoreFilesReply) Reset() {
 	*x = RestoreFilesReply{}
-	mi := &file_torpor_proto_msgTypes[16]
+	mi := &file_torpor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1141,7 +1291,7 @@ func (x *RestoreFilesReply) String() string {
 func (*RestoreFilesReply) ProtoMessage() {}
 
 func (x *RestoreFilesReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[16]
+	mi := &file_torpor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1154,7 +1304,7 @@ func (x *RestoreFilesReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreFilesReply.ProtoReflect.Descriptor instead.
 func (*RestoreFilesReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{16}
+	return file_torpor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RestoreFilesReply) GetMoved() []string {
@@ -1176,7 +1326,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1338,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1351,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{17}
+	return file_torpor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NodeStatus) GetRunning() bool {
@@ -1240,7 +1390,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1402,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1415,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{18}
+	return file_torpor_proto_rawDescGZIP(), []int{21}
 }
 
 type NodeOutputRequest struct {
@@ -1279,7 +1429,7 @@ type NodeOutputRequest struct {
 
 func (x *NodeOutputRequest) Reset() {
 	*x = NodeOutputRequest{}
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1291,7 +1441,7 @@ func (x *NodeOutputRequest) String() string {
 func (*NodeOutputRequest) ProtoMessage() {}
 
 func (x *NodeOutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1304,7 +1454,7 @@ func (x *NodeOutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeOutputRequest.ProtoReflect.Descriptor instead.
 func (*NodeOutputRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{19}
+	return file_torpor_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *NodeOutputRequest) GetRef() *NodeRef {
@@ -1342,7 +1492,7 @@ type NodeOutput struct {
 
 func (x *NodeOutput) Reset() {
 	*x = NodeOutput{}
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1504,7 @@ func (x *NodeOutput) String() string {
 func (*NodeOutput) ProtoMessage() {}
 
 func (x *NodeOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1517,7 @@ func (x *NodeOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeOutput.ProtoReflect.Descriptor instead.
 func (*NodeOutput) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{20}
+	return file_torpor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *NodeOutput) GetNode() string {
@@ -1402,7 +1552,7 @@ type OutputRequest struct {
 
 func (x *OutputRequest) Reset() {
 	*x = OutputRequest{}
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1414,7 +1564,7 @@ func (x *OutputRequest) String() string {
 func (*OutputRequest) ProtoMessage() {}
 
 func (x *OutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1427,7 +1577,7 @@ func (x *OutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputRequest.ProtoReflect.Descriptor instead.
 func (*OutputRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{21}
+	return file_torpor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *OutputRequest) GetJob() string {
@@ -1453,7 +1603,7 @@ type OutputReply struct {
 
 func (x *OutputReply) Reset() {
 	*x = OutputReply{}
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1615,7 @@ func (x *OutputReply) String() string {
 func (*OutputReply) ProtoMessage() {}
 
 func (x *OutputReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1628,7 @@ func (x *OutputReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputReply.ProtoReflect.Descriptor instead.
 func (*OutputReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{22}
+	return file_torpor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *OutputReply) GetNodes() []*NodeOutput {
@@ -1511,7 +1661,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +1673,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +1686,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{23}
+	return file_torpor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RegisterRequest) GetHost() string {
@@ -1595,7 +1745,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1607,7 +1757,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1620,7 +1770,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{24}
+	return file_torpor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *JobSpec) GetId() string {
@@ -1664,7 +1814,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1676,7 +1826,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1689,7 +1839,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{25}
+	return file_torpor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RunRequest) GetSpec() *JobSpec {
@@ -1722,7 +1872,7 @@ type JobRef struct {
 
 func (x *JobRef) Reset() {
 	*x = JobRef{}
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1734,7 +1884,7 @@ func (x *JobRef) String() string {
 func (*JobRef) ProtoMessage() {}
 
 func (x *JobRef) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1747,7 +1897,7 @@ func (x *JobRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRef.ProtoReflect.Descriptor instead.
 func (*JobRef) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{26}
+	return file_torpor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *JobRef) GetJob() string {
@@ -1770,7 +1920,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +1932,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +1945,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{27}
+	return file_torpor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CheckpointRequest) GetJob() string {
@@ -1831,7 +1981,7 @@ type CheckpointReply struct {
 
 func (x *CheckpointReply) Reset() {
 	*x = CheckpointReply{}
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +1993,7 @@ func (x *CheckpointReply) String() string {
 func (*CheckpointReply) ProtoMessage() {}
 
 func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +2006,7 @@ func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointReply.ProtoReflect.Descriptor instead.
 func (*CheckpointReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{28}
+	return file_torpor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CheckpointReply) GetHandle() string {
@@ -1898,7 +2048,7 @@ type RestartRequest struct {
 
 func (x *RestartRequest) Reset() {
 	*x = RestartRequest{}
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1910,7 +2060,7 @@ func (x *RestartRequest) String() string {
 func (*RestartRequest) ProtoMessage() {}
 
 func (x *RestartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1923,7 +2073,7 @@ func (x *RestartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
 func (*RestartRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{29}
+	return file_torpor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RestartRequest) GetRef() string {
@@ -1961,7 +2111,7 @@ type RestartReply struct {
 
 func (x *RestartReply) Reset() {
 	*x = RestartReply{}
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1973,7 +2123,7 @@ func (x *RestartReply) String() string {
 func (*RestartReply) ProtoMessage() {}
 
 func (x *RestartReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1986,7 +2136,7 @@ func (x *RestartReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartReply.ProtoReflect.Descriptor instead.
 func (*RestartReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{30}
+	return file_torpor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RestartReply) GetJob() string {
@@ -2037,7 +2187,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_torpor_proto_msgTypes[31]
+	mi := &file_torpor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2049,7 +2199,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[31]
+	mi := &file_torpor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2062,7 +2212,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{31}
+	return file_torpor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *MigrateRequest) GetJob() string {
@@ -2112,7 +2262,7 @@ type MigrateReply struct {
 
 func (x *MigrateReply) Reset() {
 	*x = MigrateReply{}
-	mi := &file_torpor_proto_msgTypes[32]
+	mi := &file_torpor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2124,7 +2274,7 @@ func (x *MigrateReply) String() string {
 func (*MigrateReply) ProtoMessage() {}
 
 func (x *MigrateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[32]
+	mi := &file_torpor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2137,7 +2287,7 @@ func (x *MigrateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateReply.ProtoReflect.Descriptor instead.
 func (*MigrateReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{32}
+	return file_torpor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MigrateReply) GetMode() string {
@@ -2211,7 +2361,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_torpor_proto_msgTypes[33]
+	mi := &file_torpor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +2373,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[33]
+	mi := &file_torpor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +2386,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{33}
+	return file_torpor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -2297,7 +2447,7 @@ type JobList struct {
 
 func (x *JobList) Reset() {
 	*x = JobList{}
-	mi := &file_torpor_proto_msgTypes[34]
+	mi := &file_torpor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2309,7 +2459,7 @@ func (x *JobList) String() string {
 func (*JobList) ProtoMessage() {}
 
 func (x *JobList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[34]
+	mi := &file_torpor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2322,7 +2472,7 @@ func (x *JobList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobList.ProtoReflect.Descriptor instead.
 func (*JobList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{34}
+	return file_torpor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *JobList) GetJobs() []*Job {
@@ -2342,7 +2492,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_torpor_proto_msgTypes[35]
+	mi := &file_torpor_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2354,7 +2504,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[35]
+	mi := &file_torpor_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2367,7 +2517,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{35}
+	return file_torpor_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListCheckpointsRequest) GetJob() string {
@@ -2406,7 +2556,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_torpor_proto_msgTypes[36]
+	mi := &file_torpor_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2418,7 +2568,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[36]
+	mi := &file_torpor_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2431,7 +2581,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{36}
+	return file_torpor_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Checkpoint) GetHandle() string {
@@ -2513,7 +2663,7 @@ type CheckpointList struct {
 
 func (x *CheckpointList) Reset() {
 	*x = CheckpointList{}
-	mi := &file_torpor_proto_msgTypes[37]
+	mi := &file_torpor_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2525,7 +2675,7 @@ func (x *CheckpointList) String() string {
 func (*CheckpointList) ProtoMessage() {}
 
 func (x *CheckpointList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[37]
+	mi := &file_torpor_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2538,7 +2688,7 @@ func (x *CheckpointList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointList.ProtoReflect.Descriptor instead.
 func (*CheckpointList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{37}
+	return file_torpor_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CheckpointList) GetCheckpoints() []*Checkpoint {
@@ -2565,7 +2715,7 @@ type FenceRequest struct {
 
 func (x *FenceRequest) Reset() {
 	*x = FenceRequest{}
-	mi := &file_torpor_proto_msgTypes[38]
+	mi := &file_torpor_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2577,7 +2727,7 @@ func (x *FenceRequest) String() string {
 func (*FenceRequest) ProtoMessage() {}
 
 func (x *FenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[38]
+	mi := &file_torpor_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2590,7 +2740,7 @@ func (x *FenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRequest.ProtoReflect.Descriptor instead.
 func (*FenceRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{38}
+	return file_torpor_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *FenceRequest) GetJob() string {
@@ -2644,7 +2794,7 @@ type FenceReply struct {
 
 func (x *FenceReply) Reset() {
 	*x = FenceReply{}
-	mi := &file_torpor_proto_msgTypes[39]
+	mi := &file_torpor_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2656,7 +2806,7 @@ func (x *FenceReply) String() string {
 func (*FenceReply) ProtoMessage() {}
 
 func (x *FenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[39]
+	mi := &file_torpor_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2669,7 +2819,7 @@ func (x *FenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceReply.ProtoReflect.Descriptor instead.
 func (*FenceReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{39}
+	return file_torpor_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *FenceReply) GetData() []byte {
@@ -2692,7 +2842,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_torpor_proto_msgTypes[40]
+	mi := &file_torpor_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2704,7 +2854,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[40]
+	mi := &file_torpor_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2717,7 +2867,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{40}
+	return file_torpor_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *EventsRequest) GetJob() string {
@@ -2782,7 +2932,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_torpor_proto_msgTypes[41]
+	mi := &file_torpor_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2794,7 +2944,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[41]
+	mi := &file_torpor_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2807,7 +2957,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{41}
+	return file_torpor_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -2980,7 +3130,7 @@ type WaitReply struct {
 
 func (x *WaitReply) Reset() {
 	*x = WaitReply{}
-	mi := &file_torpor_proto_msgTypes[42]
+	mi := &file_torpor_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2992,7 +3142,7 @@ func (x *WaitReply) String() string {
 func (*WaitReply) ProtoMessage() {}
 
 func (x *WaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[42]
+	mi := &file_torpor_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3005,7 +3155,7 @@ func (x *WaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitReply.ProtoReflect.Descriptor instead.
 func (*WaitReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{42}
+	return file_torpor_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *WaitReply) GetJob() *Job {
@@ -3116,7 +3266,19 @@ const file_torpor_proto_rawDesc = "" +
 	"\vDropRequest\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\tR\n" +
-	"checkpoint\")\n" +
+	"checkpoint\"Q\n" +
+	"\x13KeepManifestRequest\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\tR\n" +
+	"checkpoint\x12\x1a\n" +
+	"\bmanifest\x18\x02 \x01(\fR\bmanifest\"J\n" +
+	"\fKeptManifest\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\tR\n" +
+	"checkpoint\x12\x1a\n" +
+	"\bmanifest\x18\x02 \x01(\fR\bmanifest\"G\n" +
+	"\x0eManifestsReply\x125\n" +
+	"\tmanifests\x18\x01 \x03(\v2\x17.torpor.v1.KeptManifestR\tmanifests\")\n" +
 	"\x11RestoreFilesReply\x12\x14\n" +
 	"\x05moved\x18\x01 \x03(\tR\x05moved\"u\n" +
 	"\n" +
@@ -3288,7 +3450,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"-\n" +
 	"\tWaitReply\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\x8e\a\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\x8a\b\n" +
 	"\x04Shim\x122\n" +
 	"\x05Start\x12\x17.torpor.v1.StartRequest\x1a\x10.torpor.v1.Empty\x126\n" +
 	"\aPrepare\x12\x19.torpor.v1.PrepareRequest\x1a\x10.torpor.v1.Empty\x12.\n" +
@@ -3305,7 +3467,9 @@ const file_torpor_proto_rawDesc = "" +
 	"\x05Pages\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x127\n" +
 	"\x05Fetch\x12\x17.torpor.v1.FetchRequest\x1a\x15.torpor.v1.FetchReply\x124\n" +
 	"\x04Held\x12\x16.torpor.v1.HeldRequest\x1a\x14.torpor.v1.HeldReply\x120\n" +
-	"\x04Drop\x12\x16.torpor.v1.DropRequest\x1a\x10.torpor.v1.Empty\x12=\n" +
+	"\x04Drop\x12\x16.torpor.v1.DropRequest\x1a\x10.torpor.v1.Empty\x12@\n" +
+	"\fKeepManifest\x12\x1e.torpor.v1.KeepManifestRequest\x1a\x10.torpor.v1.Empty\x128\n" +
+	"\tManifests\x12\x10.torpor.v1.Empty\x1a\x19.torpor.v1.ManifestsReply\x12=\n" +
 	"\x06Output\x12\x1c.torpor.v1.NodeOutputRequest\x1a\x15.torpor.v1.NodeOutput2\xec\x05\n" +
 	"\vCoordinator\x128\n" +
 	"\bRegister\x12\x1a.torpor.v1.RegisterRequest\x1a\x10.torpor.v1.Empty\x12,\n" +
@@ -3335,7 +3499,7 @@ func file_torpor_proto_rawDescGZIP() []byte {
 	return file_torpor_proto_rawDescData
 }
 
-var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_torpor_proto_goTypes = []any{
 	(*NodeSpec)(nil),               // 0: torpor.v1.NodeSpec
 	(*Creds)(nil),                  // 1: torpor.v1.Creds
@@ -3353,39 +3517,42 @@ var file_torpor_proto_goTypes = []any{
 	(*HeldReply)(nil),              // 13: torpor.v1.HeldReply
 	(*HeldImages)(nil),             // 14: torpor.v1.HeldImages
 	(*DropRequest)(nil),            // 15: torpor.v1.DropRequest
-	(*RestoreFilesReply)(nil),      // 16: torpor.v1.RestoreFilesReply
-	(*NodeStatus)(nil),             // 17: torpor.v1.NodeStatus
-	(*Empty)(nil),                  // 18: torpor.v1.Empty
-	(*NodeOutputRequest)(nil),      // 19: torpor.v1.NodeOutputRequest
-	(*NodeOutput)(nil),             // 20: torpor.v1.NodeOutput
-	(*OutputRequest)(nil),          // 21: torpor.v1.OutputRequest
-	(*OutputReply)(nil),            // 22: torpor.v1.OutputReply
-	(*RegisterRequest)(nil),        // 23: torpor.v1.RegisterRequest
-	(*JobSpec)(nil),                // 24: torpor.v1.JobSpec
-	(*RunRequest)(nil),             // 25: torpor.v1.RunRequest
-	(*JobRef)(nil),                 // 26: torpor.v1.JobRef
-	(*CheckpointRequest)(nil),      // 27: torpor.v1.CheckpointRequest
-	(*CheckpointReply)(nil),        // 28: torpor.v1.CheckpointReply
-	(*RestartRequest)(nil),         // 29: torpor.v1.RestartRequest
-	(*RestartReply)(nil),           // 30: torpor.v1.RestartReply
-	(*MigrateRequest)(nil),         // 31: torpor.v1.MigrateRequest
-	(*MigrateReply)(nil),           // 32: torpor.v1.MigrateReply
-	(*Job)(nil),                    // 33: torpor.v1.Job
-	(*JobList)(nil),                // 34: torpor.v1.JobList
-	(*ListCheckpointsRequest)(nil), // 35: torpor.v1.ListCheckpointsRequest
-	(*Checkpoint)(nil),             // 36: torpor.v1.Checkpoint
-	(*CheckpointList)(nil),         // 37: torpor.v1.CheckpointList
-	(*FenceRequest)(nil),           // 38: torpor.v1.FenceRequest
-	(*FenceReply)(nil),             // 39: torpor.v1.FenceReply
-	(*EventsRequest)(nil),          // 40: torpor.v1.EventsRequest
-	(*Event)(nil),                  // 41: torpor.v1.Event
-	(*WaitReply)(nil),              // 42: torpor.v1.WaitReply
-	nil,                            // 43: torpor.v1.OutputRequest.OffsetsEntry
-	nil,                            // 44: torpor.v1.CheckpointReply.PhaseNanosEntry
-	nil,                            // 45: torpor.v1.RestartRequest.HostsEntry
-	nil,                            // 46: torpor.v1.MigrateReply.PhasesNanosEntry
-	nil,                            // 47: torpor.v1.Checkpoint.PhaseNanosEntry
-	nil,                            // 48: torpor.v1.Event.PhaseNanosEntry
+	(*KeepManifestRequest)(nil),    // 16: torpor.v1.KeepManifestRequest
+	(*KeptManifest)(nil),           // 17: torpor.v1.KeptManifest
+	(*ManifestsReply)(nil),         // 18: torpor.v1.ManifestsReply
+	(*RestoreFilesReply)(nil),      // 19: torpor.v1.RestoreFilesReply
+	(*NodeStatus)(nil),             // 20: torpor.v1.NodeStatus
+	(*Empty)(nil),                  // 21: torpor.v1.Empty
+	(*NodeOutputRequest)(nil),      // 22: torpor.v1.NodeOutputRequest
+	(*NodeOutput)(nil),             // 23: torpor.v1.NodeOutput
+	(*OutputRequest)(nil),          // 24: torpor.v1.OutputRequest
+	(*OutputReply)(nil),            // 25: torpor.v1.OutputReply
+	(*RegisterRequest)(nil),        // 26: torpor.v1.RegisterRequest
+	(*JobSpec)(nil),                // 27: torpor.v1.JobSpec
+	(*RunRequest)(nil),             // 28: torpor.v1.RunRequest
+	(*JobRef)(nil),                 // 29: torpor.v1.JobRef
+	(*CheckpointRequest)(nil),      // 30: torpor.v1.CheckpointRequest
+	(*CheckpointReply)(nil),        // 31: torpor.v1.CheckpointReply
+	(*RestartRequest)(nil),         // 32: torpor.v1.RestartRequest
+	(*RestartReply)(nil),           // 33: torpor.v1.RestartReply
+	(*MigrateRequest)(nil),         // 34: torpor.v1.MigrateRequest
+	(*MigrateReply)(nil),           // 35: torpor.v1.MigrateReply
+	(*Job)(nil),                    // 36: torpor.v1.Job
+	(*JobList)(nil),                // 37: torpor.v1.JobList
+	(*ListCheckpointsRequest)(nil), // 38: torpor.v1.ListCheckpointsRequest
+	(*Checkpoint)(nil),             // 39: torpor.v1.Checkpoint
+	(*CheckpointList)(nil),         // 40: torpor.v1.CheckpointList
+	(*FenceRequest)(nil),           // 41: torpor.v1.FenceRequest
+	(*FenceReply)(nil),             // 42: torpor.v1.FenceReply
+	(*EventsRequest)(nil),          // 43: torpor.v1.EventsRequest
+	(*Event)(nil),                  // 44: torpor.v1.Event
+	(*WaitReply)(nil),              // 45: torpor.v1.WaitReply
+	nil,                            // 46: torpor.v1.OutputRequest.OffsetsEntry
+	nil,                            // 47: torpor.v1.CheckpointReply.PhaseNanosEntry
+	nil,                            // 48: torpor.v1.RestartRequest.HostsEntry
+	nil,                            // 49: torpor.v1.MigrateReply.PhasesNanosEntry
+	nil,                            // 50: torpor.v1.Checkpoint.PhaseNanosEntry
+	nil,                            // 51: torpor.v1.Event.PhaseNanosEntry
 }
 var file_torpor_proto_depIdxs = []int32{
 	1,  // 0: torpor.v1.NodeSpec.user:type_name -> torpor.v1.Creds
@@ -3395,85 +3562,90 @@ var file_torpor_proto_depIdxs = []int32{
 	0,  // 4: torpor.v1.RestoreRequest.node:type_name -> torpor.v1.NodeSpec
 	2,  // 5: torpor.v1.ImagesRequest.ref:type_name -> torpor.v1.NodeRef
 	14, // 6: torpor.v1.HeldReply.images:type_name -> torpor.v1.HeldImages
-	2,  // 7: torpor.v1.NodeOutputRequest.ref:type_name -> torpor.v1.NodeRef
-	43, // 8: torpor.v1.OutputRequest.offsets:type_name -> torpor.v1.OutputRequest.OffsetsEntry
-	20, // 9: torpor.v1.OutputReply.nodes:type_name -> torpor.v1.NodeOutput
-	0,  // 10: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
-	24, // 11: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
-	44, // 12: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
-	45, // 13: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
-	46, // 14: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
-	24, // 15: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
-	33, // 16: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
-	47, // 17: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
-	36, // 18: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
-	48, // 19: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
-	33, // 20: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
-	3,  // 21: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
-	4,  // 22: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
-	2,  // 23: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
-	2,  // 24: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
-	2,  // 25: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
-	6,  // 26: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
-	2,  // 27: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
-	2,  // 28: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
-	8,  // 29: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
-	8,  // 30: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
-	2,  // 31: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
-	2,  // 32: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
-	2,  // 33: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
-	10, // 34: torpor.v1.Shim.Fetch:input_type -> torpor.v1.FetchRequest
-	12, // 35: torpor.v1.Shim.Held:input_type -> torpor.v1.HeldRequest
-	15, // 36: torpor.v1.Shim.Drop:input_type -> torpor.v1.DropRequest
-	19, // 37: torpor.v1.Shim.Output:input_type -> torpor.v1.NodeOutputRequest
-	23, // 38: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
-	25, // 39: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
-	27, // 40: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
-	29, // 41: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
-	31, // 42: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
-	18, // 43: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
-	26, // 44: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
-	26, // 45: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
-	35, // 46: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
-	38, // 47: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
-	26, // 48: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
-	40, // 49: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
-	21, // 50: torpor.v1.Coordinator.Output:input_type -> torpor.v1.OutputRequest
-	18, // 51: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	18, // 52: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	18, // 53: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	5,  // 54: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	18, // 55: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	7,  // 56: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	18, // 57: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	18, // 58: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	16, // 59: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
-	18, // 60: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	18, // 61: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	17, // 62: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	18, // 63: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
-	11, // 64: torpor.v1.Shim.Fetch:output_type -> torpor.v1.FetchReply
-	13, // 65: torpor.v1.Shim.Held:output_type -> torpor.v1.HeldReply
-	18, // 66: torpor.v1.Shim.Drop:output_type -> torpor.v1.Empty
-	20, // 67: torpor.v1.Shim.Output:output_type -> torpor.v1.NodeOutput
-	18, // 68: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	33, // 69: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	28, // 70: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	30, // 71: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	32, // 72: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
-	34, // 73: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	33, // 74: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	33, // 75: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	37, // 76: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	39, // 77: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
-	33, // 78: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
-	41, // 79: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
-	22, // 80: torpor.v1.Coordinator.Output:output_type -> torpor.v1.OutputReply
-	51, // [51:81] is the sub-list for method output_type
-	21, // [21:51] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	17, // 7: torpor.v1.ManifestsReply.manifests:type_name -> torpor.v1.KeptManifest
+	2,  // 8: torpor.v1.NodeOutputRequest.ref:type_name -> torpor.v1.NodeRef
+	46, // 9: torpor.v1.OutputRequest.offsets:type_name -> torpor.v1.OutputRequest.OffsetsEntry
+	23, // 10: torpor.v1.OutputReply.nodes:type_name -> torpor.v1.NodeOutput
+	0,  // 11: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
+	27, // 12: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
+	47, // 13: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
+	48, // 14: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
+	49, // 15: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
+	27, // 16: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
+	36, // 17: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
+	50, // 18: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
+	39, // 19: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
+	51, // 20: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
+	36, // 21: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
+	3,  // 22: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
+	4,  // 23: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
+	2,  // 24: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
+	2,  // 25: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
+	2,  // 26: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
+	6,  // 27: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
+	2,  // 28: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
+	2,  // 29: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
+	8,  // 30: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
+	8,  // 31: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
+	2,  // 32: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
+	2,  // 33: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
+	2,  // 34: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
+	10, // 35: torpor.v1.Shim.Fetch:input_type -> torpor.v1.FetchRequest
+	12, // 36: torpor.v1.Shim.Held:input_type -> torpor.v1.HeldRequest
+	15, // 37: torpor.v1.Shim.Drop:input_type -> torpor.v1.DropRequest
+	16, // 38: torpor.v1.Shim.KeepManifest:input_type -> torpor.v1.KeepManifestRequest
+	21, // 39: torpor.v1.Shim.Manifests:input_type -> torpor.v1.Empty
+	22, // 40: torpor.v1.Shim.Output:input_type -> torpor.v1.NodeOutputRequest
+	26, // 41: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
+	28, // 42: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
+	30, // 43: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
+	32, // 44: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
+	34, // 45: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
+	21, // 46: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
+	29, // 47: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
+	29, // 48: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
+	38, // 49: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
+	41, // 50: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
+	29, // 51: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
+	43, // 52: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
+	24, // 53: torpor.v1.Coordinator.Output:input_type -> torpor.v1.OutputRequest
+	21, // 54: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	21, // 55: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	21, // 56: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	5,  // 57: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	21, // 58: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	7,  // 59: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	21, // 60: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	21, // 61: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	19, // 62: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
+	21, // 63: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	21, // 64: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	20, // 65: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	21, // 66: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
+	11, // 67: torpor.v1.Shim.Fetch:output_type -> torpor.v1.FetchReply
+	13, // 68: torpor.v1.Shim.Held:output_type -> torpor.v1.HeldReply
+	21, // 69: torpor.v1.Shim.Drop:output_type -> torpor.v1.Empty
+	21, // 70: torpor.v1.Shim.KeepManifest:output_type -> torpor.v1.Empty
+	18, // 71: torpor.v1.Shim.Manifests:output_type -> torpor.v1.ManifestsReply
+	23, // 72: torpor.v1.Shim.Output:output_type -> torpor.v1.NodeOutput
+	21, // 73: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	36, // 74: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	31, // 75: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	33, // 76: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	35, // 77: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
+	37, // 78: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	36, // 79: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	36, // 80: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	40, // 81: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	42, // 82: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	36, // 83: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
+	44, // 84: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
+	25, // 85: torpor.v1.Coordinator.Output:output_type -> torpor.v1.OutputReply
+	54, // [54:86] is the sub-list for method output_type
+	22, // [22:54] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_torpor_proto_init() }
@@ -3487,7 +3659,7 @@ func file_torpor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_torpor_proto_rawDesc), len(file_torpor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   49,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -42,6 +42,8 @@ const (
 	Shim_Fetch_FullMethodName        = "/torpor.v1.Shim/Fetch"
 	Shim_Held_FullMethodName         = "/torpor.v1.Shim/Held"
 	Shim_Drop_FullMethodName         = "/torpor.v1.Shim/Drop"
+	Shim_KeepManifest_FullMethodName = "/torpor.v1.Shim/KeepManifest"
+	Shim_Manifests_FullMethodName    = "/torpor.v1.Shim/Manifests"
 	Shim_Output_FullMethodName       = "/torpor.v1.Shim/Output"
 )
 
@@ -69,6 +71,11 @@ type ShimClient interface {
 	Fetch(ctx context.Context, in *FetchRequest, opts ...grpc.CallOption) (*FetchReply, error)
 	Held(ctx context.Context, in *HeldRequest, opts ...grpc.CallOption) (*HeldReply, error)
 	Drop(ctx context.Context, in *DropRequest, opts ...grpc.CallOption) (*Empty, error)
+	// The job manifests kept with the images (docs/protocol.md, "The catalog
+	// on the hosts"): kept after each commit and copy, listed for a
+	// coordinator that lost its catalog.
+	KeepManifest(ctx context.Context, in *KeepManifestRequest, opts ...grpc.CallOption) (*Empty, error)
+	Manifests(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*ManifestsReply, error)
 	// What a job-node wrote to its output file from offset on, when the
 	// client cannot read the shim's run directory (hosts that share none).
 	Output(ctx context.Context, in *NodeOutputRequest, opts ...grpc.CallOption) (*NodeOutput, error)
@@ -242,6 +249,26 @@ func (c *shimClient) Drop(ctx context.Context, in *DropRequest, opts ...grpc.Cal
 	return out, nil
 }
 
+func (c *shimClient) KeepManifest(ctx context.Context, in *KeepManifestRequest, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Shim_KeepManifest_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *shimClient) Manifests(ctx context.Context, in *Empty, opts ...grpc.CallOption) (*ManifestsReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ManifestsReply)
+	err := c.cc.Invoke(ctx, Shim_Manifests_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *shimClient) Output(ctx context.Context, in *NodeOutputRequest, opts ...grpc.CallOption) (*NodeOutput, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(NodeOutput)
@@ -276,6 +303,11 @@ type ShimServer interface {
 	Fetch(context.Context, *FetchRequest) (*FetchReply, error)
 	Held(context.Context, *HeldRequest) (*HeldReply, error)
 	Drop(context.Context, *DropRequest) (*Empty, error)
+	// The job manifests kept with the images (docs/protocol.md, "The catalog
+	// on the hosts"): kept after each commit and copy, listed for a
+	// coordinator that lost its catalog.
+	KeepManifest(context.Context, *KeepManifestRequest) (*Empty, error)
+	Manifests(context.Context, *Empty) (*ManifestsReply, error)
 	// What a job-node wrote to its output file from offset on, when the
 	// client cannot read the shim's run directory (hosts that share none).
 	Output(context.Context, *NodeOutputRequest) (*NodeOutput, error)
@@ -336,6 +368,12 @@ func (UnimplementedShimServer) Held(context.Context, *HeldRequest) (*HeldReply, 
 }
 func (UnimplementedShimServer) Drop(context.Context, *DropRequest) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Drop not implemented")
+}
+func (UnimplementedShimServer) KeepManifest(context.Context, *KeepManifestRequest) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method KeepManifest not implemented")
+}
+func (UnimplementedShimServer) Manifests(context.Context, *Empty) (*ManifestsReply, error) {
+	return nil, status.Error(codes.Unimplemented, "method Manifests not implemented")
 }
 func (UnimplementedShimServer) Output(context.Context, *NodeOutputRequest) (*NodeOutput, error) {
 	return nil, status.Error(codes.Unimplemented, "method Output not implemented")
@@ -649,6 +687,42 @@ func _Shim_Drop_Handler(srv interface{}, ctx context.Context, dec func(interface
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Shim_KeepManifest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(KeepManifestRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShimServer).KeepManifest(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shim_KeepManifest_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShimServer).KeepManifest(ctx, req.(*KeepManifestRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Shim_Manifests_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(Empty)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShimServer).Manifests(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shim_Manifests_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShimServer).Manifests(ctx, req.(*Empty))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Shim_Output_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(NodeOutputRequest)
 	if err := dec(in); err != nil {
@@ -737,6 +811,14 @@ var Shim_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Drop",
 			Handler:    _Shim_Drop_Handler,
+		},
+		{
+			MethodName: "KeepManifest",
+			Handler:    _Shim_KeepManifest_Handler,
+		},
+		{
+			MethodName: "Manifests",
+			Handler:    _Shim_Manifests_Handler,
 		},
 		{
 			MethodName: "Output",

@@ -115,7 +115,7 @@ func (w *recorded) ImagesAddress() string {
 	return w.images()
 }
 
-// Holds, Fetch, Held and Drop pass on the wrapped agent's checkpoint store
+// Holds, Fetch, Held, Drop, KeepManifest and Manifests pass on the wrapped agent's checkpoint store
 // (agentapi.CheckpointHolder), when it streams images.
 func (w *recorded) Holds() bool {
 	h, ok := w.a.(agentapi.CheckpointHolder)
@@ -132,6 +132,14 @@ func (w *recorded) Held(ctx context.Context, job string) ([]agentapi.HeldImages,
 
 func (w *recorded) Drop(ctx context.Context, handle string) error {
 	return w.a.(agentapi.CheckpointHolder).Drop(ctx, handle)
+}
+
+func (w *recorded) KeepManifest(ctx context.Context, handle string, manifest []byte) error {
+	return w.a.(agentapi.CheckpointHolder).KeepManifest(ctx, handle, manifest)
+}
+
+func (w *recorded) Manifests(ctx context.Context) (map[string][]byte, error) {
+	return w.a.(agentapi.CheckpointHolder).Manifests(ctx)
 }
 
 // VerifiesImages passes on whether the wrapped agent verifies a restart's

@@ -50,6 +50,7 @@ func runCoordinator(ctx context.Context, args []string) error {
 	replicas := fs.Int("replicas", 0, "with --local-checkpoints: how many other hosts keep a copy of each job-node's images, made in the background after each checkpoint (0: the default, "+strconv.Itoa(coordinator.DefaultReplicas)+"; -1: none); default from config (replicas)")
 	replicaRate := fs.String("replica-rate", "", "with --local-checkpoints: bytes per second each replica copy takes at most, e.g. 64M; default from config (replica_rate), else "+strconv.Itoa(coordinator.DefaultReplicaRate>>20)+"M")
 	hostLost := fs.Duration("host-lost-after", coordinator.DefaultHostLostAfter, "a host whose shim stops answering and has not registered (it does every 5s) for this long is lost: its job-nodes count as gone, failing their job, and no restart is placed there")
+	recoverCatalog := fs.Bool("recover-catalog", false, "bring back from the shims, as each registers, the host-local checkpoints the checkpoint directory lacks (each kept on its hosts with its signed job manifest): after the checkpoint directory was lost, or the coordinator moved to another host with its key (<state-dir>/catalog.key) and PKI")
 	slurmOnly := fs.Bool("slurm", false, "place a user's job-nodes only on the nodes of the user's running Slurm job (asked of squeue; root is not restricted); default from config (slurm)")
 	var faults faultFlag
 	fs.Var(&faults, "fault", "switch on a fault-injection point, for tests (repeatable): "+strings.Join(fault.Names(fault.Coordinator), ", "))
@@ -94,6 +95,7 @@ func runCoordinator(ctx context.Context, args []string) error {
 		return fmt.Errorf("--host-lost-after %v: give at least 10s (shims register every 5s)", *hostLost)
 	}
 	dc.HostLostAfter = *hostLost
+	dc.RecoverCatalog = *recoverCatalog
 	dc.LocalCheckpoints = *localCkpts || cfg.LocalCheckpoints
 	if dc.Replicas = *replicas; dc.Replicas == 0 {
 		dc.Replicas = cfg.Replicas

@@ -4,16 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 	"github.com/torpor-hpc/torpor/catalog"
+	"github.com/torpor-hpc/torpor/internal/atomicfile"
 )
 
 // Host-local checkpoints (agentapi.CheckpointHolder): a shim with an image
@@ -226,6 +229,87 @@ func (a *Agent) Drop(_ context.Context, handle string) error {
 	_ = os.Remove(filepath.Dir(filepath.Dir(dir))) // the job's, once empty
 	a.log.Info("dropped checkpoint images", "ckpt", handle)
 	return nil
+}
+
+// keptManifestName is the job manifest a store keeps in a checkpoint's
+// directory, next to its job-nodes' (a file: no job-node directory).
+const keptManifestName = "job-manifest.json"
+
+// maxKeptManifest bounds a kept job manifest (the catalog writes far less).
+const maxKeptManifest = 4 << 20
+
+// KeepManifest implements agentapi.CheckpointHolder.
+func (a *Agent) KeepManifest(_ context.Context, handle string, manifest []byte) error {
+	dir, err := a.storeDir(handle, "n")
+	if err != nil {
+		return err
+	}
+	if len(manifest) == 0 || len(manifest) > maxKeptManifest {
+		return fmt.Errorf("%w: a job manifest of %d bytes for %s", agentapi.ErrInvalid, len(manifest), handle)
+	}
+	// A Drop that removes the directory meanwhile fails the write; nothing
+	// is left of either.
+	ckpt := filepath.Dir(dir)
+	if _, err := os.Lstat(ckpt); errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: this store holds no images of %s", agentapi.ErrNotFound, handle)
+	}
+	if err := atomicfile.Write(filepath.Join(ckpt, keptManifestName), manifest, 0o600); err != nil {
+		return fmt.Errorf("keep the job manifest of %s: %w", handle, err)
+	}
+	return nil
+}
+
+// Manifests implements agentapi.CheckpointHolder.
+func (a *Agent) Manifests(ctx context.Context) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	if a.cfg.ImageDir == "" {
+		return out, nil
+	}
+	jobs, err := os.ReadDir(a.storeRoot())
+	if errors.Is(err, fs.ErrNotExist) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, j := range jobs {
+		seqs, err := os.ReadDir(filepath.Join(a.storeRoot(), j.Name()))
+		if err != nil {
+			continue // dropped while this listed, or no directory
+		}
+		for _, s := range seqs {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			handle := j.Name() + "/" + s.Name()
+			if _, err := a.storeDir(handle, "n"); err != nil {
+				continue
+			}
+			b, err := readKept(filepath.Join(a.storeRoot(), j.Name(), s.Name(), keptManifestName))
+			if err == nil {
+				out[handle] = b
+			}
+		}
+	}
+	return out, nil
+}
+
+// readKept reads a kept job manifest: a regular file, not followed if a
+// link, of at most maxKeptManifest bytes.
+func readKept(p string) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is no regular file", p)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxKeptManifest+1))
+	if err == nil && len(b) > maxKeptManifest {
+		err = fmt.Errorf("%s is larger than any job manifest", p)
+	}
+	return b, err
 }
 
 // SendStored implements agentapi.ImageServer: every file of job-node

@@ -201,3 +201,52 @@ func TestHeldWhileDropped(t *testing.T) {
 		}
 	}
 }
+
+// TestKeptManifests: a job manifest is kept only with images of its
+// checkpoint, listed by handle, not taken for a job-node, gone with a
+// Drop; a link in its place is not followed.
+func TestKeptManifests(t *testing.T) {
+	testutil.RequireRoot(t, "image directories must be root's")
+	_, ctls := shimTLS(t)
+	a := imageAgent(t, "h1", ctls)
+	ctx := context.Background()
+	man := []byte(`{"format":1,"hmac":"00","payload":{}}`)
+	if err := a.KeepManifest(ctx, "j/000002", man); !errors.Is(err, agentapi.ErrNotFound) {
+		t.Fatalf("kept without images: %v, want not found", err)
+	}
+	for _, h := range []string{"../j/000002", "j/2", "j"} {
+		if err := a.KeepManifest(ctx, h, man); !errors.Is(err, agentapi.ErrInvalid) {
+			t.Fatalf("handle %q: %v, want invalid", h, err)
+		}
+	}
+	sum := storeImages(t, a, "j/000002", "n0", map[string][]byte{"core-1.img": []byte("core")})
+	storeImages(t, a, "k/000001", "n0", map[string][]byte{"core-1.img": []byte("core")})
+	if err := a.KeepManifest(ctx, "j/000002", nil); !errors.Is(err, agentapi.ErrInvalid) {
+		t.Fatalf("an empty manifest: %v, want invalid", err)
+	}
+	if err := a.KeepManifest(ctx, "j/000002", man); err != nil {
+		t.Fatal(err)
+	}
+	kept, err := a.Manifests(ctx)
+	if err != nil || len(kept) != 1 || !bytes.Equal(kept["j/000002"], man) {
+		t.Fatalf("Manifests = %q, %v", kept, err)
+	}
+	held, err := a.Held(ctx, "j")
+	if err != nil || len(held) != 1 || held[0].Node != "n0" || held[0].NodeManifestSHA256 != sum {
+		t.Fatalf("Held with a kept manifest: %+v, %v", held, err)
+	}
+	// A link where the manifest goes: not followed.
+	kdir, _ := a.storeDir("k/000001", "n0")
+	if err := os.Symlink(filepath.Join(filepath.Dir(filepath.Dir(kdir)), "..", "j", "000002", keptManifestName), filepath.Join(filepath.Dir(kdir), keptManifestName)); err != nil {
+		t.Fatal(err)
+	}
+	if kept, _ := a.Manifests(ctx); len(kept) != 1 {
+		t.Fatalf("a link was read as a kept manifest: %q", kept)
+	}
+	if err := a.Drop(ctx, "j/000002"); err != nil {
+		t.Fatal(err)
+	}
+	if kept, err := a.Manifests(ctx); err != nil || len(kept) != 0 {
+		t.Fatalf("after Drop: %q, %v", kept, err)
+	}
+}

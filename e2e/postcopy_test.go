@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,16 +54,32 @@ func (c *cluster) waitChecksum(job string) string {
 	if out, code := c.cli("wait", job); code != 0 || !strings.Contains(out, "finished") {
 		c.t.Fatalf("torpor wait of %s: exit %d\n%s", job, code, out)
 	}
-	rank0 := filepath.Join(c.runDir, "jobs", job, "n0.out")
-	data, err := os.ReadFile(rank0)
-	if err != nil {
-		c.t.Fatal(err)
+	// n0's output file, in the run directory, or on an isolated cluster in
+	// the run directory of the host n0 ended on: the one with the result.
+	runDirs := []string{c.runDir}
+	if c.mountNS != nil {
+		runDirs = nil
+		for i := range c.sim.Hosts {
+			runDirs = append(runDirs, c.hostDir(fmt.Sprintf("h%d", i+1), "run"))
+		}
 	}
-	m := doneRE.FindStringSubmatch(string(data))
-	if m == nil {
-		c.t.Fatalf("no result in %s:\n%s", rank0, lastLines(string(data), 10))
+	var seen []string
+	for _, d := range runDirs {
+		rank0 := filepath.Join(d, "jobs", job, "n0.out")
+		data, err := os.ReadFile(rank0)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		if m := doneRE.FindStringSubmatch(string(data)); m != nil {
+			return m[2]
+		}
+		seen = append(seen, rank0+":\n"+lastLines(string(data), 10))
 	}
-	return m[2]
+	c.t.Fatalf("no result of %s in n0's output (%s):\n%s", job, strings.Join(runDirs, ", "), strings.Join(seen, "\n"))
+	return ""
 }
 
 // criuLogsOnFailure shows the end of CRIU's logs of a migrated job-node

@@ -52,6 +52,13 @@ func TestCatalogRecovered(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.startCoordinator("--recover-catalog")
+	// Until every shim registered again, the checkpoints' images are on
+	// hosts the coordinator does not know yet.
+	for _, h := range []string{"h1", "h2", "h3"} {
+		if !c.waitLog("coordinator", `msg="shim registered" host=`+h+" ", time.Minute) {
+			t.Fatalf("%s's shim did not register with the new coordinator:\n%s", h, lastLines(c.logs["coordinator"].String(), 20))
+		}
+	}
 	for _, h := range []string{first, second} {
 		if !c.waitLog("coordinator", "ckpt="+h, time.Minute) || !strings.Contains(c.logs["coordinator"].String(), `msg="checkpoint recovered"`) {
 			t.Fatalf("checkpoint %s was not recovered:\n%s", h, lastLines(c.logs["coordinator"].String(), 20))

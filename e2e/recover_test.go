@@ -3,6 +3,7 @@ package e2e
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -60,8 +61,11 @@ func TestCatalogRecovered(t *testing.T) {
 		}
 	}
 	for _, h := range []string{first, second} {
-		if !c.waitLog("coordinator", "ckpt="+h, time.Minute) || !strings.Contains(c.logs["coordinator"].String(), `msg="checkpoint recovered"`) {
-			t.Fatalf("checkpoint %s was not recovered:\n%s", h, lastLines(c.logs["coordinator"].String(), 20))
+		re := regexp.MustCompile(`msg="checkpoint recovered" host=h\d job=` + j.id + ` ckpt=` + regexp.QuoteMeta(h) + `\n`)
+		for deadline := time.Now().Add(time.Minute); !re.MatchString(c.logs["coordinator"].String()); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("checkpoint %s was not recovered:\n%s", h, lastLines(c.logs["coordinator"].String(), 20))
+			}
 		}
 	}
 	if st := c.lsStored(j.id); st.Handle != second || !st.Replicated || st.Copies != 2 || st.Verified != "ok" {

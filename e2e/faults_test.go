@@ -103,12 +103,41 @@ func (j *mpiJob) finishWith(want, after string) {
 	j.c.t.Logf("job %s: checksum %s %s = undisturbed", j.id, want, after)
 }
 
+// catalogDir is the coordinator's checkpoint directory as the machine
+// sees it.
+func (c *cluster) catalogDir() string {
+	if c.mountNS != nil {
+		return c.hostDir("coord", "ckpt")
+	}
+	return c.ckpt
+}
+
+// fixedShimAddr is an address host i's shim can listen on, known before it
+// starts: a free port on the loopback, or on an isolated cluster a port of
+// the host's own address, where nothing else listens.
+func (c *cluster) fixedShimAddr(t *testing.T, i int) string {
+	if c.mountNS != nil {
+		return net.JoinHostPort(c.sim.Host(i).Underlay, "7801")
+	}
+	return freePort(t)
+}
+
 // noCheckpoint checks that an aborted checkpoint of job left nothing: none
-// listed, none on disk in the checkpoint directory dir.
+// listed, none on disk in the checkpoint directory dir, and on an isolated
+// cluster no images in any host's store.
 func (c *cluster) noCheckpoint(job, dir string) {
 	c.t.Helper()
 	if hs := c.checkpoints(job); len(hs) != 0 {
 		c.t.Fatalf("checkpoints listed after an aborted one: %v", hs)
+	}
+	for h := range c.mountNS {
+		if h == "coord" {
+			continue
+		}
+		store := filepath.Join(c.hostDir(h, "images"), "checkpoints", job)
+		if ents, err := os.ReadDir(store); err == nil && len(ents) != 0 {
+			c.t.Fatalf("the aborted checkpoint left images of %s in %s's store: %v", job, h, ents)
+		}
 	}
 	entries, _ := os.ReadDir(filepath.Join(dir, job))
 	for _, e := range entries {
@@ -121,27 +150,23 @@ func (c *cluster) noCheckpoint(job, dir string) {
 	}
 }
 
+// TestFaultsIsolated runs the faults that do not depend on a shared
+// directory or on a proxy in the machine's network namespace on an
+// isolated cluster (host-local checkpoints, every daemon in its host's
+// namespaces).
+func TestFaultsIsolated(t *testing.T) {
+	c := newIsolatedCluster(t, 4)
+	want := faultReference(t)
+	c.run(t, "kill-rank", func(t *testing.T) { c.faultKillRank(t, want) })
+	c.run(t, "shim-exit-in-dump", func(t *testing.T) { c.faultShimExitInDump(t, want) })
+	c.run(t, "criu-kill-in-dump", func(t *testing.T) { c.faultCRIUKillInDump(t, want) })
+}
+
 func TestFaults(t *testing.T) {
 	c := newCluster(t, 4)
 	want := faultReference(t)
 
-	// kill -9 of a rank: the job fails; `torpor run --restart-on-failure 1`
-	// restarts it from its last committed checkpoint and it ends with the
-	// undisturbed result.
-	c.run(t, "kill-rank", func(t *testing.T) {
-		j := c.faultJob("f-kill")
-		h := lastLines(c.mustCLI("checkpoint", j.id), 1)
-		j.progress("after checkpoint " + h)
-		pid := c.rankPID("h2", j.id, "n1", "ring.openmpi")
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("killed rank pid %d of %s/n1 on h2", pid, j.id)
-		j.waitOutput(regexp.MustCompile(`restart 1 of 1 from `+regexp.QuoteMeta(h)), 60*time.Second)
-		c.waitState(j.id, "running", 60*time.Second)
-		j.progress("restarted from " + h)
-		j.finishWith(want, "after the rank was killed")
-	})
+	c.run(t, "kill-rank", func(t *testing.T) { c.faultKillRank(t, want) })
 
 	// A corrupted image: verification finds it; a restart of the job refuses
 	// it, and with --fallback restarts from the newest checkpoint that
@@ -174,80 +199,9 @@ func TestFaults(t *testing.T) {
 		j.finishWith(want, "after the fallback restart")
 	})
 
-	// fault.ShimExitInDump: see its outcome in fault.Catalog.
-	c.run(t, "shim-exit-in-dump", func(t *testing.T) {
-		// On a fixed port, as on a real host: the shim comes back on the
-		// address the coordinator has been failing to reach.
-		port := freePort(t)
-		c.startShim(2, "--fault", string(fault.ShimExitInDump), "--listen", port)
-		j := c.faultJob("f-shim")
-		dead := c.shims[1]
-		out, code := c.cli("checkpoint", j.id)
-		if code == 0 || !strings.Contains(out, "waiting up to") {
-			t.Fatalf("checkpoint while the shim of h2 dies: exit %d\n%s", code, out)
-		}
-		t.Logf("aborted: %s", lastLines(out, 1))
-		waited := make(chan error, 1)
-		go func() { waited <- dead.Wait() }()
-		select {
-		case <-waited:
-			if ws, ok := dead.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
-				t.Fatalf("shim of h2 ended with %v, want SIGKILL from the fault point", dead.ProcessState)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("the shim of h2 did not die at the fault point")
-		}
-		if st := c.jobState(j.id); st != "checkpointing" {
-			t.Fatalf("job is %s while its shim is dead, want checkpointing (waiting for it)", st)
-		}
-		for _, hn := range [][2]string{{"h1", "n0"}, {"h3", "n2"}} {
-			if frozen(t, c.nodeCgroup(hn[0], j.id, hn[1])) {
-				t.Fatalf("%s on %s is still frozen after the abort", hn[1], hn[0])
-			}
-		}
-		if !frozen(t, c.nodeCgroup("h2", j.id, "n1")) {
-			t.Fatal("n1 on h2 is not frozen: the test did not strike during the dump")
-		}
-		c.noCheckpoint(j.id, c.ckpt)
-		// Stay down long enough for the coordinator's reconnect back-off to
-		// grow past several seconds, then come back as systemd would.
-		time.Sleep(20 * time.Second)
-		if st := c.jobState(j.id); st != "checkpointing" {
-			t.Fatalf("job is %s after 20 s without its shim, want checkpointing", st)
-		}
-		back := time.Now()
-		c.startShim(2, "--listen", port)
-		// Registering reset the back-off: the coordinator reached the shim
-		// at its first registration, not when the back-off ran out.
-		if log := c.logs["shim-h2"].String(); strings.Contains(log, `msg="register with coordinator"`) {
-			t.Fatalf("the shim that came back on %s was not registered at once:\n%s", port, log)
-		}
-		c.waitState(j.id, "running", 60*time.Second)
-		t.Logf("job running %v after its shim started again on %s", time.Since(back).Round(time.Millisecond), port)
-		if frozen(t, c.nodeCgroup("h2", j.id, "n1")) {
-			t.Fatal("n1 on h2 is still frozen after its shim came back")
-		}
-		j.progress("after the shim of h2 came back and adopted n1")
-		j.finishWith(want, "after the shim died")
-	})
+	c.run(t, "shim-exit-in-dump", func(t *testing.T) { c.faultShimExitInDump(t, want) })
 
-	// fault.CRIUKillInDump: see its outcome in fault.Catalog.
-	c.run(t, "criu-kill-in-dump", func(t *testing.T) {
-		c.startShim(2, "--fault", string(fault.CRIUKillInDump))
-		defer c.startShim(2)
-		j := c.faultJob("f-criu")
-		out, code := c.cli("checkpoint", j.id)
-		if code == 0 || !strings.Contains(out, "criu was killed") || !strings.Contains(out, "keeps running") {
-			t.Fatalf("checkpoint whose CRIU is killed: exit %d\n%s", code, out)
-		}
-		t.Logf("aborted: %s", lastLines(out, 1))
-		if st := c.jobState(j.id); st != "running" {
-			t.Fatalf("job is %s after the aborted checkpoint", st)
-		}
-		c.noCheckpoint(j.id, c.ckpt)
-		j.progress("after CRIU was killed")
-		j.finishWith(want, "after CRIU was killed")
-	})
+	c.run(t, "criu-kill-in-dump", func(t *testing.T) { c.faultCRIUKillInDump(t, want) })
 
 	// A partition between the coordinator and the shim of h2 while h2
 	// restores its job-node: the restart fails, nothing of the job is left
@@ -327,6 +281,101 @@ func TestFaults(t *testing.T) {
 		j.progress("restarted after the partition healed")
 		j.finishWith(want, "after the partition")
 	})
+}
+
+// faultKillRank: kill -9 of a rank: the job fails; `torpor run
+// --restart-on-failure 1` restarts it from its last committed checkpoint
+// and it ends with the undisturbed result.
+func (c *cluster) faultKillRank(t *testing.T, want string) {
+	j := c.faultJob("f-kill")
+	h := lastLines(c.mustCLI("checkpoint", j.id), 1)
+	j.progress("after checkpoint " + h)
+	pid := c.rankPID("h2", j.id, "n1", "ring.openmpi")
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed rank pid %d of %s/n1 on h2", pid, j.id)
+	j.waitOutput(regexp.MustCompile(`restart 1 of 1 from `+regexp.QuoteMeta(h)), 60*time.Second)
+	c.waitState(j.id, "running", 60*time.Second)
+	j.progress("restarted from " + h)
+	j.finishWith(want, "after the rank was killed")
+}
+
+// faultShimExitInDump: fault.ShimExitInDump, see its outcome in
+// fault.Catalog.
+func (c *cluster) faultShimExitInDump(t *testing.T, want string) {
+	// On a fixed port, as on a real host: the shim comes back on the
+	// address the coordinator has been failing to reach.
+	port := c.fixedShimAddr(t, 2)
+	c.startShim(2, "--fault", string(fault.ShimExitInDump), "--listen", port)
+	j := c.faultJob("f-shim")
+	dead := c.shims[1]
+	out, code := c.cli("checkpoint", j.id)
+	if code == 0 || !strings.Contains(out, "waiting up to") {
+		t.Fatalf("checkpoint while the shim of h2 dies: exit %d\n%s", code, out)
+	}
+	t.Logf("aborted: %s", lastLines(out, 1))
+	waited := make(chan error, 1)
+	go func() { waited <- dead.Wait() }()
+	select {
+	case <-waited:
+		if ws, ok := dead.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+			t.Fatalf("shim of h2 ended with %v, want SIGKILL from the fault point", dead.ProcessState)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the shim of h2 did not die at the fault point")
+	}
+	if st := c.jobState(j.id); st != "checkpointing" {
+		t.Fatalf("job is %s while its shim is dead, want checkpointing (waiting for it)", st)
+	}
+	for _, hn := range [][2]string{{"h1", "n0"}, {"h3", "n2"}} {
+		if frozen(t, c.nodeCgroup(hn[0], j.id, hn[1])) {
+			t.Fatalf("%s on %s is still frozen after the abort", hn[1], hn[0])
+		}
+	}
+	if !frozen(t, c.nodeCgroup("h2", j.id, "n1")) {
+		t.Fatal("n1 on h2 is not frozen: the test did not strike during the dump")
+	}
+	c.noCheckpoint(j.id, c.catalogDir())
+	// Stay down long enough for the coordinator's reconnect back-off to
+	// grow past several seconds, then come back as systemd would.
+	time.Sleep(20 * time.Second)
+	if st := c.jobState(j.id); st != "checkpointing" {
+		t.Fatalf("job is %s after 20 s without its shim, want checkpointing", st)
+	}
+	back := time.Now()
+	c.startShim(2, "--listen", port)
+	// Registering reset the back-off: the coordinator reached the shim
+	// at its first registration, not when the back-off ran out.
+	if log := c.logs["shim-h2"].String(); strings.Contains(log, `msg="register with coordinator"`) {
+		t.Fatalf("the shim that came back on %s was not registered at once:\n%s", port, log)
+	}
+	c.waitState(j.id, "running", 60*time.Second)
+	t.Logf("job running %v after its shim started again on %s", time.Since(back).Round(time.Millisecond), port)
+	if frozen(t, c.nodeCgroup("h2", j.id, "n1")) {
+		t.Fatal("n1 on h2 is still frozen after its shim came back")
+	}
+	j.progress("after the shim of h2 came back and adopted n1")
+	j.finishWith(want, "after the shim died")
+}
+
+// faultCRIUKillInDump: fault.CRIUKillInDump, see its outcome in
+// fault.Catalog.
+func (c *cluster) faultCRIUKillInDump(t *testing.T, want string) {
+	c.startShim(2, "--fault", string(fault.CRIUKillInDump))
+	defer c.startShim(2)
+	j := c.faultJob("f-criu")
+	out, code := c.cli("checkpoint", j.id)
+	if code == 0 || !strings.Contains(out, "criu was killed") || !strings.Contains(out, "keeps running") {
+		t.Fatalf("checkpoint whose CRIU is killed: exit %d\n%s", code, out)
+	}
+	t.Logf("aborted: %s", lastLines(out, 1))
+	if st := c.jobState(j.id); st != "running" {
+		t.Fatalf("job is %s after the aborted checkpoint", st)
+	}
+	c.noCheckpoint(j.id, c.catalogDir())
+	j.progress("after CRIU was killed")
+	j.finishWith(want, "after CRIU was killed")
 }
 
 // waitLog waits until the log of daemon name holds s; false if it did not

@@ -28,7 +28,9 @@ import (
 // restart's destination). A copy is fetched into <node>.part and renamed
 // into place only once every file verified against that SHA-256 (from
 // <image-dir>/fetching/<job>/<seq>/<node>: a node manifest names its
-// directory), so a directory in the store is always whole. Unlike migration
+// directory), and a dump is made in <image-dir>/dumping/<job>/<seq>/<node>
+// and renamed in once its node manifest is written, so a directory in the
+// store is always whole. Unlike migration
 // images, the store outlives the shim.
 
 // storeRoot is the shim's checkpoint store.
@@ -36,9 +38,15 @@ func (a *Agent) storeRoot() string { return filepath.Join(a.cfg.ImageDir, "check
 
 // fetchingDir is where the copy of the job-node's images in dir (in the
 // store) is made.
-func (a *Agent) fetchingDir(dir string) string {
+func (a *Agent) fetchingDir(dir string) string { return a.workDir("fetching", dir) }
+
+// workDir is where the images that go to dir (in the store) are made by
+// kind of work: fetching (a copy) or dumping (a dump). A shim that ends
+// halfway leaves them there, and its next start removes them (clearParts):
+// the store only ever gets whole images, by a rename.
+func (a *Agent) workDir(kind, dir string) string {
 	rel, _ := filepath.Rel(a.storeRoot(), dir)
-	return filepath.Join(a.cfg.ImageDir, "fetching", rel)
+	return filepath.Join(a.cfg.ImageDir, kind, rel)
 }
 
 // storeDir is where the images of job-node node of checkpoint handle are
@@ -81,23 +89,29 @@ func (a *Agent) dumpStored(ctx context.Context, n *node, ref agentapi.NodeRef, r
 	if job, _, _ := strings.Cut(req.Checkpoint, "/"); job != ref.Job {
 		return agentapi.DumpResult{}, fmt.Errorf("%w: checkpoint %s is not one of job %s", agentapi.ErrInvalid, req.Checkpoint, ref.Job)
 	}
-	if err := a.mkStoreParent(dir); err != nil {
+	work := a.workDir("dumping", dir)
+	for _, d := range []string{dir, work} {
+		if err := a.mkStoreParent(d); err != nil {
+			return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: %w", err)
+		}
+		if err := os.RemoveAll(d); err != nil {
+			return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: remove stale images: %w", err)
+		}
+	}
+	if err := os.Mkdir(work, 0o700); err != nil {
 		return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: %w", err)
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: remove stale images: %w", err)
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: %w", err)
-	}
-	req.Dir = dir
+	req.Dir = work
 	req.Shared = "" // this job-node captures every file it holds
 	res, err := a.dump(ctx, n, ref, req)
 	if err == nil {
-		res.NodeManifestSHA256, err = catalog.NodeManifestSHA256(dir)
+		res.NodeManifestSHA256, err = catalog.NodeManifestSHA256(work)
+	}
+	if err == nil {
+		err = os.Rename(work, dir)
 	}
 	if err != nil {
-		os.RemoveAll(dir)
+		os.RemoveAll(work)
 		return agentapi.DumpResult{}, err
 	}
 	return res, nil
@@ -348,14 +362,16 @@ func (a *Agent) SendStored(ctx context.Context, handle, node string, send func(a
 	return sum, nil
 }
 
-// clearParts removes the copies an earlier shim was fetching when it
-// ended: none is being fetched when a shim starts.
+// clearParts removes the copies an earlier shim was fetching, and the
+// dumps it was making, when it ended: none is under way when a shim starts.
 func (a *Agent) clearParts() error {
 	if a.cfg.ImageDir == "" {
 		return nil
 	}
-	if err := os.RemoveAll(filepath.Join(a.cfg.ImageDir, "fetching")); err != nil {
-		return fmt.Errorf("remove the partial copies an earlier shim left: %w", err)
+	for _, kind := range []string{"fetching", "dumping"} {
+		if err := os.RemoveAll(filepath.Join(a.cfg.ImageDir, kind)); err != nil {
+			return fmt.Errorf("remove the partial images an earlier shim left: %w", err)
+		}
 	}
 	return nil
 }

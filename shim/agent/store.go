@@ -90,13 +90,11 @@ func (a *Agent) dumpStored(ctx context.Context, n *node, ref agentapi.NodeRef, r
 		return agentapi.DumpResult{}, fmt.Errorf("%w: checkpoint %s is not one of job %s", agentapi.ErrInvalid, req.Checkpoint, ref.Job)
 	}
 	work := a.workDir("dumping", dir)
-	for _, d := range []string{dir, work} {
-		if err := a.mkStoreParent(d); err != nil {
-			return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: %w", err)
-		}
-		if err := os.RemoveAll(d); err != nil {
-			return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: remove stale images: %w", err)
-		}
+	if err := a.mkStoreParent(work); err != nil {
+		return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: %w", err)
+	}
+	if err := os.RemoveAll(work); err != nil {
+		return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: remove stale images: %w", err)
 	}
 	if err := os.Mkdir(work, 0o700); err != nil {
 		return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: %w", err)
@@ -108,13 +106,36 @@ func (a *Agent) dumpStored(ctx context.Context, n *node, ref agentapi.NodeRef, r
 		res.NodeManifestSHA256, err = catalog.NodeManifestSHA256(work)
 	}
 	if err == nil {
-		err = os.Rename(work, dir)
+		err = a.intoStore(work, dir)
 	}
+	a.dropWork(work) // gone once renamed
 	if err != nil {
-		os.RemoveAll(work)
 		return agentapi.DumpResult{}, err
 	}
 	return res, nil
+}
+
+// intoStore moves the whole images in work to dir in the store, replacing
+// what an earlier, uncommitted attempt left there.
+func (a *Agent) intoStore(work, dir string) error {
+	if err := a.mkStoreParent(dir); err != nil {
+		return fmt.Errorf("checkpoint store: %w", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("checkpoint store: remove stale images: %w", err)
+	}
+	if err := os.Rename(work, dir); err != nil {
+		return fmt.Errorf("checkpoint store: %w", err)
+	}
+	return nil
+}
+
+// dropWork removes work (from workDir) and the directories above it that
+// are left empty.
+func (a *Agent) dropWork(work string) {
+	os.RemoveAll(work)
+	for d := filepath.Dir(work); d != a.cfg.ImageDir && os.Remove(d) == nil; d = filepath.Dir(d) {
+	}
 }
 
 // heldSHA256 is the SHA-256 of the node manifest in dir, or "" when dir
@@ -151,11 +172,7 @@ func (a *Agent) Fetch(ctx context.Context, handle, node, from, sum string, rate 
 	if err := os.Mkdir(part, 0o700); err != nil {
 		return 0, fmt.Errorf("checkpoint store: %w", err)
 	}
-	defer func() {
-		os.RemoveAll(part) // gone once renamed
-		for d := filepath.Dir(part); d != a.cfg.ImageDir && os.Remove(d) == nil; d = filepath.Dir(d) {
-		}
-	}()
+	defer a.dropWork(part) // gone once renamed
 	start := time.Now()
 	job, _, _ := strings.Cut(handle, "/")
 	got, files, err := func() (int64, int, error) {
@@ -176,14 +193,8 @@ func (a *Agent) Fetch(ctx context.Context, handle, node, from, sum string, rate 
 	if err != nil {
 		return 0, fmt.Errorf("fetch %s of checkpoint %s from %s: %w", node, handle, from, corrupt(err))
 	}
-	if err := a.mkStoreParent(dir); err != nil {
-		return 0, fmt.Errorf("checkpoint store: %w", err)
-	}
-	if err := os.RemoveAll(dir); err != nil {
+	if err := a.intoStore(part, dir); err != nil {
 		return 0, err
-	}
-	if err := os.Rename(part, dir); err != nil {
-		return 0, fmt.Errorf("checkpoint store: %w", err)
 	}
 	a.log.Info("fetched checkpoint images", "ckpt", handle, "node", node, "from", from, "files", files, "bytes", got,
 		"rate", rate, "elapsed", time.Since(start).Round(time.Millisecond))

@@ -995,6 +995,12 @@ func (a *Agent) RestoreFiles(ctx context.Context, job string, spec agentapi.Node
 // its connection was cut), the half-restored job-node is destroyed, even if
 // CRIU had finished, and the error wraps ctx.Err(): the coordinator, which
 // gave up on it, will not know it is there.
+// madeNode is a.create's result, from another goroutine.
+type madeNode struct {
+	n   *node
+	err error
+}
+
 func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec, req agentapi.RestoreRequest) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("restore %s/%s: %w", job, spec.Name, err)
@@ -1007,10 +1013,28 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 			return err
 		}
 	}
+	var early chan madeNode // a streamed restore's sandbox, made while its images arrive
 	if req.From != "" {
 		if req.Checkpoint == "" {
 			return fmt.Errorf("%w: restore %s/%s from the images of another shim needs the checkpoint's handle", agentapi.ErrInvalid, job, spec.Name)
 		}
+		// The sandbox is made while the images arrive: it needs none of
+		// them, and a stop-copy migration's job-node is down until here.
+		early = make(chan madeNode, 1)
+		go func() {
+			n, err := a.create(ctx, job, spec, true)
+			early <- madeNode{n, err}
+		}()
+		defer func() {
+			if early == nil {
+				return // taken below, and destroyed there on failure
+			}
+			if m := <-early; m.n != nil {
+				if derr := a.destroy(context.WithoutCancel(ctx), m.n); derr != nil {
+					a.log.Warn("destroy the job-node of a failed restore", "job", job, "node", spec.Name, "err", derr)
+				}
+			}
+		}()
 		var sum string
 		if req.Dir, sum, err = a.fetchImages(ctx, job, spec.Name, req.Checkpoint, req.From); err != nil {
 			return err
@@ -1078,7 +1102,14 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		}
 		defer pages.stop()
 	}
-	n, err := a.create(ctx, job, spec, true)
+	var n *node
+	if early != nil {
+		m := <-early
+		early = nil
+		n, err = m.n, m.err
+	} else {
+		n, err = a.create(ctx, job, spec, true)
+	}
 	if err != nil {
 		return err
 	}

@@ -444,4 +444,4 @@ func (handshaken) Info() credentials.ProtocolInfo {
 	return credentials.ProtocolInfo{SecurityProtocol: "tls", SecurityVersion: "1.3"}
 }
 func (h handshaken) Clone() credentials.TransportCredentials { return h }
-func (handshaken) OverrideServerName(string) error          { return nil }
+func (handshaken) OverrideServerName(string) error           { return nil }

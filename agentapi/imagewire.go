@@ -161,8 +161,10 @@ func (s *ShimServer) handshake(conn net.Conn) {
 	if tc.ConnectionState().NegotiatedProtocol == ImagesALPN {
 		defer s.untrack(conn)
 		defer tc.Close()
+		bc.mu.Lock()
 		bc.w = bufio.NewWriterSize(conn, wireBuffer)
-		s.serveImages(tc, bc.w)
+		bc.mu.Unlock()
+		s.serveImages(tc, bc)
 		return
 	}
 	s.untrack(conn) // gRPC closes it from here on
@@ -383,11 +385,13 @@ func readString16(r io.Reader) (string, error) {
 const wireBuffer = 1 << 20
 
 // bufConn buffers the reads of a connection when r is set, and its writes
-// when w is set (flushed by the caller).
+// when w is set (flushed by the caller). TLS may write from a reading
+// goroutine too (an alert, a key update): writes and flushes take mu.
 type bufConn struct {
 	net.Conn
-	r *bufio.Reader
-	w *bufio.Writer
+	r  *bufio.Reader
+	mu sync.Mutex
+	w  *bufio.Writer
 }
 
 func (c *bufConn) Read(p []byte) (int, error) {
@@ -398,10 +402,22 @@ func (c *bufConn) Read(p []byte) (int, error) {
 }
 
 func (c *bufConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.w != nil {
 		return c.w.Write(p)
 	}
 	return c.Conn.Write(p)
+}
+
+// Flush sends what the buffer holds.
+func (c *bufConn) Flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.w == nil {
+		return nil
+	}
+	return c.w.Flush()
 }
 
 // chanListener hands gRPC the connections whose handshake chose "h2".

@@ -98,8 +98,8 @@ var b8Modes = []struct {
 
 // runStreamPoints measures B8 at one size on a routed Env (hosts joined
 // only by the shims' VXLAN overlay): n0 of a 2-job-node ring moves between
-// h1 and the spare host, first with its images in the checkpoint directory
-// (as B4, but over the overlay), then streamed from shim to shim.
+// h1 and the spare host, with its images in the checkpoint directory (as
+// B4, but over the overlay) and streamed from shim to shim, in turns.
 func runStreamPoints(ctx context.Context, e *Env, mib, reps int, spare string, logf func(string, ...any)) []MigratePoint {
 	var modes []string
 	for _, m := range b8Modes {
@@ -111,11 +111,21 @@ func runStreamPoints(ctx context.Context, e *Env, mib, reps int, spare string, l
 	}
 	defer j.Stop(context.WithoutCancel(ctx))
 	defer e.Streamed.Store(false)
+	// The modes take turns, each round in the other order: a machine
+	// that slows down for a while (a VM's neighbours) slows both alike,
+	// and each mode moves the job-node both ways.
 	to, moves := []string{spare, "h1"}, 0
-	for i, m := range b8Modes {
-		p := &out[i]
-		e.Streamed.Store(m.streamed)
-		for r := 0; r < reps; r++ {
+	for r := 0; r < reps; r++ {
+		for k := range b8Modes {
+			i := k
+			if r%2 == 1 {
+				i = len(b8Modes) - 1 - k
+			}
+			m, p := b8Modes[i], &out[i]
+			if p.Err != "" {
+				continue
+			}
+			e.Streamed.Store(m.streamed)
 			host := to[moves%2]
 			s, err := j.Migrate(ctx, "n0", host, coordinator.PostCopyNever)
 			if err == nil && s.Streamed != m.streamed {
@@ -123,14 +133,16 @@ func runStreamPoints(ctx context.Context, e *Env, mib, reps int, spare string, l
 			}
 			if err != nil {
 				p.Err = fmt.Sprintf("%s migration %d: %v", m.name, r, err)
-				break
+				continue
 			}
 			moves++
 			logf("B8 %d MiB %s: migration to %s, downtime %v, unlock→tcp %v", mib, m.name, host,
 				s.Downtime.Round(time.Millisecond), s.Progress.TCP.Round(time.Millisecond))
 			p.Samples = append(p.Samples, s)
 		}
-		p.summarise()
+	}
+	for i := range b8Modes {
+		out[i].summarise()
 	}
 	return out
 }

@@ -177,7 +177,7 @@ func Markdown(r *Result, plots []string) string {
 
 	if len(r.Streamed) > 0 {
 		w("## B8 migration on hosts that share no segment (VXLAN), images streamed\n\n")
-		w("A routed cluster (each host on a subnet of its own behind a router; `torpor sim up --routed`), job-node traffic over the shims' VXLAN overlay. The same 2-job-node ring as B4; n0 moves between h1 and h3 with stop-copy, first with its images in the checkpoint directory, then streamed from the source's shim to the destination's over mutual TLS (each shim with an image directory of its own; docs/protocol.md, \"Streamed images\"). Columns as in B4; streamed/shared = ratio of the downtime medians at the same size.\n\n")
+		w("A routed cluster (each host on a subnet of its own behind a router; `torpor sim up --routed`), job-node traffic over the shims' VXLAN overlay. The same 2-job-node ring as B4; n0 moves between h1 and h3 with stop-copy, %d times each way of moving its images, in turns: through the checkpoint directory, and streamed from the source's shim to the destination's over mutual TLS (the image protocol; each shim with an image directory of its own; docs/protocol.md, \"Streamed images\"). Columns as in B4; streamed/shared = ratio of the downtime medians at the same size.\n\n", r.Plan.StreamReps)
 		w("| MiB | images | image MiB | downtime ms | freeze+drain+lock | dump | restore (streamed: with the fetch) | destroy | unlock+thaw | unlock→TCP ms | **streamed / shared** |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 		shared := map[int]float64{}
 		for _, p := range r.Streamed {

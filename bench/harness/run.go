@@ -50,6 +50,7 @@ type Plan struct {
 	AppReps     int          `json:"b6_reps"`     // B6: steady checkpoints per variant
 	CompressMiB []int        `json:"b7_mib"`      // B7: memory sizes, every codec
 	StreamMiB   []int        `json:"b8_mib"`      // B8: sizes of the moved job-node
+	StreamReps  int          `json:"b8_reps"`     // B8: migrations per size and mode
 	SpareHost   int          `json:"-"`
 }
 
@@ -60,7 +61,7 @@ func QuickPlan() Plan {
 		MigrateMiB: []int{16, 64, 256, 1024}, MigrateBigReps: 2,
 		MemMiB: []int{16, 64, 256}, Nodes: []int{1, 2, 4}, NodesMiB: 64,
 		RealNodes: []int{1, 4, 16}, FakeNodes: []int{1, 4, 16, 64, 256}, CoordHosts: 4,
-		AppLogMiB: 256, AppGrowMiB: 10, AppReps: 5, CompressMiB: []int{64, 256}, StreamMiB: []int{64, 256}}
+		AppLogMiB: 256, AppGrowMiB: 10, AppReps: 5, CompressMiB: []int{64, 256}, StreamMiB: []int{64, 256}, StreamReps: 7}
 }
 
 // FullPlan is the complete run (tens of minutes).
@@ -71,7 +72,7 @@ func FullPlan() Plan {
 		MigrateMiB: []int{16, 64, 256, 1024}, MigrateBigReps: 5,
 		MemMiB: []int{16, 64, 256, 1024}, Nodes: []int{1, 2, 4}, NodesMiB: 256, Matrix: true,
 		RealNodes: []int{1, 4, 16, 32, 64}, FakeNodes: []int{1, 4, 16, 64, 128, 256}, CoordHosts: 4,
-		AppLogMiB: 1024, AppGrowMiB: 10, AppReps: 20, CompressMiB: []int{64, 256, 1024}, StreamMiB: []int{64, 256, 1024}}
+		AppLogMiB: 1024, AppGrowMiB: 10, AppReps: 20, CompressMiB: []int{64, 256, 1024}, StreamMiB: []int{64, 256, 1024}, StreamReps: 9}
 }
 
 // Result is everything one run measured.
@@ -229,7 +230,7 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 	if cfg.wants("b8") {
 		err := withEnv(ctx, EnvConfig{Name: name + "r", Hosts: 3, Dir: filepath.Join(work, "env8"), Bins: bins, CRIU: bin, Log: cfg.Log, Routed: true}, func(e *Env) {
 			for _, mib := range plan.StreamMiB {
-				res.Streamed = append(res.Streamed, runStreamPoints(ctx, e, mib, plan.MigrateReps, "h3", logf)...)
+				res.Streamed = append(res.Streamed, runStreamPoints(ctx, e, mib, plan.StreamReps, "h3", logf)...)
 			}
 		})
 		if err != nil {

@@ -988,6 +988,12 @@ func (a *Agent) RestoreFiles(ctx context.Context, job string, spec agentapi.Node
 	return agentapi.RestoreFilesResult{Moved: moved}, nil
 }
 
+// madeNode is a.create's result, from another goroutine.
+type madeNode struct {
+	n   *node
+	err error
+}
+
 // Restore creates a sandbox for the job-node on this host with its network
 // locked, then restores the tree into it. It stays locked until Unlock.
 //
@@ -995,12 +1001,6 @@ func (a *Agent) RestoreFiles(ctx context.Context, job string, spec agentapi.Node
 // its connection was cut), the half-restored job-node is destroyed, even if
 // CRIU had finished, and the error wraps ctx.Err(): the coordinator, which
 // gave up on it, will not know it is there.
-// madeNode is a.create's result, from another goroutine.
-type madeNode struct {
-	n   *node
-	err error
-}
-
 func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec, req agentapi.RestoreRequest) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("restore %s/%s: %w", job, spec.Name, err)

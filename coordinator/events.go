@@ -32,6 +32,11 @@ const (
 	// A host-local checkpoint the catalog lacked came back from a shim
 	// (Options.RecoverCatalog).
 	EventRecovered = "recovered"
+	// A restart found a host's copy of a job-node's images of a host-local
+	// checkpoint corrupt (Node, FromHost: the host, Error: what failed);
+	// that host's shim set it aside and the restart went on from another
+	// host's copy.
+	EventCopySetAside = "copy-set-aside"
 )
 
 // Event is one entry of the coordinator's history. Which fields are set

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -37,6 +38,10 @@ type RestartResult struct {
 	// Bytes is the size of the checkpoint's images: what was verified and
 	// restored.
 	Bytes int64
+	// SetAside lists the copies of a host-local checkpoint that failed
+	// verification ("NODE on HOST"): their shims set them aside, and the
+	// restart went on from other hosts' copies.
+	SetAside []string
 }
 
 // Restart brings a job back from a checkpoint: ref is a checkpoint handle
@@ -145,38 +150,25 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 	// restored: a file several of them hold must be whole when the first
 	// task opens it again.
 	sent := placed(spec)
-	if man.HostLocal {
-		// Each destination copies the images it lacks into its own store
-		// first, verified as they arrive.
-		err = t.run(PhaseFetch, func() error { return c.fetchAll(ctx, man, sent) })
-	}
-	if err == nil {
-		err = t.run(PhaseFiles, func() error {
-			var mu sync.Mutex
-			return c.fanout(ctx, PhaseFiles, sent, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
-				req, err := c.restoreRequest(man, n.Name)
-				if err != nil {
-					return err
+	for attempt := 1; ; attempt++ {
+		err = c.restoreAll(ctx, man, spec, sent, t, &res)
+		if err == nil || !man.HostLocal || !errors.Is(err, agentapi.ErrCorrupt) || attempt > maxCopiesSetAside {
+			break
+		}
+		// A host's copy of a host-local checkpoint failed verification:
+		// its shim set it aside, and the next round fetches another
+		// host's copy.
+		var pe *PhaseError
+		if errors.As(err, &pe) {
+			for _, ne := range pe.Nodes {
+				if errors.Is(ne.Err, agentapi.ErrCorrupt) {
+					res.SetAside = append(res.SetAside, ne.Node+" on "+ne.Host)
+					c.event(Event{Job: spec.ID, Type: EventCopySetAside, Handle: res.Checkpoint, Node: ne.Node, FromHost: ne.Host, Error: ne.Err.Error()})
 				}
-				fr, err := a.RestoreFiles(ctx, spec.ID, n, req)
-				mu.Lock()
-				res.Moved = append(res.Moved, fr.Moved...)
-				mu.Unlock()
-				return err
-			})
-		})
-	}
-	if err == nil {
-		err = t.run(PhaseRestore, func() error {
-			t.setBytes(PhaseRestore, res.Bytes)
-			return c.fanout(ctx, PhaseRestore, sent, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
-				req, err := c.restoreRequest(man, n.Name)
-				if err != nil {
-					return err
-				}
-				return a.Restore(ctx, spec.ID, n, req)
-			})
-		})
+			}
+		}
+		log.Warn("a host's copy of the checkpoint fails verification and was set aside; restoring from another host's copy", "err", err, "attempt", attempt)
+		c.destroyAll(ctx, spec, log)
 	}
 	if err == nil {
 		err = c.resume(ctx, spec.ID, spec.Nodes, t)
@@ -210,6 +202,56 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 		m.Read(opRestart, string(PhaseRestore), res.Bytes)
 	}
 	return res, nil
+}
+
+// maxCopiesSetAside bounds the rounds of a host-local restart that find a
+// host's copy corrupt and go on with another host's.
+const maxCopiesSetAside = 2
+
+// restoreAll is a restart's work on the shims up to the unlock: a
+// host-local checkpoint's images fetched where they lack, the
+// application's files put back on every job-node before any is restored,
+// then every job-node restored, locked.
+func (c *Coordinator) restoreAll(ctx context.Context, man Manifest, spec JobSpec, sent []agentapi.NodeSpec, t *timings, res *RestartResult) error {
+	var err error
+	if man.HostLocal {
+		// Each destination copies the images it lacks into its own store
+		// first, verified as they arrive.
+		err = t.run(PhaseFetch, func() error { return c.fetchAll(ctx, man, sent) })
+	}
+	if err == nil {
+		err = t.run(PhaseFiles, func() error {
+			var mu sync.Mutex
+			return c.fanout(ctx, PhaseFiles, sent, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+				req, err := c.restoreRequest(man, n.Name)
+				if err != nil {
+					return err
+				}
+				fr, err := a.RestoreFiles(ctx, spec.ID, n, req)
+				mu.Lock()
+				for _, m := range fr.Moved {
+					if !slices.Contains(res.Moved, m) {
+						res.Moved = append(res.Moved, m)
+					}
+				}
+				mu.Unlock()
+				return err
+			})
+		})
+	}
+	if err == nil {
+		err = t.run(PhaseRestore, func() error {
+			t.setBytes(PhaseRestore, res.Bytes)
+			return c.fanout(ctx, PhaseRestore, sent, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+				req, err := c.restoreRequest(man, n.Name)
+				if err != nil {
+					return err
+				}
+				return a.Restore(ctx, spec.ID, n, req)
+			})
+		})
+	}
+	return err
 }
 
 // shimsVerify says whether the shim of every job-node's host verifies a

@@ -189,7 +189,7 @@ func (s *Server) Restart(ctx context.Context, req *apiv1.RestartRequest) (*apiv1
 	if err == nil {
 		s.placed(ctx, uid, res.Job)
 	}
-	return &apiv1.RestartReply{Job: res.Job, Checkpoint: res.Checkpoint, Skipped: res.Skipped, Moved: res.Moved, Bytes: res.Bytes}, agentapi.ToRPC(err)
+	return &apiv1.RestartReply{Job: res.Job, Checkpoint: res.Checkpoint, Skipped: res.Skipped, Moved: res.Moved, Bytes: res.Bytes, SetAside: res.SetAside}, agentapi.ToRPC(err)
 }
 
 func (s *Server) Migrate(ctx context.Context, req *apiv1.MigrateRequest) (*apiv1.MigrateReply, error) {

@@ -160,6 +160,68 @@ func TestFaultsIsolated(t *testing.T) {
 	c.run(t, "kill-rank", func(t *testing.T) { c.faultKillRank(t, want) })
 	c.run(t, "shim-exit-in-dump", func(t *testing.T) { c.faultShimExitInDump(t, want) })
 	c.run(t, "criu-kill-in-dump", func(t *testing.T) { c.faultCRIUKillInDump(t, want) })
+	c.run(t, "corrupted-copy", func(t *testing.T) { c.faultCorruptedCopy(t, want) })
+}
+
+// faultCorruptedCopy: a suspended job's host-local checkpoint, replicated,
+// has one byte of a memory image flipped in the copy on n2's own host, the
+// copy a restart in place restores from. `torpor restart` finds it at the
+// restore; that host's shim sets the copy aside (kept, out of the store),
+// and the restart goes on with the replica fetched from another host. The
+// CLI names the copy, the history has a copy-set-aside event, and the job
+// ends with the undisturbed checksum.
+func (c *cluster) faultCorruptedCopy(t *testing.T, want string) {
+	j := c.faultJob("f-copy") // n0@h1, n1@h2, n2@h3
+	h := lastLines(c.mustCLI("suspend", j.id), 1)
+	for deadline := time.Now().Add(2 * time.Minute); !c.logged("coordinator", "checkpoint replicated", "ckpt="+h+" "); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("checkpoint %s was never replicated", h)
+		}
+	}
+	seq := strings.TrimPrefix(h, j.id+"/")
+	copyOf := func(host string) string {
+		return filepath.Join(c.hostDir(host, "images"), "checkpoints", j.id, seq, "n2")
+	}
+	pages, _ := filepath.Glob(filepath.Join(copyOf("h3"), "pages-*.img"))
+	if len(pages) == 0 {
+		t.Fatalf("no memory image of n2 in h3's store (%s)", copyOf("h3"))
+	}
+	corruptByte(t, pages[0])
+	out := c.mustCLI("restart", j.id)
+	if !strings.Contains(out, h+": the copy of n2 on h3 failed verification and was set aside") {
+		t.Fatalf("restart does not say it set h3's copy of n2 aside:\n%s", out)
+	}
+	t.Logf("restart: %s", strings.ReplaceAll(strings.TrimSpace(out), "\n", " | "))
+	aside := filepath.Join(c.hostDir("h3", "images"), "corrupt", j.id, seq, "n2", filepath.Base(pages[0]))
+	if _, err := os.Stat(aside); err != nil {
+		t.Fatalf("the corrupt copy was not kept aside: %v", err)
+	}
+	if !c.logged("shim-h3", "fetched checkpoint images", "ckpt="+h+" ") {
+		t.Fatalf("h3 never fetched n2's replica:\n%s", lastLines(c.logs["shim-h3"].String(), 20))
+	}
+	if _, err := os.Stat(filepath.Join(copyOf("h3"), "node-manifest.json")); err != nil {
+		t.Fatalf("h3 holds no copy of n2 after the restart: %v", err)
+	}
+	ev := c.mustCLI("events", j.id, "--json")
+	if !strings.Contains(ev, `"type":"copy-set-aside"`) || !strings.Contains(ev, `"from_host":"h3"`) {
+		t.Fatalf("no copy-set-aside event for h3:\n%s", ev)
+	}
+	c.waitState(j.id, "running", 30*time.Second)
+	j.finishWith(want, "after a restart that set a corrupt copy aside")
+}
+
+// logged says whether one line of a daemon's log holds every one of subs.
+func (c *cluster) logged(name string, subs ...string) bool {
+	for _, line := range strings.Split(c.logs[name].String(), "\n") {
+		all := true
+		for _, s := range subs {
+			all = all && strings.Contains(line, s)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
 
 func TestFaults(t *testing.T) {

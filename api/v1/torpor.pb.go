@@ -2103,8 +2103,11 @@ type RestartReply struct {
 	Checkpoint string                 `protobuf:"bytes,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	Skipped    []string               `protobuf:"bytes,3,rep,name=skipped,proto3" json:"skipped,omitempty"`
 	// Files the restart moved aside (see RestoreFilesReply).
-	Moved         []string `protobuf:"bytes,4,rep,name=moved,proto3" json:"moved,omitempty"`
-	Bytes         int64    `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"` // size of the checkpoint's images (verified, restored)
+	Moved []string `protobuf:"bytes,4,rep,name=moved,proto3" json:"moved,omitempty"`
+	Bytes int64    `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"` // size of the checkpoint's images (verified, restored)
+	// Copies of a host-local checkpoint that failed verification ("NODE on
+	// HOST"): set aside by their shims, the restart used other hosts' copies.
+	SetAside      []string `protobuf:"bytes,6,rep,name=set_aside,json=setAside,proto3" json:"set_aside,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2172,6 +2175,13 @@ func (x *RestartReply) GetBytes() int64 {
 		return x.Bytes
 	}
 	return 0
+}
+
+func (x *RestartReply) GetSetAside() []string {
+	if x != nil {
+		return x.SetAside
+	}
+	return nil
 }
 
 type MigrateRequest struct {
@@ -3344,7 +3354,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\n" +
 	"HostsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa3\x01\n" +
 	"\fRestartReply\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
 	"\n" +
@@ -3352,7 +3362,8 @@ const file_torpor_proto_rawDesc = "" +
 	"checkpoint\x12\x18\n" +
 	"\askipped\x18\x03 \x03(\tR\askipped\x12\x14\n" +
 	"\x05moved\x18\x04 \x03(\tR\x05moved\x12\x14\n" +
-	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\"b\n" +
+	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\x12\x1b\n" +
+	"\tset_aside\x18\x06 \x03(\tR\bsetAside\"b\n" +
 	"\x0eMigrateRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x0e\n" +

@@ -203,12 +203,12 @@ func restart(ctx context.Context, sock, ref string, hosts map[string]string, fal
 	elapsed := time.Since(start)
 	fmt.Fprintf(os.Stderr, "torpor: %s restarted from %s in %s\n", rep.Job, rep.Checkpoint, elapsed.Round(time.Millisecond))
 	if asJSON {
-		out := jsonRestarted{Job: rep.Job, Checkpoint: rep.Checkpoint, Bytes: rep.Bytes, Skipped: rep.Skipped, Moved: rep.Moved, ElapsedNS: int64(elapsed)}
-		if out.Skipped == nil {
-			out.Skipped = []string{}
-		}
-		if out.Moved == nil {
-			out.Moved = []string{}
+		out := jsonRestarted{Job: rep.Job, Checkpoint: rep.Checkpoint, Bytes: rep.Bytes, Skipped: rep.Skipped, Moved: rep.Moved,
+			SetAside: rep.SetAside, ElapsedNS: int64(elapsed)}
+		for _, l := range []*[]string{&out.Skipped, &out.Moved, &out.SetAside} {
+			if *l == nil {
+				*l = []string{}
+			}
 		}
 		if err := printJSON(out); err != nil {
 			return err
@@ -225,10 +225,14 @@ func restart(ctx context.Context, sock, ref string, hosts map[string]string, fal
 }
 
 // printRestarted says what a restart passed over: newer checkpoints that
-// failed verification, and files it moved aside.
+// failed verification, hosts' copies of a host-local one that did, and
+// files it moved aside.
 func printRestarted(rep *apiv1.RestartReply) {
 	for _, s := range rep.Skipped {
 		fmt.Fprintf(os.Stderr, "torpor: skipped %s: it fails verification\n", s)
+	}
+	for _, s := range rep.SetAside {
+		fmt.Fprintf(os.Stderr, "torpor: %s: the copy of %s failed verification and was set aside; restored from another host's copy\n", rep.Checkpoint, s)
 	}
 	client.PrintMoved(os.Stderr, rep.Moved)
 }

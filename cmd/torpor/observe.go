@@ -115,7 +115,10 @@ type jsonRestarted struct {
 	Bytes      int64    `json:"bytes"`
 	Skipped    []string `json:"skipped"`
 	Moved      []string `json:"moved"`
-	ElapsedNS  int64    `json:"elapsed_ns"`
+	// SetAside: copies of a host-local checkpoint found corrupt and set
+	// aside ("NODE on HOST"); other hosts' copies were restored.
+	SetAside  []string `json:"set_aside"`
+	ElapsedNS int64    `json:"elapsed_ns"`
 }
 
 // jsonMigrated is `torpor migrate --json`.

@@ -948,7 +948,7 @@ func sameFile(path string, r io.Reader, size int64) (bool, error) {
 // coordinator calls it on every job-node of the job before it restores any:
 // a file several job-nodes hold (one written by every rank) is then back
 // before a task opens it again.
-func (a *Agent) RestoreFiles(ctx context.Context, job string, spec agentapi.NodeSpec, req agentapi.RestoreRequest) (agentapi.RestoreFilesResult, error) {
+func (a *Agent) RestoreFiles(ctx context.Context, job string, spec agentapi.NodeSpec, req agentapi.RestoreRequest) (_ agentapi.RestoreFilesResult, err error) {
 	if err := ctx.Err(); err != nil {
 		return agentapi.RestoreFilesResult{}, err
 	}
@@ -956,11 +956,10 @@ func (a *Agent) RestoreFiles(ctx context.Context, job string, spec agentapi.Node
 		return agentapi.RestoreFilesResult{}, err
 	}
 	if req.Stored {
-		dir, err := a.storeDir(req.Checkpoint, spec.Name)
-		if err != nil {
+		if req.Dir, err = a.storeDir(req.Checkpoint, spec.Name); err != nil {
 			return agentapi.RestoreFilesResult{}, err
 		}
-		req.Dir = dir
+		defer a.setAsideOnCorrupt(req.Checkpoint, spec.Name, &err)
 	}
 	if req.Dir == "" || req.Checkpoint == "" {
 		return agentapi.RestoreFilesResult{}, fmt.Errorf("%w: restore the files of %s/%s: needs the images' directory and the checkpoint's handle", agentapi.ErrInvalid, job, spec.Name)
@@ -1012,6 +1011,8 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		if req.Dir, err = a.storeDir(req.Checkpoint, spec.Name); err != nil {
 			return err
 		}
+		// Runs last, once every half-restored part is gone.
+		defer a.setAsideOnCorrupt(req.Checkpoint, spec.Name, &err)
 	}
 	var early chan madeNode // a streamed restore's sandbox, made while its images arrive
 	if req.From != "" {

@@ -252,8 +252,54 @@ func (a *Agent) Drop(_ context.Context, handle string) error {
 		return fmt.Errorf("drop checkpoint %s: %w", handle, err)
 	}
 	_ = os.Remove(filepath.Dir(filepath.Dir(dir))) // the job's, once empty
+	a.dropWork(a.workDir(setAsideKind, filepath.Dir(dir)))
 	a.log.Info("dropped checkpoint images", "ckpt", handle)
 	return nil
+}
+
+// setAsideKind is the work directory (workDir) of the copies a restore
+// found corrupt: <image-dir>/corrupt/<job>/<seq>/<node>.
+const setAsideKind = "corrupt"
+
+// setAside moves this store's copy of job-node node of checkpoint handle,
+// which a restore found corrupt (why), out of the store: Held no longer
+// lists it, so the coordinator has another host's copy fetched, and no
+// image is deleted on the strength of one failed verification. Drop
+// removes it with the rest of the checkpoint. It says whether the copy
+// left the store.
+func (a *Agent) setAside(handle, node string, why error) bool {
+	dir, err := a.storeDir(handle, node)
+	if err != nil {
+		return false
+	}
+	unlock := a.storing.lock(handle + "/" + node)
+	defer unlock()
+	aside := a.workDir(setAsideKind, dir)
+	err = a.mkStoreParent(aside)
+	if err == nil {
+		err = os.RemoveAll(aside) // an earlier corrupt copy of the same
+	}
+	if err == nil {
+		err = os.Rename(dir, aside)
+	}
+	if err != nil {
+		a.log.Error("a corrupt copy of checkpoint images stays in the store: setting it aside failed", "ckpt", handle, "node", node, "err", err, "why", why)
+		return false
+	}
+	a.log.Warn("a corrupt copy of checkpoint images was set aside", "ckpt", handle, "node", node, "to", aside, "why", why)
+	return true
+}
+
+// setAsideOnCorrupt is deferred by a restore from this store's copy of
+// node of handle: when it failed verification, the copy is set aside and
+// the error says so.
+func (a *Agent) setAsideOnCorrupt(handle, node string, err *error) {
+	if *err == nil || !errors.Is(*err, agentapi.ErrCorrupt) {
+		return
+	}
+	if a.setAside(handle, node, *err) {
+		*err = fmt.Errorf("%w (this host's copy was set aside: a restart fetches another host's)", *err)
+	}
 }
 
 // keptManifestName is the job manifest a store keeps in a checkpoint's

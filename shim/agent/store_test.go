@@ -15,6 +15,7 @@ import (
 	"github.com/torpor-hpc/torpor/agentapi"
 	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/internal/testutil"
+	"github.com/torpor-hpc/torpor/shim/appfiles"
 )
 
 // storeImages writes files as job-node node's images of handle into a's
@@ -248,5 +249,54 @@ func TestKeptManifests(t *testing.T) {
 	}
 	if kept, err := a.Manifests(ctx); err != nil || len(kept) != 0 {
 		t.Fatalf("after Drop: %q, %v", kept, err)
+	}
+}
+
+// TestCorruptCopySetAside: a restore from this store's copy that fails
+// verification moves the copy out of the store (Held stops listing it, so
+// the coordinator fetches another host's) without deleting it, says so in
+// the error, and a later Drop of the checkpoint removes it; a good copy
+// fetched in its place can be set aside again.
+func TestCorruptCopySetAside(t *testing.T) {
+	testutil.RequireRoot(t, "image directories must be root's")
+	a := imageAgent(t, "h1", nil)
+	ctx := context.Background()
+	files := map[string][]byte{"core-1.img": []byte("core"), appfiles.DirName + "/x/a.data": []byte("the application's file")}
+	dir, err := a.storeDir("j/000002", "n0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	aside := filepath.Join(a.cfg.ImageDir, setAsideKind, "j", "000002", "n0")
+	spec := agentapi.NodeSpec{Name: "n0"}
+	for round := 1; round <= 2; round++ {
+		sum := storeImages(t, a, "j/000002", "n0", files)
+		other := storeImages(t, a, "j/000002", "n1", files) // stays
+		bad := filepath.Join(dir, appfiles.DirName, "x", "a.data")
+		if err := os.WriteFile(bad, []byte("the application's filE"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := a.RestoreFiles(ctx, "j", spec, agentapi.RestoreRequest{Stored: true, Checkpoint: "j/000002", NodeManifestSHA256: sum})
+		if !errors.Is(err, agentapi.ErrCorrupt) || !strings.Contains(err.Error(), "a.data") || !strings.Contains(err.Error(), "set aside") {
+			t.Fatalf("round %d: restore from a corrupt copy: %v, want corrupt naming a.data and saying it was set aside", round, err)
+		}
+		if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("round %d: the corrupt copy is still in the store (%v)", round, err)
+		}
+		got, err := os.ReadFile(filepath.Join(aside, appfiles.DirName, "x", "a.data"))
+		if err != nil || string(got) != "the application's filE" {
+			t.Fatalf("round %d: the copy set aside: %q, %v", round, got, err)
+		}
+		held, err := a.Held(ctx, "j")
+		if err != nil || len(held) != 1 || held[0].Node != "n1" || held[0].NodeManifestSHA256 != other {
+			t.Fatalf("round %d: held after the copy was set aside: %+v, %v; want n1 only", round, held, err)
+		}
+	}
+	if err := a.Drop(ctx, "j/000002"); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{filepath.Join(a.cfg.ImageDir, setAsideKind), filepath.Join(a.cfg.ImageDir, "checkpoints", "j")} {
+		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("a dropped checkpoint left %s (%v)", d, err)
+		}
 	}
 }

@@ -32,6 +32,12 @@ var (
 	ErrBusy error = busyError{}
 )
 
+// SetAsideNote ends the message of an ErrCorrupt whose shim moved its copy
+// of a host-local checkpoint's images out of its store: it crosses the
+// wire with the message, where the error's kind alone could not say that a
+// copy is gone.
+const SetAsideNote = "this host's copy was set aside: a restart fetches another host's"
+
 type busyError struct{}
 
 func (busyError) Error() string { return ErrState.Error() }

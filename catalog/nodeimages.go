@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path"
@@ -127,6 +128,44 @@ func (n *NodeImages) Verify(ctx context.Context, pick func(name string) bool) er
 		if want := f.digest(n.format); sum != want {
 			return n.corrupt(f.Path, fmt.Sprintf("content differs from the manifest (%s %s, recorded %s)", n.dg.name, sum, want), nil)
 		}
+	}
+	return nil
+}
+
+// FileCheck verifies one listed file as its bytes go by: whoever reads the
+// file from its start, in order, writes what it read to the check, and asks
+// Done at the end whether it was the file the node manifest records.
+type FileCheck struct {
+	n    *NodeImages
+	f    FileEntry
+	h    hash.Hash
+	size int64
+}
+
+// Check begins a FileCheck of the listed file name ('/'-separated,
+// relative to the node directory).
+func (n *NodeImages) Check(name string) (*FileCheck, error) {
+	f, ok := n.files[name]
+	if !ok {
+		return nil, n.corrupt(name, "is not listed in the node manifest", nil)
+	}
+	return &FileCheck{n: n, f: f, h: n.dg.new()}, nil
+}
+
+// Write adds p, the file's next bytes.
+func (c *FileCheck) Write(p []byte) (int, error) {
+	c.size += int64(len(p))
+	return c.h.Write(p)
+}
+
+// Done says whether the bytes written were the whole file the node
+// manifest records (a *CorruptError naming it if not).
+func (c *FileCheck) Done() error {
+	if c.size != c.f.Size {
+		return c.n.corrupt(c.f.Path, fmt.Sprintf("size is %d bytes, the manifest records %d", c.size, c.f.Size), nil)
+	}
+	if got, want := hex.EncodeToString(c.h.Sum(nil)), c.f.digest(c.n.format); got != want {
+		return c.n.corrupt(c.f.Path, fmt.Sprintf("content differs from the manifest (%s %s, recorded %s)", c.n.dg.name, got, want), nil)
 	}
 	return nil
 }

@@ -165,8 +165,11 @@ func (c *Coordinator) checkHeld(ctx context.Context, handle string) error {
 
 // fetchAll has the shim of every job-node's destination copy the images
 // it lacks of host-local checkpoint man into its own store, from a host
-// that holds them (the one it was checkpointed on first).
-func (c *Coordinator) fetchAll(ctx context.Context, man Manifest, nodes []agentapi.NodeSpec) error {
+// that holds them (the one it was checkpointed on first). A holder whose
+// copy fails verification as it sends it sets it aside (the shims verify
+// what they send and what they receive); setAside hears of each, and the
+// next holder is tried.
+func (c *Coordinator) fetchAll(ctx context.Context, man Manifest, nodes []agentapi.NodeSpec, setAside func(node, host string, err error)) error {
 	cp := c.held(ctx, man.Spec.ID)[man.Handle]
 	origin := map[string]string{}
 	for _, n := range man.Spec.Nodes {
@@ -196,6 +199,9 @@ func (c *Coordinator) fetchAll(ctx context.Context, man Manifest, nodes []agenta
 				continue
 			}
 			if _, err := dst.Fetch(ctx, man.Handle, n.Name, addr, sum, 0); err != nil {
+				if errors.Is(err, agentapi.ErrCorrupt) && strings.Contains(err.Error(), agentapi.SetAsideNote) {
+					setAside(n.Name, h, err)
+				}
 				errs = append(errs, fmt.Errorf("from %s: %w", h, err))
 				if ctx.Err() != nil {
 					break

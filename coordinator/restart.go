@@ -150,24 +150,28 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 	// restored: a file several of them hold must be whole when the first
 	// task opens it again.
 	sent := placed(spec)
-	for attempt := 1; ; attempt++ {
+	for round := 1; ; round++ {
 		err = c.restoreAll(ctx, man, spec, sent, t, &res)
-		if err == nil || !man.HostLocal || !errors.Is(err, agentapi.ErrCorrupt) || attempt > maxCopiesSetAside {
+		if err == nil || !man.HostLocal || round > maxCopiesSetAside {
 			break
 		}
-		// A host's copy of a host-local checkpoint failed verification:
-		// its shim set it aside, and the next round fetches another
-		// host's copy.
+		// A host's copy of a host-local checkpoint failed verification at
+		// the restore: its shim set it aside, and the next round fetches
+		// another host's copy. Any other failure ends the restart.
 		var pe *PhaseError
+		aside := 0
 		if errors.As(err, &pe) {
 			for _, ne := range pe.Nodes {
-				if errors.Is(ne.Err, agentapi.ErrCorrupt) {
-					res.SetAside = append(res.SetAside, ne.Node+" on "+ne.Host)
-					c.event(Event{Job: spec.ID, Type: EventCopySetAside, Handle: res.Checkpoint, Node: ne.Node, FromHost: ne.Host, Error: ne.Err.Error()})
+				if errors.Is(ne.Err, agentapi.ErrCorrupt) && strings.Contains(ne.Err.Error(), agentapi.SetAsideNote) {
+					c.setAside(&res, spec.ID, ne.Node, ne.Host, ne.Err)
+					aside++
 				}
 			}
 		}
-		log.Warn("a host's copy of the checkpoint fails verification and was set aside; restoring from another host's copy", "err", err, "attempt", attempt)
+		if aside == 0 || aside < len(pe.Nodes) {
+			break
+		}
+		log.Warn("restoring again with other hosts' copies", "round", round+1)
 		c.destroyAll(ctx, spec, log)
 	}
 	if err == nil {
@@ -208,6 +212,16 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 // host's copy corrupt and go on with another host's.
 const maxCopiesSetAside = 2
 
+// setAside records that host's copy of node's images of a host-local
+// checkpoint failed verification (its shim set it aside): in the
+// restart's result, as an event and in the log.
+func (c *Coordinator) setAside(res *RestartResult, job, node, host string, err error) {
+	res.SetAside = append(res.SetAside, node+" on "+host)
+	c.event(Event{Job: job, Type: EventCopySetAside, Handle: res.Checkpoint, Node: node, FromHost: host, Error: err.Error()})
+	c.log.Warn("a host's copy of a checkpoint fails verification and was set aside; another host's copy is used", "job", job,
+		"ckpt", res.Checkpoint, "node", node, "host", host, "err", err)
+}
+
 // restoreAll is a restart's work on the shims up to the unlock: a
 // host-local checkpoint's images fetched where they lack, the
 // application's files put back on every job-node before any is restored,
@@ -217,7 +231,14 @@ func (c *Coordinator) restoreAll(ctx context.Context, man Manifest, spec JobSpec
 	if man.HostLocal {
 		// Each destination copies the images it lacks into its own store
 		// first, verified as they arrive.
-		err = t.run(PhaseFetch, func() error { return c.fetchAll(ctx, man, sent) })
+		var mu sync.Mutex
+		err = t.run(PhaseFetch, func() error {
+			return c.fetchAll(ctx, man, sent, func(node, host string, err error) {
+				mu.Lock()
+				defer mu.Unlock()
+				c.setAside(res, spec.ID, node, host, err)
+			})
+		})
 	}
 	if err == nil {
 		err = t.run(PhaseFiles, func() error {

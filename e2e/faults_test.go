@@ -164,12 +164,14 @@ func TestFaultsIsolated(t *testing.T) {
 }
 
 // faultCorruptedCopy: a suspended job's host-local checkpoint, replicated,
-// has one byte of a memory image flipped in the copy on n2's own host, the
-// copy a restart in place restores from. `torpor restart` finds it at the
-// restore; that host's shim sets the copy aside (kept, out of the store),
-// and the restart goes on with the replica fetched from another host. The
-// CLI names the copy, the history has a copy-set-aside event, and the job
-// ends with the undisturbed checksum.
+// has one byte of a memory image flipped in two copies: n2's on its own
+// host h3, the copy a restart in place restores from, and n1's on its own
+// host h2, the first a restart that moves n1 to h4 fetches from. `torpor
+// restart --host n1=h4` goes on from the replicas: h2's shim finds its copy
+// corrupt as it sends it, h3's at the restore; each sets its copy aside
+// (kept, out of the store). The CLI names both copies, the history has a
+// copy-set-aside event for each, and the job ends with the undisturbed
+// checksum.
 func (c *cluster) faultCorruptedCopy(t *testing.T, want string) {
 	j := c.faultJob("f-copy") // n0@h1, n1@h2, n2@h3
 	h := lastLines(c.mustCLI("suspend", j.id), 1)
@@ -179,32 +181,48 @@ func (c *cluster) faultCorruptedCopy(t *testing.T, want string) {
 		}
 	}
 	seq := strings.TrimPrefix(h, j.id+"/")
-	copyOf := func(host string) string {
-		return filepath.Join(c.hostDir(host, "images"), "checkpoints", j.id, seq, "n2")
+	copyOf := func(host, node string) string {
+		return filepath.Join(c.hostDir(host, "images"), "checkpoints", j.id, seq, node)
 	}
-	pages, _ := filepath.Glob(filepath.Join(copyOf("h3"), "pages-*.img"))
-	if len(pages) == 0 {
-		t.Fatalf("no memory image of n2 in h3's store (%s)", copyOf("h3"))
+	var flipped []string
+	for _, hn := range [][2]string{{"h3", "n2"}, {"h2", "n1"}} {
+		pages, _ := filepath.Glob(filepath.Join(copyOf(hn[0], hn[1]), "pages-*.img"))
+		if len(pages) == 0 {
+			t.Fatalf("no memory image of %s in %s's store", hn[1], hn[0])
+		}
+		corruptByte(t, pages[0])
+		flipped = append(flipped, filepath.Base(pages[0]))
 	}
-	corruptByte(t, pages[0])
-	out := c.mustCLI("restart", j.id)
-	if !strings.Contains(out, h+": the copy of n2 on h3 failed verification and was set aside") {
-		t.Fatalf("restart does not say it set h3's copy of n2 aside:\n%s", out)
+	out := c.mustCLI("restart", j.id, "--host", "n1=h4")
+	for _, hn := range []string{"n2 on h3", "n1 on h2"} {
+		if !strings.Contains(out, h+": the copy of "+hn+" failed verification and was set aside") {
+			t.Fatalf("restart does not say it set the copy of %s aside:\n%s", hn, out)
+		}
 	}
 	t.Logf("restart: %s", strings.ReplaceAll(strings.TrimSpace(out), "\n", " | "))
-	aside := filepath.Join(c.hostDir("h3", "images"), "corrupt", j.id, seq, "n2", filepath.Base(pages[0]))
-	if _, err := os.Stat(aside); err != nil {
-		t.Fatalf("the corrupt copy was not kept aside: %v", err)
+	for i, hn := range [][2]string{{"h3", "n2"}, {"h2", "n1"}} {
+		aside := filepath.Join(c.hostDir(hn[0], "images"), "corrupt", j.id, seq, hn[1], flipped[i])
+		if _, err := os.Stat(aside); err != nil {
+			t.Fatalf("%s's corrupt copy of %s was not kept aside: %v", hn[0], hn[1], err)
+		}
+		if _, err := os.Stat(copyOf(hn[0], hn[1])); err == nil && hn[0] == "h2" {
+			t.Fatalf("h2 still holds its corrupt copy of n1")
+		}
 	}
-	if !c.logged("shim-h3", "fetched checkpoint images", "ckpt="+h+" ") {
-		t.Fatalf("h3 never fetched n2's replica:\n%s", lastLines(c.logs["shim-h3"].String(), 20))
-	}
-	if _, err := os.Stat(filepath.Join(copyOf("h3"), "node-manifest.json")); err != nil {
-		t.Fatalf("h3 holds no copy of n2 after the restart: %v", err)
+	// h3 fetched n2's replica (from h4), h4 n1's (from h3, h2's failed).
+	for _, hn := range [][2]string{{"h3", "n2"}, {"h4", "n1"}} {
+		if _, err := os.Stat(filepath.Join(copyOf(hn[0], hn[1]), "node-manifest.json")); err != nil {
+			t.Fatalf("%s holds no copy of %s after the restart: %v", hn[0], hn[1], err)
+		}
 	}
 	ev := c.mustCLI("events", j.id, "--json")
-	if !strings.Contains(ev, `"type":"copy-set-aside"`) || !strings.Contains(ev, `"from_host":"h3"`) {
-		t.Fatalf("no copy-set-aside event for h3:\n%s", ev)
+	for _, want := range []string{`"node":"n2","from_host":"h3"`, `"node":"n1","from_host":"h2"`} {
+		if !strings.Contains(ev, want) {
+			t.Fatalf("no copy-set-aside event with %s:\n%s", want, ev)
+		}
+	}
+	if strings.Count(ev, `"type":"copy-set-aside"`) != 2 {
+		t.Fatalf("want 2 copy-set-aside events:\n%s", ev)
 	}
 	c.waitState(j.id, "running", 30*time.Second)
 	j.finishWith(want, "after a restart that set a corrupt copy aside")

@@ -298,7 +298,7 @@ func (a *Agent) setAsideOnCorrupt(handle, node string, err *error) {
 		return
 	}
 	if a.setAside(handle, node, *err) {
-		*err = fmt.Errorf("%w (this host's copy was set aside: a restart fetches another host's)", *err)
+		*err = fmt.Errorf("%w (%s)", *err, agentapi.SetAsideNote)
 	}
 }
 
@@ -397,12 +397,46 @@ func (a *Agent) SendStored(ctx context.Context, handle, node string, send func(a
 	if err != nil {
 		return "", err
 	}
+	// Every file is verified against the node manifest as it is sent: a
+	// copy that rotted here is set aside, and the fetch fails at its end
+	// (the receiver, which verifies too, keeps nothing of it).
+	imgs, err := catalog.OpenNodeImages(dir, sum)
+	if err != nil {
+		err = corrupt(err)
+		a.setAsideOnCorrupt(handle, node, &err)
+		return "", fmt.Errorf("send the images of %s of checkpoint %s: %w", node, handle, err)
+	}
+	defer imgs.Close()
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return "", err
 	}
 	defer root.Close()
-	s := &imageSender{root: root, send: send, sent: map[string]int64{}, open: map[string]*os.File{}, buf: make([]byte, imageChunk), log: a.log}
+	var (
+		check   *catalog.FileCheck
+		current string
+	)
+	checked := func(c agentapi.ImageChunk) error {
+		if c.Name != current {
+			if check != nil {
+				if err := check.Done(); err != nil {
+					return err
+				}
+			}
+			check, current = nil, c.Name
+			if c.Name != catalog.NodeManifestName {
+				var err error
+				if check, err = imgs.Check(c.Name); err != nil {
+					return err
+				}
+			}
+		}
+		if check != nil {
+			check.Write(c.Data)
+		}
+		return send(c)
+	}
+	s := &imageSender{root: root, send: checked, sent: map[string]int64{}, open: map[string]*os.File{}, buf: make([]byte, imageChunk), log: a.log}
 	defer s.close()
 	err = fs.WalkDir(root.FS(), ".", func(name string, d fs.DirEntry, err error) error {
 		if err != nil || !d.Type().IsRegular() {
@@ -413,7 +447,12 @@ func (a *Agent) SendStored(ctx context.Context, handle, node string, send func(a
 		}
 		return s.sendRest(name)
 	})
+	if err == nil && check != nil {
+		err = check.Done()
+	}
 	if err != nil {
+		err = corrupt(err)
+		a.setAsideOnCorrupt(handle, node, &err)
 		return "", fmt.Errorf("send the images of %s of checkpoint %s: %w", node, handle, err)
 	}
 	return sum, nil

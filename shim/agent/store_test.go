@@ -133,17 +133,24 @@ func TestCheckpointStore(t *testing.T) {
 	}
 
 	// The source's copy rots: its images fail their manifest, and a copy
-	// of them is refused.
+	// of them is refused; the source, which verifies what it sends, sets
+	// its copy aside.
 	src2 := storeImages(t, src, "j/000003", "n0", files)
 	sd, _ := src.storeDir("j/000003", "n0")
 	if err := os.WriteFile(filepath.Join(sd, "core-1.img"), []byte("cORE"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dst.Fetch(ctx, "j/000003", "n0", addr, src2, 0); !errors.Is(err, agentapi.ErrCorrupt) {
-		t.Fatalf("fetch of rotten images: %v, want corrupt", err)
+	if _, err := dst.Fetch(ctx, "j/000003", "n0", addr, src2, 0); !errors.Is(err, agentapi.ErrCorrupt) || !strings.Contains(err.Error(), "core-1.img") || !strings.Contains(err.Error(), "set aside") {
+		t.Fatalf("fetch of rotten images: %v, want corrupt naming core-1.img, set aside by the source", err)
 	}
 	if held, _ := dst.Held(ctx, "j"); len(held) != 1 {
 		t.Fatalf("after a refused copy the store holds %+v", held)
+	}
+	if held, _ := src.Held(ctx, "j"); len(held) != 1 || held[0].Checkpoint != "j/000002" {
+		t.Fatalf("the source still lists its rotten copy: %+v", held)
+	}
+	if got, err := os.ReadFile(filepath.Join(src.cfg.ImageDir, setAsideKind, "j", "000003", "n0", "core-1.img")); err != nil || string(got) != "cORE" {
+		t.Fatalf("the source's rotten copy was not kept aside: %q, %v", got, err)
 	}
 	// Images the source does not hold: not found.
 	if _, err := dst.Fetch(ctx, "j/000004", "n0", addr, sum, 0); !errors.Is(err, agentapi.ErrNotFound) {

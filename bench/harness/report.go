@@ -220,7 +220,7 @@ func Markdown(r *Result, plots []string) string {
 
 	if len(r.Coord) > 0 {
 		w("## B5 coordination overhead\n\n")
-		w("Overhead = checkpoint wall time − Σ time inside CRIU (dumps are serialized on one machine, so Σ is what they cost). Real: sandboxes with a 1 MiB memhog and a slow TCP ring, spread over %d simulated hosts. Fake: the real coordinator and on-disk catalog with shims that return at once (Dump writes a 4 KiB image and its manifest), spread over 16 fake hosts.\n\n", r.Plan.CoordHosts)
+		w("Overhead = checkpoint wall time − Σ time inside CRIU (dumps are serialized on one machine, so Σ is what they cost). Real: sandboxes with a 1 MiB memhog and a slow TCP ring, spread over %d simulated hosts. Fake: the real coordinator and on-disk catalog with shims that return at once (Dump writes a 4 KiB image and its node manifest, without the fsyncs a shim on a host of its own makes on its own disk: here they would all queue on one journal), spread over 16 fake hosts.\n\n", r.Plan.CoordHosts)
 		w("| job-nodes | CRIU | checkpoint ms | Σ CRIU ms | **overhead ms** | overhead per job-node ms |\n|---|---|---|---|---|---|\n")
 		for _, p := range r.Coord {
 			kind := "real"

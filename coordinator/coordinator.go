@@ -79,12 +79,15 @@ type Faults struct {
 // agentapi.ErrState while the first runs), operations on different jobs run in
 // parallel.
 type Coordinator struct {
-	stateDir  string
-	store     Store
-	log       *slog.Logger
-	deadlines Deadlines
-	keep      int
-	now       func() time.Time
+	// background counts the work started after an operation returned:
+	// replicas, drops of pruned images, catalog recoveries (WaitBackground).
+	background sync.WaitGroup
+	stateDir   string
+	store      Store
+	log        *slog.Logger
+	deadlines  Deadlines
+	keep       int
+	now        func() time.Time
 	// postCopyThreshold: see Options.PostCopyThreshold; 0 is off here.
 	postCopyThreshold int64
 	nodeNet           netip.Prefix
@@ -496,3 +499,19 @@ func (c *Coordinator) settle(ctx context.Context) {
 		c.mu.Unlock()
 	}
 }
+
+// inBackground runs fn on a goroutine of its own, counted by WaitBackground.
+func (c *Coordinator) inBackground(fn func()) {
+	c.background.Add(1)
+	go func() {
+		defer c.background.Done()
+		fn()
+	}()
+}
+
+// WaitBackground waits until the work the coordinator started in the
+// background has ended: the copies of host-local checkpoints to their
+// replicas, the drops of pruned images from the shims' stores, the catalog
+// recoveries. Whoever closes the shims or their stores under an embedded
+// coordinator (the benchmark) calls it first.
+func (c *Coordinator) WaitBackground() { c.background.Wait() }

@@ -136,7 +136,7 @@ func (c *Coordinator) CheckpointDetails(ctx context.Context, id string, opts Che
 	}
 	if res.Handle != "" && c.localCkpts {
 		// Committed: its images are on one host each until copied.
-		go c.replicate(context.WithoutCancel(ctx), res.Handle)
+		c.inBackground(func() { c.replicate(context.WithoutCancel(ctx), res.Handle) })
 	}
 	return res, err
 }
@@ -441,7 +441,7 @@ func (c *Coordinator) prune(job string, log *slog.Logger) {
 	}
 	// Their copies in the shims' stores go too (host-local checkpoints),
 	// in the background: a host that is down answers late or never.
-	go c.dropStored(context.Background(), gone, log)
+	c.inBackground(func() { c.dropStored(context.Background(), gone, log) })
 }
 
 // placeVars are the environment variables that tell a job-node where it is

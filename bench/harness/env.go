@@ -156,6 +156,10 @@ func (e *Env) CkptDir() string { return filepath.Join(e.Dir, "ckpt") }
 func (e *Env) Close() error {
 	ctx := context.Background()
 	var errs []error
+	if e.Coord != nil {
+		// Replicas still being copied write into the shims' stores.
+		e.Coord.WaitBackground()
+	}
 	for _, stop := range e.stop {
 		stop()
 	}

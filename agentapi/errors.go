@@ -3,6 +3,7 @@ package agentapi
 import (
 	"context"
 	"errors"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -37,6 +38,12 @@ var (
 // wire with the message, where the error's kind alone could not say that a
 // copy is gone.
 const SetAsideNote = "this host's copy was set aside: a restart fetches another host's"
+
+// CopySetAside says whether err is an ErrCorrupt whose shim set its copy
+// aside (its message carries SetAsideNote).
+func CopySetAside(err error) bool {
+	return errors.Is(err, ErrCorrupt) && strings.Contains(err.Error(), SetAsideNote)
+}
 
 type busyError struct{}
 

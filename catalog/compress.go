@@ -236,8 +236,8 @@ func (n *NodeImages) Expand(ctx context.Context, f FileEntry, dst *os.Root) (err
 	if stored.n != f.Size {
 		return n.corrupt(f.Path, fmt.Sprintf("size changed to %d bytes during verification, the manifest records %d", stored.n, f.Size), nil)
 	}
-	if sum, want := hex.EncodeToString(h.Sum(nil)), f.digest(n.format); sum != want {
-		return n.corrupt(f.Path, fmt.Sprintf("content differs from the manifest (%s %s, recorded %s)", n.dg.name, sum, want), nil)
+	if err := n.matches(f, hex.EncodeToString(h.Sum(nil))); err != nil {
+		return err
 	}
 	switch {
 	case err != nil:

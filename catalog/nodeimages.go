@@ -70,6 +70,15 @@ func (n *NodeImages) corrupt(file, reason string, err error) error {
 	return &CorruptError{File: filepath.Join(n.dir, filepath.FromSlash(path.Clean(file))), Reason: reason, Err: err}
 }
 
+// matches is nil when got (hex) is the digest the node manifest records
+// for f, and else names f as corrupt.
+func (n *NodeImages) matches(f FileEntry, got string) error {
+	if want := f.digest(n.format); got != want {
+		return n.corrupt(f.Path, fmt.Sprintf("content differs from the manifest (%s %s, recorded %s)", n.dg.name, got, want), nil)
+	}
+	return nil
+}
+
 // Close closes the node directory.
 func (n *NodeImages) Close() error { return n.root.Close() }
 
@@ -99,8 +108,8 @@ func (n *NodeImages) ReadFile(name string) ([]byte, error) {
 	}
 	h := n.dg.new()
 	h.Write(data)
-	if got, want := hex.EncodeToString(h.Sum(nil)), f.digest(n.format); got != want {
-		return nil, n.corrupt(name, fmt.Sprintf("content differs from the manifest (%s %s, recorded %s)", n.dg.name, got, want), nil)
+	if err := n.matches(f, hex.EncodeToString(h.Sum(nil))); err != nil {
+		return nil, err
 	}
 	return data, nil
 }
@@ -125,8 +134,8 @@ func (n *NodeImages) Verify(ctx context.Context, pick func(name string) bool) er
 		if size != f.Size {
 			return n.corrupt(f.Path, fmt.Sprintf("size changed to %d bytes during verification, the manifest records %d", size, f.Size), nil)
 		}
-		if want := f.digest(n.format); sum != want {
-			return n.corrupt(f.Path, fmt.Sprintf("content differs from the manifest (%s %s, recorded %s)", n.dg.name, sum, want), nil)
+		if err := n.matches(f, sum); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -164,8 +173,5 @@ func (c *FileCheck) Done() error {
 	if c.size != c.f.Size {
 		return c.n.corrupt(c.f.Path, fmt.Sprintf("size is %d bytes, the manifest records %d", c.size, c.f.Size), nil)
 	}
-	if got, want := hex.EncodeToString(c.h.Sum(nil)), c.f.digest(c.n.format); got != want {
-		return c.n.corrupt(c.f.Path, fmt.Sprintf("content differs from the manifest (%s %s, recorded %s)", c.n.dg.name, got, want), nil)
-	}
-	return nil
+	return c.n.matches(c.f, hex.EncodeToString(c.h.Sum(nil)))
 }

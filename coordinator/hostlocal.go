@@ -199,7 +199,7 @@ func (c *Coordinator) fetchAll(ctx context.Context, man Manifest, nodes []agenta
 				continue
 			}
 			if _, err := dst.Fetch(ctx, man.Handle, n.Name, addr, sum, 0); err != nil {
-				if errors.Is(err, agentapi.ErrCorrupt) && strings.Contains(err.Error(), agentapi.SetAsideNote) {
+				if agentapi.CopySetAside(err) {
 					setAside(n.Name, h, err)
 				}
 				errs = append(errs, fmt.Errorf("from %s: %w", h, err))

@@ -162,7 +162,7 @@ func (c *Coordinator) restart(ctx context.Context, ref string, opts RestartOptio
 		aside := 0
 		if errors.As(err, &pe) {
 			for _, ne := range pe.Nodes {
-				if errors.Is(ne.Err, agentapi.ErrCorrupt) && strings.Contains(ne.Err.Error(), agentapi.SetAsideNote) {
+				if agentapi.CopySetAside(ne.Err) {
 					c.setAside(&res, spec.ID, ne.Node, ne.Host, ne.Err)
 					aside++
 				}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -344,6 +345,7 @@ func (c *cluster) close() {
 		for name, buf := range c.logs {
 			c.t.Logf("---- %s ----\n%s", name, lastLines(buf.String(), 40))
 		}
+		c.logCRIULogs()
 	}
 	_ = c.sim.Close()
 	mount, err := cgroup.Mountpoint()
@@ -354,6 +356,29 @@ func (c *cluster) close() {
 	if err := simhost.LeakCheck(c.sim, filepath.Join(mount, c.cgParent), "tpv"); err != nil {
 		c.t.Errorf("leak: %v", err)
 	}
+}
+
+// logCRIULogs prints the end of every CRIU log with an error that the
+// cluster's shims left under the test's directory (the run directories of
+// all hosts): a failed dump or restore names its log, which the test's
+// cleanup then removes.
+func (c *cluster) logCRIULogs() {
+	_ = filepath.WalkDir(c.dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(path, ".log") {
+			return nil
+		}
+		switch filepath.Base(path) {
+		case "dump.log", "restore.log", "pre-dump.log", "lazy-pages.log", "page-server.log":
+		default:
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil || !bytes.Contains(b, []byte("Error (")) {
+			return nil
+		}
+		c.t.Logf("---- %s ----\n%s", path, lastLines(string(b), 30))
+		return nil
+	})
 }
 
 func lastLines(s string, n int) string {

@@ -439,7 +439,9 @@ func (s *Sandbox) Start(ctx context.Context, p Process) error {
 	return nil
 }
 
-// Freeze freezes the tree (cgroup.freeze) and waits until it is frozen.
+// Freeze freezes the tree (cgroup.freeze) and waits until it is frozen with
+// no task caught inside a vfork, which CRIU cannot dump (see settle). When a
+// task stays there, it thaws the tree and fails.
 func (s *Sandbox) Freeze(ctx context.Context) error {
 	if _, err := s.begin("freeze"); err != nil {
 		return err
@@ -447,6 +449,14 @@ func (s *Sandbox) Freeze(ctx context.Context) error {
 	defer s.end()
 	if err := s.cg.Freeze(ctx); err != nil {
 		return fmt.Errorf("freeze sandbox %s: %w", s.cfg.Name, err)
+	}
+	// Frozen is dumpable only with no task caught inside a vfork.
+	rounds, err := settle(ctx, s.cg)
+	if err != nil {
+		return fmt.Errorf("freeze sandbox %s: %w", s.cfg.Name, err)
+	}
+	if rounds > 0 {
+		s.log.Info("a task was frozen inside a vfork: thawed and froze again", "rounds", rounds)
 	}
 	s.setState(Frozen)
 	return nil

@@ -165,8 +165,11 @@ type CheckpointHolder interface {
 	// rate > 0. It returns the bytes copied: 0 when the store held a copy
 	// with that digest already.
 	Fetch(ctx context.Context, handle, node, from, nodeManifestSHA256 string, rate int64) (int64, error)
-	// Held lists what the store holds of job's checkpoints.
-	Held(ctx context.Context, job string) ([]HeldImages, error)
+	// Held lists what the store holds of job's checkpoints. With verify,
+	// it first hashes every file of every copy against the copy's node
+	// manifest; a copy that fails is set aside (the store no longer holds
+	// it) and listed with Corrupt set.
+	Held(ctx context.Context, job string, verify bool) ([]HeldImages, error)
 	// Drop removes every image of checkpoint handle from the store.
 	Drop(ctx context.Context, handle string) error
 	// KeepManifest keeps the signed job manifest of checkpoint handle
@@ -192,6 +195,9 @@ type HeldImages struct {
 	Checkpoint         string
 	Node               string
 	NodeManifestSHA256 string
+	// Corrupt, only from a Held with verify, says why this copy failed
+	// verification: it was set aside, the store holds it no more.
+	Corrupt string
 }
 
 // ImageChunk is data at Offset of the image file Name (relative to the

@@ -173,14 +173,14 @@ func (c Client) Fetch(ctx context.Context, handle, node, from, sum string, rate 
 	return rep.Bytes, nil
 }
 
-func (c Client) Held(ctx context.Context, job string) ([]HeldImages, error) {
-	rep, err := c.Shim.Held(ctx, &apiv1.HeldRequest{Job: job})
+func (c Client) Held(ctx context.Context, job string, verify bool) ([]HeldImages, error) {
+	rep, err := c.Shim.Held(ctx, &apiv1.HeldRequest{Job: job, Verify: verify})
 	if err != nil {
 		return nil, FromRPC(err)
 	}
 	out := make([]HeldImages, 0, len(rep.Images))
 	for _, h := range rep.Images {
-		out = append(out, HeldImages{Checkpoint: h.Checkpoint, Node: h.Node, NodeManifestSHA256: h.NodeManifestSha256})
+		out = append(out, HeldImages{Checkpoint: h.Checkpoint, Node: h.Node, NodeManifestSHA256: h.NodeManifestSha256, Corrupt: h.Corrupt})
 	}
 	return out, nil
 }
@@ -307,13 +307,13 @@ func (s Server) Held(ctx context.Context, req *apiv1.HeldRequest) (*apiv1.HeldRe
 	if s.Holder == nil {
 		return nil, ToRPC(noStore)
 	}
-	held, err := s.Holder.Held(ctx, req.Job)
+	held, err := s.Holder.Held(ctx, req.Job, req.Verify)
 	if err != nil {
 		return nil, ToRPC(err)
 	}
 	rep := &apiv1.HeldReply{}
 	for _, h := range held {
-		rep.Images = append(rep.Images, &apiv1.HeldImages{Checkpoint: h.Checkpoint, Node: h.Node, NodeManifestSha256: h.NodeManifestSHA256})
+		rep.Images = append(rep.Images, &apiv1.HeldImages{Checkpoint: h.Checkpoint, Node: h.Node, NodeManifestSha256: h.NodeManifestSHA256, Corrupt: h.Corrupt})
 	}
 	return rep, nil
 }

@@ -38,8 +38,12 @@ const DefaultReplicaRate = 128 << 20
 // copy of each job-node's images of a host-local checkpoint.
 const DefaultReplicas = 1
 
-// heldTimeout bounds one shim's answer to Held.
-const heldTimeout = 5 * time.Second
+// heldTimeout bounds one shim's answer to Held; verifiedHeldTimeout one
+// that hashes every copy first (`torpor ls`).
+const (
+	heldTimeout         = 5 * time.Second
+	verifiedHeldTimeout = 10 * time.Minute
+)
 
 // holder is host's shim as a checkpoint store, and where other shims fetch
 // from it; ok is false when the host has no registered shim with a store.
@@ -80,11 +84,29 @@ type copies map[string]map[string]string
 // of job's checkpoints: handle -> copies. A shim that does not answer
 // within heldTimeout holds nothing here.
 func (c *Coordinator) held(ctx context.Context, job string) map[string]copies {
+	out, _ := c.askHeld(ctx, job, false)
+	return out
+}
+
+// setAsideCopy is a copy that a shim found corrupt and set aside.
+type setAsideCopy struct {
+	node, host, why string
+}
+
+// askHeld is held; with verify, each shim first hashes every copy it
+// holds, sets aside those that fail, and only the good ones count. Those set
+// aside are returned by checkpoint handle.
+func (c *Coordinator) askHeld(ctx context.Context, job string, verify bool) (map[string]copies, map[string][]setAsideCopy) {
 	var (
-		mu  sync.Mutex
-		wg  sync.WaitGroup
-		out = map[string]copies{}
+		mu      sync.Mutex
+		wg      sync.WaitGroup
+		out     = map[string]copies{}
+		corrupt = map[string][]setAsideCopy{}
 	)
+	timeout := heldTimeout
+	if verify {
+		timeout = verifiedHeldTimeout
+	}
 	for _, host := range c.Hosts() {
 		h, _, ok := c.holder(host)
 		if !ok {
@@ -93,9 +115,9 @@ func (c *Coordinator) held(ctx context.Context, job string) map[string]copies {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(ctx, heldTimeout)
+			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			imgs, err := h.Held(ctx, job)
+			imgs, err := h.Held(ctx, job, verify)
 			if err != nil {
 				c.log.Warn("a shim did not say which checkpoint images it holds", "host", host, "job", job, "err", err)
 				return
@@ -103,6 +125,10 @@ func (c *Coordinator) held(ctx context.Context, job string) map[string]copies {
 			mu.Lock()
 			defer mu.Unlock()
 			for _, im := range imgs {
+				if im.Corrupt != "" {
+					corrupt[im.Checkpoint] = append(corrupt[im.Checkpoint], setAsideCopy{node: im.Node, host: host, why: im.Corrupt})
+					continue
+				}
 				cp := out[im.Checkpoint]
 				if cp == nil {
 					cp = copies{}
@@ -116,7 +142,13 @@ func (c *Coordinator) held(ctx context.Context, job string) map[string]copies {
 		}()
 	}
 	wg.Wait()
-	return out
+	for handle, cs := range corrupt {
+		sort.Slice(cs, func(i, j int) bool { return cs[i].node+"@"+cs[i].host < cs[j].node+"@"+cs[j].host })
+		for _, s := range cs {
+			c.copySetAside(job, handle, s.node, s.host, s.why)
+		}
+	}
+	return out, corrupt
 }
 
 // holders lists, sorted, the hosts whose copy of node has digest sum.
@@ -149,7 +181,12 @@ func (c *Coordinator) checkHeld(ctx context.Context, handle string) error {
 	if err != nil || !man.HostLocal {
 		return err
 	}
-	cp := c.held(ctx, man.Spec.ID)[handle]
+	return lostNodes(man, c.held(ctx, man.Spec.ID)[handle])
+}
+
+// lostNodes fails when a job-node of host-local checkpoint man has no good
+// copy in cp.
+func lostNodes(man Manifest, cp copies) error {
 	var lost []string
 	for _, n := range man.Spec.Nodes {
 		if len(cp.holders(n.Name, man.Nodes[n.Name].NodeManifestSHA256)) == 0 {
@@ -158,7 +195,7 @@ func (c *Coordinator) checkHeld(ctx context.Context, handle string) error {
 	}
 	if len(lost) > 0 {
 		return fmt.Errorf("%w: checkpoint %s is host-local and no host that answers holds the images of job-node %s: "+
-			"the hosts that held them are down or lost them", agentapi.ErrNotFound, handle, strings.Join(lost, ", "))
+			"the hosts that held them are down or lost them", agentapi.ErrNotFound, man.Handle, strings.Join(lost, ", "))
 	}
 	return nil
 }

@@ -217,9 +217,15 @@ const maxCopiesSetAside = 2
 // restart's result, as an event and in the log.
 func (c *Coordinator) setAside(res *RestartResult, job, node, host string, err error) {
 	res.SetAside = append(res.SetAside, node+" on "+host)
-	c.event(Event{Job: job, Type: EventCopySetAside, Handle: res.Checkpoint, Node: node, FromHost: host, Error: err.Error()})
-	c.log.Warn("a host's copy of a checkpoint fails verification and was set aside; another host's copy is used", "job", job,
-		"ckpt", res.Checkpoint, "node", node, "host", host, "err", err)
+	c.copySetAside(job, res.Checkpoint, node, host, err.Error())
+}
+
+// copySetAside records that host's shim set its copy of node of checkpoint
+// handle aside, as it failed verification (why): an event and a log line.
+func (c *Coordinator) copySetAside(job, handle, node, host, why string) {
+	c.event(Event{Job: job, Type: EventCopySetAside, Handle: handle, Node: node, FromHost: host, Error: why})
+	c.log.Warn("a host's copy of a checkpoint failed verification and was set aside", "job", job,
+		"ckpt", handle, "node", node, "host", host, "err", why)
 }
 
 // restoreAll is a restart's work on the shims up to the unlock: a

@@ -295,7 +295,9 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 		return nil, agentapi.ToRPC(err)
 	}
 	out := &apiv1.CheckpointList{}
-	held := map[string]map[string]copies{} // job -> what the shims hold, asked once per job
+	// job -> what the shims hold (with verify: the good copies, and those
+	// found corrupt), asked once per job
+	held, aside := map[string]map[string]copies{}, map[string]map[string][]setAsideCopy{}
 	for _, in := range infos {
 		// A user sees the checkpoints of their own jobs; those of a job
 		// the coordinator no longer knows only root does.
@@ -309,18 +311,25 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *apiv1.ListCheckpoints
 		for p, d := range in.Phases {
 			cp.PhaseNanos[p] = int64(d)
 		}
+		var man Manifest
 		if in.HostLocal {
 			if held[in.Job] == nil {
-				held[in.Job] = s.C.held(ctx, in.Job)
+				held[in.Job], aside[in.Job] = s.C.askHeld(ctx, in.Job, req.Verify)
 			}
-			if man, err := s.C.store.Load(in.Handle); err == nil {
+			var err error
+			if man, err = s.C.store.Load(in.Handle); err == nil {
 				cp.HostLocal, cp.Copies = true, int32(held[in.Job][in.Handle].fewest(man))
+			}
+			for _, a := range aside[in.Job][in.Handle] {
+				cp.SetAside = append(cp.SetAside, a.node+" on "+a.host)
 			}
 		}
 		if req.Verify {
+			// The store checks the job manifest (and a shared
+			// checkpoint's images); the shims checked their copies.
 			err := s.C.store.Verify(ctx, in.Handle)
 			if err == nil && in.HostLocal {
-				err = s.C.checkHeld(ctx, in.Handle)
+				err = lostNodes(man, held[in.Job][in.Handle])
 			}
 			if err != nil {
 				cp.Verified = err.Error()

@@ -225,6 +225,30 @@ func (c *cluster) faultCorruptedCopy(t *testing.T, want string) {
 		t.Fatalf("want 2 copy-set-aside events:\n%s", ev)
 	}
 	c.waitState(j.id, "running", 30*time.Second)
+
+	// `torpor ls` verifies the copies where they are: n0's on h1 rots
+	// (h2 holds its replica), the listing sets it aside and says so, and
+	// the checkpoint stays good with one copy of n0.
+	if st := c.lsStored(j.id); st.Handle != h || st.Copies != 2 || st.Verified != "ok" {
+		t.Fatalf("ls before n0's copy on h1 rots: %+v; want 2 copies, verified ok", st)
+	}
+	pages, _ := filepath.Glob(filepath.Join(copyOf("h1", "n0"), "pages-*.img"))
+	if len(pages) == 0 {
+		t.Fatalf("no memory image of n0 in h1's store")
+	}
+	corruptByte(t, pages[0])
+	if out := c.mustCLI("ls", j.id); !strings.Contains(out, h+": the copy of n0 on h1 failed verification and was set aside") {
+		t.Fatalf("ls does not say it set n0's copy on h1 aside:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(c.hostDir("h1", "images"), "corrupt", j.id, seq, "n0", filepath.Base(pages[0]))); err != nil {
+		t.Fatalf("h1's corrupt copy of n0 was not kept aside: %v", err)
+	}
+	if st := c.lsStored(j.id); st.Handle != h || st.Copies != 1 || st.Replicated || st.Verified != "ok" {
+		t.Fatalf("ls after n0's copy on h1 was set aside: %+v; want 1 copy, not replicated, verified ok", st)
+	}
+	if ev := c.mustCLI("events", j.id, "--json"); !strings.Contains(ev, `"node":"n0","from_host":"h1"`) {
+		t.Fatalf("no copy-set-aside event for n0's copy on h1:\n%s", ev)
+	}
 	j.finishWith(want, "after a restart that set a corrupt copy aside")
 }
 

@@ -926,8 +926,11 @@ func (x *FetchReply) GetBytes() int64 {
 }
 
 type HeldRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// verify: hash every file of every copy against its node manifest; a
+	// copy that fails is set aside and reported with corrupt set.
+	Verify        bool `protobuf:"varint,2,opt,name=verify,proto3" json:"verify,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -967,6 +970,13 @@ func (x *HeldRequest) GetJob() string {
 		return x.Job
 	}
 	return ""
+}
+
+func (x *HeldRequest) GetVerify() bool {
+	if x != nil {
+		return x.Verify
+	}
+	return false
 }
 
 // What a shim's checkpoint store holds of one job.
@@ -1019,8 +1029,11 @@ type HeldImages struct {
 	Checkpoint         string                 `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	Node               string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
 	NodeManifestSha256 string                 `protobuf:"bytes,3,opt,name=node_manifest_sha256,json=nodeManifestSha256,proto3" json:"node_manifest_sha256,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// corrupt, only with HeldRequest.verify: why this copy failed
+	// verification; it was set aside and the store no longer holds it.
+	Corrupt       string `protobuf:"bytes,4,opt,name=corrupt,proto3" json:"corrupt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HeldImages) Reset() {
@@ -1070,6 +1083,13 @@ func (x *HeldImages) GetNode() string {
 func (x *HeldImages) GetNodeManifestSha256() string {
 	if x != nil {
 		return x.NodeManifestSha256
+	}
+	return ""
+}
+
+func (x *HeldImages) GetCorrupt() string {
+	if x != nil {
+		return x.Corrupt
 	}
 	return ""
 }
@@ -2558,8 +2578,11 @@ type Checkpoint struct {
 	// coordinator's checkpoint directory; copies is then the fewest hosts
 	// that answered holding any one job-node's images with the digest the
 	// job manifest records (2 or more: replicated).
-	HostLocal     bool  `protobuf:"varint,9,opt,name=host_local,json=hostLocal,proto3" json:"host_local,omitempty"`
-	Copies        int32 `protobuf:"varint,10,opt,name=copies,proto3" json:"copies,omitempty"`
+	HostLocal bool  `protobuf:"varint,9,opt,name=host_local,json=hostLocal,proto3" json:"host_local,omitempty"`
+	Copies    int32 `protobuf:"varint,10,opt,name=copies,proto3" json:"copies,omitempty"`
+	// With verify, the copies a shim found corrupt just now and set aside
+	// ("NODE on HOST"); copies counts only good ones.
+	SetAside      []string `protobuf:"bytes,11,rep,name=set_aside,json=setAside,proto3" json:"set_aside,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2662,6 +2685,13 @@ func (x *Checkpoint) GetCopies() int32 {
 		return x.Copies
 	}
 	return 0
+}
+
+func (x *Checkpoint) GetSetAside() []string {
+	if x != nil {
+		return x.SetAside
+	}
+	return nil
 }
 
 type CheckpointList struct {
@@ -3261,18 +3291,20 @@ const file_torpor_proto_rawDesc = "" +
 	"\x04rate\x18\x05 \x01(\x03R\x04rate\"\"\n" +
 	"\n" +
 	"FetchReply\x12\x14\n" +
-	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\"\x1f\n" +
+	"\x05bytes\x18\x01 \x01(\x03R\x05bytes\"7\n" +
 	"\vHeldRequest\x12\x10\n" +
-	"\x03job\x18\x01 \x01(\tR\x03job\":\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x16\n" +
+	"\x06verify\x18\x02 \x01(\bR\x06verify\":\n" +
 	"\tHeldReply\x12-\n" +
-	"\x06images\x18\x01 \x03(\v2\x15.torpor.v1.HeldImagesR\x06images\"r\n" +
+	"\x06images\x18\x01 \x03(\v2\x15.torpor.v1.HeldImagesR\x06images\"\x8c\x01\n" +
 	"\n" +
 	"HeldImages\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\tR\n" +
 	"checkpoint\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x120\n" +
-	"\x14node_manifest_sha256\x18\x03 \x01(\tR\x12nodeManifestSha256\"-\n" +
+	"\x14node_manifest_sha256\x18\x03 \x01(\tR\x12nodeManifestSha256\x12\x18\n" +
+	"\acorrupt\x18\x04 \x01(\tR\acorrupt\"-\n" +
 	"\vDropRequest\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\tR\n" +
@@ -3394,7 +3426,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\x04jobs\x18\x01 \x03(\v2\x0e.torpor.v1.JobR\x04jobs\"B\n" +
 	"\x16ListCheckpointsRequest\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x16\n" +
-	"\x06verify\x18\x02 \x01(\bR\x06verify\"\xf3\x02\n" +
+	"\x06verify\x18\x02 \x01(\bR\x06verify\"\x90\x03\n" +
 	"\n" +
 	"Checkpoint\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\tR\x06handle\x12\x10\n" +
@@ -3409,7 +3441,8 @@ const file_torpor_proto_rawDesc = "" +
 	"\n" +
 	"host_local\x18\t \x01(\bR\thostLocal\x12\x16\n" +
 	"\x06copies\x18\n" +
-	" \x01(\x05R\x06copies\x1a=\n" +
+	" \x01(\x05R\x06copies\x12\x1b\n" +
+	"\tset_aside\x18\v \x03(\tR\bsetAside\x1a=\n" +
 	"\x0fPhaseNanosEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"I\n" +

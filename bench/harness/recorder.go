@@ -126,8 +126,8 @@ func (w *recorded) Fetch(ctx context.Context, handle, node, from, sum string, ra
 	return w.a.(agentapi.CheckpointHolder).Fetch(ctx, handle, node, from, sum, rate)
 }
 
-func (w *recorded) Held(ctx context.Context, job string) ([]agentapi.HeldImages, error) {
-	return w.a.(agentapi.CheckpointHolder).Held(ctx, job)
+func (w *recorded) Held(ctx context.Context, job string, verify bool) ([]agentapi.HeldImages, error) {
+	return w.a.(agentapi.CheckpointHolder).Held(ctx, job, verify)
 }
 
 func (w *recorded) Drop(ctx context.Context, handle string) error {

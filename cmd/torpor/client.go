@@ -389,6 +389,9 @@ func runLs(ctx context.Context, args []string) error {
 	cps := make([]jsonCheckpoint, 0, len(list.Checkpoints))
 	for _, c := range list.Checkpoints {
 		cps = append(cps, checkpointJSON(c))
+		for _, s := range c.SetAside {
+			fmt.Fprintf(os.Stderr, "torpor: %s: the copy of %s failed verification and was set aside\n", c.Handle, s)
+		}
 	}
 	// VERIFIED stays last: it may be a long error.
 	return printList(*cf.json, cps, "CHECKPOINT\tKIND\tCREATED\tSIZE\tJOB-NODES\tPHASES\tSTORED\tVERIFIED", func(tw io.Writer) {

@@ -71,6 +71,9 @@ type jsonCheckpoint struct {
 	Stored     string `json:"stored"`
 	Copies     int    `json:"copies,omitempty"`
 	Replicated bool   `json:"replicated"`
+	// SetAside lists the copies ("NODE on HOST") that failed the
+	// verification of this listing and were set aside.
+	SetAside []string `json:"set_aside,omitempty"`
 }
 
 // stored says where a checkpoint's images are, for `torpor ls`.
@@ -90,7 +93,7 @@ func checkpointJSON(c *apiv1.Checkpoint) jsonCheckpoint {
 	j := jsonCheckpoint{
 		Handle: c.Handle, Job: c.Job, Kind: c.Kind, Created: time.Unix(c.CreatedUnix, 0).UTC(), Bytes: c.Bytes,
 		Nodes: int(c.Nodes), Verified: c.Verified, Phases: orEmpty(c.PhaseNanos),
-		Stored: "shared", Copies: int(c.Copies), Replicated: !c.HostLocal || c.Copies >= 2,
+		Stored: "shared", Copies: int(c.Copies), Replicated: !c.HostLocal || c.Copies >= 2, SetAside: c.SetAside,
 	}
 	if c.HostLocal {
 		j.Stored = "host-local"

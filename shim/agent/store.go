@@ -202,7 +202,7 @@ func (a *Agent) Fetch(ctx context.Context, handle, node, from, sum string, rate 
 }
 
 // Held implements agentapi.CheckpointHolder.
-func (a *Agent) Held(ctx context.Context, job string) ([]agentapi.HeldImages, error) {
+func (a *Agent) Held(ctx context.Context, job string, verify bool) ([]agentapi.HeldImages, error) {
 	if a.cfg.ImageDir == "" {
 		return nil, nil
 	}
@@ -234,12 +234,44 @@ func (a *Agent) Held(ctx context.Context, job string) ([]agentapi.HeldImages, er
 			if !n.IsDir() || ctx.Err() != nil {
 				continue
 			}
-			if sum := heldSHA256(filepath.Join(jd, s.Name(), n.Name())); sum != "" {
-				out = append(out, agentapi.HeldImages{Checkpoint: handle, Node: n.Name(), NodeManifestSHA256: sum})
+			dir := filepath.Join(jd, s.Name(), n.Name())
+			sum := heldSHA256(dir)
+			if sum == "" {
+				continue
 			}
+			h := agentapi.HeldImages{Checkpoint: handle, Node: n.Name(), NodeManifestSHA256: sum}
+			if verify {
+				err := a.verifyHeld(ctx, handle, n.Name(), dir, sum)
+				switch {
+				case err == nil:
+				case ctx.Err() != nil:
+					return nil, ctx.Err()
+				case errors.Is(err, agentapi.ErrCorrupt):
+					h.Corrupt = err.Error()
+				default:
+					if _, serr := os.Lstat(dir); errors.Is(serr, fs.ErrNotExist) {
+						continue // dropped (pruned) while it was read
+					}
+					return nil, err
+				}
+			}
+			out = append(out, h)
 		}
 	}
 	return out, ctx.Err()
+}
+
+// verifyHeld hashes every file of the store's copy of node of handle (in
+// dir, its node manifest's SHA-256 sum) against that node manifest. A copy
+// that fails is set aside, as a restore from it would.
+func (a *Agent) verifyHeld(ctx context.Context, handle, node, dir, sum string) (err error) {
+	defer a.setAsideOnCorrupt(handle, node, &err)
+	imgs, err := catalog.OpenNodeImages(dir, sum)
+	if err != nil {
+		return corrupt(err)
+	}
+	defer imgs.Close()
+	return corrupt(imgs.Verify(ctx, func(string) bool { return true }))
 }
 
 // Drop implements agentapi.CheckpointHolder.

@@ -127,7 +127,7 @@ func TestCheckpointStore(t *testing.T) {
 	if heldSHA256(dir) != sum {
 		t.Fatal("the copy made by two fetches at once does not verify")
 	}
-	held, err := dst.Held(ctx, "j")
+	held, err := dst.Held(ctx, "j", false)
 	if err != nil || len(held) != 1 || held[0] != (agentapi.HeldImages{Checkpoint: "j/000002", Node: "n0", NodeManifestSHA256: sum}) {
 		t.Fatalf("held: %+v, %v", held, err)
 	}
@@ -143,10 +143,10 @@ func TestCheckpointStore(t *testing.T) {
 	if _, err := dst.Fetch(ctx, "j/000003", "n0", addr, src2, 0); !errors.Is(err, agentapi.ErrCorrupt) || !strings.Contains(err.Error(), "core-1.img") || !strings.Contains(err.Error(), "set aside") {
 		t.Fatalf("fetch of rotten images: %v, want corrupt naming core-1.img, set aside by the source", err)
 	}
-	if held, _ := dst.Held(ctx, "j"); len(held) != 1 {
+	if held, _ := dst.Held(ctx, "j", false); len(held) != 1 {
 		t.Fatalf("after a refused copy the store holds %+v", held)
 	}
-	if held, _ := src.Held(ctx, "j"); len(held) != 1 || held[0].Checkpoint != "j/000002" {
+	if held, _ := src.Held(ctx, "j", false); len(held) != 1 || held[0].Checkpoint != "j/000002" {
 		t.Fatalf("the source still lists its rotten copy: %+v", held)
 	}
 	if got, err := os.ReadFile(filepath.Join(src.cfg.ImageDir, setAsideKind, "j", "000003", "n0", "core-1.img")); err != nil || string(got) != "cORE" {
@@ -160,7 +160,7 @@ func TestCheckpointStore(t *testing.T) {
 	if err := dst.Drop(ctx, "j/000002"); err != nil {
 		t.Fatal(err)
 	}
-	if held, err := dst.Held(ctx, "j"); err != nil || len(held) != 0 {
+	if held, err := dst.Held(ctx, "j", false); err != nil || len(held) != 0 {
 		t.Fatalf("after drop: %+v, %v", held, err)
 	}
 	if _, err := os.Stat(filepath.Join(dst.storeRoot(), "j")); !errors.Is(err, fs.ErrNotExist) {
@@ -196,7 +196,7 @@ func TestHeldWhileDropped(t *testing.T) {
 			listing = false
 		default:
 		}
-		held, err := a.Held(ctx, "j")
+		held, err := a.Held(ctx, "j", false)
 		if err != nil {
 			t.Fatalf("held while checkpoints were dropped: %v", err)
 		}
@@ -239,7 +239,7 @@ func TestKeptManifests(t *testing.T) {
 	if err != nil || len(kept) != 1 || !bytes.Equal(kept["j/000002"], man) {
 		t.Fatalf("Manifests = %q, %v", kept, err)
 	}
-	held, err := a.Held(ctx, "j")
+	held, err := a.Held(ctx, "j", false)
 	if err != nil || len(held) != 1 || held[0].Node != "n0" || held[0].NodeManifestSHA256 != sum {
 		t.Fatalf("Held with a kept manifest: %+v, %v", held, err)
 	}
@@ -293,7 +293,7 @@ func TestCorruptCopySetAside(t *testing.T) {
 		if err != nil || string(got) != "the application's filE" {
 			t.Fatalf("round %d: the copy set aside: %q, %v", round, got, err)
 		}
-		held, err := a.Held(ctx, "j")
+		held, err := a.Held(ctx, "j", false)
 		if err != nil || len(held) != 1 || held[0].Node != "n1" || held[0].NodeManifestSHA256 != other {
 			t.Fatalf("round %d: held after the copy was set aside: %+v, %v; want n1 only", round, held, err)
 		}
@@ -305,5 +305,55 @@ func TestCorruptCopySetAside(t *testing.T) {
 		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("a dropped checkpoint left %s (%v)", d, err)
 		}
+	}
+}
+
+// TestHeldVerify: Held with verify hashes every copy. A copy with one
+// changed byte is reported corrupt (naming the file) and set aside; Held
+// without verify lists it until then, and does not after. A good copy is
+// listed as it is.
+func TestHeldVerify(t *testing.T) {
+	testutil.RequireRoot(t, "image directories must be root's")
+	a := imageAgent(t, "h1", nil)
+	ctx := context.Background()
+	files := map[string][]byte{"core-1.img": []byte("core"), "pages-1.img": bytes.Repeat([]byte("p"), 3<<20)}
+	bad := storeImages(t, a, "j/000003", "n0", files)
+	good := storeImages(t, a, "j/000003", "n1", files)
+	dir, err := a.storeDir("j/000003", "n0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "pages-1.img"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("q"), 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if held, err := a.Held(ctx, "j", false); err != nil || len(held) != 2 {
+		t.Fatalf("held before a verification: %+v, %v; want both copies (their node manifests are intact)", held, err)
+	}
+	held, err := a.Held(ctx, "j", true)
+	if err != nil || len(held) != 2 {
+		t.Fatalf("held with verify: %+v, %v", held, err)
+	}
+	for _, h := range held {
+		switch h.Node {
+		case "n0":
+			if h.NodeManifestSHA256 != bad || !strings.Contains(h.Corrupt, "pages-1.img") || !strings.Contains(h.Corrupt, "set aside") {
+				t.Errorf("the rotten copy: %+v; want corrupt naming pages-1.img and saying it was set aside", h)
+			}
+		case "n1":
+			if h.NodeManifestSHA256 != good || h.Corrupt != "" {
+				t.Errorf("the good copy: %+v", h)
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(a.cfg.ImageDir, setAsideKind, "j", "000003", "n0", "pages-1.img")); err != nil {
+		t.Errorf("the rotten copy was not set aside: %v", err)
+	}
+	if held, err := a.Held(ctx, "j", true); err != nil || len(held) != 1 || held[0].Node != "n1" || held[0].Corrupt != "" {
+		t.Fatalf("held with verify after the copy was set aside: %+v, %v; want n1 only, good", held, err)
 	}
 }

@@ -3,6 +3,9 @@ package e2e
 import (
 	"os"
 	"testing"
+
+	"github.com/torpor-hpc/torpor/shim/cgroup"
+	"github.com/torpor-hpc/torpor/shim/sandbox"
 )
 
 // TestMain lets the test binary, started again as a user the test created,
@@ -15,5 +18,7 @@ func TestMain(m *testing.M) {
 	if os.Geteuid() == 0 {
 		removeLeftovers()
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	cgroup.RemoveTopIfEmpty(sandbox.DefaultCgroupParent)
+	os.Exit(code)
 }

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/torpor-hpc/torpor/shim/cgroup"
+	"github.com/torpor-hpc/torpor/shim/sandbox"
 	"github.com/torpor-hpc/torpor/shim/simhost"
 )
 
@@ -63,7 +65,10 @@ func runSim(ctx context.Context, args []string) error {
 		}
 		return nil
 	case len(a) == 2 && a[0] == "down":
-		return simhost.Remove(a[1])
+		err := simhost.Remove(a[1])
+		// The simulated hosts' shims made it; the last cluster leaves none.
+		cgroup.RemoveTopIfEmpty(sandbox.DefaultCgroupParent)
+		return err
 	}
 	fs.Usage()
 	return exitError{2}

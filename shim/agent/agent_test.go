@@ -19,6 +19,7 @@ import (
 	"github.com/torpor-hpc/torpor/coordinator"
 	"github.com/torpor-hpc/torpor/internal/testutil"
 	"github.com/torpor-hpc/torpor/netquiesce"
+	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
 	"github.com/torpor-hpc/torpor/shim/simhost"
@@ -26,7 +27,9 @@ import (
 
 func TestMain(m *testing.M) {
 	sandbox.MaybeRunInit()
-	os.Exit(m.Run())
+	code := m.Run()
+	cgroup.RemoveTopIfEmpty(sandbox.DefaultCgroupParent)
+	os.Exit(code)
 }
 
 // buildTCPStream compiles the stream workload into dir.

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -86,13 +87,33 @@ func New(mount, rel string) *Group {
 	return &Group{mount: mount, rel: "/" + strings.Trim(filepath.Clean("/"+rel), "/")}
 }
 
-// Create makes the group (and missing parents).
+// Create makes the group (and missing parents). A parent removed while
+// this makes its children (RemoveTopIfEmpty, RemoveEmptyParents of
+// another group) is made again.
 func Create(mount, rel string) (*Group, error) {
 	g := New(mount, rel)
-	if err := os.MkdirAll(g.Path(), 0o755); err != nil {
-		return nil, fmt.Errorf("create cgroup %s: %w", g.Path(), err)
+	for try := 1; ; try++ {
+		err := os.MkdirAll(g.Path(), 0o755)
+		if err == nil {
+			return g, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) || try == 3 {
+			return nil, fmt.Errorf("create cgroup %s: %w", g.Path(), err)
+		}
 	}
-	return g, nil
+}
+
+// RemoveTopIfEmpty removes top (a path below the cgroup2 mountpoint, such as
+// "/torpor", which RemoveEmptyParents never removes) when no group is left
+// in it: tests and demos call it last, so that a machine keeps no empty
+// torpor cgroup after them. A group still there keeps it.
+func RemoveTopIfEmpty(top string) {
+	top = strings.Trim(filepath.Clean("/"+top), "/")
+	mount, err := Mountpoint()
+	if err != nil || top == "" {
+		return
+	}
+	_ = unix.Rmdir(filepath.Join(mount, top))
 }
 
 // Path is the group's directory.

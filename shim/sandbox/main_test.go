@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/torpor-hpc/torpor/shim/cgroup"
 )
 
 // tcpstreamBin is the workload binary, built once by TestMain (as root only).
@@ -16,7 +18,9 @@ var tcpstreamBin string
 func TestMain(m *testing.M) {
 	MaybeRunInit()
 	maybeRunHog()
-	os.Exit(run(m))
+	code := run(m)
+	cgroup.RemoveTopIfEmpty(DefaultCgroupParent)
+	os.Exit(code)
 }
 
 func run(m *testing.M) int {

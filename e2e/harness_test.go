@@ -134,7 +134,7 @@ func newIsolatedCluster(t *testing.T, hosts int, coordArgs ...string) *cluster {
 			return err
 		}
 		ctl.MountNS = f
-		c.addr = net.JoinHostPort(ctl.Underlay, strconv.Itoa(20000+os.Getpid()%20000))
+		c.addr = net.JoinHostPort(ctl.Underlay, strconv.Itoa(20000+os.Getpid()%10000))
 		c.pkiHosts = append(c.sim.Underlay(), ctl.Underlay)
 		return nil
 	}, append([]string{"--local-checkpoints"}, coordArgs...)...)
@@ -169,7 +169,10 @@ func newClusterOpts(t *testing.T, create func(context.Context, string, int) (*si
 		socket: filepath.Join(dir, "coordinator.sock"), runDir: filepath.Join(dir, "run"),
 		state: filepath.Join(dir, "state"), ckpt: filepath.Join(dir, "ckpt"), pki: filepath.Join(dir, "pki"),
 		cgParent: "/torpor/" + name, sim: sim, logs: map[string]*logBuffer{},
-		addr:      fmt.Sprintf("127.0.0.1:%d", 20000+os.Getpid()%20000),
+		// Below the ephemeral ports (32768 and up): a connection of
+		// another process may hold one on 127.0.0.1 when the
+		// coordinator (re)starts.
+		addr:      fmt.Sprintf("127.0.0.1:%d", 20000+os.Getpid()%10000),
 		coordArgs: coordArgs,
 	}
 	t.Cleanup(c.close)

@@ -42,6 +42,17 @@ daemon() {
 	exec nsenter --mount="/run/torpor-sim/$NAME/$h" --net="/run/netns/torpor-$NAME-$h" -- "$@"
 }
 
+# wait_shims PID N: until the coordinator (PID) logged N shims registered;
+# fails, with its log, when it exits or 60 s pass.
+wait_shims() {
+	for _ in $(seq 600); do
+		kill -0 "$1" 2>/dev/null || { echo "the coordinator exited:"; cat "$DIR/coordinator.log"; exit 1; }
+		[ -S "$TORPOR_SOCKET" ] && [ "$(grep -c 'msg="shim registered"' "$DIR/coordinator.log")" -ge "$2" ] && return
+		sleep 0.1
+	done
+	echo "not every shim registered within 60 s:"; cat "$DIR/coordinator.log" "$DIR"/shim-h*.log; exit 1
+}
+
 cleanup() {
 	set +e
 	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
@@ -65,18 +76,18 @@ step "isolated cluster: 5 hosts, no shared segment, no shared directory ($RUNDIR
 PEERS=$(seq -s, -f '10.250.%g.2' 1 5)
 COORD=10.250.0.2 # the coordinator's host on the routed network
 "$TORPOR" coordinator --init-pki --pki "$DIR/pki" --pki-hosts "$COORD,$PEERS" >/dev/null
-PORT=$((20000 + $$ % 20000))
+PORT=$((20000 + $$ % 10000))
 daemon coord "$TORPOR" coordinator --state-dir "$DIR/state" --checkpoint-dir "$DIR/state/ckpt" --listen $COORD:$PORT \
-	--pki "$DIR/pki" --local-checkpoints --log-level warn 2>"$DIR/coordinator.log" &
-PIDS+=($!)
+	--pki "$DIR/pki" --local-checkpoints 2>"$DIR/coordinator.log" &
+COORD_PID=$!
+PIDS+=($COORD_PID)
 for i in 1 2 3 4 5; do
 	daemon h$i "$TORPOR" shim --host h$i --netns torpor-$NAME-h$i --join $COORD:$PORT --listen 10.250.$i.2:$PORT --pki "$DIR/pki" \
 		--run-dir "$RUNDIR" --image-dir "$DIR/images" --vxlan "$PEERS" --cgroup-parent /torpor/$NAME \
 		--log-level warn 2>"$DIR/shim-h$i.log" &
 	PIDS+=($!)
 done
-for _ in $(seq 100); do [ -S "$TORPOR_SOCKET" ] && break; sleep 0.1; done
-sleep 1
+wait_shims "$COORD_PID" 5
 
 step "as $USERNAME: torpor run -n 6 --host h1:2,h2:2,h3:2 ring ${ARGS[*]} (its output comes through the coordinator)"
 asuser "$TORPOR" run --restart-on-failure 1 --run-dir "$RUNDIR" --name ring -n 6 --host h1:2,h2:2,h3:2 \

@@ -29,6 +29,17 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 now() { date +%s.%N; }
 took() { printf '   (%.2f s)\n' "$(echo "$(now) - $1" | bc)"; }
 
+# wait_shims PID N: until the coordinator (PID) logged N shims registered;
+# fails, with its log, when it exits or 60 s pass.
+wait_shims() {
+	for _ in $(seq 600); do
+		kill -0 "$1" 2>/dev/null || { echo "the coordinator exited:"; cat "$DIR/coordinator.log"; exit 1; }
+		[ -S "$TORPOR_SOCKET" ] && [ "$(grep -c 'msg="shim registered"' "$DIR/coordinator.log")" -ge "$2" ] && return
+		sleep 0.1
+	done
+	echo "not every shim registered within 60 s:"; cat "$DIR/coordinator.log" "$DIR"/shim-h*.log; exit 1
+}
+
 cleanup() {
 	set +e
 	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
@@ -51,17 +62,19 @@ echo "   reference checksum: $REF"; took "$t"
 step "simulated cluster: 4 hosts (h1..h3 for the job, h4 spare), a coordinator and 4 shims over mutual TLS"
 "$TORPOR" sim up "$NAME" 4 | sed 's/^/   /'
 "$TORPOR" coordinator --init-pki --pki "$DIR/pki" >/dev/null
-PORT=$((20000 + $$ % 20000))
+# Below the ephemeral ports (32768 and up), which an outgoing connection
+# may hold on 127.0.0.1.
+PORT=$((20000 + $$ % 10000))
 "$TORPOR" coordinator --state-dir "$DIR/state" --checkpoint-dir "$DIR/ckpt" --listen 127.0.0.1:$PORT \
-	--pki "$DIR/pki" --log-level warn 2>"$DIR/coordinator.log" &
-PIDS+=($!)
+	--pki "$DIR/pki" 2>"$DIR/coordinator.log" &
+COORD_PID=$!
+PIDS+=($COORD_PID)
 for i in 1 2 3 4; do
 	"$TORPOR" shim --host h$i --netns torpor-$NAME-h$i --join 127.0.0.1:$PORT --pki "$DIR/pki" \
 		--run-dir "$DIR/run" --cgroup-parent /torpor/$NAME --log-level warn 2>"$DIR/shim-h$i.log" &
 	PIDS+=($!)
 done
-for _ in $(seq 100); do [ -S "$TORPOR_SOCKET" ] && break; sleep 0.1; done
-sleep 1
+wait_shims "$COORD_PID" 4
 
 step "as $USERNAME: torpor run -n 6 --host h1:2,h2:2,h3:2 ring ${ARGS[*]}"
 asuser "$TORPOR" run --restart-on-failure 1 --run-dir "$DIR/run" --name ring -n 6 --host h1:2,h2:2,h3:2 \

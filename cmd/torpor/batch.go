@@ -197,6 +197,11 @@ func stopJob(ctx context.Context, cl apiv1.CoordinatorClient, id string) (string
 				fmt.Fprintf(os.Stderr, "torpor: job %s is %s; nothing to checkpoint\n", id, j.State)
 				return "", nil
 			case string(coordinator.StateSuspended):
+				// The coordinator stopped it meanwhile: its watch of the
+				// allocation saw the Slurm job end (the signal and that
+				// watch race). Said as for our own checkpoint.
+				fmt.Fprintf(os.Stderr, "torpor: checkpoint %s committed in %s; job %s is stopped (suspended by the coordinator, which saw the Slurm job end), its nodes are free\n",
+					j.LastCheckpoint, time.Since(start).Round(time.Millisecond), id)
 				return j.LastCheckpoint, nil
 			}
 		}

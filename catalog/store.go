@@ -26,7 +26,14 @@ type Store struct {
 
 	mu      sync.Mutex
 	pending map[string]bool // handles being written by a Pending
+	// sweepMu lets one Sweep at a time remove deleted directories.
+	sweepMu sync.Mutex
 }
+
+// deletedPrefix names a deleted checkpoint's directory from its deletion
+// until Sweep removes it: <root>/<job>/.deleted-<seq>. It is no sequence
+// number, so nothing lists or loads it.
+const deletedPrefix = ".deleted-"
 
 // Checkpoint is a committed checkpoint: one whose manifest.json exists.
 type Checkpoint struct {
@@ -224,16 +231,24 @@ func (s *Store) Latest(job string) (Checkpoint, error) {
 
 // Delete removes a committed checkpoint. manifest.json goes first, so an
 // interrupted Delete leaves an incomplete checkpoint that Recover removes.
+// Its images are gone when Delete returns.
 func (s *Store) Delete(handle string) error {
 	job, seq, err := ParseHandle(handle)
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.deleteLocked(job, seq)
+	err = s.deleteLocked(job, seq)
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return s.Sweep(job)
 }
 
+// deleteLocked removes the checkpoint's manifest, which deletes it, then
+// moves its directory aside (deletedPrefix) for Sweep: removing thousands of
+// files can take long, and the checkpoint is already gone for every reader.
 func (s *Store) deleteLocked(job string, seq uint64) error {
 	handle := FormatHandle(job, seq)
 	if s.pending[handle] {
@@ -250,14 +265,44 @@ func (s *Store) deleteLocked(job string, seq uint64) error {
 	if err := withHint(atomicfile.SyncDir(dir)); err != nil {
 		return fmt.Errorf("delete checkpoint %s: %w", handle, err)
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return ioErr("delete checkpoint: remove", dir, err)
+	aside := filepath.Join(s.jobDir(job), deletedPrefix+formatSeq(seq))
+	if err := os.Rename(dir, aside); err != nil {
+		return ioErr("delete checkpoint: move aside", dir, err)
 	}
 	return withHint(atomicfile.SyncDir(s.jobDir(job)))
 }
 
+// Sweep removes the directories of job's deleted checkpoints (Delete, Prune,
+// and any an interrupted run left). The catalog stays usable meanwhile.
+func (s *Store) Sweep(job string) error {
+	if err := validName("job id", job); err != nil {
+		return fmt.Errorf("sweep deleted checkpoints: %w", err)
+	}
+	s.sweepMu.Lock()
+	defer s.sweepMu.Unlock()
+	jd := s.jobDir(job)
+	ents, err := os.ReadDir(jd)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return ioErr("read job directory", jd, err)
+	}
+	for _, e := range ents {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), deletedPrefix) {
+			continue
+		}
+		p := filepath.Join(jd, e.Name())
+		if err := os.RemoveAll(p); err != nil {
+			return ioErr("remove deleted checkpoint", p, err)
+		}
+	}
+	return nil
+}
+
 // Prune deletes the oldest committed checkpoints of job so that the newest keep
-// remain, and returns the deleted handles, oldest first.
+// remain, and returns the deleted handles, oldest first. Their directories
+// stay, moved aside, until Sweep.
 func (s *Store) Prune(job string, keep int) ([]string, error) {
 	if keep < 1 {
 		return nil, fmt.Errorf("prune checkpoints of %s: keep must be at least 1, got %d", job, keep)
@@ -304,7 +349,8 @@ func (s *Store) committedSeqs(job string) ([]uint64, error) {
 
 // Recover removes every incomplete checkpoint (a <seq> directory without
 // manifest.json: a commit that never finished, or an interrupted Delete) of every
-// job, and leftover temporary files, and returns the removed handles. The
+// job, the directories of deleted ones (Sweep) and leftover temporary files,
+// and returns the removed handles. The
 // coordinator calls it when it starts; checkpoints being written through this Store
 // are left alone.
 func (s *Store) Recover() ([]string, error) {
@@ -318,6 +364,9 @@ func (s *Store) Recover() ([]string, error) {
 	for _, job := range jobs {
 		jd := s.jobDir(job)
 		if err := removeTemps(jd); err != nil {
+			return removed, err
+		}
+		if err := s.Sweep(job); err != nil {
 			return removed, err
 		}
 		seqs, err := s.seqDirs(job)

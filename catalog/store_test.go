@@ -255,6 +255,71 @@ func TestPrune(t *testing.T) {
 	}
 }
 
+// TestPruneSweep: Prune deletes at once (List, Load and the sequence
+// directory), and leaves the files, moved aside, to Sweep; Recover sweeps
+// what an interrupted run left; Delete leaves nothing.
+func TestPruneSweep(t *testing.T) {
+	s := newStore(t)
+	for i := 0; i < 3; i++ {
+		commitOne(t, s, "j")
+	}
+	jd := filepath.Join(s.Root(), "j")
+	names := func() []string {
+		ents, err := os.ReadDir(jd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range ents {
+			if e.IsDir() {
+				out = append(out, e.Name())
+			}
+		}
+		return out
+	}
+	if _, err := s.Prune("j", 2); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(), []string{".deleted-000001", "000002", "000003"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("after Prune: directories %v, want %v", got, want)
+	}
+	if cps, _ := s.List("j"); !reflect.DeepEqual(handles(cps), []string{"j/000002", "j/000003"}) {
+		t.Fatalf("after Prune: List = %v", handles(cps))
+	}
+	if _, err := s.Get("j/000001"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get of the pruned checkpoint = %v, want ErrNotFound", err)
+	}
+	if err := s.Sweep("j"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(), []string{"000002", "000003"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("after Sweep: directories %v, want %v", got, want)
+	}
+	// A run that pruned and ended before its Sweep: Recover removes it.
+	if _, err := s.Prune("j", 1); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(s.Root(), testKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.Recover(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(), []string{"000003"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("after Recover: directories %v, want %v", got, want)
+	}
+	if err := s2.Delete("j/000003"); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(); len(got) != 0 {
+		t.Fatalf("after Delete: directories %v, want none", got)
+	}
+	if err := s2.Sweep("../x"); err == nil {
+		t.Fatal("Sweep of an invalid job name succeeded")
+	}
+}
+
 // TestPruneCountsWhatListLists: Prune does not read the manifests, yet
 // counts exactly the checkpoints List lists: one whose manifest fails its
 // signature is committed (and the oldest goes first), a pending one is not.

@@ -146,6 +146,7 @@ func (c CatalogStore) NodeDir(handle, node string) (string, error) {
 
 func (c CatalogStore) Recover() ([]string, error)                   { return c.S.Recover() }
 func (c CatalogStore) Prune(job string, keep int) ([]string, error) { return c.S.Prune(job, keep) }
+func (c CatalogStore) Sweep(job string) error                       { return c.S.Sweep(job) }
 
 func (c CatalogStore) List(job string) ([]string, error) {
 	cps, err := c.S.List(job)

@@ -399,6 +399,8 @@ func (s *memStore) Recover() ([]string, error) {
 	}
 	return out, nil
 }
+func (s *memStore) Sweep(string) error { return nil }
+
 func (s *memStore) Prune(job string, keep int) ([]string, error) {
 	if s.onPrune != nil {
 		s.onPrune(job)

@@ -439,8 +439,19 @@ func (c *Coordinator) prune(job string, log *slog.Logger) {
 	for _, h := range gone {
 		log.Info("pruned old checkpoint", "ckpt", h)
 	}
-	// Their copies in the shims' stores go too (host-local checkpoints),
-	// in the background: a host that is down answers late or never.
+	if len(gone) == 0 {
+		return
+	}
+	// Gone from the catalog already; their files are removed in the
+	// background (256 job-nodes' directories took 80 ms here, a large
+	// checkpoint's on a parallel file system far longer), and so are their
+	// copies in the shims' stores (host-local checkpoints): a host that is
+	// down answers late or never.
+	c.inBackground(func() {
+		if err := c.store.Sweep(job); err != nil {
+			log.Warn("remove pruned checkpoints' files", "err", err)
+		}
+	})
 	c.inBackground(func() { c.dropStored(context.Background(), gone, log) })
 }
 

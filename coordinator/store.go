@@ -42,8 +42,11 @@ type Store interface {
 	Recover() ([]string, error)
 	// NodeDir is where a committed checkpoint keeps one job-node's images.
 	NodeDir(handle, node string) (string, error)
-	// Prune keeps the newest keep checkpoints of a job.
+	// Prune keeps the newest keep checkpoints of a job. The deleted ones'
+	// images may stay on disk until Sweep.
 	Prune(job string, keep int) ([]string, error)
+	// Sweep removes the images of a job's deleted checkpoints.
+	Sweep(job string) error
 }
 
 // Pending is a checkpoint being written.

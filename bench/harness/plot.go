@@ -73,7 +73,7 @@ func PlotData(r *Result) []Plot {
 	}
 	real, fake := Series{Name: "real sandboxes"}, Series{Name: "fake CRIU"}
 	for _, p := range r.Coord {
-		if p.Err != "" {
+		if p.Err != "" || p.Tmpfs {
 			continue
 		}
 		if p.Fake {

@@ -51,7 +51,7 @@ func Summarize(r *Result) Summary {
 	s.MigrationDowntimeMs256MiB = downtime(r.Migrate, 256)
 	s.MigrationDowntimeMs1GiB = downtime(r.Migrate, 1024)
 	for _, p := range r.Coord {
-		if p.Fake && p.Nodes == 256 && p.Err == "" && p.Overhead.N > 0 {
+		if p.Fake && !p.Tmpfs && p.Nodes == 256 && p.Err == "" && p.Overhead.N > 0 {
 			s.CoordinationMs256 = ptr(p.Overhead.Median)
 		}
 	}

@@ -50,7 +50,15 @@ type Workload struct {
 	Ring     bool
 	ReadRate string // receiver's read limit, e.g. "4M"
 	SendRate string // sender's limit, "0" = unlimited
-	Fill     string // memhog -fill ("field": a stencil's grids, B7)
+	// RcvBuf is the receiver's SO_RCVBUF; "" is 1M. Its queue stays full
+	// (a slow reader) yet bounded: left to the kernel's autotuning (up to
+	// net.ipv4.tcp_rmem's maximum, 32 MiB on the benchmark's VM) the queues
+	// CRIU peeked at held 1.3 to 19.5 MB, and dumping one connection took
+	// up to 0.7 s (under MSG_PEEK, tcp_recvmsg walks the receive queue from
+	// its head for every buffer it copies): noise of that size in every
+	// checkpoint, restart and migration figure.
+	RcvBuf string
+	Fill   string // memhog -fill ("field": a stencil's grids, B7)
 	// Busy runs memhog without its pause between iterations: its
 	// progress rate is the CPU it gets (B9).
 	Busy bool
@@ -85,8 +93,12 @@ func jobNode(dir, job string, i, n int, host string, w Workload, bins Bins) (age
 		if sendRate == "" {
 			sendRate = "0"
 		}
-		cmd = fmt.Sprintf("%s & %s -listen :7000 -status %s -read-rate %s & exec %s -connect %s:7000 -status %s -rate %s",
-			cmd, bins.TCPStream, f.Recv, readRate, bins.TCPStream, next, f.Send, sendRate)
+		rcvbuf := w.RcvBuf
+		if rcvbuf == "" {
+			rcvbuf = "1M"
+		}
+		cmd = fmt.Sprintf("%s & %s -listen :7000 -status %s -read-rate %s -rcvbuf %s & exec %s -connect %s:7000 -status %s -rate %s",
+			cmd, bins.TCPStream, f.Recv, readRate, rcvbuf, bins.TCPStream, next, f.Send, sendRate)
 	} else {
 		cmd = "exec " + cmd
 	}

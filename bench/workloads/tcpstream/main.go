@@ -4,7 +4,7 @@
 // rewritten in place with a fixed width (its size never changes, which CRIU
 // checks on restore), so it can be read from outside at any time.
 //
-//	tcpstream -listen :7000 -status /x/recv.status [-read-rate 32M]
+//	tcpstream -listen :7000 -status /x/recv.status [-read-rate 32M] [-rcvbuf 1M]
 //	tcpstream -connect 198.19.0.1:7000 -status /x/send.status [-chunk 1024] [-rate 0]
 //
 // Status file contents: "<bytes> ok\n" or "<offset> BAD want=.. got=..\n".
@@ -12,6 +12,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -34,6 +36,7 @@ func main() {
 	chunk := flag.Int("chunk", 1024, "bytes per write (sender) or read (receiver)")
 	rate := flag.String("rate", "0", "sender limit in bytes/s (k, M suffixes), 0 = unlimited")
 	readRate := flag.String("read-rate", "0", "receiver limit in bytes/s, 0 = unlimited; a slow reader keeps both queues full")
+	rcvbuf := flag.String("rcvbuf", "0", "receiver's SO_RCVBUF (k, M suffixes), 0 = the kernel's autotuning up to net.ipv4.tcp_rmem")
 	flag.Parse()
 	if *status == "" || (*listen == "") == (*connect == "") {
 		fmt.Fprintln(os.Stderr, "usage: tcpstream (-listen ADDR | -connect ADDR) -status FILE")
@@ -49,7 +52,11 @@ func main() {
 		if err != nil {
 			fatal(err)
 		}
-		os.Exit(receive(*listen, p, *chunk, r, st))
+		rb, err := parseRate(*rcvbuf)
+		if err != nil {
+			fatal(err)
+		}
+		os.Exit(receive(*listen, p, *chunk, r, int(rb), st))
 	}
 	r, err := parseRate(*rate)
 	if err != nil {
@@ -73,7 +80,7 @@ func parseRate(s string) (int64, error) {
 	}
 	v, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || v < 0 {
-		return 0, fmt.Errorf("bad rate %q", s)
+		return 0, fmt.Errorf("bad size or rate %q: a whole number, optionally with k or M", s)
 	}
 	return v * mult, nil
 }
@@ -136,8 +143,23 @@ func (l *limiter) wait(n int) {
 	}
 }
 
-func receive(addr string, p pattern, chunk int, rate int64, st *statusFile) int {
-	ln, err := net.Listen("tcp4", addr)
+func receive(addr string, p pattern, chunk int, rate int64, rcvbuf int, st *statusFile) int {
+	// SO_RCVBUF is set on the listener, before listen(2): the accepted
+	// connection inherits it, and its window scale is chosen for it.
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		if rcvbuf <= 0 {
+			return nil
+		}
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf)
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp4", addr)
 	if err != nil {
 		fatal(err)
 	}

@@ -130,6 +130,11 @@ type pageServer struct {
 	conns   []net.Conn
 	stopped bool
 	wg      sync.WaitGroup
+	// hungUp is closed when a destination's connection has ended (its
+	// lazy-pages daemon exits once it has every page): CRIU is about to
+	// end too.
+	hungUp   chan struct{}
+	hangOnce sync.Once
 }
 
 // servePages relays connections to addr on the host's address to CRIU's
@@ -146,7 +151,8 @@ func (a *Agent) servePages(n *node, s *criu.Serving, port int) (*pageServer, err
 	}); err != nil {
 		return nil, fmt.Errorf("listen for the destination's lazy-pages daemon: %w", err)
 	}
-	ps := &pageServer{serving: s, ln: ln, addr: net.JoinHostPort(ip.String(), strconv.Itoa(ln.Addr().(*net.TCPAddr).Port))}
+	ps := &pageServer{serving: s, ln: ln, addr: net.JoinHostPort(ip.String(), strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)),
+		hungUp: make(chan struct{})}
 	netns := n.sb.NetNSPath()
 	log := a.log.With("job", n.job, "node", n.spec.Name, "page_server", ps.addr)
 	ps.wg.Add(2)
@@ -181,8 +187,11 @@ func (a *Agent) servePages(n *node, s *criu.Serving, port int) (*pageServer, err
 			}
 			log.Info("relaying the destination's page requests to CRIU", "from", c.RemoteAddr())
 			ps.wg.Add(2)
+			go func() {
+				ps.pipe(up, c)
+				ps.hangOnce.Do(func() { close(ps.hungUp) })
+			}()
 			go ps.pipe(c, up)
-			go ps.pipe(up, c)
 		}
 	}()
 	return ps, nil
@@ -237,11 +246,24 @@ func (a *Agent) stopServing(n *node, why string) {
 	}
 	select {
 	case <-ps.serving.Done():
+	case <-ps.hungUp:
+		// The destination's daemon went, normally with every page (the
+		// coordinator destroys the source only then): CRIU ends a moment
+		// later, as it sees the connection end.
+		select {
+		case <-ps.serving.Done():
+		case <-time.After(pageServerGrace):
+			a.log.Warn("the page server of a post-copy migration did not end after the destination hung up; stopping it", "job", n.job, "node", n.spec.Name, "why", why)
+		}
 	default:
 		a.log.Warn("stopping the page server of a post-copy migration before the destination had every page", "job", n.job, "node", n.spec.Name, "why", why)
 	}
 	ps.stop()
 }
+
+// pageServerGrace is how long a page server whose destination hung up may
+// take to end on its own.
+const pageServerGrace = 2 * time.Second
 
 // pagePull is a destination job-node's lazy-pages daemon.
 type pagePull struct {

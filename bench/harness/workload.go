@@ -49,7 +49,13 @@ type Workload struct {
 	MiB      int
 	Ring     bool
 	ReadRate string // receiver's read limit, e.g. "4M"
-	SendRate string // sender's limit, "0" = unlimited
+	// SendRate is the sender's limit, "0" = unlimited; "" is 3M, below
+	// the reader's 4M: segments flow all the time with the window open,
+	// so the time until the first segment after a restore is a stall when
+	// it is long, not a window that had not yet reopened (with the reader
+	// the slower, its window reopened in bursts: gaps of up to 92 ms
+	// between data segments on loopback, 10 ms with the sender slower).
+	SendRate string
 	// RcvBuf is the receiver's SO_RCVBUF; "" is 1M. Its queue stays full
 	// (a slow reader) yet bounded: left to the kernel's autotuning (up to
 	// net.ipv4.tcp_rmem's maximum, 32 MiB on the benchmark's VM) the queues
@@ -91,7 +97,7 @@ func jobNode(dir, job string, i, n int, host string, w Workload, bins Bins) (age
 			readRate = "4M"
 		}
 		if sendRate == "" {
-			sendRate = "0"
+			sendRate = "3M"
 		}
 		rcvbuf := w.RcvBuf
 		if rcvbuf == "" {

@@ -18,6 +18,10 @@ type Plan struct {
 type PlanNode struct {
 	Host  string
 	Ranks []int
+	// Oversubscribed says the host got more ranks than its slots (only
+	// with --oversubscribe), as Open MPI's mpirun calls a node
+	// oversubscribed.
+	Oversubscribed bool
 }
 
 // NP is the number of ranks in the plan.
@@ -110,7 +114,7 @@ func Place(np int, hosts []HostSlots, mapBy string, oversubscribe bool) (Plan, e
 	var p Plan
 	for i, h := range hosts {
 		if len(ranks[i]) > 0 {
-			p.Nodes = append(p.Nodes, PlanNode{Host: h.Host, Ranks: ranks[i]})
+			p.Nodes = append(p.Nodes, PlanNode{Host: h.Host, Ranks: ranks[i], Oversubscribed: len(ranks[i]) > h.Slots})
 		}
 	}
 	return p, nil

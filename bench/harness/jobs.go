@@ -118,6 +118,9 @@ type RestartSample struct {
 	Wall     time.Duration            `json:"wall_ns"`
 	Phases   map[string]time.Duration `json:"phases_ns"` // verify, restore, unlock, thaw
 	Progress Progress                 `json:"progress"`  // from the end of the unlock
+	// AfterThaw is from the end of the last thaw until Restart returned
+	// (the coordinator's state written): the job runs meanwhile.
+	AfterThaw time.Duration `json:"after_thaw_ns"`
 }
 
 // nodeCgroup is where the agent puts a job-node's cgroup.
@@ -205,31 +208,78 @@ func (j *Job) SuspendRestart(ctx context.Context) (CkptSample, RestartSample, er
 	if err != nil {
 		return cs, RestartSample{}, err
 	}
-	bases := j.watchUnlock(mount, j.Spec)
-	mark := j.e.Rec.Mark()
-	start := time.Now()
-	_, err = j.e.Coord.Restart(ctx, h, coordinator.RestartOptions{})
-	wall := time.Since(start)
-	segBase, memBase := bases()
+	w, err := j.watched(ctx, mount, j.Spec, j.Spec, func() error {
+		_, err := j.e.Coord.Restart(ctx, h, coordinator.RestartOptions{})
+		return err
+	})
 	if err != nil {
 		return cs, RestartSample{}, fmt.Errorf("restart: %w", err)
 	}
-	calls := j.e.Rec.Since(mark)
-	rs := RestartSample{Wall: wall, Phases: map[string]time.Duration{}}
-	first, _, _ := span(calls, "restore")
-	rs.Phases["verify"] = first.Sub(start)
-	rs.Phases["restore"] = spanDur(calls, "restore")
-	rs.Phases["unlock"] = spanDur(calls, "unlock")
-	rs.Phases["thaw"] = spanDur(calls, "thaw")
-	_, unlocked, _ := span(calls, "unlock")
+	rs := RestartSample{Wall: w.wall, Phases: map[string]time.Duration{}, Progress: w.progress}
+	first, _, _ := span(w.calls, "restore")
+	rs.Phases["verify"] = first.Sub(w.start)
+	rs.Phases["restore"] = spanDur(w.calls, "restore")
+	rs.Phases["unlock"] = spanDur(w.calls, "unlock")
+	rs.Phases["thaw"] = spanDur(w.calls, "thaw")
+	if _, thawed, ok := span(w.calls, "thaw"); ok {
+		rs.AfterThaw = w.start.Add(w.wall).Sub(thawed)
+	}
+	return cs, rs, w.progressErr
+}
+
+// watchedOp is an operation that unlocks and thaws a job, and the job's
+// progress after it.
+type watchedOp struct {
+	start       time.Time
+	wall        time.Duration // the whole operation
+	calls       []call        // the agent calls it made
+	progress    Progress      // from the end of the last unlock
+	progressErr error
+}
+
+// watched runs op, which unlocks and thaws every job-node of the job whose
+// spec is before (after: where its job-nodes are once op is done), and
+// measures the job's progress from the end of the last unlock. The counters
+// are watched from the moment every job-node has thawed, while op still
+// does what comes after (the coordinator's state, a post-copy's pages): the
+// job runs from the thaw, whenever the call returns. op's error is
+// returned; the progress' error is in the result.
+func (j *Job) watched(ctx context.Context, mount string, before, after coordinator.JobSpec, op func() error) (watchedOp, error) {
+	bases := j.watchUnlock(mount, before)
+	resumed := j.e.Rec.AfterThaws(j.ID, len(before.Nodes))
+	defer j.e.Rec.AfterThaws("", 0)
+	mark := j.e.Rec.Mark()
+	w := watchedOp{start: time.Now()}
+	ended := make(chan error, 1)
+	go func() { ended <- op() }()
+	select {
+	case <-resumed:
+	case err := <-ended:
+		if err != nil {
+			bases()
+			return w, err
+		}
+		ended <- nil
+	}
+	segBase, memBase := bases()
 	var probe segProbe
 	if j.W.Ring {
-		probe = j.probe(mount, j.Spec)
+		probe = j.probe(mount, after)
 	} else {
 		segBase = nil
 	}
-	rs.Progress, err = waitProgress(ctx, j.Files, memBase, probe, segBase, unlocked, 30*time.Second)
-	return cs, rs, err
+	_, unlocked, _ := span(j.e.Rec.Since(mark), "unlock")
+	progDone := make(chan struct{})
+	go func() {
+		defer close(progDone)
+		// Memhog counters of job-nodes that stayed frozen in memory move too.
+		w.progress, w.progressErr = waitProgress(ctx, j.Files, memBase, probe, segBase, unlocked, 30*time.Second)
+	}()
+	err := <-ended
+	w.wall = time.Since(w.start)
+	<-progDone
+	w.calls = j.e.Rec.Since(mark)
+	return w, err
 }
 
 // MigrateSample is one migration of one job-node.
@@ -265,33 +315,8 @@ func (j *Job) Migrate(ctx context.Context, node, to string, mode coordinator.Pos
 		return MigrateSample{}, err
 	}
 	spec := jj.Spec
-	bases := j.watchUnlock(mount, spec)
-	resumed := j.e.Rec.AfterThaws(j.ID, len(spec.Nodes))
-	mark := j.e.Rec.Mark()
-	type result struct {
-		res coordinator.MigrateResult
-		err error
-	}
-	ended := make(chan result, 1)
-	start := time.Now()
-	go func() {
-		res, err := j.e.Coord.MigrateDetails(ctx, j.ID, node, to, coordinator.MigrateOptions{PostCopy: mode})
-		ended <- result{res, err}
-	}()
-	var r result
-	select {
-	case <-resumed:
-	case r = <-ended:
-		if r.err != nil {
-			bases()
-			j.e.Rec.AfterThaws("", 0)
-			return MigrateSample{}, r.err
-		}
-		ended <- r
-	}
-	segBase, memBase := bases()
-	// The moved job-node now lives on `to` (or, if the migration failed,
-	// the progress below is not looked at).
+	// The moved job-node lives on `to` once it is thawed (if the migration
+	// fails, the progress is not looked at).
 	moved := spec
 	moved.Nodes = append([]agentapi.NodeSpec(nil), spec.Nodes...)
 	for i := range moved.Nodes {
@@ -299,43 +324,25 @@ func (j *Job) Migrate(ctx context.Context, node, to string, mode coordinator.Pos
 			moved.Nodes[i].Host = to
 		}
 	}
-	var probe segProbe
-	if j.W.Ring {
-		probe = j.probe(mount, moved)
-	} else {
-		segBase = nil
+	var res coordinator.MigrateResult
+	w, err := j.watched(ctx, mount, spec, moved, func() error {
+		var err error
+		res, err = j.e.Coord.MigrateDetails(ctx, j.ID, node, to, coordinator.MigrateOptions{PostCopy: mode})
+		return err
+	})
+	if err != nil {
+		return MigrateSample{}, err
 	}
-	var prog Progress
-	var progErr error
-	progDone := make(chan struct{})
-	unlockedAt := func() time.Time {
-		_, unlocked, _ := span(j.e.Rec.Since(mark), "unlock")
-		return unlocked
-	}
-	go func() {
-		defer close(progDone)
-		// Memhog counters of job-nodes that stayed frozen in memory move too.
-		prog, progErr = waitProgress(ctx, j.Files, memBase, probe, segBase, unlockedAt(), 30*time.Second)
-	}()
-	r = <-ended
-	wall := time.Since(start)
-	j.e.Rec.AfterThaws("", 0)
-	if r.err != nil {
-		<-progDone
-		return MigrateSample{}, r.err
-	}
-	<-progDone
-	calls := j.e.Rec.Since(mark)
-	ms := MigrateSample{Mode: r.res.Mode, Downtime: r.res.Downtime, LastPage: r.res.LastPage, Wall: wall,
-		Memory: r.res.Memory, Phases: map[string]time.Duration{}, Progress: prog, Streamed: r.res.Streamed}
+	ms := MigrateSample{Mode: res.Mode, Downtime: res.Downtime, LastPage: res.LastPage, Wall: w.wall,
+		Memory: res.Memory, Phases: map[string]time.Duration{}, Progress: w.progress, Streamed: res.Streamed}
 	for _, p := range []string{"prepare", "freeze", "drain", "lock", "dump", "restore", "destroy", "unlock", "thaw", "pages"} {
-		ms.Phases[p] = spanDur(calls, p)
+		ms.Phases[p] = spanDur(w.calls, p)
 	}
-	for _, d := range dumps(calls) {
+	for _, d := range dumps(w.calls) {
 		ms.Bytes += d.Bytes
 	}
 	j.Spec = moved
-	return ms, progErr
+	return ms, w.progressErr
 }
 
 // sortedKeys lists a map's keys in order.

@@ -81,7 +81,10 @@ type Faults struct {
 type Coordinator struct {
 	// background counts the work started after an operation returned:
 	// replicas, drops of pruned images, catalog recoveries (WaitBackground).
+	// StopBackground cancels bgCtx, which that work's contexts follow.
 	background sync.WaitGroup
+	bgCtx      context.Context
+	bgStop     context.CancelFunc
 	stateDir   string
 	store      Store
 	log        *slog.Logger
@@ -138,6 +141,7 @@ func New(opts Options) (*Coordinator, error) {
 		jobs:           map[string]*Job{},
 		busy:           map[string]bool{},
 	}
+	c.bgCtx, c.bgStop = context.WithCancel(context.Background())
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -500,18 +504,42 @@ func (c *Coordinator) settle(ctx context.Context) {
 	}
 }
 
-// inBackground runs fn on a goroutine of its own, counted by WaitBackground.
-func (c *Coordinator) inBackground(fn func()) {
+// inBackground runs fn on a goroutine of its own, counted by WaitBackground,
+// with a context that keeps ctx's values but not its end (the operation
+// that started it has returned) and ends with StopBackground.
+func (c *Coordinator) inBackground(ctx context.Context, fn func(ctx context.Context)) {
+	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	unhook := context.AfterFunc(c.bgCtx, cancel)
 	c.background.Add(1)
 	go func() {
 		defer c.background.Done()
-		fn()
+		defer cancel()
+		defer unhook()
+		fn(bctx)
 	}()
 }
 
-// WaitBackground waits until the work the coordinator started in the
-// background has ended: the copies of host-local checkpoints to their
-// replicas, the drops of pruned images from the shims' stores, the catalog
-// recoveries. Whoever closes the shims or their stores under an embedded
-// coordinator (the benchmark) calls it first.
+// StopBackground ends the work the coordinator started in the background
+// and waits at most grace for it to return; it says whether it all did.
+// Its contexts are cancelled: a copy to a replica stops half-way (the
+// checkpoint stays, reported as not fully replicated); a removal of pruned
+// checkpoints' files has no context and runs on within grace (what it
+// leaves, the next coordinator's Store.Recover removes).
+func (c *Coordinator) StopBackground(grace time.Duration) bool {
+	c.bgStop()
+	done := make(chan struct{})
+	go func() {
+		c.background.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
 func (c *Coordinator) WaitBackground() { c.background.Wait() }

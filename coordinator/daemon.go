@@ -240,6 +240,12 @@ func (d *Daemon) Close() {
 	}
 	wg.Wait()
 	d.wg.Wait()
+	// Before the shims' connections and the state lock go: replicas,
+	// sweeps and recoveries in flight would otherwise go on for a while
+	// with a new coordinator already started on the same state.
+	if !d.C.StopBackground(closeGrace) {
+		d.C.log.Warn("background work (replicas, removals of pruned checkpoints) still running as the coordinator stops", "waited", closeGrace)
+	}
 	if d.shims != nil {
 		d.shims.close()
 	}

@@ -371,7 +371,7 @@ func (c *Coordinator) keepManifest(ctx context.Context, handle string, hosts []s
 // host-local checkpoints it lacks from that shim, in the background.
 func (c *Coordinator) shimRegistered(host string) {
 	if c.recoverCatalog {
-		c.inBackground(func() { c.recoverFrom(context.Background(), host) })
+		c.inBackground(context.Background(), func(ctx context.Context) { c.recoverFrom(ctx, host) })
 	}
 }
 

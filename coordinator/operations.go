@@ -136,7 +136,7 @@ func (c *Coordinator) CheckpointDetails(ctx context.Context, id string, opts Che
 	}
 	if res.Handle != "" && c.localCkpts {
 		// Committed: its images are on one host each until copied.
-		c.inBackground(func() { c.replicate(context.WithoutCancel(ctx), res.Handle) })
+		c.inBackground(ctx, func(ctx context.Context) { c.replicate(ctx, res.Handle) })
 	}
 	return res, err
 }
@@ -447,12 +447,12 @@ func (c *Coordinator) prune(job string, log *slog.Logger) {
 	// checkpoint's on a parallel file system far longer), and so are their
 	// copies in the shims' stores (host-local checkpoints): a host that is
 	// down answers late or never.
-	c.inBackground(func() {
+	c.inBackground(context.Background(), func(context.Context) {
 		if err := c.store.Sweep(job); err != nil {
 			log.Warn("remove pruned checkpoints' files", "err", err)
 		}
 	})
-	c.inBackground(func() { c.dropStored(context.Background(), gone, log) })
+	c.inBackground(context.Background(), func(ctx context.Context) { c.dropStored(ctx, gone, log) })
 }
 
 // placeVars are the environment variables that tell a job-node where it is

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/torpor-hpc/torpor/shim/criu"
-	"golang.org/x/sys/unix"
 )
 
 // Config chooses what to run.
@@ -199,15 +198,6 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 			fail("B5 cluster", err)
 		}
 		for _, n := range plan.FakeNodes {
-			// The images the benchmarks before wrote (GBs by now) are still
-			// being written back: a journal commit (each fsync of the
-			// catalog) would wait for their blocks, and the point would
-			// time the disk's backlog, not the coordination.
-			if d, err := syncFS(work); err != nil {
-				logf("B5: sync the work directory's file system: %v", err)
-			} else {
-				logf("B5: synced the work directory's file system in %v before %d fake job-nodes", d.Round(time.Millisecond), n)
-			}
 			p := runCoordFake(ctx, filepath.Join(work, "fake"), n, 16, max(plan.Reps, 5))
 			logf("B5 fake %d job-nodes: checkpoint median %.1f ms %s", n, p.Wall.Median, p.Err)
 			res.Coord = append(res.Coord, p)
@@ -411,19 +401,4 @@ func Write(res *Result, out, plotter string) ([]string, error) {
 		return nil, err
 	}
 	return append(files, filepath.Join(out, "latest.md")), nil
-}
-
-// syncFS flushes the file system that holds dir (syncfs(2)) and says how
-// long that took.
-func syncFS(dir string) (time.Duration, error) {
-	f, err := os.Open(dir)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	start := time.Now()
-	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return 0, fmt.Errorf("syncfs %s: %w", dir, err)
-	}
-	return time.Since(start), nil
 }

@@ -119,11 +119,11 @@ func TestJobSpecYieldWhenIdle(t *testing.T) {
 		yield []bool // per job-node
 	}{
 		{"-n 2 ./app", 2, []bool{false}},
-		{"-n 4 ./app", 2, []bool{true}}, // more ranks than cores, no flag needed
+		{"-n 4 ./app", 2, []bool{true}},                  // more ranks than cores, no flag needed
 		{"-n 1 --oversubscribe ./app", 8, []bool{false}}, // allowed, not needed: as mpirun
 		{"-n 2 --oversubscribe ./app", 2, []bool{false}},
 		{"-n 5 --host a:2,b:2 --oversubscribe ./app", 8, []bool{true, false}}, // a has 3 ranks for 2 slots
-		{"-n 3 --host a:2,b:2 ./app", 1, []bool{true, false}}, // a has 2 ranks, b 1
+		{"-n 3 --host a:2,b:2 ./app", 1, []bool{true, false}},                 // a has 2 ranks, b 1
 		{"-n 3 --host a:2,b:2 ./app", 2, []bool{false, false}},
 	}
 	for _, tt := range tests {

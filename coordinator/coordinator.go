@@ -542,4 +542,9 @@ func (c *Coordinator) StopBackground(grace time.Duration) bool {
 	}
 }
 
+// WaitBackground waits until the work the coordinator started in the
+// background has ended: the copies of host-local checkpoints to their
+// replicas, the drops of pruned images from the shims' stores, the catalog
+// recoveries. Whoever closes the shims or their stores under an embedded
+// coordinator (the benchmark) calls it first.
 func (c *Coordinator) WaitBackground() { c.background.Wait() }

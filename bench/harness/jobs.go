@@ -78,13 +78,17 @@ type CkptSample struct {
 	Total   int64                    `json:"total_bytes"`
 }
 
-// ckptPhases names the phases of a checkpoint, in order. "commit" is the
-// time between the last dump and the first unlock (catalog commit, prune);
-// "resume" is unlock then thaw.
-var ckptPhases = []string{"prepare", "freeze", "drain", "lock", "dump", "commit", "resume"}
+// ckptPhases names the phases of a checkpoint, in order. "open" is the
+// coordinator's own work before its first call to a shim (the job marked
+// busy in its registry, the checkpoint begun in the catalog); "commit" is
+// the time between the last dump and the first unlock (catalog commit,
+// prune); "resume" is unlock then thaw; "close" is from the end of the last
+// call to a shim until Checkpoint returned (the registry written again).
+var ckptPhases = []string{"open", "prepare", "freeze", "drain", "lock", "dump", "commit", "resume", "close"}
 
 // Checkpoint takes one leave-running (or, with stop, suspending) checkpoint.
 func (j *Job) Checkpoint(ctx context.Context, stop bool) (CkptSample, string, error) {
+	j.e.settle()
 	mark := j.e.Rec.Mark()
 	start := time.Now()
 	h, err := j.e.Coord.Checkpoint(ctx, j.ID, coordinator.CheckpointOptions{Stop: stop})
@@ -103,6 +107,18 @@ func (j *Job) Checkpoint(ctx context.Context, stop bool) (CkptSample, string, er
 	} else {
 		s.Phases["commit"] = gap(calls, "dump", "unlock")
 		s.Phases["resume"] = spanDur(calls, "unlock") + gap(calls, "unlock", "thaw") + spanDur(calls, "thaw")
+	}
+	if len(calls) > 0 {
+		first, last := calls[0].Start, calls[0].End
+		for _, c := range calls {
+			if c.Start.Before(first) {
+				first = c.Start
+			}
+			if c.End.After(last) {
+				last = c.End
+			}
+		}
+		s.Phases["open"], s.Phases["close"] = first.Sub(start), start.Add(wall).Sub(last)
 	}
 	for n, d := range dumps(calls) {
 		s.CRIU[n], s.Bytes[n] = d.CRIUTime, d.Bytes
@@ -208,6 +224,7 @@ func (j *Job) SuspendRestart(ctx context.Context) (CkptSample, RestartSample, er
 	if err != nil {
 		return cs, RestartSample{}, err
 	}
+	j.e.settle()
 	w, err := j.watched(ctx, mount, j.Spec, j.Spec, func() error {
 		_, err := j.e.Coord.Restart(ctx, h, coordinator.RestartOptions{})
 		return err
@@ -325,6 +342,7 @@ func (j *Job) Migrate(ctx context.Context, node, to string, mode coordinator.Pos
 		}
 	}
 	var res coordinator.MigrateResult
+	j.e.settle()
 	w, err := j.watched(ctx, mount, spec, moved, func() error {
 		var err error
 		res, err = j.e.Coord.MigrateDetails(ctx, j.ID, node, to, coordinator.MigrateOptions{PostCopy: mode})

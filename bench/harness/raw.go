@@ -114,11 +114,16 @@ type RawDump struct {
 // still runs one CRIU dump at a time on this machine), leaving them running
 // or not. The network is locked around the dumps, not inside Wall.
 func (r *RawSet) Dump(ctx context.Context, tag string, parallel, leaveRunning bool) (RawDump, []string, error) {
+	// Only the newest sample's images are kept, as torpor keeps only the
+	// newest checkpoint here (see settle).
+	if err := os.RemoveAll(r.dir); err != nil {
+		return RawDump{}, nil, err
+	}
 	dirs := make([]string, len(r.sbs))
 	for i := range r.sbs {
 		dirs[i] = filepath.Join(r.dir, tag, fmt.Sprintf("n%d", i))
-		_ = os.RemoveAll(dirs[i])
 	}
+	r.e.settle()
 	if err := r.lock(); err != nil {
 		return RawDump{}, nil, err
 	}
@@ -166,6 +171,7 @@ type RawRestore struct {
 func (r *RawSet) Restore(ctx context.Context, dirs []string, parallel bool, memBase []uint64) (RawRestore, error) {
 	res := make([]criu.RestoreResult, len(r.sbs))
 	errs := make([]error, len(r.sbs))
+	r.e.settle()
 	start := time.Now()
 	if parallel {
 		var wg sync.WaitGroup

@@ -137,7 +137,7 @@ func Markdown(r *Result, plots []string) string {
 			}
 			w(" %s | %s |\n", f1(p.CRIUSum.Median), f1(p.TorporWall.Median))
 		}
-		w("\n`dump` contains CRIU (Σ CRIU) plus the shim's own work (RDMA check, output copy, the node manifest: the memory images' BLAKE3 is computed while CRIU writes them, the rest after). `commit` is the catalog commit between the last dump and the first unlock; `resume` is unlock then thaw.\n\n")
+		w("\n`dump` contains CRIU (Σ CRIU) plus the shim's own work (RDMA check, output copy, the node manifest: the memory images' BLAKE3 is computed while CRIU writes them, the rest after). `commit` is the catalog commit between the last dump and the first unlock; `resume` is unlock then thaw. `open` and `close` are the coordinator's own work before its first and after its last call to a shim (the job registry written, each time with an fsync; the checkpoint begun in the catalog).\n\n")
 
 		w("## B3 restart latency\n\n")
 		w("torpor = `Restart` of a suspended job (verify the job manifest, node manifests and sizes; restore every job-node locked while its shim verifies the images' contents; unlock, thaw). raw = `criu restore` of the same workload's images into its sandboxes, one at a time (seq) and all at once (par), then the veth up. unlock→TCP = time from the end of the unlock until every job-node's namespace has received a TCP segment again (Tcp InSegs in /proc/<pid>/net/snmp, polled every 2 ms from the last thaw on, while `Restart` still returns); hundreds of ms would mean the peers wait for a retransmission timeout.\n\n")
@@ -252,7 +252,7 @@ func Markdown(r *Result, plots []string) string {
 		}
 		w("\n")
 	}
-	w("Caveats: one 2-core machine; hosts are network namespaces on one kernel; CRIU dumps are serialized machine-wide; images go to the page cache (write ms is the matching limit, write+fsync the durable one); the raw comparisons run after the torpor job is gone, on the same hosts.\n")
+	w("Caveats: one 2-core machine; hosts are network namespaces on one kernel; CRIU dumps are serialized machine-wide; images go to the page cache (write ms is the matching limit, write+fsync the durable one); the raw comparisons run after the torpor job is gone, on the same hosts; before every timed sample the benchmark waits for the coordinator's background work and writes every dirty page back (sync), and each side keeps only its newest images (bench/README.md, \"Settling between samples\").\n")
 	return b.String()
 }
 

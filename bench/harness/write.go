@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // WriteSample is a plain write of the same bytes as a checkpoint, to the same
@@ -35,6 +37,7 @@ func plainWrite(dir string, total int64, files int) (WriteSample, error) {
 		}
 	}()
 	s := WriteSample{Bytes: total}
+	unix.Sync() // see Env.settle
 	start := time.Now()
 	for i := 0; i < files; i++ {
 		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("pages-%d.img", i)))

@@ -22,8 +22,8 @@ import (
 // It follows the files of the node directory's top level that its follow
 // function picks (the shim picks CRIU's memory pages, pages-<id>.img, which
 // CRIU only ever appends to): it opens each as soon as it appears and hashes
-// whatever has been appended since it last looked, polling every
-// streamPoll while nothing is new. Every file already below the directory
+// whatever has been appended since it last looked, whenever the directory
+// changed (DirWatch; polling every streamPoll if it cannot be watched). Every file already below the directory
 // when the hasher starts (what the shim wrote before CRIU: the application's
 // files) is hashed whole once in the background: it is complete. Such a
 // file is never followed, even if follow picks its name: a writer that
@@ -78,7 +78,8 @@ type FileSum struct {
 // Sums are FileSums by path relative to the node directory, '/'-separated.
 type Sums map[string]FileSum
 
-// streamPoll is how long the hasher sleeps when no followed file grew.
+// streamPoll is how long the hasher sleeps when no followed file grew and
+// it cannot watch the directory (WatchDir failed).
 const streamPoll = time.Millisecond
 
 // StartStreamHasher starts hashing dir's files: those follow picks (a name
@@ -114,6 +115,13 @@ func (s *StreamHasher) run() {
 	defer s.close()
 	buf := make([]byte, 1<<20)
 	complete := s.complete
+	// Woken by the writer's changes (see DirWatch), else by polling.
+	var changed <-chan struct{}
+	wait := streamPoll
+	if w, err := WatchDir(s.dir); err == nil {
+		defer w.Close()
+		changed, wait = w.C, FollowSafety
+	}
 	for {
 		select {
 		case <-s.stop:
@@ -133,7 +141,8 @@ func (s *StreamHasher) run() {
 		}
 		select {
 		case <-s.stop:
-		case <-time.After(streamPoll):
+		case <-changed:
+		case <-time.After(wait):
 		}
 	}
 }

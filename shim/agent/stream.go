@@ -185,7 +185,7 @@ func (a *Agent) dropLocalDump(n *node) {
 }
 
 // followPoll is how often SendImages looks for more of the memory images
-// while CRIU writes them.
+// while CRIU writes them when it cannot watch their directory.
 const followPoll = 2 * time.Millisecond
 
 // SendImages implements agentapi.ImageServer: the files of the local dump
@@ -211,6 +211,13 @@ func (a *Agent) SendImages(ctx context.Context, ref agentapi.NodeRef, checkpoint
 	s := &imageSender{root: root, send: send, sent: map[string]int64{}, open: map[string]*os.File{},
 		buf: make([]byte, imageChunk), corrupt: a.cfg.Faults.Has(fault.CorruptSentImages), log: a.log}
 	defer s.close()
+	// Woken by CRIU's writes (see catalog.DirWatch), else by polling.
+	var changed <-chan struct{}
+	wait := followPoll
+	if w, err := catalog.WatchDir(a.migrationDir(ref.Job, ref.Node, "out")); err == nil {
+		defer w.Close()
+		changed, wait = w.C, catalog.FollowSafety
+	}
 	start := time.Now()
 	for following := true; following; {
 		select {
@@ -227,7 +234,8 @@ func (a *Agent) SendImages(ctx context.Context, ref agentapi.NodeRef, checkpoint
 			case <-done:
 			case <-ctx.Done():
 				return "", ctx.Err()
-			case <-time.After(followPoll):
+			case <-changed:
+			case <-time.After(wait):
 			}
 		}
 	}

@@ -1014,28 +1014,33 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		// Runs last, once every half-restored part is gone.
 		defer a.setAsideOnCorrupt(req.Checkpoint, spec.Name, &err)
 	}
-	var early chan madeNode // a streamed restore's sandbox, made while its images arrive
-	if req.From != "" {
-		if req.Checkpoint == "" {
-			return fmt.Errorf("%w: restore %s/%s from the images of another shim needs the checkpoint's handle", agentapi.ErrInvalid, job, spec.Name)
+	switch {
+	case req.From != "" && req.Checkpoint == "":
+		return fmt.Errorf("%w: restore %s/%s from the images of another shim needs the checkpoint's handle", agentapi.ErrInvalid, job, spec.Name)
+	case req.From == "" && (req.Dir == "" || req.Checkpoint == ""):
+		return fmt.Errorf("%w: restore %s/%s needs the images' directory and the checkpoint's handle", agentapi.ErrInvalid, job, spec.Name)
+	}
+	// The sandbox (network namespace, veth, cgroup: 7-30 ms here) is made
+	// while the images arrive and are checked: it needs none of them, and
+	// the job-node is down until the restore (a stop-copy migration) or
+	// the job waits for it (a restart). It only ever holds a tree CRIU
+	// restores below, after every check.
+	early := make(chan madeNode, 1)
+	go func() {
+		n, err := a.create(ctx, job, spec, true)
+		early <- madeNode{n, err}
+	}()
+	defer func() {
+		if early == nil {
+			return // taken below, and destroyed there on failure
 		}
-		// The sandbox is made while the images arrive: it needs none of
-		// them, and a stop-copy migration's job-node is down until here.
-		early = make(chan madeNode, 1)
-		go func() {
-			n, err := a.create(ctx, job, spec, true)
-			early <- madeNode{n, err}
-		}()
-		defer func() {
-			if early == nil {
-				return // taken below, and destroyed there on failure
+		if m := <-early; m.n != nil {
+			if derr := a.destroy(context.WithoutCancel(ctx), m.n); derr != nil {
+				a.log.Warn("destroy the job-node of a failed restore", "job", job, "node", spec.Name, "err", derr)
 			}
-			if m := <-early; m.n != nil {
-				if derr := a.destroy(context.WithoutCancel(ctx), m.n); derr != nil {
-					a.log.Warn("destroy the job-node of a failed restore", "job", job, "node", spec.Name, "err", derr)
-				}
-			}
-		}()
+		}
+	}()
+	if req.From != "" {
 		var sum string
 		if req.Dir, sum, err = a.fetchImages(ctx, job, spec.Name, req.Checkpoint, req.From); err != nil {
 			return err
@@ -1103,14 +1108,9 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		}
 		defer pages.stop()
 	}
-	var n *node
-	if early != nil {
-		m := <-early
-		early = nil
-		n, err = m.n, m.err
-	} else {
-		n, err = a.create(ctx, job, spec, true)
-	}
+	m := <-early
+	early = nil
+	n, err := m.n, m.err
 	if err != nil {
 		return err
 	}

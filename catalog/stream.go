@@ -23,9 +23,10 @@ import (
 // function picks (the shim picks CRIU's memory pages, pages-<id>.img, which
 // CRIU only ever appends to): it opens each as soon as it appears and hashes
 // whatever has been appended since it last looked, whenever the directory
-// changed (DirWatch; polling every streamPoll if it cannot be watched). Every file already below the directory
-// when the hasher starts (what the shim wrote before CRIU: the application's
-// files) is hashed whole once in the background: it is complete. Such a
+// changed (DirWatch; polling every streamPoll if it cannot be watched).
+// Every file already below the directory when the hasher starts (what the
+// shim wrote before CRIU: the application's files) is hashed whole once in
+// the background: it is complete. Such a
 // file is never followed, even if follow picks its name: a writer that
 // truncated and rewrote it would not be appending.
 //

@@ -215,7 +215,7 @@ func TestMPIAsUser(t *testing.T) {
 			want := reference(t, p.mpirun, 4, bin, args...)
 			j := c.runMPIAs(alice, p.name, 4, "h1:2,h2:2", bin, args...)
 			j.progress("started")
-			c.assertRanksAre(alice, j.id, "started")
+			c.assertRanksAre(alice, j.id, "started", 4)
 			h := lastLines(c.mustCLIAs(alice, "checkpoint", j.id), 1)
 			j.progress("checkpoint " + h)
 			h = lastLines(c.mustCLIAs(alice, "suspend", j.id), 1)
@@ -241,10 +241,10 @@ func TestMPIAsUser(t *testing.T) {
 			c.mustCLIAs(alice, "restart", h, "--host", "n0=h3", "--host", "n1=h4")
 			c.checkSentinel(sentinel)
 			j.progress("restart on h3,h4")
-			c.assertRanksAre(alice, j.id, "restored on h3,h4")
+			c.assertRanksAre(alice, j.id, "restored on h3,h4", 4)
 			c.mustCLIAs(alice, "migrate", j.id, "--node", "n1", "--to", "h1")
 			j.progress("migrate n1 to h1")
-			c.assertRanksAre(alice, j.id, "migrated to h1")
+			c.assertRanksAre(alice, j.id, "migrated to h1", 4)
 			got := j.finish(3*time.Minute, p.hangOK)
 			t.Logf("%s as %s: checksum %s under torpor, %s undisturbed", p.name, alice.Name, got, want)
 			if got != want {
@@ -303,8 +303,10 @@ func (c *cluster) runMPIAs(u *testuser.User, name string, np int, hosts string, 
 // assertRanksAre checks /proc/PID/status of every process of every
 // job-node of job: each runs as u (real, effective, saved and fs uid and
 // gid) with no capability, except each job-node's init (PID 1 of its
-// namespace), which is root.
-func (c *cluster) assertRanksAre(u *testuser.User, job, when string) {
+// namespace), which is root. At least min such processes must be found:
+// the ones the job keeps for its whole life (a shell's short-lived children
+// come and go, so they are checked when seen but not counted on).
+func (c *cluster) assertRanksAre(u *testuser.User, job, when string, min int) {
 	c.t.Helper()
 	root := filepath.Join(cgroupMount(c.t), c.cgParent)
 	ids := fmt.Sprint(u.UID)
@@ -340,8 +342,8 @@ func (c *cluster) assertRanksAre(u *testuser.User, job, when string) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if checked < 4 {
-		c.t.Fatalf("%s: only %d processes of job %s found", when, checked, job)
+	if checked < min {
+		c.t.Fatalf("%s: only %d processes of job %s found, want at least %d", when, checked, job, min)
 	}
 	c.t.Logf("%s: %d processes of job %s run as %s (uid %d)", when, checked, job, u.Name, u.UID)
 }
@@ -390,7 +392,9 @@ func TestForgedCredentialsRefused(t *testing.T) {
 		t.Fatalf("job is %s after the refused restart, want suspended", st)
 	}
 	c.mustCLIAs(alice, "restart", good)
-	c.assertRanksAre(alice, job, "restarted from "+good)
+	// Each job-node's shell lives throughout; its `sleep 0.1` may be
+	// between one child and the next when the processes are read.
+	c.assertRanksAre(alice, job, "restarted from "+good, 2)
 	if err := os.WriteFile(stop, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -249,16 +249,19 @@ func runCoordFake(ctx context.Context, dir string, n, hosts, reps int) (p CoordP
 		return p
 	}
 	for r := 0; r < reps; r++ {
+		// Settled as every other sample (Env.settle): the pruned
+		// checkpoint's files are removed in the background, which
+		// checkpoints minutes apart find long done; and the checkpoint's
+		// fsyncs would otherwise also write back whatever the benchmark
+		// wrote before it (the real B5 points' images).
+		c.WaitBackground()
+		unix.Sync()
 		start := time.Now()
 		if _, err := c.Checkpoint(ctx, "fake", coordinator.CheckpointOptions{}); err != nil {
 			p.Err = err.Error()
 			return p
 		}
 		p.Samples = append(p.Samples, CkptSample{Wall: time.Since(start)})
-		// The pruned checkpoint's files are removed in the background;
-		// checkpoints minutes apart find that long done. Here the next
-		// would start meanwhile and share the disk and the 2 cores with it.
-		c.WaitBackground()
 	}
 	p.summarise()
 	return p

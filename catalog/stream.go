@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // StreamHasher hashes a job-node's images while they are written, so that
@@ -37,6 +39,13 @@ import (
 // A file rewritten in place between two reads of the hasher (which the files
 // it follows never are) would get a wrong sum: the checkpoint then fails
 // verification at restart, it never passes with bytes nobody hashed.
+//
+// Release lets a reader that copies the followed files elsewhere as they
+// grow (a streamed migration's sender) free what it has copied: the hasher
+// punches a hole over every whole page of a followed file that both it has
+// hashed and Release allowed, so that the file's page cache goes back to the
+// kernel while the rest is still written. It does so before it takes each
+// file's final stat, so the sums stay valid.
 type StreamHasher struct {
 	dir    string
 	follow func(name string) bool
@@ -46,6 +55,9 @@ type StreamHasher struct {
 	done chan struct{}
 
 	stopOnce sync.Once
+
+	relMu    sync.Mutex
+	released map[string]int64 // Release's offsets, by followed file
 
 	// Only the hasher's goroutine touches these until done is closed.
 	files    map[string]*streamFile
@@ -60,6 +72,10 @@ type streamFile struct {
 	h hash.Hash
 	n int64
 	z *compressedOut // the compressed copy, with a codec
+	// punched: the bytes before it are a hole (see Release), which it
+	// punches through w, the same file opened for writing.
+	punched int64
+	w       *os.File
 }
 
 // FileSum is a file's digest (BLAKE3, as NodeManifestFormat records it) as
@@ -127,10 +143,17 @@ func (s *StreamHasher) run() {
 		select {
 		case <-s.stop:
 			s.err = s.scan(buf) // the writer is done: read to the end
+			if s.err == nil {
+				s.err = s.punch()
+			}
 			return
 		default:
 		}
 		if err := s.scan(buf); err != nil {
+			s.err = err
+			return
+		}
+		if err := s.punch(); err != nil {
 			s.err = err
 			return
 		}
@@ -153,6 +176,11 @@ func (s *StreamHasher) run() {
 // copy is completed and its raw file removed, unless the raw file is not
 // what was compressed (then the hashing fails: nothing can be re-read).
 func (s *StreamHasher) close() {
+	for _, st := range s.files {
+		if st.w != nil {
+			st.w.Close()
+		}
+	}
 	for name, st := range s.files {
 		if st.z == nil {
 			if sum, ok := st.sum(); ok && s.err == nil {
@@ -255,6 +283,66 @@ func (s *StreamHasher) scan(buf []byte) error {
 	}
 	return nil
 }
+
+// Release says that the bytes of the followed file name (a name in the
+// directory's top level) before offset off are needed by nobody but the
+// hasher: once it has hashed them, it frees them (a hole, the file's size
+// kept). Called after Finish or Stop, or for a file the hasher compresses,
+// it does nothing: from then on the file stays as hashed.
+func (s *StreamHasher) Release(name string, off int64) {
+	if s.codec != "" {
+		return
+	}
+	s.relMu.Lock()
+	defer s.relMu.Unlock()
+	if s.released == nil {
+		s.released = map[string]int64{}
+	}
+	if off > s.released[name] {
+		s.released[name] = off
+	}
+}
+
+// punch frees, in each followed file, the whole pages before both the
+// hashed bytes and Release's offset. Run by the hasher's goroutine only,
+// before it takes the files' final stat.
+func (s *StreamHasher) punch() error {
+	if s.codec != "" {
+		return nil
+	}
+	s.relMu.Lock()
+	defer s.relMu.Unlock()
+	for name, off := range s.released {
+		st := s.files[name]
+		if st == nil {
+			continue
+		}
+		end := min(off, st.n) &^ (punchAlign - 1)
+		if end <= st.punched {
+			continue
+		}
+		if st.w == nil {
+			// The very file the hasher reads, not whatever has its name now.
+			w, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", st.f.Fd()), os.O_WRONLY, 0)
+			if err != nil {
+				return ioErr("open for freeing", filepath.Join(s.dir, name), err)
+			}
+			st.w = w
+		}
+		if err := unix.Fallocate(int(st.w.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, st.punched, end-st.punched); err != nil {
+			if errors.Is(err, unix.EOPNOTSUPP) {
+				delete(s.released, name) // a file system without holes: keep the bytes
+				continue
+			}
+			return ioErr("free the copied part of", filepath.Join(s.dir, name), err)
+		}
+		st.punched = end
+	}
+	return nil
+}
+
+// punchAlign: holes are punched over whole pages only.
+const punchAlign = 4096
 
 // sum is the file's hash if its size is what was hashed.
 func (st *streamFile) sum() (FileSum, bool) {

@@ -3,12 +3,16 @@ package catalog
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestStreamHasher: files hashed while a writer appends to them, and files
@@ -154,4 +158,90 @@ func TestStreamHasherStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.Stop()
+}
+
+// TestStreamHasherRelease: what a reader released of a followed file is
+// freed (a hole) once hashed, up to the last whole page before the released
+// offset; the sums are those of the bytes written, and the node manifest
+// takes them (hashing the file again would read the hole's zeros). After
+// Finish, Release changes nothing.
+func TestStreamHasherRelease(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		released int64 // -1: everything written
+		wantData int64 // the first offset SEEK_DATA finds; -1: none (all a hole)
+	}{
+		{"all", -1, 479232}, // 480000 bytes: the last, partial page stays
+		{"part", 100000, 98304},
+		{"none", 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "n0")
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			h := StartStreamHasher(dir, func(name string) bool { return strings.HasPrefix(name, "pages-") })
+			defer h.Stop()
+			p := filepath.Join(dir, "pages-1.img")
+			f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := newBLAKE3()
+			var written int64
+			chunk := make([]byte, 60000) // not a multiple of the page size
+			for i := 0; i < 8; i++ {
+				for j := range chunk {
+					chunk[j] = byte(i*7 + j%251 + 1)
+				}
+				if _, err := f.Write(chunk); err != nil {
+					t.Fatal(err)
+				}
+				want.Write(chunk)
+				written += int64(len(chunk))
+				if tc.released < 0 {
+					h.Release("pages-1.img", written)
+				}
+			}
+			if err := f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if tc.released > 0 {
+				h.Release("pages-1.img", tc.released)
+			}
+			sums, err := h.Finish(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.Release("pages-1.img", written) // after Finish: nothing
+			wantSum := hex.EncodeToString(want.Sum(nil))
+			if got := sums["pages-1.img"]; got.Digest != wantSum || got.Size != written {
+				t.Fatalf("sum %+v, want %s of %d bytes", got, wantSum, written)
+			}
+			nm, err := WriteNodeManifestWith(context.Background(), dir, sums)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(nm.Files) != 1 || nm.Files[0].BLAKE3 != wantSum {
+				t.Fatalf("node manifest %+v, want pages-1.img with %s", nm.Files, wantSum)
+			}
+			rf, err := os.Open(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rf.Close()
+			data, err := unix.Seek(int(rf.Fd()), 0, unix.SEEK_DATA)
+			if errors.Is(err, unix.ENXIO) {
+				data = -1
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if data != tc.wantData {
+				t.Fatalf("first data at %d, want %d (-1: the file is all a hole)", data, tc.wantData)
+			}
+			if st, _ := rf.Stat(); st.Size() != written {
+				t.Fatalf("size %d after the holes, want %d", st.Size(), written)
+			}
+		})
+	}
 }

@@ -156,6 +156,10 @@ type node struct {
 	localSHA  string
 	localErr  error
 	localSet  chan struct{}
+	// localHasher hashes the local dump being written (stop-and-copy, no
+	// codec): the sender releases to it what it has sent, which the hasher
+	// frees once hashed (catalog.StreamHasher.Release).
+	localHasher *catalog.StreamHasher
 }
 
 var _ agentapi.Agent = (*Agent)(nil)
@@ -768,6 +772,16 @@ func (a *Agent) dump(ctx context.Context, n *node, ref agentapi.NodeRef, req age
 	// With a codec they are stored compressed, also as CRIU writes them.
 	hasher := catalog.StartStreamCompressor(req.Dir, criu.IsPages, codec)
 	defer hasher.Stop()
+	if req.Local && codec == "" && !opts.LazyPages {
+		n.mu.Lock()
+		n.localHasher = hasher
+		n.mu.Unlock()
+		defer func() {
+			n.mu.Lock()
+			n.localHasher = nil
+			n.mu.Unlock()
+		}()
+	}
 	res, err := n.sb.Dump(ctx, a.drv, opts)
 	criuDone := time.Now()
 	if w != nil {

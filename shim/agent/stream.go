@@ -209,7 +209,15 @@ func (a *Agent) SendImages(ctx context.Context, ref agentapi.NodeRef, checkpoint
 	}
 	defer root.Close()
 	s := &imageSender{root: root, send: send, sent: map[string]int64{}, open: map[string]*os.File{},
-		buf: make([]byte, imageChunk), corrupt: a.cfg.Faults.Has(fault.CorruptSentImages), log: a.log}
+		buf: make([]byte, imageChunk), corrupt: a.cfg.Faults.Has(fault.CorruptSentImages), log: a.log,
+		release: func(name string, off int64) {
+			n.mu.Lock()
+			h := n.localHasher
+			n.mu.Unlock()
+			if h != nil {
+				h.Release(name, off)
+			}
+		}}
 	defer s.close()
 	// Woken by CRIU's writes (see catalog.DirWatch), else by polling.
 	var changed <-chan struct{}
@@ -257,7 +265,32 @@ func (a *Agent) SendImages(ctx context.Context, ref agentapi.NodeRef, checkpoint
 	}
 	a.log.Info("sent migration images", "job", ref.Job, "node", ref.Node, "ckpt", checkpoint, "files", len(s.sent), "bytes", s.bytes,
 		"during_dump", duringDump, "elapsed", time.Since(start))
+	a.dropSentDump(n, checkpoint)
 	return sha, nil
+}
+
+// dropSentDump removes n's local dump for checkpoint once it was sent
+// whole: a stop-and-copy migration has one destination, and a rollback
+// thaws the tree that is still here, so nothing reads those images again.
+// Keeping them until the job-node leaves held a second copy of its memory
+// in this host's page cache while the destination restores. A post-copy
+// source keeps them: its CRIU, serving the pages, still writes there.
+//
+// This runs on the sender's goroutine, not in an operation the coordinator
+// serializes: n.mu is held while the files go, so that a local dump
+// beginning meanwhile (dumpLocal takes n.mu before it touches the
+// directory) finds them gone, and one that began first is left alone.
+func (a *Agent) dropSentDump(n *node, checkpoint string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.local != checkpoint || n.pages != nil {
+		return
+	}
+	n.local = ""
+	n.localChanged()
+	if err := os.RemoveAll(a.migrationDir(n.job, n.spec.Name, "out")); err != nil {
+		a.log.Warn("remove sent migration images", "job", n.job, "node", n.spec.Name, "err", err)
+	}
 }
 
 // imageSender sends one dump's files, each from where it last stopped.
@@ -270,6 +303,9 @@ type imageSender struct {
 	bytes   int64
 	corrupt bool // fault.CorruptSentImages
 	log     interface{ Warn(string, ...any) }
+	// release tells the dump's hasher what was sent of a file (nil: nobody
+	// to tell).
+	release func(name string, off int64)
 }
 
 func (s *imageSender) close() {
@@ -340,6 +376,9 @@ func (s *imageSender) sendFrom(name string) (int64, error) {
 			s.sent[name] = off + int64(k)
 			s.bytes += int64(k)
 			moved += int64(k)
+			if s.release != nil {
+				s.release(name, s.sent[name])
+			}
 		}
 		if rerr == io.EOF {
 			return moved, nil

@@ -150,6 +150,11 @@ func TestStreamImages(t *testing.T) {
 	if sum != "abc123" {
 		t.Fatalf("the node manifest digest arrived as %q", sum)
 	}
+	// Sent whole (the digest goes last, after the source dropped them):
+	// nothing reads the source's images again.
+	if _, err := os.Stat(out); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the source kept its sent images in %s (%v)", out, err)
+	}
 	if dir != dst.migrationDir("j", "n0", "in") || filepath.Base(dir) != "n0" {
 		t.Fatalf("fetched into %s", dir)
 	}

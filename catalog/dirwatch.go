@@ -3,6 +3,7 @@ package catalog
 import (
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -26,6 +27,9 @@ type DirWatch struct {
 	C    <-chan struct{}
 	f    *os.File
 	done chan struct{}
+
+	mu     sync.Mutex
+	closed bool // C receives nothing more
 }
 
 // FollowSafety is how often a reader waiting on a DirWatch looks anyway.
@@ -59,15 +63,28 @@ func (w *DirWatch) run(c chan<- struct{}) {
 		if _, err := w.f.Read(buf); err != nil {
 			return
 		}
-		select {
-		case c <- struct{}{}:
-		default: // a wake-up is pending already
+		w.mu.Lock()
+		if !w.closed {
+			select {
+			case c <- struct{}{}:
+			default: // a wake-up is pending already
+			}
 		}
+		w.mu.Unlock()
 	}
 }
 
-// Close stops watching. C receives nothing more.
+// Close stops watching: C receives nothing more once it returns. The
+// inotify instance is released in the background: the kernel waits for an
+// SRCU grace period as it tears one down (fsnotify's group destruction),
+// 0.2-18 ms on this VM in eight closes, and the hasher and the image sender
+// close theirs as a dump or a send ends, which waited for it.
 func (w *DirWatch) Close() {
-	w.f.Close()
-	<-w.done
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	go func() {
+		w.f.Close()
+		<-w.done
+	}()
 }

@@ -70,6 +70,13 @@ func TestDirWatchCloseEndsIt(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "x"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The inotify instance goes in the background; once its reader has
+	// ended, whatever it read after Close must not have reached C.
+	select {
+	case <-w.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the watch's reader did not end after Close")
+	}
 	select {
 	case <-w.C:
 		t.Fatal("woken after Close")

@@ -145,7 +145,7 @@ func (d *Driver) Dump(ctx context.Context, opts Options) (DumpResult, error) {
 		}
 	}
 	d.log.Debug("criu dump done", "pid", opts.Pid, "elapsed", res.Elapsed,
-		"frozen", st.FrozenTime, "pages", st.PagesWritten, "bytes", st.ImageBytes)
+		"frozen", st.FrozenTime, "memdump", st.MemdumpTime, "memwrite", st.MemwriteTime, "pages", st.PagesWritten, "bytes", st.ImageBytes)
 	return res, nil
 }
 

@@ -211,6 +211,10 @@ func TestMPIEveryOperation(t *testing.T) {
 			if p.ref != "" {
 				c.assertOMPI5Runtime(j.id, "started")
 			}
+			mpich := p.mpirun == "mpirun.mpich"
+			if mpich {
+				c.assertSysVWithinJobNodes(j.id, "started")
+			}
 			for i := 0; i < 3; i++ {
 				h := lastLines(c.mustCLI("checkpoint", j.id), 1)
 				j.progress("checkpoint " + h)
@@ -235,8 +239,14 @@ func TestMPIEveryOperation(t *testing.T) {
 			if p.ref != "" {
 				c.assertOMPI5Runtime(j.id, "restored on h4,h5,h6")
 			}
+			if mpich {
+				c.assertSysVWithinJobNodes(j.id, "restored on h4,h5,h6")
+			}
 			c.mustCLI("migrate", j.id, "--node", "n1", "--to", "h2")
 			j.progress("migrate n1 to h2")
+			if mpich {
+				c.assertSysVWithinJobNodes(j.id, "migrated n1 to h2")
+			}
 			got := j.finish(3*time.Minute, p.hangOK)
 			t.Logf("%s: checksum %s under torpor, %s undisturbed", p.name, got, want)
 			if got != want {
@@ -276,6 +286,83 @@ const ompi5Prefix = "/opt/torpor/ompi5/"
 // PMIx 5.0's libpmix (libpmix.so.2.13.x) of the Open MPI 5 prefix, and that
 // pmixd and the ranks map no shared object from outside that prefix (libpmix
 // and libhwloc find their plugins there, not the system's).
+// assertSysVWithinJobNodes checks that the ranks of each job-node of an
+// MPICH job talk through shared memory, not TCP: they live in an IPC
+// namespace of the job-node's own (not the host's, not another job-node's),
+// and every two ranks of a job-node map a SysV segment in common (UCX's sysv
+// transport). After a restore or a migration that shows CRIU brought the
+// namespace and its segments back.
+func (c *cluster) assertSysVWithinJobNodes(job, when string) {
+	c.t.Helper()
+	self, err := os.Readlink("/proc/self/ns/ipc")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	root := filepath.Join(cgroupMount(c.t), c.cgParent)
+	seenNS := map[string]string{} // IPC namespace -> job-node cgroup
+	nodes := 0
+	err = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.Name() != "cgroup.procs" || !strings.Contains(p, "/"+job+"/") {
+			return nil
+		}
+		data, _ := os.ReadFile(p)
+		var segs []map[string]bool
+		var ranks []string
+		for _, pid := range strings.Fields(string(data)) {
+			st, err := os.ReadFile("/proc/" + pid + "/status")
+			if err != nil || regexp.MustCompile(`(?m)^NSpid:.*\s1$`).Match(st) {
+				continue // gone meanwhile, or the sandbox's init
+			}
+			if cmd, _ := os.ReadFile("/proc/" + pid + "/cmdline"); strings.Contains(string(cmd), "\x00pmixd\x00") {
+				continue
+			}
+			ns, err := os.Readlink("/proc/" + pid + "/ns/ipc")
+			if err != nil {
+				continue
+			}
+			if ns == self {
+				c.t.Fatalf("%s: rank %s of job %s is in the host's IPC namespace %s", when, pid, job, ns)
+			}
+			if other, ok := seenNS[ns]; ok && other != filepath.Dir(p) {
+				c.t.Fatalf("%s: rank %s of job %s shares IPC namespace %s with another job-node (%s)", when, pid, job, ns, other)
+			}
+			seenNS[ns] = filepath.Dir(p)
+			maps, err := os.ReadFile("/proc/" + pid + "/maps")
+			if err != nil {
+				continue
+			}
+			set := map[string]bool{}
+			for _, line := range strings.Split(string(maps), "\n") {
+				if f := strings.Fields(line); len(f) >= 6 && strings.HasPrefix(f[5], "/SYSV") {
+					set[f[4]] = true
+				}
+			}
+			segs, ranks = append(segs, set), append(ranks, pid)
+		}
+		if len(ranks) < 2 {
+			return nil
+		}
+		nodes++
+		for i := 1; i < len(segs); i++ {
+			common := false
+			for id := range segs[0] {
+				common = common || segs[i][id]
+			}
+			if !common {
+				c.t.Fatalf("%s: ranks %s and %s of job %s (%s) map no SysV segment in common (%v, %v): they do not use shared memory", when, ranks[0], ranks[i], job, filepath.Dir(p), segs[0], segs[i])
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if nodes == 0 {
+		c.t.Fatalf("%s: no job-node of job %s with two ranks found", when, job)
+	}
+	c.t.Logf("%s: the ranks of %d job-nodes of %s share SysV memory in IPC namespaces of their own", when, nodes, job)
+}
+
 func (c *cluster) assertOMPI5Runtime(job, when string) {
 	c.t.Helper()
 	libpmix5 := regexp.MustCompile(`^` + regexp.QuoteMeta(ompi5Prefix) + `.*/libpmix\.so\.2\.13\.`)

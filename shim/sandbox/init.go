@@ -276,10 +276,13 @@ func capLastCap() (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(data)))
 }
 
-// initSysProcAttr is how the shim clones the init.
+// initSysProcAttr is how the shim clones the init: in PID, UTS and IPC
+// namespaces of its own. The IPC namespace keeps the job-node's SysV shared
+// memory (MPICH's ranks talk through it) apart from every other job-node's
+// and user's on the host, and CRIU dumps and restores it with the tree.
 func initSysProcAttr(cgroupFD int) *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{
-		Cloneflags:  unix.CLONE_NEWPID | unix.CLONE_NEWUTS,
+		Cloneflags:  unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC,
 		Setsid:      true,
 		UseCgroupFD: true,
 		CgroupFD:    cgroupFD,

@@ -101,6 +101,22 @@ func checkTree(t *testing.T, s *Sandbox, wantHostname string) {
 	if in := innerPid(t, pid); in != "1" {
 		t.Fatalf("init of %s has namespace pid %s, want 1", s.Name(), in)
 	}
+	// An IPC namespace of the tree's own, shared by the init and its child
+	// (after a restore too: CRIU recreates it).
+	host, err := os.Readlink("/proc/self/ns/ipc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ipc := func(p int) string {
+		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/ipc", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ns
+	}
+	if ns := ipc(pid); ns == host || ipc(childOf(t, pid)) != ns {
+		t.Fatalf("init of %s is in IPC namespace %s, its child in %s, the test in %s: want one of the tree's own", s.Name(), ns, ipc(childOf(t, pid)), host)
+	}
 	if h := hostnameOf(t, pid); h != wantHostname {
 		t.Fatalf("hostname of %s is %q, want %q", s.Name(), h, wantHostname)
 	}

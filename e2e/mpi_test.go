@@ -211,10 +211,7 @@ func TestMPIEveryOperation(t *testing.T) {
 			if p.ref != "" {
 				c.assertOMPI5Runtime(j.id, "started")
 			}
-			mpich := p.mpirun == "mpirun.mpich"
-			if mpich {
-				c.assertSysVWithinJobNodes(j.id, "started")
-			}
+			c.assertOwnIPCNamespaces(j.id, "started")
 			for i := 0; i < 3; i++ {
 				h := lastLines(c.mustCLI("checkpoint", j.id), 1)
 				j.progress("checkpoint " + h)
@@ -239,14 +236,10 @@ func TestMPIEveryOperation(t *testing.T) {
 			if p.ref != "" {
 				c.assertOMPI5Runtime(j.id, "restored on h4,h5,h6")
 			}
-			if mpich {
-				c.assertSysVWithinJobNodes(j.id, "restored on h4,h5,h6")
-			}
+			c.assertOwnIPCNamespaces(j.id, "restored on h4,h5,h6")
 			c.mustCLI("migrate", j.id, "--node", "n1", "--to", "h2")
 			j.progress("migrate n1 to h2")
-			if mpich {
-				c.assertSysVWithinJobNodes(j.id, "migrated n1 to h2")
-			}
+			c.assertOwnIPCNamespaces(j.id, "migrated n1 to h2")
 			got := j.finish(3*time.Minute, p.hangOK)
 			t.Logf("%s: checksum %s under torpor, %s undisturbed", p.name, got, want)
 			if got != want {
@@ -282,17 +275,11 @@ func TestCheckpointEvents(t *testing.T) {
 // ompi5Prefix is where `make deps` installs Open MPI 5 and PMIx 5.
 const ompi5Prefix = "/opt/torpor/ompi5/"
 
-// assertOMPI5Runtime checks that every job-node of job has a pmixd that maps
-// PMIx 5.0's libpmix (libpmix.so.2.13.x) of the Open MPI 5 prefix, and that
-// pmixd and the ranks map no shared object from outside that prefix (libpmix
-// and libhwloc find their plugins there, not the system's).
-// assertSysVWithinJobNodes checks that the ranks of each job-node of an
-// MPICH job talk through shared memory, not TCP: they live in an IPC
-// namespace of the job-node's own (not the host's, not another job-node's),
-// and every two ranks of a job-node map a SysV segment in common (UCX's sysv
-// transport). After a restore or a migration that shows CRIU brought the
-// namespace and its segments back.
-func (c *cluster) assertSysVWithinJobNodes(job, when string) {
+// assertOwnIPCNamespaces checks that the ranks of each job-node of job live
+// in an IPC namespace of the job-node's own: not the host's, not another
+// job-node's. After a restore or a migration that shows CRIU brought the
+// namespace back with the tree.
+func (c *cluster) assertOwnIPCNamespaces(job, when string) {
 	c.t.Helper()
 	self, err := os.Readlink("/proc/self/ns/ipc")
 	if err != nil {
@@ -306,8 +293,7 @@ func (c *cluster) assertSysVWithinJobNodes(job, when string) {
 			return nil
 		}
 		data, _ := os.ReadFile(p)
-		var segs []map[string]bool
-		var ranks []string
+		ranks := 0
 		for _, pid := range strings.Fields(string(data)) {
 			st, err := os.ReadFile("/proc/" + pid + "/status")
 			if err != nil || regexp.MustCompile(`(?m)^NSpid:.*\s1$`).Match(st) {
@@ -327,42 +313,26 @@ func (c *cluster) assertSysVWithinJobNodes(job, when string) {
 				c.t.Fatalf("%s: rank %s of job %s shares IPC namespace %s with another job-node (%s)", when, pid, job, ns, other)
 			}
 			seenNS[ns] = filepath.Dir(p)
-			maps, err := os.ReadFile("/proc/" + pid + "/maps")
-			if err != nil {
-				continue
-			}
-			set := map[string]bool{}
-			for _, line := range strings.Split(string(maps), "\n") {
-				if f := strings.Fields(line); len(f) >= 6 && strings.HasPrefix(f[5], "/SYSV") {
-					set[f[4]] = true
-				}
-			}
-			segs, ranks = append(segs, set), append(ranks, pid)
+			ranks++
 		}
-		if len(ranks) < 2 {
-			return nil
-		}
-		nodes++
-		for i := 1; i < len(segs); i++ {
-			common := false
-			for id := range segs[0] {
-				common = common || segs[i][id]
-			}
-			if !common {
-				c.t.Fatalf("%s: ranks %s and %s of job %s (%s) map no SysV segment in common (%v, %v): they do not use shared memory", when, ranks[0], ranks[i], job, filepath.Dir(p), segs[0], segs[i])
-			}
+		if ranks > 0 {
+			nodes++
 		}
 		return nil
 	})
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if nodes == 0 {
-		c.t.Fatalf("%s: no job-node of job %s with two ranks found", when, job)
+	if nodes < 2 {
+		c.t.Fatalf("%s: ranks of %d job-nodes of job %s found, want 2 or more", when, nodes, job)
 	}
-	c.t.Logf("%s: the ranks of %d job-nodes of %s share SysV memory in IPC namespaces of their own", when, nodes, job)
+	c.t.Logf("%s: the ranks of %d job-nodes of %s are in IPC namespaces of their own", when, nodes, job)
 }
 
+// assertOMPI5Runtime checks that every job-node of job has a pmixd that maps
+// PMIx 5.0's libpmix (libpmix.so.2.13.x) of the Open MPI 5 prefix, and that
+// pmixd and the ranks map no shared object from outside that prefix (libpmix
+// and libhwloc find their plugins there, not the system's).
 func (c *cluster) assertOMPI5Runtime(job, when string) {
 	c.t.Helper()
 	libpmix5 := regexp.MustCompile(`^` + regexp.QuoteMeta(ompi5Prefix) + `.*/libpmix\.so\.2\.13\.`)

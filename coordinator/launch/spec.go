@@ -174,16 +174,16 @@ func (o Options) mpiSpec(spec coordinator.JobSpec, prog string, rankEnv []string
 	}
 	if flavour == MPIMPICH {
 		wire = jobspec.WirePMI1
-		// Shared memory between the ranks of a job-node through UCX's
-		// sysv transport: SysV segments live in the job-node's own IPC
-		// namespace, which CRIU dumps and restores with them, and which
-		// no other job-node reaches. Not posix: UCX deems it unreachable
-		// in a PID namespace unless it opens the peer's /proc/PID/fd,
-		// which the sandbox's /proc (the host's) does not have. With
-		// TCP alone, B1's ring (2 ranks, 16-byte messages) ran 25-35 %
-		// slower than under mpiexec; with sysv, 115-131 thousand
-		// iterations in 10 s against 116-127 thousand (three runs each).
-		extra = []string{"UCX_TLS=tcp,sysv,self", "UCX_NET_DEVICES=" + SandboxIfName}
+		// TCP even between the ranks of one job-node. UCX 1.18's
+		// shared-memory endpoints (sysv, posix, cma) read the peer's
+		// /proc/PID/stat when they connect, to note its start time; the
+		// sandbox has a PID namespace of its own but the host's /proc, where
+		// the peer's PID names another process or none, and the connect
+		// fails ("failed to get start time for pid 25"): with sysv, 8 of 20
+		// 4-rank jobs died in MPI_Init. Shared memory needs a /proc of the
+		// job-node's own (a mount namespace). TCP costs B1's ring (2 ranks,
+		// 16-byte messages) 25-35 % against mpiexec.
+		extra = []string{"UCX_TLS=tcp,self", "UCX_NET_DEVICES=" + SandboxIfName}
 	}
 	var rt Runtime
 	if flavour != MPIMPICH {

@@ -103,7 +103,7 @@ func TestJobSpecMPICH(t *testing.T) {
 	if js.Wire != jobspec.WirePMI1 {
 		t.Errorf("wire = %q, want %q", js.Wire, jobspec.WirePMI1)
 	}
-	if want := []string{"UCX_TLS=tcp,sysv,self", "UCX_NET_DEVICES=eth0"}; !reflect.DeepEqual(js.ExtraEnv, want) {
+	if want := []string{"UCX_TLS=tcp,self", "UCX_NET_DEVICES=eth0"}; !reflect.DeepEqual(js.ExtraEnv, want) {
 		t.Errorf("extra env %q, want %q", js.ExtraEnv, want)
 	}
 	if want := []int{0, 1, 2, 3}; !reflect.DeepEqual(js.Nodes[0].Ranks, want) {

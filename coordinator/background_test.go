@@ -16,6 +16,7 @@ func TestStopBackground(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c.events.flush) // its history is written in the background
 	op, endOp := context.WithCancel(context.WithValue(context.Background(), ctxKey{}, "op"))
 	started := make(chan struct{})
 	got := make(chan string, 1)
@@ -43,6 +44,7 @@ func TestStopBackground(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c2.events.flush) // its history is written in the background
 	release := make(chan struct{})
 	defer close(release)
 	c2.inBackground(context.Background(), func(context.Context) { <-release })

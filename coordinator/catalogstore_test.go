@@ -34,6 +34,7 @@ func newCatalogFixture(t *testing.T, hosts ...string) (*fixture, *catalog.Store)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c.events.flush) // its history is written in the background
 	f.c = c
 	f.spec = JobSpec{ID: "job1", Owner: 1000}
 	for i, h := range hosts[:3] {

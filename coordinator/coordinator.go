@@ -182,6 +182,7 @@ func New(opts Options) (*Coordinator, error) {
 	if err != nil {
 		return nil, err
 	}
+	ev.saveFailed = func(err error) { c.log.Error("persist event history", "err", err) }
 	c.events = ev
 	c.lastState = map[string]State{}
 	for id, j := range c.jobs {
@@ -524,12 +525,14 @@ func (c *Coordinator) inBackground(ctx context.Context, fn func(ctx context.Cont
 // Its contexts are cancelled: a copy to a replica stops half-way (the
 // checkpoint stays, reported as not fully replicated); a removal of pruned
 // checkpoints' files has no context and runs on within grace (what it
-// leaves, the next coordinator's Store.Recover removes).
+// leaves, the next coordinator's Store.Recover removes). The event
+// history's last write is waited for too.
 func (c *Coordinator) StopBackground(grace time.Duration) bool {
 	c.bgStop()
 	done := make(chan struct{})
 	go func() {
 		c.background.Wait()
+		c.events.flush()
 		close(done)
 	}()
 	t := time.NewTimer(grace)
@@ -545,6 +548,9 @@ func (c *Coordinator) StopBackground(grace time.Duration) bool {
 // WaitBackground waits until the work the coordinator started in the
 // background has ended: the copies of host-local checkpoints to their
 // replicas, the drops of pruned images from the shims' stores, the catalog
-// recoveries. Whoever closes the shims or their stores under an embedded
+// recoveries, the writes of the event history. Whoever closes the shims or their stores under an embedded
 // coordinator (the benchmark) calls it first.
-func (c *Coordinator) WaitBackground() { c.background.Wait() }
+func (c *Coordinator) WaitBackground() {
+	c.background.Wait()
+	c.events.flush()
+}

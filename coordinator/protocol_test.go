@@ -34,6 +34,7 @@ func newFixture(t *testing.T, hosts ...string) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c.events.flush) // its history is written in the background
 	f.c = c
 	f.spec = JobSpec{ID: "job1", Owner: 1000}
 	for i, h := range hosts[:3] {
@@ -488,6 +489,7 @@ func TestRecoverAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c2.events.flush) // its history is written in the background
 	if j, _ := c2.Job("job1"); j.State != StateCheckpointing {
 		t.Fatalf("restarted coordinator lost the job state: %s", j.State)
 	}
@@ -520,6 +522,7 @@ func TestRecoverFailsVanishedJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c2.events.flush) // its history is written in the background
 	if j, _ := c2.Job("job1"); j.State != StateRunning {
 		t.Fatalf("the registry says %s, want running before recovery", j.State)
 	}
@@ -621,6 +624,7 @@ func TestSettleWaitsForShims(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c2.events.flush) // its history is written in the background
 	if err := c2.Recover(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -647,6 +651,7 @@ func TestMissingShimRefusedUpFront(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(c2.events.flush) // its history is written in the background
 	if _, err := c2.Checkpoint(context.Background(), "job1", CheckpointOptions{}); !errors.Is(err, agentapi.ErrNotFound) || !strings.Contains(err.Error(), "nothing was done") {
 		t.Fatalf("checkpoint with h2's shim missing: %v", err)
 	}

@@ -95,6 +95,7 @@ func newE2E(t *testing.T, hosts, nodes int) *e2e {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(e.c.WaitBackground) // prunes and the event history end before dir goes
 	// A ring of streams: job-node i receives from i-1 and sends to i+1.
 	stream := buildTCPStream(t, dir)
 	e.spec = coordinator.JobSpec{ID: "ring"}

@@ -297,6 +297,8 @@ type memStore struct {
 	corrupt    map[string]bool
 	failBegin  error
 	failCommit error
+	// failNodeDir fails every NodeDir and SharedDir.
+	failNodeDir error
 	// onPrune, if set, runs at the start of every Prune.
 	onPrune func(job string)
 }
@@ -323,9 +325,22 @@ func (s *memStore) Begin(job string) (Pending, error) {
 }
 func (p *memPending) Handle() string { return p.handle }
 func (p *memPending) NodeDir(node string) (string, error) {
+	if err := p.s.nodeDirErr(); err != nil {
+		return "", err
+	}
 	return "/mem/" + p.handle + "/" + node, nil
 }
-func (p *memPending) SharedDir() (string, error) { return "/mem/" + p.handle + "/shared", nil }
+func (p *memPending) SharedDir() (string, error) {
+	if err := p.s.nodeDirErr(); err != nil {
+		return "", err
+	}
+	return "/mem/" + p.handle + "/shared", nil
+}
+func (s *memStore) nodeDirErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failNodeDir
+}
 func (p *memPending) Commit(m Manifest) error {
 	p.s.mu.Lock()
 	defer p.s.mu.Unlock()

@@ -189,14 +189,22 @@ func TestCheckpointRollback(t *testing.T) {
 	}
 }
 
+// A checkpoint whose directories cannot be made (begin: the checkpoint's,
+// nodedir: a job-node's) fails before any job-node is frozen; one that
+// cannot be committed fails after the dump. Each leaves the job running and
+// no partial checkpoint.
 func TestCheckpointCommitFailure(t *testing.T) {
-	for _, mode := range []string{"error", "begin"} {
+	for _, mode := range []string{"error", "begin", "nodedir"} {
 		t.Run(mode, func(t *testing.T) {
 			f := newFixture(t, "h0", "h1", "h2")
-			if mode == "error" {
-				f.store.failCommit = errors.New("no space left on device")
-			} else {
-				f.store.failBegin = errors.New("no space left on device")
+			enospc := errors.New("no space left on device")
+			switch mode {
+			case "error":
+				f.store.failCommit = enospc
+			case "begin":
+				f.store.failBegin = enospc
+			case "nodedir":
+				f.store.failNodeDir = enospc
 			}
 			_, err := f.c.Checkpoint(context.Background(), "job1", CheckpointOptions{})
 			if err == nil || !strings.Contains(err.Error(), "no space left") {
@@ -204,7 +212,38 @@ func TestCheckpointCommitFailure(t *testing.T) {
 			}
 			f.assertRunning(t)
 			f.assertNoPartial(t)
+			if mode != "error" {
+				for h, a := range f.agents {
+					a.mu.Lock()
+					n := a.calls[PhasePrepare] + a.calls[PhaseFreeze]
+					a.mu.Unlock()
+					if n != 0 {
+						t.Errorf("%s was asked to prepare or freeze %d times for a checkpoint without directories", h, n)
+					}
+				}
+			}
 		})
+	}
+}
+
+// A migration whose image directories cannot be made fails before any
+// job-node is frozen, and the job runs on where it was.
+func TestMigrateNodeDirFailure(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2", "h3")
+	f.store.failNodeDir = errors.New("no space left on device")
+	err := f.c.Migrate(context.Background(), "job1", "n1", "h3")
+	if err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("err = %v", err)
+	}
+	f.assertRunning(t)
+	f.assertNoPartial(t)
+	for h, a := range f.agents {
+		a.mu.Lock()
+		n := a.calls[PhasePrepare] + a.calls[PhaseFreeze]
+		a.mu.Unlock()
+		if n != 0 {
+			t.Errorf("%s was asked to prepare or freeze %d times for a migration without directories", h, n)
+		}
 	}
 }
 

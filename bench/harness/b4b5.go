@@ -177,15 +177,16 @@ type CoordPoint struct {
 	Wall     Stat         `json:"wall"`
 	CRIUSum  Stat         `json:"criu_sum"`
 	Overhead Stat         `json:"overhead"` // wall - sum of CRIU times (dumps serialize on one machine)
+	Frozen   Stat         `json:"frozen"`   // first freeze to last thaw
 	Err      string       `json:"error,omitempty"`
 }
 
 func (p *CoordPoint) summarise() {
-	var w, c, o []time.Duration
+	var w, c, o, f []time.Duration
 	for _, s := range p.Samples {
-		w, c, o = append(w, s.Wall), append(c, s.CRIUSum), append(o, s.Wall-s.CRIUSum)
+		w, c, o, f = append(w, s.Wall), append(c, s.CRIUSum), append(o, s.Wall-s.CRIUSum), append(f, s.Frozen)
 	}
-	p.Wall, p.CRIUSum, p.Overhead = DurStat(w), DurStat(c), DurStat(o)
+	p.Wall, p.CRIUSum, p.Overhead, p.Frozen = DurStat(w), DurStat(c), DurStat(o), DurStat(f)
 }
 
 // runCoordReal checkpoints a job of n tiny job-nodes spread over the hosts.
@@ -256,12 +257,13 @@ func runCoordFake(ctx context.Context, dir string, n, hosts, reps int) (p CoordP
 		// wrote before it (the real B5 points' images).
 		c.WaitBackground()
 		unix.Sync()
+		mark := rec.Mark()
 		start := time.Now()
 		if _, err := c.Checkpoint(ctx, "fake", coordinator.CheckpointOptions{}); err != nil {
 			p.Err = err.Error()
 			return p
 		}
-		p.Samples = append(p.Samples, CkptSample{Wall: time.Since(start)})
+		p.Samples = append(p.Samples, CkptSample{Wall: time.Since(start), Frozen: frozenFor(rec.Since(mark))})
 	}
 	p.summarise()
 	return p

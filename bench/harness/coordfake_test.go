@@ -16,6 +16,7 @@ func BenchmarkCoordFake(b *testing.B) {
 				b.Fatal(p.Err)
 			}
 			b.ReportMetric(float64(p.Wall.Median), "median-ms")
+			b.ReportMetric(float64(p.Frozen.Median), "frozen-median-ms")
 		})
 	}
 }

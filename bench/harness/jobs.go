@@ -75,7 +75,10 @@ type CkptSample struct {
 	Bytes   map[string]int64         `json:"bytes"`   // per job-node image bytes
 	CRIUSum time.Duration            `json:"criu_sum_ns"`
 	CRIUMax time.Duration            `json:"criu_max_ns"`
-	Total   int64                    `json:"total_bytes"`
+	// Frozen: from the first freeze to the end of the last thaw (a
+	// leave-running checkpoint).
+	Frozen time.Duration `json:"frozen_ns,omitempty"`
+	Total  int64         `json:"total_bytes"`
 }
 
 // ckptPhases names the phases of a checkpoint, in order. "open" is the
@@ -107,6 +110,7 @@ func (j *Job) Checkpoint(ctx context.Context, stop bool) (CkptSample, string, er
 	} else {
 		s.Phases["commit"] = gap(calls, "dump", "unlock")
 		s.Phases["resume"] = spanDur(calls, "unlock") + gap(calls, "unlock", "thaw") + spanDur(calls, "thaw")
+		s.Frozen = frozenFor(calls)
 	}
 	if len(calls) > 0 {
 		first, last := calls[0].Start, calls[0].End

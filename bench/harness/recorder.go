@@ -250,6 +250,17 @@ func spanDur(calls []call, op string) time.Duration {
 	return l.Sub(f)
 }
 
+// frozenFor is how long the job stood frozen: from the first freeze's start
+// to the last thaw's end (0 when either was not called).
+func frozenFor(calls []call) time.Duration {
+	f, _, ok1 := span(calls, "freeze")
+	_, l, ok2 := span(calls, "thaw")
+	if !ok1 || !ok2 {
+		return 0
+	}
+	return l.Sub(f)
+}
+
 // gap is the time between the last end of op a and the first start of op b.
 func gap(calls []call, a, b string) time.Duration {
 	_, aEnd, ok1 := span(calls, a)

@@ -220,8 +220,8 @@ func Markdown(r *Result, plots []string) string {
 
 	if len(r.Coord) > 0 {
 		w("## B5 coordination overhead\n\n")
-		w("Overhead = checkpoint wall time − Σ time inside CRIU (dumps are serialized on one machine, so Σ is what they cost). Real: sandboxes with a 1 MiB memhog and a slow TCP ring, spread over %d simulated hosts. Fake: the real coordinator and on-disk catalog with shims that return at once (Dump writes a 4 KiB image and its node manifest, without the fsyncs a shim on a host of its own makes on its own disk: here they would all queue on one journal), spread over 16 fake hosts. The catalog is in the work directory, on this machine's disk, except in the row \"catalog on tmpfs\": the same run with the catalog and the fake images on a tmpfs, which leaves the coordinator's own work. Old checkpoints are pruned after each; their files are removed in the background, which the benchmark waits for between checkpoints (checkpoints minutes apart find it long done).\n\n", r.Plan.CoordHosts)
-		w("| job-nodes | CRIU | checkpoint ms | Σ CRIU ms | **overhead ms** | overhead per job-node ms |\n|---|---|---|---|---|---|\n")
+		w("Overhead = checkpoint wall time − Σ time inside CRIU (dumps are serialized on one machine, so Σ is what they cost). Real: sandboxes with a 1 MiB memhog and a slow TCP ring, spread over %d simulated hosts. Fake: the real coordinator and on-disk catalog with shims that return at once (Dump writes a 4 KiB image and its node manifest, without the fsyncs a shim on a host of its own makes on its own disk: here they would all queue on one journal), spread over 16 fake hosts. The catalog is in the work directory, on this machine's disk, except in the row \"catalog on tmpfs\": the same run with the catalog and the fake images on a tmpfs, which leaves the coordinator's own work. Old checkpoints are pruned after each; their files are removed in the background, which the benchmark waits for between checkpoints (checkpoints minutes apart find it long done). Frozen = how long the job stood still in a checkpoint: from the first freeze to the end of the last thaw.\n\n", r.Plan.CoordHosts)
+		w("| job-nodes | CRIU | checkpoint ms | Σ CRIU ms | **overhead ms** | overhead per job-node ms | frozen ms |\n|---|---|---|---|---|---|---|\n")
 		for _, p := range r.Coord {
 			kind := "real"
 			switch {
@@ -231,11 +231,15 @@ func Markdown(r *Result, plots []string) string {
 				kind = "fake"
 			}
 			if p.Err != "" {
-				w("| %d | %s | failed: %s ||||\n", p.Nodes, kind, firstLine(p.Err))
+				w("| %d | %s | failed: %s |||||\n", p.Nodes, kind, firstLine(p.Err))
 				continue
 			}
-			w("| %d | %s | %s | %s | **%s** | %s |\n", p.Nodes, kind, med(p.Wall), f1(p.CRIUSum.Median), med(p.Overhead),
-				f2(p.Overhead.Median/float64(p.Nodes)))
+			frozen := "–" // results from before 2026-12-04
+			if p.Frozen.N > 0 && p.Frozen.Median > 0 {
+				frozen = med(p.Frozen)
+			}
+			w("| %d | %s | %s | %s | **%s** | %s | %s |\n", p.Nodes, kind, med(p.Wall), f1(p.CRIUSum.Median), med(p.Overhead),
+				f2(p.Overhead.Median/float64(p.Nodes)), frozen)
 		}
 		w("\n")
 	}

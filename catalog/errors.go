@@ -19,6 +19,10 @@ var (
 	ErrUnsupportedFormat = errors.New("unsupported manifest format")
 	// ErrDone: the pending checkpoint was already committed or aborted.
 	ErrDone = errors.New("pending checkpoint already committed or aborted")
+	// ErrDeleted: the catalog numbered that checkpoint and holds it no
+	// more (deleted, pruned, or its commit never finished); Import refuses
+	// to bring it back.
+	ErrDeleted = errors.New("checkpoint deleted from the catalog")
 )
 
 // CorruptError says which checkpoint failed verification, at which file, and why.

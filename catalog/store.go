@@ -427,16 +427,9 @@ func (s *Store) nextSeq(job string) (uint64, error) {
 		return 0, ioErr("create job directory", jd, err)
 	}
 	cp := filepath.Join(jd, counterName)
-	var last uint64
-	data, err := os.ReadFile(cp)
-	switch {
-	case err == nil:
-		last, err = strconv.ParseUint(strings.TrimSpace(string(data)), 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("sequence counter %s is damaged (%q): write the highest sequence number ever used for job %s into it", cp, data, job)
-		}
-	case !errors.Is(err, fs.ErrNotExist):
-		return 0, ioErr("read sequence counter", cp, err)
+	last, _, err := s.lastSeq(job)
+	if err != nil {
+		return 0, err
 	}
 	seqs, err := s.seqDirs(job)
 	if err != nil {
@@ -450,6 +443,24 @@ func (s *Store) nextSeq(job string) (uint64, error) {
 		return 0, fmt.Errorf("allocate checkpoint number for %s: %w", job, err)
 	}
 	return next, nil
+}
+
+// lastSeq reads job's sequence counter: the last number handed out, and
+// whether the counter exists.
+func (s *Store) lastSeq(job string) (uint64, bool, error) {
+	cp := filepath.Join(s.jobDir(job), counterName)
+	data, err := os.ReadFile(cp)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, ioErr("read sequence counter", cp, err)
+	}
+	last, err := strconv.ParseUint(strings.TrimSpace(string(data)), 10, 64)
+	if err != nil {
+		return 0, false, fmt.Errorf("sequence counter %s is damaged (%q): write the highest sequence number ever used for job %s into it", cp, data, job)
+	}
+	return last, true, nil
 }
 
 // ManifestBytes returns the signed job manifest of the committed checkpoint
@@ -486,7 +497,11 @@ func (s *Store) ManifestBytes(handle string) ([]byte, error) {
 // signature must verify with this store's key, so nothing but a manifest
 // this catalog's key signed comes in. A checkpoint the catalog has
 // committed already stays as it is (imported is false); one being written
-// under that handle is an error.
+// under that handle is an error. One whose number the catalog handed out
+// (its job's sequence counter is at or past it) and that it holds no more
+// is ErrDeleted: it was deleted or pruned while a shim that keeps a copy
+// was down, or its commit never finished. Only a catalog that lost the
+// job's counter with the rest, what Import is for, takes it.
 func (s *Store) Import(data []byte) (handle string, imported bool, err error) {
 	m, err := ParseJobManifest(data, s.key)
 	if err != nil {
@@ -506,8 +521,13 @@ func (s *Store) Import(data []byte) (handle string, imported bool, err error) {
 	if _, err := os.Lstat(filepath.Join(dir, JobManifestName)); err == nil {
 		return handle, false, nil
 	}
-	// A directory without a manifest is a commit that never finished
-	// (Recover removes those): the manifest completes it.
+	last, counted, err := s.lastSeq(job)
+	if err != nil {
+		return handle, false, fmt.Errorf("import %s: %w", handle, err)
+	}
+	if counted && seq <= last {
+		return handle, false, fmt.Errorf("import %s: %w: its job's checkpoints are numbered up to %d here, and it is not among them", handle, ErrDeleted, last)
+	}
 	if err := os.MkdirAll(filepath.Join(dir, nodesDirName), 0o700); err != nil {
 		return handle, false, ioErr("import: create", dir, err)
 	}

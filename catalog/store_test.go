@@ -652,6 +652,17 @@ func TestImportManifest(t *testing.T) {
 	if jobs, _ := other.Jobs(); len(jobs) != 0 {
 		t.Errorf("refused imports left jobs %v", jobs)
 	}
+	// The catalog that numbered it, once it deleted it, does not take it
+	// back: a shim that was down at the deletion keeps the manifest.
+	if err := s.Delete(cp.Handle); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Import(data); !errors.Is(err, ErrDeleted) {
+		t.Errorf("import of a deleted checkpoint into its own catalog: %v, want ErrDeleted", err)
+	}
+	if _, err := s.Get(cp.Handle); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the deleted checkpoint after the refused import: %v, want ErrNotFound", err)
+	}
 	shared := commitOne(t, s, "flat")
 	data, err = s.ManifestBytes(shared.Handle)
 	if err != nil {
@@ -659,5 +670,44 @@ func TestImportManifest(t *testing.T) {
 	}
 	if _, _, err := moved.Import(data); err == nil {
 		t.Error("a checkpoint whose images were in the catalog was imported without them")
+	}
+}
+
+// TestImportPrunedRefused: a host-local checkpoint pruned from the catalog
+// while a shim that keeps its manifest was down does not come back when
+// that shim registers with a coordinator recovering its catalog; the
+// newer one is left as it is.
+func TestImportPrunedRefused(t *testing.T) {
+	s := newStore(t)
+	var kept [][]byte
+	for i := 0; i < 2; i++ {
+		p, err := s.Begin("ring")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cp, err := p.Commit(JobManifest{HostLocal: true, Spec: json.RawMessage(`{"id":"ring"}`), Nodes: []NodeRef{
+			{Name: "n0", Host: "h1", ManifestSHA256: strings.Repeat("cd", 32), TotalBytes: 100, FileCount: 3},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := s.ManifestBytes(cp.Handle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept = append(kept, data)
+	}
+	gone, err := s.Prune("ring", 1)
+	if err != nil || len(gone) != 1 {
+		t.Fatalf("Prune = %v, %v", gone, err)
+	}
+	if h, _, err := s.Import(kept[0]); !errors.Is(err, ErrDeleted) || h != gone[0] {
+		t.Errorf("import of pruned %s: %q, %v; want ErrDeleted", gone[0], h, err)
+	}
+	if h, imported, err := s.Import(kept[1]); err != nil || imported {
+		t.Errorf("import of the kept checkpoint %s: imported %v, %v; want it left as it is", h, imported, err)
+	}
+	if hs, _ := s.List("ring"); len(hs) != 1 {
+		t.Errorf("checkpoints after the imports: %v, want 1", hs)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/torpor-hpc/torpor/agentapi"
+	"github.com/torpor-hpc/torpor/catalog"
 )
 
 // Host-local checkpoints (Options.LocalCheckpoints): every shim dumps its
@@ -396,6 +397,11 @@ func (c *Coordinator) recoverFrom(ctx context.Context, host string) {
 	for _, k := range handles {
 		handle, imported, err := mk.Import(kept[k])
 		switch {
+		case errors.Is(err, catalog.ErrDeleted):
+			// Deleted or pruned while this host was down: its copy is
+			// left where it is (torpor does not remove what its catalog
+			// does not name).
+			c.log.Info("recover the catalog: a checkpoint this catalog deleted stays deleted", "host", host, "ckpt", k)
 		case err != nil:
 			c.log.Warn("recover the catalog: a job manifest refused", "host", host, "ckpt", k, "err", err)
 		case handle != k:

@@ -28,6 +28,9 @@ type Env struct {
 	KernelRelease string
 	CRIU          criu.Locator
 	CheckpointDir string
+	// RunDir is the shim's run directory (its --run-dir); empty means
+	// DefaultRunDir.
+	RunDir string
 	// PMIxVersion reports the libpmix version torpor is linked with.
 	PMIxVersion func() (string, error)
 	// MPICHPrefix is torpor's private MPICH (scripts/deps.sh); empty:
@@ -73,7 +76,63 @@ func Checks() []Check {
 		{Name: "mpich 4.2", Required: false, Run: checkPrivateMPICH},
 		{Name: "open mpi 5", Required: false, Run: checkOMPI5},
 		{Name: "checkpoint dir", Required: true, Run: checkCheckpointDir},
+		{Name: "run dir", Required: false, Run: checkRunDir},
 	}
+}
+
+// DefaultRunDir is the shim's --run-dir default.
+const DefaultRunDir = "/run/torpor"
+
+// existingParent is dir, or its nearest parent that exists.
+func existingParent(dir string) string {
+	for {
+		if _, err := os.Stat(dir); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return dir
+		}
+		dir = parent
+	}
+}
+
+// checkRunDir: an MPI job-node's shared-memory files (Open MPI's vader
+// and shmem backing files) live in the run directory, so that they travel
+// with its images. On a disk file system the kernel writes their dirty
+// pages back to the disk while the ranks communicate through them.
+func checkRunDir(_ context.Context, env *Env) Result {
+	dir := env.RunDir
+	if dir == "" {
+		dir = DefaultRunDir
+	}
+	probe := existingParent(dir)
+	var st unix.Statfs_t
+	if err := unix.Statfs(probe, &st); err != nil {
+		return warn("create "+dir+" or give the shim another --run-dir", "statfs %s: %v", probe, err)
+	}
+	if int64(st.Type) != unix.TMPFS_MAGIC {
+		return warn("give the shim a --run-dir on a tmpfs (`mount -t tmpfs -o mode=0755 tmpfs "+dir+"`, or a directory under a tmpfs /run)",
+			"%s is on %s, not a tmpfs: MPI job-nodes' shared memory (<run-dir>/jobs/<job>/<node>.shm) is written back to that disk while ranks use it", dir, fsName(int64(st.Type)))
+	}
+	return ok("%s is on a tmpfs", dir)
+}
+
+// fsName names the common file systems by their statfs magic.
+func fsName(magic int64) string {
+	switch magic {
+	case unix.EXT4_SUPER_MAGIC:
+		return "an ext2/3/4 file system"
+	case unix.XFS_SUPER_MAGIC:
+		return "an XFS file system"
+	case unix.BTRFS_SUPER_MAGIC:
+		return "a Btrfs file system"
+	case unix.OVERLAYFS_SUPER_MAGIC:
+		return "an overlay file system"
+	case unix.NFS_SUPER_MAGIC:
+		return "an NFS file system"
+	}
+	return fmt.Sprintf("a file system of type 0x%x", magic)
 }
 
 func checkKernel(_ context.Context, env *Env) Result {
@@ -355,17 +414,7 @@ func checkPrivateMPICH(_ context.Context, env *Env) Result {
 func checkCheckpointDir(_ context.Context, env *Env) Result {
 	dir := env.CheckpointDir
 	// The directory may not exist yet: measure the nearest existing parent.
-	probe := dir
-	for {
-		if _, err := os.Stat(probe); err == nil {
-			break
-		}
-		parent := filepath.Dir(probe)
-		if parent == probe {
-			break
-		}
-		probe = parent
-	}
+	probe := existingParent(dir)
 	var st unix.Statfs_t
 	if err := unix.Statfs(probe, &st); err != nil {
 		return fail("create "+dir+" or set checkpoint_dir in the config", "statfs %s: %v", probe, err)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/torpor-hpc/torpor/internal/testutil"
 	"github.com/torpor-hpc/torpor/shim/cgroup"
 	"github.com/torpor-hpc/torpor/shim/criu"
@@ -113,6 +115,26 @@ func TestCheckpointDirSpace(t *testing.T) {
 	res := checkCheckpointDir(context.Background(), &Env{CheckpointDir: dir})
 	if res.Status == Fail || !strings.Contains(res.Detail, "GiB free") {
 		t.Fatalf("checkpoint dir result = %+v", res)
+	}
+}
+
+// The run directory: a tmpfs passes; any other file system (here /proc's)
+// is a warning that names it and says what to do; a directory not made yet
+// is judged by its nearest parent.
+func TestCheckRunDir(t *testing.T) {
+	testutil.RequireRoot(t, "mounts a tmpfs")
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	res := checkRunDir(context.Background(), &Env{RunDir: filepath.Join(dir, "torpor")})
+	if res.Status != OK || !strings.Contains(res.Detail, "tmpfs") {
+		t.Errorf("run dir under a tmpfs: %+v", res)
+	}
+	res = checkRunDir(context.Background(), &Env{RunDir: "/proc/sys/torpor"})
+	if res.Status != Warn || !strings.Contains(res.Detail, "not a tmpfs") || !strings.Contains(res.Detail, "0x9fa0") || !strings.Contains(res.Remedy, "--run-dir") {
+		t.Errorf("run dir under /proc: %+v", res)
 	}
 }
 

@@ -15,6 +15,7 @@ func runDoctor(ctx context.Context, args []string) error {
 	criuPath := fs.String("criu", "", "CRIU binary to check (default: $TORPOR_CRIU, config, "+criu.DefaultPrefix+", $PATH)")
 	cfgPath := fs.String("config", "", "configuration file (default: $TORPOR_CONFIG or "+config.DefaultPath+")")
 	ckptDir := fs.String("checkpoint-dir", "", "checkpoint directory to measure (default: from the config)")
+	runDir := fs.String("run-dir", doctor.DefaultRunDir, "the shim's run directory, to check its file system")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -28,6 +29,7 @@ func runDoctor(ctx context.Context, args []string) error {
 	env := &doctor.Env{
 		CRIU:          criu.Locator{Flag: *criuPath, Config: cfg.CRIU},
 		CheckpointDir: *ckptDir,
+		RunDir:        *runDir,
 		PMIxVersion:   pmixVersion,
 	}
 	if err := env.Probe(); err != nil {

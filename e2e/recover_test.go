@@ -21,19 +21,11 @@ func TestCatalogRecovered(t *testing.T) {
 	c := newIsolatedCluster(t, 3)
 	want := faultReference(t)
 	j := c.faultJob("rec") // n0@h1, n1@h2, n2@h3
-	replicated := func(n int) {
-		t.Helper()
-		for deadline := time.Now().Add(2 * time.Minute); strings.Count(c.logs["coordinator"].String(), "checkpoint replicated") < n; time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d checkpoints were never replicated:\n%s", n, lastLines(c.logs["coordinator"].String(), 20))
-			}
-		}
-	}
 	first := lastLines(c.mustCLI("checkpoint", j.id), 1)
-	replicated(1)
+	c.awaitLogLine("coordinator", `msg="checkpoint replicated" job=`+j.id+` ckpt=`+regexp.QuoteMeta(first)+` `, 2*time.Minute)
 	j.progress("after checkpoint " + first)
 	second := lastLines(c.mustCLI("suspend", j.id), 1)
-	replicated(2)
+	c.awaitLogLine("coordinator", `msg="checkpoint replicated" job=`+j.id+` ckpt=`+regexp.QuoteMeta(second)+` `, 2*time.Minute)
 	t.Logf("checkpoints %s and %s, each on 2 hosts; the job is suspended", first, second)
 
 	// The coordinator's host dies; its state and checkpoint directories
@@ -61,12 +53,7 @@ func TestCatalogRecovered(t *testing.T) {
 		}
 	}
 	for _, h := range []string{first, second} {
-		re := regexp.MustCompile(`msg="checkpoint recovered" host=h\d job=` + j.id + ` ckpt=` + regexp.QuoteMeta(h) + `\n`)
-		for deadline := time.Now().Add(time.Minute); !re.MatchString(c.logs["coordinator"].String()); time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("checkpoint %s was not recovered:\n%s", h, lastLines(c.logs["coordinator"].String(), 20))
-			}
-		}
+		c.awaitLogLine("coordinator", `msg="checkpoint recovered" host=h\d job=`+j.id+` ckpt=`+regexp.QuoteMeta(h)+`\n`, time.Minute)
 	}
 	if st := c.lsStored(j.id); st.Handle != second || !st.Replicated || st.Copies != 2 || st.Verified != "ok" {
 		t.Fatalf("ls after the recovery: %+v", st)
@@ -84,4 +71,57 @@ func TestCatalogRecovered(t *testing.T) {
 		t.Fatalf("checksum %s after the coordinator's loss and a restart, undisturbed %s", got, want)
 	}
 	t.Logf("job %s: checksum %s after losing the coordinator's host = undisturbed", j.id, want)
+}
+
+// awaitLogLine waits until daemon name's log matches the regular
+// expression re, and fails the test after timeout.
+func (c *cluster) awaitLogLine(name, re string, timeout time.Duration) {
+	c.t.Helper()
+	x := regexp.MustCompile(re)
+	for deadline := time.Now().Add(timeout); !x.MatchString(c.logs[name].String()); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s never logged %s:\n%s", name, re, lastLines(c.logs[name].String(), 20))
+		}
+	}
+}
+
+// A host-local checkpoint pruned while the shim of a host that keeps a copy
+// of it was down stays pruned: that shim keeps the copy and its signed job
+// manifest (the Drop could not reach it), and a coordinator restarted with
+// --recover-catalog, which asks every shim for the manifests it keeps,
+// does not bring it back (catalog.ErrDeleted), while its catalog still
+// lists the newer checkpoint.
+func TestPrunedCheckpointStaysPruned(t *testing.T) {
+	c := newIsolatedCluster(t, 3, "--keep", "1")
+	// n0 on h1 is copied to h2, n1 on h2 to h3 (the next hosts after each).
+	j := c.runMPI("pruned", 2, "h1:1,h2:1", workload(t, "ring.openmpi"), faultRingArgs...)
+	j.progress("started")
+	first := lastLines(c.mustCLI("checkpoint", j.id), 1)
+	c.awaitLogLine("coordinator", `msg="checkpoint replicated" job=`+j.id+` ckpt=`+regexp.QuoteMeta(first)+` `, 2*time.Minute)
+	kept := filepath.Join(c.hostDir("h3", "images"), "checkpoints", first, "job-manifest.json")
+	if _, err := os.Stat(kept); err != nil {
+		t.Fatalf("h3 keeps no job manifest of %s: %v", first, err)
+	}
+
+	stop(c.shims[2], syscall.SIGTERM)
+	second := lastLines(c.mustCLI("checkpoint", j.id), 1)
+	c.awaitLogLine("coordinator", `msg="pruned old checkpoint" job=`+j.id+`[^\n]* ckpt=`+regexp.QuoteMeta(first)+`\n`, time.Minute)
+	c.awaitLogLine("coordinator", `msg="drop checkpoint images" job=`+j.id+`[^\n]* host=h3 ckpt=`+regexp.QuoteMeta(first)+` `, time.Minute)
+	c.startShim(3)
+	if _, err := os.Stat(kept); err != nil {
+		t.Fatalf("h3's copy of pruned %s is gone already (%v): the test cannot show the recovery", first, err)
+	}
+	t.Logf("%s pruned by %s while h3's shim was down; h3 still keeps its manifest", first, second)
+
+	stop(c.coord, syscall.SIGTERM)
+	c.startCoordinator("--recover-catalog")
+	c.awaitLogLine("coordinator", `msg="recover the catalog: a checkpoint this catalog deleted stays deleted" host=h3 ckpt=`+regexp.QuoteMeta(first)+`\n`, time.Minute)
+	out := c.mustCLI("ls", j.id)
+	if strings.Contains(out, first) || !strings.Contains(out, second) {
+		t.Fatalf("ls after the recovering coordinator met h3: want %s only\n%s", second, out)
+	}
+	if strings.Contains(c.logs["coordinator"].String(), `msg="checkpoint recovered"`) {
+		t.Fatalf("the recovering coordinator imported a checkpoint:\n%s", lastLines(c.logs["coordinator"].String(), 20))
+	}
+	t.Logf("after a restart with --recover-catalog, ls lists %s and not %s", second, first)
 }

@@ -445,6 +445,43 @@ func (s *Store) nextSeq(job string) (uint64, error) {
 	return next, nil
 }
 
+// Superseded says whether a copy of checkpoint handle kept elsewhere (a
+// shim's store) is one the catalog let go: the catalog numbered it (its
+// job's sequence counter is at or past it), holds no checkpoint under it,
+// committed or being written, and holds at least keep committed
+// checkpoints of the job numbered after it, so that a retention of keep
+// would have pruned it. keep < 1 is never superseded: the catalog keeps
+// everything. A catalog that lost the job's counter knows nothing of it.
+func (s *Store) Superseded(handle string, keep int) (bool, error) {
+	job, seq, err := ParseHandle(handle)
+	if err != nil || keep < 1 {
+		return false, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending[handle] {
+		return false, nil
+	}
+	last, counted, err := s.lastSeq(job)
+	if err != nil || !counted || seq > last {
+		return false, err
+	}
+	seqs, err := s.committedSeqs(job)
+	if err != nil {
+		return false, err
+	}
+	newer := 0
+	for _, n := range seqs {
+		switch {
+		case n == seq:
+			return false, nil
+		case n > seq:
+			newer++
+		}
+	}
+	return newer >= keep, nil
+}
+
 // lastSeq reads job's sequence counter: the last number handed out, and
 // whether the counter exists.
 func (s *Store) lastSeq(job string) (uint64, bool, error) {

@@ -711,3 +711,41 @@ func TestImportPrunedRefused(t *testing.T) {
 		t.Errorf("checkpoints after the imports: %v, want 1", hs)
 	}
 }
+
+// TestSuperseded: which copies kept elsewhere the catalog let go.
+func TestSuperseded(t *testing.T) {
+	s := newStore(t)
+	for i := 0; i < 3; i++ {
+		commitOne(t, s, "ring")
+	}
+	if gone, err := s.Prune("ring", 1); err != nil || len(gone) != 2 {
+		t.Fatalf("Prune = %v, %v", gone, err)
+	}
+	pend, err := s.Begin("ring")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pend.Abort()
+	for _, c := range []struct {
+		handle string
+		keep   int
+		want   bool
+	}{
+		{"ring/000001", 1, true},   // pruned, one newer committed
+		{"ring/000002", 1, true},   // pruned
+		{"ring/000001", 2, false},  // a retention of 2 would keep it
+		{"ring/000001", 0, false},  // keep everything
+		{"ring/000003", 1, false},  // committed
+		{pend.Handle(), 1, false},  // being written
+		{"ring/000009", 1, false},  // never numbered
+		{"other/000001", 1, false}, // a job this catalog has no counter of
+	} {
+		got, err := s.Superseded(c.handle, c.keep)
+		if err != nil || got != c.want {
+			t.Errorf("Superseded(%s, keep %d) = %v, %v; want %v", c.handle, c.keep, got, err, c.want)
+		}
+	}
+	if _, err := s.Superseded("../x", 1); err == nil {
+		t.Error("a malformed handle was judged")
+	}
+}

@@ -186,3 +186,8 @@ func (c CatalogStore) ManifestBytes(handle string) ([]byte, error) { return c.S.
 
 // Import implements manifestKeeper.
 func (c CatalogStore) Import(data []byte) (string, bool, error) { return c.S.Import(data) }
+
+// Superseded implements superseder.
+func (c CatalogStore) Superseded(handle string, keep int) (bool, error) {
+	return c.S.Superseded(handle, keep)
+}

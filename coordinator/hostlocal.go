@@ -367,12 +367,65 @@ func (c *Coordinator) keepManifest(ctx context.Context, handle string, hosts []s
 	}
 }
 
-// shimRegistered is told of each shim that registers, or registers at a
-// new address: with Options.RecoverCatalog the catalog takes back the
-// host-local checkpoints it lacks from that shim, in the background.
+// shimRegistered is told of each shim that registers, registers at a new
+// address, or registers again after an absence. In the background: with
+// Options.RecoverCatalog the catalog takes back the host-local checkpoints
+// it lacks from that shim; then the shim drops the copies of checkpoints
+// that were pruned while it was away (dropSuperseded).
 func (c *Coordinator) shimRegistered(host string) {
-	if c.recoverCatalog {
-		c.inBackground(context.Background(), func(ctx context.Context) { c.recoverFrom(ctx, host) })
+	c.inBackground(context.Background(), func(ctx context.Context) {
+		if c.recoverCatalog {
+			c.recoverFrom(ctx, host)
+		}
+		c.dropSuperseded(ctx, host)
+	})
+}
+
+// superseder is a Store that tells which copies kept on the hosts it let
+// go (CatalogStore: catalog.Store.Superseded).
+type superseder interface {
+	Superseded(handle string, keep int) (bool, error)
+}
+
+// dropSuperseded asks host's shim what it holds of every job in the
+// registry and has it drop the copies of checkpoints the catalog pruned:
+// numbered by it, no longer in it, and followed by at least Options.Keep
+// committed ones (catalog.Store.Superseded). Such a copy is left when its
+// host was down or cut off as the prune's Drop went out. Without a
+// retention (Keep 0) nothing is dropped.
+func (c *Coordinator) dropSuperseded(ctx context.Context, host string) {
+	sp, ok := c.store.(superseder)
+	h, _, hok := c.holder(host)
+	if !ok || !hok || c.keep <= 0 {
+		return
+	}
+	for _, j := range c.Jobs() {
+		hctx, cancel := context.WithTimeout(ctx, heldTimeout)
+		held, err := h.Held(hctx, j.Spec.ID, false)
+		cancel()
+		if err != nil {
+			c.log.Warn("ask a shim for the copies it holds", "host", host, "job", j.Spec.ID, "err", err)
+			continue
+		}
+		seen := map[string]bool{}
+		for _, im := range held {
+			if seen[im.Checkpoint] {
+				continue
+			}
+			seen[im.Checkpoint] = true
+			gone, err := sp.Superseded(im.Checkpoint, c.keep)
+			if err != nil || !gone {
+				continue
+			}
+			dctx, cancel := context.WithTimeout(ctx, heldTimeout)
+			err = h.Drop(dctx, im.Checkpoint)
+			cancel()
+			if err != nil {
+				c.log.Warn("drop a pruned checkpoint's copy", "host", host, "ckpt", im.Checkpoint, "err", err)
+				continue
+			}
+			c.log.Info("dropped a pruned checkpoint's copy", "host", host, "ckpt", im.Checkpoint)
+		}
 	}
 }
 

@@ -108,6 +108,11 @@ func (s *Server) checkDirs(req *apiv1.RunRequest, spec JobSpec) error {
 	return nil
 }
 
+// shimAwayAfter is how long a shim that registers every 5 s must have
+// been silent to count as back from an absence when it registers again
+// (at the same address: a host that rebooted).
+const shimAwayAfter = 30 * time.Second
+
 // Register adds (or replaces) the shim of a host.
 func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*apiv1.Empty, error) {
 	if err := shimCaller(ctx); err != nil {
@@ -125,13 +130,15 @@ func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*api
 	}
 	s.C.AddAgent(req.Host, agentapi.Client{Shim: cl, Verifies: req.VerifiesImages, PostCopies: req.PostCopy,
 		Streams: req.StreamsImages, Addr: req.Address})
-	s.shimSeen.Store(req.Host, time.Now())
+	lastSeen, seenBefore := s.shimSeen.Swap(req.Host, time.Now())
+	away := seenBefore && time.Since(lastSeen.(time.Time)) > shimAwayAfter
 	s.C.Seen(req.Host)
 	if req.RunDir != "" {
 		s.shimRunDirs.Store(req.Host, filepath.Clean(req.RunDir))
 	}
-	// Shims register again every few seconds; only news is logged.
-	if prev, ok := s.shimAddrs.Swap(req.Host, req.Address); !ok || prev != req.Address {
+	// Shims register again every few seconds; only news is logged: a new
+	// shim, a new address, or a shim back after an absence.
+	if prev, ok := s.shimAddrs.Swap(req.Host, req.Address); !ok || prev != req.Address || away {
 		s.C.log.Info("shim registered", "host", req.Host, "address", req.Address)
 		s.C.shimRegistered(req.Host)
 	}

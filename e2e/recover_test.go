@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -86,11 +88,13 @@ func (c *cluster) awaitLogLine(name, re string, timeout time.Duration) {
 }
 
 // A host-local checkpoint pruned while the shim of a host that keeps a copy
-// of it was down stays pruned: that shim keeps the copy and its signed job
-// manifest (the Drop could not reach it), and a coordinator restarted with
-// --recover-catalog, which asks every shim for the manifests it keeps,
-// does not bring it back (catalog.ErrDeleted), while its catalog still
-// lists the newer checkpoint.
+// of it was down stays pruned, and that copy goes when the shim is back.
+// The shim keeps the copy and its signed job manifest (the prune's Drop
+// could not reach it). A coordinator restarted with --recover-catalog
+// meanwhile, which asks every shim for the manifests it keeps, does not
+// bring it back (catalog.ErrDeleted) when that shim registers, and then
+// has the shim drop it (catalog.Store.Superseded: pruned, and --keep
+// newer ones committed); its catalog lists the newer checkpoint only.
 func TestPrunedCheckpointStaysPruned(t *testing.T) {
 	c := newIsolatedCluster(t, 3, "--keep", "1")
 	// n0 on h1 is copied to h2, n1 on h2 to h3 (the next hosts after each).
@@ -107,15 +111,22 @@ func TestPrunedCheckpointStaysPruned(t *testing.T) {
 	second := lastLines(c.mustCLI("checkpoint", j.id), 1)
 	c.awaitLogLine("coordinator", `msg="pruned old checkpoint" job=`+j.id+`[^\n]* ckpt=`+regexp.QuoteMeta(first)+`\n`, time.Minute)
 	c.awaitLogLine("coordinator", `msg="drop checkpoint images" job=`+j.id+`[^\n]* host=h3 ckpt=`+regexp.QuoteMeta(first)+` `, time.Minute)
-	c.startShim(3)
+	stop(c.coord, syscall.SIGTERM)
+	c.startCoordinator("--recover-catalog")
+	for _, h := range []string{"h1", "h2"} {
+		c.awaitLogLine("coordinator", `msg="shim registered" host=`+h+` `, time.Minute)
+	}
 	if _, err := os.Stat(kept); err != nil {
 		t.Fatalf("h3's copy of pruned %s is gone already (%v): the test cannot show the recovery", first, err)
 	}
 	t.Logf("%s pruned by %s while h3's shim was down; h3 still keeps its manifest", first, second)
 
-	stop(c.coord, syscall.SIGTERM)
-	c.startCoordinator("--recover-catalog")
+	c.startShim(3)
 	c.awaitLogLine("coordinator", `msg="recover the catalog: a checkpoint this catalog deleted stays deleted" host=h3 ckpt=`+regexp.QuoteMeta(first)+`\n`, time.Minute)
+	c.awaitLogLine("coordinator", `msg="dropped a pruned checkpoint's copy" host=h3 ckpt=`+regexp.QuoteMeta(first)+`\n`, time.Minute)
+	if _, err := os.Stat(filepath.Dir(kept)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("h3 still holds pruned %s after it registered again: %v", first, err)
+	}
 	out := c.mustCLI("ls", j.id)
 	if strings.Contains(out, first) || !strings.Contains(out, second) {
 		t.Fatalf("ls after the recovering coordinator met h3: want %s only\n%s", second, out)
@@ -123,5 +134,8 @@ func TestPrunedCheckpointStaysPruned(t *testing.T) {
 	if strings.Contains(c.logs["coordinator"].String(), `msg="checkpoint recovered"`) {
 		t.Fatalf("the recovering coordinator imported a checkpoint:\n%s", lastLines(c.logs["coordinator"].String(), 20))
 	}
-	t.Logf("after a restart with --recover-catalog, ls lists %s and not %s", second, first)
+	if st := c.lsStored(j.id); st.Handle != second || st.Verified != "ok" {
+		t.Fatalf("ls after h3 dropped %s: %+v", first, st)
+	}
+	t.Logf("h3 dropped its copy of %s when it registered again; ls lists %s only", first, second)
 }

@@ -213,14 +213,7 @@ func TestCheckpointCommitFailure(t *testing.T) {
 			f.assertRunning(t)
 			f.assertNoPartial(t)
 			if mode != "error" {
-				for h, a := range f.agents {
-					a.mu.Lock()
-					n := a.calls[PhasePrepare] + a.calls[PhaseFreeze]
-					a.mu.Unlock()
-					if n != 0 {
-						t.Errorf("%s was asked to prepare or freeze %d times for a checkpoint without directories", h, n)
-					}
-				}
+				f.assertNeverFrozen(t, "a checkpoint without directories")
 			}
 		})
 	}
@@ -237,12 +230,19 @@ func TestMigrateNodeDirFailure(t *testing.T) {
 	}
 	f.assertRunning(t)
 	f.assertNoPartial(t)
+	f.assertNeverFrozen(t, "a migration without directories")
+}
+
+// assertNeverFrozen checks that no shim was asked to prepare or freeze a
+// job-node, for what.
+func (f *fixture) assertNeverFrozen(t *testing.T, what string) {
+	t.Helper()
 	for h, a := range f.agents {
 		a.mu.Lock()
 		n := a.calls[PhasePrepare] + a.calls[PhaseFreeze]
 		a.mu.Unlock()
 		if n != 0 {
-			t.Errorf("%s was asked to prepare or freeze %d times for a migration without directories", h, n)
+			t.Errorf("%s was asked to prepare or freeze %d times for %s", h, n, what)
 		}
 	}
 }

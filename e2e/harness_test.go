@@ -476,3 +476,54 @@ func cgroupMount(t *testing.T) string {
 	}
 	return m
 }
+
+// jobTask is one process of a job as /proc shows it: every process of a
+// job-node except its init (PID 1 of the sandbox's PID namespace, torpor's
+// own).
+type jobTask struct {
+	pid     string
+	node    string            // the job-node's cgroup directory
+	status  map[string]string // /proc/PID/status, values with blanks collapsed
+	cmdline string            // /proc/PID/cmdline, NUL-separated
+}
+
+// pmixd tells whether the task is the job-node's PMIx server.
+func (t jobTask) pmixd() bool { return strings.Contains(t.cmdline, "\x00pmixd\x00") }
+
+// jobTasks lists the processes of every job-node of job, found through the
+// job-nodes' cgroups under the cluster's cgroup parent. Processes that exit
+// while it looks are left out.
+func (c *cluster) jobTasks(job string) []jobTask {
+	c.t.Helper()
+	var tasks []jobTask
+	root := filepath.Join(cgroupMount(c.t), c.cgParent)
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.Name() != "cgroup.procs" || !strings.Contains(p, "/"+job+"/") {
+			return nil
+		}
+		data, _ := os.ReadFile(p)
+		for _, pid := range strings.Fields(string(data)) {
+			st, err := os.ReadFile("/proc/" + pid + "/status")
+			if err != nil {
+				continue
+			}
+			t := jobTask{pid: pid, node: filepath.Dir(p), status: map[string]string{}}
+			for _, line := range strings.Split(string(st), "\n") {
+				if k, v, ok := strings.Cut(line, ":"); ok {
+					t.status[k] = strings.Join(strings.Fields(v), " ")
+				}
+			}
+			if strings.HasSuffix(t.status["NSpid"], " 1") {
+				continue
+			}
+			cmd, _ := os.ReadFile("/proc/" + pid + "/cmdline")
+			t.cmdline = string(cmd)
+			tasks = append(tasks, t)
+		}
+		return nil
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return tasks
+}

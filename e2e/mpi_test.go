@@ -285,48 +285,29 @@ func (c *cluster) assertOwnIPCNamespaces(job, when string) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	root := filepath.Join(cgroupMount(c.t), c.cgParent)
 	seenNS := map[string]string{} // IPC namespace -> job-node cgroup
-	nodes := 0
-	err = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.Name() != "cgroup.procs" || !strings.Contains(p, "/"+job+"/") {
-			return nil
+	nodes := map[string]bool{}
+	for _, t := range c.jobTasks(job) {
+		if t.pmixd() {
+			continue
 		}
-		data, _ := os.ReadFile(p)
-		ranks := 0
-		for _, pid := range strings.Fields(string(data)) {
-			st, err := os.ReadFile("/proc/" + pid + "/status")
-			if err != nil || regexp.MustCompile(`(?m)^NSpid:.*\s1$`).Match(st) {
-				continue // gone meanwhile, or the sandbox's init
-			}
-			if cmd, _ := os.ReadFile("/proc/" + pid + "/cmdline"); strings.Contains(string(cmd), "\x00pmixd\x00") {
-				continue
-			}
-			ns, err := os.Readlink("/proc/" + pid + "/ns/ipc")
-			if err != nil {
-				continue
-			}
-			if ns == self {
-				c.t.Fatalf("%s: rank %s of job %s is in the host's IPC namespace %s", when, pid, job, ns)
-			}
-			if other, ok := seenNS[ns]; ok && other != filepath.Dir(p) {
-				c.t.Fatalf("%s: rank %s of job %s shares IPC namespace %s with another job-node (%s)", when, pid, job, ns, other)
-			}
-			seenNS[ns] = filepath.Dir(p)
-			ranks++
+		ns, err := os.Readlink("/proc/" + t.pid + "/ns/ipc")
+		if err != nil {
+			continue // gone meanwhile
 		}
-		if ranks > 0 {
-			nodes++
+		if ns == self {
+			c.t.Fatalf("%s: rank %s of job %s is in the host's IPC namespace %s", when, t.pid, job, ns)
 		}
-		return nil
-	})
-	if err != nil {
-		c.t.Fatal(err)
+		if other, ok := seenNS[ns]; ok && other != t.node {
+			c.t.Fatalf("%s: rank %s of job %s shares IPC namespace %s with another job-node (%s)", when, t.pid, job, ns, other)
+		}
+		seenNS[ns] = t.node
+		nodes[t.node] = true
 	}
-	if nodes < 2 {
-		c.t.Fatalf("%s: ranks of %d job-nodes of job %s found, want 2 or more", when, nodes, job)
+	if len(nodes) < 2 {
+		c.t.Fatalf("%s: ranks of %d job-nodes of job %s found, want 2 or more", when, len(nodes), job)
 	}
-	c.t.Logf("%s: the ranks of %d job-nodes of %s are in IPC namespaces of their own", when, nodes, job)
+	c.t.Logf("%s: the ranks of %d job-nodes of %s are in IPC namespaces of their own", when, len(nodes), job)
 }
 
 // assertOMPI5Runtime checks that every job-node of job has a pmixd that maps
@@ -336,47 +317,30 @@ func (c *cluster) assertOwnIPCNamespaces(job, when string) {
 func (c *cluster) assertOMPI5Runtime(job, when string) {
 	c.t.Helper()
 	libpmix5 := regexp.MustCompile(`^` + regexp.QuoteMeta(ompi5Prefix) + `.*/libpmix\.so\.2\.13\.`)
-	root := filepath.Join(cgroupMount(c.t), c.cgParent)
 	pmixds, procs := 0, 0
-	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.Name() != "cgroup.procs" || !strings.Contains(p, "/"+job+"/") {
-			return nil
+	for _, t := range c.jobTasks(job) {
+		maps, err := os.ReadFile("/proc/" + t.pid + "/maps")
+		if err != nil {
+			continue // gone meanwhile
 		}
-		data, _ := os.ReadFile(p)
-		for _, pid := range strings.Fields(string(data)) {
-			st, err := os.ReadFile("/proc/" + pid + "/status")
-			if err != nil || regexp.MustCompile(`(?m)^NSpid:.*\s1$`).Match(st) {
-				continue // gone meanwhile, or the sandbox's init (torpor itself)
-			}
-			cmd, _ := os.ReadFile("/proc/" + pid + "/cmdline")
-			maps, err := os.ReadFile("/proc/" + pid + "/maps")
-			if err != nil {
+		procs++
+		found := false
+		for _, line := range strings.Split(string(maps), "\n") {
+			f := strings.Fields(line)
+			if len(f) != 6 || !strings.Contains(f[5], ".so") {
 				continue
 			}
-			procs++
-			pmixd := strings.Contains(string(cmd), "\x00pmixd\x00")
-			found := false
-			for _, line := range strings.Split(string(maps), "\n") {
-				f := strings.Fields(line)
-				if len(f) != 6 || !strings.Contains(f[5], ".so") {
-					continue
-				}
-				if !strings.HasPrefix(f[5], ompi5Prefix) {
-					c.t.Fatalf("%s: process %s (%q) of job %s maps %s, outside %s", when, pid, cmd, job, f[5], ompi5Prefix)
-				}
-				found = found || libpmix5.MatchString(f[5])
+			if !strings.HasPrefix(f[5], ompi5Prefix) {
+				c.t.Fatalf("%s: process %s (%q) of job %s maps %s, outside %s", when, t.pid, t.cmdline, job, f[5], ompi5Prefix)
 			}
-			if pmixd {
-				pmixds++
-			}
-			if !found {
-				c.t.Fatalf("%s: process %s (%q) of job %s maps no libpmix of PMIx 5.0 from %s", when, pid, cmd, job, ompi5Prefix)
-			}
+			found = found || libpmix5.MatchString(f[5])
 		}
-		return nil
-	})
-	if err != nil {
-		c.t.Fatal(err)
+		if t.pmixd() {
+			pmixds++
+		}
+		if !found {
+			c.t.Fatalf("%s: process %s (%q) of job %s maps no libpmix of PMIx 5.0 from %s", when, t.pid, t.cmdline, job, ompi5Prefix)
+		}
 	}
 	if pmixds == 0 || procs <= pmixds {
 		c.t.Fatalf("%s: %d pmixd and %d processes of job %s found", when, pmixds, procs, job)

@@ -308,44 +308,20 @@ func (c *cluster) runMPIAs(u *testuser.User, name string, np int, hosts string, 
 // come and go, so they are checked when seen but not counted on).
 func (c *cluster) assertRanksAre(u *testuser.User, job, when string, min int) {
 	c.t.Helper()
-	root := filepath.Join(cgroupMount(c.t), c.cgParent)
 	ids := fmt.Sprint(u.UID)
 	gids := fmt.Sprint(u.GID)
-	checked := 0
-	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.Name() != "cgroup.procs" || !strings.Contains(p, "/"+job+"/") {
-			return nil
+	tasks := c.jobTasks(job)
+	for _, t := range tasks {
+		f := t.status
+		if f["Uid"] != strings.Repeat(ids+" ", 3)+ids || f["Gid"] != strings.Repeat(gids+" ", 3)+gids || f["CapEff"] != "0000000000000000" || f["CapPrm"] != "0000000000000000" {
+			c.t.Fatalf("%s: process %s (%s) of job %s: Uid %q Gid %q CapEff %s CapPrm %s, want %s's without capabilities",
+				when, t.pid, f["Name"], job, f["Uid"], f["Gid"], f["CapEff"], f["CapPrm"], u.Name)
 		}
-		data, _ := os.ReadFile(p)
-		for _, pid := range strings.Fields(string(data)) {
-			st, err := os.ReadFile("/proc/" + pid + "/status")
-			if err != nil {
-				continue // gone meanwhile
-			}
-			f := map[string]string{}
-			for _, line := range strings.Split(string(st), "\n") {
-				if k, v, ok := strings.Cut(line, ":"); ok {
-					f[k] = strings.Join(strings.Fields(v), " ")
-				}
-			}
-			if strings.HasSuffix(f["NSpid"], " 1") {
-				continue // the init
-			}
-			checked++
-			if f["Uid"] != strings.Repeat(ids+" ", 3)+ids || f["Gid"] != strings.Repeat(gids+" ", 3)+gids || f["CapEff"] != "0000000000000000" || f["CapPrm"] != "0000000000000000" {
-				c.t.Fatalf("%s: process %s (%s) of job %s: Uid %q Gid %q CapEff %s CapPrm %s, want %s's without capabilities",
-					when, pid, f["Name"], job, f["Uid"], f["Gid"], f["CapEff"], f["CapPrm"], u.Name)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		c.t.Fatal(err)
 	}
-	if checked < min {
-		c.t.Fatalf("%s: only %d processes of job %s found, want at least %d", when, checked, job, min)
+	if len(tasks) < min {
+		c.t.Fatalf("%s: only %d processes of job %s found, want at least %d", when, len(tasks), job, min)
 	}
-	c.t.Logf("%s: %d processes of job %s run as %s (uid %d)", when, checked, job, u.Name, u.UID)
+	c.t.Logf("%s: %d processes of job %s run as %s (uid %d)", when, len(tasks), job, u.Name, u.UID)
 }
 
 // TestForgedCredentialsRefused: a user's checkpoint whose images were edited

@@ -6,6 +6,7 @@ import (
 
 	"github.com/torpor-hpc/torpor/doctor"
 	"github.com/torpor-hpc/torpor/internal/config"
+	"github.com/torpor-hpc/torpor/internal/embedded"
 	"github.com/torpor-hpc/torpor/shim/criu"
 )
 
@@ -15,7 +16,7 @@ func runDoctor(ctx context.Context, args []string) error {
 	criuPath := fs.String("criu", "", "CRIU binary to check (default: $TORPOR_CRIU, config, "+criu.DefaultPrefix+", $PATH)")
 	cfgPath := fs.String("config", "", "configuration file (default: $TORPOR_CONFIG or "+config.DefaultPath+")")
 	ckptDir := fs.String("checkpoint-dir", "", "checkpoint directory to measure (default: from the config)")
-	runDir := fs.String("run-dir", doctor.DefaultRunDir, "the shim's run directory, to check its file system")
+	runDir := fs.String("run-dir", embedded.DefaultRunDir, "the shim's run directory, to check its file system")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

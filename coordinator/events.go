@@ -100,8 +100,9 @@ type eventsOnDisk struct {
 // when a coordinator starts. It is written to the state directory behind
 // the events, not by whoever adds one: a writer goroutine writes the whole
 // history atomically (with its fsyncs) while events were added since its
-// last write, then ends. Rewriting it took 10.6 ms per event here at the
-// 2000-event bound (BenchmarkEventAdd), and events are added with the
+// last write, then ends. Rewriting it in add took 11-18 ms per event here
+// at the 2000-event bound (three runs beside an e2e test; the write alone,
+// BenchmarkEventAdd's write-ms, is as long), and events are added with the
 // coordinator's lock held, three times in every checkpoint (two state
 // changes and the checkpoint). flush waits for the writer.
 type eventLog struct {

@@ -451,9 +451,9 @@ func (c *Coordinator) recoverFrom(ctx context.Context, host string) {
 		handle, imported, err := mk.Import(kept[k])
 		switch {
 		case errors.Is(err, catalog.ErrDeleted):
-			// Deleted or pruned while this host was down: its copy is
-			// left where it is (torpor does not remove what its catalog
-			// does not name).
+			// Deleted or pruned while this host was down: not taken
+			// back. dropSuperseded, which runs next, removes the copy
+			// when the retention would have pruned it.
 			c.log.Info("recover the catalog: a checkpoint this catalog deleted stays deleted", "host", host, "ckpt", k)
 		case err != nil:
 			c.log.Warn("recover the catalog: a job manifest refused", "host", host, "ckpt", k, "err", err)

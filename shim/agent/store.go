@@ -176,19 +176,19 @@ func (a *Agent) Fetch(ctx context.Context, handle, node, from, sum string, rate 
 	start := time.Now()
 	job, _, _ := strings.Cut(handle, "/")
 	got, files, err := func() (int64, int, error) {
-		sent, got, files, err := a.receiveImages(ctx, part, &apiv1.ImagesRequest{Ref: &apiv1.NodeRef{Job: job, Node: node}, Checkpoint: handle, Stored: true}, from, rate)
+		r, err := a.receiveImages(ctx, part, &apiv1.ImagesRequest{Ref: &apiv1.NodeRef{Job: job, Node: node}, Checkpoint: handle, Stored: true}, from, rate)
 		if err != nil {
 			return 0, 0, err
 		}
-		if sent != sum {
-			return 0, 0, fmt.Errorf("%w: the images of %s from %s are of node manifest %s, not %s", catalog.ErrCorrupt, node, from, sent, sum)
+		if r.sum != sum {
+			return 0, 0, fmt.Errorf("%w: the images of %s from %s are of node manifest %s, not %s", catalog.ErrCorrupt, node, from, r.sum, sum)
 		}
 		imgs, err := catalog.OpenNodeImages(part, sum)
 		if err != nil {
 			return 0, 0, err
 		}
 		defer imgs.Close()
-		return got, files, imgs.Verify(ctx, func(string) bool { return true })
+		return r.bytes, r.files, imgs.Verify(ctx, func(string) bool { return true })
 	}()
 	if err != nil {
 		return 0, fmt.Errorf("fetch %s of checkpoint %s from %s: %w", node, handle, from, corrupt(err))

@@ -401,30 +401,41 @@ func (a *Agent) fetchImages(ctx context.Context, job, node, checkpoint, from str
 	}
 	start := time.Now()
 	a.log.Info("fetching migration images", "job", job, "node", node, "ckpt", checkpoint, "from", from)
-	sum, got, files, err := a.receiveImages(ctx, fresh, &apiv1.ImagesRequest{Ref: &apiv1.NodeRef{Job: job, Node: node}, Checkpoint: checkpoint}, from, 0)
+	r, err := a.receiveImages(ctx, fresh, &apiv1.ImagesRequest{Ref: &apiv1.NodeRef{Job: job, Node: node}, Checkpoint: checkpoint}, from, 0)
 	if err != nil {
 		os.RemoveAll(fresh)
 		return "", "", err
 	}
-	a.log.Info("fetched migration images", "job", job, "node", node, "ckpt", checkpoint, "from", from, "files", files, "bytes", got, "elapsed", time.Since(start))
-	return fresh, sum, nil
+	a.log.Info("fetched migration images", "job", job, "node", node, "ckpt", checkpoint, "from", from, "files", r.files, "bytes", r.bytes,
+		"write", r.write, "elapsed", time.Since(start))
+	return fresh, r.sum, nil
+}
+
+// received is what receiveImages received.
+type received struct {
+	sum   string // the node manifest's SHA-256 the source sent last
+	bytes int64
+	files int
+	// write is the time spent writing the bytes into the files. It is
+	// logged: on a machine that must fault in memory it gave back (a VM
+	// with free page reporting) it, not the network, dominated a 256 MiB
+	// fetch (bench/README.md, B8).
+	write time.Duration
 }
 
 // receiveImages asks the shim at from for the images req names and writes
 // them into the empty directory dir, at most rate bytes/s when rate > 0.
 // It takes only relative names that stay inside dir, each file from its
-// start and every chunk where the last one ended, and returns the node
-// manifest's SHA-256 the source sent last, the bytes and the files
-// received. Nothing is verified here: the caller checks the files against
-// the node manifest.
-func (a *Agent) receiveImages(ctx context.Context, dir string, req *apiv1.ImagesRequest, from string, rate int64) (sum string, got int64, nfiles int, err error) {
+// start and every chunk where the last one ended. Nothing is verified
+// here: the caller checks the files against the node manifest.
+func (a *Agent) receiveImages(ctx context.Context, dir string, req *apiv1.ImagesRequest, from string, rate int64) (r received, err error) {
 	job, node := req.GetRef().GetJob(), req.GetRef().GetNode()
 	if a.cfg.PeerTLS == nil {
-		return "", 0, 0, fmt.Errorf("%w: this shim has no certificate to fetch images from another shim", agentapi.ErrInvalid)
+		return received{}, fmt.Errorf("%w: this shim has no certificate to fetch images from another shim", agentapi.ErrInvalid)
 	}
 	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return "", 0, 0, err
+		return received{}, err
 	}
 	defer root.Close()
 	files := map[string]*os.File{}
@@ -465,14 +476,17 @@ func (a *Agent) receiveImages(ctx context.Context, dir string, req *apiv1.Images
 		} else if c.Offset != size[c.Name] {
 			return bad("%s continues at offset %d, after %d bytes", c.Name, c.Offset, size[c.Name])
 		}
-		if _, err := f.Write(c.Data); err != nil {
+		w := time.Now()
+		_, err := f.Write(c.Data)
+		r.write += time.Since(w)
+		if err != nil {
 			return fmt.Errorf("images of %s/%s: %w", job, node, err)
 		}
 		size[c.Name] += int64(len(c.Data))
-		got += int64(len(c.Data))
+		r.bytes += int64(len(c.Data))
 		if rate > 0 {
 			// Throttled: never ahead of rate bytes/s since the start.
-			if ahead := time.Duration(float64(got)/float64(rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
+			if ahead := time.Duration(float64(r.bytes)/float64(rate)*float64(time.Second)) - time.Since(start); ahead > 0 {
 				select {
 				case <-ctx.Done():
 					return ctx.Err()
@@ -482,9 +496,10 @@ func (a *Agent) receiveImages(ctx context.Context, dir string, req *apiv1.Images
 		}
 		return nil
 	}
-	sum, err = agentapi.ReceiveImages(ctx, from, a.cfg.PeerTLS, req, recv)
+	r.sum, err = agentapi.ReceiveImages(ctx, from, a.cfg.PeerTLS, req, recv)
 	if err != nil {
-		return "", 0, 0, fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
+		return received{}, fmt.Errorf("images of %s/%s from %s: %w", job, node, from, err)
 	}
-	return sum, got, len(files), nil
+	r.files = len(files)
+	return r, nil
 }

@@ -1281,17 +1281,18 @@ func (a *Agent) destroy(ctx context.Context, n *node) error {
 	ctx = context.WithoutCancel(ctx)
 	var errs []error
 	n.mu.Lock()
-	stale := n.pages != nil
+	// A locked job-node's address may live on elsewhere: the old copy of
+	// a migration (post-copy or not) is destroyed while its new copy and
+	// the peers run. Its tree dies while the lock still drops what its
+	// sockets send as they close (stale sequence numbers a peer takes for
+	// a reset of the live connection); the lock goes with the veth.
+	stale := n.pages != nil || (n.lock != nil && n.lock.Locked())
 	n.mu.Unlock()
 	a.stopServing(n, "the job-node is destroyed")
 	if n.link != nil {
 		n.link.Close()
 	}
 	if stale {
-		// A post-copy source: its address lives on elsewhere. Its tree dies
-		// while the lock still drops what its sockets send as they close
-		// (stale sequence numbers a peer could take for a reset of the
-		// live connection); the lock goes with the veth.
 		errs = append(errs, n.sb.Destroy(ctx))
 	}
 	if n.lock != nil {

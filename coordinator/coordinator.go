@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -354,6 +355,24 @@ func (c *Coordinator) end(id string, to State, update func(j *Job)) {
 	}
 }
 
+// leave records, and saves, that a job-node of job id moved past its
+// migration's point of no return: spec places it on its new host, old is
+// the copy it left there, frozen and locked, to be destroyed (Job.Leaving).
+// The job stays busy and in its state. A registry that cannot be written is
+// logged, as by end: the move goes on, but a coordinator dying before end
+// would find the job as it was.
+func (c *Coordinator) leave(id string, spec JobSpec, old agentapi.NodeSpec) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	j := c.jobs[id]
+	j.Spec = spec
+	j.Spec.Nodes = slices.Clone(spec.Nodes)
+	j.Leaving = &old
+	if err := c.saveLocked(); err != nil {
+		c.log.Error("persist job registry", "job", id, "err", err)
+	}
+}
+
 const jobsFile = "jobs.json"
 
 func (c *Coordinator) saveLocked() error {
@@ -459,6 +478,9 @@ func (c *Coordinator) settle(ctx context.Context) {
 		c.mu.Unlock()
 
 		log := c.log.With("job", j.Spec.ID)
+		if j.Leaving != nil {
+			c.dropLeaving(ctx, j, log)
+		}
 		rbErr := fmt.Errorf("the shim of %s did not register again", missing)
 		if missing == "" {
 			// Not c.rollback: it logs every failure, and a shim that is
@@ -488,6 +510,7 @@ func (c *Coordinator) settle(ctx context.Context) {
 		}
 		c.mu.Lock()
 		jj := c.jobs[j.Spec.ID]
+		jj.Leaving = nil
 		if alive && resumable {
 			jj.State, jj.Reason = StateRunning, fmt.Sprintf("%s interrupted (by a coordinator restart or a shim that did not answer); rolled back, running again", j.State)
 		} else {
@@ -503,6 +526,31 @@ func (c *Coordinator) settle(ctx context.Context) {
 		}
 		c.mu.Unlock()
 	}
+}
+
+// dropLeaving destroys the old copy of j's job-node whose migration was
+// past its point of no return when the coordinator died (Job.Leaving),
+// before settle unlocks and thaws the job where j.Spec places it. A
+// post-copy's new copy may still be fetching its pages from the old one: it
+// is given the time it needs (Shim Pages; at once after a stop-and-copy).
+// The old copy is destroyed either way; if the pages did not all arrive,
+// the new copy dies with them (its shim kills it), settle finds the job
+// not running and fails it, restartable from its last checkpoint. Never
+// are both copies running.
+func (c *Coordinator) dropLeaving(ctx context.Context, j Job, log *slog.Logger) {
+	old := *j.Leaving
+	if n, err := j.Spec.Node(old.Name); err == nil {
+		if a, err := c.agent(n.Host); err == nil {
+			pctx, cancel := context.WithTimeout(ctx, c.deadlines.of(PhasePages))
+			err := a.Pages(pctx, agentapi.NodeRef{Job: j.Spec.ID, Node: n.Name})
+			cancel()
+			if err != nil {
+				log.Warn("the moved job-node's pages did not all arrive", "node", n.Name, "host", n.Host, "err", err)
+			}
+		}
+	}
+	log.Info("destroying the old copy of a job-node that had moved", "node", old.Name, "host", old.Host)
+	c.destroyNodes(ctx, j.Spec.ID, []agentapi.NodeSpec{old}, log)
 }
 
 // inBackground runs fn on a goroutine of its own, counted by WaitBackground,

@@ -61,6 +61,8 @@ type fakeAgent struct {
 	lazyFrom    []string
 	// onPages, if set, runs as Pages is called.
 	onPages func()
+	// onDestroy, if set, runs as Destroy is called, before it does anything.
+	onDestroy func(ref agentapi.NodeRef)
 	// down: Status does not reach the shim (ErrUnreachable).
 	down bool
 }
@@ -255,6 +257,9 @@ func (f *fakeAgent) Restore(ctx context.Context, job string, n agentapi.NodeSpec
 	return nil
 }
 func (f *fakeAgent) Destroy(ctx context.Context, ref agentapi.NodeRef) error {
+	if f.onDestroy != nil {
+		f.onDestroy(ref)
+	}
 	if err := f.step(ctx, PhaseDestroy); err != nil {
 		return err
 	}

@@ -194,6 +194,13 @@ type Job struct {
 	LastCheckpoint string `json:"last_checkpoint,omitempty"`
 	// ExitCode is set when the job finished or failed by a job-node exiting.
 	ExitCode int `json:"exit_code"`
+	// Leaving is the old copy of a job-node whose migration is past its
+	// point of no return: Spec places the job-node on its new host, and
+	// this copy, frozen and locked, is still to be destroyed. It is saved
+	// before the job is unlocked, so that a coordinator that dies meanwhile
+	// destroys it when it settles the job (settle) instead of thawing it
+	// beside the new copy.
+	Leaving *agentapi.NodeSpec `json:"leaving,omitempty"`
 }
 
 func (j *Job) move(to State, now time.Time) error {

@@ -153,7 +153,7 @@ func Markdown(r *Result, plots []string) string {
 
 	if len(r.Migrate) > 0 {
 		w("## B4 migration downtime of one job-node\n\n")
-		w("A 2-job-node ring; n0 moves between h1 and a spare host, each row's migrations forced to one mode (`--postcopy never|always`). Downtime = the coordinator's: the whole job frozen, from the first freeze to the end of the thaw; median (min–max). Last page = post-copy only: from the first freeze until the destination had every page (the job runs meanwhile). Phases are medians of the shim calls; `destroy` of a post-copy row comes after the last page, outside the downtime. unlock→TCP = from the end of the unlock until every job-node's namespace received a TCP segment again.\n\n")
+		w("A 2-job-node ring; n0 moves between h1 and a spare host, each row's migrations forced to one mode (`--postcopy never|always`). Downtime = the coordinator's: the whole job frozen, from the first freeze to the end of the thaw; median (min–max). Last page = post-copy only: from the first freeze until the destination had every page (the job runs meanwhile). Phases are medians of the shim calls; `destroy` (of the old copy) comes after the thaw, outside the downtime, and in a post-copy row after the last page (in runs up to 2026-12-04 03:44 a stop-copy's came before the unlock, inside the downtime). unlock→TCP = from the end of the unlock until every job-node's namespace received a TCP segment again.\n\n")
 		w("| MiB | mode | image MiB | downtime ms | last page ms | freeze+drain+lock | dump | restore | destroy | unlock+thaw | unlock→TCP ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, p := range r.Migrate {
 			if p.Err != "" && len(p.Samples) == 0 {

@@ -534,9 +534,10 @@ func (c *Coordinator) settle(ctx context.Context) {
 // post-copy's new copy may still be fetching its pages from the old one: it
 // is given the time it needs (Shim Pages; at once after a stop-and-copy).
 // The old copy is destroyed either way; if the pages did not all arrive,
-// the new copy dies with them (its shim kills it), settle finds the job
-// not running and fails it, restartable from its last checkpoint. Never
-// are both copies running.
+// the new copy dies with them (its shim kills it when its daemon fails)
+// and the job fails, restartable from its last checkpoint: here, if the
+// kill came before settle asks, else at the next poll. Never are both
+// copies running.
 func (c *Coordinator) dropLeaving(ctx context.Context, j Job, log *slog.Logger) {
 	old := *j.Leaving
 	if n, err := j.Spec.Node(old.Name); err == nil {

@@ -95,15 +95,9 @@ func TestRecoverDestroysLeavingCopy(t *testing.T) {
 	}
 	moving, _ := spec.Node("n1")
 	old := *moving
-	dest := old
-	dest.Host = "h3"
-	if err := f.agents["h3"].Restore(ctx, "job1", dest, agentapi.RestoreRequest{Checkpoint: "job1/000001"}); err != nil {
+	moving.Host = "h3"
+	if err := f.agents["h3"].Restore(ctx, "job1", *moving, agentapi.RestoreRequest{Checkpoint: "job1/000001"}); err != nil {
 		t.Fatal(err)
-	}
-	for i := range spec.Nodes {
-		if spec.Nodes[i].Name == "n1" {
-			spec.Nodes[i] = dest
-		}
 	}
 	f.c.leave("job1", spec, old)
 
@@ -114,15 +108,11 @@ func TestRecoverDestroysLeavingCopy(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		order = append(order, "destroy h1")
-		if n := f.agents["h1"].snapshot()["job1/n1"]; n.locked == false || n.frozen == false {
+		if n := f.agents["h1"].snapshot()["job1/n1"]; !n.locked || !n.frozen {
 			order = append(order, "old copy thawed or unlocked")
 		}
 	}
-	agents := map[string]agentapi.Agent{}
-	for h, a := range f.agents {
-		agents[h] = a
-	}
-	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: agents, Deadlines: testDeadlines()})
+	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: f.shims(), Deadlines: testDeadlines()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,6 +49,16 @@ func newFixture(t *testing.T, hosts ...string) *fixture {
 	return f
 }
 
+// shims returns the fixture's fake shims as a coordinator takes them: for
+// a second coordinator on the same state, as one restarted after a crash.
+func (f *fixture) shims() map[string]agentapi.Agent {
+	agents := map[string]agentapi.Agent{}
+	for h, a := range f.agents {
+		agents[h] = a
+	}
+	return agents
+}
+
 // testDeadline bounds every phase of a test's coordinator. The fakes answer
 // at once, so it only ends a test that went wrong; a loaded machine cannot
 // reach it.
@@ -520,11 +530,7 @@ func TestRecoverAfterCrash(t *testing.T) {
 		_ = f.agents[n.Host].Freeze(context.Background(), ref)
 		_ = f.agents[n.Host].Lock(context.Background(), ref)
 	}
-	agents := map[string]agentapi.Agent{}
-	for h, a := range f.agents {
-		agents[h] = a
-	}
-	c2, err := New(Options{StateDir: dir, Store: f.store, Agents: agents})
+	c2, err := New(Options{StateDir: dir, Store: f.store, Agents: f.shims()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -553,11 +559,7 @@ func TestRecoverFailsVanishedJob(t *testing.T) {
 	f.agents[gone.Host].mu.Lock()
 	delete(f.agents[gone.Host].node, "job1/"+gone.Name)
 	f.agents[gone.Host].mu.Unlock()
-	agents := map[string]agentapi.Agent{}
-	for h, a := range f.agents {
-		agents[h] = a
-	}
-	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: agents})
+	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: f.shims()})
 	if err != nil {
 		t.Fatal(err)
 	}

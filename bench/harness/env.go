@@ -89,6 +89,7 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (_ *Env, err error) {
 		}
 	}()
 	e.Drv = criu.NewDriver(cfg.CRIU, cfg.Log)
+	e.Drv.Prepare(ctx) // CRIU's kernel cache, as every shim's driver makes it
 	var serverTLS, clientTLS *tls.Config
 	var peers []net.IP
 	if cfg.Routed {

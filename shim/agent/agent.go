@@ -196,7 +196,14 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}
 	log := cfg.Log.With("host", cfg.Host)
-	return &Agent{cfg: cfg, log: log, drv: criu.NewDriver(cfg.CRIU, log), nodes: map[string]*node{},
+	drv := criu.NewDriver(cfg.CRIU, log)
+	if cfg.CRIU.Path != "" {
+		// Before the first checkpoint, not inside it (once per machine).
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		drv.Prepare(ctx)
+		cancel()
+	}
+	return &Agent{cfg: cfg, log: log, drv: drv, nodes: map[string]*node{},
 		selfKill: killSelf, killCRIU: killPID}, nil
 }
 

@@ -46,6 +46,25 @@ type Driver struct {
 	preloadOnce sync.Once
 	preload     *os.File // prlimit.so when this host needs it (see preloadLib)
 	preloadErr  error
+
+	kerndatOnce sync.Once
+}
+
+// Prepare gives CRIU its kernel cache (WarmKerndat), once per driver; every
+// CRIU run does it first if nobody called Prepare. A failure is only logged:
+// CRIU then probes the kernel at every run.
+func (d *Driver) Prepare(ctx context.Context) {
+	d.kerndatOnce.Do(func() {
+		start := time.Now()
+		mounted, err := WarmKerndat(ctx, d.bin.Path)
+		switch {
+		case err != nil:
+			d.log.Warn("CRIU keeps no kernel cache here: it probes the kernel at every dump and restore", "err", err)
+		case mounted:
+			d.log.Info("CRIU's kernel cache is kept on a tmpfs: CRIU no longer probes the kernel at every dump and restore",
+				"cache", KerndatCache, "took", time.Since(start))
+		}
+	})
 }
 
 // preloadLib is the library CRIU needs preloaded here, or nil: on a host
@@ -210,6 +229,7 @@ func (d *Driver) run(ctx context.Context, typ rpc.CriuReqType, logName string, o
 		ro.NotifyScripts = proto.Bool(true)
 	}
 
+	d.Prepare(ctx)
 	preload, err := d.preloadLib()
 	if err != nil {
 		return logPath, nil, fmt.Errorf("criu %s: %w", op, err)

@@ -170,6 +170,7 @@ func (d *Driver) StartLazyPages(ctx context.Context, o LazyPagesOptions) (*LazyP
 		return nil, fmt.Errorf("criu lazy-pages: %w", err)
 	}
 	defer r.Close()
+	d.Prepare(ctx)
 	cmd := exec.Command(d.bin.Path, "lazy-pages", "--page-server", "--address", o.Address, "--port", strconv.Itoa(o.Port),
 		"-D", o.ImagesDir, "-W", o.WorkDir, "-o", "lazy-pages.log", "-v4", "--status-fd", "3")
 	cmd.ExtraFiles = []*os.File{w}

@@ -67,6 +67,7 @@ func Checks() []Check {
 		{Name: "criu", Required: true, Run: checkCRIU},
 		{Name: "criu check", Required: true, Run: checkCRIUFeatures},
 		{Name: "hw breakpoints", Required: false, Run: checkBreakpoints},
+		{Name: "criu kernel cache", Required: false, Run: checkKerndat},
 		{Name: "cgroup v2 freeze", Required: true, Run: checkCgroupFreeze},
 		{Name: "netns + veth", Required: true, Run: checkNetnsVeth},
 		{Name: "bpf tcx", Required: true, Run: checkTCX},
@@ -78,6 +79,19 @@ func Checks() []Check {
 		{Name: "checkpoint dir", Required: true, Run: checkCheckpointDir},
 		{Name: "run dir", Required: false, Run: checkRunDir},
 	}
+}
+
+// checkKerndat: where /run is not a tmpfs, CRIU keeps no kernel cache and
+// probes the kernel at every run; a shim's driver mounts one (criu.WarmKerndat).
+func checkKerndat(_ context.Context, _ *Env) Result {
+	cached, detail, remedy, err := criu.KerndatState()
+	if err != nil {
+		return warn(remedy, "%v", err)
+	}
+	if !cached {
+		return warn(remedy, "%s", detail)
+	}
+	return ok("%s", detail)
 }
 
 // existingParent is dir, or its nearest parent that exists.

@@ -175,3 +175,33 @@ func mountKerndat(path string, data []byte) (err error) {
 	}
 	return nil
 }
+
+// KerndatState says whether CRIU finds a kernel cache it may trust on this
+// machine, how, and if not, what to do (for `torpor doctor`).
+func KerndatState() (ok bool, detail, remedy string, err error) {
+	return kerndatState(KerndatCache)
+}
+
+func kerndatState(path string) (bool, string, string, error) {
+	dir := filepath.Dir(path)
+	if tmpfs, err := isTmpfs(dir); err != nil {
+		return false, "", "", err
+	} else if tmpfs {
+		return true, fmt.Sprintf("%s is a tmpfs: CRIU keeps its kernel cache there itself", dir), "", nil
+	}
+	present, err := kerndatPresent(path)
+	if err != nil {
+		return false, "", "remove it; a shim then mounts CRIU's cache there", err
+	}
+	if !present {
+		return false, fmt.Sprintf("%s is not a tmpfs and %s holds no cache: CRIU probes the kernel at every dump, restore and lazy-pages daemon (35-40 ms each on the benchmark machine)", dir, path),
+			"start a shim (`torpor shim`), which mounts CRIU's cache from a tmpfs, or make " + dir + " a tmpfs", nil
+	}
+	if tmpfs, err := isTmpfs(path); err != nil {
+		return false, "", "", err
+	} else if tmpfs {
+		return true, fmt.Sprintf("%s is mounted from a tmpfs: CRIU loads it, until the machine restarts", path), "", nil
+	}
+	return false, fmt.Sprintf("%s is a file on %s's disk file system: CRIU loads it, after a reboot into another kernel too, when it is wrong", path, dir),
+		"remove " + path + "; a shim then mounts CRIU's cache from a tmpfs", nil
+}

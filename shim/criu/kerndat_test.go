@@ -167,3 +167,41 @@ func TestWarmKerndat(t *testing.T) {
 		}
 	}
 }
+
+// TestKerndatState: what `torpor doctor` says of each kind of cache.
+func TestKerndatState(t *testing.T) {
+	testutil.RequireRoot(t, "mounts tmpfs")
+	dir := t.TempDir()
+	if tmpfs, err := isTmpfs(dir); err != nil || tmpfs {
+		t.Fatalf("the test's directory %s must not be a tmpfs (%v)", dir, err)
+	}
+	path := filepath.Join(dir, "criu.kdat")
+	check := func(what string, wantOK bool, wantDetail string) {
+		t.Helper()
+		ok, detail, remedy, err := kerndatState(path)
+		if err != nil || ok != wantOK || !strings.Contains(detail, wantDetail) || (!ok && remedy == "") {
+			t.Errorf("%s: ok %v, %q, remedy %q, %v; want ok %v and %q", what, ok, detail, remedy, err, wantOK, wantDetail)
+		}
+	}
+	check("nothing there", false, "holds no cache")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check("an empty placeholder", false, "holds no cache")
+	if err := mountKerndat(path, []byte("cache")); err != nil {
+		t.Fatal(err)
+	}
+	check("mounted", true, "mounted from a tmpfs")
+	if err := unix.Unmount(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("cache"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check("a file on disk", false, "disk file system")
+	if err := unix.Mount("kdat-test", dir, "tmpfs", 0, "size=64k"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+	check("a tmpfs directory", true, "is a tmpfs")
+}

@@ -5,8 +5,9 @@
 //
 // It is the one place torpor does this: the shim starts sandbox inits and
 // CRIU in a job-node's namespace, netquiesce opens sockets and attaches
-// programs there and creates named namespaces, and the doctor tries a veth
-// pair in a throw-away one.
+// programs there and creates named namespaces, the doctor tries a veth
+// pair in a throw-away one, and CRIU's kernel cache is made in a mount
+// namespace of a thread's own (OnThread).
 package nsrun
 
 import (

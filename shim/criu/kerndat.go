@@ -9,10 +9,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/torpor-hpc/torpor/internal/nsrun"
 )
 
 // KerndatCache is where CRIU, run as root, looks for what it learnt about
@@ -91,54 +92,42 @@ func kerndatPresent(path string) (bool, error) {
 
 // probeKerndat runs `criu check` in a mount namespace of its own, with a
 // tmpfs on the cache's directory, and returns the cache CRIU left there.
-//
-// The namespace is the calling thread's: the goroutine locks its thread,
-// unshares the mount namespace and never unlocks, so the thread ends with
-// the goroutine instead of going back to the scheduler in the wrong
-// namespace. The child CRIU inherits the thread's namespace.
+// The namespace is a thread's of its own (nsrun.OnThread), which the child
+// CRIU inherits and which dies with the thread.
 func probeKerndat(ctx context.Context, criuPath string) ([]byte, error) {
-	type result struct {
-		data []byte
-		err  error
+	var data []byte
+	err := nsrun.OnThread(func() error {
+		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			return fmt.Errorf("unshare the mount namespace: %w", err)
+		}
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			return fmt.Errorf("make the mounts private: %w", err)
+		}
+		dir := filepath.Dir(KerndatCache)
+		if err := unix.Mount("torpor-kdat", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=1m,mode=0755"); err != nil {
+			return fmt.Errorf("mount a tmpfs on %s: %w", dir, err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		// `criu check` fails when a feature it checks is missing; its
+		// cache is written before, whatever the verdict.
+		out, runErr := exec.CommandContext(cctx, criuPath, "check").CombinedOutput()
+		var err error
+		if data, err = os.ReadFile(KerndatCache); err != nil || len(data) == 0 {
+			return fmt.Errorf("`%s check` left no cache (%v; its exit: %v; its output: %s)", criuPath, err, runErr, bytes.TrimSpace(out))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("CRIU's kernel cache: %w", err)
 	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		data, err := func() ([]byte, error) {
-			if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-				return nil, fmt.Errorf("unshare the mount namespace: %w", err)
-			}
-			if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-				return nil, fmt.Errorf("make the mounts private: %w", err)
-			}
-			dir := filepath.Dir(KerndatCache)
-			if err := unix.Mount("torpor-kdat", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=1m,mode=0755"); err != nil {
-				return nil, fmt.Errorf("mount a tmpfs on %s: %w", dir, err)
-			}
-			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			defer cancel()
-			// `criu check` fails when a feature it checks is missing; its
-			// cache is written before, whatever the verdict.
-			out, runErr := exec.CommandContext(cctx, criuPath, "check").CombinedOutput()
-			data, err := os.ReadFile(KerndatCache)
-			if err != nil || len(data) == 0 {
-				return nil, fmt.Errorf("`%s check` left no cache (%v; its exit: %v; its output: %s)", criuPath, err, runErr, bytes.TrimSpace(out))
-			}
-			return data, nil
-		}()
-		done <- result{data, err}
-	}()
-	r := <-done
-	if r.err != nil {
-		return nil, fmt.Errorf("CRIU's kernel cache: %w", r.err)
-	}
-	return r.data, nil
+	return data, nil
 }
 
 // mountKerndat puts data, on a tmpfs of its own, read-only at path (which
 // must be absent or an empty regular file). Nothing else stays: the tmpfs's
 // directory is unmounted and removed once the file is bound.
-func mountKerndat(path string, data []byte) (err error) {
+func mountKerndat(path string, data []byte) error {
 	wrap := func(err error) error { return fmt.Errorf("CRIU's kernel cache: %w", err) }
 	tmp, err := os.MkdirTemp(filepath.Dir(path), ".torpor-kdat-")
 	if err != nil {

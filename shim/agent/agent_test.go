@@ -221,7 +221,11 @@ func TestDrainOutsideJobAborts(t *testing.T) {
 	peerIP := strings.Split(simhost.NodeAddr(40), "/")[0]
 	sender := coordinator.JobSpec{ID: "sender", Nodes: []agentapi.NodeSpec{{
 		Name: "n0", Host: "h1", IP: simhost.NodeAddr(41), Hostname: "sender",
-		Argv: []string{stream, "-connect", peerIP + ":7000", "-status", filepath.Join(e.dir, "sender.send")},
+		// The sender is slower than the peer's reader, so the peer's receive
+		// window stays open and a black hole always catches bytes in flight.
+		// An unlimited sender fills the window: on a loaded machine the peer
+		// advertised a zero window at each of ten locks (CI, 2026-12-04).
+		Argv: []string{stream, "-connect", peerIP + ":7000", "-status", filepath.Join(e.dir, "sender.send"), "-rate", "4M"},
 	}}}
 	for _, s := range []coordinator.JobSpec{peer, sender} {
 		if err := e.c.Start(ctx, s); err != nil {
@@ -232,10 +236,10 @@ func TestDrainOutsideJobAborts(t *testing.T) {
 	waitStatus(t, peerRecv, 1<<20, "stream to the outside peer")
 	// Black-hole the peer: its packets are dropped from now on. The sender
 	// must hold bytes towards it that stay un-acknowledged, or there is
-	// nothing to refuse. If the lock fell while the peer's receive window was
-	// closed (the peer reads no faster than the sender writes), no window
-	// update reaches the sender and it never sends again: open the black hole
-	// until the stream flows, and close it again.
+	// nothing to refuse. If the lock still fell while the peer's receive
+	// window was closed (its reader stalled), no window update reaches the
+	// sender and it never sends again: open the black hole until the stream
+	// flows, and close it again.
 	peerRef, senderRef := agentapi.NodeRef{Job: "peer", Node: "n0"}, agentapi.NodeRef{Job: "sender", Node: "n0"}
 	for attempt := 1; ; attempt++ {
 		if err := e.agents["h2"].Lock(ctx, peerRef); err != nil {

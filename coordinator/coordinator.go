@@ -73,6 +73,12 @@ type Options struct {
 type Faults struct {
 	// BeforeCommit runs after every job-node was dumped, before the job manifest is written.
 	BeforeCommit func(job string) error
+	// AfterRestore runs when a migration's new copy was restored, before
+	// the point of no return; an error rolls the migration back.
+	AfterRestore func(job, node string) error
+	// PastNoReturn runs when a migration saved the job-node's new place and
+	// its old copy as leaving, before the job is unlocked and thawed.
+	PastNoReturn func(job, node string)
 }
 
 // Coordinator owns jobs and runs the protocol. It is safe for concurrent use;
@@ -350,6 +356,11 @@ func (c *Coordinator) end(id string, to State, update func(j *Job)) {
 	if update != nil {
 		update(j)
 	}
+	if !j.State.Transient() {
+		// The operation is over: a migration's restored copy became the
+		// job-node's place (leave) or was destroyed by its rollback.
+		j.Arriving = nil
+	}
 	if err := c.saveLocked(); err != nil {
 		c.log.Error("persist job registry", "job", id, "err", err)
 	}
@@ -368,6 +379,7 @@ func (c *Coordinator) leave(id string, spec JobSpec, old agentapi.NodeSpec) {
 	j.Spec = spec
 	j.Spec.Nodes = slices.Clone(spec.Nodes)
 	j.Leaving = &old
+	j.Arriving = nil
 	if err := c.saveLocked(); err != nil {
 		c.log.Error("persist job registry", "job", id, "err", err)
 	}
@@ -454,23 +466,34 @@ const settleTimeout = 2 * time.Minute
 // job-node still runs (after a checkpoint or a migration) it is running
 // again, otherwise its job-nodes are destroyed and it is failed, restartable
 // from its last checkpoint. A job whose shims do not answer within
-// settleTimeout is failed.
+// settleTimeout is failed. A migration's other copy (Job.Leaving, or
+// Job.Arriving short of the point of no return) is destroyed first, its
+// host waited for as long; past settleTimeout the job goes on without it.
 func (c *Coordinator) settle(ctx context.Context) {
 	for _, j := range c.Jobs() {
-		switch j.State {
-		case StateCheckpointing, StateMigrating, StateRestoring, StateStarting:
-		default:
+		if !j.State.Transient() {
 			continue
 		}
 		c.mu.Lock()
 		busy := c.busy[j.Spec.ID]
-		missing := ""
+		missing, away := "", ""
 		for _, n := range j.Spec.Nodes {
 			if _, ok := c.agents[n.Host]; !ok {
 				missing = n.Host
 			}
 		}
-		if busy || (missing != "" && c.now().Sub(j.Updated) < settleTimeout) {
+		// The host of a migration's other copy (Leaving, Arriving) is waited
+		// for as long, so that the copy is destroyed before the job thaws;
+		// without it the job goes on.
+		for _, n := range []*agentapi.NodeSpec{j.Leaving, j.Arriving} {
+			if n == nil {
+				continue
+			}
+			if _, ok := c.agents[n.Host]; !ok {
+				away = n.Host
+			}
+		}
+		if busy || ((missing != "" || away != "") && c.now().Sub(j.Updated) < settleTimeout) {
 			c.mu.Unlock()
 			continue
 		}
@@ -480,6 +503,9 @@ func (c *Coordinator) settle(ctx context.Context) {
 		log := c.log.With("job", j.Spec.ID)
 		if j.Leaving != nil {
 			c.dropLeaving(ctx, j, log)
+		}
+		if j.Arriving != nil {
+			c.dropArriving(ctx, j, log)
 		}
 		rbErr := fmt.Errorf("the shim of %s did not register again", missing)
 		if missing == "" {
@@ -510,7 +536,7 @@ func (c *Coordinator) settle(ctx context.Context) {
 		}
 		c.mu.Lock()
 		jj := c.jobs[j.Spec.ID]
-		jj.Leaving = nil
+		jj.Leaving, jj.Arriving = nil, nil
 		if alive && resumable {
 			jj.State, jj.Reason = StateRunning, fmt.Sprintf("%s interrupted (by a coordinator restart or a shim that did not answer); rolled back, running again", j.State)
 		} else {
@@ -552,6 +578,34 @@ func (c *Coordinator) dropLeaving(ctx context.Context, j Job, log *slog.Logger) 
 	}
 	log.Info("destroying the old copy of a job-node that had moved", "node", old.Name, "host", old.Host)
 	c.destroyNodes(ctx, j.Spec.ID, []agentapi.NodeSpec{old}, log)
+}
+
+// dropArriving destroys the copy of j's job-node that its migration had
+// restored on the new host before the coordinator died, short of the
+// point of no return (Job.Arriving): the job-node's place is still its old
+// host, whose copy settle thaws next. A copy already gone (the restore had
+// not begun or failed, or a rollback destroyed it) is nothing to do. A
+// shim that does not answer keeps its copy, frozen and locked: logged, as
+// nothing asks that host again.
+func (c *Coordinator) dropArriving(ctx context.Context, j Job, log *slog.Logger) {
+	n := *j.Arriving
+	if cur, err := j.Spec.Node(n.Name); err == nil && cur.Host == n.Host {
+		return // never the job-node's own place
+	}
+	a, err := c.agent(n.Host)
+	if err == nil {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.deadlines.of(PhaseDestroy))
+		err = a.Destroy(dctx, agentapi.NodeRef{Job: j.Spec.ID, Node: n.Name})
+		cancel()
+	}
+	switch {
+	case err == nil:
+		log.Info("destroyed the copy an interrupted migration had restored", "node", n.Name, "host", n.Host)
+	case errors.Is(err, agentapi.ErrNotFound):
+	default:
+		log.Error("the copy an interrupted migration restored could not be destroyed: it stays frozen and locked on its host, holding its memory, and a migration of the job-node there is refused while it does",
+			"node", n.Name, "host", n.Host, "err", err)
+	}
 }
 
 // inBackground runs fn on a goroutine of its own, counted by WaitBackground,

@@ -173,6 +173,17 @@ var transitions = map[State][]State{
 	StateFailed:        {StateRestoring},
 }
 
+// Transient says whether a job in state s is in the middle of an
+// operation: a job left there by a coordinator that died, or by a rollback
+// that could not reach a shim, is settled later (Coordinator.settle).
+func (s State) Transient() bool {
+	switch s {
+	case StateCheckpointing, StateMigrating, StateRestoring, StateStarting:
+		return true
+	}
+	return false
+}
+
 // CanMove reports whether a job may go from one state to another.
 func CanMove(from, to State) bool {
 	for _, s := range transitions[from] {
@@ -201,6 +212,15 @@ type Job struct {
 	// destroys it when it settles the job (settle) instead of thawing it
 	// beside the new copy.
 	Leaving *agentapi.NodeSpec `json:"leaving,omitempty"`
+	// Arriving is the copy a running migration restores on the job-node's
+	// new host, saved as the migration begins: until the point of no return
+	// (when Spec takes it and Leaving the old copy) the job-node's place is
+	// still its old host. A coordinator that dies between the restore and
+	// that point destroys it when it settles the job, before it thaws the
+	// old copy; without it, the restored copy stayed frozen on the new
+	// host, holding its memory, and a later migration there was refused
+	// (the shim already had the job-node).
+	Arriving *agentapi.NodeSpec `json:"arriving,omitempty"`
 }
 
 func (j *Job) move(to State, now time.Time) error {

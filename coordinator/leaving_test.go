@@ -3,11 +3,14 @@ package coordinator
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/torpor-hpc/torpor/agentapi"
 )
@@ -138,5 +141,155 @@ func TestRecoverDestroysLeavingCopy(t *testing.T) {
 	}
 	if j := savedJob(t, c2, "job1"); j.Leaving != nil || j.State != StateRunning {
 		t.Fatalf("registry after recovery: %s, leaving %+v", j.State, j.Leaving)
+	}
+}
+
+// TestMigrateRecordsArrivingCopy: from the start of a migration until its
+// point of no return the registry on disk names the copy being restored on
+// the new host (Job.Arriving) while still placing the job-node on its old
+// one; past that point and after the migration nothing is arriving.
+func TestMigrateRecordsArrivingCopy(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2", "h3")
+	var seen []string
+	f.c.faults.AfterRestore = func(job, node string) error {
+		j := savedJob(t, f.c, job)
+		n, _ := j.Spec.Node(node)
+		seen = append(seen, fmt.Sprintf("%s on %s, arriving %v", node, n.Host, j.Arriving != nil && j.Arriving.Host == "h3" && j.Arriving.Name == node))
+		return nil
+	}
+	f.c.faults.PastNoReturn = func(job, node string) {
+		j := savedJob(t, f.c, job)
+		n, _ := j.Spec.Node(node)
+		seen = append(seen, fmt.Sprintf("%s on %s, arriving %v", node, n.Host, j.Arriving != nil))
+	}
+	if err := f.c.Migrate(context.Background(), "job1", "n1", "h3"); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"n1 on h1, arriving true", "n1 on h3, arriving false"}; !slices.Equal(seen, want) {
+		t.Fatalf("the registry on disk said %q, want %q", seen, want)
+	}
+	if j := savedJob(t, f.c, "job1"); j.Arriving != nil || j.Leaving != nil || j.State != StateRunning {
+		t.Fatalf("registry after the migration: %s, arriving %+v, leaving %+v", j.State, j.Arriving, j.Leaving)
+	}
+	f.assertRunning(t)
+
+	// A refused migration records nothing.
+	if err := f.c.Migrate(context.Background(), "job1", "n1", "h3"); err == nil {
+		t.Fatal("a migration to the job-node's own host was not refused")
+	}
+	if j := savedJob(t, f.c, "job1"); j.Arriving != nil || j.State != StateRunning {
+		t.Fatalf("registry after a refused migration: %s, arriving %+v", j.State, j.Arriving)
+	}
+}
+
+// TestRecoverDestroysArrivingCopy: a coordinator that died after a
+// migration's destination restored the job-node, short of the point of no
+// return, comes back, destroys the restored copy before it thaws the old
+// one, and the job runs where it was; the same migration then succeeds
+// (the destination's shim would refuse a second copy).
+func TestRecoverDestroysArrivingCopy(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2", "h3")
+	ctx := context.Background()
+	f.c.faults.AfterRestore = func(string, string) error {
+		runtime.Goexit() // the coordinator dies here: nothing after runs
+		return nil
+	}
+	died := make(chan struct{})
+	go func() {
+		defer close(died)
+		_ = f.c.Migrate(ctx, "job1", "n1", "h3")
+		t.Error("Migrate returned; the fault should have ended it")
+	}()
+	<-died
+	if n := f.agents["h3"].snapshot()["job1/n1"]; !n.exists || !n.locked {
+		t.Fatalf("before recovery h3 does not hold a locked restored copy of n1: %+v", n)
+	}
+
+	var mu sync.Mutex
+	var order []string
+	f.agents["h3"].onDestroy = func(agentapi.NodeRef) {
+		mu.Lock()
+		defer mu.Unlock()
+		order = append(order, "destroy h3")
+		if n := f.agents["h1"].snapshot()["job1/n1"]; !n.locked || !n.frozen {
+			order = append(order, "old copy thawed or unlocked first")
+		}
+	}
+	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: f.shims(), Deadlines: testDeadlines()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c2.events.flush)
+	if err := c2.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.c = c2
+	mu.Lock()
+	got := slices.Clone(order)
+	mu.Unlock()
+	if !slices.Equal(got, []string{"destroy h3"}) {
+		t.Fatalf("recovery did %q, want the restored copy on h3 destroyed while the old copy was still frozen and locked", got)
+	}
+	f.assertRunning(t) // n1 on h1, and no other copy anywhere
+	j := savedJob(t, c2, "job1")
+	if n, _ := j.Spec.Node("n1"); n.Host != "h1" || j.Arriving != nil || j.State != StateRunning {
+		t.Fatalf("registry after recovery: n1 on %s, %s, arriving %+v", n.Host, j.State, j.Arriving)
+	}
+	if err := c2.Migrate(ctx, "job1", "n1", "h3"); err != nil {
+		t.Fatalf("the same migration after recovery: %v", err)
+	}
+	f.assertRunning(t)
+}
+
+// TestSettleWaitsForArrivingHost: the restored copy's host has not
+// registered with the new coordinator yet: the job stays frozen where it
+// was until it has, then the copy is destroyed and the job thawed. Only
+// after settleTimeout does the job go on without that host.
+func TestSettleWaitsForArrivingHost(t *testing.T) {
+	for _, late := range []bool{false, true} {
+		f := newFixture(t, "h0", "h1", "h2", "h3")
+		ctx := context.Background()
+		f.c.faults.AfterRestore = func(string, string) error {
+			runtime.Goexit()
+			return nil
+		}
+		died := make(chan struct{})
+		go func() { defer close(died); _ = f.c.Migrate(ctx, "job1", "n1", "h3") }()
+		<-died
+		agents := f.shims()
+		delete(agents, "h3")
+		c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: agents, Deadlines: testDeadlines()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c2.events.flush)
+		now := time.Now()
+		c2.now = func() time.Time { return now }
+		if err := c2.Recover(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if j, _ := c2.Job("job1"); j.State != StateMigrating {
+			t.Fatalf("settled without the restored copy's host: %s (%s)", j.State, j.Reason)
+		}
+		if n := f.agents["h1"].snapshot()["job1/n1"]; !n.frozen || !n.locked {
+			t.Fatalf("n1 on h1 thawed before the copy on h3 was destroyed: %+v", n)
+		}
+		if late {
+			now = now.Add(settleTimeout + time.Second)
+		} else {
+			c2.AddAgent("h3", f.agents["h3"])
+		}
+		c2.settle(ctx)
+		f.c = c2
+		_, left := f.agents["h3"].snapshot()["job1/n1"]
+		if left != late {
+			t.Fatalf("late=%v: a copy of n1 left on h3: %v", late, left)
+		}
+		if late {
+			// The job runs on; the copy on the host that never came back is
+			// its shim's (logged).
+			f.agents["h3"].Destroy(ctx, agentapi.NodeRef{Job: "job1", Node: "n1"})
+		}
+		f.assertRunning(t)
 	}
 }

@@ -472,7 +472,18 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 	if err := c.requireShims(id); err != nil {
 		return res, &refusal{err}
 	}
-	spec, _, err := c.begin(id, []State{StateRunning}, StateMigrating)
+	// The copy to restore on the new host is recorded with the state
+	// (Job.Arriving), so that a coordinator that dies before the point of
+	// no return destroys it when it comes back. Nothing is recorded for a
+	// request refused below.
+	spec, _, err := c.beginSet(id, []State{StateRunning}, StateMigrating, func(j *Job) {
+		if n, err := j.Spec.Node(node); err == nil && n.Host != to {
+			if d, err := placedNode(j.Spec, node); err == nil {
+				d.Host = to
+				j.Arriving = &d
+			}
+		}
+	})
 	if err != nil {
 		return res, &refusal{err}
 	}
@@ -616,6 +627,9 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 		cancelEarly()
 		<-early
 	}
+	if err == nil && c.faults.AfterRestore != nil {
+		err = c.faults.AfterRestore(id, node)
+	}
 	if err != nil {
 		log.Warn("migration failed, rolling back", "err", err, "timings", t.String())
 		if restored.Load() {
@@ -643,6 +657,9 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 	// have had it thaw the old copy beside the new one.
 	*moving = dest
 	c.leave(id, spec, from)
+	if c.faults.PastNoReturn != nil {
+		c.faults.PastNoReturn(id, node)
+	}
 	if err := c.resume(ctx, id, spec.Nodes, t); err != nil {
 		c.destroyNodes(ctx, id, []agentapi.NodeSpec{from}, log)
 		c.stopJob(ctx, spec, log, "resume after migration", err, StateFailed, func(j *Job) {

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,8 +94,8 @@ func (c *cluster) progress(nodes int, what string) {
 // Issue acceptance: a coordinator and shim daemons (separate processes,
 // mutual TLS) on simulated hosts, a TCP stream job over 3 job-nodes:
 // checkpoints ×10, suspend + resume, restart after killing every job
-// process, migration to a 4th host; tampering; an interrupted commit; a
-// non-root user refused. Every byte is verified by the receivers.
+// process, migration to a 4th host; tampering; an interrupted commit and two
+// interrupted migrations; a non-root user refused. Every byte is verified by the receivers.
 func TestDaemonsEndToEnd(t *testing.T) {
 	c := newCluster(t, 4)
 	job := c.streamJob("ring", []string{"h1", "h2", "h3"})
@@ -201,30 +203,7 @@ func TestDaemonsEndToEnd(t *testing.T) {
 	c.progress(3, "restart from "+good)
 
 	// Interrupted commit: the coordinator dies between dump and commit.
-	stop(c.coord, syscall.SIGTERM)
-	c.startCoordinator("--fault", "crash-before-commit")
-	c.waitState(job, "running", 30*time.Second)
-	exited := make(chan int, 1)
-	go func() { _ = c.coord.Wait(); exited <- c.coord.ProcessState.ExitCode() }()
-	// The shims need a moment to register with the new coordinator.
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		out, code = c.cli("checkpoint", job)
-		if code == 0 {
-			t.Fatalf("checkpoint survived a coordinator crash:\n%s", out)
-		}
-		if !strings.Contains(out, "no shim registered") || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	select {
-	case ec := <-exited:
-		if ec != 86 {
-			t.Fatalf("coordinator exit %d, want the fault's 86; checkpoint said:\n%s", ec, out)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("coordinator did not crash at the fault; checkpoint said:\n%s", out)
-	}
+	out = c.crashCoordinator(job, "crash-before-commit", "checkpoint", job)
 	t.Logf("coordinator crashed between dump and commit: %s", lastLines(out, 1))
 	c.startCoordinator()
 	c.waitState(job, "running", 30*time.Second)
@@ -237,4 +216,97 @@ func TestDaemonsEndToEnd(t *testing.T) {
 		}
 	}
 	c.progress(3, "after coordinator crash and recovery")
+
+	// Interrupted migrations. The coordinator dies once h2 restored n0,
+	// short of the point of no return: the new coordinator destroys that
+	// copy and thaws n0 on h1, and the same migration succeeds after (h2's
+	// shim would refuse a second copy).
+	out = c.crashCoordinator(job, "crash-after-restore", "migrate", job, "--node", "n0", "--to", "h2")
+	t.Logf("coordinator crashed after a migration's restore: %s", lastLines(out, 1))
+	c.startCoordinator()
+	c.waitState(job, "running", 30*time.Second)
+	c.wantPlaced(job, "n0@h1", "n1@h4", "n2@h3")
+	if _, err := os.Stat(c.nodeCgroup("h2", job, "n0")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the copy of n0 restored on h2 is still there (its cgroup: %v)", err)
+	}
+	c.progress(3, "after a coordinator crash in a migration, before its point of no return")
+	c.mustCLIRegistered("migrate", job, "--node", "n0", "--to", "h2")
+	c.wantPlaced(job, "n0@h2", "n1@h4", "n2@h3")
+	c.progress(3, "migrate n0 to h2 after the interrupted one")
+	// The coordinator dies once n0's move back to h1 is saved, before the
+	// job runs again: the new coordinator destroys the old copy on h2,
+	// never thawed, and thaws the job with n0 on h1.
+	out = c.crashCoordinator(job, "crash-past-no-return", "migrate", job, "--node", "n0", "--to", "h1")
+	t.Logf("coordinator crashed past a migration's point of no return: %s", lastLines(out, 1))
+	c.startCoordinator()
+	c.waitState(job, "running", 30*time.Second)
+	c.wantPlaced(job, "n0@h1", "n1@h4", "n2@h3")
+	if _, err := os.Stat(c.nodeCgroup("h2", job, "n0")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the old copy of n0 on h2 is still there (its cgroup: %v)", err)
+	}
+	c.progress(3, "after a coordinator crash in a migration, past its point of no return")
+}
+
+// crashCoordinator restarts the coordinator with the fault point switched
+// on, runs the torpor command that makes it strike, and returns the
+// command's output once the coordinator exited with the fault's status 86.
+// The caller starts a coordinator again before its next command: a CLI
+// that finds nobody on the socket embeds a coordinator of its own.
+func (c *cluster) crashCoordinator(job, point string, args ...string) string {
+	c.t.Helper()
+	stop(c.coord, syscall.SIGTERM)
+	c.startCoordinator("--fault", point)
+	c.waitState(job, "running", 30*time.Second)
+	exited := make(chan int, 1)
+	go func() { _ = c.coord.Wait(); exited <- c.coord.ProcessState.ExitCode() }()
+	var out string
+	// The shims need a moment to register with the new coordinator.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		var code int
+		out, code = c.cli(args...)
+		if code == 0 {
+			c.t.Fatalf("torpor %s survived the coordinator's crash at %s:\n%s", strings.Join(args, " "), point, out)
+		}
+		if !strings.Contains(out, "no shim registered") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	select {
+	case ec := <-exited:
+		if ec != 86 {
+			c.t.Fatalf("coordinator exit %d, want the fault's 86; torpor %s said:\n%s", ec, strings.Join(args, " "), out)
+		}
+	case <-time.After(30 * time.Second):
+		c.t.Fatalf("coordinator did not crash at %s; torpor %s said:\n%s", point, strings.Join(args, " "), out)
+	}
+	return out
+}
+
+// mustCLIRegistered is mustCLI for a coordinator that just started: it
+// tries again while a shim the command needs has not registered yet.
+func (c *cluster) mustCLIRegistered(args ...string) string {
+	c.t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		out, code := c.cli(args...)
+		if code == 0 {
+			return out
+		}
+		if !strings.Contains(out, "no shim registered") || time.Now().After(deadline) {
+			c.t.Fatalf("torpor %s: exit %d\n%s", strings.Join(args, " "), code, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// wantPlaced checks that `torpor ps` places job's job-nodes as given
+// (NODE@HOST each).
+func (c *cluster) wantPlaced(job string, placed ...string) {
+	c.t.Helper()
+	out := c.mustCLI("ps")
+	for _, p := range placed {
+		if !strings.Contains(out, p) {
+			c.t.Fatalf("job %s: want %s:\n%s", job, strings.Join(placed, " "), out)
+		}
+	}
 }

@@ -20,8 +20,9 @@ import (
 // running Open MPI job (ring, 3 ranks, one per simulated host) and asserts the
 // outcome documented for it — in fault.Catalog for the named points, in each
 // test's comment otherwise. Every job must end with the undisturbed checksum.
-// Elsewhere: the coordinator's death between dump and commit and a tampered
-// image are in TestDaemonsEndToEnd; a drain that never completes (a peer
+// Elsewhere: the coordinator's death between dump and commit and in a
+// migration on either side of its point of no return, and a tampered image
+// are in TestDaemonsEndToEnd; a drain that never completes (a peer
 // that never ACKs) is shim/agent's TestDrainOutsideJobAborts.
 
 var faultRingArgs = []string{"-i", "600", "-m", "8", "-s", "20000", "-p", "10"}

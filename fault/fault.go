@@ -21,6 +21,13 @@ const (
 	// CoordinatorCrashBeforeCommit: the coordinator exits (status 86) after
 	// every job-node was dumped, before the checkpoint is committed.
 	CoordinatorCrashBeforeCommit Point = "crash-before-commit"
+	// CoordinatorCrashAfterRestore: the coordinator exits (status 86) when
+	// a migration's destination restored the job-node, before the point of
+	// no return.
+	CoordinatorCrashAfterRestore Point = "crash-after-restore"
+	// CoordinatorCrashPastNoReturn: the coordinator exits (status 86) when a
+	// migration saved the job-node's new place, before the job runs again.
+	CoordinatorCrashPastNoReturn Point = "crash-past-no-return"
 	// ShimExitInDump: the shim kills itself (SIGKILL) while CRIU is dumping
 	// one of its job-nodes.
 	ShimExitInDump Point = "shim-exit-in-dump"
@@ -67,6 +74,12 @@ var Catalog = []Info{
 	{CoordinatorCrashBeforeCommit, Coordinator,
 		"after every job-node was dumped, before the manifest is committed",
 		"the restarted coordinator recovers its jobs from disk, discards the half checkpoint, unlocks and thaws the job: it runs on, restartable from its last committed checkpoint"},
+	{CoordinatorCrashAfterRestore, Coordinator,
+		"a migration's destination restored the job-node (frozen, locked), before the point of no return",
+		"the restarted coordinator destroys the restored copy, unlocks and thaws the job where it was: it runs on with the undisturbed result, and a migration to the same host succeeds"},
+	{CoordinatorCrashPastNoReturn, Coordinator,
+		"a migration saved the job-node's new place with its old copy leaving, before the job is unlocked and thawed",
+		"the restarted coordinator destroys the old copy, never thawed, and unlocks and thaws the job where it moved: it runs on with the undisturbed result"},
 	{ShimExitInDump, Shim,
 		"while CRIU dumps a job-node of that shim",
 		"the checkpoint is aborted and its images deleted; the other job-nodes are unlocked and thawed at once; the restarted shim adopts its job-node, which the coordinator unlocks and thaws: the job continues with the undisturbed result"},

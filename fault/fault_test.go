@@ -15,7 +15,7 @@ func TestParse(t *testing.T) {
 		{Shim, []string{"shim-exit-in-dump"}, []Point{ShimExitInDump}, ""},
 		{Shim, []string{"criu-kill-in-dump", ""}, []Point{CRIUKillInDump}, ""},
 		{Coordinator, []string{"crash-before-commit"}, []Point{CoordinatorCrashBeforeCommit}, ""},
-		{Coordinator, []string{"shim-exit-in-dump"}, nil, `unknown fault point "shim-exit-in-dump" for the coordinator; known: crash-before-commit`},
+		{Coordinator, []string{"shim-exit-in-dump"}, nil, `unknown fault point "shim-exit-in-dump" for the coordinator; known: crash-after-restore, crash-before-commit, crash-past-no-return`},
 		{Shim, []string{"nope"}, nil, "known: corrupt-sent-images, criu-kill-in-dump, hold-in-restore, shim-exit-in-dump"},
 	}
 	for _, tt := range tests {

@@ -134,6 +134,21 @@ func runCoordinator(ctx context.Context, args []string) error {
 			return nil
 		}
 	}
+	if fset.Has(fault.CoordinatorCrashAfterRestore) {
+		log.Warn("fault injection switched on: the coordinator exits when a migration's destination restored", "point", fault.CoordinatorCrashAfterRestore)
+		dc.Faults.AfterRestore = func(job, node string) error {
+			log.Error("fault injection: crashing after a migration's restore", "job", job, "node", node)
+			os.Exit(86)
+			return nil
+		}
+	}
+	if fset.Has(fault.CoordinatorCrashPastNoReturn) {
+		log.Warn("fault injection switched on: the coordinator exits past a migration's point of no return", "point", fault.CoordinatorCrashPastNoReturn)
+		dc.Faults.PastNoReturn = func(job, node string) {
+			log.Error("fault injection: crashing past a migration's point of no return", "job", job, "node", node)
+			os.Exit(86)
+		}
+	}
 	d, err := coordinator.StartDaemon(ctx, dc)
 	if err != nil {
 		return err

@@ -3,11 +3,13 @@ package coordinator
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -291,5 +293,57 @@ func TestSettleWaitsForArrivingHost(t *testing.T) {
 			f.agents["h3"].Destroy(ctx, agentapi.NodeRef{Job: "job1", Node: "n1"})
 		}
 		f.assertRunning(t)
+	}
+}
+
+// TestRecoverLeavingPagesLost: a coordinator that died past a post-copy
+// migration's point of no return comes back to find the new copy's pages
+// lost (its daemon failed, and its shim killed it): the old copy is
+// destroyed all the same, never thawed, and the job is failed, restartable
+// from its last checkpoint, with nothing of it left on any host.
+func TestRecoverLeavingPagesLost(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2", "h3")
+	ctx := context.Background()
+	f.c.faults.PastNoReturn = func(string, string) { runtime.Goexit() }
+	died := make(chan struct{})
+	go func() { defer close(died); _ = f.c.Migrate(ctx, "job1", "n1", "h3") }()
+	<-died
+	// What the new copy's shim does when its lazy-pages daemon fails.
+	f.agents["h3"].fail[PhasePages] = errors.New("lazy-pages daemon: Remote side closed connection")
+	f.agents["h3"].node["job1/n1"].exited, f.agents["h3"].node["job1/n1"].exitCode = true, 137
+
+	var mu sync.Mutex
+	var thawedFirst bool
+	f.agents["h1"].onDestroy = func(agentapi.NodeRef) {
+		mu.Lock()
+		defer mu.Unlock()
+		if n := f.agents["h1"].snapshot()["job1/n1"]; n.exists && (!n.locked || !n.frozen) {
+			thawedFirst = true
+		}
+	}
+	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: f.shims(), Deadlines: testDeadlines()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c2.events.flush)
+	if err := c2.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if thawedFirst {
+		t.Fatal("the old copy on h1 was thawed or unlocked before it was destroyed")
+	}
+	j, _ := c2.Job("job1")
+	if j.State != StateFailed || !strings.Contains(j.Reason, "restart the job from its last checkpoint") {
+		t.Fatalf("job after recovery: %s (%s), want failed and restartable", j.State, j.Reason)
+	}
+	for h, a := range f.agents {
+		if left := a.snapshot(); len(left) != 0 {
+			t.Errorf("job-nodes left on %s: %v", h, left)
+		}
+	}
+	if j := savedJob(t, c2, "job1"); j.Leaving != nil || j.Arriving != nil {
+		t.Fatalf("registry after recovery: leaving %+v, arriving %+v", j.Leaving, j.Arriving)
 	}
 }

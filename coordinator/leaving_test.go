@@ -88,50 +88,12 @@ func TestMigrateDestroysOldCopyAfterResume(t *testing.T) {
 // it moved; the old copy is never thawed.
 func TestRecoverDestroysLeavingCopy(t *testing.T) {
 	f := newFixture(t, "h0", "h1", "h2", "h3")
-	ctx := context.Background()
-	spec, _, err := f.c.begin("job1", []State{StateRunning}, StateMigrating)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range spec.Nodes {
-		ref := agentapi.NodeRef{Job: "job1", Node: n.Name}
-		_ = f.agents[n.Host].Freeze(ctx, ref)
-		_ = f.agents[n.Host].Lock(ctx, ref)
-	}
-	moving, _ := spec.Node("n1")
-	old := *moving
-	moving.Host = "h3"
-	if err := f.agents["h3"].Restore(ctx, "job1", *moving, agentapi.RestoreRequest{Checkpoint: "job1/000001"}); err != nil {
-		t.Fatal(err)
-	}
-	f.c.leave("job1", spec, old)
-
-	var mu sync.Mutex
-	var order []string
-	f.agents["h3"].onPages = func() { mu.Lock(); order = append(order, "pages h3"); mu.Unlock() }
-	f.agents["h1"].onDestroy = func(agentapi.NodeRef) {
-		mu.Lock()
-		defer mu.Unlock()
-		order = append(order, "destroy h1")
-		if n := f.agents["h1"].snapshot()["job1/n1"]; !n.locked || !n.frozen {
-			order = append(order, "old copy thawed or unlocked")
-		}
-	}
-	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: f.shims(), Deadlines: testDeadlines()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c2.events.flush)
-	if err := c2.Recover(ctx); err != nil {
-		t.Fatal(err)
-	}
-	f.c = c2
-	f.spec = spec
-	mu.Lock()
-	got := slices.Clone(order)
-	mu.Unlock()
-	if !slices.Equal(got, []string{"pages h3", "destroy h1"}) {
-		t.Fatalf("recovery did %q, want the new copy's pages waited for, then the old copy destroyed", got)
+	f.crashMigrating(t, true)
+	order := f.watchDestroys("h1")
+	f.agents["h3"].onPages = func() { order.add("pages h3") }
+	c2 := f.recoverCoordinator(t, nil, nil)
+	if got := order.list(); !slices.Equal(got, []string{"pages h3", "destroy h1"}) {
+		t.Fatalf("recovery did %q, want the new copy's pages waited for, then the old copy destroyed while still frozen and locked", got)
 	}
 	if _, ok := f.agents["h1"].snapshot()["job1/n1"]; ok {
 		t.Fatal("the old copy of n1 is still on h1")
@@ -144,6 +106,72 @@ func TestRecoverDestroysLeavingCopy(t *testing.T) {
 	if j := savedJob(t, c2, "job1"); j.Leaving != nil || j.State != StateRunning {
 		t.Fatalf("registry after recovery: %s, leaving %+v", j.State, j.Leaving)
 	}
+}
+
+// crashMigrating runs a migration of n1 (on h1) to h3 on f's coordinator,
+// which dies in it (runtime.Goexit: nothing after runs, as in a crash):
+// past the point of no return, or else once h3 restored n1.
+func (f *fixture) crashMigrating(t *testing.T, pastNoReturn bool) {
+	t.Helper()
+	if pastNoReturn {
+		f.c.faults.PastNoReturn = func(string, string) { runtime.Goexit() }
+	} else {
+		f.c.faults.AfterRestore = func(string, string) error { runtime.Goexit(); return nil }
+	}
+	died := make(chan struct{})
+	go func() {
+		defer close(died)
+		_ = f.c.Migrate(context.Background(), "job1", "n1", "h3")
+		t.Error("Migrate returned; the coordinator should have died in it")
+	}()
+	<-died
+}
+
+// recoverCoordinator starts a second coordinator on f's state, as one
+// restarted after a crash, with agents (f's every shim when nil) and clock
+// now (the real one when nil), and runs Recover. It becomes f.c.
+func (f *fixture) recoverCoordinator(t *testing.T, agents map[string]agentapi.Agent, now func() time.Time) *Coordinator {
+	t.Helper()
+	if agents == nil {
+		agents = f.shims()
+	}
+	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: agents, Deadlines: testDeadlines()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c2.events.flush)
+	if now != nil {
+		c2.now = now
+	}
+	if err := c2.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	f.c = c2
+	return c2
+}
+
+// steps is a list of what fakes were asked to do, in order.
+type steps struct {
+	mu sync.Mutex
+	l  []string
+}
+
+func (s *steps) add(step string) { s.mu.Lock(); s.l = append(s.l, step); s.mu.Unlock() }
+
+func (s *steps) list() []string { s.mu.Lock(); defer s.mu.Unlock(); return slices.Clone(s.l) }
+
+// watchDestroys records "destroy HOST" for each Destroy on host, followed
+// by "n1 on h1 thawed or unlocked" if the old copy of a migration of n1
+// from h1 was no longer frozen and locked at that moment.
+func (f *fixture) watchDestroys(host string) *steps {
+	s := &steps{}
+	f.agents[host].onDestroy = func(agentapi.NodeRef) {
+		s.add("destroy " + host)
+		if n, ok := f.agents["h1"].snapshot()["job1/n1"]; ok && (!n.locked || !n.frozen) {
+			s.add("n1 on h1 thawed or unlocked")
+		}
+	}
+	return s
 }
 
 // TestMigrateRecordsArrivingCopy: from the start of a migration until its
@@ -191,45 +219,13 @@ func TestMigrateRecordsArrivingCopy(t *testing.T) {
 // (the destination's shim would refuse a second copy).
 func TestRecoverDestroysArrivingCopy(t *testing.T) {
 	f := newFixture(t, "h0", "h1", "h2", "h3")
-	ctx := context.Background()
-	f.c.faults.AfterRestore = func(string, string) error {
-		runtime.Goexit() // the coordinator dies here: nothing after runs
-		return nil
-	}
-	died := make(chan struct{})
-	go func() {
-		defer close(died)
-		_ = f.c.Migrate(ctx, "job1", "n1", "h3")
-		t.Error("Migrate returned; the fault should have ended it")
-	}()
-	<-died
+	f.crashMigrating(t, false)
 	if n := f.agents["h3"].snapshot()["job1/n1"]; !n.exists || !n.locked {
 		t.Fatalf("before recovery h3 does not hold a locked restored copy of n1: %+v", n)
 	}
-
-	var mu sync.Mutex
-	var order []string
-	f.agents["h3"].onDestroy = func(agentapi.NodeRef) {
-		mu.Lock()
-		defer mu.Unlock()
-		order = append(order, "destroy h3")
-		if n := f.agents["h1"].snapshot()["job1/n1"]; !n.locked || !n.frozen {
-			order = append(order, "old copy thawed or unlocked first")
-		}
-	}
-	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: f.shims(), Deadlines: testDeadlines()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c2.events.flush)
-	if err := c2.Recover(ctx); err != nil {
-		t.Fatal(err)
-	}
-	f.c = c2
-	mu.Lock()
-	got := slices.Clone(order)
-	mu.Unlock()
-	if !slices.Equal(got, []string{"destroy h3"}) {
+	order := f.watchDestroys("h3")
+	c2 := f.recoverCoordinator(t, nil, nil)
+	if got := order.list(); !slices.Equal(got, []string{"destroy h3"}) {
 		t.Fatalf("recovery did %q, want the restored copy on h3 destroyed while the old copy was still frozen and locked", got)
 	}
 	f.assertRunning(t) // n1 on h1, and no other copy anywhere
@@ -237,7 +233,7 @@ func TestRecoverDestroysArrivingCopy(t *testing.T) {
 	if n, _ := j.Spec.Node("n1"); n.Host != "h1" || j.Arriving != nil || j.State != StateRunning {
 		t.Fatalf("registry after recovery: n1 on %s, %s, arriving %+v", n.Host, j.State, j.Arriving)
 	}
-	if err := c2.Migrate(ctx, "job1", "n1", "h3"); err != nil {
+	if err := c2.Migrate(context.Background(), "job1", "n1", "h3"); err != nil {
 		t.Fatalf("the same migration after recovery: %v", err)
 	}
 	f.assertRunning(t)
@@ -250,26 +246,11 @@ func TestRecoverDestroysArrivingCopy(t *testing.T) {
 func TestSettleWaitsForArrivingHost(t *testing.T) {
 	for _, late := range []bool{false, true} {
 		f := newFixture(t, "h0", "h1", "h2", "h3")
-		ctx := context.Background()
-		f.c.faults.AfterRestore = func(string, string) error {
-			runtime.Goexit()
-			return nil
-		}
-		died := make(chan struct{})
-		go func() { defer close(died); _ = f.c.Migrate(ctx, "job1", "n1", "h3") }()
-		<-died
+		f.crashMigrating(t, false)
 		agents := f.shims()
 		delete(agents, "h3")
-		c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: agents, Deadlines: testDeadlines()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(c2.events.flush)
 		now := time.Now()
-		c2.now = func() time.Time { return now }
-		if err := c2.Recover(ctx); err != nil {
-			t.Fatal(err)
-		}
+		c2 := f.recoverCoordinator(t, agents, func() time.Time { return now })
 		if j, _ := c2.Job("job1"); j.State != StateMigrating {
 			t.Fatalf("settled without the restored copy's host: %s (%s)", j.State, j.Reason)
 		}
@@ -281,16 +262,14 @@ func TestSettleWaitsForArrivingHost(t *testing.T) {
 		} else {
 			c2.AddAgent("h3", f.agents["h3"])
 		}
-		c2.settle(ctx)
-		f.c = c2
-		_, left := f.agents["h3"].snapshot()["job1/n1"]
-		if left != late {
+		c2.settle(context.Background())
+		if _, left := f.agents["h3"].snapshot()["job1/n1"]; left != late {
 			t.Fatalf("late=%v: a copy of n1 left on h3: %v", late, left)
 		}
 		if late {
 			// The job runs on; the copy on the host that never came back is
 			// its shim's (logged).
-			f.agents["h3"].Destroy(ctx, agentapi.NodeRef{Job: "job1", Node: "n1"})
+			f.agents["h3"].Destroy(context.Background(), agentapi.NodeRef{Job: "job1", Node: "n1"})
 		}
 		f.assertRunning(t)
 	}
@@ -303,36 +282,14 @@ func TestSettleWaitsForArrivingHost(t *testing.T) {
 // from its last checkpoint, with nothing of it left on any host.
 func TestRecoverLeavingPagesLost(t *testing.T) {
 	f := newFixture(t, "h0", "h1", "h2", "h3")
-	ctx := context.Background()
-	f.c.faults.PastNoReturn = func(string, string) { runtime.Goexit() }
-	died := make(chan struct{})
-	go func() { defer close(died); _ = f.c.Migrate(ctx, "job1", "n1", "h3") }()
-	<-died
+	f.crashMigrating(t, true)
 	// What the new copy's shim does when its lazy-pages daemon fails.
 	f.agents["h3"].fail[PhasePages] = errors.New("lazy-pages daemon: Remote side closed connection")
 	f.agents["h3"].node["job1/n1"].exited, f.agents["h3"].node["job1/n1"].exitCode = true, 137
-
-	var mu sync.Mutex
-	var thawedFirst bool
-	f.agents["h1"].onDestroy = func(agentapi.NodeRef) {
-		mu.Lock()
-		defer mu.Unlock()
-		if n := f.agents["h1"].snapshot()["job1/n1"]; n.exists && (!n.locked || !n.frozen) {
-			thawedFirst = true
-		}
-	}
-	c2, err := New(Options{StateDir: f.c.stateDir, Store: f.store, Agents: f.shims(), Deadlines: testDeadlines()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c2.events.flush)
-	if err := c2.Recover(ctx); err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if thawedFirst {
-		t.Fatal("the old copy on h1 was thawed or unlocked before it was destroyed")
+	order := f.watchDestroys("h1")
+	c2 := f.recoverCoordinator(t, nil, nil)
+	if got := order.list(); len(got) == 0 || got[0] != "destroy h1" || slices.Contains(got, "n1 on h1 thawed or unlocked") {
+		t.Fatalf("recovery did %q, want the old copy on h1 destroyed while still frozen and locked", got)
 	}
 	j, _ := c2.Job("job1")
 	if j.State != StateFailed || !strings.Contains(j.Reason, "restart the job from its last checkpoint") {

@@ -221,30 +221,26 @@ func TestDaemonsEndToEnd(t *testing.T) {
 	// short of the point of no return: the new coordinator destroys that
 	// copy and thaws n0 on h1, and the same migration succeeds after (h2's
 	// shim would refuse a second copy).
-	out = c.crashCoordinator(job, "crash-after-restore", "migrate", job, "--node", "n0", "--to", "h2")
-	t.Logf("coordinator crashed after a migration's restore: %s", lastLines(out, 1))
-	c.startCoordinator()
-	c.waitState(job, "running", 30*time.Second)
-	c.wantPlaced(job, "n0@h1", "n1@h4", "n2@h3")
-	if _, err := os.Stat(c.nodeCgroup("h2", job, "n0")); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("the copy of n0 restored on h2 is still there (its cgroup: %v)", err)
+	migrateN0 := func(point, to, where string) {
+		t.Helper()
+		out := c.crashCoordinator(job, point, "migrate", job, "--node", "n0", "--to", to)
+		t.Logf("coordinator crashed %s: %s", where, lastLines(out, 1))
+		c.startCoordinator()
+		c.waitState(job, "running", 30*time.Second)
+		c.wantPlaced(job, "n0@h1", "n1@h4", "n2@h3")
+		if _, err := os.Stat(c.nodeCgroup("h2", job, "n0")); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("a copy of n0 is still on h2 after the coordinator crashed %s (its cgroup: %v)", where, err)
+		}
+		c.progress(3, "after a coordinator crash "+where)
 	}
-	c.progress(3, "after a coordinator crash in a migration, before its point of no return")
+	migrateN0("crash-after-restore", "h2", "in a migration, before its point of no return")
 	c.mustCLIRegistered("migrate", job, "--node", "n0", "--to", "h2")
 	c.wantPlaced(job, "n0@h2", "n1@h4", "n2@h3")
 	c.progress(3, "migrate n0 to h2 after the interrupted one")
 	// The coordinator dies once n0's move back to h1 is saved, before the
 	// job runs again: the new coordinator destroys the old copy on h2,
 	// never thawed, and thaws the job with n0 on h1.
-	out = c.crashCoordinator(job, "crash-past-no-return", "migrate", job, "--node", "n0", "--to", "h1")
-	t.Logf("coordinator crashed past a migration's point of no return: %s", lastLines(out, 1))
-	c.startCoordinator()
-	c.waitState(job, "running", 30*time.Second)
-	c.wantPlaced(job, "n0@h1", "n1@h4", "n2@h3")
-	if _, err := os.Stat(c.nodeCgroup("h2", job, "n0")); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("the old copy of n0 on h2 is still there (its cgroup: %v)", err)
-	}
-	c.progress(3, "after a coordinator crash in a migration, past its point of no return")
+	migrateN0("crash-past-no-return", "h1", "in a migration, past its point of no return")
 }
 
 // crashCoordinator restarts the coordinator with the fault point switched

@@ -454,6 +454,24 @@ func (c *Coordinator) migrate(ctx context.Context, id, node, to string, opts Mig
 	return res, true, err
 }
 
+// migrationDest returns spec's job-node node and the copy of it that a
+// migration to host to restores there, or why node cannot move there.
+func migrationDest(spec JobSpec, node, to string) (*agentapi.NodeSpec, agentapi.NodeSpec, error) {
+	moving, err := spec.Node(node)
+	if err != nil {
+		return nil, agentapi.NodeSpec{}, err
+	}
+	if moving.Host == to {
+		return nil, agentapi.NodeSpec{}, fmt.Errorf("%w: job-node %s of %s already runs on %s", agentapi.ErrInvalid, node, spec.ID, to)
+	}
+	dest, err := placedNode(spec, node)
+	if err != nil {
+		return nil, agentapi.NodeSpec{}, err
+	}
+	dest.Host = to
+	return moving, dest, nil
+}
+
 // refusal marks an error of an operation refused before anything was touched.
 type refusal struct{ err error }
 
@@ -477,32 +495,19 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 	// no return destroys it when it comes back. Nothing is recorded for a
 	// request refused below.
 	spec, _, err := c.beginSet(id, []State{StateRunning}, StateMigrating, func(j *Job) {
-		if n, err := j.Spec.Node(node); err == nil && n.Host != to {
-			if d, err := placedNode(j.Spec, node); err == nil {
-				d.Host = to
-				j.Arriving = &d
-			}
+		if _, d, err := migrationDest(j.Spec, node, to); err == nil {
+			j.Arriving = &d
 		}
 	})
 	if err != nil {
 		return res, &refusal{err}
 	}
-	moving, err := spec.Node(node)
+	moving, dest, err := migrationDest(spec, node, to)
 	if err != nil {
 		c.end(id, StateRunning, nil)
 		return res, &refusal{err}
-	}
-	if moving.Host == to {
-		c.end(id, StateRunning, nil)
-		return res, &refusal{fmt.Errorf("%w: job-node %s of %s already runs on %s", agentapi.ErrInvalid, node, id, to)}
 	}
 	from := *moving
-	dest, err := placedNode(spec, node)
-	if err != nil {
-		c.end(id, StateRunning, nil)
-		return res, &refusal{err}
-	}
-	dest.Host = to
 	res.From = from.Host
 	log := c.log.With("job", id, "node", node, "from", from.Host, "to", to)
 	above, why := c.postCopyAbove(mode, from.Host, to)

@@ -126,28 +126,26 @@ func runCoordinator(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if fset.Has(fault.CoordinatorCrashBeforeCommit) {
-		log.Warn("fault injection switched on: the coordinator exits before committing a checkpoint", "point", fault.CoordinatorCrashBeforeCommit)
-		dc.Faults.BeforeCommit = func(job string) error {
-			log.Error("fault injection: crashing before the commit", "job", job)
-			os.Exit(86)
+	// Each coordinator fault point ends the process (status 86) where a
+	// crash would.
+	crashAt := func(p fault.Point, where string) func(args ...any) {
+		if !fset.Has(p) {
 			return nil
 		}
-	}
-	if fset.Has(fault.CoordinatorCrashAfterRestore) {
-		log.Warn("fault injection switched on: the coordinator exits when a migration's destination restored", "point", fault.CoordinatorCrashAfterRestore)
-		dc.Faults.AfterRestore = func(job, node string) error {
-			log.Error("fault injection: crashing after a migration's restore", "job", job, "node", node)
-			os.Exit(86)
-			return nil
-		}
-	}
-	if fset.Has(fault.CoordinatorCrashPastNoReturn) {
-		log.Warn("fault injection switched on: the coordinator exits past a migration's point of no return", "point", fault.CoordinatorCrashPastNoReturn)
-		dc.Faults.PastNoReturn = func(job, node string) {
-			log.Error("fault injection: crashing past a migration's point of no return", "job", job, "node", node)
+		log.Warn("fault injection switched on: the coordinator exits "+where, "point", p)
+		return func(args ...any) {
+			log.Error("fault injection: crashing "+where, args...)
 			os.Exit(86)
 		}
+	}
+	if crash := crashAt(fault.CoordinatorCrashBeforeCommit, "before committing a checkpoint"); crash != nil {
+		dc.Faults.BeforeCommit = func(job string) error { crash("job", job); return nil }
+	}
+	if crash := crashAt(fault.CoordinatorCrashAfterRestore, "when a migration's destination restored"); crash != nil {
+		dc.Faults.AfterRestore = func(job, node string) error { crash("job", job, "node", node); return nil }
+	}
+	if crash := crashAt(fault.CoordinatorCrashPastNoReturn, "past a migration's point of no return"); crash != nil {
+		dc.Faults.PastNoReturn = func(job, node string) { crash("job", job, "node", node) }
 	}
 	d, err := coordinator.StartDaemon(ctx, dc)
 	if err != nil {

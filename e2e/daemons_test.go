@@ -255,18 +255,9 @@ func (c *cluster) crashCoordinator(job, point string, args ...string) string {
 	c.waitState(job, "running", 30*time.Second)
 	exited := make(chan int, 1)
 	go func() { _ = c.coord.Wait(); exited <- c.coord.ProcessState.ExitCode() }()
-	var out string
-	// The shims need a moment to register with the new coordinator.
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		var code int
-		out, code = c.cli(args...)
-		if code == 0 {
-			c.t.Fatalf("torpor %s survived the coordinator's crash at %s:\n%s", strings.Join(args, " "), point, out)
-		}
-		if !strings.Contains(out, "no shim registered") || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(500 * time.Millisecond)
+	out, code := c.cliRegistered(args...)
+	if code == 0 {
+		c.t.Fatalf("torpor %s survived the coordinator's crash at %s:\n%s", strings.Join(args, " "), point, out)
 	}
 	select {
 	case ec := <-exited:
@@ -279,20 +270,28 @@ func (c *cluster) crashCoordinator(job, point string, args ...string) string {
 	return out
 }
 
-// mustCLIRegistered is mustCLI for a coordinator that just started: it
-// tries again while a shim the command needs has not registered yet.
-func (c *cluster) mustCLIRegistered(args ...string) string {
+// cliRegistered is cli for a coordinator that just started: it tries again,
+// for up to 30 s, while a shim the command needs has not registered yet,
+// and returns the last try's output and exit status.
+func (c *cluster) cliRegistered(args ...string) (string, int) {
 	c.t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); ; {
 		out, code := c.cli(args...)
-		if code == 0 {
-			return out
-		}
-		if !strings.Contains(out, "no shim registered") || time.Now().After(deadline) {
-			c.t.Fatalf("torpor %s: exit %d\n%s", strings.Join(args, " "), code, out)
+		if code == 0 || !strings.Contains(out, "no shim registered") || time.Now().After(deadline) {
+			return out, code
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// mustCLIRegistered is mustCLI by way of cliRegistered.
+func (c *cluster) mustCLIRegistered(args ...string) string {
+	c.t.Helper()
+	out, code := c.cliRegistered(args...)
+	if code != 0 {
+		c.t.Fatalf("torpor %s: exit %d\n%s", strings.Join(args, " "), code, out)
+	}
+	return out
 }
 
 // wantPlaced checks that `torpor ps` places job's job-nodes as given

@@ -115,6 +115,8 @@ type Coordinator struct {
 	seen   map[string]time.Time // host -> its shim's last registration
 	jobs   map[string]*Job
 	busy   map[string]bool // job id -> an operation runs
+	// straying: hosts whose stray copies are being destroyed (DestroyStrays).
+	straying map[string]bool
 
 	fences fences
 
@@ -146,6 +148,7 @@ func New(opts Options) (*Coordinator, error) {
 		agents:         map[string]agentapi.Agent{},
 		seen:           map[string]time.Time{},
 		jobs:           map[string]*Job{},
+		straying:       map[string]bool{},
 		busy:           map[string]bool{},
 	}
 	c.bgCtx, c.bgStop = context.WithCancel(context.Background())
@@ -585,8 +588,8 @@ func (c *Coordinator) dropLeaving(ctx context.Context, j Job, log *slog.Logger) 
 // point of no return (Job.Arriving): the job-node's place is still its old
 // host, whose copy settle thaws next. A copy already gone (the restore had
 // not begun or failed, or a rollback destroyed it) is nothing to do. A
-// shim that does not answer keeps its copy, frozen and locked: logged, as
-// nothing asks that host again.
+// shim that does not answer keeps its copy, frozen and locked, until it
+// registers again (DestroyStrays).
 func (c *Coordinator) dropArriving(ctx context.Context, j Job, log *slog.Logger) {
 	n := *j.Arriving
 	if cur, err := j.Spec.Node(n.Name); err == nil && cur.Host == n.Host {
@@ -603,7 +606,7 @@ func (c *Coordinator) dropArriving(ctx context.Context, j Job, log *slog.Logger)
 		log.Info("destroyed the copy an interrupted migration had restored", "node", n.Name, "host", n.Host)
 	case errors.Is(err, agentapi.ErrNotFound):
 	default:
-		log.Error("the copy an interrupted migration restored could not be destroyed: it stays frozen and locked on its host, holding its memory, and a migration of the job-node there is refused while it does",
+		log.Error("the copy an interrupted migration restored could not be destroyed: it stays frozen and locked on its host, holding its memory, until that host's shim registers again",
 			"node", n.Name, "host", n.Host, "err", err)
 	}
 }

@@ -38,6 +38,10 @@ const (
 	// that host's shim set it aside and the restart went on from another
 	// host's copy.
 	EventCopySetAside = "copy-set-aside"
+	// A copy of a job-node that a shim held where the registry says none
+	// may be was destroyed (Node, FromHost: its host, Reason: why it was a
+	// stray; see Coordinator.DestroyStrays).
+	EventStrayDestroyed = "stray-destroyed"
 )
 
 // Event is one entry of the coordinator's history. Which fields are set

@@ -133,6 +133,13 @@ func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*api
 	lastSeen, seenBefore := s.shimSeen.Swap(req.Host, time.Now())
 	away := seenBefore && time.Since(lastSeen.(time.Time)) > shimAwayAfter
 	s.C.Seen(req.Host)
+	if len(req.Nodes) > 0 {
+		held := make([]agentapi.NodeRef, 0, len(req.Nodes))
+		for _, r := range req.Nodes {
+			held = append(held, agentapi.NodeRef{Job: r.GetJob(), Node: r.GetNode()})
+		}
+		s.C.DestroyStrays(req.Host, held)
+	}
 	if req.RunDir != "" {
 		s.shimRunDirs.Store(req.Host, filepath.Clean(req.RunDir))
 	}

@@ -241,6 +241,36 @@ func TestDaemonsEndToEnd(t *testing.T) {
 	// job runs again: the new coordinator destroys the old copy on h2,
 	// never thawed, and thaws the job with n0 on h1.
 	migrateN0("crash-past-no-return", "h1", "in a migration, past its point of no return")
+
+	// A stray: the job is cancelled while the shim of h3 is dead (killed,
+	// so n2 runs on there), so the destroy of n2 does not reach it. The
+	// shim comes back, adopts n2 and says so as it registers: the
+	// coordinator destroys that copy of a job that ended.
+	dead := c.shims[2]
+	stop(dead, syscall.SIGKILL)
+	c.mustCLI("cancel", job)
+	if s := c.jobState(job); s != "failed" {
+		t.Fatalf("after cancel: %s", s)
+	}
+	for _, hn := range [][2]string{{"h1", "n0"}, {"h4", "n1"}} {
+		if _, err := os.Stat(c.nodeCgroup(hn[0], job, hn[1])); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("%s is still on %s after cancel (its cgroup: %v)", hn[1], hn[0], err)
+		}
+	}
+	n2 := c.nodeCgroup("h3", job, "n2")
+	if _, err := os.Stat(n2); err != nil {
+		t.Fatalf("n2 is gone from h3 though its shim was dead at the cancel: the test does not make the stray it is about (%v)", err)
+	}
+	c.startShim(3)
+	if !c.waitLog("coordinator", "destroyed a stray copy of a job-node", 30*time.Second) {
+		t.Fatalf("the coordinator destroyed no stray after the shim of h3 came back with n2:\n%s", lastLines(c.logs["coordinator"].String(), 20))
+	}
+	if _, err := os.Stat(n2); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("n2 is still on h3 after the coordinator destroyed it as a stray (its cgroup: %v)", err)
+	}
+	if ev := c.mustCLI("events", job); !strings.Contains(ev, "stray-destroyed") || !strings.Contains(ev, "n2 on h3") {
+		t.Fatalf("no stray-destroyed event of n2 on h3:\n%s", ev)
+	}
 }
 
 // crashCoordinator restarts the coordinator with the fault point switched

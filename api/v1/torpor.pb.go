@@ -1675,6 +1675,12 @@ type RegisterRequest struct {
 	// images there (DumpRequest.local), serves them (the image protocol) and fetches them
 	// from another shim (RestoreRequest.from).
 	StreamsImages bool `protobuf:"varint,6,opt,name=streams_images,json=streamsImages,proto3" json:"streams_images,omitempty"`
+	// The job-nodes this shim holds as it registers (every registration,
+	// every few seconds). The coordinator destroys those its registry says
+	// must not be here: a copy a failed rollback could not destroy, one of a
+	// job that ended while this host was cut off (docs/protocol.md, "Stray
+	// copies"). An older shim sends none: nothing is destroyed.
+	Nodes         []*NodeRef `protobuf:"bytes,7,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1749,6 +1755,13 @@ func (x *RegisterRequest) GetStreamsImages() bool {
 		return x.StreamsImages
 	}
 	return false
+}
+
+func (x *RegisterRequest) GetNodes() []*NodeRef {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
 }
 
 type JobSpec struct {
@@ -3346,14 +3359,15 @@ const file_torpor_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\":\n" +
 	"\vOutputReply\x12+\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x15.torpor.v1.NodeOutputR\x05nodes\"\xc5\x01\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x15.torpor.v1.NodeOutputR\x05nodes\"\xef\x01\n" +
 	"\x0fRegisterRequest\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x17\n" +
 	"\arun_dir\x18\x03 \x01(\tR\x06runDir\x12'\n" +
 	"\x0fverifies_images\x18\x04 \x01(\bR\x0everifiesImages\x12\x1b\n" +
 	"\tpost_copy\x18\x05 \x01(\bR\bpostCopy\x12%\n" +
-	"\x0estreams_images\x18\x06 \x01(\bR\rstreamsImages\"v\n" +
+	"\x0estreams_images\x18\x06 \x01(\bR\rstreamsImages\x12(\n" +
+	"\x05nodes\x18\a \x03(\v2\x12.torpor.v1.NodeRefR\x05nodes\"v\n" +
 	"\aJobSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05owner\x18\x02 \x01(\x05R\x05owner\x12)\n" +
@@ -3610,86 +3624,87 @@ var file_torpor_proto_depIdxs = []int32{
 	2,  // 8: torpor.v1.NodeOutputRequest.ref:type_name -> torpor.v1.NodeRef
 	46, // 9: torpor.v1.OutputRequest.offsets:type_name -> torpor.v1.OutputRequest.OffsetsEntry
 	23, // 10: torpor.v1.OutputReply.nodes:type_name -> torpor.v1.NodeOutput
-	0,  // 11: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
-	27, // 12: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
-	47, // 13: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
-	48, // 14: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
-	49, // 15: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
-	27, // 16: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
-	36, // 17: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
-	50, // 18: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
-	39, // 19: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
-	51, // 20: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
-	36, // 21: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
-	3,  // 22: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
-	4,  // 23: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
-	2,  // 24: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
-	2,  // 25: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
-	2,  // 26: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
-	6,  // 27: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
-	2,  // 28: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
-	2,  // 29: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
-	8,  // 30: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
-	8,  // 31: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
-	2,  // 32: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
-	2,  // 33: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
-	2,  // 34: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
-	10, // 35: torpor.v1.Shim.Fetch:input_type -> torpor.v1.FetchRequest
-	12, // 36: torpor.v1.Shim.Held:input_type -> torpor.v1.HeldRequest
-	15, // 37: torpor.v1.Shim.Drop:input_type -> torpor.v1.DropRequest
-	16, // 38: torpor.v1.Shim.KeepManifest:input_type -> torpor.v1.KeepManifestRequest
-	21, // 39: torpor.v1.Shim.Manifests:input_type -> torpor.v1.Empty
-	22, // 40: torpor.v1.Shim.Output:input_type -> torpor.v1.NodeOutputRequest
-	26, // 41: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
-	28, // 42: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
-	30, // 43: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
-	32, // 44: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
-	34, // 45: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
-	21, // 46: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
-	29, // 47: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
-	29, // 48: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
-	38, // 49: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
-	41, // 50: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
-	29, // 51: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
-	43, // 52: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
-	24, // 53: torpor.v1.Coordinator.Output:input_type -> torpor.v1.OutputRequest
-	21, // 54: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	21, // 55: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	21, // 56: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	5,  // 57: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	21, // 58: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	7,  // 59: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	21, // 60: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	21, // 61: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	19, // 62: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
-	21, // 63: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	21, // 64: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	20, // 65: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	21, // 66: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
-	11, // 67: torpor.v1.Shim.Fetch:output_type -> torpor.v1.FetchReply
-	13, // 68: torpor.v1.Shim.Held:output_type -> torpor.v1.HeldReply
-	21, // 69: torpor.v1.Shim.Drop:output_type -> torpor.v1.Empty
-	21, // 70: torpor.v1.Shim.KeepManifest:output_type -> torpor.v1.Empty
-	18, // 71: torpor.v1.Shim.Manifests:output_type -> torpor.v1.ManifestsReply
-	23, // 72: torpor.v1.Shim.Output:output_type -> torpor.v1.NodeOutput
-	21, // 73: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	36, // 74: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	31, // 75: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	33, // 76: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	35, // 77: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
-	37, // 78: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	36, // 79: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	36, // 80: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	40, // 81: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	42, // 82: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
-	36, // 83: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
-	44, // 84: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
-	25, // 85: torpor.v1.Coordinator.Output:output_type -> torpor.v1.OutputReply
-	54, // [54:86] is the sub-list for method output_type
-	22, // [22:54] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	2,  // 11: torpor.v1.RegisterRequest.nodes:type_name -> torpor.v1.NodeRef
+	0,  // 12: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
+	27, // 13: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
+	47, // 14: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
+	48, // 15: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
+	49, // 16: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
+	27, // 17: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
+	36, // 18: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
+	50, // 19: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
+	39, // 20: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
+	51, // 21: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
+	36, // 22: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
+	3,  // 23: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
+	4,  // 24: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
+	2,  // 25: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
+	2,  // 26: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
+	2,  // 27: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
+	6,  // 28: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
+	2,  // 29: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
+	2,  // 30: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
+	8,  // 31: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
+	8,  // 32: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
+	2,  // 33: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
+	2,  // 34: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
+	2,  // 35: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
+	10, // 36: torpor.v1.Shim.Fetch:input_type -> torpor.v1.FetchRequest
+	12, // 37: torpor.v1.Shim.Held:input_type -> torpor.v1.HeldRequest
+	15, // 38: torpor.v1.Shim.Drop:input_type -> torpor.v1.DropRequest
+	16, // 39: torpor.v1.Shim.KeepManifest:input_type -> torpor.v1.KeepManifestRequest
+	21, // 40: torpor.v1.Shim.Manifests:input_type -> torpor.v1.Empty
+	22, // 41: torpor.v1.Shim.Output:input_type -> torpor.v1.NodeOutputRequest
+	26, // 42: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
+	28, // 43: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
+	30, // 44: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
+	32, // 45: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
+	34, // 46: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
+	21, // 47: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
+	29, // 48: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
+	29, // 49: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
+	38, // 50: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
+	41, // 51: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
+	29, // 52: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
+	43, // 53: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
+	24, // 54: torpor.v1.Coordinator.Output:input_type -> torpor.v1.OutputRequest
+	21, // 55: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	21, // 56: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	21, // 57: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	5,  // 58: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	21, // 59: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	7,  // 60: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	21, // 61: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	21, // 62: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	19, // 63: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
+	21, // 64: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	21, // 65: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	20, // 66: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	21, // 67: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
+	11, // 68: torpor.v1.Shim.Fetch:output_type -> torpor.v1.FetchReply
+	13, // 69: torpor.v1.Shim.Held:output_type -> torpor.v1.HeldReply
+	21, // 70: torpor.v1.Shim.Drop:output_type -> torpor.v1.Empty
+	21, // 71: torpor.v1.Shim.KeepManifest:output_type -> torpor.v1.Empty
+	18, // 72: torpor.v1.Shim.Manifests:output_type -> torpor.v1.ManifestsReply
+	23, // 73: torpor.v1.Shim.Output:output_type -> torpor.v1.NodeOutput
+	21, // 74: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	36, // 75: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	31, // 76: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	33, // 77: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	35, // 78: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
+	37, // 79: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	36, // 80: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	36, // 81: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	40, // 82: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	42, // 83: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	36, // 84: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
+	44, // 85: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
+	25, // 86: torpor.v1.Coordinator.Output:output_type -> torpor.v1.OutputReply
+	55, // [55:87] is the sub-list for method output_type
+	23, // [23:55] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_torpor_proto_init() }

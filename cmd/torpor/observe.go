@@ -246,6 +246,8 @@ func eventDetails(e *apiv1.Event) string {
 			from = "(new)"
 		}
 		add("%s -> %s", from, e.To)
+	case "stray-destroyed":
+		add("%s on %s", e.Node, e.FromHost)
 	case "migration", "migration-failed":
 		add("%s: %s -> %s", e.Node, e.FromHost, e.ToHost)
 		if e.Mode != "" {

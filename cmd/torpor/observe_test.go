@@ -50,4 +50,8 @@ func TestEventDetails(t *testing.T) {
 	if got := eventDetails(&apiv1.Event{Type: "state", To: "running"}); !strings.Contains(got, "(new) -> running") {
 		t.Fatalf("got %q", got)
 	}
+	got = eventDetails(&apiv1.Event{Type: "stray-destroyed", Node: "n1", FromHost: "h3", Reason: "the job runs it on h1"})
+	if want := "n1 on h3  reason: the job runs it on h1"; got != want {
+		t.Fatalf("got %q, want %q", got, want)
+	}
 }

@@ -1357,6 +1357,21 @@ func exitCode(err error) int {
 	return 1
 }
 
+// JobNodes lists the job-nodes this shim holds, those being created but
+// for: what it tells the coordinator as it registers, which destroys the
+// copies its registry says must not be here.
+func (a *Agent) JobNodes() []agentapi.NodeRef {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	refs := make([]agentapi.NodeRef, 0, len(a.nodes))
+	for _, n := range a.nodes {
+		if n != nil {
+			refs = append(refs, agentapi.NodeRef{Job: n.job, Node: n.spec.Name})
+		}
+	}
+	return refs
+}
+
 // Close destroys every job-node of this host (shim shutdown).
 func (a *Agent) Close(ctx context.Context) error {
 	a.mu.Lock()

@@ -168,9 +168,13 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	registered := false
 	postCopy := a.PostCopy()
 	for {
+		var held []*apiv1.NodeRef
+		for _, r := range a.JobNodes() {
+			held = append(held, &apiv1.NodeRef{Job: r.Job, Node: r.Node})
+		}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := cl.Register(rctx, &apiv1.RegisterRequest{Host: cfg.Agent.Host, Address: adv, RunDir: a.cfg.RunDir, VerifiesImages: true, PostCopy: postCopy,
-			StreamsImages: a.StreamsImages()})
+			StreamsImages: a.StreamsImages(), Nodes: held})
 		cancel()
 		switch {
 		case err != nil && ctx.Err() == nil:

@@ -80,9 +80,11 @@ func credsFromPB(p *apiv1.Creds) *Creds {
 	return c
 }
 
-func refToPB(r NodeRef) *apiv1.NodeRef { return &apiv1.NodeRef{Job: r.Job, Node: r.Node} }
+// RefToPB and RefFromPB convert a job-node reference to and from its
+// wire form.
+func RefToPB(r NodeRef) *apiv1.NodeRef { return &apiv1.NodeRef{Job: r.Job, Node: r.Node} }
 
-func refFromPB(r *apiv1.NodeRef) NodeRef { return NodeRef{Job: r.GetJob(), Node: r.GetNode()} }
+func RefFromPB(r *apiv1.NodeRef) NodeRef { return NodeRef{Job: r.GetJob(), Node: r.GetNode()} }
 
 func (c Client) Start(ctx context.Context, job string, n NodeSpec) error {
 	_, err := c.Shim.Start(ctx, &apiv1.StartRequest{Job: job, Node: NodeToPB(n)})
@@ -90,17 +92,17 @@ func (c Client) Start(ctx context.Context, job string, n NodeSpec) error {
 }
 
 func (c Client) Prepare(ctx context.Context, ref NodeRef, ckpt string) error {
-	_, err := c.Shim.Prepare(ctx, &apiv1.PrepareRequest{Ref: refToPB(ref), Checkpoint: ckpt})
+	_, err := c.Shim.Prepare(ctx, &apiv1.PrepareRequest{Ref: RefToPB(ref), Checkpoint: ckpt})
 	return FromRPC(err)
 }
 
 func (c Client) Freeze(ctx context.Context, ref NodeRef) error {
-	_, err := c.Shim.Freeze(ctx, refToPB(ref))
+	_, err := c.Shim.Freeze(ctx, RefToPB(ref))
 	return FromRPC(err)
 }
 
 func (c Client) Drain(ctx context.Context, ref NodeRef) (DrainResult, error) {
-	rep, err := c.Shim.Drain(ctx, refToPB(ref))
+	rep, err := c.Shim.Drain(ctx, RefToPB(ref))
 	if err != nil {
 		return DrainResult{}, FromRPC(err)
 	}
@@ -108,12 +110,12 @@ func (c Client) Drain(ctx context.Context, ref NodeRef) (DrainResult, error) {
 }
 
 func (c Client) Lock(ctx context.Context, ref NodeRef) error {
-	_, err := c.Shim.Lock(ctx, refToPB(ref))
+	_, err := c.Shim.Lock(ctx, RefToPB(ref))
 	return FromRPC(err)
 }
 
 func (c Client) Dump(ctx context.Context, ref NodeRef, req DumpRequest) (DumpResult, error) {
-	rep, err := c.Shim.Dump(ctx, &apiv1.DumpRequest{Ref: refToPB(ref), Dir: req.Dir, SharedDir: req.Shared, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint,
+	rep, err := c.Shim.Dump(ctx, &apiv1.DumpRequest{Ref: RefToPB(ref), Dir: req.Dir, SharedDir: req.Shared, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint,
 		Compress: req.Compress, PostCopyAbove: req.PostCopyAbove, Local: req.Local, Store: req.Store})
 	if err != nil {
 		return DumpResult{}, FromRPC(err)
@@ -123,12 +125,12 @@ func (c Client) Dump(ctx context.Context, ref NodeRef, req DumpRequest) (DumpRes
 }
 
 func (c Client) Unlock(ctx context.Context, ref NodeRef) error {
-	_, err := c.Shim.Unlock(ctx, refToPB(ref))
+	_, err := c.Shim.Unlock(ctx, RefToPB(ref))
 	return FromRPC(err)
 }
 
 func (c Client) Thaw(ctx context.Context, ref NodeRef) error {
-	_, err := c.Shim.Thaw(ctx, refToPB(ref))
+	_, err := c.Shim.Thaw(ctx, RefToPB(ref))
 	return FromRPC(err)
 }
 
@@ -148,12 +150,12 @@ func (c Client) Restore(ctx context.Context, job string, n NodeSpec, req Restore
 }
 
 func (c Client) Destroy(ctx context.Context, ref NodeRef) error {
-	_, err := c.Shim.Destroy(ctx, refToPB(ref))
+	_, err := c.Shim.Destroy(ctx, RefToPB(ref))
 	return FromRPC(err)
 }
 
 func (c Client) Status(ctx context.Context, ref NodeRef) (NodeStatus, error) {
-	rep, err := c.Shim.Status(ctx, refToPB(ref))
+	rep, err := c.Shim.Status(ctx, RefToPB(ref))
 	if err != nil {
 		return NodeStatus{}, FromRPC(err)
 	}
@@ -161,7 +163,7 @@ func (c Client) Status(ctx context.Context, ref NodeRef) (NodeStatus, error) {
 }
 
 func (c Client) Pages(ctx context.Context, ref NodeRef) error {
-	_, err := c.Shim.Pages(ctx, refToPB(ref))
+	_, err := c.Shim.Pages(ctx, RefToPB(ref))
 	return FromRPC(err)
 }
 
@@ -210,7 +212,7 @@ func (c Client) Manifests(ctx context.Context) (map[string][]byte, error) {
 var _ CheckpointHolder = Client{}
 
 func (c Client) ReadOutput(ctx context.Context, ref NodeRef, off, max int64) ([]byte, int64, error) {
-	rep, err := c.Shim.Output(ctx, &apiv1.NodeOutputRequest{Ref: refToPB(ref), Offset: off, Max: max})
+	rep, err := c.Shim.Output(ctx, &apiv1.NodeOutputRequest{Ref: RefToPB(ref), Offset: off, Max: max})
 	if err != nil {
 		return nil, 0, FromRPC(err)
 	}
@@ -237,35 +239,35 @@ func (s Server) Start(ctx context.Context, req *apiv1.StartRequest) (*apiv1.Empt
 }
 
 func (s Server) Prepare(ctx context.Context, req *apiv1.PrepareRequest) (*apiv1.Empty, error) {
-	return &apiv1.Empty{}, ToRPC(s.Agent.Prepare(ctx, refFromPB(req.Ref), req.Checkpoint))
+	return &apiv1.Empty{}, ToRPC(s.Agent.Prepare(ctx, RefFromPB(req.Ref), req.Checkpoint))
 }
 
 func (s Server) Freeze(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
-	return &apiv1.Empty{}, ToRPC(s.Agent.Freeze(ctx, refFromPB(r)))
+	return &apiv1.Empty{}, ToRPC(s.Agent.Freeze(ctx, RefFromPB(r)))
 }
 
 func (s Server) Drain(ctx context.Context, r *apiv1.NodeRef) (*apiv1.DrainReply, error) {
-	res, err := s.Agent.Drain(ctx, refFromPB(r))
+	res, err := s.Agent.Drain(ctx, RefFromPB(r))
 	return &apiv1.DrainReply{Sockets: int32(res.Sockets), QueuedBytes: res.QueuedBytes}, ToRPC(err)
 }
 
 func (s Server) Lock(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
-	return &apiv1.Empty{}, ToRPC(s.Agent.Lock(ctx, refFromPB(r)))
+	return &apiv1.Empty{}, ToRPC(s.Agent.Lock(ctx, RefFromPB(r)))
 }
 
 func (s Server) Dump(ctx context.Context, req *apiv1.DumpRequest) (*apiv1.DumpReply, error) {
-	res, err := s.Agent.Dump(ctx, refFromPB(req.Ref), DumpRequest{Dir: req.Dir, Shared: req.SharedDir, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint,
+	res, err := s.Agent.Dump(ctx, RefFromPB(req.Ref), DumpRequest{Dir: req.Dir, Shared: req.SharedDir, LeaveRunning: req.LeaveRunning, Checkpoint: req.Checkpoint,
 		Compress: req.Compress, PostCopyAbove: req.PostCopyAbove, Local: req.Local, Store: req.Store})
 	return &apiv1.DumpReply{Bytes: res.Bytes, Files: int32(res.Files), CriuNanos: int64(res.CRIUTime), MemoryBytes: res.Memory, PageServer: res.PageServer,
 		NodeManifestSha256: res.NodeManifestSHA256}, ToRPC(err)
 }
 
 func (s Server) Unlock(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
-	return &apiv1.Empty{}, ToRPC(s.Agent.Unlock(ctx, refFromPB(r)))
+	return &apiv1.Empty{}, ToRPC(s.Agent.Unlock(ctx, RefFromPB(r)))
 }
 
 func (s Server) Thaw(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
-	return &apiv1.Empty{}, ToRPC(s.Agent.Thaw(ctx, refFromPB(r)))
+	return &apiv1.Empty{}, ToRPC(s.Agent.Thaw(ctx, RefFromPB(r)))
 }
 
 func (s Server) RestoreFiles(ctx context.Context, req *apiv1.RestoreRequest) (*apiv1.RestoreFilesReply, error) {
@@ -280,16 +282,16 @@ func (s Server) Restore(ctx context.Context, req *apiv1.RestoreRequest) (*apiv1.
 }
 
 func (s Server) Destroy(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
-	return &apiv1.Empty{}, ToRPC(s.Agent.Destroy(ctx, refFromPB(r)))
+	return &apiv1.Empty{}, ToRPC(s.Agent.Destroy(ctx, RefFromPB(r)))
 }
 
 func (s Server) Status(ctx context.Context, r *apiv1.NodeRef) (*apiv1.NodeStatus, error) {
-	st, err := s.Agent.Status(ctx, refFromPB(r))
+	st, err := s.Agent.Status(ctx, RefFromPB(r))
 	return &apiv1.NodeStatus{Running: st.Running, Exited: st.Exited, ExitCode: int32(st.ExitCode), Message: st.Message}, ToRPC(err)
 }
 
 func (s Server) Pages(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
-	return &apiv1.Empty{}, ToRPC(s.Agent.Pages(ctx, refFromPB(r)))
+	return &apiv1.Empty{}, ToRPC(s.Agent.Pages(ctx, RefFromPB(r)))
 }
 
 // noStore is the error of a checkpoint-store call to a shim without one.
@@ -351,7 +353,7 @@ func (s Server) Output(ctx context.Context, req *apiv1.NodeOutputRequest) (*apiv
 	if s.Outputs == nil {
 		return nil, ToRPC(fmt.Errorf("%w: this shim does not serve output", ErrInvalid))
 	}
-	data, size, err := s.Outputs.ReadOutput(ctx, refFromPB(req.Ref), req.Offset, req.Max)
+	data, size, err := s.Outputs.ReadOutput(ctx, RefFromPB(req.Ref), req.Offset, req.Max)
 	if err != nil {
 		return nil, ToRPC(err)
 	}

@@ -227,7 +227,7 @@ func (s Server) sendImages(ctx context.Context, req *apiv1.ImagesRequest, send f
 	if req.Stored {
 		return s.ImageServer.SendStored(ctx, req.Checkpoint, req.GetRef().GetNode(), send)
 	}
-	return s.ImageServer.SendImages(ctx, refFromPB(req.Ref), req.Checkpoint, send)
+	return s.ImageServer.SendImages(ctx, RefFromPB(req.Ref), req.Checkpoint, send)
 }
 
 // writeChunk writes c as one data frame: its header, then its data as they

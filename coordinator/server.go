@@ -136,7 +136,7 @@ func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*api
 	if len(req.Nodes) > 0 {
 		held := make([]agentapi.NodeRef, 0, len(req.Nodes))
 		for _, r := range req.Nodes {
-			held = append(held, agentapi.NodeRef{Job: r.GetJob(), Node: r.GetNode()})
+			held = append(held, agentapi.RefFromPB(r))
 		}
 		s.C.DestroyStrays(req.Host, held)
 	}

@@ -83,14 +83,11 @@ func (c *Coordinator) destroyStray(ctx context.Context, host string, ref agentap
 	c.mu.Lock()
 	why := c.strayLocked(host, ref)
 	a, registered := c.agents[host]
-	owner := 0
-	if j := c.jobs[ref.Job]; j != nil {
-		owner = j.Spec.Owner
-	}
 	if why == "" || !registered {
 		c.mu.Unlock()
 		return
 	}
+	owner := c.jobs[ref.Job].Spec.Owner // strayLocked judged only a job it knows
 	c.busy[ref.Job] = true
 	c.mu.Unlock()
 	defer func() {

@@ -170,7 +170,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	for {
 		var held []*apiv1.NodeRef
 		for _, r := range a.JobNodes() {
-			held = append(held, &apiv1.NodeRef{Job: r.Job, Node: r.Node})
+			held = append(held, agentapi.RefToPB(r))
 		}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := cl.Register(rctx, &apiv1.RegisterRequest{Host: cfg.Agent.Host, Address: adv, RunDir: a.cfg.RunDir, VerifiesImages: true, PostCopy: postCopy,

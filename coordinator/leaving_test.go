@@ -285,7 +285,7 @@ func TestRecoverLeavingPagesLost(t *testing.T) {
 	f.crashMigrating(t, true)
 	// What the new copy's shim does when its lazy-pages daemon fails.
 	f.agents["h3"].fail[PhasePages] = errors.New("lazy-pages daemon: Remote side closed connection")
-	f.agents["h3"].node["job1/n1"].exited, f.agents["h3"].node["job1/n1"].exitCode = true, 137
+	f.exit("h3", "job1/n1", 137)
 	order := f.watchDestroys("h1")
 	c2 := f.recoverCoordinator(t, nil, nil)
 	if got := order.list(); len(got) == 0 || got[0] != "destroy h1" || slices.Contains(got, "n1 on h1 thawed or unlocked") {

@@ -92,6 +92,15 @@ func (f *fixture) heal(host string, phase Phase) {
 	f.c.deadlines[phase] = testDeadline
 }
 
+// exit makes the fake job-node key ("job/node") on host report that its
+// tree exited with code.
+func (f *fixture) exit(host, key string, code int) {
+	a := f.agents[host]
+	a.mu.Lock()
+	a.node[key].exited, a.node[key].exitCode = true, code
+	a.mu.Unlock()
+}
+
 // assertRunning checks that the job is running and that every job-node
 // exists, unfrozen and unlocked, on the host the spec names.
 func (f *fixture) assertRunning(t *testing.T) {
@@ -443,10 +452,7 @@ func TestMigrateRollback(t *testing.T) {
 
 func TestJobEnds(t *testing.T) {
 	f := newFixture(t, "h0", "h1", "h2")
-	a := f.agents["h1"]
-	a.mu.Lock()
-	a.node["job1/n1"].exited, a.node["job1/n1"].exitCode = true, 7
-	a.mu.Unlock()
+	f.exit("h1", "job1/n1", 7)
 	f.c.pollOnce(context.Background())
 	j, _ := f.c.Job("job1")
 	if j.State != StateFailed || j.ExitCode != 7 || !strings.Contains(j.Reason, "n1") {

@@ -85,10 +85,7 @@ func TestStrayFromFailedRollback(t *testing.T) {
 // answer keeps its job-node there until that host's shim registers.
 func TestStrayOfEndedJob(t *testing.T) {
 	f := newFixture(t, "h0", "h1", "h2")
-	a := f.agents["h1"]
-	a.mu.Lock()
-	a.node["job1/n1"].exited, a.node["job1/n1"].exitCode = true, 7
-	a.mu.Unlock()
+	f.exit("h1", "job1/n1", 7)
 	f.agents["h2"].fail[PhaseDestroy] = errors.New("injected: shim cut off")
 	f.c.pollOnce(context.Background())
 	if j, _ := f.c.Job("job1"); j.State != StateFailed {

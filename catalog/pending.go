@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/torpor-hpc/torpor/internal/atomicfile"
@@ -145,6 +146,12 @@ func (p *Pending) Commit(m JobManifest) (Checkpoint, error) {
 // fillNodes matches the requested nodes with the node directories and fills in
 // digests and sizes. Every listed file is checked to exist with its recorded size
 // (cheap; full hashing is Verify's job).
+//
+// The job-nodes' manifests are read and their files checked by up to
+// fillWorkers goroutines at once: the job stays frozen until the commit
+// ends, and on a shared file system each open and stat waits for a server,
+// one job-node after another before (at 256 fake job-nodes on this
+// machine's disk, B5, 13 ms of the commit, most of it here).
 func (p *Pending) fillNodes(req []NodeRef) ([]NodeRef, error) {
 	nd := filepath.Join(p.dir, nodesDirName)
 	ents, err := os.ReadDir(nd)
@@ -166,7 +173,6 @@ func (p *Pending) fillNodes(req []NodeRef) ([]NodeRef, error) {
 	if len(req) == 0 {
 		return nil, errors.New("no job-node wrote any images")
 	}
-	out := make([]NodeRef, 0, len(req))
 	seen := map[string]bool{}
 	for _, n := range req {
 		if err := validName("job-node name", n.Name); err != nil {
@@ -179,36 +185,60 @@ func (p *Pending) fillNodes(req []NodeRef) ([]NodeRef, error) {
 		if !onDisk[n.Name] {
 			return nil, fmt.Errorf("node %s wrote no images: its dump did not run or failed", n.Name)
 		}
-		dir := filepath.Join(nd, n.Name)
-		nm, sum, err := readNodeManifest(dir)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("node %s has no %s: its shim did not finish the dump", n.Name, NodeManifestName)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("node %s: %w", n.Name, err)
-		}
-		if nm.Node != n.Name {
-			return nil, fmt.Errorf("node %s: its node manifest is for node %q", n.Name, nm.Node)
-		}
-		for _, f := range nm.Files {
-			fp := filepath.Join(dir, filepath.FromSlash(f.Path))
-			st, err := os.Lstat(fp)
-			if err != nil {
-				return nil, ioErr(fmt.Sprintf("node %s: image listed in its manifest:", n.Name), fp, err)
-			}
-			if !st.Mode().IsRegular() || st.Size() != f.Size {
-				return nil, fmt.Errorf("node %s: %s changed after its node manifest was written (size %d, manifest %d)", n.Name, fp, st.Size(), f.Size)
-			}
-		}
-		n.ManifestSHA256, n.TotalBytes, n.FileCount = sum, nm.TotalBytes, len(nm.Files)
-		out = append(out, n)
 	}
 	for name := range onDisk {
 		if !seen[name] {
 			return nil, fmt.Errorf("node directory %s is not part of the job manifest", name)
 		}
 	}
+	out := make([]NodeRef, len(req))
+	errs := make([]error, len(req))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(fillWorkers, len(req)) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(req); i = int(next.Add(1) - 1) {
+				out[i], errs[i] = fillNode(filepath.Join(nd, req[i].Name), req[i])
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err // the first job-node's, in the request's order
+		}
+	}
 	return out, nil
+}
+
+// fillWorkers bounds the job-nodes fillNodes reads at once.
+const fillWorkers = 16
+
+// fillNode reads the node manifest of job-node n in dir, checks that every
+// file it lists is there with its size, and fills in n's digest and sizes.
+func fillNode(dir string, n NodeRef) (NodeRef, error) {
+	nm, sum, err := readNodeManifest(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return n, fmt.Errorf("node %s has no %s: its shim did not finish the dump", n.Name, NodeManifestName)
+	}
+	if err != nil {
+		return n, fmt.Errorf("node %s: %w", n.Name, err)
+	}
+	if nm.Node != n.Name {
+		return n, fmt.Errorf("node %s: its node manifest is for node %q", n.Name, nm.Node)
+	}
+	for _, f := range nm.Files {
+		fp := filepath.Join(dir, filepath.FromSlash(f.Path))
+		st, err := os.Lstat(fp)
+		if err != nil {
+			return n, ioErr(fmt.Sprintf("node %s: image listed in its manifest:", n.Name), fp, err)
+		}
+		if !st.Mode().IsRegular() || st.Size() != f.Size {
+			return n, fmt.Errorf("node %s: %s changed after its node manifest was written (size %d, manifest %d)", n.Name, fp, st.Size(), f.Size)
+		}
+	}
+	n.ManifestSHA256, n.TotalBytes, n.FileCount = sum, nm.TotalBytes, len(nm.Files)
+	return n, nil
 }
 
 // Abort removes the pending checkpoint's directory. It is a no-op after a previous

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -382,6 +383,19 @@ func TestCommitErrors(t *testing.T) {
 			os.WriteFile(filepath.Join(p.Dir(), "nodes/n0/a.img"), []byte("aa"), 0o600)
 			return JobManifest{}
 		}, "changed after its node manifest was written"},
+		{"first broken job-node of many named", func(t *testing.T, p *Pending) JobManifest {
+			// More job-nodes than fillWorkers, read at once: the error is
+			// still the first broken one's in the manifest's order.
+			imgs := images{}
+			for i := range 3 * fillWorkers {
+				imgs[fmt.Sprintf("n%02d", i)] = map[string][]byte{"a.img": []byte("a")}
+			}
+			dumpNodes(t, p, imgs)
+			for _, n := range []string{"n37", "n05"} {
+				os.WriteFile(filepath.Join(p.Dir(), "nodes", n, "a.img"), []byte("aa"), 0o600)
+			}
+			return JobManifest{}
+		}, "node n05: "},
 		{"wrong job", func(t *testing.T, p *Pending) JobManifest {
 			dumpNodes(t, p, images{"n0": {"a.img": []byte("a")}})
 			return JobManifest{Job: "other"}

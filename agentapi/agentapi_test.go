@@ -22,6 +22,10 @@ func TestErrorsSurviveRPC(t *testing.T) {
 	if !errors.Is(busy, ErrBusy) || !errors.Is(busy, ErrState) || errors.Is(FromRPC(ToRPC(ErrState)), ErrBusy) {
 		t.Errorf("ErrBusy after a round trip: %v; it must stay ErrBusy and ErrState, and ErrState must not become ErrBusy", busy)
 	}
+	exists := FromRPC(ToRPC(fmt.Errorf("%w: job-node j/n0 on h1", ErrExists)))
+	if !errors.Is(exists, ErrExists) || !errors.Is(exists, ErrState) || errors.Is(FromRPC(ToRPC(ErrState)), ErrExists) || errors.Is(exists, ErrBusy) {
+		t.Errorf("ErrExists after a round trip: %v; it must stay ErrExists and ErrState, and neither ErrState nor ErrBusy become it", exists)
+	}
 	if err := FromRPC(ToRPC(errors.New("plain"))); err == nil || errors.Is(err, ErrInvalid) || err.Error() != "plain" {
 		t.Errorf("plain error after a round trip: %v", err)
 	}

@@ -31,6 +31,10 @@ var (
 	// destroying its job-nodes, say); the same request may succeed once it
 	// has ended. It is an ErrState too.
 	ErrBusy error = busyError{}
+	// ErrExists: the job-node to start or restore already exists on that
+	// host (a copy left there, see docs/protocol.md, "Stray copies"). It is
+	// an ErrState too.
+	ErrExists error = existsError{}
 )
 
 // SetAsideNote ends the message of an ErrCorrupt whose shim moved its copy
@@ -50,6 +54,11 @@ type busyError struct{}
 func (busyError) Error() string { return ErrState.Error() }
 func (busyError) Unwrap() error { return ErrState }
 
+type existsError struct{}
+
+func (existsError) Error() string { return ErrState.Error() }
+func (existsError) Unwrap() error { return ErrState }
+
 // codeOf pairs each error of the contract with its gRPC code.
 var codeOf = []struct {
 	err  error
@@ -58,7 +67,8 @@ var codeOf = []struct {
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 	{context.Canceled, codes.Canceled},
 	{ErrNotFound, codes.NotFound},
-	{ErrBusy, codes.Aborted}, // before ErrState, which it wraps
+	{ErrBusy, codes.Aborted},         // before ErrState, which it wraps
+	{ErrExists, codes.AlreadyExists}, // before ErrState, which it wraps
 	{ErrState, codes.FailedPrecondition},
 	{ErrInvalid, codes.InvalidArgument},
 	{ErrPermission, codes.PermissionDenied},

@@ -250,7 +250,7 @@ func (f *fakeAgent) Restore(ctx context.Context, job string, n agentapi.NodeSpec
 	defer f.mu.Unlock()
 	if old := f.node[job+"/"+n.Name]; old != nil && old.exists {
 		// As a real shim refuses it.
-		return fmt.Errorf("%w: job-node %s/%s already exists on %s", agentapi.ErrState, job, n.Name, f.host)
+		return fmt.Errorf("%w: job-node %s/%s already exists on %s", agentapi.ErrExists, job, n.Name, f.host)
 	}
 	f.restoredFrom = append(f.restoredFrom, req.Checkpoint)
 	f.keepEnv(PhaseRestore, job, n)

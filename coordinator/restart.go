@@ -551,7 +551,17 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 				req.From, req.NodeManifestSHA256 = source, dumped.NodeManifestSHA256
 			}
 			dumpedMu.Unlock()
-			return a.Restore(ctx, id, n, req)
+			err := a.Restore(ctx, id, n, req)
+			if errors.Is(err, agentapi.ErrExists) {
+				// A copy of the job-node left on the destination (a
+				// rollback's destroy that did not reach it): the job-node
+				// runs on its old host, so that copy is a stray, which the
+				// shim refused before it consumed anything.
+				if err = c.clearStray(ctx, a, id, n, "it was in the way of the migration from "+from.Host); err == nil {
+					err = a.Restore(ctx, id, n, req)
+				}
+			}
+			return err
 		})
 	}
 	// A streamed stop-and-copy migration restores while the source dumps:

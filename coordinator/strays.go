@@ -109,3 +109,22 @@ func (c *Coordinator) destroyStray(ctx context.Context, host string, ref agentap
 		log.Error("destroy a stray copy of a job-node: it stays until the shim's next registration", "why", why, "err", err)
 	}
 }
+
+// clearStray destroys the copy of job-node n that its host's shim would not
+// restore over (agentapi.ErrExists), for an operation that holds the job and
+// places n there: the registry has no copy of n on that host, so the one
+// there is a stray that the shim's next registration would have destroyed
+// (destroyStray). The caller asks again once it is gone.
+func (c *Coordinator) clearStray(ctx context.Context, a agentapi.Agent, job string, n agentapi.NodeSpec, why string) error {
+	dctx, cancel := context.WithTimeout(ctx, c.deadlines.of(PhaseDestroy))
+	err := a.Destroy(dctx, agentapi.NodeRef{Job: job, Node: n.Name})
+	cancel()
+	log := c.log.With("job", job, "node", n.Name, "host", n.Host)
+	if err != nil {
+		log.Error("destroy a stray copy of a job-node in the way", "why", why, "err", err)
+		return fmt.Errorf("a copy of job-node %s is already on %s and could not be destroyed: %w", n.Name, n.Host, err)
+	}
+	log.Warn("destroyed a stray copy of a job-node", "why", why)
+	c.event(Event{Job: job, Type: EventStrayDestroyed, Node: n.Name, FromHost: n.Host, Reason: why})
+	return nil
+}

@@ -81,6 +81,45 @@ func TestStrayFromFailedRollback(t *testing.T) {
 	f.assertRunning(t)
 }
 
+// TestMigrateOverStray: a migration onto a host that still holds a stray
+// copy of the job-node (a rollback's destroy that did not reach it, and no
+// registration of that host since) destroys the copy and restores the
+// job-node there at once. While the copy cannot be destroyed, the migration
+// fails saying so and the job runs on where it was.
+func TestMigrateOverStray(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2", "h3")
+	ctx := context.Background()
+	f.c.faults.AfterRestore = func(job, node string) error { return errors.New("injected after restore") }
+	f.agents["h3"].fail[PhaseDestroy] = errors.New("injected: shim cut off")
+	if err := f.c.Migrate(ctx, "job1", "n1", "h3"); err == nil {
+		t.Fatal("migration succeeded despite the fault")
+	}
+	f.c.faults.AfterRestore = nil
+	if _, ok := f.agents["h3"].snapshot()["job1/n1"]; !ok {
+		t.Fatal("no copy of n1 left on h3: the test does not make the stray it is about")
+	}
+	err := f.c.Migrate(ctx, "job1", "n1", "h3")
+	if err == nil || !strings.Contains(err.Error(), "a copy of job-node n1 is already on h3 and could not be destroyed") {
+		t.Fatalf("migration over a stray that cannot be destroyed: %v", err)
+	}
+	j, _ := f.c.Job("job1")
+	if n1, _ := j.Spec.Node("n1"); j.State != StateRunning || n1.Host != "h1" {
+		t.Fatalf("job %s with n1 on %s, want running on h1", j.State, n1.Host)
+	}
+	f.heal("h3", PhaseDestroy)
+	if err := f.c.Migrate(ctx, "job1", "n1", "h3"); err != nil {
+		t.Fatal(err)
+	}
+	f.assertRunning(t) // n1 on h3, and no other copy
+	j, _ = f.c.Job("job1")
+	if n1, _ := j.Spec.Node("n1"); n1.Host != "h3" {
+		t.Fatalf("n1 is on %s, want h3", n1.Host)
+	}
+	if ev := f.strayEvents(); len(ev) != 1 || ev[0] != "n1@h3: it was in the way of the migration from h1" {
+		t.Fatalf("stray events %q", ev)
+	}
+}
+
 // TestStrayOfEndedJob: a job that ended while one of its hosts did not
 // answer keeps its job-node there until that host's shim registers.
 func TestStrayOfEndedJob(t *testing.T) {

@@ -384,6 +384,15 @@ func rootOnly(p, top string) error {
 	}
 }
 
+// existsLocked is ErrExists if this shim holds job-node job/node (or is
+// making it). Called with a.mu held.
+func (a *Agent) existsLocked(job, node string) error {
+	if _, ok := a.nodes[key(job, node)]; ok {
+		return fmt.Errorf("%w: job-node %s/%s already exists on %s", agentapi.ErrExists, job, node, a.cfg.Host)
+	}
+	return nil
+}
+
 // create makes the sandbox and attaches (unlocked) the network lock to the
 // host end of its veth, where the programs stay outside the CRIU images. A
 // restore target (restoring) does not announce its address yet: that
@@ -393,9 +402,9 @@ func (a *Agent) create(ctx context.Context, job string, spec agentapi.NodeSpec, 
 		return nil, err
 	}
 	a.mu.Lock()
-	if _, exists := a.nodes[key(job, spec.Name)]; exists {
+	if err := a.existsLocked(job, spec.Name); err != nil {
 		a.mu.Unlock()
-		return nil, fmt.Errorf("%w: job-node %s/%s already exists on %s", agentapi.ErrState, job, spec.Name, a.cfg.Host)
+		return nil, err
 	}
 	a.nodes[key(job, spec.Name)] = nil // reserve
 	a.mu.Unlock()
@@ -1024,6 +1033,15 @@ type madeNode struct {
 func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec, req agentapi.RestoreRequest) (err error) {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("restore %s/%s: %w", job, spec.Name, err)
+	}
+	// A copy already here is refused before anything else runs (images
+	// fetched, a lazy-pages daemon started), so the coordinator can destroy
+	// it and ask again with nothing consumed.
+	a.mu.Lock()
+	err = a.existsLocked(job, spec.Name)
+	a.mu.Unlock()
+	if err != nil {
+		return err
 	}
 	if req.Stored {
 		if req.From != "" || req.NodeManifestSHA256 == "" {

@@ -52,7 +52,10 @@ type e2e struct {
 	spec   coordinator.JobSpec
 }
 
-func newE2E(t *testing.T, hosts, nodes int) *e2e {
+// newE2E makes a cluster of hosts with a real shim each and a coordinator,
+// and a ring job of nodes job-nodes (not started); each of opts may change
+// the coordinator's options first (its faults, its view of a shim).
+func newE2E(t *testing.T, hosts, nodes int, opts ...func(*coordinator.Options)) *e2e {
 	t.Helper()
 	testutil.RequireRoot(t, "creates namespaces, cgroups, eBPF links and runs CRIU")
 	ctx := context.Background()
@@ -91,7 +94,11 @@ func newE2E(t *testing.T, hosts, nodes int) *e2e {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.c, err = coordinator.New(coordinator.Options{StateDir: filepath.Join(dir, "state"), Store: coordinator.CatalogStore{S: store}, Agents: agents, Log: log})
+	co := coordinator.Options{StateDir: filepath.Join(dir, "state"), Store: coordinator.CatalogStore{S: store}, Agents: agents, Log: log}
+	for _, o := range opts {
+		o(&co)
+	}
+	e.c, err = coordinator.New(co)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -87,7 +87,6 @@ func (c *Coordinator) destroyStray(ctx context.Context, host string, ref agentap
 		c.mu.Unlock()
 		return
 	}
-	owner := c.jobs[ref.Job].Spec.Owner // strayLocked judged only a job it knows
 	c.busy[ref.Job] = true
 	c.mu.Unlock()
 	defer func() {
@@ -95,18 +94,13 @@ func (c *Coordinator) destroyStray(ctx context.Context, host string, ref agentap
 		delete(c.busy, ref.Job)
 		c.mu.Unlock()
 	}()
-	dctx, cancel := context.WithTimeout(ctx, c.deadlines.of(PhaseDestroy))
-	err := a.Destroy(dctx, ref)
-	cancel()
-	log := c.log.With("job", ref.Job, "node", ref.Node, "host", host)
+	err := c.destroyCopy(ctx, a, host, ref, why)
 	switch {
 	case err == nil:
-		log.Warn("destroyed a stray copy of a job-node", "why", why)
-		c.event(Event{Job: ref.Job, Owner: owner, Type: EventStrayDestroyed, Node: ref.Node, FromHost: host, Reason: why})
 	case errors.Is(err, agentapi.ErrNotFound):
 		// Gone since the shim said it held it.
 	default:
-		log.Error("destroy a stray copy of a job-node: it stays until the shim's next registration", "why", why, "err", err)
+		c.log.Error("destroy a stray copy of a job-node: it stays until the shim's next registration", "job", ref.Job, "node", ref.Node, "host", host, "why", why, "err", err)
 	}
 }
 
@@ -116,15 +110,24 @@ func (c *Coordinator) destroyStray(ctx context.Context, host string, ref agentap
 // there is a stray that the shim's next registration would have destroyed
 // (destroyStray). The caller asks again once it is gone.
 func (c *Coordinator) clearStray(ctx context.Context, a agentapi.Agent, job string, n agentapi.NodeSpec, why string) error {
-	dctx, cancel := context.WithTimeout(ctx, c.deadlines.of(PhaseDestroy))
-	err := a.Destroy(dctx, agentapi.NodeRef{Job: job, Node: n.Name})
-	cancel()
-	log := c.log.With("job", job, "node", n.Name, "host", n.Host)
-	if err != nil {
-		log.Error("destroy a stray copy of a job-node in the way", "why", why, "err", err)
+	if err := c.destroyCopy(ctx, a, n.Host, agentapi.NodeRef{Job: job, Node: n.Name}, why); err != nil {
+		c.log.Error("destroy a stray copy of a job-node in the way", "job", job, "node", n.Name, "host", n.Host, "why", why, "err", err)
 		return fmt.Errorf("a copy of job-node %s is already on %s and could not be destroyed: %w", n.Name, n.Host, err)
 	}
-	log.Warn("destroyed a stray copy of a job-node", "why", why)
-	c.event(Event{Job: job, Type: EventStrayDestroyed, Node: n.Name, FromHost: n.Host, Reason: why})
+	return nil
+}
+
+// destroyCopy destroys host's copy of ref, a stray for why, within the
+// destroy phase's deadline; once it is gone it logs and records that
+// (event stray-destroyed; the job's owner filled in from the registry).
+func (c *Coordinator) destroyCopy(ctx context.Context, a agentapi.Agent, host string, ref agentapi.NodeRef, why string) error {
+	dctx, cancel := context.WithTimeout(ctx, c.deadlines.of(PhaseDestroy))
+	err := a.Destroy(dctx, ref)
+	cancel()
+	if err != nil {
+		return err
+	}
+	c.log.Warn("destroyed a stray copy of a job-node", "job", ref.Job, "node", ref.Node, "host", host, "why", why)
+	c.event(Event{Job: ref.Job, Type: EventStrayDestroyed, Node: ref.Node, FromHost: host, Reason: why})
 	return nil
 }

@@ -39,13 +39,11 @@ func (f *fixture) strayEvents() []string {
 	return out
 }
 
-// TestStrayFromFailedRollback: a migration that fails after its new copy
-// was restored, with the destination's shim failing the rollback's
-// destroy, leaves the job running on its old hosts and a frozen, locked
-// copy on the destination. Its shim's next registration has it destroyed;
-// the job's own job-nodes are untouched, before and after.
-func TestStrayFromFailedRollback(t *testing.T) {
-	f := newFixture(t, "h0", "h1", "h2", "h3")
+// strayFromRollback makes a stray: a migration of n1 to h3 fails after its
+// restore while h3's shim fails destroys, so the rollback leaves a frozen,
+// locked copy of n1 there. h3 still fails destroys afterwards.
+func (f *fixture) strayFromRollback(t *testing.T) {
+	t.Helper()
 	f.c.faults.AfterRestore = func(job, node string) error { return errors.New("injected after restore") }
 	f.agents["h3"].fail[PhaseDestroy] = errors.New("injected: shim cut off")
 	if err := f.c.Migrate(context.Background(), "job1", "n1", "h3"); err == nil {
@@ -55,6 +53,16 @@ func TestStrayFromFailedRollback(t *testing.T) {
 	if st, ok := f.agents["h3"].snapshot()["job1/n1"]; !ok || !st.locked {
 		t.Fatalf("no locked copy of n1 left on h3 (%v, %+v): the test does not make the stray it is about", ok, st)
 	}
+}
+
+// TestStrayFromFailedRollback: a migration that fails after its new copy
+// was restored, with the destination's shim failing the rollback's
+// destroy, leaves the job running on its old hosts and a frozen, locked
+// copy on the destination. Its shim's next registration has it destroyed;
+// the job's own job-nodes are untouched, before and after.
+func TestStrayFromFailedRollback(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2", "h3")
+	f.strayFromRollback(t)
 	// Registrations of the job's own hosts destroy nothing.
 	for _, h := range []string{"h0", "h1", "h2"} {
 		f.register(h)
@@ -89,15 +97,7 @@ func TestStrayFromFailedRollback(t *testing.T) {
 func TestMigrateOverStray(t *testing.T) {
 	f := newFixture(t, "h0", "h1", "h2", "h3")
 	ctx := context.Background()
-	f.c.faults.AfterRestore = func(job, node string) error { return errors.New("injected after restore") }
-	f.agents["h3"].fail[PhaseDestroy] = errors.New("injected: shim cut off")
-	if err := f.c.Migrate(ctx, "job1", "n1", "h3"); err == nil {
-		t.Fatal("migration succeeded despite the fault")
-	}
-	f.c.faults.AfterRestore = nil
-	if _, ok := f.agents["h3"].snapshot()["job1/n1"]; !ok {
-		t.Fatal("no copy of n1 left on h3: the test does not make the stray it is about")
-	}
+	f.strayFromRollback(t)
 	err := f.c.Migrate(ctx, "job1", "n1", "h3")
 	if err == nil || !strings.Contains(err.Error(), "a copy of job-node n1 is already on h3 and could not be destroyed") {
 		t.Fatalf("migration over a stray that cannot be destroyed: %v", err)

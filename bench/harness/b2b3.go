@@ -14,20 +14,24 @@ type CkptPoint struct {
 	Nodes int `json:"nodes"`
 
 	// B2
-	Torpor      []CkptSample    `json:"torpor"`
-	TorporWall  Stat            `json:"torpor_wall"`
-	Phases      map[string]Stat `json:"torpor_phases"`
-	CRIUSum     Stat            `json:"torpor_criu_sum"`
-	Bytes       int64           `json:"bytes"` // images of one checkpoint, all job-nodes (median sample)
-	RawSeq      []RawDump       `json:"raw_seq"`
-	RawSeqWall  Stat            `json:"raw_seq_wall"`
-	RawPar      []RawDump       `json:"raw_par"`
-	RawParWall  Stat            `json:"raw_par_wall"`
-	RawBytes    int64           `json:"raw_bytes"`
-	Write       []WriteSample   `json:"write"`
-	WriteWall   Stat            `json:"write_wall"`
-	FsyncWall   Stat            `json:"fsync_wall"`
-	Checkpoints []string        `json:"checkpoints"`
+	Torpor     []CkptSample    `json:"torpor"`
+	TorporWall Stat            `json:"torpor_wall"`
+	Phases     map[string]Stat `json:"torpor_phases"`
+	CRIUSum    Stat            `json:"torpor_criu_sum"`
+	Bytes      int64           `json:"bytes"` // images of one checkpoint, all job-nodes (median sample)
+	RawSeq     []RawDump       `json:"raw_seq"`
+	RawSeqWall Stat            `json:"raw_seq_wall"`
+	RawPar     []RawDump       `json:"raw_par"`
+	RawParWall Stat            `json:"raw_par_wall"`
+	RawBytes   int64           `json:"raw_bytes"`
+	// RawHashed: raw seq with the memory images hashed as a shim hashes
+	// them (RawDumpOptions.Hash), what of torpor/raw seq is the hashing.
+	RawHashed     []RawDump     `json:"raw_hashed"`
+	RawHashedWall Stat          `json:"raw_hashed_wall"`
+	Write         []WriteSample `json:"write"`
+	WriteWall     Stat          `json:"write_wall"`
+	FsyncWall     Stat          `json:"fsync_wall"`
+	Checkpoints   []string      `json:"checkpoints"`
 
 	// B3
 	Suspends        []CkptSample    `json:"suspends"`
@@ -143,20 +147,25 @@ func (p *CkptPoint) raw(ctx context.Context, e *Env, id string, hosts []string, 
 	defer r.Close()
 	time.Sleep(300 * time.Millisecond)
 	for i := 0; i < reps; i++ {
-		d, _, err := r.Dump(ctx, fmt.Sprintf("seq%d", i), false, true)
+		d, _, err := r.Dump(ctx, fmt.Sprintf("seq%d", i), RawDumpOptions{LeaveRunning: true})
 		if err != nil {
 			return err
 		}
 		p.RawSeq = append(p.RawSeq, d)
-		d, _, err = r.Dump(ctx, fmt.Sprintf("par%d", i), true, true)
+		d, _, err = r.Dump(ctx, fmt.Sprintf("par%d", i), RawDumpOptions{Parallel: true, LeaveRunning: true})
 		if err != nil {
 			return err
 		}
 		p.RawPar = append(p.RawPar, d)
+		d, _, err = r.Dump(ctx, fmt.Sprintf("hashed%d", i), RawDumpOptions{LeaveRunning: true, Hash: true})
+		if err != nil {
+			return err
+		}
+		p.RawHashed = append(p.RawHashed, d)
 	}
 	for i := 0; i < restartReps; i++ {
 		for _, parallel := range []bool{false, true} {
-			_, dirs, err := r.Dump(ctx, fmt.Sprintf("stop%d", i), false, false)
+			_, dirs, err := r.Dump(ctx, fmt.Sprintf("stop%d", i), RawDumpOptions{})
 			if err != nil {
 				return err
 			}
@@ -175,10 +184,13 @@ func (p *CkptPoint) raw(ctx context.Context, e *Env, id string, hosts []string, 
 			}
 		}
 	}
-	var seq, par, rs, rp, tcp []time.Duration
+	var seq, par, hashed, rs, rp, tcp []time.Duration
 	for _, d := range p.RawSeq {
 		seq = append(seq, d.Wall)
 		p.RawBytes = d.Bytes
+	}
+	for _, d := range p.RawHashed {
+		hashed = append(hashed, d.Wall)
 	}
 	for _, d := range p.RawPar {
 		par = append(par, d.Wall)
@@ -190,7 +202,7 @@ func (p *CkptPoint) raw(ctx context.Context, e *Env, id string, hosts []string, 
 		rp = append(rp, d.Wall)
 		tcp = append(tcp, d.Progress.TCP)
 	}
-	p.RawSeqWall, p.RawParWall = DurStat(seq), DurStat(par)
+	p.RawSeqWall, p.RawParWall, p.RawHashedWall = DurStat(seq), DurStat(par), DurStat(hashed)
 	p.RawRestoreWall, p.RawRestoreParWl, p.RawRestoreTCP = DurStat(rs), DurStat(rp), DurStat(tcp)
 	return nil
 }

@@ -8,6 +8,9 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"time"
+
+	"lukechampine.com/blake3"
 
 	"golang.org/x/sys/unix"
 
@@ -28,6 +31,12 @@ type Machine struct {
 	Go         string `json:"go"`
 	OpenMPI    string `json:"openmpi"`
 	MPICH      string `json:"mpich"`
+	// HashMBps is BLAKE3, the memory images' hash, on one CPU in 1 MiB
+	// writes (MB/s); HashMBpsBeside the same while a second thread hashes
+	// on another CPU. Where they differ, work a shim does beside CRIU (its
+	// stream hasher) takes from CRIU, however idle the other CPU was.
+	HashMBps       float64 `json:"blake3_mbps"`
+	HashMBpsBeside float64 `json:"blake3_mbps_beside_busy_cpu,omitempty"`
 }
 
 // Facts collects the machine facts; dir is where checkpoints are written.
@@ -48,7 +57,86 @@ func Facts(ctx context.Context, dir string, bin criu.Binary) Machine {
 	m.Storage = storageOf(dir)
 	m.OpenMPI = firstLine(cmdOut(ctx, "mpirun.openmpi", "--version"))
 	m.MPICH = versionLine(cmdOut(ctx, "mpirun.mpich", "--version"))
+	m.HashMBps, m.HashMBpsBeside = hashRates()
 	return m
+}
+
+// hashRates measures Machine.HashMBps and HashMBpsBeside: the median of
+// five timings of 64 MiB each, on the first CPU this process may use,
+// alone and then with a thread hashing on the second one (0 if there is
+// none).
+func hashRates() (alone, beside float64) {
+	var set unix.CPUSet
+	if unix.SchedGetaffinity(0, &set) != nil {
+		return 0, 0
+	}
+	var cpus []int
+	for c := 0; c < len(set)*64 && len(cpus) < 2; c++ {
+		if set.IsSet(c) {
+			cpus = append(cpus, c)
+		}
+	}
+	if len(cpus) == 0 {
+		return 0, 0
+	}
+	buf := make([]byte, 16<<20)
+	for i := range buf {
+		buf[i] = byte(i*7 + i>>12)
+	}
+	hash := func() {
+		h := blake3.New(32, nil)
+		for r := 0; r < 4; r++ {
+			for o := 0; o < len(buf); o += 1 << 20 {
+				h.Write(buf[o : o+1<<20])
+			}
+		}
+		h.Sum(nil)
+	}
+	rate := func() float64 {
+		res := make(chan float64)
+		go func() {
+			runtime.LockOSThread() // and ends with its goroutine: the thread is pinned
+			pin(cpus[0])
+			var ts []float64
+			for range 5 {
+				start := time.Now()
+				hash()
+				ts = append(ts, Ms(time.Since(start)))
+			}
+			res <- float64(4*len(buf)) / 1e3 / NewStat(ts).Median
+		}()
+		return <-res
+	}
+	alone = rate()
+	if len(cpus) < 2 {
+		return alone, 0
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		pin(cpus[1])
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				hash()
+			}
+		}
+	}()
+	beside = rate()
+	close(stop)
+	<-done
+	return alone, beside
+}
+
+// pin keeps the calling thread (locked to its goroutine) on cpu.
+func pin(cpu int) {
+	var one unix.CPUSet
+	one.Set(cpu)
+	_ = unix.SchedSetaffinity(0, &one)
 }
 
 func cmdOut(ctx context.Context, name string, args ...string) string {

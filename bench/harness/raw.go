@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/netquiesce"
 	"github.com/torpor-hpc/torpor/shim/criu"
 	"github.com/torpor-hpc/torpor/shim/sandbox"
@@ -110,10 +111,22 @@ type RawDump struct {
 	Bytes int64           `json:"bytes"`
 }
 
-// Dump dumps every sandbox, one after the other or all at once (the driver
-// still runs one CRIU dump at a time on this machine), leaving them running
-// or not. The network is locked around the dumps, not inside Wall.
-func (r *RawSet) Dump(ctx context.Context, tag string, parallel, leaveRunning bool) (RawDump, []string, error) {
+// RawDumpOptions are how a raw dump is made.
+type RawDumpOptions struct {
+	// Parallel: all sandboxes at once (the driver still runs one CRIU
+	// dump at a time on this machine), not one after the other.
+	Parallel     bool
+	LeaveRunning bool
+	// Hash: each sandbox's memory images are hashed while CRIU writes them,
+	// by the stream hasher a shim's dump runs (catalog.StartStreamHasher),
+	// and Wall ends when the hashes are done: raw CRIU with torpor's
+	// hashing and nothing else of torpor.
+	Hash bool
+}
+
+// Dump dumps every sandbox. The network is locked around the dumps, not
+// inside Wall.
+func (r *RawSet) Dump(ctx context.Context, tag string, o RawDumpOptions) (RawDump, []string, error) {
 	// Only the newest sample's images are kept, as torpor keeps only the
 	// newest checkpoint here (see settle).
 	if err := os.RemoveAll(r.dir); err != nil {
@@ -129,22 +142,37 @@ func (r *RawSet) Dump(ctx context.Context, tag string, parallel, leaveRunning bo
 	}
 	res := make([]criu.DumpResult, len(r.sbs))
 	errs := make([]error, len(r.sbs))
+	dump := func(i int) {
+		if !o.Hash {
+			res[i], errs[i] = r.sbs[i].Dump(ctx, r.e.Drv, r.opts(dirs[i], o.LeaveRunning))
+			return
+		}
+		if errs[i] = os.MkdirAll(dirs[i], 0o700); errs[i] != nil {
+			return
+		}
+		h := catalog.StartStreamHasher(dirs[i], criu.IsPages)
+		if res[i], errs[i] = r.sbs[i].Dump(ctx, r.e.Drv, r.opts(dirs[i], o.LeaveRunning)); errs[i] != nil {
+			h.Stop()
+			return
+		}
+		_, errs[i] = h.Finish(ctx)
+	}
 	start := time.Now()
-	if parallel {
+	if o.Parallel {
 		var wg sync.WaitGroup
-		for i, sb := range r.sbs {
-			wg.Go(func() { res[i], errs[i] = sb.Dump(ctx, r.e.Drv, r.opts(dirs[i], leaveRunning)) })
+		for i := range r.sbs {
+			wg.Go(func() { dump(i) })
 		}
 		wg.Wait()
 	} else {
-		for i, sb := range r.sbs {
-			if res[i], errs[i] = sb.Dump(ctx, r.e.Drv, r.opts(dirs[i], leaveRunning)); errs[i] != nil {
+		for i := range r.sbs {
+			if dump(i); errs[i] != nil {
 				break
 			}
 		}
 	}
 	d := RawDump{Wall: time.Since(start)}
-	if leaveRunning {
+	if o.LeaveRunning {
 		if err := r.unlock(); err != nil {
 			errs = append(errs, err)
 		}

@@ -64,8 +64,8 @@ func Markdown(r *Result, plots []string) string {
 	w("Times in milliseconds: median (min–max) over the repetitions; ratios of medians. ")
 	w("How to read them and how to reproduce them: bench/README.md.\n\n")
 	w("| machine | |\n|---|---|\n")
-	w("| kernel | %s |\n| CPU | %d × %s |\n| memory | %s |\n| CRIU | %s (%s) |\n| storage | %s |\n| Go | %s |\n| Open MPI | %s |\n| MPICH | %s |\n| duration | %s |\n\n",
-		m.Kernel, m.CPUs, m.CPU, m.MemTotal, m.CRIU, m.CRIUPath, m.Storage, m.Go, m.OpenMPI, m.MPICH,
+	w("| kernel | %s |\n| CPU | %d × %s |\n| memory | %s |\n| CRIU | %s (%s) |\n| storage | %s |\n| Go | %s |\n| Open MPI | %s |\n| MPICH | %s |\n| BLAKE3, one CPU | %.0f MB/s alone, %.0f MB/s while another CPU hashes too |\n| duration | %s |\n\n",
+		m.Kernel, m.CPUs, m.CPU, m.MemTotal, m.CRIU, m.CRIUPath, m.Storage, m.Go, m.OpenMPI, m.MPICH, m.HashMBps, m.HashMBpsBeside,
 		r.Finished.Sub(r.Started).Round(1e9))
 	w("Plan: %d checkpoints per point, %d suspend+restart cycles, %d migrations per size and mode (%d from 1 GiB), %d B1 repetitions.\n\n",
 		r.Plan.Reps, r.Plan.RestartReps, r.Plan.MigrateReps, r.Plan.MigrateBigReps, r.Plan.B1Reps)
@@ -139,7 +139,19 @@ func Markdown(r *Result, plots []string) string {
 		}
 		w("\n`dump` contains CRIU (Σ CRIU) plus the shim's own work (RDMA check, output copy, the node manifest: the memory images' BLAKE3 is computed while CRIU writes them, the rest after). `commit` is the catalog commit between the last dump and the first unlock; `resume` is unlock then thaw. `open` and `close` are the coordinator's own work before its first and after its last call to a shim (the job registry written, each time with an fsync; the checkpoint begun in the catalog).\n\n")
 
+		w("### B2 with and without the hashing (median ms)\n\n")
+		w("raw seq + hash = raw seq with each job-node's memory images hashed as a shim hashes them, by the same stream hasher while CRIU writes them, until the hashes are done. Its ratio to raw seq is what the hashing costs; torpor's ratio to it is the rest of torpor.\n\n")
+		w("| MiB/node | nodes | raw seq | raw seq + hash | torpor | **raw+hash/raw** | **torpor/raw+hash** |\n|---|---|---|---|---|---|---|\n")
+		for _, p := range r.Ckpt {
+			if p.Err != "" || p.RawHashedWall.N == 0 {
+				continue
+			}
+			w("| %d | %d | %s | %s | %s | **%s** | **%s** |\n", p.MiB, p.Nodes, med(p.RawSeqWall), med(p.RawHashedWall), med(p.TorporWall),
+				f2(Ratio(p.RawHashedWall.Median, p.RawSeqWall.Median)), f2(Ratio(p.TorporWall.Median, p.RawHashedWall.Median)))
+		}
+		w("\n")
 		w("## B3 restart latency\n\n")
+
 		w("torpor = `Restart` of a suspended job (verify the job manifest, node manifests and sizes; restore every job-node locked while its shim verifies the images' contents; unlock, thaw). raw = `criu restore` of the same workload's images into its sandboxes, one at a time (seq) and all at once (par), then the veth up. unlock→TCP = time from the end of the unlock until every job-node's namespace has received a TCP segment again (Tcp InSegs in /proc/<pid>/net/snmp, polled every 2 ms from the last thaw on, while `Restart` still returns); hundreds of ms would mean the peers wait for a retransmission timeout.\n\n")
 		ckptTable("| MiB/node | nodes | image MiB | torpor restart ms | verify | restore | unlock | raw restore seq ms | raw restore par ms | **torpor/raw seq** | **torpor/raw par** | **torpor/write** | torpor unlock→TCP ms | raw unlock→TCP ms |\n", func(p CkptPoint) {
 			w("| %d | %d | %s | %s | %s | %s | %s | %s | %s | **%s** | **%s** | **%s** | %s | %s |\n", p.MiB, p.Nodes, mib(p.Bytes),

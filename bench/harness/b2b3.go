@@ -34,16 +34,20 @@ type CkptPoint struct {
 	Checkpoints   []string      `json:"checkpoints"`
 
 	// B3
-	Suspends        []CkptSample    `json:"suspends"`
-	Restarts        []RestartSample `json:"restarts"`
-	RestartWall     Stat            `json:"restart_wall"`
-	RestartPhases   map[string]Stat `json:"restart_phases"`
-	RestartTCP      Stat            `json:"restart_unlock_to_tcp"`
-	RawRestores     []RawRestore    `json:"raw_restores"`
-	RawRestoreWall  Stat            `json:"raw_restore_wall"`
-	RawRestoreTCP   Stat            `json:"raw_unlock_to_tcp"`
-	RawRestorePar   []RawRestore    `json:"raw_restores_par"`
-	RawRestoreParWl Stat            `json:"raw_restore_par_wall"`
+	Suspends       []CkptSample    `json:"suspends"`
+	Restarts       []RestartSample `json:"restarts"`
+	RestartWall    Stat            `json:"restart_wall"`
+	RestartPhases  map[string]Stat `json:"restart_phases"`
+	RestartTCP     Stat            `json:"restart_unlock_to_tcp"`
+	RawRestores    []RawRestore    `json:"raw_restores"`
+	RawRestoreWall Stat            `json:"raw_restore_wall"`
+	RawRestoreTCP  Stat            `json:"raw_unlock_to_tcp"`
+	RawRestorePar  []RawRestore    `json:"raw_restores_par"`
+	// RawRestoreVerified: raw restores one at a time with the memory
+	// images verified as a shim verifies them (RawRestoreOptions.Verify).
+	RawRestoreVerified     []RawRestore `json:"raw_restores_verified"`
+	RawRestoreVerifiedWall Stat         `json:"raw_restore_verified_wall"`
+	RawRestoreParWl        Stat         `json:"raw_restore_par_wall"`
 
 	Err string `json:"error,omitempty"`
 }
@@ -164,7 +168,7 @@ func (p *CkptPoint) raw(ctx context.Context, e *Env, id string, hosts []string, 
 		p.RawHashed = append(p.RawHashed, d)
 	}
 	for i := 0; i < restartReps; i++ {
-		for _, parallel := range []bool{false, true} {
+		for _, o := range []RawRestoreOptions{{}, {Parallel: true}, {Verify: true}} {
 			_, dirs, err := r.Dump(ctx, fmt.Sprintf("stop%d", i), RawDumpOptions{})
 			if err != nil {
 				return err
@@ -173,18 +177,21 @@ func (p *CkptPoint) raw(ctx context.Context, e *Env, id string, hosts []string, 
 			if err != nil {
 				return err
 			}
-			rr, err := r.Restore(ctx, dirs, parallel, memBase)
+			rr, err := r.Restore(ctx, dirs, o, memBase)
 			if err != nil {
 				return err
 			}
-			if parallel {
+			switch {
+			case o.Parallel:
 				p.RawRestorePar = append(p.RawRestorePar, rr)
-			} else {
+			case o.Verify:
+				p.RawRestoreVerified = append(p.RawRestoreVerified, rr)
+			default:
 				p.RawRestores = append(p.RawRestores, rr)
 			}
 		}
 	}
-	var seq, par, hashed, rs, rp, tcp []time.Duration
+	var seq, par, hashed, rs, rp, rv, tcp []time.Duration
 	for _, d := range p.RawSeq {
 		seq = append(seq, d.Wall)
 		p.RawBytes = d.Bytes
@@ -198,11 +205,15 @@ func (p *CkptPoint) raw(ctx context.Context, e *Env, id string, hosts []string, 
 	for _, d := range p.RawRestores {
 		rs, tcp = append(rs, d.Wall), append(tcp, d.Progress.TCP)
 	}
+	for _, d := range p.RawRestoreVerified {
+		rv = append(rv, d.Wall)
+	}
 	for _, d := range p.RawRestorePar {
 		rp = append(rp, d.Wall)
 		tcp = append(tcp, d.Progress.TCP)
 	}
 	p.RawSeqWall, p.RawParWall, p.RawHashedWall = DurStat(seq), DurStat(par), DurStat(hashed)
 	p.RawRestoreWall, p.RawRestoreParWl, p.RawRestoreTCP = DurStat(rs), DurStat(rp), DurStat(tcp)
+	p.RawRestoreVerifiedWall = DurStat(rv)
 	return nil
 }

@@ -194,22 +194,61 @@ type RawRestore struct {
 	Progress Progress        `json:"progress"` // from the end of the unlock
 }
 
-// Restore restores every sandbox from dirs (sequentially or in parallel),
-// unlocks them, and measures how soon the job makes progress.
-func (r *RawSet) Restore(ctx context.Context, dirs []string, parallel bool, memBase []uint64) (RawRestore, error) {
+// RawRestoreOptions are how a raw restore is made.
+type RawRestoreOptions struct {
+	Parallel bool // all sandboxes at once, not one after the other
+	// Verify: each sandbox's memory images are verified against a node
+	// manifest while CRIU restores, as a shim verifies them
+	// (catalog.NodeImages.Verify), and Wall ends when both are done: raw
+	// CRIU with torpor's verification and nothing else of torpor. The
+	// node manifests are written before, outside Wall.
+	Verify bool
+}
+
+// Restore restores every sandbox from dirs, unlocks them, and measures how
+// soon the job makes progress.
+func (r *RawSet) Restore(ctx context.Context, dirs []string, o RawRestoreOptions, memBase []uint64) (RawRestore, error) {
 	res := make([]criu.RestoreResult, len(r.sbs))
 	errs := make([]error, len(r.sbs))
+	var imgs []*catalog.NodeImages
+	if o.Verify {
+		for _, d := range dirs {
+			if _, err := catalog.WriteNodeManifest(ctx, d); err != nil {
+				return RawRestore{}, err
+			}
+			sum, err := catalog.NodeManifestSHA256(d)
+			if err != nil {
+				return RawRestore{}, err
+			}
+			im, err := catalog.OpenNodeImages(d, sum)
+			if err != nil {
+				return RawRestore{}, err
+			}
+			defer im.Close()
+			imgs = append(imgs, im)
+		}
+	}
+	restore := func(i int) {
+		if !o.Verify {
+			res[i], errs[i] = r.sbs[i].Restore(ctx, r.e.Drv, r.opts(dirs[i], false))
+			return
+		}
+		verified := make(chan error, 1)
+		go func() { verified <- imgs[i].Verify(ctx, criu.IsPages) }()
+		res[i], errs[i] = r.sbs[i].Restore(ctx, r.e.Drv, r.opts(dirs[i], false))
+		errs[i] = errors.Join(errs[i], <-verified)
+	}
 	r.e.settle()
 	start := time.Now()
-	if parallel {
+	if o.Parallel {
 		var wg sync.WaitGroup
-		for i, sb := range r.sbs {
-			wg.Go(func() { res[i], errs[i] = sb.Restore(ctx, r.e.Drv, r.opts(dirs[i], false)) })
+		for i := range r.sbs {
+			wg.Go(func() { restore(i) })
 		}
 		wg.Wait()
 	} else {
-		for i, sb := range r.sbs {
-			if res[i], errs[i] = sb.Restore(ctx, r.e.Drv, r.opts(dirs[i], false)); errs[i] != nil {
+		for i := range r.sbs {
+			if restore(i); errs[i] != nil {
 				break
 			}
 		}

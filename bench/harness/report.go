@@ -160,6 +160,16 @@ func Markdown(r *Result, plots []string) string {
 				f2(Ratio(p.RestartWall.Median, p.RawRestoreWall.Median)), f2(Ratio(p.RestartWall.Median, p.RawRestoreParWl.Median)),
 				f2(Ratio(p.RestartWall.Median, p.WriteWall.Median)), tcpCell(p.Nodes, p.RestartTCP), tcpCell(p.Nodes, p.RawRestoreTCP))
 		})
+		w("\n### B3 with and without the verification (median ms)\n\n")
+		w("raw seq + verify = raw restore seq with each job-node's memory images verified against a node manifest while CRIU restores, by the shim's code (catalog.NodeImages.Verify), until both are done. Its ratio to raw seq is what the verification costs; torpor's ratio to it is the rest of torpor.\n\n")
+		w("| MiB/node | nodes | raw seq | raw seq + verify | torpor | **raw+verify/raw** | **torpor/raw+verify** |\n|---|---|---|---|---|---|---|\n")
+		for _, p := range r.Ckpt {
+			if p.Err != "" || p.RawRestoreVerifiedWall.N == 0 {
+				continue
+			}
+			w("| %d | %d | %s | %s | %s | **%s** | **%s** |\n", p.MiB, p.Nodes, med(p.RawRestoreWall), med(p.RawRestoreVerifiedWall), med(p.RestartWall),
+				f2(Ratio(p.RawRestoreVerifiedWall.Median, p.RawRestoreWall.Median)), f2(Ratio(p.RestartWall.Median, p.RawRestoreVerifiedWall.Median)))
+		}
 		w("\n")
 	}
 

@@ -225,28 +225,7 @@ func TestMigration(t *testing.T) {
 func TestDumpStats256MiB(t *testing.T) {
 	e := newEnv(t, 1)
 	s := e.sandbox(1, 1, false)
-	ready := filepath.Join(e.dir, "ready")
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = s.Start(context.Background(), Process{
-		Argv: []string{self},
-		Env:  []string{hogEnv + "=128", hogReadyEnv + "=" + ready},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if n, _ := filepath.Glob(ready + ".*"); len(n) == 2 {
-			break
-		}
-		if time.Now().After(deadline) || s.State() != Running {
-			t.Fatalf("memory hogs not ready (sandbox %s, %v)", s.State(), s.ExitErr())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	e.startHogs(s, 128)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	dir := e.images("hog")

@@ -22,7 +22,7 @@ var clusterSeq atomic.Int32
 
 // env is one test's cluster, CRIU driver, cgroup root and scratch directory.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	c       *simhost.Cluster
 	drv     *criu.Driver
 	mount   string
@@ -36,7 +36,7 @@ type env struct {
 // newEnv creates a cluster of n hosts. Its cleanup, which runs after every
 // sandbox cleanup registered later, closes the cluster and fails the test if
 // anything was left behind.
-func newEnv(t *testing.T, hosts int) *env {
+func newEnv(t testing.TB, hosts int) *env {
 	t.Helper()
 	testutil.RequireRoot(t, "creates network namespaces, cgroups and runs CRIU")
 	bin, err := criu.Locator{}.Find()
@@ -204,4 +204,32 @@ func (e *env) images(name string) string {
 
 func streamOpts(images string, leaveRunning bool) criu.Options {
 	return criu.Options{ImagesDir: images, TCPEstablished: true, LeaveRunning: leaveRunning, FileLocks: true}
+}
+
+// startHogs runs the memory hog mode of this test binary in s: two
+// processes that touch mib MiB each, and waits until both have.
+func (e *env) startHogs(s *Sandbox, mib int) {
+	e.t.Helper()
+	ready := filepath.Join(e.dir, fmt.Sprintf("ready-%d", e.seq))
+	self, err := os.Executable()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	err = s.Start(context.Background(), Process{
+		Argv: []string{self},
+		Env:  []string{fmt.Sprintf("%s=%d", hogEnv, mib), hogReadyEnv + "=" + ready},
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if n, _ := filepath.Glob(ready + ".*"); len(n) == 2 {
+			return
+		}
+		if time.Now().After(deadline) || s.State() != Running {
+			e.t.Fatalf("memory hogs not ready (sandbox %s, %v)", s.State(), s.ExitErr())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

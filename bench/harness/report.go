@@ -115,6 +115,23 @@ func Markdown(r *Result, plots []string) string {
 				row(p)
 			}
 		}
+		// splitTable writes a table that splits torpor's time over raw
+		// CRIU's into raw CRIU with torpor's hashing (with: what it does)
+		// beside it, and the rest of torpor; times gives a point's raw,
+		// raw + hashing and torpor times.
+		splitTable := func(title, intro, with string, times func(p CkptPoint) (raw, withHash, torpor Stat)) {
+			w("%s\n\n%s\n\n", title, intro)
+			w("| MiB/node | nodes | raw seq | raw seq + %[1]s | torpor | **raw+%[1]s/raw** | **torpor/raw+%[1]s** |\n|---|---|---|---|---|---|---|\n", with)
+			for _, p := range r.Ckpt {
+				raw, withHash, torpor := times(p)
+				if p.Err != "" || withHash.N == 0 {
+					continue
+				}
+				w("| %d | %d | %s | %s | %s | **%s** | **%s** |\n", p.MiB, p.Nodes, med(raw), med(withHash), med(torpor),
+					f2(Ratio(withHash.Median, raw.Median)), f2(Ratio(torpor.Median, withHash.Median)))
+			}
+			w("\n")
+		}
 		w("## B2 checkpoint latency (leave-running)\n\n")
 		w("Each job-node: memhog of the given size + one TCP stream to the next job-node (a ring). ")
 		w("torpor = the whole coordinated checkpoint as the caller sees it. raw seq/par = `criu dump --leave-running --tcp-established` of the same workload in plain sandboxes, one at a time / all at once (on one machine CRIU dumps are serialized by torpor's machine-wide dump lock, so par ≈ seq). write = a plain write(2) of the same bytes to the same directory (page cache, as CRIU writes); +fsync = also made durable.\n\n")
@@ -139,17 +156,8 @@ func Markdown(r *Result, plots []string) string {
 		}
 		w("\n`dump` contains CRIU (Σ CRIU) plus the shim's own work (RDMA check, output copy, the node manifest: the memory images' BLAKE3 is computed while CRIU writes them, the rest after). `commit` is the catalog commit between the last dump and the first unlock; `resume` is unlock then thaw. `open` and `close` are the coordinator's own work before its first and after its last call to a shim (the job registry written, each time with an fsync; the checkpoint begun in the catalog).\n\n")
 
-		w("### B2 with and without the hashing (median ms)\n\n")
-		w("raw seq + hash = raw seq with each job-node's memory images hashed as a shim hashes them, by the same stream hasher while CRIU writes them, until the hashes are done. Its ratio to raw seq is what the hashing costs; torpor's ratio to it is the rest of torpor.\n\n")
-		w("| MiB/node | nodes | raw seq | raw seq + hash | torpor | **raw+hash/raw** | **torpor/raw+hash** |\n|---|---|---|---|---|---|---|\n")
-		for _, p := range r.Ckpt {
-			if p.Err != "" || p.RawHashedWall.N == 0 {
-				continue
-			}
-			w("| %d | %d | %s | %s | %s | **%s** | **%s** |\n", p.MiB, p.Nodes, med(p.RawSeqWall), med(p.RawHashedWall), med(p.TorporWall),
-				f2(Ratio(p.RawHashedWall.Median, p.RawSeqWall.Median)), f2(Ratio(p.TorporWall.Median, p.RawHashedWall.Median)))
-		}
-		w("\n")
+		splitTable("### B2 with and without the hashing (median ms)", "raw seq + hash = raw seq with each job-node's memory images hashed as a shim hashes them, by the same stream hasher while CRIU writes them, until the hashes are done. Its ratio to raw seq is what the hashing costs; torpor's ratio to it is the rest of torpor.",
+			"hash", func(p CkptPoint) (Stat, Stat, Stat) { return p.RawSeqWall, p.RawHashedWall, p.TorporWall })
 		w("## B3 restart latency\n\n")
 
 		w("torpor = `Restart` of a suspended job (verify the job manifest, node manifests and sizes; restore every job-node locked while its shim verifies the images' contents; unlock, thaw). raw = `criu restore` of the same workload's images into its sandboxes, one at a time (seq) and all at once (par), then the veth up. unlock→TCP = time from the end of the unlock until every job-node's namespace has received a TCP segment again (Tcp InSegs in /proc/<pid>/net/snmp, polled every 2 ms from the last thaw on, while `Restart` still returns); hundreds of ms would mean the peers wait for a retransmission timeout.\n\n")
@@ -160,17 +168,9 @@ func Markdown(r *Result, plots []string) string {
 				f2(Ratio(p.RestartWall.Median, p.RawRestoreWall.Median)), f2(Ratio(p.RestartWall.Median, p.RawRestoreParWl.Median)),
 				f2(Ratio(p.RestartWall.Median, p.WriteWall.Median)), tcpCell(p.Nodes, p.RestartTCP), tcpCell(p.Nodes, p.RawRestoreTCP))
 		})
-		w("\n### B3 with and without the verification (median ms)\n\n")
-		w("raw seq + verify = raw restore seq with each job-node's memory images verified against a node manifest while CRIU restores, by the shim's code (catalog.NodeImages.Verify), until both are done. Its ratio to raw seq is what the verification costs; torpor's ratio to it is the rest of torpor.\n\n")
-		w("| MiB/node | nodes | raw seq | raw seq + verify | torpor | **raw+verify/raw** | **torpor/raw+verify** |\n|---|---|---|---|---|---|---|\n")
-		for _, p := range r.Ckpt {
-			if p.Err != "" || p.RawRestoreVerifiedWall.N == 0 {
-				continue
-			}
-			w("| %d | %d | %s | %s | %s | **%s** | **%s** |\n", p.MiB, p.Nodes, med(p.RawRestoreWall), med(p.RawRestoreVerifiedWall), med(p.RestartWall),
-				f2(Ratio(p.RawRestoreVerifiedWall.Median, p.RawRestoreWall.Median)), f2(Ratio(p.RestartWall.Median, p.RawRestoreVerifiedWall.Median)))
-		}
 		w("\n")
+		splitTable("### B3 with and without the verification (median ms)", "raw seq + verify = raw restore seq with each job-node's memory images verified against a node manifest while CRIU restores, by the shim's code (catalog.NodeImages.Verify), until both are done. Its ratio to raw seq is what the verification costs; torpor's ratio to it is the rest of torpor.",
+			"verify", func(p CkptPoint) (Stat, Stat, Stat) { return p.RawRestoreWall, p.RawRestoreVerifiedWall, p.RestartWall })
 	}
 
 	if len(r.Migrate) > 0 {

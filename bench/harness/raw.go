@@ -136,6 +136,14 @@ func (r *RawSet) Dump(ctx context.Context, tag string, o RawDumpOptions) (RawDum
 	for i := range r.sbs {
 		dirs[i] = filepath.Join(r.dir, tag, fmt.Sprintf("n%d", i))
 	}
+	if o.Hash {
+		// The hasher watches the directory: made before, outside Wall.
+		for _, d := range dirs {
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				return RawDump{}, nil, err
+			}
+		}
+	}
 	r.e.settle()
 	if err := r.lock(); err != nil {
 		return RawDump{}, nil, err
@@ -145,9 +153,6 @@ func (r *RawSet) Dump(ctx context.Context, tag string, o RawDumpOptions) (RawDum
 	dump := func(i int) {
 		if !o.Hash {
 			res[i], errs[i] = r.sbs[i].Dump(ctx, r.e.Drv, r.opts(dirs[i], o.LeaveRunning))
-			return
-		}
-		if errs[i] = os.MkdirAll(dirs[i], 0o700); errs[i] != nil {
 			return
 		}
 		h := catalog.StartStreamHasher(dirs[i], criu.IsPages)

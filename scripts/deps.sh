@@ -36,7 +36,7 @@ PKGS=(
   openmpi-bin libopenmpi-dev libpmix-dev
   mpich libmpich-dev
   iproute2 nftables procps psmisc
-  passwd util-linux
+  passwd util-linux e2fsprogs
   clang llvm libbpf-dev linux-libc-dev
   patchelf protobuf-compiler
   lammps quantum-espresso quantum-espresso-data

@@ -99,7 +99,12 @@ func (j *Job) Checkpoint(ctx context.Context, stop bool) (CkptSample, string, er
 	if err != nil {
 		return CkptSample{}, "", err
 	}
-	calls := j.e.Rec.Since(mark)
+	return sampleOf(j.e.Rec.Since(mark), start, wall, stop), h, nil
+}
+
+// sampleOf is one checkpoint's sample from the shim calls recorded while it
+// ran: its phases, the time inside CRIU and the bytes of every job-node.
+func sampleOf(calls []call, start time.Time, wall time.Duration, stop bool) CkptSample {
 	s := CkptSample{Wall: wall, Phases: map[string]time.Duration{}, CRIU: map[string]time.Duration{}, Bytes: map[string]int64{}}
 	for _, p := range []string{"prepare", "freeze", "drain", "lock", "dump"} {
 		s.Phases[p] = spanDur(calls, p)
@@ -130,7 +135,7 @@ func (j *Job) Checkpoint(ctx context.Context, stop bool) (CkptSample, string, er
 		s.CRIUMax = max(s.CRIUMax, d.CRIUTime)
 		s.Total += d.Bytes
 	}
-	return s, h, nil
+	return s
 }
 
 // RestartSample is one coordinated restart.

@@ -73,7 +73,7 @@ func PlotData(r *Result) []Plot {
 	}
 	real, fake := Series{Name: "real sandboxes"}, Series{Name: "fake CRIU"}
 	for _, p := range r.Coord {
-		if p.Err != "" || p.Tmpfs {
+		if p.Err != "" || p.Tmpfs || p.FreshExt4 {
 			continue
 		}
 		if p.Fake {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -242,15 +243,20 @@ func Markdown(r *Result, plots []string) string {
 
 	if len(r.Coord) > 0 {
 		w("## B5 coordination overhead\n\n")
-		w("Overhead = checkpoint wall time − Σ time inside CRIU (dumps are serialized on one machine, so Σ is what they cost). Real: sandboxes with a 1 MiB memhog and a slow TCP ring, spread over %d simulated hosts. Fake: the real coordinator and on-disk catalog with shims that return at once (Dump writes a 4 KiB image and its node manifest, without the fsyncs a shim on a host of its own makes on its own disk: here they would all queue on one journal), spread over 16 fake hosts. The catalog is in the work directory, on this machine's disk, except in the row \"catalog on tmpfs\": the same run with the catalog and the fake images on a tmpfs, which leaves the coordinator's own work. Old checkpoints are pruned after each; their files are removed in the background, which the benchmark waits for between checkpoints (checkpoints minutes apart find it long done). Frozen = how long the job stood still in a checkpoint: from the first freeze to the end of the last thaw.\n\n", r.Plan.CoordHosts)
+		w("Overhead = checkpoint wall time − Σ time inside CRIU (dumps are serialized on one machine, so Σ is what they cost). Real: sandboxes with a 1 MiB memhog and a slow TCP ring, spread over %d simulated hosts. Fake: the real coordinator and on-disk catalog with shims that return at once (Dump writes a 4 KiB image and its node manifest, without the fsyncs a shim on a host of its own makes on its own disk: here they would all queue on one journal), spread over 16 fake hosts. %sOld checkpoints are pruned after each; their files are removed in the background, which the benchmark waits for between checkpoints (checkpoints minutes apart find it long done). Frozen = how long the job stood still in a checkpoint: from the first freeze to the end of the last thaw.\n\n", r.Plan.CoordHosts, coordWhere(r.Coord))
 		w("| job-nodes | CRIU | checkpoint ms | Σ CRIU ms | **overhead ms** | overhead per job-node ms | frozen ms |\n|---|---|---|---|---|---|---|\n")
 		for _, p := range r.Coord {
 			kind := "real"
 			switch {
 			case p.Tmpfs:
 				kind = "fake, catalog on tmpfs"
+			case p.FreshExt4:
+				kind = "fake, catalog on a fresh ext4"
 			case p.Fake:
 				kind = "fake"
+			}
+			if p.Fake && !p.Tmpfs && p.CatalogFS != "" {
+				kind += ": " + p.CatalogFS
 			}
 			if p.Err != "" {
 				w("| %d | %s | failed: %s |||||\n", p.Nodes, kind, firstLine(p.Err))
@@ -396,4 +402,13 @@ func b1LongSection(w func(string, ...any), b *B1Result) {
 			f2(o.Pct), f2(o.WindowMinPct), f2(o.WindowMaxPct), f2(o.NoisePct), o.PlainRuns, o.TorporRuns)
 	}
 	w("\n")
+}
+
+// coordWhere says where B5's fake points kept the catalog: a run from
+// before 2026-12-05 has no fresh ext4 point.
+func coordWhere(ps []CoordPoint) string {
+	if slices.ContainsFunc(ps, func(p CoordPoint) bool { return p.FreshExt4 }) {
+		return "The catalog is in the work directory, on this machine's disk, except in two rows of the largest point. \"catalog on a fresh ext4\": on an ext4 file system with mkfs.ext4's defaults (a journal) made for the point in a file of the work directory, mounted through a loop device, so that the figure does not depend on how the work directory's file system was made or on what ran on it before (an ext4 without a journal makes every new inode skip the inodes deleted in the last minutes, one lookup each). \"catalog on tmpfs\": on a tmpfs, which leaves the coordinator's own work. The summary's coordination_ms_256 is the fresh ext4 row's. "
+	}
+	return "The catalog is in the work directory, on this machine's disk, except in the row \"catalog on tmpfs\": the same run with the catalog and the fake images on a tmpfs, which leaves the coordinator's own work. "
 }

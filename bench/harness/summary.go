@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"slices"
 	"sort"
 )
 
@@ -50,11 +51,7 @@ func Summarize(r *Result) Summary {
 	}
 	s.MigrationDowntimeMs256MiB = downtime(r.Migrate, 256)
 	s.MigrationDowntimeMs1GiB = downtime(r.Migrate, 1024)
-	for _, p := range r.Coord {
-		if p.Fake && !p.Tmpfs && p.Nodes == 256 && p.Err == "" && p.Overhead.N > 0 {
-			s.CoordinationMs256 = ptr(p.Overhead.Median)
-		}
-	}
+	s.CoordinationMs256 = coordination256(r.Coord)
 	if r.B1 != nil {
 		s.SteadyOverheadPct, s.StartupMsOverMpirun = b1Summary(r.B1)
 	}
@@ -135,3 +132,16 @@ func b1Summary(b *B1Result) (steady, startup *float64) {
 }
 
 func ptr(v float64) *float64 { return &v }
+
+// coordination256 is the median overhead of B5's fake point at 256
+// job-nodes with the catalog on a fresh ext4 (runCoordFakeExt4); in a run
+// from before that point existed, the one in the work directory.
+func coordination256(ps []CoordPoint) *float64 {
+	fresh := slices.ContainsFunc(ps, func(p CoordPoint) bool { return p.FreshExt4 && p.Nodes == 256 })
+	for _, p := range ps {
+		if p.Fake && !p.Tmpfs && p.FreshExt4 == fresh && p.Nodes == 256 && p.Err == "" && p.Overhead.N > 0 {
+			return ptr(p.Overhead.Median)
+		}
+	}
+	return nil
+}

@@ -74,6 +74,16 @@ func TestSummarize(t *testing.T) {
 			{Program: "ring", MPI: "openmpi", PlainStart: &B1Startup{FirstRank: stat(100)}, TorporStart: &B1Startup{FirstRank: stat(150)}},
 			{Program: "ring", MPI: "mpich", PlainStart: &B1Startup{FirstRank: stat(20)}, TorporStart: &B1Startup{FirstRank: stat(200)}}}}},
 			Summary{StartupMsOverMpirun: fp(180)}},
+		{"coordination: the fresh ext4 point when the run has one", &Result{Coord: []CoordPoint{
+			{Nodes: 256, Fake: true, Overhead: stat(140)},
+			{Nodes: 256, Fake: true, FreshExt4: true, Overhead: stat(50, 60)},
+			{Nodes: 256, Fake: true, Tmpfs: true, Overhead: stat(30)}}},
+			Summary{CoordinationMs256: fp(55)}},
+		{"coordination: a failed fresh ext4 point is not replaced by another", &Result{Coord: []CoordPoint{
+			{Nodes: 256, Fake: true, Overhead: stat(140)},
+			{Nodes: 256, Fake: true, FreshExt4: true, Err: "mkfs.ext4: not found"},
+			{Nodes: 256, Fake: true, Tmpfs: true, Overhead: stat(30)}}},
+			Summary{}},
 		{"B1 without its torpor side", &Result{B1: &B1Result{Cases: []B1Case{{Program: "ring", MPI: "openmpi", PlainStart: &B1Startup{FirstRank: stat(50)}}}}}, Summary{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -297,6 +297,12 @@ type Agent interface {
 	// source or its page server died): the shim has killed the job-node,
 	// which cannot run on without them.
 	Pages(ctx context.Context, ref NodeRef) error
+	// Sync returns once the images this shim wrote of ref's job-node for
+	// checkpoint (its Dump, into the catalog or the shim's store) are on
+	// disk: every file and directory fsynced. The job-node need not exist
+	// any more. ErrNotFound: this shim has no record of that dump (it
+	// restarted since), so it cannot say.
+	Sync(ctx context.Context, ref NodeRef, checkpoint string) error
 	// Status reports whether the job-node still runs.
 	Status(ctx context.Context, ref NodeRef) (NodeStatus, error)
 }

@@ -167,6 +167,11 @@ func (c Client) Pages(ctx context.Context, ref NodeRef) error {
 	return FromRPC(err)
 }
 
+func (c Client) Sync(ctx context.Context, ref NodeRef, checkpoint string) error {
+	_, err := c.Shim.Sync(ctx, &apiv1.SyncRequest{Ref: RefToPB(ref), Checkpoint: checkpoint})
+	return FromRPC(err)
+}
+
 func (c Client) Fetch(ctx context.Context, handle, node, from, sum string, rate int64) (int64, error) {
 	rep, err := c.Shim.Fetch(ctx, &apiv1.FetchRequest{Checkpoint: handle, Node: node, From: from, NodeManifestSha256: sum, Rate: rate})
 	if err != nil {
@@ -292,6 +297,10 @@ func (s Server) Status(ctx context.Context, r *apiv1.NodeRef) (*apiv1.NodeStatus
 
 func (s Server) Pages(ctx context.Context, r *apiv1.NodeRef) (*apiv1.Empty, error) {
 	return &apiv1.Empty{}, ToRPC(s.Agent.Pages(ctx, RefFromPB(r)))
+}
+
+func (s Server) Sync(ctx context.Context, req *apiv1.SyncRequest) (*apiv1.Empty, error) {
+	return &apiv1.Empty{}, ToRPC(s.Agent.Sync(ctx, RefFromPB(req.Ref), req.Checkpoint))
 }
 
 // noStore is the error of a checkpoint-store call to a shim without one.

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -304,6 +306,13 @@ func (s *Store) Sweep(job string) error {
 // remain, and returns the deleted handles, oldest first. Their directories
 // stay, moved aside, until Sweep.
 func (s *Store) Prune(job string, keep int) ([]string, error) {
+	return s.PruneUpTo(job, keep, math.MaxUint64)
+}
+
+// PruneUpTo is Prune among the checkpoints of job up to sequence number
+// upTo: every newer one stays, and counts for none of the keep. A
+// coordinator prunes up to the newest checkpoint it knows to be on disk.
+func (s *Store) PruneUpTo(job string, keep int, upTo uint64) ([]string, error) {
 	if keep < 1 {
 		return nil, fmt.Errorf("prune checkpoints of %s: keep must be at least 1, got %d", job, keep)
 	}
@@ -316,6 +325,7 @@ func (s *Store) Prune(job string, keep int) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	seqs = slices.DeleteFunc(seqs, func(n uint64) bool { return n > upTo })
 	var deleted []string
 	for i := 0; i+keep < len(seqs); i++ {
 		if err := s.deleteLocked(job, seqs[i]); err != nil {

@@ -256,6 +256,29 @@ func TestPrune(t *testing.T) {
 	}
 }
 
+// TestPruneUpTo: checkpoints newer than the bound all stay and count for
+// none of the keep.
+func TestPruneUpTo(t *testing.T) {
+	s := newStore(t)
+	for i := 0; i < 4; i++ {
+		commitOne(t, s, "j")
+	}
+	deleted, err := s.PruneUpTo("j", 1, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"j/000001"}; !reflect.DeepEqual(deleted, want) {
+		t.Fatalf("deleted = %v, want %v", deleted, want)
+	}
+	cps, _ := s.List("j")
+	if got, want := handles(cps), []string{"j/000002", "j/000003", "j/000004"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("left = %v, want %v", got, want)
+	}
+	if deleted, err := s.PruneUpTo("j", 2, 9); err != nil || !reflect.DeepEqual(deleted, []string{"j/000002"}) {
+		t.Fatalf("PruneUpTo past the newest = %v, %v; want [j/000002]", deleted, err)
+	}
+}
+
 // TestPruneSweep: Prune deletes at once (List, Load and the sequence
 // directory), and leaves the files, moved aside, to Sweep; Recover sweeps
 // what an interrupted run left; Delete leaves nothing.

@@ -144,9 +144,18 @@ func (c CatalogStore) NodeDir(handle, node string) (string, error) {
 	return cp.NodeDir(node), nil
 }
 
-func (c CatalogStore) Recover() ([]string, error)                   { return c.S.Recover() }
-func (c CatalogStore) Prune(job string, keep int) ([]string, error) { return c.S.Prune(job, keep) }
-func (c CatalogStore) Sweep(job string) error                       { return c.S.Sweep(job) }
+func (c CatalogStore) Recover() ([]string, error) { return c.S.Recover() }
+func (c CatalogStore) Prune(job string, keep int, upTo string) ([]string, error) {
+	j, seq, err := catalog.ParseHandle(upTo)
+	if err != nil {
+		return nil, err
+	}
+	if j != job {
+		return nil, fmt.Errorf("prune checkpoints of %s up to %s: a checkpoint of another job", job, upTo)
+	}
+	return c.S.PruneUpTo(job, keep, seq)
+}
+func (c CatalogStore) Sweep(job string) error { return c.S.Sweep(job) }
 
 func (c CatalogStore) List(job string) ([]string, error) {
 	cps, err := c.S.List(job)

@@ -65,6 +65,10 @@ type fakeAgent struct {
 	onDestroy func(ref agentapi.NodeRef)
 	// down: Status does not reach the shim (ErrUnreachable).
 	down bool
+	// synced lists every Sync, "<checkpoint> <node>", in order; onSync, if
+	// set, runs as Sync is called, before it does anything.
+	synced []string
+	onSync func(checkpoint string)
 }
 
 // sentEnv returns the environment job/node was last sent with in phase p.
@@ -83,6 +87,26 @@ func (f *fakeAgent) keepEnv(p Phase, job string, n agentapi.NodeSpec) {
 func (f *fakeAgent) VerifiesImages() bool { return !f.oldShim }
 
 func (f *fakeAgent) PostCopy() bool { return !f.noPostCopy }
+
+func (f *fakeAgent) Sync(ctx context.Context, ref agentapi.NodeRef, checkpoint string) error {
+	if f.onSync != nil {
+		f.onSync(checkpoint)
+	}
+	if err := f.step(ctx, PhaseSync); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.synced = append(f.synced, checkpoint+" "+ref.Node)
+	f.mu.Unlock()
+	return nil
+}
+
+// syncs returns the Syncs the agent was asked for ("<checkpoint> <node>").
+func (f *fakeAgent) syncs() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.synced)
+}
 
 func (f *fakeAgent) Pages(ctx context.Context, ref agentapi.NodeRef) error {
 	if f.onPages != nil {
@@ -425,11 +449,13 @@ func (s *memStore) Recover() ([]string, error) {
 }
 func (s *memStore) Sweep(string) error { return nil }
 
-func (s *memStore) Prune(job string, keep int) ([]string, error) {
+func (s *memStore) Prune(job string, keep int, upTo string) ([]string, error) {
 	if s.onPrune != nil {
 		s.onPrune(job)
 	}
 	all, _ := s.List(job)
+	// Those newer than upTo all stay (handles of one job sort by seq).
+	all = slices.DeleteFunc(all, func(h string) bool { return h > upTo })
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var gone []string

@@ -257,7 +257,7 @@ func (c *Coordinator) checkpoint(ctx context.Context, id string, spec JobSpec, o
 	if opts.Stop {
 		c.metricsOf().Frozen(opCheckpoint, t.frozen(PhaseCommit))
 		c.destroyAll(ctx, spec, log)
-		c.prune(id, log)
+		c.pruneOnceSynced(ctx, id, handle, spec.Nodes, log)
 		c.end(id, StateSuspended, func(j *Job) { j.LastCheckpoint = handle; j.Reason = "" })
 		return res, nil
 	}
@@ -269,11 +269,11 @@ func (c *Coordinator) checkpoint(ctx context.Context, id string, spec JobSpec, o
 			j.LastCheckpoint = handle
 			j.Reason = "resume failed after checkpoint: " + err.Error()
 		})
-		c.prune(id, log)
+		c.pruneOnceSynced(ctx, id, handle, spec.Nodes, log)
 		return res, fmt.Errorf("checkpoint %s committed, but job %s could not resume and was suspended (restart it with `torpor restart %s`): %w", handle, id, handle, err)
 	}
 	c.metricsOf().Frozen(opCheckpoint, t.frozen(PhaseThaw))
-	c.prune(id, log)
+	c.pruneOnceSynced(ctx, id, handle, spec.Nodes, log)
 	c.end(id, StateRunning, func(j *Job) { j.LastCheckpoint = handle; j.Reason = "" })
 	return res, nil
 }
@@ -425,11 +425,35 @@ func (c *Coordinator) commit(ctx context.Context, pend Pending, m Manifest) erro
 	}
 }
 
-func (c *Coordinator) prune(job string, log *slog.Logger) {
+// pruneOnceSynced prunes job's checkpoints older than the newest keep up
+// to handle (just committed), once every job-node's images of handle are on
+// disk (Agent.Sync on each job-node's shim). Until then a host's crash
+// could take handle's images with its page cache, and an older checkpoint
+// would be all the job had. It runs in the background: the job runs on and
+// the operation returns meanwhile. When a shim cannot say (down, restarted
+// since the dump, a disk error) the older checkpoints stay, with a
+// warning; the next checkpoint's prune removes them.
+func (c *Coordinator) pruneOnceSynced(ctx context.Context, job, handle string, nodes []agentapi.NodeSpec, log *slog.Logger) {
 	if c.keep <= 0 {
 		return
 	}
-	gone, err := c.store.Prune(job, c.keep)
+	c.inBackground(ctx, func(ctx context.Context) {
+		start := time.Now()
+		err := c.fanout(ctx, PhaseSync, nodes, func(ctx context.Context, a agentapi.Agent, n agentapi.NodeSpec) error {
+			return a.Sync(ctx, agentapi.NodeRef{Job: job, Node: n.Name}, handle)
+		})
+		if err != nil {
+			log.Warn("older checkpoints kept: the new checkpoint's images are not known to be on disk", "err", err)
+			return
+		}
+		log.Info("checkpoint images on disk", "took", time.Since(start).Round(time.Millisecond))
+		c.prune(job, handle, log)
+	})
+}
+
+// prune deletes job's checkpoints older than the newest keep up to upTo.
+func (c *Coordinator) prune(job, upTo string, log *slog.Logger) {
+	gone, err := c.store.Prune(job, c.keep, upTo)
 	if err != nil {
 		log.Warn("prune old checkpoints", "err", err)
 		return

@@ -29,6 +29,9 @@ const (
 	PhaseFiles   Phase = "files" // the application's files put back, before any restore
 	PhaseRestore Phase = "restore"
 	PhaseStart   Phase = "start"
+	// PhaseSync: after a commit, until every job-node's images are on disk
+	// (Agent.Sync); older checkpoints are pruned only then.
+	PhaseSync Phase = "sync"
 )
 
 // Deadlines bounds every phase. A phase that is not listed gets DefaultDeadlines' value.
@@ -50,6 +53,8 @@ var DefaultDeadlines = Deadlines{
 	PhaseRestore: 5 * time.Minute,
 	PhaseStart:   30 * time.Second,
 	PhaseFetch:   10 * time.Minute,
+	// The writeback of a checkpoint's images: a disk's write rate at worst.
+	PhaseSync: 10 * time.Minute,
 	// Until a post-copy destination has every page: minutes per GiB at
 	// worst over a slow link.
 	PhasePages: 30 * time.Minute,

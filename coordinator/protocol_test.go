@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -938,6 +939,7 @@ func TestPlacementEnv(t *testing.T) {
 
 // TestPruneAfterThaw: old checkpoints are deleted once the job runs again,
 // not while it is frozen, and the committed checkpoint is never one of them.
+// TestPruneOnceSynced: and only once its images are on disk.
 func TestPruneAfterThaw(t *testing.T) {
 	f := newFixture(t, "h0", "h1", "h2")
 	f.c.keep = 1
@@ -958,6 +960,7 @@ func TestPruneAfterThaw(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		f.c.WaitBackground() // the prune waits for the images' sync, in the background
 		last = h
 	}
 	if pruned != 3 {
@@ -965,6 +968,106 @@ func TestPruneAfterThaw(t *testing.T) {
 	}
 	if got, _ := f.store.List("job1"); !slices.Equal(got, []string{last}) {
 		t.Fatalf("checkpoints left %v, want [%s]", got, last)
+	}
+	f.assertRunning(t)
+}
+
+// TestPruneOnceSynced: older checkpoints are pruned only after every
+// job-node's shim synced the new one's images; a failed sync keeps them; and
+// a late sync prunes only up to its own checkpoint, never past a newer one
+// not yet synced.
+func TestPruneOnceSynced(t *testing.T) {
+	f := newFixture(t, "h0", "h1", "h2")
+	f.c.keep = 1
+	ctx := context.Background()
+	ckpt := func() string {
+		t.Helper()
+		h, err := f.c.Checkpoint(ctx, "job1", CheckpointOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	list := func() []string { got, _ := f.store.List("job1"); return got }
+
+	a := ckpt()
+	f.c.WaitBackground()
+	for i, h := range []string{"h0", "h1", "h2"} {
+		if got, want := f.agents[h].syncs(), []string{fmt.Sprintf("%s n%d", a, i)}; !slices.Equal(got, want) {
+			t.Fatalf("%s synced %v, want %v", h, got, want)
+		}
+	}
+
+	// The older checkpoint is there while the new one's images are synced.
+	var seen [][]string
+	var mu sync.Mutex
+	f.agents["h1"].onSync = func(string) { mu.Lock(); seen = append(seen, list()); mu.Unlock() }
+	b := ckpt()
+	f.c.WaitBackground()
+	f.agents["h1"].onSync = nil
+	if len(seen) != 1 || !slices.Equal(seen[0], []string{a, b}) {
+		t.Fatalf("checkpoints while %s was synced: %v, want [[%s %s]]", b, seen, a, b)
+	}
+	if got := list(); !slices.Equal(got, []string{b}) {
+		t.Fatalf("after the sync of %s: %v, want [%s]", b, got, b)
+	}
+
+	// A shim that cannot sync: nothing is pruned, until a later checkpoint syncs.
+	f.agents["h2"].fail[PhaseSync] = errors.New("fsync: input/output error")
+	c := ckpt()
+	f.c.WaitBackground()
+	if got := list(); !slices.Equal(got, []string{b, c}) {
+		t.Fatalf("after a failed sync of %s: %v, want [%s %s]", c, got, b, c)
+	}
+	delete(f.agents["h2"].fail, PhaseSync)
+	d := ckpt()
+	f.c.WaitBackground()
+	if got := list(); !slices.Equal(got, []string{d}) {
+		t.Fatalf("after the sync of %s: %v, want [%s]", d, got, d)
+	}
+
+	// Two syncs held: e's, released first, must not prune past e while
+	// f, newer, is not on disk yet.
+	var gmu sync.Mutex
+	gates := map[string]chan struct{}{}
+	arrived := make(chan string, 2)
+	hold := func(ckpt string) {
+		gmu.Lock()
+		g, ok := gates[ckpt]
+		if !ok {
+			g = make(chan struct{})
+			gates[ckpt] = g
+			arrived <- ckpt
+		}
+		gmu.Unlock()
+		<-g
+	}
+	pruned := make(chan struct{}, 4)
+	f.store.onPrune = func(string) { pruned <- struct{}{} }
+	for _, ag := range f.agents {
+		ag.onSync = hold
+	}
+	e := ckpt()
+	if got := <-arrived; got != e {
+		t.Fatalf("first held sync of %s, want %s", got, e)
+	}
+	g := ckpt()
+	if got := <-arrived; got != g {
+		t.Fatalf("second held sync of %s, want %s", got, g)
+	}
+	gmu.Lock()
+	close(gates[e])
+	gmu.Unlock()
+	<-pruned
+	if got := list(); !slices.Equal(got, []string{e, g}) {
+		t.Fatalf("after the sync of %s with %s not synced: %v, want [%s %s]", e, g, got, e, g)
+	}
+	gmu.Lock()
+	close(gates[g])
+	gmu.Unlock()
+	f.c.WaitBackground()
+	if got := list(); !slices.Equal(got, []string{g}) {
+		t.Fatalf("after the sync of %s: %v, want [%s]", g, got, g)
 	}
 	f.assertRunning(t)
 }

@@ -42,9 +42,10 @@ type Store interface {
 	Recover() ([]string, error)
 	// NodeDir is where a committed checkpoint keeps one job-node's images.
 	NodeDir(handle, node string) (string, error)
-	// Prune keeps the newest keep checkpoints of a job. The deleted ones'
+	// Prune keeps the newest keep checkpoints of a job up to and including
+	// checkpoint upTo, and every one newer than it. The deleted ones'
 	// images may stay on disk until Sweep.
-	Prune(job string, keep int) ([]string, error)
+	Prune(job string, keep int, upTo string) ([]string, error)
 	// Sweep removes the images of a job's deleted checkpoints.
 	Sweep(job string) error
 }

@@ -139,3 +139,36 @@ func TestPrunedCheckpointStaysPruned(t *testing.T) {
 	}
 	t.Logf("h3 dropped its copy of %s when it registered again; ls lists %s only", first, second)
 }
+
+// TestPruneOnceSynced: with --keep 1 and the catalog on the shared disk, a
+// checkpoint's older one is pruned only after every job-node's shim synced
+// the new one's images: each shim logs its sync with the number of files,
+// the coordinator then logs the images on disk, and only after that the
+// prune. `ls` then lists the new checkpoint alone.
+func TestPruneOnceSynced(t *testing.T) {
+	c := newCluster(t, 2, "--keep", "1")
+	j := c.runMPI("synced", 2, "h1:1,h2:1", workload(t, "ring.openmpi"), faultRingArgs...)
+	j.progress("started")
+	first := lastLines(c.mustCLI("checkpoint", j.id), 1)
+	second := lastLines(c.mustCLI("checkpoint", j.id), 1)
+	pruned := `msg="pruned old checkpoint" job=` + j.id + `[^\n]* ckpt=` + regexp.QuoteMeta(first) + `\n`
+	c.awaitLogLine("coordinator", pruned, time.Minute)
+	log := c.logs["coordinator"].String()
+	onDisk := regexp.MustCompile(`msg="checkpoint images on disk" job=` + j.id + `[^\n]* ckpt=` + regexp.QuoteMeta(second) + ` `).FindStringIndex(log)
+	if onDisk == nil || onDisk[0] > regexp.MustCompile(pruned).FindStringIndex(log)[0] {
+		t.Fatalf("%s pruned before the coordinator logged %s's images on disk:\n%s", first, second, lastLines(log, 30))
+	}
+	for _, h := range []string{"h1", "h2"} {
+		re := `msg="checkpoint images synced"[^\n]* job=` + j.id + ` node=n\d ckpt=` + regexp.QuoteMeta(second) + ` files=(\d+) `
+		c.awaitLogLine("shim-"+h, re, time.Minute) // its log reaches the test through a pipe
+		m := regexp.MustCompile(re).FindStringSubmatch(c.logs["shim-"+h].String())
+		if m == nil || m[1] == "0" {
+			t.Fatalf("shim %s logged no sync of %s's images (%v):\n%s", h, second, m, lastLines(c.logs["shim-"+h].String(), 20))
+		}
+		t.Logf("shim %s synced %s files of %s", h, m[1], second)
+	}
+	out := c.mustCLI("ls", j.id)
+	if strings.Contains(out, first) || !strings.Contains(out, second) {
+		t.Fatalf("ls after the prune: want %s only\n%s", second, out)
+	}
+}

@@ -191,3 +191,7 @@ func (i instrumented) Status(ctx context.Context, ref agentapi.NodeRef) (agentap
 func (i instrumented) Pages(ctx context.Context, ref agentapi.NodeRef) error {
 	return i.timed("pages", func() error { return i.a.Pages(ctx, ref) })
 }
+
+func (i instrumented) Sync(ctx context.Context, ref agentapi.NodeRef, ckpt string) error {
+	return i.timed("sync", func() error { return i.a.Sync(ctx, ref, ckpt) })
+}

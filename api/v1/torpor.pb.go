@@ -1138,6 +1138,59 @@ func (x *DropRequest) GetCheckpoint() string {
 	return ""
 }
 
+// One job-node's images of a committed checkpoint, to be made durable.
+type SyncRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ref           *NodeRef               `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Checkpoint    string                 `protobuf:"bytes,2,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncRequest) Reset() {
+	*x = SyncRequest{}
+	mi := &file_torpor_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncRequest) ProtoMessage() {}
+
+func (x *SyncRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_torpor_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
+func (*SyncRequest) Descriptor() ([]byte, []int) {
+	return file_torpor_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *SyncRequest) GetRef() *NodeRef {
+	if x != nil {
+		return x.Ref
+	}
+	return nil
+}
+
+func (x *SyncRequest) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
 // The signed job manifest of host-local checkpoint checkpoint, to keep
 // next to its images.
 type KeepManifestRequest struct {
@@ -1150,7 +1203,7 @@ type KeepManifestRequest struct {
 
 func (x *KeepManifestRequest) Reset() {
 	*x = KeepManifestRequest{}
-	mi := &file_torpor_proto_msgTypes[16]
+	mi := &file_torpor_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1215,7 @@ func (x *KeepManifestRequest) String() string {
 func (*KeepManifestRequest) ProtoMessage() {}
 
 func (x *KeepManifestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[16]
+	mi := &file_torpor_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1228,7 @@ func (x *KeepManifestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepManifestRequest.ProtoReflect.Descriptor instead.
 func (*KeepManifestRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{16}
+	return file_torpor_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *KeepManifestRequest) GetCheckpoint() string {
@@ -1202,7 +1255,7 @@ type KeptManifest struct {
 
 func (x *KeptManifest) Reset() {
 	*x = KeptManifest{}
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1267,7 @@ func (x *KeptManifest) String() string {
 func (*KeptManifest) ProtoMessage() {}
 
 func (x *KeptManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[17]
+	mi := &file_torpor_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1280,7 @@ func (x *KeptManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeptManifest.ProtoReflect.Descriptor instead.
 func (*KeptManifest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{17}
+	return file_torpor_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *KeptManifest) GetCheckpoint() string {
@@ -1253,7 +1306,7 @@ type ManifestsReply struct {
 
 func (x *ManifestsReply) Reset() {
 	*x = ManifestsReply{}
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1265,7 +1318,7 @@ func (x *ManifestsReply) String() string {
 func (*ManifestsReply) ProtoMessage() {}
 
 func (x *ManifestsReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[18]
+	mi := &file_torpor_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1278,7 +1331,7 @@ func (x *ManifestsReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManifestsReply.ProtoReflect.Descriptor instead.
 func (*ManifestsReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{18}
+	return file_torpor_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ManifestsReply) GetManifests() []*KeptManifest {
@@ -1299,7 +1352,7 @@ type RestoreFilesReply struct {
 
 func (x *RestoreFilesReply) Reset() {
 	*x = RestoreFilesReply{}
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1311,7 +1364,7 @@ func (x *RestoreFilesReply) String() string {
 func (*RestoreFilesReply) ProtoMessage() {}
 
 func (x *RestoreFilesReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[19]
+	mi := &file_torpor_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1324,7 +1377,7 @@ func (x *RestoreFilesReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreFilesReply.ProtoReflect.Descriptor instead.
 func (*RestoreFilesReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{19}
+	return file_torpor_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RestoreFilesReply) GetMoved() []string {
@@ -1346,7 +1399,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1358,7 +1411,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[20]
+	mi := &file_torpor_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1371,7 +1424,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{20}
+	return file_torpor_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NodeStatus) GetRunning() bool {
@@ -1410,7 +1463,7 @@ type Empty struct {
 
 func (x *Empty) Reset() {
 	*x = Empty{}
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1475,7 @@ func (x *Empty) String() string {
 func (*Empty) ProtoMessage() {}
 
 func (x *Empty) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[21]
+	mi := &file_torpor_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1488,7 @@ func (x *Empty) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Empty.ProtoReflect.Descriptor instead.
 func (*Empty) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{21}
+	return file_torpor_proto_rawDescGZIP(), []int{22}
 }
 
 type NodeOutputRequest struct {
@@ -1449,7 +1502,7 @@ type NodeOutputRequest struct {
 
 func (x *NodeOutputRequest) Reset() {
 	*x = NodeOutputRequest{}
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1461,7 +1514,7 @@ func (x *NodeOutputRequest) String() string {
 func (*NodeOutputRequest) ProtoMessage() {}
 
 func (x *NodeOutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[22]
+	mi := &file_torpor_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1474,7 +1527,7 @@ func (x *NodeOutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeOutputRequest.ProtoReflect.Descriptor instead.
 func (*NodeOutputRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{22}
+	return file_torpor_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *NodeOutputRequest) GetRef() *NodeRef {
@@ -1512,7 +1565,7 @@ type NodeOutput struct {
 
 func (x *NodeOutput) Reset() {
 	*x = NodeOutput{}
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1524,7 +1577,7 @@ func (x *NodeOutput) String() string {
 func (*NodeOutput) ProtoMessage() {}
 
 func (x *NodeOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[23]
+	mi := &file_torpor_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1537,7 +1590,7 @@ func (x *NodeOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeOutput.ProtoReflect.Descriptor instead.
 func (*NodeOutput) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{23}
+	return file_torpor_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *NodeOutput) GetNode() string {
@@ -1572,7 +1625,7 @@ type OutputRequest struct {
 
 func (x *OutputRequest) Reset() {
 	*x = OutputRequest{}
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1637,7 @@ func (x *OutputRequest) String() string {
 func (*OutputRequest) ProtoMessage() {}
 
 func (x *OutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[24]
+	mi := &file_torpor_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1650,7 @@ func (x *OutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputRequest.ProtoReflect.Descriptor instead.
 func (*OutputRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{24}
+	return file_torpor_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *OutputRequest) GetJob() string {
@@ -1623,7 +1676,7 @@ type OutputReply struct {
 
 func (x *OutputReply) Reset() {
 	*x = OutputReply{}
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1688,7 @@ func (x *OutputReply) String() string {
 func (*OutputReply) ProtoMessage() {}
 
 func (x *OutputReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[25]
+	mi := &file_torpor_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1701,7 @@ func (x *OutputReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputReply.ProtoReflect.Descriptor instead.
 func (*OutputReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{25}
+	return file_torpor_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *OutputReply) GetNodes() []*NodeOutput {
@@ -1687,7 +1740,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1699,7 +1752,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[26]
+	mi := &file_torpor_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1712,7 +1765,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{26}
+	return file_torpor_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RegisterRequest) GetHost() string {
@@ -1778,7 +1831,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1790,7 +1843,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[27]
+	mi := &file_torpor_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1803,7 +1856,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{27}
+	return file_torpor_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *JobSpec) GetId() string {
@@ -1847,7 +1900,7 @@ type RunRequest struct {
 
 func (x *RunRequest) Reset() {
 	*x = RunRequest{}
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +1912,7 @@ func (x *RunRequest) String() string {
 func (*RunRequest) ProtoMessage() {}
 
 func (x *RunRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[28]
+	mi := &file_torpor_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +1925,7 @@ func (x *RunRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRequest.ProtoReflect.Descriptor instead.
 func (*RunRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{28}
+	return file_torpor_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RunRequest) GetSpec() *JobSpec {
@@ -1905,7 +1958,7 @@ type JobRef struct {
 
 func (x *JobRef) Reset() {
 	*x = JobRef{}
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1917,7 +1970,7 @@ func (x *JobRef) String() string {
 func (*JobRef) ProtoMessage() {}
 
 func (x *JobRef) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[29]
+	mi := &file_torpor_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1930,7 +1983,7 @@ func (x *JobRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRef.ProtoReflect.Descriptor instead.
 func (*JobRef) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{29}
+	return file_torpor_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *JobRef) GetJob() string {
@@ -1953,7 +2006,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1965,7 +2018,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[30]
+	mi := &file_torpor_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1978,7 +2031,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{30}
+	return file_torpor_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CheckpointRequest) GetJob() string {
@@ -2014,7 +2067,7 @@ type CheckpointReply struct {
 
 func (x *CheckpointReply) Reset() {
 	*x = CheckpointReply{}
-	mi := &file_torpor_proto_msgTypes[31]
+	mi := &file_torpor_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2026,7 +2079,7 @@ func (x *CheckpointReply) String() string {
 func (*CheckpointReply) ProtoMessage() {}
 
 func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[31]
+	mi := &file_torpor_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2039,7 +2092,7 @@ func (x *CheckpointReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointReply.ProtoReflect.Descriptor instead.
 func (*CheckpointReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{31}
+	return file_torpor_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CheckpointReply) GetHandle() string {
@@ -2081,7 +2134,7 @@ type RestartRequest struct {
 
 func (x *RestartRequest) Reset() {
 	*x = RestartRequest{}
-	mi := &file_torpor_proto_msgTypes[32]
+	mi := &file_torpor_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2093,7 +2146,7 @@ func (x *RestartRequest) String() string {
 func (*RestartRequest) ProtoMessage() {}
 
 func (x *RestartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[32]
+	mi := &file_torpor_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,7 +2159,7 @@ func (x *RestartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
 func (*RestartRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{32}
+	return file_torpor_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RestartRequest) GetRef() string {
@@ -2147,7 +2200,7 @@ type RestartReply struct {
 
 func (x *RestartReply) Reset() {
 	*x = RestartReply{}
-	mi := &file_torpor_proto_msgTypes[33]
+	mi := &file_torpor_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2159,7 +2212,7 @@ func (x *RestartReply) String() string {
 func (*RestartReply) ProtoMessage() {}
 
 func (x *RestartReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[33]
+	mi := &file_torpor_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2172,7 +2225,7 @@ func (x *RestartReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartReply.ProtoReflect.Descriptor instead.
 func (*RestartReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{33}
+	return file_torpor_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RestartReply) GetJob() string {
@@ -2230,7 +2283,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_torpor_proto_msgTypes[34]
+	mi := &file_torpor_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2242,7 +2295,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[34]
+	mi := &file_torpor_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2255,7 +2308,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{34}
+	return file_torpor_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MigrateRequest) GetJob() string {
@@ -2305,7 +2358,7 @@ type MigrateReply struct {
 
 func (x *MigrateReply) Reset() {
 	*x = MigrateReply{}
-	mi := &file_torpor_proto_msgTypes[35]
+	mi := &file_torpor_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2317,7 +2370,7 @@ func (x *MigrateReply) String() string {
 func (*MigrateReply) ProtoMessage() {}
 
 func (x *MigrateReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[35]
+	mi := &file_torpor_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2330,7 +2383,7 @@ func (x *MigrateReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateReply.ProtoReflect.Descriptor instead.
 func (*MigrateReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{35}
+	return file_torpor_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *MigrateReply) GetMode() string {
@@ -2404,7 +2457,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_torpor_proto_msgTypes[36]
+	mi := &file_torpor_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2416,7 +2469,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[36]
+	mi := &file_torpor_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2429,7 +2482,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{36}
+	return file_torpor_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Job) GetSpec() *JobSpec {
@@ -2490,7 +2543,7 @@ type JobList struct {
 
 func (x *JobList) Reset() {
 	*x = JobList{}
-	mi := &file_torpor_proto_msgTypes[37]
+	mi := &file_torpor_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2502,7 +2555,7 @@ func (x *JobList) String() string {
 func (*JobList) ProtoMessage() {}
 
 func (x *JobList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[37]
+	mi := &file_torpor_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2515,7 +2568,7 @@ func (x *JobList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobList.ProtoReflect.Descriptor instead.
 func (*JobList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{37}
+	return file_torpor_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *JobList) GetJobs() []*Job {
@@ -2535,7 +2588,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_torpor_proto_msgTypes[38]
+	mi := &file_torpor_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2547,7 +2600,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[38]
+	mi := &file_torpor_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2560,7 +2613,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{38}
+	return file_torpor_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListCheckpointsRequest) GetJob() string {
@@ -2602,7 +2655,7 @@ type Checkpoint struct {
 
 func (x *Checkpoint) Reset() {
 	*x = Checkpoint{}
-	mi := &file_torpor_proto_msgTypes[39]
+	mi := &file_torpor_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2614,7 +2667,7 @@ func (x *Checkpoint) String() string {
 func (*Checkpoint) ProtoMessage() {}
 
 func (x *Checkpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[39]
+	mi := &file_torpor_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2627,7 +2680,7 @@ func (x *Checkpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Checkpoint.ProtoReflect.Descriptor instead.
 func (*Checkpoint) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{39}
+	return file_torpor_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Checkpoint) GetHandle() string {
@@ -2716,7 +2769,7 @@ type CheckpointList struct {
 
 func (x *CheckpointList) Reset() {
 	*x = CheckpointList{}
-	mi := &file_torpor_proto_msgTypes[40]
+	mi := &file_torpor_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2728,7 +2781,7 @@ func (x *CheckpointList) String() string {
 func (*CheckpointList) ProtoMessage() {}
 
 func (x *CheckpointList) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[40]
+	mi := &file_torpor_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2741,7 +2794,7 @@ func (x *CheckpointList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointList.ProtoReflect.Descriptor instead.
 func (*CheckpointList) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{40}
+	return file_torpor_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CheckpointList) GetCheckpoints() []*Checkpoint {
@@ -2768,7 +2821,7 @@ type FenceRequest struct {
 
 func (x *FenceRequest) Reset() {
 	*x = FenceRequest{}
-	mi := &file_torpor_proto_msgTypes[41]
+	mi := &file_torpor_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2780,7 +2833,7 @@ func (x *FenceRequest) String() string {
 func (*FenceRequest) ProtoMessage() {}
 
 func (x *FenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[41]
+	mi := &file_torpor_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2793,7 +2846,7 @@ func (x *FenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceRequest.ProtoReflect.Descriptor instead.
 func (*FenceRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{41}
+	return file_torpor_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *FenceRequest) GetJob() string {
@@ -2847,7 +2900,7 @@ type FenceReply struct {
 
 func (x *FenceReply) Reset() {
 	*x = FenceReply{}
-	mi := &file_torpor_proto_msgTypes[42]
+	mi := &file_torpor_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2859,7 +2912,7 @@ func (x *FenceReply) String() string {
 func (*FenceReply) ProtoMessage() {}
 
 func (x *FenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[42]
+	mi := &file_torpor_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2872,7 +2925,7 @@ func (x *FenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FenceReply.ProtoReflect.Descriptor instead.
 func (*FenceReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{42}
+	return file_torpor_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *FenceReply) GetData() []byte {
@@ -2895,7 +2948,7 @@ type EventsRequest struct {
 
 func (x *EventsRequest) Reset() {
 	*x = EventsRequest{}
-	mi := &file_torpor_proto_msgTypes[43]
+	mi := &file_torpor_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2907,7 +2960,7 @@ func (x *EventsRequest) String() string {
 func (*EventsRequest) ProtoMessage() {}
 
 func (x *EventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[43]
+	mi := &file_torpor_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2920,7 +2973,7 @@ func (x *EventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventsRequest.ProtoReflect.Descriptor instead.
 func (*EventsRequest) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{43}
+	return file_torpor_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *EventsRequest) GetJob() string {
@@ -2985,7 +3038,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_torpor_proto_msgTypes[44]
+	mi := &file_torpor_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2997,7 +3050,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[44]
+	mi := &file_torpor_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3010,7 +3063,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{44}
+	return file_torpor_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -3183,7 +3236,7 @@ type WaitReply struct {
 
 func (x *WaitReply) Reset() {
 	*x = WaitReply{}
-	mi := &file_torpor_proto_msgTypes[45]
+	mi := &file_torpor_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3195,7 +3248,7 @@ func (x *WaitReply) String() string {
 func (*WaitReply) ProtoMessage() {}
 
 func (x *WaitReply) ProtoReflect() protoreflect.Message {
-	mi := &file_torpor_proto_msgTypes[45]
+	mi := &file_torpor_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3208,7 +3261,7 @@ func (x *WaitReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitReply.ProtoReflect.Descriptor instead.
 func (*WaitReply) Descriptor() ([]byte, []int) {
-	return file_torpor_proto_rawDescGZIP(), []int{45}
+	return file_torpor_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *WaitReply) GetJob() *Job {
@@ -3321,6 +3374,11 @@ const file_torpor_proto_rawDesc = "" +
 	"\vDropRequest\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\tR\n" +
+	"checkpoint\"S\n" +
+	"\vSyncRequest\x12$\n" +
+	"\x03ref\x18\x01 \x01(\v2\x12.torpor.v1.NodeRefR\x03ref\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x02 \x01(\tR\n" +
 	"checkpoint\"Q\n" +
 	"\x13KeepManifestRequest\x12\x1e\n" +
 	"\n" +
@@ -3508,7 +3566,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"-\n" +
 	"\tWaitReply\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\x8a\b\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xbc\b\n" +
 	"\x04Shim\x122\n" +
 	"\x05Start\x12\x17.torpor.v1.StartRequest\x1a\x10.torpor.v1.Empty\x126\n" +
 	"\aPrepare\x12\x19.torpor.v1.PrepareRequest\x1a\x10.torpor.v1.Empty\x12.\n" +
@@ -3522,7 +3580,8 @@ const file_torpor_proto_rawDesc = "" +
 	"\aRestore\x12\x19.torpor.v1.RestoreRequest\x1a\x10.torpor.v1.Empty\x12/\n" +
 	"\aDestroy\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x123\n" +
 	"\x06Status\x12\x12.torpor.v1.NodeRef\x1a\x15.torpor.v1.NodeStatus\x12-\n" +
-	"\x05Pages\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x127\n" +
+	"\x05Pages\x12\x12.torpor.v1.NodeRef\x1a\x10.torpor.v1.Empty\x120\n" +
+	"\x04Sync\x12\x16.torpor.v1.SyncRequest\x1a\x10.torpor.v1.Empty\x127\n" +
 	"\x05Fetch\x12\x17.torpor.v1.FetchRequest\x1a\x15.torpor.v1.FetchReply\x124\n" +
 	"\x04Held\x12\x16.torpor.v1.HeldRequest\x1a\x14.torpor.v1.HeldReply\x120\n" +
 	"\x04Drop\x12\x16.torpor.v1.DropRequest\x1a\x10.torpor.v1.Empty\x12@\n" +
@@ -3557,7 +3616,7 @@ func file_torpor_proto_rawDescGZIP() []byte {
 	return file_torpor_proto_rawDescData
 }
 
-var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_torpor_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_torpor_proto_goTypes = []any{
 	(*NodeSpec)(nil),               // 0: torpor.v1.NodeSpec
 	(*Creds)(nil),                  // 1: torpor.v1.Creds
@@ -3575,42 +3634,43 @@ var file_torpor_proto_goTypes = []any{
 	(*HeldReply)(nil),              // 13: torpor.v1.HeldReply
 	(*HeldImages)(nil),             // 14: torpor.v1.HeldImages
 	(*DropRequest)(nil),            // 15: torpor.v1.DropRequest
-	(*KeepManifestRequest)(nil),    // 16: torpor.v1.KeepManifestRequest
-	(*KeptManifest)(nil),           // 17: torpor.v1.KeptManifest
-	(*ManifestsReply)(nil),         // 18: torpor.v1.ManifestsReply
-	(*RestoreFilesReply)(nil),      // 19: torpor.v1.RestoreFilesReply
-	(*NodeStatus)(nil),             // 20: torpor.v1.NodeStatus
-	(*Empty)(nil),                  // 21: torpor.v1.Empty
-	(*NodeOutputRequest)(nil),      // 22: torpor.v1.NodeOutputRequest
-	(*NodeOutput)(nil),             // 23: torpor.v1.NodeOutput
-	(*OutputRequest)(nil),          // 24: torpor.v1.OutputRequest
-	(*OutputReply)(nil),            // 25: torpor.v1.OutputReply
-	(*RegisterRequest)(nil),        // 26: torpor.v1.RegisterRequest
-	(*JobSpec)(nil),                // 27: torpor.v1.JobSpec
-	(*RunRequest)(nil),             // 28: torpor.v1.RunRequest
-	(*JobRef)(nil),                 // 29: torpor.v1.JobRef
-	(*CheckpointRequest)(nil),      // 30: torpor.v1.CheckpointRequest
-	(*CheckpointReply)(nil),        // 31: torpor.v1.CheckpointReply
-	(*RestartRequest)(nil),         // 32: torpor.v1.RestartRequest
-	(*RestartReply)(nil),           // 33: torpor.v1.RestartReply
-	(*MigrateRequest)(nil),         // 34: torpor.v1.MigrateRequest
-	(*MigrateReply)(nil),           // 35: torpor.v1.MigrateReply
-	(*Job)(nil),                    // 36: torpor.v1.Job
-	(*JobList)(nil),                // 37: torpor.v1.JobList
-	(*ListCheckpointsRequest)(nil), // 38: torpor.v1.ListCheckpointsRequest
-	(*Checkpoint)(nil),             // 39: torpor.v1.Checkpoint
-	(*CheckpointList)(nil),         // 40: torpor.v1.CheckpointList
-	(*FenceRequest)(nil),           // 41: torpor.v1.FenceRequest
-	(*FenceReply)(nil),             // 42: torpor.v1.FenceReply
-	(*EventsRequest)(nil),          // 43: torpor.v1.EventsRequest
-	(*Event)(nil),                  // 44: torpor.v1.Event
-	(*WaitReply)(nil),              // 45: torpor.v1.WaitReply
-	nil,                            // 46: torpor.v1.OutputRequest.OffsetsEntry
-	nil,                            // 47: torpor.v1.CheckpointReply.PhaseNanosEntry
-	nil,                            // 48: torpor.v1.RestartRequest.HostsEntry
-	nil,                            // 49: torpor.v1.MigrateReply.PhasesNanosEntry
-	nil,                            // 50: torpor.v1.Checkpoint.PhaseNanosEntry
-	nil,                            // 51: torpor.v1.Event.PhaseNanosEntry
+	(*SyncRequest)(nil),            // 16: torpor.v1.SyncRequest
+	(*KeepManifestRequest)(nil),    // 17: torpor.v1.KeepManifestRequest
+	(*KeptManifest)(nil),           // 18: torpor.v1.KeptManifest
+	(*ManifestsReply)(nil),         // 19: torpor.v1.ManifestsReply
+	(*RestoreFilesReply)(nil),      // 20: torpor.v1.RestoreFilesReply
+	(*NodeStatus)(nil),             // 21: torpor.v1.NodeStatus
+	(*Empty)(nil),                  // 22: torpor.v1.Empty
+	(*NodeOutputRequest)(nil),      // 23: torpor.v1.NodeOutputRequest
+	(*NodeOutput)(nil),             // 24: torpor.v1.NodeOutput
+	(*OutputRequest)(nil),          // 25: torpor.v1.OutputRequest
+	(*OutputReply)(nil),            // 26: torpor.v1.OutputReply
+	(*RegisterRequest)(nil),        // 27: torpor.v1.RegisterRequest
+	(*JobSpec)(nil),                // 28: torpor.v1.JobSpec
+	(*RunRequest)(nil),             // 29: torpor.v1.RunRequest
+	(*JobRef)(nil),                 // 30: torpor.v1.JobRef
+	(*CheckpointRequest)(nil),      // 31: torpor.v1.CheckpointRequest
+	(*CheckpointReply)(nil),        // 32: torpor.v1.CheckpointReply
+	(*RestartRequest)(nil),         // 33: torpor.v1.RestartRequest
+	(*RestartReply)(nil),           // 34: torpor.v1.RestartReply
+	(*MigrateRequest)(nil),         // 35: torpor.v1.MigrateRequest
+	(*MigrateReply)(nil),           // 36: torpor.v1.MigrateReply
+	(*Job)(nil),                    // 37: torpor.v1.Job
+	(*JobList)(nil),                // 38: torpor.v1.JobList
+	(*ListCheckpointsRequest)(nil), // 39: torpor.v1.ListCheckpointsRequest
+	(*Checkpoint)(nil),             // 40: torpor.v1.Checkpoint
+	(*CheckpointList)(nil),         // 41: torpor.v1.CheckpointList
+	(*FenceRequest)(nil),           // 42: torpor.v1.FenceRequest
+	(*FenceReply)(nil),             // 43: torpor.v1.FenceReply
+	(*EventsRequest)(nil),          // 44: torpor.v1.EventsRequest
+	(*Event)(nil),                  // 45: torpor.v1.Event
+	(*WaitReply)(nil),              // 46: torpor.v1.WaitReply
+	nil,                            // 47: torpor.v1.OutputRequest.OffsetsEntry
+	nil,                            // 48: torpor.v1.CheckpointReply.PhaseNanosEntry
+	nil,                            // 49: torpor.v1.RestartRequest.HostsEntry
+	nil,                            // 50: torpor.v1.MigrateReply.PhasesNanosEntry
+	nil,                            // 51: torpor.v1.Checkpoint.PhaseNanosEntry
+	nil,                            // 52: torpor.v1.Event.PhaseNanosEntry
 }
 var file_torpor_proto_depIdxs = []int32{
 	1,  // 0: torpor.v1.NodeSpec.user:type_name -> torpor.v1.Creds
@@ -3620,91 +3680,94 @@ var file_torpor_proto_depIdxs = []int32{
 	0,  // 4: torpor.v1.RestoreRequest.node:type_name -> torpor.v1.NodeSpec
 	2,  // 5: torpor.v1.ImagesRequest.ref:type_name -> torpor.v1.NodeRef
 	14, // 6: torpor.v1.HeldReply.images:type_name -> torpor.v1.HeldImages
-	17, // 7: torpor.v1.ManifestsReply.manifests:type_name -> torpor.v1.KeptManifest
-	2,  // 8: torpor.v1.NodeOutputRequest.ref:type_name -> torpor.v1.NodeRef
-	46, // 9: torpor.v1.OutputRequest.offsets:type_name -> torpor.v1.OutputRequest.OffsetsEntry
-	23, // 10: torpor.v1.OutputReply.nodes:type_name -> torpor.v1.NodeOutput
-	2,  // 11: torpor.v1.RegisterRequest.nodes:type_name -> torpor.v1.NodeRef
-	0,  // 12: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
-	27, // 13: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
-	47, // 14: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
-	48, // 15: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
-	49, // 16: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
-	27, // 17: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
-	36, // 18: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
-	50, // 19: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
-	39, // 20: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
-	51, // 21: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
-	36, // 22: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
-	3,  // 23: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
-	4,  // 24: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
-	2,  // 25: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
-	2,  // 26: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
-	2,  // 27: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
-	6,  // 28: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
-	2,  // 29: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
-	2,  // 30: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
-	8,  // 31: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
-	8,  // 32: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
-	2,  // 33: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
-	2,  // 34: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
-	2,  // 35: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
-	10, // 36: torpor.v1.Shim.Fetch:input_type -> torpor.v1.FetchRequest
-	12, // 37: torpor.v1.Shim.Held:input_type -> torpor.v1.HeldRequest
-	15, // 38: torpor.v1.Shim.Drop:input_type -> torpor.v1.DropRequest
-	16, // 39: torpor.v1.Shim.KeepManifest:input_type -> torpor.v1.KeepManifestRequest
-	21, // 40: torpor.v1.Shim.Manifests:input_type -> torpor.v1.Empty
-	22, // 41: torpor.v1.Shim.Output:input_type -> torpor.v1.NodeOutputRequest
-	26, // 42: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
-	28, // 43: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
-	30, // 44: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
-	32, // 45: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
-	34, // 46: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
-	21, // 47: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
-	29, // 48: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
-	29, // 49: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
-	38, // 50: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
-	41, // 51: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
-	29, // 52: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
-	43, // 53: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
-	24, // 54: torpor.v1.Coordinator.Output:input_type -> torpor.v1.OutputRequest
-	21, // 55: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	21, // 56: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	21, // 57: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	5,  // 58: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	21, // 59: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	7,  // 60: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	21, // 61: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	21, // 62: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	19, // 63: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
-	21, // 64: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	21, // 65: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	20, // 66: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	21, // 67: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
-	11, // 68: torpor.v1.Shim.Fetch:output_type -> torpor.v1.FetchReply
-	13, // 69: torpor.v1.Shim.Held:output_type -> torpor.v1.HeldReply
-	21, // 70: torpor.v1.Shim.Drop:output_type -> torpor.v1.Empty
-	21, // 71: torpor.v1.Shim.KeepManifest:output_type -> torpor.v1.Empty
-	18, // 72: torpor.v1.Shim.Manifests:output_type -> torpor.v1.ManifestsReply
-	23, // 73: torpor.v1.Shim.Output:output_type -> torpor.v1.NodeOutput
-	21, // 74: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	36, // 75: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	31, // 76: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	33, // 77: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	35, // 78: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
-	37, // 79: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	36, // 80: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	36, // 81: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	40, // 82: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	42, // 83: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
-	36, // 84: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
-	44, // 85: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
-	25, // 86: torpor.v1.Coordinator.Output:output_type -> torpor.v1.OutputReply
-	55, // [55:87] is the sub-list for method output_type
-	23, // [23:55] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	2,  // 7: torpor.v1.SyncRequest.ref:type_name -> torpor.v1.NodeRef
+	18, // 8: torpor.v1.ManifestsReply.manifests:type_name -> torpor.v1.KeptManifest
+	2,  // 9: torpor.v1.NodeOutputRequest.ref:type_name -> torpor.v1.NodeRef
+	47, // 10: torpor.v1.OutputRequest.offsets:type_name -> torpor.v1.OutputRequest.OffsetsEntry
+	24, // 11: torpor.v1.OutputReply.nodes:type_name -> torpor.v1.NodeOutput
+	2,  // 12: torpor.v1.RegisterRequest.nodes:type_name -> torpor.v1.NodeRef
+	0,  // 13: torpor.v1.JobSpec.nodes:type_name -> torpor.v1.NodeSpec
+	28, // 14: torpor.v1.RunRequest.spec:type_name -> torpor.v1.JobSpec
+	48, // 15: torpor.v1.CheckpointReply.phase_nanos:type_name -> torpor.v1.CheckpointReply.PhaseNanosEntry
+	49, // 16: torpor.v1.RestartRequest.hosts:type_name -> torpor.v1.RestartRequest.HostsEntry
+	50, // 17: torpor.v1.MigrateReply.phases_nanos:type_name -> torpor.v1.MigrateReply.PhasesNanosEntry
+	28, // 18: torpor.v1.Job.spec:type_name -> torpor.v1.JobSpec
+	37, // 19: torpor.v1.JobList.jobs:type_name -> torpor.v1.Job
+	51, // 20: torpor.v1.Checkpoint.phase_nanos:type_name -> torpor.v1.Checkpoint.PhaseNanosEntry
+	40, // 21: torpor.v1.CheckpointList.checkpoints:type_name -> torpor.v1.Checkpoint
+	52, // 22: torpor.v1.Event.phase_nanos:type_name -> torpor.v1.Event.PhaseNanosEntry
+	37, // 23: torpor.v1.WaitReply.job:type_name -> torpor.v1.Job
+	3,  // 24: torpor.v1.Shim.Start:input_type -> torpor.v1.StartRequest
+	4,  // 25: torpor.v1.Shim.Prepare:input_type -> torpor.v1.PrepareRequest
+	2,  // 26: torpor.v1.Shim.Freeze:input_type -> torpor.v1.NodeRef
+	2,  // 27: torpor.v1.Shim.Drain:input_type -> torpor.v1.NodeRef
+	2,  // 28: torpor.v1.Shim.Lock:input_type -> torpor.v1.NodeRef
+	6,  // 29: torpor.v1.Shim.Dump:input_type -> torpor.v1.DumpRequest
+	2,  // 30: torpor.v1.Shim.Unlock:input_type -> torpor.v1.NodeRef
+	2,  // 31: torpor.v1.Shim.Thaw:input_type -> torpor.v1.NodeRef
+	8,  // 32: torpor.v1.Shim.RestoreFiles:input_type -> torpor.v1.RestoreRequest
+	8,  // 33: torpor.v1.Shim.Restore:input_type -> torpor.v1.RestoreRequest
+	2,  // 34: torpor.v1.Shim.Destroy:input_type -> torpor.v1.NodeRef
+	2,  // 35: torpor.v1.Shim.Status:input_type -> torpor.v1.NodeRef
+	2,  // 36: torpor.v1.Shim.Pages:input_type -> torpor.v1.NodeRef
+	16, // 37: torpor.v1.Shim.Sync:input_type -> torpor.v1.SyncRequest
+	10, // 38: torpor.v1.Shim.Fetch:input_type -> torpor.v1.FetchRequest
+	12, // 39: torpor.v1.Shim.Held:input_type -> torpor.v1.HeldRequest
+	15, // 40: torpor.v1.Shim.Drop:input_type -> torpor.v1.DropRequest
+	17, // 41: torpor.v1.Shim.KeepManifest:input_type -> torpor.v1.KeepManifestRequest
+	22, // 42: torpor.v1.Shim.Manifests:input_type -> torpor.v1.Empty
+	23, // 43: torpor.v1.Shim.Output:input_type -> torpor.v1.NodeOutputRequest
+	27, // 44: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
+	29, // 45: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
+	31, // 46: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
+	33, // 47: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
+	35, // 48: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
+	22, // 49: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
+	30, // 50: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
+	30, // 51: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
+	39, // 52: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
+	42, // 53: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
+	30, // 54: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
+	44, // 55: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
+	25, // 56: torpor.v1.Coordinator.Output:input_type -> torpor.v1.OutputRequest
+	22, // 57: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	22, // 58: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	22, // 59: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	5,  // 60: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	22, // 61: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	7,  // 62: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	22, // 63: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	22, // 64: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	20, // 65: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
+	22, // 66: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	22, // 67: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	21, // 68: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	22, // 69: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
+	22, // 70: torpor.v1.Shim.Sync:output_type -> torpor.v1.Empty
+	11, // 71: torpor.v1.Shim.Fetch:output_type -> torpor.v1.FetchReply
+	13, // 72: torpor.v1.Shim.Held:output_type -> torpor.v1.HeldReply
+	22, // 73: torpor.v1.Shim.Drop:output_type -> torpor.v1.Empty
+	22, // 74: torpor.v1.Shim.KeepManifest:output_type -> torpor.v1.Empty
+	19, // 75: torpor.v1.Shim.Manifests:output_type -> torpor.v1.ManifestsReply
+	24, // 76: torpor.v1.Shim.Output:output_type -> torpor.v1.NodeOutput
+	22, // 77: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	37, // 78: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	32, // 79: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	34, // 80: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	36, // 81: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
+	38, // 82: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	37, // 83: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	37, // 84: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	41, // 85: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	43, // 86: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	37, // 87: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
+	45, // 88: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
+	26, // 89: torpor.v1.Coordinator.Output:output_type -> torpor.v1.OutputReply
+	57, // [57:90] is the sub-list for method output_type
+	24, // [24:57] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_torpor_proto_init() }
@@ -3718,7 +3781,7 @@ func file_torpor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_torpor_proto_rawDesc), len(file_torpor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   52,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

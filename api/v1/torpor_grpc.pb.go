@@ -39,6 +39,7 @@ const (
 	Shim_Destroy_FullMethodName      = "/torpor.v1.Shim/Destroy"
 	Shim_Status_FullMethodName       = "/torpor.v1.Shim/Status"
 	Shim_Pages_FullMethodName        = "/torpor.v1.Shim/Pages"
+	Shim_Sync_FullMethodName         = "/torpor.v1.Shim/Sync"
 	Shim_Fetch_FullMethodName        = "/torpor.v1.Shim/Fetch"
 	Shim_Held_FullMethodName         = "/torpor.v1.Shim/Held"
 	Shim_Drop_FullMethodName         = "/torpor.v1.Shim/Drop"
@@ -65,6 +66,9 @@ type ShimClient interface {
 	Status(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*NodeStatus, error)
 	// Until a job-node restored with post-copy has all its pages.
 	Pages(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*Empty, error)
+	// Until the images this shim wrote of a job-node for a checkpoint are on
+	// disk (fsync): the coordinator prunes older checkpoints only after it.
+	Sync(ctx context.Context, in *SyncRequest, opts ...grpc.CallOption) (*Empty, error)
 	// The checkpoint store of a shim with an image directory (host-local
 	// checkpoints, docs/protocol.md): copy images in from another shim, say
 	// what it holds, drop a checkpoint's.
@@ -219,6 +223,16 @@ func (c *shimClient) Pages(ctx context.Context, in *NodeRef, opts ...grpc.CallOp
 	return out, nil
 }
 
+func (c *shimClient) Sync(ctx context.Context, in *SyncRequest, opts ...grpc.CallOption) (*Empty, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Empty)
+	err := c.cc.Invoke(ctx, Shim_Sync_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *shimClient) Fetch(ctx context.Context, in *FetchRequest, opts ...grpc.CallOption) (*FetchReply, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(FetchReply)
@@ -297,6 +311,9 @@ type ShimServer interface {
 	Status(context.Context, *NodeRef) (*NodeStatus, error)
 	// Until a job-node restored with post-copy has all its pages.
 	Pages(context.Context, *NodeRef) (*Empty, error)
+	// Until the images this shim wrote of a job-node for a checkpoint are on
+	// disk (fsync): the coordinator prunes older checkpoints only after it.
+	Sync(context.Context, *SyncRequest) (*Empty, error)
 	// The checkpoint store of a shim with an image directory (host-local
 	// checkpoints, docs/protocol.md): copy images in from another shim, say
 	// what it holds, drop a checkpoint's.
@@ -359,6 +376,9 @@ func (UnimplementedShimServer) Status(context.Context, *NodeRef) (*NodeStatus, e
 }
 func (UnimplementedShimServer) Pages(context.Context, *NodeRef) (*Empty, error) {
 	return nil, status.Error(codes.Unimplemented, "method Pages not implemented")
+}
+func (UnimplementedShimServer) Sync(context.Context, *SyncRequest) (*Empty, error) {
+	return nil, status.Error(codes.Unimplemented, "method Sync not implemented")
 }
 func (UnimplementedShimServer) Fetch(context.Context, *FetchRequest) (*FetchReply, error) {
 	return nil, status.Error(codes.Unimplemented, "method Fetch not implemented")
@@ -633,6 +653,24 @@ func _Shim_Pages_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Shim_Sync_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SyncRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ShimServer).Sync(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Shim_Sync_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ShimServer).Sync(ctx, req.(*SyncRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Shim_Fetch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(FetchRequest)
 	if err := dec(in); err != nil {
@@ -799,6 +837,10 @@ var Shim_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Pages",
 			Handler:    _Shim_Pages_Handler,
+		},
+		{
+			MethodName: "Sync",
+			Handler:    _Shim_Sync_Handler,
 		},
 		{
 			MethodName: "Fetch",

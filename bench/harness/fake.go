@@ -100,6 +100,9 @@ func (f *fakeAgent) Destroy(_ context.Context, ref agentapi.NodeRef) error {
 }
 func (f *fakeAgent) Pages(_ context.Context, ref agentapi.NodeRef) error { return f.has(ref) }
 
+// Sync returns at once: the fake images are not fsynced (see Dump).
+func (f *fakeAgent) Sync(context.Context, agentapi.NodeRef, string) error { return nil }
+
 func (f *fakeAgent) Status(_ context.Context, ref agentapi.NodeRef) (agentapi.NodeStatus, error) {
 	if err := f.has(ref); err != nil {
 		return agentapi.NodeStatus{}, err

@@ -160,6 +160,10 @@ func (w *recorded) Pages(ctx context.Context, ref agentapi.NodeRef) error {
 	return w.rec("pages", ref.Node, func() error { return w.a.Pages(ctx, ref) })
 }
 
+func (w *recorded) Sync(ctx context.Context, ref agentapi.NodeRef, ckpt string) error {
+	return w.rec("sync", ref.Node, func() error { return w.a.Sync(ctx, ref, ckpt) })
+}
+
 func (w *recorded) rec(op, node string, fn func() error) error {
 	c := call{Op: op, Host: w.host, Node: node, Start: time.Now()}
 	c.Err = fn()

@@ -41,7 +41,7 @@ func runCoordinator(ctx context.Context, args []string) error {
 	pkiDir := fs.String("pki", "", "certificate directory (default <state-dir>/pki)")
 	initPKI := fs.Bool("init-pki", false, "create a CA and coordinator/shim certificates in the PKI directory, then exit")
 	pkiHosts := fs.String("pki-hosts", "127.0.0.1,localhost", "comma-separated addresses and names the certificates are valid for (with --init-pki)")
-	keep := fs.Int("keep", 0, "keep only the newest K checkpoints per job (0: all)")
+	keep := fs.Int("keep", 0, "keep only the newest K checkpoints per job (0: all); older ones go once the newest one's images are on disk (fsync)")
 	postCopy := fs.String("postcopy-threshold", "", "private memory of a job-node from which `torpor migrate` (--postcopy=auto) uses post-copy, e.g. 128M; off: never; default from config (postcopy_threshold), else 128M")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics over HTTP at ADDR (/metrics; port 0: any, logged); default from config (metrics_listen), else off")

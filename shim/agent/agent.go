@@ -90,6 +90,9 @@ type Agent struct {
 
 	mu    sync.Mutex
 	nodes map[string]*node // "<job>/<node>"
+	// written is, per job-node ("<job>/<node>"), the directories its last
+	// checkpoint's dump wrote, until Sync makes them durable.
+	written map[string]writtenDump
 	// storing holds a lock per copy of the checkpoint store being made
 	// ("<handle>/<node>"): a replica and a restart may fetch the same one.
 	storing keyedLocks
@@ -726,9 +729,18 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 	case req.Local:
 		return a.dumpLocal(ctx, n, ref, req)
 	case req.Store:
-		return a.dumpStored(ctx, n, ref, req)
+		res, err := a.dumpStored(ctx, n, ref, req)
+		if err == nil {
+			dir, _ := a.storeDir(req.Checkpoint, ref.Node) // dumpStored checked it
+			a.wrote(ref, req.Checkpoint, dir)
+		}
+		return res, err
 	}
-	return a.dump(ctx, n, ref, req)
+	res, err := a.dump(ctx, n, ref, req)
+	if err == nil {
+		a.wrote(ref, req.Checkpoint, req.Dir, req.Shared)
+	}
+	return res, err
 }
 
 func (a *Agent) dump(ctx context.Context, n *node, ref agentapi.NodeRef, req agentapi.DumpRequest) (agentapi.DumpResult, error) {

@@ -50,6 +50,14 @@ func (s *Store) Begin(job string) (*Pending, error) {
 			os.RemoveAll(dir)
 			return nil, ioErr("begin checkpoint: create", filepath.Join(dir, nodesDirName), err)
 		}
+		// The checkpoint's entry in its job's directory, on disk before
+		// anything is written below it (the commit syncs the checkpoint's
+		// own directory with its manifest; the shims sync what they wrote
+		// before an older checkpoint is pruned).
+		if err := withHint(atomicfile.SyncDir(s.jobDir(job))); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("begin checkpoint: %w", err)
+		}
 		p := &Pending{s: s, job: job, seq: seq, dir: dir}
 		s.pending[p.Handle()] = true
 		return p, nil

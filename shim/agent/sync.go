@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -67,6 +68,24 @@ func (a *Agent) Sync(ctx context.Context, ref agentapi.NodeRef, checkpoint strin
 		files += n
 		if err != nil {
 			return fmt.Errorf("sync %s of %s: %w", ref.Node, checkpoint, err)
+		}
+	}
+	// In the store, the directories above the images' are the shim's own
+	// and made for them: their entries too, up to the store's root.
+	if a.cfg.ImageDir != "" {
+		root := a.storeRoot()
+		for _, d := range w.dirs {
+			if !strings.HasPrefix(d, root+string(filepath.Separator)) {
+				continue
+			}
+			for p := filepath.Dir(filepath.Dir(d)); ; p = filepath.Dir(p) {
+				if err := fsyncPath(p, true); err != nil {
+					return fmt.Errorf("sync %s of %s: %w", ref.Node, checkpoint, err)
+				}
+				if p == root || len(p) <= len(root) {
+					break
+				}
+			}
 		}
 	}
 	a.mu.Lock()

@@ -209,9 +209,7 @@ func Run(ctx context.Context, cfg Config) (*Result, []string, error) {
 			p := runCoordFakeExt4(ctx, work, n, 16, max(plan.Reps, 5))
 			logf("B5 fake %d job-nodes, catalog on a fresh ext4: checkpoint median %.1f ms %s", n, p.Wall.Median, p.Err)
 			res.Coord = append(res.Coord, p)
-		}
-		if n := slices.Max(plan.FakeNodes); n > 0 {
-			p := runCoordFakeTmpfs(ctx, n, 16, max(plan.Reps, 5))
+			p = runCoordFakeTmpfs(ctx, n, 16, max(plan.Reps, 5))
 			logf("B5 fake %d job-nodes, catalog on tmpfs: checkpoint median %.1f ms %s", n, p.Wall.Median, p.Err)
 			res.Coord = append(res.Coord, p)
 		}

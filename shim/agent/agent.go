@@ -729,12 +729,7 @@ func (a *Agent) Dump(ctx context.Context, ref agentapi.NodeRef, req agentapi.Dum
 	case req.Local:
 		return a.dumpLocal(ctx, n, ref, req)
 	case req.Store:
-		res, err := a.dumpStored(ctx, n, ref, req)
-		if err == nil {
-			dir, _ := a.storeDir(req.Checkpoint, ref.Node) // dumpStored checked it
-			a.wrote(ref, req.Checkpoint, dir)
-		}
-		return res, err
+		return a.dumpStored(ctx, n, ref, req)
 	}
 	res, err := a.dump(ctx, n, ref, req)
 	if err == nil {

@@ -112,6 +112,7 @@ func (a *Agent) dumpStored(ctx context.Context, n *node, ref agentapi.NodeRef, r
 	if err != nil {
 		return agentapi.DumpResult{}, err
 	}
+	a.wrote(ref, req.Checkpoint, dir)
 	return res, nil
 }
 

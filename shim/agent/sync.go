@@ -64,28 +64,16 @@ func (a *Agent) Sync(ctx context.Context, ref agentapi.NodeRef, checkpoint strin
 	start := time.Now()
 	files := 0
 	for _, d := range w.dirs {
-		n, err := syncTree(ctx, d)
+		// In the store, the directories above the images' are the shim's
+		// own, made for them: their entries too, up to the store's root.
+		top := ""
+		if root := a.storeRoot(); a.cfg.ImageDir != "" && strings.HasPrefix(d, root+string(filepath.Separator)) {
+			top = root
+		}
+		n, err := syncTree(ctx, d, top)
 		files += n
 		if err != nil {
 			return fmt.Errorf("sync %s of %s: %w", ref.Node, checkpoint, err)
-		}
-	}
-	// In the store, the directories above the images' are the shim's own
-	// and made for them: their entries too, up to the store's root.
-	if a.cfg.ImageDir != "" {
-		root := a.storeRoot()
-		for _, d := range w.dirs {
-			if !strings.HasPrefix(d, root+string(filepath.Separator)) {
-				continue
-			}
-			for p := filepath.Dir(filepath.Dir(d)); ; p = filepath.Dir(p) {
-				if err := fsyncPath(p, true); err != nil {
-					return fmt.Errorf("sync %s of %s: %w", ref.Node, checkpoint, err)
-				}
-				if p == root || len(p) <= len(root) {
-					break
-				}
-			}
 		}
 	}
 	a.mu.Lock()
@@ -103,12 +91,13 @@ func isDir(p string) bool {
 }
 
 // syncTree fsyncs every regular file below root, then every directory
-// from the deepest up, root's parent last (root's own entry), and returns
-// how many files it synced. It follows no symbolic link and opens nothing
+// from the deepest up to root, then root's parent (root's own entry) and
+// each directory above it up to top (an ancestor of root; "": the parent
+// alone), and returns how many files it synced. It follows no symbolic link and opens nothing
 // but regular files and directories, without blocking: what a job's owner
 // could have put among the images (their captured files) cannot make a root
 // shim read a FIFO or a device.
-func syncTree(ctx context.Context, root string) (int, error) {
+func syncTree(ctx context.Context, root, top string) (int, error) {
 	var dirs []string
 	files := 0
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
@@ -132,8 +121,14 @@ func syncTree(ctx context.Context, root string) (int, error) {
 	if err != nil {
 		return files, err
 	}
-	dirs = append(dirs, filepath.Dir(root))
-	for _, d := range slices.Backward(dirs) {
+	slices.Reverse(dirs)
+	for p := filepath.Dir(root); ; p = filepath.Dir(p) {
+		dirs = append(dirs, p)
+		if top == "" || p == top || p == filepath.Dir(p) {
+			break
+		}
+	}
+	for _, d := range dirs {
 		if err := fsyncPath(d, true); err != nil {
 			return files, err
 		}

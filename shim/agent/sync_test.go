@@ -55,7 +55,7 @@ func TestSyncDump(t *testing.T) {
 		}
 		return nil
 	})
-	n, err := syncTree(ctx, img)
+	n, err := syncTree(ctx, img, "")
 	if err != nil || n != regular || n < res.Files {
 		t.Errorf("syncTree of the images: %d files, %v; %d regular files there, the dump reported %d", n, err, regular, res.Files)
 	}
@@ -117,9 +117,15 @@ func TestSyncTree(t *testing.T) {
 	if err := os.Symlink("/dev/zero", filepath.Join(root, "c/zero")); err != nil {
 		t.Fatal(err)
 	}
-	n, err := syncTree(context.Background(), root)
+	n, err := syncTree(context.Background(), root, "")
 	if err != nil || n != 4 {
 		t.Fatalf("syncTree = %d, %v; want 4 files", n, err)
+	}
+	// Up to an ancestor, and up to "/" for one that is none: both end.
+	for _, top := range []string{filepath.Dir(filepath.Dir(root)), "/nonexistent"} {
+		if n, err := syncTree(context.Background(), root, top); err != nil || n != 4 {
+			t.Fatalf("syncTree up to %s = %d, %v; want 4 files", top, n, err)
+		}
 	}
 	if err := fsyncPath(filepath.Join(root, "a/fifo"), false); err == nil {
 		t.Error("fsyncPath of a FIFO as a file: nil, want an error")
@@ -129,7 +135,7 @@ func TestSyncTree(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := syncTree(ctx, root); !errors.Is(err, context.Canceled) {
+	if _, err := syncTree(ctx, root, ""); !errors.Is(err, context.Canceled) {
 		t.Errorf("syncTree with its context done: %v, want canceled", err)
 	}
 }

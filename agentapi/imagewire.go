@@ -16,10 +16,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/internal/pki"
 )
 
 // Images move between shims over the shim's own mutual-TLS port, but not
@@ -37,8 +39,9 @@ import (
 //	  'S' u16 length, the node manifest's SHA-256 (the end: success)
 //	  'E' u32 gRPC code, u16 length, message    (the end: failure)
 //
-// Who may ask is who may call the Shim service: any peer whose certificate
-// the cluster's CA signed (the TLS configuration requires one).
+// Only shims ask: the peer's certificate must be the CA's shim certificate
+// (pki.ShimName); the Shim service takes only the coordinator's
+// (pki.CoordinatorName).
 
 // ImagesALPN is the ALPN protocol of the image protocol.
 const ImagesALPN = "torpor-images/1"
@@ -76,12 +79,44 @@ type ShimServer struct {
 // NewShimServer returns a server of srv whose clients must pass tlsConf (a
 // server configuration that requires client certificates).
 func NewShimServer(tlsConf *tls.Config, srv Server) *ShimServer {
-	c := tlsConf.Clone()
+	// Each protocol checks which of the two it takes (coordinatorOnly,
+	// serveImages); no other certificate of the CA gets past the handshake.
+	c := pki.RequirePeer(tlsConf, pki.CoordinatorName, pki.ShimName)
 	c.NextProtos = []string{ImagesALPN, "h2"}
 	s := &ShimServer{tls: c, srv: srv, conns: map[net.Conn]struct{}{}, accept: make(chan net.Conn), done: make(chan struct{})}
-	s.grpc = grpc.NewServer(grpc.Creds(handshaken{}))
+	s.grpc = grpc.NewServer(grpc.Creds(handshaken{}),
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if err := coordinatorOnly(ctx); err != nil {
+				return nil, err
+			}
+			return h(ctx, req)
+		}),
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if err := coordinatorOnly(ss.Context()); err != nil {
+				return err
+			}
+			return h(srv, ss)
+		}))
 	apiv1.RegisterShimServer(s.grpc, srv)
 	return s
+}
+
+// coordinatorOnly refuses a call of the Shim service from any certificate
+// but the coordinator's (pki.CoordinatorName): a shim's certificate, which
+// every shim host holds, does not let its holder drive another host's shim.
+func coordinatorOnly(ctx context.Context) error {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return status.Error(codes.PermissionDenied, "the Shim service takes calls from the coordinator only: no peer")
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return status.Error(codes.PermissionDenied, "the Shim service takes calls from the coordinator only: not over mutual TLS")
+	}
+	if err := pki.CheckPeer(ti.State, pki.CoordinatorName); err != nil {
+		return status.Errorf(codes.PermissionDenied, "the Shim service takes calls from the coordinator only: %v", err)
+	}
+	return nil
 }
 
 // Serve accepts connections on lis until Stop, or until lis fails.
@@ -164,7 +199,12 @@ func (s *ShimServer) handshake(conn net.Conn) {
 		bc.mu.Lock()
 		bc.w = bufio.NewWriterSize(conn, wireBuffer)
 		bc.mu.Unlock()
-		s.serveImages(tc, bc)
+		// Images go to shims only: the coordinator never asks for them.
+		var refuse error
+		if err := pki.CheckPeer(tc.ConnectionState(), pki.ShimName); err != nil {
+			refuse = fmt.Errorf("%w: the image protocol serves shims only: %v", ErrPermission, err)
+		}
+		s.serveImages(tc, bc, refuse)
 		return
 	}
 	s.untrack(conn) // gRPC closes it from here on
@@ -175,10 +215,10 @@ func (s *ShimServer) handshake(conn net.Conn) {
 	}
 }
 
-// serveImages answers one image request on conn.
+// serveImages answers one image request on conn, with refuse if it is set.
 // TLS writes each record (at most 16 KiB) to conn by itself: flush sends
 // what the frames written since the last flush made of them at once.
-func (s *ShimServer) serveImages(conn *tls.Conn, flush interface{ Flush() error }) {
+func (s *ShimServer) serveImages(conn *tls.Conn, flush interface{ Flush() error }, refuse error) {
 	var n uint32
 	if err := binary.Read(conn, binary.BigEndian, &n); err != nil || n > maxRequest {
 		return
@@ -187,9 +227,15 @@ func (s *ShimServer) serveImages(conn *tls.Conn, flush interface{ Flush() error 
 	if _, err := io.ReadFull(conn, b); err != nil {
 		return
 	}
+	if refuse != nil {
+		writeFailure(conn, refuse)
+		_ = flush.Flush()
+		return
+	}
 	req := &apiv1.ImagesRequest{}
 	if err := proto.Unmarshal(b, req); err != nil {
 		writeFailure(conn, fmt.Errorf("%w: an image request that is no ImagesRequest: %v", ErrInvalid, err))
+		_ = flush.Flush()
 		return
 	}
 	// The client sends nothing more: a read that returns means it is gone.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,27 +51,43 @@ func (w *wireImages) SendStored(ctx context.Context, handle, node string, send f
 	return w.sum, nil
 }
 
-// wireTLS returns a server and a client configuration signed by one CA, and
-// a client configuration signed by another.
+// wireTLS returns a shim's server and client configuration signed by one
+// CA, and a client configuration of another CA's shim certificate.
 func wireTLS(t *testing.T) (server, client, stranger *tls.Config) {
 	t.Helper()
-	mk := func(dir string) (*tls.Config, *tls.Config) {
-		ca, err := pki.EnsureCA(dir)
-		if err != nil {
+	c := wireCerts(t, t.TempDir())
+	return c.server, c.shim, wireCerts(t, filepath.Join(t.TempDir(), "other")).shim
+}
+
+// wireConfigs are a CA's certificates as the shim's port meets them.
+type wireConfigs struct {
+	server      *tls.Config // the shim's server
+	shim        *tls.Config // another shim, as a client
+	coordinator *tls.Config // the coordinator, as a client
+	intruder    *tls.Config // a certificate of the CA under any other name
+}
+
+func wireCerts(t *testing.T, dir string) wireConfigs {
+	t.Helper()
+	ca, err := pki.EnsureCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := func(name string) (*tls.Config, *tls.Config) {
+		if err := ca.Issue(dir, name, pki.RoleBoth, []string{"127.0.0.1"}); err != nil {
 			t.Fatal(err)
 		}
-		if err := ca.Issue(dir, "shim", pki.RoleBoth, []string{"127.0.0.1"}); err != nil {
-			t.Fatal(err)
-		}
-		s, c, err := pki.Configs(dir, "shim", "127.0.0.1")
+		s, c, err := pki.Configs(dir, name, "127.0.0.1")
 		if err != nil {
 			t.Fatal(err)
 		}
 		return s, c
 	}
-	server, client = mk(t.TempDir())
-	_, stranger = mk(filepath.Join(t.TempDir(), "other"))
-	return server, client, stranger
+	var w wireConfigs
+	w.server, w.shim = client(pki.ShimName)
+	_, w.coordinator = client(pki.CoordinatorName)
+	_, w.intruder = client("intruder")
+	return w
 }
 
 func serveWire(t *testing.T, stls *tls.Config, srv Server) string {
@@ -95,7 +112,9 @@ func serveWire(t *testing.T, stls *tls.Config, srv Server) string {
 // error crosses as itself; gRPC works on the same port; a peer the CA did
 // not sign gets nothing; a client that goes away ends the server's send.
 func TestImageProtocol(t *testing.T) {
-	stls, ctls, stranger := wireTLS(t)
+	w := wireCerts(t, t.TempDir())
+	stls, ctls, coordinatorTLS := w.server, w.shim, w.coordinator
+	stranger := wireCerts(t, filepath.Join(t.TempDir(), "other")).shim
 	big := bytes.Repeat([]byte("0123456789abcdef"), maxChunkData/16)
 	is := &wireImages{
 		chunks: []ImageChunk{{Name: "pages-1.img", Data: big}, {Name: "pages-1.img", Offset: int64(len(big)), Data: []byte("tail")},
@@ -151,8 +170,9 @@ func TestImageProtocol(t *testing.T) {
 	}
 	<-is.asked
 
-	// gRPC on the same port: the Shim service answers (no Holder here).
-	tc := ctls.Clone()
+	// gRPC on the same port: the Shim service answers the coordinator (no
+	// Holder here).
+	tc := coordinatorTLS.Clone()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		t.Fatal(err)
@@ -237,4 +257,59 @@ func rawServer(t *testing.T, stls *tls.Config, frame []byte) string {
 		_, _ = conn.Write(frame)
 	}()
 	return lis.Addr().String()
+}
+
+// TestShimPortRoles: the Shim service answers only the coordinator's
+// certificate, the image protocol only shims', and a certificate of the same
+// CA under another name gets neither, so root on one shim host (who holds
+// the shim certificate) cannot drive another host's shim.
+func TestShimPortRoles(t *testing.T) {
+	w := wireCerts(t, t.TempDir())
+	is := &wireImages{chunks: []ImageChunk{{Name: "core-1.img", Data: []byte("core")}}, sum: "sum", asked: make(chan *apiv1.ImagesRequest, 8), gone: make(chan error, 8)}
+	addr := serveWire(t, w.server, Server{ImageServer: is})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req := &apiv1.ImagesRequest{Ref: &apiv1.NodeRef{Job: "j", Node: "n0"}, Checkpoint: "j/000001"}
+
+	held := func(c *tls.Config) error {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(c)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_, err = apiv1.NewShimClient(conn).Held(ctx, &apiv1.HeldRequest{Job: "j"})
+		return FromRPC(err)
+	}
+	if err := held(w.coordinator); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Held from the coordinator: %v, want the service's own ErrInvalid (no Holder)", err)
+	}
+	err := held(w.shim)
+	if !errors.Is(err, ErrPermission) || !strings.Contains(err.Error(), `"shim" certificate`) {
+		t.Errorf("Held from a shim's certificate: %v, want ErrPermission naming it", err)
+	}
+	if err := held(w.intruder); err == nil || errors.Is(err, ErrInvalid) {
+		t.Errorf("Held from another name's certificate: %v, want a refused handshake", err)
+	}
+
+	if _, err := ReceiveImages(ctx, addr, w.shim, req, func(ImageChunk) error { return nil }); err != nil {
+		t.Errorf("images to a shim: %v", err)
+	}
+	<-is.asked
+	for name, c := range map[string]*tls.Config{"the coordinator": w.coordinator, "another name": w.intruder} {
+		_, err := ReceiveImages(ctx, addr, c, req, func(ImageChunk) error {
+			t.Errorf("%s got a chunk", name)
+			return nil
+		})
+		if err == nil {
+			t.Errorf("images to %s: answered", name)
+		}
+		if name == "the coordinator" && !errors.Is(err, ErrPermission) {
+			t.Errorf("images to %s: %v, want ErrPermission", name, err)
+		}
+	}
+	select {
+	case <-is.asked:
+		t.Error("the image server was asked for a refused client")
+	default:
+	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/internal/atomicfile"
 	"github.com/torpor-hpc/torpor/internal/lockfile"
+	"github.com/torpor-hpc/torpor/internal/pki"
 	"github.com/torpor-hpc/torpor/metrics"
 )
 
@@ -168,7 +169,13 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	if err := c.Recover(ctx); err != nil {
 		return nil, err
 	}
-	d.shims = &shimConns{opts: []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg.ClientTLS))}}
+	// The coordinator takes calls from, and dials, shims' certificates only
+	// (pki.RequirePeer): its own stays on this host.
+	clientTLS := cfg.ClientTLS
+	if clientTLS != nil {
+		clientTLS = pki.RequirePeer(clientTLS, pki.ShimName)
+	}
+	d.shims = &shimConns{opts: []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(clientTLS))}}
 	srv := &Server{C: c, DialShim: d.shims.dial, Stopping: dctx.Done(), Allocations: cfg.Allocations}
 	if cfg.MetricsListen != "" {
 		m := c.EnableMetrics(srv.ShimCounts)
@@ -188,7 +195,7 @@ func StartDaemon(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 			return nil, fmt.Errorf("listen for shims on %s: %w", cfg.Listen, err)
 		}
 		d.Addr = lis.Addr()
-		gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg.ServerTLS)))
+		gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(pki.RequirePeer(cfg.ServerTLS, pki.ShimName))))
 		apiv1.RegisterCoordinatorServer(gs, srv)
 		d.serve(gs, lis)
 	}

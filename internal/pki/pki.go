@@ -10,7 +10,9 @@
 // ClientConfig take explicit paths. Both sides require TLS 1.3 and verify the peer
 // against the CA: the server demands a client certificate (extended key usage
 // ClientAuth), the client checks the server's certificate (ServerAuth) and its name
-// or IP (SANs).
+// or IP (SANs). On top of that the daemons check which of the cluster's two
+// certificates a peer presents (its Common Name, CoordinatorName or ShimName;
+// RequirePeer).
 package pki
 
 import (

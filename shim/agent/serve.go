@@ -13,6 +13,7 @@ import (
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/internal/pki"
 	"github.com/torpor-hpc/torpor/metrics"
 	"github.com/torpor-hpc/torpor/netquiesce"
 )
@@ -68,7 +69,9 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	var cl apiv1.CoordinatorClient
 	var coordConn *grpc.ClientConn
 	if cfg.Join != "" {
-		conn, err := grpc.NewClient(cfg.Join, grpc.WithTransportCredentials(credentials.NewTLS(cfg.ClientTLS)))
+		// Only the coordinator's certificate answers here: another shim's
+		// (which every shim host holds) cannot pose as the coordinator.
+		conn, err := grpc.NewClient(cfg.Join, grpc.WithTransportCredentials(credentials.NewTLS(pki.RequirePeer(cfg.ClientTLS, pki.CoordinatorName))))
 		if err != nil {
 			return fmt.Errorf("dial coordinator %s: %w", cfg.Join, err)
 		}
@@ -88,7 +91,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 			return rep.Data, nil
 		}
 	}
-	cfg.Agent.PeerTLS = cfg.ClientTLS
+	cfg.Agent.PeerTLS = pki.RequirePeer(cfg.ClientTLS, pki.ShimName)
 	a, err := New(cfg.Agent)
 	if err != nil {
 		return err

@@ -1,0 +1,72 @@
+package pki
+
+import (
+	"crypto/tls"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// The names of the cluster's two certificates, as `torpor coordinator
+// --init-pki` issues them; a site's own CA issues them with these Common
+// Names too. The coordinator's certificate stays on the coordinator's host;
+// every shim host holds the shims' one. Each daemon checks which of the two
+// a peer presents, so that root on one compute node (who can read the shim
+// certificate there) cannot act as the coordinator towards another host's
+// shim, nor pose as a shim's server towards the coordinator:
+//
+//	the Shim service (Dump, Restore, Destroy, ...)  CoordinatorName only
+//	the image protocol between shims                 ShimName only
+//	the coordinator's TLS service (Register, relays) ShimName only
+//	a shim dialling the coordinator                  expects CoordinatorName
+//	the coordinator or a shim dialling a shim        expects ShimName
+const (
+	CoordinatorName = "coordinator"
+	ShimName        = "shim"
+)
+
+// PeerName is the Common Name of the peer's verified certificate, or "" when
+// the peer presented none that verified.
+func PeerName(cs tls.ConnectionState) string {
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return ""
+	}
+	return cs.VerifiedChains[0][0].Subject.CommonName
+}
+
+// RequirePeer returns a copy of cfg whose handshakes fail unless the peer's
+// verified certificate is one of names (CoordinatorName, ShimName), on top
+// of every check cfg makes.
+func RequirePeer(cfg *tls.Config, names ...string) *tls.Config {
+	c := cfg.Clone()
+	prev := c.VerifyConnection
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if prev != nil {
+			if err := prev(cs); err != nil {
+				return err
+			}
+		}
+		return CheckPeer(cs, names...)
+	}
+	return c
+}
+
+// CheckPeer says why the peer of cs is none of names, or nil if it is one.
+func CheckPeer(cs tls.ConnectionState, names ...string) error {
+	got := PeerName(cs)
+	if slices.Contains(names, got) {
+		return nil
+	}
+	if got == "" {
+		return fmt.Errorf("the peer presented no verified certificate; only %s's is accepted here", quoteAll(names))
+	}
+	return fmt.Errorf("the peer presented the %q certificate; only %s's is accepted here", got, quoteAll(names))
+}
+
+func quoteAll(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = fmt.Sprintf("%q", n)
+	}
+	return strings.Join(q, " or ")
+}

@@ -70,6 +70,12 @@ func TestHostLoss(t *testing.T) {
 	if st := c.lsStored(j.id); st.Handle != h || !st.Replicated || st.Copies != 2 || st.Verified != "ok" {
 		t.Fatalf("ls after replication: %+v", st)
 	}
+	// Each replica was synced to its host's disk before it counted.
+	for _, hn := range []struct{ host, node string }{{"h2", "n0"}, {"h3", "n1"}, {"h4", "n2"}} {
+		if !c.logged("shim-"+hn.host, `msg="checkpoint images synced"`, "node="+hn.node+" ckpt="+h+" ") {
+			t.Fatalf("%s's shim never synced its replica of %s:\n%s", hn.host, hn.node, c.logs["shim-"+hn.host])
+		}
+	}
 	t.Logf("checkpoint %s: host-local, every job-node's images on 2 hosts", h)
 
 	// h2 is lost: its shim and its job-node are killed, and what a

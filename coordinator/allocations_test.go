@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
+	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 )
 
@@ -60,6 +61,13 @@ func TestRelayedCalls(t *testing.T) {
 	bad := metadata.NewIncomingContext(bare, metadata.Pairs(RelayUIDKey, "-1"))
 	if _, err := s.Jobs(bad, &apiv1.Empty{}); err == nil {
 		t.Fatal("negative relayed uid accepted")
+	}
+	// Root relayed from a compute node is not root here.
+	if _, err := s.Cancel(relayed(0, ""), &apiv1.JobRef{Job: "job1"}); !errors.Is(agentapi.FromRPC(err), agentapi.ErrPermission) || !strings.Contains(err.Error(), "coordinator's own socket") {
+		t.Fatalf("root's cancel relayed by a shim: %v, want ErrPermission", err)
+	}
+	if j, err := f.c.Job("job1"); err != nil || j.State != StateRunning {
+		t.Fatalf("after a relayed root's cancel the job is %v (%v)", j.State, err)
 	}
 }
 

@@ -75,7 +75,9 @@ func (PeerCredentials) OverrideServerName(string) error           { return nil }
 // the shim read the caller's uid from SO_PEERCRED on its own unix socket and
 // forwards the call over its mutual-TLS connection with these keys. They are
 // believed only on such a connection: a shim holds a certificate of the
-// cluster's CA and runs as root on its host, which torpor trusts anyway.
+// cluster's CA and runs as root on its host, which torpor trusts with that
+// host's users. A relayed uid 0 is refused: root on a compute node does not
+// become root on the other hosts through torpor.
 const (
 	// RelayUIDKey carries the caller's uid.
 	RelayUIDKey = "torpor-relay-uid"
@@ -104,6 +106,11 @@ func callerUID(ctx context.Context) (int, error) {
 		uid, err := strconv.Atoi(v[0])
 		if err != nil || uid < 0 {
 			return 0, fmt.Errorf("%w: relayed uid %q", agentapi.ErrInvalid, v[0])
+		}
+		if uid == 0 {
+			// Root of one compute node is root there, not on the others:
+			// a relayed root would run jobs as root on every host.
+			return 0, fmt.Errorf("%w: root's commands are taken only on the coordinator's own socket, not relayed from a compute node's shim; run the command as root on the coordinator's host", agentapi.ErrPermission)
 		}
 		return uid, nil
 	}

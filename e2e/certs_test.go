@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -17,14 +20,18 @@ import (
 	"github.com/torpor-hpc/torpor/internal/pki"
 )
 
-// TestShimCertificateCannotDriveShims: root on a compute node holds the
-// shim certificate (ca.pem, shim.pem, shim-key.pem, as README's "Several
-// real hosts" copies them). With it, it cannot call another host's shim's
-// Shim service (Destroy, Dump, Status): the shim refuses any certificate
-// but the coordinator's, and the job runs on untouched; the coordinator,
+// TestNodeRootCannotReachOtherHosts: root on a compute node holds the shim
+// certificate (ca.pem, shim.pem, shim-key.pem, as README's "Several real
+// hosts" copies them) and can talk to its shim's user socket. With the
+// certificate it cannot call another host's shim's Shim service (Destroy,
+// Dump, Status): the shim refuses any certificate but the coordinator's.
+// Through the user socket its commands are refused: a relayed root is not
+// root on the coordinator. The job runs on untouched, and the coordinator,
 // with its own certificate, still checkpoints it.
-func TestShimCertificateCannotDriveShims(t *testing.T) {
+func TestNodeRootCannotReachOtherHosts(t *testing.T) {
 	c := newCluster(t, 2)
+	userSock := filepath.Join(c.dir, "h2-user.sock")
+	c.startShim(2, "--user-socket", userSock)
 	job := c.streamJob("ring", []string{"h1", "h2"})
 	c.progress(2, "started")
 
@@ -62,6 +69,17 @@ func TestShimCertificateCannotDriveShims(t *testing.T) {
 		}
 	}
 	c.progress(2, "after the shim certificate's calls")
+
+	// Root's commands through h2's user socket.
+	for _, args := range [][]string{{"ps"}, {"cancel", job}} {
+		cmd := exec.Command(c.torpor, args...)
+		cmd.Env = append(os.Environ(), "TORPOR_SOCKET="+userSock)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "root's commands are taken only on the coordinator's own socket") {
+			t.Errorf("root's torpor %s through h2's user socket: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	c.progress(2, "after root's relayed commands")
 	if s := c.jobState(job); s != "running" {
 		t.Fatalf("after the refused calls the job is %s", s)
 	}

@@ -318,9 +318,11 @@ func (c *Coordinator) replicate(ctx context.Context, handle string) {
 			log.Debug("replica copied", "node", n.Name, "to", h, "bytes", k)
 			// A replica is for when a host is lost: it counts once it is on
 			// its own host's disk, not only in that host's page cache.
-			if a, err := c.agent(h); err != nil {
-				errs = append(errs, fmt.Errorf("%s to %s: copied, not known to be on disk: %w", n.Name, h, err))
-			} else if err := a.Sync(ctx, agentapi.NodeRef{Job: man.Spec.ID, Node: n.Name}, handle); err != nil {
+			a, err := c.agent(h)
+			if err == nil {
+				err = a.Sync(ctx, agentapi.NodeRef{Job: man.Spec.ID, Node: n.Name}, handle)
+			}
+			if err != nil {
 				errs = append(errs, fmt.Errorf("%s to %s: copied, not known to be on disk: %w", n.Name, h, err))
 			}
 			c.keepManifest(ctx, handle, []string{h}, log)

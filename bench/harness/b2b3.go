@@ -14,19 +14,19 @@ type CkptPoint struct {
 	Nodes int `json:"nodes"`
 
 	// B2
-	Torpor     []CkptSample    `json:"torpor"`
+	Torpor []CkptSample `json:"torpor"`
 	// TorporWarmup: the untimed checkpoints before Torpor (ckptWarmups),
 	// kept to show what the first checkpoints of a job cost here.
-	TorporWarmup []CkptSample `json:"torpor_warmup"`
-	TorporWall Stat            `json:"torpor_wall"`
-	Phases     map[string]Stat `json:"torpor_phases"`
-	CRIUSum    Stat            `json:"torpor_criu_sum"`
-	Bytes      int64           `json:"bytes"` // images of one checkpoint, all job-nodes (median sample)
-	RawSeq     []RawDump       `json:"raw_seq"`
-	RawSeqWall Stat            `json:"raw_seq_wall"`
-	RawPar     []RawDump       `json:"raw_par"`
-	RawParWall Stat            `json:"raw_par_wall"`
-	RawBytes   int64           `json:"raw_bytes"`
+	TorporWarmup []CkptSample    `json:"torpor_warmup"`
+	TorporWall   Stat            `json:"torpor_wall"`
+	Phases       map[string]Stat `json:"torpor_phases"`
+	CRIUSum      Stat            `json:"torpor_criu_sum"`
+	Bytes        int64           `json:"bytes"` // images of one checkpoint, all job-nodes (median sample)
+	RawSeq       []RawDump       `json:"raw_seq"`
+	RawSeqWall   Stat            `json:"raw_seq_wall"`
+	RawPar       []RawDump       `json:"raw_par"`
+	RawParWall   Stat            `json:"raw_par_wall"`
+	RawBytes     int64           `json:"raw_bytes"`
 	// RawWarmup: the untimed raw dump before RawSeq, RawPar and RawHashed.
 	RawWarmup []RawDump `json:"raw_warmup"`
 	// RawHashed: raw seq with the memory images hashed as a shim hashes

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/torpor-hpc/torpor/agentapi"
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
+	"github.com/torpor-hpc/torpor/internal/pki"
 )
 
 // CheckpointInfo describes one committed checkpoint for listings.
@@ -120,6 +122,12 @@ func (s *Server) Register(ctx context.Context, req *apiv1.RegisterRequest) (*api
 	}
 	if req.Host == "" || req.Address == "" {
 		return nil, agentapi.ToRPC(fmt.Errorf("%w: register needs a host name and an address", agentapi.ErrInvalid))
+	}
+	if hosts := callerHosts(ctx); len(hosts) > 0 && !slices.Contains(hosts, req.Host) {
+		// A certificate issued for one host (IssueHostShim) registers
+		// only that host: root on a compute node cannot take another's.
+		return nil, agentapi.ToRPC(fmt.Errorf("%w: this shim's certificate is for host %s, it cannot register as %s (start the shim with --host %s, or give it the certificate of %s: torpor coordinator --init-pki --pki-shim-hosts %s)",
+			agentapi.ErrPermission, strings.Join(hosts, ", "), req.Host, hosts[0], req.Host, req.Host))
 	}
 	if s.DialShim == nil {
 		return nil, agentapi.ToRPC(errors.New("this coordinator cannot dial shims"))
@@ -426,6 +434,21 @@ func (s *Server) untilStopping(ctx context.Context) (context.Context, context.Ca
 
 // shimCaller accepts calls from shims: over mutual TLS, or from root on the
 // unix socket.
+// callerHosts are the hosts the caller's TLS certificate is for
+// (pki.PeerHosts): none for the cluster's shared shim certificate, or a
+// caller on the unix socket.
+func callerHosts(ctx context.Context) []string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return nil
+	}
+	return pki.PeerHosts(ti.State)
+}
+
 func shimCaller(ctx context.Context) error {
 	p, ok := peer.FromContext(ctx)
 	if !ok {

@@ -89,3 +89,75 @@ func TestNodeRootCannotReachOtherHosts(t *testing.T) {
 	}
 	c.progress(2, "checkpoint "+h)
 }
+
+// TestShimCertificateForOneHost: `torpor coordinator --init-pki
+// --pki-shim-hosts` gives each host a shim certificate of its own. h1's
+// shim runs with its own; a job on h1 and h2 runs and checkpoints. Root on
+// h1, who holds that certificate, cannot register as h2 with it: the
+// coordinator refuses (PermissionDenied, naming both hosts) before it dials
+// anything, and h2 stays registered where it was (the job streams on, the
+// coordinator checkpoints it again). A shim started with another host's
+// certificate stops at once, saying whose it is.
+func TestShimCertificateForOneHost(t *testing.T) {
+	c := newCluster(t, 2)
+	pkiHosts := c.pkiHosts
+	if pkiHosts == nil {
+		pkiHosts = []string{"127.0.0.1", "localhost"} // --pki-hosts' default, as newCluster issued them
+	}
+	out, err := exec.Command(c.torpor, "coordinator", "--init-pki", "--pki", c.pki,
+		"--pki-hosts", strings.Join(pkiHosts, ","), "--pki-shim-hosts", "h1,h2").CombinedOutput()
+	if err != nil {
+		t.Fatalf("init pki with host certificates: %v\n%s", err, out)
+	}
+	h1PKI := filepath.Join(c.pki, "hosts", "h1")
+	c.startShim(1, "--pki", h1PKI) // waits until it registered
+	job := c.streamJob("ring", []string{"h1", "h2"})
+	c.progress(2, "started with h1's own certificate")
+	if h := lastLines(c.mustCLI("checkpoint", job), 1); !strings.HasPrefix(h, job+"/") {
+		t.Fatalf("checkpoint printed %q, want a handle", h)
+	}
+
+	// Root on h1 registers as h2 with h1's certificate.
+	coordHost, _, err := net.SplitHostPort(c.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, h1TLS, err := pki.Configs(h1PKI, pki.ShimName, coordHost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(c.addr, grpc.WithTransportCredentials(credentials.NewTLS(h1TLS)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = apiv1.NewCoordinatorClient(conn).Register(ctx, &apiv1.RegisterRequest{Host: "h2", Address: "127.0.0.1:1"})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "certificate is for host h1, it cannot register as h2") {
+		t.Fatalf("h1's certificate registering as h2: %v, want PermissionDenied naming both", err)
+	}
+	c.progress(2, "after the refused registration")
+	if h := lastLines(c.mustCLI("checkpoint", job), 1); !strings.HasPrefix(h, job+"/") {
+		t.Fatalf("checkpoint after the refused registration printed %q, want a handle", h)
+	}
+
+	// A shim given another host's certificate.
+	cmd := exec.Command(c.torpor, "shim", "--host", "h2", "--join", c.addr, "--pki", h1PKI,
+		"--netns", c.sim.Host(2).NetNS, "--bridge", c.sim.Host(2).Bridge, "--run-dir", c.runDir, "--cgroup-parent", c.cgParent)
+	done := make(chan struct{})
+	go func() {
+		out, err = cmd.CombinedOutput()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("a shim with h1's certificate as h2 kept running:\n%s", out)
+	}
+	if err == nil || !strings.Contains(string(out), "is for host h1, not h2") {
+		t.Fatalf("a shim with h1's certificate as h2: %v\n%s", err, out)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +42,7 @@ func runCoordinator(ctx context.Context, args []string) error {
 	pkiDir := fs.String("pki", "", "certificate directory (default <state-dir>/pki)")
 	initPKI := fs.Bool("init-pki", false, "create a CA and coordinator/shim certificates in the PKI directory, then exit")
 	pkiHosts := fs.String("pki-hosts", "127.0.0.1,localhost", "comma-separated addresses and names the certificates are valid for (with --init-pki)")
+	pkiShimHosts := fs.String("pki-shim-hosts", "", "with --init-pki: comma-separated cluster host names (a shim's --host) that each get a shim certificate of their own in <pki>/hosts/HOST/, with which their shim can register only as that host; copy that directory to the host as its shim's --pki")
 	keep := fs.Int("keep", 0, "keep only the newest K checkpoints per job (0: all); older ones go once the newest one's images are on disk (fsync)")
 	postCopy := fs.String("postcopy-threshold", "", "private memory of a job-node from which `torpor migrate` (--postcopy=auto) uses post-copy, e.g. 128M; off: never; default from config (postcopy_threshold), else 128M")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
@@ -71,7 +73,7 @@ func runCoordinator(ctx context.Context, args []string) error {
 		*pkiDir = filepath.Join(*stateDir, "pki")
 	}
 	if *initPKI {
-		return initCertificates(*pkiDir, strings.Split(*pkiHosts, ","))
+		return initCertificates(*pkiDir, strings.Split(*pkiHosts, ","), splitList(*pkiShimHosts))
 	}
 	log := newLogger(*logLevel)
 	if *metricsListen == "" {
@@ -156,7 +158,12 @@ func runCoordinator(ctx context.Context, args []string) error {
 	return nil
 }
 
-func initCertificates(dir string, hosts []string) error {
+func initCertificates(dir string, hosts, shimHosts []string) error {
+	for _, h := range shimHosts {
+		if err := pki.CheckHostName(h); err != nil {
+			return fmt.Errorf("--pki-shim-hosts: %w", err)
+		}
+	}
 	ca, err := pki.EnsureCA(dir)
 	if err != nil {
 		return err
@@ -168,6 +175,15 @@ func initCertificates(dir string, hosts []string) error {
 		return err
 	}
 	fmt.Printf("certificates for %s in %s (copy ca.pem, shim.pem and shim-key.pem to every shim host)\n", strings.Join(hosts, ", "), dir)
+	for _, h := range shimHosts {
+		hdir := filepath.Join(dir, "hosts", h)
+		if err := ca.IssueHostShim(hdir, h, hosts); err != nil {
+			return err
+		}
+	}
+	if len(shimHosts) > 0 {
+		fmt.Printf("shim certificates of their own for %s in %s/hosts/HOST (copy that directory to HOST as its shim's --pki, instead of the shared shim.pem and shim-key.pem)\n", strings.Join(shimHosts, ", "), dir)
+	}
 	return nil
 }
 
@@ -243,6 +259,10 @@ func runShim(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if hosts := pki.OwnHosts(serverTLS); len(hosts) > 0 && !slices.Contains(hosts, *host) {
+		return fmt.Errorf("the shim certificate in %s is for host %s, not %s: start this shim with --host %s, or give it %s's own (torpor coordinator --init-pki --pki-shim-hosts %s, then copy <pki>/hosts/%s here)",
+			*pkiDir, strings.Join(hosts, ", "), *host, hosts[0], *host, *host, *host)
+	}
 	return agent.Serve(ctx, agent.ServeConfig{
 		Agent: agent.Config{Host: *host, HostNetNS: *netns, Bridge: *bridge, CgroupParent: *cgroupParent,
 			RunDir: *runDir, CRIU: bin, Log: newLogger(*logLevel), Faults: fset, ImageDir: firstOf(*imageDir, cfg.ImageDir)},
@@ -250,6 +270,17 @@ func runShim(ctx context.Context, args []string) error {
 		MetricsListen: firstOf(*metricsListen, cfg.ShimMetricsListen), UserSocket: firstOf(*userSocket, cfg.UserSocket),
 		VXLANPeers: vxlanPeers, VXLANID: *vxlanID,
 	})
+}
+
+// splitList splits a comma-separated flag, dropping empty entries.
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // parseIPs parses IPv4 addresses ("" entries skipped).

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -186,8 +187,39 @@ func loadCA(dir string, now func() time.Time) (*CA, error) {
 // when a valid certificate with the same role and SANs, signed by this CA and not
 // about to expire, is already there. Server certificates need at least one host.
 func (ca *CA) Issue(dir, name string, role Role, hosts []string) error {
+	return ca.issue(dir, name, role, hosts, "")
+}
+
+// IssueHostShim writes <dir>/shim.pem and <dir>/shim-key.pem: a shim
+// certificate (Common Name ShimName, server and client) that also names
+// host, the one cluster host it is for (a URI SAN, see HostURI), with hosts
+// as its other SANs. The coordinator lets a shim that presents it register
+// only as host (docs/security.md). It also writes <dir>/ca.pem, this CA's
+// certificate: dir is then what that host's shim needs as its --pki.
+func (ca *CA) IssueHostShim(dir, host string, hosts []string) error {
+	if err := CheckHostName(host); err != nil {
+		return fmt.Errorf("issue shim certificate: %w", err)
+	}
+	if err := ca.issue(dir, ShimName, RoleBoth, hosts, host); err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, CAFile), encodeCert(ca.Cert.Raw), 0o644); err != nil {
+		return fmt.Errorf("write CA certificate into %s: %w", dir, err)
+	}
+	return nil
+}
+
+func (ca *CA) issue(dir, name string, role Role, hosts []string, boundHost string) error {
 	if name == "" || strings.ContainsAny(name, `/\`) || name[0] == '.' || name == "ca" {
 		return fmt.Errorf("issue certificate: invalid name %q", name)
+	}
+	var uris []*url.URL
+	if boundHost != "" {
+		u, err := url.Parse(HostURI(boundHost))
+		if err != nil {
+			return fmt.Errorf("issue certificate %s: %w", name, err)
+		}
+		uris = append(uris, u)
 	}
 	eku, err := role.extKeyUsage()
 	if err != nil {
@@ -204,7 +236,7 @@ func (ca *CA) Issue(dir, name string, role Role, hosts []string) error {
 		return fmt.Errorf("create certificate directory %s: %w", dir, err)
 	}
 	certPath, keyPath := CertPaths(dir, name)
-	if ca.current(certPath, keyPath, eku, ips, dns) {
+	if ca.current(certPath, keyPath, eku, ips, dns, uris) {
 		return nil
 	}
 
@@ -230,6 +262,7 @@ func (ca *CA) Issue(dir, name string, role Role, hosts []string) error {
 		ExtKeyUsage:  eku,
 		IPAddresses:  ips,
 		DNSNames:     dns,
+		URIs:         uris,
 	}
 	der, err := x509.CreateCertificate(nil, tmpl, ca.Cert, &key.PublicKey, ca.key)
 	if err != nil {
@@ -251,7 +284,7 @@ func (ca *CA) Issue(dir, name string, role Role, hosts []string) error {
 // current reports whether the certificate at certPath is usable as is: its key is
 // there (0600) and matches, it chains to this CA, has the same usages and SANs, and
 // is not about to expire.
-func (ca *CA) current(certPath, keyPath string, eku []x509.ExtKeyUsage, ips []net.IP, dns []string) bool {
+func (ca *CA) current(certPath, keyPath string, eku []x509.ExtKeyUsage, ips []net.IP, dns []string, uris []*url.URL) bool {
 	certPEM, err := os.ReadFile(certPath)
 	if err != nil {
 		return false
@@ -280,7 +313,17 @@ func (ca *CA) current(certPath, keyPath string, eku []x509.ExtKeyUsage, ips []ne
 	if !slices.Equal(sortedEKU(cert.ExtKeyUsage), sortedEKU(eku)) {
 		return false
 	}
-	return slices.Equal(ipStrings(cert.IPAddresses), ipStrings(ips)) && slices.Equal(sortedStrings(cert.DNSNames), sortedStrings(dns))
+	return slices.Equal(ipStrings(cert.IPAddresses), ipStrings(ips)) && slices.Equal(sortedStrings(cert.DNSNames), sortedStrings(dns)) &&
+		slices.Equal(uriStrings(cert.URIs), uriStrings(uris))
+}
+
+func uriStrings(us []*url.URL) []string {
+	s := make([]string, 0, len(us))
+	for _, u := range us {
+		s = append(s, u.String())
+	}
+	slices.Sort(s)
+	return s
 }
 
 // splitHosts separates IP addresses from DNS names, lower-cases names and drops

@@ -2,6 +2,7 @@ package pki
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"slices"
 	"strings"
@@ -24,6 +25,51 @@ const (
 	CoordinatorName = "coordinator"
 	ShimName        = "shim"
 )
+
+// hostURIPrefix begins the URI SAN by which a shim certificate names the
+// one host it is for (IssueHostShim).
+const hostURIPrefix = "urn:torpor:host:"
+
+// HostURI is the URI SAN of a shim certificate for host.
+func HostURI(host string) string { return hostURIPrefix + host }
+
+// CheckHostName says why host cannot be a cluster host's name in a
+// certificate: 1 to 63 letters, digits, '.', '_' or '-', not beginning
+// with '.' or '-'.
+func CheckHostName(host string) error {
+	ok := host != "" && len(host) <= 63 && host[0] != '.' && host[0] != '-'
+	for _, r := range host {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			ok = false
+		}
+	}
+	if !ok {
+		return fmt.Errorf("host name %q: use 1 to 63 letters, digits, '.', '_' or '-', not beginning with '.' or '-'", host)
+	}
+	return nil
+}
+
+// CertHosts are the hosts a certificate is for (IssueHostShim; a site's own
+// CA may name several), none if it names none.
+func CertHosts(cert *x509.Certificate) []string {
+	var hosts []string
+	for _, u := range cert.URIs {
+		if h, ok := strings.CutPrefix(u.String(), hostURIPrefix); ok {
+			hosts = append(hosts, h)
+		}
+	}
+	return hosts
+}
+
+// PeerHosts are the hosts the peer's verified certificate is for
+// (CertHosts), none when it names none or the peer presented none that
+// verified.
+func PeerHosts(cs tls.ConnectionState) []string {
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return CertHosts(cs.VerifiedChains[0][0])
+}
 
 // PeerName is the Common Name of the peer's verified certificate, or "" when
 // the peer presented none that verified.
@@ -69,4 +115,20 @@ func quoteAll(names []string) string {
 		q[i] = fmt.Sprintf("%q", n)
 	}
 	return strings.Join(q, " or ")
+}
+
+// OwnHosts are the hosts cfg's own certificate is for (CertHosts).
+func OwnHosts(cfg *tls.Config) []string {
+	if len(cfg.Certificates) == 0 {
+		return nil
+	}
+	c := cfg.Certificates[0]
+	leaf := c.Leaf
+	if leaf == nil && len(c.Certificate) > 0 {
+		leaf, _ = x509.ParseCertificate(c.Certificate[0])
+	}
+	if leaf == nil {
+		return nil
+	}
+	return CertHosts(leaf)
 }

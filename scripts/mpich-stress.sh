@@ -15,7 +15,7 @@
 #   RUN_FLAGS=   more flags for `torpor run`, e.g. "-x UCX_LOG_LEVEL=debug"
 #   STACK=mpich42  the workloads' MPICH: mpich42 (torpor's private 4.2, the
 #                default) or mpich (Debian 12's 4.0.2, which hangs in
-#                MPI_Finalize in some runs: README, "MPICH")
+#                MPI_Finalize in some runs: README, "MPICH: use 4.2")
 #
 # Everything runs privately: an embedded coordinator on its own socket, its
 # own state, checkpoint and run directories and its own cgroup root, under a

@@ -432,8 +432,6 @@ func (s *Server) untilStopping(ctx context.Context) (context.Context, context.Ca
 	return ctx, cancel
 }
 
-// shimCaller accepts calls from shims: over mutual TLS, or from root on the
-// unix socket.
 // callerHosts are the hosts the caller's TLS certificate is for
 // (pki.PeerHosts): none for the cluster's shared shim certificate, or a
 // caller on the unix socket.
@@ -449,6 +447,8 @@ func callerHosts(ctx context.Context) []string {
 	return pki.PeerHosts(ti.State)
 }
 
+// shimCaller accepts calls from shims: over mutual TLS, or from root on the
+// unix socket.
 func shimCaller(ctx context.Context) error {
 	p, ok := peer.FromContext(ctx)
 	if !ok {

@@ -65,19 +65,27 @@ func CertHosts(cert *x509.Certificate) []string {
 // (CertHosts), none when it names none or the peer presented none that
 // verified.
 func PeerHosts(cs tls.ConnectionState) []string {
+	if leaf := verifiedLeaf(cs); leaf != nil {
+		return CertHosts(leaf)
+	}
+	return nil
+}
+
+// verifiedLeaf is the peer's certificate if it verified, else nil.
+func verifiedLeaf(cs tls.ConnectionState) *x509.Certificate {
 	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
 		return nil
 	}
-	return CertHosts(cs.VerifiedChains[0][0])
+	return cs.VerifiedChains[0][0]
 }
 
 // PeerName is the Common Name of the peer's verified certificate, or "" when
 // the peer presented none that verified.
 func PeerName(cs tls.ConnectionState) string {
-	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
-		return ""
+	if leaf := verifiedLeaf(cs); leaf != nil {
+		return leaf.Subject.CommonName
 	}
-	return cs.VerifiedChains[0][0].Subject.CommonName
+	return ""
 }
 
 // RequirePeer returns a copy of cfg whose handshakes fail unless the peer's

@@ -143,18 +143,11 @@ func TestShimCertificateForOneHost(t *testing.T) {
 	}
 
 	// A shim given another host's certificate.
-	cmd := exec.Command(c.torpor, "shim", "--host", "h2", "--join", c.addr, "--pki", h1PKI,
-		"--netns", c.sim.Host(2).NetNS, "--bridge", c.sim.Host(2).Bridge, "--run-dir", c.runDir, "--cgroup-parent", c.cgParent)
-	done := make(chan struct{})
-	go func() {
-		out, err = cmd.CombinedOutput()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		<-done
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
+	out, err = exec.CommandContext(sctx, c.torpor, "shim", "--host", "h2", "--join", c.addr, "--pki", h1PKI,
+		"--netns", c.sim.Host(2).NetNS, "--bridge", c.sim.Host(2).Bridge, "--run-dir", c.runDir, "--cgroup-parent", c.cgParent).CombinedOutput()
+	if sctx.Err() != nil {
 		t.Fatalf("a shim with h1's certificate as h2 kept running:\n%s", out)
 	}
 	if err == nil || !strings.Contains(string(out), "is for host h1, not h2") {

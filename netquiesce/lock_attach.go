@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -40,6 +41,61 @@ func loadObjects(obj any, what string) error {
 	return nil
 }
 
+// tcxSpare is one set of the TCX lock's objects loaded ahead of the Attach
+// that takes it. Loading them (the kernel's verifier, about 2 ms here) is a
+// third of making a job-node's sandbox, which a restart waits for; an
+// Attach takes the spare and loads the next one in the background. Objects
+// that are loaded but not attached act on nothing.
+var tcxSpare struct {
+	mu      sync.Mutex
+	objs    *tcxObjects
+	loading bool
+	loaded  chan struct{} // closed when the spare being loaded is there, or failed
+}
+
+// takeTCXObjects returns the spare set of TCX objects, or loads one, and
+// starts loading the next spare unless one is already being loaded.
+func takeTCXObjects() (*tcxObjects, error) {
+	tcxSpare.mu.Lock()
+	objs := tcxSpare.objs
+	tcxSpare.objs = nil
+	refill := !tcxSpare.loading
+	tcxSpare.loading = true
+	var loaded chan struct{}
+	if refill {
+		loaded = make(chan struct{})
+		tcxSpare.loaded = loaded
+	}
+	tcxSpare.mu.Unlock()
+	if objs == nil {
+		objs = new(tcxObjects)
+		if err := loadObjects(objs, "tcx"); err != nil {
+			// Where the kernel cannot load them no spare is kept.
+			if refill {
+				tcxSpare.mu.Lock()
+				tcxSpare.loading = false
+				tcxSpare.mu.Unlock()
+				close(loaded)
+			}
+			return nil, err
+		}
+	}
+	if refill {
+		go func() {
+			next := new(tcxObjects)
+			err := loadObjects(next, "tcx")
+			tcxSpare.mu.Lock()
+			tcxSpare.loading = false
+			if err == nil {
+				tcxSpare.objs = next
+			}
+			tcxSpare.mu.Unlock()
+			close(loaded)
+		}()
+	}
+	return objs, nil
+}
+
 // attachTCX attaches the TCX programs to t.Interface in t.Net. The link is
 // created on a thread inside that namespace, because the kernel resolves the
 // interface index in the caller's namespace.
@@ -47,8 +103,8 @@ func attachTCX(t Target, log *slog.Logger) (*Lock, error) {
 	if t.Interface == "" {
 		return nil, fmt.Errorf("attach tcx network lock: %w", ErrNoTarget)
 	}
-	var objs tcxObjects
-	if err := loadObjects(&objs, "tcx"); err != nil {
+	objs, err := takeTCXObjects()
+	if err != nil {
 		return nil, err
 	}
 	l := &Lock{mode: ModeTCX, target: t.Interface, log: log, maps: objs.quiesceMaps,
@@ -83,7 +139,6 @@ func attachTCX(t Target, log *slog.Logger) (*Lock, error) {
 		}
 		return nil
 	}
-	var err error
 	if t.Net != nil {
 		err = nsrun.InNetNS(t.Net.NS(), attach)
 	} else {

@@ -192,3 +192,57 @@ func TestAttachFallback(t *testing.T) {
 		}
 	})
 }
+
+// TestTCXSpare: an Attach takes the TCX objects loaded ahead of it and
+// starts loading the next set, so the next Attach loads nothing itself; a
+// lock made from the spare starts unlocked with its counters at zero (the
+// one before it was left locked), and locks and unlocks as any other.
+func TestTCXSpare(t *testing.T) {
+	testutil.RequireRoot(t, "creates network namespaces, cgroups and eBPF programs")
+	a, b := newPair(t)
+	serveEcho(listenIn(t, b, "tcp4", "198.18.0.2:7000").(net.Listener))
+	serveUDPEcho(listenIn(t, b, "udp4", "198.18.0.2:7000").(net.PacketConn))
+	attach := func() *Lock {
+		t.Helper()
+		lk, err := Attach(Target{Net: b, Interface: "eth0"}, Options{})
+		must(t, err)
+		t.Cleanup(func() { lk.Close() })
+		return lk
+	}
+	// waitSpare waits for the set being loaded and says whether it is there.
+	waitSpare := func() *tcxObjects {
+		tcxSpare.mu.Lock()
+		loaded := tcxSpare.loaded
+		tcxSpare.mu.Unlock()
+		if loaded != nil {
+			<-loaded
+		}
+		tcxSpare.mu.Lock()
+		defer tcxSpare.mu.Unlock()
+		return tcxSpare.objs
+	}
+
+	first := attach()
+	if _, err := first.Lock(); err != nil {
+		t.Fatal(err)
+	}
+	must(t, first.Close())
+	spare := waitSpare()
+	if spare == nil {
+		t.Fatal("no spare set of TCX objects after an Attach")
+	}
+	second := attach()
+	if second.progs[0] != spare.Ingress || second.progs[1] != spare.Egress {
+		t.Fatal("the next Attach did not take the spare")
+	}
+	if second.Locked() {
+		t.Fatal("a lock made from the spare starts locked")
+	}
+	if c, err := second.Counters(); err != nil || c != (Counters{}) {
+		t.Fatalf("a lock made from the spare starts with counters %+v (%v), want zero", c, err)
+	}
+	if waitSpare() == nil {
+		t.Fatal("the Attach that took the spare did not load the next one")
+	}
+	lockScenario{client: a, addr: "198.18.0.2:7000"}.run(t, second)
+}

@@ -1129,9 +1129,10 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		}()
 	}
 	// A restart's images are verified here, against the node manifest the
-	// signed job manifest names: everything but the tasks' memory before
-	// anything acts on it, the memory (pages-*.img, nearly all the bytes)
-	// while the sandbox is made and CRIU restores. CRIU waits at its
+	// signed job manifest names: everything but the tasks' memory while the
+	// sandbox is made, before anything acts on it, the memory (pages-*.img,
+	// nearly all the bytes) while the sandbox is made and CRIU restores.
+	// CRIU waits at its
 	// post-restore notification, the tree restored and stopped, until the
 	// memory is verified too: a mismatch fails the notification, CRIU kills
 	// the tree it made, and none of its tasks ever runs.
@@ -1154,6 +1155,20 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		}
 		defer pages.stop()
 	}
+	// The small images are checked while the sandbox is being made.
+	if imgs != nil {
+		if err := imgs.Verify(ctx, func(name string) bool { return !criu.IsPages(name) && !imgs.IsCompressed(name) }); err != nil {
+			return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, req.Checkpoint, corrupt(err))
+		}
+	}
+	if err := checkImageCreds(dir, imgs, spec); err != nil {
+		return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, dir, err)
+	}
+	// What RestoreFiles put back is the next capture's starting point.
+	captured, err := appfiles.ReadIndex(dir)
+	if err != nil {
+		return fmt.Errorf("restore %s/%s from %s: %w", job, spec.Name, dir, err)
+	}
 	m := <-early
 	early = nil
 	n, err := m.n, m.err
@@ -1172,18 +1187,7 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 			err = fmt.Errorf("restore %s/%s: %w; the half-restored job-node was destroyed (%v)", job, spec.Name, ctx.Err(), err)
 		}
 	}()
-	if imgs != nil {
-		if err := imgs.Verify(ctx, func(name string) bool { return !criu.IsPages(name) && !imgs.IsCompressed(name) }); err != nil {
-			return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, req.Checkpoint, corrupt(err))
-		}
-	}
-	if err := checkImageCreds(dir, imgs, spec); err != nil {
-		return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, dir, err)
-	}
-	// What RestoreFiles put back is the next capture's starting point.
-	if n.captured, err = appfiles.ReadIndex(dir); err != nil {
-		return fmt.Errorf("restore %s/%s from %s: %w", job, spec.Name, dir, err)
-	}
+	n.captured = captured
 	if _, err := n.lock.Lock(); err != nil {
 		return err
 	}

@@ -141,3 +141,110 @@ func startBusy(idle, mul bool) (stop func()) {
 	}()
 	return func() { close(quit); <-done }
 }
+
+// restoreCases are BenchmarkRestoreBeside's cases, in the order each round
+// runs them.
+var restoreCases = []string{"alone", "beside", "first"}
+
+// BenchmarkRestoreBeside measures what a restart's verification of the
+// memory images costs a restore. The tree (two processes of 8 MiB) is
+// dumped once; each of b.N rounds restores it from those images once per
+// case, in turn, and dumps it again elsewhere (untimed) to restore again:
+//   - alone: CRIU's restore only;
+//   - beside: the memory images verified against a node manifest while
+//     CRIU restores, as a shim does (catalog.NodeImages.Verify of the
+//     pages-*.img), until both are done;
+//   - first: the same verification, then the restore.
+//
+// It reports each case's median time (ms-<case>: CRIU's for alone, until
+// both are done for the others), its median difference to alone in the
+// same round (ms-more-<case>), and beside's CRIU time alone
+// (ms-criu-beside).
+//
+//	go test -run '^$' -bench RestoreBeside -benchtime 24x ./shim/sandbox
+func BenchmarkRestoreBeside(b *testing.B) {
+	e := newEnv(b, 1)
+	s := e.sandbox(1, 1, false)
+	e.startHogs(s, 8)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	opts := func(dir string) criu.Options {
+		return criu.Options{ImagesDir: dir, TCPEstablished: true, FileLocks: true, LinkRemap: true, WorkDir: dir + ".work"}
+	}
+	imgDir := filepath.Join(e.dir, "images")
+	if err := os.MkdirAll(imgDir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := s.Dump(ctx, e.drv, opts(imgDir)); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := catalog.WriteNodeManifest(ctx, imgDir); err != nil {
+		b.Fatal(err)
+	}
+	sum, err := catalog.NodeManifestSHA256(imgDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	imgs, err := catalog.OpenNodeImages(imgDir, sum)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer imgs.Close()
+	took := map[string][]time.Duration{}
+	var criuBeside []time.Duration
+	for r := 0; b.Loop(); r++ {
+		for _, c := range restoreCases {
+			start := time.Now()
+			if c == "first" {
+				if err := imgs.Verify(ctx, criu.IsPages); err != nil {
+					b.Fatal(err)
+				}
+			}
+			verified := make(chan error, 1)
+			if c == "beside" {
+				go func() { verified <- imgs.Verify(ctx, criu.IsPages) }()
+			} else {
+				verified <- nil
+			}
+			res, err := s.Restore(ctx, e.drv, opts(imgDir))
+			if err != nil {
+				b.Fatalf("%s: %v", c, err)
+			}
+			if err := <-verified; err != nil {
+				b.Fatalf("%s: %v", c, err)
+			}
+			d := time.Since(start)
+			switch c {
+			case "alone":
+				d = res.Elapsed
+			case "beside":
+				criuBeside = append(criuBeside, res.Elapsed)
+			}
+			took[c] = append(took[c], d)
+			// Back to Dumped for the next restore, into a scratch directory.
+			again := filepath.Join(e.dir, fmt.Sprintf("again-%s-%d", c, r))
+			if err := os.MkdirAll(again, 0o700); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := s.Dump(ctx, e.drv, opts(again)); err != nil {
+				b.Fatalf("%s: dump again: %v", c, err)
+			}
+			for _, d := range []string{again, again + ".work", imgDir + ".work"} {
+				if err := os.RemoveAll(d); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	}
+	for _, c := range restoreCases {
+		more := make([]time.Duration, len(took[c]))
+		for i, d := range took[c] {
+			more[i] = d - took["alone"][i]
+		}
+		b.ReportMetric(ms(median(took[c])), "ms-"+c)
+		if c != "alone" {
+			b.ReportMetric(ms(median(more)), "ms-more-"+c)
+		}
+	}
+	b.ReportMetric(ms(median(criuBeside)), "ms-criu-beside")
+}

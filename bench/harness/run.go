@@ -57,7 +57,7 @@ type Plan struct {
 
 // QuickPlan fits in under ten minutes on a 2-core machine.
 func QuickPlan() Plan {
-	return Plan{Reps: 3, RestartReps: 2, MigrateReps: 3, B1Reps: 5,
+	return Plan{Reps: 3, RestartReps: 4, MigrateReps: 3, B1Reps: 5,
 		B1Long: []B1LongSpec{{"ring", "openmpi", 2}, {"ring", "mpich42", 1}}, B1LongSecs: 60,
 		MigrateMiB: []int{16, 64, 256, 1024}, MigrateBigReps: 2,
 		MemMiB: []int{16, 64, 256}, Nodes: []int{1, 2, 4}, NodesMiB: 64,
@@ -67,7 +67,7 @@ func QuickPlan() Plan {
 
 // FullPlan is the complete run (tens of minutes).
 func FullPlan() Plan {
-	return Plan{Reps: 5, RestartReps: 3, MigrateReps: 5, B1Reps: 7,
+	return Plan{Reps: 5, RestartReps: 5, MigrateReps: 5, B1Reps: 7,
 		B1Long:     []B1LongSpec{{"ring", "openmpi", 3}, {"stencil", "openmpi", 2}, {"ring", "mpich42", 2}},
 		B1LongSecs: 60,
 		MigrateMiB: []int{16, 64, 256, 1024}, MigrateBigReps: 5,

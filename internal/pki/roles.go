@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/torpor-hpc/torpor/internal/names"
 )
 
 // The names of the cluster's two certificates, as `torpor coordinator
@@ -34,17 +36,11 @@ const hostURIPrefix = "urn:torpor:host:"
 func HostURI(host string) string { return hostURIPrefix + host }
 
 // CheckHostName says why host cannot be a cluster host's name in a
-// certificate: 1 to 63 letters, digits, '.', '_' or '-', not beginning
-// with '.' or '-'.
+// certificate: the rule of every name (internal/names), which a shim's
+// registration checks too.
 func CheckHostName(host string) error {
-	ok := host != "" && len(host) <= 63 && host[0] != '.' && host[0] != '-'
-	for _, r := range host {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
-			ok = false
-		}
-	}
-	if !ok {
-		return fmt.Errorf("host name %q: use 1 to 63 letters, digits, '.', '_' or '-', not beginning with '.' or '-'", host)
+	if !names.Valid(host) {
+		return fmt.Errorf("host name %q: %s", host, names.Rule)
 	}
 	return nil
 }

@@ -57,7 +57,14 @@ func BenchmarkDumpBeside(b *testing.B) {
 			}
 		}
 	}
-	for _, c := range besideCases {
+	reportCases(b, besideCases, took)
+}
+
+// reportCases reports each case's median time (ms-<case>) and, but for
+// "alone", its median difference to "alone" in the same round
+// (ms-more-<case>).
+func reportCases(b *testing.B, cases []string, took map[string][]time.Duration) {
+	for _, c := range cases {
 		more := make([]time.Duration, len(took[c]))
 		for i, d := range took[c] {
 			more[i] = d - took["alone"][i]
@@ -236,15 +243,6 @@ func BenchmarkRestoreBeside(b *testing.B) {
 			}
 		}
 	}
-	for _, c := range restoreCases {
-		more := make([]time.Duration, len(took[c]))
-		for i, d := range took[c] {
-			more[i] = d - took["alone"][i]
-		}
-		b.ReportMetric(ms(median(took[c])), "ms-"+c)
-		if c != "alone" {
-			b.ReportMetric(ms(median(more)), "ms-more-"+c)
-		}
-	}
+	reportCases(b, restoreCases, took)
 	b.ReportMetric(ms(median(criuBeside)), "ms-criu-beside")
 }

@@ -47,10 +47,9 @@ func loadObjects(obj any, what string) error {
 // Attach takes the spare and loads the next one in the background. Objects
 // that are loaded but not attached act on nothing.
 var tcxSpare struct {
-	mu      sync.Mutex
-	objs    *tcxObjects
-	loading bool
-	loaded  chan struct{} // closed when the spare being loaded is there, or failed
+	mu     sync.Mutex
+	objs   *tcxObjects
+	loaded chan struct{} // while a spare is being loaded: closed once it is there, or failed
 }
 
 // takeTCXObjects returns the spare set of TCX objects, or loads one, and
@@ -59,38 +58,36 @@ func takeTCXObjects() (*tcxObjects, error) {
 	tcxSpare.mu.Lock()
 	objs := tcxSpare.objs
 	tcxSpare.objs = nil
-	refill := !tcxSpare.loading
-	tcxSpare.loading = true
 	var loaded chan struct{}
-	if refill {
+	if tcxSpare.loaded == nil {
 		loaded = make(chan struct{})
 		tcxSpare.loaded = loaded
 	}
 	tcxSpare.mu.Unlock()
+	// done ends the loading this call started, keeping next if it loaded.
+	done := func(next *tcxObjects) {
+		tcxSpare.mu.Lock()
+		tcxSpare.objs, tcxSpare.loaded = next, nil
+		tcxSpare.mu.Unlock()
+		close(loaded)
+	}
 	if objs == nil {
 		objs = new(tcxObjects)
 		if err := loadObjects(objs, "tcx"); err != nil {
 			// Where the kernel cannot load them no spare is kept.
-			if refill {
-				tcxSpare.mu.Lock()
-				tcxSpare.loading = false
-				tcxSpare.mu.Unlock()
-				close(loaded)
+			if loaded != nil {
+				done(nil)
 			}
 			return nil, err
 		}
 	}
-	if refill {
+	if loaded != nil {
 		go func() {
 			next := new(tcxObjects)
-			err := loadObjects(next, "tcx")
-			tcxSpare.mu.Lock()
-			tcxSpare.loading = false
-			if err == nil {
-				tcxSpare.objs = next
+			if err := loadObjects(next, "tcx"); err != nil {
+				next = nil
 			}
-			tcxSpare.mu.Unlock()
-			close(loaded)
+			done(next)
 		}()
 	}
 	return objs, nil

@@ -1129,10 +1129,9 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		}()
 	}
 	// A restart's images are verified here, against the node manifest the
-	// signed job manifest names: everything but the tasks' memory while the
-	// sandbox is made, before anything acts on it, the memory (pages-*.img,
-	// nearly all the bytes) while the sandbox is made and CRIU restores.
-	// CRIU waits at its
+	// signed job manifest names, while the sandbox is made: everything but
+	// the tasks' memory before anything acts on it, the memory (pages-*.img,
+	// nearly all the bytes) also while CRIU restores. CRIU waits at its
 	// post-restore notification, the tree restored and stopped, until the
 	// memory is verified too: a mismatch fails the notification, CRIU kills
 	// the tree it made, and none of its tasks ever runs.
@@ -1155,7 +1154,6 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		}
 		defer pages.stop()
 	}
-	// The small images are checked while the sandbox is being made.
 	if imgs != nil {
 		if err := imgs.Verify(ctx, func(name string) bool { return !criu.IsPages(name) && !imgs.IsCompressed(name) }); err != nil {
 			return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, req.Checkpoint, corrupt(err))

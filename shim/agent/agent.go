@@ -96,6 +96,12 @@ type Agent struct {
 	// storing holds a lock per copy of the checkpoint store being made
 	// ("<handle>/<node>"): a replica and a restart may fetch the same one.
 	storing keyedLocks
+	// tree is held while directories shared by job-nodes (a job's, a
+	// checkpoint's) are made and filled (makeBelow), and while the empty ones
+	// are removed (pruneAbove): without it, one job-node's removal of its
+	// job's directory, empty for an instant, fails another's making of a
+	// directory or file in it (ENOENT).
+	tree sync.Mutex
 
 	// criuStarted, if set (tests), learns each CRIU run's PID.
 	criuStarted func(op string, pid int)

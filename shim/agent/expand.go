@@ -1,9 +1,7 @@
 package agent
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -37,27 +35,17 @@ func (a *Agent) scratchTop() (top, checkUpTo string) {
 // earlier restore left there is removed first.
 func (a *Agent) scratchDir(job, node string) (string, error) {
 	top, upTo := a.scratchTop()
-	parent := filepath.Join(top, job)
-	dir := filepath.Join(parent, node)
-	for try := 0; ; try++ {
-		if err := os.MkdirAll(parent, 0o700); err != nil {
-			return "", fmt.Errorf("restore %s/%s: scratch directory: %w", job, node, err)
+	dir := filepath.Join(top, job, node)
+	err := a.makeBelow(dir, func() error {
+		if err := rootOnly(filepath.Dir(dir), upTo); err != nil {
+			return err
 		}
-		if err := rootOnly(parent, upTo); err != nil {
-			return "", fmt.Errorf("restore %s/%s: scratch directory: %w", job, node, err)
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			return "", fmt.Errorf("restore %s/%s: remove a stale scratch directory: %w", job, node, err)
-		}
-		err := os.Mkdir(dir, 0o700)
-		if err == nil {
-			return dir, nil
-		}
-		// Another job-node's removeScratch may just have removed parent.
-		if !errors.Is(err, fs.ErrNotExist) || try == 2 {
-			return "", fmt.Errorf("restore %s/%s: scratch directory: %w", job, node, err)
-		}
+		return freshDir(dir)()
+	})
+	if err != nil {
+		return "", fmt.Errorf("restore %s/%s: scratch directory: %w", job, node, err)
 	}
+	return dir, nil
 }
 
 // removeScratch removes a restore's scratch directory and its job's, if
@@ -66,7 +54,7 @@ func (a *Agent) removeScratch(dir string) {
 	if err := os.RemoveAll(dir); err != nil {
 		a.log.Warn("remove a restore's scratch directory", "dir", dir, "err", err)
 	}
-	_ = os.Remove(filepath.Dir(dir)) // fails while another job-node's is there
+	a.pruneAbove(dir, filepath.Dir(filepath.Dir(dir))) // the job's, unless another job-node's is there
 }
 
 // linkImages links every top-level image of dir but the compressed ones

@@ -78,10 +78,7 @@ func (a *Agent) saveRecord(n *node) error {
 		return err
 	}
 	p := a.recordPath(n.job, n.spec.Name)
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return fmt.Errorf("record job-node %s/%s: %w", n.job, n.spec.Name, err)
-	}
-	if err := atomicfile.Write(p, data, 0o600); err != nil {
+	if err := a.makeBelow(p, func() error { return atomicfile.Write(p, data, 0o600) }); err != nil {
 		return fmt.Errorf("record job-node %s/%s: %w", n.job, n.spec.Name, err)
 	}
 	return nil
@@ -94,7 +91,7 @@ func (a *Agent) removeRecord(job, n string) {
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		a.log.Warn("remove job-node record", "job", job, "node", n, "err", err)
 	}
-	_ = os.Remove(filepath.Dir(p))
+	a.pruneAbove(p, filepath.Dir(filepath.Dir(p))) // the job's, after its last record
 }
 
 // loadRecords reads every record of this host. A record that cannot be read

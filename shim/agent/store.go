@@ -69,13 +69,26 @@ func (a *Agent) storeDir(handle, node string) (string, error) {
 // Holds implements agentapi.CheckpointHolder.
 func (a *Agent) Holds() bool { return a.cfg.ImageDir != "" }
 
-// mkStoreParent creates the directories above dir, root's and 0700, and
-// checks that only root can write to any of them up to the image directory.
-func (a *Agent) mkStoreParent(dir string) error {
-	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
-		return err
+// makeInStore creates the directories above dir, root's and 0700, checks
+// that only root can write to any of them up to the image directory, and
+// runs create, which makes dir (makeBelow).
+func (a *Agent) makeInStore(dir string, create func() error) error {
+	return a.makeBelow(dir, func() error {
+		if err := rootOnly(filepath.Dir(dir), a.cfg.ImageDir); err != nil {
+			return err
+		}
+		return create()
+	})
+}
+
+// freshDir makes dir empty and new: what an earlier attempt left there goes.
+func freshDir(dir string) func() error {
+	return func() error {
+		if err := os.RemoveAll(dir); err != nil {
+			return err
+		}
+		return os.Mkdir(dir, 0o700)
 	}
-	return rootOnly(filepath.Dir(dir), a.cfg.ImageDir)
 }
 
 // dumpStored dumps n into the store under req.Checkpoint: a host-local
@@ -90,13 +103,7 @@ func (a *Agent) dumpStored(ctx context.Context, n *node, ref agentapi.NodeRef, r
 		return agentapi.DumpResult{}, fmt.Errorf("%w: checkpoint %s is not one of job %s", agentapi.ErrInvalid, req.Checkpoint, ref.Job)
 	}
 	work := a.workDir("dumping", dir)
-	if err := a.mkStoreParent(work); err != nil {
-		return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: %w", err)
-	}
-	if err := os.RemoveAll(work); err != nil {
-		return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: remove stale images: %w", err)
-	}
-	if err := os.Mkdir(work, 0o700); err != nil {
+	if err := a.makeInStore(work, freshDir(work)); err != nil {
 		return agentapi.DumpResult{}, fmt.Errorf("checkpoint store: %w", err)
 	}
 	req.Dir = work
@@ -119,13 +126,13 @@ func (a *Agent) dumpStored(ctx context.Context, n *node, ref agentapi.NodeRef, r
 // intoStore moves the whole images in work to dir in the store, replacing
 // what an earlier, uncommitted attempt left there.
 func (a *Agent) intoStore(work, dir string) error {
-	if err := a.mkStoreParent(dir); err != nil {
-		return fmt.Errorf("checkpoint store: %w", err)
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("checkpoint store: remove stale images: %w", err)
-	}
-	if err := os.Rename(work, dir); err != nil {
+	err := a.makeInStore(dir, func() error {
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("remove stale images: %w", err)
+		}
+		return os.Rename(work, dir)
+	})
+	if err != nil {
 		return fmt.Errorf("checkpoint store: %w", err)
 	}
 	return nil
@@ -135,8 +142,7 @@ func (a *Agent) intoStore(work, dir string) error {
 // are left empty.
 func (a *Agent) dropWork(work string) {
 	os.RemoveAll(work)
-	for d := filepath.Dir(work); d != a.cfg.ImageDir && os.Remove(d) == nil; d = filepath.Dir(d) {
-	}
+	a.pruneAbove(work, a.cfg.ImageDir)
 }
 
 // heldSHA256 is the SHA-256 of the node manifest in dir, or "" when dir
@@ -164,13 +170,7 @@ func (a *Agent) Fetch(ctx context.Context, handle, node, from, sum string, rate 
 		return 0, nil
 	}
 	part := a.fetchingDir(dir)
-	if err := a.mkStoreParent(part); err != nil {
-		return 0, fmt.Errorf("checkpoint store: %w", err)
-	}
-	if err := os.RemoveAll(part); err != nil {
-		return 0, err
-	}
-	if err := os.Mkdir(part, 0o700); err != nil {
+	if err := a.makeInStore(part, freshDir(part)); err != nil {
 		return 0, fmt.Errorf("checkpoint store: %w", err)
 	}
 	defer a.dropWork(part) // gone once renamed
@@ -284,7 +284,7 @@ func (a *Agent) Drop(_ context.Context, handle string) error {
 	if err := os.RemoveAll(filepath.Dir(dir)); err != nil {
 		return fmt.Errorf("drop checkpoint %s: %w", handle, err)
 	}
-	_ = os.Remove(filepath.Dir(filepath.Dir(dir))) // the job's, once empty
+	a.pruneAbove(filepath.Dir(dir), a.storeRoot()) // the job's, once empty
 	a.dropWork(a.workDir(setAsideKind, filepath.Dir(dir)))
 	a.log.Info("dropped checkpoint images", "ckpt", handle)
 	return nil
@@ -308,13 +308,12 @@ func (a *Agent) setAside(handle, node string, why error) bool {
 	unlock := a.storing.lock(handle + "/" + node)
 	defer unlock()
 	aside := a.workDir(setAsideKind, dir)
-	err = a.mkStoreParent(aside)
-	if err == nil {
-		err = os.RemoveAll(aside) // an earlier corrupt copy of the same
-	}
-	if err == nil {
-		err = os.Rename(dir, aside)
-	}
+	err = a.makeInStore(aside, func() error {
+		if err := os.RemoveAll(aside); err != nil { // an earlier corrupt copy of the same
+			return err
+		}
+		return os.Rename(dir, aside)
+	})
 	if err != nil {
 		a.log.Error("a corrupt copy of checkpoint images stays in the store: setting it aside failed", "ckpt", handle, "node", node, "err", err, "why", why)
 		return false

@@ -26,7 +26,7 @@ func storeImages(t *testing.T, a *Agent, handle, node string, files map[string][
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.mkStoreParent(dir); err != nil {
+	if err := a.makeInStore(dir, freshDir(dir)); err != nil {
 		t.Fatal(err)
 	}
 	for name, data := range files {

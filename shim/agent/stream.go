@@ -55,16 +55,7 @@ func (a *Agent) freshMigrationDir(job, node, side string) (string, error) {
 		return "", fmt.Errorf("%w: this shim has no image directory for a streamed migration (torpor shim --image-dir)", agentapi.ErrInvalid)
 	}
 	dir := a.migrationDir(job, node, side)
-	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
-		return "", fmt.Errorf("migration images of %s/%s: %w", job, node, err)
-	}
-	if err := rootOnly(filepath.Dir(dir), a.cfg.ImageDir); err != nil {
-		return "", fmt.Errorf("migration images of %s/%s: %w", job, node, err)
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		return "", fmt.Errorf("migration images of %s/%s: remove stale ones: %w", job, node, err)
-	}
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	if err := a.makeInStore(dir, freshDir(dir)); err != nil {
 		return "", fmt.Errorf("migration images of %s/%s: %w", job, node, err)
 	}
 	return dir, nil
@@ -93,7 +84,7 @@ func (a *Agent) dropMigrationImages(job, node string) {
 		if err := os.RemoveAll(dir); err != nil {
 			a.log.Warn("remove migration images", "job", job, "node", node, "err", err)
 		}
-		_ = os.Remove(filepath.Dir(dir)) // fails while another job-node's are there
+		a.pruneAbove(dir, a.migrationsDir()) // unless another job-node's are there
 	}
 }
 

@@ -318,6 +318,16 @@ func (c *Coordinator) eventLocked(e Event) {
 	c.events.add(e)
 }
 
+// Changed is closed by the next event of any job (progress events too). A
+// job's state only changes with an event (noteStatesLocked), so a caller
+// that takes Changed before it reads a job learns of every change after
+// that read without polling.
+func (c *Coordinator) Changed() <-chan struct{} {
+	c.events.mu.Lock()
+	defer c.events.mu.Unlock()
+	return c.events.changed
+}
+
 // noteStatesLocked records a state event for every job whose state changed
 // since the last call (c.mu held). Every state change is persisted through
 // saveLocked, which calls this: no move goes unrecorded.

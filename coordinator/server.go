@@ -45,8 +45,6 @@ type Server struct {
 	C *Coordinator
 	// DialShim connects to a shim that registered; it returns the client to use.
 	DialShim func(ctx context.Context, address string) (apiv1.ShimClient, error)
-	// PollInterval is how often Wait looks at a job.
-	PollInterval time.Duration
 	// Stopping, closed when the coordinator stops, ends Waits in progress
 	// (as unavailable: the caller waits again on the next coordinator).
 	Stopping <-chan struct{}
@@ -275,11 +273,9 @@ func (s *Server) Wait(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error
 	if _, err := s.authorize(ctx, req.Job); err != nil {
 		return nil, agentapi.ToRPC(err)
 	}
-	iv := s.PollInterval
-	if iv <= 0 {
-		iv = 200 * time.Millisecond
-	}
 	for {
+		// Taken before the job is read: a change after the read closes it.
+		changed := s.C.Changed()
 		j, err := s.C.Job(req.Job)
 		if err != nil {
 			return nil, agentapi.ToRPC(err)
@@ -293,7 +289,7 @@ func (s *Server) Wait(ctx context.Context, req *apiv1.JobRef) (*apiv1.Job, error
 			return nil, agentapi.ToRPC(ctx.Err())
 		case <-s.Stopping:
 			return nil, status.Error(codes.Unavailable, "the coordinator is stopping; wait again")
-		case <-time.After(iv):
+		case <-changed:
 		}
 	}
 }

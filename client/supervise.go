@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -40,10 +41,19 @@ type SuperviseOptions struct {
 	// coordinator that serves the job now, embedding one if need be.
 	Reconnect func(ctx context.Context) (apiv1.CoordinatorClient, error)
 
-	// poll is how often the job's state and output are looked at; 0 means
-	// 200ms.
+	// poll is how often the job's state is read while the coordinator's
+	// events cannot be followed, and how often its output is looked at
+	// while the output grows; 0 means 200ms.
 	poll time.Duration
+	// settled is how often the job's state is read while its events are
+	// followed (a safety net: each event reads it); 0 means 5s.
+	settled time.Duration
 }
+
+// idleOutput is the longest time between two looks at output that does not
+// grow: each look that finds nothing new doubles the time from poll up to
+// this.
+const idleOutput = time.Second
 
 // Supervise starts the job of req and stays with it: it copies its output
 // to opt.Output, checkpoints it on the checkpoint signal or interval,
@@ -85,22 +95,46 @@ func Follow(ctx context.Context, cl apiv1.CoordinatorClient, spec *apiv1.JobSpec
 	}
 	restarts := 0
 	busy := false // the last restart was refused with ErrBusy
-	every := opt.poll
-	if every == 0 {
-		every = 200 * time.Millisecond
-	}
-	poll := time.NewTicker(every)
-	defer poll.Stop()
+	every := cmp.Or(opt.poll, 200*time.Millisecond)
+	settled := cmp.Or(opt.settled, 5*time.Second)
+	// The job's state is read when the coordinator reports an event of
+	// the job (its first is the marker of the stream's start), and every
+	// settled besides; where its events cannot be followed, every poll.
+	ev := followEvents(ctx, cl, id)
+	defer func() { ev.stop() }()
+	state := time.NewTicker(settled)
+	defer state.Stop()
+	// Output is looked at every poll while it grows, less often while not.
+	outEvery := every
+	out := time.NewTimer(outEvery)
+	defer out.Stop()
 	for {
-		select {
-		case <-ctx.Done():
+		if ctx.Err() != nil { // before anything else that is ready
 			fmt.Fprintf(msgs, "torpor: interrupted; job %s is left to the coordinator (see `torpor ps`)\n", id)
 			return 130, nil
+		}
+		select {
+		case <-ctx.Done():
+			continue
 		case <-sig:
 			checkpointNow(ctx, cl, id, "signal", msgs)
 		case <-tick:
 			checkpointNow(ctx, cl, id, "interval", msgs)
-		case <-poll.C:
+		case <-out.C:
+			if tail.poll(ctx) {
+				outEvery = every
+			} else {
+				outEvery = min(2*outEvery, max(idleOutput, every))
+			}
+			out.Reset(outEvery)
+			continue
+		case <-ev.changed:
+		case <-ev.ended:
+			// An older coordinator, or one that went away: poll.
+			ev.stop()
+			ev = noEvents
+			state.Reset(every)
+		case <-state.C:
 		}
 		tail.poll(ctx)
 		j, err := cl.GetJob(ctx, &apiv1.JobRef{Job: id})
@@ -109,10 +143,16 @@ func Follow(ctx context.Context, cl apiv1.CoordinatorClient, spec *apiv1.JobSpec
 			if cl, err = opt.Reconnect(ctx); err != nil {
 				return 0, err
 			}
+			ev.stop()
+			ev = followEvents(ctx, cl, id)
+			state.Reset(settled)
 			continue
 		}
 		if err != nil {
 			return 0, RPCErr(err)
+		}
+		if ev != noEvents && j.State != string(coordinator.StateFailed) {
+			state.Reset(settled)
 		}
 		switch j.State {
 		case string(coordinator.StateFinished):
@@ -126,6 +166,9 @@ func Follow(ctx context.Context, cl apiv1.CoordinatorClient, spec *apiv1.JobSpec
 					fmt.Fprintf(msgs, "torpor: job %s failed (%s); restart %d of %d from %s\n", id, j.Reason, restarts+1, opt.RestartOnFailure, j.LastCheckpoint)
 				}
 				rep, err := cl.Restart(ctx, &apiv1.RestartRequest{Ref: id, Fallback: true})
+				// Whatever came of it, the job's state is read at the next
+				// poll: a failed job that stays failed sends no event.
+				state.Reset(every)
 				// ErrBusy: the job reads failed while the operation that
 				// failed it (a cancel) still destroys its job-nodes. Ask
 				// again at the next poll.
@@ -151,6 +194,40 @@ func Follow(ctx context.Context, cl apiv1.CoordinatorClient, spec *apiv1.JobSpec
 			// embedded coordinator must live for that.
 		}
 	}
+}
+
+// jobEvents follows the coordinator's events of one job (Events): changed
+// holds a value after each event not yet taken, and ended is closed when
+// the stream ends.
+type jobEvents struct {
+	changed chan struct{}
+	ended   chan struct{}
+	stop    context.CancelFunc
+}
+
+// noEvents is what Follow waits on once the events cannot be followed.
+var noEvents = &jobEvents{stop: func() {}}
+
+func followEvents(ctx context.Context, cl apiv1.CoordinatorClient, id string) *jobEvents {
+	ctx, cancel := context.WithCancel(ctx)
+	e := &jobEvents{changed: make(chan struct{}, 1), ended: make(chan struct{}), stop: cancel}
+	go func() {
+		defer close(e.ended)
+		st, err := cl.Events(ctx, &apiv1.EventsRequest{Job: id, Follow: true, NoHistory: true})
+		if err != nil {
+			return
+		}
+		for {
+			if _, err := st.Recv(); err != nil {
+				return
+			}
+			select {
+			case e.changed <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return e
 }
 
 func checkpointNow(ctx context.Context, cl apiv1.CoordinatorClient, id, why string, msgs io.Writer) {
@@ -199,7 +276,9 @@ func newTailer(runDir, job string, nodes []*apiv1.NodeSpec, w io.Writer) *tailer
 // for output that keeps coming in full chunks.
 const relayRounds = 64
 
-func (t *tailer) poll(ctx context.Context) {
+// poll copies what the files gained since the last poll and says whether
+// there was any.
+func (t *tailer) poll(ctx context.Context) (grew bool) {
 	var remote map[string]int64 // job-node -> offset, for files not here
 	index := map[string]int{}
 	for i, p := range t.files {
@@ -219,6 +298,7 @@ func (t *tailer) poll(ctx context.Context) {
 		}
 		n, _ := io.Copy(t.w, io.NewSectionReader(f, t.off[i], 1<<62))
 		t.off[i] += n
+		grew = grew || n > 0
 		f.Close()
 	}
 	// Each job-node's output is written whole at the end, not chunk by
@@ -251,12 +331,14 @@ func (t *tailer) poll(ctx context.Context) {
 			}
 			got[i] = append(got[i], o.Data...)
 			t.off[i] += int64(len(o.Data))
+			grew = true
 			if t.off[i] < o.Size {
 				more[o.Node] = t.off[i]
 			}
 		}
 		remote = more
 	}
+	return grew
 }
 
 // PrintMoved tells the user which of their files a restart moved aside: files

@@ -36,6 +36,12 @@ type fakeCoordinator struct {
 	getErr func(n int) error
 }
 
+// Events fails as a coordinator without events would: Follow reads the
+// job's state every poll.
+func (f *fakeCoordinator) Events(context.Context, *apiv1.EventsRequest, ...grpc.CallOption) (grpc.ServerStreamingClient[apiv1.Event], error) {
+	return nil, status.Error(codes.Unimplemented, "unknown method Events")
+}
+
 // Output answers as a coordinator whose job-nodes wrote nothing yet.
 func (f *fakeCoordinator) Output(context.Context, *apiv1.OutputRequest, ...grpc.CallOption) (*apiv1.OutputReply, error) {
 	return &apiv1.OutputReply{}, nil
@@ -86,7 +92,7 @@ func (f *fakeCoordinator) Restart(_ context.Context, in *apiv1.RestartRequest, _
 
 func state(s coordinator.State) *apiv1.Job { return &apiv1.Job{State: string(s)} }
 
-func supervise(t *testing.T, ctx context.Context, f *fakeCoordinator, opt SuperviseOptions) (code int, msgs string) {
+func supervise(t *testing.T, ctx context.Context, f apiv1.CoordinatorClient, opt SuperviseOptions) (code int, msgs string) {
 	t.Helper()
 	if ctx == nil {
 		var cancel context.CancelFunc
@@ -346,5 +352,79 @@ func TestTailerRelay(t *testing.T) {
 	}
 	if calls < 4 {
 		t.Fatalf("%d relay calls: the chunks were not asked for again within a poll", calls)
+	}
+}
+
+// eventsCoordinator is a fakeCoordinator whose job's events can be
+// followed: each value sent on events is the next one.
+type eventsCoordinator struct {
+	*fakeCoordinator
+	events chan *apiv1.Event
+}
+
+func (e *eventsCoordinator) Events(ctx context.Context, _ *apiv1.EventsRequest, _ ...grpc.CallOption) (grpc.ServerStreamingClient[apiv1.Event], error) {
+	return &eventStream{ctx: ctx, events: e.events}, nil
+}
+
+type eventStream struct {
+	grpc.ServerStreamingClient[apiv1.Event] // nil: only Recv is called
+	ctx                                     context.Context
+	events                                  chan *apiv1.Event
+}
+
+func (s *eventStream) Recv() (*apiv1.Event, error) {
+	select {
+	case e := <-s.events:
+		return e, nil
+	case <-s.ctx.Done():
+		return nil, status.FromContextError(s.ctx.Err()).Err()
+	}
+}
+
+// TestFollowByEvents: where the coordinator's events can be followed, the
+// job's state is read at the stream's first message and at each event, and
+// at no other time while the job runs (the timers here are an hour); the
+// output is copied as the job ends.
+func TestFollowByEvents(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "jobs", "j", "n1.out")
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(out, []byte("done\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan *apiv1.Event, 1)
+	events <- &apiv1.Event{Type: "follow"}
+	f := &fakeCoordinator{job: func(n int) *apiv1.Job {
+		if n == 1 {
+			return state(coordinator.StateRunning)
+		}
+		return state(coordinator.StateFinished)
+	}}
+	f.afterGetJob = func() {
+		if f.getJobs == 1 {
+			events <- &apiv1.Event{Job: "j", Type: "state", From: "running", To: "finished"}
+		}
+	}
+	var output bytes.Buffer
+	code, msgs := supervise(t, nil, &eventsCoordinator{f, events}, SuperviseOptions{RunDir: dir, Output: &output, poll: time.Hour, settled: time.Hour})
+	if code != 0 || f.getJobs != 2 || !strings.HasSuffix(msgs, "torpor: job j finished\n") || output.String() != "done\n" {
+		t.Errorf("code %d, %d GetJob calls (want 2), output %q, messages %q", code, f.getJobs, output.String(), msgs)
+	}
+}
+
+// TestFollowWithoutEvents: a coordinator whose events cannot be followed
+// has the job's state read every poll, not every settled.
+func TestFollowWithoutEvents(t *testing.T) {
+	f := &fakeCoordinator{job: func(n int) *apiv1.Job {
+		if n < 3 {
+			return state(coordinator.StateRunning)
+		}
+		return state(coordinator.StateFinished)
+	}}
+	code, msgs := supervise(t, nil, f, SuperviseOptions{RunDir: t.TempDir(), poll: time.Millisecond, settled: time.Hour})
+	if code != 0 || f.getJobs != 3 || !strings.HasSuffix(msgs, "torpor: job j finished\n") {
+		t.Errorf("code %d, %d GetJob calls (want 3), messages %q", code, f.getJobs, msgs)
 	}
 }

@@ -217,6 +217,15 @@ type PostCopier interface {
 	PostCopy() bool
 }
 
+// ExitNotifier is implemented by an Agent that tells of its job-nodes'
+// exits as they happen. WatchExits calls live once it listens, then exited
+// for each job-node whose tree exits by itself, until ctx ends or the watch
+// fails (its error). An Agent that does not implement it has its job-nodes'
+// Status polled.
+type ExitNotifier interface {
+	WatchExits(ctx context.Context, live func(), exited func(NodeRef)) error
+}
+
 // ImageVerifier is implemented by an Agent that may verify a restart's
 // images itself (RestoreRequest.NodeManifestSHA256). An Agent that does not
 // implement it, or says false, is given only images the coordinator has

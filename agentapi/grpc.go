@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	apiv1 "github.com/torpor-hpc/torpor/api/v1"
 )
 
@@ -226,6 +229,28 @@ func (c Client) ReadOutput(ctx context.Context, ref NodeRef, off, max int64) ([]
 
 var _ OutputReader = Client{}
 
+// WatchExits implements ExitNotifier over the Exits stream. A shim that
+// does not serve it fails the watch at once (Unimplemented).
+func (c Client) WatchExits(ctx context.Context, live func(), exited func(NodeRef)) error {
+	st, err := c.Shim.Exits(ctx, &apiv1.Empty{})
+	if err != nil {
+		return FromRPC(err)
+	}
+	for first := true; ; first = false {
+		r, err := st.Recv()
+		if err != nil {
+			return FromRPC(err)
+		}
+		if first {
+			live() // the shim's marker: it listens
+			continue
+		}
+		exited(RefFromPB(r))
+	}
+}
+
+var _ ExitNotifier = Client{}
+
 // Server serves the Shim gRPC service from a local Agent (the shim's host
 // implementation), mapping errors to gRPC codes at the edge.
 type Server struct {
@@ -237,6 +262,8 @@ type Server struct {
 	Holder CheckpointHolder
 	// Outputs, if set, reads job-nodes' output files (Output).
 	Outputs OutputReader
+	// Exiting, if set, tells of job-nodes' exits as they happen (Exits).
+	Exiting ExitNotifier
 }
 
 func (s Server) Start(ctx context.Context, req *apiv1.StartRequest) (*apiv1.Empty, error) {
@@ -356,6 +383,23 @@ func (s Server) Manifests(ctx context.Context, _ *apiv1.Empty) (*apiv1.Manifests
 		rep.Manifests = append(rep.Manifests, &apiv1.KeptManifest{Checkpoint: h, Manifest: m})
 	}
 	return rep, nil
+}
+
+// Exits serves the exits of the Agent's job-nodes, when it tells of them
+// (ExitNotifier).
+func (s Server) Exits(_ *apiv1.Empty, st apiv1.Shim_ExitsServer) error {
+	if s.Exiting == nil {
+		return status.Error(codes.Unimplemented, "this shim does not tell of exits: its job-nodes are polled")
+	}
+	err := s.Exiting.WatchExits(st.Context(), func() {
+		_ = st.Send(&apiv1.NodeRef{}) // fails only once the call, and its context, ended
+	}, func(r NodeRef) {
+		_ = st.Send(RefToPB(r))
+	})
+	if st.Context().Err() != nil {
+		return nil // the caller went
+	}
+	return ToRPC(err)
 }
 
 func (s Server) Output(ctx context.Context, req *apiv1.NodeOutputRequest) (*apiv1.NodeOutput, error) {

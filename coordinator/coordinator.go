@@ -117,6 +117,7 @@ type Coordinator struct {
 	busy   map[string]bool // job id -> an operation runs
 	// straying: hosts whose stray copies are being destroyed (DestroyStrays).
 	straying map[string]bool
+	exits    exitWatches
 
 	fences fences
 
@@ -150,6 +151,8 @@ func New(opts Options) (*Coordinator, error) {
 		jobs:           map[string]*Job{},
 		straying:       map[string]bool{},
 		busy:           map[string]bool{},
+		exits: exitWatches{running: map[string]bool{}, live: map[string]bool{}, retry: map[string]time.Time{},
+			kick: make(chan struct{}, 1)},
 	}
 	c.bgCtx, c.bgStop = context.WithCancel(context.Background())
 	if c.log == nil {
@@ -367,6 +370,11 @@ func (c *Coordinator) end(id string, to State, update func(j *Job)) {
 	if err := c.saveLocked(); err != nil {
 		c.log.Error("persist job registry", "job", id, "err", err)
 	}
+	if j.State == StateRunning {
+		// A job-node that exited during the operation was told of while
+		// the job was busy, and not polled then.
+		c.kickPoll()
+	}
 }
 
 // leave records, and saves, that a job-node of job id moved past its
@@ -422,18 +430,26 @@ func (c *Coordinator) load() error {
 	return nil
 }
 
-// Watch polls running jobs every interval until ctx ends, so that a job
-// whose job-nodes exit becomes finished or failed.
+// Watch polls running jobs until ctx ends, so that a job whose job-nodes
+// exit becomes finished or failed: at once when a shim tells of an exit
+// (watchExits), every interval the jobs of shims that do not, and every
+// fullPollEvery intervals the others.
 func (c *Coordinator) Watch(ctx context.Context, interval time.Duration) {
+	var watches sync.WaitGroup
+	defer watches.Wait()
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	for {
+	for n := 1; ; {
+		c.watchExits(ctx, &watches)
 		select {
 		case <-ctx.Done():
 			return
+		case <-c.exits.kick:
+			c.poll(ctx, true)
 		case <-tick.C:
 			c.settle(ctx)
-			c.pollOnce(ctx)
+			c.poll(ctx, n%fullPollEvery == 0)
+			n++
 		}
 	}
 }

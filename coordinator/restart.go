@@ -723,9 +723,13 @@ func (c *Coordinator) doMigrate(ctx context.Context, id, node, to string, opts M
 // job-nodes exit: finished when all exit 0, failed (and the rest destroyed)
 // as soon as one fails or its shim no longer has it. A shim that does not
 // answer changes nothing.
-func (c *Coordinator) pollOnce(ctx context.Context) {
+func (c *Coordinator) pollOnce(ctx context.Context) { c.poll(ctx, true) }
+
+// poll is pollOnce for every running job (all), or for those whose shims
+// do not all tell of their exits (toldOfExits).
+func (c *Coordinator) poll(ctx context.Context, all bool) {
 	for _, j := range c.Jobs() {
-		if j.State != StateRunning {
+		if j.State != StateRunning || (!all && c.toldOfExits(j.Spec)) {
 			continue
 		}
 		c.mu.Lock()

@@ -3566,7 +3566,7 @@ const file_torpor_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"-\n" +
 	"\tWaitReply\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xbc\b\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.torpor.v1.JobR\x03job2\xed\b\n" +
 	"\x04Shim\x122\n" +
 	"\x05Start\x12\x17.torpor.v1.StartRequest\x1a\x10.torpor.v1.Empty\x126\n" +
 	"\aPrepare\x12\x19.torpor.v1.PrepareRequest\x1a\x10.torpor.v1.Empty\x12.\n" +
@@ -3587,7 +3587,8 @@ const file_torpor_proto_rawDesc = "" +
 	"\x04Drop\x12\x16.torpor.v1.DropRequest\x1a\x10.torpor.v1.Empty\x12@\n" +
 	"\fKeepManifest\x12\x1e.torpor.v1.KeepManifestRequest\x1a\x10.torpor.v1.Empty\x128\n" +
 	"\tManifests\x12\x10.torpor.v1.Empty\x1a\x19.torpor.v1.ManifestsReply\x12=\n" +
-	"\x06Output\x12\x1c.torpor.v1.NodeOutputRequest\x1a\x15.torpor.v1.NodeOutput2\xec\x05\n" +
+	"\x06Output\x12\x1c.torpor.v1.NodeOutputRequest\x1a\x15.torpor.v1.NodeOutput\x12/\n" +
+	"\x05Exits\x12\x10.torpor.v1.Empty\x1a\x12.torpor.v1.NodeRef0\x012\xec\x05\n" +
 	"\vCoordinator\x128\n" +
 	"\bRegister\x12\x1a.torpor.v1.RegisterRequest\x1a\x10.torpor.v1.Empty\x12,\n" +
 	"\x03Run\x12\x15.torpor.v1.RunRequest\x1a\x0e.torpor.v1.Job\x12F\n" +
@@ -3717,54 +3718,56 @@ var file_torpor_proto_depIdxs = []int32{
 	17, // 41: torpor.v1.Shim.KeepManifest:input_type -> torpor.v1.KeepManifestRequest
 	22, // 42: torpor.v1.Shim.Manifests:input_type -> torpor.v1.Empty
 	23, // 43: torpor.v1.Shim.Output:input_type -> torpor.v1.NodeOutputRequest
-	27, // 44: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
-	29, // 45: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
-	31, // 46: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
-	33, // 47: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
-	35, // 48: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
-	22, // 49: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
-	30, // 50: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
-	30, // 51: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
-	39, // 52: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
-	42, // 53: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
-	30, // 54: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
-	44, // 55: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
-	25, // 56: torpor.v1.Coordinator.Output:input_type -> torpor.v1.OutputRequest
-	22, // 57: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
-	22, // 58: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
-	22, // 59: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
-	5,  // 60: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
-	22, // 61: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
-	7,  // 62: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
-	22, // 63: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
-	22, // 64: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
-	20, // 65: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
-	22, // 66: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
-	22, // 67: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
-	21, // 68: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
-	22, // 69: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
-	22, // 70: torpor.v1.Shim.Sync:output_type -> torpor.v1.Empty
-	11, // 71: torpor.v1.Shim.Fetch:output_type -> torpor.v1.FetchReply
-	13, // 72: torpor.v1.Shim.Held:output_type -> torpor.v1.HeldReply
-	22, // 73: torpor.v1.Shim.Drop:output_type -> torpor.v1.Empty
-	22, // 74: torpor.v1.Shim.KeepManifest:output_type -> torpor.v1.Empty
-	19, // 75: torpor.v1.Shim.Manifests:output_type -> torpor.v1.ManifestsReply
-	24, // 76: torpor.v1.Shim.Output:output_type -> torpor.v1.NodeOutput
-	22, // 77: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
-	37, // 78: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
-	32, // 79: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
-	34, // 80: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
-	36, // 81: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
-	38, // 82: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
-	37, // 83: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
-	37, // 84: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
-	41, // 85: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
-	43, // 86: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
-	37, // 87: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
-	45, // 88: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
-	26, // 89: torpor.v1.Coordinator.Output:output_type -> torpor.v1.OutputReply
-	57, // [57:90] is the sub-list for method output_type
-	24, // [24:57] is the sub-list for method input_type
+	22, // 44: torpor.v1.Shim.Exits:input_type -> torpor.v1.Empty
+	27, // 45: torpor.v1.Coordinator.Register:input_type -> torpor.v1.RegisterRequest
+	29, // 46: torpor.v1.Coordinator.Run:input_type -> torpor.v1.RunRequest
+	31, // 47: torpor.v1.Coordinator.Checkpoint:input_type -> torpor.v1.CheckpointRequest
+	33, // 48: torpor.v1.Coordinator.Restart:input_type -> torpor.v1.RestartRequest
+	35, // 49: torpor.v1.Coordinator.Migrate:input_type -> torpor.v1.MigrateRequest
+	22, // 50: torpor.v1.Coordinator.Jobs:input_type -> torpor.v1.Empty
+	30, // 51: torpor.v1.Coordinator.GetJob:input_type -> torpor.v1.JobRef
+	30, // 52: torpor.v1.Coordinator.Wait:input_type -> torpor.v1.JobRef
+	39, // 53: torpor.v1.Coordinator.ListCheckpoints:input_type -> torpor.v1.ListCheckpointsRequest
+	42, // 54: torpor.v1.Coordinator.Fence:input_type -> torpor.v1.FenceRequest
+	30, // 55: torpor.v1.Coordinator.Cancel:input_type -> torpor.v1.JobRef
+	44, // 56: torpor.v1.Coordinator.Events:input_type -> torpor.v1.EventsRequest
+	25, // 57: torpor.v1.Coordinator.Output:input_type -> torpor.v1.OutputRequest
+	22, // 58: torpor.v1.Shim.Start:output_type -> torpor.v1.Empty
+	22, // 59: torpor.v1.Shim.Prepare:output_type -> torpor.v1.Empty
+	22, // 60: torpor.v1.Shim.Freeze:output_type -> torpor.v1.Empty
+	5,  // 61: torpor.v1.Shim.Drain:output_type -> torpor.v1.DrainReply
+	22, // 62: torpor.v1.Shim.Lock:output_type -> torpor.v1.Empty
+	7,  // 63: torpor.v1.Shim.Dump:output_type -> torpor.v1.DumpReply
+	22, // 64: torpor.v1.Shim.Unlock:output_type -> torpor.v1.Empty
+	22, // 65: torpor.v1.Shim.Thaw:output_type -> torpor.v1.Empty
+	20, // 66: torpor.v1.Shim.RestoreFiles:output_type -> torpor.v1.RestoreFilesReply
+	22, // 67: torpor.v1.Shim.Restore:output_type -> torpor.v1.Empty
+	22, // 68: torpor.v1.Shim.Destroy:output_type -> torpor.v1.Empty
+	21, // 69: torpor.v1.Shim.Status:output_type -> torpor.v1.NodeStatus
+	22, // 70: torpor.v1.Shim.Pages:output_type -> torpor.v1.Empty
+	22, // 71: torpor.v1.Shim.Sync:output_type -> torpor.v1.Empty
+	11, // 72: torpor.v1.Shim.Fetch:output_type -> torpor.v1.FetchReply
+	13, // 73: torpor.v1.Shim.Held:output_type -> torpor.v1.HeldReply
+	22, // 74: torpor.v1.Shim.Drop:output_type -> torpor.v1.Empty
+	22, // 75: torpor.v1.Shim.KeepManifest:output_type -> torpor.v1.Empty
+	19, // 76: torpor.v1.Shim.Manifests:output_type -> torpor.v1.ManifestsReply
+	24, // 77: torpor.v1.Shim.Output:output_type -> torpor.v1.NodeOutput
+	2,  // 78: torpor.v1.Shim.Exits:output_type -> torpor.v1.NodeRef
+	22, // 79: torpor.v1.Coordinator.Register:output_type -> torpor.v1.Empty
+	37, // 80: torpor.v1.Coordinator.Run:output_type -> torpor.v1.Job
+	32, // 81: torpor.v1.Coordinator.Checkpoint:output_type -> torpor.v1.CheckpointReply
+	34, // 82: torpor.v1.Coordinator.Restart:output_type -> torpor.v1.RestartReply
+	36, // 83: torpor.v1.Coordinator.Migrate:output_type -> torpor.v1.MigrateReply
+	38, // 84: torpor.v1.Coordinator.Jobs:output_type -> torpor.v1.JobList
+	37, // 85: torpor.v1.Coordinator.GetJob:output_type -> torpor.v1.Job
+	37, // 86: torpor.v1.Coordinator.Wait:output_type -> torpor.v1.Job
+	41, // 87: torpor.v1.Coordinator.ListCheckpoints:output_type -> torpor.v1.CheckpointList
+	43, // 88: torpor.v1.Coordinator.Fence:output_type -> torpor.v1.FenceReply
+	37, // 89: torpor.v1.Coordinator.Cancel:output_type -> torpor.v1.Job
+	45, // 90: torpor.v1.Coordinator.Events:output_type -> torpor.v1.Event
+	26, // 91: torpor.v1.Coordinator.Output:output_type -> torpor.v1.OutputReply
+	58, // [58:92] is the sub-list for method output_type
+	24, // [24:58] is the sub-list for method input_type
 	24, // [24:24] is the sub-list for extension type_name
 	24, // [24:24] is the sub-list for extension extendee
 	0,  // [0:24] is the sub-list for field type_name

@@ -46,6 +46,7 @@ const (
 	Shim_KeepManifest_FullMethodName = "/torpor.v1.Shim/KeepManifest"
 	Shim_Manifests_FullMethodName    = "/torpor.v1.Shim/Manifests"
 	Shim_Output_FullMethodName       = "/torpor.v1.Shim/Output"
+	Shim_Exits_FullMethodName        = "/torpor.v1.Shim/Exits"
 )
 
 // ShimClient is the client API for Shim service.
@@ -83,6 +84,11 @@ type ShimClient interface {
 	// What a job-node wrote to its output file from offset on, when the
 	// client cannot read the shim's run directory (hosts that share none).
 	Output(ctx context.Context, in *NodeOutputRequest, opts ...grpc.CallOption) (*NodeOutput, error)
+	// The job-nodes whose trees exit by themselves, as they do, until the
+	// call ends: the first message is an empty NodeRef, sent once the shim
+	// is listening. The coordinator polls Status less often while it has
+	// this stream (docs/protocol.md, "Job end").
+	Exits(ctx context.Context, in *Empty, opts ...grpc.CallOption) (grpc.ServerStreamingClient[NodeRef], error)
 }
 
 type shimClient struct {
@@ -293,6 +299,25 @@ func (c *shimClient) Output(ctx context.Context, in *NodeOutputRequest, opts ...
 	return out, nil
 }
 
+func (c *shimClient) Exits(ctx context.Context, in *Empty, opts ...grpc.CallOption) (grpc.ServerStreamingClient[NodeRef], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Shim_ServiceDesc.Streams[0], Shim_Exits_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[Empty, NodeRef]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Shim_ExitsClient = grpc.ServerStreamingClient[NodeRef]
+
 // ShimServer is the server API for Shim service.
 // All implementations must embed UnimplementedShimServer
 // for forward compatibility.
@@ -328,6 +353,11 @@ type ShimServer interface {
 	// What a job-node wrote to its output file from offset on, when the
 	// client cannot read the shim's run directory (hosts that share none).
 	Output(context.Context, *NodeOutputRequest) (*NodeOutput, error)
+	// The job-nodes whose trees exit by themselves, as they do, until the
+	// call ends: the first message is an empty NodeRef, sent once the shim
+	// is listening. The coordinator polls Status less often while it has
+	// this stream (docs/protocol.md, "Job end").
+	Exits(*Empty, grpc.ServerStreamingServer[NodeRef]) error
 	mustEmbedUnimplementedShimServer()
 }
 
@@ -397,6 +427,9 @@ func (UnimplementedShimServer) Manifests(context.Context, *Empty) (*ManifestsRep
 }
 func (UnimplementedShimServer) Output(context.Context, *NodeOutputRequest) (*NodeOutput, error) {
 	return nil, status.Error(codes.Unimplemented, "method Output not implemented")
+}
+func (UnimplementedShimServer) Exits(*Empty, grpc.ServerStreamingServer[NodeRef]) error {
+	return status.Error(codes.Unimplemented, "method Exits not implemented")
 }
 func (UnimplementedShimServer) mustEmbedUnimplementedShimServer() {}
 func (UnimplementedShimServer) testEmbeddedByValue()              {}
@@ -779,6 +812,17 @@ func _Shim_Output_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Shim_Exits_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(Empty)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ShimServer).Exits(m, &grpc.GenericServerStream[Empty, NodeRef]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Shim_ExitsServer = grpc.ServerStreamingServer[NodeRef]
+
 // Shim_ServiceDesc is the grpc.ServiceDesc for Shim service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -867,7 +911,13 @@ var Shim_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Shim_Output_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Exits",
+			Handler:       _Shim_Exits_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "torpor.proto",
 }
 

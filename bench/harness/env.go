@@ -204,7 +204,7 @@ func (e *Env) serveImages(a *agent.Agent, serverTLS *tls.Config) (string, error)
 	if err != nil {
 		return "", err
 	}
-	gs := agentapi.NewShimServer(serverTLS, agentapi.Server{Agent: a, ImageServer: a, Holder: a})
+	gs := agentapi.NewShimServer(serverTLS, agentapi.Server{Agent: a, ImageServer: a, Holder: a, Exiting: a})
 	go func() { _ = gs.Serve(lis) }()
 	e.stop = append(e.stop, gs.Stop)
 	return lis.Addr().String(), nil

@@ -68,6 +68,7 @@ func (a *Agent) adopt(ctx context.Context, r nodeRecord) (bool, error) {
 		Cgroup:       r.Cgroup,
 		CgroupParent: a.cfg.CgroupParent,
 		Log:          a.log,
+		OnExit:       a.onExit(r.Job, r.Spec.Name),
 	}, r.ExitFile)
 	if errors.Is(err, sandbox.ErrGone) {
 		a.log.Warn("job-node of a previous shim is gone; forgetting it", "job", r.Job, "node", r.Spec.Name, "err", err)

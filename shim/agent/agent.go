@@ -102,6 +102,8 @@ type Agent struct {
 	// job's directory, empty for an instant, fails another's making of a
 	// directory or file in it (ENOENT).
 	tree sync.Mutex
+	// exits passes job-node exits to WatchExits.
+	exits exitHub
 
 	// criuStarted, if set (tests), learns each CRIU run's PID.
 	criuStarted func(op string, pid int)
@@ -439,6 +441,7 @@ func (a *Agent) create(ctx context.Context, job string, spec agentapi.NodeSpec, 
 		CgroupParent: a.cfg.CgroupParent,
 		Quiet:        restoring,
 		Log:          a.log,
+		OnExit:       a.onExit(job, spec.Name),
 	})
 	if err != nil {
 		return nil, err

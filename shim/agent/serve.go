@@ -130,7 +130,7 @@ func Serve(ctx context.Context, cfg ServeConfig) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
-	srv := agentapi.Server{Agent: metrics.Instrument(a, m), Outputs: a}
+	srv := agentapi.Server{Agent: metrics.Instrument(a, m), Outputs: a, Exiting: a}
 	if a.StreamsImages() {
 		srv.ImageServer, srv.Holder = a, a
 	}

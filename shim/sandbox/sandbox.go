@@ -81,6 +81,10 @@ type Config struct {
 	Quiet bool
 	// Log receives the sandbox's events; nil discards them.
 	Log *slog.Logger
+	// OnExit, if set, is called (from a goroutine of its own, without the
+	// sandbox's locks) each time the tree exits by itself: not when
+	// Destroy or a dump ends it.
+	OnExit func()
 }
 
 // Process is the command the init starts.
@@ -169,6 +173,7 @@ type Sandbox struct {
 	locked   bool
 	exitErr  error
 	expectKO bool // a stop dump is about to kill the tree
+	killing  *tree // the tree killTree kills: its end is no exit of its own
 }
 
 // tree is the running process tree, known by its init.
@@ -358,11 +363,15 @@ func (s *Sandbox) watch(t *tree, wait func() error) {
 		t.err = wait()
 		close(t.done)
 		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.tree == t && (s.state == Running || s.state == Frozen) && !s.expectKO {
+		exited := s.tree == t && (s.state == Running || s.state == Frozen) && !s.expectKO && s.killing != t
+		if exited {
 			s.state = Exited
 			s.exitErr = t.err
 			s.log.Info("sandbox tree exited", "err", t.err)
+		}
+		s.mu.Unlock()
+		if exited && s.cfg.OnExit != nil {
+			s.cfg.OnExit()
 		}
 	}()
 }
@@ -488,12 +497,16 @@ func (s *Sandbox) Kill(ctx context.Context) error {
 }
 
 func (s *Sandbox) killTree(ctx context.Context) error {
-	if err := s.cg.Kill(ctx); err != nil {
-		return err
-	}
 	s.mu.Lock()
 	t := s.tree
+	s.killing = t
 	s.mu.Unlock()
+	if err := s.cg.Kill(ctx); err != nil {
+		s.mu.Lock()
+		s.killing = nil // it may live on, and end by itself
+		s.mu.Unlock()
+		return err
+	}
 	if t != nil {
 		select {
 		case <-t.done:
@@ -609,6 +622,7 @@ func (s *Sandbox) teardown(ctx context.Context) error {
 	if s.cg != nil {
 		s.mu.Lock()
 		t := s.tree
+		s.killing = t
 		s.mu.Unlock()
 		if err := s.cg.Kill(ctx); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)

@@ -172,8 +172,8 @@ type Sandbox struct {
 	tree     *tree
 	locked   bool
 	exitErr  error
-	expectKO bool // a stop dump is about to kill the tree
-	killing  *tree // the tree killTree kills: its end is no exit of its own
+	expectKO bool  // a stop dump is about to kill the tree
+	killing  *tree // the tree killTree or teardown kills: its end is no exit of its own
 }
 
 // tree is the running process tree, known by its init.

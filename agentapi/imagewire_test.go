@@ -290,6 +290,25 @@ func TestShimPortRoles(t *testing.T) {
 	if err := held(w.intruder); err == nil || errors.Is(err, ErrInvalid) {
 		t.Errorf("Held from another name's certificate: %v, want a refused handshake", err)
 	}
+	// A stream (Exits) is the coordinator's only, as a unary call is.
+	exits := func(c *tls.Config) error {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(c)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		st, err := apiv1.NewShimClient(conn).Exits(ctx, &apiv1.Empty{})
+		if err == nil {
+			_, err = st.Recv()
+		}
+		return FromRPC(err)
+	}
+	if err := exits(w.coordinator); err == nil || !strings.Contains(err.Error(), "does not tell of exits") {
+		t.Errorf("Exits from the coordinator: %v, want the service's own refusal (no Exiting)", err)
+	}
+	if err := exits(w.shim); !errors.Is(err, ErrPermission) {
+		t.Errorf("Exits from a shim's certificate: %v, want ErrPermission", err)
+	}
 
 	if _, err := ReceiveImages(ctx, addr, w.shim, req, func(ImageChunk) error { return nil }); err != nil {
 		t.Errorf("images to a shim: %v", err)

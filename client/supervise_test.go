@@ -110,15 +110,22 @@ func supervise(t *testing.T, ctx context.Context, f apiv1.CoordinatorClient, opt
 	return code, buf.String()
 }
 
-func TestSuperviseRestartsThenFails(t *testing.T) {
-	dir := t.TempDir()
-	out := filepath.Join(dir, "jobs", "j", "n0.out")
+// writeOutput writes data as job-node node's output file of job j in the
+// run directory dir.
+func writeOutput(t *testing.T, dir, node, data string) {
+	t.Helper()
+	out := filepath.Join(dir, "jobs", "j", node+".out")
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(out, []byte("step 1\n"), 0o644); err != nil {
+	if err := os.WriteFile(out, []byte(data), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestSuperviseRestartsThenFails(t *testing.T) {
+	dir := t.TempDir()
+	writeOutput(t, dir, "n0", "step 1\n")
 	f := &fakeCoordinator{job: func(n int) *apiv1.Job {
 		return &apiv1.Job{State: string(coordinator.StateFailed), Reason: "n0 exited 3", ExitCode: 3, LastCheckpoint: "j/7"}
 	}}
@@ -387,13 +394,7 @@ func (s *eventStream) Recv() (*apiv1.Event, error) {
 // output is copied as the job ends.
 func TestFollowByEvents(t *testing.T) {
 	dir := t.TempDir()
-	out := filepath.Join(dir, "jobs", "j", "n1.out")
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(out, []byte("done\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeOutput(t, dir, "n1", "done\n")
 	events := make(chan *apiv1.Event, 1)
 	events <- &apiv1.Event{Type: "follow"}
 	f := &fakeCoordinator{job: func(n int) *apiv1.Job {

@@ -38,7 +38,7 @@ func (c *Coordinator) kickPoll() {
 func (c *Coordinator) watchExits(ctx context.Context, wg *sync.WaitGroup) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := c.now()
+	now := time.Now() // not c.now: a test's clock may stand still
 	for host, a := range c.agents {
 		en, ok := a.(agentapi.ExitNotifier)
 		if !ok || c.exits.running[host] || now.Before(c.exits.retry[host]) {
@@ -58,7 +58,7 @@ func (c *Coordinator) watchExits(ctx context.Context, wg *sync.WaitGroup) {
 			c.mu.Lock()
 			delete(c.exits.running, host)
 			delete(c.exits.live, host)
-			c.exits.retry[host] = c.now().Add(exitRetry)
+			c.exits.retry[host] = time.Now().Add(exitRetry)
 			c.mu.Unlock()
 			switch {
 			case ctx.Err() != nil:

@@ -53,8 +53,12 @@ func (c *Coordinator) watchExits(ctx context.Context, wg *sync.WaitGroup) {
 				c.mu.Lock()
 				c.exits.live[host], wasLive = true, true
 				c.mu.Unlock()
+				c.log.Info("a shim tells of its job-nodes' exits as they happen", "host", host)
 				c.kickPoll() // an exit may have come before the watch
-			}, func(agentapi.NodeRef) { c.kickPoll() })
+			}, func(r agentapi.NodeRef) {
+				c.log.Info("a shim told of a job-node's exit", "host", host, "job", r.Job, "node", r.Node)
+				c.kickPoll()
+			})
 			c.mu.Lock()
 			delete(c.exits.running, host)
 			delete(c.exits.live, host)

@@ -157,6 +157,16 @@ func TestDaemonsEndToEnd(t *testing.T) {
 		}
 	}
 	c.waitState(job, "failed", 15*time.Second)
+	// The shims told the coordinator of the exits (Exits over their TLS
+	// port), each once it listened.
+	for _, h := range []string{"h1", "h2", "h3"} {
+		if !strings.Contains(c.logs["coordinator"].String(), "tells of its job-nodes' exits as they happen\" host="+h) {
+			t.Errorf("the coordinator never listened to the exits of %s's shim", h)
+		}
+	}
+	if !c.waitLog("coordinator", "a shim told of a job-node's exit", 5*time.Second) {
+		t.Errorf("no shim told of a killed job-node's exit:\n%s", lastLines(c.logs["coordinator"].String(), 20))
+	}
 	c.mustCLI("restart", job)
 	c.progress(3, "restart after kill -9")
 

@@ -36,13 +36,7 @@ func (a *Agent) scratchTop() (top, checkUpTo string) {
 func (a *Agent) scratchDir(job, node string) (string, error) {
 	top, upTo := a.scratchTop()
 	dir := filepath.Join(top, job, node)
-	err := a.makeBelow(dir, func() error {
-		if err := rootOnly(filepath.Dir(dir), upTo); err != nil {
-			return err
-		}
-		return freshDir(dir)()
-	})
-	if err != nil {
+	if err := a.makeRootOnly(dir, upTo, freshDir(dir)); err != nil {
 		return "", fmt.Errorf("restore %s/%s: scratch directory: %w", job, node, err)
 	}
 	return dir, nil

@@ -71,14 +71,9 @@ func (a *Agent) Holds() bool { return a.cfg.ImageDir != "" }
 
 // makeInStore creates the directories above dir, root's and 0700, checks
 // that only root can write to any of them up to the image directory, and
-// runs create, which makes dir (makeBelow).
+// runs create, which makes dir (makeRootOnly).
 func (a *Agent) makeInStore(dir string, create func() error) error {
-	return a.makeBelow(dir, func() error {
-		if err := rootOnly(filepath.Dir(dir), a.cfg.ImageDir); err != nil {
-			return err
-		}
-		return create()
-	})
+	return a.makeRootOnly(dir, a.cfg.ImageDir, create)
 }
 
 // freshDir makes dir empty and new: what an earlier attempt left there goes.

@@ -18,6 +18,18 @@ func (a *Agent) makeBelow(p string, create func() error) error {
 	return create()
 }
 
+// makeRootOnly is makeBelow where every directory above p, up to upTo,
+// must be root's and writable only by root (rootOnly), checked before
+// create runs.
+func (a *Agent) makeRootOnly(p, upTo string, create func() error) error {
+	return a.makeBelow(p, func() error {
+		if err := rootOnly(filepath.Dir(p), upTo); err != nil {
+			return err
+		}
+		return create()
+	})
+}
+
 // pruneAbove removes the directories above p, up to top (which stays), as
 // long as they are empty. p itself is removed by the caller first.
 func (a *Agent) pruneAbove(p, top string) {

@@ -496,11 +496,17 @@ func (s *Sandbox) Kill(ctx context.Context) error {
 	return nil
 }
 
-func (s *Sandbox) killTree(ctx context.Context) error {
+// toKill marks the tree as one being killed (its end is no exit of its
+// own: watch) and returns it.
+func (s *Sandbox) toKill() *tree {
 	s.mu.Lock()
-	t := s.tree
-	s.killing = t
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	s.killing = s.tree
+	return s.tree
+}
+
+func (s *Sandbox) killTree(ctx context.Context) error {
+	t := s.toKill()
 	if err := s.cg.Kill(ctx); err != nil {
 		s.mu.Lock()
 		s.killing = nil // it may live on, and end by itself
@@ -620,10 +626,7 @@ func cgroupTop(parent string) string {
 func (s *Sandbox) teardown(ctx context.Context) error {
 	var errs []error
 	if s.cg != nil {
-		s.mu.Lock()
-		t := s.tree
-		s.killing = t
-		s.mu.Unlock()
+		t := s.toKill()
 		if err := s.cg.Kill(ctx); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -83,6 +83,16 @@ type launcher struct {
 	argv   []string
 	env    []string // added to the environment
 	torpor string   // bin/torpor for `torpor cancel`, when argv is `torpor run`
+	// cpu, when set, asks for where the machine's CPU time went between
+	// from and to after rank 0's MPI_Init returned (b1Run.CPU).
+	cpu *cpuPhase
+}
+
+// cpuPhase is a run's phase whose CPU time is read: processes named rank
+// are the ranks.
+type cpuPhase struct {
+	from, to time.Duration
+	rank     string
 }
 
 // progressPoint is an iteration and when it ended, since the launch.
@@ -108,6 +118,10 @@ type b1Run struct {
 	// within finalizeWait; it was ended (and a torpor job cancelled). The
 	// measurements up to the done line stand.
 	Hung bool
+	// CPU is where the machine's CPU time went in launcher.cpu's phase;
+	// nil if not asked for, or the run ended before the phase did.
+	CPU    *B1CPU
+	CPUErr string
 }
 
 // mpiRun launches l, reads its output as it comes and returns the run's
@@ -138,6 +152,11 @@ func mpiRun(ctx context.Context, l launcher, timeout time.Duration) (b1Run, erro
 		jobID string
 	)
 	r.Sums = map[uint64]string{}
+	ended := make(chan struct{}) // closed when the launcher has exited or was ended
+	cpuDone := make(chan struct{})
+	if l.cpu == nil {
+		close(cpuDone)
+	}
 	done := make(chan struct{})
 	lines := make(chan struct{})
 	go func() {
@@ -153,7 +172,18 @@ func mpiRun(ctx context.Context, l launcher, timeout time.Duration) (b1Run, erro
 				jobID = m[1]
 			}
 			if m := tStartRE.FindStringSubmatch(line); m != nil {
+				first := r.Init == 0
 				r.FirstRank, r.Init = sinceLaunch(launch, m[1]), sinceLaunch(launch, m[2])
+				if first && l.cpu != nil {
+					go readCPU(*l.cpu, launch.Add(r.Init), ended, cpuDone, func(c *B1CPU, err error) {
+						mu.Lock()
+						defer mu.Unlock()
+						r.CPU = c
+						if err != nil {
+							r.CPUErr = err.Error()
+						}
+					})
+				}
 			}
 			if m := tIterRE.FindStringSubmatch(line); m != nil {
 				it, _ := strconv.ParseUint(m[1], 10, 64)
@@ -205,6 +235,7 @@ wait:
 		}
 	}
 	end := time.Now()
+	close(ended)
 	r.Wall = end.Sub(launch)
 	mu.Lock()
 	id := jobID
@@ -228,6 +259,11 @@ wait:
 	if n := len(r.Progress); n > 0 {
 		r.Teardown = r.Wall - r.Progress[n-1].At
 	}
+	if r.Init != 0 {
+		<-cpuDone // returns at once once the run has ended
+	}
+	mu.Lock()
+	defer mu.Unlock()
 	text := out.Bytes()
 	// The reason first: the summary shows an error's first line.
 	argv := strings.Join(l.argv, " ")

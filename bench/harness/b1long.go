@@ -36,6 +36,11 @@ type B1LongRun struct {
 	Windows     []float64 `json:"window_rates_per_s"` // iterations per second in each window
 	Hung        bool      `json:"hung_at_finalize,omitempty"`
 	Err         string    `json:"error,omitempty"`
+	// CPU is where the machine's CPU time went from the warm-up's end to
+	// 1 s before the run's; RatePerCPU is Rate per CPU-second the ranks got.
+	CPU        *B1CPU  `json:"cpu,omitempty"`
+	CPUErr     string  `json:"cpu_error,omitempty"`
+	RatePerCPU float64 `json:"rate_per_rank_cpu_s,omitempty"`
 }
 
 // B1LongCase is one program on one MPI library in long mode: runs of
@@ -67,6 +72,18 @@ type B1Overhead struct {
 	NoisePct     float64 `json:"plain_noise_pct"`
 	PlainRuns    int     `json:"plain_runs"`
 	TorporRuns   int     `json:"torpor_runs"`
+	// The overhead split in two, from the runs that read their CPU time
+	// (B1CPU): CPUPct is the share of the machine's CPU time the ranks did
+	// not get under torpor that they got under plain mpirun, 100 (plain −
+	// torpor) / plain of the medians of RanksPct; PerCPUPct is the same
+	// comparison of iterations per CPU-second the ranks got, what is left
+	// when that is taken out (the machine's own noise among it).
+	PlainRanksCPUPct  float64 `json:"plain_ranks_cpu_pct,omitempty"`
+	TorporRanksCPUPct float64 `json:"torpor_ranks_cpu_pct,omitempty"`
+	CPUPct            float64 `json:"cpu_pct,omitempty"`
+	PlainPerCPU       float64 `json:"plain_rate_per_rank_cpu_s,omitempty"`
+	TorporPerCPU      float64 `json:"torpor_rate_per_rank_cpu_s,omitempty"`
+	PerCPUPct         float64 `json:"per_cpu_pct,omitempty"`
 }
 
 // b1LongArgs are the program's arguments: -p so that a stamp comes every
@@ -102,6 +119,8 @@ func runB1Long(ctx context.Context, b b1Setup, spec B1LongSpec, secs int, logf f
 		c.Err = err.Error()
 		return c
 	}
+	phase := &cpuPhase{from: b1Warmup, to: time.Duration(secs)*time.Second - time.Second, rank: spec.Program + "." + spec.MPI}
+	plainL.cpu, torL.cpu = phase, phase
 	sums := map[uint64]string{}
 	timeout := time.Duration(secs)*time.Second + 3*time.Minute
 	for r := 0; r < spec.Reps; r++ {
@@ -142,7 +161,7 @@ func runB1Long(ctx context.Context, b b1Setup, spec B1LongSpec, secs int, logf f
 // to secs.
 func longRun(side string, r b1Run, secs int) B1LongRun {
 	lr := B1LongRun{Side: side, FirstRankMs: Ms(r.FirstRank), InitMs: Ms(r.Init), TeardownMs: Ms(r.Teardown),
-		WallMs: Ms(r.Wall), Iters: r.Iters, Checksum: r.Checksum, Hung: r.Hung}
+		WallMs: Ms(r.Wall), Iters: r.Iters, Checksum: r.Checksum, Hung: r.Hung, CPU: r.CPU, CPUErr: r.CPUErr}
 	end := r.Init + time.Duration(secs)*time.Second
 	from := r.Init + b1Warmup
 	if len(r.Progress) == 0 || r.Progress[len(r.Progress)-1].At < end || end <= from {
@@ -163,6 +182,9 @@ func longRun(side string, r b1Run, secs int) B1LongRun {
 		lr.Windows = append(lr.Windows, (done(t+b1Window)-done(t))/b1Window.Seconds())
 	}
 	lr.Rate = (done(end) - done(from)) / (end - from).Seconds()
+	if lr.CPU != nil && lr.CPU.RanksPct > 0 {
+		lr.RatePerCPU = lr.Rate / (lr.CPU.RanksPct / 100 * float64(lr.CPU.CPUs))
+	}
 	return lr
 }
 
@@ -203,6 +225,23 @@ func (c B1LongCase) overhead() *B1Overhead {
 	}
 	if len(allPlain) > 0 {
 		o.NoisePct = 100 * NewStat(allPlain).Spread()
+	}
+	var share, per [2][]float64 // [plain, torpor]
+	for _, r := range c.Runs {
+		if r.Rate <= 0 || (r.Err != "" && !r.Hung) || r.CPU == nil || r.RatePerCPU <= 0 {
+			continue
+		}
+		i := 0
+		if r.Side != "plain" {
+			i = 1
+		}
+		share[i], per[i] = append(share[i], r.CPU.RanksPct), append(per[i], r.RatePerCPU)
+	}
+	if len(share[0]) > 0 && len(share[1]) > 0 {
+		o.PlainRanksCPUPct, o.TorporRanksCPUPct = NewStat(share[0]).Median, NewStat(share[1]).Median
+		o.CPUPct = 100 * (o.PlainRanksCPUPct - o.TorporRanksCPUPct) / o.PlainRanksCPUPct
+		o.PlainPerCPU, o.TorporPerCPU = NewStat(per[0]).Median, NewStat(per[1]).Median
+		o.PerCPUPct = 100 * (o.PlainPerCPU - o.TorporPerCPU) / o.PlainPerCPU
 	}
 	return o
 }

@@ -402,6 +402,53 @@ func b1LongSection(w func(string, ...any), b *B1Result) {
 			f2(o.Pct), f2(o.WindowMinPct), f2(o.WindowMaxPct), f2(o.NoisePct), o.PlainRuns, o.TorporRuns)
 	}
 	w("\n")
+	b1CPUSection(w, b)
+}
+
+// b1CPUSection is where the CPU time went in the long runs' steady phases.
+func b1CPUSection(w func(string, ...any), b *B1Result) {
+	var read bool
+	for _, c := range b.Long {
+		for _, r := range c.Runs {
+			read = read || r.CPU != nil
+		}
+	}
+	if !read {
+		return
+	}
+	w("Where the machine's CPU time went from the warm-up's end to 1 s before each run's end (`/proc/stat` and every process's utime + stime; percentages of all CPUs' time). ")
+	w("With one busy-polling rank per CPU, what any other process or the kernel takes the ranks lose. ")
+	w("\"CPU lost\" = (plain − torpor) / plain of the medians of the ranks' share: the part of the overhead that is CPU time torpor's processes took; ")
+	w("\"per rank-CPU-second\" = the same comparison of iterations per CPU-second the ranks got: what is left (the machine's own noise among it).\n\n")
+	w("| program | MPI | run | side | busy %% | ranks %% | kernel threads %% | other processes %% | largest others (%%) | it per rank-CPU-s |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, c := range b.Long {
+		for i, r := range c.Runs {
+			if r.CPU == nil {
+				if r.CPUErr != "" {
+					w("| %s | %s | %d | %s | not read: %s |||||\n", c.Program, c.MPI, i+1, r.Side, strings.ReplaceAll(r.CPUErr, "|", "/"))
+				}
+				continue
+			}
+			var top []string
+			for _, u := range r.CPU.Others[:min(4, len(r.CPU.Others))] {
+				top = append(top, fmt.Sprintf("`%s` %s", u.Comm, f2(u.Pct)))
+			}
+			per := "n/a"
+			if r.RatePerCPU > 0 {
+				per = f0(r.RatePerCPU)
+			}
+			w("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", c.Program, c.MPI, i+1, r.Side, f2(r.CPU.BusyPct), f2(r.CPU.RanksPct),
+				f2(r.CPU.KernelPct), f2(r.CPU.OthersPct), strings.Join(top, ", "), per)
+		}
+	}
+	w("\n| program | MPI | ranks' CPU plain %% | ranks' CPU torpor %% | **CPU lost** | it per rank-CPU-s plain | torpor | **per rank-CPU-second** |\n|---|---|---|---|---|---|---|---|\n")
+	for _, c := range b.Long {
+		if o := c.Overhead; o != nil && o.PlainRanksCPUPct > 0 {
+			w("| %s | %s | %s | %s | **%s %%** | %s | %s | **%s %%** |\n", c.Program, c.MPI, f2(o.PlainRanksCPUPct), f2(o.TorporRanksCPUPct),
+				f2(o.CPUPct), f0(o.PlainPerCPU), f0(o.TorporPerCPU), f2(o.PerCPUPct))
+		}
+	}
+	w("\n")
 }
 
 // coordWhere says where B5's fake points kept the catalog: a run from

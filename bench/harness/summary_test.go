@@ -193,3 +193,51 @@ func TestOverhead(t *testing.T) {
 		t.Errorf("no torpor run, yet overhead %+v", o)
 	}
 }
+
+// TestOverheadCPU checks the overhead's split: the ranks' CPU share and
+// their rate per CPU-second, from the runs that read their CPU time.
+func TestOverheadCPU(t *testing.T) {
+	run := func(side string, rate, ranksPct float64) B1LongRun {
+		r := longRun(side, b1Run{}, 60) // no stamps: no rate
+		r.Rate, r.Windows, r.CPU = rate, []float64{rate}, &B1CPU{CPUs: 2, RanksPct: ranksPct}
+		r.RatePerCPU = rate / (ranksPct / 100 * 2)
+		return r
+	}
+	noCPU := B1LongRun{Side: "torpor", Rate: 1, Windows: []float64{1}} // counted in the rates, not in the split
+	c := B1LongCase{Runs: []B1LongRun{run("plain", 1000, 99), run("torpor", 960, 98), run("torpor", 940, 97), run("plain", 1020, 99), noCPU}}
+	o := c.overhead()
+	if o == nil {
+		t.Fatal("no overhead")
+	}
+	if o.PlainRanksCPUPct != 99 || o.TorporRanksCPUPct != 97.5 {
+		t.Errorf("ranks' CPU %v / %v %%, want 99 / 97.5", o.PlainRanksCPUPct, o.TorporRanksCPUPct)
+	}
+	if want := 100 * 1.5 / 99; math.Abs(o.CPUPct-want) > 1e-9 {
+		t.Errorf("CPU lost %v%%, want %v%%", o.CPUPct, want)
+	}
+	// per rank-CPU-second: plain 1000/1.98 and 1020/1.98, torpor 960/1.96 and 940/1.94.
+	plain, tor := (1000/1.98+1020/1.98)/2, (960/1.96+940/1.94)/2
+	if math.Abs(o.PlainPerCPU-plain) > 1e-9 || math.Abs(o.TorporPerCPU-tor) > 1e-9 || math.Abs(o.PerCPUPct-100*(plain-tor)/plain) > 1e-9 {
+		t.Errorf("per rank-CPU-second %v / %v (%v%%), want %v / %v", o.PlainPerCPU, o.TorporPerCPU, o.PerCPUPct, plain, tor)
+	}
+	if o := (B1LongCase{Runs: []B1LongRun{run("plain", 1000, 99), noCPU}}).overhead(); o == nil || o.CPUPct != 0 || o.TorporRanksCPUPct != 0 {
+		t.Errorf("no torpor run read its CPU, yet a split: %+v", o)
+	}
+}
+
+// TestLongRunCPU checks that a run's rate per rank-CPU-second comes from
+// its rate and its ranks' share of all CPUs.
+func TestLongRunCPU(t *testing.T) {
+	s := time.Second
+	var prog []progressPoint
+	for at := 2 * s; at <= 62*s; at += s {
+		prog = append(prog, progressPoint{uint64(100 * (at - s).Seconds()), at})
+	}
+	lr := longRun("torpor", b1Run{Init: s, Progress: prog, CPU: &B1CPU{CPUs: 2, RanksPct: 80}}, 60)
+	if want := 100 / 1.6; math.Abs(lr.RatePerCPU-want) > 1e-9 {
+		t.Errorf("rate per rank-CPU-second %v, want %v", lr.RatePerCPU, want)
+	}
+	if lr := longRun("torpor", b1Run{Init: s, Progress: prog}, 60); lr.RatePerCPU != 0 || lr.CPU != nil {
+		t.Errorf("no CPU read, yet %+v", lr)
+	}
+}

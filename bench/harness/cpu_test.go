@@ -3,6 +3,7 @@ package harness
 import (
 	"math"
 	"os"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -56,7 +57,7 @@ func TestCPUBetween(t *testing.T) {
 		{14, 1}: {comm: "old", ticks: 5}, // its pid is reused below
 		{3, 0}:  {comm: "ksoftirqd/0", kernel: true, ticks: 1},
 	}}
-	b := cpuLook{at: t0.Add(5 * time.Second), total: 2000, busy: 1390, procs: map[procKey]procTicks{
+	b := cpuLook{at: t0.Add(5 * time.Second), total: 1950, busy: 1340, procs: map[procKey]procTicks{
 		{10, 1}: {comm: "ring.openmpi-lo", ticks: 550},
 		{11, 1}: {comm: "ring.openmpi-lo", ticks: 540},
 		{12, 1}: {comm: "torpor", ticks: 70},
@@ -65,7 +66,7 @@ func TestCPUBetween(t *testing.T) {
 		{15, 9}: {comm: "newer", ticks: 30},
 		{3, 0}:  {comm: "ksoftirqd/0", kernel: true, ticks: 6},
 	}}
-	c := cpuBetween(a, b, "ring.openmpi-longer-than-15")
+	c := cpuBetween(a, b, "ring.openmpi-longer-than-15", 2) // 1000 ticks of capacity
 	if c == nil {
 		t.Fatal("nil")
 	}
@@ -76,14 +77,15 @@ func TestCPUBetween(t *testing.T) {
 		}
 	}
 	near("secs", c.Secs, 5)
-	near("busy", c.BusyPct, 99)
+	near("busy", c.BusyPct, 100*940/950.0)
+	near("tick gap", c.TickGapPct, 5)
 	near("ranks", c.RanksPct, 89)
 	near("kernel", c.KernelPct, 0.5)
 	near("others", c.OthersPct, 2.5)
 	if len(c.Others) != 2 || c.Others[0] != (CPUUse{"torpor", 2}) || c.Others[1] != (CPUUse{"mpirun", 0.5}) {
 		t.Errorf("others %+v, want torpor 2, mpirun 0.5", c.Others)
 	}
-	if c := cpuBetween(b, a, "ring"); c != nil {
+	if c := cpuBetween(b, a, "ring", 2); c != nil {
 		t.Errorf("looks in the wrong order gave %+v", c)
 	}
 }
@@ -137,11 +139,11 @@ func TestLookCPU(t *testing.T) {
 	if lo, hi := u1-u0-20*time.Millisecond, u2-uBefore+20*time.Millisecond; got < lo || got > hi {
 		t.Errorf("/proc gave this process %v of CPU between the looks; getrusage %v (bounds %v…%v)", got, u1-u0, lo, hi)
 	}
-	c := cpuBetween(a, b, self)
-	if c == nil || c.RanksPct <= 0 || c.BusyPct < c.RanksPct || c.CPUs < 1 {
-		t.Fatalf("split %+v: want this process's share as the ranks', within the machine's busy share", c)
+	c := cpuBetween(a, b, self, runtime.NumCPU())
+	if c == nil || c.RanksPct <= 0 || c.RanksPct > 100 || c.CPUs < 1 {
+		t.Fatalf("split %+v: want this process's share as the ranks'", c)
 	}
-	want := 100 * float64(tb-ta) / float64(b.total-a.total)
+	want := 100 * float64(tb-ta) / (b.at.Sub(a.at).Seconds() * float64(runtime.NumCPU()) * userHZ)
 	if math.Abs(c.RanksPct-want) > 1e-9 {
 		t.Errorf("ranks %v%%, want %v%%", c.RanksPct, want)
 	}
@@ -173,5 +175,20 @@ func TestReadCPU(t *testing.T) {
 	<-done
 	if d := time.Since(start); d > time.Minute {
 		t.Errorf("took %v", d)
+	}
+}
+
+// TestTorporVerb names torpor's processes by their verb.
+func TestTorporVerb(t *testing.T) {
+	for cmdline, want := range map[string]string{
+		"/work/bin/torpor\x00run\x00-n\x002\x00ring\x00": "torpor run",
+		"torpor\x00pmixd\x00--spec\x00x.json\x00":        "torpor pmixd",
+		"torpor\x00":              "torpor",
+		"torpor\x00--version\x00": "torpor",
+		"":                        "torpor",
+	} {
+		if got := torporVerb([]byte(cmdline)); got != want {
+			t.Errorf("%q: %q, want %q", cmdline, got, want)
+		}
 	}
 }

@@ -416,16 +416,17 @@ func b1CPUSection(w func(string, ...any), b *B1Result) {
 	if !read {
 		return
 	}
-	w("Where the machine's CPU time went from the warm-up's end to 1 s before each run's end (`/proc/stat` and every process's utime + stime; percentages of all CPUs' time). ")
+	w("Where the machine's CPU time went from the warm-up's end to 1 s before each run's end (every process's utime + stime, as percentages of wall time × CPUs). ")
+	w("Busy and tick gap come from `/proc/stat`, which counts ticks: busy is its busy ticks over all of them, tick gap how many fewer ticks it counted than wall time × CPUs (on a VM, time the host may have taken; the processes' own times do not miss it). ")
 	w("With one busy-polling rank per CPU, what any other process or the kernel takes the ranks lose. ")
 	w("\"CPU lost\" = (plain − torpor) / plain of the medians of the ranks' share: the part of the overhead that is CPU time torpor's processes took; ")
 	w("\"per rank-CPU-second\" = the same comparison of iterations per CPU-second the ranks got: what is left (the machine's own noise among it).\n\n")
-	w("| program | MPI | run | side | busy %% | ranks %% | kernel threads %% | other processes %% | largest others (%%) | it per rank-CPU-s |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	w("| program | MPI | run | side | busy %% | tick gap %% | ranks %% | kernel threads %% | other processes %% | largest others (%%) | it per rank-CPU-s |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, c := range b.Long {
 		for i, r := range c.Runs {
 			if r.CPU == nil {
 				if r.CPUErr != "" {
-					w("| %s | %s | %d | %s | not read: %s |||||\n", c.Program, c.MPI, i+1, r.Side, strings.ReplaceAll(r.CPUErr, "|", "/"))
+					w("| %s | %s | %d | %s | not read: %s ||||||\n", c.Program, c.MPI, i+1, r.Side, strings.ReplaceAll(r.CPUErr, "|", "/"))
 				}
 				continue
 			}
@@ -437,7 +438,7 @@ func b1CPUSection(w func(string, ...any), b *B1Result) {
 			if r.RatePerCPU > 0 {
 				per = f0(r.RatePerCPU)
 			}
-			w("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s |\n", c.Program, c.MPI, i+1, r.Side, f2(r.CPU.BusyPct), f2(r.CPU.RanksPct),
+			w("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", c.Program, c.MPI, i+1, r.Side, f2(r.CPU.BusyPct), f2(r.CPU.TickGapPct), f2(r.CPU.RanksPct),
 				f2(r.CPU.KernelPct), f2(r.CPU.OthersPct), strings.Join(top, ", "), per)
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,15 +37,40 @@ type initConfig struct {
 	ExitFile string `json:"exit_file,omitempty"`
 	// User, unless nil or root, is who the command runs as.
 	User *User `json:"user,omitempty"`
-	// Exec is set in the command's process (PID 2), which becomes User and
-	// executes the command.
-	Exec bool `json:"exec,omitempty"`
+}
+
+// execArg0 is argv[0] of the command's process (PID 2) before it executes
+// the command: execearly.c's constructor takes it, before the Go runtime
+// starts (execArgs).
+const execArg0 = "torpor-exec"
+
+// execArgs is the command's process's argv: execArg0 UID GID GROUPS DIR
+// COMMAND [ARG...], with "-" for root's ids and for no groups (execearly.c).
+func execArgs(cfg initConfig) []string {
+	uid, gid, groups := "-", "-", "-"
+	if !cfg.User.Root() {
+		uid, gid = strconv.Itoa(cfg.User.UID), strconv.Itoa(cfg.User.GID)
+		if len(cfg.User.Groups) > 0 {
+			g := make([]string, len(cfg.User.Groups))
+			for i, v := range cfg.User.Groups {
+				g[i] = strconv.Itoa(v)
+			}
+			groups = strings.Join(g, ",")
+		}
+	}
+	return append([]string{execArg0, uid, gid, groups, cfg.Dir}, cfg.Argv...)
 }
 
 // MaybeRunInit runs the sandbox init and never returns when this process was
 // started as one (like `runc init`); otherwise it returns at once. Call it
 // first thing in main and in TestMain of packages that start sandboxes.
 func MaybeRunInit() {
+	if len(os.Args) > 0 && os.Args[0] == execArg0 {
+		// execearly.c's constructor executes the command before the Go
+		// runtime starts; it is not in a binary built without cgo.
+		initFail(errors.New("this torpor binary was built without cgo: its sandboxes cannot start their command; build it with CGO_ENABLED=1"))
+		os.Exit(127)
+	}
 	raw, ok := os.LookupEnv(initEnv)
 	if !ok {
 		return
@@ -56,10 +80,6 @@ func MaybeRunInit() {
 	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
 		initFail(fmt.Errorf("bad configuration: %w", err))
 		os.Exit(125)
-	}
-	if cfg.Exec {
-		initFail(execCommand(cfg)) // returns only on failure
-		os.Exit(127)
 	}
 	code := runInit(cfg)
 	if cfg.ExitFile != "" {
@@ -141,17 +161,15 @@ func runInit(cfg initConfig) int {
 		files = []*os.File{os.Stdin, out, out}
 	}
 	report := os.NewFile(initReportFD, "init-report")
-	sub := cfg
-	sub.Exec, sub.ExitFile, sub.Hostname = true, "", ""
-	raw, err := json.Marshal(sub)
-	if err != nil {
-		initFail(err)
-		return 125
+	env := cfg.Env
+	if env == nil {
+		env = os.Environ() // without initEnv: MaybeRunInit unset it
 	}
 	unix.CloseOnExec(initReportFD)
-	proc, err := os.StartProcess("/proc/self/exe", []string{"torpor-exec"}, &os.ProcAttr{
-		Env: []string{initEnv + "=" + string(raw)}, Files: append(files, report),
-	})
+	// The command's process becomes the owner and executes the command
+	// (execearly.c), checking each step as the owner, so that Start can
+	// say which one the owner may not do.
+	proc, err := os.StartProcess("/proc/self/exe", execArgs(cfg), &os.ProcAttr{Env: env, Files: append(files, report)})
 	if err != nil {
 		initFail(fmt.Errorf("start the command's process: %w", err))
 		return 125
@@ -181,99 +199,6 @@ func runInit(cfg initConfig) int {
 			return 128 + int(ws.Signal())
 		}
 	}
-}
-
-// execCommand is the command's process before it is the command: it becomes
-// cfg.User for good (see becomeUser), enters the working directory and
-// executes the command, checking each step as the owner, so that Start can
-// say which one the owner may not do. It returns only on failure.
-func execCommand(cfg initConfig) error {
-	unix.CloseOnExec(initReportFD)
-	runtime.LockOSThread()
-	if !cfg.User.Root() {
-		if err := becomeUser(cfg.User); err != nil {
-			return fmt.Errorf("become uid %d: %w", cfg.User.UID, err)
-		}
-	}
-	if cfg.Dir != "" {
-		if err := os.Chdir(cfg.Dir); err != nil {
-			return fmt.Errorf("working directory %s: %w (as uid %d)", cfg.Dir, errors.Unwrap(err), os.Getuid())
-		}
-	}
-	env := cfg.Env
-	if env == nil {
-		env = os.Environ()
-	}
-	report := os.NewFile(initReportFD, "init-report")
-	_, _ = report.WriteString(initExec)
-	err := syscall.Exec(cfg.Argv[0], cfg.Argv, env)
-	return fmt.Errorf("start command: exec %s: %w (as uid %d)", cfg.Argv[0], err, os.Getuid())
-}
-
-// becomeUser turns this process into u for good: no_new_privs and an empty
-// capability bounding set on this thread, locked, which then executes the
-// command (both are per-thread, and the command inherits them); the groups,
-// gid and uid on every thread. From a uid of 0 to none, the permitted,
-// effective and ambient capabilities are cleared; checkDropped verifies it.
-func becomeUser(u *User) error {
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		return fmt.Errorf("set no_new_privs: %w", err)
-	}
-	last, err := capLastCap()
-	if err != nil {
-		return err
-	}
-	for c := 0; c <= last; c++ {
-		if err := unix.Prctl(unix.PR_CAPBSET_DROP, uintptr(c), 0, 0, 0); err != nil {
-			return fmt.Errorf("drop capability %d from the bounding set: %w", c, err)
-		}
-	}
-	if err := syscall.Setgroups(u.Groups); err != nil {
-		return fmt.Errorf("set groups %v: %w", u.Groups, err)
-	}
-	if err := syscall.Setresgid(u.GID, u.GID, u.GID); err != nil {
-		return fmt.Errorf("set gid %d: %w", u.GID, err)
-	}
-	if err := syscall.Setresuid(u.UID, u.UID, u.UID); err != nil {
-		return fmt.Errorf("set uid %d: %w", u.UID, err)
-	}
-	return checkDropped()
-}
-
-// checkDropped fails unless this thread holds no capability at all and
-// cannot gain one.
-func checkDropped() error {
-	data, err := os.ReadFile("/proc/thread-self/status")
-	if err != nil {
-		return err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		v = strings.TrimSpace(v)
-		switch k {
-		case "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb":
-			if strings.Trim(v, "0") != "" {
-				return fmt.Errorf("still holds capabilities after dropping them: %s %s", k, v)
-			}
-		case "NoNewPrivs":
-			if v != "1" {
-				return errors.New("no_new_privs is not set")
-			}
-		}
-	}
-	return nil
-}
-
-// capLastCap is the highest capability number this kernel knows.
-func capLastCap() (int, error) {
-	data, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
-	if err != nil {
-		return 0, err
-	}
-	return strconv.Atoi(strings.TrimSpace(string(data)))
 }
 
 // initSysProcAttr is how the shim clones the init: in PID, UTS and IPC

@@ -163,7 +163,7 @@ func runInit(cfg initConfig) int {
 	report := os.NewFile(initReportFD, "init-report")
 	env := cfg.Env
 	if env == nil {
-		env = os.Environ() // without initEnv: MaybeRunInit unset it
+		env = []string{} // none: os.StartProcess would pass on the init's (the shim's)
 	}
 	unix.CloseOnExec(initReportFD)
 	// The command's process becomes the owner and executes the command

@@ -90,7 +90,7 @@ type Config struct {
 // Process is the command the init starts.
 type Process struct {
 	Argv []string
-	Env  []string // nil: the shim's environment
+	Env  []string // nil: none
 	Dir  string
 	// Output receives the command's stdout and stderr. It is opened by the
 	// init and stays open in the tree: it must exist at the same path when the

@@ -8,9 +8,12 @@
 //   UID, GID: decimal, or "-" to keep root's (a root job);
 //   GROUPS: decimal gids separated by commas, "-" for none;
 //   DIR: the working directory, "" to keep the init's ("/").
-// The environment is the command's. File descriptor 3 is the report pipe:
-// "exec\n" just before the exec (the pipe then closes with it), or why the
-// command does not run.
+// File descriptor 3 is the report pipe: "exec\n" just before the exec (the
+// pipe then closes with it), or why the command does not run. File
+// descriptor 4 holds the command's environment, each entry ended by a NUL.
+// This process's own environment is empty: it starts as root, and the
+// dynamic loader would act on the owner's LD_PRELOAD, LD_LIBRARY_PATH or
+// GLIBC_TUNABLES before this constructor runs.
 
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,11 +25,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #define REPORT_FD 3
+#define ENV_FD 4
 #define MAX_GROUPS 65536
+#define MAX_ENV (64 << 20)
 
 // fail writes the reason, as the Go init writes its own (initFail), and
 // exits 127.
@@ -172,13 +178,49 @@ static void become(const char *uids, const char *gids, const char *groups) {
 	check_dropped(uid);
 }
 
-__attribute__((constructor)) static void torpor_exec(int argc, char **argv, char **envp) {
+// read_env reads the command's environment from ENV_FD and closes it.
+static char **read_env(void) {
+	struct stat st;
+	if (fstat(ENV_FD, &st) != 0)
+		fail("read the command's environment: %s", strerror(errno));
+	if (st.st_size < 0 || st.st_size > MAX_ENV)
+		fail("the command's environment is %lld bytes, more than %d", (long long)st.st_size, MAX_ENV);
+	size_t size = st.st_size;
+	char *buf = malloc(size + 1);
+	if (!buf)
+		fail("read the command's environment: out of memory");
+	size_t have = 0;
+	while (have < size) {
+		ssize_t n = pread(ENV_FD, buf + have, size - have, have);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			fail("read the command's environment: %s", n < 0 ? strerror(errno) : "short read");
+		have += n;
+	}
+	close(ENV_FD);
+	if (size > 0 && buf[size - 1] != '\0')
+		fail("the command's environment does not end with a NUL");
+	size_t count = 0;
+	for (size_t i = 0; i < size; i++)
+		count += buf[i] == '\0';
+	char **env = calloc(count + 1, sizeof *env);
+	if (!env)
+		fail("read the command's environment: out of memory");
+	size_t k = 0;
+	for (size_t i = 0; i < size; i += strlen(buf + i) + 1)
+		env[k++] = buf + i;
+	return env;
+}
+
+__attribute__((constructor)) static void torpor_exec(int argc, char **argv) {
 	if (argc < 1 || argv[0] == NULL || strcmp(argv[0], "torpor-exec") != 0)
 		return;
 	if (fcntl(REPORT_FD, F_SETFD, FD_CLOEXEC) != 0)
 		_exit(127); // no report pipe: not started by a sandbox init
 	if (argc < 6)
 		fail("torpor-exec: %d arguments, want UID GID GROUPS DIR COMMAND [ARG...]", argc - 1);
+	char **env = read_env();
 	if (strcmp(argv[1], "-") != 0)
 		become(argv[1], argv[2], argv[3]);
 	char e[128];
@@ -186,6 +228,6 @@ __attribute__((constructor)) static void torpor_exec(int argc, char **argv, char
 		fail("working directory %s: %s (as uid %d)", argv[4], errstr(errno, e, sizeof e), (int)getuid());
 	if (write(REPORT_FD, "exec\n", 5) != 5)
 		_exit(127);
-	execve(argv[5], &argv[5], envp);
+	execve(argv[5], &argv[5], env);
 	fail("start command: exec %s: %s (as uid %d)", argv[5], errstr(errno, e, sizeof e), (int)getuid());
 }

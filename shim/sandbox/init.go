@@ -39,6 +39,30 @@ type initConfig struct {
 	User *User `json:"user,omitempty"`
 }
 
+// envFile is the command's environment for execearly.c's descriptor 4: a
+// memory file of its entries, each ended by a NUL.
+func envFile(env []string) (*os.File, error) {
+	fd, err := unix.MemfdCreate("torpor-exec-env", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "torpor-exec-env")
+	var b strings.Builder
+	for _, kv := range env {
+		if strings.IndexByte(kv, 0) >= 0 {
+			f.Close()
+			return nil, fmt.Errorf("an entry holds a NUL byte: %q", kv)
+		}
+		b.WriteString(kv)
+		b.WriteByte(0)
+	}
+	if _, err := f.WriteString(b.String()); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
 // execArg0 is argv[0] of the command's process (PID 2) before it executes
 // the command: execearly.c's constructor takes it, before the Go runtime
 // starts (execArgs).
@@ -161,15 +185,19 @@ func runInit(cfg initConfig) int {
 		files = []*os.File{os.Stdin, out, out}
 	}
 	report := os.NewFile(initReportFD, "init-report")
-	env := cfg.Env
-	if env == nil {
-		env = []string{} // none: os.StartProcess would pass on the init's (the shim's)
+	env, err := envFile(cfg.Env)
+	if err != nil {
+		initFail(fmt.Errorf("the command's environment: %w", err))
+		return 125
 	}
 	unix.CloseOnExec(initReportFD)
 	// The command's process becomes the owner and executes the command
 	// (execearly.c), checking each step as the owner, so that Start can
-	// say which one the owner may not do.
-	proc, err := os.StartProcess("/proc/self/exe", execArgs(cfg), &os.ProcAttr{Env: env, Files: append(files, report)})
+	// say which one the owner may not do. It starts as root with no
+	// environment of its own: the owner's (LD_PRELOAD, LD_LIBRARY_PATH, …)
+	// reaches only the command, through env.
+	proc, err := os.StartProcess("/proc/self/exe", execArgs(cfg), &os.ProcAttr{Env: []string{}, Files: append(files, report, env)})
+	env.Close()
 	if err != nil {
 		initFail(fmt.Errorf("start the command's process: %w", err))
 		return 125

@@ -220,9 +220,9 @@ __attribute__((constructor)) static void torpor_exec(int argc, char **argv) {
 		_exit(127); // no report pipe: not started by a sandbox init
 	if (argc < 6)
 		fail("torpor-exec: %d arguments, want UID GID GROUPS DIR COMMAND [ARG...]", argc - 1);
-	char **env = read_env();
 	if (strcmp(argv[1], "-") != 0)
 		become(argv[1], argv[2], argv[3]);
+	char **env = read_env(); // the owner's: read as the owner
 	char e[128];
 	if (argv[4][0] != '\0' && chdir(argv[4]) != 0)
 		fail("working directory %s: %s (as uid %d)", argv[4], errstr(errno, e, sizeof e), (int)getuid());

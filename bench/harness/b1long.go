@@ -194,15 +194,21 @@ func (c B1LongCase) overhead() *B1Overhead {
 	var plain, tor []float64
 	var plainWin, torWin [][]float64
 	var allPlain []float64
+	var share, per [2][]float64 // [plain, torpor], of the runs that read their CPU time
 	for _, r := range c.Runs {
 		if r.Rate <= 0 || (r.Err != "" && !r.Hung) {
 			continue
 		}
+		side := 0
 		if r.Side == "plain" {
 			plain, plainWin = append(plain, r.Rate), append(plainWin, r.Windows)
 			allPlain = append(allPlain, r.Windows...)
 		} else {
 			tor, torWin = append(tor, r.Rate), append(torWin, r.Windows)
+			side = 1
+		}
+		if r.RatePerCPU > 0 { // set only with r.CPU
+			share[side], per[side] = append(share[side], r.CPU.RanksPct), append(per[side], r.RatePerCPU)
 		}
 	}
 	if len(plain) == 0 || len(tor) == 0 {
@@ -225,17 +231,6 @@ func (c B1LongCase) overhead() *B1Overhead {
 	}
 	if len(allPlain) > 0 {
 		o.NoisePct = 100 * NewStat(allPlain).Spread()
-	}
-	var share, per [2][]float64 // [plain, torpor]
-	for _, r := range c.Runs {
-		if r.Rate <= 0 || (r.Err != "" && !r.Hung) || r.CPU == nil || r.RatePerCPU <= 0 {
-			continue
-		}
-		i := 0
-		if r.Side != "plain" {
-			i = 1
-		}
-		share[i], per[i] = append(share[i], r.CPU.RanksPct), append(per[i], r.RatePerCPU)
 	}
 	if len(share[0]) > 0 && len(share[1]) > 0 {
 		o.PlainRanksCPUPct, o.TorporRanksCPUPct = NewStat(share[0]).Median, NewStat(share[1]).Median

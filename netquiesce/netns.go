@@ -9,8 +9,6 @@ import (
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
-
-	"github.com/torpor-hpc/torpor/internal/nsrun"
 )
 
 // NetnsDir is where named network namespaces live, as with `ip netns`.
@@ -20,7 +18,8 @@ const NetnsDir = "/run/netns"
 // /run/netns/<name> (visible to `ip netns`) and returns an open handle to it.
 // The caller's namespace does not change: the namespace is created on a locked,
 // throw-away OS thread. The caller must Close the handle; DeleteNamedNetns
-// removes the name.
+// removes the name. Where the kernel can (Linux 6.1 on), the namespace has
+// socket hash tables of its own (see OwnTCPBuckets).
 func NewNamedNetns(name string) (netns.NsHandle, error) {
 	if name == "" || filepath.Base(name) != name || name == "." || name == ".." {
 		return netns.None(), fmt.Errorf("create network namespace %q: invalid name", name)
@@ -35,7 +34,7 @@ func NewNamedNetns(name string) (netns.NsHandle, error) {
 	}
 	f.Close()
 
-	err = nsrun.InNewNetNS(func() error {
+	err = inNewOwnTablesNetNS(func() error {
 		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
 		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("bind-mount network namespace at %s: %w", path, err)

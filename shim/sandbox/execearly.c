@@ -1,5 +1,5 @@
 // The command's process of a sandbox, before it is the command (see
-// runInit): it becomes the job's owner for good and executes the command.
+// initearly.c): it becomes the job's owner for good and executes the command.
 // It runs as a constructor, before the Go runtime starts, so that a job-node
 // does not pay for a second start of the torpor binary's runtime and package
 // initialisation (about 30 ms here) before its command runs.
@@ -34,7 +34,7 @@
 #define MAX_GROUPS 65536
 #define MAX_ENV (64 << 20)
 
-// fail writes the reason, as the Go init writes its own (initFail), and
+// fail writes the reason, as the init writes its own (init_say), and
 // exits 127.
 static void fail(const char *fmt, ...) {
 	char msg[1024];

@@ -65,7 +65,8 @@ func innerPid(t *testing.T, pid int) string {
 // childOf returns the only child of pid.
 func childOf(t *testing.T, pid int) int {
 	t.Helper()
-	// children lists are per thread; the Go init forks from any thread.
+	// children lists are per thread (an init restored from an image of
+	// before 2026-12-06, a Go runtime, forks from any of its threads).
 	files, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 	if err != nil {
 		t.Fatal(err)

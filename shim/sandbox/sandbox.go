@@ -12,7 +12,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -386,10 +385,17 @@ func (s *Sandbox) Start(ctx context.Context, p Process) error {
 	if len(p.Argv) == 0 {
 		return fmt.Errorf("start sandbox %s: empty command", s.cfg.Name)
 	}
-	cfg, err := json.Marshal(initConfig{Hostname: s.cfg.Hostname, Argv: p.Argv, Env: p.Env, Dir: p.Dir, Output: p.Output, ExitFile: p.ExitFile, User: p.User})
-	if err != nil {
-		return fmt.Errorf("start sandbox %s: %w", s.cfg.Name, err)
+	args := initArgs(initConfig{Hostname: s.cfg.Hostname, Argv: p.Argv, Dir: p.Dir, Output: p.Output, ExitFile: p.ExitFile, User: p.User})
+	for _, a := range args {
+		if strings.IndexByte(a, 0) >= 0 {
+			return fmt.Errorf("start sandbox %s: an argument, the hostname or a path holds a NUL byte: %q", s.cfg.Name, a)
+		}
 	}
+	env, err := envFile(p.Env)
+	if err != nil {
+		return fmt.Errorf("start sandbox %s: the command's environment: %w", s.cfg.Name, err)
+	}
+	defer env.Close()
 	if p.ExitFile != "" {
 		if err := CreateOwned(p.ExitFile, p.User, 0o600); err != nil {
 			return fmt.Errorf("start sandbox %s: create exit status file: %w", s.cfg.Name, err)
@@ -415,10 +421,11 @@ func (s *Sandbox) Start(ctx context.Context, p Process) error {
 	}
 	defer report.Close()
 	cmd := exec.Command("/proc/self/exe")
-	cmd.Args = []string{"torpor-init"}
-	cmd.Env = append(os.Environ(), initEnv+"="+string(cfg))
+	cmd.Args = args
+	// The init (initearly.c) needs no environment; the command's is in env.
+	cmd.Env = []string{}
 	cmd.Stdout, cmd.Stderr = outf, outf
-	cmd.ExtraFiles = []*os.File{reportW} // initReportFD
+	cmd.ExtraFiles = []*os.File{reportW, env} // initReportFD, initEnvFD
 	cmd.SysProcAttr = initSysProcAttr(int(cgf.Fd()))
 	err = nsrun.InNetNS(s.sb.NS(), cmd.Start)
 	reportW.Close()

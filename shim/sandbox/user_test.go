@@ -18,7 +18,7 @@ import (
 // user's uid, gid and groups, no capability and no_new_privs; it cannot
 // write where the user cannot, and a working directory or a program the
 // user may not use makes Start fail, saying so. The init stays root (see
-// runInit) and runs nothing of the user's.
+// initearly.c) and runs nothing of the user's.
 func TestStartAsUser(t *testing.T) {
 	u := testuser.New(t) // before the cluster: removed after it
 	e := newEnv(t, 1)

@@ -11,11 +11,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestInit: the sandbox's PID 1 is initearly.c's, not a Go runtime: one
 // thread, no environment, "/" as its working directory, nothing open but
-// its standard descriptors once the command runs. The command's status
+// its standard descriptors once the command runs, and the command gets none
+// but those either. The command's status
 // reaches ExitErr and the exit file, 128+N for a command killed by signal
 // N, and an output the init cannot open makes Start fail, saying so.
 func TestInit(t *testing.T) {
@@ -25,11 +28,22 @@ func TestInit(t *testing.T) {
 
 	s := e.sandbox(1, 1, false)
 	out, exitFile, stop := filepath.Join(dir, "a.out"), filepath.Join(dir, "a.exit"), filepath.Join(dir, "stop")
-	script := `echo running; while [ ! -e ` + stop + ` ]; do sleep 0.05; done; exit 7`
+	// A descriptor without close-on-exec, as a shim's parent may leave it
+	// one: it must reach neither the init nor the command (ls's own
+	// listing is its 3).
+	leak, err := unix.Dup(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(leak)
+	script := `echo $(ls /proc/self/fd); while [ ! -e ` + stop + ` ]; do sleep 0.05; done; exit 7`
 	if err := s.Start(ctx, Process{Argv: []string{"/bin/sh", "-c", script}, Output: out, ExitFile: exitFile}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the command", 20*time.Second, func() bool { b, _ := os.ReadFile(out); return string(b) == "running\n" })
+	waitFor(t, "the command", 20*time.Second, func() bool { b, _ := os.ReadFile(out); return strings.HasSuffix(string(b), "\n") })
+	if b, _ := os.ReadFile(out); string(b) != "0 1 2 3\n" {
+		t.Errorf("the command's descriptors: %q, want 0 1 2 (and ls's 3)", b)
+	}
 	pid := s.Pid()
 	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

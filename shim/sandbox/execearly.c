@@ -29,7 +29,9 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#define REPORT_FD 3
+#include "early.h"
+
+#define REPORT_FD EARLY_REPORT_FD
 #define ENV_FD 4
 #define MAX_GROUPS 65536
 #define MAX_ENV (64 << 20)
@@ -37,27 +39,11 @@
 // fail writes the reason, as the init writes its own (init_say), and
 // exits 127.
 static void fail(const char *fmt, ...) {
-	char msg[1024];
 	va_list ap;
 	va_start(ap, fmt);
-	int n = vsnprintf(msg, sizeof msg, fmt, ap);
+	early_say(fmt, ap);
 	va_end(ap);
-	if (n < 0)
-		_exit(127);
-	if ((size_t)n >= sizeof msg)
-		n = sizeof msg - 1;
-	dprintf(2, "torpor sandbox init: %s\n", msg);
-	ssize_t w = write(REPORT_FD, msg, n);
-	(void)w;
 	_exit(127);
-}
-
-// errstr is strerror as Go spells it: the first letter in lower case.
-static const char *errstr(int err, char *buf, size_t len) {
-	snprintf(buf, len, "%s", strerror(err));
-	if (buf[0] >= 'A' && buf[0] <= 'Z')
-		buf[0] += 'a' - 'A';
-	return buf;
 }
 
 // parse_id reads a decimal id, the whole string.
@@ -161,20 +147,20 @@ static void become(const char *uids, const char *gids, const char *groups) {
 	}
 	char e[128];
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
-		fail("become uid %lu: set no_new_privs: %s", uid, errstr(errno, e, sizeof e));
+		fail("become uid %lu: set no_new_privs: %s", uid, early_errstr(errno, e, sizeof e));
 	int last = cap_last_cap();
 	if (last < 0)
 		fail("become uid %lu: read /proc/sys/kernel/cap_last_cap", uid);
 	for (int c = 0; c <= last; c++) {
 		if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) != 0)
-			fail("become uid %lu: drop capability %d from the bounding set: %s", uid, c, errstr(errno, e, sizeof e));
+			fail("become uid %lu: drop capability %d from the bounding set: %s", uid, c, early_errstr(errno, e, sizeof e));
 	}
 	if (setgroups(ngroups, list) != 0)
-		fail("become uid %lu: set groups %s: %s", uid, groups, errstr(errno, e, sizeof e));
+		fail("become uid %lu: set groups %s: %s", uid, groups, early_errstr(errno, e, sizeof e));
 	if (setresgid(gid, gid, gid) != 0)
-		fail("become uid %lu: set gid %lu: %s", uid, gid, errstr(errno, e, sizeof e));
+		fail("become uid %lu: set gid %lu: %s", uid, gid, early_errstr(errno, e, sizeof e));
 	if (setresuid(uid, uid, uid) != 0)
-		fail("become uid %lu: set uid %lu: %s", uid, uid, errstr(errno, e, sizeof e));
+		fail("become uid %lu: set uid %lu: %s", uid, uid, early_errstr(errno, e, sizeof e));
 	check_dropped(uid);
 }
 
@@ -225,9 +211,9 @@ __attribute__((constructor)) static void torpor_exec(int argc, char **argv) {
 	char **env = read_env(); // the owner's: read as the owner
 	char e[128];
 	if (argv[4][0] != '\0' && chdir(argv[4]) != 0)
-		fail("working directory %s: %s (as uid %d)", argv[4], errstr(errno, e, sizeof e), (int)getuid());
+		fail("working directory %s: %s (as uid %d)", argv[4], early_errstr(errno, e, sizeof e), (int)getuid());
 	if (write(REPORT_FD, "exec\n", 5) != 5)
 		_exit(127);
 	execve(argv[5], &argv[5], env);
-	fail("start command: exec %s: %s (as uid %d)", argv[5], errstr(errno, e, sizeof e), (int)getuid());
+	fail("start command: exec %s: %s (as uid %d)", argv[5], early_errstr(errno, e, sizeof e), (int)getuid());
 }

@@ -35,33 +35,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define INIT_REPORT_FD 3
+#include "early.h"
+
+#define INIT_REPORT_FD EARLY_REPORT_FD
 #define INIT_ENV_FD 4
 #define INIT_SETUP_FAILED 125
 
 // init_say writes the reason the command does not run to the report pipe
 // and to the init's output.
 static void init_say(const char *fmt, ...) {
-	char msg[1024];
 	va_list ap;
 	va_start(ap, fmt);
-	int n = vsnprintf(msg, sizeof msg, fmt, ap);
+	early_say(fmt, ap);
 	va_end(ap);
-	if (n < 0)
-		return;
-	if ((size_t)n >= sizeof msg)
-		n = sizeof msg - 1;
-	dprintf(2, "torpor sandbox init: %s\n", msg);
-	ssize_t w = write(INIT_REPORT_FD, msg, n);
-	(void)w;
-}
-
-// init_err is strerror as Go spells it: the first letter in lower case.
-static const char *init_err(int err, char *buf, size_t len) {
-	snprintf(buf, len, "%s", strerror(err));
-	if (buf[0] >= 'A' && buf[0] <= 'Z')
-		buf[0] += 'a' - 'A';
-	return buf;
 }
 
 // write_exit_file writes the status in place, O_NOFOLLOW: the shim created
@@ -71,12 +57,12 @@ static void write_exit_file(const char *path, int code) {
 	char e[128], buf[16];
 	int fd = open(path, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
-		dprintf(2, "torpor sandbox init: write exit status: open %s: %s\n", path, init_err(errno, e, sizeof e));
+		dprintf(2, "torpor sandbox init: write exit status: open %s: %s\n", path, early_errstr(errno, e, sizeof e));
 		return;
 	}
 	int n = snprintf(buf, sizeof buf, "%d\n", code);
 	if (write(fd, buf, n) != n || fsync(fd) != 0)
-		dprintf(2, "torpor sandbox init: write exit status: %s: %s\n", path, init_err(errno, e, sizeof e));
+		dprintf(2, "torpor sandbox init: write exit status: %s: %s\n", path, early_errstr(errno, e, sizeof e));
 	close(fd);
 }
 
@@ -85,11 +71,11 @@ static int init_run(char **argv) {
 	const char *hostname = argv[1], *output = argv[2];
 	char e[128];
 	if (hostname[0] != '\0' && sethostname(hostname, strlen(hostname)) != 0) {
-		init_say("set hostname: %s", init_err(errno, e, sizeof e));
+		init_say("set hostname: %s", early_errstr(errno, e, sizeof e));
 		return INIT_SETUP_FAILED;
 	}
 	if (chdir("/") != 0) {
-		init_say("chdir /: %s", init_err(errno, e, sizeof e));
+		init_say("chdir /: %s", early_errstr(errno, e, sizeof e));
 		return INIT_SETUP_FAILED;
 	}
 	int out = -1;
@@ -98,7 +84,7 @@ static int init_run(char **argv) {
 		// change.
 		out = open(output, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600);
 		if (out < 0) {
-			init_say("open output: open %s: %s", output, init_err(errno, e, sizeof e));
+			init_say("open output: open %s: %s", output, early_errstr(errno, e, sizeof e));
 			return INIT_SETUP_FAILED;
 		}
 	}
@@ -107,18 +93,18 @@ static int init_run(char **argv) {
 	char *no_env[] = {NULL};
 	pid_t main_pid = fork();
 	if (main_pid < 0) {
-		init_say("start the command's process: fork: %s", init_err(errno, e, sizeof e));
+		init_say("start the command's process: fork: %s", early_errstr(errno, e, sizeof e));
 		return INIT_SETUP_FAILED;
 	}
 	if (main_pid == 0) {
 		if (out >= 0 && (dup2(out, 1) < 0 || dup2(out, 2) < 0)) {
-			init_say("start the command's process: %s", init_err(errno, e, sizeof e));
+			init_say("start the command's process: %s", early_errstr(errno, e, sizeof e));
 			_exit(INIT_SETUP_FAILED);
 		}
 		if (out >= 0)
 			close(out);
 		execve("/proc/self/exe", &argv[3], no_env);
-		init_say("start the command's process: exec /proc/self/exe: %s", init_err(errno, e, sizeof e));
+		init_say("start the command's process: exec /proc/self/exe: %s", early_errstr(errno, e, sizeof e));
 		_exit(INIT_SETUP_FAILED);
 	}
 	close(INIT_REPORT_FD);

@@ -21,6 +21,12 @@ const NetnsDir = "/run/netns"
 // removes the name. Where the kernel can (Linux 6.1 on), the namespace has
 // socket hash tables of its own (see OwnTCPBuckets).
 func NewNamedNetns(name string) (netns.NsHandle, error) {
+	return newNamedNetns(name, inNewOwnTablesNetNS)
+}
+
+// newNamedNetns is NewNamedNetns with the namespace made by inNew, which runs
+// its function on a thread inside a new namespace (nsrun.InNewNetNS's form).
+func newNamedNetns(name string, inNew func(func() error) error) (netns.NsHandle, error) {
 	if name == "" || filepath.Base(name) != name || name == "." || name == ".." {
 		return netns.None(), fmt.Errorf("create network namespace %q: invalid name", name)
 	}
@@ -34,7 +40,7 @@ func NewNamedNetns(name string) (netns.NsHandle, error) {
 	}
 	f.Close()
 
-	err = inNewOwnTablesNetNS(func() error {
+	err = inNew(func() error {
 		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
 		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("bind-mount network namespace at %s: %w", path, err)

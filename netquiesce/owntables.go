@@ -58,29 +58,22 @@ const ipv4Sysctl = "/proc/sys/net/ipv4/"
 
 func makeNursery() {
 	nursery.ns = netns.None()
-	nursery.inherit = map[string]string{}
 	// Read on a fresh thread, which is in the process's own namespace
 	// even when the caller's thread is not.
-	nursery.err = nsrun.OnThread(func() error {
-		for _, k := range inheritedTCP {
-			b, err := os.ReadFile(ipv4Sysctl + k)
-			if err != nil {
-				return fmt.Errorf("read net.ipv4.%s: %w", k, err)
-			}
-			nursery.inherit[k] = strings.TrimSpace(string(b))
-		}
-		return nil
+	nursery.err = nsrun.OnThread(func() (err error) {
+		nursery.inherit, err = readIPv4(inheritedTCP...)
+		return err
 	})
 	if nursery.err != nil {
 		return
 	}
 	nursery.err = nsrun.InNewNetNS(func() error {
 		for k, v := range map[string]int{"tcp_child_ehash_entries": OwnTCPBuckets, "udp_child_hash_entries": OwnUDPBuckets} {
-			if err := os.WriteFile(ipv4Sysctl+k, fmt.Appendf(nil, "%d", v), 0); err != nil {
+			if err := writeIPv4(k, fmt.Sprint(v)); err != nil {
 				if errors.Is(err, os.ErrNotExist) {
 					return nil // before Linux 6.1 (TCP) or 6.2 (UDP): shared tables, as before
 				}
-				return fmt.Errorf("set net.ipv4.%s: %w", k, err)
+				return err
 			}
 		}
 		ns, err := netns.Get()
@@ -110,10 +103,32 @@ func inNewOwnTablesNetNS(fn func() error) error {
 			return fmt.Errorf("unshare network namespace: %w", err)
 		}
 		for _, k := range inheritedTCP {
-			if err := os.WriteFile(ipv4Sysctl+k, []byte(nursery.inherit[k]), 0); err != nil {
-				return fmt.Errorf("set net.ipv4.%s: %w", k, err)
+			if err := writeIPv4(k, nursery.inherit[k]); err != nil {
+				return err
 			}
 		}
 		return fn()
 	})
+}
+
+// readIPv4 reads net.ipv4.<name> for each name, in the calling thread's
+// namespace.
+func readIPv4(names ...string) (map[string]string, error) {
+	got := map[string]string{}
+	for _, k := range names {
+		b, err := os.ReadFile(ipv4Sysctl + k)
+		if err != nil {
+			return nil, fmt.Errorf("read net.ipv4.%s: %w", k, err)
+		}
+		got[k] = strings.TrimSpace(string(b))
+	}
+	return got, nil
+}
+
+// writeIPv4 sets net.ipv4.<name> in the calling thread's namespace.
+func writeIPv4(name, value string) error {
+	if err := os.WriteFile(ipv4Sysctl+name, []byte(value), 0); err != nil {
+		return fmt.Errorf("set net.ipv4.%s: %w", name, err)
+	}
+	return nil
 }

@@ -2,15 +2,11 @@ package netquiesce
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/torpor-hpc/torpor/internal/nsrun"
 	"github.com/torpor-hpc/torpor/internal/testutil"
@@ -20,16 +16,10 @@ import (
 // own namespace).
 func readSysctls(t *testing.T, n *Net, names ...string) map[string]string {
 	t.Helper()
-	got := map[string]string{}
-	read := func() error {
-		for _, k := range names {
-			b, err := os.ReadFile(ipv4Sysctl + k)
-			if err != nil {
-				return err
-			}
-			got[k] = strings.TrimSpace(string(b))
-		}
-		return nil
+	var got map[string]string
+	read := func() (err error) {
+		got, err = readIPv4(names...)
+		return err
 	}
 	var err error
 	if n == nil {
@@ -111,26 +101,17 @@ func TestOwnTablesDumpTime(t *testing.T) {
 // namespaces had tables of their own: unshared from the process's own.
 func netFromInNewNetNS(t *testing.T, name string) *Net {
 	t.Helper()
-	if err := ensureNetnsDir(); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(NetnsDir, name)
-	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	ns, err := newNamedNetns(name, nsrun.InNewNetNS)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
 	t.Cleanup(func() {
 		if err := DeleteNamedNetns(name); err != nil {
 			t.Error(err)
 		}
 	})
-	if err := nsrun.InNewNetNS(func() error {
-		return unix.Mount(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), path, "none", unix.MS_BIND, "")
-	}); err != nil {
-		t.Fatal(err)
-	}
-	n, err := OpenNamedNet(name)
+	n, err := OpenNet(ns)
+	ns.Close()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -367,6 +367,9 @@ func (j *Job) Migrate(ctx context.Context, node, to string, mode coordinator.Pos
 	}
 	for _, d := range dumps(w.calls) {
 		ms.Bytes += d.Bytes
+		// CRIU's share of the dump phase (a post-copy's: until its images
+		// were written and it served the pages).
+		ms.Phases["criu_dump"] += d.CRIUTime
 	}
 	j.Spec = moved
 	return ms, w.progressErr

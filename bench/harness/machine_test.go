@@ -17,3 +17,16 @@ func TestHashRates(t *testing.T) {
 		t.Fatalf("BLAKE3 beside a busy CPU: %.0f MB/s", beside)
 	}
 }
+
+// TestFaultCost: a first touch, which faults a page in, is measured and
+// costs more than touching the resident page again.
+func TestFaultCost(t *testing.T) {
+	fault, touch := faultCost()
+	t.Logf("first touch %.3f µs per page, again %.4f µs", fault, touch)
+	if fault <= 0 || touch <= 0 {
+		t.Fatalf("fault cost not measured: %.3f, %.4f µs", fault, touch)
+	}
+	if fault < 5*touch {
+		t.Fatalf("a first touch (%.3f µs) should cost well above a resident one (%.4f µs)", fault, touch)
+	}
+}

@@ -65,8 +65,8 @@ func Markdown(r *Result, plots []string) string {
 	w("Times in milliseconds: median (min–max) over the repetitions; ratios of medians. ")
 	w("How to read them and how to reproduce them: bench/README.md.\n\n")
 	w("| machine | |\n|---|---|\n")
-	w("| kernel | %s |\n| CPU | %d × %s |\n| memory | %s |\n| CRIU | %s (%s) |\n| storage | %s |\n| Go | %s |\n| Open MPI | %s |\n| MPICH | %s |\n| BLAKE3, one CPU | %.0f MB/s alone, %.0f MB/s while another CPU hashes too |\n| duration | %s |\n\n",
-		m.Kernel, m.CPUs, m.CPU, m.MemTotal, m.CRIU, m.CRIUPath, m.Storage, m.Go, m.OpenMPI, m.MPICH, m.HashMBps, m.HashMBpsBeside,
+	w("| kernel | %s |\n| CPU | %d × %s |\n| memory | %s |\n| CRIU | %s (%s) |\n| storage | %s |\n| Go | %s |\n| Open MPI | %s |\n| MPICH | %s |\n| BLAKE3, one CPU | %.0f MB/s alone, %.0f MB/s while another CPU hashes too |\n| memory's first touch | %.2f µs per 4 KiB page (%.3f µs touched again) |\n| duration | %s |\n\n",
+		m.Kernel, m.CPUs, m.CPU, m.MemTotal, m.CRIU, m.CRIUPath, m.Storage, m.Go, m.OpenMPI, m.MPICH, m.HashMBps, m.HashMBpsBeside, m.FaultUs, m.TouchUs,
 		r.Finished.Sub(r.Started).Round(1e9))
 	w("Plan: %d checkpoints per point, %d suspend+restart cycles, %d migrations per size and mode (%d from 1 GiB), %d B1 repetitions.\n\n",
 		r.Plan.Reps, r.Plan.RestartReps, r.Plan.MigrateReps, r.Plan.MigrateBigReps, r.Plan.B1Reps)
@@ -176,11 +176,11 @@ func Markdown(r *Result, plots []string) string {
 
 	if len(r.Migrate) > 0 {
 		w("## B4 migration downtime of one job-node\n\n")
-		w("A 2-job-node ring; n0 moves between h1 and a spare host, each row's migrations forced to one mode (`--postcopy never|always`). Downtime = the coordinator's: the whole job frozen, from the first freeze to the end of the thaw; median (min–max). Last page = post-copy only: from the first freeze until the destination had every page (the job runs meanwhile). Phases are medians of the shim calls; `destroy` (of the old copy) comes after the thaw, outside the downtime, and in a post-copy row after the last page (in runs up to 2026-12-04 03:44 a stop-copy's came before the unlock, inside the downtime). unlock→TCP = from the end of the unlock until every job-node's namespace received a TCP segment again.\n\n")
-		w("| MiB | mode | image MiB | downtime ms | last page ms | freeze+drain+lock | dump | restore | destroy | unlock+thaw | unlock→TCP ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+		w("A 2-job-node ring; n0 moves between h1 and a spare host, each row's migrations forced to one mode (`--postcopy never|always`). Downtime = the coordinator's: the whole job frozen, from the first freeze to the end of the thaw; median (min–max). Last page = post-copy only: from the first freeze until the destination had every page (the job runs meanwhile). Phases are medians of the shim calls; `destroy` (of the old copy) comes after the thaw, outside the downtime, and in a post-copy row after the last page (in runs up to 2026-12-04 03:44 a stop-copy's came before the unlock, inside the downtime). `of it CRIU` = the dump phase's time inside CRIU (a post-copy's: until CRIU had written the images and served the pages); the rest of the phase is the shim's own work around it. unlock→TCP = from the end of the unlock until every job-node's namespace received a TCP segment again.\n\n")
+		w("| MiB | mode | image MiB | downtime ms | last page ms | freeze+drain+lock | dump | of it CRIU | restore | destroy | unlock+thaw | unlock→TCP ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, p := range r.Migrate {
 			if p.Err != "" && len(p.Samples) == 0 {
-				w("| %d | %s | failed: %s |||||||||\n", p.MiB, p.Mode, firstLine(p.Err))
+				w("| %d | %s | failed: %s ||||||||||\n", p.MiB, p.Mode, firstLine(p.Err))
 				continue
 			}
 			ph := p.Phases
@@ -188,11 +188,15 @@ func Markdown(r *Result, plots []string) string {
 			if p.LastPage.N > 0 {
 				last = med(p.LastPage)
 			}
-			w("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.MiB, p.Mode, mib(p.Bytes), med(p.Downtime), last,
-				f1(ph["freeze"].Median+ph["drain"].Median+ph["lock"].Median), f1(ph["dump"].Median), f1(ph["restore"].Median),
+			criuDump := "–"
+			if c, ok := ph["criu_dump"]; ok && c.N > 0 {
+				criuDump = f1(c.Median)
+			}
+			w("| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", p.MiB, p.Mode, mib(p.Bytes), med(p.Downtime), last,
+				f1(ph["freeze"].Median+ph["drain"].Median+ph["lock"].Median), f1(ph["dump"].Median), criuDump, f1(ph["restore"].Median),
 				f1(ph["destroy"].Median), f1(ph["unlock"].Median+ph["thaw"].Median), med(p.TCP))
 			if p.Err != "" {
-				w("| %d | %s | then failed: %s |||||||||\n", p.MiB, p.Mode, firstLine(p.Err))
+				w("| %d | %s | then failed: %s ||||||||||\n", p.MiB, p.Mode, firstLine(p.Err))
 			}
 		}
 		w("\n")

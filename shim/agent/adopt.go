@@ -124,6 +124,7 @@ func (a *Agent) Release() {
 		if n == nil {
 			continue
 		}
+		a.dropCRIU(n)
 		if n.link != nil {
 			n.link.Close()
 		}

@@ -229,14 +229,16 @@ func (d *Driver) run(ctx context.Context, typ rpc.CriuReqType, logName string, o
 		ro.NotifyScripts = proto.Bool(true)
 	}
 
-	d.Prepare(ctx)
-	preload, err := d.preloadLib()
-	if err != nil {
-		return logPath, nil, fmt.Errorf("criu %s: %w", op, err)
-	}
-	s, err := startSwrk(d.bin.Path, opts.NetNSPath, opts.CgroupDir, preload)
-	if err != nil {
-		return logPath, nil, fmt.Errorf("criu %s: %w", op, err)
+	s := opts.Worker.take(opts.NetNSPath, opts.CgroupDir)
+	if s == nil {
+		d.Prepare(ctx)
+		preload, err := d.preloadLib()
+		if err != nil {
+			return logPath, nil, fmt.Errorf("criu %s: %w", op, err)
+		}
+		if s, err = startSwrk(d.bin.Path, opts.NetNSPath, opts.CgroupDir, preload); err != nil {
+			return logPath, nil, fmt.Errorf("criu %s: %w", op, err)
+		}
 	}
 	if opts.Started != nil {
 		opts.Started(s.cmd.Process.Pid)

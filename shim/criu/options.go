@@ -87,6 +87,10 @@ type Options struct {
 	// (CLONE_INTO_CGROUP). With CgroupIgnore, restored tasks inherit it.
 	// Empty: the caller's cgroup.
 	CgroupDir string
+	// Worker is a CRIU started ahead for this run (Driver.StartWorker, in
+	// NetNSPath and CgroupDir). The run takes it; nil, or one that died
+	// or was started elsewhere: a CRIU is started for the run.
+	Worker *Worker
 
 	// LeaveRunning keeps the tree running after a dump (checkpoint); false
 	// kills it once the images are written (suspend, migration). Dump only.

@@ -113,6 +113,12 @@ func (s *Sandbox) Dump(ctx context.Context, drv *criu.Driver, opts criu.Options)
 	return res, nil
 }
 
+// StartDumpWorker starts, ahead of time, the CRIU of a later Dump of this
+// sandbox (opts.Worker): in the namespace Dump runs CRIU in.
+func (s *Sandbox) StartDumpWorker(ctx context.Context, drv *criu.Driver) (*criu.Worker, error) {
+	return drv.StartWorker(ctx, s.NetNSPath(), "")
+}
+
 // Restore restores a tree from opts.ImagesDir into this sandbox: CRIU runs in
 // the sandbox's network namespace and cgroup (with CgroupIgnore, the default,
 // the restored tasks inherit that cgroup), and the restored init becomes the

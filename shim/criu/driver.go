@@ -231,12 +231,7 @@ func (d *Driver) run(ctx context.Context, typ rpc.CriuReqType, logName string, o
 
 	s := opts.Worker.take(opts.NetNSPath, opts.CgroupDir)
 	if s == nil {
-		d.Prepare(ctx)
-		preload, err := d.preloadLib()
-		if err != nil {
-			return logPath, nil, fmt.Errorf("criu %s: %w", op, err)
-		}
-		if s, err = startSwrk(d.bin.Path, opts.NetNSPath, opts.CgroupDir, preload); err != nil {
+		if s, err = d.startSwrk(ctx, opts.NetNSPath, opts.CgroupDir); err != nil {
 			return logPath, nil, fmt.Errorf("criu %s: %w", op, err)
 		}
 	}

@@ -7,13 +7,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Worker is a CRIU started ahead of the dump or restore it will serve: a
-// `criu swrk` waiting for its one request. Starting CRIU (its exec and
-// dynamic libraries: 16-22 ms on the benchmark's VM, where a first touch of
-// memory is slow) then happens before the job is frozen or while a restore
-// is still being prepared, not inside either. A Worker serves one request
-// (Options.Worker), in the network namespace and cgroup it was started in;
-// an unused one is ended with Close.
+// Worker is a CRIU started ahead of the run it will serve: a `criu swrk`
+// waiting for its one request. Starting CRIU (its exec and dynamic
+// libraries: 16-22 ms on the benchmark's VM, where a first touch of memory
+// is slow) then happens before, not inside, the dump the job stands still
+// for. A Worker serves one request (Options.Worker), in the network
+// namespace and cgroup it was started in; an unused one is ended with
+// Close.
 type Worker struct {
 	s      *swrk
 	pid    int
@@ -25,16 +25,23 @@ type Worker struct {
 // empty: the caller's), for a later request with the same Options.NetNSPath
 // and Options.CgroupDir.
 func (d *Driver) StartWorker(ctx context.Context, netnsPath, cgroupDir string) (*Worker, error) {
-	d.Prepare(ctx)
-	preload, err := d.preloadLib()
+	s, err := d.startSwrk(ctx, netnsPath, cgroupDir)
 	if err != nil {
 		return nil, fmt.Errorf("start a criu worker: %w", err)
 	}
-	s, err := startSwrk(d.bin.Path, netnsPath, cgroupDir, preload)
+	return &Worker{s: s, pid: s.cmd.Process.Pid, netns: netnsPath, cgroup: cgroupDir}, nil
+}
+
+// startSwrk starts a CRIU for one request in netnsPath and cgroupDir, with
+// its kernel cache prepared and, where this host needs it, the prlimit
+// library preloaded.
+func (d *Driver) startSwrk(ctx context.Context, netnsPath, cgroupDir string) (*swrk, error) {
+	d.Prepare(ctx)
+	preload, err := d.preloadLib()
 	if err != nil {
 		return nil, err
 	}
-	return &Worker{s: s, pid: s.cmd.Process.Pid, netns: netnsPath, cgroup: cgroupDir}, nil
+	return startSwrk(d.bin.Path, netnsPath, cgroupDir, preload)
 }
 
 // Pid is the worker's CRIU process.

@@ -124,7 +124,7 @@ func (a *Agent) Release() {
 		if n == nil {
 			continue
 		}
-		a.dropCRIU(n)
+		n.dropCRIU()
 		if n.link != nil {
 			n.link.Close()
 		}

@@ -596,18 +596,28 @@ func (a *Agent) warmCRIU(n *node) {
 	}()
 }
 
-// takeCRIU hands over the CRIU started ahead for n's dump, waiting for one
-// being started; nil if there is none (the dump starts its own).
-func (a *Agent) takeCRIU(ctx context.Context, n *node) *criu.Worker {
+// awaitCRIU waits until the CRIU being started for n's next dump, if one
+// is, is in n.criu; false if ctx ended first.
+func (n *node) awaitCRIU(ctx context.Context) bool {
 	n.mu.Lock()
 	done := n.warming
 	n.mu.Unlock()
-	if done != nil {
-		select {
-		case <-done:
-		case <-ctx.Done():
-			return nil
-		}
+	if done == nil {
+		return true
+	}
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// takeCRIU hands over the CRIU started ahead for n's dump, waiting for one
+// being started; nil if there is none (the dump starts its own).
+func (n *node) takeCRIU(ctx context.Context) *criu.Worker {
+	if !n.awaitCRIU(ctx) {
+		return nil
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -617,7 +627,7 @@ func (a *Agent) takeCRIU(ctx context.Context, n *node) *criu.Worker {
 }
 
 // dropCRIU ends n's CRIU started ahead, and stops any more from starting.
-func (a *Agent) dropCRIU(n *node) {
+func (n *node) dropCRIU() {
 	n.mu.Lock()
 	n.gone = true
 	done, w := n.warming, n.criu
@@ -865,7 +875,7 @@ func (a *Agent) dump(ctx context.Context, n *node, ref agentapi.NodeRef, req age
 			opts.LazyPages, opts.PageServerPort, opts.LeaveRunning = true, lazyPort, true
 		}
 	}
-	opts.Worker = a.takeCRIU(ctx, n)
+	opts.Worker = n.takeCRIU(ctx)
 	defer opts.Worker.Close() // unless the dump took it
 	w := a.watchDump(ref)
 	if w != nil {
@@ -1410,7 +1420,7 @@ func (a *Agent) destroy(ctx context.Context, n *node) error {
 	stale := n.pages != nil || (n.lock != nil && n.lock.Locked())
 	n.mu.Unlock()
 	a.stopServing(n, "the job-node is destroyed")
-	a.dropCRIU(n)
+	n.dropCRIU()
 	if n.link != nil {
 		n.link.Close()
 	}

@@ -16,12 +16,7 @@ func warmPid(a *Agent, ref agentapi.NodeRef) int {
 	a.mu.Lock()
 	n := a.nodes[key(ref.Job, ref.Node)]
 	a.mu.Unlock()
-	n.mu.Lock()
-	done := n.warming
-	n.mu.Unlock()
-	if done != nil {
-		<-done
-	}
+	n.awaitCRIU(context.Background())
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.criu == nil {

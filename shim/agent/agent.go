@@ -80,6 +80,11 @@ type Config struct {
 	// PeerTLS is what the shim dials other shims with (its certificate of
 	// the cluster's CA), to fetch images.
 	PeerTLS *tls.Config
+	// LazyRestoreFrom: a restore (not a post-copy migration's) whose memory
+	// images hold at least this many bytes has its memory filled by a
+	// lazy-pages daemon reading them here (lazyfill.go); 0 means
+	// DefaultLazyRestoreFrom, a negative value never.
+	LazyRestoreFrom int64
 }
 
 // Agent is one host's shim logic.
@@ -117,6 +122,9 @@ type Agent struct {
 	// afterRestore, if set (tests), runs once CRIU restored a tree, before
 	// Restore checks its context.
 	afterRestore func()
+	// filling, if set (tests), runs when a restore starts waiting for its
+	// lazy-pages daemon (pid) to fill the frozen tree's memory.
+	filling func(pid int)
 	// selfKill and killCRIU are how the dump fault points strike (killSelf
 	// and killPID); tests, which cannot die, replace them.
 	selfKill func()
@@ -1259,6 +1267,22 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 	if err := checkImageCreds(dir, imgs, spec); err != nil {
 		return fmt.Errorf("refusing to restore %s/%s from %s: %w", job, spec.Name, dir, err)
 	}
+	// The memory of a restore that is no post-copy's is filled by a local
+	// lazy-pages daemon when it is large (lazyfill.go). It starts (reading
+	// the tree's images) once they are verified, while the rest is made.
+	var fill *pendingPull
+	if pull == nil && scratch == "" && a.fillLazily(ctx, dir, imgs) {
+		fill = a.startFillAsync(ctx, dir, work)
+		defer func() {
+			if err == nil {
+				return // it filled every page and exited
+			}
+			// Runs after the tree is killed (below), as for post-copy.
+			if lp, _ := fill.wait(); lp != nil {
+				lp.Kill()
+			}
+		}()
+	}
 	// What RestoreFiles put back is the next capture's starting point.
 	captured, err := appfiles.ReadIndex(dir)
 	if err != nil {
@@ -1340,6 +1364,20 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		}()
 		opts.LazyPages = true
 	}
+	var filler *criu.LazyPages
+	if fill != nil {
+		if filler, err = fill.wait(); err != nil {
+			a.log.Warn("the lazy-pages daemon that would fill the restored memory did not start; CRIU restores it itself", "job", job, "node", spec.Name, "err", err)
+		} else {
+			defer func() {
+				if err != nil {
+					// The tree first: without its daemon it would read zeros.
+					_ = n.sb.Cgroup().Kill(context.WithoutCancel(ctx))
+				}
+			}()
+			opts.LazyPages = true
+		}
+	}
 	hooks := a.criuEvent != nil || a.cfg.Faults.Has(fault.HoldInRestore)
 	stall := lp != nil && pull.stall != nil
 	if hooks || pages != nil || stall {
@@ -1364,7 +1402,13 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		}
 	}
 	criuStart := time.Now()
-	rres, err := n.sb.Restore(ctx, a.drv, opts)
+	rctx, stop := ctx, func() {}
+	if filler != nil {
+		// CRIU waits for a daemon that died without a word: end it too.
+		rctx, stop = endWithDaemon(ctx, filler)
+	}
+	rres, err := n.sb.Restore(rctx, a.drv, opts) // a cancel's cause is in err
+	stop()
 	if err != nil {
 		return err
 	}
@@ -1374,6 +1418,32 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		return fmt.Errorf("restore %s/%s: CRIU finished without its post-restore notification, so the memory images were not verified before the tree ran; destroyed it", job, spec.Name)
 	}
 	criuDone := time.Now()
+	if filler != nil {
+		// The restore is complete only with all its memory. The tree
+		// waits frozen until the daemon has filled every page (into the
+		// frozen tree): a task that faulted on a page a dying daemon never
+		// filled would read zeros. (Not frozen from within CRIU's restore:
+		// at post-restore or post-resume, CRIU then waits for the tree
+		// forever.)
+		if err := n.sb.Cgroup().SetFreeze(true); err != nil {
+			return fmt.Errorf("restore %s/%s: freeze the tree until its memory is filled: %w", job, spec.Name, err)
+		}
+		if a.filling != nil {
+			a.filling(filler.Pid())
+		}
+		select {
+		case <-filler.Done():
+		case <-ctx.Done():
+			return fmt.Errorf("restore %s/%s: %w", job, spec.Name, ctx.Err())
+		}
+		if err := filler.Err(); err != nil {
+			return fmt.Errorf("restore %s/%s: the lazy-pages daemon filling its memory failed, so the restored tree is destroyed: %w", job, spec.Name, err)
+		}
+		if err := n.sb.Cgroup().Thaw(ctx); err != nil {
+			return fmt.Errorf("restore %s/%s: thaw the tree once its memory was filled: %w", job, spec.Name, err)
+		}
+	}
+	filled := time.Now()
 	if a.afterRestore != nil {
 		a.afterRestore()
 	}
@@ -1393,7 +1463,7 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 	a.cfg.Metrics.Read(imagesBytes(dir))
 	a.log.Info("job-node restored", "job", job, "node", spec.Name, "ckpt", req.Checkpoint, "from", dir,
 		"prepare_time", criuStart.Sub(start), "sandbox_time", created.Sub(start), "criu", criuDone.Sub(criuStart), "verify_wait", pages.waited(),
-		"post_copy_from", req.PageServer)
+		"filled_lazily", filler != nil, "fill_wait", filled.Sub(criuDone), "post_copy_from", req.PageServer)
 	return nil
 }
 

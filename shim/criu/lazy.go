@@ -137,7 +137,10 @@ type LazyPagesOptions struct {
 	// WorkDir is where the daemon listens for the restore (lazy-pages.socket)
 	// and writes lazy-pages.log: the restore's WorkDir.
 	WorkDir string
-	// Address and Port are the source's page server.
+	// Address and Port are the source's page server. Both unset: the
+	// daemon reads the pages from ImagesDir itself (a local lazy restore:
+	// the memory images are here, and the daemon's UFFDIO_COPY fills a
+	// page without the page fault an eager restore's read into it takes).
 	Address string
 	Port    int
 	// NetNSPath is the network namespace the daemon runs in (a host's, from
@@ -156,8 +159,9 @@ type LazyPages struct {
 // StartLazyPages starts `criu lazy-pages` and returns once it listens for
 // the restore (its --status-fd), or fails with the first error of its log.
 func (d *Driver) StartLazyPages(ctx context.Context, o LazyPagesOptions) (*LazyPages, error) {
-	if o.ImagesDir == "" || o.WorkDir == "" || o.Address == "" || o.Port <= 0 {
-		return nil, fmt.Errorf("criu lazy-pages: %w: needs the images and work directories and the page server's address and port", ErrBadOptions)
+	local := o.Address == "" && o.Port == 0
+	if o.ImagesDir == "" || o.WorkDir == "" || (!local && (o.Address == "" || o.Port <= 0)) {
+		return nil, fmt.Errorf("criu lazy-pages: %w: needs the images and work directories and either both or none of the page server's address and port", ErrBadOptions)
 	}
 	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
 		return nil, fmt.Errorf("criu lazy-pages: create work dir: %w", err)
@@ -171,8 +175,12 @@ func (d *Driver) StartLazyPages(ctx context.Context, o LazyPagesOptions) (*LazyP
 	}
 	defer r.Close()
 	d.Prepare(ctx)
-	cmd := exec.Command(d.bin.Path, "lazy-pages", "--page-server", "--address", o.Address, "--port", strconv.Itoa(o.Port),
-		"-D", o.ImagesDir, "-W", o.WorkDir, "-o", "lazy-pages.log", "-v4", "--status-fd", "3")
+	args := []string{"lazy-pages"}
+	if !local {
+		args = append(args, "--page-server", "--address", o.Address, "--port", strconv.Itoa(o.Port))
+	}
+	args = append(args, "-D", o.ImagesDir, "-W", o.WorkDir, "-o", "lazy-pages.log", "-v4", "--status-fd", "3")
+	cmd := exec.Command(d.bin.Path, args...)
 	cmd.ExtraFiles = []*os.File{w}
 	preload, err := d.preloadLib()
 	if err != nil {

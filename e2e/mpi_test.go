@@ -233,6 +233,14 @@ func TestMPIEveryOperation(t *testing.T) {
 				t.Fatalf("after restart elsewhere:\n%s", ps)
 			}
 			j.progress("restart on h4,h5,h6")
+			for _, shim := range []string{"shim-h4", "shim-h5", "shim-h6"} {
+				// Each job-node's memory, its ranks' tens of MiB, was filled
+				// by a local lazy-pages daemon (docs/protocol.md); the
+				// checksum below is the proof that every page came back.
+				if !strings.Contains(c.logs[shim].String(), "filled_lazily=true") {
+					t.Fatalf("%s restored no job-node with a lazy-pages daemon:\n%s", shim, c.logs[shim])
+				}
+			}
 			if p.ref != "" {
 				c.assertOMPI5Runtime(j.id, "restored on h4,h5,h6")
 			}

@@ -52,7 +52,11 @@ type CkptPoint struct {
 	// images verified as a shim verifies them (RawRestoreOptions.Verify).
 	RawRestoreVerified     []RawRestore `json:"raw_restores_verified"`
 	RawRestoreVerifiedWall Stat         `json:"raw_restore_verified_wall"`
-	RawRestoreParWl        Stat         `json:"raw_restore_par_wall"`
+	// RawRestoreLazy: raw restores one at a time, CRIU's lazy-pages
+	// daemon filling the memory from the same images (RawRestoreOptions.Lazy).
+	RawRestoreLazy     []RawRestore `json:"raw_restores_lazy,omitempty"`
+	RawRestoreLazyWall Stat         `json:"raw_restore_lazy_wall"`
+	RawRestoreParWl    Stat         `json:"raw_restore_par_wall"`
 
 	Err string `json:"error,omitempty"`
 }
@@ -196,7 +200,7 @@ func (p *CkptPoint) raw(ctx context.Context, e *Env, id string, hosts []string, 
 		p.RawHashed = append(p.RawHashed, d)
 	}
 	for i := 0; i < restartReps; i++ {
-		for _, o := range []RawRestoreOptions{{}, {Parallel: true}, {Verify: true}} {
+		for _, o := range []RawRestoreOptions{{}, {Parallel: true}, {Verify: true}, {Lazy: true}} {
 			_, dirs, err := r.Dump(ctx, fmt.Sprintf("stop%d", i), RawDumpOptions{})
 			if err != nil {
 				return err
@@ -214,12 +218,14 @@ func (p *CkptPoint) raw(ctx context.Context, e *Env, id string, hosts []string, 
 				p.RawRestorePar = append(p.RawRestorePar, rr)
 			case o.Verify:
 				p.RawRestoreVerified = append(p.RawRestoreVerified, rr)
+			case o.Lazy:
+				p.RawRestoreLazy = append(p.RawRestoreLazy, rr)
 			default:
 				p.RawRestores = append(p.RawRestores, rr)
 			}
 		}
 	}
-	var seq, par, hashed, rs, rp, rv, tcp []time.Duration
+	var seq, par, hashed, rs, rp, rv, rl, tcp []time.Duration
 	for _, d := range p.RawSeq {
 		seq = append(seq, d.Wall)
 		p.RawBytes = d.Bytes
@@ -236,12 +242,15 @@ func (p *CkptPoint) raw(ctx context.Context, e *Env, id string, hosts []string, 
 	for _, d := range p.RawRestoreVerified {
 		rv = append(rv, d.Wall)
 	}
+	for _, d := range p.RawRestoreLazy {
+		rl = append(rl, d.Wall)
+	}
 	for _, d := range p.RawRestorePar {
 		rp = append(rp, d.Wall)
 		tcp = append(tcp, d.Progress.TCP)
 	}
 	p.RawSeqWall, p.RawParWall, p.RawHashedWall = DurStat(seq), DurStat(par), DurStat(hashed)
 	p.RawRestoreWall, p.RawRestoreParWl, p.RawRestoreTCP = DurStat(rs), DurStat(rp), DurStat(tcp)
-	p.RawRestoreVerifiedWall = DurStat(rv)
+	p.RawRestoreVerifiedWall, p.RawRestoreLazyWall = DurStat(rv), DurStat(rl)
 	return nil
 }

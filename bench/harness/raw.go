@@ -208,6 +208,12 @@ type RawRestoreOptions struct {
 	// CRIU with torpor's verification and nothing else of torpor. The
 	// node manifests are written before, outside Wall.
 	Verify bool
+	// Lazy: CRIU restores lazily, each sandbox's memory filled by a
+	// `criu lazy-pages` daemon reading the same images (what a shim does
+	// above Config.LazyRestoreFrom, without the verification and the
+	// freeze), and Wall ends when every daemon has filled every page. The
+	// daemons are started and ready before Wall begins.
+	Lazy bool
 }
 
 // Restore restores every sandbox from dirs, unlocks them, and measures how
@@ -233,7 +239,33 @@ func (r *RawSet) Restore(ctx context.Context, dirs []string, o RawRestoreOptions
 			imgs = append(imgs, im)
 		}
 	}
+	var fills []*criu.LazyPages
+	var works []string
+	if o.Lazy {
+		for _, d := range dirs {
+			work, err := os.MkdirTemp(r.e.Dir, "rawfill-")
+			if err != nil {
+				return RawRestore{}, err
+			}
+			defer os.RemoveAll(work)
+			lp, err := r.e.Drv.StartLazyPages(ctx, criu.LazyPagesOptions{ImagesDir: d, WorkDir: work})
+			if err != nil {
+				return RawRestore{}, err
+			}
+			defer lp.Kill() // only if the restore failed: it has ended otherwise
+			fills, works = append(fills, lp), append(works, work)
+		}
+	}
 	restore := func(i int) {
+		if o.Lazy {
+			opts := r.opts(dirs[i], false)
+			opts.LazyPages, opts.WorkDir = true, works[i]
+			if res[i], errs[i] = r.sbs[i].Restore(ctx, r.e.Drv, opts); errs[i] == nil {
+				<-fills[i].Done()
+				errs[i] = fills[i].Err()
+			}
+			return
+		}
 		if !o.Verify {
 			res[i], errs[i] = r.sbs[i].Restore(ctx, r.e.Drv, r.opts(dirs[i], false))
 			return

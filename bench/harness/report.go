@@ -172,6 +172,8 @@ func Markdown(r *Result, plots []string) string {
 		w("\n")
 		splitTable("### B3 with and without the verification (median ms)", "raw seq + verify = raw restore seq with each job-node's memory images verified against a node manifest while CRIU restores, by the shim's code (catalog.NodeImages.Verify), until both are done. Its ratio to raw seq is what the verification costs; torpor's ratio to it is the rest of torpor.",
 			"verify", func(p CkptPoint) (Stat, Stat, Stat) { return p.RawRestoreWall, p.RawRestoreVerifiedWall, p.RestartWall })
+		splitTable("### B3 against CRIU's lazy restore (median ms)", "raw seq + lazy = raw restore seq in which CRIU restores lazily and a `criu lazy-pages` daemon, started and ready before the clock, fills each job-node's memory from the same images; it ends when every daemon has filled every page. This is how a shim restores a job-node with 8 MiB of memory images or more (docs/protocol.md \"Memory filled by a lazy-pages daemon\"), without the verification, the freeze while the daemon fills and the rest of torpor: torpor's ratio to it is what torpor adds to that way of restoring.",
+			"lazy", func(p CkptPoint) (Stat, Stat, Stat) { return p.RawRestoreWall, p.RawRestoreLazyWall, p.RestartWall })
 	}
 
 	if len(r.Migrate) > 0 {

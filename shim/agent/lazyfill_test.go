@@ -63,6 +63,24 @@ func waitPasses(t *testing.T, status string, n int) int {
 	return memPasses(t, status)
 }
 
+// signalFillAtPostRestore makes a's next restore send sig to its lazy-pages
+// daemon at CRIU's post-restore notification, and returns the daemon's PID
+// once it is known. The caller clears a's hooks.
+func signalFillAtPostRestore(a *Agent, sig syscall.Signal) *atomic.Int32 {
+	var daemon atomic.Int32
+	a.criuStarted = func(op string, pid int) {
+		if op == "fill" {
+			daemon.Store(int32(pid))
+		}
+	}
+	a.criuEvent = func(op string, ev criu.Event) {
+		if op == "restore" && ev == criu.EventPostRestore && daemon.Load() != 0 {
+			_ = syscall.Kill(int(daemon.Load()), sig)
+		}
+	}
+	return &daemon
+}
+
 // TestLazyRestoreFillsMemory: a restore of a job-node with more memory than
 // LazyRestoreFrom has a lazy-pages daemon fill it; the tree then finds every
 // byte of its 32 MiB as it was dumped, pass after pass. A daemon that dies
@@ -114,18 +132,8 @@ func TestLazyRestoreFillsMemory(t *testing.T) {
 	restored(a, true)
 
 	t.Run("daemon dies before it filled the memory", func(t *testing.T) {
-		var daemon atomic.Int32
-		a.criuStarted = func(op string, pid int) {
-			if op == "fill" {
-				daemon.Store(int32(pid))
-			}
-		}
-		a.criuEvent = func(op string, ev criu.Event) {
-			// CRIU restored the tree without its memory and waits here.
-			if op == "restore" && ev == criu.EventPostRestore && daemon.Load() != 0 {
-				_ = syscall.Kill(int(daemon.Load()), syscall.SIGKILL)
-			}
-		}
+		// CRIU restored the tree without its memory and waits there.
+		daemon := signalFillAtPostRestore(a, syscall.SIGKILL)
 		err := a.Restore(ctx, "job", spec, req)
 		a.criuStarted, a.criuEvent = nil, nil
 		if daemon.Load() == 0 {
@@ -143,19 +151,9 @@ func TestLazyRestoreFillsMemory(t *testing.T) {
 		restored(a, true)
 	})
 	t.Run("daemon dies after CRIU restored the tree", func(t *testing.T) {
-		var daemon atomic.Int32
-		a.criuStarted = func(op string, pid int) {
-			if op == "fill" {
-				daemon.Store(int32(pid))
-			}
-		}
-		a.criuEvent = func(op string, ev criu.Event) {
-			// It fills nothing more: the released tree's tasks wait on
-			// the pages they touch.
-			if op == "restore" && ev == criu.EventPostRestore && daemon.Load() != 0 {
-				_ = syscall.Kill(int(daemon.Load()), syscall.SIGSTOP)
-			}
-		}
+		// It fills nothing more: the released tree's tasks wait on the
+		// pages they touch.
+		signalFillAtPostRestore(a, syscall.SIGSTOP)
 		killed, frozen := false, ""
 		a.filling = func(pid int) {
 			// Nothing of the tree may run from here until every page is

@@ -1356,27 +1356,26 @@ func (a *Agent) Restore(ctx context.Context, job string, spec agentapi.NodeSpec,
 		if lp, err = pull.wait(); err != nil {
 			return fmt.Errorf("restore %s/%s with post-copy: %w", job, spec.Name, err)
 		}
-		defer func() {
-			if err != nil {
-				// The tree first: without its daemon it would read zeros.
-				_ = n.sb.Cgroup().Kill(context.WithoutCancel(ctx))
-			}
-		}()
 		opts.LazyPages = true
 	}
 	var filler *criu.LazyPages
 	if fill != nil {
-		if filler, err = fill.wait(); err != nil {
-			a.log.Warn("the lazy-pages daemon that would fill the restored memory did not start; CRIU restores it itself", "job", job, "node", spec.Name, "err", err)
+		var ferr error
+		if filler, ferr = fill.wait(); ferr != nil {
+			a.log.Warn("the lazy-pages daemon that would fill the restored memory did not start; CRIU restores it itself", "job", job, "node", spec.Name, "err", ferr)
 		} else {
-			defer func() {
-				if err != nil {
-					// The tree first: without its daemon it would read zeros.
-					_ = n.sb.Cgroup().Kill(context.WithoutCancel(ctx))
-				}
-			}()
 			opts.LazyPages = true
 		}
+	}
+	if opts.LazyPages {
+		defer func() {
+			if err != nil {
+				// The tree first: without its daemon (post-copy's or the
+				// fill's, killed by a defer above, which runs after this
+				// one) it would read zeros.
+				_ = n.sb.Cgroup().Kill(context.WithoutCancel(ctx))
+			}
+		}()
 	}
 	hooks := a.criuEvent != nil || a.cfg.Faults.Has(fault.HoldInRestore)
 	stall := lp != nil && pull.stall != nil

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/torpor-hpc/torpor/catalog"
 	"github.com/torpor-hpc/torpor/shim/criu"
@@ -44,13 +43,16 @@ func (a *Agent) fillLazily(ctx context.Context, dir string, imgs *catalog.NodeIm
 	if from < 0 || (imgs != nil && len(imgs.Compressed()) > 0) {
 		return false
 	}
-	pages, err := filepath.Glob(filepath.Join(dir, "pages-*.img"))
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return false
 	}
 	var total int64
-	for _, p := range pages {
-		if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() {
+	for _, e := range ents {
+		if !e.Type().IsRegular() || !criu.IsPages(e.Name()) {
+			continue
+		}
+		if fi, err := e.Info(); err == nil {
 			total += fi.Size()
 		}
 	}
